@@ -1,0 +1,102 @@
+//! The second level of admission, on the device: the agent checks the grant
+//! itself (a compromised relay cannot forge one), its local allow-list, and
+//! asks for on-site consent when policy says so.
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use serde_json::json;
+use tokio::sync::{mpsc, oneshot};
+use tokio_util::sync::CancellationToken;
+
+use super::Shared;
+use super::config::Consent;
+use super::state::{AgentSession, Pending};
+use crate::metrics;
+use crate::proto::{Frame, Outcome, Reason, SignedGrant, grant::now_secs};
+
+pub async fn handle(state: Shared, relay: String, tx: mpsc::Sender<Frame>, signed: SignedGrant, service: String) {
+    let hint = signed.session_hint();
+    let refuse = |reason: Reason, detail: String| {
+        state.refused(
+            "access_refused",
+            reason,
+            json!({"session": hint.to_string(), "relay": relay, "service": service, "detail": detail}),
+        );
+        Frame::Decision { session: hint, outcome: Outcome::Refused, reason }
+    };
+    let grant = match state.grants.verify(&signed) {
+        Ok(g) => g,
+        Err(e) => {
+            let _ = tx.send(refuse(e.reason(), e.to_string())).await;
+            return;
+        }
+    };
+    let now = now_secs();
+    let checks = grant
+        .check(&state.cfg.device, &service, now)
+        .map_err(|e| (e.reason(), e.to_string()))
+        .and_then(|()| match state.cfg.services.contains_key(&service) {
+            true => Ok(()),
+            false => Err((Reason::ServiceNotAllowed, format!("{service} is not in the local allow-list"))),
+        })
+        .and_then(|()| match state.first_use(grant.session, grant.expires_at, now) {
+            true => Ok(()),
+            false => Err((Reason::GrantReused, "session id seen before".to_string())),
+        });
+    if let Err((reason, detail)) = checks {
+        let _ = tx.send(refuse(reason, detail)).await;
+        return;
+    }
+    let id = grant.session;
+    let who = json!({"device": state.cfg.device, "session": id.to_string(), "relay": relay, "service": service,
+                     "specialist": grant.specialist, "role": grant.role});
+    state.audit.record("access_requested", who.clone());
+
+    let consent = match state.cfg.consent {
+        Consent::Auto => Ok("auto".to_string()),
+        Consent::Required => {
+            let (answer, rx) = oneshot::channel();
+            let pending = Pending { grant: grant.clone(), service: service.clone(), relay: relay.clone(), since: Instant::now(), answer };
+            state.pending.insert(id, pending);
+            state.audit.record("consent_requested", who.clone());
+            tracing::info!(session = %id, %service, specialist = %grant.specialist, "waiting for on-site consent");
+            let timeout = Duration::from_secs(state.cfg.consent_timeout_secs);
+            match tokio::time::timeout(timeout, rx).await {
+                Ok(Ok((true, by))) => Ok(by),
+                Ok(Ok((false, by))) => Err((Reason::ConsentDenied, by)),
+                // Withdrawn by the relay (client left) or relay lost: nothing to answer.
+                Ok(Err(_)) => return,
+                Err(_) => {
+                    state.pending.remove(&id);
+                    Err((Reason::ConsentTimedOut, "nobody answered".to_string()))
+                }
+            }
+        }
+    };
+    let by = match consent {
+        Ok(by) => by,
+        Err((reason, by)) => {
+            let _ = tx.send(refuse(reason, format!("answered by {by}"))).await;
+            return;
+        }
+    };
+    let session = Arc::new(AgentSession {
+        id,
+        relay: relay.clone(),
+        service: service.clone(),
+        specialist: grant.specialist.clone(),
+        started: Instant::now(),
+        to_service: Default::default(),
+        from_service: Default::default(),
+        tunnels: Default::default(),
+        cancel: CancellationToken::new(),
+    });
+    state.sessions.insert(id, session);
+    metrics::AGENT_SESSIONS_ACTIVE.inc();
+    let mut f = who;
+    f["consent"] = by.into();
+    state.audit.record("session_start", f);
+    if tx.send(Frame::Decision { session: id, outcome: Outcome::Allowed, reason: Reason::Unknown }).await.is_err() {
+        state.end_session(id, Reason::RelayGone, false);
+    }
+}

@@ -1,0 +1,120 @@
+//! One control channel to one relay: dial, hello, heartbeats, requests in,
+//! decisions out; reconnect with exponential back-off and jitter.
+use std::time::Duration;
+
+use tokio::sync::mpsc;
+use tokio::time::{Instant, interval, sleep};
+use tracing::Instrument;
+
+use super::Shared;
+use super::config::RelayEndpoint;
+use crate::metrics;
+use crate::proto::{Frame, FrameIo, FrameIoError, VERSION};
+use crate::tls;
+
+const BACKOFF_START: Duration = Duration::from_millis(500);
+const BACKOFF_CAP: Duration = Duration::from_secs(60);
+const DIAL_TIMEOUT: Duration = tls::DIAL_TIMEOUT;
+
+/// `d` scaled by a random factor in [0.5, 1.5).
+fn jitter(d: Duration) -> Duration {
+    let r = u16::from_be_bytes(crate::random_bytes()) as f64 / 65536.0;
+    d.mul_f64(0.5 + r)
+}
+
+/// Keeps a channel to `relay` up until shutdown.
+pub async fn attach_loop(state: Shared, relay: RelayEndpoint) {
+    let mut backoff = BACKOFF_START;
+    let span = tracing::info_span!("channel", relay = %relay.name, device = %state.cfg.device);
+    loop {
+        metrics::AGENT_RECONNECTS.with_label_values(&[&relay.name]).inc();
+        let result = attach_once(&state, &relay).instrument(span.clone()).await;
+        state.relays.remove(&relay.name);
+        state.relay_lost(&relay.name);
+        metrics::AGENT_CONTROL_CHANNELS.with_label_values(&[&relay.name]).set(0);
+        match result {
+            Ok(()) => backoff = BACKOFF_START, // was attached; start over quickly
+            Err(e) => span.in_scope(|| tracing::warn!(error = %e, "control channel failed")),
+        }
+        let pause = jitter(backoff);
+        tokio::select! {
+            _ = state.shutdown.cancelled() => return,
+            _ = sleep(pause) => {}
+        }
+        backoff = (backoff * 2).min(BACKOFF_CAP);
+    }
+}
+
+/// One attachment. `Ok` means the relay welcomed us and the channel later ended.
+async fn attach_once(state: &Shared, relay: &RelayEndpoint) -> Result<(), String> {
+    let tls = tls::dial(&relay.control, relay.server_name(), state.control_tls.clone()).await.map_err(|e| format!("dial: {e}"))?;
+    let mut io = FrameIo::new(tls);
+    let services = state.cfg.services.keys().cloned().collect();
+    let hello = Frame::Hello { version: VERSION, device: state.cfg.device.clone(), agent_version: env!("CARGO_PKG_VERSION").into(), services };
+    io.write_frame(&hello).await.map_err(|e| format!("hello: {e}"))?;
+    let hb_relay = match tokio::time::timeout(DIAL_TIMEOUT, io.read_frame()).await {
+        Ok(Ok(Frame::Welcome { heartbeat_secs, .. })) => u64::from(heartbeat_secs),
+        Ok(Ok(Frame::Error { reason, message })) => return Err(format!("relay refused: {reason}: {message}")),
+        Ok(Ok(other)) => return Err(format!("expected welcome, got {}", other.kind())),
+        Ok(Err(e)) => return Err(format!("welcome: {e}")),
+        Err(_) => return Err("no welcome in time".into()),
+    };
+    let hb = Duration::from_secs(state.cfg.heartbeat_secs.min(hb_relay.max(1)));
+    let dead_after = hb * 5 / 2;
+    let (tx, mut rx) = mpsc::channel(64);
+    state.relays.insert(relay.name.clone(), tx.clone());
+    metrics::AGENT_CONTROL_CHANNELS.with_label_values(&[&relay.name]).set(1);
+    tracing::info!("attached");
+
+    let mut ticker = interval(hb);
+    ticker.tick().await;
+    let mut seq = 0u64;
+    let mut last_heard = Instant::now();
+    loop {
+        tokio::select! {
+            _ = state.shutdown.cancelled() => return Ok(()),
+            _ = ticker.tick() => {
+                if last_heard.elapsed() > dead_after {
+                    return Err(format!("relay silent for {:?}", last_heard.elapsed()));
+                }
+                seq += 1;
+                io.write_frame(&Frame::Heartbeat { seq }).await.map_err(|e| format!("write: {e}"))?;
+            }
+            out = rx.recv() => if let Some(f) = out {
+                io.write_frame(&f).await.map_err(|e| format!("write: {e}"))?;
+            },
+            r = io.read_frame() => {
+                let frame = match r {
+                    Ok(f) => f,
+                    Err(FrameIoError::Closed) => return Ok(()),
+                    Err(e) => return Err(format!("read: {e}")),
+                };
+                last_heard = Instant::now();
+                on_frame(state, relay, &tx, frame)?;
+                io.shrink();
+            }
+        }
+    }
+}
+
+fn on_frame(state: &Shared, relay: &RelayEndpoint, tx: &mpsc::Sender<Frame>, frame: Frame) -> Result<(), String> {
+    match frame {
+        Frame::Heartbeat { .. } => {}
+        Frame::AccessRequest { grant, service } => {
+            let (state, relay, tx) = (state.clone(), relay.name.clone(), tx.clone());
+            tokio::spawn(async move { super::access::handle(state, relay, tx, grant, service).await });
+        }
+        Frame::Open { session, conn } => {
+            let (state, relay, tx) = (state.clone(), relay.clone(), tx.clone());
+            tokio::spawn(async move { super::tunnel::open(state, relay, tx, session, conn).await });
+        }
+        Frame::SessionEnd { session, reason, .. } => {
+            if !state.end_session(session, reason, false) && state.pending.remove(&session).is_some() {
+                state.audit.record("consent_withdrawn", serde_json::json!({"device": state.cfg.device, "session": session.to_string(), "reason": reason.label()}));
+            }
+        }
+        Frame::Error { reason, message } => return Err(format!("relay error: {reason}: {message}")),
+        other => return Err(format!("unexpected {} frame", other.kind())),
+    }
+    Ok(())
+}

@@ -1,0 +1,117 @@
+//! `agent.toml`.
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use serde::Deserialize;
+
+use crate::config::{ConfigFile, must_exist, resolve};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Consent {
+    /// Admit at once.
+    Auto,
+    /// Wait for `tether agent approve` from the on-site operator.
+    Required,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RelayEndpoint {
+    pub name: String,
+    /// Control channel address (17001).
+    pub control: String,
+    /// Data leg address (17002).
+    pub data: String,
+    /// Name to verify in the relay's certificate; defaults to `name`.
+    #[serde(default)]
+    pub server_name: Option<String>,
+}
+
+impl RelayEndpoint {
+    pub fn server_name(&self) -> &str {
+        self.server_name.as_deref().unwrap_or(&self.name)
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Service {
+    /// `HOST:PORT` of the local service. Loopback unless listed in `extra_targets`.
+    pub target: String,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AgentConfig {
+    /// This device's id; must equal the common name of `cert`.
+    pub device: String,
+    pub ca: PathBuf,
+    pub cert: PathBuf,
+    pub key: PathBuf,
+    /// The hub's grant-verifying key (hex).
+    pub grant_public_key: PathBuf,
+    pub consent: Consent,
+    #[serde(default = "default_consent_timeout")]
+    pub consent_timeout_secs: u64,
+    #[serde(default = "default_heartbeat")]
+    pub heartbeat_secs: u64,
+    /// Unix socket for `tether agent approve|deny|pending|end` (mode 0600).
+    pub operator_socket: PathBuf,
+    pub audit_log: PathBuf,
+    /// Both twins of the device's relay pair.
+    pub relays: Vec<RelayEndpoint>,
+    /// The local allow-list: service name -> target.
+    pub services: BTreeMap<String, Service>,
+    /// Non-loopback targets the device owner explicitly allows (`IP:PORT`).
+    #[serde(default)]
+    pub extra_targets: Vec<SocketAddr>,
+}
+
+fn default_consent_timeout() -> u64 {
+    300
+}
+fn default_heartbeat() -> u64 {
+    30
+}
+
+/// True when `addr` may be dialled as a service target.
+pub fn target_allowed(addr: &SocketAddr, extra: &[SocketAddr]) -> bool {
+    addr.ip().is_loopback() || extra.contains(addr)
+}
+
+impl ConfigFile for AgentConfig {
+    fn resolve_paths(&mut self, base: &Path) {
+        for p in [&mut self.ca, &mut self.cert, &mut self.key, &mut self.grant_public_key, &mut self.operator_socket, &mut self.audit_log] {
+            resolve(base, p);
+        }
+    }
+
+    fn problems(&self) -> Vec<String> {
+        let mut p = Vec::new();
+        if self.device.trim().is_empty() {
+            p.push("device: must not be empty".into());
+        }
+        must_exist(&mut p, "ca", &self.ca);
+        must_exist(&mut p, "cert", &self.cert);
+        must_exist(&mut p, "key", &self.key);
+        must_exist(&mut p, "grant_public_key", &self.grant_public_key);
+        if self.relays.is_empty() {
+            p.push("relays: at least one relay is required (normally both twins)".into());
+        }
+        if self.heartbeat_secs == 0 {
+            p.push("heartbeat_secs: must be at least 1".into());
+        }
+        for (name, svc) in &self.services {
+            match svc.target.parse::<SocketAddr>() {
+                Ok(addr) if target_allowed(&addr, &self.extra_targets) => {}
+                Ok(addr) => p.push(format!(
+                    "services.{name}.target: {addr} is outside loopback; list it in extra_targets to allow it"
+                )),
+                Err(_) => p.push(format!("services.{name}.target: {:?} is not IP:PORT", svc.target)),
+            }
+        }
+        p
+    }
+}

@@ -1,0 +1,52 @@
+//! The agent on the device: dials both relays, verifies grants itself, asks
+//! for on-site consent, and connects data legs to allow-listed local services.
+//! It never opens a listening TCP or UDP socket; its only listener is the
+//! operator's Unix socket (mode 0600, same-user peers only).
+
+mod access;
+mod channel;
+pub mod config;
+pub mod operator;
+mod state;
+mod tunnel;
+
+pub use config::{AgentConfig, Consent};
+pub use state::AgentState;
+
+use std::sync::Arc;
+
+use tokio_util::sync::CancellationToken;
+
+use crate::tls;
+
+/// Why the agent could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum AgentError {
+    #[error(transparent)]
+    Tls(#[from] tls::TlsError),
+    #[error(transparent)]
+    Audit(#[from] crate::audit::AuditError),
+    #[error("operator socket {path}: {source}")]
+    Socket { path: std::path::PathBuf, source: std::io::Error },
+}
+
+/// Runs the agent until `shutdown` fires.
+pub async fn run(cfg: AgentConfig, shutdown: CancellationToken) -> Result<(), AgentError> {
+    crate::metrics::init();
+    let state = AgentState::new(cfg, shutdown.clone())?;
+    let listener = operator::bind(&state.cfg.operator_socket)?;
+    let tracker = tokio_util::task::TaskTracker::new();
+    for relay in state.cfg.relays.clone() {
+        tracker.spawn(channel::attach_loop(state.clone(), relay));
+    }
+    tracker.spawn(operator::serve(listener, state.clone()));
+    tracing::info!(device = %state.cfg.device, relays = state.cfg.relays.len(), "agent running");
+    shutdown.cancelled().await;
+    tracker.close();
+    let _ = tokio::time::timeout(std::time::Duration::from_secs(5), tracker.wait()).await;
+    let _ = std::fs::remove_file(&state.cfg.operator_socket);
+    Ok(())
+}
+
+/// Keeps `Arc<AgentState>` in one name for the submodules.
+pub(crate) type Shared = Arc<AgentState>;

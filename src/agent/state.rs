@@ -1,0 +1,124 @@
+//! The agent's shared state: sessions, pending consents, channels to relays.
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Instant;
+
+use dashmap::DashMap;
+use rustls::ClientConfig;
+use serde_json::json;
+use tokio::sync::{mpsc, oneshot};
+use tokio_util::sync::CancellationToken;
+
+use super::{AgentConfig, AgentError};
+use crate::audit::AuditLog;
+use crate::metrics;
+use crate::proto::{Frame, Grant, GrantVerifier, Reason, SessionId};
+use crate::tls;
+
+/// An admitted session as the device sees it.
+pub struct AgentSession {
+    pub id: SessionId,
+    pub relay: String,
+    pub service: String,
+    pub specialist: String,
+    pub started: Instant,
+    pub to_service: AtomicU64,
+    pub from_service: AtomicU64,
+    pub tunnels: AtomicU64,
+    pub cancel: CancellationToken,
+}
+
+/// A request waiting for the on-site operator.
+pub struct Pending {
+    pub grant: Grant,
+    pub service: String,
+    pub relay: String,
+    pub since: Instant,
+    pub answer: oneshot::Sender<(bool, String)>,
+}
+
+pub struct AgentState {
+    pub cfg: AgentConfig,
+    pub grants: GrantVerifier,
+    pub audit: AuditLog,
+    pub control_tls: Arc<ClientConfig>,
+    pub data_tls: Arc<ClientConfig>,
+    pub sessions: DashMap<SessionId, Arc<AgentSession>>,
+    pub pending: DashMap<SessionId, Pending>,
+    /// Outgoing frames per relay name, while its channel is up.
+    pub relays: DashMap<String, mpsc::Sender<Frame>>,
+    seen: Mutex<HashMap<SessionId, u64>>,
+    pub shutdown: CancellationToken,
+}
+
+impl AgentState {
+    pub fn new(cfg: AgentConfig, shutdown: CancellationToken) -> Result<Arc<AgentState>, AgentError> {
+        let cert = Some((cfg.cert.as_path(), cfg.key.as_path()));
+        Ok(Arc::new(AgentState {
+            grants: tls::pki::load_grant_verifier(&cfg.grant_public_key)?,
+            audit: AuditLog::open(&cfg.audit_log)?,
+            control_tls: tls::client_config(&cfg.ca, cert, tls::ALPN_AGENT)?,
+            data_tls: tls::client_config(&cfg.ca, cert, tls::ALPN_DATA)?,
+            sessions: DashMap::new(),
+            pending: DashMap::new(),
+            relays: DashMap::new(),
+            seen: Mutex::new(HashMap::new()),
+            shutdown,
+            cfg,
+        }))
+    }
+
+    /// Records a session id as used; false if it was seen before (replay).
+    pub fn first_use(&self, id: SessionId, expires_at: u64, now: u64) -> bool {
+        let mut seen = match self.seen.lock() {
+            Ok(g) => g,
+            Err(p) => p.into_inner(),
+        };
+        if seen.len() > 1024 {
+            seen.retain(|_, e| *e > now);
+        }
+        seen.insert(id, expires_at).is_none()
+    }
+
+    /// Counts and audits a refusal by the agent.
+    pub fn refused(&self, event: &str, reason: Reason, mut fields: serde_json::Value) {
+        metrics::AGENT_REFUSALS.with_label_values(&[reason.label()]).inc();
+        if let Some(m) = fields.as_object_mut() {
+            m.insert("device".into(), self.cfg.device.clone().into());
+            m.insert("reason".into(), reason.label().into());
+        }
+        tracing::info!(event, reason = reason.label(), "refused");
+        self.audit.record(event, fields);
+    }
+
+    /// Ends a session once: stops its tunnels, audits, and tells its relay if asked.
+    pub fn end_session(&self, id: SessionId, reason: Reason, tell_relay: bool) -> bool {
+        let Some((_, s)) = self.sessions.remove(&id) else { return false };
+        s.cancel.cancel();
+        metrics::AGENT_SESSIONS_ACTIVE.dec();
+        let (to_device, to_client) = (s.to_service.load(Ordering::Relaxed), s.from_service.load(Ordering::Relaxed));
+        tracing::info!(session = %id, reason = reason.label(), to_device, to_client, "session ended");
+        self.audit.record(
+            "session_end",
+            json!({
+                "device": self.cfg.device, "session": id.to_string(), "relay": s.relay, "service": s.service,
+                "specialist": s.specialist, "reason": reason.label(), "duration_ms": s.started.elapsed().as_millis() as u64,
+                "tunnels": s.tunnels.load(Ordering::Relaxed), "bytes_to_device": to_device, "bytes_to_client": to_client,
+            }),
+        );
+        if tell_relay && let Some(tx) = self.relays.get(&s.relay) {
+            let _ = tx.try_send(Frame::SessionEnd { session: id, reason, bytes_to_device: to_device, bytes_to_client: to_client });
+        }
+        true
+    }
+
+    /// Ends every session that ran through a relay whose channel was lost.
+    pub fn relay_lost(&self, relay: &str) {
+        let ids: Vec<_> = self.sessions.iter().filter(|s| s.relay == relay).map(|s| s.id).collect();
+        for id in ids {
+            self.end_session(id, Reason::RelayGone, false);
+        }
+        self.pending.retain(|_, p| p.relay != relay);
+    }
+}

@@ -1,0 +1,78 @@
+//! One tunnelled connection on the device: dial the local service and a data
+//! leg to the relay (in parallel), then splice them.
+use std::net::SocketAddr;
+use std::time::{Duration, Instant};
+
+use serde_json::json;
+use tokio::net::TcpStream;
+use tokio::sync::mpsc;
+
+use super::Shared;
+use super::config::{RelayEndpoint, target_allowed};
+use crate::metrics;
+use crate::proto::{Frame, FrameIo, Reason, SessionId, VERSION};
+use crate::splice::{Meter, splice};
+
+const SERVICE_TIMEOUT: Duration = Duration::from_secs(5);
+
+pub async fn open(state: Shared, relay: RelayEndpoint, tx: mpsc::Sender<Frame>, id: SessionId, conn: u32) {
+    let fail = |reason: Reason, detail: String| {
+        state.refused("open_refused", reason, json!({"session": id.to_string(), "relay": relay.name, "conn": conn, "detail": detail}));
+        Frame::OpenFailed { session: id, conn, reason }
+    };
+    let Some(session) = state.sessions.get(&id).map(|s| s.clone()).filter(|s| s.relay == relay.name) else {
+        let _ = tx.send(fail(Reason::UnknownSession, "no live session from this relay".into())).await;
+        return;
+    };
+    // The target comes from the local allow-list only, never from the network.
+    let target = match state.cfg.services.get(&session.service).map(|s| s.target.parse::<SocketAddr>()) {
+        Some(Ok(addr)) if target_allowed(&addr, &state.cfg.extra_targets) => addr,
+        _ => {
+            let _ = tx.send(fail(Reason::TargetNotAllowed, format!("service {}", session.service))).await;
+            return;
+        }
+    };
+    let started = Instant::now();
+    let service = async {
+        tokio::time::timeout(SERVICE_TIMEOUT, TcpStream::connect(target))
+            .await
+            .map_err(|_| std::io::Error::new(std::io::ErrorKind::TimedOut, "connect timed out"))?
+    };
+    let leg = async {
+        let tls = crate::tls::dial(&relay.data, relay.server_name(), state.data_tls.clone()).await?;
+        let mut io = FrameIo::new(tls);
+        io.write_frame(&Frame::DataOpen { version: VERSION, session: id, conn }).await?;
+        match tokio::time::timeout(SERVICE_TIMEOUT, io.read_frame()).await {
+            Ok(Ok(Frame::Paired { .. })) => Ok(io),
+            Ok(Ok(Frame::Error { reason, message })) => Err(std::io::Error::other(format!("{reason}: {message}"))),
+            Ok(Ok(other)) => Err(std::io::Error::other(format!("unexpected {}", other.kind()))),
+            Ok(Err(e)) => Err(std::io::Error::other(e.to_string())),
+            Err(_) => Err(std::io::Error::new(std::io::ErrorKind::TimedOut, "no pairing in time")),
+        }
+    };
+    let (service, leg) = tokio::join!(service, leg);
+    let service = match service {
+        Ok(s) => s,
+        Err(e) => {
+            let _ = tx.send(fail(Reason::ServiceUnreachable, format!("{target}: {e}"))).await;
+            return;
+        }
+    };
+    let leg = match leg {
+        Ok(l) => l,
+        Err(e) => {
+            tracing::warn!(session = %id, conn, error = %e, "data leg failed");
+            return;
+        }
+    };
+    metrics::AGENT_HANDSHAKE_SECONDS.with_label_values(&[&relay.name]).observe(started.elapsed().as_secs_f64());
+    metrics::AGENT_TUNNELS.inc();
+    session.tunnels.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let _ = service.set_nodelay(true);
+    let (leg, prefix) = leg.into_parts();
+    let result = tokio::select! {
+        r = splice(leg, prefix, service, bytes::Bytes::new(), Meter::new(&session.to_service), Meter::new(&session.from_service)) => r,
+        _ = session.cancel.cancelled() => Ok(()),
+    };
+    tracing::debug!(session = %id, conn, ?result, "tunnel closed");
+}

@@ -1,0 +1,217 @@
+//! The specialist's side: obtain a grant, open a session through a relay (its
+//! twin when the first fails), and forward local connections through it.
+
+mod grant_source;
+mod prefixed;
+pub mod profile;
+
+pub use grant_source::GrantSource;
+pub use prefixed::Prefixed;
+pub use profile::{Profile, RelayEntry};
+
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use rustls::ClientConfig;
+use tokio::net::{TcpListener, TcpStream};
+use tokio_rustls::client::TlsStream;
+use tokio_util::sync::CancellationToken;
+
+use crate::proto::{Frame, FrameIo, Reason, SessionId, VERSION};
+use crate::splice::{Meter, splice};
+use crate::tls::{self, dial};
+
+/// Why a session or a tunnelled connection failed, as the specialist sees it.
+#[derive(Debug, thiserror::Error)]
+pub enum ClientError {
+    #[error(transparent)]
+    Tls(#[from] tls::TlsError),
+    #[error("grant: {0}")]
+    Grant(String),
+    #[error("cannot reach relay {relay} at {addr}: {source}")]
+    Dial { relay: String, addr: String, source: std::io::Error },
+    #[error("refused: {reason}: {message}")]
+    Refused { reason: Reason, message: String },
+    #[error("protocol error with relay {relay}: {detail}")]
+    Protocol { relay: String, detail: String },
+    #[error("no relay could be reached: {0}")]
+    NoRelay(String),
+    #[error("the session has ended: {0}")]
+    Ended(Reason),
+}
+
+impl ClientError {
+    /// The reason code, when the relay or device named one.
+    pub fn reason(&self) -> Option<Reason> {
+        match self {
+            ClientError::Refused { reason, .. } | ClientError::Ended(reason) => Some(*reason),
+            _ => None,
+        }
+    }
+}
+
+/// A live session: one control leg, and any number of tunnelled connections.
+pub struct ClientSession {
+    pub id: SessionId,
+    pub relay: RelayEntry,
+    token: [u8; 32],
+    tls: Arc<ClientConfig>,
+    next_conn: AtomicU32,
+    ended: CancellationToken,
+    end_reason: Mutex<Option<Reason>>,
+    pub to_device: AtomicU64,
+    pub to_client: AtomicU64,
+}
+
+type Tunnel = Prefixed<TlsStream<TcpStream>>;
+
+impl ClientSession {
+    /// Obtains a grant and opens the session; waits for the device's decision
+    /// (which may include on-site consent).
+    pub async fn open(profile: &Profile, device: &str, service: &str) -> Result<Arc<ClientSession>, ClientError> {
+        let source = GrantSource::from_profile(profile)?;
+        let grant = source.obtain(device, service).await?;
+        let tls = tls::client_config(&profile.ca, None, tls::ALPN_CLIENT)?;
+        let mut failures = Vec::new();
+        for relay in &profile.relays {
+            let conn = match dial(&relay.addr, relay.server_name(), tls.clone()).await {
+                Ok(c) => c,
+                Err(source) => {
+                    failures.push(ClientError::Dial { relay: relay.name.clone(), addr: relay.addr.clone(), source }.to_string());
+                    continue;
+                }
+            };
+            let mut io = FrameIo::new(conn);
+            let open = Frame::ClientOpen { version: VERSION, grant: grant.clone(), service: service.to_string() };
+            let answer = match io.write_frame(&open).await {
+                Ok(()) => io.read_frame().await.map_err(|e| e.to_string()),
+                Err(e) => Err(e.to_string()),
+            };
+            match answer {
+                Ok(Frame::SessionReady { session, token }) => {
+                    let s = Arc::new(ClientSession {
+                        id: session,
+                        relay: relay.clone(),
+                        token,
+                        tls,
+                        next_conn: AtomicU32::new(1),
+                        ended: CancellationToken::new(),
+                        end_reason: Mutex::new(None),
+                        to_device: AtomicU64::new(0),
+                        to_client: AtomicU64::new(0),
+                    });
+                    tokio::spawn(s.clone().control_leg(io));
+                    return Ok(s);
+                }
+                // The twin may hold the device, or the other may be draining.
+                Ok(Frame::Error { reason: reason @ (Reason::NotAttached | Reason::RelayShutdown | Reason::Overloaded), message }) => {
+                    failures.push(format!("{}: {reason}: {message}", relay.name));
+                }
+                Ok(Frame::Error { reason, message }) => return Err(ClientError::Refused { reason, message }),
+                Ok(other) => return Err(ClientError::Protocol { relay: relay.name.clone(), detail: format!("unexpected {}", other.kind()) }),
+                Err(e) => failures.push(format!("{}: {e}", relay.name)),
+            }
+        }
+        Err(ClientError::NoRelay(failures.join("; ")))
+    }
+
+    async fn control_leg(self: Arc<Self>, mut io: FrameIo<TlsStream<TcpStream>>) {
+        let reason = tokio::select! {
+            _ = self.ended.cancelled() => {
+                let end = Frame::SessionEnd { session: self.id, reason: Reason::ClientClosed, bytes_to_device: 0, bytes_to_client: 0 };
+                let _ = io.write_frame(&end).await;
+                Reason::ClientClosed
+            }
+            r = async { loop {
+                match io.read_frame().await {
+                    Ok(Frame::SessionEnd { reason, .. }) => break reason,
+                    Ok(Frame::Error { reason, .. }) => break reason,
+                    Ok(_) => continue,
+                    Err(_) => break Reason::RelayGone,
+                }
+            }} => r,
+        };
+        if let Ok(mut r) = self.end_reason.lock() {
+            r.get_or_insert(reason);
+        }
+        self.ended.cancel();
+    }
+
+    /// Why the session ended, once it has.
+    pub fn end_reason(&self) -> Option<Reason> {
+        self.end_reason.lock().ok().and_then(|r| *r)
+    }
+
+    /// Resolves when the session has ended, with its reason.
+    pub async fn ended(&self) -> Reason {
+        self.ended.cancelled().await;
+        self.end_reason().unwrap_or(Reason::Unknown)
+    }
+
+    /// Ends the session (the relay tells the device).
+    pub fn close(&self) {
+        self.ended.cancel();
+    }
+
+    /// Opens one tunnelled connection to the device's service.
+    pub async fn connect(&self) -> Result<Tunnel, ClientError> {
+        if self.ended.is_cancelled() {
+            return Err(ClientError::Ended(self.end_reason().unwrap_or(Reason::Unknown)));
+        }
+        let relay = &self.relay;
+        let conn = dial(&relay.addr, relay.server_name(), self.tls.clone())
+            .await
+            .map_err(|source| ClientError::Dial { relay: relay.name.clone(), addr: relay.addr.clone(), source })?;
+        let mut io = FrameIo::new(conn);
+        let conn = self.next_conn.fetch_add(1, Ordering::Relaxed);
+        let join = Frame::ClientJoin { version: VERSION, session: self.id, conn, token: self.token };
+        let proto_err = |detail: String| ClientError::Protocol { relay: relay.name.clone(), detail };
+        io.write_frame(&join).await.map_err(|e| proto_err(e.to_string()))?;
+        match io.read_frame().await {
+            Ok(Frame::Paired { .. }) => {
+                let (stream, prefix) = io.into_parts();
+                Ok(Prefixed::new(prefix, stream))
+            }
+            Ok(Frame::Error { reason, message }) => Err(ClientError::Refused { reason, message }),
+            Ok(other) => Err(proto_err(format!("unexpected {}", other.kind()))),
+            Err(e) => Err(proto_err(e.to_string())),
+        }
+    }
+
+    /// Forwards every connection accepted on `listener` through the session,
+    /// until the session ends.
+    pub async fn serve(self: Arc<Self>, listener: TcpListener) -> Reason {
+        loop {
+            let (local, peer) = tokio::select! {
+                r = self.ended() => return r,
+                a = listener.accept() => match a {
+                    Ok(x) => x,
+                    Err(e) => {
+                        tracing::warn!(error = %e, "local accept failed");
+                        tokio::time::sleep(Duration::from_millis(100)).await;
+                        continue;
+                    }
+                },
+            };
+            let _ = local.set_nodelay(true);
+            let s = self.clone();
+            tokio::spawn(async move {
+                let tunnel = match s.connect().await {
+                    Ok(t) => t,
+                    Err(e) => {
+                        tracing::warn!(%peer, error = %e, "tunnelled connection refused");
+                        eprintln!("connection from {peer} refused: {e}");
+                        return;
+                    }
+                };
+                tokio::select! {
+                    r = splice(local, bytes::Bytes::new(), tunnel, bytes::Bytes::new(), Meter::new(&s.to_device), Meter::new(&s.to_client)) => {
+                        tracing::debug!(%peer, ?r, "tunnelled connection closed");
+                    }
+                    _ = s.ended.cancelled() => {}
+                }
+            });
+        }
+    }
+}

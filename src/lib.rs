@@ -1,0 +1,44 @@
+//! tether: remote-service connectivity for fleets of medical devices.
+//!
+//! A specialist reaches a device's local service through a relay; the device's
+//! agent only ever dials out. The modules, by role:
+//!
+//! - [`proto`]: frames of every wire protocol, grants, limits, versions.
+//! - [`tls`]: rustls configs built once, PEM/CRL loading, ALPN, dev PKI.
+//! - [`relay`]: listeners, pairing by session id, splicing, admin endpoints.
+//! - [`agent`]: control channels to both relays, grant checks, consent, data legs.
+//! - [`client`]: `tether connect`: grant, session, local listener.
+//! - [`dev`]: `tether dev`: a whole local system on dev certificates.
+//! - [`audit`]: append-only, hash-chained JSON-lines audit log.
+//! - [`splice`]: moving bytes both ways between two streams.
+//! - [`metrics`]: the one Prometheus registry.
+//! - [`config`]: TOML loading and validation shared by every role.
+#![forbid(unsafe_code)]
+
+pub mod agent;
+pub mod audit;
+pub mod client;
+pub mod config;
+pub mod dev;
+pub mod loadgen;
+pub mod metrics;
+pub mod proto;
+pub mod relay;
+pub mod splice;
+pub mod tls;
+
+/// `N` bytes from the system's secure random source.
+pub fn random_bytes<const N: usize>() -> [u8; N] {
+    use ring::rand::SecureRandom;
+    let mut out = [0u8; N];
+    // The system RNG failing is not recoverable; ring reports it only on broken systems.
+    ring::rand::SystemRandom::new().fill(&mut out).expect("system random source");
+    out
+}
+
+/// The current time as RFC 3339 (UTC).
+pub fn now_rfc3339() -> String {
+    time::OffsetDateTime::now_utc()
+        .format(&time::format_description::well_known::Rfc3339)
+        .unwrap_or_default()
+}

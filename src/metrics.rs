@@ -1,0 +1,108 @@
+//! One Prometheus registry; every metric name is defined here.
+use std::sync::LazyLock;
+
+use prometheus::{
+    Encoder, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry,
+    TextEncoder,
+};
+
+pub static REGISTRY: LazyLock<Registry> = LazyLock::new(Registry::new);
+
+fn reg<C: prometheus::core::Collector + Clone + 'static>(c: C) -> C {
+    // Registering the same name twice is a programming error caught by tests.
+    REGISTRY.register(Box::new(c.clone())).expect("metric registered once");
+    c
+}
+
+fn gauge(name: &str, help: &str) -> IntGauge {
+    reg(IntGauge::new(name, help).expect("valid metric"))
+}
+
+fn gauge_vec(name: &str, help: &str, labels: &[&str]) -> IntGaugeVec {
+    reg(IntGaugeVec::new(Opts::new(name, help), labels).expect("valid metric"))
+}
+
+fn counter(name: &str, help: &str) -> IntCounter {
+    reg(IntCounter::new(name, help).expect("valid metric"))
+}
+
+fn counter_vec(name: &str, help: &str, labels: &[&str]) -> IntCounterVec {
+    reg(IntCounterVec::new(Opts::new(name, help), labels).expect("valid metric"))
+}
+
+macro_rules! metric {
+    ($vis:vis $name:ident: $ty:ty = $init:expr) => {
+        $vis static $name: LazyLock<$ty> = LazyLock::new(|| $init);
+    };
+}
+
+// Relay.
+metric!(pub RELAY_AGENTS_ATTACHED: IntGauge = gauge("tether_relay_agents_attached", "Agents with a live control channel to this relay"));
+metric!(pub RELAY_CONTROL_CHANNELS: IntGaugeVec = gauge_vec("tether_relay_control_channels", "Live agent control channels, by relay name", &["relay"]));
+metric!(pub RELAY_SESSIONS_ACTIVE: IntGauge = gauge("tether_relay_sessions_active", "Sessions admitted and not yet ended"));
+metric!(pub RELAY_SESSIONS_ENDED: IntCounterVec = counter_vec("tether_relay_sessions_ended_total", "Sessions ended, by outcome", &["outcome"]));
+metric!(pub RELAY_TUNNELS_ACTIVE: IntGauge = gauge("tether_relay_tunnels_active", "Tunnelled connections being spliced"));
+metric!(pub RELAY_TUNNELS_TOTAL: IntCounter = counter("tether_relay_tunnels_total", "Tunnelled connections paired"));
+metric!(pub RELAY_BYTES: IntCounterVec = counter_vec("tether_relay_bytes_total", "Payload bytes spliced, by direction", &["direction"]));
+metric!(pub RELAY_HANDSHAKE_FAILURES: IntCounterVec = counter_vec("tether_relay_handshake_failures_total", "TLS handshakes that failed, by listener and reason", &["listener", "reason"]));
+metric!(pub RELAY_GRANT_REFUSALS: IntCounterVec = counter_vec("tether_relay_grant_refusals_total", "Client legs refused, by reason", &["reason"]));
+metric!(pub RELAY_LEG_REFUSALS: IntCounterVec = counter_vec("tether_relay_leg_refusals_total", "Data legs and joins refused, by reason", &["reason"]));
+metric!(pub RELAY_FRAME_ERRORS: IntCounterVec = counter_vec("tether_relay_frame_errors_total", "Connections dropped for a bad frame, by listener and reason", &["listener", "reason"]));
+metric!(pub RELAY_CONNECTIONS_REFUSED: IntCounterVec = counter_vec("tether_relay_connections_refused_total", "Connections refused before the handshake, by listener and reason", &["listener", "reason"]));
+metric!(pub RELAY_PAIRING_SECONDS: Histogram = reg(Histogram::with_opts(
+    HistogramOpts::new("tether_relay_pairing_seconds", "Time from a client leg's join to its paired data leg")
+        .buckets(vec![0.0005, 0.001, 0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0]),
+).expect("valid metric")));
+metric!(pub RELAY_RESIDENT_MEMORY: IntGauge = gauge("tether_relay_resident_memory_bytes", "Resident memory of the relay process (read at scrape)"));
+
+// Agent.
+metric!(pub AGENT_CONTROL_CHANNELS: IntGaugeVec = gauge_vec("tether_agent_control_channel_up", "1 while the control channel to a relay is up", &["relay"]));
+metric!(pub AGENT_REFUSALS: IntCounterVec = counter_vec("tether_agent_refusals_total", "Access requests and opens refused by the agent, by reason", &["reason"]));
+metric!(pub AGENT_SESSIONS_ACTIVE: IntGauge = gauge("tether_agent_sessions_active", "Sessions admitted by this agent and not yet ended"));
+metric!(pub AGENT_TUNNELS: IntCounter = counter("tether_agent_tunnels_total", "Tunnelled connections opened to local services"));
+metric!(pub AGENT_RECONNECTS: IntCounterVec = counter_vec("tether_agent_reconnects_total", "Control channel (re)connection attempts, by relay", &["relay"]));
+metric!(pub AGENT_HANDSHAKE_SECONDS: HistogramVec = reg(HistogramVec::new(
+    HistogramOpts::new("tether_agent_data_leg_seconds", "Time for the agent to dial a data leg, by relay"),
+    &["relay"],
+).expect("valid metric")));
+
+/// Reads this process's resident set size from /proc (Linux).
+pub fn resident_bytes() -> Option<u64> {
+    let statm = std::fs::read_to_string("/proc/self/statm").ok()?;
+    let pages: u64 = statm.split_whitespace().nth(1)?.parse().ok()?;
+    Some(pages * 4096)
+}
+
+/// The Prometheus text exposition of every registered metric.
+pub fn render() -> String {
+    if let Some(rss) = resident_bytes() {
+        RELAY_RESIDENT_MEMORY.set(rss as i64);
+    }
+    let mut out = Vec::new();
+    let _ = TextEncoder::new().encode(&REGISTRY.gather(), &mut out);
+    String::from_utf8(out).unwrap_or_default()
+}
+
+/// Forces every metric into the registry so that `/metrics` lists them from the start.
+pub fn init() {
+    LazyLock::force(&RELAY_AGENTS_ATTACHED);
+    LazyLock::force(&RELAY_CONTROL_CHANNELS);
+    LazyLock::force(&RELAY_SESSIONS_ACTIVE);
+    LazyLock::force(&RELAY_SESSIONS_ENDED);
+    LazyLock::force(&RELAY_TUNNELS_ACTIVE);
+    LazyLock::force(&RELAY_TUNNELS_TOTAL);
+    LazyLock::force(&RELAY_BYTES);
+    LazyLock::force(&RELAY_HANDSHAKE_FAILURES);
+    LazyLock::force(&RELAY_GRANT_REFUSALS);
+    LazyLock::force(&RELAY_LEG_REFUSALS);
+    LazyLock::force(&RELAY_FRAME_ERRORS);
+    LazyLock::force(&RELAY_CONNECTIONS_REFUSED);
+    LazyLock::force(&RELAY_PAIRING_SECONDS);
+    LazyLock::force(&RELAY_RESIDENT_MEMORY);
+    LazyLock::force(&AGENT_CONTROL_CHANNELS);
+    LazyLock::force(&AGENT_REFUSALS);
+    LazyLock::force(&AGENT_SESSIONS_ACTIVE);
+    LazyLock::force(&AGENT_TUNNELS);
+    LazyLock::force(&AGENT_RECONNECTS);
+    LazyLock::force(&AGENT_HANDSHAKE_SECONDS);
+}

@@ -1,0 +1,281 @@
+//! The frame enum: control channel, client legs and data-leg preambles.
+use bytes::{Buf, BufMut, Bytes, BytesMut};
+
+use super::wire::*;
+use super::{MAX_FRAME, ProtoError, Reason, SessionId, SignedGrant};
+
+/// An agent's answer to an access request.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Outcome {
+    Allowed,
+    Refused,
+}
+
+/// Every frame of every tether connection.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Frame {
+    /// agent -> relay, first frame of a control channel.
+    Hello { version: u16, device: String, agent_version: String, services: Vec<String> },
+    /// relay -> agent, answer to `Hello`.
+    Welcome { version: u16, relay: String, heartbeat_secs: u32 },
+    /// either way on a control channel; the relay echoes the agent's.
+    Heartbeat { seq: u64 },
+    /// relay -> agent: a specialist asks for `service` under `grant`.
+    AccessRequest { grant: SignedGrant, service: String },
+    /// agent -> relay: the agent's decision on an access request.
+    Decision { session: SessionId, outcome: Outcome, reason: Reason },
+    /// relay -> agent: dial a data leg for tunnelled connection `conn`.
+    Open { session: SessionId, conn: u32 },
+    /// agent -> relay: the data leg for `conn` will not come.
+    OpenFailed { session: SessionId, conn: u32, reason: Reason },
+    /// any direction: the session is over.
+    SessionEnd { session: SessionId, reason: Reason, bytes_to_device: u64, bytes_to_client: u64 },
+    /// any direction: a refusal with its reason; the sender closes next.
+    Error { reason: Reason, message: String },
+    /// client -> relay, first frame of a session's control leg.
+    ClientOpen { version: u16, grant: SignedGrant, service: String },
+    /// relay -> client: the device admitted the session.
+    SessionReady { session: SessionId, token: [u8; 32] },
+    /// client -> relay, first frame of a tunnelled connection's leg.
+    ClientJoin { version: u16, session: SessionId, conn: u32, token: [u8; 32] },
+    /// agent -> relay, first frame of a data leg.
+    DataOpen { version: u16, session: SessionId, conn: u32 },
+    /// relay -> either leg: paired; raw bytes follow.
+    Paired { session: SessionId, conn: u32 },
+}
+
+const HELLO: u8 = 1;
+const WELCOME: u8 = 2;
+const HEARTBEAT: u8 = 3;
+const ACCESS_REQUEST: u8 = 4;
+const DECISION: u8 = 5;
+const OPEN: u8 = 6;
+const OPEN_FAILED: u8 = 7;
+const SESSION_END: u8 = 8;
+const ERROR: u8 = 9;
+const CLIENT_OPEN: u8 = 10;
+const SESSION_READY: u8 = 11;
+const CLIENT_JOIN: u8 = 12;
+const DATA_OPEN: u8 = 13;
+const PAIRED: u8 = 14;
+
+fn put_sid(b: &mut BytesMut, s: &SessionId) {
+    b.put_slice(&s.0);
+}
+
+fn get_sid(b: &mut Bytes) -> Result<SessionId, ProtoError> {
+    Ok(SessionId(get_array(b)?))
+}
+
+fn get_reason(b: &mut Bytes) -> Result<Reason, ProtoError> {
+    Ok(Reason::from_code(get_u16(b)?))
+}
+
+impl Frame {
+    /// Appends the framed encoding (length prefix included) to `buf`.
+    pub fn encode(&self, buf: &mut BytesMut) {
+        let start = buf.len();
+        buf.put_u32(0);
+        match self {
+            Frame::Hello { version, device, agent_version, services } => {
+                buf.put_u8(HELLO);
+                buf.put_u16(*version);
+                put_str(buf, device);
+                put_str(buf, agent_version);
+                put_list(buf, services);
+            }
+            Frame::Welcome { version, relay, heartbeat_secs } => {
+                buf.put_u8(WELCOME);
+                buf.put_u16(*version);
+                put_str(buf, relay);
+                buf.put_u32(*heartbeat_secs);
+            }
+            Frame::Heartbeat { seq } => {
+                buf.put_u8(HEARTBEAT);
+                buf.put_u64(*seq);
+            }
+            Frame::AccessRequest { grant, service } => {
+                buf.put_u8(ACCESS_REQUEST);
+                grant.encode(buf);
+                put_str(buf, service);
+            }
+            Frame::Decision { session, outcome, reason } => {
+                buf.put_u8(DECISION);
+                put_sid(buf, session);
+                buf.put_u8(match outcome {
+                    Outcome::Allowed => 1,
+                    Outcome::Refused => 2,
+                });
+                buf.put_u16(reason.code());
+            }
+            Frame::Open { session, conn } => {
+                buf.put_u8(OPEN);
+                put_sid(buf, session);
+                buf.put_u32(*conn);
+            }
+            Frame::OpenFailed { session, conn, reason } => {
+                buf.put_u8(OPEN_FAILED);
+                put_sid(buf, session);
+                buf.put_u32(*conn);
+                buf.put_u16(reason.code());
+            }
+            Frame::SessionEnd { session, reason, bytes_to_device, bytes_to_client } => {
+                buf.put_u8(SESSION_END);
+                put_sid(buf, session);
+                buf.put_u16(reason.code());
+                buf.put_u64(*bytes_to_device);
+                buf.put_u64(*bytes_to_client);
+            }
+            Frame::Error { reason, message } => {
+                buf.put_u8(ERROR);
+                buf.put_u16(reason.code());
+                put_str(buf, message);
+            }
+            Frame::ClientOpen { version, grant, service } => {
+                buf.put_u8(CLIENT_OPEN);
+                buf.put_u16(*version);
+                grant.encode(buf);
+                put_str(buf, service);
+            }
+            Frame::SessionReady { session, token } => {
+                buf.put_u8(SESSION_READY);
+                put_sid(buf, session);
+                buf.put_slice(token);
+            }
+            Frame::ClientJoin { version, session, conn, token } => {
+                buf.put_u8(CLIENT_JOIN);
+                buf.put_u16(*version);
+                put_sid(buf, session);
+                buf.put_u32(*conn);
+                buf.put_slice(token);
+            }
+            Frame::DataOpen { version, session, conn } => {
+                buf.put_u8(DATA_OPEN);
+                buf.put_u16(*version);
+                put_sid(buf, session);
+                buf.put_u32(*conn);
+            }
+            Frame::Paired { session, conn } => {
+                buf.put_u8(PAIRED);
+                put_sid(buf, session);
+                buf.put_u32(*conn);
+            }
+        }
+        let len = (buf.len() - start - 4) as u32;
+        buf[start..start + 4].copy_from_slice(&len.to_be_bytes());
+    }
+
+    /// Takes one whole frame off the front of `buf`. `Ok(None)` means more
+    /// bytes are needed; the length is checked before anything is allocated.
+    pub fn decode(buf: &mut BytesMut) -> Result<Option<Frame>, ProtoError> {
+        if buf.len() < 4 {
+            return Ok(None);
+        }
+        let len = u32::from_be_bytes([buf[0], buf[1], buf[2], buf[3]]) as usize;
+        if len > MAX_FRAME {
+            return Err(ProtoError::Oversize { len, max: MAX_FRAME });
+        }
+        if len == 0 {
+            return Err(ProtoError::Empty);
+        }
+        if buf.len() < 4 + len {
+            buf.reserve(4 + len - buf.len());
+            return Ok(None);
+        }
+        buf.advance(4);
+        let mut body = buf.split_to(len).freeze();
+        let frame = Frame::decode_body(&mut body)?;
+        if body.has_remaining() {
+            return Err(ProtoError::Trailing { extra: body.remaining() });
+        }
+        Ok(Some(frame))
+    }
+
+    fn decode_body(b: &mut Bytes) -> Result<Frame, ProtoError> {
+        let ty = get_u8(b)?;
+        Ok(match ty {
+            HELLO => Frame::Hello {
+                version: get_u16(b)?,
+                device: get_str(b)?,
+                agent_version: get_str(b)?,
+                services: get_list(b)?,
+            },
+            WELCOME => Frame::Welcome {
+                version: get_u16(b)?,
+                relay: get_str(b)?,
+                heartbeat_secs: get_u32(b)?,
+            },
+            HEARTBEAT => Frame::Heartbeat { seq: get_u64(b)? },
+            ACCESS_REQUEST => Frame::AccessRequest {
+                grant: SignedGrant::decode(b)?,
+                service: get_str(b)?,
+            },
+            DECISION => Frame::Decision {
+                session: get_sid(b)?,
+                outcome: match get_u8(b)? {
+                    1 => Outcome::Allowed,
+                    2 => Outcome::Refused,
+                    v => return Err(ProtoError::BadValue { field: "outcome", value: v.into() }),
+                },
+                reason: get_reason(b)?,
+            },
+            OPEN => Frame::Open { session: get_sid(b)?, conn: get_u32(b)? },
+            OPEN_FAILED => Frame::OpenFailed {
+                session: get_sid(b)?,
+                conn: get_u32(b)?,
+                reason: get_reason(b)?,
+            },
+            SESSION_END => Frame::SessionEnd {
+                session: get_sid(b)?,
+                reason: get_reason(b)?,
+                bytes_to_device: get_u64(b)?,
+                bytes_to_client: get_u64(b)?,
+            },
+            ERROR => Frame::Error { reason: get_reason(b)?, message: get_str(b)? },
+            CLIENT_OPEN => Frame::ClientOpen {
+                version: get_u16(b)?,
+                grant: SignedGrant::decode(b)?,
+                service: get_str(b)?,
+            },
+            SESSION_READY => Frame::SessionReady { session: get_sid(b)?, token: get_array(b)? },
+            CLIENT_JOIN => Frame::ClientJoin {
+                version: get_u16(b)?,
+                session: get_sid(b)?,
+                conn: get_u32(b)?,
+                token: get_array(b)?,
+            },
+            DATA_OPEN => Frame::DataOpen {
+                version: get_u16(b)?,
+                session: get_sid(b)?,
+                conn: get_u32(b)?,
+            },
+            PAIRED => Frame::Paired { session: get_sid(b)?, conn: get_u32(b)? },
+            other => return Err(ProtoError::UnknownType(other)),
+        })
+    }
+
+    /// Short name for logs (never the payload).
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Frame::Hello { .. } => "hello",
+            Frame::Welcome { .. } => "welcome",
+            Frame::Heartbeat { .. } => "heartbeat",
+            Frame::AccessRequest { .. } => "access_request",
+            Frame::Decision { .. } => "decision",
+            Frame::Open { .. } => "open",
+            Frame::OpenFailed { .. } => "open_failed",
+            Frame::SessionEnd { .. } => "session_end",
+            Frame::Error { .. } => "error",
+            Frame::ClientOpen { .. } => "client_open",
+            Frame::SessionReady { .. } => "session_ready",
+            Frame::ClientJoin { .. } => "client_join",
+            Frame::DataOpen { .. } => "data_open",
+            Frame::Paired { .. } => "paired",
+        }
+    }
+
+    /// A refusal frame with the reason's standard text.
+    pub fn error(reason: Reason) -> Frame {
+        Frame::Error { reason, message: reason.text().to_string() }
+    }
+}

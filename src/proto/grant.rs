@@ -1,0 +1,197 @@
+//! Session grants: what the hub signs, and how relays and agents check it.
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use bytes::{BufMut, Bytes, BytesMut};
+use ring::signature::{ED25519, Ed25519KeyPair, KeyPair, UnparsedPublicKey};
+
+use super::wire::*;
+use super::{ProtoError, Reason, SessionId};
+
+const GRANT_FORMAT: u8 = 1;
+const MAX_GRANT_BODY: usize = 8 * 1024;
+const MAX_CLIENT_KEY: usize = 1024;
+
+/// The decoded, verified content of a grant.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Grant {
+    pub session: SessionId,
+    pub device: String,
+    pub services: Vec<String>,
+    pub specialist: String,
+    pub role: String,
+    /// The client's public key for end-to-end encryption (may be empty until used).
+    pub client_key: Bytes,
+    /// Relay pair, in order of preference.
+    pub relays: Vec<String>,
+    /// Unix seconds.
+    pub issued_at: u64,
+    /// Unix seconds; after this the grant admits nothing.
+    pub expires_at: u64,
+}
+
+/// A grant body and the hub's Ed25519 signature over exactly those bytes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SignedGrant {
+    pub body: Bytes,
+    pub sig: [u8; 64],
+}
+
+/// Why a grant was refused.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum GrantError {
+    #[error("grant signature is not valid")]
+    BadSignature,
+    #[error("grant cannot be decoded: {0}")]
+    Malformed(#[from] ProtoError),
+    #[error("grant for session {session} expired at {expired_at}")]
+    Expired { session: SessionId, expired_at: u64 },
+    #[error("grant for session {session} names device {granted}, not {wanted}")]
+    WrongDevice { session: SessionId, granted: String, wanted: String },
+    #[error("grant for session {session} does not name service {service}")]
+    ServiceNotGranted { session: SessionId, service: String },
+}
+
+impl GrantError {
+    pub fn reason(&self) -> Reason {
+        match self {
+            GrantError::BadSignature => Reason::GrantBadSignature,
+            GrantError::Malformed(_) => Reason::GrantMalformed,
+            GrantError::Expired { .. } => Reason::GrantExpired,
+            GrantError::WrongDevice { .. } => Reason::GrantWrongDevice,
+            GrantError::ServiceNotGranted { .. } => Reason::GrantServiceNotGranted,
+        }
+    }
+}
+
+/// Unix time in seconds.
+pub fn now_secs() -> u64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0)
+}
+
+impl Grant {
+    fn encode_body(&self) -> Bytes {
+        let mut b = BytesMut::with_capacity(256);
+        b.put_u8(GRANT_FORMAT);
+        b.put_slice(&self.session.0);
+        put_str(&mut b, &self.device);
+        put_list(&mut b, &self.services);
+        put_str(&mut b, &self.specialist);
+        put_str(&mut b, &self.role);
+        put_bytes(&mut b, &self.client_key[..self.client_key.len().min(MAX_CLIENT_KEY)]);
+        put_list(&mut b, &self.relays);
+        b.put_u64(self.issued_at);
+        b.put_u64(self.expires_at);
+        b.freeze()
+    }
+
+    fn decode_body(mut b: Bytes) -> Result<Grant, ProtoError> {
+        let format = get_u8(&mut b)?;
+        if format != GRANT_FORMAT {
+            return Err(ProtoError::BadValue { field: "grant format", value: format.into() });
+        }
+        let g = Grant {
+            session: SessionId(get_array(&mut b)?),
+            device: get_str(&mut b)?,
+            services: get_list(&mut b)?,
+            specialist: get_str(&mut b)?,
+            role: get_str(&mut b)?,
+            client_key: get_bytes(&mut b, MAX_CLIENT_KEY)?,
+            relays: get_list(&mut b)?,
+            issued_at: get_u64(&mut b)?,
+            expires_at: get_u64(&mut b)?,
+        };
+        if !b.is_empty() {
+            return Err(ProtoError::Trailing { extra: b.len() });
+        }
+        Ok(g)
+    }
+
+    /// Checks expiry, device and service of an already signature-checked grant.
+    pub fn check(&self, device: &str, service: &str, now: u64) -> Result<(), GrantError> {
+        if now >= self.expires_at {
+            return Err(GrantError::Expired { session: self.session, expired_at: self.expires_at });
+        }
+        if self.device != device {
+            return Err(GrantError::WrongDevice {
+                session: self.session,
+                granted: self.device.clone(),
+                wanted: device.to_string(),
+            });
+        }
+        if !self.services.iter().any(|s| s == service) {
+            return Err(GrantError::ServiceNotGranted {
+                session: self.session,
+                service: service.to_string(),
+            });
+        }
+        Ok(())
+    }
+}
+
+impl SignedGrant {
+    pub fn encode(&self, buf: &mut BytesMut) {
+        put_bytes(buf, &self.body);
+        buf.put_slice(&self.sig);
+    }
+
+    /// The session id of an unverified grant, only to address a refusal.
+    pub fn session_hint(&self) -> SessionId {
+        let mut id = [0u8; 16];
+        if let Some(raw) = self.body.get(1..17) {
+            id.copy_from_slice(raw);
+        }
+        SessionId(id)
+    }
+
+    pub fn decode(buf: &mut Bytes) -> Result<SignedGrant, ProtoError> {
+        let body = get_bytes(buf, MAX_GRANT_BODY)?;
+        let sig = get_array(buf)?;
+        Ok(SignedGrant { body, sig })
+    }
+}
+
+/// Holds the hub's grant-signing key (today also the dev client's).
+pub struct GrantSigner {
+    key: Ed25519KeyPair,
+}
+
+impl GrantSigner {
+    /// From a PKCS#8 document (the body of a `PRIVATE KEY` PEM block).
+    pub fn from_pkcs8(der: &[u8]) -> Result<Self, GrantError> {
+        let key = Ed25519KeyPair::from_pkcs8_maybe_unchecked(der).map_err(|_| GrantError::BadSignature)?;
+        Ok(GrantSigner { key })
+    }
+
+    pub fn public_key(&self) -> [u8; 32] {
+        let mut out = [0u8; 32];
+        out.copy_from_slice(self.key.public_key().as_ref());
+        out
+    }
+
+    pub fn sign(&self, grant: &Grant) -> SignedGrant {
+        let body = grant.encode_body();
+        let mut sig = [0u8; 64];
+        sig.copy_from_slice(self.key.sign(&body).as_ref());
+        SignedGrant { body, sig }
+    }
+}
+
+/// Holds the hub's public key; relays and agents verify grants with it.
+#[derive(Clone)]
+pub struct GrantVerifier {
+    key: [u8; 32],
+}
+
+impl GrantVerifier {
+    pub fn new(key: [u8; 32]) -> Self {
+        GrantVerifier { key }
+    }
+
+    /// Verifies the signature, then decodes. Nothing of an unsigned body is trusted.
+    pub fn verify(&self, g: &SignedGrant) -> Result<Grant, GrantError> {
+        UnparsedPublicKey::new(&ED25519, &self.key)
+            .verify(&g.body, &g.sig)
+            .map_err(|_| GrantError::BadSignature)?;
+        Ok(Grant::decode_body(g.body.clone())?)
+    }
+}

@@ -1,0 +1,110 @@
+//! Frames of every tether wire protocol: encode/decode, limits, versions.
+//!
+//! Every frame is `u32 length | u8 type | payload`, big-endian. The length
+//! covers type and payload and is checked against [`MAX_FRAME`] before any
+//! allocation. The first frame of every connection carries [`VERSION`].
+
+mod frame;
+pub mod grant;
+mod io;
+mod reason;
+pub mod wire;
+
+pub use frame::{Frame, Outcome};
+pub use grant::{Grant, GrantError, GrantSigner, GrantVerifier, SignedGrant};
+pub use io::{FrameIo, FrameIoError};
+pub use reason::Reason;
+
+use std::fmt;
+
+/// Protocol version carried by the first frame of every connection.
+pub const VERSION: u16 = 1;
+/// Largest frame accepted on any connection, header excluded.
+pub const MAX_FRAME: usize = 64 * 1024;
+
+/// What went wrong while decoding bytes from a peer.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum ProtoError {
+    #[error("frame of {len} bytes exceeds the limit of {max}")]
+    Oversize { len: usize, max: usize },
+    #[error("empty frame")]
+    Empty,
+    #[error("unknown frame type {0}")]
+    UnknownType(u8),
+    #[error("frame truncated")]
+    Truncated,
+    #[error("{extra} trailing bytes after frame body")]
+    Trailing { extra: usize },
+    #[error("field of {len} bytes exceeds the limit of {max}")]
+    FieldTooLong { len: usize, max: usize },
+    #[error("string is not UTF-8")]
+    BadUtf8,
+    #[error("unknown value {value} for {field}")]
+    BadValue { field: &'static str, value: u64 },
+    #[error("protocol version {theirs} is not supported (this side speaks {ours})")]
+    Version { theirs: u16, ours: u16 },
+}
+
+impl ProtoError {
+    /// Short stable label for metrics.
+    pub fn label(&self) -> &'static str {
+        match self {
+            ProtoError::Oversize { .. } => "oversize",
+            ProtoError::Empty | ProtoError::Truncated | ProtoError::Trailing { .. } => "malformed",
+            ProtoError::UnknownType(_) => "unknown_type",
+            ProtoError::FieldTooLong { .. } | ProtoError::BadUtf8 | ProtoError::BadValue { .. } => {
+                "bad_field"
+            }
+            ProtoError::Version { .. } => "version",
+        }
+    }
+
+    /// The reason code sent to the peer for this error.
+    pub fn reason(&self) -> Reason {
+        match self {
+            ProtoError::Version { .. } => Reason::VersionMismatch,
+            ProtoError::Oversize { .. } => Reason::FrameTooLarge,
+            _ => Reason::BadFrame,
+        }
+    }
+}
+
+/// A 128-bit random session identifier, printed as 32 hex digits.
+#[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct SessionId(pub [u8; 16]);
+
+impl SessionId {
+    /// A fresh id from the system's secure random source.
+    pub fn random() -> Self {
+        SessionId(crate::random_bytes())
+    }
+
+    pub fn parse(s: &str) -> Option<Self> {
+        let v = hex::decode(s.trim()).ok()?;
+        Some(SessionId(v.try_into().ok()?))
+    }
+}
+
+impl fmt::Display for SessionId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&hex::encode(self.0))
+    }
+}
+
+impl fmt::Debug for SessionId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "SessionId({self})")
+    }
+}
+
+/// Checks the version a peer announced in its first frame.
+pub fn check_version(theirs: u16) -> Result<(), ProtoError> {
+    if theirs == VERSION {
+        Ok(())
+    } else {
+        Err(ProtoError::Version {
+            theirs,
+            ours: VERSION,
+        })
+    }
+}

@@ -1,0 +1,215 @@
+//! Specialist legs (17443): a session's control leg (`ClientOpen`) and one leg
+//! per tunnelled connection (`ClientJoin`).
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::{Duration, Instant};
+
+use serde_json::json;
+use tokio::net::TcpStream;
+use tokio::sync::oneshot;
+use tokio_rustls::server::TlsStream;
+
+use super::session::{Session, token_eq};
+use super::state::{LegEvent, State};
+use crate::metrics;
+use crate::proto::{self, Frame, FrameIo, FrameIoError, Outcome, Reason, SessionId, SignedGrant, grant::now_secs};
+use crate::splice::{Meter, splice};
+use crate::tls;
+
+type Io = FrameIo<TlsStream<TcpStream>>;
+
+pub async fn serve(state: Arc<State>, tls: TlsStream<TcpStream>, peer: SocketAddr) {
+    let alpn_ok = tls.get_ref().1.alpn_protocol() == Some(tls::ALPN_CLIENT);
+    let mut io = FrameIo::new(tls);
+    if !alpn_ok {
+        return refuse(&state, &mut io, peer, Reason::AlpnRequired, "no tether ALPN negotiated", None).await;
+    }
+    if !state.ready.load(Ordering::Relaxed) {
+        return refuse(&state, &mut io, peer, Reason::RelayShutdown, "relay is draining", None).await;
+    }
+    let timeout = Duration::from_millis(state.cfg.limits.handshake_timeout_ms);
+    match tokio::time::timeout(timeout, io.read_frame()).await {
+        Ok(Ok(Frame::ClientOpen { version, grant, service })) => match proto::check_version(version) {
+            Ok(()) => open(state, io, peer, grant, service).await,
+            Err(e) => refuse(&state, &mut io, peer, Reason::VersionMismatch, &e.to_string(), None).await,
+        },
+        Ok(Ok(Frame::ClientJoin { version, session, conn, token })) => match proto::check_version(version) {
+            Ok(()) => join(state, io, peer, session, conn, token).await,
+            Err(e) => refuse(&state, &mut io, peer, Reason::VersionMismatch, &e.to_string(), None).await,
+        },
+        Ok(Ok(other)) => {
+            let detail = format!("expected client_open or client_join, got {}", other.kind());
+            refuse(&state, &mut io, peer, Reason::BadFrame, &detail, None).await
+        }
+        Ok(Err(e)) => {
+            let reason = match &e {
+                FrameIoError::Proto(p) => p.reason(),
+                _ => Reason::BadFrame,
+            };
+            refuse(&state, &mut io, peer, reason, &e.to_string(), None).await
+        }
+        Err(_) => state.handshake_failed("client", peer, "preamble_timeout", "no first frame in time"),
+    }
+}
+
+/// Counts, audits, and names the reason to the client.
+async fn refuse(state: &State, io: &mut Io, peer: SocketAddr, reason: Reason, detail: &str, session: Option<(SessionId, &str)>) {
+    let mut fields = json!({"peer": peer.to_string(), "detail": detail});
+    if let Some((id, device)) = session {
+        fields["session"] = id.to_string().into();
+        fields["device"] = device.into();
+    }
+    state.refused("client_refused", &metrics::RELAY_GRANT_REFUSALS, reason, fields);
+    let _ = io.write_frame(&Frame::Error { reason, message: reason.text().to_string() }).await;
+}
+
+async fn open(state: Arc<State>, mut io: Io, peer: SocketAddr, signed: SignedGrant, service: String) {
+    let grant = match state.grants.verify(&signed) {
+        Ok(g) => g,
+        Err(e) => return refuse(&state, &mut io, peer, e.reason(), &e.to_string(), None).await,
+    };
+    let id = grant.session;
+    tracing::Span::current().record("session", id.to_string()).record("device", grant.device.as_str());
+    let now = now_secs();
+    if let Err(e) = grant.check(&grant.device, &service, now) {
+        return refuse(&state, &mut io, peer, e.reason(), &e.to_string(), Some((id, &grant.device))).await;
+    }
+    let Some((attach_id, agent_tx)) = state.agents.get(&grant.device).map(|a| (a.attach_id, a.tx.clone())) else {
+        return refuse(&state, &mut io, peer, Reason::NotAttached, "device not attached", Some((id, &grant.device))).await;
+    };
+    if !state.consume(id, grant.expires_at, now) {
+        return refuse(&state, &mut io, peer, Reason::GrantReused, "session id already used", Some((id, &grant.device))).await;
+    }
+
+    // Ask the agent; it verifies the grant itself and may wait for on-site consent.
+    let (tx, rx) = oneshot::channel();
+    state.decisions.insert(id, (attach_id, tx));
+    let request = Frame::AccessRequest { grant: signed, service: service.clone() };
+    if agent_tx.send(request).await.is_err() {
+        state.decisions.remove(&id);
+        return refuse(&state, &mut io, peer, Reason::NotAttached, "agent channel closed", Some((id, &grant.device))).await;
+    }
+    state.audit.record(
+        "session_requested",
+        json!({"relay": state.cfg.name, "session": id.to_string(), "device": grant.device, "service": service,
+               "specialist": grant.specialist, "role": grant.role, "client": peer.to_string()}),
+    );
+    let wait = Duration::from_secs(state.cfg.limits.decision_timeout_secs);
+    let decision = tokio::select! {
+        d = tokio::time::timeout(wait, rx) => match d {
+            Ok(Ok(d)) => d,
+            Ok(Err(_)) => (Outcome::Refused, Reason::AgentGone),
+            Err(_) => (Outcome::Refused, Reason::ConsentTimedOut),
+        },
+        // The specialist gave up while waiting: withdraw the request.
+        _ = io.read_frame() => {
+            state.decisions.remove(&id);
+            let _ = agent_tx.try_send(Frame::SessionEnd { session: id, reason: Reason::ClientClosed, bytes_to_device: 0, bytes_to_client: 0 });
+            state.audit.record("session_withdrawn", json!({"relay": state.cfg.name, "session": id.to_string(), "device": grant.device}));
+            return;
+        }
+    };
+    if let (Outcome::Refused, reason) = decision {
+        state.decisions.remove(&id);
+        metrics::RELAY_SESSIONS_ENDED.with_label_values(&[reason.label()]).inc();
+        return refuse(&state, &mut io, peer, reason, "refused by the device", Some((id, &grant.device))).await;
+    }
+
+    let session = Arc::new(Session::new(&grant, &service, peer.to_string(), attach_id, state.shutdown.child_token()));
+    state.sessions.insert(id, session.clone());
+    metrics::RELAY_SESSIONS_ACTIVE.inc();
+    state.audit.record(
+        "session_start",
+        json!({"relay": state.cfg.name, "session": id.to_string(), "device": grant.device, "service": service,
+               "specialist": grant.specialist, "client": peer.to_string()}),
+    );
+    if io.write_frame(&Frame::SessionReady { session: id, token: session.token }).await.is_err() {
+        return state.end_session(id, Reason::ClientClosed, true);
+    }
+    let max = Duration::from_secs(state.cfg.limits.max_session_secs);
+    let reason = loop {
+        tokio::select! {
+            _ = session.end.cancelled() => break None,
+            _ = tokio::time::sleep_until((session.started + max).into()) => break Some(Reason::SessionExpired),
+            f = io.read_frame() => match f {
+                Ok(Frame::Heartbeat { seq }) => { let _ = io.write_frame(&Frame::Heartbeat { seq }).await; }
+                Ok(Frame::SessionEnd { .. }) | Err(_) => break Some(Reason::ClientClosed),
+                Ok(_) => break Some(Reason::BadFrame),
+            },
+        }
+    };
+    if let Some(reason) = reason {
+        state.end_session(id, reason, true);
+    }
+    let end = Frame::SessionEnd {
+        session: id,
+        reason: session.reason(),
+        bytes_to_device: session.to_device.load(Ordering::Relaxed),
+        bytes_to_client: session.to_client.load(Ordering::Relaxed),
+    };
+    let _ = io.write_frame(&end).await;
+}
+
+async fn join(state: Arc<State>, mut io: Io, peer: SocketAddr, id: SessionId, conn: u32, token: [u8; 32]) {
+    let joined_at = Instant::now();
+    tracing::Span::current().record("session", id.to_string());
+    let Some(session) = state.sessions.get(&id).map(|s| s.clone()) else {
+        return refuse(&state, &mut io, peer, Reason::UnknownSession, "no such live session", None).await;
+    };
+    if !token_eq(&session.token, &token) {
+        return refuse(&state, &mut io, peer, Reason::BadToken, "wrong session token", Some((id, &session.device))).await;
+    }
+    let fresh = session.joined.lock().map(|mut j| j.insert(conn)).unwrap_or(false);
+    if !fresh {
+        return refuse(&state, &mut io, peer, Reason::AlreadyPaired, "connection number reused", Some((id, &session.device))).await;
+    }
+    let Some(agent_tx) = state.agents.get(&session.device).map(|a| a.tx.clone()) else {
+        return refuse(&state, &mut io, peer, Reason::NotAttached, "device not attached", Some((id, &session.device))).await;
+    };
+    let (tx, rx) = oneshot::channel();
+    state.legs.insert((id, conn), tx);
+    if agent_tx.send(Frame::Open { session: id, conn }).await.is_err() {
+        state.legs.remove(&(id, conn));
+        return refuse(&state, &mut io, peer, Reason::NotAttached, "agent channel closed", Some((id, &session.device))).await;
+    }
+    let wait = Duration::from_millis(state.cfg.limits.pairing_timeout_ms);
+    let event = tokio::select! {
+        r = tokio::time::timeout(wait, rx) => match r {
+            Ok(Ok(ev)) => ev,
+            Ok(Err(_)) => LegEvent::Failed(Reason::AgentGone),
+            Err(_) => LegEvent::Failed(Reason::PairingTimedOut),
+        },
+        _ = session.end.cancelled() => LegEvent::Failed(session.reason()),
+    };
+    state.legs.remove(&(id, conn));
+    let (leg, leg_prefix) = match event {
+        LegEvent::Leg(leg, prefix) => (leg, prefix),
+        LegEvent::Failed(reason) => {
+            return refuse(&state, &mut io, peer, reason, "the device did not open the connection", Some((id, &session.device))).await;
+        }
+    };
+    let mut leg = FrameIo::new(leg);
+    let paired = Frame::Paired { session: id, conn };
+    if leg.write_frame(&paired).await.is_err() || io.write_frame(&paired).await.is_err() {
+        return;
+    }
+    metrics::RELAY_PAIRING_SECONDS.observe(joined_at.elapsed().as_secs_f64());
+    metrics::RELAY_TUNNELS_TOTAL.inc();
+    metrics::RELAY_TUNNELS_ACTIVE.inc();
+    session.tunnels.fetch_add(1, Ordering::Relaxed);
+    let (client, client_prefix) = io.into_parts();
+    let (leg, _) = leg.into_parts();
+    let to_device = metrics::RELAY_BYTES.with_label_values(&["to_device"]);
+    let to_client = metrics::RELAY_BYTES.with_label_values(&["to_client"]);
+    let result = tokio::select! {
+        r = splice(
+            client, client_prefix, leg, leg_prefix,
+            Meter::with_metric(&session.to_device, &to_device),
+            Meter::with_metric(&session.to_client, &to_client),
+        ) => r.map_err(|e| e.to_string()),
+        _ = session.end.cancelled() => Err("session ended".into()),
+    };
+    metrics::RELAY_TUNNELS_ACTIVE.dec();
+    tracing::debug!(conn, ?result, "tunnel closed");
+}

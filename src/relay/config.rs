@@ -1,0 +1,113 @@
+//! `relay.toml`.
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use serde::Deserialize;
+
+use crate::config::{ConfigFile, must_exist, resolve};
+
+/// Everything a relay needs; see `tether dev init` for a generated example.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RelayConfig {
+    /// This relay's name, as grants and agents know it (`relay-a`).
+    pub name: String,
+    /// Agent control channels (17001).
+    pub control: SocketAddr,
+    /// Agent data legs (17002).
+    pub data: SocketAddr,
+    /// Specialist legs (17443).
+    pub client: SocketAddr,
+    /// `/metrics`, `/healthz`, `/readyz` (17090).
+    pub admin: SocketAddr,
+    /// Fleet root CA (PEM) that device certificates must chain to.
+    pub ca: PathBuf,
+    /// This relay's certificate chain and key (PEM).
+    pub cert: PathBuf,
+    pub key: PathBuf,
+    /// Optional CRL (PEM) of revoked device certificates.
+    #[serde(default)]
+    pub crl: Option<PathBuf>,
+    /// The hub's grant-verifying key (hex of the Ed25519 public key).
+    pub grant_public_key: PathBuf,
+    /// Append-only audit log (JSON lines, hash-chained).
+    pub audit_log: PathBuf,
+    #[serde(default)]
+    pub limits: RelayLimits,
+}
+
+/// Timeouts and caps; defaults suit production.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RelayLimits {
+    /// A TLS handshake and first frame must complete within this.
+    pub handshake_timeout_ms: u64,
+    /// Concurrent TLS handshakes; past this, new connections are refused at once.
+    pub max_handshakes: usize,
+    /// Concurrent connections of all kinds.
+    pub max_connections: usize,
+    /// Heartbeat interval announced to agents.
+    pub heartbeat_secs: u32,
+    /// An agent silent for this long is dropped.
+    pub agent_idle_timeout_secs: u64,
+    /// How long a client join waits for the agent's data leg.
+    pub pairing_timeout_ms: u64,
+    /// How long a client waits for the agent's decision (covers on-site consent).
+    pub decision_timeout_secs: u64,
+    /// Longest a session may last.
+    pub max_session_secs: u64,
+    /// Time given to live tasks to finish after SIGTERM.
+    pub drain_secs: u64,
+}
+
+impl Default for RelayLimits {
+    fn default() -> Self {
+        RelayLimits {
+            handshake_timeout_ms: 10_000,
+            max_handshakes: 4096,
+            max_connections: 50_000,
+            heartbeat_secs: 30,
+            agent_idle_timeout_secs: 95,
+            pairing_timeout_ms: 10_000,
+            decision_timeout_secs: 330,
+            max_session_secs: 8 * 3600,
+            drain_secs: 10,
+        }
+    }
+}
+
+impl ConfigFile for RelayConfig {
+    fn resolve_paths(&mut self, base: &Path) {
+        for p in [&mut self.ca, &mut self.cert, &mut self.key, &mut self.grant_public_key, &mut self.audit_log] {
+            resolve(base, p);
+        }
+        if let Some(crl) = self.crl.as_mut() {
+            resolve(base, crl);
+        }
+    }
+
+    fn problems(&self) -> Vec<String> {
+        let mut p = Vec::new();
+        if self.name.trim().is_empty() {
+            p.push("name: must not be empty".into());
+        }
+        must_exist(&mut p, "ca", &self.ca);
+        must_exist(&mut p, "cert", &self.cert);
+        must_exist(&mut p, "key", &self.key);
+        must_exist(&mut p, "grant_public_key", &self.grant_public_key);
+        if let Some(crl) = &self.crl {
+            must_exist(&mut p, "crl", crl);
+        }
+        let l = &self.limits;
+        if l.heartbeat_secs == 0 {
+            p.push("limits.heartbeat_secs: must be at least 1".into());
+        }
+        if l.agent_idle_timeout_secs <= u64::from(l.heartbeat_secs) {
+            p.push("limits.agent_idle_timeout_secs: must exceed heartbeat_secs".into());
+        }
+        if l.max_handshakes == 0 || l.max_connections == 0 {
+            p.push("limits: max_handshakes and max_connections must be at least 1".into());
+        }
+        p
+    }
+}

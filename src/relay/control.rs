@@ -1,0 +1,186 @@
+//! Agent control channels (17001): hello, heartbeats, requests down, decisions up.
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use serde_json::json;
+use tokio::net::TcpStream;
+use tokio::sync::mpsc;
+use tokio::time::{Instant, sleep_until};
+use tokio_rustls::server::TlsStream;
+
+use super::state::{AgentHandle, LegEvent, State};
+use crate::metrics;
+use crate::proto::{self, Frame, FrameIo, FrameIoError, Reason, VERSION};
+use crate::tls;
+
+const LISTENER: &str = "control";
+
+pub async fn serve(state: Arc<State>, tls: TlsStream<TcpStream>, peer: SocketAddr) {
+    let Some(device) = tls::peer_common_name(tls.get_ref().1.peer_certificates()) else {
+        return state.handshake_failed(LISTENER, peer, "no_device_id", "client certificate has no common name");
+    };
+    let alpn_ok = tls.get_ref().1.alpn_protocol() == Some(tls::ALPN_AGENT);
+    let mut io = FrameIo::new(tls);
+    if !alpn_ok {
+        state.handshake_failed(LISTENER, peer, "alpn_missing", "no tether ALPN negotiated");
+        let _ = io.write_frame(&Frame::error(Reason::AlpnRequired)).await;
+        return;
+    }
+    tracing::Span::current().record("device", device.as_str());
+    let timeout = Duration::from_millis(state.cfg.limits.handshake_timeout_ms);
+    let hello = match tokio::time::timeout(timeout, io.read_frame()).await {
+        Ok(Ok(f)) => f,
+        Ok(Err(e)) => return bad_frame(&state, &mut io, peer, &device, e).await,
+        Err(_) => return state.handshake_failed(LISTENER, peer, "hello_timeout", "no hello in time"),
+    };
+    let (agent_version, services) = match hello {
+        Frame::Hello { version, device: claimed, agent_version, services } => {
+            if let Err(e) = proto::check_version(version) {
+                return bad_frame(&state, &mut io, peer, &device, e.into()).await;
+            }
+            if claimed != device {
+                let detail = format!("hello names {claimed}, certificate names {device}");
+                return refuse(&state, &mut io, peer, &device, "device_mismatch", Reason::DeviceMismatch, &detail).await;
+            }
+            (agent_version, services)
+        }
+        other => {
+            let detail = format!("expected hello, got {}", other.kind());
+            return refuse(&state, &mut io, peer, &device, "unexpected_frame", Reason::BadFrame, &detail).await;
+        }
+    };
+    attached(state, io, peer, device, agent_version, services).await
+}
+
+async fn bad_frame(state: &State, io: &mut FrameIo<TlsStream<TcpStream>>, peer: SocketAddr, device: &str, e: FrameIoError) {
+    let (label, reason) = match &e {
+        FrameIoError::Proto(p) => (p.label(), p.reason()),
+        FrameIoError::Closed => ("closed", Reason::BadFrame),
+        FrameIoError::Io(_) => ("io", Reason::BadFrame),
+    };
+    refuse(state, io, peer, device, label, reason, &e.to_string()).await
+}
+
+/// Counts, audits and names the reason to the agent, which is then dropped.
+async fn refuse(
+    state: &State,
+    io: &mut FrameIo<TlsStream<TcpStream>>,
+    peer: SocketAddr,
+    device: &str,
+    label: &str,
+    reason: Reason,
+    detail: &str,
+) {
+    metrics::RELAY_FRAME_ERRORS.with_label_values(&[LISTENER, label]).inc();
+    state.audit.record(
+        "control_refused",
+        json!({"relay": state.cfg.name, "peer": peer.to_string(), "device": device, "reason": reason.label(), "detail": detail}),
+    );
+    tracing::info!(reason = reason.label(), detail, "dropping control channel");
+    let _ = io.write_frame(&Frame::Error { reason, message: detail.to_string() }).await;
+}
+
+async fn attached(
+    state: Arc<State>,
+    mut io: FrameIo<TlsStream<TcpStream>>,
+    peer: SocketAddr,
+    device: String,
+    agent_version: String,
+    services: Vec<String>,
+) {
+    let attach_id = state.next_attach_id();
+    let (tx, mut rx) = mpsc::channel(64);
+    let cancel = state.shutdown.child_token();
+    if let Some(old) = state.agents.insert(device.clone(), AgentHandle { attach_id, tx, cancel: cancel.clone() }) {
+        old.cancel.cancel();
+    }
+    metrics::RELAY_AGENTS_ATTACHED.inc();
+    metrics::RELAY_CONTROL_CHANNELS.with_label_values(&[&state.cfg.name]).inc();
+    state.audit.record(
+        "agent_attached",
+        json!({"relay": state.cfg.name, "device": device, "peer": peer.to_string(), "agent_version": agent_version, "services": services}),
+    );
+    tracing::info!(%device, %agent_version, "agent attached");
+
+    let hb = state.cfg.limits.heartbeat_secs;
+    let idle = Duration::from_secs(state.cfg.limits.agent_idle_timeout_secs);
+    let why = match io.write_frame(&Frame::Welcome { version: VERSION, relay: state.cfg.name.clone(), heartbeat_secs: hb }).await {
+        Err(e) => format!("write failed: {e}"),
+        Ok(()) => channel_loop(&state, &mut io, &mut rx, &cancel, &device, peer, idle).await,
+    };
+
+    state.agents.remove_if(&device, |_, h| h.attach_id == attach_id);
+    state.agent_gone(&device, attach_id);
+    metrics::RELAY_AGENTS_ATTACHED.dec();
+    metrics::RELAY_CONTROL_CHANNELS.with_label_values(&[&state.cfg.name]).dec();
+    state.audit.record("agent_detached", json!({"relay": state.cfg.name, "device": device, "why": why}));
+    tracing::info!(%device, %why, "agent detached");
+}
+
+async fn channel_loop(
+    state: &State,
+    io: &mut FrameIo<TlsStream<TcpStream>>,
+    rx: &mut mpsc::Receiver<Frame>,
+    cancel: &tokio_util::sync::CancellationToken,
+    device: &str,
+    peer: SocketAddr,
+    idle: Duration,
+) -> String {
+    let mut deadline = Instant::now() + idle;
+    loop {
+        tokio::select! {
+            _ = cancel.cancelled() => {
+                let reason = if state.shutdown.is_cancelled() { Reason::RelayShutdown } else { Reason::Unknown };
+                let _ = io.write_frame(&Frame::error(reason)).await;
+                return "replaced by a newer channel or relay shutdown".into();
+            }
+            _ = sleep_until(deadline) => return "idle timeout".into(),
+            out = rx.recv() => match out {
+                Some(f) => if let Err(e) = io.write_frame(&f).await { return format!("write failed: {e}") },
+                None => return "handle dropped".into(),
+            },
+            r = io.read_frame() => {
+                let frame = match r {
+                    Ok(f) => f,
+                    Err(FrameIoError::Closed) => return "agent closed".into(),
+                    Err(e) => {
+                        bad_frame(state, io, peer, device, e).await;
+                        return "bad frame".into();
+                    }
+                };
+                deadline = Instant::now() + idle;
+                if let Err(why) = on_frame(state, io, device, frame).await {
+                    return why;
+                }
+                io.shrink();
+            }
+        }
+    }
+}
+
+async fn on_frame(state: &State, io: &mut FrameIo<TlsStream<TcpStream>>, device: &str, frame: Frame) -> Result<(), String> {
+    match frame {
+        Frame::Heartbeat { seq } => io.write_frame(&Frame::Heartbeat { seq }).await.map_err(|e| format!("write failed: {e}"))?,
+        Frame::Decision { session, outcome, reason } => {
+            if let Some((_, (_, tx))) = state.decisions.remove(&session) {
+                let _ = tx.send((outcome, reason));
+            }
+        }
+        Frame::OpenFailed { session, conn, reason } => {
+            if let Some((_, tx)) = state.legs.remove(&(session, conn)) {
+                let _ = tx.send(LegEvent::Failed(reason));
+            }
+        }
+        Frame::SessionEnd { session, reason, .. } => {
+            if state.sessions.get(&session).is_some_and(|s| s.device == device) {
+                state.end_session(session, reason, false);
+            } else if let Some((_, (_, tx))) = state.decisions.remove(&session) {
+                let _ = tx.send((proto::Outcome::Refused, reason));
+            }
+        }
+        Frame::Error { reason, message } => tracing::warn!(reason = reason.label(), %message, "agent reported an error"),
+        other => return Err(format!("unexpected {} frame", other.kind())),
+    }
+    Ok(())
+}

@@ -1,0 +1,170 @@
+//! The relay: TLS listeners for agents, data legs and specialists; pairing by
+//! session id; splicing; admin endpoints.
+//!
+//! [`Listeners::bind`] binds all four ports (port 0 works) and [`run`] serves
+//! them until the shutdown token fires, then drains.
+
+mod admin;
+mod client;
+pub mod config;
+mod control;
+mod data;
+mod session;
+mod state;
+
+pub use config::{RelayConfig, RelayLimits};
+pub use state::State;
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+use tokio::net::{TcpListener, TcpStream};
+use tokio_rustls::TlsAcceptor;
+use tokio_rustls::server::TlsStream;
+use tokio_util::sync::CancellationToken;
+use tracing::Instrument;
+
+use crate::metrics;
+use crate::tls::{self, Identity};
+
+/// Why the relay could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum RelayError {
+    #[error("cannot bind {what} on {addr}: {source}")]
+    Bind { what: &'static str, addr: SocketAddr, source: std::io::Error },
+    #[error(transparent)]
+    Tls(#[from] tls::TlsError),
+    #[error(transparent)]
+    Audit(#[from] crate::audit::AuditError),
+}
+
+/// The four bound listeners of a relay.
+pub struct Listeners {
+    pub control: TcpListener,
+    pub data: TcpListener,
+    pub client: TcpListener,
+    pub admin: TcpListener,
+}
+
+/// Addresses actually bound (useful with port 0).
+#[derive(Debug, Clone, Copy)]
+pub struct BoundAddrs {
+    pub control: SocketAddr,
+    pub data: SocketAddr,
+    pub client: SocketAddr,
+    pub admin: SocketAddr,
+}
+
+impl Listeners {
+    pub async fn bind(cfg: &RelayConfig) -> Result<Listeners, RelayError> {
+        async fn one(what: &'static str, addr: SocketAddr) -> Result<TcpListener, RelayError> {
+            TcpListener::bind(addr).await.map_err(|source| RelayError::Bind { what, addr, source })
+        }
+        Ok(Listeners {
+            control: one("control", cfg.control).await?,
+            data: one("data", cfg.data).await?,
+            client: one("client", cfg.client).await?,
+            admin: one("admin", cfg.admin).await?,
+        })
+    }
+
+    pub fn addrs(&self) -> BoundAddrs {
+        let a = |l: &TcpListener| l.local_addr().expect("bound listener has an address");
+        BoundAddrs { control: a(&self.control), data: a(&self.data), client: a(&self.client), admin: a(&self.admin) }
+    }
+}
+
+/// Serves until `shutdown` is cancelled, then drains live tasks for up to
+/// `limits.drain_secs` and returns.
+pub async fn run(listeners: Listeners, cfg: RelayConfig, shutdown: CancellationToken) -> Result<(), RelayError> {
+    metrics::init();
+    let id = Identity { ca: &cfg.ca, cert: &cfg.cert, key: &cfg.key };
+    let crl = cfg.crl.as_deref();
+    let control_tls = TlsAcceptor::from(tls::server_config(&id, true, crl, tls::ALPN_AGENT)?);
+    let data_tls = TlsAcceptor::from(tls::server_config(&id, true, crl, tls::ALPN_DATA)?);
+    let client_tls = TlsAcceptor::from(tls::server_config(&id, false, None, tls::ALPN_CLIENT)?);
+    let state = State::new(cfg, shutdown.clone())?;
+    tracing::info!(relay = %state.cfg.name, "relay serving");
+
+    let tracker = state.tracker.clone();
+    tracker.spawn(accept_loop("control", listeners.control, control_tls, state.clone(), control::serve));
+    tracker.spawn(accept_loop("data", listeners.data, data_tls, state.clone(), data::serve));
+    tracker.spawn(accept_loop("client", listeners.client, client_tls, state.clone(), client::serve));
+    tracker.spawn(admin::serve(listeners.admin, state.clone()));
+
+    shutdown.cancelled().await;
+    state.ready.store(false, Ordering::Relaxed);
+    tracker.close();
+    let drain = Duration::from_secs(state.cfg.limits.drain_secs);
+    if tokio::time::timeout(drain, tracker.wait()).await.is_err() {
+        tracing::warn!(tasks = tracker.len(), "drain period over; exiting with tasks still running");
+    }
+    Ok(())
+}
+
+/// Accepts connections; each one's TLS handshake runs in its own task under a
+/// timeout, so a slow peer never stalls the loop.
+async fn accept_loop<F, Fut>(
+    listener_name: &'static str,
+    listener: TcpListener,
+    acceptor: TlsAcceptor,
+    state: Arc<State>,
+    handler: F,
+) where
+    F: Fn(Arc<State>, TlsStream<TcpStream>, SocketAddr) -> Fut + Clone + Send + 'static,
+    Fut: Future<Output = ()> + Send + 'static,
+{
+    let hs_timeout = Duration::from_millis(state.cfg.limits.handshake_timeout_ms);
+    loop {
+        let accepted = tokio::select! {
+            _ = state.shutdown.cancelled() => return,
+            r = listener.accept() => r,
+        };
+        let (tcp, peer) = match accepted {
+            Ok(x) => x,
+            Err(e) => {
+                // EMFILE and friends: back off instead of spinning.
+                tracing::warn!(listener = listener_name, error = %e, "accept failed");
+                tokio::time::sleep(Duration::from_millis(100)).await;
+                continue;
+            }
+        };
+        let refuse = |reason: &str| {
+            metrics::RELAY_CONNECTIONS_REFUSED.with_label_values(&[listener_name, reason]).inc();
+        };
+        let Ok(conn_permit) = state.conn_limit.clone().try_acquire_owned() else {
+            refuse("max_connections");
+            continue;
+        };
+        let Ok(hs_permit) = state.hs_limit.clone().try_acquire_owned() else {
+            refuse("max_handshakes");
+            continue;
+        };
+        let _ = tcp.set_nodelay(true);
+        let (acceptor, state2, handler) = (acceptor.clone(), state.clone(), handler.clone());
+        let span = tracing::info_span!(
+            "conn",
+            listener = listener_name,
+            %peer,
+            device = tracing::field::Empty,
+            session = tracing::field::Empty
+        );
+        state.tracker.spawn(
+            async move {
+                let _conn = conn_permit;
+                let res = tokio::time::timeout(hs_timeout, acceptor.accept(tcp)).await;
+                drop(hs_permit);
+                let tls = match res {
+                    Ok(Ok(tls)) => tls,
+                    Ok(Err(e)) => return state2.handshake_failed(listener_name, peer, tls::handshake_failure_label(&e), &e.to_string()),
+                    Err(_) => return state2.handshake_failed(listener_name, peer, "timeout", "handshake timed out"),
+                };
+                handler(state2, tls, peer).await
+            }
+            .instrument(span),
+        );
+    }
+}

@@ -1,0 +1,60 @@
+//! A session as the relay sees it: who, what, counters, and its end signal.
+use std::collections::HashSet;
+use std::sync::Mutex;
+use std::sync::atomic::AtomicU64;
+use std::time::Instant;
+
+use tokio_util::sync::CancellationToken;
+
+use crate::proto::{Grant, Reason, SessionId};
+
+pub struct Session {
+    pub id: SessionId,
+    pub device: String,
+    pub service: String,
+    pub specialist: String,
+    pub role: String,
+    pub client_addr: String,
+    /// The agent control channel that admitted it.
+    pub attach_id: u64,
+    pub token: [u8; 32],
+    pub started: Instant,
+    pub to_device: AtomicU64,
+    pub to_client: AtomicU64,
+    pub tunnels: AtomicU64,
+    /// Connection numbers already joined (each may be paired once).
+    pub joined: Mutex<HashSet<u32>>,
+    pub end: CancellationToken,
+    pub end_reason: Mutex<Option<Reason>>,
+}
+
+impl Session {
+    pub fn new(grant: &Grant, service: &str, client_addr: String, attach_id: u64, end: CancellationToken) -> Session {
+        Session {
+            id: grant.session,
+            device: grant.device.clone(),
+            service: service.to_string(),
+            specialist: grant.specialist.clone(),
+            role: grant.role.clone(),
+            client_addr,
+            attach_id,
+            token: crate::random_bytes(),
+            started: Instant::now(),
+            to_device: AtomicU64::new(0),
+            to_client: AtomicU64::new(0),
+            tunnels: AtomicU64::new(0),
+            joined: Mutex::new(HashSet::new()),
+            end,
+            end_reason: Mutex::new(None),
+        }
+    }
+
+    pub fn reason(&self) -> Reason {
+        self.end_reason.lock().map(|r| r.unwrap_or(Reason::Unknown)).unwrap_or(Reason::Unknown)
+    }
+}
+
+/// Compares secrets without leaking where they differ.
+pub fn token_eq(a: &[u8; 32], b: &[u8; 32]) -> bool {
+    a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}

@@ -1,0 +1,155 @@
+//! The relay's shared state: attached agents, sessions, waiters, limits.
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+
+use bytes::Bytes;
+use dashmap::DashMap;
+use serde_json::json;
+use tokio::net::TcpStream;
+use tokio::sync::{Semaphore, mpsc, oneshot};
+use tokio_rustls::server::TlsStream;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use super::RelayConfig;
+use super::session::Session;
+use crate::audit::AuditLog;
+use crate::metrics;
+use crate::proto::{Frame, GrantVerifier, Outcome, Reason, SessionId};
+
+/// A live agent control channel.
+pub struct AgentHandle {
+    pub attach_id: u64,
+    pub tx: mpsc::Sender<Frame>,
+    pub cancel: CancellationToken,
+}
+
+/// What a client join waits for.
+pub enum LegEvent {
+    Leg(TlsStream<TcpStream>, Bytes),
+    Failed(Reason),
+}
+
+pub struct State {
+    pub cfg: RelayConfig,
+    pub grants: GrantVerifier,
+    pub audit: AuditLog,
+    pub agents: DashMap<String, AgentHandle>,
+    pub sessions: DashMap<SessionId, Arc<Session>>,
+    /// Session ids already used, with the grant's expiry (purged after it).
+    consumed: Mutex<HashMap<SessionId, u64>>,
+    pub decisions: DashMap<SessionId, (u64, oneshot::Sender<(Outcome, Reason)>)>,
+    pub legs: DashMap<(SessionId, u32), oneshot::Sender<LegEvent>>,
+    pub ready: AtomicBool,
+    pub shutdown: CancellationToken,
+    pub tracker: TaskTracker,
+    pub conn_limit: Arc<Semaphore>,
+    pub hs_limit: Arc<Semaphore>,
+    next_attach: AtomicU64,
+}
+
+impl State {
+    pub fn new(cfg: RelayConfig, shutdown: CancellationToken) -> Result<Arc<State>, super::RelayError> {
+        let grants = crate::tls::pki::load_grant_verifier(&cfg.grant_public_key)?;
+        let audit = AuditLog::open(&cfg.audit_log)?;
+        Ok(Arc::new(State {
+            grants,
+            audit,
+            agents: DashMap::new(),
+            sessions: DashMap::new(),
+            consumed: Mutex::new(HashMap::new()),
+            decisions: DashMap::new(),
+            legs: DashMap::new(),
+            ready: AtomicBool::new(true),
+            shutdown,
+            tracker: TaskTracker::new(),
+            conn_limit: Arc::new(Semaphore::new(cfg.limits.max_connections)),
+            hs_limit: Arc::new(Semaphore::new(cfg.limits.max_handshakes)),
+            next_attach: AtomicU64::new(1),
+            cfg,
+        }))
+    }
+
+    pub fn next_attach_id(&self) -> u64 {
+        self.next_attach.fetch_add(1, Ordering::Relaxed)
+    }
+
+    /// Counts and audits a failed TLS handshake. The peer already got the TLS alert.
+    pub fn handshake_failed(&self, listener: &str, peer: SocketAddr, reason: &str, detail: &str) {
+        tracing::info!(listener, reason, detail, "handshake failed");
+        metrics::RELAY_HANDSHAKE_FAILURES.with_label_values(&[listener, reason]).inc();
+        self.audit.record(
+            "handshake_refused",
+            json!({"relay": self.cfg.name, "listener": listener, "peer": peer.to_string(), "reason": reason, "detail": detail}),
+        );
+    }
+
+    /// Counts and audits a refused frame-level request.
+    pub fn refused(&self, event: &str, metric: &prometheus::IntCounterVec, reason: Reason, mut fields: serde_json::Value) {
+        metric.with_label_values(&[reason.label()]).inc();
+        if let Some(m) = fields.as_object_mut() {
+            m.insert("relay".into(), self.cfg.name.clone().into());
+            m.insert("reason".into(), reason.label().into());
+        }
+        tracing::info!(event, reason = reason.label(), "refused");
+        self.audit.record(event, fields);
+    }
+
+    /// Marks a session id used. False when it was used before.
+    pub fn consume(&self, session: SessionId, expires_at: u64, now: u64) -> bool {
+        let mut used = match self.consumed.lock() {
+            Ok(g) => g,
+            Err(p) => p.into_inner(),
+        };
+        if used.len() > 1024 {
+            used.retain(|_, exp| *exp > now);
+        }
+        if used.contains_key(&session) {
+            return false;
+        }
+        used.insert(session, expires_at);
+        true
+    }
+
+    /// Ends a session once: removes it, signals its tasks, audits, counts,
+    /// and tells the agent unless the agent itself ended it.
+    pub fn end_session(&self, id: SessionId, reason: Reason, tell_agent: bool) {
+        let Some((_, s)) = self.sessions.remove(&id) else { return };
+        if let Ok(mut r) = s.end_reason.lock() {
+            r.get_or_insert(reason);
+        }
+        s.end.cancel();
+        metrics::RELAY_SESSIONS_ACTIVE.dec();
+        metrics::RELAY_SESSIONS_ENDED.with_label_values(&[reason.label()]).inc();
+        let (to_device, to_client) = (s.to_device.load(Ordering::Relaxed), s.to_client.load(Ordering::Relaxed));
+        tracing::info!(session = %id, device = %s.device, reason = reason.label(), to_device, to_client, "session ended");
+        self.audit.record(
+            "session_end",
+            json!({
+                "relay": self.cfg.name, "session": id.to_string(), "device": s.device, "service": s.service,
+                "specialist": s.specialist, "client": s.client_addr, "reason": reason.label(),
+                "duration_ms": s.started.elapsed().as_millis() as u64, "tunnels": s.tunnels.load(Ordering::Relaxed),
+                "bytes_to_device": to_device, "bytes_to_client": to_client,
+            }),
+        );
+        if tell_agent && let Some(agent) = self.agents.get(&s.device) {
+            let _ = agent.tx.try_send(Frame::SessionEnd { session: id, reason, bytes_to_device: to_device, bytes_to_client: to_client });
+        }
+    }
+
+    /// Ends every session admitted through a control channel that is gone.
+    pub fn agent_gone(&self, device: &str, attach_id: u64) {
+        let ids: Vec<SessionId> = self
+            .sessions
+            .iter()
+            .filter(|s| s.device == device && s.attach_id == attach_id)
+            .map(|s| s.id)
+            .collect();
+        for id in ids {
+            self.end_session(id, Reason::AgentGone, false);
+        }
+        self.decisions.retain(|_, (a, _)| *a != attach_id);
+    }
+}

@@ -1,0 +1,115 @@
+//! Moving bytes between two streams in both directions.
+//!
+//! Each direction reads into one reusable buffer and writes that same buffer
+//! out: no copy between legs beyond what TLS itself does. EOF on one side is
+//! passed on as a half-close (TLS close_notify + FIN) and the other direction
+//! keeps flowing until it too ends.
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use bytes::{Bytes, BytesMut};
+use prometheus::IntCounter;
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+
+/// Read size per direction. TLS records are 16 KiB; this batches several.
+pub const CHUNK: usize = 64 * 1024;
+
+/// Where the bytes of one direction are counted.
+#[derive(Clone, Copy)]
+pub struct Meter<'a> {
+    pub total: &'a AtomicU64,
+    pub metric: Option<&'a IntCounter>,
+}
+
+impl<'a> Meter<'a> {
+    pub fn new(total: &'a AtomicU64) -> Self {
+        Meter { total, metric: None }
+    }
+    pub fn with_metric(total: &'a AtomicU64, metric: &'a IntCounter) -> Self {
+        Meter { total, metric: Some(metric) }
+    }
+    fn add(&self, n: usize) {
+        self.total.fetch_add(n as u64, Ordering::Relaxed);
+        if let Some(m) = self.metric {
+            m.inc_by(n as u64);
+        }
+    }
+}
+
+async fn pump<R, W>(mut r: R, mut w: W, prefix: Bytes, meter: Meter<'_>) -> std::io::Result<()>
+where
+    R: AsyncRead + Unpin,
+    W: AsyncWrite + Unpin,
+{
+    if !prefix.is_empty() {
+        w.write_all(&prefix).await?;
+        w.flush().await?;
+        meter.add(prefix.len());
+    }
+    let mut buf = BytesMut::with_capacity(CHUNK);
+    loop {
+        buf.clear();
+        let n = r.read_buf(&mut buf).await?;
+        if n == 0 {
+            // Half-close: the peer of `w` sees EOF; the other direction goes on.
+            let _ = w.shutdown().await;
+            return Ok(());
+        }
+        w.write_all(&buf).await?;
+        w.flush().await?;
+        meter.add(n);
+    }
+}
+
+/// Splices `a` and `b` until both directions have ended or either fails.
+/// `a_prefix` holds bytes already read from `a` (sent to `b` first), and
+/// likewise `b_prefix`.
+pub async fn splice<A, B>(
+    a: A,
+    a_prefix: Bytes,
+    b: B,
+    b_prefix: Bytes,
+    a_to_b: Meter<'_>,
+    b_to_a: Meter<'_>,
+) -> std::io::Result<()>
+where
+    A: AsyncRead + AsyncWrite,
+    B: AsyncRead + AsyncWrite,
+{
+    let (ar, aw) = tokio::io::split(a);
+    let (br, bw) = tokio::io::split(b);
+    tokio::try_join!(pump(ar, bw, a_prefix, a_to_b), pump(br, aw, b_prefix, b_to_a))?;
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tokio::io::duplex;
+
+    #[tokio::test]
+    async fn bytes_and_half_close_cross_both_ways() {
+        let (a_outer, a) = duplex(1024);
+        let (b, b_outer) = duplex(1024);
+        let (up, down) = (AtomicU64::new(0), AtomicU64::new(0));
+        let task = async { splice(a, Bytes::from_static(b"pre"), b, Bytes::new(), Meter::new(&up), Meter::new(&down)).await };
+        let ends = async {
+            let (mut ar, mut aw) = tokio::io::split(a_outer);
+            let (mut br, mut bw) = tokio::io::split(b_outer);
+            aw.write_all(b"hello").await.unwrap();
+            aw.shutdown().await.unwrap();
+            let mut got = Vec::new();
+            br.read_to_end(&mut got).await.unwrap();
+            assert_eq!(got, b"prehello");
+            // The reverse direction still works after the half-close.
+            bw.write_all(b"back").await.unwrap();
+            bw.shutdown().await.unwrap();
+            let mut back = Vec::new();
+            ar.read_to_end(&mut back).await.unwrap();
+            assert_eq!(back, b"back");
+        };
+        let (r, ()) = tokio::join!(task, ends);
+        r.unwrap();
+        assert_eq!(up.load(Ordering::Relaxed), 8);
+        assert_eq!(down.load(Ordering::Relaxed), 4);
+    }
+}

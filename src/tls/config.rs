@@ -1,0 +1,154 @@
+//! rustls client and server configs, peer identity, handshake failure labels.
+use std::path::Path;
+use std::sync::Arc;
+
+use rustls::crypto::CryptoProvider;
+use rustls::pki_types::{CertificateDer, CertificateRevocationListDer, PrivateKeyDer, ServerName};
+use rustls::server::WebPkiClientVerifier;
+use rustls::{ClientConfig, RootCertStore, ServerConfig};
+
+use super::TlsError;
+
+/// ALPN of the agent control channel (17001).
+pub const ALPN_AGENT: &[u8] = b"tether-agent/1";
+/// ALPN of agent data legs (17002).
+pub const ALPN_DATA: &[u8] = b"tether-data/1";
+/// ALPN of specialist legs (17443).
+pub const ALPN_CLIENT: &[u8] = b"tether-client/1";
+
+/// The one crypto provider (ring) used by every config.
+pub fn provider() -> Arc<CryptoProvider> {
+    Arc::new(rustls::crypto::ring::default_provider())
+}
+
+fn read(path: &Path) -> Result<Vec<u8>, TlsError> {
+    std::fs::read(path).map_err(|source| TlsError::Read { path: path.into(), source })
+}
+
+/// All certificates of a PEM file.
+pub fn load_certs(path: &Path) -> Result<Vec<CertificateDer<'static>>, TlsError> {
+    let pem = read(path)?;
+    let certs: Vec<_> = rustls_pemfile::certs(&mut pem.as_slice())
+        .collect::<Result<_, _>>()
+        .map_err(|_| TlsError::BadPem { path: path.into(), what: "certificate" })?;
+    if certs.is_empty() {
+        return Err(TlsError::Missing { path: path.into(), what: "certificate" });
+    }
+    Ok(certs)
+}
+
+/// The first private key of a PEM file.
+pub fn load_key(path: &Path) -> Result<PrivateKeyDer<'static>, TlsError> {
+    let pem = read(path)?;
+    rustls_pemfile::private_key(&mut pem.as_slice())
+        .map_err(|_| TlsError::BadPem { path: path.into(), what: "private key" })?
+        .ok_or_else(|| TlsError::Missing { path: path.into(), what: "private key" })
+}
+
+/// All CRLs of a PEM file.
+pub fn load_crls(path: &Path) -> Result<Vec<CertificateRevocationListDer<'static>>, TlsError> {
+    let pem = read(path)?;
+    rustls_pemfile::crls(&mut pem.as_slice())
+        .collect::<Result<_, _>>()
+        .map_err(|_| TlsError::BadPem { path: path.into(), what: "CRL" })
+}
+
+/// A root store holding the fleet CA(s) of a PEM file.
+pub fn load_roots(path: &Path) -> Result<Arc<RootCertStore>, TlsError> {
+    let mut roots = RootCertStore::empty();
+    for c in load_certs(path)? {
+        roots.add(c)?;
+    }
+    Ok(Arc::new(roots))
+}
+
+/// Paths of one side's identity.
+#[derive(Debug, Clone)]
+pub struct Identity<'a> {
+    pub ca: &'a Path,
+    pub cert: &'a Path,
+    pub key: &'a Path,
+}
+
+/// A relay listener's server config: TLS 1.3 only, one ALPN, and (for agent
+/// listeners) a required client certificate checked against the CA and CRL.
+pub fn server_config(
+    id: &Identity<'_>,
+    client_auth: bool,
+    crl: Option<&Path>,
+    alpn: &[u8],
+) -> Result<Arc<ServerConfig>, TlsError> {
+    let builder = ServerConfig::builder_with_provider(provider())
+        .with_protocol_versions(&[&rustls::version::TLS13])?;
+    let builder = if client_auth {
+        let mut v = WebPkiClientVerifier::builder_with_provider(load_roots(id.ca)?, provider());
+        if let Some(crl) = crl {
+            v = v.with_crls(load_crls(crl)?).only_check_end_entity_revocation();
+        }
+        builder.with_client_cert_verifier(v.build()?)
+    } else {
+        builder.with_no_client_auth()
+    };
+    let mut cfg = builder.with_single_cert(load_certs(id.cert)?, load_key(id.key)?)?;
+    cfg.alpn_protocols = vec![alpn.to_vec()];
+    Ok(Arc::new(cfg))
+}
+
+/// A client config that trusts the fleet CA, optionally presenting a client cert.
+pub fn client_config(
+    ca: &Path,
+    client_cert: Option<(&Path, &Path)>,
+    alpn: &[u8],
+) -> Result<Arc<ClientConfig>, TlsError> {
+    let builder = ClientConfig::builder_with_provider(provider())
+        .with_protocol_versions(&[&rustls::version::TLS13])?
+        .with_root_certificates(load_roots(ca)?);
+    let mut cfg = match client_cert {
+        Some((cert, key)) => builder.with_client_auth_cert(load_certs(cert)?, load_key(key)?)?,
+        None => builder.with_no_client_auth(),
+    };
+    cfg.alpn_protocols = vec![alpn.to_vec()];
+    Ok(Arc::new(cfg))
+}
+
+/// The server name to verify for a relay address like `relay-a` or `127.0.0.1`.
+pub fn server_name(name: &str) -> Result<ServerName<'static>, TlsError> {
+    ServerName::try_from(name.to_string())
+        .map_err(|_| TlsError::GrantKey(format!("invalid server name {name}")))
+}
+
+/// The common name of a verified peer certificate (the device id for agents).
+pub fn peer_common_name(certs: Option<&[CertificateDer<'_>]>) -> Option<String> {
+    let der = certs?.first()?;
+    let (_, cert) = x509_parser::parse_x509_certificate(der).ok()?;
+    let cn = cert.subject().iter_common_name().next()?;
+    cn.as_str().ok().map(str::to_string)
+}
+
+/// A stable label for why a TLS handshake failed, for metrics and audit.
+pub fn handshake_failure_label(err: &std::io::Error) -> &'static str {
+    use rustls::{CertificateError as C, Error as E};
+    let Some(inner) = err.get_ref().and_then(|e| e.downcast_ref::<E>()) else {
+        return match err.kind() {
+            std::io::ErrorKind::UnexpectedEof => "eof",
+            std::io::ErrorKind::ConnectionReset => "reset",
+            _ => "io",
+        };
+    };
+    match inner {
+        E::InvalidCertificate(C::Expired | C::ExpiredContext { .. }) => "cert_expired",
+        E::InvalidCertificate(C::NotValidYet | C::NotValidYetContext { .. }) => "cert_not_yet_valid",
+        E::InvalidCertificate(C::Revoked) => "cert_revoked",
+        E::InvalidCertificate(C::UnknownIssuer) => "cert_unknown_issuer",
+        E::InvalidCertificate(C::BadSignature) => "cert_bad_signature",
+        E::InvalidCertificate(_) => "cert_invalid",
+        E::NoCertificatesPresented => "no_client_cert",
+        E::NoApplicationProtocol => "alpn_mismatch",
+        E::PeerIncompatible(_) => "peer_incompatible",
+        E::InvalidMessage(_) | E::InappropriateMessage { .. } | E::InappropriateHandshakeMessage { .. } => {
+            "malformed"
+        }
+        E::AlertReceived(_) => "alert_received",
+        _ => "tls_other",
+    }
+}

@@ -1,0 +1,34 @@
+//! TLS for every tether connection: rustls configs built once, PEM files,
+//! CRLs, ALPN names, peer identities, and handshake-failure labels.
+//!
+//! Every listener speaks TLS 1.3 only and requires its ALPN name.
+
+mod config;
+mod dial;
+pub mod pki;
+
+pub use config::*;
+pub use dial::{DIAL_TIMEOUT, dial};
+
+use std::path::PathBuf;
+
+/// Why TLS material could not be loaded or a config built.
+#[derive(Debug, thiserror::Error)]
+pub enum TlsError {
+    #[error("cannot read {path}: {source}")]
+    Read { path: PathBuf, source: std::io::Error },
+    #[error("{path} holds no {what}")]
+    Missing { path: PathBuf, what: &'static str },
+    #[error("{path}: {what} is not valid PEM")]
+    BadPem { path: PathBuf, what: &'static str },
+    #[error("TLS configuration: {0}")]
+    Rustls(#[from] rustls::Error),
+    #[error("client verifier: {0}")]
+    Verifier(#[from] rustls::server::VerifierBuilderError),
+    #[error("certificate generation: {0}")]
+    Rcgen(#[from] rcgen::Error),
+    #[error("cannot write {path}: {source}")]
+    Write { path: PathBuf, source: std::io::Error },
+    #[error("grant key: {0}")]
+    GrantKey(String),
+}
