@@ -1,0 +1,161 @@
+//! Grant refusals at the relay and, independently, at the agent.
+use std::sync::Arc;
+
+use tether::proto::{Frame, FrameIo, Grant, GrantSigner, Outcome, Reason, SessionId, VERSION, grant::now_secs};
+use tether::tls::{self, Identity};
+use tokio::net::TcpListener;
+use tokio_rustls::TlsAcceptor;
+
+use crate::harness::*;
+
+async fn refused_with(fleet: &Fleet, answer: Frame, reason: Reason) {
+    match answer {
+        Frame::Error { reason: r, .. } => assert_eq!(r, reason),
+        other => panic!("expected {reason}, got {other:?}"),
+    }
+    assert!(
+        fleet.metric(0, "tether_relay_grant_refusals_total", &[&format!("reason=\"{}\"", reason.label())]).await >= 1.0,
+        "{reason} not counted"
+    );
+    assert!(audited(&fleet.relay_audit(0), "client_refused", reason.label()), "{reason} not audited");
+}
+
+fn foreign_signer() -> GrantSigner {
+    let rng = ring::rand::SystemRandom::new();
+    let doc = ring::signature::Ed25519KeyPair::generate_pkcs8(&rng).unwrap();
+    GrantSigner::from_pkcs8(doc.as_ref()).unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn relay_refuses_bad_grants_by_name() {
+    let fleet = Fleet::start(Opts::default()).await;
+    let live = fleet.session("echo").await;
+
+    // Bad signature: signed by a key that is not the hub's.
+    let good = fleet.grant(|_| {});
+    let body = Grant { session: SessionId::random(), ..tether::proto::GrantVerifier::new(fleet.pki.signer.public_key()).verify(&good).unwrap() };
+    let forged = foreign_signer().sign(&body);
+    refused_with(&fleet, fleet.open_raw(0, forged, "echo").await, Reason::GrantBadSignature).await;
+
+    // A flipped byte in a genuine grant.
+    let mut tampered = fleet.grant(|_| {});
+    let mut b = tampered.body.to_vec();
+    let last = b.len() - 1;
+    b[last] ^= 1;
+    tampered.body = b.into();
+    refused_with(&fleet, fleet.open_raw(0, tampered, "echo").await, Reason::GrantBadSignature).await;
+
+    let expired = fleet.grant(|g| g.expires_at = now_secs() - 1);
+    refused_with(&fleet, fleet.open_raw(0, expired, "echo").await, Reason::GrantExpired).await;
+
+    let other_service = fleet.grant(|_| {});
+    refused_with(&fleet, fleet.open_raw(0, other_service, "vnc").await, Reason::GrantServiceNotGranted).await;
+
+    let ghost = fleet.grant(|g| g.device = "ghost-device".into());
+    refused_with(&fleet, fleet.open_raw(0, ghost, "echo").await, Reason::NotAttached).await;
+
+    let once = fleet.grant(|_| {});
+    assert!(matches!(fleet.open_raw(0, once.clone(), "echo").await, Frame::SessionReady { .. }));
+    refused_with(&fleet, fleet.open_raw(0, once, "echo").await, Reason::GrantReused).await;
+
+    // The grant names a service the device does not allow: the agent refuses.
+    let telnet = fleet.grant(|g| g.services = vec!["telnet".into()]);
+    refused_with(&fleet, fleet.open_raw(0, telnet, "telnet").await, Reason::ServiceNotAllowed).await;
+    assert!(audited(&fleet.agent_audit(), "access_refused", "service_not_allowed"));
+
+    // Nothing of this disturbed the live session.
+    assert!(live.end_reason().is_none());
+    assert!(live.connect().await.is_ok());
+}
+
+/// A relay that is not honest (test double): it forwards whatever grant it
+/// likes. The agent must refuse on its own.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn agent_refuses_forged_grants_from_a_compromised_relay() {
+    let tmp = tempfile::tempdir().unwrap();
+    let pki = Pki::new(tmp.path());
+    let id = Identity { ca: &pki.path("ca.pem"), cert: &pki.path("relay-a.pem"), key: &pki.path("relay-a.key") };
+    let acceptor = TlsAcceptor::from(tls::server_config(&id, true, None, tls::ALPN_AGENT).unwrap());
+    let control = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let fake = RelayProc {
+        name: "relay-a".into(),
+        proc: Proc { child: std::process::Command::new("true").spawn().unwrap() },
+        control: control.local_addr().unwrap(),
+        data: control.local_addr().unwrap(),
+        client: control.local_addr().unwrap(),
+        admin: control.local_addr().unwrap(),
+        audit: tmp.path().join("none"),
+    };
+    let echo: std::net::SocketAddr = "127.0.0.1:9".parse().unwrap();
+    let cfg = write_agent_config(tmp.path(), &pki, &[&fake], echo, &Opts::default(), (&pki.path(&format!("{DEVICE}.pem")), &pki.path(&format!("{DEVICE}.key"))));
+    let _agent = start_agent(tmp.path(), &cfg);
+
+    let (tcp, _) = control.accept().await.unwrap();
+    let mut io = FrameIo::new(acceptor.accept(tcp).await.unwrap());
+    assert!(matches!(io.read_frame().await.unwrap(), Frame::Hello { .. }));
+    io.write_frame(&Frame::Welcome { version: VERSION, relay: "relay-a".into(), heartbeat_secs: 30 }).await.unwrap();
+
+    let now = now_secs();
+    let base = Grant {
+        session: SessionId::random(),
+        device: DEVICE.into(),
+        services: vec!["echo".into()],
+        specialist: "mallory".into(),
+        role: "engineer".into(),
+        client_key: Default::default(),
+        relays: vec!["relay-a".into()],
+        issued_at: now,
+        expires_at: now + 60,
+    };
+    let signer = Arc::new(pki.signer);
+    let cases = [
+        (foreign_signer().sign(&base), Reason::GrantBadSignature),
+        (signer.sign(&Grant { session: SessionId::random(), device: "other-device".into(), ..base.clone() }), Reason::GrantWrongDevice),
+        (signer.sign(&Grant { session: SessionId::random(), expires_at: now - 5, ..base.clone() }), Reason::GrantExpired),
+    ];
+    for (grant, want) in cases {
+        let session = grant.session_hint();
+        io.write_frame(&Frame::AccessRequest { grant, service: "echo".into() }).await.unwrap();
+        loop {
+            match io.read_frame().await.unwrap() {
+                Frame::Decision { session: s, outcome, reason } => {
+                    assert_eq!((s, outcome, reason), (session, Outcome::Refused, want));
+                    break;
+                }
+                Frame::Heartbeat { .. } => continue,
+                other => panic!("unexpected {other:?}"),
+            }
+        }
+        let audit = tether::audit::read_all(&tmp.path().join("agent-audit.jsonl"));
+        assert!(audited(&audit, "access_refused", want.label()), "{want} not audited by the agent");
+    }
+}
+
+#[test]
+fn agent_config_refuses_targets_outside_loopback() {
+    let tmp = tempfile::tempdir().unwrap();
+    let pki = Pki::new(tmp.path());
+    let fake_relay = RelayProc {
+        name: "relay-a".into(),
+        proc: Proc { child: std::process::Command::new("true").spawn().unwrap() },
+        control: "127.0.0.1:1".parse().unwrap(),
+        data: "127.0.0.1:1".parse().unwrap(),
+        client: "127.0.0.1:1".parse().unwrap(),
+        admin: "127.0.0.1:1".parse().unwrap(),
+        audit: tmp.path().join("none"),
+    };
+    // Only written into a config file, never dialled.
+    let opts = Opts { extra_services: vec![("pacs".into(), "192.0.2.10:104".into())], ..Opts::default() };
+    let cert = (pki.path(&format!("{DEVICE}.pem")), pki.path(&format!("{DEVICE}.key")));
+    let cfg = write_agent_config(tmp.path(), &pki, &[&fake_relay], "127.0.0.1:9".parse().unwrap(), &opts, (&cert.0, &cert.1));
+    let out = std::process::Command::new(BIN).args(["agent", "--check", "--config"]).arg(&cfg).output().unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("services.pacs.target") && err.contains("outside loopback"), "{err}");
+
+    // Listing it explicitly makes it allowed.
+    let text = std::fs::read_to_string(&cfg).unwrap().replace("consent =", "extra_targets = [\"192.0.2.10:104\"]\nconsent =");
+    std::fs::write(&cfg, text).unwrap();
+    let out = std::process::Command::new(BIN).args(["agent", "--check", "--config"]).arg(&cfg).output().unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+}

@@ -1,0 +1,383 @@
+//! Real processes on port 0 with real TLS: PKI per test, relays and agents as
+//! `tether` child processes, services in-process.
+#![allow(dead_code)]
+
+use std::io::{BufRead, BufReader};
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use serde_json::Value;
+use tether::client::{ClientSession, Profile, RelayEntry};
+use tether::proto::{Frame, FrameIo, Grant, GrantSigner, SessionId, SignedGrant, VERSION, grant::now_secs};
+use tether::tls::pki::{self, Ca, Validity};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+use tokio_util::sync::CancellationToken;
+
+pub const BIN: &str = env!("CARGO_BIN_EXE_tether");
+pub const DEVICE: &str = "dev-1";
+
+/// A child process killed (by its own pid) when dropped.
+pub struct Proc {
+    pub child: Child,
+}
+
+impl Proc {
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+    pub fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+pub struct RelayProc {
+    pub name: String,
+    pub proc: Proc,
+    pub control: SocketAddr,
+    pub data: SocketAddr,
+    pub client: SocketAddr,
+    pub admin: SocketAddr,
+    pub audit: PathBuf,
+}
+
+pub struct Pki {
+    pub dir: PathBuf,
+    pub ca: Ca,
+    pub signer: GrantSigner,
+}
+
+impl Pki {
+    pub fn new(dir: &Path) -> Pki {
+        let dir = dir.join("pki");
+        pki::init_dir(&dir, &[DEVICE]).unwrap();
+        let ca = Ca::load(&dir).unwrap();
+        let signer = pki::load_grant_signer(&dir.join("grant.key")).unwrap();
+        Pki { dir, ca, signer }
+    }
+    pub fn path(&self, f: &str) -> PathBuf {
+        self.dir.join(f)
+    }
+    pub fn device_cert(&self, id: &str, v: Validity) -> (PathBuf, PathBuf, Vec<u8>) {
+        let issued = self.ca.issue_device(id, v).unwrap();
+        let name = format!("{id}-{}", hex::encode(&issued.serial[..4]));
+        issued.write(&self.dir, &name).unwrap();
+        (self.dir.join(format!("{name}.pem")), self.dir.join(format!("{name}.key")), issued.serial)
+    }
+}
+
+#[derive(Clone)]
+pub struct Opts {
+    pub consent: &'static str,
+    pub relays: usize,
+    pub crl: Option<PathBuf>,
+    pub handshake_timeout_ms: u64,
+    pub consent_timeout_secs: u64,
+    pub extra_services: Vec<(String, String)>,
+    pub agent: bool,
+    /// Issue a device cert for this id and revoke it in the relays' CRL.
+    pub revoke: Option<&'static str>,
+}
+
+impl Default for Opts {
+    fn default() -> Self {
+        Opts { consent: "auto", relays: 1, crl: None, handshake_timeout_ms: 5000, consent_timeout_secs: 60, extra_services: vec![], agent: true, revoke: None }
+    }
+}
+
+pub struct Fleet {
+    pub tmp: tempfile::TempDir,
+    pub pki: Pki,
+    pub relays: Vec<RelayProc>,
+    pub agent: Option<Proc>,
+    pub agent_cfg: PathBuf,
+    pub echo: SocketAddr,
+    pub stop: CancellationToken,
+    /// Cert and key revoked by the CRL, when `Opts::revoke` was set.
+    pub revoked: Option<(PathBuf, PathBuf)>,
+}
+
+impl Drop for Fleet {
+    fn drop(&mut self) {
+        self.stop.cancel();
+    }
+}
+
+fn log_file(dir: &Path, name: &str) -> Stdio {
+    Stdio::from(std::fs::File::create(dir.join(format!("{name}.log"))).unwrap())
+}
+
+pub fn start_relay(dir: &Path, pki: &Pki, name: &str, opts: &Opts) -> RelayProc {
+    let crl = opts.crl.as_ref().map(|c| format!("crl = \"{}\"\n", c.display())).unwrap_or_default();
+    let audit = dir.join(format!("{name}-audit.jsonl"));
+    let cfg = format!(
+        "name = \"{name}\"\ncontrol = \"127.0.0.1:0\"\ndata = \"127.0.0.1:0\"\nclient = \"127.0.0.1:0\"\nadmin = \"127.0.0.1:0\"\n\
+         ca = \"{ca}\"\ncert = \"{d}/relay-a.pem\"\nkey = \"{d}/relay-a.key\"\ngrant_public_key = \"{d}/grant.pub\"\n\
+         audit_log = \"{audit}\"\n{crl}\n[limits]\nhandshake_timeout_ms = {hs}\nheartbeat_secs = 30\npairing_timeout_ms = 5000\ndecision_timeout_secs = 120\ndrain_secs = 1\n",
+        ca = pki.path("ca.pem").display(),
+        d = pki.dir.display(),
+        audit = audit.display(),
+        hs = opts.handshake_timeout_ms,
+    );
+    let path = dir.join(format!("{name}.toml"));
+    std::fs::write(&path, cfg).unwrap();
+    let mut child = Command::new(BIN)
+        .args(["relay", "--config"])
+        .arg(&path)
+        .stdout(Stdio::piped())
+        .stderr(log_file(dir, name))
+        .env("RUST_LOG", "info")
+        .spawn()
+        .unwrap();
+    let mut line = String::new();
+    BufReader::new(child.stdout.take().unwrap()).read_line(&mut line).unwrap();
+    let field = |k: &str| -> SocketAddr {
+        line.split_whitespace().find_map(|w| w.strip_prefix(&format!("{k}="))).unwrap_or_else(|| panic!("no {k} in {line:?}")).parse().unwrap()
+    };
+    RelayProc {
+        name: name.into(),
+        control: field("control"),
+        data: field("data"),
+        client: field("client"),
+        admin: field("admin"),
+        audit,
+        proc: Proc { child },
+    }
+}
+
+/// Writes an agent config for `relays` and returns its path.
+pub fn write_agent_config(dir: &Path, pki: &Pki, relays: &[&RelayProc], echo: SocketAddr, opts: &Opts, cert: (&Path, &Path)) -> PathBuf {
+    let mut cfg = format!(
+        "device = \"{DEVICE}\"\nca = \"{}\"\ncert = \"{}\"\nkey = \"{}\"\ngrant_public_key = \"{}\"\nconsent = \"{}\"\n\
+         consent_timeout_secs = {}\nheartbeat_secs = 30\noperator_socket = \"{}\"\naudit_log = \"{}\"\n",
+        pki.path("ca.pem").display(),
+        cert.0.display(),
+        cert.1.display(),
+        pki.path("grant.pub").display(),
+        opts.consent,
+        opts.consent_timeout_secs,
+        dir.join("agent.sock").display(),
+        dir.join("agent-audit.jsonl").display(),
+    );
+    for r in relays {
+        cfg += &format!("\n[[relays]]\nname = \"{}\"\ncontrol = \"{}\"\ndata = \"{}\"\nserver_name = \"localhost\"\n", r.name, r.control, r.data);
+    }
+    cfg += &format!("\n[services.echo]\ntarget = \"{echo}\"\n");
+    for (name, target) in &opts.extra_services {
+        cfg += &format!("\n[services.{name}]\ntarget = \"{target}\"\n");
+    }
+    let path = dir.join("agent.toml");
+    std::fs::write(&path, cfg).unwrap();
+    path
+}
+
+pub fn start_agent(dir: &Path, cfg: &Path) -> Proc {
+    let child = Command::new(BIN)
+        .args(["agent", "--config"])
+        .arg(cfg)
+        .stdout(Stdio::null())
+        .stderr(log_file(dir, "agent"))
+        .env("RUST_LOG", "info")
+        .spawn()
+        .unwrap();
+    Proc { child }
+}
+
+impl Fleet {
+    pub async fn start(mut opts: Opts) -> Fleet {
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = tmp.path().to_path_buf();
+        let pki = Pki::new(&dir);
+        let mut revoked = None;
+        if let Some(id) = opts.revoke {
+            let (cert, key, serial) = pki.device_cert(id, Validity::days(30));
+            let crl = dir.join("crl.pem");
+            std::fs::write(&crl, pki.ca.crl(&[serial]).unwrap()).unwrap();
+            opts.crl = Some(crl);
+            revoked = Some((cert, key));
+        }
+        let names = ["relay-a", "relay-b"];
+        let relays: Vec<_> = names[..opts.relays].iter().map(|n| start_relay(&dir, &pki, n, &opts)).collect();
+        let stop = CancellationToken::new();
+        let echo_l = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let echo = echo_l.local_addr().unwrap();
+        tokio::spawn(tether::dev::echo_server(echo_l, stop.clone()));
+        let cert = (pki.path(&format!("{DEVICE}.pem")), pki.path(&format!("{DEVICE}.key")));
+        let refs: Vec<&RelayProc> = relays.iter().collect();
+        let agent_cfg = write_agent_config(&dir, &pki, &refs, echo, &opts, (&cert.0, &cert.1));
+        let mut fleet = Fleet { tmp, pki, relays, agent: None, agent_cfg, echo, stop, revoked };
+        if opts.agent {
+            fleet.agent = Some(start_agent(&dir, &fleet.agent_cfg));
+            for i in 0..fleet.relays.len() {
+                fleet.wait_metric(i, "tether_relay_agents_attached", 1.0).await;
+            }
+        }
+        fleet
+    }
+
+    pub fn dir(&self) -> &Path {
+        self.tmp.path()
+    }
+
+    pub fn profile(&self) -> Profile {
+        Profile {
+            specialist: "alice".into(),
+            role: "engineer".into(),
+            ca: self.pki.path("ca.pem"),
+            grant_signing_key: Some(self.pki.path("grant.key")),
+            grant_ttl_secs: 60,
+            relays: self
+                .relays
+                .iter()
+                .map(|r| RelayEntry { name: r.name.clone(), addr: r.client.to_string(), server_name: Some("localhost".into()) })
+                .collect(),
+        }
+    }
+
+    pub async fn session(&self, service: &str) -> Arc<ClientSession> {
+        ClientSession::open(&self.profile(), DEVICE, service).await.unwrap()
+    }
+
+    pub fn grant(&self, f: impl FnOnce(&mut Grant)) -> SignedGrant {
+        let now = now_secs();
+        let mut g = Grant {
+            session: SessionId::random(),
+            device: DEVICE.into(),
+            services: vec!["echo".into()],
+            specialist: "alice".into(),
+            role: "engineer".into(),
+            client_key: Default::default(),
+            relays: vec!["relay-a".into()],
+            issued_at: now,
+            expires_at: now + 60,
+        };
+        f(&mut g);
+        self.pki.signer.sign(&g)
+    }
+
+    /// Opens a raw client leg to relay `i` and sends `first`; returns the answer.
+    pub async fn client_exchange(&self, i: usize, first: Frame) -> Frame {
+        let tls = tether::tls::client_config(&self.pki.path("ca.pem"), None, tether::tls::ALPN_CLIENT).unwrap();
+        let conn = tether::tls::dial(&self.relays[i].client.to_string(), "localhost", tls).await.unwrap();
+        let mut io = FrameIo::new(conn);
+        io.write_frame(&first).await.unwrap();
+        io.read_frame().await.unwrap()
+    }
+
+    pub async fn open_raw(&self, i: usize, grant: SignedGrant, service: &str) -> Frame {
+        self.client_exchange(i, Frame::ClientOpen { version: VERSION, grant, service: service.into() }).await
+    }
+
+    pub async fn metrics(&self, i: usize) -> String {
+        http_get(self.relays[i].admin, "/metrics").await
+    }
+
+    /// Sum of every sample of metric `name` whose labels contain all of `labels`.
+    pub async fn metric(&self, i: usize, name: &str, labels: &[&str]) -> f64 {
+        parse_metric(&self.metrics(i).await, name, labels)
+    }
+
+    pub async fn wait_metric(&self, i: usize, name: &str, want: f64) {
+        for _ in 0..200 {
+            if self.metric(i, name, &[]).await == want {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        panic!("{name} on relay {i} never reached {want}: {}", self.metric(i, name, &[]).await);
+    }
+
+    pub fn relay_audit(&self, i: usize) -> Vec<Value> {
+        tether::audit::read_all(&self.relays[i].audit)
+    }
+
+    pub fn agent_audit(&self) -> Vec<Value> {
+        tether::audit::read_all(&self.dir().join("agent-audit.jsonl"))
+    }
+
+    pub fn socket(&self) -> PathBuf {
+        self.dir().join("agent.sock")
+    }
+}
+
+pub fn parse_metric(text: &str, name: &str, labels: &[&str]) -> f64 {
+    text.lines()
+        .filter(|l| !l.starts_with('#'))
+        .filter(|l| l.split(['{', ' ']).next() == Some(name))
+        .filter(|l| labels.iter().all(|lab| l.contains(lab)))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum()
+}
+
+pub async fn http_get(addr: SocketAddr, path: &str) -> String {
+    let mut s = TcpStream::connect(addr).await.unwrap();
+    s.write_all(format!("GET {path} HTTP/1.1\r\nHost: x\r\n\r\n").as_bytes()).await.unwrap();
+    let mut out = String::new();
+    s.read_to_string(&mut out).await.unwrap();
+    out
+}
+
+/// Audit records with `event` whose `reason` is `reason`.
+pub fn audited(records: &[Value], event: &str, reason: &str) -> bool {
+    records.iter().any(|r| r["event"] == event && r["reason"] == reason)
+}
+
+/// Polls `f` until it returns true (bounded: 10 s).
+pub async fn eventually(what: &str, mut f: impl AsyncFnMut() -> bool) {
+    for _ in 0..200 {
+        if f().await {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    panic!("timed out waiting for: {what}");
+}
+
+/// A TCP service that counts connections and bytes, and discards input.
+pub struct CountingService {
+    pub addr: SocketAddr,
+    pub conns: Arc<AtomicU64>,
+    pub bytes: Arc<AtomicU64>,
+    /// Connections currently open.
+    pub open: Arc<AtomicU64>,
+}
+
+impl CountingService {
+    pub async fn start(stop: CancellationToken) -> CountingService {
+        let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = l.local_addr().unwrap();
+        let (conns, bytes) = (Arc::new(AtomicU64::new(0)), Arc::new(AtomicU64::new(0)));
+        let open = Arc::new(AtomicU64::new(0));
+        let (c, b, o) = (conns.clone(), bytes.clone(), open.clone());
+        tokio::spawn(async move {
+            loop {
+                let (mut s, _) = tokio::select! { _ = stop.cancelled() => return, r = l.accept() => r.unwrap() };
+                c.fetch_add(1, Ordering::SeqCst);
+                o.fetch_add(1, Ordering::SeqCst);
+                let (b, o) = (b.clone(), o.clone());
+                tokio::spawn(async move {
+                    let mut buf = [0u8; 4096];
+                    while let Ok(n) = s.read(&mut buf).await {
+                        if n == 0 {
+                            break;
+                        }
+                        b.fetch_add(n as u64, Ordering::SeqCst);
+                    }
+                    o.fetch_sub(1, Ordering::SeqCst);
+                });
+            }
+        });
+        CountingService { addr, conns, bytes, open }
+    }
+}

@@ -1,0 +1,11 @@
+//! End-to-end tests: real `tether` processes, real TLS, loopback only.
+mod harness;
+
+mod bad_frames;
+mod bad_tls;
+mod consent;
+mod disconnect;
+mod grants;
+mod legs;
+mod no_listen;
+mod tunnel;
