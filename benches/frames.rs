@@ -21,7 +21,15 @@ fn frames(c: &mut Criterion) {
     let samples = [
         ("heartbeat", Frame::Heartbeat { seq: 42 }),
         ("access_request", Frame::AccessRequest { grant, service: "ssh".into() }),
-        ("session_end", Frame::SessionEnd { session: SessionId::random(), reason: Reason::ClientClosed, bytes_to_device: 1, bytes_to_client: 2 }),
+        (
+            "session_end",
+            Frame::SessionEnd {
+                session: SessionId::random(),
+                reason: Reason::ClientClosed,
+                bytes_to_device: 1,
+                bytes_to_client: 2,
+            },
+        ),
     ];
     let mut g = c.benchmark_group("frames");
     for (name, f) in samples {

@@ -1,1 +1,189 @@
-fn main() {}
+//! Throughput of one tunnelled connection through a real relay and agent over
+//! loopback TLS, against direct loopback TCP to the same service, in one run.
+//!
+//! Everything (relay, agent, client, services) shares this process's runtime
+//! and the machine's cores, as on a single test host.
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use criterion::{Criterion, Throughput, criterion_group, criterion_main};
+use tether::client::{ClientSession, Profile, RelayEntry};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::runtime::Runtime;
+use tokio_util::sync::CancellationToken;
+
+const SIZE: usize = 32 << 20;
+
+/// Reads to EOF, then answers with the count (8 bytes).
+async fn sink(l: TcpListener) {
+    loop {
+        let Ok((mut s, _)) = l.accept().await else { return };
+        tokio::spawn(async move {
+            let mut buf = vec![0u8; 256 * 1024];
+            let mut n = 0u64;
+            while let Ok(k) = s.read(&mut buf).await {
+                if k == 0 {
+                    break;
+                }
+                n += k as u64;
+            }
+            let _ = s.write_all(&n.to_be_bytes()).await;
+        });
+    }
+}
+
+/// Writes SIZE bytes on every connection, then closes.
+async fn source(l: TcpListener) {
+    loop {
+        let Ok((mut s, _)) = l.accept().await else { return };
+        tokio::spawn(async move {
+            let buf = vec![0x42u8; 256 * 1024];
+            for _ in 0..SIZE / buf.len() {
+                if s.write_all(&buf).await.is_err() {
+                    return;
+                }
+            }
+        });
+    }
+}
+
+struct Setup {
+    rt: Runtime,
+    sink: SocketAddr,
+    source: SocketAddr,
+    to_sink: Arc<ClientSession>,
+    from_source: Arc<ClientSession>,
+    _dir: tempfile::TempDir,
+}
+
+fn setup() -> Setup {
+    let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path().to_path_buf();
+    let (sink_addr, source_addr, to_sink, from_source) = rt.block_on(async {
+        let pki = d.join("pki");
+        tether::tls::pki::init_dir(&pki, &["bench-1"]).unwrap();
+        let sink_l = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let source_l = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let (sink_addr, source_addr) = (sink_l.local_addr().unwrap(), source_l.local_addr().unwrap());
+        tokio::spawn(sink(sink_l));
+        tokio::spawn(source(source_l));
+
+        let any: SocketAddr = "127.0.0.1:0".parse().unwrap();
+        let cfg = tether::relay::RelayConfig {
+            name: "relay-a".into(),
+            control: any,
+            data: any,
+            client: any,
+            admin: any,
+            ca: pki.join("ca.pem"),
+            cert: pki.join("relay-a.pem"),
+            key: pki.join("relay-a.key"),
+            crl: None,
+            grant_public_key: pki.join("grant.pub"),
+            audit_log: d.join("relay-audit.jsonl"),
+            limits: Default::default(),
+        };
+        let listeners = tether::relay::Listeners::bind(&cfg).await.unwrap();
+        let addrs = listeners.addrs();
+        let stop = CancellationToken::new();
+        tokio::spawn(tether::relay::run(listeners, cfg, stop.clone()));
+
+        let agent_toml = format!(
+            "device = \"bench-1\"\nca = \"pki/ca.pem\"\ncert = \"pki/bench-1.pem\"\nkey = \"pki/bench-1.key\"\n\
+             grant_public_key = \"pki/grant.pub\"\nconsent = \"auto\"\noperator_socket = \"agent.sock\"\naudit_log = \"agent-audit.jsonl\"\n\
+             [[relays]]\nname = \"relay-a\"\ncontrol = \"{}\"\ndata = \"{}\"\nserver_name = \"localhost\"\n\
+             [services.sink]\ntarget = \"{sink_addr}\"\n[services.source]\ntarget = \"{source_addr}\"\n",
+            addrs.control, addrs.data
+        );
+        std::fs::write(d.join("agent.toml"), agent_toml).unwrap();
+        use tether::config::ConfigFile;
+        let agent_cfg = tether::agent::AgentConfig::load(&d.join("agent.toml")).unwrap();
+        tokio::spawn(tether::agent::run(agent_cfg, stop.clone()));
+
+        let profile = Profile {
+            specialist: "bench".into(),
+            role: "engineer".into(),
+            ca: pki.join("ca.pem"),
+            grant_signing_key: Some(pki.join("grant.key")),
+            grant_ttl_secs: 60,
+            relays: vec![RelayEntry { name: "relay-a".into(), addr: addrs.client.to_string(), server_name: Some("localhost".into()) }],
+        };
+        let mut to_sink = None;
+        for _ in 0..100 {
+            match ClientSession::open(&profile, "bench-1", "sink").await {
+                Ok(s) => {
+                    to_sink = Some(s);
+                    break;
+                }
+                Err(_) => tokio::time::sleep(Duration::from_millis(50)).await, // agent still attaching
+            }
+        }
+        let from_source = ClientSession::open(&profile, "bench-1", "source").await.unwrap();
+        (sink_addr, source_addr, to_sink.expect("agent attached"), from_source)
+    });
+    Setup { rt, sink: sink_addr, source: source_addr, to_sink, from_source, _dir: dir }
+}
+
+async fn push<S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin>(mut s: S) {
+    let buf = vec![0x17u8; 256 * 1024];
+    for _ in 0..SIZE / buf.len() {
+        s.write_all(&buf).await.unwrap();
+    }
+    s.shutdown().await.unwrap();
+    let mut n = [0u8; 8];
+    s.read_exact(&mut n).await.unwrap();
+    assert_eq!(u64::from_be_bytes(n), SIZE as u64);
+}
+
+async fn pull<S: tokio::io::AsyncRead + Unpin>(mut s: S) {
+    let mut buf = vec![0u8; 256 * 1024];
+    let mut n = 0;
+    loop {
+        let k = s.read(&mut buf).await.unwrap();
+        if k == 0 {
+            break;
+        }
+        n += k;
+    }
+    assert_eq!(n, SIZE);
+}
+
+fn splice(c: &mut Criterion) {
+    let s = setup();
+    let mut g = c.benchmark_group("one_connection");
+    g.throughput(Throughput::Bytes(SIZE as u64));
+    g.sample_size(10);
+    g.measurement_time(Duration::from_secs(8));
+    let timed = |rt: &Runtime, iters: u64, f: &dyn Fn() -> std::pin::Pin<Box<dyn std::future::Future<Output = ()>>>| {
+        rt.block_on(async {
+            let start = Instant::now();
+            for _ in 0..iters {
+                f().await;
+            }
+            start.elapsed()
+        })
+    };
+    g.bench_function("direct_tcp/to_service", |b| {
+        b.iter_custom(|n| {
+            timed(&s.rt, n, &|| Box::pin(async { push(TcpStream::connect(s.sink).await.unwrap()).await }))
+        })
+    });
+    g.bench_function("tether/to_device", |b| {
+        b.iter_custom(|n| timed(&s.rt, n, &|| Box::pin(async { push(s.to_sink.connect().await.unwrap()).await })))
+    });
+    g.bench_function("direct_tcp/from_service", |b| {
+        b.iter_custom(|n| {
+            timed(&s.rt, n, &|| Box::pin(async { pull(TcpStream::connect(s.source).await.unwrap()).await }))
+        })
+    });
+    g.bench_function("tether/from_device", |b| {
+        b.iter_custom(|n| timed(&s.rt, n, &|| Box::pin(async { pull(s.from_source.connect().await.unwrap()).await })))
+    });
+    g.finish();
+}
+
+criterion_group!(benches, splice);
+criterion_main!(benches);

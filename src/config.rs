@@ -28,11 +28,7 @@ pub trait ConfigFile: DeserializeOwned + Sized {
         let base = path.parent().map(Path::to_path_buf).unwrap_or_default();
         cfg.resolve_paths(&base);
         let problems = cfg.problems();
-        if problems.is_empty() {
-            Ok(cfg)
-        } else {
-            Err(ConfigError::Invalid { path: path.into(), problems })
-        }
+        if problems.is_empty() { Ok(cfg) } else { Err(ConfigError::Invalid { path: path.into(), problems }) }
     }
 }
 

@@ -38,7 +38,5 @@ pub fn random_bytes<const N: usize>() -> [u8; N] {
 
 /// The current time as RFC 3339 (UTC).
 pub fn now_rfc3339() -> String {
-    time::OffsetDateTime::now_utc()
-        .format(&time::format_description::well_known::Rfc3339)
-        .unwrap_or_default()
+    time::OffsetDateTime::now_utc().format(&time::format_description::well_known::Rfc3339).unwrap_or_default()
 }

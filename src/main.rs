@@ -21,7 +21,8 @@ enum Cmd {
     Dev {
         #[command(subcommand)]
         cmd: Option<DevCmd>,
-        #[arg(long, default_value = "tether-dev")]
+        /// Folder holding the dev setup.
+        #[arg(long, default_value = "tether-dev", global = true)]
         dir: PathBuf,
     },
     /// Generate fleet PKI material (dev and tests).
@@ -167,7 +168,11 @@ async fn run(cli: Cli) -> Result<()> {
             Some(DevCmd::Init { services, consent }) => {
                 let services = services
                     .iter()
-                    .map(|s| s.split_once('=').map(|(a, b)| (a.to_string(), b.to_string())).context("--service takes NAME=HOST:PORT"))
+                    .map(|s| {
+                        s.split_once('=')
+                            .map(|(a, b)| (a.to_string(), b.to_string()))
+                            .context("--service takes NAME=HOST:PORT")
+                    })
                     .collect::<Result<_>>()?;
                 dev::init(&dir, &dev::InitOptions { services, consent })?;
                 println!("wrote dev setup to {}", dir.display());
@@ -191,7 +196,10 @@ async fn run(cli: Cli) -> Result<()> {
             }
             let listeners = relay::Listeners::bind(&cfg).await?;
             let a = listeners.addrs();
-            println!("relay {} listening control={} data={} client={} admin={}", cfg.name, a.control, a.data, a.client, a.admin);
+            println!(
+                "relay {} listening control={} data={} client={} admin={}",
+                cfg.name, a.control, a.data, a.client, a.admin
+            );
             relay::run(listeners, cfg, shutdown_on_signal()).await?;
             Ok(())
         }
@@ -232,7 +240,8 @@ fn certs(cmd: CertsCmd) -> Result<()> {
             let mut serials = Vec::new();
             for c in &certs {
                 for der in tls::load_certs(c)? {
-                    let (_, x) = x509_parser::parse_x509_certificate(&der).map_err(|e| anyhow::anyhow!("{}: {e}", c.display()))?;
+                    let (_, x) = x509_parser::parse_x509_certificate(&der)
+                        .map_err(|e| anyhow::anyhow!("{}: {e}", c.display()))?;
                     serials.push(x.raw_serial().to_vec());
                 }
             }

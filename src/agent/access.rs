@@ -56,7 +56,13 @@ pub async fn handle(state: Shared, relay: String, tx: mpsc::Sender<Frame>, signe
         Consent::Auto => Ok("auto".to_string()),
         Consent::Required => {
             let (answer, rx) = oneshot::channel();
-            let pending = Pending { grant: grant.clone(), service: service.clone(), relay: relay.clone(), since: Instant::now(), answer };
+            let pending = Pending {
+                grant: grant.clone(),
+                service: service.clone(),
+                relay: relay.clone(),
+                since: Instant::now(),
+                answer,
+            };
             state.pending.insert(id, pending);
             state.audit.record("consent_requested", who.clone());
             tracing::info!(session = %id, %service, specialist = %grant.specialist, "waiting for on-site consent");

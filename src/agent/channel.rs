@@ -47,10 +47,17 @@ pub async fn attach_loop(state: Shared, relay: RelayEndpoint) {
 
 /// One attachment. `Ok` means the relay welcomed us and the channel later ended.
 async fn attach_once(state: &Shared, relay: &RelayEndpoint) -> Result<(), String> {
-    let tls = tls::dial(&relay.control, relay.server_name(), state.control_tls.clone()).await.map_err(|e| format!("dial: {e}"))?;
+    let tls = tls::dial(&relay.control, relay.server_name(), state.control_tls.clone())
+        .await
+        .map_err(|e| format!("dial: {e}"))?;
     let mut io = FrameIo::new(tls);
     let services = state.cfg.services.keys().cloned().collect();
-    let hello = Frame::Hello { version: VERSION, device: state.cfg.device.clone(), agent_version: env!("CARGO_PKG_VERSION").into(), services };
+    let hello = Frame::Hello {
+        version: VERSION,
+        device: state.cfg.device.clone(),
+        agent_version: env!("CARGO_PKG_VERSION").into(),
+        services,
+    };
     io.write_frame(&hello).await.map_err(|e| format!("hello: {e}"))?;
     let hb_relay = match tokio::time::timeout(DIAL_TIMEOUT, io.read_frame()).await {
         Ok(Ok(Frame::Welcome { heartbeat_secs, .. })) => u64::from(heartbeat_secs),

@@ -83,7 +83,14 @@ pub fn target_allowed(addr: &SocketAddr, extra: &[SocketAddr]) -> bool {
 
 impl ConfigFile for AgentConfig {
     fn resolve_paths(&mut self, base: &Path) {
-        for p in [&mut self.ca, &mut self.cert, &mut self.key, &mut self.grant_public_key, &mut self.operator_socket, &mut self.audit_log] {
+        for p in [
+            &mut self.ca,
+            &mut self.cert,
+            &mut self.key,
+            &mut self.grant_public_key,
+            &mut self.operator_socket,
+            &mut self.audit_log,
+        ] {
             resolve(base, p);
         }
     }

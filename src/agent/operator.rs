@@ -50,7 +50,9 @@ pub async fn serve(listener: UnixListener, state: Shared) {
             continue;
         }
         let state = state.clone();
-        tokio::spawn(async move { let _ = conversation(stream, uid, state).await; });
+        tokio::spawn(async move {
+            let _ = conversation(stream, uid, state).await;
+        });
     }
 }
 
@@ -70,13 +72,21 @@ async fn conversation(stream: UnixStream, uid: u32, state: Shared) -> std::io::R
 }
 
 fn handle(state: &Shared, uid: u32, req: Request) -> Value {
-    let parse = |s: &str| SessionId::parse(s).ok_or_else(|| json!({"ok": false, "error": format!("{s:?} is not a session id")}));
+    let parse = |s: &str| {
+        SessionId::parse(s).ok_or_else(|| json!({"ok": false, "error": format!("{s:?} is not a session id")}))
+    };
     match req {
         Request::Pending => {
-            let list: Vec<_> = state.pending.iter().map(|p| json!({
-                "session": p.key().to_string(), "service": p.service, "specialist": p.grant.specialist,
-                "role": p.grant.role, "relay": p.relay, "waiting_secs": p.since.elapsed().as_secs(),
-            })).collect();
+            let list: Vec<_> = state
+                .pending
+                .iter()
+                .map(|p| {
+                    json!({
+                        "session": p.key().to_string(), "service": p.service, "specialist": p.grant.specialist,
+                        "role": p.grant.role, "relay": p.relay, "waiting_secs": p.since.elapsed().as_secs(),
+                    })
+                })
+                .collect();
             json!({"ok": true, "pending": list})
         }
         Request::Sessions => {

@@ -108,7 +108,12 @@ impl AgentState {
             }),
         );
         if tell_relay && let Some(tx) = self.relays.get(&s.relay) {
-            let _ = tx.try_send(Frame::SessionEnd { session: id, reason, bytes_to_device: to_device, bytes_to_client: to_client });
+            let _ = tx.try_send(Frame::SessionEnd {
+                session: id,
+                reason,
+                bytes_to_device: to_device,
+                bytes_to_client: to_client,
+            });
         }
         true
     }

@@ -17,7 +17,11 @@ const SERVICE_TIMEOUT: Duration = Duration::from_secs(5);
 
 pub async fn open(state: Shared, relay: RelayEndpoint, tx: mpsc::Sender<Frame>, id: SessionId, conn: u32) {
     let fail = |reason: Reason, detail: String| {
-        state.refused("open_refused", reason, json!({"session": id.to_string(), "relay": relay.name, "conn": conn, "detail": detail}));
+        state.refused(
+            "open_refused",
+            reason,
+            json!({"session": id.to_string(), "relay": relay.name, "conn": conn, "detail": detail}),
+        );
         Frame::OpenFailed { session: id, conn, reason }
     };
     let Some(session) = state.sessions.get(&id).map(|s| s.clone()).filter(|s| s.relay == relay.name) else {

@@ -101,7 +101,8 @@ fn last_link(r: impl BufRead) -> (u64, String) {
     let mut out = (0, GENESIS.to_string());
     for line in r.lines().map_while(Result::ok) {
         if let Ok(Value::Object(m)) = serde_json::from_str::<Value>(&line)
-            && let (Some(seq), Some(hash)) = (m.get("seq").and_then(Value::as_u64), m.get("hash").and_then(Value::as_str))
+            && let (Some(seq), Some(hash)) =
+                (m.get("seq").and_then(Value::as_u64), m.get("hash").and_then(Value::as_str))
         {
             out = (seq, hash.to_string());
         }

@@ -11,7 +11,8 @@ pub enum GrantSource {
 
 impl GrantSource {
     pub fn from_profile(p: &Profile) -> Result<GrantSource, ClientError> {
-        let path = p.grant_signing_key.as_ref().ok_or_else(|| ClientError::Grant("profile has no grant source".into()))?;
+        let path =
+            p.grant_signing_key.as_ref().ok_or_else(|| ClientError::Grant("profile has no grant source".into()))?;
         let signer = crate::tls::pki::load_grant_signer(path)?;
         Ok(GrantSource::DevSigner {
             signer,

@@ -78,7 +78,9 @@ impl ClientSession {
             let conn = match dial(&relay.addr, relay.server_name(), tls.clone()).await {
                 Ok(c) => c,
                 Err(source) => {
-                    failures.push(ClientError::Dial { relay: relay.name.clone(), addr: relay.addr.clone(), source }.to_string());
+                    failures.push(
+                        ClientError::Dial { relay: relay.name.clone(), addr: relay.addr.clone(), source }.to_string(),
+                    );
                     continue;
                 }
             };
@@ -105,11 +107,19 @@ impl ClientSession {
                     return Ok(s);
                 }
                 // The twin may hold the device, or the other may be draining.
-                Ok(Frame::Error { reason: reason @ (Reason::NotAttached | Reason::RelayShutdown | Reason::Overloaded), message }) => {
+                Ok(Frame::Error {
+                    reason: reason @ (Reason::NotAttached | Reason::RelayShutdown | Reason::Overloaded),
+                    message,
+                }) => {
                     failures.push(format!("{}: {reason}: {message}", relay.name));
                 }
                 Ok(Frame::Error { reason, message }) => return Err(ClientError::Refused { reason, message }),
-                Ok(other) => return Err(ClientError::Protocol { relay: relay.name.clone(), detail: format!("unexpected {}", other.kind()) }),
+                Ok(other) => {
+                    return Err(ClientError::Protocol {
+                        relay: relay.name.clone(),
+                        detail: format!("unexpected {}", other.kind()),
+                    });
+                }
                 Err(e) => failures.push(format!("{}: {e}", relay.name)),
             }
         }

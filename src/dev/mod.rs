@@ -94,22 +94,20 @@ pub async fn up(dir: &Path, stop: CancellationToken) -> Result<()> {
     if !dir.join("agent.toml").exists() {
         bail!("{} holds no dev setup; run `tether dev init --dir {}` first", dir.display(), dir.display());
     }
-    let echo = TcpListener::bind(ECHO_ADDR).await.with_context(|| format!("binding the echo service on {ECHO_ADDR}"))?;
+    let echo =
+        TcpListener::bind(ECHO_ADDR).await.with_context(|| format!("binding the echo service on {ECHO_ADDR}"))?;
     tokio::spawn(echo_server(echo, stop.clone()));
-    let mut children = vec![
-        spawn(dir, &["relay", "--config", "relay-a.toml"])?,
-        spawn(dir, &["relay", "--config", "relay-b.toml"])?,
-    ];
+    let mut children =
+        vec![spawn(dir, &["relay", "--config", "relay-a.toml"])?, spawn(dir, &["relay", "--config", "relay-b.toml"])?];
     for admin in ["127.0.0.1:17090", "127.0.0.2:17090"] {
         wait_ready(admin).await?;
     }
     children.push(spawn(dir, &["agent", "--config", "agent.toml"])?);
     let profile: PathBuf = dir.join("client.toml");
-    let connect = format!(
-        "tether connect --profile {} {DEV_DEVICE} echo --listen 127.0.0.1:7000",
-        pretty(&profile)
+    let connect = format!("tether connect --profile {} {DEV_DEVICE} echo --listen 127.0.0.1:7000", pretty(&profile));
+    println!(
+        "\ntether dev is up: relay-a 127.0.0.1, relay-b 127.0.0.2, agent {DEV_DEVICE}, echo service on {ECHO_ADDR}."
     );
-    println!("\ntether dev is up: relay-a 127.0.0.1, relay-b 127.0.0.2, agent {DEV_DEVICE}, echo service on {ECHO_ADDR}.");
     println!("In another terminal, run:\n\n    {connect}\n\nthen e.g. `nc 127.0.0.1 7000`. Ctrl-C stops everything.\n");
     if let [a, b, agent] = children.as_mut_slice() {
         tokio::select! {

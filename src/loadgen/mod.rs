@@ -1,10 +1,97 @@
 //! Load generator: drives real agents and sessions against running relays.
-use anyhow::Result;
+//!
+//! - `idle`: attaches N agents (fresh device certs from the CA) to one relay
+//!   and reports the relay's resident memory per attached agent.
+//! - `latency`: opens one session and measures, per tunnelled connection, the
+//!   time from starting the client leg to the first byte back from the service.
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result, bail};
 use clap::Subcommand;
 
+mod idle;
+
 #[derive(Subcommand, Debug)]
-pub enum LoadCmd {}
+pub enum LoadCmd {
+    /// Attach N idle agents to a relay and report its memory per agent.
+    Idle {
+        /// Folder with the fleet CA (`ca.pem`, `ca.key`), e.g. tether-dev/pki.
+        #[arg(long)]
+        pki: PathBuf,
+        /// The relay's control address (17001).
+        #[arg(long)]
+        control: String,
+        /// The relay's admin address (17090), to read its memory.
+        #[arg(long)]
+        admin: String,
+        #[arg(long, default_value = "relay-a")]
+        server_name: String,
+        #[arg(long, default_value_t = 1000)]
+        agents: usize,
+        /// Seconds to hold the agents attached before measuring.
+        #[arg(long, default_value_t = 3)]
+        hold_secs: u64,
+    },
+    /// Time from client leg start to first echoed byte, over N connections.
+    Latency {
+        #[arg(long)]
+        profile: PathBuf,
+        #[arg(long, default_value = "demo-1")]
+        device: String,
+        #[arg(long, default_value = "echo")]
+        service: String,
+        #[arg(long, short = 'n', default_value_t = 1000)]
+        count: usize,
+    },
+}
 
 pub async fn run(cmd: LoadCmd) -> Result<()> {
-    match cmd {}
+    match cmd {
+        LoadCmd::Idle { pki, control, admin, server_name, agents, hold_secs } => {
+            idle::run(&pki, &control, &admin, &server_name, agents, Duration::from_secs(hold_secs)).await
+        }
+        LoadCmd::Latency { profile, device, service, count } => latency(&profile, &device, &service, count).await,
+    }
+}
+
+/// Percentile of sorted samples.
+pub fn percentile(sorted: &[Duration], p: f64) -> Duration {
+    if sorted.is_empty() {
+        return Duration::ZERO;
+    }
+    let i = ((sorted.len() as f64 - 1.0) * p).round() as usize;
+    sorted[i.min(sorted.len() - 1)]
+}
+
+async fn latency(profile: &std::path::Path, device: &str, service: &str, count: usize) -> Result<()> {
+    use crate::config::ConfigFile;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let p = crate::client::Profile::load(profile)?;
+    let session = crate::client::ClientSession::open(&p, device, service).await.context("opening the session")?;
+    let mut samples = Vec::with_capacity(count);
+    for _ in 0..count.min(100_000) {
+        let start = Instant::now();
+        let mut t = session.connect().await?;
+        t.write_all(b"x").await?;
+        t.flush().await?;
+        let mut b = [0u8; 1];
+        tokio::time::timeout(Duration::from_secs(5), t.read_exact(&mut b)).await.context("no echo within 5 s")??;
+        samples.push(start.elapsed());
+    }
+    session.close();
+    if samples.is_empty() {
+        bail!("no samples");
+    }
+    samples.sort();
+    let ms = |d: Duration| d.as_secs_f64() * 1000.0;
+    println!(
+        "client leg start -> first byte from {device}/{service} over {} connections: p50 {:.2} ms, p90 {:.2} ms, p99 {:.2} ms, max {:.2} ms",
+        samples.len(),
+        ms(percentile(&samples, 0.5)),
+        ms(percentile(&samples, 0.9)),
+        ms(percentile(&samples, 0.99)),
+        ms(samples[samples.len() - 1])
+    );
+    Ok(())
 }

@@ -200,16 +200,9 @@ impl Frame {
                 agent_version: get_str(b)?,
                 services: get_list(b)?,
             },
-            WELCOME => Frame::Welcome {
-                version: get_u16(b)?,
-                relay: get_str(b)?,
-                heartbeat_secs: get_u32(b)?,
-            },
+            WELCOME => Frame::Welcome { version: get_u16(b)?, relay: get_str(b)?, heartbeat_secs: get_u32(b)? },
             HEARTBEAT => Frame::Heartbeat { seq: get_u64(b)? },
-            ACCESS_REQUEST => Frame::AccessRequest {
-                grant: SignedGrant::decode(b)?,
-                service: get_str(b)?,
-            },
+            ACCESS_REQUEST => Frame::AccessRequest { grant: SignedGrant::decode(b)?, service: get_str(b)? },
             DECISION => Frame::Decision {
                 session: get_sid(b)?,
                 outcome: match get_u8(b)? {
@@ -220,11 +213,7 @@ impl Frame {
                 reason: get_reason(b)?,
             },
             OPEN => Frame::Open { session: get_sid(b)?, conn: get_u32(b)? },
-            OPEN_FAILED => Frame::OpenFailed {
-                session: get_sid(b)?,
-                conn: get_u32(b)?,
-                reason: get_reason(b)?,
-            },
+            OPEN_FAILED => Frame::OpenFailed { session: get_sid(b)?, conn: get_u32(b)?, reason: get_reason(b)? },
             SESSION_END => Frame::SessionEnd {
                 session: get_sid(b)?,
                 reason: get_reason(b)?,
@@ -232,11 +221,9 @@ impl Frame {
                 bytes_to_client: get_u64(b)?,
             },
             ERROR => Frame::Error { reason: get_reason(b)?, message: get_str(b)? },
-            CLIENT_OPEN => Frame::ClientOpen {
-                version: get_u16(b)?,
-                grant: SignedGrant::decode(b)?,
-                service: get_str(b)?,
-            },
+            CLIENT_OPEN => {
+                Frame::ClientOpen { version: get_u16(b)?, grant: SignedGrant::decode(b)?, service: get_str(b)? }
+            }
             SESSION_READY => Frame::SessionReady { session: get_sid(b)?, token: get_array(b)? },
             CLIENT_JOIN => Frame::ClientJoin {
                 version: get_u16(b)?,
@@ -244,11 +231,7 @@ impl Frame {
                 conn: get_u32(b)?,
                 token: get_array(b)?,
             },
-            DATA_OPEN => Frame::DataOpen {
-                version: get_u16(b)?,
-                session: get_sid(b)?,
-                conn: get_u32(b)?,
-            },
+            DATA_OPEN => Frame::DataOpen { version: get_u16(b)?, session: get_sid(b)?, conn: get_u32(b)? },
             PAIRED => Frame::Paired { session: get_sid(b)?, conn: get_u32(b)? },
             other => return Err(ProtoError::UnknownType(other)),
         })

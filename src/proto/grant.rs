@@ -119,10 +119,7 @@ impl Grant {
             });
         }
         if !self.services.iter().any(|s| s == service) {
-            return Err(GrantError::ServiceNotGranted {
-                session: self.session,
-                service: service.to_string(),
-            });
+            return Err(GrantError::ServiceNotGranted { session: self.session, service: service.to_string() });
         }
         Ok(())
     }
@@ -189,9 +186,7 @@ impl GrantVerifier {
 
     /// Verifies the signature, then decodes. Nothing of an unsigned body is trusted.
     pub fn verify(&self, g: &SignedGrant) -> Result<Grant, GrantError> {
-        UnparsedPublicKey::new(&ED25519, &self.key)
-            .verify(&g.body, &g.sig)
-            .map_err(|_| GrantError::BadSignature)?;
+        UnparsedPublicKey::new(&ED25519, &self.key).verify(&g.body, &g.sig).map_err(|_| GrantError::BadSignature)?;
         Ok(Grant::decode_body(g.body.clone())?)
     }
 }

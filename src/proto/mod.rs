@@ -52,9 +52,7 @@ impl ProtoError {
             ProtoError::Oversize { .. } => "oversize",
             ProtoError::Empty | ProtoError::Truncated | ProtoError::Trailing { .. } => "malformed",
             ProtoError::UnknownType(_) => "unknown_type",
-            ProtoError::FieldTooLong { .. } | ProtoError::BadUtf8 | ProtoError::BadValue { .. } => {
-                "bad_field"
-            }
+            ProtoError::FieldTooLong { .. } | ProtoError::BadUtf8 | ProtoError::BadValue { .. } => "bad_field",
             ProtoError::Version { .. } => "version",
         }
     }
@@ -99,12 +97,8 @@ impl fmt::Debug for SessionId {
 
 /// Checks the version a peer announced in its first frame.
 pub fn check_version(theirs: u16) -> Result<(), ProtoError> {
-    if theirs == VERSION {
-        Ok(())
-    } else {
-        Err(ProtoError::Version {
-            theirs,
-            ours: VERSION,
-        })
-    }
+    if theirs == VERSION { Ok(()) } else { Err(ProtoError::Version { theirs, ours: VERSION }) }
 }
+
+#[cfg(test)]
+mod tests;

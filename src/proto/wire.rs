@@ -28,11 +28,7 @@ pub fn put_list(buf: &mut BytesMut, items: &[String]) {
 }
 
 fn need(buf: &Bytes, n: usize) -> Result<(), ProtoError> {
-    if buf.remaining() < n {
-        Err(ProtoError::Truncated)
-    } else {
-        Ok(())
-    }
+    if buf.remaining() < n { Err(ProtoError::Truncated) } else { Ok(()) }
 }
 
 pub fn get_u8(buf: &mut Bytes) -> Result<u8, ProtoError> {

@@ -45,7 +45,10 @@ async fn answer(mut tcp: TcpStream, state: &State) -> std::io::Result<()> {
         "/readyz" => ("503 Service Unavailable", "text/plain", "draining\n".to_string()),
         _ => ("404 Not Found", "text/plain", "not found\n".to_string()),
     };
-    let head = format!("HTTP/1.1 {status}\r\nContent-Type: {ctype}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n", body.len());
+    let head = format!(
+        "HTTP/1.1 {status}\r\nContent-Type: {ctype}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+        body.len()
+    );
     tcp.write_all(head.as_bytes()).await?;
     tcp.write_all(body.as_bytes()).await?;
     tcp.shutdown().await

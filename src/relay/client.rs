@@ -54,7 +54,14 @@ pub async fn serve(state: Arc<State>, tls: TlsStream<TcpStream>, peer: SocketAdd
 }
 
 /// Counts, audits, and names the reason to the client.
-async fn refuse(state: &State, io: &mut Io, peer: SocketAddr, reason: Reason, detail: &str, session: Option<(SessionId, &str)>) {
+async fn refuse(
+    state: &State,
+    io: &mut Io,
+    peer: SocketAddr,
+    reason: Reason,
+    detail: &str,
+    session: Option<(SessionId, &str)>,
+) {
     let mut fields = json!({"peer": peer.to_string(), "detail": detail});
     if let Some((id, device)) = session {
         fields["session"] = id.to_string().into();
@@ -76,10 +83,19 @@ async fn open(state: Arc<State>, mut io: Io, peer: SocketAddr, signed: SignedGra
         return refuse(&state, &mut io, peer, e.reason(), &e.to_string(), Some((id, &grant.device))).await;
     }
     let Some((attach_id, agent_tx)) = state.agents.get(&grant.device).map(|a| (a.attach_id, a.tx.clone())) else {
-        return refuse(&state, &mut io, peer, Reason::NotAttached, "device not attached", Some((id, &grant.device))).await;
+        return refuse(&state, &mut io, peer, Reason::NotAttached, "device not attached", Some((id, &grant.device)))
+            .await;
     };
     if !state.consume(id, grant.expires_at, now) {
-        return refuse(&state, &mut io, peer, Reason::GrantReused, "session id already used", Some((id, &grant.device))).await;
+        return refuse(
+            &state,
+            &mut io,
+            peer,
+            Reason::GrantReused,
+            "session id already used",
+            Some((id, &grant.device)),
+        )
+        .await;
     }
 
     // Ask the agent; it verifies the grant itself and may wait for on-site consent.
@@ -88,7 +104,8 @@ async fn open(state: Arc<State>, mut io: Io, peer: SocketAddr, signed: SignedGra
     let request = Frame::AccessRequest { grant: signed, service: service.clone() };
     if agent_tx.send(request).await.is_err() {
         state.decisions.remove(&id);
-        return refuse(&state, &mut io, peer, Reason::NotAttached, "agent channel closed", Some((id, &grant.device))).await;
+        return refuse(&state, &mut io, peer, Reason::NotAttached, "agent channel closed", Some((id, &grant.device)))
+            .await;
     }
     state.audit.record(
         "session_requested",
@@ -158,20 +175,31 @@ async fn join(state: Arc<State>, mut io: Io, peer: SocketAddr, id: SessionId, co
         return refuse(&state, &mut io, peer, Reason::UnknownSession, "no such live session", None).await;
     };
     if !token_eq(&session.token, &token) {
-        return refuse(&state, &mut io, peer, Reason::BadToken, "wrong session token", Some((id, &session.device))).await;
+        return refuse(&state, &mut io, peer, Reason::BadToken, "wrong session token", Some((id, &session.device)))
+            .await;
     }
     let fresh = session.joined.lock().map(|mut j| j.insert(conn)).unwrap_or(false);
     if !fresh {
-        return refuse(&state, &mut io, peer, Reason::AlreadyPaired, "connection number reused", Some((id, &session.device))).await;
+        return refuse(
+            &state,
+            &mut io,
+            peer,
+            Reason::AlreadyPaired,
+            "connection number reused",
+            Some((id, &session.device)),
+        )
+        .await;
     }
     let Some(agent_tx) = state.agents.get(&session.device).map(|a| a.tx.clone()) else {
-        return refuse(&state, &mut io, peer, Reason::NotAttached, "device not attached", Some((id, &session.device))).await;
+        return refuse(&state, &mut io, peer, Reason::NotAttached, "device not attached", Some((id, &session.device)))
+            .await;
     };
     let (tx, rx) = oneshot::channel();
     state.legs.insert((id, conn), tx);
     if agent_tx.send(Frame::Open { session: id, conn }).await.is_err() {
         state.legs.remove(&(id, conn));
-        return refuse(&state, &mut io, peer, Reason::NotAttached, "agent channel closed", Some((id, &session.device))).await;
+        return refuse(&state, &mut io, peer, Reason::NotAttached, "agent channel closed", Some((id, &session.device)))
+            .await;
     }
     let wait = Duration::from_millis(state.cfg.limits.pairing_timeout_ms);
     let event = tokio::select! {
@@ -184,9 +212,17 @@ async fn join(state: Arc<State>, mut io: Io, peer: SocketAddr, id: SessionId, co
     };
     state.legs.remove(&(id, conn));
     let (leg, leg_prefix) = match event {
-        LegEvent::Leg(leg, prefix) => (leg, prefix),
+        LegEvent::Leg(leg, prefix) => (*leg, prefix),
         LegEvent::Failed(reason) => {
-            return refuse(&state, &mut io, peer, reason, "the device did not open the connection", Some((id, &session.device))).await;
+            return refuse(
+                &state,
+                &mut io,
+                peer,
+                reason,
+                "the device did not open the connection",
+                Some((id, &session.device)),
+            )
+            .await;
         }
     };
     let mut leg = FrameIo::new(leg);

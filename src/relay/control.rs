@@ -41,7 +41,8 @@ pub async fn serve(state: Arc<State>, tls: TlsStream<TcpStream>, peer: SocketAdd
             }
             if claimed != device {
                 let detail = format!("hello names {claimed}, certificate names {device}");
-                return refuse(&state, &mut io, peer, &device, "device_mismatch", Reason::DeviceMismatch, &detail).await;
+                return refuse(&state, &mut io, peer, &device, "device_mismatch", Reason::DeviceMismatch, &detail)
+                    .await;
             }
             (agent_version, services)
         }
@@ -53,7 +54,13 @@ pub async fn serve(state: Arc<State>, tls: TlsStream<TcpStream>, peer: SocketAdd
     attached(state, io, peer, device, agent_version, services).await
 }
 
-async fn bad_frame(state: &State, io: &mut FrameIo<TlsStream<TcpStream>>, peer: SocketAddr, device: &str, e: FrameIoError) {
+async fn bad_frame(
+    state: &State,
+    io: &mut FrameIo<TlsStream<TcpStream>>,
+    peer: SocketAddr,
+    device: &str,
+    e: FrameIoError,
+) {
     let (label, reason) = match &e {
         FrameIoError::Proto(p) => (p.label(), p.reason()),
         FrameIoError::Closed => ("closed", Reason::BadFrame),
@@ -105,7 +112,10 @@ async fn attached(
 
     let hb = state.cfg.limits.heartbeat_secs;
     let idle = Duration::from_secs(state.cfg.limits.agent_idle_timeout_secs);
-    let why = match io.write_frame(&Frame::Welcome { version: VERSION, relay: state.cfg.name.clone(), heartbeat_secs: hb }).await {
+    let why = match io
+        .write_frame(&Frame::Welcome { version: VERSION, relay: state.cfg.name.clone(), heartbeat_secs: hb })
+        .await
+    {
         Err(e) => format!("write failed: {e}"),
         Ok(()) => channel_loop(&state, &mut io, &mut rx, &cancel, &device, peer, idle).await,
     };
@@ -159,9 +169,16 @@ async fn channel_loop(
     }
 }
 
-async fn on_frame(state: &State, io: &mut FrameIo<TlsStream<TcpStream>>, device: &str, frame: Frame) -> Result<(), String> {
+async fn on_frame(
+    state: &State,
+    io: &mut FrameIo<TlsStream<TcpStream>>,
+    device: &str,
+    frame: Frame,
+) -> Result<(), String> {
     match frame {
-        Frame::Heartbeat { seq } => io.write_frame(&Frame::Heartbeat { seq }).await.map_err(|e| format!("write failed: {e}"))?,
+        Frame::Heartbeat { seq } => {
+            io.write_frame(&Frame::Heartbeat { seq }).await.map_err(|e| format!("write failed: {e}"))?
+        }
         Frame::Decision { session, outcome, reason } => {
             if let Some((_, (_, tx))) = state.decisions.remove(&session) {
                 let _ = tx.send((outcome, reason));
@@ -179,7 +196,9 @@ async fn on_frame(state: &State, io: &mut FrameIo<TlsStream<TcpStream>>, device:
                 let _ = tx.send((proto::Outcome::Refused, reason));
             }
         }
-        Frame::Error { reason, message } => tracing::warn!(reason = reason.label(), %message, "agent reported an error"),
+        Frame::Error { reason, message } => {
+            tracing::warn!(reason = reason.label(), %message, "agent reported an error")
+        }
         other => return Err(format!("unexpected {} frame", other.kind())),
     }
     Ok(())

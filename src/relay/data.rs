@@ -64,7 +64,10 @@ pub async fn serve(state: Arc<State>, tls: TlsStream<TcpStream>, peer: SocketAdd
     };
     tracing::Span::current().record("session", session.to_string());
 
-    let owner = state.sessions.get(&session).map(|s| (s.device.clone(), s.joined.lock().map(|j| j.contains(&conn)).unwrap_or(false)));
+    let owner = state
+        .sessions
+        .get(&session)
+        .map(|s| (s.device.clone(), s.joined.lock().map(|j| j.contains(&conn)).unwrap_or(false)));
     let waiter = match owner {
         Some((ref owner, _)) if *owner != device => None,
         _ => state.legs.remove(&(session, conn)).map(|(_, tx)| tx),
@@ -72,7 +75,7 @@ pub async fn serve(state: Arc<State>, tls: TlsStream<TcpStream>, peer: SocketAdd
     match waiter {
         Some(tx) => {
             let (stream, prefix) = io.into_parts();
-            if let Err(LegEvent::Leg(..)) = tx.send(LegEvent::Leg(stream, prefix)) {
+            if let Err(LegEvent::Leg(..)) = tx.send(LegEvent::Leg(Box::new(stream), prefix)) {
                 // The join gave up (timeout) just now; the leg is dropped.
                 metrics::RELAY_LEG_REFUSALS.with_label_values(&["join_gone"]).inc();
             }

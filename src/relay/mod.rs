@@ -159,7 +159,14 @@ async fn accept_loop<F, Fut>(
                 drop(hs_permit);
                 let tls = match res {
                     Ok(Ok(tls)) => tls,
-                    Ok(Err(e)) => return state2.handshake_failed(listener_name, peer, tls::handshake_failure_label(&e), &e.to_string()),
+                    Ok(Err(e)) => {
+                        return state2.handshake_failed(
+                            listener_name,
+                            peer,
+                            tls::handshake_failure_label(&e),
+                            &e.to_string(),
+                        );
+                    }
                     Err(_) => return state2.handshake_failed(listener_name, peer, "timeout", "handshake timed out"),
                 };
                 handler(state2, tls, peer).await

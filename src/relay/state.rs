@@ -28,7 +28,7 @@ pub struct AgentHandle {
 
 /// What a client join waits for.
 pub enum LegEvent {
-    Leg(TlsStream<TcpStream>, Bytes),
+    Leg(Box<TlsStream<TcpStream>>, Bytes),
     Failed(Reason),
 }
 
@@ -87,7 +87,13 @@ impl State {
     }
 
     /// Counts and audits a refused frame-level request.
-    pub fn refused(&self, event: &str, metric: &prometheus::IntCounterVec, reason: Reason, mut fields: serde_json::Value) {
+    pub fn refused(
+        &self,
+        event: &str,
+        metric: &prometheus::IntCounterVec,
+        reason: Reason,
+        mut fields: serde_json::Value,
+    ) {
         metric.with_label_values(&[reason.label()]).inc();
         if let Some(m) = fields.as_object_mut() {
             m.insert("relay".into(), self.cfg.name.clone().into());
@@ -135,18 +141,19 @@ impl State {
             }),
         );
         if tell_agent && let Some(agent) = self.agents.get(&s.device) {
-            let _ = agent.tx.try_send(Frame::SessionEnd { session: id, reason, bytes_to_device: to_device, bytes_to_client: to_client });
+            let _ = agent.tx.try_send(Frame::SessionEnd {
+                session: id,
+                reason,
+                bytes_to_device: to_device,
+                bytes_to_client: to_client,
+            });
         }
     }
 
     /// Ends every session admitted through a control channel that is gone.
     pub fn agent_gone(&self, device: &str, attach_id: u64) {
-        let ids: Vec<SessionId> = self
-            .sessions
-            .iter()
-            .filter(|s| s.device == device && s.attach_id == attach_id)
-            .map(|s| s.id)
-            .collect();
+        let ids: Vec<SessionId> =
+            self.sessions.iter().filter(|s| s.device == device && s.attach_id == attach_id).map(|s| s.id).collect();
         for id in ids {
             self.end_session(id, Reason::AgentGone, false);
         }

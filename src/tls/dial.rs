@@ -22,4 +22,3 @@ pub async fn dial(addr: &str, server_name: &str, cfg: Arc<ClientConfig>) -> std:
         .await
         .map_err(|_| std::io::Error::new(std::io::ErrorKind::TimedOut, "dial timed out"))?
 }
-

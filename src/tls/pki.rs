@@ -3,9 +3,8 @@
 use std::path::{Path, PathBuf};
 
 use rcgen::{
-    BasicConstraints, CertificateParams, CertificateRevocationListParams, DnType,
-    ExtendedKeyUsagePurpose, IsCa, Issuer, KeyIdMethod, KeyPair, KeyUsagePurpose,
-    RevocationReason, RevokedCertParams, SerialNumber,
+    BasicConstraints, CertificateParams, CertificateRevocationListParams, DnType, ExtendedKeyUsagePurpose, IsCa,
+    Issuer, KeyIdMethod, KeyPair, KeyUsagePurpose, RevocationReason, RevokedCertParams, SerialNumber,
 };
 use ring::signature::Ed25519KeyPair;
 use time::{Duration, OffsetDateTime};
@@ -94,7 +93,13 @@ impl Ca {
         write_file(&dir.join("ca.key"), &self.key_pem, true)
     }
 
-    fn issue(&self, cn: &str, sans: &[&str], eku: Vec<ExtendedKeyUsagePurpose>, v: Validity) -> Result<Issued, TlsError> {
+    fn issue(
+        &self,
+        cn: &str,
+        sans: &[&str],
+        eku: Vec<ExtendedKeyUsagePurpose>,
+        v: Validity,
+    ) -> Result<Issued, TlsError> {
         let key = KeyPair::generate()?;
         let mut p = CertificateParams::new(sans.iter().map(|s| s.to_string()).collect::<Vec<_>>())?;
         p.distinguished_name.push(DnType::CommonName, cn);
@@ -168,9 +173,8 @@ pub fn load_grant_signer(path: &Path) -> Result<crate::proto::GrantSigner, TlsEr
 pub fn load_grant_verifier(path: &Path) -> Result<crate::proto::GrantVerifier, TlsError> {
     let text = read_string(path)?;
     let raw = hex::decode(text.trim()).map_err(|_| TlsError::GrantKey(format!("{} is not hex", path.display())))?;
-    let key: [u8; 32] = raw
-        .try_into()
-        .map_err(|_| TlsError::GrantKey(format!("{} is not a 32-byte Ed25519 key", path.display())))?;
+    let key: [u8; 32] =
+        raw.try_into().map_err(|_| TlsError::GrantKey(format!("{} is not a 32-byte Ed25519 key", path.display())))?;
     Ok(crate::proto::GrantVerifier::new(key))
 }
 

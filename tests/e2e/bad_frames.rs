@@ -23,7 +23,7 @@ async fn malformed_frames_are_refused_by_name() {
     let (c, k, _) = fleet.pki.device_cert("probe-1", Validity::days(30));
     let cert = (c, k);
     let session = fleet.session("echo").await;
-    let mut live = session.connect().await.unwrap();
+    let mut live = within(30, session.connect()).await.unwrap();
 
     // Oversize: a 1 MiB length prefix is refused before anything is allocated.
     let mut oversize = (1u32 << 20).to_be_bytes().to_vec();
@@ -33,13 +33,19 @@ async fn malformed_frames_are_refused_by_name() {
 
     // Unknown frame type.
     let ans = send_raw(&fleet, &cert, &[0, 0, 0, 1, 200]).await;
-    assert!(matches!(ans, Some(Frame::Error { reason: Reason::BadFrame, ref message }) if message.contains("unknown frame type 200")), "{ans:?}");
+    assert!(
+        matches!(ans, Some(Frame::Error { reason: Reason::BadFrame, ref message }) if message.contains("unknown frame type 200")),
+        "{ans:?}"
+    );
 
     // Truncated: a frame that promises 100 bytes and delivers 10.
     let mut trunc = 100u32.to_be_bytes().to_vec();
     trunc.extend_from_slice(&[1; 10]);
     let ans = send_raw(&fleet, &cert, &trunc).await;
-    assert!(matches!(ans, Some(Frame::Error { reason: Reason::BadFrame, ref message }) if message.contains("truncated")), "{ans:?}");
+    assert!(
+        matches!(ans, Some(Frame::Error { reason: Reason::BadFrame, ref message }) if message.contains("truncated")),
+        "{ans:?}"
+    );
 
     // Random bytes.
     let noise: [u8; 64] = tether::random_bytes();
@@ -53,7 +59,10 @@ async fn malformed_frames_are_refused_by_name() {
     assert!(matches!(ans, Some(Frame::Error { reason: Reason::BadFrame, .. })), "{ans:?}");
 
     for label in ["oversize", "unknown_type", "malformed", "unexpected_frame"] {
-        assert!(fleet.metric(0, "tether_relay_frame_errors_total", &[&format!("reason=\"{label}\"")]).await >= 1.0, "{label} not counted");
+        assert!(
+            fleet.metric(0, "tether_relay_frame_errors_total", &[&format!("reason=\"{label}\"")]).await >= 1.0,
+            "{label} not counted"
+        );
     }
     let audit = fleet.relay_audit(0);
     assert!(audited(&audit, "control_refused", "frame_too_large"));
@@ -72,6 +81,6 @@ async fn malformed_frames_are_refused_by_name() {
     live.write_all(b"still here").await.unwrap();
     live.flush().await.unwrap();
     let mut buf = [0u8; 10];
-    live.read_exact(&mut buf).await.unwrap();
+    within(30, live.read_exact(&mut buf)).await.unwrap();
     assert_eq!(&buf, b"still here");
 }

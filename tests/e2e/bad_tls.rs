@@ -6,13 +6,21 @@ use std::time::Duration;
 
 use rustls::ClientConfig;
 use tether::proto::{Frame, FrameIo, VERSION};
-use tether::tls::{self, pki::{Ca, Validity}};
+use tether::tls::{
+    self,
+    pki::{Ca, Validity},
+};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
 use crate::harness::*;
 
-fn config(versions: &[&'static rustls::SupportedProtocolVersion], ca: &Path, cert: Option<(&Path, &Path)>, alpn: Option<&[u8]>) -> Arc<ClientConfig> {
+fn config(
+    versions: &[&'static rustls::SupportedProtocolVersion],
+    ca: &Path,
+    cert: Option<(&Path, &Path)>,
+    alpn: Option<&[u8]>,
+) -> Arc<ClientConfig> {
     let b = ClientConfig::builder_with_provider(tls::provider())
         .with_protocol_versions(versions)
         .unwrap()
@@ -52,11 +60,11 @@ async fn bad_certificates_and_tls_parameters_are_refused_by_name() {
 
     // A live session that must not notice any of this.
     let session = fleet.session("echo").await;
-    let mut live = session.connect().await.unwrap();
+    let mut live = within(30, session.connect()).await.unwrap();
     live.write_all(b"before").await.unwrap();
     live.flush().await.unwrap();
     let mut buf = [0u8; 6];
-    live.read_exact(&mut buf).await.unwrap();
+    within(30, live.read_exact(&mut buf)).await.unwrap();
 
     // Device certificate from a foreign CA.
     let foreign = Ca::generate("foreign CA").unwrap();
@@ -81,7 +89,8 @@ async fn bad_certificates_and_tls_parameters_are_refused_by_name() {
 
     // TLS 1.2 only.
     let (dc, dk) = (fleet.pki.path(&format!("{DEVICE}.pem")), fleet.pki.path(&format!("{DEVICE}.key")));
-    let r = attempt(addr, config(&[&rustls::version::TLS12], &ca, Some((&dc, &dk)), Some(tls::ALPN_AGENT)), DEVICE).await;
+    let r =
+        attempt(addr, config(&[&rustls::version::TLS12], &ca, Some((&dc, &dk)), Some(tls::ALPN_AGENT)), DEVICE).await;
     assert_refused(&fleet, r, "peer_incompatible").await;
 
     // Unknown ALPN, and no ALPN at all.
@@ -94,7 +103,7 @@ async fn bad_certificates_and_tls_parameters_are_refused_by_name() {
     // The live session still works, and the real agent is still attached.
     live.write_all(b"after!").await.unwrap();
     live.flush().await.unwrap();
-    live.read_exact(&mut buf).await.unwrap();
+    within(30, live.read_exact(&mut buf)).await.unwrap();
     assert_eq!(&buf, b"after!");
     assert_eq!(fleet.metric(0, "tether_relay_agents_attached", &[]).await, 1.0);
 }
@@ -111,11 +120,11 @@ async fn half_open_connections_time_out_and_do_not_block_agents() {
     let _agent = start_agent(fleet.dir(), &fleet.agent_cfg);
     fleet.wait_metric(0, "tether_relay_agents_attached", 1.0).await;
     let session = fleet.session("echo").await;
-    let mut t = session.connect().await.unwrap();
+    let mut t = within(30, session.connect()).await.unwrap();
     t.write_all(b"ok").await.unwrap();
     t.flush().await.unwrap();
     let mut b = [0u8; 2];
-    t.read_exact(&mut b).await.unwrap();
+    within(30, t.read_exact(&mut b)).await.unwrap();
 
     // Each silent peer is dropped after the handshake timeout.
     eventually("300 handshake timeouts counted", async || {

@@ -55,7 +55,7 @@ async fn no_byte_reaches_the_service_before_approval() {
     let out = operator_cli(&fleet, "approve", &id);
     assert!(out.status.success(), "approve failed: {}", String::from_utf8_lossy(&out.stderr));
     let session = opening.await.unwrap().expect("admitted after approval");
-    let mut t = session.connect().await.unwrap();
+    let mut t = within(30, session.connect()).await.unwrap();
     t.write_all(b"after approval").await.unwrap();
     t.flush().await.unwrap();
     eventually("bytes reach the service after approval", async || svc.bytes.load(Ordering::SeqCst) == 14).await;
@@ -91,7 +91,7 @@ async fn nobody_answering_times_out_with_its_reason() {
 async fn operator_ends_a_live_session() {
     let fleet = Fleet::start(Opts::default()).await;
     let session = fleet.session("echo").await;
-    let _t = session.connect().await.unwrap();
+    let _t = within(30, session.connect()).await.unwrap();
     let out = operator_cli(&fleet, "end", &session.id.to_string());
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     let reason = tokio::time::timeout(std::time::Duration::from_secs(10), session.ended()).await.unwrap();

@@ -15,7 +15,8 @@ use crate::harness::*;
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn client_vanishing_closes_the_device_side_and_audits_bytes() {
     let svc = CountingService::start(CancellationToken::new()).await;
-    let fleet = Fleet::start(Opts { extra_services: vec![("sink".into(), svc.addr.to_string())], ..Opts::default() }).await;
+    let fleet =
+        Fleet::start(Opts { extra_services: vec![("sink".into(), svc.addr.to_string())], ..Opts::default() }).await;
     let profile = fleet.dir().join("client.toml");
     std::fs::write(
         &profile,
@@ -52,13 +53,20 @@ async fn client_vanishing_closes_the_device_side_and_audits_bytes() {
     drop(client); // SIGKILL: the client vanishes mid-transfer.
     eventually("the device-side connection is closed", async || svc.open.load(Ordering::SeqCst) == 0).await;
     eventually("the relay audits the end with byte counts", async || {
-        fleet.relay_audit(0).iter().any(|r| r["event"] == "session_end" && r["session"] == session.as_str()
-            && r["reason"] == "client_closed" && r["bytes_to_device"].as_u64().unwrap_or(0) >= 1 << 20)
+        fleet.relay_audit(0).iter().any(|r| {
+            r["event"] == "session_end"
+                && r["session"] == session.as_str()
+                && r["reason"] == "client_closed"
+                && r["bytes_to_device"].as_u64().unwrap_or(0) >= 1 << 20
+        })
     })
     .await;
     eventually("the agent audits the end with byte counts", async || {
-        fleet.agent_audit().iter().any(|r| r["event"] == "session_end" && r["session"] == session.as_str()
-            && r["bytes_to_device"].as_u64().unwrap_or(0) >= 1 << 20)
+        fleet.agent_audit().iter().any(|r| {
+            r["event"] == "session_end"
+                && r["session"] == session.as_str()
+                && r["bytes_to_device"].as_u64().unwrap_or(0) >= 1 << 20
+        })
     })
     .await;
 }
@@ -67,13 +75,13 @@ async fn client_vanishing_closes_the_device_side_and_audits_bytes() {
 async fn agent_vanishing_closes_the_client_side_and_audits_bytes() {
     let mut fleet = Fleet::start(Opts::default()).await;
     let session = fleet.session("echo").await;
-    let mut t = session.connect().await.unwrap();
+    let mut t = within(30, session.connect()).await.unwrap();
     let chunk = vec![0xa5u8; 64 * 1024];
     let mut back = vec![0u8; chunk.len()];
     for _ in 0..8 {
         t.write_all(&chunk).await.unwrap();
         t.flush().await.unwrap();
-        t.read_exact(&mut back).await.unwrap();
+        within(30, t.read_exact(&mut back)).await.unwrap();
     }
     fleet.agent.take().unwrap().kill(); // SIGKILL: the device side vanishes.
 
@@ -84,8 +92,12 @@ async fn agent_vanishing_closes_the_client_side_and_audits_bytes() {
     assert!(matches!(r, Ok(0) | Err(_)), "tunnel still open: {r:?}");
     let id = session.id.to_string();
     eventually("the relay audits the end with byte counts", async || {
-        fleet.relay_audit(0).iter().any(|r| r["event"] == "session_end" && r["session"] == id.as_str()
-            && r["reason"] == "agent_gone" && r["bytes_to_device"].as_u64() == Some(8 << 16))
+        fleet.relay_audit(0).iter().any(|r| {
+            r["event"] == "session_end"
+                && r["session"] == id.as_str()
+                && r["reason"] == "agent_gone"
+                && r["bytes_to_device"].as_u64() == Some(8 << 16)
+        })
     })
     .await;
     assert_eq!(fleet.metric(0, "tether_relay_sessions_ended_total", &["agent_gone"]).await, 1.0);

@@ -33,7 +33,10 @@ async fn relay_refuses_bad_grants_by_name() {
 
     // Bad signature: signed by a key that is not the hub's.
     let good = fleet.grant(|_| {});
-    let body = Grant { session: SessionId::random(), ..tether::proto::GrantVerifier::new(fleet.pki.signer.public_key()).verify(&good).unwrap() };
+    let body = Grant {
+        session: SessionId::random(),
+        ..tether::proto::GrantVerifier::new(fleet.pki.signer.public_key()).verify(&good).unwrap()
+    };
     let forged = foreign_signer().sign(&body);
     refused_with(&fleet, fleet.open_raw(0, forged, "echo").await, Reason::GrantBadSignature).await;
 
@@ -87,12 +90,19 @@ async fn agent_refuses_forged_grants_from_a_compromised_relay() {
         audit: tmp.path().join("none"),
     };
     let echo: std::net::SocketAddr = "127.0.0.1:9".parse().unwrap();
-    let cfg = write_agent_config(tmp.path(), &pki, &[&fake], echo, &Opts::default(), (&pki.path(&format!("{DEVICE}.pem")), &pki.path(&format!("{DEVICE}.key"))));
+    let cfg = write_agent_config(
+        tmp.path(),
+        &pki,
+        &[&fake],
+        echo,
+        &Opts::default(),
+        (&pki.path(&format!("{DEVICE}.pem")), &pki.path(&format!("{DEVICE}.key"))),
+    );
     let _agent = start_agent(tmp.path(), &cfg);
 
     let (tcp, _) = control.accept().await.unwrap();
     let mut io = FrameIo::new(acceptor.accept(tcp).await.unwrap());
-    assert!(matches!(io.read_frame().await.unwrap(), Frame::Hello { .. }));
+    assert!(matches!(within(30, io.read_frame()).await.unwrap(), Frame::Hello { .. }));
     io.write_frame(&Frame::Welcome { version: VERSION, relay: "relay-a".into(), heartbeat_secs: 30 }).await.unwrap();
 
     let now = now_secs();
@@ -110,14 +120,20 @@ async fn agent_refuses_forged_grants_from_a_compromised_relay() {
     let signer = Arc::new(pki.signer);
     let cases = [
         (foreign_signer().sign(&base), Reason::GrantBadSignature),
-        (signer.sign(&Grant { session: SessionId::random(), device: "other-device".into(), ..base.clone() }), Reason::GrantWrongDevice),
-        (signer.sign(&Grant { session: SessionId::random(), expires_at: now - 5, ..base.clone() }), Reason::GrantExpired),
+        (
+            signer.sign(&Grant { session: SessionId::random(), device: "other-device".into(), ..base.clone() }),
+            Reason::GrantWrongDevice,
+        ),
+        (
+            signer.sign(&Grant { session: SessionId::random(), expires_at: now - 5, ..base.clone() }),
+            Reason::GrantExpired,
+        ),
     ];
     for (grant, want) in cases {
         let session = grant.session_hint();
         io.write_frame(&Frame::AccessRequest { grant, service: "echo".into() }).await.unwrap();
         loop {
-            match io.read_frame().await.unwrap() {
+            match within(30, io.read_frame()).await.unwrap() {
                 Frame::Decision { session: s, outcome, reason } => {
                     assert_eq!((s, outcome, reason), (session, Outcome::Refused, want));
                     break;
@@ -147,14 +163,16 @@ fn agent_config_refuses_targets_outside_loopback() {
     // Only written into a config file, never dialled.
     let opts = Opts { extra_services: vec![("pacs".into(), "192.0.2.10:104".into())], ..Opts::default() };
     let cert = (pki.path(&format!("{DEVICE}.pem")), pki.path(&format!("{DEVICE}.key")));
-    let cfg = write_agent_config(tmp.path(), &pki, &[&fake_relay], "127.0.0.1:9".parse().unwrap(), &opts, (&cert.0, &cert.1));
+    let cfg =
+        write_agent_config(tmp.path(), &pki, &[&fake_relay], "127.0.0.1:9".parse().unwrap(), &opts, (&cert.0, &cert.1));
     let out = std::process::Command::new(BIN).args(["agent", "--check", "--config"]).arg(&cfg).output().unwrap();
     assert!(!out.status.success());
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("services.pacs.target") && err.contains("outside loopback"), "{err}");
 
     // Listing it explicitly makes it allowed.
-    let text = std::fs::read_to_string(&cfg).unwrap().replace("consent =", "extra_targets = [\"192.0.2.10:104\"]\nconsent =");
+    let text =
+        std::fs::read_to_string(&cfg).unwrap().replace("consent =", "extra_targets = [\"192.0.2.10:104\"]\nconsent =");
     std::fs::write(&cfg, text).unwrap();
     let out = std::process::Command::new(BIN).args(["agent", "--check", "--config"]).arg(&cfg).output().unwrap();
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));

@@ -92,7 +92,16 @@ pub struct Opts {
 
 impl Default for Opts {
     fn default() -> Self {
-        Opts { consent: "auto", relays: 1, crl: None, handshake_timeout_ms: 5000, consent_timeout_secs: 60, extra_services: vec![], agent: true, revoke: None }
+        Opts {
+            consent: "auto",
+            relays: 1,
+            crl: None,
+            handshake_timeout_ms: 5000,
+            consent_timeout_secs: 60,
+            extra_services: vec![],
+            agent: true,
+            revoke: None,
+        }
     }
 }
 
@@ -143,7 +152,11 @@ pub fn start_relay(dir: &Path, pki: &Pki, name: &str, opts: &Opts) -> RelayProc 
     let mut line = String::new();
     BufReader::new(child.stdout.take().unwrap()).read_line(&mut line).unwrap();
     let field = |k: &str| -> SocketAddr {
-        line.split_whitespace().find_map(|w| w.strip_prefix(&format!("{k}="))).unwrap_or_else(|| panic!("no {k} in {line:?}")).parse().unwrap()
+        line.split_whitespace()
+            .find_map(|w| w.strip_prefix(&format!("{k}=")))
+            .unwrap_or_else(|| panic!("no {k} in {line:?}"))
+            .parse()
+            .unwrap()
     };
     RelayProc {
         name: name.into(),
@@ -157,7 +170,14 @@ pub fn start_relay(dir: &Path, pki: &Pki, name: &str, opts: &Opts) -> RelayProc 
 }
 
 /// Writes an agent config for `relays` and returns its path.
-pub fn write_agent_config(dir: &Path, pki: &Pki, relays: &[&RelayProc], echo: SocketAddr, opts: &Opts, cert: (&Path, &Path)) -> PathBuf {
+pub fn write_agent_config(
+    dir: &Path,
+    pki: &Pki,
+    relays: &[&RelayProc],
+    echo: SocketAddr,
+    opts: &Opts,
+    cert: (&Path, &Path),
+) -> PathBuf {
     let mut cfg = format!(
         "device = \"{DEVICE}\"\nca = \"{}\"\ncert = \"{}\"\nkey = \"{}\"\ngrant_public_key = \"{}\"\nconsent = \"{}\"\n\
          consent_timeout_secs = {}\nheartbeat_secs = 30\noperator_socket = \"{}\"\naudit_log = \"{}\"\n",
@@ -171,7 +191,10 @@ pub fn write_agent_config(dir: &Path, pki: &Pki, relays: &[&RelayProc], echo: So
         dir.join("agent-audit.jsonl").display(),
     );
     for r in relays {
-        cfg += &format!("\n[[relays]]\nname = \"{}\"\ncontrol = \"{}\"\ndata = \"{}\"\nserver_name = \"localhost\"\n", r.name, r.control, r.data);
+        cfg += &format!(
+            "\n[[relays]]\nname = \"{}\"\ncontrol = \"{}\"\ndata = \"{}\"\nserver_name = \"localhost\"\n",
+            r.name, r.control, r.data
+        );
     }
     cfg += &format!("\n[services.echo]\ntarget = \"{echo}\"\n");
     for (name, target) in &opts.extra_services {
@@ -240,13 +263,17 @@ impl Fleet {
             relays: self
                 .relays
                 .iter()
-                .map(|r| RelayEntry { name: r.name.clone(), addr: r.client.to_string(), server_name: Some("localhost".into()) })
+                .map(|r| RelayEntry {
+                    name: r.name.clone(),
+                    addr: r.client.to_string(),
+                    server_name: Some("localhost".into()),
+                })
                 .collect(),
         }
     }
 
     pub async fn session(&self, service: &str) -> Arc<ClientSession> {
-        ClientSession::open(&self.profile(), DEVICE, service).await.unwrap()
+        within(30, ClientSession::open(&self.profile(), DEVICE, service)).await.unwrap()
     }
 
     pub fn grant(&self, f: impl FnOnce(&mut Grant)) -> SignedGrant {
@@ -272,7 +299,7 @@ impl Fleet {
         let conn = tether::tls::dial(&self.relays[i].client.to_string(), "localhost", tls).await.unwrap();
         let mut io = FrameIo::new(conn);
         io.write_frame(&first).await.unwrap();
-        io.read_frame().await.unwrap()
+        within(30, io.read_frame()).await.unwrap()
     }
 
     pub async fn open_raw(&self, i: usize, grant: SignedGrant, service: &str) -> Frame {
@@ -331,6 +358,11 @@ pub async fn http_get(addr: SocketAddr, path: &str) -> String {
 /// Audit records with `event` whose `reason` is `reason`.
 pub fn audited(records: &[Value], event: &str, reason: &str) -> bool {
     records.iter().any(|r| r["event"] == event && r["reason"] == reason)
+}
+
+/// Awaits `f`, failing the test after `secs` seconds instead of hanging.
+pub async fn within<T>(secs: u64, f: impl std::future::Future<Output = T>) -> T {
+    tokio::time::timeout(Duration::from_secs(secs), f).await.unwrap_or_else(|_| panic!("not done within {secs} s"))
 }
 
 /// Polls `f` until it returns true (bounded: 10 s).

@@ -11,18 +11,18 @@ async fn data_leg(fleet: &Fleet, session: SessionId, conn: u32) -> Frame {
     let conn_tls = tls::dial(&fleet.relays[0].data.to_string(), "localhost", cfg).await.unwrap();
     let mut io = FrameIo::new(conn_tls);
     io.write_frame(&Frame::DataOpen { version: VERSION, session, conn }).await.unwrap();
-    io.read_frame().await.unwrap()
+    within(30, io.read_frame()).await.unwrap()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn data_legs_and_joins_with_wrong_ids_are_refused() {
     let fleet = Fleet::start(Opts::default()).await;
     let session = fleet.session("echo").await;
-    let mut t = session.connect().await.unwrap(); // conn 1, paired
+    let mut t = within(30, session.connect()).await.unwrap(); // conn 1, paired
     t.write_all(b"x").await.unwrap();
     t.flush().await.unwrap();
     let mut b = [0u8; 1];
-    t.read_exact(&mut b).await.unwrap();
+    within(30, t.read_exact(&mut b)).await.unwrap();
 
     let ans = data_leg(&fleet, SessionId::random(), 1).await;
     assert!(matches!(ans, Frame::Error { reason: Reason::UnknownSession, .. }), "{ans:?}");
@@ -40,12 +40,14 @@ async fn data_legs_and_joins_with_wrong_ids_are_refused() {
     assert!(matches!(ans, Frame::Error { reason: Reason::UnknownSession, .. }), "{ans:?}");
 
     // A protocol version this relay does not speak.
-    let ans = fleet.client_exchange(0, Frame::ClientJoin { version: VERSION + 1, session: session.id, conn: 5, token: [0; 32] }).await;
+    let ans = fleet
+        .client_exchange(0, Frame::ClientJoin { version: VERSION + 1, session: session.id, conn: 5, token: [0; 32] })
+        .await;
     assert!(matches!(ans, Frame::Error { reason: Reason::VersionMismatch, .. }), "{ans:?}");
 
     // The paired tunnel still carries bytes.
     t.write_all(b"y").await.unwrap();
     t.flush().await.unwrap();
-    t.read_exact(&mut b).await.unwrap();
+    within(30, t.read_exact(&mut b)).await.unwrap();
     assert_eq!(&b, b"y");
 }

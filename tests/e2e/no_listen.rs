@@ -49,11 +49,11 @@ async fn agent_has_no_listening_socket_while_attached_and_tunnelling() {
     assert_eq!((listening, udp), (0, 0), "agent listens while attached");
 
     let session = fleet.session("echo").await;
-    let mut t = session.connect().await.unwrap();
+    let mut t = within(30, session.connect()).await.unwrap();
     t.write_all(b"ping").await.unwrap();
     t.flush().await.unwrap();
     let mut buf = [0u8; 4];
-    t.read_exact(&mut buf).await.unwrap();
+    within(30, t.read_exact(&mut buf)).await.unwrap();
     let (tcp, listening, udp) = sockets(pid);
     assert!(tcp >= 4, "expected control channels + data leg + service connection, saw {tcp}");
     assert_eq!((listening, udp), (0, 0), "agent listens while tunnelling");

@@ -35,7 +35,8 @@ async fn round_trip(stream: TcpStream, data: &[u8]) -> Vec<u8> {
         r.read_to_end(&mut got).await.unwrap();
         got
     };
-    tokio::join!(writer, reader).1
+    let both = async { tokio::join!(writer, reader).1 };
+    within(120, both).await
 }
 
 async fn serve_locally(fleet: &Fleet) -> (std::sync::Arc<tether::client::ClientSession>, std::net::SocketAddr) {
@@ -61,13 +62,18 @@ async fn sixty_four_mib_each_way_arrive_identical() {
     session.close();
     let id = session.id.to_string();
     eventually("relay audits the session end with byte counts", async || {
-        fleet.relay_audit(0).iter().any(|r| r["event"] == "session_end" && r["session"] == id.as_str()
-            && r["bytes_to_device"] == (64u64 << 20) && r["bytes_to_client"] == (64u64 << 20))
+        fleet.relay_audit(0).iter().any(|r| {
+            r["event"] == "session_end"
+                && r["session"] == id.as_str()
+                && r["bytes_to_device"] == (64u64 << 20)
+                && r["bytes_to_client"] == (64u64 << 20)
+        })
     })
     .await;
     eventually("agent audits the session end with byte counts", async || {
-        fleet.agent_audit().iter().any(|r| r["event"] == "session_end" && r["session"] == id.as_str()
-            && r["bytes_to_device"] == (64u64 << 20))
+        fleet.agent_audit().iter().any(|r| {
+            r["event"] == "session_end" && r["session"] == id.as_str() && r["bytes_to_device"] == (64u64 << 20)
+        })
     })
     .await;
 }

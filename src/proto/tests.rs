@@ -1,0 +1,153 @@
+//! Property tests: every frame round-trips; arbitrary bytes never panic.
+use bytes::{Bytes, BytesMut};
+use proptest::prelude::*;
+
+use super::*;
+
+fn sid() -> impl Strategy<Value = SessionId> {
+    any::<[u8; 16]>().prop_map(SessionId)
+}
+
+fn reason() -> impl Strategy<Value = Reason> {
+    prop_oneof![
+        Just(Reason::BadFrame),
+        Just(Reason::ConsentDenied),
+        Just(Reason::GrantReused),
+        Just(Reason::AgentGone),
+        Just(Reason::Unknown)
+    ]
+}
+
+fn text() -> impl Strategy<Value = String> {
+    "[a-zA-Z0-9 ._-]{0,40}"
+}
+
+fn grant() -> impl Strategy<Value = SignedGrant> {
+    (proptest::collection::vec(any::<u8>(), 0..300), any::<[u8; 32]>(), any::<[u8; 32]>()).prop_map(|(body, a, b)| {
+        let mut sig = [0u8; 64];
+        sig[..32].copy_from_slice(&a);
+        sig[32..].copy_from_slice(&b);
+        SignedGrant { body: Bytes::from(body), sig }
+    })
+}
+
+fn frame() -> impl Strategy<Value = Frame> {
+    prop_oneof![
+        (any::<u16>(), text(), text(), proptest::collection::vec(text(), 0..5)).prop_map(
+            |(version, device, agent_version, services)| Frame::Hello { version, device, agent_version, services }
+        ),
+        (any::<u16>(), text(), any::<u32>()).prop_map(|(version, relay, heartbeat_secs)| Frame::Welcome {
+            version,
+            relay,
+            heartbeat_secs
+        }),
+        any::<u64>().prop_map(|seq| Frame::Heartbeat { seq }),
+        (grant(), text()).prop_map(|(grant, service)| Frame::AccessRequest { grant, service }),
+        (sid(), any::<bool>(), reason()).prop_map(|(session, ok, reason)| Frame::Decision {
+            session,
+            outcome: if ok { Outcome::Allowed } else { Outcome::Refused },
+            reason
+        }),
+        (sid(), any::<u32>()).prop_map(|(session, conn)| Frame::Open { session, conn }),
+        (sid(), any::<u32>(), reason()).prop_map(|(session, conn, reason)| Frame::OpenFailed { session, conn, reason }),
+        (sid(), reason(), any::<u64>(), any::<u64>()).prop_map(
+            |(session, reason, bytes_to_device, bytes_to_client)| {
+                Frame::SessionEnd { session, reason, bytes_to_device, bytes_to_client }
+            }
+        ),
+        (reason(), text()).prop_map(|(reason, message)| Frame::Error { reason, message }),
+        (any::<u16>(), grant(), text()).prop_map(|(version, grant, service)| Frame::ClientOpen {
+            version,
+            grant,
+            service
+        }),
+        (sid(), any::<[u8; 32]>()).prop_map(|(session, token)| Frame::SessionReady { session, token }),
+        (any::<u16>(), sid(), any::<u32>(), any::<[u8; 32]>())
+            .prop_map(|(version, session, conn, token)| Frame::ClientJoin { version, session, conn, token }),
+        (any::<u16>(), sid(), any::<u32>()).prop_map(|(version, session, conn)| Frame::DataOpen {
+            version,
+            session,
+            conn
+        }),
+        (sid(), any::<u32>()).prop_map(|(session, conn)| Frame::Paired { session, conn }),
+    ]
+}
+
+proptest! {
+    #[test]
+    fn frames_round_trip(frames in proptest::collection::vec(frame(), 1..6), split in 0usize..64) {
+        let mut wire = BytesMut::new();
+        for f in &frames {
+            f.encode(&mut wire);
+        }
+        // Fed in two pieces: the decoder must wait for more bytes, not fail.
+        let split = split.min(wire.len());
+        let mut buf = BytesMut::from(&wire[..split]);
+        let mut out = Vec::new();
+        while let Some(f) = Frame::decode(&mut buf).unwrap() {
+            out.push(f);
+        }
+        buf.extend_from_slice(&wire[split..]);
+        while let Some(f) = Frame::decode(&mut buf).unwrap() {
+            out.push(f);
+        }
+        prop_assert_eq!(out, frames);
+        prop_assert!(buf.is_empty());
+    }
+
+    #[test]
+    fn arbitrary_bytes_never_panic(bytes in proptest::collection::vec(any::<u8>(), 0..2048)) {
+        let mut buf = BytesMut::from(&bytes[..]);
+        while let Ok(Some(_)) = Frame::decode(&mut buf) {}
+        let mut g = Bytes::from(bytes);
+        let _ = SignedGrant::decode(&mut g);
+    }
+
+    #[test]
+    fn grants_round_trip_and_verify(device in text(), services in proptest::collection::vec(text(), 0..4), exp in any::<u64>()) {
+        let signer = test_signer();
+        let g = Grant { session: SessionId::random(), device, services, specialist: "s".into(), role: "r".into(),
+                        client_key: Bytes::from_static(b"k"), relays: vec!["a".into()], issued_at: 1, expires_at: exp };
+        let v = GrantVerifier::new(signer.public_key());
+        prop_assert_eq!(v.verify(&signer.sign(&g)).unwrap(), g);
+    }
+}
+
+fn test_signer() -> GrantSigner {
+    let rng = ring::rand::SystemRandom::new();
+    let doc = ring::signature::Ed25519KeyPair::generate_pkcs8(&rng).unwrap();
+    GrantSigner::from_pkcs8(doc.as_ref()).unwrap()
+}
+
+#[test]
+fn oversize_length_is_refused_before_allocation() {
+    let mut buf = BytesMut::from(&[0xff, 0xff, 0xff, 0xff, 1][..]);
+    assert_eq!(Frame::decode(&mut buf), Err(ProtoError::Oversize { len: 0xffff_ffff, max: MAX_FRAME }));
+    assert!(buf.capacity() < 1024, "decoder allocated for an oversize frame");
+}
+
+#[test]
+fn version_mismatch_is_named() {
+    let e = check_version(VERSION + 1).unwrap_err();
+    assert_eq!(e.reason(), Reason::VersionMismatch);
+    assert!(e.to_string().contains("not supported"));
+}
+
+#[test]
+fn tampered_grant_fails_verification() {
+    let signer = test_signer();
+    let g = Grant {
+        session: SessionId::random(),
+        device: "d".into(),
+        services: vec![],
+        specialist: "s".into(),
+        role: "r".into(),
+        client_key: Bytes::new(),
+        relays: vec![],
+        issued_at: 1,
+        expires_at: 2,
+    };
+    let mut sg = signer.sign(&g);
+    sg.sig[0] ^= 1;
+    assert_eq!(GrantVerifier::new(signer.public_key()).verify(&sg), Err(GrantError::BadSignature));
+}
