@@ -128,7 +128,10 @@ async fn open(state: Arc<State>, mut io: Io, peer: SocketAddr, signed: SignedGra
         }
     };
     if let (Outcome::Refused, reason) = decision {
-        state.decisions.remove(&id);
+        if state.decisions.remove(&id).is_some() {
+            // The relay gave up waiting: withdraw the request at the device too.
+            let _ = agent_tx.try_send(Frame::SessionEnd { session: id, reason, bytes_to_device: 0, bytes_to_client: 0 });
+        }
         metrics::RELAY_SESSIONS_ENDED.with_label_values(&[reason.label()]).inc();
         return refuse(&state, &mut io, peer, reason, "refused by the device", Some((id, &grant.device))).await;
     }
@@ -156,9 +159,10 @@ async fn open(state: Arc<State>, mut io: Io, peer: SocketAddr, signed: SignedGra
             },
         }
     };
-    if let Some(reason) = reason {
-        state.end_session(id, reason, true);
-    }
+    // `None`: ended elsewhere (agent, operator) or the relay is shutting down;
+    // end_session is a no-op when the session was already ended and audited.
+    let reason = reason.unwrap_or(if state.shutdown.is_cancelled() { Reason::RelayShutdown } else { Reason::Unknown });
+    state.end_session(id, reason, true);
     let end = Frame::SessionEnd {
         session: id,
         reason: session.reason(),
