@@ -65,7 +65,9 @@ pub async fn open(state: Shared, relay: RelayEndpoint, tx: mpsc::Sender<Frame>, 
     let leg = match leg {
         Ok(l) => l,
         Err(e) => {
+            // Tell the relay now rather than let the client wait for the pairing timeout.
             tracing::warn!(session = %id, conn, error = %e, "data leg failed");
+            let _ = tx.send(Frame::OpenFailed { session: id, conn, reason: Reason::Internal }).await;
             return;
         }
     };

@@ -130,7 +130,8 @@ async fn open(state: Arc<State>, mut io: Io, peer: SocketAddr, signed: SignedGra
     if let (Outcome::Refused, reason) = decision {
         if state.decisions.remove(&id).is_some() {
             // The relay gave up waiting: withdraw the request at the device too.
-            let _ = agent_tx.try_send(Frame::SessionEnd { session: id, reason, bytes_to_device: 0, bytes_to_client: 0 });
+            let _ =
+                agent_tx.try_send(Frame::SessionEnd { session: id, reason, bytes_to_device: 0, bytes_to_client: 0 });
         }
         metrics::RELAY_SESSIONS_ENDED.with_label_values(&[reason.label()]).inc();
         return refuse(&state, &mut io, peer, reason, "refused by the device", Some((id, &grant.device))).await;

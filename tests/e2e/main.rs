@@ -9,3 +9,4 @@ mod grants;
 mod legs;
 mod no_listen;
 mod tunnel;
+mod twins_basic;
