@@ -11,6 +11,7 @@
 //! - [`dev`]: `tether dev`: a whole local system on dev certificates.
 //! - [`audit`]: append-only, hash-chained JSON-lines audit log.
 //! - [`splice`]: moving bytes both ways between two streams.
+//! - [`stream`]: end-to-end TLS between client and agent inside a tunnel.
 //! - [`metrics`]: the one Prometheus registry.
 //! - [`config`]: TOML loading and validation shared by every role.
 #![forbid(unsafe_code)]
@@ -25,6 +26,7 @@ pub mod metrics;
 pub mod proto;
 pub mod relay;
 pub mod splice;
+pub mod stream;
 pub mod tls;
 
 /// `N` bytes from the system's secure random source.

@@ -16,19 +16,28 @@ pub const CHUNK: usize = 256 * 1024;
 /// First read size: interactive tunnels (SSH, VNC) never grow past it.
 const FIRST_CHUNK: usize = 16 * 1024;
 
+/// A hook that sees (and may change) every chunk of one direction. Used by
+/// tests to prove what a relay can and cannot do with end-to-end-encrypted
+/// traffic; `None` everywhere in production.
+pub type Tap = std::sync::Arc<dyn Fn(&mut [u8]) + Send + Sync>;
+
 /// Where the bytes of one direction are counted.
 #[derive(Clone, Copy)]
 pub struct Meter<'a> {
     pub total: &'a AtomicU64,
     pub metric: Option<&'a IntCounter>,
+    pub tap: Option<&'a Tap>,
 }
 
 impl<'a> Meter<'a> {
     pub fn new(total: &'a AtomicU64) -> Self {
-        Meter { total, metric: None }
+        Meter { total, metric: None, tap: None }
     }
     pub fn with_metric(total: &'a AtomicU64, metric: &'a IntCounter) -> Self {
-        Meter { total, metric: Some(metric) }
+        Meter { total, metric: Some(metric), tap: None }
+    }
+    pub fn tapped(self, tap: Option<&'a Tap>) -> Self {
+        Meter { tap, ..self }
     }
     fn add(&self, n: usize) {
         self.total.fetch_add(n as u64, Ordering::Relaxed);
@@ -38,7 +47,7 @@ impl<'a> Meter<'a> {
     }
 }
 
-async fn pump<R, W>(mut r: R, mut w: W, prefix: Bytes, meter: Meter<'_>) -> std::io::Result<()>
+async fn pump<R, W>(mut r: R, mut w: W, prefix: Bytes, meter: Meter<'_>) -> std::io::Result<(R, W)>
 where
     R: AsyncRead + Unpin,
     W: AsyncWrite + Unpin,
@@ -57,10 +66,13 @@ where
         if n >= want && want < CHUNK {
             want *= 2; // reads fill the buffer: a bulk transfer, grow
         }
+        if let Some(tap) = meter.tap {
+            tap(&mut buf[..n]);
+        }
         if n == 0 {
             // Half-close: the peer of `w` sees EOF; the other direction goes on.
             let _ = w.shutdown().await;
-            return Ok(());
+            return Ok((r, w));
         }
         w.write_all(&buf).await?;
         w.flush().await?;
@@ -68,9 +80,9 @@ where
     }
 }
 
-/// Splices `a` and `b` until both directions have ended or either fails.
-/// `a_prefix` holds bytes already read from `a` (sent to `b` first), and
-/// likewise `b_prefix`.
+/// Splices `a` and `b` until both directions have ended or either fails, and
+/// hands both streams back. `a_prefix` holds bytes already read from `a`
+/// (sent to `b` first), and likewise `b_prefix`.
 pub async fn splice<A, B>(
     a: A,
     a_prefix: Bytes,
@@ -78,15 +90,33 @@ pub async fn splice<A, B>(
     b_prefix: Bytes,
     a_to_b: Meter<'_>,
     b_to_a: Meter<'_>,
-) -> std::io::Result<()>
+) -> std::io::Result<(A, B)>
 where
-    A: AsyncRead + AsyncWrite,
-    B: AsyncRead + AsyncWrite,
+    A: AsyncRead + AsyncWrite + Unpin,
+    B: AsyncRead + AsyncWrite + Unpin,
 {
     let (ar, aw) = tokio::io::split(a);
     let (br, bw) = tokio::io::split(b);
-    tokio::try_join!(pump(ar, bw, a_prefix, a_to_b), pump(br, aw, b_prefix, b_to_a))?;
-    Ok(())
+    let ((ar, bw), (br, aw)) = tokio::try_join!(pump(ar, bw, a_prefix, a_to_b), pump(br, aw, b_prefix, b_to_a))?;
+    Ok((ar.unsplit(aw), br.unsplit(bw)))
+}
+
+/// Reads and discards until EOF (at most 5 s, 1 MiB). A layered stream (TLS
+/// inside TLS) reports EOF at the inner close_notify while the outer layer's
+/// close_notify is still unread; closing a socket with unread bytes sends RST,
+/// and an RST makes the peer's kernel drop data it has not read yet.
+pub async fn drain<S: AsyncRead + Unpin>(mut s: S) {
+    let bounded = async {
+        let mut buf = [0u8; 4096];
+        let mut left = 1usize << 20;
+        while left > 0 {
+            match s.read(&mut buf).await {
+                Ok(0) | Err(_) => return,
+                Ok(n) => left = left.saturating_sub(n),
+            }
+        }
+    };
+    let _ = tokio::time::timeout(std::time::Duration::from_secs(5), bounded).await;
 }
 
 #[cfg(test)]
@@ -99,8 +129,9 @@ mod tests {
         let (a_outer, a) = duplex(1024);
         let (b, b_outer) = duplex(1024);
         let (up, down) = (AtomicU64::new(0), AtomicU64::new(0));
-        let task =
-            async { splice(a, Bytes::from_static(b"pre"), b, Bytes::new(), Meter::new(&up), Meter::new(&down)).await };
+        let task = async {
+            splice(a, Bytes::from_static(b"pre"), b, Bytes::new(), Meter::new(&up), Meter::new(&down)).await.map(|_| ())
+        };
         let ends = async {
             let (mut ar, mut aw) = tokio::io::split(a_outer);
             let (mut br, mut bw) = tokio::io::split(b_outer);

@@ -47,6 +47,13 @@ pub async fn handle(state: Shared, relay: String, tx: mpsc::Sender<Frame>, signe
         let _ = tx.send(refuse(reason, detail)).await;
         return;
     }
+    let e2e = match crate::stream::e2e::agent_config(&state.cfg.cert, &state.cfg.key, &grant.client_key) {
+        Ok(c) => c,
+        Err(e) => {
+            let _ = tx.send(refuse(Reason::Internal, format!("end-to-end TLS config: {e}"))).await;
+            return;
+        }
+    };
     let id = grant.session;
     let who = json!({"device": state.cfg.device, "session": id.to_string(), "relay": relay, "service": service,
                      "specialist": grant.specialist, "role": grant.role});
@@ -96,6 +103,7 @@ pub async fn handle(state: Shared, relay: String, tx: mpsc::Sender<Frame>, signe
         from_service: Default::default(),
         tunnels: Default::default(),
         cancel: CancellationToken::new(),
+        e2e,
     });
     state.sessions.insert(id, session);
     metrics::AGENT_SESSIONS_ACTIVE.inc();

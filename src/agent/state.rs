@@ -27,6 +27,8 @@ pub struct AgentSession {
     pub from_service: AtomicU64,
     pub tunnels: AtomicU64,
     pub cancel: CancellationToken,
+    /// End-to-end TLS for this session: accepts only the grant's client key.
+    pub e2e: Arc<rustls::ServerConfig>,
 }
 
 /// A request waiting for the on-site operator.

@@ -12,6 +12,7 @@ use super::config::{RelayEndpoint, target_allowed};
 use crate::metrics;
 use crate::proto::{Frame, FrameIo, Reason, SessionId, VERSION};
 use crate::splice::{Meter, splice};
+use crate::stream::Prefixed;
 
 const SERVICE_TIMEOUT: Duration = Duration::from_secs(5);
 
@@ -75,10 +76,37 @@ pub async fn open(state: Shared, relay: RelayEndpoint, tx: mpsc::Sender<Frame>, 
     metrics::AGENT_TUNNELS.inc();
     session.tunnels.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
     let _ = service.set_nodelay(true);
+    // End-to-end TLS with the specialist's client: nothing reaches the service
+    // unless the client proves the key the grant names.
     let (leg, prefix) = leg.into_parts();
-    let result = tokio::select! {
-        r = splice(leg, prefix, service, bytes::Bytes::new(), Meter::new(&session.to_service), Meter::new(&session.from_service)) => r,
-        _ = session.cancel.cancelled() => Ok(()),
+    let handshake = tokio_rustls::TlsAcceptor::from(session.e2e.clone()).accept(Prefixed::new(prefix, leg));
+    let e2e = match tokio::time::timeout(SERVICE_TIMEOUT * 2, handshake).await {
+        Ok(Ok(s)) => s,
+        Ok(Err(e)) => {
+            state.refused(
+                "e2e_refused",
+                Reason::EndToEndFailed,
+                json!({"session": id.to_string(), "relay": relay.name, "conn": conn, "detail": e.to_string()}),
+            );
+            return;
+        }
+        Err(_) => {
+            state.refused(
+                "e2e_refused",
+                Reason::EndToEndFailed,
+                json!({"session": id.to_string(), "relay": relay.name, "conn": conn, "detail": "handshake timed out"}),
+            );
+            return;
+        }
     };
-    tracing::debug!(session = %id, conn, ?result, "tunnel closed");
+    let (to_service, from_service) = (Meter::new(&session.to_service), Meter::new(&session.from_service));
+    let result = tokio::select! {
+        r = splice(e2e, bytes::Bytes::new(), service, bytes::Bytes::new(), to_service, from_service) => r,
+        _ = session.cancel.cancelled() => Err(std::io::Error::other("session ended")),
+    };
+    match result {
+        // Read the leg's own close_notify so that closing sends FIN, not RST.
+        Ok((e2e, _service)) => crate::splice::drain(e2e.into_inner().0).await,
+        Err(e) => tracing::debug!(session = %id, conn, error = %e, "tunnel closed"),
+    }
 }

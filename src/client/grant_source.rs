@@ -23,7 +23,8 @@ impl GrantSource {
         })
     }
 
-    pub async fn obtain(&self, device: &str, service: &str) -> Result<SignedGrant, ClientError> {
+    /// A grant for `service` on `device`, bound to the session's `client_key`.
+    pub async fn obtain(&self, device: &str, service: &str, client_key: &[u8]) -> Result<SignedGrant, ClientError> {
         match self {
             GrantSource::DevSigner { signer, specialist, role, ttl, relays } => {
                 let now = now_secs();
@@ -33,7 +34,7 @@ impl GrantSource {
                     services: vec![service.into()],
                     specialist: specialist.clone(),
                     role: role.clone(),
-                    client_key: Default::default(),
+                    client_key: client_key.to_vec().into(),
                     relays: relays.clone(),
                     issued_at: now,
                     expires_at: now + ttl,

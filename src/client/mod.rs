@@ -2,11 +2,9 @@
 //! twin when the first fails), and forward local connections through it.
 
 mod grant_source;
-mod prefixed;
 pub mod profile;
 
 pub use grant_source::GrantSource;
-pub use prefixed::Prefixed;
 pub use profile::{Profile, RelayEntry};
 
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
@@ -20,6 +18,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::proto::{Frame, FrameIo, Reason, SessionId, VERSION};
 use crate::splice::{Meter, splice};
+use crate::stream::{Prefixed, e2e};
 use crate::tls::{self, dial};
 
 /// Why a session or a tunnelled connection failed, as the specialist sees it.
@@ -35,10 +34,12 @@ pub enum ClientError {
     Refused { reason: Reason, message: String },
     #[error("protocol error with relay {relay}: {detail}")]
     Protocol { relay: String, detail: String },
-    #[error("no relay could be reached: {0}")]
-    NoRelay(String),
+    #[error("no relay could admit the session: {detail}")]
+    NoRelay { detail: String, last: Option<Reason> },
     #[error("the session has ended: {0}")]
     Ended(Reason),
+    #[error("end-to-end TLS with the device failed: {0}")]
+    EndToEnd(String),
 }
 
 impl ClientError {
@@ -46,6 +47,8 @@ impl ClientError {
     pub fn reason(&self) -> Option<Reason> {
         match self {
             ClientError::Refused { reason, .. } | ClientError::Ended(reason) => Some(*reason),
+            ClientError::EndToEnd(_) => Some(Reason::EndToEndFailed),
+            ClientError::NoRelay { last, .. } => *last,
             _ => None,
         }
     }
@@ -55,6 +58,8 @@ impl ClientError {
 pub struct ClientSession {
     pub id: SessionId,
     pub relay: RelayEntry,
+    pub device: String,
+    e2e: Arc<ClientConfig>,
     token: [u8; 32],
     tls: Arc<ClientConfig>,
     next_conn: AtomicU32,
@@ -64,16 +69,24 @@ pub struct ClientSession {
     pub to_client: AtomicU64,
 }
 
-type Tunnel = Prefixed<TlsStream<TcpStream>>;
+/// A tunnelled connection: end-to-end TLS with the agent over the relay leg.
+pub type Tunnel = tokio_rustls::client::TlsStream<Prefixed<TlsStream<TcpStream>>>;
+
+/// How long the end-to-end handshake with the device may take.
+const E2E_TIMEOUT: Duration = Duration::from_secs(10);
 
 impl ClientSession {
     /// Obtains a grant and opens the session; waits for the device's decision
     /// (which may include on-site consent).
     pub async fn open(profile: &Profile, device: &str, service: &str) -> Result<Arc<ClientSession>, ClientError> {
         let source = GrantSource::from_profile(profile)?;
-        let grant = source.obtain(device, service).await?;
+        let key = e2e::ClientKey::generate()?;
+        let e2e = e2e::client_config(&profile.ca, &key)?;
+        tls::server_name(device)?;
+        let grant = source.obtain(device, service, key.public_key()).await?;
         let tls = tls::client_config(&profile.ca, None, tls::ALPN_CLIENT)?;
         let mut failures = Vec::new();
+        let mut last = None;
         for relay in &profile.relays {
             let conn = match dial(&relay.addr, relay.server_name(), tls.clone()).await {
                 Ok(c) => c,
@@ -95,6 +108,8 @@ impl ClientSession {
                     let s = Arc::new(ClientSession {
                         id: session,
                         relay: relay.clone(),
+                        device: device.to_string(),
+                        e2e,
                         token,
                         tls,
                         next_conn: AtomicU32::new(1),
@@ -112,6 +127,7 @@ impl ClientSession {
                     message,
                 }) => {
                     failures.push(format!("{}: {reason}: {message}", relay.name));
+                    last = Some(reason);
                 }
                 Ok(Frame::Error { reason, message }) => return Err(ClientError::Refused { reason, message }),
                 Ok(other) => {
@@ -123,7 +139,7 @@ impl ClientSession {
                 Err(e) => failures.push(format!("{}: {e}", relay.name)),
             }
         }
-        Err(ClientError::NoRelay(failures.join("; ")))
+        Err(ClientError::NoRelay { detail: failures.join("; "), last })
     }
 
     async fn control_leg(self: Arc<Self>, mut io: FrameIo<TlsStream<TcpStream>>) {
@@ -181,7 +197,14 @@ impl ClientSession {
         match io.read_frame().await {
             Ok(Frame::Paired { .. }) => {
                 let (stream, prefix) = io.into_parts();
-                Ok(Prefixed::new(prefix, stream))
+                let name = tls::server_name(&self.device)?;
+                let handshake =
+                    tokio_rustls::TlsConnector::from(self.e2e.clone()).connect(name, Prefixed::new(prefix, stream));
+                match tokio::time::timeout(E2E_TIMEOUT, handshake).await {
+                    Ok(Ok(t)) => Ok(t),
+                    Ok(Err(e)) => Err(ClientError::EndToEnd(e.to_string())),
+                    Err(_) => Err(ClientError::EndToEnd("handshake timed out".into())),
+                }
             }
             Ok(Frame::Error { reason, message }) => Err(ClientError::Refused { reason, message }),
             Ok(other) => Err(proto_err(format!("unexpected {}", other.kind()))),
@@ -216,9 +239,11 @@ impl ClientSession {
                     }
                 };
                 tokio::select! {
-                    r = splice(local, bytes::Bytes::new(), tunnel, bytes::Bytes::new(), Meter::new(&s.to_device), Meter::new(&s.to_client)) => {
-                        tracing::debug!(%peer, ?r, "tunnelled connection closed");
-                    }
+                    r = splice(local, bytes::Bytes::new(), tunnel, bytes::Bytes::new(), Meter::new(&s.to_device), Meter::new(&s.to_client)) => match r {
+                        // Read the leg's own close_notify so that closing sends FIN, not RST.
+                        Ok((_local, tunnel)) => crate::splice::drain(tunnel.into_inner().0).await,
+                        Err(e) => tracing::debug!(%peer, error = %e, "tunnelled connection closed"),
+                    },
                     _ = s.ended.cancelled() => {}
                 }
             });

@@ -49,6 +49,8 @@ pub enum GrantError {
     WrongDevice { session: SessionId, granted: String, wanted: String },
     #[error("grant for session {session} does not name service {service}")]
     ServiceNotGranted { session: SessionId, service: String },
+    #[error("grant for session {session} names no client key")]
+    NoClientKey { session: SessionId },
 }
 
 impl GrantError {
@@ -59,6 +61,7 @@ impl GrantError {
             GrantError::Expired { .. } => Reason::GrantExpired,
             GrantError::WrongDevice { .. } => Reason::GrantWrongDevice,
             GrantError::ServiceNotGranted { .. } => Reason::GrantServiceNotGranted,
+            GrantError::NoClientKey { .. } => Reason::GrantNoClientKey,
         }
     }
 }
@@ -117,6 +120,9 @@ impl Grant {
                 granted: self.device.clone(),
                 wanted: device.to_string(),
             });
+        }
+        if self.client_key.is_empty() {
+            return Err(GrantError::NoClientKey { session: self.session });
         }
         if !self.services.iter().any(|s| s == service) {
             return Err(GrantError::ServiceNotGranted { session: self.session, service: service.to_string() });

@@ -33,6 +33,7 @@ reasons! {
     GrantServiceNotGranted = 14, "grant_service_not_granted", "the grant does not name this service";
     GrantReused = 15, "grant_reused", "the grant's session id was already used";
     GrantMalformed = 16, "grant_malformed", "the grant cannot be decoded";
+    GrantNoClientKey = 17, "grant_no_client_key", "the grant names no client key for end-to-end encryption";
     ServiceNotAllowed = 20, "service_not_allowed", "the service is not in the device's allow-list";
     TargetNotAllowed = 21, "target_not_allowed", "the service target is outside loopback and the allow-list";
     ServiceUnreachable = 22, "service_unreachable", "the device's local service did not accept the connection";
@@ -42,6 +43,7 @@ reasons! {
     AlreadyPaired = 41, "already_paired", "this connection of the session is already paired";
     BadToken = 42, "bad_token", "the session token is wrong";
     PairingTimedOut = 43, "pairing_timed_out", "the device did not open its data leg in time";
+    EndToEndFailed = 44, "e2e_failed", "end-to-end TLS between client and device failed";
     ClientClosed = 50, "client_closed", "the specialist closed the session";
     AgentGone = 51, "agent_gone", "the device's agent disconnected";
     EndedOnSite = 52, "ended_on_site", "the on-site operator ended the session";

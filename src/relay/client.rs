@@ -246,9 +246,9 @@ async fn join(state: Arc<State>, mut io: Io, peer: SocketAddr, id: SessionId, co
     let result = tokio::select! {
         r = splice(
             client, client_prefix, leg, leg_prefix,
-            Meter::with_metric(&session.to_device, &to_device),
-            Meter::with_metric(&session.to_client, &to_client),
-        ) => r.map_err(|e| e.to_string()),
+            Meter::with_metric(&session.to_device, &to_device).tapped(state.taps.to_device.as_ref()),
+            Meter::with_metric(&session.to_client, &to_client).tapped(state.taps.to_client.as_ref()),
+        ) => r.map(|_| ()).map_err(|e| e.to_string()),
         _ = session.end.cancelled() => Err("session ended".into()),
     };
     metrics::RELAY_TUNNELS_ACTIVE.dec();

@@ -80,13 +80,30 @@ impl Listeners {
 /// Serves until `shutdown` is cancelled, then drains live tasks for up to
 /// `limits.drain_secs` and returns.
 pub async fn run(listeners: Listeners, cfg: RelayConfig, shutdown: CancellationToken) -> Result<(), RelayError> {
+    run_with_taps(listeners, cfg, shutdown, Taps::default()).await
+}
+
+/// Hooks on the spliced bytes of every tunnel (tests only; see [`crate::splice::Tap`]).
+#[derive(Default, Clone)]
+pub struct Taps {
+    pub to_device: Option<crate::splice::Tap>,
+    pub to_client: Option<crate::splice::Tap>,
+}
+
+/// [`run`], with taps on the spliced bytes.
+pub async fn run_with_taps(
+    listeners: Listeners,
+    cfg: RelayConfig,
+    shutdown: CancellationToken,
+    taps: Taps,
+) -> Result<(), RelayError> {
     metrics::init();
     let id = Identity { ca: &cfg.ca, cert: &cfg.cert, key: &cfg.key };
     let crl = cfg.crl.as_deref();
     let control_tls = TlsAcceptor::from(tls::server_config(&id, true, crl, tls::ALPN_AGENT)?);
     let data_tls = TlsAcceptor::from(tls::server_config(&id, true, crl, tls::ALPN_DATA)?);
     let client_tls = TlsAcceptor::from(tls::server_config(&id, false, None, tls::ALPN_CLIENT)?);
-    let state = State::new(cfg, shutdown.clone())?;
+    let state = State::new(cfg, shutdown.clone(), taps)?;
     tracing::info!(relay = %state.cfg.name, "relay serving");
 
     let tracker = state.tracker.clone();

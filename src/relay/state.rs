@@ -47,11 +47,16 @@ pub struct State {
     pub tracker: TaskTracker,
     pub conn_limit: Arc<Semaphore>,
     pub hs_limit: Arc<Semaphore>,
+    pub taps: super::Taps,
     next_attach: AtomicU64,
 }
 
 impl State {
-    pub fn new(cfg: RelayConfig, shutdown: CancellationToken) -> Result<Arc<State>, super::RelayError> {
+    pub fn new(
+        cfg: RelayConfig,
+        shutdown: CancellationToken,
+        taps: super::Taps,
+    ) -> Result<Arc<State>, super::RelayError> {
         let grants = crate::tls::pki::load_grant_verifier(&cfg.grant_public_key)?;
         let audit = AuditLog::open(&cfg.audit_log)?;
         Ok(Arc::new(State {
@@ -68,6 +73,7 @@ impl State {
             conn_limit: Arc::new(Semaphore::new(cfg.limits.max_connections)),
             hs_limit: Arc::new(Semaphore::new(cfg.limits.max_handshakes)),
             next_attach: AtomicU64::new(1),
+            taps,
             cfg,
         }))
     }
@@ -154,8 +160,10 @@ impl State {
     pub fn agent_gone(&self, device: &str, attach_id: u64) {
         let ids: Vec<SessionId> =
             self.sessions.iter().filter(|s| s.device == device && s.attach_id == attach_id).map(|s| s.id).collect();
+        // During shutdown the channels close because of us, not the agent.
+        let reason = if self.shutdown.is_cancelled() { Reason::RelayShutdown } else { Reason::AgentGone };
         for id in ids {
-            self.end_session(id, Reason::AgentGone, false);
+            self.end_session(id, reason, false);
         }
         self.decisions.retain(|_, (a, _)| *a != attach_id);
     }

@@ -120,10 +120,12 @@ impl Ca {
         self.issue(name, sans, eku, Validity::days(825))
     }
 
-    /// A device's client certificate; the device id is the subject's common name.
+    /// A device's certificate; the device id is the subject's common name and
+    /// a DNS name (the client verifies the device by it in end-to-end TLS).
+    /// Client auth toward relays, server auth toward specialists.
     pub fn issue_device(&self, id: &str, v: Validity) -> Result<Issued, TlsError> {
         let eku = vec![ExtendedKeyUsagePurpose::ClientAuth, ExtendedKeyUsagePurpose::ServerAuth];
-        self.issue(id, &[], eku, v)
+        self.issue(id, &[id], eku, v)
     }
 
     /// A CRL (PEM) revoking the given serials.

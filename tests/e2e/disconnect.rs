@@ -96,7 +96,7 @@ async fn agent_vanishing_closes_the_client_side_and_audits_bytes() {
             r["event"] == "session_end"
                 && r["session"] == id.as_str()
                 && r["reason"] == "agent_gone"
-                && r["bytes_to_device"].as_u64() == Some(8 << 16)
+                && r["bytes_to_device"].as_u64().is_some_and(|n| n >= 8 << 16)
         })
     })
     .await;

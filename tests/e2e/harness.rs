@@ -284,7 +284,7 @@ impl Fleet {
             services: vec!["echo".into()],
             specialist: "alice".into(),
             role: "engineer".into(),
-            client_key: Default::default(),
+            client_key: tether::stream::e2e::ClientKey::generate().unwrap().public_key().to_vec().into(),
             relays: vec!["relay-a".into()],
             issued_at: now,
             expires_at: now + 60,

@@ -5,6 +5,7 @@ mod bad_frames;
 mod bad_tls;
 mod consent;
 mod disconnect;
+mod e2e_tls;
 mod grants;
 mod legs;
 mod no_listen;

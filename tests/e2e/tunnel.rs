@@ -61,18 +61,25 @@ async fn sixty_four_mib_each_way_arrive_identical() {
     assert!(fleet.metric(0, "tether_relay_bytes_total", &["to_client"]).await >= (64 << 20) as f64);
     session.close();
     let id = session.id.to_string();
+    // The relay counts what it carries: end-to-end TLS records, a little more than the payload.
+    let carried =
+        |v: &serde_json::Value| v.as_u64().is_some_and(|n| ((64u64 << 20)..(64u64 << 20) * 101 / 100).contains(&n));
     eventually("relay audits the session end with byte counts", async || {
         fleet.relay_audit(0).iter().any(|r| {
             r["event"] == "session_end"
                 && r["session"] == id.as_str()
-                && r["bytes_to_device"] == (64u64 << 20)
-                && r["bytes_to_client"] == (64u64 << 20)
+                && carried(&r["bytes_to_device"])
+                && carried(&r["bytes_to_client"])
         })
     })
     .await;
+    // The agent counts plaintext to and from the service: exactly the payload.
     eventually("agent audits the session end with byte counts", async || {
         fleet.agent_audit().iter().any(|r| {
-            r["event"] == "session_end" && r["session"] == id.as_str() && r["bytes_to_device"] == (64u64 << 20)
+            r["event"] == "session_end"
+                && r["session"] == id.as_str()
+                && r["bytes_to_device"] == (64u64 << 20)
+                && r["bytes_to_client"] == (64u64 << 20)
         })
     })
     .await;

@@ -1,0 +1,12 @@
+//! What runs inside a tunnelled connection, end to end between client and agent.
+//!
+//! - [`e2e`]: TLS 1.3 between the specialist's client and the device's agent,
+//!   inside the spliced stream. The agent proves the device key (its fleet
+//!   certificate); the client proves the key the grant names. A relay carries
+//!   ciphertext it can neither read nor alter undetected.
+//! - [`Prefixed`]: a stream that first yields bytes read past a preamble.
+
+pub mod e2e;
+mod prefixed;
+
+pub use prefixed::Prefixed;

@@ -1,0 +1,240 @@
+//! End-to-end TLS between client and agent: the relay carries ciphertext it
+//! cannot read, cannot alter undetected, and a grant is useless without the
+//! client key it names.
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+
+use tether::client::ClientSession;
+use tether::proto::{Frame, FrameIo, Reason, VERSION};
+use tether::relay::{Listeners, RelayConfig, Taps};
+use tether::stream::{Prefixed, e2e};
+use tether::tls;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+
+use crate::harness::*;
+
+/// An in-process relay (real listeners, real TLS) with taps on the spliced bytes,
+/// and a real agent process attached to it.
+struct Tapped {
+    _tmp: tempfile::TempDir,
+    pki: Pki,
+    relay: RelayProc,
+    _agent: Proc,
+    stop: CancellationToken,
+}
+
+impl Drop for Tapped {
+    fn drop(&mut self) {
+        self.stop.cancel();
+    }
+}
+
+async fn tapped(taps: Taps, service: SocketAddr) -> Tapped {
+    let tmp = tempfile::tempdir().unwrap();
+    let pki = Pki::new(tmp.path());
+    let any: SocketAddr = "127.0.0.1:0".parse().unwrap();
+    let cfg = RelayConfig {
+        name: "relay-a".into(),
+        control: any,
+        data: any,
+        client: any,
+        admin: any,
+        ca: pki.path("ca.pem"),
+        cert: pki.path("relay-a.pem"),
+        key: pki.path("relay-a.key"),
+        crl: None,
+        grant_public_key: pki.path("grant.pub"),
+        audit_log: tmp.path().join("relay-audit.jsonl"),
+        limits: Default::default(),
+    };
+    let listeners = Listeners::bind(&cfg).await.unwrap();
+    let a = listeners.addrs();
+    let stop = CancellationToken::new();
+    tokio::spawn(tether::relay::run_with_taps(listeners, cfg, stop.clone(), taps));
+    let relay = RelayProc {
+        name: "relay-a".into(),
+        proc: Proc { child: std::process::Command::new("true").spawn().unwrap() },
+        control: a.control,
+        data: a.data,
+        client: a.client,
+        admin: a.admin,
+        audit: tmp.path().join("relay-audit.jsonl"),
+    };
+    let cert = (pki.path(&format!("{DEVICE}.pem")), pki.path(&format!("{DEVICE}.key")));
+    let agent_cfg = write_agent_config(tmp.path(), &pki, &[&relay], service, &Opts::default(), (&cert.0, &cert.1));
+    let agent = start_agent(tmp.path(), &agent_cfg);
+    Tapped { _tmp: tmp, pki, relay, _agent: agent, stop }
+}
+
+impl Tapped {
+    async fn session(&self) -> Arc<ClientSession> {
+        let profile = tether::client::Profile {
+            specialist: "alice".into(),
+            role: "engineer".into(),
+            ca: self.pki.path("ca.pem"),
+            grant_signing_key: Some(self.pki.path("grant.key")),
+            grant_ttl_secs: 60,
+            relays: vec![tether::client::RelayEntry {
+                name: "relay-a".into(),
+                addr: self.relay.client.to_string(),
+                server_name: Some("localhost".into()),
+            }],
+        };
+        for _ in 0..200 {
+            match ClientSession::open(&profile, DEVICE, "echo").await {
+                Ok(s) => return s,
+                Err(e) if e.reason() == Some(Reason::NotAttached) => {
+                    tokio::time::sleep(std::time::Duration::from_millis(50)).await
+                }
+                Err(e) => panic!("{e}"),
+            }
+        }
+        panic!("agent never attached");
+    }
+}
+
+fn contains(hay: &[u8], needle: &[u8]) -> bool {
+    hay.windows(needle.len()).any(|w| w == needle)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_relay_never_sees_the_plaintext() {
+    let seen_down = Arc::new(Mutex::new(Vec::new()));
+    let seen_up = Arc::new(Mutex::new(Vec::new()));
+    let (d, u) = (seen_down.clone(), seen_up.clone());
+    let taps = Taps {
+        to_device: Some(Arc::new(move |b: &mut [u8]| d.lock().unwrap().extend_from_slice(b))),
+        to_client: Some(Arc::new(move |b: &mut [u8]| u.lock().unwrap().extend_from_slice(b))),
+    };
+    let stop = CancellationToken::new();
+    let echo_l = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let echo = echo_l.local_addr().unwrap();
+    tokio::spawn(tether::dev::echo_server(echo_l, stop.clone()));
+    let fleet = tapped(taps, echo).await;
+
+    let marker = b"PATIENT-ID:7781-DOE^JANE ";
+    let payload: Vec<u8> = marker.iter().copied().cycle().take(marker.len() * 2000).collect();
+    let session = fleet.session().await;
+    let mut t = within(30, session.connect()).await.unwrap();
+    t.write_all(&payload).await.unwrap();
+    t.flush().await.unwrap();
+    let mut back = vec![0u8; payload.len()];
+    within(30, t.read_exact(&mut back)).await.unwrap();
+    assert_eq!(back, payload, "the application got its bytes back intact");
+
+    let down = seen_down.lock().unwrap().clone();
+    let up = seen_up.lock().unwrap().clone();
+    assert!(
+        down.len() >= payload.len() && up.len() >= payload.len(),
+        "the relay carried the traffic ({} / {})",
+        down.len(),
+        up.len()
+    );
+    assert!(!contains(&down, marker), "plaintext marker visible to the relay toward the device");
+    assert!(!contains(&up, marker), "plaintext marker visible to the relay toward the client");
+    stop.cancel();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_relay_altering_one_byte_makes_the_tunnel_fail_closed() {
+    // Flip one bit of application data, well past the handshake.
+    let seen = Arc::new(AtomicUsize::new(0));
+    let s2 = seen.clone();
+    let flip_at = 40_000;
+    let taps = Taps {
+        to_device: Some(Arc::new(move |b: &mut [u8]| {
+            let start = s2.fetch_add(b.len(), Ordering::SeqCst);
+            if (start..start + b.len()).contains(&flip_at) {
+                b[flip_at - start] ^= 0x01;
+            }
+        })),
+        to_client: None,
+    };
+    // A service that records everything it receives.
+    let received = Arc::new(Mutex::new(Vec::new()));
+    let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let svc = l.local_addr().unwrap();
+    let r2 = received.clone();
+    tokio::spawn(async move {
+        while let Ok((mut s, _)) = l.accept().await {
+            let r = r2.clone();
+            tokio::spawn(async move {
+                let mut buf = [0u8; 8192];
+                while let Ok(n) = s.read(&mut buf).await {
+                    if n == 0 {
+                        break;
+                    }
+                    r.lock().unwrap().extend_from_slice(&buf[..n]);
+                }
+            });
+        }
+    });
+    let fleet = tapped(taps, svc).await;
+    let session = fleet.session().await;
+    let mut t = within(30, session.connect()).await.unwrap();
+    let sent: Vec<u8> = (0..200_000u32).map(|i| (i % 251) as u8).collect();
+    let _ = t.write_all(&sent).await;
+    let _ = t.flush().await;
+    // The tunnel is torn down: the client sees EOF or an error, never more data.
+    let mut buf = [0u8; 64];
+    let r = within(30, t.read(&mut buf)).await;
+    assert!(matches!(r, Ok(0) | Err(_)), "tunnel still open after tampering: {r:?}");
+    assert!(seen.load(Ordering::SeqCst) > flip_at, "the tap did alter a byte");
+    let got = received.lock().unwrap().clone();
+    assert!(got.len() < sent.len(), "everything was delivered despite tampering");
+    assert_eq!(got[..], sent[..got.len()], "altered data reached the device's service");
+}
+
+/// Joins a session by hand and runs end-to-end TLS with `key`.
+async fn join_with_key(
+    fleet: &Fleet,
+    session: tether::proto::SessionId,
+    token: [u8; 32],
+    conn: u32,
+    key: &e2e::ClientKey,
+) -> std::io::Result<()> {
+    let cfg = tls::client_config(&fleet.pki.path("ca.pem"), None, tls::ALPN_CLIENT).unwrap();
+    let leg = tls::dial(&fleet.relays[0].client.to_string(), "localhost", cfg).await?;
+    let mut io = FrameIo::new(leg);
+    io.write_frame(&Frame::ClientJoin { version: VERSION, session, conn, token }).await?;
+    assert!(matches!(within(30, io.read_frame()).await.unwrap(), Frame::Paired { .. }));
+    let (leg, prefix) = io.into_parts();
+    let e2e_cfg = e2e::client_config(&fleet.pki.path("ca.pem"), key).unwrap();
+    let name = tls::server_name(DEVICE).unwrap();
+    let mut t = within(30, tokio_rustls::TlsConnector::from(e2e_cfg).connect(name, Prefixed::new(prefix, leg))).await?;
+    // TLS 1.3: the client learns of a rejected certificate on its first read.
+    t.write_all(b"hello").await?;
+    t.flush().await?;
+    let mut b = [0u8; 5];
+    within(30, t.read_exact(&mut b)).await?;
+    assert_eq!(&b, b"hello");
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_grant_is_useless_without_the_client_key_it_names() {
+    let fleet = Fleet::start(Opts::default()).await;
+    let owner = e2e::ClientKey::generate().unwrap();
+    let grant = fleet.grant(|g| g.client_key = owner.public_key().to_vec().into());
+
+    // Whoever presents the grant gets a session at the relay...
+    let cfg = tls::client_config(&fleet.pki.path("ca.pem"), None, tls::ALPN_CLIENT).unwrap();
+    let mut control = FrameIo::new(tls::dial(&fleet.relays[0].client.to_string(), "localhost", cfg).await.unwrap());
+    control.write_frame(&Frame::ClientOpen { version: VERSION, grant, service: "echo".into() }).await.unwrap();
+    let Frame::SessionReady { session, token } = within(30, control.read_frame()).await.unwrap() else {
+        panic!("no session")
+    };
+
+    // ...but without the grant's key, the device does not talk to it.
+    let thief = e2e::ClientKey::generate().unwrap();
+    assert!(join_with_key(&fleet, session, token, 1, &thief).await.is_err(), "a foreign key got through");
+    eventually("the agent audits the refused end-to-end handshake", async || {
+        audited(&fleet.agent_audit(), "e2e_refused", "e2e_failed")
+    })
+    .await;
+    // The key's owner does.
+    join_with_key(&fleet, session, token, 2, &owner).await.expect("the grant's key works");
+}
