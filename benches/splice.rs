@@ -84,6 +84,7 @@ fn setup() -> Setup {
             crl: None,
             grant_public_key: pki.join("grant.pub"),
             audit_log: d.join("relay-audit.jsonl"),
+            raw_legs: true,
             limits: Default::default(),
         };
         let listeners = tether::relay::Listeners::bind(&cfg).await.unwrap();

@@ -10,6 +10,7 @@
 //! - [`client`]: `tether connect`: grant, session, local listener.
 //! - [`dev`]: `tether dev`: a whole local system on dev certificates.
 //! - [`audit`]: append-only, hash-chained JSON-lines audit log.
+//! - [`leg`]: leg transports (TLS, or raw TCP with an authenticated preamble).
 //! - [`splice`]: moving bytes both ways between two streams.
 //! - [`stream`]: end-to-end TLS between client and agent inside a tunnel.
 //! - [`metrics`]: the one Prometheus registry.
@@ -21,6 +22,7 @@ pub mod audit;
 pub mod client;
 pub mod config;
 pub mod dev;
+pub mod leg;
 pub mod loadgen;
 pub mod metrics;
 pub mod proto;

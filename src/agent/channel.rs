@@ -59,8 +59,8 @@ async fn attach_once(state: &Shared, relay: &RelayEndpoint) -> Result<(), String
         services,
     };
     io.write_frame(&hello).await.map_err(|e| format!("hello: {e}"))?;
-    let hb_relay = match tokio::time::timeout(DIAL_TIMEOUT, io.read_frame()).await {
-        Ok(Ok(Frame::Welcome { heartbeat_secs, .. })) => u64::from(heartbeat_secs),
+    let (hb_relay, raw_legs) = match tokio::time::timeout(DIAL_TIMEOUT, io.read_frame()).await {
+        Ok(Ok(Frame::Welcome { heartbeat_secs, raw_legs, .. })) => (u64::from(heartbeat_secs), raw_legs),
         Ok(Ok(Frame::Error { reason, message })) => return Err(format!("relay refused: {reason}: {message}")),
         Ok(Ok(other)) => return Err(format!("expected welcome, got {}", other.kind())),
         Ok(Err(e)) => return Err(format!("welcome: {e}")),
@@ -97,23 +97,30 @@ async fn attach_once(state: &Shared, relay: &RelayEndpoint) -> Result<(), String
                     Err(e) => return Err(format!("read: {e}")),
                 };
                 last_heard = Instant::now();
-                on_frame(state, relay, &tx, frame)?;
+                on_frame(state, relay, raw_legs, &tx, frame)?;
                 io.shrink();
             }
         }
     }
 }
 
-fn on_frame(state: &Shared, relay: &RelayEndpoint, tx: &mpsc::Sender<Frame>, frame: Frame) -> Result<(), String> {
+fn on_frame(
+    state: &Shared,
+    relay: &RelayEndpoint,
+    raw_legs: bool,
+    tx: &mpsc::Sender<Frame>,
+    frame: Frame,
+) -> Result<(), String> {
     match frame {
         Frame::Heartbeat { .. } => {}
         Frame::AccessRequest { grant, service } => {
             let (state, relay, tx) = (state.clone(), relay.name.clone(), tx.clone());
             tokio::spawn(async move { super::access::handle(state, relay, tx, grant, service).await });
         }
-        Frame::Open { session, conn } => {
+        Frame::Open { session, conn, key } => {
             let (state, relay, tx) = (state.clone(), relay.clone(), tx.clone());
-            tokio::spawn(async move { super::tunnel::open(state, relay, tx, session, conn).await });
+            let leg = super::tunnel::LegPlan { raw: raw_legs, key };
+            tokio::spawn(async move { super::tunnel::open(state, relay, tx, session, conn, leg).await });
         }
         Frame::SessionEnd { session, reason, .. } => {
             if !state.end_session(session, reason, false) && state.pending.remove(&session).is_some() {

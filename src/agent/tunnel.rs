@@ -10,13 +10,28 @@ use tokio::sync::mpsc;
 use super::Shared;
 use super::config::{RelayEndpoint, target_allowed};
 use crate::metrics;
-use crate::proto::{Frame, FrameIo, Reason, SessionId, VERSION};
+use crate::proto::{Frame, FrameIo, LegSide, Reason, SessionId, VERSION, leg_mac};
 use crate::splice::{Meter, splice};
 use crate::stream::Prefixed;
 
 const SERVICE_TIMEOUT: Duration = Duration::from_secs(5);
 
-pub async fn open(state: Shared, relay: RelayEndpoint, tx: mpsc::Sender<Frame>, id: SessionId, conn: u32) {
+/// How to dial the data leg the relay asked for.
+pub struct LegPlan {
+    /// Raw TCP (the relay accepts it) rather than mTLS.
+    pub raw: bool,
+    /// The one-time key from `Open`; the leg's MAC proves we received it.
+    pub key: [u8; 32],
+}
+
+pub async fn open(
+    state: Shared,
+    relay: RelayEndpoint,
+    tx: mpsc::Sender<Frame>,
+    id: SessionId,
+    conn: u32,
+    plan: LegPlan,
+) {
     let fail = |reason: Reason, detail: String| {
         state.refused(
             "open_refused",
@@ -44,9 +59,10 @@ pub async fn open(state: Shared, relay: RelayEndpoint, tx: mpsc::Sender<Frame>, 
             .map_err(|_| std::io::Error::new(std::io::ErrorKind::TimedOut, "connect timed out"))?
     };
     let leg = async {
-        let tls = crate::tls::dial(&relay.data, relay.server_name(), state.data_tls.clone()).await?;
-        let mut io = FrameIo::new(tls);
-        io.write_frame(&Frame::DataOpen { version: VERSION, session: id, conn }).await?;
+        let leg = crate::leg::dial(&relay.data, plan.raw, relay.server_name(), state.data_tls.clone()).await?;
+        let mut io = FrameIo::new(leg);
+        let mac = leg_mac(&plan.key, LegSide::Device, &id, conn);
+        io.write_frame(&Frame::DataOpen { version: VERSION, session: id, conn, mac }).await?;
         match tokio::time::timeout(SERVICE_TIMEOUT, io.read_frame()).await {
             Ok(Ok(Frame::Paired { .. })) => Ok(io),
             Ok(Ok(Frame::Error { reason, message })) => Err(std::io::Error::other(format!("{reason}: {message}"))),

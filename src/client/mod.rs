@@ -61,6 +61,8 @@ pub struct ClientSession {
     pub device: String,
     e2e: Arc<ClientConfig>,
     token: [u8; 32],
+    /// The relay accepts raw-TCP joins (payload is end-to-end TLS anyway).
+    raw_legs: bool,
     tls: Arc<ClientConfig>,
     next_conn: AtomicU32,
     ended: CancellationToken,
@@ -70,7 +72,7 @@ pub struct ClientSession {
 }
 
 /// A tunnelled connection: end-to-end TLS with the agent over the relay leg.
-pub type Tunnel = tokio_rustls::client::TlsStream<Prefixed<TlsStream<TcpStream>>>;
+pub type Tunnel = tokio_rustls::client::TlsStream<Prefixed<crate::leg::Leg>>;
 
 /// How long the end-to-end handshake with the device may take.
 const E2E_TIMEOUT: Duration = Duration::from_secs(10);
@@ -104,13 +106,14 @@ impl ClientSession {
                 Err(e) => Err(e.to_string()),
             };
             match answer {
-                Ok(Frame::SessionReady { session, token }) => {
+                Ok(Frame::SessionReady { session, token, raw_legs }) => {
                     let s = Arc::new(ClientSession {
                         id: session,
                         relay: relay.clone(),
                         device: device.to_string(),
                         e2e,
                         token,
+                        raw_legs,
                         tls,
                         next_conn: AtomicU32::new(1),
                         ended: CancellationToken::new(),
@@ -186,12 +189,13 @@ impl ClientSession {
             return Err(ClientError::Ended(self.end_reason().unwrap_or(Reason::Unknown)));
         }
         let relay = &self.relay;
-        let conn = dial(&relay.addr, relay.server_name(), self.tls.clone())
+        let conn = crate::leg::dial(&relay.addr, self.raw_legs, relay.server_name(), self.tls.clone())
             .await
             .map_err(|source| ClientError::Dial { relay: relay.name.clone(), addr: relay.addr.clone(), source })?;
         let mut io = FrameIo::new(conn);
         let conn = self.next_conn.fetch_add(1, Ordering::Relaxed);
-        let join = Frame::ClientJoin { version: VERSION, session: self.id, conn, token: self.token };
+        let mac = crate::proto::leg_mac(&self.token, crate::proto::LegSide::Client, &self.id, conn);
+        let join = Frame::ClientJoin { version: VERSION, session: self.id, conn, mac };
         let proto_err = |detail: String| ClientError::Protocol { relay: relay.name.clone(), detail };
         io.write_frame(&join).await.map_err(|e| proto_err(e.to_string()))?;
         match io.read_frame().await {

@@ -16,16 +16,17 @@ pub enum Outcome {
 pub enum Frame {
     /// agent -> relay, first frame of a control channel.
     Hello { version: u16, device: String, agent_version: String, services: Vec<String> },
-    /// relay -> agent, answer to `Hello`.
-    Welcome { version: u16, relay: String, heartbeat_secs: u32 },
+    /// relay -> agent, answer to `Hello`. `raw_legs`: data legs may be raw TCP.
+    Welcome { version: u16, relay: String, heartbeat_secs: u32, raw_legs: bool },
     /// either way on a control channel; the relay echoes the agent's.
     Heartbeat { seq: u64 },
     /// relay -> agent: a specialist asks for `service` under `grant`.
     AccessRequest { grant: SignedGrant, service: String },
     /// agent -> relay: the agent's decision on an access request.
     Decision { session: SessionId, outcome: Outcome, reason: Reason },
-    /// relay -> agent: dial a data leg for tunnelled connection `conn`.
-    Open { session: SessionId, conn: u32 },
+    /// relay -> agent: dial a data leg for tunnelled connection `conn`,
+    /// proving it with a MAC under this one-time `key`.
+    Open { session: SessionId, conn: u32, key: [u8; 32] },
     /// agent -> relay: the data leg for `conn` will not come.
     OpenFailed { session: SessionId, conn: u32, reason: Reason },
     /// any direction: the session is over.
@@ -34,12 +35,14 @@ pub enum Frame {
     Error { reason: Reason, message: String },
     /// client -> relay, first frame of a session's control leg.
     ClientOpen { version: u16, grant: SignedGrant, service: String },
-    /// relay -> client: the device admitted the session.
-    SessionReady { session: SessionId, token: [u8; 32] },
-    /// client -> relay, first frame of a tunnelled connection's leg.
-    ClientJoin { version: u16, session: SessionId, conn: u32, token: [u8; 32] },
-    /// agent -> relay, first frame of a data leg.
-    DataOpen { version: u16, session: SessionId, conn: u32 },
+    /// relay -> client: the device admitted the session. `token` keys the
+    /// MACs of the session's joins; `raw_legs`: joins may be raw TCP.
+    SessionReady { session: SessionId, token: [u8; 32], raw_legs: bool },
+    /// client -> relay, first frame of a tunnelled connection's leg;
+    /// `mac` = [`super::leg_mac`] under the session token.
+    ClientJoin { version: u16, session: SessionId, conn: u32, mac: [u8; 32] },
+    /// agent -> relay, first frame of a data leg; `mac` under the `Open` key.
+    DataOpen { version: u16, session: SessionId, conn: u32, mac: [u8; 32] },
     /// relay -> either leg: paired; raw bytes follow.
     Paired { session: SessionId, conn: u32 },
 }
@@ -67,6 +70,14 @@ fn get_sid(b: &mut Bytes) -> Result<SessionId, ProtoError> {
     Ok(SessionId(get_array(b)?))
 }
 
+fn get_bool(b: &mut Bytes) -> Result<bool, ProtoError> {
+    match get_u8(b)? {
+        0 => Ok(false),
+        1 => Ok(true),
+        v => Err(ProtoError::BadValue { field: "flag", value: v.into() }),
+    }
+}
+
 fn get_reason(b: &mut Bytes) -> Result<Reason, ProtoError> {
     Ok(Reason::from_code(get_u16(b)?))
 }
@@ -84,11 +95,12 @@ impl Frame {
                 put_str(buf, agent_version);
                 put_list(buf, services);
             }
-            Frame::Welcome { version, relay, heartbeat_secs } => {
+            Frame::Welcome { version, relay, heartbeat_secs, raw_legs } => {
                 buf.put_u8(WELCOME);
                 buf.put_u16(*version);
                 put_str(buf, relay);
                 buf.put_u32(*heartbeat_secs);
+                buf.put_u8(u8::from(*raw_legs));
             }
             Frame::Heartbeat { seq } => {
                 buf.put_u8(HEARTBEAT);
@@ -108,10 +120,11 @@ impl Frame {
                 });
                 buf.put_u16(reason.code());
             }
-            Frame::Open { session, conn } => {
+            Frame::Open { session, conn, key } => {
                 buf.put_u8(OPEN);
                 put_sid(buf, session);
                 buf.put_u32(*conn);
+                buf.put_slice(key);
             }
             Frame::OpenFailed { session, conn, reason } => {
                 buf.put_u8(OPEN_FAILED);
@@ -137,23 +150,25 @@ impl Frame {
                 grant.encode(buf);
                 put_str(buf, service);
             }
-            Frame::SessionReady { session, token } => {
+            Frame::SessionReady { session, token, raw_legs } => {
                 buf.put_u8(SESSION_READY);
                 put_sid(buf, session);
                 buf.put_slice(token);
+                buf.put_u8(u8::from(*raw_legs));
             }
-            Frame::ClientJoin { version, session, conn, token } => {
+            Frame::ClientJoin { version, session, conn, mac } => {
                 buf.put_u8(CLIENT_JOIN);
                 buf.put_u16(*version);
                 put_sid(buf, session);
                 buf.put_u32(*conn);
-                buf.put_slice(token);
+                buf.put_slice(mac);
             }
-            Frame::DataOpen { version, session, conn } => {
+            Frame::DataOpen { version, session, conn, mac } => {
                 buf.put_u8(DATA_OPEN);
                 buf.put_u16(*version);
                 put_sid(buf, session);
                 buf.put_u32(*conn);
+                buf.put_slice(mac);
             }
             Frame::Paired { session, conn } => {
                 buf.put_u8(PAIRED);
@@ -200,7 +215,12 @@ impl Frame {
                 agent_version: get_str(b)?,
                 services: get_list(b)?,
             },
-            WELCOME => Frame::Welcome { version: get_u16(b)?, relay: get_str(b)?, heartbeat_secs: get_u32(b)? },
+            WELCOME => Frame::Welcome {
+                version: get_u16(b)?,
+                relay: get_str(b)?,
+                heartbeat_secs: get_u32(b)?,
+                raw_legs: get_bool(b)?,
+            },
             HEARTBEAT => Frame::Heartbeat { seq: get_u64(b)? },
             ACCESS_REQUEST => Frame::AccessRequest { grant: SignedGrant::decode(b)?, service: get_str(b)? },
             DECISION => Frame::Decision {
@@ -212,7 +232,7 @@ impl Frame {
                 },
                 reason: get_reason(b)?,
             },
-            OPEN => Frame::Open { session: get_sid(b)?, conn: get_u32(b)? },
+            OPEN => Frame::Open { session: get_sid(b)?, conn: get_u32(b)?, key: get_array(b)? },
             OPEN_FAILED => Frame::OpenFailed { session: get_sid(b)?, conn: get_u32(b)?, reason: get_reason(b)? },
             SESSION_END => Frame::SessionEnd {
                 session: get_sid(b)?,
@@ -224,14 +244,13 @@ impl Frame {
             CLIENT_OPEN => {
                 Frame::ClientOpen { version: get_u16(b)?, grant: SignedGrant::decode(b)?, service: get_str(b)? }
             }
-            SESSION_READY => Frame::SessionReady { session: get_sid(b)?, token: get_array(b)? },
-            CLIENT_JOIN => Frame::ClientJoin {
-                version: get_u16(b)?,
-                session: get_sid(b)?,
-                conn: get_u32(b)?,
-                token: get_array(b)?,
-            },
-            DATA_OPEN => Frame::DataOpen { version: get_u16(b)?, session: get_sid(b)?, conn: get_u32(b)? },
+            SESSION_READY => Frame::SessionReady { session: get_sid(b)?, token: get_array(b)?, raw_legs: get_bool(b)? },
+            CLIENT_JOIN => {
+                Frame::ClientJoin { version: get_u16(b)?, session: get_sid(b)?, conn: get_u32(b)?, mac: get_array(b)? }
+            }
+            DATA_OPEN => {
+                Frame::DataOpen { version: get_u16(b)?, session: get_sid(b)?, conn: get_u32(b)?, mac: get_array(b)? }
+            }
             PAIRED => Frame::Paired { session: get_sid(b)?, conn: get_u32(b)? },
             other => return Err(ProtoError::UnknownType(other)),
         })

@@ -95,6 +95,37 @@ impl fmt::Debug for SessionId {
     }
 }
 
+/// What a leg's MAC proves: which side dialled it.
+#[derive(Debug, Clone, Copy)]
+pub enum LegSide {
+    Client,
+    Device,
+}
+
+/// HMAC-SHA-256 binding a leg to `(session, conn)` under a secret that only
+/// travelled over an authenticated TLS channel (the session token for a
+/// client's join, the one-time `Open` key for a device's data leg). The secret
+/// itself never crosses a leg, which may be raw TCP.
+pub fn leg_mac(key: &[u8; 32], side: LegSide, session: &SessionId, conn: u32) -> [u8; 32] {
+    let k = ring::hmac::Key::new(ring::hmac::HMAC_SHA256, key);
+    let mut ctx = ring::hmac::Context::with_key(&k);
+    ctx.update(match side {
+        LegSide::Client => b"tether leg client",
+        LegSide::Device => b"tether leg device",
+    });
+    ctx.update(&session.0);
+    ctx.update(&conn.to_be_bytes());
+    let mut out = [0u8; 32];
+    out.copy_from_slice(ctx.sign().as_ref());
+    out
+}
+
+/// Checks a leg MAC in constant time.
+pub fn leg_mac_ok(key: &[u8; 32], side: LegSide, session: &SessionId, conn: u32, mac: &[u8; 32]) -> bool {
+    let want = leg_mac(key, side, session, conn);
+    want.iter().zip(mac).fold(0u8, |acc, (a, b)| acc | (a ^ b)) == 0
+}
+
 /// Checks the version a peer announced in its first frame.
 pub fn check_version(theirs: u16) -> Result<(), ProtoError> {
     if theirs == VERSION { Ok(()) } else { Err(ProtoError::Version { theirs, ours: VERSION }) }

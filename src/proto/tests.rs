@@ -37,6 +37,7 @@ fn frame() -> impl Strategy<Value = Frame> {
             |(version, device, agent_version, services)| Frame::Hello { version, device, agent_version, services }
         ),
         (any::<u16>(), text(), any::<u32>()).prop_map(|(version, relay, heartbeat_secs)| Frame::Welcome {
+            raw_legs: heartbeat_secs % 2 == 0,
             version,
             relay,
             heartbeat_secs
@@ -48,7 +49,7 @@ fn frame() -> impl Strategy<Value = Frame> {
             outcome: if ok { Outcome::Allowed } else { Outcome::Refused },
             reason
         }),
-        (sid(), any::<u32>()).prop_map(|(session, conn)| Frame::Open { session, conn }),
+        (sid(), any::<u32>(), any::<[u8; 32]>()).prop_map(|(session, conn, key)| Frame::Open { session, conn, key }),
         (sid(), any::<u32>(), reason()).prop_map(|(session, conn, reason)| Frame::OpenFailed { session, conn, reason }),
         (sid(), reason(), any::<u64>(), any::<u64>()).prop_map(
             |(session, reason, bytes_to_device, bytes_to_client)| {
@@ -61,14 +62,15 @@ fn frame() -> impl Strategy<Value = Frame> {
             grant,
             service
         }),
-        (sid(), any::<[u8; 32]>()).prop_map(|(session, token)| Frame::SessionReady { session, token }),
-        (any::<u16>(), sid(), any::<u32>(), any::<[u8; 32]>())
-            .prop_map(|(version, session, conn, token)| Frame::ClientJoin { version, session, conn, token }),
-        (any::<u16>(), sid(), any::<u32>()).prop_map(|(version, session, conn)| Frame::DataOpen {
-            version,
+        (sid(), any::<[u8; 32]>(), any::<bool>()).prop_map(|(session, token, raw_legs)| Frame::SessionReady {
             session,
-            conn
+            token,
+            raw_legs
         }),
+        (any::<u16>(), sid(), any::<u32>(), any::<[u8; 32]>())
+            .prop_map(|(version, session, conn, mac)| Frame::ClientJoin { version, session, conn, mac }),
+        (any::<u16>(), sid(), any::<u32>(), any::<[u8; 32]>())
+            .prop_map(|(version, session, conn, mac)| Frame::DataOpen { version, session, conn, mac }),
         (sid(), any::<u32>()).prop_map(|(session, conn)| Frame::Paired { session, conn }),
     ]
 }

@@ -1,27 +1,36 @@
-//! Specialist legs (17443): a session's control leg (`ClientOpen`) and one leg
-//! per tunnelled connection (`ClientJoin`).
+//! Specialist legs (17443): a session's control leg (`ClientOpen`, TLS only:
+//! it carries the grant and receives the session token) and one leg per
+//! tunnelled connection (`ClientJoin`, TLS or raw, proven by a MAC).
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 use serde_json::json;
-use tokio::net::TcpStream;
 use tokio::sync::oneshot;
-use tokio_rustls::server::TlsStream;
 
-use super::session::{Session, token_eq};
+use super::Accepted;
+use super::session::Session;
 use super::state::{LegEvent, State};
+use crate::leg::Leg;
 use crate::metrics;
-use crate::proto::{self, Frame, FrameIo, FrameIoError, Outcome, Reason, SessionId, SignedGrant, grant::now_secs};
+use crate::proto::{
+    self, Frame, FrameIo, FrameIoError, LegSide, Outcome, Reason, SessionId, SignedGrant, grant::now_secs,
+};
 use crate::splice::{Meter, splice};
 use crate::tls;
 
-type Io = FrameIo<TlsStream<TcpStream>>;
+type Io = FrameIo<Leg>;
 
-pub async fn serve(state: Arc<State>, tls: TlsStream<TcpStream>, peer: SocketAddr) {
-    let alpn_ok = tls.get_ref().1.alpn_protocol() == Some(tls::ALPN_CLIENT);
-    let mut io = FrameIo::new(tls);
+pub async fn serve(state: Arc<State>, accepted: Accepted, peer: SocketAddr) {
+    let (leg, is_tls, alpn_ok): (Leg, bool, bool) = match accepted {
+        Accepted::Tls(tls) => {
+            let alpn_ok = tls.get_ref().1.alpn_protocol() == Some(tls::ALPN_CLIENT);
+            (tls, true, alpn_ok)
+        }
+        Accepted::Raw(tcp) => (Box::new(tcp), false, true),
+    };
+    let mut io = FrameIo::new(leg);
     if !alpn_ok {
         return refuse(&state, &mut io, peer, Reason::AlpnRequired, "no tether ALPN negotiated", None).await;
     }
@@ -30,12 +39,16 @@ pub async fn serve(state: Arc<State>, tls: TlsStream<TcpStream>, peer: SocketAdd
     }
     let timeout = Duration::from_millis(state.cfg.limits.handshake_timeout_ms);
     match tokio::time::timeout(timeout, io.read_frame()).await {
+        // The grant and the session token must never cross a raw leg.
+        Ok(Ok(Frame::ClientOpen { .. })) if !is_tls => {
+            refuse(&state, &mut io, peer, Reason::BadFrame, "client_open requires TLS", None).await
+        }
         Ok(Ok(Frame::ClientOpen { version, grant, service })) => match proto::check_version(version) {
             Ok(()) => open(state, io, peer, grant, service).await,
             Err(e) => refuse(&state, &mut io, peer, Reason::VersionMismatch, &e.to_string(), None).await,
         },
-        Ok(Ok(Frame::ClientJoin { version, session, conn, token })) => match proto::check_version(version) {
-            Ok(()) => join(state, io, peer, session, conn, token).await,
+        Ok(Ok(Frame::ClientJoin { version, session, conn, mac })) => match proto::check_version(version) {
+            Ok(()) => join(state, io, peer, session, conn, mac).await,
             Err(e) => refuse(&state, &mut io, peer, Reason::VersionMismatch, &e.to_string(), None).await,
         },
         Ok(Ok(other)) => {
@@ -68,7 +81,7 @@ async fn refuse(
         fields["device"] = device.into();
     }
     state.refused("client_refused", &metrics::RELAY_GRANT_REFUSALS, reason, fields);
-    let _ = io.write_frame(&Frame::Error { reason, message: reason.text().to_string() }).await;
+    let _ = io.write_frame(&Frame::Error { reason, message: detail.to_string() }).await;
 }
 
 async fn open(state: Arc<State>, mut io: Io, peer: SocketAddr, signed: SignedGrant, service: String) {
@@ -145,7 +158,8 @@ async fn open(state: Arc<State>, mut io: Io, peer: SocketAddr, signed: SignedGra
         json!({"relay": state.cfg.name, "session": id.to_string(), "device": grant.device, "service": service,
                "specialist": grant.specialist, "client": peer.to_string()}),
     );
-    if io.write_frame(&Frame::SessionReady { session: id, token: session.token }).await.is_err() {
+    let ready = Frame::SessionReady { session: id, token: session.token, raw_legs: state.cfg.raw_legs };
+    if io.write_frame(&ready).await.is_err() {
         return state.end_session(id, Reason::ClientClosed, true);
     }
     let max = Duration::from_secs(state.cfg.limits.max_session_secs);
@@ -173,15 +187,14 @@ async fn open(state: Arc<State>, mut io: Io, peer: SocketAddr, signed: SignedGra
     let _ = io.write_frame(&end).await;
 }
 
-async fn join(state: Arc<State>, mut io: Io, peer: SocketAddr, id: SessionId, conn: u32, token: [u8; 32]) {
+async fn join(state: Arc<State>, mut io: Io, peer: SocketAddr, id: SessionId, conn: u32, mac: [u8; 32]) {
     let joined_at = Instant::now();
     tracing::Span::current().record("session", id.to_string());
     let Some(session) = state.sessions.get(&id).map(|s| s.clone()) else {
         return refuse(&state, &mut io, peer, Reason::UnknownSession, "no such live session", None).await;
     };
-    if !token_eq(&session.token, &token) {
-        return refuse(&state, &mut io, peer, Reason::BadToken, "wrong session token", Some((id, &session.device)))
-            .await;
+    if !proto::leg_mac_ok(&session.token, LegSide::Client, &id, conn, &mac) {
+        return refuse(&state, &mut io, peer, Reason::BadToken, "wrong join MAC", Some((id, &session.device))).await;
     }
     let fresh = session.joined.lock().map(|mut j| j.insert(conn)).unwrap_or(false);
     if !fresh {
@@ -200,8 +213,9 @@ async fn join(state: Arc<State>, mut io: Io, peer: SocketAddr, id: SessionId, co
             .await;
     };
     let (tx, rx) = oneshot::channel();
-    state.legs.insert((id, conn), tx);
-    if agent_tx.send(Frame::Open { session: id, conn }).await.is_err() {
+    let key: [u8; 32] = crate::random_bytes();
+    state.legs.insert((id, conn), (key, tx));
+    if agent_tx.send(Frame::Open { session: id, conn, key }).await.is_err() {
         state.legs.remove(&(id, conn));
         return refuse(&state, &mut io, peer, Reason::NotAttached, "agent channel closed", Some((id, &session.device)))
             .await;
@@ -217,7 +231,7 @@ async fn join(state: Arc<State>, mut io: Io, peer: SocketAddr, id: SessionId, co
     };
     state.legs.remove(&(id, conn));
     let (leg, leg_prefix) = match event {
-        LegEvent::Leg(leg, prefix) => (*leg, prefix),
+        LegEvent::Leg(leg, prefix) => (leg, prefix),
         LegEvent::Failed(reason) => {
             return refuse(
                 &state,

@@ -32,6 +32,11 @@ pub struct RelayConfig {
     pub grant_public_key: PathBuf,
     /// Append-only audit log (JSON lines, hash-chained).
     pub audit_log: PathBuf,
+    /// Accept raw-TCP legs (HMAC-authenticated preamble; payload is end-to-end
+    /// TLS) besides TLS legs on the data and client ports. Default true: the
+    /// relay then does no cryptography per byte.
+    #[serde(default = "default_true")]
+    pub raw_legs: bool,
     #[serde(default)]
     pub limits: RelayLimits,
 }
@@ -58,6 +63,10 @@ pub struct RelayLimits {
     pub max_session_secs: u64,
     /// Time given to live tasks to finish after SIGTERM.
     pub drain_secs: u64,
+}
+
+fn default_true() -> bool {
+    true
 }
 
 impl Default for RelayLimits {

@@ -16,7 +16,10 @@ use crate::tls;
 
 const LISTENER: &str = "control";
 
-pub async fn serve(state: Arc<State>, tls: TlsStream<TcpStream>, peer: SocketAddr) {
+pub async fn serve(state: Arc<State>, accepted: super::Accepted, peer: SocketAddr) {
+    // The control listener never accepts raw connections.
+    let super::Accepted::Tls(tls) = accepted else { return };
+    let tls = *tls;
     let Some(device) = tls::peer_common_name(tls.get_ref().1.peer_certificates()) else {
         return state.handshake_failed(LISTENER, peer, "no_device_id", "client certificate has no common name");
     };
@@ -113,7 +116,12 @@ async fn attached(
     let hb = state.cfg.limits.heartbeat_secs;
     let idle = Duration::from_secs(state.cfg.limits.agent_idle_timeout_secs);
     let why = match io
-        .write_frame(&Frame::Welcome { version: VERSION, relay: state.cfg.name.clone(), heartbeat_secs: hb })
+        .write_frame(&Frame::Welcome {
+            version: VERSION,
+            relay: state.cfg.name.clone(),
+            heartbeat_secs: hb,
+            raw_legs: state.cfg.raw_legs,
+        })
         .await
     {
         Err(e) => format!("write failed: {e}"),
@@ -185,7 +193,7 @@ async fn on_frame(
             }
         }
         Frame::OpenFailed { session, conn, reason } => {
-            if let Some((_, tx)) = state.legs.remove(&(session, conn)) {
+            if let Some((_, (_, tx))) = state.legs.remove(&(session, conn)) {
                 let _ = tx.send(LegEvent::Failed(reason));
             }
         }

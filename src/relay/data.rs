@@ -1,27 +1,37 @@
-//! Agent data legs (17002): a preamble naming session and connection, then
-//! the leg is handed to the client join waiting for it.
+//! Agent data legs (17002): a preamble naming session and connection with a
+//! MAC under the one-time key of the relay's `Open`, then the leg is handed to
+//! the client join waiting for it. TLS (mTLS) or raw TCP, see [`crate::leg`].
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
 use serde_json::json;
-use tokio::net::TcpStream;
-use tokio_rustls::server::TlsStream;
 
+use super::Accepted;
 use super::state::{LegEvent, State};
+use crate::leg::Leg;
 use crate::metrics;
-use crate::proto::{self, Frame, FrameIo, Reason};
+use crate::proto::{self, Frame, FrameIo, LegSide, Reason};
 use crate::tls;
 
 const LISTENER: &str = "data";
 
-pub async fn serve(state: Arc<State>, tls: TlsStream<TcpStream>, peer: SocketAddr) {
-    let Some(device) = tls::peer_common_name(tls.get_ref().1.peer_certificates()) else {
-        return state.handshake_failed(LISTENER, peer, "no_device_id", "client certificate has no common name");
+pub async fn serve(state: Arc<State>, accepted: Accepted, peer: SocketAddr) {
+    // Over TLS the certificate names the device; a raw leg proves itself by MAC only.
+    let (leg, device, alpn_ok): (Leg, Option<String>, bool) = match accepted {
+        Accepted::Tls(tls) => {
+            let Some(device) = tls::peer_common_name(tls.get_ref().1.peer_certificates()) else {
+                return state.handshake_failed(LISTENER, peer, "no_device_id", "client certificate has no common name");
+            };
+            let alpn_ok = tls.get_ref().1.alpn_protocol() == Some(tls::ALPN_DATA);
+            (tls, Some(device), alpn_ok)
+        }
+        Accepted::Raw(tcp) => (Box::new(tcp), None, true),
     };
-    tracing::Span::current().record("device", device.as_str());
-    let alpn_ok = tls.get_ref().1.alpn_protocol() == Some(tls::ALPN_DATA);
-    let mut io = FrameIo::new(tls);
+    if let Some(d) = &device {
+        tracing::Span::current().record("device", d.as_str());
+    }
+    let mut io = FrameIo::new(leg);
     let refuse = |reason: Reason, detail: String| {
         state.refused(
             "data_leg_refused",
@@ -37,9 +47,9 @@ pub async fn serve(state: Arc<State>, tls: TlsStream<TcpStream>, peer: SocketAdd
         return;
     }
     let timeout = Duration::from_millis(state.cfg.limits.handshake_timeout_ms);
-    let (session, conn) = match tokio::time::timeout(timeout, io.read_frame()).await {
-        Ok(Ok(Frame::DataOpen { version, session, conn })) => match proto::check_version(version) {
-            Ok(()) => (session, conn),
+    let (session, conn, mac) = match tokio::time::timeout(timeout, io.read_frame()).await {
+        Ok(Ok(Frame::DataOpen { version, session, conn, mac })) => match proto::check_version(version) {
+            Ok(()) => (session, conn, mac),
             Err(e) => {
                 let f = refuse(Reason::VersionMismatch, e.to_string());
                 let _ = io.write_frame(&f).await;
@@ -64,27 +74,36 @@ pub async fn serve(state: Arc<State>, tls: TlsStream<TcpStream>, peer: SocketAdd
     };
     tracing::Span::current().record("session", session.to_string());
 
-    let owner = state
-        .sessions
-        .get(&session)
-        .map(|s| (s.device.clone(), s.joined.lock().map(|j| j.contains(&conn)).unwrap_or(false)));
-    let waiter = match owner {
-        Some((ref owner, _)) if *owner != device => None,
-        _ => state.legs.remove(&(session, conn)).map(|(_, tx)| tx),
+    let owner = state.sessions.get(&session).map(|s| s.device.clone());
+    let wrong_device = matches!((&owner, &device), (Some(o), Some(d)) if o != d);
+    let waiter = if wrong_device {
+        None
+    } else {
+        state
+            .legs
+            .remove_if(&(session, conn), |_, (key, _)| proto::leg_mac_ok(key, LegSide::Device, &session, conn, &mac))
     };
     match waiter {
-        Some(tx) => {
+        Some((_, (_, tx))) => {
             let (stream, prefix) = io.into_parts();
-            if let Err(LegEvent::Leg(..)) = tx.send(LegEvent::Leg(Box::new(stream), prefix)) {
+            if let Err(LegEvent::Leg(..)) = tx.send(LegEvent::Leg(stream, prefix)) {
                 // The join gave up (timeout) just now; the leg is dropped.
                 metrics::RELAY_LEG_REFUSALS.with_label_values(&["join_gone"]).inc();
             }
         }
         None => {
-            let reason = match owner {
-                Some((owner, _)) if owner != device => Reason::DeviceMismatch,
-                Some((_, true)) => Reason::AlreadyPaired,
-                _ => Reason::UnknownSession,
+            let joined =
+                || state.sessions.get(&session).is_some_and(|s| s.joined.lock().is_ok_and(|j| j.contains(&conn)));
+            let reason = if wrong_device {
+                Reason::DeviceMismatch
+            } else if owner.is_none() {
+                Reason::UnknownSession
+            } else if state.legs.contains_key(&(session, conn)) {
+                Reason::BadToken
+            } else if joined() {
+                Reason::AlreadyPaired
+            } else {
+                Reason::UnknownSession
             };
             let f = refuse(reason, format!("session {session} conn {conn}"));
             let _ = io.write_frame(&f).await;

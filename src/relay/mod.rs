@@ -107,9 +107,10 @@ pub async fn run_with_taps(
     tracing::info!(relay = %state.cfg.name, "relay serving");
 
     let tracker = state.tracker.clone();
-    tracker.spawn(accept_loop("control", listeners.control, control_tls, state.clone(), control::serve));
-    tracker.spawn(accept_loop("data", listeners.data, data_tls, state.clone(), data::serve));
-    tracker.spawn(accept_loop("client", listeners.client, client_tls, state.clone(), client::serve));
+    let raw = state.cfg.raw_legs;
+    tracker.spawn(accept_loop("control", listeners.control, control_tls, false, state.clone(), control::serve));
+    tracker.spawn(accept_loop("data", listeners.data, data_tls, raw, state.clone(), data::serve));
+    tracker.spawn(accept_loop("client", listeners.client, client_tls, raw, state.clone(), client::serve));
     tracker.spawn(admin::serve(listeners.admin, state.clone()));
 
     shutdown.cancelled().await;
@@ -122,16 +123,34 @@ pub async fn run_with_taps(
     Ok(())
 }
 
+/// A connection after its TLS handshake, or a raw leg (see [`crate::leg`]).
+pub enum Accepted {
+    Tls(Box<TlsStream<TcpStream>>),
+    Raw(TcpStream),
+}
+
+/// TLS, or (where `allow_raw`) raw TCP when the first byte is not a TLS handshake.
+async fn accept_one(tcp: TcpStream, acceptor: &TlsAcceptor, allow_raw: bool) -> std::io::Result<Accepted> {
+    if allow_raw {
+        let mut first = [0u8; 1];
+        if tcp.peek(&mut first).await? == 1 && first[0] != crate::leg::TLS_HANDSHAKE {
+            return Ok(Accepted::Raw(tcp));
+        }
+    }
+    Ok(Accepted::Tls(Box::new(acceptor.accept(tcp).await?)))
+}
+
 /// Accepts connections; each one's TLS handshake runs in its own task under a
 /// timeout, so a slow peer never stalls the loop.
 async fn accept_loop<F, Fut>(
     listener_name: &'static str,
     listener: TcpListener,
     acceptor: TlsAcceptor,
+    allow_raw: bool,
     state: Arc<State>,
     handler: F,
 ) where
-    F: Fn(Arc<State>, TlsStream<TcpStream>, SocketAddr) -> Fut + Clone + Send + 'static,
+    F: Fn(Arc<State>, Accepted, SocketAddr) -> Fut + Clone + Send + 'static,
     Fut: Future<Output = ()> + Send + 'static,
 {
     let hs_timeout = Duration::from_millis(state.cfg.limits.handshake_timeout_ms);
@@ -172,7 +191,7 @@ async fn accept_loop<F, Fut>(
         state.tracker.spawn(
             async move {
                 let _conn = conn_permit;
-                let res = tokio::time::timeout(hs_timeout, acceptor.accept(tcp)).await;
+                let res = tokio::time::timeout(hs_timeout, accept_one(tcp, &acceptor, allow_raw)).await;
                 drop(hs_permit);
                 let tls = match res {
                     Ok(Ok(tls)) => tls,

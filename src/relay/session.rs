@@ -53,8 +53,3 @@ impl Session {
         self.end_reason.lock().map(|r| r.unwrap_or(Reason::Unknown)).unwrap_or(Reason::Unknown)
     }
 }
-
-/// Compares secrets without leaking where they differ.
-pub fn token_eq(a: &[u8; 32], b: &[u8; 32]) -> bool {
-    a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
-}

@@ -7,15 +7,14 @@ use std::sync::{Arc, Mutex};
 use bytes::Bytes;
 use dashmap::DashMap;
 use serde_json::json;
-use tokio::net::TcpStream;
 use tokio::sync::{Semaphore, mpsc, oneshot};
-use tokio_rustls::server::TlsStream;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use super::RelayConfig;
 use super::session::Session;
 use crate::audit::AuditLog;
+use crate::leg::Leg;
 use crate::metrics;
 use crate::proto::{Frame, GrantVerifier, Outcome, Reason, SessionId};
 
@@ -28,7 +27,7 @@ pub struct AgentHandle {
 
 /// What a client join waits for.
 pub enum LegEvent {
-    Leg(Box<TlsStream<TcpStream>>, Bytes),
+    Leg(Leg, Bytes),
     Failed(Reason),
 }
 
@@ -41,7 +40,8 @@ pub struct State {
     /// Session ids already used, with the grant's expiry (purged after it).
     consumed: Mutex<HashMap<SessionId, u64>>,
     pub decisions: DashMap<SessionId, (u64, oneshot::Sender<(Outcome, Reason)>)>,
-    pub legs: DashMap<(SessionId, u32), oneshot::Sender<LegEvent>>,
+    /// Joins waiting for their data leg, with the one-time key its MAC uses.
+    pub legs: DashMap<(SessionId, u32), ([u8; 32], oneshot::Sender<LegEvent>)>,
     pub ready: AtomicBool,
     pub shutdown: CancellationToken,
     pub tracker: TaskTracker,

@@ -48,6 +48,7 @@ async fn tapped(taps: Taps, service: SocketAddr) -> Tapped {
         crl: None,
         grant_public_key: pki.path("grant.pub"),
         audit_log: tmp.path().join("relay-audit.jsonl"),
+        raw_legs: true,
         limits: Default::default(),
     };
     let listeners = Listeners::bind(&cfg).await.unwrap();
@@ -199,7 +200,8 @@ async fn join_with_key(
     let cfg = tls::client_config(&fleet.pki.path("ca.pem"), None, tls::ALPN_CLIENT).unwrap();
     let leg = tls::dial(&fleet.relays[0].client.to_string(), "localhost", cfg).await?;
     let mut io = FrameIo::new(leg);
-    io.write_frame(&Frame::ClientJoin { version: VERSION, session, conn, token }).await?;
+    let mac = tether::proto::leg_mac(&token, tether::proto::LegSide::Client, &session, conn);
+    io.write_frame(&Frame::ClientJoin { version: VERSION, session, conn, mac }).await?;
     assert!(matches!(within(30, io.read_frame()).await.unwrap(), Frame::Paired { .. }));
     let (leg, prefix) = io.into_parts();
     let e2e_cfg = e2e::client_config(&fleet.pki.path("ca.pem"), key).unwrap();
@@ -224,7 +226,7 @@ async fn a_grant_is_useless_without_the_client_key_it_names() {
     let cfg = tls::client_config(&fleet.pki.path("ca.pem"), None, tls::ALPN_CLIENT).unwrap();
     let mut control = FrameIo::new(tls::dial(&fleet.relays[0].client.to_string(), "localhost", cfg).await.unwrap());
     control.write_frame(&Frame::ClientOpen { version: VERSION, grant, service: "echo".into() }).await.unwrap();
-    let Frame::SessionReady { session, token } = within(30, control.read_frame()).await.unwrap() else {
+    let Frame::SessionReady { session, token, .. } = within(30, control.read_frame()).await.unwrap() else {
         panic!("no session")
     };
 

@@ -103,7 +103,9 @@ async fn agent_refuses_forged_grants_from_a_compromised_relay() {
     let (tcp, _) = control.accept().await.unwrap();
     let mut io = FrameIo::new(acceptor.accept(tcp).await.unwrap());
     assert!(matches!(within(30, io.read_frame()).await.unwrap(), Frame::Hello { .. }));
-    io.write_frame(&Frame::Welcome { version: VERSION, relay: "relay-a".into(), heartbeat_secs: 30 }).await.unwrap();
+    io.write_frame(&Frame::Welcome { version: VERSION, relay: "relay-a".into(), heartbeat_secs: 30, raw_legs: false })
+        .await
+        .unwrap();
 
     let now = now_secs();
     let base = Grant {

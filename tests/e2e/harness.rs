@@ -88,6 +88,8 @@ pub struct Opts {
     pub agent: bool,
     /// Issue a device cert for this id and revoke it in the relays' CRL.
     pub revoke: Option<&'static str>,
+    /// Relays accept raw-TCP legs (the default); false: TLS legs only.
+    pub raw_legs: bool,
 }
 
 impl Default for Opts {
@@ -101,6 +103,7 @@ impl Default for Opts {
             extra_services: vec![],
             agent: true,
             revoke: None,
+            raw_legs: true,
         }
     }
 }
@@ -133,11 +136,12 @@ pub fn start_relay(dir: &Path, pki: &Pki, name: &str, opts: &Opts) -> RelayProc 
     let cfg = format!(
         "name = \"{name}\"\ncontrol = \"127.0.0.1:0\"\ndata = \"127.0.0.1:0\"\nclient = \"127.0.0.1:0\"\nadmin = \"127.0.0.1:0\"\n\
          ca = \"{ca}\"\ncert = \"{d}/relay-a.pem\"\nkey = \"{d}/relay-a.key\"\ngrant_public_key = \"{d}/grant.pub\"\n\
-         audit_log = \"{audit}\"\n{crl}\n[limits]\nhandshake_timeout_ms = {hs}\nheartbeat_secs = 30\npairing_timeout_ms = 5000\ndecision_timeout_secs = 120\ndrain_secs = 1\n",
+         audit_log = \"{audit}\"\nraw_legs = {raw}\n{crl}\n[limits]\nhandshake_timeout_ms = {hs}\nheartbeat_secs = 30\npairing_timeout_ms = 5000\ndecision_timeout_secs = 120\ndrain_secs = 1\n",
         ca = pki.path("ca.pem").display(),
         d = pki.dir.display(),
         audit = audit.display(),
         hs = opts.handshake_timeout_ms,
+        raw = opts.raw_legs,
     );
     let path = dir.join(format!("{name}.toml"));
     std::fs::write(&path, cfg).unwrap();

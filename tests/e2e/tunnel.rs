@@ -108,3 +108,14 @@ async fn fifty_concurrent_connections_in_one_session() {
     assert!(fleet.metric(0, "tether_relay_pairing_seconds_count", &[]).await >= 50.0);
     session.close();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tls_legs_carry_bytes_intact_too() {
+    // Relays that accept only TLS legs: the same tunnel over the other transport.
+    let fleet = Fleet::start(Opts { raw_legs: false, ..Opts::default() }).await;
+    let (session, addr) = serve_locally(&fleet).await;
+    let data = random(8 << 20);
+    let got = round_trip(TcpStream::connect(addr).await.unwrap(), &data).await;
+    assert_eq!(Sha256::digest(&got), Sha256::digest(&data));
+    session.close();
+}
