@@ -4,9 +4,11 @@
 //!   inside the spliced stream. The agent proves the device key (its fleet
 //!   certificate); the client proves the key the grant names. A relay carries
 //!   ciphertext it can neither read nor alter undetected.
+//! - [`resume`]: the resumable stream's sequence/ack bookkeeping (no I/O).
 //! - [`Prefixed`]: a stream that first yields bytes read past a preamble.
 
 pub mod e2e;
 mod prefixed;
+pub mod resume;
 
 pub use prefixed::Prefixed;
