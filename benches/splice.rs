@@ -85,6 +85,7 @@ fn setup() -> Setup {
             grant_public_key: pki.join("grant.pub"),
             audit_log: d.join("relay-audit.jsonl"),
             raw_legs: true,
+            twin: None,
             limits: Default::default(),
         };
         let listeners = tether::relay::Listeners::bind(&cfg).await.unwrap();

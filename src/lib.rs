@@ -9,6 +9,7 @@
 //! - [`agent`]: control channels to both relays, grant checks, consent, data legs.
 //! - [`client`]: `tether connect`: grant, session, local listener.
 //! - [`dev`]: `tether dev`: a whole local system on dev certificates.
+//! - [`twin`]: replication of session state between twin relays.
 //! - [`audit`]: append-only, hash-chained JSON-lines audit log.
 //! - [`leg`]: leg transports (TLS, or raw TCP with an authenticated preamble).
 //! - [`splice`]: moving bytes both ways between two streams.
@@ -30,6 +31,7 @@ pub mod relay;
 pub mod splice;
 pub mod stream;
 pub mod tls;
+pub mod twin;
 
 /// `N` bytes from the system's secure random source.
 pub fn random_bytes<const N: usize>() -> [u8; N] {

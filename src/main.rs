@@ -196,8 +196,9 @@ async fn run(cli: Cli) -> Result<()> {
             }
             let listeners = relay::Listeners::bind(&cfg).await?;
             let a = listeners.addrs();
+            let twin = a.twin.map(|t| format!(" twin={t}")).unwrap_or_default();
             println!(
-                "relay {} listening control={} data={} client={} admin={}",
+                "relay {} listening control={} data={} client={} admin={}{twin}",
                 cfg.name, a.control, a.data, a.client, a.admin
             );
             relay::run(listeners, cfg, shutdown_on_signal()).await?;

@@ -55,6 +55,12 @@ metric!(pub RELAY_PAIRING_SECONDS: Histogram = reg(Histogram::with_opts(
 ).expect("valid metric")));
 metric!(pub RELAY_RESIDENT_MEMORY: IntGauge = gauge("tether_relay_resident_memory_bytes", "Resident memory of the relay process (read at scrape)"));
 
+// Twin link.
+metric!(pub TWIN_LINK_UP: IntGaugeVec = gauge_vec("tether_twin_link_up", "1 while the twin link is up, by direction (out: our facts, in: the twin's)", &["direction"]));
+metric!(pub TWIN_LAG_EVENTS: IntGauge = gauge("tether_twin_replication_lag_events", "Facts sent to the twin and not yet acknowledged"));
+metric!(pub TWIN_LAG_SECONDS: prometheus::Gauge = reg(prometheus::Gauge::new("tether_twin_replication_lag_seconds", "Age of the oldest fact the twin has not acknowledged").expect("valid metric")));
+metric!(pub TWIN_FACTS_RECEIVED: IntCounter = counter("tether_twin_facts_received_total", "Facts received from the twin"));
+
 // Agent.
 metric!(pub AGENT_CONTROL_CHANNELS: IntGaugeVec = gauge_vec("tether_agent_control_channel_up", "1 while the control channel to a relay is up", &["relay"]));
 metric!(pub AGENT_REFUSALS: IntCounterVec = counter_vec("tether_agent_refusals_total", "Access requests and opens refused by the agent, by reason", &["reason"]));
@@ -99,6 +105,10 @@ pub fn init() {
     LazyLock::force(&RELAY_CONNECTIONS_REFUSED);
     LazyLock::force(&RELAY_PAIRING_SECONDS);
     LazyLock::force(&RELAY_RESIDENT_MEMORY);
+    LazyLock::force(&TWIN_LINK_UP);
+    LazyLock::force(&TWIN_LAG_EVENTS);
+    LazyLock::force(&TWIN_LAG_SECONDS);
+    LazyLock::force(&TWIN_FACTS_RECEIVED);
     LazyLock::force(&AGENT_CONTROL_CHANNELS);
     LazyLock::force(&AGENT_REFUSALS);
     LazyLock::force(&AGENT_SESSIONS_ACTIVE);

@@ -40,8 +40,10 @@ pub async fn open(
         );
         Frame::OpenFailed { session: id, conn, reason }
     };
-    let Some(session) = state.sessions.get(&id).map(|s| s.clone()).filter(|s| s.relay == relay.name) else {
-        let _ = tx.send(fail(Reason::UnknownSession, "no live session from this relay".into())).await;
+    // Either twin of the pair may ask: the one that admitted the session, or
+    // its twin that replicated it (a load balancer may send the client there).
+    let Some(session) = state.sessions.get(&id).map(|s| s.clone()) else {
+        let _ = tx.send(fail(Reason::UnknownSession, "no live session with that id".into())).await;
         return;
     };
     // The target comes from the local allow-list only, never from the network.

@@ -185,10 +185,15 @@ impl ClientSession {
 
     /// Opens one tunnelled connection to the device's service.
     pub async fn connect(&self) -> Result<Tunnel, ClientError> {
+        self.connect_via(&self.relay).await
+    }
+
+    /// Opens one tunnelled connection through `relay`, which may be the twin of
+    /// the relay that admitted the session (it knows the session by replication).
+    pub async fn connect_via(&self, relay: &RelayEntry) -> Result<Tunnel, ClientError> {
         if self.ended.is_cancelled() {
             return Err(ClientError::Ended(self.end_reason().unwrap_or(Reason::Unknown)));
         }
-        let relay = &self.relay;
         let conn = crate::leg::dial(&relay.addr, self.raw_legs, relay.server_name(), self.tls.clone())
             .await
             .map_err(|source| ClientError::Dial { relay: relay.name.clone(), addr: relay.addr.clone(), source })?;

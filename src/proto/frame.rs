@@ -1,6 +1,7 @@
 //! The frame enum: control channel, client legs and data-leg preambles.
 use bytes::{Buf, BufMut, Bytes, BytesMut};
 
+use super::twin::Fact;
 use super::wire::*;
 use super::{MAX_FRAME, ProtoError, Reason, SessionId, SignedGrant};
 
@@ -15,36 +16,111 @@ pub enum Outcome {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Frame {
     /// agent -> relay, first frame of a control channel.
-    Hello { version: u16, device: String, agent_version: String, services: Vec<String> },
+    Hello {
+        version: u16,
+        device: String,
+        agent_version: String,
+        services: Vec<String>,
+    },
     /// relay -> agent, answer to `Hello`. `raw_legs`: data legs may be raw TCP.
-    Welcome { version: u16, relay: String, heartbeat_secs: u32, raw_legs: bool },
+    Welcome {
+        version: u16,
+        relay: String,
+        heartbeat_secs: u32,
+        raw_legs: bool,
+    },
     /// either way on a control channel; the relay echoes the agent's.
-    Heartbeat { seq: u64 },
+    Heartbeat {
+        seq: u64,
+    },
     /// relay -> agent: a specialist asks for `service` under `grant`.
-    AccessRequest { grant: SignedGrant, service: String },
+    AccessRequest {
+        grant: SignedGrant,
+        service: String,
+    },
     /// agent -> relay: the agent's decision on an access request.
-    Decision { session: SessionId, outcome: Outcome, reason: Reason },
+    Decision {
+        session: SessionId,
+        outcome: Outcome,
+        reason: Reason,
+    },
     /// relay -> agent: dial a data leg for tunnelled connection `conn`,
     /// proving it with a MAC under this one-time `key`.
-    Open { session: SessionId, conn: u32, key: [u8; 32] },
+    Open {
+        session: SessionId,
+        conn: u32,
+        key: [u8; 32],
+    },
     /// agent -> relay: the data leg for `conn` will not come.
-    OpenFailed { session: SessionId, conn: u32, reason: Reason },
+    OpenFailed {
+        session: SessionId,
+        conn: u32,
+        reason: Reason,
+    },
     /// any direction: the session is over.
-    SessionEnd { session: SessionId, reason: Reason, bytes_to_device: u64, bytes_to_client: u64 },
+    SessionEnd {
+        session: SessionId,
+        reason: Reason,
+        bytes_to_device: u64,
+        bytes_to_client: u64,
+    },
     /// any direction: a refusal with its reason; the sender closes next.
-    Error { reason: Reason, message: String },
+    Error {
+        reason: Reason,
+        message: String,
+    },
     /// client -> relay, first frame of a session's control leg.
-    ClientOpen { version: u16, grant: SignedGrant, service: String },
+    ClientOpen {
+        version: u16,
+        grant: SignedGrant,
+        service: String,
+    },
     /// relay -> client: the device admitted the session. `token` keys the
     /// MACs of the session's joins; `raw_legs`: joins may be raw TCP.
-    SessionReady { session: SessionId, token: [u8; 32], raw_legs: bool },
+    SessionReady {
+        session: SessionId,
+        token: [u8; 32],
+        raw_legs: bool,
+    },
     /// client -> relay, first frame of a tunnelled connection's leg;
     /// `mac` = [`super::leg_mac`] under the session token.
-    ClientJoin { version: u16, session: SessionId, conn: u32, mac: [u8; 32] },
+    ClientJoin {
+        version: u16,
+        session: SessionId,
+        conn: u32,
+        mac: [u8; 32],
+    },
     /// agent -> relay, first frame of a data leg; `mac` under the `Open` key.
-    DataOpen { version: u16, session: SessionId, conn: u32, mac: [u8; 32] },
+    DataOpen {
+        version: u16,
+        session: SessionId,
+        conn: u32,
+        mac: [u8; 32],
+    },
     /// relay -> either leg: paired; raw bytes follow.
-    Paired { session: SessionId, conn: u32 },
+    Paired {
+        session: SessionId,
+        conn: u32,
+    },
+    /// twin link, dialler -> listener, first frame: who is sending facts.
+    TwinHello {
+        version: u16,
+        relay: String,
+    },
+    /// twin link: a full snapshot of the sender's facts follows, then `SnapshotEnd`.
+    TwinSnapshot,
+    TwinSnapshotEnd {
+        seq: u64,
+    },
+    /// twin link: one fact, numbered.
+    TwinFact {
+        seq: u64,
+        fact: Fact,
+    },
+    /// twin link, listener -> dialler: applied everything up to `seq`.
+    TwinAck {
+        seq: u64,
+    },
 }
 
 const HELLO: u8 = 1;
@@ -61,6 +137,11 @@ const SESSION_READY: u8 = 11;
 const CLIENT_JOIN: u8 = 12;
 const DATA_OPEN: u8 = 13;
 const PAIRED: u8 = 14;
+const TWIN_HELLO: u8 = 20;
+const TWIN_SNAPSHOT: u8 = 21;
+const TWIN_SNAPSHOT_END: u8 = 22;
+const TWIN_FACT: u8 = 23;
+const TWIN_ACK: u8 = 24;
 
 fn put_sid(b: &mut BytesMut, s: &SessionId) {
     b.put_slice(&s.0);
@@ -175,6 +256,25 @@ impl Frame {
                 put_sid(buf, session);
                 buf.put_u32(*conn);
             }
+            Frame::TwinHello { version, relay } => {
+                buf.put_u8(TWIN_HELLO);
+                buf.put_u16(*version);
+                put_str(buf, relay);
+            }
+            Frame::TwinSnapshot => buf.put_u8(TWIN_SNAPSHOT),
+            Frame::TwinSnapshotEnd { seq } => {
+                buf.put_u8(TWIN_SNAPSHOT_END);
+                buf.put_u64(*seq);
+            }
+            Frame::TwinFact { seq, fact } => {
+                buf.put_u8(TWIN_FACT);
+                buf.put_u64(*seq);
+                fact.encode(buf);
+            }
+            Frame::TwinAck { seq } => {
+                buf.put_u8(TWIN_ACK);
+                buf.put_u64(*seq);
+            }
         }
         let len = (buf.len() - start - 4) as u32;
         buf[start..start + 4].copy_from_slice(&len.to_be_bytes());
@@ -252,6 +352,11 @@ impl Frame {
                 Frame::DataOpen { version: get_u16(b)?, session: get_sid(b)?, conn: get_u32(b)?, mac: get_array(b)? }
             }
             PAIRED => Frame::Paired { session: get_sid(b)?, conn: get_u32(b)? },
+            TWIN_HELLO => Frame::TwinHello { version: get_u16(b)?, relay: get_str(b)? },
+            TWIN_SNAPSHOT => Frame::TwinSnapshot,
+            TWIN_SNAPSHOT_END => Frame::TwinSnapshotEnd { seq: get_u64(b)? },
+            TWIN_FACT => Frame::TwinFact { seq: get_u64(b)?, fact: Fact::decode(b)? },
+            TWIN_ACK => Frame::TwinAck { seq: get_u64(b)? },
             other => return Err(ProtoError::UnknownType(other)),
         })
     }
@@ -273,6 +378,11 @@ impl Frame {
             Frame::ClientJoin { .. } => "client_join",
             Frame::DataOpen { .. } => "data_open",
             Frame::Paired { .. } => "paired",
+            Frame::TwinHello { .. } => "twin_hello",
+            Frame::TwinSnapshot => "twin_snapshot",
+            Frame::TwinSnapshotEnd { .. } => "twin_snapshot_end",
+            Frame::TwinFact { .. } => "twin_fact",
+            Frame::TwinAck { .. } => "twin_ack",
         }
     }
 

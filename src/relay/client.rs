@@ -153,6 +153,7 @@ async fn open(state: Arc<State>, mut io: Io, peer: SocketAddr, signed: SignedGra
     let session = Arc::new(Session::new(&grant, &service, peer.to_string(), attach_id, state.shutdown.child_token()));
     state.sessions.insert(id, session.clone());
     metrics::RELAY_SESSIONS_ACTIVE.inc();
+    state.publish(crate::proto::twin::Fact::SessionUp(session.fact()));
     state.audit.record(
         "session_start",
         json!({"relay": state.cfg.name, "session": id.to_string(), "device": grant.device, "service": service,
@@ -190,7 +191,8 @@ async fn open(state: Arc<State>, mut io: Io, peer: SocketAddr, signed: SignedGra
 async fn join(state: Arc<State>, mut io: Io, peer: SocketAddr, id: SessionId, conn: u32, mac: [u8; 32]) {
     let joined_at = Instant::now();
     tracing::Span::current().record("session", id.to_string());
-    let Some(session) = state.sessions.get(&id).map(|s| s.clone()) else {
+    // A session the twin admitted pairs here too (the twin replicated it).
+    let Some(session) = find_session(&state, id).await else {
         return refuse(&state, &mut io, peer, Reason::UnknownSession, "no such live session", None).await;
     };
     if !proto::leg_mac_ok(&session.token, LegSide::Client, &id, conn, &mac) {
@@ -267,4 +269,23 @@ async fn join(state: Arc<State>, mut io: Io, peer: SocketAddr, id: SessionId, co
     };
     metrics::RELAY_TUNNELS_ACTIVE.dec();
     tracing::debug!(conn, ?result, "tunnel closed");
+}
+
+/// How long a join for an unknown session waits for the twin's replication
+/// (the join can overtake the fact that announces its session by milliseconds).
+const REPLICATION_GRACE: Duration = Duration::from_millis(500);
+
+/// A live session: ours, or the twin's (adopted), waiting briefly for
+/// replication while the twin link is up.
+async fn find_session(state: &State, id: SessionId) -> Option<Arc<Session>> {
+    let deadline = Instant::now() + REPLICATION_GRACE;
+    loop {
+        if let Some(s) = state.sessions.get(&id).map(|s| s.clone()).or_else(|| state.adopt(id)) {
+            return Some(s);
+        }
+        if !state.twin_in_up.load(Ordering::Relaxed) || Instant::now() >= deadline {
+            return None;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
 }

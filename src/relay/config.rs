@@ -37,8 +37,26 @@ pub struct RelayConfig {
     /// relay then does no cryptography per byte.
     #[serde(default = "default_true")]
     pub raw_legs: bool,
+    /// The twin of this relay's pair, and where this relay listens for it.
+    #[serde(default)]
+    pub twin: Option<TwinConfig>,
     #[serde(default)]
     pub limits: RelayLimits,
+}
+
+/// The twin link (17003): mTLS with relay certificates, ALPN `tether-twin/1`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TwinConfig {
+    /// The twin's name; its certificate's common name must match.
+    pub name: String,
+    /// Where to dial the twin's link listener.
+    pub addr: String,
+    /// Name to verify in the twin's certificate; defaults to `name`.
+    #[serde(default)]
+    pub server_name: Option<String>,
+    /// Where this relay listens for its twin.
+    pub listen: SocketAddr,
 }
 
 /// Timeouts and caps; defaults suit production.
@@ -113,6 +131,11 @@ impl ConfigFile for RelayConfig {
         }
         if l.agent_idle_timeout_secs <= u64::from(l.heartbeat_secs) {
             p.push("limits.agent_idle_timeout_secs: must exceed heartbeat_secs".into());
+        }
+        if let Some(t) = &self.twin
+            && t.name == self.name
+        {
+            p.push("twin.name: must differ from this relay's name".into());
         }
         if l.max_handshakes == 0 || l.max_connections == 0 {
             p.push("limits: max_handshakes and max_connections must be at least 1".into());

@@ -106,6 +106,7 @@ async fn attached(
         old.cancel.cancel();
     }
     metrics::RELAY_AGENTS_ATTACHED.inc();
+    state.publish(crate::proto::twin::Fact::Attached { device: device.clone() });
     metrics::RELAY_CONTROL_CHANNELS.with_label_values(&[&state.cfg.name]).inc();
     state.audit.record(
         "agent_attached",
@@ -131,6 +132,9 @@ async fn attached(
     state.agents.remove_if(&device, |_, h| h.attach_id == attach_id);
     state.agent_gone(&device, attach_id);
     metrics::RELAY_AGENTS_ATTACHED.dec();
+    if !state.agents.contains_key(&device) {
+        state.publish(crate::proto::twin::Fact::Detached { device: device.clone() });
+    }
     metrics::RELAY_CONTROL_CHANNELS.with_label_values(&[&state.cfg.name]).dec();
     state.audit.record("agent_detached", json!({"relay": state.cfg.name, "device": device, "why": why}));
     tracing::info!(%device, %why, "agent detached");

@@ -12,7 +12,7 @@ mod data;
 mod session;
 mod state;
 
-pub use config::{RelayConfig, RelayLimits};
+pub use config::{RelayConfig, RelayLimits, TwinConfig};
 pub use state::State;
 
 use std::future::Future;
@@ -47,6 +47,8 @@ pub struct Listeners {
     pub data: TcpListener,
     pub client: TcpListener,
     pub admin: TcpListener,
+    /// The twin link listener, when a twin is configured.
+    pub twin: Option<TcpListener>,
 }
 
 /// Addresses actually bound (useful with port 0).
@@ -56,6 +58,7 @@ pub struct BoundAddrs {
     pub data: SocketAddr,
     pub client: SocketAddr,
     pub admin: SocketAddr,
+    pub twin: Option<SocketAddr>,
 }
 
 impl Listeners {
@@ -68,12 +71,22 @@ impl Listeners {
             data: one("data", cfg.data).await?,
             client: one("client", cfg.client).await?,
             admin: one("admin", cfg.admin).await?,
+            twin: match &cfg.twin {
+                Some(t) => Some(one("twin", t.listen).await?),
+                None => None,
+            },
         })
     }
 
     pub fn addrs(&self) -> BoundAddrs {
         let a = |l: &TcpListener| l.local_addr().expect("bound listener has an address");
-        BoundAddrs { control: a(&self.control), data: a(&self.data), client: a(&self.client), admin: a(&self.admin) }
+        BoundAddrs {
+            control: a(&self.control),
+            data: a(&self.data),
+            client: a(&self.client),
+            admin: a(&self.admin),
+            twin: self.twin.as_ref().map(a),
+        }
     }
 }
 
@@ -112,6 +125,9 @@ pub async fn run_with_taps(
     tracker.spawn(accept_loop("data", listeners.data, data_tls, raw, state.clone(), data::serve));
     tracker.spawn(accept_loop("client", listeners.client, client_tls, raw, state.clone(), client::serve));
     tracker.spawn(admin::serve(listeners.admin, state.clone()));
+    if let (Some(listener), Some(_)) = (listeners.twin, state.cfg.twin.as_ref()) {
+        crate::twin::link::start(state.clone(), listener)?;
+    }
 
     shutdown.cancelled().await;
     state.ready.store(false, Ordering::Relaxed);

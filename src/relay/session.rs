@@ -6,6 +6,7 @@ use std::time::Instant;
 
 use tokio_util::sync::CancellationToken;
 
+use crate::proto::twin::SessionFact;
 use crate::proto::{Grant, Reason, SessionId};
 
 pub struct Session {
@@ -26,6 +27,10 @@ pub struct Session {
     pub joined: Mutex<HashSet<u32>>,
     pub end: CancellationToken,
     pub end_reason: Mutex<Option<Reason>>,
+    /// Admitted by the twin; taken up here from replication.
+    pub adopted: bool,
+    /// Unix seconds at admission.
+    pub started_at: u64,
 }
 
 impl Session {
@@ -46,6 +51,45 @@ impl Session {
             joined: Mutex::new(HashSet::new()),
             end,
             end_reason: Mutex::new(None),
+            adopted: false,
+            started_at: crate::proto::grant::now_secs(),
+        }
+    }
+
+    /// A session the twin admitted, from its replicated fact.
+    pub fn adopted(f: &SessionFact, attach_id: u64, end: CancellationToken) -> Session {
+        Session {
+            id: f.session,
+            device: f.device.clone(),
+            service: f.service.clone(),
+            specialist: f.specialist.clone(),
+            role: f.role.clone(),
+            client_addr: f.client.clone(),
+            attach_id,
+            token: f.token,
+            started: Instant::now(),
+            to_device: AtomicU64::new(0),
+            to_client: AtomicU64::new(0),
+            tunnels: AtomicU64::new(0),
+            joined: Mutex::new(HashSet::new()),
+            end,
+            end_reason: Mutex::new(None),
+            adopted: true,
+            started_at: f.started_at,
+        }
+    }
+
+    /// The replicated form of this session.
+    pub fn fact(&self) -> SessionFact {
+        SessionFact {
+            session: self.id,
+            device: self.device.clone(),
+            service: self.service.clone(),
+            specialist: self.specialist.clone(),
+            role: self.role.clone(),
+            client: self.client_addr.clone(),
+            token: self.token,
+            started_at: self.started_at,
         }
     }
 

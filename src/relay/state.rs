@@ -7,7 +7,7 @@ use std::sync::{Arc, Mutex};
 use bytes::Bytes;
 use dashmap::DashMap;
 use serde_json::json;
-use tokio::sync::{Semaphore, mpsc, oneshot};
+use tokio::sync::{Semaphore, broadcast, mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
@@ -16,7 +16,9 @@ use super::session::Session;
 use crate::audit::AuditLog;
 use crate::leg::Leg;
 use crate::metrics;
+use crate::proto::twin::Fact;
 use crate::proto::{Frame, GrantVerifier, Outcome, Reason, SessionId};
+use crate::twin::PeerView;
 
 /// A live agent control channel.
 pub struct AgentHandle {
@@ -49,6 +51,12 @@ pub struct State {
     pub hs_limit: Arc<Semaphore>,
     pub taps: super::Taps,
     next_attach: AtomicU64,
+    /// Facts this relay is the authority for, streamed to the twin.
+    pub facts: broadcast::Sender<Fact>,
+    /// What the twin holds, as it told us.
+    pub peer: Mutex<PeerView>,
+    /// The twin's facts are flowing to us.
+    pub twin_in_up: AtomicBool,
 }
 
 impl State {
@@ -74,6 +82,9 @@ impl State {
             hs_limit: Arc::new(Semaphore::new(cfg.limits.max_handshakes)),
             next_attach: AtomicU64::new(1),
             taps,
+            facts: broadcast::channel(8192).0,
+            peer: Mutex::new(PeerView::default()),
+            twin_in_up: AtomicBool::new(false),
             cfg,
         }))
     }
@@ -118,11 +129,62 @@ impl State {
         if used.len() > 1024 {
             used.retain(|_, exp| *exp > now);
         }
-        if used.contains_key(&session) {
+        if used.contains_key(&session) || self.peer().consumed.contains_key(&session) {
             return false;
         }
         used.insert(session, expires_at);
+        self.publish(Fact::Consumed { session, expires_at });
         true
+    }
+
+    /// Streams a fact to the twin (dropped when no link is up; the next
+    /// link starts with a snapshot).
+    pub fn publish(&self, fact: Fact) {
+        let _ = self.facts.send(fact);
+    }
+
+    pub fn peer(&self) -> std::sync::MutexGuard<'_, PeerView> {
+        match self.peer.lock() {
+            Ok(g) => g,
+            Err(p) => p.into_inner(),
+        }
+    }
+
+    /// Session ids used here (for the twin's snapshot).
+    pub fn consumed_snapshot(&self) -> Vec<(SessionId, u64)> {
+        match self.consumed.lock() {
+            Ok(g) => g.iter().map(|(k, v)| (*k, *v)).collect(),
+            Err(p) => p.into_inner().iter().map(|(k, v)| (*k, *v)).collect(),
+        }
+    }
+
+    /// A session the twin admitted, taken up here so that its connections can
+    /// pair through this relay (a load balancer may send them either way).
+    pub fn adopt(&self, id: SessionId) -> Option<Arc<Session>> {
+        let fact = self.peer().sessions.get(&id).cloned()?;
+        let attach_id = self.agents.get(&fact.device).map(|a| a.attach_id)?;
+        let session = Arc::new(Session::adopted(&fact, attach_id, self.shutdown.child_token()));
+        let entry = self.sessions.entry(id).or_insert_with(|| {
+            metrics::RELAY_SESSIONS_ACTIVE.inc();
+            self.audit.record(
+                "session_adopted",
+                json!({"relay": self.cfg.name, "session": id.to_string(), "device": fact.device, "service": fact.service,
+                       "specialist": fact.specialist, "from_twin": self.cfg.twin.as_ref().map(|t| t.name.clone())}),
+            );
+            session
+        });
+        Some(entry.clone())
+    }
+
+    /// Our facts as they stand, for a snapshot to the twin.
+    pub fn own_facts(&self) -> Vec<Fact> {
+        let mut facts: Vec<Fact> =
+            self.sessions.iter().filter(|s| !s.adopted).map(|s| Fact::SessionUp(s.fact())).collect();
+        facts.extend(
+            self.consumed_snapshot().into_iter().map(|(session, expires_at)| Fact::Consumed { session, expires_at }),
+        );
+        facts.extend(self.agents.iter().map(|a| Fact::Attached { device: a.key().clone() }));
+        facts
     }
 
     /// Ends a session once: removes it, signals its tasks, audits, counts,
@@ -140,12 +202,15 @@ impl State {
         self.audit.record(
             "session_end",
             json!({
-                "relay": self.cfg.name, "session": id.to_string(), "device": s.device, "service": s.service,
+                "relay": self.cfg.name, "session": id.to_string(), "device": s.device, "service": s.service, "adopted": s.adopted,
                 "specialist": s.specialist, "client": s.client_addr, "reason": reason.label(),
                 "duration_ms": s.started.elapsed().as_millis() as u64, "tunnels": s.tunnels.load(Ordering::Relaxed),
                 "bytes_to_device": to_device, "bytes_to_client": to_client,
             }),
         );
+        if !s.adopted {
+            self.publish(Fact::SessionDown { session: id, reason });
+        }
         if tell_agent && let Some(agent) = self.agents.get(&s.device) {
             let _ = agent.tx.try_send(Frame::SessionEnd {
                 session: id,

@@ -49,6 +49,7 @@ async fn tapped(taps: Taps, service: SocketAddr) -> Tapped {
         grant_public_key: pki.path("grant.pub"),
         audit_log: tmp.path().join("relay-audit.jsonl"),
         raw_legs: true,
+        twin: None,
         limits: Default::default(),
     };
     let listeners = Listeners::bind(&cfg).await.unwrap();

@@ -90,6 +90,8 @@ pub struct Opts {
     pub revoke: Option<&'static str>,
     /// Relays accept raw-TCP legs (the default); false: TLS legs only.
     pub raw_legs: bool,
+    /// With two relays: link them as twins.
+    pub twins: bool,
 }
 
 impl Default for Opts {
@@ -104,6 +106,7 @@ impl Default for Opts {
             agent: true,
             revoke: None,
             raw_legs: true,
+            twins: false,
         }
     }
 }
@@ -130,12 +133,27 @@ fn log_file(dir: &Path, name: &str) -> Stdio {
     Stdio::from(std::fs::File::create(dir.join(format!("{name}.log"))).unwrap())
 }
 
-pub fn start_relay(dir: &Path, pki: &Pki, name: &str, opts: &Opts) -> RelayProc {
-    let crl = opts.crl.as_ref().map(|c| format!("crl = \"{}\"\n", c.display())).unwrap_or_default();
+/// A free loopback port, for the twin links (each twin must know the other's
+/// address before it starts).
+pub fn free_port() -> SocketAddr {
+    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap()
+}
+
+/// `(twin name, twin's link address, our link address)`.
+pub type TwinPlan = Option<(String, SocketAddr, SocketAddr)>;
+
+pub fn start_relay(dir: &Path, pki: &Pki, name: &str, opts: &Opts, twin: TwinPlan) -> RelayProc {
+    let mut crl = opts.crl.as_ref().map(|c| format!("crl = \"{}\"\n", c.display())).unwrap_or_default();
+    if let Some((twin, addr, listen)) = twin {
+        // Top-level keys must precede the tables: put the twin table at the end.
+        crl = format!(
+            "{crl}\n[twin]\nname = \"{twin}\"\naddr = \"{addr}\"\nserver_name = \"localhost\"\nlisten = \"{listen}\"\n"
+        );
+    }
     let audit = dir.join(format!("{name}-audit.jsonl"));
     let cfg = format!(
         "name = \"{name}\"\ncontrol = \"127.0.0.1:0\"\ndata = \"127.0.0.1:0\"\nclient = \"127.0.0.1:0\"\nadmin = \"127.0.0.1:0\"\n\
-         ca = \"{ca}\"\ncert = \"{d}/relay-a.pem\"\nkey = \"{d}/relay-a.key\"\ngrant_public_key = \"{d}/grant.pub\"\n\
+         ca = \"{ca}\"\ncert = \"{d}/{name}.pem\"\nkey = \"{d}/{name}.key\"\ngrant_public_key = \"{d}/grant.pub\"\n\
          audit_log = \"{audit}\"\nraw_legs = {raw}\n{crl}\n[limits]\nhandshake_timeout_ms = {hs}\nheartbeat_secs = 30\npairing_timeout_ms = 5000\ndecision_timeout_secs = 120\ndrain_secs = 1\n",
         ca = pki.path("ca.pem").display(),
         d = pki.dir.display(),
@@ -235,7 +253,11 @@ impl Fleet {
             revoked = Some((cert, key));
         }
         let names = ["relay-a", "relay-b"];
-        let relays: Vec<_> = names[..opts.relays].iter().map(|n| start_relay(&dir, &pki, n, &opts)).collect();
+        let links = [free_port(), free_port()];
+        let plan = |i: usize| -> TwinPlan {
+            (opts.twins && opts.relays == 2).then(|| (names[1 - i].to_string(), links[1 - i], links[i]))
+        };
+        let relays: Vec<_> = (0..opts.relays).map(|i| start_relay(&dir, &pki, names[i], &opts, plan(i))).collect();
         let stop = CancellationToken::new();
         let echo_l = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let echo = echo_l.local_addr().unwrap();

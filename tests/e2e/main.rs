@@ -10,4 +10,5 @@ mod grants;
 mod legs;
 mod no_listen;
 mod tunnel;
+mod twins;
 mod twins_basic;
