@@ -104,6 +104,8 @@ pub async fn handle(state: Shared, relay: String, tx: mpsc::Sender<Frame>, signe
         tunnels: Default::default(),
         cancel: CancellationToken::new(),
         e2e,
+        conns: Default::default(),
+        resumable: Default::default(),
     });
     state.sessions.insert(id, session);
     metrics::AGENT_SESSIONS_ACTIVE.inc();

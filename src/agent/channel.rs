@@ -117,9 +117,9 @@ fn on_frame(
             let (state, relay, tx) = (state.clone(), relay.name.clone(), tx.clone());
             tokio::spawn(async move { super::access::handle(state, relay, tx, grant, service).await });
         }
-        Frame::Open { session, conn, key } => {
+        Frame::Open { session, conn, key, resumes } => {
             let (state, relay, tx) = (state.clone(), relay.clone(), tx.clone());
-            let leg = super::tunnel::LegPlan { raw: raw_legs, key };
+            let leg = super::tunnel::LegPlan { raw: raw_legs, key, resumes };
             tokio::spawn(async move { super::tunnel::open(state, relay, tx, session, conn, leg).await });
         }
         Frame::SessionEnd { session, reason, .. } => {

@@ -29,6 +29,10 @@ pub struct AgentSession {
     pub cancel: CancellationToken,
     /// End-to-end TLS for this session: accepts only the grant's client key.
     pub e2e: Arc<rustls::ServerConfig>,
+    /// Connection numbers seen (each may be opened once).
+    pub conns: Mutex<std::collections::HashSet<u32>>,
+    /// Live resumable streams, by connection number: where replacement legs go.
+    pub resumable: DashMap<u32, mpsc::Sender<(crate::leg::Leg, bytes::Bytes)>>,
 }
 
 /// A request waiting for the on-site operator.
@@ -120,12 +124,16 @@ impl AgentState {
         true
     }
 
-    /// Ends every session that ran through a relay whose channel was lost.
+    /// A relay's channel was lost. While a twin is still attached, sessions go
+    /// on (their connections resume through it); otherwise they end.
     pub fn relay_lost(&self, relay: &str) {
-        let ids: Vec<_> = self.sessions.iter().filter(|s| s.relay == relay).map(|s| s.id).collect();
+        self.pending.retain(|_, p| p.relay != relay);
+        if !self.relays.is_empty() {
+            return;
+        }
+        let ids: Vec<_> = self.sessions.iter().map(|s| s.id).collect();
         for id in ids {
             self.end_session(id, Reason::RelayGone, false);
         }
-        self.pending.retain(|_, p| p.relay != relay);
     }
 }

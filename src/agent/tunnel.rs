@@ -1,18 +1,22 @@
 //! One tunnelled connection on the device: dial the local service and a data
-//! leg to the relay (in parallel), then splice them.
+//! leg to the relay (in parallel), run end-to-end TLS with the client over a
+//! resumable stream on that leg, then splice TLS and service. A later `Open`
+//! naming `resumes` hands a replacement leg to a live stream whose leg broke.
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
+use bytes::Bytes;
 use serde_json::json;
 use tokio::net::TcpStream;
 use tokio::sync::mpsc;
 
 use super::Shared;
 use super::config::{RelayEndpoint, target_allowed};
+use crate::leg::Leg;
 use crate::metrics;
 use crate::proto::{Frame, FrameIo, LegSide, Reason, SessionId, VERSION, leg_mac};
 use crate::splice::{Meter, splice};
-use crate::stream::Prefixed;
+use crate::stream::resumable::{self, LegSource, ResumeConfig, ResumeKey, Side};
 
 const SERVICE_TIMEOUT: Duration = Duration::from_secs(5);
 
@@ -22,6 +26,42 @@ pub struct LegPlan {
     pub raw: bool,
     /// The one-time key from `Open`; the leg's MAC proves we received it.
     pub key: [u8; 32],
+    /// Non-zero: the leg replaces a broken one of this connection.
+    pub resumes: u32,
+}
+
+/// Replacement legs arrive from `Open{resumes}` on any relay of the pair.
+struct HandedLegs(mpsc::Receiver<(Leg, Bytes)>);
+
+impl LegSource for HandedLegs {
+    fn next_leg(
+        &mut self,
+    ) -> std::pin::Pin<Box<dyn std::future::Future<Output = std::io::Result<(Leg, Bytes)>> + Send + '_>> {
+        Box::pin(async move {
+            self.0.recv().await.ok_or_else(|| std::io::Error::new(std::io::ErrorKind::NotFound, "session over"))
+        })
+    }
+}
+
+/// Dials the data leg and waits for the relay to pair it.
+async fn dial_leg(
+    state: &Shared,
+    relay: &RelayEndpoint,
+    plan: &LegPlan,
+    id: SessionId,
+    conn: u32,
+) -> std::io::Result<(Leg, Bytes)> {
+    let leg = crate::leg::dial(&relay.data, plan.raw, relay.server_name(), state.data_tls.clone()).await?;
+    let mut io = FrameIo::new(leg);
+    let mac = leg_mac(&plan.key, LegSide::Device, &id, conn);
+    io.write_frame(&Frame::DataOpen { version: VERSION, session: id, conn, mac }).await?;
+    match tokio::time::timeout(SERVICE_TIMEOUT, io.read_frame()).await {
+        Ok(Ok(Frame::Paired { .. })) => Ok(io.into_parts()),
+        Ok(Ok(Frame::Error { reason, message })) => Err(std::io::Error::other(format!("{reason}: {message}"))),
+        Ok(Ok(other)) => Err(std::io::Error::other(format!("unexpected {}", other.kind()))),
+        Ok(Err(e)) => Err(std::io::Error::other(e.to_string())),
+        Err(_) => Err(std::io::Error::new(std::io::ErrorKind::TimedOut, "no pairing in time")),
+    }
 }
 
 pub async fn open(
@@ -46,6 +86,14 @@ pub async fn open(
         let _ = tx.send(fail(Reason::UnknownSession, "no live session with that id".into())).await;
         return;
     };
+    // Each connection number is opened once, whichever relay asks.
+    if !session.conns.lock().map(|mut c| c.insert(conn)).unwrap_or(false) {
+        let _ = tx.send(fail(Reason::AlreadyPaired, format!("connection {conn} was opened before"))).await;
+        return;
+    }
+    if plan.resumes != 0 {
+        return hand_over(&state, &relay, &tx, &session, id, conn, plan).await;
+    }
     // The target comes from the local allow-list only, never from the network.
     let target = match state.cfg.services.get(&session.service).map(|s| s.target.parse::<SocketAddr>()) {
         Some(Ok(addr)) if target_allowed(&addr, &state.cfg.extra_targets) => addr,
@@ -60,20 +108,7 @@ pub async fn open(
             .await
             .map_err(|_| std::io::Error::new(std::io::ErrorKind::TimedOut, "connect timed out"))?
     };
-    let leg = async {
-        let leg = crate::leg::dial(&relay.data, plan.raw, relay.server_name(), state.data_tls.clone()).await?;
-        let mut io = FrameIo::new(leg);
-        let mac = leg_mac(&plan.key, LegSide::Device, &id, conn);
-        io.write_frame(&Frame::DataOpen { version: VERSION, session: id, conn, mac }).await?;
-        match tokio::time::timeout(SERVICE_TIMEOUT, io.read_frame()).await {
-            Ok(Ok(Frame::Paired { .. })) => Ok(io),
-            Ok(Ok(Frame::Error { reason, message })) => Err(std::io::Error::other(format!("{reason}: {message}"))),
-            Ok(Ok(other)) => Err(std::io::Error::other(format!("unexpected {}", other.kind()))),
-            Ok(Err(e)) => Err(std::io::Error::other(e.to_string())),
-            Err(_) => Err(std::io::Error::new(std::io::ErrorKind::TimedOut, "no pairing in time")),
-        }
-    };
-    let (service, leg) = tokio::join!(service, leg);
+    let (service, leg) = tokio::join!(service, dial_leg(&state, &relay, &plan, id, conn));
     let service = match service {
         Ok(s) => s,
         Err(e) => {
@@ -94,37 +129,79 @@ pub async fn open(
     metrics::AGENT_TUNNELS.inc();
     session.tunnels.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
     let _ = service.set_nodelay(true);
-    // End-to-end TLS with the specialist's client: nothing reaches the service
-    // unless the client proves the key the grant names.
-    let (leg, prefix) = leg.into_parts();
-    let handshake = tokio_rustls::TlsAcceptor::from(session.e2e.clone()).accept(Prefixed::new(prefix, leg));
+
+    // Resumable stream on the leg; end-to-end TLS on top. Nothing reaches the
+    // service unless the client proves the key the grant names.
+    let (legs_tx, legs_rx) = mpsc::channel(4);
+    session.resumable.insert(conn, legs_tx);
+    let key = ResumeKey::default();
+    let (pipe, driver) =
+        resumable::start(leg, Side::Device, conn, key.clone(), Box::new(HandedLegs(legs_rx)), ResumeConfig::default());
+    let handshake = tokio_rustls::TlsAcceptor::from(session.e2e.clone()).accept(pipe);
     let e2e = match tokio::time::timeout(SERVICE_TIMEOUT * 2, handshake).await {
         Ok(Ok(s)) => s,
-        Ok(Err(e)) => {
+        outcome => {
+            let detail = match outcome {
+                Ok(Err(e)) => e.to_string(),
+                _ => "handshake timed out".to_string(),
+            };
             state.refused(
                 "e2e_refused",
                 Reason::EndToEndFailed,
-                json!({"session": id.to_string(), "relay": relay.name, "conn": conn, "detail": e.to_string()}),
+                json!({"session": id.to_string(), "relay": relay.name, "conn": conn, "detail": detail}),
             );
-            return;
-        }
-        Err(_) => {
-            state.refused(
-                "e2e_refused",
-                Reason::EndToEndFailed,
-                json!({"session": id.to_string(), "relay": relay.name, "conn": conn, "detail": "handshake timed out"}),
-            );
+            session.resumable.remove(&conn);
+            driver.abort();
             return;
         }
     };
+    let mut k = [0u8; 32];
+    if e2e.get_ref().1.export_keying_material(&mut k, resumable::EXPORT_LABEL, Some(&conn.to_be_bytes())).is_ok() {
+        let _ = key.set(k);
+    }
     let (to_service, from_service) = (Meter::new(&session.to_service), Meter::new(&session.from_service));
     let result = tokio::select! {
-        r = splice(e2e, bytes::Bytes::new(), service, bytes::Bytes::new(), to_service, from_service) => r,
+        r = splice(e2e, Bytes::new(), service, Bytes::new(), to_service, from_service) => r.map(|_| ()),
         _ = session.cancel.cancelled() => Err(std::io::Error::other("session ended")),
     };
-    match result {
-        // Read the leg's own close_notify so that closing sends FIN, not RST.
-        Ok((e2e, _service)) => crate::splice::drain(e2e.into_inner().0).await,
-        Err(e) => tracing::debug!(session = %id, conn, error = %e, "tunnel closed"),
+    session.resumable.remove(&conn);
+    if let Err(e) = &result {
+        tracing::debug!(session = %id, conn, error = %e, "tunnel closed");
+        driver.abort();
+    } else if let Ok(Ok(Ok(stats))) = tokio::time::timeout(Duration::from_secs(5), driver).await
+        && stats.resumes > 0
+    {
+        state.audit.record(
+            "tunnel_resumed",
+            json!({"device": state.cfg.device, "session": id.to_string(), "conn": conn, "resumes": stats.resumes,
+                   "retransmitted": stats.retransmitted, "max_pause_ms": stats.max_pause.as_millis() as u64}),
+        );
+    }
+}
+
+/// A replacement leg for connection `plan.resumes`: dial it and hand it to the
+/// live stream, which authenticates the resume end to end.
+async fn hand_over(
+    state: &Shared,
+    relay: &RelayEndpoint,
+    tx: &mpsc::Sender<Frame>,
+    session: &super::state::AgentSession,
+    id: SessionId,
+    conn: u32,
+    plan: LegPlan,
+) {
+    let Some(stream) = session.resumable.get(&plan.resumes).map(|s| s.clone()) else {
+        state.refused("open_refused", Reason::UnknownSession, json!({"session": id.to_string(), "relay": relay.name, "conn": conn, "detail": format!("no live connection {} to resume", plan.resumes)}));
+        let _ = tx.send(Frame::OpenFailed { session: id, conn, reason: Reason::UnknownSession }).await;
+        return;
+    };
+    match dial_leg(state, relay, &plan, id, conn).await {
+        Ok(leg) => {
+            let _ = stream.send(leg).await;
+        }
+        Err(e) => {
+            tracing::warn!(session = %id, conn, error = %e, "replacement data leg failed");
+            let _ = tx.send(Frame::OpenFailed { session: id, conn, reason: Reason::Internal }).await;
+        }
     }
 }

@@ -16,10 +16,13 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio_rustls::client::TlsStream;
 use tokio_util::sync::CancellationToken;
 
+use crate::leg::Leg;
 use crate::proto::{Frame, FrameIo, Reason, SessionId, VERSION};
 use crate::splice::{Meter, splice};
-use crate::stream::{Prefixed, e2e};
+use crate::stream::e2e;
+use crate::stream::resumable::{self, LegSource, ResumeConfig, ResumeKey, Side};
 use crate::tls::{self, dial};
+use bytes::Bytes;
 
 /// Why a session or a tunnelled connection failed, as the specialist sees it.
 #[derive(Debug, thiserror::Error)]
@@ -57,7 +60,11 @@ impl ClientError {
 /// A live session: one control leg, and any number of tunnelled connections.
 pub struct ClientSession {
     pub id: SessionId,
+    /// The relay that admitted the session.
     pub relay: RelayEntry,
+    /// The relay pair, and which one the session uses now.
+    relays: Vec<RelayEntry>,
+    current: Mutex<RelayEntry>,
     pub device: String,
     e2e: Arc<ClientConfig>,
     token: [u8; 32],
@@ -71,8 +78,45 @@ pub struct ClientSession {
     pub to_client: AtomicU64,
 }
 
-/// A tunnelled connection: end-to-end TLS with the agent over the relay leg.
-pub type Tunnel = tokio_rustls::client::TlsStream<Prefixed<crate::leg::Leg>>;
+/// A tunnelled connection: end-to-end TLS with the agent, over a resumable
+/// stream that survives the loss of a leg (or of the relay carrying it).
+pub type Tunnel = tokio_rustls::client::TlsStream<tokio::io::DuplexStream>;
+
+/// How long the session's control leg keeps trying to move to a live relay.
+const MOVE_DEADLINE: Duration = Duration::from_secs(30);
+
+/// Replacement legs for one connection: dialled through the twin first.
+struct DialLegs {
+    session: Arc<ClientSession>,
+    conn: u32,
+}
+
+impl LegSource for DialLegs {
+    fn next_leg(
+        &mut self,
+    ) -> std::pin::Pin<Box<dyn std::future::Future<Output = std::io::Result<(Leg, Bytes)>> + Send + '_>> {
+        Box::pin(async move {
+            let s = &self.session;
+            if s.ended.is_cancelled() {
+                return Err(std::io::Error::new(std::io::ErrorKind::NotFound, "session ended"));
+            }
+            let mut last = None;
+            for relay in s.failover_order() {
+                match s.join_leg(&relay, self.conn).await {
+                    Ok((_, leg)) => {
+                        s.set_current(&relay);
+                        return Ok(leg);
+                    }
+                    Err(ClientError::Refused { reason: Reason::UnknownSession, .. }) => {
+                        last = Some(std::io::Error::new(std::io::ErrorKind::NotFound, "session unknown"));
+                    }
+                    Err(e) => last = Some(std::io::Error::other(e.to_string())),
+                }
+            }
+            Err(last.unwrap_or_else(|| std::io::Error::other("no relay")))
+        })
+    }
+}
 
 /// How long the end-to-end handshake with the device may take.
 const E2E_TIMEOUT: Duration = Duration::from_secs(10);
@@ -110,6 +154,8 @@ impl ClientSession {
                     let s = Arc::new(ClientSession {
                         id: session,
                         relay: relay.clone(),
+                        relays: profile.relays.clone(),
+                        current: Mutex::new(relay.clone()),
                         device: device.to_string(),
                         e2e,
                         token,
@@ -146,25 +192,80 @@ impl ClientSession {
     }
 
     async fn control_leg(self: Arc<Self>, mut io: FrameIo<TlsStream<TcpStream>>) {
-        let reason = tokio::select! {
-            _ = self.ended.cancelled() => {
-                let end = Frame::SessionEnd { session: self.id, reason: Reason::ClientClosed, bytes_to_device: 0, bytes_to_client: 0 };
-                let _ = io.write_frame(&end).await;
-                Reason::ClientClosed
-            }
-            r = async { loop {
-                match io.read_frame().await {
-                    Ok(Frame::SessionEnd { reason, .. }) => break reason,
-                    Ok(Frame::Error { reason, .. }) => break reason,
-                    Ok(_) => continue,
-                    Err(_) => break Reason::RelayGone,
+        let reason = loop {
+            let lost = tokio::select! {
+                _ = self.ended.cancelled() => {
+                    let end = Frame::SessionEnd { session: self.id, reason: Reason::ClientClosed, bytes_to_device: 0, bytes_to_client: 0 };
+                    let _ = io.write_frame(&end).await;
+                    break Reason::ClientClosed;
                 }
-            }} => r,
+                r = async { loop {
+                    match io.read_frame().await {
+                        Ok(Frame::SessionEnd { reason, .. }) => break Some(reason),
+                        Ok(Frame::Error { reason, .. }) => break Some(reason),
+                        Ok(_) => continue,
+                        Err(_) => break None,
+                    }
+                }} => r,
+            };
+            if let Some(reason) = lost {
+                break reason;
+            }
+            // The relay carrying the control leg is gone: move it to the twin,
+            // which knows the session by replication.
+            match self.move_control().await {
+                Some(moved) => io = moved,
+                None => break Reason::RelayGone,
+            }
         };
         if let Ok(mut r) = self.end_reason.lock() {
             r.get_or_insert(reason);
         }
         self.ended.cancel();
+    }
+
+    /// Relays to try after a failure: the ones not in use first.
+    fn failover_order(&self) -> Vec<RelayEntry> {
+        let current = self.current.lock().map(|c| c.name.clone()).unwrap_or_default();
+        let (mut others, same): (Vec<_>, Vec<_>) = self.relays.iter().cloned().partition(|r| r.name != current);
+        others.extend(same);
+        others
+    }
+
+    fn set_current(&self, relay: &RelayEntry) {
+        if let Ok(mut c) = self.current.lock() {
+            *c = relay.clone();
+        }
+    }
+
+    /// The relay the session uses now.
+    pub fn current_relay(&self) -> RelayEntry {
+        self.current.lock().map(|c| c.clone()).unwrap_or_else(|_| self.relay.clone())
+    }
+
+    async fn move_control(&self) -> Option<FrameIo<TlsStream<TcpStream>>> {
+        let deadline = tokio::time::Instant::now() + MOVE_DEADLINE;
+        while tokio::time::Instant::now() < deadline && !self.ended.is_cancelled() {
+            for relay in self.failover_order() {
+                let Ok(conn) = dial(&relay.addr, relay.server_name(), self.tls.clone()).await else { continue };
+                let mut io = FrameIo::new(conn);
+                let mac = crate::proto::leg_mac(&self.token, crate::proto::LegSide::Control, &self.id, 0);
+                if io.write_frame(&Frame::ClientResume { version: VERSION, session: self.id, mac }).await.is_err() {
+                    continue;
+                }
+                match tokio::time::timeout(tls::DIAL_TIMEOUT, io.read_frame()).await {
+                    Ok(Ok(Frame::SessionReady { .. })) => {
+                        tracing::info!(session = %self.id, relay = %relay.name, "control leg moved");
+                        self.set_current(&relay);
+                        return Some(io);
+                    }
+                    Ok(Ok(Frame::Error { reason: Reason::UnknownSession, .. })) => continue,
+                    _ => continue,
+                }
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+        None
     }
 
     /// Why the session ended, once it has.
@@ -184,40 +285,54 @@ impl ClientSession {
     }
 
     /// Opens one tunnelled connection to the device's service.
-    pub async fn connect(&self) -> Result<Tunnel, ClientError> {
-        self.connect_via(&self.relay).await
+    pub async fn connect(self: &Arc<Self>) -> Result<Tunnel, ClientError> {
+        let relay = self.current_relay();
+        self.connect_via(&relay).await
     }
 
     /// Opens one tunnelled connection through `relay`, which may be the twin of
     /// the relay that admitted the session (it knows the session by replication).
-    pub async fn connect_via(&self, relay: &RelayEntry) -> Result<Tunnel, ClientError> {
+    pub async fn connect_via(self: &Arc<Self>, relay: &RelayEntry) -> Result<Tunnel, ClientError> {
+        let (conn, leg) = self.join_leg(relay, 0).await?;
+        let key = ResumeKey::default();
+        let source = Box::new(DialLegs { session: self.clone(), conn });
+        let (pipe, _driver) = resumable::start(leg, Side::Client, conn, key.clone(), source, ResumeConfig::default());
+        let name = tls::server_name(&self.device)?;
+        let handshake = tokio_rustls::TlsConnector::from(self.e2e.clone()).connect(name, pipe);
+        let t = match tokio::time::timeout(E2E_TIMEOUT, handshake).await {
+            Ok(Ok(t)) => t,
+            Ok(Err(e)) => return Err(ClientError::EndToEnd(e.to_string())),
+            Err(_) => return Err(ClientError::EndToEnd("handshake timed out".into())),
+        };
+        let mut k = [0u8; 32];
+        if t.get_ref().1.export_keying_material(&mut k, resumable::EXPORT_LABEL, Some(&conn.to_be_bytes())).is_ok() {
+            let _ = key.set(k);
+        }
+        Ok(t)
+    }
+
+    /// Dials a leg through `relay` and joins it to the session: a new
+    /// connection (`resumes` = 0) or a replacement leg for connection `resumes`.
+    /// Returns the connection number it used, and the paired leg.
+    async fn join_leg(&self, relay: &RelayEntry, resumes: u32) -> Result<(u32, (Leg, Bytes)), ClientError> {
         if self.ended.is_cancelled() {
             return Err(ClientError::Ended(self.end_reason().unwrap_or(Reason::Unknown)));
         }
-        let conn = crate::leg::dial(&relay.addr, self.raw_legs, relay.server_name(), self.tls.clone())
+        let leg = crate::leg::dial(&relay.addr, self.raw_legs, relay.server_name(), self.tls.clone())
             .await
             .map_err(|source| ClientError::Dial { relay: relay.name.clone(), addr: relay.addr.clone(), source })?;
-        let mut io = FrameIo::new(conn);
+        let mut io = FrameIo::new(leg);
         let conn = self.next_conn.fetch_add(1, Ordering::Relaxed);
         let mac = crate::proto::leg_mac(&self.token, crate::proto::LegSide::Client, &self.id, conn);
-        let join = Frame::ClientJoin { version: VERSION, session: self.id, conn, mac };
+        let join = Frame::ClientJoin { version: VERSION, session: self.id, conn, mac, resumes };
         let proto_err = |detail: String| ClientError::Protocol { relay: relay.name.clone(), detail };
         io.write_frame(&join).await.map_err(|e| proto_err(e.to_string()))?;
-        match io.read_frame().await {
-            Ok(Frame::Paired { .. }) => {
-                let (stream, prefix) = io.into_parts();
-                let name = tls::server_name(&self.device)?;
-                let handshake =
-                    tokio_rustls::TlsConnector::from(self.e2e.clone()).connect(name, Prefixed::new(prefix, stream));
-                match tokio::time::timeout(E2E_TIMEOUT, handshake).await {
-                    Ok(Ok(t)) => Ok(t),
-                    Ok(Err(e)) => Err(ClientError::EndToEnd(e.to_string())),
-                    Err(_) => Err(ClientError::EndToEnd("handshake timed out".into())),
-                }
-            }
-            Ok(Frame::Error { reason, message }) => Err(ClientError::Refused { reason, message }),
-            Ok(other) => Err(proto_err(format!("unexpected {}", other.kind()))),
-            Err(e) => Err(proto_err(e.to_string())),
+        match tokio::time::timeout(tls::DIAL_TIMEOUT, io.read_frame()).await {
+            Ok(Ok(Frame::Paired { .. })) => Ok((conn, io.into_parts())),
+            Ok(Ok(Frame::Error { reason, message })) => Err(ClientError::Refused { reason, message }),
+            Ok(Ok(other)) => Err(proto_err(format!("unexpected {}", other.kind()))),
+            Ok(Err(e)) => Err(proto_err(e.to_string())),
+            Err(_) => Err(proto_err("no answer in time".into())),
         }
     }
 
@@ -248,11 +363,11 @@ impl ClientSession {
                     }
                 };
                 tokio::select! {
-                    r = splice(local, bytes::Bytes::new(), tunnel, bytes::Bytes::new(), Meter::new(&s.to_device), Meter::new(&s.to_client)) => match r {
-                        // Read the leg's own close_notify so that closing sends FIN, not RST.
-                        Ok((_local, tunnel)) => crate::splice::drain(tunnel.into_inner().0).await,
-                        Err(e) => tracing::debug!(%peer, error = %e, "tunnelled connection closed"),
-                    },
+                    r = splice(local, bytes::Bytes::new(), tunnel, bytes::Bytes::new(), Meter::new(&s.to_device), Meter::new(&s.to_client)) => {
+                        if let Err(e) = r {
+                            tracing::debug!(%peer, error = %e, "tunnelled connection closed");
+                        }
+                    }
                     _ = s.ended.cancelled() => {}
                 }
             });

@@ -50,6 +50,8 @@ pub enum Frame {
         session: SessionId,
         conn: u32,
         key: [u8; 32],
+        /// Non-zero: this leg replaces a broken one of connection `resumes`.
+        resumes: u32,
     },
     /// agent -> relay: the data leg for `conn` will not come.
     OpenFailed {
@@ -88,6 +90,15 @@ pub enum Frame {
         version: u16,
         session: SessionId,
         conn: u32,
+        mac: [u8; 32],
+        /// Non-zero: this leg replaces a broken one of connection `resumes`.
+        resumes: u32,
+    },
+    /// client -> relay, first frame of a session's control leg moved to this
+    /// relay (the previous one failed); `mac` under the session token.
+    ClientResume {
+        version: u16,
+        session: SessionId,
         mac: [u8; 32],
     },
     /// agent -> relay, first frame of a data leg; `mac` under the `Open` key.
@@ -137,6 +148,7 @@ const SESSION_READY: u8 = 11;
 const CLIENT_JOIN: u8 = 12;
 const DATA_OPEN: u8 = 13;
 const PAIRED: u8 = 14;
+const CLIENT_RESUME: u8 = 15;
 const TWIN_HELLO: u8 = 20;
 const TWIN_SNAPSHOT: u8 = 21;
 const TWIN_SNAPSHOT_END: u8 = 22;
@@ -201,11 +213,12 @@ impl Frame {
                 });
                 buf.put_u16(reason.code());
             }
-            Frame::Open { session, conn, key } => {
+            Frame::Open { session, conn, key, resumes } => {
                 buf.put_u8(OPEN);
                 put_sid(buf, session);
                 buf.put_u32(*conn);
                 buf.put_slice(key);
+                buf.put_u32(*resumes);
             }
             Frame::OpenFailed { session, conn, reason } => {
                 buf.put_u8(OPEN_FAILED);
@@ -237,11 +250,18 @@ impl Frame {
                 buf.put_slice(token);
                 buf.put_u8(u8::from(*raw_legs));
             }
-            Frame::ClientJoin { version, session, conn, mac } => {
+            Frame::ClientJoin { version, session, conn, mac, resumes } => {
                 buf.put_u8(CLIENT_JOIN);
                 buf.put_u16(*version);
                 put_sid(buf, session);
                 buf.put_u32(*conn);
+                buf.put_slice(mac);
+                buf.put_u32(*resumes);
+            }
+            Frame::ClientResume { version, session, mac } => {
+                buf.put_u8(CLIENT_RESUME);
+                buf.put_u16(*version);
+                put_sid(buf, session);
                 buf.put_slice(mac);
             }
             Frame::DataOpen { version, session, conn, mac } => {
@@ -332,7 +352,7 @@ impl Frame {
                 },
                 reason: get_reason(b)?,
             },
-            OPEN => Frame::Open { session: get_sid(b)?, conn: get_u32(b)?, key: get_array(b)? },
+            OPEN => Frame::Open { session: get_sid(b)?, conn: get_u32(b)?, key: get_array(b)?, resumes: get_u32(b)? },
             OPEN_FAILED => Frame::OpenFailed { session: get_sid(b)?, conn: get_u32(b)?, reason: get_reason(b)? },
             SESSION_END => Frame::SessionEnd {
                 session: get_sid(b)?,
@@ -345,9 +365,14 @@ impl Frame {
                 Frame::ClientOpen { version: get_u16(b)?, grant: SignedGrant::decode(b)?, service: get_str(b)? }
             }
             SESSION_READY => Frame::SessionReady { session: get_sid(b)?, token: get_array(b)?, raw_legs: get_bool(b)? },
-            CLIENT_JOIN => {
-                Frame::ClientJoin { version: get_u16(b)?, session: get_sid(b)?, conn: get_u32(b)?, mac: get_array(b)? }
-            }
+            CLIENT_JOIN => Frame::ClientJoin {
+                version: get_u16(b)?,
+                session: get_sid(b)?,
+                conn: get_u32(b)?,
+                mac: get_array(b)?,
+                resumes: get_u32(b)?,
+            },
+            CLIENT_RESUME => Frame::ClientResume { version: get_u16(b)?, session: get_sid(b)?, mac: get_array(b)? },
             DATA_OPEN => {
                 Frame::DataOpen { version: get_u16(b)?, session: get_sid(b)?, conn: get_u32(b)?, mac: get_array(b)? }
             }
@@ -374,6 +399,7 @@ impl Frame {
             Frame::SessionEnd { .. } => "session_end",
             Frame::Error { .. } => "error",
             Frame::ClientOpen { .. } => "client_open",
+            Frame::ClientResume { .. } => "client_resume",
             Frame::SessionReady { .. } => "session_ready",
             Frame::ClientJoin { .. } => "client_join",
             Frame::DataOpen { .. } => "data_open",

@@ -101,6 +101,8 @@ impl fmt::Debug for SessionId {
 pub enum LegSide {
     Client,
     Device,
+    /// A session's control leg moving to another relay.
+    Control,
 }
 
 /// HMAC-SHA-256 binding a leg to `(session, conn)` under a secret that only
@@ -113,6 +115,7 @@ pub fn leg_mac(key: &[u8; 32], side: LegSide, session: &SessionId, conn: u32) ->
     ctx.update(match side {
         LegSide::Client => b"tether leg client",
         LegSide::Device => b"tether leg device",
+        LegSide::Control => b"tether leg control",
     });
     ctx.update(&session.0);
     ctx.update(&conn.to_be_bytes());

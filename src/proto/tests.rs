@@ -49,7 +49,12 @@ fn frame() -> impl Strategy<Value = Frame> {
             outcome: if ok { Outcome::Allowed } else { Outcome::Refused },
             reason
         }),
-        (sid(), any::<u32>(), any::<[u8; 32]>()).prop_map(|(session, conn, key)| Frame::Open { session, conn, key }),
+        (sid(), any::<u32>(), any::<[u8; 32]>()).prop_map(|(session, conn, key)| Frame::Open {
+            session,
+            conn,
+            key,
+            resumes: conn / 3
+        }),
         (sid(), any::<u32>(), reason()).prop_map(|(session, conn, reason)| Frame::OpenFailed { session, conn, reason }),
         (sid(), reason(), any::<u64>(), any::<u64>()).prop_map(
             |(session, reason, bytes_to_device, bytes_to_client)| {
@@ -67,8 +72,14 @@ fn frame() -> impl Strategy<Value = Frame> {
             token,
             raw_legs
         }),
-        (any::<u16>(), sid(), any::<u32>(), any::<[u8; 32]>())
-            .prop_map(|(version, session, conn, mac)| Frame::ClientJoin { version, session, conn, mac }),
+        (any::<u16>(), sid(), any::<u32>(), any::<[u8; 32]>()).prop_map(|(version, session, conn, mac)| {
+            Frame::ClientJoin { version, session, conn, mac, resumes: conn / 2 }
+        }),
+        (any::<u16>(), sid(), any::<[u8; 32]>()).prop_map(|(version, session, mac)| Frame::ClientResume {
+            version,
+            session,
+            mac
+        }),
         (any::<u16>(), sid(), any::<u32>(), any::<[u8; 32]>())
             .prop_map(|(version, session, conn, mac)| Frame::DataOpen { version, session, conn, mac }),
         (sid(), any::<u32>()).prop_map(|(session, conn)| Frame::Paired { session, conn }),

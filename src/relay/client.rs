@@ -47,8 +47,16 @@ pub async fn serve(state: Arc<State>, accepted: Accepted, peer: SocketAddr) {
             Ok(()) => open(state, io, peer, grant, service).await,
             Err(e) => refuse(&state, &mut io, peer, Reason::VersionMismatch, &e.to_string(), None).await,
         },
-        Ok(Ok(Frame::ClientJoin { version, session, conn, mac })) => match proto::check_version(version) {
-            Ok(()) => join(state, io, peer, session, conn, mac).await,
+        Ok(Ok(Frame::ClientJoin { version, session, conn, mac, resumes })) => match proto::check_version(version) {
+            Ok(()) => join(state, io, peer, session, conn, mac, resumes).await,
+            Err(e) => refuse(&state, &mut io, peer, Reason::VersionMismatch, &e.to_string(), None).await,
+        },
+        // The session's token must never cross a raw leg.
+        Ok(Ok(Frame::ClientResume { .. })) if !is_tls => {
+            refuse(&state, &mut io, peer, Reason::BadFrame, "client_resume requires TLS", None).await
+        }
+        Ok(Ok(Frame::ClientResume { version, session, mac })) => match proto::check_version(version) {
+            Ok(()) => resume_control(state, io, peer, session, mac).await,
             Err(e) => refuse(&state, &mut io, peer, Reason::VersionMismatch, &e.to_string(), None).await,
         },
         Ok(Ok(other)) => {
@@ -163,6 +171,13 @@ async fn open(state: Arc<State>, mut io: Io, peer: SocketAddr, signed: SignedGra
     if io.write_frame(&ready).await.is_err() {
         return state.end_session(id, Reason::ClientClosed, true);
     }
+    control_loop(&state, io, &session).await
+}
+
+/// The session's control leg: runs until the client leaves, the session ends
+/// elsewhere, or it expires.
+async fn control_loop(state: &State, mut io: Io, session: &Session) {
+    let id = session.id;
     let max = Duration::from_secs(state.cfg.limits.max_session_secs);
     let reason = loop {
         tokio::select! {
@@ -188,7 +203,29 @@ async fn open(state: Arc<State>, mut io: Io, peer: SocketAddr, signed: SignedGra
     let _ = io.write_frame(&end).await;
 }
 
-async fn join(state: Arc<State>, mut io: Io, peer: SocketAddr, id: SessionId, conn: u32, mac: [u8; 32]) {
+/// The session's control leg moves here (its relay failed); the session is
+/// ours or the twin's by replication.
+async fn resume_control(state: Arc<State>, mut io: Io, peer: SocketAddr, id: SessionId, mac: [u8; 32]) {
+    tracing::Span::current().record("session", id.to_string());
+    let Some(session) = find_session(&state, id).await else {
+        return refuse(&state, &mut io, peer, Reason::UnknownSession, "no such live session", None).await;
+    };
+    if !proto::leg_mac_ok(&session.token, LegSide::Control, &id, 0, &mac) {
+        return refuse(&state, &mut io, peer, Reason::BadToken, "wrong resume MAC", Some((id, &session.device))).await;
+    }
+    state.audit.record(
+        "session_control_moved",
+        json!({"relay": state.cfg.name, "session": id.to_string(), "device": session.device, "client": peer.to_string()}),
+    );
+    let ready = Frame::SessionReady { session: id, token: session.token, raw_legs: state.cfg.raw_legs };
+    if io.write_frame(&ready).await.is_err() {
+        return;
+    }
+    control_loop(&state, io, &session).await
+}
+
+#[allow(clippy::too_many_arguments)]
+async fn join(state: Arc<State>, mut io: Io, peer: SocketAddr, id: SessionId, conn: u32, mac: [u8; 32], resumes: u32) {
     let joined_at = Instant::now();
     tracing::Span::current().record("session", id.to_string());
     // A session the twin admitted pairs here too (the twin replicated it).
@@ -217,7 +254,7 @@ async fn join(state: Arc<State>, mut io: Io, peer: SocketAddr, id: SessionId, co
     let (tx, rx) = oneshot::channel();
     let key: [u8; 32] = crate::random_bytes();
     state.legs.insert((id, conn), (key, tx));
-    if agent_tx.send(Frame::Open { session: id, conn, key }).await.is_err() {
+    if agent_tx.send(Frame::Open { session: id, conn, key, resumes }).await.is_err() {
         state.legs.remove(&(id, conn));
         return refuse(&state, &mut io, peer, Reason::NotAttached, "agent channel closed", Some((id, &session.device)))
             .await;

@@ -9,6 +9,7 @@
 
 pub mod e2e;
 mod prefixed;
+pub mod resumable;
 pub mod resume;
 
 pub use prefixed::Prefixed;

@@ -118,6 +118,11 @@ impl Outbound {
         self.written - self.acked
     }
 
+    /// Bytes handed to the current leg so far.
+    pub fn sent(&self) -> u64 {
+        self.sent
+    }
+
     /// Bytes written by the application so far.
     pub fn written(&self) -> u64 {
         self.written

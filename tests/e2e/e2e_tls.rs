@@ -8,7 +8,7 @@ use std::sync::{Arc, Mutex};
 use tether::client::ClientSession;
 use tether::proto::{Frame, FrameIo, Reason, VERSION};
 use tether::relay::{Listeners, RelayConfig, Taps};
-use tether::stream::{Prefixed, e2e};
+use tether::stream::{Prefixed, e2e, resumable};
 use tether::tls;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpListener;
@@ -190,6 +190,19 @@ async fn a_relay_altering_one_byte_makes_the_tunnel_fail_closed() {
     assert_eq!(got[..], sent[..got.len()], "altered data reached the device's service");
 }
 
+/// No replacement legs (this test never breaks one).
+struct NoLegs;
+
+impl resumable::LegSource for NoLegs {
+    fn next_leg(
+        &mut self,
+    ) -> std::pin::Pin<
+        Box<dyn std::future::Future<Output = std::io::Result<(tether::leg::Leg, bytes::Bytes)>> + Send + '_>,
+    > {
+        Box::pin(async { Err(std::io::Error::new(std::io::ErrorKind::NotFound, "none")) })
+    }
+}
+
 /// Joins a session by hand and runs end-to-end TLS with `key`.
 async fn join_with_key(
     fleet: &Fleet,
@@ -202,12 +215,21 @@ async fn join_with_key(
     let leg = tls::dial(&fleet.relays[0].client.to_string(), "localhost", cfg).await?;
     let mut io = FrameIo::new(leg);
     let mac = tether::proto::leg_mac(&token, tether::proto::LegSide::Client, &session, conn);
-    io.write_frame(&Frame::ClientJoin { version: VERSION, session, conn, mac }).await?;
+    io.write_frame(&Frame::ClientJoin { version: VERSION, session, conn, mac, resumes: 0 }).await?;
     assert!(matches!(within(30, io.read_frame()).await.unwrap(), Frame::Paired { .. }));
     let (leg, prefix) = io.into_parts();
+    let leg: tether::leg::Leg = Box::new(Prefixed::new(prefix, leg));
+    let (pipe, _driver) = resumable::start(
+        (leg, bytes::Bytes::new()),
+        resumable::Side::Client,
+        conn,
+        Default::default(),
+        Box::new(NoLegs),
+        Default::default(),
+    );
     let e2e_cfg = e2e::client_config(&fleet.pki.path("ca.pem"), key).unwrap();
     let name = tls::server_name(DEVICE).unwrap();
-    let mut t = within(30, tokio_rustls::TlsConnector::from(e2e_cfg).connect(name, Prefixed::new(prefix, leg))).await?;
+    let mut t = within(30, tokio_rustls::TlsConnector::from(e2e_cfg).connect(name, pipe)).await?;
     // TLS 1.3: the client learns of a rejected certificate on its first read.
     t.write_all(b"hello").await?;
     t.flush().await?;

@@ -55,7 +55,7 @@ async fn data_legs_and_joins_with_wrong_ids_are_refused() {
 
     // Joins, over TLS and raw: a MAC under the wrong key, an unknown session.
     let wrong = leg_mac(&[7; 32], LegSide::Client, &session.id, 99);
-    let join = |session, mac| Frame::ClientJoin { version: VERSION, session, conn: 99, mac };
+    let join = |session, mac| Frame::ClientJoin { version: VERSION, session, conn: 99, mac, resumes: 0 };
     for ans in [fleet.client_exchange(0, join(session.id, wrong)).await, raw(client, join(session.id, wrong)).await] {
         assert!(is(&ans, Reason::BadToken), "{ans:?}");
     }
@@ -88,7 +88,10 @@ async fn data_legs_and_joins_with_wrong_ids_are_refused() {
 
     // A protocol version this relay does not speak.
     let ans = fleet
-        .client_exchange(0, Frame::ClientJoin { version: VERSION + 1, session: session.id, conn: 5, mac: wrong })
+        .client_exchange(
+            0,
+            Frame::ClientJoin { version: VERSION + 1, session: session.id, conn: 5, mac: wrong, resumes: 0 },
+        )
         .await;
     assert!(is(&ans, Reason::VersionMismatch), "{ans:?}");
 

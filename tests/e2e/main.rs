@@ -6,6 +6,7 @@ mod bad_tls;
 mod consent;
 mod disconnect;
 mod e2e_tls;
+mod failover;
 mod grants;
 mod legs;
 mod no_listen;
