@@ -28,13 +28,18 @@ pub async fn attach_loop(state: Shared, relay: RelayEndpoint) {
     let span = tracing::info_span!("channel", relay = %relay.name, device = %state.cfg.device);
     loop {
         metrics::AGENT_RECONNECTS.with_label_values(&[&relay.name]).inc();
-        let result = attach_once(&state, &relay).instrument(span.clone()).await;
+        let mut attached = false;
+        let result = attach_once(&state, &relay, &mut attached).instrument(span.clone()).await;
         state.relays.remove(&relay.name);
         state.relay_lost(&relay.name);
         metrics::AGENT_CONTROL_CHANNELS.with_label_values(&[&relay.name]).set(0);
-        match result {
-            Ok(()) => backoff = BACKOFF_START, // was attached; start over quickly
-            Err(e) => span.in_scope(|| tracing::warn!(error = %e, "control channel failed")),
+        if let Err(e) = result {
+            span.in_scope(|| tracing::warn!(error = %e, "control channel failed"));
+        }
+        if attached {
+            // It worked until now, however it ended: retry soon, not after the
+            // back-off of earlier failures.
+            backoff = BACKOFF_START;
         }
         let pause = jitter(backoff);
         tokio::select! {
@@ -46,7 +51,8 @@ pub async fn attach_loop(state: Shared, relay: RelayEndpoint) {
 }
 
 /// One attachment. `Ok` means the relay welcomed us and the channel later ended.
-async fn attach_once(state: &Shared, relay: &RelayEndpoint) -> Result<(), String> {
+/// One attachment; `attached` turns true once the relay welcomed us.
+async fn attach_once(state: &Shared, relay: &RelayEndpoint, attached: &mut bool) -> Result<(), String> {
     let tls = tls::dial(&relay.control, relay.server_name(), state.control_tls.clone())
         .await
         .map_err(|e| format!("dial: {e}"))?;
@@ -71,6 +77,7 @@ async fn attach_once(state: &Shared, relay: &RelayEndpoint) -> Result<(), String
     let (tx, mut rx) = mpsc::channel(64);
     state.relays.insert(relay.name.clone(), tx.clone());
     metrics::AGENT_CONTROL_CHANNELS.with_label_values(&[&relay.name]).set(1);
+    *attached = true;
     tracing::info!("attached");
 
     let mut ticker = interval(hb);

@@ -166,6 +166,8 @@ impl State {
         let session = Arc::new(Session::adopted(&fact, attach_id, self.shutdown.child_token()));
         let entry = self.sessions.entry(id).or_insert_with(|| {
             metrics::RELAY_SESSIONS_ACTIVE.inc();
+            // Carried here now: if the admitting twin restarts, it learns the session back.
+            self.publish(Fact::SessionUp(fact.clone()));
             self.audit.record(
                 "session_adopted",
                 json!({"relay": self.cfg.name, "session": id.to_string(), "device": fact.device, "service": fact.service,
@@ -178,8 +180,7 @@ impl State {
 
     /// Our facts as they stand, for a snapshot to the twin.
     pub fn own_facts(&self) -> Vec<Fact> {
-        let mut facts: Vec<Fact> =
-            self.sessions.iter().filter(|s| !s.adopted).map(|s| Fact::SessionUp(s.fact())).collect();
+        let mut facts: Vec<Fact> = self.sessions.iter().map(|s| Fact::SessionUp(s.fact())).collect();
         facts.extend(
             self.consumed_snapshot().into_iter().map(|(session, expires_at)| Fact::Consumed { session, expires_at }),
         );
@@ -208,9 +209,8 @@ impl State {
                 "bytes_to_device": to_device, "bytes_to_client": to_client,
             }),
         );
-        if !s.adopted {
-            self.publish(Fact::SessionDown { session: id, reason });
-        }
+        // Whichever twin ends a session says so; the other ends its copy.
+        self.publish(Fact::SessionDown { session: id, reason });
         if tell_agent && let Some(agent) = self.agents.get(&s.device) {
             let _ = agent.tx.try_send(Frame::SessionEnd {
                 session: id,

@@ -23,7 +23,7 @@ use crate::tls::{self, Identity};
 pub const ALPN_TWIN: &[u8] = b"tether-twin/1";
 
 const BACKOFF_START: Duration = Duration::from_millis(200);
-const BACKOFF_CAP: Duration = Duration::from_secs(5);
+const BACKOFF_CAP: Duration = Duration::from_secs(2);
 
 /// Starts both halves of the link: accepting the twin's facts, and sending ours.
 pub fn start(state: Arc<State>, listener: TcpListener) -> Result<(), RelayError> {
@@ -101,8 +101,9 @@ async fn receive(state: &State, tcp: TcpStream, peer: SocketAddr, acceptor: &Tls
         match frame {
             Ok(Frame::TwinSnapshot) => state.peer().snapshot_begin(),
             Ok(Frame::TwinSnapshotEnd { seq }) => {
+                // A twin that restarted knows less than before; sessions we
+                // carry stay until someone ends them.
                 state.peer().snapshot_end();
-                end_vanished_adoptions(state);
                 if io.write_frame(&Frame::TwinAck { seq }).await.is_err() {
                     return "ack failed".into();
                 }
@@ -114,10 +115,9 @@ async fn receive(state: &State, tcp: TcpStream, peer: SocketAddr, acceptor: &Tls
                     _ => None,
                 };
                 state.peer().apply(fact);
-                // The twin ended a session we had taken up: end our copy too.
-                if let Some((id, reason)) = ended
-                    && state.sessions.get(&id).is_some_and(|s| s.adopted)
-                {
+                // The twin ended a session we hold too: end our copy (the
+                // device was told by the twin).
+                if let Some((id, reason)) = ended {
                     state.end_session(id, reason, false);
                 }
                 if io.write_frame(&Frame::TwinAck { seq }).await.is_err() {
@@ -128,17 +128,6 @@ async fn receive(state: &State, tcp: TcpStream, peer: SocketAddr, acceptor: &Tls
             Err(FrameIoError::Closed) => return "twin closed".into(),
             Err(e) => return e.to_string(),
         }
-    }
-}
-
-/// After a snapshot, adopted sessions the twin no longer holds have ended.
-fn end_vanished_adoptions(state: &State) {
-    let gone: Vec<_> = {
-        let peer = state.peer();
-        state.sessions.iter().filter(|s| s.adopted && !peer.sessions.contains_key(&s.id)).map(|s| s.id).collect()
-    };
-    for id in gone {
-        state.end_session(id, Reason::Unknown, false);
     }
 }
 

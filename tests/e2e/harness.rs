@@ -374,10 +374,13 @@ pub fn parse_metric(text: &str, name: &str, labels: &[&str]) -> f64 {
 }
 
 pub async fn http_get(addr: SocketAddr, path: &str) -> String {
-    let mut s = TcpStream::connect(addr).await.unwrap();
-    s.write_all(format!("GET {path} HTTP/1.1\r\nHost: x\r\n\r\n").as_bytes()).await.unwrap();
+    // A relay that is (re)starting answers nothing yet: that reads as empty.
+    let Ok(mut s) = TcpStream::connect(addr).await else { return String::new() };
+    if s.write_all(format!("GET {path} HTTP/1.1\r\nHost: x\r\n\r\n").as_bytes()).await.is_err() {
+        return String::new();
+    }
     let mut out = String::new();
-    s.read_to_string(&mut out).await.unwrap();
+    let _ = s.read_to_string(&mut out).await;
     out
 }
 
@@ -437,5 +440,45 @@ impl CountingService {
             }
         });
         CountingService { addr, conns, bytes, open }
+    }
+}
+
+impl Fleet {
+    /// Restarts relay `i` in place: same ports (pinned on first restart), same
+    /// twin, fresh state (as after a crash).
+    pub fn restart_relay(&mut self, i: usize) {
+        let name = self.relays[i].name.clone();
+        let cfg = self.dir().join(format!("{name}.toml"));
+        let r = &self.relays[i];
+        let text = std::fs::read_to_string(&cfg)
+            .unwrap()
+            .replacen("control = \"127.0.0.1:0\"", &format!("control = \"{}\"", r.control), 1)
+            .replacen("data = \"127.0.0.1:0\"", &format!("data = \"{}\"", r.data), 1)
+            .replacen("client = \"127.0.0.1:0\"", &format!("client = \"{}\"", r.client), 1)
+            .replacen("admin = \"127.0.0.1:0\"", &format!("admin = \"{}\"", r.admin), 1);
+        std::fs::write(&cfg, text).unwrap();
+        self.relays[i].proc.kill();
+        let child = Command::new(BIN)
+            .args(["relay", "--config"])
+            .arg(&cfg)
+            .stdout(Stdio::null())
+            .stderr(log_file(self.dir(), &format!("{name}-restarted")))
+            .spawn()
+            .unwrap();
+        self.relays[i].proc = Proc { child };
+    }
+
+    /// The tail of every log in the fleet's folder (for failure messages).
+    pub fn logs(&self) -> String {
+        let mut out = String::new();
+        for e in std::fs::read_dir(self.dir()).unwrap().flatten() {
+            let p = e.path();
+            if p.extension().is_some_and(|x| x == "log") {
+                let text = std::fs::read_to_string(&p).unwrap_or_default();
+                let tail: Vec<&str> = text.lines().rev().take(15).collect();
+                out += &format!("== {}\n{}\n", p.display(), tail.into_iter().rev().collect::<Vec<_>>().join("\n"));
+            }
+        }
+        out
     }
 }
