@@ -285,9 +285,28 @@ impl ClientSession {
     }
 
     /// Opens one tunnelled connection to the device's service.
+    /// Uses the relay the session uses now, or its twin when that one is
+    /// draining or unreachable.
     pub async fn connect(self: &Arc<Self>) -> Result<Tunnel, ClientError> {
-        let relay = self.current_relay();
-        self.connect_via(&relay).await
+        let current = self.current_relay();
+        let mut tried = vec![current.clone()];
+        tried.extend(self.relays.iter().filter(|r| r.name != current.name).cloned());
+        let mut last = None;
+        for relay in tried {
+            match self.connect_via(&relay).await {
+                Ok(t) => {
+                    self.set_current(&relay);
+                    return Ok(t);
+                }
+                Err(e @ (ClientError::Dial { .. } | ClientError::Protocol { .. })) => last = Some(e),
+                Err(ClientError::Refused {
+                    reason: reason @ (Reason::RelayShutdown | Reason::NotAttached | Reason::Overloaded),
+                    message,
+                }) => last = Some(ClientError::Refused { reason, message }),
+                Err(e) => return Err(e),
+            }
+        }
+        Err(last.unwrap_or(ClientError::Ended(Reason::Unknown)))
     }
 
     /// Opens one tunnelled connection through `relay`, which may be the twin of

@@ -14,7 +14,7 @@ const MAX_REQUEST: usize = 8 * 1024;
 pub async fn serve(listener: TcpListener, state: Arc<State>) {
     loop {
         let (tcp, _) = tokio::select! {
-            _ = state.shutdown.cancelled() => return,
+            _ = state.drain.cancelled() => return,
             r = listener.accept() => match r {
                 Ok(x) => x,
                 Err(_) => { tokio::time::sleep(Duration::from_millis(100)).await; continue; }

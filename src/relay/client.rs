@@ -8,6 +8,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::json;
 use tokio::sync::oneshot;
+use tokio_util::sync::CancellationToken;
 
 use super::Accepted;
 use super::session::Session;
@@ -158,7 +159,7 @@ async fn open(state: Arc<State>, mut io: Io, peer: SocketAddr, signed: SignedGra
         return refuse(&state, &mut io, peer, reason, "refused by the device", Some((id, &grant.device))).await;
     }
 
-    let session = Arc::new(Session::new(&grant, &service, peer.to_string(), attach_id, state.shutdown.child_token()));
+    let session = Arc::new(Session::new(&grant, &service, peer.to_string(), attach_id, CancellationToken::new()));
     state.sessions.insert(id, session.clone());
     metrics::RELAY_SESSIONS_ACTIVE.inc();
     state.publish(crate::proto::twin::Fact::SessionUp(session.fact()));
@@ -181,6 +182,8 @@ async fn control_loop(state: &State, mut io: Io, session: &Session) {
     let max = Duration::from_secs(state.cfg.limits.max_session_secs);
     let reason = loop {
         tokio::select! {
+            // Drained: let go without ending; the client moves to the twin.
+            _ = state.drain.cancelled() => return,
             _ = session.end.cancelled() => break None,
             _ = tokio::time::sleep_until((session.started + max).into()) => break Some(Reason::SessionExpired),
             f = io.read_frame() => match f {
@@ -303,6 +306,8 @@ async fn join(state: Arc<State>, mut io: Io, peer: SocketAddr, id: SessionId, co
             Meter::with_metric(&session.to_client, &to_client).tapped(state.taps.to_client.as_ref()),
         ) => r.map(|_| ()).map_err(|e| e.to_string()),
         _ = session.end.cancelled() => Err("session ended".into()),
+        // Drained: the ends resume this connection through the twin.
+        _ = state.drain.cancelled() => Err("relay drained".into()),
     };
     metrics::RELAY_TUNNELS_ACTIVE.dec();
     tracing::debug!(conn, ?result, "tunnel closed");

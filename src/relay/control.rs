@@ -101,7 +101,7 @@ async fn attached(
 ) {
     let attach_id = state.next_attach_id();
     let (tx, mut rx) = mpsc::channel(64);
-    let cancel = state.shutdown.child_token();
+    let cancel = state.drain.child_token();
     if let Some(old) = state.agents.insert(device.clone(), AgentHandle { attach_id, tx, cancel: cancel.clone() }) {
         old.cancel.cancel();
     }

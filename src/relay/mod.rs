@@ -131,6 +131,7 @@ pub async fn run_with_taps(
 
     shutdown.cancelled().await;
     state.ready.store(false, Ordering::Relaxed);
+    drain(&state).await;
     tracker.close();
     let drain = Duration::from_secs(state.cfg.limits.drain_secs);
     if tokio::time::timeout(drain, tracker.wait()).await.is_err() {
@@ -226,4 +227,28 @@ async fn accept_loop<F, Fut>(
             .instrument(span),
         );
     }
+}
+
+/// SIGTERM. With a twin: stop admitting (`/readyz` 503, new client legs
+/// refused), let replication catch up, then let go of every connection without
+/// ending a session: clients and agents resume them through the twin. Without
+/// a twin: end every session as `relay_shutdown`.
+async fn drain(state: &State) {
+    if state.cfg.twin.is_some() {
+        let t0 = std::time::Instant::now();
+        while state.twin_lag.load(Ordering::Relaxed) > 0 && t0.elapsed() < Duration::from_secs(2) {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        let sessions = state.sessions.len();
+        tracing::info!(sessions, "draining: live sessions move to the twin");
+        state.audit.record("relay_draining", serde_json::json!({"relay": state.cfg.name, "sessions": sessions}));
+    } else {
+        let ids: Vec<_> = state.sessions.iter().map(|s| s.id).collect();
+        for id in ids {
+            state.end_session(id, crate::proto::Reason::RelayShutdown, true);
+        }
+        // Let control legs tell their clients why.
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    state.drain.cancel();
 }

@@ -57,6 +57,11 @@ pub struct State {
     pub peer: Mutex<PeerView>,
     /// The twin's facts are flowing to us.
     pub twin_in_up: AtomicBool,
+    /// Facts sent to the twin and not yet acknowledged.
+    pub twin_lag: AtomicU64,
+    /// Cancelled when the relay lets go of its connections: at the end of a
+    /// drain (sessions go on at the twin) or of a shutdown without twin.
+    pub drain: CancellationToken,
 }
 
 impl State {
@@ -85,6 +90,8 @@ impl State {
             facts: broadcast::channel(8192).0,
             peer: Mutex::new(PeerView::default()),
             twin_in_up: AtomicBool::new(false),
+            twin_lag: AtomicU64::new(0),
+            drain: CancellationToken::new(),
             cfg,
         }))
     }
@@ -163,7 +170,7 @@ impl State {
     pub fn adopt(&self, id: SessionId) -> Option<Arc<Session>> {
         let fact = self.peer().sessions.get(&id).cloned()?;
         let attach_id = self.agents.get(&fact.device).map(|a| a.attach_id)?;
-        let session = Arc::new(Session::adopted(&fact, attach_id, self.shutdown.child_token()));
+        let session = Arc::new(Session::adopted(&fact, attach_id, CancellationToken::new()));
         let entry = self.sessions.entry(id).or_insert_with(|| {
             metrics::RELAY_SESSIONS_ACTIVE.inc();
             // Carried here now: if the admitting twin restarts, it learns the session back.
@@ -223,6 +230,11 @@ impl State {
 
     /// Ends every session admitted through a control channel that is gone.
     pub fn agent_gone(&self, device: &str, attach_id: u64) {
+        if self.drain.is_cancelled() && self.cfg.twin.is_some() {
+            // Drained: the sessions go on at the twin.
+            self.decisions.retain(|_, (a, _)| *a != attach_id);
+            return;
+        }
         let ids: Vec<SessionId> =
             self.sessions.iter().filter(|s| s.device == device && s.attach_id == attach_id).map(|s| s.id).collect();
         // During shutdown the channels close because of us, not the agent.

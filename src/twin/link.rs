@@ -42,7 +42,7 @@ pub fn start(state: Arc<State>, listener: TcpListener) -> Result<(), RelayError>
 async fn accept_loop(state: Arc<State>, listener: TcpListener, acceptor: TlsAcceptor, twin: TwinConfig) {
     loop {
         let (tcp, peer) = tokio::select! {
-            _ = state.shutdown.cancelled() => return,
+            _ = state.drain.cancelled() => return,
             r = listener.accept() => match r {
                 Ok(x) => x,
                 Err(_) => { tokio::time::sleep(Duration::from_millis(100)).await; continue; }
@@ -95,7 +95,7 @@ async fn receive(state: &State, tcp: TcpStream, peer: SocketAddr, acceptor: &Tls
     state.audit.record("twin_link_up", json!({"relay": state.cfg.name, "twin": twin.name, "direction": "in"}));
     loop {
         let frame = tokio::select! {
-            _ = state.shutdown.cancelled() => return "shutdown".into(),
+            _ = state.drain.cancelled() => return "drained".into(),
             f = io.read_frame() => f,
         };
         match frame {
@@ -144,7 +144,7 @@ async fn send_loop(state: Arc<State>, connector: TlsConnector, twin: TwinConfig)
             backoff = BACKOFF_START;
         }
         tokio::select! {
-            _ = state.shutdown.cancelled() => return,
+            _ = state.drain.cancelled() => return,
             _ = tokio::time::sleep(backoff) => {}
         }
         backoff = (backoff * 2).min(BACKOFF_CAP);
@@ -187,7 +187,7 @@ async fn send(state: &State, connector: &TlsConnector, twin: &TwinConfig, mut rx
     let mut tick = tokio::time::interval(Duration::from_secs(1));
     loop {
         tokio::select! {
-            _ = state.shutdown.cancelled() => return "shutdown".into(),
+            _ = state.drain.cancelled() => return "drained".into(),
             f = rx.recv() => match f {
                 Ok(fact) => {
                     let seq = outbox.stamp(Instant::now());
@@ -207,6 +207,7 @@ async fn send(state: &State, connector: &TlsConnector, twin: &TwinConfig, mut rx
             _ = tick.tick() => {}
         }
         let (events, age) = outbox.lag(Instant::now());
+        state.twin_lag.store(events as u64, std::sync::atomic::Ordering::Relaxed);
         metrics::TWIN_LAG_EVENTS.set(events as i64);
         metrics::TWIN_LAG_SECONDS.set(age.as_secs_f64());
     }

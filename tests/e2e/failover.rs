@@ -192,3 +192,60 @@ async fn failover_pause_over_20_kills() {
         pauses[pauses.len() - 1]
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn graceful_drain_moves_live_sessions_with_zero_bytes_lost() {
+    let mut fleet = twins().await;
+    let session = fleet.session("echo").await;
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(session.clone().serve(listener));
+
+    let data = random(32 << 20);
+    let (mut r, mut w) = TcpStream::connect(addr).await.unwrap().into_split();
+    let sent = data.clone();
+    let writer = tokio::spawn(async move {
+        for chunk in sent.chunks(64 * 1024) {
+            w.write_all(chunk).await.unwrap();
+        }
+        w.shutdown().await.unwrap();
+    });
+    let reader = tokio::spawn(async move {
+        let mut got = Vec::new();
+        let r = r.read_to_end(&mut got).await;
+        (got, r.map(|_| ()))
+    });
+    eventually("the transfer is under way through relay-a", async || {
+        fleet.metric(0, "tether_relay_bytes_total", &["to_client"]).await >= (4 << 20) as f64
+    })
+    .await;
+    let pid = fleet.relays[0].proc.pid().to_string();
+    assert!(std::process::Command::new("kill").args(["-TERM", &pid]).status().unwrap().success());
+
+    within(120, writer).await.unwrap();
+    let (got, closed) = within(120, reader).await.unwrap();
+    closed.expect("the local connection saw an error");
+    assert_eq!(Sha256::digest(&got), Sha256::digest(&data), "bytes lost or changed across the drain");
+    let status = within(30, async {
+        loop {
+            if let Some(s) = fleet.relays[0].proc.child.try_wait().unwrap() {
+                break s;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        }
+    })
+    .await;
+    assert!(status.success(), "the drained relay exited with {status}");
+    let audit_a = fleet.relay_audit(0);
+    assert!(audit_a.iter().any(|r| r["event"] == "relay_draining"));
+    assert!(!audit_a.iter().any(|r| r["event"] == "session_end"), "the drain ended a session");
+    assert!(session.end_reason().is_none());
+    assert_eq!(session.current_relay().name, "relay-b");
+    // New connections of the session work through the twin.
+    let mut t = within(30, session.connect()).await.unwrap();
+    t.write_all(b"after drain").await.unwrap();
+    t.flush().await.unwrap();
+    let mut buf = [0u8; 11];
+    within(30, t.read_exact(&mut buf)).await.unwrap();
+    assert_eq!(&buf, b"after drain");
+}
