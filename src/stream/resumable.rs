@@ -559,7 +559,7 @@ async fn write_leg<W: tokio::io::AsyncWrite + Unpin>(sh: &Shared, lw: &mut W, cf
 /// Declares the leg dead after `dead_after` of silence (a frozen relay).
 async fn watch(sh: &Shared, cfg: ResumeConfig) -> LegEnd {
     loop {
-        tokio::time::sleep(cfg.dead_after / 4).await;
+        tokio::time::sleep((cfg.dead_after / 20).max(Duration::from_millis(10))).await;
         let b = sh.book();
         if is_done(&b) {
             // Let the reader see the peer's close.

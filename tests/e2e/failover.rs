@@ -94,7 +94,7 @@ async fn sigkill_of_the_carrying_relay_loses_no_byte() {
 /// SIGKILLs of whichever relay carries it, each followed by a restart of the
 /// victim. No message is lost or reordered; returns the longest gap between
 /// two answers around each kill (the pause the application sees).
-async fn interactive_across_kills(kills: usize) -> Vec<std::time::Duration> {
+async fn interactive_across_kills(kills: usize, freeze: bool) -> Vec<std::time::Duration> {
     use std::time::{Duration, Instant};
     let mut fleet = twins().await;
     let session = fleet.session("echo").await;
@@ -126,7 +126,11 @@ async fn interactive_across_kills(kills: usize) -> Vec<std::time::Duration> {
         let before = count();
         eventually("traffic flows", async || count() >= before + 20).await;
         let killed_at = Instant::now();
-        fleet.relays[victim].proc.kill(); // SIGKILL
+        if freeze {
+            signal(fleet.relays[victim].proc.pid(), "-STOP"); // hung: no FIN, no RST
+        } else {
+            fleet.relays[victim].proc.kill(); // SIGKILL
+        }
         let at_kill = count();
         eventually("traffic flows again", async || count() >= at_kill + 20).await;
         let times = answers.lock().unwrap().clone();
@@ -139,6 +143,10 @@ async fn interactive_across_kills(kills: usize) -> Vec<std::time::Duration> {
         pauses.push(pause);
         assert_ne!(session.current_relay().name, fleet.relays[victim].name, "the session did not move to the twin");
         // Bring the victim back, and wait until it is a full twin again.
+        if freeze {
+            signal(fleet.relays[victim].proc.pid(), "-CONT");
+            continue;
+        }
         fleet.restart_relay(victim);
         let mut attached = false;
         for _ in 0..300 {
@@ -171,7 +179,7 @@ async fn interactive_across_kills(kills: usize) -> Vec<std::time::Duration> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_interactive_session_survives_repeated_relay_kills() {
-    let pauses = interactive_across_kills(3).await;
+    let pauses = interactive_across_kills(3, false).await;
     eprintln!("failover pauses: {pauses:?}");
 }
 
@@ -180,7 +188,7 @@ async fn an_interactive_session_survives_repeated_relay_kills() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 #[ignore = "measurement: 20 kills"]
 async fn failover_pause_over_20_kills() {
-    let mut pauses = interactive_across_kills(20).await;
+    let mut pauses = interactive_across_kills(20, false).await;
     pauses.sort();
     let pct = |p: f64| pauses[((pauses.len() - 1) as f64 * p).round() as usize];
     eprintln!(
@@ -248,4 +256,72 @@ async fn graceful_drain_moves_live_sessions_with_zero_bytes_lost() {
     let mut buf = [0u8; 11];
     within(30, t.read_exact(&mut buf)).await.unwrap();
     assert_eq!(&buf, b"after drain");
+}
+
+fn signal(pid: u32, sig: &str) {
+    assert!(std::process::Command::new("kill").args([sig, &pid.to_string()]).status().unwrap().success());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_frozen_relay_is_detected_and_left_without_corruption() {
+    let fleet = twins().await;
+    let session = fleet.session("echo").await;
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(session.clone().serve(listener));
+
+    let data = random(48 << 20);
+    let (mut r, mut w) = TcpStream::connect(addr).await.unwrap().into_split();
+    let sent = data.clone();
+    let writer = tokio::spawn(async move {
+        for chunk in sent.chunks(64 * 1024) {
+            w.write_all(chunk).await.unwrap();
+        }
+        w.shutdown().await.unwrap();
+    });
+    let reader = tokio::spawn(async move {
+        let mut got = Vec::new();
+        let r = r.read_to_end(&mut got).await;
+        (got, r.map(|_| ()))
+    });
+    eventually("the transfer is under way through relay-a", async || {
+        fleet.metric(0, "tether_relay_bytes_total", &["to_client"]).await >= (8 << 20) as f64
+    })
+    .await;
+    let pid = fleet.relays[0].proc.pid();
+    signal(pid, "-STOP"); // a hung host: no FIN, no RST
+    within(120, writer).await.unwrap();
+    let (got, closed) = within(120, reader).await.unwrap();
+    closed.expect("the local connection saw an error");
+    assert_eq!(Sha256::digest(&got), Sha256::digest(&data), "bytes lost or changed across the freeze");
+
+    // The relay wakes up with stale legs: nothing of it may reach the ends.
+    signal(pid, "-CONT");
+    tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+    let mut t = within(30, session.connect()).await.unwrap();
+    let probe = random(1 << 20);
+    t.write_all(&probe).await.unwrap();
+    t.flush().await.unwrap();
+    let mut back = vec![0u8; probe.len()];
+    within(30, t.read_exact(&mut back)).await.unwrap();
+    assert_eq!(back, probe);
+    assert!(session.end_reason().is_none());
+}
+
+/// `cargo test --test e2e freeze_pause -- --ignored --nocapture`: the pause
+/// across 20 silent failures (SIGSTOP), detected by the ends' own probes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "measurement: 20 freezes"]
+async fn freeze_pause_over_20_sigstops() {
+    let mut pauses = interactive_across_kills(20, true).await;
+    pauses.sort();
+    let pct = |p: f64| pauses[((pauses.len() - 1) as f64 * p).round() as usize];
+    eprintln!(
+        "failover pause over {} SIGSTOPs: p50 {:?}, p90 {:?}, p99 {:?}, max {:?}",
+        pauses.len(),
+        pct(0.5),
+        pct(0.9),
+        pct(0.99),
+        pauses[pauses.len() - 1]
+    );
 }
