@@ -61,6 +61,17 @@ metric!(pub TWIN_LAG_EVENTS: IntGauge = gauge("tether_twin_replication_lag_event
 metric!(pub TWIN_LAG_SECONDS: prometheus::Gauge = reg(prometheus::Gauge::new("tether_twin_replication_lag_seconds", "Age of the oldest fact the twin has not acknowledged").expect("valid metric")));
 metric!(pub TWIN_FACTS_RECEIVED: IntCounter = counter("tether_twin_facts_received_total", "Facts received from the twin"));
 
+// Failover (the agent measures; the relay that handed over the leg reports).
+metric!(pub RELAY_RESUMES: IntCounter = counter("tether_relay_tunnels_resumed_total", "Tunnelled connections resumed on a replacement leg through this relay"));
+metric!(pub RELAY_RETRANSMITTED: IntCounter = counter("tether_relay_retransmitted_bytes_total", "Bytes sent again by the device side after resumes through this relay"));
+metric!(pub RELAY_FAILOVER_PAUSE: Histogram = reg(Histogram::with_opts(
+    HistogramOpts::new("tether_relay_failover_pause_seconds", "Pause of a resumed connection, from its old leg's last frame to the resume (measured at the device)")
+        .buckets(vec![0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.0, 2.5, 3.0, 5.0, 10.0, 30.0]),
+).expect("valid metric")));
+metric!(pub RELAY_RESUMES_REFUSED: IntCounterVec = counter_vec("tether_relay_resumes_refused_total", "Replacement legs refused, by reason", &["reason"]));
+metric!(pub AGENT_RESUMES: IntCounter = counter("tether_agent_tunnels_resumed_total", "Tunnelled connections resumed on a replacement leg"));
+metric!(pub AGENT_RESUMES_REFUSED: IntCounter = counter("tether_agent_resumes_refused_total", "Replacement legs whose resume failed (wrong MAC, silence)"));
+
 // Agent.
 metric!(pub AGENT_CONTROL_CHANNELS: IntGaugeVec = gauge_vec("tether_agent_control_channel_up", "1 while the control channel to a relay is up", &["relay"]));
 metric!(pub AGENT_REFUSALS: IntCounterVec = counter_vec("tether_agent_refusals_total", "Access requests and opens refused by the agent, by reason", &["reason"]));
@@ -109,6 +120,12 @@ pub fn init() {
     LazyLock::force(&TWIN_LAG_EVENTS);
     LazyLock::force(&TWIN_LAG_SECONDS);
     LazyLock::force(&TWIN_FACTS_RECEIVED);
+    LazyLock::force(&RELAY_RESUMES);
+    LazyLock::force(&RELAY_RETRANSMITTED);
+    LazyLock::force(&RELAY_FAILOVER_PAUSE);
+    LazyLock::force(&RELAY_RESUMES_REFUSED);
+    LazyLock::force(&AGENT_RESUMES);
+    LazyLock::force(&AGENT_RESUMES_REFUSED);
     LazyLock::force(&AGENT_CONTROL_CHANNELS);
     LazyLock::force(&AGENT_REFUSALS);
     LazyLock::force(&AGENT_SESSIONS_ACTIVE);

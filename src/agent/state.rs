@@ -32,7 +32,7 @@ pub struct AgentSession {
     /// Connection numbers seen (each may be opened once).
     pub conns: Mutex<std::collections::HashSet<u32>>,
     /// Live resumable streams, by connection number: where replacement legs go.
-    pub resumable: DashMap<u32, mpsc::Sender<(crate::leg::Leg, bytes::Bytes)>>,
+    pub resumable: DashMap<u32, mpsc::Sender<(crate::leg::Leg, bytes::Bytes, String)>>,
 }
 
 /// A request waiting for the on-site operator.

@@ -3,6 +3,7 @@
 //! resumable stream on that leg, then splice TLS and service. A later `Open`
 //! naming `resumes` hands a replacement leg to a live stream whose leg broke.
 use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
@@ -30,17 +31,53 @@ pub struct LegPlan {
     pub resumes: u32,
 }
 
-/// Replacement legs arrive from `Open{resumes}` on any relay of the pair.
-struct HandedLegs(mpsc::Receiver<(Leg, Bytes)>);
+/// Replacement legs arrive from `Open{resumes}` on any relay of the pair; the
+/// name of the relay that handed over the current leg is kept for reports.
+struct HandedLegs {
+    rx: mpsc::Receiver<(Leg, Bytes, String)>,
+    via: Arc<Mutex<String>>,
+}
+
+type LegFuture<'a> = std::pin::Pin<Box<dyn std::future::Future<Output = std::io::Result<(Leg, Bytes)>> + Send + 'a>>;
 
 impl LegSource for HandedLegs {
-    fn next_leg(
-        &mut self,
-    ) -> std::pin::Pin<Box<dyn std::future::Future<Output = std::io::Result<(Leg, Bytes)>> + Send + '_>> {
+    fn next_leg(&mut self) -> LegFuture<'_> {
         Box::pin(async move {
-            self.0.recv().await.ok_or_else(|| std::io::Error::new(std::io::ErrorKind::NotFound, "session over"))
+            let (leg, prefix, relay) = self
+                .rx
+                .recv()
+                .await
+                .ok_or_else(|| std::io::Error::new(std::io::ErrorKind::NotFound, "session over"))?;
+            if let Ok(mut v) = self.via.lock() {
+                *v = relay;
+            }
+            Ok((leg, prefix))
         })
     }
+}
+
+/// Counts and audits resumes, and reports them to the relay that carried them.
+fn on_resume_event(state: Shared, id: SessionId, conn: u32, via: Arc<Mutex<String>>) -> resumable::OnEvent {
+    Box::new(move |event| {
+        let relay = via.lock().map(|v| v.clone()).unwrap_or_default();
+        match event {
+            resumable::ResumeEvent::Resumed { pause, retransmitted } => {
+                metrics::AGENT_RESUMES.inc();
+                let pause_ms = pause.as_millis().min(u128::from(u32::MAX)) as u32;
+                if let Some(tx) = state.relays.get(&relay) {
+                    let _ = tx.try_send(Frame::Resumed { session: id, conn, pause_ms, retransmitted });
+                }
+            }
+            resumable::ResumeEvent::Refused { why } => {
+                metrics::AGENT_RESUMES_REFUSED.inc();
+                state.refused(
+                    "resume_refused",
+                    Reason::ResumeRefused,
+                    json!({"session": id.to_string(), "conn": conn, "relay": relay, "detail": why}),
+                );
+            }
+        }
+    })
 }
 
 /// Dials the data leg and waits for the relay to pair it.
@@ -135,8 +172,11 @@ pub async fn open(
     let (legs_tx, legs_rx) = mpsc::channel(4);
     session.resumable.insert(conn, legs_tx);
     let key = ResumeKey::default();
+    let via = Arc::new(Mutex::new(relay.name.clone()));
+    let source = Box::new(HandedLegs { rx: legs_rx, via: via.clone() });
+    let events = on_resume_event(state.clone(), id, conn, via);
     let (pipe, driver) =
-        resumable::start(leg, Side::Device, conn, key.clone(), Box::new(HandedLegs(legs_rx)), ResumeConfig::default());
+        resumable::start(leg, Side::Device, conn, key.clone(), source, ResumeConfig::default(), Some(events));
     let handshake = tokio_rustls::TlsAcceptor::from(session.e2e.clone()).accept(pipe);
     let e2e = match tokio::time::timeout(SERVICE_TIMEOUT * 2, handshake).await {
         Ok(Ok(s)) => s,
@@ -197,7 +237,7 @@ async fn hand_over(
     };
     match dial_leg(state, relay, &plan, id, conn).await {
         Ok(leg) => {
-            let _ = stream.send(leg).await;
+            let _ = stream.send((leg.0, leg.1, relay.name.clone())).await;
         }
         Err(e) => {
             tracing::warn!(session = %id, conn, error = %e, "replacement data leg failed");

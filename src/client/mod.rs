@@ -315,7 +315,8 @@ impl ClientSession {
         let (conn, leg) = self.join_leg(relay, 0).await?;
         let key = ResumeKey::default();
         let source = Box::new(DialLegs { session: self.clone(), conn });
-        let (pipe, _driver) = resumable::start(leg, Side::Client, conn, key.clone(), source, ResumeConfig::default());
+        let (pipe, _driver) =
+            resumable::start(leg, Side::Client, conn, key.clone(), source, ResumeConfig::default(), None);
         let name = tls::server_name(&self.device)?;
         let handshake = tokio_rustls::TlsConnector::from(self.e2e.clone()).connect(name, pipe);
         let t = match tokio::time::timeout(E2E_TIMEOUT, handshake).await {

@@ -113,6 +113,13 @@ pub enum Frame {
         session: SessionId,
         conn: u32,
     },
+    /// agent -> relay: a connection resumed on a leg this relay handed over.
+    Resumed {
+        session: SessionId,
+        conn: u32,
+        pause_ms: u32,
+        retransmitted: u64,
+    },
     /// twin link, dialler -> listener, first frame: who is sending facts.
     TwinHello {
         version: u16,
@@ -149,6 +156,7 @@ const CLIENT_JOIN: u8 = 12;
 const DATA_OPEN: u8 = 13;
 const PAIRED: u8 = 14;
 const CLIENT_RESUME: u8 = 15;
+const RESUMED: u8 = 16;
 const TWIN_HELLO: u8 = 20;
 const TWIN_SNAPSHOT: u8 = 21;
 const TWIN_SNAPSHOT_END: u8 = 22;
@@ -282,6 +290,13 @@ impl Frame {
                 put_str(buf, relay);
             }
             Frame::TwinSnapshot => buf.put_u8(TWIN_SNAPSHOT),
+            Frame::Resumed { session, conn, pause_ms, retransmitted } => {
+                buf.put_u8(RESUMED);
+                put_sid(buf, session);
+                buf.put_u32(*conn);
+                buf.put_u32(*pause_ms);
+                buf.put_u64(*retransmitted);
+            }
             Frame::TwinSnapshotEnd { seq } => {
                 buf.put_u8(TWIN_SNAPSHOT_END);
                 buf.put_u64(*seq);
@@ -379,6 +394,12 @@ impl Frame {
             PAIRED => Frame::Paired { session: get_sid(b)?, conn: get_u32(b)? },
             TWIN_HELLO => Frame::TwinHello { version: get_u16(b)?, relay: get_str(b)? },
             TWIN_SNAPSHOT => Frame::TwinSnapshot,
+            RESUMED => Frame::Resumed {
+                session: get_sid(b)?,
+                conn: get_u32(b)?,
+                pause_ms: get_u32(b)?,
+                retransmitted: get_u64(b)?,
+            },
             TWIN_SNAPSHOT_END => Frame::TwinSnapshotEnd { seq: get_u64(b)? },
             TWIN_FACT => Frame::TwinFact { seq: get_u64(b)?, fact: Fact::decode(b)? },
             TWIN_ACK => Frame::TwinAck { seq: get_u64(b)? },
@@ -406,6 +427,7 @@ impl Frame {
             Frame::Paired { .. } => "paired",
             Frame::TwinHello { .. } => "twin_hello",
             Frame::TwinSnapshot => "twin_snapshot",
+            Frame::Resumed { .. } => "resumed",
             Frame::TwinSnapshotEnd { .. } => "twin_snapshot_end",
             Frame::TwinFact { .. } => "twin_fact",
             Frame::TwinAck { .. } => "twin_ack",

@@ -75,6 +75,22 @@ pub async fn serve(state: Arc<State>, accepted: Accepted, peer: SocketAddr) {
     }
 }
 
+/// [`refuse`], and counted apart when the join was a replacement leg.
+async fn refuse_join(
+    resumes: u32,
+    state: &State,
+    io: &mut Io,
+    peer: SocketAddr,
+    reason: Reason,
+    detail: &str,
+    session: Option<(SessionId, &str)>,
+) {
+    if resumes != 0 {
+        metrics::RELAY_RESUMES_REFUSED.with_label_values(&[reason.label()]).inc();
+    }
+    refuse(state, io, peer, reason, detail, session).await
+}
+
 /// Counts, audits, and names the reason to the client.
 async fn refuse(
     state: &State,
@@ -233,14 +249,24 @@ async fn join(state: Arc<State>, mut io: Io, peer: SocketAddr, id: SessionId, co
     tracing::Span::current().record("session", id.to_string());
     // A session the twin admitted pairs here too (the twin replicated it).
     let Some(session) = find_session(&state, id).await else {
-        return refuse(&state, &mut io, peer, Reason::UnknownSession, "no such live session", None).await;
+        return refuse_join(resumes, &state, &mut io, peer, Reason::UnknownSession, "no such live session", None).await;
     };
     if !proto::leg_mac_ok(&session.token, LegSide::Client, &id, conn, &mac) {
-        return refuse(&state, &mut io, peer, Reason::BadToken, "wrong join MAC", Some((id, &session.device))).await;
+        return refuse_join(
+            resumes,
+            &state,
+            &mut io,
+            peer,
+            Reason::BadToken,
+            "wrong join MAC",
+            Some((id, &session.device)),
+        )
+        .await;
     }
     let fresh = session.joined.lock().map(|mut j| j.insert(conn)).unwrap_or(false);
     if !fresh {
-        return refuse(
+        return refuse_join(
+            resumes,
             &state,
             &mut io,
             peer,
@@ -251,16 +277,32 @@ async fn join(state: Arc<State>, mut io: Io, peer: SocketAddr, id: SessionId, co
         .await;
     }
     let Some(agent_tx) = state.agents.get(&session.device).map(|a| a.tx.clone()) else {
-        return refuse(&state, &mut io, peer, Reason::NotAttached, "device not attached", Some((id, &session.device)))
-            .await;
+        return refuse_join(
+            resumes,
+            &state,
+            &mut io,
+            peer,
+            Reason::NotAttached,
+            "device not attached",
+            Some((id, &session.device)),
+        )
+        .await;
     };
     let (tx, rx) = oneshot::channel();
     let key: [u8; 32] = crate::random_bytes();
     state.legs.insert((id, conn), (key, tx));
     if agent_tx.send(Frame::Open { session: id, conn, key, resumes }).await.is_err() {
         state.legs.remove(&(id, conn));
-        return refuse(&state, &mut io, peer, Reason::NotAttached, "agent channel closed", Some((id, &session.device)))
-            .await;
+        return refuse_join(
+            resumes,
+            &state,
+            &mut io,
+            peer,
+            Reason::NotAttached,
+            "agent channel closed",
+            Some((id, &session.device)),
+        )
+        .await;
     }
     let wait = Duration::from_millis(state.cfg.limits.pairing_timeout_ms);
     let event = tokio::select! {
@@ -275,7 +317,8 @@ async fn join(state: Arc<State>, mut io: Io, peer: SocketAddr, id: SessionId, co
     let (leg, leg_prefix) = match event {
         LegEvent::Leg(leg, prefix) => (leg, prefix),
         LegEvent::Failed(reason) => {
-            return refuse(
+            return refuse_join(
+                resumes,
                 &state,
                 &mut io,
                 peer,

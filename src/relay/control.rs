@@ -208,6 +208,16 @@ async fn on_frame(
                 let _ = tx.send((proto::Outcome::Refused, reason));
             }
         }
+        Frame::Resumed { session, conn, pause_ms, retransmitted } => {
+            metrics::RELAY_RESUMES.inc();
+            metrics::RELAY_RETRANSMITTED.inc_by(retransmitted);
+            metrics::RELAY_FAILOVER_PAUSE.observe(f64::from(pause_ms) / 1000.0);
+            state.audit.record(
+                "tunnel_resumed",
+                json!({"relay": state.cfg.name, "device": device, "session": session.to_string(), "conn": conn,
+                       "pause_ms": pause_ms, "retransmitted": retransmitted}),
+            );
+        }
         Frame::Error { reason, message } => {
             tracing::warn!(reason = reason.label(), %message, "agent reported an error")
         }

@@ -73,6 +73,19 @@ pub trait LegSource: Send {
     fn next_leg(&mut self) -> LegFuture<'_>;
 }
 
+/// What a stream reports as it happens.
+#[derive(Debug, Clone)]
+pub enum ResumeEvent {
+    /// Resumed on a new leg: the pause since the old leg was last heard, and
+    /// the bytes sent again.
+    Resumed { pause: Duration, retransmitted: u64 },
+    /// A replacement leg failed its resume (wrong MAC, silence, protocol).
+    Refused { why: String },
+}
+
+/// Receives [`ResumeEvent`]s.
+pub type OnEvent = Box<dyn Fn(ResumeEvent) + Send + Sync>;
+
 /// The resume key, set once the end-to-end TLS handshake is done.
 pub type ResumeKey = Arc<OnceLock<[u8; 32]>>;
 
@@ -132,6 +145,7 @@ pub fn start(
     key: ResumeKey,
     source: Box<dyn LegSource>,
     cfg: ResumeConfig,
+    on_event: Option<OnEvent>,
 ) -> (DuplexStream, tokio::task::JoinHandle<Result<Stats, String>>) {
     let (app, ours) = tokio::io::duplex(256 * 1024);
     let shared = Arc::new(Shared {
@@ -156,7 +170,7 @@ pub fn start(
     });
     let (app_r, app_w) = tokio::io::split(ours);
     let task = tokio::spawn(async move {
-        let legs = manage_legs(&shared, first, side, conn, &key, source, cfg);
+        let legs = manage_legs(&shared, first, side, conn, &key, source, cfg, on_event);
         tokio::select! {
             r = legs => r?,
             r = read_app(&shared, app_r) => r?,
@@ -240,6 +254,7 @@ enum LegEnd {
     Broken(String),
 }
 
+#[allow(clippy::too_many_arguments)]
 async fn manage_legs(
     sh: &Shared,
     first: (Leg, Bytes),
@@ -248,9 +263,16 @@ async fn manage_legs(
     key: &ResumeKey,
     mut source: Box<dyn LegSource>,
     cfg: ResumeConfig,
+    on_event: Option<OnEvent>,
 ) -> Result<(), String> {
+    let report = |e: ResumeEvent| {
+        if let Some(f) = &on_event {
+            f(e)
+        }
+    };
     let mut leg = first;
     let mut resuming = false;
+    let mut last_heard = Instant::now();
     loop {
         let (stream, prefix) = leg;
         let stream = Prefixed::new(prefix, stream);
@@ -263,12 +285,23 @@ async fn manage_legs(
             b.last_heard = Instant::now();
         }
         let end = if resuming {
+            let sent_before = sh.book().stats.retransmitted;
             match handshake(sh, &mut lr, &mut lw, &mut rbuf, side, conn, key, cfg).await {
                 Ok(()) => {
-                    sh.book().stats.resumes += 1;
+                    let (pause, again) = {
+                        let mut b = sh.book();
+                        b.stats.resumes += 1;
+                        let pause = last_heard.elapsed();
+                        b.stats.max_pause = b.stats.max_pause.max(pause);
+                        (pause, b.stats.retransmitted - sent_before)
+                    };
+                    report(ResumeEvent::Resumed { pause, retransmitted: again });
                     None
                 }
-                Err(e) => Some(LegEnd::Broken(e)),
+                Err(e) => {
+                    report(ResumeEvent::Refused { why: e.clone() });
+                    Some(LegEnd::Broken(e))
+                }
             }
         } else {
             None
@@ -292,14 +325,14 @@ async fn manage_legs(
             }
             LegEnd::Broken(why) => {
                 tracing::info!(conn, %why, "leg broken; resuming");
+                last_heard = last_heard.max(sh.book().last_heard);
                 let started = Instant::now();
                 leg = match tokio::time::timeout(cfg.resume_deadline, next_leg(&mut source)).await {
                     Ok(Ok(l)) => l,
                     Ok(Err(e)) => return Err(format!("no leg to resume on: {e}")),
                     Err(_) => return Err(format!("no leg to resume on within {:?}", cfg.resume_deadline)),
                 };
-                let mut b = sh.book();
-                b.stats.max_pause = b.stats.max_pause.max(started.elapsed());
+                let _ = started;
                 resuming = true;
             }
         }

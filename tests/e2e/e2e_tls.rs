@@ -226,6 +226,7 @@ async fn join_with_key(
         Default::default(),
         Box::new(NoLegs),
         Default::default(),
+        None,
     );
     let e2e_cfg = e2e::client_config(&fleet.pki.path("ca.pem"), key).unwrap();
     let name = tls::server_name(DEVICE).unwrap();

@@ -34,7 +34,7 @@ async fn twins() -> Fleet {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn sigkill_of_the_carrying_relay_loses_no_byte() {
+async fn sigkill_of_the_carrying_relay_during_256_mib_loses_no_byte() {
     let mut fleet = twins().await;
     let session = fleet.session("echo").await;
     assert_eq!(session.relay.name, "relay-a");
@@ -42,7 +42,7 @@ async fn sigkill_of_the_carrying_relay_loses_no_byte() {
     let addr = listener.local_addr().unwrap();
     tokio::spawn(session.clone().serve(listener));
 
-    let data = random(64 << 20);
+    let data = random(256 << 20);
     let (mut r, mut w) = TcpStream::connect(addr).await.unwrap().into_split();
     let sent = data.clone();
     let writer = tokio::spawn(async move {
@@ -52,14 +52,16 @@ async fn sigkill_of_the_carrying_relay_loses_no_byte() {
         w.shutdown().await.unwrap();
     });
     let reader = tokio::spawn(async move {
-        let mut got = Vec::with_capacity(64 << 20);
+        let mut got = Vec::with_capacity(256 << 20);
         let r = r.read_to_end(&mut got).await;
         (got, r.map(|_| ()))
     });
 
-    // Kill relay-a once a good part of the transfer went through it.
-    eventually("the transfer is under way through relay-a", async || {
-        fleet.metric(0, "tether_relay_bytes_total", &["to_client"]).await >= (8 << 20) as f64
+    // Kill relay-a at a random point of the transfer (8 to 200 MiB through it).
+    let point = 8 + u64::from(tether::random_bytes::<1>()[0]) * 192 / 255;
+    eprintln!("killing relay-a after {point} MiB");
+    eventually("the transfer reaches the kill point", async || {
+        fleet.metric(0, "tether_relay_bytes_total", &["to_client"]).await >= (point << 20) as f64
     })
     .await;
     fleet.relays[0].proc.kill(); // SIGKILL
@@ -88,6 +90,13 @@ async fn sigkill_of_the_carrying_relay_loses_no_byte() {
     .await;
     assert!(record["resumes"].as_u64() >= Some(1), "{record}");
     eprintln!("failover: {record}");
+    // The twin that carried the resume reports it.
+    eventually("the twin counts the resume and its pause", async || {
+        fleet.metric(1, "tether_relay_tunnels_resumed_total", &[]).await >= 1.0
+            && fleet.metric(1, "tether_relay_failover_pause_seconds_count", &[]).await >= 1.0
+    })
+    .await;
+    assert!(fleet.relay_audit(1).iter().any(|r| r["event"] == "tunnel_resumed"));
 }
 
 /// An interactive exchange (one request every 10 ms, echoed) across `kills`
@@ -324,4 +333,40 @@ async fn freeze_pause_over_20_sigstops() {
         pct(0.99),
         pauses[pauses.len() - 1]
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_forged_resume_is_refused_and_audited() {
+    use tether::proto::{Frame, LegSide, Reason, VERSION, leg_mac};
+    let fleet = twins().await;
+    let session = fleet.session("echo").await;
+    let _t = within(30, session.connect()).await.unwrap();
+    // Knowing the session id is not enough: without the session's token the
+    // control leg cannot move, and a replacement leg cannot join.
+    let wrong = [7u8; 32];
+    for i in 0..2 {
+        let control = Frame::ClientResume {
+            version: VERSION,
+            session: session.id,
+            mac: leg_mac(&wrong, LegSide::Control, &session.id, 0),
+        };
+        match fleet.client_exchange(i, control).await {
+            Frame::Error { reason, .. } => assert_eq!(reason, Reason::BadToken),
+            other => panic!("forged control resume accepted on relay {i}: {other:?}"),
+        }
+        let join = Frame::ClientJoin {
+            version: VERSION,
+            session: session.id,
+            conn: 77,
+            mac: leg_mac(&wrong, LegSide::Client, &session.id, 77),
+            resumes: 1,
+        };
+        match fleet.client_exchange(i, join).await {
+            Frame::Error { reason, .. } => assert_eq!(reason, Reason::BadToken),
+            other => panic!("forged resume leg accepted on relay {i}: {other:?}"),
+        }
+        assert!(fleet.metric(i, "tether_relay_resumes_refused_total", &["bad_token"]).await >= 1.0);
+        assert!(audited(&fleet.relay_audit(i), "client_refused", "bad_token"));
+    }
+    assert!(session.end_reason().is_none(), "a forged resume disturbed the session");
 }
