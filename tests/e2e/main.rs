@@ -8,6 +8,7 @@ mod disconnect;
 mod e2e_tls;
 mod failover;
 mod grants;
+mod haproxy;
 mod legs;
 mod no_listen;
 mod tunnel;

@@ -1,0 +1,116 @@
+//! Real HAProxy (Debian's package) in front of the twins, as in deploy/: a
+//! session through it survives the death of the twin it landed on.
+use std::process::{Command, Stdio};
+
+use sha2::{Digest, Sha256};
+use tether::client::{ClientSession, Profile, RelayEntry};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+
+use crate::harness::*;
+
+fn haproxy() -> Option<&'static str> {
+    ["/usr/sbin/haproxy", "/usr/bin/haproxy"].into_iter().find(|p| std::path::Path::new(p).exists())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_session_through_haproxy_survives_the_twin_behind_it() {
+    let Some(bin) = haproxy() else {
+        // CI installs it (.ci/run); elsewhere say so instead of failing.
+        assert!(std::env::var("CI").is_err(), "haproxy is not installed but CI must run this test");
+        eprintln!("SKIPPED: haproxy is not installed (apt-get install -y haproxy)");
+        return;
+    };
+    let mut fleet = Fleet::start(Opts { relays: 2, twins: true, ..Opts::default() }).await;
+    let front = free_port();
+    let (a, b) = (&fleet.relays[0], &fleet.relays[1]);
+    let cfg = format!(
+        "global\n    maxconn 1000\ndefaults\n    mode tcp\n    timeout connect 2s\n    timeout client 1h\n    timeout server 1h\n    retries 3\n    option redispatch\n\
+         frontend specialists\n    bind {front}\n    default_backend relays\n\
+         backend relays\n    balance leastconn\n    option httpchk GET /readyz\n    http-check expect status 200\n\
+             default-server inter 200ms fall 1 rise 1 on-marked-down shutdown-sessions\n\
+             server relay-a {} check port {}\n    server relay-b {} check port {}\n",
+        a.client,
+        a.admin.port(),
+        b.client,
+        b.admin.port()
+    );
+    let path = fleet.dir().join("haproxy.cfg");
+    std::fs::write(&path, cfg).unwrap();
+    let check = Command::new(bin).arg("-c").arg("-f").arg(&path).output().unwrap();
+    assert!(check.status.success(), "{}", String::from_utf8_lossy(&check.stderr));
+    let _lb = Proc {
+        child: Command::new(bin)
+            .arg("-db")
+            .arg("-f")
+            .arg(&path)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap(),
+    };
+    let profile = Profile {
+        relays: vec![RelayEntry { name: "lb".into(), addr: front.to_string(), server_name: Some("localhost".into()) }],
+        ..fleet.profile()
+    };
+    let mut session = None;
+    for _ in 0..100 {
+        match ClientSession::open(&profile, DEVICE, "echo").await {
+            Ok(s) => {
+                session = Some(s);
+                break;
+            }
+            Err(_) => tokio::time::sleep(std::time::Duration::from_millis(50)).await,
+        }
+    }
+    let session = session.expect("a session through HAProxy");
+    let id = session.id.to_string();
+    let landed = (0..2)
+        .find(|&i| fleet.relay_audit(i).iter().any(|r| r["event"] == "session_start" && r["session"] == id.as_str()))
+        .expect("the session landed on a twin");
+
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(session.clone().serve(listener));
+    let mut data = vec![0u8; 32 << 20];
+    for (i, chunk) in data.chunks_mut(32).enumerate() {
+        chunk.copy_from_slice(&Sha256::digest((i as u64).to_le_bytes()));
+    }
+    let (mut r, mut w) = TcpStream::connect(addr).await.unwrap().into_split();
+    let sent = data.clone();
+    let writer = tokio::spawn(async move {
+        for chunk in sent.chunks(64 * 1024) {
+            w.write_all(chunk).await.unwrap();
+        }
+        w.shutdown().await.unwrap();
+    });
+    let reader = tokio::spawn(async move {
+        let mut got = Vec::new();
+        let r = r.read_to_end(&mut got).await;
+        (got, r.map(|_| ()))
+    });
+    // Kill whichever twin carries the bytes (leastconn may put the tunnel on
+    // the twin of the one holding the control leg).
+    let mut carrier = landed;
+    eventually("the transfer is under way", async || {
+        for i in 0..2 {
+            if fleet.metric(i, "tether_relay_bytes_total", &["to_client"]).await >= (4 << 20) as f64 {
+                carrier = i;
+                return true;
+            }
+        }
+        false
+    })
+    .await;
+    fleet.relays[carrier].proc.kill(); // SIGKILL the twin behind the load balancer
+    within(120, writer).await.unwrap();
+    let (got, closed) = within(120, reader).await.unwrap();
+    closed.expect("the local connection saw an error");
+    assert_eq!(Sha256::digest(&got), Sha256::digest(&data), "bytes lost or changed behind HAProxy");
+    assert!(session.end_reason().is_none());
+    assert!(fleet.relay_audit(1 - landed).iter().any(|r| r["event"] == "session_adopted"));
+    eventually("the surviving twin carried the resume", async || {
+        fleet.metric(1 - carrier, "tether_relay_tunnels_resumed_total", &[]).await >= 1.0
+    })
+    .await;
+}
