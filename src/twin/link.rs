@@ -23,6 +23,11 @@ use crate::tls::{self, Identity};
 pub const ALPN_TWIN: &[u8] = b"tether-twin/1";
 
 const BACKOFF_START: Duration = Duration::from_millis(200);
+/// The sender probes the link this often when idle...
+const HEARTBEAT: Duration = Duration::from_secs(1);
+/// ...and either side declares it dead after this much silence (a partition
+/// that drops packets sends no FIN).
+const LINK_DEAD_AFTER: Duration = Duration::from_secs(3);
 const BACKOFF_CAP: Duration = Duration::from_secs(2);
 
 /// Starts both halves of the link: accepting the twin's facts, and sending ours.
@@ -96,7 +101,10 @@ async fn receive(state: &State, tcp: TcpStream, peer: SocketAddr, acceptor: &Tls
     loop {
         let frame = tokio::select! {
             _ = state.drain.cancelled() => return "drained".into(),
-            f = io.read_frame() => f,
+            f = tokio::time::timeout(LINK_DEAD_AFTER, io.read_frame()) => match f {
+                Ok(f) => f,
+                Err(_) => return format!("twin silent for {LINK_DEAD_AFTER:?}"),
+            },
         };
         match frame {
             Ok(Frame::TwinSnapshot) => state.peer().snapshot_begin(),
@@ -106,6 +114,11 @@ async fn receive(state: &State, tcp: TcpStream, peer: SocketAddr, acceptor: &Tls
                 state.peer().snapshot_end();
                 if io.write_frame(&Frame::TwinAck { seq }).await.is_err() {
                     return "ack failed".into();
+                }
+            }
+            Ok(Frame::Heartbeat { seq }) => {
+                if io.write_frame(&Frame::Heartbeat { seq }).await.is_err() {
+                    return "heartbeat reply failed".into();
                 }
             }
             Ok(Frame::TwinFact { seq, fact }) => {
@@ -184,7 +197,9 @@ async fn send(state: &State, connector: &TlsConnector, twin: &TwinConfig, mut rx
     }
     metrics::TWIN_LINK_UP.with_label_values(&["out"]).set(1);
     state.audit.record("twin_link_up", json!({"relay": state.cfg.name, "twin": twin.name, "direction": "out"}));
-    let mut tick = tokio::time::interval(Duration::from_secs(1));
+    let mut tick = tokio::time::interval(HEARTBEAT);
+    let mut last_heard = Instant::now();
+    let mut beat = 0u64;
     loop {
         tokio::select! {
             _ = state.drain.cancelled() => return "drained".into(),
@@ -200,11 +215,23 @@ async fn send(state: &State, connector: &TlsConnector, twin: &TwinConfig, mut rx
                 Err(broadcast::error::RecvError::Closed) => return "closed".into(),
             },
             a = io.read_frame() => match a {
-                Ok(Frame::TwinAck { seq }) => outbox.on_ack(seq),
+                Ok(Frame::TwinAck { seq }) => {
+                    last_heard = Instant::now();
+                    outbox.on_ack(seq);
+                }
+                Ok(Frame::Heartbeat { .. }) => last_heard = Instant::now(),
                 Ok(other) => return format!("unexpected {}", other.kind()),
                 Err(e) => return e.to_string(),
             },
-            _ = tick.tick() => {}
+            _ = tick.tick() => {
+                if last_heard.elapsed() > LINK_DEAD_AFTER {
+                    return format!("twin silent for {:?}", last_heard.elapsed());
+                }
+                beat += 1;
+                if io.write_frame(&Frame::Heartbeat { seq: beat }).await.is_err() {
+                    return "heartbeat failed".into();
+                }
+            }
         }
         let (events, age) = outbox.lag(Instant::now());
         state.twin_lag.store(events as u64, std::sync::atomic::Ordering::Relaxed);

@@ -92,6 +92,8 @@ pub struct Opts {
     pub raw_legs: bool,
     /// With two relays: link them as twins.
     pub twins: bool,
+    /// Twin links through these: `(listen addresses, addresses each relay dials)`.
+    pub twin_links: Option<([SocketAddr; 2], [SocketAddr; 2])>,
 }
 
 impl Default for Opts {
@@ -107,6 +109,7 @@ impl Default for Opts {
             revoke: None,
             raw_legs: true,
             twins: false,
+            twin_links: None,
         }
     }
 }
@@ -253,9 +256,12 @@ impl Fleet {
             revoked = Some((cert, key));
         }
         let names = ["relay-a", "relay-b"];
-        let links = [free_port(), free_port()];
+        let (links, dial) = opts.twin_links.unwrap_or_else(|| {
+            let l = [free_port(), free_port()];
+            (l, [l[1], l[0]])
+        });
         let plan = |i: usize| -> TwinPlan {
-            (opts.twins && opts.relays == 2).then(|| (names[1 - i].to_string(), links[1 - i], links[i]))
+            (opts.twins && opts.relays == 2).then(|| (names[1 - i].to_string(), dial[i], links[i]))
         };
         let relays: Vec<_> = (0..opts.relays).map(|i| start_relay(&dir, &pki, names[i], &opts, plan(i))).collect();
         let stop = CancellationToken::new();
@@ -480,5 +486,72 @@ impl Fleet {
             }
         }
         out
+    }
+}
+
+/// A TCP forwarder the test can cut (every connection dropped, new ones
+/// refused) and heal: a network partition on loopback.
+pub struct CutProxy {
+    pub addr: SocketAddr,
+    cut: Arc<std::sync::atomic::AtomicBool>,
+    silent: Arc<tokio::sync::Notify>,
+    quiet: Arc<std::sync::atomic::AtomicBool>,
+    conns: Arc<std::sync::Mutex<Vec<tokio::task::JoinHandle<()>>>>,
+}
+
+impl CutProxy {
+    pub async fn start(target: SocketAddr) -> CutProxy {
+        let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = l.local_addr().unwrap();
+        let cut = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let conns = Arc::new(std::sync::Mutex::new(Vec::new()));
+        let silent = Arc::new(tokio::sync::Notify::new());
+        let quiet = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let (c2, k2, s2, q2) = (cut.clone(), conns.clone(), silent.clone(), quiet.clone());
+        tokio::spawn(async move {
+            while let Ok((mut inbound, _)) = l.accept().await {
+                if c2.load(Ordering::SeqCst) {
+                    continue; // dropped: the dialler sees the connection close
+                }
+                let (s3, silent_now) = (s2.clone(), q2.load(Ordering::SeqCst));
+                let task = tokio::spawn(async move {
+                    if silent_now {
+                        let _held = inbound;
+                        return std::future::pending::<()>().await;
+                    }
+                    if let Ok(mut out) = TcpStream::connect(target).await {
+                        tokio::select! {
+                            _ = tokio::io::copy_bidirectional(&mut inbound, &mut out) => {}
+                            // Silent: keep both sockets open, forward nothing.
+                            _ = s3.notified() => std::future::pending::<()>().await,
+                        }
+                    }
+                });
+                k2.lock().unwrap().push(task);
+            }
+        });
+        CutProxy { addr, cut, silent, quiet, conns }
+    }
+
+    pub fn cut(&self) {
+        self.quiet.store(false, Ordering::SeqCst);
+        self.cut.store(true, Ordering::SeqCst);
+        for t in self.conns.lock().unwrap().drain(..) {
+            t.abort();
+        }
+    }
+
+    /// Packets dropped, no FIN, no RST: connections stay open and go quiet.
+    pub fn go_silent(&self) {
+        self.quiet.store(true, Ordering::SeqCst);
+        self.silent.notify_waiters();
+    }
+
+    pub fn heal(&self) {
+        self.quiet.store(false, Ordering::SeqCst);
+        for t in self.conns.lock().unwrap().drain(..) {
+            t.abort();
+        }
+        self.cut.store(false, Ordering::SeqCst);
     }
 }

@@ -97,3 +97,79 @@ async fn the_twin_link_refuses_anyone_but_the_twin() {
     })
     .await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn during_a_partition_both_serve_and_a_replayed_grant_is_useless() {
+    use tether::stream::e2e::ClientKey;
+    let listen = [free_port(), free_port()];
+    // Relay i dials its twin through proxy i.
+    let proxies = [CutProxy::start(listen[1]).await, CutProxy::start(listen[0]).await];
+    let opts = Opts {
+        relays: 2,
+        twins: true,
+        twin_links: Some((listen, [proxies[0].addr, proxies[1].addr])),
+        ..Opts::default()
+    };
+    let fleet = Fleet::start(opts).await;
+    for i in 0..2 {
+        eventually("twin link up", async || fleet.metric(i, "tether_twin_link_up", &["direction=\"in\""]).await == 1.0)
+            .await;
+    }
+
+    // A silent partition (no FIN, no RST) is noticed by the link's heartbeat.
+    proxies[0].go_silent();
+    proxies[1].go_silent();
+    for i in 0..2 {
+        eventually("silent partition noticed", async || {
+            fleet.metric(i, "tether_twin_link_up", &["direction=\"in\""]).await == 0.0
+                && fleet.metric(i, "tether_twin_link_up", &["direction=\"out\""]).await == 0.0
+        })
+        .await;
+    }
+    // Partition: the twins no longer hear each other.
+    proxies[0].cut();
+    proxies[1].cut();
+    for i in 0..2 {
+        eventually("twin link down", async || {
+            fleet.metric(i, "tether_twin_link_up", &["direction=\"in\""]).await == 0.0
+        })
+        .await;
+    }
+    // Both keep serving the device attached to them.
+    let owner = ClientKey::generate().unwrap();
+    let grant = fleet.grant(|g| g.client_key = owner.public_key().to_vec().into());
+    assert!(matches!(fleet.open_raw(0, grant.clone(), "echo").await, Frame::SessionReady { .. }));
+    let other = fleet.grant(|_| {});
+    assert!(matches!(fleet.open_raw(1, other, "echo").await, Frame::SessionReady { .. }));
+
+    // The grant used on relay-a has not reached relay-b: presented there, it
+    // is admitted by the relay, but the device's own replay cache refuses it,
+    // and even a fresh session id would be useless without the client key
+    // (e2e_tls::a_grant_is_useless_without_the_client_key_it_names).
+    match fleet.open_raw(1, grant.clone(), "echo").await {
+        Frame::Error { reason, .. } => assert_eq!(reason, Reason::GrantReused),
+        other => panic!("a replayed grant got a session during the partition: {other:?}"),
+    }
+    assert!(audited(&fleet.agent_audit(), "access_refused", "grant_reused"), "the device refused the replay itself");
+
+    // Heal: the views converge; relay-b now refuses the replay on its own.
+    proxies[0].heal();
+    proxies[1].heal();
+    for i in 0..2 {
+        eventually("twin link heals", async || {
+            fleet.metric(i, "tether_twin_link_up", &["direction=\"in\""]).await == 1.0
+                && fleet.metric(i, "tether_twin_replication_lag_events", &[]).await == 0.0
+        })
+        .await;
+    }
+    let before = fleet.agent_audit().iter().filter(|r| r["event"] == "access_refused").count();
+    match fleet.open_raw(1, grant, "echo").await {
+        Frame::Error { reason, .. } => assert_eq!(reason, Reason::GrantReused),
+        other => panic!("{other:?}"),
+    }
+    assert_eq!(
+        fleet.agent_audit().iter().filter(|r| r["event"] == "access_refused").count(),
+        before,
+        "after healing, the twin refuses from replicated state without asking the device"
+    );
+}
