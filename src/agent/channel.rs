@@ -124,10 +124,21 @@ fn on_frame(
             let (state, relay, tx) = (state.clone(), relay.name.clone(), tx.clone());
             tokio::spawn(async move { super::access::handle(state, relay, tx, grant, service).await });
         }
-        Frame::Open { session, conn, key, resumes } => {
-            let (state, relay, tx) = (state.clone(), relay.clone(), tx.clone());
+        Frame::Open { session, conn, key, resumes, via } => {
+            // `via`: the twin holding the client leg asked through this relay;
+            // the data leg goes to the twin.
+            let target = if via.is_empty() {
+                Some(relay.clone())
+            } else {
+                state.cfg.relays.iter().find(|r| r.name == via).cloned()
+            };
+            let Some(target) = target else {
+                let _ = tx.try_send(Frame::OpenFailed { session, conn, reason: crate::proto::Reason::Internal });
+                return Ok(());
+            };
+            let (state, tx) = (state.clone(), tx.clone());
             let leg = super::tunnel::LegPlan { raw: raw_legs, key, resumes };
-            tokio::spawn(async move { super::tunnel::open(state, relay, tx, session, conn, leg).await });
+            tokio::spawn(async move { super::tunnel::open(state, target, tx, session, conn, leg).await });
         }
         Frame::SessionEnd { session, reason, .. } => {
             if !state.end_session(session, reason, false) && state.pending.remove(&session).is_some() {

@@ -52,6 +52,9 @@ pub enum Frame {
         key: [u8; 32],
         /// Non-zero: this leg replaces a broken one of connection `resumes`.
         resumes: u32,
+        /// Dial the data leg to this relay of the pair (its twin holds the
+        /// client leg); empty: to the relay sending this frame.
+        via: String,
     },
     /// agent -> relay: the data leg for `conn` will not come.
     OpenFailed {
@@ -130,6 +133,15 @@ pub enum Frame {
     TwinSnapshotEnd {
         seq: u64,
     },
+    /// twin link: the sender holds a client leg for a device attached only to
+    /// the receiver; the receiver relays it to the agent as `Open{via}`.
+    TwinOpen {
+        session: SessionId,
+        conn: u32,
+        key: [u8; 32],
+        resumes: u32,
+        via: String,
+    },
     /// twin link: one fact, numbered.
     TwinFact {
         seq: u64,
@@ -162,6 +174,7 @@ const TWIN_SNAPSHOT: u8 = 21;
 const TWIN_SNAPSHOT_END: u8 = 22;
 const TWIN_FACT: u8 = 23;
 const TWIN_ACK: u8 = 24;
+const TWIN_OPEN: u8 = 25;
 
 fn put_sid(b: &mut BytesMut, s: &SessionId) {
     b.put_slice(&s.0);
@@ -221,12 +234,21 @@ impl Frame {
                 });
                 buf.put_u16(reason.code());
             }
-            Frame::Open { session, conn, key, resumes } => {
+            Frame::Open { session, conn, key, resumes, via } => {
                 buf.put_u8(OPEN);
                 put_sid(buf, session);
                 buf.put_u32(*conn);
                 buf.put_slice(key);
                 buf.put_u32(*resumes);
+                put_str(buf, via);
+            }
+            Frame::TwinOpen { session, conn, key, resumes, via } => {
+                buf.put_u8(TWIN_OPEN);
+                put_sid(buf, session);
+                buf.put_u32(*conn);
+                buf.put_slice(key);
+                buf.put_u32(*resumes);
+                put_str(buf, via);
             }
             Frame::OpenFailed { session, conn, reason } => {
                 buf.put_u8(OPEN_FAILED);
@@ -367,7 +389,20 @@ impl Frame {
                 },
                 reason: get_reason(b)?,
             },
-            OPEN => Frame::Open { session: get_sid(b)?, conn: get_u32(b)?, key: get_array(b)?, resumes: get_u32(b)? },
+            OPEN => Frame::Open {
+                session: get_sid(b)?,
+                conn: get_u32(b)?,
+                key: get_array(b)?,
+                resumes: get_u32(b)?,
+                via: get_str(b)?,
+            },
+            TWIN_OPEN => Frame::TwinOpen {
+                session: get_sid(b)?,
+                conn: get_u32(b)?,
+                key: get_array(b)?,
+                resumes: get_u32(b)?,
+                via: get_str(b)?,
+            },
             OPEN_FAILED => Frame::OpenFailed { session: get_sid(b)?, conn: get_u32(b)?, reason: get_reason(b)? },
             SESSION_END => Frame::SessionEnd {
                 session: get_sid(b)?,
@@ -431,6 +466,7 @@ impl Frame {
             Frame::TwinSnapshotEnd { .. } => "twin_snapshot_end",
             Frame::TwinFact { .. } => "twin_fact",
             Frame::TwinAck { .. } => "twin_ack",
+            Frame::TwinOpen { .. } => "twin_open",
         }
     }
 

@@ -53,7 +53,8 @@ fn frame() -> impl Strategy<Value = Frame> {
             session,
             conn,
             key,
-            resumes: conn / 3
+            resumes: conn / 3,
+            via: if conn % 2 == 0 { String::new() } else { "relay-b".into() },
         }),
         (sid(), any::<u32>(), reason()).prop_map(|(session, conn, reason)| Frame::OpenFailed { session, conn, reason }),
         (sid(), reason(), any::<u64>(), any::<u64>()).prop_map(

@@ -276,7 +276,13 @@ async fn join(state: Arc<State>, mut io: Io, peer: SocketAddr, id: SessionId, co
         )
         .await;
     }
-    let Some(agent_tx) = state.agents.get(&session.device).map(|a| a.tx.clone()) else {
+    let agent_tx = state.agents.get(&session.device).map(|a| a.tx.clone());
+    // The agent may be attached only to the twin: the request goes over the
+    // twin link, and the data leg still comes here.
+    let via_twin = agent_tx.is_none()
+        && state.twin_in_up.load(Ordering::Relaxed)
+        && state.peer().attached.contains(&session.device);
+    if agent_tx.is_none() && !via_twin {
         return refuse_join(
             resumes,
             &state,
@@ -287,11 +293,18 @@ async fn join(state: Arc<State>, mut io: Io, peer: SocketAddr, id: SessionId, co
             Some((id, &session.device)),
         )
         .await;
-    };
+    }
     let (tx, rx) = oneshot::channel();
     let key: [u8; 32] = crate::random_bytes();
     state.legs.insert((id, conn), (key, tx));
-    if agent_tx.send(Frame::Open { session: id, conn, key, resumes }).await.is_err() {
+    let asked = match &agent_tx {
+        Some(tx) => tx.send(Frame::Open { session: id, conn, key, resumes, via: String::new() }).await.is_ok(),
+        None => {
+            let open = Frame::TwinOpen { session: id, conn, key, resumes, via: state.cfg.name.clone() };
+            state.twin_out.send(open).is_ok()
+        }
+    };
+    if !asked {
         state.legs.remove(&(id, conn));
         return refuse_join(
             resumes,

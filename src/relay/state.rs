@@ -62,6 +62,9 @@ pub struct State {
     /// Cancelled when the relay lets go of its connections: at the end of a
     /// drain (sessions go on at the twin) or of a shutdown without twin.
     pub drain: CancellationToken,
+    /// Requests for the twin (not facts): `TwinOpen`.
+    pub twin_out: mpsc::UnboundedSender<Frame>,
+    pub twin_out_rx: Mutex<Option<mpsc::UnboundedReceiver<Frame>>>,
 }
 
 impl State {
@@ -71,6 +74,7 @@ impl State {
         taps: super::Taps,
     ) -> Result<Arc<State>, super::RelayError> {
         let grants = crate::tls::pki::load_grant_verifier(&cfg.grant_public_key)?;
+        let (twin_out, twin_out_rx) = mpsc::unbounded_channel();
         let audit = AuditLog::open(&cfg.audit_log)?;
         Ok(Arc::new(State {
             grants,
@@ -92,6 +96,8 @@ impl State {
             twin_in_up: AtomicBool::new(false),
             twin_lag: AtomicU64::new(0),
             drain: CancellationToken::new(),
+            twin_out,
+            twin_out_rx: Mutex::new(Some(twin_out_rx)),
             cfg,
         }))
     }
@@ -169,7 +175,8 @@ impl State {
     /// pair through this relay (a load balancer may send them either way).
     pub fn adopt(&self, id: SessionId) -> Option<Arc<Session>> {
         let fact = self.peer().sessions.get(&id).cloned()?;
-        let attach_id = self.agents.get(&fact.device).map(|a| a.attach_id)?;
+        // 0: the agent is attached only to the twin (requests go over the link).
+        let attach_id = self.agents.get(&fact.device).map(|a| a.attach_id).unwrap_or(0);
         let session = Arc::new(Session::adopted(&fact, attach_id, CancellationToken::new()));
         let entry = self.sessions.entry(id).or_insert_with(|| {
             metrics::RELAY_SESSIONS_ACTIVE.inc();

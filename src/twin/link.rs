@@ -116,6 +116,17 @@ async fn receive(state: &State, tcp: TcpStream, peer: SocketAddr, acceptor: &Tls
                     return "ack failed".into();
                 }
             }
+            Ok(Frame::TwinOpen { session, conn, key, resumes, via }) => {
+                // Relay the twin's request to the agent attached here.
+                let device = state
+                    .sessions
+                    .get(&session)
+                    .map(|s| s.device.clone())
+                    .or_else(|| state.peer().sessions.get(&session).map(|s| s.device.clone()));
+                if let Some(tx) = device.and_then(|d| state.agents.get(&d).map(|a| a.tx.clone())) {
+                    let _ = tx.try_send(Frame::Open { session, conn, key, resumes, via });
+                }
+            }
             Ok(Frame::Heartbeat { seq }) => {
                 if io.write_frame(&Frame::Heartbeat { seq }).await.is_err() {
                     return "heartbeat reply failed".into();
@@ -131,7 +142,9 @@ async fn receive(state: &State, tcp: TcpStream, peer: SocketAddr, acceptor: &Tls
                 // The twin ended a session we hold too: end our copy (the
                 // device was told by the twin).
                 if let Some((id, reason)) = ended {
-                    state.end_session(id, reason, false);
+                    // Tell the device too if it is attached here (it may be
+                    // attached only to us); ending twice is harmless.
+                    state.end_session(id, reason, true);
                 }
                 if io.write_frame(&Frame::TwinAck { seq }).await.is_err() {
                     return "ack failed".into();
@@ -146,11 +159,14 @@ async fn receive(state: &State, tcp: TcpStream, peer: SocketAddr, acceptor: &Tls
 
 async fn send_loop(state: Arc<State>, connector: TlsConnector, twin: TwinConfig) {
     let mut backoff = BACKOFF_START;
+    let mut out_requests = state.twin_out_rx.lock().ok().and_then(|mut r| r.take());
     loop {
         // Subscribe before the snapshot: facts may overlap it, never go missing.
         let rx = state.facts.subscribe();
+        let Some(mut requests) = out_requests.take() else { return };
         let started = Instant::now();
-        let why = send(&state, &connector, &twin, rx).await;
+        let why = send(&state, &connector, &twin, rx, &mut requests).await;
+        out_requests = Some(requests);
         metrics::TWIN_LINK_UP.with_label_values(&["out"]).set(0);
         tracing::info!(twin = %twin.name, %why, "twin link (out) closed");
         if started.elapsed() > Duration::from_secs(10) {
@@ -165,7 +181,13 @@ async fn send_loop(state: Arc<State>, connector: TlsConnector, twin: TwinConfig)
 }
 
 /// Sends a snapshot and then every new fact until the connection ends.
-async fn send(state: &State, connector: &TlsConnector, twin: &TwinConfig, mut rx: broadcast::Receiver<Fact>) -> String {
+async fn send(
+    state: &State,
+    connector: &TlsConnector,
+    twin: &TwinConfig,
+    mut rx: broadcast::Receiver<Fact>,
+    requests: &mut tokio::sync::mpsc::UnboundedReceiver<Frame>,
+) -> String {
     let name = match tls::server_name(twin.server_name.as_deref().unwrap_or(&twin.name)) {
         Ok(n) => n,
         Err(e) => return e.to_string(),
@@ -213,6 +235,11 @@ async fn send(state: &State, connector: &TlsConnector, twin: &TwinConfig, mut rx
                 // We fell behind the fact stream: start over with a snapshot.
                 Err(broadcast::error::RecvError::Lagged(n)) => return format!("lagged by {n} facts"),
                 Err(broadcast::error::RecvError::Closed) => return "closed".into(),
+            },
+            r = requests.recv() => if let Some(f) = r
+                && io.write_frame(&f).await.is_err()
+            {
+                return "write failed".into();
             },
             a = io.read_frame() => match a {
                 Ok(Frame::TwinAck { seq }) => {

@@ -173,3 +173,33 @@ async fn during_a_partition_both_serve_and_a_replayed_grant_is_useless() {
         "after healing, the twin refuses from replicated state without asking the device"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_device_attached_only_to_one_twin_is_reached_through_the_other() {
+    let mut fleet = Fleet::start(Opts { relays: 2, twins: true, agent: false, ..Opts::default() }).await;
+    // The agent reaches relay-b's data port but not its control port (attached only to relay-a).
+    let text = std::fs::read_to_string(&fleet.agent_cfg).unwrap();
+    let b_control = format!("control = \"{}\"", fleet.relays[1].control);
+    assert!(text.contains(&b_control));
+    std::fs::write(&fleet.agent_cfg, text.replace(&b_control, "control = \"127.0.0.1:9\"")).unwrap();
+    fleet.agent = Some(start_agent(fleet.dir(), &fleet.agent_cfg));
+    fleet.wait_metric(0, "tether_relay_agents_attached", 1.0).await;
+    assert_eq!(fleet.metric(1, "tether_relay_agents_attached", &[]).await, 0.0);
+    for i in 0..2 {
+        eventually("twin link up", async || fleet.metric(i, "tether_twin_link_up", &["direction=\"in\""]).await == 1.0)
+            .await;
+    }
+    replicated(&fleet, 0).await;
+
+    let session = fleet.session("echo").await;
+    let twin = fleet.profile().relays[1].clone();
+    let mut t = within(30, session.connect_via(&twin)).await.expect("reached through the twin");
+    t.write_all(b"around").await.unwrap();
+    t.flush().await.unwrap();
+    let mut buf = [0u8; 6];
+    within(30, t.read_exact(&mut buf)).await.unwrap();
+    assert_eq!(&buf, b"around");
+    // The request went over the twin link; the data leg came to relay-b.
+    assert_eq!(fleet.metric(1, "tether_relay_tunnels_total", &[]).await, 1.0);
+    assert_eq!(fleet.metric(0, "tether_relay_tunnels_total", &[]).await, 0.0);
+}
