@@ -1,25 +1,9 @@
 //! Live sessions survive the death of the relay they run through: the ends
 //! resume through the twin from the last acknowledged byte.
-use sha2::{Digest, Sha256};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 
 use crate::harness::*;
-
-fn random(n: usize) -> Vec<u8> {
-    let seed: [u8; 32] = tether::random_bytes();
-    let mut out = Vec::with_capacity(n + 32);
-    let mut ctr = 0u64;
-    while out.len() < n {
-        let mut h = Sha256::new();
-        h.update(seed);
-        h.update(ctr.to_le_bytes());
-        out.extend_from_slice(&h.finalize());
-        ctr += 1;
-    }
-    out.truncate(n);
-    out
-}
 
 async fn twins() -> Fleet {
     let fleet = Fleet::start(Opts { relays: 2, twins: true, ..Opts::default() }).await;
@@ -43,19 +27,7 @@ async fn sigkill_of_the_carrying_relay_during_256_mib_loses_no_byte() {
     tokio::spawn(session.clone().serve(listener));
 
     let data = random(256 << 20);
-    let (mut r, mut w) = TcpStream::connect(addr).await.unwrap().into_split();
-    let sent = data.clone();
-    let writer = tokio::spawn(async move {
-        for chunk in sent.chunks(64 * 1024) {
-            w.write_all(chunk).await.unwrap();
-        }
-        w.shutdown().await.unwrap();
-    });
-    let reader = tokio::spawn(async move {
-        let mut got = Vec::with_capacity(256 << 20);
-        let r = r.read_to_end(&mut got).await;
-        (got, r.map(|_| ()))
-    });
+    let transfer = Transfer::start(addr, data).await;
 
     // Kill relay-a at a random point of the transfer (8 to 200 MiB through it).
     let point = 8 + u64::from(tether::random_bytes::<1>()[0]) * 192 / 255;
@@ -66,11 +38,7 @@ async fn sigkill_of_the_carrying_relay_during_256_mib_loses_no_byte() {
     .await;
     fleet.relays[0].proc.kill(); // SIGKILL
 
-    within(120, writer).await.unwrap();
-    let (got, closed) = within(120, reader).await.unwrap();
-    closed.expect("the local connection saw an error");
-    assert_eq!(got.len(), data.len(), "bytes lost or added");
-    assert_eq!(Sha256::digest(&got), Sha256::digest(&data), "bytes changed");
+    transfer.finish("SIGKILL").await;
     // The session moved to the twin and is still usable.
     assert_eq!(session.current_relay().name, "relay-b");
     assert!(session.end_reason().is_none(), "the session ended: {:?}", session.end_reason());
@@ -219,19 +187,7 @@ async fn graceful_drain_moves_live_sessions_with_zero_bytes_lost() {
     tokio::spawn(session.clone().serve(listener));
 
     let data = random(32 << 20);
-    let (mut r, mut w) = TcpStream::connect(addr).await.unwrap().into_split();
-    let sent = data.clone();
-    let writer = tokio::spawn(async move {
-        for chunk in sent.chunks(64 * 1024) {
-            w.write_all(chunk).await.unwrap();
-        }
-        w.shutdown().await.unwrap();
-    });
-    let reader = tokio::spawn(async move {
-        let mut got = Vec::new();
-        let r = r.read_to_end(&mut got).await;
-        (got, r.map(|_| ()))
-    });
+    let transfer = Transfer::start(addr, data).await;
     eventually("the transfer is under way through relay-a", async || {
         fleet.metric(0, "tether_relay_bytes_total", &["to_client"]).await >= (4 << 20) as f64
     })
@@ -239,10 +195,7 @@ async fn graceful_drain_moves_live_sessions_with_zero_bytes_lost() {
     let pid = fleet.relays[0].proc.pid().to_string();
     assert!(std::process::Command::new("kill").args(["-TERM", &pid]).status().unwrap().success());
 
-    within(120, writer).await.unwrap();
-    let (got, closed) = within(120, reader).await.unwrap();
-    closed.expect("the local connection saw an error");
-    assert_eq!(Sha256::digest(&got), Sha256::digest(&data), "bytes lost or changed across the drain");
+    transfer.finish("bytes lost or changed across the drain").await;
     let status = within(30, async {
         loop {
             if let Some(s) = fleet.relays[0].proc.child.try_wait().unwrap() {
@@ -280,29 +233,14 @@ async fn a_frozen_relay_is_detected_and_left_without_corruption() {
     tokio::spawn(session.clone().serve(listener));
 
     let data = random(48 << 20);
-    let (mut r, mut w) = TcpStream::connect(addr).await.unwrap().into_split();
-    let sent = data.clone();
-    let writer = tokio::spawn(async move {
-        for chunk in sent.chunks(64 * 1024) {
-            w.write_all(chunk).await.unwrap();
-        }
-        w.shutdown().await.unwrap();
-    });
-    let reader = tokio::spawn(async move {
-        let mut got = Vec::new();
-        let r = r.read_to_end(&mut got).await;
-        (got, r.map(|_| ()))
-    });
+    let transfer = Transfer::start(addr, data).await;
     eventually("the transfer is under way through relay-a", async || {
         fleet.metric(0, "tether_relay_bytes_total", &["to_client"]).await >= (8 << 20) as f64
     })
     .await;
     let pid = fleet.relays[0].proc.pid();
     signal(pid, "-STOP"); // a hung host: no FIN, no RST
-    within(120, writer).await.unwrap();
-    let (got, closed) = within(120, reader).await.unwrap();
-    closed.expect("the local connection saw an error");
-    assert_eq!(Sha256::digest(&got), Sha256::digest(&data), "bytes lost or changed across the freeze");
+    transfer.finish("bytes lost or changed across the freeze").await;
 
     // The relay wakes up with stale legs: nothing of it may reach the ends.
     signal(pid, "-CONT");

@@ -2,10 +2,8 @@
 //! session through it survives the death of the twin it landed on.
 use std::process::{Command, Stdio};
 
-use sha2::{Digest, Sha256};
 use tether::client::{ClientSession, Profile, RelayEntry};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::{TcpListener, TcpStream};
+use tokio::net::TcpListener;
 
 use crate::harness::*;
 
@@ -72,23 +70,7 @@ async fn a_session_through_haproxy_survives_the_twin_behind_it() {
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     tokio::spawn(session.clone().serve(listener));
-    let mut data = vec![0u8; 32 << 20];
-    for (i, chunk) in data.chunks_mut(32).enumerate() {
-        chunk.copy_from_slice(&Sha256::digest((i as u64).to_le_bytes()));
-    }
-    let (mut r, mut w) = TcpStream::connect(addr).await.unwrap().into_split();
-    let sent = data.clone();
-    let writer = tokio::spawn(async move {
-        for chunk in sent.chunks(64 * 1024) {
-            w.write_all(chunk).await.unwrap();
-        }
-        w.shutdown().await.unwrap();
-    });
-    let reader = tokio::spawn(async move {
-        let mut got = Vec::new();
-        let r = r.read_to_end(&mut got).await;
-        (got, r.map(|_| ()))
-    });
+    let transfer = Transfer::start(addr, random(32 << 20)).await;
     // Kill whichever twin carries the bytes (leastconn may put the tunnel on
     // the twin of the one holding the control leg).
     let mut carrier = landed;
@@ -103,10 +85,7 @@ async fn a_session_through_haproxy_survives_the_twin_behind_it() {
     })
     .await;
     fleet.relays[carrier].proc.kill(); // SIGKILL the twin behind the load balancer
-    within(120, writer).await.unwrap();
-    let (got, closed) = within(120, reader).await.unwrap();
-    closed.expect("the local connection saw an error");
-    assert_eq!(Sha256::digest(&got), Sha256::digest(&data), "bytes lost or changed behind HAProxy");
+    transfer.finish("SIGKILL behind HAProxy").await;
     assert!(session.end_reason().is_none());
     assert!(fleet.relay_audit(1 - landed).iter().any(|r| r["event"] == "session_adopted"));
     eventually("the surviving twin carried the resume", async || {

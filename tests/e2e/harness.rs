@@ -555,3 +555,57 @@ impl CutProxy {
         self.cut.store(false, Ordering::SeqCst);
     }
 }
+
+/// `n` unpredictable bytes (SHA-256 in counter mode from a random seed: fast).
+pub fn random(n: usize) -> Vec<u8> {
+    use sha2::{Digest, Sha256};
+    let seed: [u8; 32] = tether::random_bytes();
+    let mut out = Vec::with_capacity(n + 32);
+    let mut ctr = 0u64;
+    while out.len() < n {
+        let mut h = Sha256::new();
+        h.update(seed);
+        h.update(ctr.to_le_bytes());
+        out.extend_from_slice(&h.finalize());
+        ctr += 1;
+    }
+    out.truncate(n);
+    out
+}
+
+/// Writes `data` to `addr` (then half-closes) while reading everything back.
+pub struct Transfer {
+    writer: tokio::task::JoinHandle<()>,
+    reader: tokio::task::JoinHandle<(Vec<u8>, std::io::Result<()>)>,
+    sent: Vec<u8>,
+}
+
+impl Transfer {
+    pub async fn start(addr: SocketAddr, data: Vec<u8>) -> Transfer {
+        let (mut r, mut w) = TcpStream::connect(addr).await.unwrap().into_split();
+        let sent = data.clone();
+        let writer = tokio::spawn(async move {
+            for chunk in data.chunks(64 * 1024) {
+                w.write_all(chunk).await.unwrap();
+            }
+            w.shutdown().await.unwrap();
+        });
+        let reader = tokio::spawn(async move {
+            let mut got = Vec::new();
+            let r = r.read_to_end(&mut got).await;
+            (got, r.map(|_| ()))
+        });
+        Transfer { writer, reader, sent }
+    }
+
+    /// Waits for both directions; asserts the local connection never saw an
+    /// error and that every byte came back intact, once.
+    pub async fn finish(self, what: &str) {
+        use sha2::{Digest, Sha256};
+        within(120, self.writer).await.unwrap();
+        let (got, closed) = within(120, self.reader).await.unwrap();
+        closed.unwrap_or_else(|e| panic!("{what}: the local connection saw an error: {e}"));
+        assert_eq!(got.len(), self.sent.len(), "{what}: bytes lost or added");
+        assert_eq!(Sha256::digest(&got), Sha256::digest(&self.sent), "{what}: bytes changed");
+    }
+}

@@ -5,22 +5,6 @@ use tokio::net::{TcpListener, TcpStream};
 
 use crate::harness::*;
 
-fn random(n: usize) -> Vec<u8> {
-    // Fast deterministic-but-unpredictable filler: SHA-256 in counter mode from a random seed.
-    let seed: [u8; 32] = tether::random_bytes();
-    let mut out = Vec::with_capacity(n + 32);
-    let mut ctr = 0u64;
-    while out.len() < n {
-        let mut h = Sha256::new();
-        h.update(seed);
-        h.update(ctr.to_le_bytes());
-        out.extend_from_slice(&h.finalize());
-        ctr += 1;
-    }
-    out.truncate(n);
-    out
-}
-
 /// Writes `data` (then half-closes) while reading everything back; returns what came back.
 async fn round_trip(stream: TcpStream, data: &[u8]) -> Vec<u8> {
     let (mut r, mut w) = stream.into_split();
