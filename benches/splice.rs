@@ -111,6 +111,8 @@ fn setup() -> Setup {
             ca: pki.join("ca.pem"),
             grant_signing_key: Some(pki.join("grant.key")),
             grant_ttl_secs: 60,
+            resume_buffer_bytes: 8 << 20,
+            resume_deadline_secs: 30,
             relays: vec![RelayEntry { name: "relay-a".into(), addr: addrs.client.to_string(), server_name: Some("localhost".into()) }],
         };
         let mut to_sink = None;

@@ -57,6 +57,13 @@ pub struct AgentConfig {
     pub consent_timeout_secs: u64,
     #[serde(default = "default_heartbeat")]
     pub heartbeat_secs: u64,
+    /// Bytes kept unacknowledged per direction of a tunnelled connection, for
+    /// resuming after a relay fails (back-pressure beyond, never a drop).
+    #[serde(default = "default_resume_buffer")]
+    pub resume_buffer_bytes: usize,
+    /// A connection whose leg broke is closed if it cannot resume within this.
+    #[serde(default = "default_resume_deadline")]
+    pub resume_deadline_secs: u64,
     /// Unix socket for `tether agent approve|deny|pending|end` (mode 0600).
     pub operator_socket: PathBuf,
     pub audit_log: PathBuf,
@@ -73,6 +80,12 @@ fn default_consent_timeout() -> u64 {
     300
 }
 fn default_heartbeat() -> u64 {
+    30
+}
+pub(crate) fn default_resume_buffer() -> usize {
+    8 << 20
+}
+pub(crate) fn default_resume_deadline() -> u64 {
     30
 }
 
@@ -106,6 +119,9 @@ impl ConfigFile for AgentConfig {
         must_exist(&mut p, "grant_public_key", &self.grant_public_key);
         if self.relays.is_empty() {
             p.push("relays: at least one relay is required (normally both twins)".into());
+        }
+        if self.resume_buffer_bytes < 64 * 1024 {
+            p.push("resume_buffer_bytes: at least 65536".into());
         }
         if self.heartbeat_secs == 0 {
             p.push("heartbeat_secs: must be at least 1".into());

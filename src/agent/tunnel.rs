@@ -21,6 +21,14 @@ use crate::stream::resumable::{self, LegSource, ResumeConfig, ResumeKey, Side};
 
 const SERVICE_TIMEOUT: Duration = Duration::from_secs(5);
 
+fn resume_config(cfg: &super::AgentConfig) -> ResumeConfig {
+    ResumeConfig {
+        cap: cfg.resume_buffer_bytes,
+        resume_deadline: Duration::from_secs(cfg.resume_deadline_secs.max(1)),
+        ..ResumeConfig::default()
+    }
+}
+
 /// How to dial the data leg the relay asked for.
 pub struct LegPlan {
     /// Raw TCP (the relay accepts it) rather than mTLS.
@@ -176,7 +184,7 @@ pub async fn open(
     let source = Box::new(HandedLegs { rx: legs_rx, via: via.clone() });
     let events = on_resume_event(state.clone(), id, conn, via);
     let (pipe, driver) =
-        resumable::start(leg, Side::Device, conn, key.clone(), source, ResumeConfig::default(), Some(events));
+        resumable::start(leg, Side::Device, conn, key.clone(), source, resume_config(&state.cfg), Some(events));
     let handshake = tokio_rustls::TlsAcceptor::from(session.e2e.clone()).accept(pipe);
     let e2e = match tokio::time::timeout(SERVICE_TIMEOUT * 2, handshake).await {
         Ok(Ok(s)) => s,
@@ -205,8 +213,16 @@ pub async fn open(
         _ = session.cancel.cancelled() => Err(std::io::Error::other("session ended")),
     };
     session.resumable.remove(&conn);
+    let mut driver = driver;
     if let Err(e) = &result {
-        tracing::debug!(session = %id, conn, error = %e, "tunnel closed");
+        // A connection that could not resume is closed; the audit says why.
+        match tokio::time::timeout(Duration::from_secs(1), &mut driver).await {
+            Ok(Ok(Err(why))) => state.audit.record(
+                "tunnel_lost",
+                json!({"device": state.cfg.device, "session": id.to_string(), "conn": conn, "why": why}),
+            ),
+            _ => tracing::debug!(session = %id, conn, error = %e, "tunnel closed"),
+        }
         driver.abort();
     } else if let Ok(Ok(Ok(stats))) = tokio::time::timeout(Duration::from_secs(5), driver).await
         && stats.resumes > 0

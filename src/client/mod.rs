@@ -72,6 +72,7 @@ pub struct ClientSession {
     raw_legs: bool,
     tls: Arc<ClientConfig>,
     next_conn: AtomicU32,
+    resume: ResumeConfig,
     ended: CancellationToken,
     end_reason: Mutex<Option<Reason>>,
     pub to_device: AtomicU64,
@@ -162,6 +163,11 @@ impl ClientSession {
                         raw_legs,
                         tls,
                         next_conn: AtomicU32::new(1),
+                        resume: ResumeConfig {
+                            cap: profile.resume_buffer_bytes.max(64 * 1024),
+                            resume_deadline: Duration::from_secs(profile.resume_deadline_secs.max(1)),
+                            ..ResumeConfig::default()
+                        },
                         ended: CancellationToken::new(),
                         end_reason: Mutex::new(None),
                         to_device: AtomicU64::new(0),
@@ -315,8 +321,14 @@ impl ClientSession {
         let (conn, leg) = self.join_leg(relay, 0).await?;
         let key = ResumeKey::default();
         let source = Box::new(DialLegs { session: self.clone(), conn });
-        let (pipe, _driver) =
-            resumable::start(leg, Side::Client, conn, key.clone(), source, ResumeConfig::default(), None);
+        let (pipe, driver) = resumable::start(leg, Side::Client, conn, key.clone(), source, self.resume, None);
+        tokio::spawn(async move {
+            // A connection that could not resume is closed: say why.
+            if let Ok(Err(why)) = driver.await {
+                tracing::warn!(conn, %why, "tunnelled connection lost");
+                eprintln!("tunnelled connection {conn} lost: {why}");
+            }
+        });
         let name = tls::server_name(&self.device)?;
         let handshake = tokio_rustls::TlsConnector::from(self.e2e.clone()).connect(name, pipe);
         let t = match tokio::time::timeout(E2E_TIMEOUT, handshake).await {

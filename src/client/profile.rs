@@ -37,6 +37,13 @@ pub struct Profile {
     pub grant_signing_key: Option<PathBuf>,
     #[serde(default = "default_ttl")]
     pub grant_ttl_secs: u64,
+    /// Bytes kept unacknowledged per direction of a tunnelled connection, for
+    /// resuming after a relay fails.
+    #[serde(default = "crate::agent::config::default_resume_buffer")]
+    pub resume_buffer_bytes: usize,
+    /// A connection whose leg broke is closed if it cannot resume within this.
+    #[serde(default = "crate::agent::config::default_resume_deadline")]
+    pub resume_deadline_secs: u64,
     /// The relay pair, in order of preference.
     pub relays: Vec<RelayEntry>,
 }

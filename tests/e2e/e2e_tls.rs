@@ -64,6 +64,7 @@ async fn tapped(taps: Taps, service: SocketAddr) -> Tapped {
         client: a.client,
         admin: a.admin,
         audit: tmp.path().join("relay-audit.jsonl"),
+        twin: None,
     };
     let cert = (pki.path(&format!("{DEVICE}.pem")), pki.path(&format!("{DEVICE}.key")));
     let agent_cfg = write_agent_config(tmp.path(), &pki, &[&relay], service, &Opts::default(), (&cert.0, &cert.1));
@@ -79,6 +80,8 @@ impl Tapped {
             ca: self.pki.path("ca.pem"),
             grant_signing_key: Some(self.pki.path("grant.key")),
             grant_ttl_secs: 60,
+            resume_buffer_bytes: 8 << 20,
+            resume_deadline_secs: 30,
             relays: vec![tether::client::RelayEntry {
                 name: "relay-a".into(),
                 addr: self.relay.client.to_string(),

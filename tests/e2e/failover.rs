@@ -146,6 +146,17 @@ async fn interactive_across_kills(kills: usize, freeze: bool) -> Vec<std::time::
             fleet.metric(survivor, "tether_twin_replication_lag_events", &[]).await == 0.0
         })
         .await;
+        // The restarted twin serves a new session too.
+        let only_victim =
+            tether::client::Profile { relays: vec![fleet.profile().relays[victim].clone()], ..fleet.profile() };
+        let fresh = within(30, tether::client::ClientSession::open(&only_victim, DEVICE, "echo")).await.unwrap();
+        let mut t = within(30, fresh.connect()).await.unwrap();
+        t.write_all(b"new").await.unwrap();
+        t.flush().await.unwrap();
+        let mut b3 = [0u8; 3];
+        within(30, t.read_exact(&mut b3)).await.unwrap();
+        assert_eq!(&b3, b"new");
+        fresh.close();
     }
     stop.cancel();
     let sent = within(30, pinger).await.unwrap();
@@ -307,4 +318,30 @@ async fn a_forged_resume_is_refused_and_audited() {
         assert!(audited(&fleet.relay_audit(i), "client_refused", "bad_token"));
     }
     assert!(session.end_reason().is_none(), "a forged resume disturbed the session");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_connection_that_cannot_resume_is_closed_and_audited() {
+    use tether::client::{ClientSession, Profile};
+    // One relay, no twin: when it dies there is nowhere to resume.
+    let mut fleet = Fleet::start(Opts { resume_deadline_secs: 2, ..Opts::default() }).await;
+    let profile = Profile { resume_deadline_secs: 2, ..fleet.profile() };
+    let session = within(30, ClientSession::open(&profile, DEVICE, "echo")).await.unwrap();
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(session.clone().serve(listener));
+    let mut conn = TcpStream::connect(addr).await.unwrap();
+    conn.write_all(b"ping").await.unwrap();
+    let mut buf = [0u8; 4];
+    within(30, conn.read_exact(&mut buf)).await.unwrap();
+
+    fleet.relays[0].proc.kill();
+    let started = std::time::Instant::now();
+    let r = within(20, conn.read(&mut buf)).await;
+    assert!(matches!(r, Ok(0) | Err(_)), "the local connection stayed open: {r:?}");
+    eprintln!("closed {:?} after the relay died", started.elapsed());
+    eventually("the device audits why the session ended", async || {
+        audited(&fleet.agent_audit(), "session_end", "relay_gone")
+    })
+    .await;
 }

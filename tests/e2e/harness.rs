@@ -50,6 +50,8 @@ pub struct RelayProc {
     pub client: SocketAddr,
     pub admin: SocketAddr,
     pub audit: PathBuf,
+    /// The twin-link listener, when twins are configured.
+    pub twin: Option<SocketAddr>,
 }
 
 pub struct Pki {
@@ -92,8 +94,8 @@ pub struct Opts {
     pub raw_legs: bool,
     /// With two relays: link them as twins.
     pub twins: bool,
-    /// Twin links through these: `(listen addresses, addresses each relay dials)`.
-    pub twin_links: Option<([SocketAddr; 2], [SocketAddr; 2])>,
+    /// Seconds a broken connection may take to resume (agent and client).
+    pub resume_deadline_secs: u64,
 }
 
 impl Default for Opts {
@@ -109,7 +111,7 @@ impl Default for Opts {
             revoke: None,
             raw_legs: true,
             twins: false,
-            twin_links: None,
+            resume_deadline_secs: 30,
         }
     }
 }
@@ -124,6 +126,8 @@ pub struct Fleet {
     pub stop: CancellationToken,
     /// Cert and key revoked by the CRL, when `Opts::revoke` was set.
     pub revoked: Option<(PathBuf, PathBuf)>,
+    /// With twins: `links[i]` carries what relay i sends its twin.
+    pub links: Vec<CutProxy>,
 }
 
 impl Drop for Fleet {
@@ -185,6 +189,7 @@ pub fn start_relay(dir: &Path, pki: &Pki, name: &str, opts: &Opts, twin: TwinPla
     };
     RelayProc {
         name: name.into(),
+        twin: line.split_whitespace().find_map(|w| w.strip_prefix("twin=")).map(|a| a.parse().unwrap()),
         control: field("control"),
         data: field("data"),
         client: field("client"),
@@ -205,13 +210,14 @@ pub fn write_agent_config(
 ) -> PathBuf {
     let mut cfg = format!(
         "device = \"{DEVICE}\"\nca = \"{}\"\ncert = \"{}\"\nkey = \"{}\"\ngrant_public_key = \"{}\"\nconsent = \"{}\"\n\
-         consent_timeout_secs = {}\nheartbeat_secs = 30\noperator_socket = \"{}\"\naudit_log = \"{}\"\n",
+         consent_timeout_secs = {}\nheartbeat_secs = 30\nresume_deadline_secs = {}\noperator_socket = \"{}\"\naudit_log = \"{}\"\n",
         pki.path("ca.pem").display(),
         cert.0.display(),
         cert.1.display(),
         pki.path("grant.pub").display(),
         opts.consent,
         opts.consent_timeout_secs,
+        opts.resume_deadline_secs,
         dir.join("agent.sock").display(),
         dir.join("agent-audit.jsonl").display(),
     );
@@ -256,14 +262,17 @@ impl Fleet {
             revoked = Some((cert, key));
         }
         let names = ["relay-a", "relay-b"];
-        let (links, dial) = opts.twin_links.unwrap_or_else(|| {
-            let l = [free_port(), free_port()];
-            (l, [l[1], l[0]])
-        });
-        let plan = |i: usize| -> TwinPlan {
-            (opts.twins && opts.relays == 2).then(|| (names[1 - i].to_string(), dial[i], links[i]))
-        };
+        // Each twin dials the other through a forwarder the harness holds (no
+        // port race; tests can also cut it); the twins listen on port 0.
+        let twins = opts.twins && opts.relays == 2;
+        let links = if twins { vec![CutProxy::start(None).await, CutProxy::start(None).await] } else { vec![] };
+        let any: SocketAddr = "127.0.0.1:0".parse().unwrap();
+        let plan = |i: usize| -> TwinPlan { twins.then(|| (names[1 - i].to_string(), links[i].addr, any)) };
         let relays: Vec<_> = (0..opts.relays).map(|i| start_relay(&dir, &pki, names[i], &opts, plan(i))).collect();
+        if twins {
+            links[0].set_target(relays[1].twin.expect("relay-b twin listener"));
+            links[1].set_target(relays[0].twin.expect("relay-a twin listener"));
+        }
         let stop = CancellationToken::new();
         let echo_l = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let echo = echo_l.local_addr().unwrap();
@@ -271,7 +280,7 @@ impl Fleet {
         let cert = (pki.path(&format!("{DEVICE}.pem")), pki.path(&format!("{DEVICE}.key")));
         let refs: Vec<&RelayProc> = relays.iter().collect();
         let agent_cfg = write_agent_config(&dir, &pki, &refs, echo, &opts, (&cert.0, &cert.1));
-        let mut fleet = Fleet { tmp, pki, relays, agent: None, agent_cfg, echo, stop, revoked };
+        let mut fleet = Fleet { tmp, pki, relays, agent: None, agent_cfg, echo, stop, revoked, links };
         if opts.agent {
             fleet.agent = Some(start_agent(&dir, &fleet.agent_cfg));
             for i in 0..fleet.relays.len() {
@@ -292,6 +301,8 @@ impl Fleet {
             ca: self.pki.path("ca.pem"),
             grant_signing_key: Some(self.pki.path("grant.key")),
             grant_ttl_secs: 60,
+            resume_buffer_bytes: 8 << 20,
+            resume_deadline_secs: 30,
             relays: self
                 .relays
                 .iter()
@@ -462,6 +473,10 @@ impl Fleet {
             .replacen("data = \"127.0.0.1:0\"", &format!("data = \"{}\"", r.data), 1)
             .replacen("client = \"127.0.0.1:0\"", &format!("client = \"{}\"", r.client), 1)
             .replacen("admin = \"127.0.0.1:0\"", &format!("admin = \"{}\"", r.admin), 1);
+        let text = match r.twin {
+            Some(t) => text.replacen("listen = \"127.0.0.1:0\"", &format!("listen = \"{t}\""), 1),
+            None => text,
+        };
         std::fs::write(&cfg, text).unwrap();
         self.relays[i].proc.kill();
         let child = Command::new(BIN)
@@ -493,6 +508,7 @@ impl Fleet {
 /// refused) and heal: a network partition on loopback.
 pub struct CutProxy {
     pub addr: SocketAddr,
+    target: Arc<std::sync::Mutex<Option<SocketAddr>>>,
     cut: Arc<std::sync::atomic::AtomicBool>,
     silent: Arc<tokio::sync::Notify>,
     quiet: Arc<std::sync::atomic::AtomicBool>,
@@ -500,20 +516,22 @@ pub struct CutProxy {
 }
 
 impl CutProxy {
-    pub async fn start(target: SocketAddr) -> CutProxy {
+    pub async fn start(target: Option<SocketAddr>) -> CutProxy {
+        let target = Arc::new(std::sync::Mutex::new(target));
         let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = l.local_addr().unwrap();
         let cut = Arc::new(std::sync::atomic::AtomicBool::new(false));
         let conns = Arc::new(std::sync::Mutex::new(Vec::new()));
         let silent = Arc::new(tokio::sync::Notify::new());
         let quiet = Arc::new(std::sync::atomic::AtomicBool::new(false));
-        let (c2, k2, s2, q2) = (cut.clone(), conns.clone(), silent.clone(), quiet.clone());
+        let (c2, k2, s2, q2, t2) = (cut.clone(), conns.clone(), silent.clone(), quiet.clone(), target.clone());
         tokio::spawn(async move {
             while let Ok((mut inbound, _)) = l.accept().await {
                 if c2.load(Ordering::SeqCst) {
                     continue; // dropped: the dialler sees the connection close
                 }
                 let (s3, silent_now) = (s2.clone(), q2.load(Ordering::SeqCst));
+                let Some(target) = *t2.lock().unwrap() else { continue };
                 let task = tokio::spawn(async move {
                     if silent_now {
                         let _held = inbound;
@@ -530,7 +548,11 @@ impl CutProxy {
                 k2.lock().unwrap().push(task);
             }
         });
-        CutProxy { addr, cut, silent, quiet, conns }
+        CutProxy { addr, target, cut, silent, quiet, conns }
+    }
+
+    pub fn set_target(&self, to: SocketAddr) {
+        *self.target.lock().unwrap() = Some(to);
     }
 
     pub fn cut(&self) {

@@ -85,8 +85,7 @@ async fn the_twin_link_refuses_anyone_but_the_twin() {
     // A valid fleet certificate that is not the twin's (a device's).
     let (c, k) = (fleet.pki.path(&format!("{DEVICE}.pem")), fleet.pki.path(&format!("{DEVICE}.key")));
     let cfg = tls::client_config(&fleet.pki.path("ca.pem"), Some((&c, &k)), tether::twin::link::ALPN_TWIN).unwrap();
-    let plan = std::fs::read_to_string(fleet.dir().join("relay-b.toml")).unwrap();
-    let listen = plan.lines().find_map(|l| l.strip_prefix("listen = ")).unwrap().trim_matches('"').to_string();
+    let listen = fleet.relays[1].twin.unwrap().to_string();
     let conn = tls::dial(&listen, "localhost", cfg).await.unwrap();
     let mut io = FrameIo::new(conn);
     let _ = io.write_frame(&Frame::TwinHello { version: VERSION, relay: "relay-a".into() }).await;
@@ -101,16 +100,8 @@ async fn the_twin_link_refuses_anyone_but_the_twin() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn during_a_partition_both_serve_and_a_replayed_grant_is_useless() {
     use tether::stream::e2e::ClientKey;
-    let listen = [free_port(), free_port()];
-    // Relay i dials its twin through proxy i.
-    let proxies = [CutProxy::start(listen[1]).await, CutProxy::start(listen[0]).await];
-    let opts = Opts {
-        relays: 2,
-        twins: true,
-        twin_links: Some((listen, [proxies[0].addr, proxies[1].addr])),
-        ..Opts::default()
-    };
-    let fleet = Fleet::start(opts).await;
+    let fleet = Fleet::start(Opts { relays: 2, twins: true, ..Opts::default() }).await;
+    let proxies = &fleet.links;
     for i in 0..2 {
         eventually("twin link up", async || fleet.metric(i, "tether_twin_link_up", &["direction=\"in\""]).await == 1.0)
             .await;
