@@ -101,8 +101,8 @@ pub struct Stats {
 struct Book {
     out: Outbound,
     inb: Inbound,
-    /// Received, not yet delivered to the application.
-    pending: BytesMut,
+    /// Received, not yet delivered to the application (chunks as they came).
+    pending: std::collections::VecDeque<Bytes>,
     delivered: u64,
     fin_out: Option<u64>,
     fin_acked: bool,
@@ -152,7 +152,7 @@ pub fn start(
         book: Mutex::new(Book {
             out: Outbound::new(cfg.cap),
             inb: Inbound::new(),
-            pending: BytesMut::new(),
+            pending: std::collections::VecDeque::new(),
             delivered: 0,
             fin_out: None,
             fin_acked: false,
@@ -183,21 +183,23 @@ pub fn start(
 
 /// Application -> outbound buffer, as room allows. Never cancelled mid-way.
 async fn read_app(sh: &Shared, mut app: ReadHalf<DuplexStream>) -> Result<(), String> {
-    let mut buf = vec![0u8; 64 * 1024];
+    let mut buf = BytesMut::new();
     loop {
         let room = sh.book().out.room();
         if room == 0 {
             sh.room.notified().await;
             continue;
         }
-        let want = room.min(buf.len());
-        let n = app.read(&mut buf[..want]).await.map_err(|e| format!("application side: {e}"))?;
+        // Read straight into a chunk that is kept as it is (no second copy).
+        let want = room.min(64 * 1024);
+        buf.reserve(want);
+        let n = (&mut app).take(want as u64).read_buf(&mut buf).await.map_err(|e| format!("application side: {e}"))?;
         {
             let mut b = sh.book();
             if n == 0 {
                 b.fin_out = Some(b.out.written());
             } else {
-                b.out.write(&buf[..n]);
+                b.out.write_bytes(buf.split().freeze());
             }
         }
         sh.to_send.notify_one();
@@ -213,7 +215,7 @@ async fn deliver(sh: &Shared, mut app: WriteHalf<DuplexStream>) -> Result<(), St
     loop {
         let (chunk, fin_now) = {
             let b = sh.book();
-            let chunk = Bytes::copy_from_slice(&b.pending[..b.pending.len().min(64 * 1024)]);
+            let chunk = b.pending.front().cloned().unwrap_or_default();
             (chunk, !b.fin_delivered && b.fin_in.is_some_and(|at| at == b.delivered))
         };
         if chunk.is_empty() {
@@ -228,7 +230,7 @@ async fn deliver(sh: &Shared, mut app: WriteHalf<DuplexStream>) -> Result<(), St
         app.write_all(&chunk).await.map_err(|e| format!("application side: {e}"))?;
         {
             let mut b = sh.book();
-            b.pending.advance(chunk.len());
+            b.pending.pop_front();
             b.delivered += chunk.len() as u64;
         }
         sh.to_send.notify_one();
@@ -474,7 +476,9 @@ async fn read_leg<R: tokio::io::AsyncRead + Unpin>(sh: &Shared, lr: &mut R, rbuf
             match f {
                 Wire::Data { seq, data } => match b.inb.on_data(seq, data) {
                     Ok(new) => {
-                        b.pending.extend_from_slice(&new);
+                        if !new.is_empty() {
+                            b.pending.push_back(new);
+                        }
                         drop(b);
                         sh.to_deliver.notify_one();
                     }

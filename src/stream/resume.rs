@@ -54,10 +54,17 @@ impl Outbound {
     pub fn write(&mut self, data: &[u8]) -> usize {
         let n = data.len().min(self.room());
         if n > 0 {
-            self.kept.push_back(Bytes::copy_from_slice(&data[..n]));
-            self.written += n as u64;
+            self.write_bytes(Bytes::copy_from_slice(&data[..n]));
         }
         n
+    }
+
+    /// Takes a whole chunk without copying it; the caller keeps within [`Self::room`].
+    pub fn write_bytes(&mut self, data: Bytes) {
+        if !data.is_empty() {
+            self.written += data.len() as u64;
+            self.kept.push_back(data);
+        }
     }
 
     /// The next bytes to put on the current leg (at most `max`), and their
