@@ -14,13 +14,16 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
-use tether::client::{ClientSession, Profile, RelayEntry};
+use tether::client::ClientSession;
 use tether::proto::{Frame, FrameIo, Grant, LegSide, Outcome, Reason, SessionId, VERSION, grant::now_secs, leg_mac};
 use tether::tls;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
-use tokio::net::{TcpListener, TcpStream};
+use tokio::net::TcpListener;
 use tokio::runtime::Runtime;
 use tokio_util::sync::CancellationToken;
+
+#[path = "common/mod.rs"]
+mod common;
 
 const SIZE: usize = 32 << 20;
 /// Connection numbers from here on use TLS legs (both sides of the bench agree).
@@ -118,60 +121,13 @@ fn setup() -> Setup {
                 tokio::spawn(sink_conn(s));
             }
         });
-        let any: SocketAddr = "127.0.0.1:0".parse().unwrap();
-        let cfg = tether::relay::RelayConfig {
-            name: "relay-a".into(),
-            control: any,
-            data: any,
-            client: any,
-            admin: any,
-            ca: pki.join("ca.pem"),
-            cert: pki.join("relay-a.pem"),
-            key: pki.join("relay-a.key"),
-            crl: None,
-            grant_public_key: pki.join("grant.pub"),
-            audit_log: d.join("relay-audit.jsonl"),
-            raw_legs: true,
-            twin: None,
-            limits: Default::default(),
-        };
-        let listeners = tether::relay::Listeners::bind(&cfg).await.unwrap();
-        let a = listeners.addrs();
         let stop = CancellationToken::new();
-        tokio::spawn(tether::relay::run(listeners, cfg, stop.clone()));
-
+        let a = common::start_relay(&pki, &d, stop.clone()).await;
         // The real agent, for the full path.
-        let agent_toml = format!(
-            "device = \"bench-1\"\nca = \"pki/ca.pem\"\ncert = \"pki/bench-1.pem\"\nkey = \"pki/bench-1.key\"\n\
-             grant_public_key = \"pki/grant.pub\"\nconsent = \"auto\"\noperator_socket = \"agent.sock\"\naudit_log = \"agent-audit.jsonl\"\n\
-             [[relays]]\nname = \"relay-a\"\ncontrol = \"{}\"\ndata = \"{}\"\nserver_name = \"localhost\"\n\
-             [services.sink]\ntarget = \"{sink_addr}\"\n",
-            a.control, a.data
-        );
-        std::fs::write(d.join("agent.toml"), agent_toml).unwrap();
-        use tether::config::ConfigFile;
-        let agent_cfg = tether::agent::AgentConfig::load(&d.join("agent.toml")).unwrap();
-        tokio::spawn(tether::agent::run(agent_cfg, stop.clone()));
+        common::start_agent(&d, "bench-1", &a, &[("sink", sink_addr)], stop).await;
         tokio::spawn(bare_device(pki.clone(), a.control, a.data));
 
-        let profile = Profile {
-            specialist: "bench".into(),
-            role: "engineer".into(),
-            ca: pki.join("ca.pem"),
-            grant_signing_key: Some(pki.join("grant.key")),
-            grant_ttl_secs: 60,
-            resume_buffer_bytes: 8 << 20,
-            resume_deadline_secs: 30,
-            relays: vec![RelayEntry { name: "relay-a".into(), addr: a.client.to_string(), server_name: Some("localhost".into()) }],
-        };
-        let mut full = None;
-        for _ in 0..100 {
-            if let Ok(s) = ClientSession::open(&profile, "bench-1", "sink").await {
-                full = Some(s);
-                break;
-            }
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
+        let full = common::open_session(&common::profile(&pki, a.client), "bench-1", "sink").await;
         // The bare session: a grant and ClientOpen by hand.
         let signer = tls::pki::load_grant_signer(&pki.join("grant.key")).unwrap();
         let now = now_secs();
@@ -189,16 +145,32 @@ fn setup() -> Setup {
         let cfg = tls::client_config(&pki.join("ca.pem"), None, tls::ALPN_CLIENT).unwrap();
         let mut control = FrameIo::new(tls::dial(&a.client.to_string(), "localhost", cfg).await.unwrap());
         control.write_frame(&Frame::ClientOpen { version: VERSION, grant, service: "sink".into() }).await.unwrap();
-        let Frame::SessionReady { session, token, .. } = control.read_frame().await.unwrap() else { panic!("bare session") };
+        let Frame::SessionReady { session, token, .. } = control.read_frame().await.unwrap() else {
+            panic!("bare session")
+        };
         tokio::spawn(async move {
             let _keep = control;
             std::future::pending::<()>().await
         });
-        (full.expect("agent attached"), (a.client, session, token))
+        (full, (a.client, session, token))
     });
     // The PKI exists now (made inside the runtime above).
     let client_tls = tls::client_config(&d.join("pki").join("ca.pem"), None, tls::ALPN_CLIENT).unwrap();
     Setup { rt, full, bare, next_conn: 1.into(), next_tls_conn: TLS_CONNS.into(), client_tls, _dir: dir }
+}
+
+/// One bare connection: join by hand over a raw or TLS leg, push, check.
+async fn bare_push(s: &Setup, tls_legs: bool) {
+    use std::sync::atomic::Ordering::Relaxed;
+    let (addr, session, token) = s.bare;
+    let conn = if tls_legs { s.next_tls_conn.fetch_add(1, Relaxed) } else { s.next_conn.fetch_add(1, Relaxed) };
+    let leg = tether::leg::dial(&addr.to_string(), !tls_legs, "localhost", s.client_tls.clone()).await.unwrap();
+    let mut io = FrameIo::new(leg);
+    let mac = leg_mac(&token, LegSide::Client, &session, conn);
+    io.write_frame(&Frame::ClientJoin { version: VERSION, session, conn, mac, resumes: 0 }).await.unwrap();
+    assert!(matches!(io.read_frame().await.unwrap(), Frame::Paired { .. }));
+    let (leg, prefix) = io.into_parts();
+    push(tether::stream::Prefixed::new(prefix, leg)).await;
 }
 
 fn layers(c: &mut Criterion) {
@@ -207,47 +179,19 @@ fn layers(c: &mut Criterion) {
     g.throughput(Throughput::Bytes(SIZE as u64));
     g.sample_size(10);
     g.measurement_time(Duration::from_secs(8));
-    g.bench_function("bare_raw_legs", |b| {
-        b.iter_custom(|n| {
-            s.rt.block_on(async {
-                let start = Instant::now();
-                for _ in 0..n {
-                    let (addr, session, token) = s.bare;
-                    let conn = s.next_conn.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-                    let mut io = FrameIo::new(TcpStream::connect(addr).await.unwrap());
-                    let mac = leg_mac(&token, LegSide::Client, &session, conn);
-                    io.write_frame(&Frame::ClientJoin { version: VERSION, session, conn, mac, resumes: 0 })
-                        .await
-                        .unwrap();
-                    assert!(matches!(io.read_frame().await.unwrap(), Frame::Paired { .. }));
-                    let (leg, prefix) = io.into_parts();
-                    push(tether::stream::Prefixed::new(prefix, leg)).await;
-                }
-                start.elapsed()
+    for (name, tls_legs) in [("bare_raw_legs", false), ("bare_tls_legs", true)] {
+        g.bench_function(name, |b| {
+            b.iter_custom(|n| {
+                s.rt.block_on(async {
+                    let start = Instant::now();
+                    for _ in 0..n {
+                        bare_push(&s, tls_legs).await;
+                    }
+                    start.elapsed()
+                })
             })
-        })
-    });
-    g.bench_function("bare_tls_legs", |b| {
-        b.iter_custom(|n| {
-            s.rt.block_on(async {
-                let start = Instant::now();
-                for _ in 0..n {
-                    let (addr, session, token) = s.bare;
-                    let conn = s.next_tls_conn.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-                    let leg = tls::dial(&addr.to_string(), "localhost", s.client_tls.clone()).await.unwrap();
-                    let mut io = FrameIo::new(leg);
-                    let mac = leg_mac(&token, LegSide::Client, &session, conn);
-                    io.write_frame(&Frame::ClientJoin { version: VERSION, session, conn, mac, resumes: 0 })
-                        .await
-                        .unwrap();
-                    assert!(matches!(io.read_frame().await.unwrap(), Frame::Paired { .. }));
-                    let (leg, prefix) = io.into_parts();
-                    push(tether::stream::Prefixed::new(prefix, leg)).await;
-                }
-                start.elapsed()
-            })
-        })
-    });
+        });
+    }
     g.bench_function("full_e2e_tls_and_resumable", |b| {
         b.iter_custom(|n| {
             s.rt.block_on(async {

@@ -8,11 +8,14 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
-use tether::client::{ClientSession, Profile, RelayEntry};
+use tether::client::ClientSession;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::runtime::Runtime;
 use tokio_util::sync::CancellationToken;
+
+#[path = "common/mod.rs"]
+mod common;
 
 const SIZE: usize = 32 << 20;
 
@@ -70,63 +73,13 @@ fn setup() -> Setup {
         let (sink_addr, source_addr) = (sink_l.local_addr().unwrap(), source_l.local_addr().unwrap());
         tokio::spawn(sink(sink_l));
         tokio::spawn(source(source_l));
-
-        let any: SocketAddr = "127.0.0.1:0".parse().unwrap();
-        let cfg = tether::relay::RelayConfig {
-            name: "relay-a".into(),
-            control: any,
-            data: any,
-            client: any,
-            admin: any,
-            ca: pki.join("ca.pem"),
-            cert: pki.join("relay-a.pem"),
-            key: pki.join("relay-a.key"),
-            crl: None,
-            grant_public_key: pki.join("grant.pub"),
-            audit_log: d.join("relay-audit.jsonl"),
-            raw_legs: true,
-            twin: None,
-            limits: Default::default(),
-        };
-        let listeners = tether::relay::Listeners::bind(&cfg).await.unwrap();
-        let addrs = listeners.addrs();
         let stop = CancellationToken::new();
-        tokio::spawn(tether::relay::run(listeners, cfg, stop.clone()));
-
-        let agent_toml = format!(
-            "device = \"bench-1\"\nca = \"pki/ca.pem\"\ncert = \"pki/bench-1.pem\"\nkey = \"pki/bench-1.key\"\n\
-             grant_public_key = \"pki/grant.pub\"\nconsent = \"auto\"\noperator_socket = \"agent.sock\"\naudit_log = \"agent-audit.jsonl\"\n\
-             [[relays]]\nname = \"relay-a\"\ncontrol = \"{}\"\ndata = \"{}\"\nserver_name = \"localhost\"\n\
-             [services.sink]\ntarget = \"{sink_addr}\"\n[services.source]\ntarget = \"{source_addr}\"\n",
-            addrs.control, addrs.data
-        );
-        std::fs::write(d.join("agent.toml"), agent_toml).unwrap();
-        use tether::config::ConfigFile;
-        let agent_cfg = tether::agent::AgentConfig::load(&d.join("agent.toml")).unwrap();
-        tokio::spawn(tether::agent::run(agent_cfg, stop.clone()));
-
-        let profile = Profile {
-            specialist: "bench".into(),
-            role: "engineer".into(),
-            ca: pki.join("ca.pem"),
-            grant_signing_key: Some(pki.join("grant.key")),
-            grant_ttl_secs: 60,
-            resume_buffer_bytes: 8 << 20,
-            resume_deadline_secs: 30,
-            relays: vec![RelayEntry { name: "relay-a".into(), addr: addrs.client.to_string(), server_name: Some("localhost".into()) }],
-        };
-        let mut to_sink = None;
-        for _ in 0..100 {
-            match ClientSession::open(&profile, "bench-1", "sink").await {
-                Ok(s) => {
-                    to_sink = Some(s);
-                    break;
-                }
-                Err(_) => tokio::time::sleep(Duration::from_millis(50)).await, // agent still attaching
-            }
-        }
-        let from_source = ClientSession::open(&profile, "bench-1", "source").await.unwrap();
-        (sink_addr, source_addr, to_sink.expect("agent attached"), from_source)
+        let relay = common::start_relay(&pki, &d, stop.clone()).await;
+        common::start_agent(&d, "bench-1", &relay, &[("sink", sink_addr), ("source", source_addr)], stop).await;
+        let profile = common::profile(&pki, relay.client);
+        let to_sink = common::open_session(&profile, "bench-1", "sink").await;
+        let from_source = common::open_session(&profile, "bench-1", "source").await;
+        (sink_addr, source_addr, to_sink, from_source)
     });
     Setup { rt, sink: sink_addr, source: source_addr, to_sink, from_source, _dir: dir }
 }

@@ -1,7 +1,7 @@
 //! Live sessions survive the death of the relay they run through: the ends
 //! resume through the twin from the last acknowledged byte.
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::{TcpListener, TcpStream};
+use tokio::net::TcpStream;
 
 use crate::harness::*;
 
@@ -22,9 +22,7 @@ async fn sigkill_of_the_carrying_relay_during_256_mib_loses_no_byte() {
     let mut fleet = twins().await;
     let session = fleet.session("echo").await;
     assert_eq!(session.relay.name, "relay-a");
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    tokio::spawn(session.clone().serve(listener));
+    let addr = serve(&session).await;
 
     let data = random(256 << 20);
     let transfer = Transfer::start(addr, data).await;
@@ -75,9 +73,7 @@ async fn interactive_across_kills(kills: usize, freeze: bool) -> Vec<std::time::
     use std::time::{Duration, Instant};
     let mut fleet = twins().await;
     let session = fleet.session("echo").await;
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    tokio::spawn(session.clone().serve(listener));
+    let addr = serve(&session).await;
     let mut conn = TcpStream::connect(addr).await.unwrap();
 
     let answers = std::sync::Arc::new(std::sync::Mutex::new(Vec::<Instant>::new()));
@@ -193,9 +189,7 @@ async fn failover_pause_over_20_kills() {
 async fn graceful_drain_moves_live_sessions_with_zero_bytes_lost() {
     let mut fleet = twins().await;
     let session = fleet.session("echo").await;
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    tokio::spawn(session.clone().serve(listener));
+    let addr = serve(&session).await;
 
     let data = random(32 << 20);
     let transfer = Transfer::start(addr, data).await;
@@ -239,9 +233,7 @@ fn signal(pid: u32, sig: &str) {
 async fn a_frozen_relay_is_detected_and_left_without_corruption() {
     let fleet = twins().await;
     let session = fleet.session("echo").await;
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    tokio::spawn(session.clone().serve(listener));
+    let addr = serve(&session).await;
 
     let data = random(48 << 20);
     let transfer = Transfer::start(addr, data).await;
@@ -327,9 +319,7 @@ async fn a_connection_that_cannot_resume_is_closed_and_audited() {
     let mut fleet = Fleet::start(Opts { resume_deadline_secs: 2, ..Opts::default() }).await;
     let profile = Profile { resume_deadline_secs: 2, ..fleet.profile() };
     let session = within(30, ClientSession::open(&profile, DEVICE, "echo")).await.unwrap();
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    tokio::spawn(session.clone().serve(listener));
+    let addr = serve(&session).await;
     let mut conn = TcpStream::connect(addr).await.unwrap();
     conn.write_all(b"ping").await.unwrap();
     let mut buf = [0u8; 4];

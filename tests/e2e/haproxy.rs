@@ -3,7 +3,6 @@
 use std::process::{Command, Stdio};
 
 use tether::client::{ClientSession, Profile, RelayEntry};
-use tokio::net::TcpListener;
 
 use crate::harness::*;
 
@@ -67,9 +66,7 @@ async fn a_session_through_haproxy_survives_the_twin_behind_it() {
         .find(|&i| fleet.relay_audit(i).iter().any(|r| r["event"] == "session_start" && r["session"] == id.as_str()))
         .expect("the session landed on a twin");
 
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    tokio::spawn(session.clone().serve(listener));
+    let addr = serve(&session).await;
     let transfer = Transfer::start(addr, random(32 << 20)).await;
     // Kill whichever twin carries the bytes (leastconn may put the tunnel on
     // the twin of the one holding the control leg).

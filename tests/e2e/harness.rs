@@ -631,3 +631,18 @@ impl Transfer {
         assert_eq!(Sha256::digest(&got), Sha256::digest(&self.sent), "{what}: bytes changed");
     }
 }
+
+/// Serves `session` on a local listener, as `tether connect` does; returns its address.
+pub async fn serve(session: &Arc<ClientSession>) -> SocketAddr {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(session.clone().serve(listener));
+    addr
+}
+
+/// A session to `echo`, served locally.
+pub async fn serve_locally(fleet: &Fleet) -> (Arc<ClientSession>, SocketAddr) {
+    let session = fleet.session("echo").await;
+    let addr = serve(&session).await;
+    (session, addr)
+}

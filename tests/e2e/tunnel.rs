@@ -1,7 +1,7 @@
 //! Bytes through a tunnel arrive intact, in both directions, many at once.
 use sha2::{Digest, Sha256};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::{TcpListener, TcpStream};
+use tokio::net::TcpStream;
 
 use crate::harness::*;
 
@@ -21,14 +21,6 @@ async fn round_trip(stream: TcpStream, data: &[u8]) -> Vec<u8> {
     };
     let both = async { tokio::join!(writer, reader).1 };
     within(120, both).await
-}
-
-async fn serve_locally(fleet: &Fleet) -> (std::sync::Arc<tether::client::ClientSession>, std::net::SocketAddr) {
-    let session = fleet.session("echo").await;
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    tokio::spawn(session.clone().serve(listener));
-    (session, addr)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
