@@ -17,41 +17,16 @@ use criterion::{Criterion, Throughput, criterion_group, criterion_main};
 use tether::client::ClientSession;
 use tether::proto::{Frame, FrameIo, Grant, LegSide, Outcome, Reason, SessionId, VERSION, grant::now_secs, leg_mac};
 use tether::tls;
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpListener;
 use tokio::runtime::Runtime;
 use tokio_util::sync::CancellationToken;
 
 #[path = "common/mod.rs"]
 mod common;
+use common::{SIZE, push, sink_conn};
 
-const SIZE: usize = 32 << 20;
 /// Connection numbers from here on use TLS legs (both sides of the bench agree).
 const TLS_CONNS: u32 = 1_000_000;
-
-async fn sink_conn<S: AsyncRead + AsyncWrite + Unpin>(mut s: S) {
-    let mut buf = vec![0u8; 256 * 1024];
-    let mut n = 0u64;
-    while let Ok(k) = s.read(&mut buf).await {
-        if k == 0 {
-            break;
-        }
-        n += k as u64;
-    }
-    let _ = s.write_all(&n.to_be_bytes()).await;
-    let _ = s.shutdown().await;
-}
-
-async fn push<S: AsyncRead + AsyncWrite + Unpin>(mut s: S) {
-    let buf = vec![0x17u8; 256 * 1024];
-    for _ in 0..SIZE / buf.len() {
-        s.write_all(&buf).await.unwrap();
-    }
-    s.shutdown().await.unwrap();
-    let mut n = [0u8; 8];
-    s.read_exact(&mut n).await.unwrap();
-    assert_eq!(u64::from_be_bytes(n), SIZE as u64);
-}
 
 /// The bench as device `bench-2`: admits everything, serves each `Open` with a
 /// raw data leg that it drains itself.

@@ -16,24 +16,12 @@ use tokio_util::sync::CancellationToken;
 
 #[path = "common/mod.rs"]
 mod common;
+use common::{SIZE, push};
 
-const SIZE: usize = 32 << 20;
-
-/// Reads to EOF, then answers with the count (8 bytes).
+/// Serves the sink on every accepted connection.
 async fn sink(l: TcpListener) {
-    loop {
-        let Ok((mut s, _)) = l.accept().await else { return };
-        tokio::spawn(async move {
-            let mut buf = vec![0u8; 256 * 1024];
-            let mut n = 0u64;
-            while let Ok(k) = s.read(&mut buf).await {
-                if k == 0 {
-                    break;
-                }
-                n += k as u64;
-            }
-            let _ = s.write_all(&n.to_be_bytes()).await;
-        });
+    while let Ok((s, _)) = l.accept().await {
+        tokio::spawn(common::sink_conn(s));
     }
 }
 
@@ -82,17 +70,6 @@ fn setup() -> Setup {
         (sink_addr, source_addr, to_sink, from_source)
     });
     Setup { rt, sink: sink_addr, source: source_addr, to_sink, from_source, _dir: dir }
-}
-
-async fn push<S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin>(mut s: S) {
-    let buf = vec![0x17u8; 256 * 1024];
-    for _ in 0..SIZE / buf.len() {
-        s.write_all(&buf).await.unwrap();
-    }
-    s.shutdown().await.unwrap();
-    let mut n = [0u8; 8];
-    s.read_exact(&mut n).await.unwrap();
-    assert_eq!(u64::from_be_bytes(n), SIZE as u64);
 }
 
 async fn pull<S: tokio::io::AsyncRead + Unpin>(mut s: S) {

@@ -10,7 +10,37 @@ use std::time::Duration;
 use tether::client::{ClientSession, Profile, RelayEntry};
 use tether::config::ConfigFile;
 use tether::relay::{BoundAddrs, Listeners, RelayConfig};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio_util::sync::CancellationToken;
+
+/// Bytes moved per measured connection.
+pub const SIZE: usize = 32 << 20;
+
+/// Reads to EOF, then answers with the count (8 bytes).
+pub async fn sink_conn<S: AsyncRead + AsyncWrite + Unpin>(mut s: S) {
+    let mut buf = vec![0u8; 256 * 1024];
+    let mut n = 0u64;
+    while let Ok(k) = s.read(&mut buf).await {
+        if k == 0 {
+            break;
+        }
+        n += k as u64;
+    }
+    let _ = s.write_all(&n.to_be_bytes()).await;
+    let _ = s.shutdown().await;
+}
+
+/// Writes SIZE bytes, half-closes, and checks the sink's count.
+pub async fn push<S: AsyncRead + AsyncWrite + Unpin>(mut s: S) {
+    let buf = vec![0x17u8; 256 * 1024];
+    for _ in 0..SIZE / buf.len() {
+        s.write_all(&buf).await.unwrap();
+    }
+    s.shutdown().await.unwrap();
+    let mut n = [0u8; 8];
+    s.read_exact(&mut n).await.unwrap();
+    assert_eq!(u64::from_be_bytes(n), SIZE as u64);
+}
 
 /// Starts a relay (raw legs, no twin) on loopback port 0.
 pub async fn start_relay(pki: &Path, dir: &Path, stop: CancellationToken) -> BoundAddrs {

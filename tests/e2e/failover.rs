@@ -167,22 +167,26 @@ async fn an_interactive_session_survives_repeated_relay_kills() {
     eprintln!("failover pauses: {pauses:?}");
 }
 
-/// `cargo test --release --test e2e failover_pause -- --ignored --nocapture`:
-/// the failover pause over 20 kills.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "measurement: 20 kills"]
-async fn failover_pause_over_20_kills() {
-    let mut pauses = interactive_across_kills(20, false).await;
+/// Prints the pause distribution of a measurement run.
+fn report(kind: &str, mut pauses: Vec<std::time::Duration>) {
     pauses.sort();
     let pct = |p: f64| pauses[((pauses.len() - 1) as f64 * p).round() as usize];
     eprintln!(
-        "failover pause over {} SIGKILLs: p50 {:?}, p90 {:?}, p99 {:?}, max {:?}",
+        "failover pause over {} {kind}: p50 {:?}, p90 {:?}, p99 {:?}, max {:?}",
         pauses.len(),
         pct(0.5),
         pct(0.9),
         pct(0.99),
         pauses[pauses.len() - 1]
     );
+}
+
+/// `cargo test --release --test e2e failover_pause -- --ignored --nocapture`:
+/// the failover pause over 20 kills.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "measurement: 20 kills"]
+async fn failover_pause_over_20_kills() {
+    report("SIGKILLs", interactive_across_kills(20, false).await);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -263,17 +267,7 @@ async fn a_frozen_relay_is_detected_and_left_without_corruption() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 #[ignore = "measurement: 20 freezes"]
 async fn freeze_pause_over_20_sigstops() {
-    let mut pauses = interactive_across_kills(20, true).await;
-    pauses.sort();
-    let pct = |p: f64| pauses[((pauses.len() - 1) as f64 * p).round() as usize];
-    eprintln!(
-        "failover pause over {} SIGSTOPs: p50 {:?}, p90 {:?}, p99 {:?}, max {:?}",
-        pauses.len(),
-        pct(0.5),
-        pct(0.9),
-        pct(0.99),
-        pauses[pauses.len() - 1]
-    );
+    report("SIGSTOPs", interactive_across_kills(20, true).await);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
