@@ -17,6 +17,7 @@ fn frames(c: &mut Criterion) {
         relays: vec!["relay-a".into(), "relay-b".into()],
         issued_at: 1,
         expires_at: 2,
+        consent: false,
     });
     let samples = [
         ("heartbeat", Frame::Heartbeat { seq: 42 }),

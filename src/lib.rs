@@ -8,6 +8,7 @@
 //! - [`relay`]: listeners, pairing by session id, splicing, admin endpoints.
 //! - [`agent`]: control channels to both relays, grant checks, consent, data legs.
 //! - [`client`]: `tether connect`: grant, session, local listener.
+//! - [`hub`]: accounts, two factors, entitlements, grants, session records, audit.
 //! - [`dev`]: `tether dev`: a whole local system on dev certificates.
 //! - [`twin`]: replication of session state between twin relays.
 //! - [`audit`]: append-only, hash-chained JSON-lines audit log.
@@ -23,6 +24,7 @@ pub mod audit;
 pub mod client;
 pub mod config;
 pub mod dev;
+pub mod hub;
 pub mod leg;
 pub mod loadgen;
 pub mod metrics;

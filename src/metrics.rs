@@ -55,6 +55,17 @@ metric!(pub RELAY_PAIRING_SECONDS: Histogram = reg(Histogram::with_opts(
 ).expect("valid metric")));
 metric!(pub RELAY_RESIDENT_MEMORY: IntGauge = gauge("tether_relay_resident_memory_bytes", "Resident memory of the relay process (read at scrape)"));
 
+// Hub.
+metric!(pub HUB_REQUESTS: IntCounterVec = counter_vec("tether_hub_requests_total", "API requests, by route and status", &["route", "status"]));
+metric!(pub HUB_LOGIN_FAILURES: IntCounterVec = counter_vec("tether_hub_login_failures_total", "Failed logins, by reason (never told to the peer)", &["reason"]));
+metric!(pub HUB_REFUSALS: IntCounterVec = counter_vec("tether_hub_refusals_total", "Requests refused, by reason", &["reason"]));
+metric!(pub HUB_SESSIONS_GRANTED: IntCounter = counter("tether_hub_sessions_granted_total", "Grants signed"));
+metric!(pub HUB_RELAY_REPORTS: IntCounterVec = counter_vec("tether_hub_relay_reports_total", "Reports received, by relay", &["relay"]));
+metric!(pub HUB_REQUEST_SECONDS: Histogram = reg(Histogram::with_opts(
+    HistogramOpts::new("tether_hub_request_seconds", "Time to answer an API request")
+        .buckets(vec![0.0005, 0.001, 0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0]),
+).expect("valid metric")));
+
 // Twin link.
 metric!(pub TWIN_LINK_UP: IntGaugeVec = gauge_vec("tether_twin_link_up", "1 while the twin link is up, by direction (out: our facts, in: the twin's)", &["direction"]));
 metric!(pub TWIN_LAG_EVENTS: IntGauge = gauge("tether_twin_replication_lag_events", "Facts sent to the twin and not yet acknowledged"));
@@ -117,6 +128,12 @@ pub fn init() {
     LazyLock::force(&RELAY_PAIRING_SECONDS);
     LazyLock::force(&RELAY_RESIDENT_MEMORY);
     LazyLock::force(&TWIN_LINK_UP);
+    LazyLock::force(&HUB_REQUESTS);
+    LazyLock::force(&HUB_LOGIN_FAILURES);
+    LazyLock::force(&HUB_REFUSALS);
+    LazyLock::force(&HUB_SESSIONS_GRANTED);
+    LazyLock::force(&HUB_RELAY_REPORTS);
+    LazyLock::force(&HUB_REQUEST_SECONDS);
     LazyLock::force(&TWIN_LAG_EVENTS);
     LazyLock::force(&TWIN_LAG_SECONDS);
     LazyLock::force(&TWIN_FACTS_RECEIVED);

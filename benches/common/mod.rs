@@ -94,6 +94,8 @@ pub fn profile(pki: &Path, client: SocketAddr) -> Profile {
         specialist: "bench".into(),
         role: "engineer".into(),
         ca: pki.join("ca.pem"),
+        hub: None,
+        path: None,
         grant_signing_key: Some(pki.join("grant.key")),
         grant_ttl_secs: 600,
         resume_buffer_bytes: 8 << 20,

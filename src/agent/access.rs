@@ -59,9 +59,11 @@ pub async fn handle(state: Shared, relay: String, tx: mpsc::Sender<Frame>, signe
                      "specialist": grant.specialist, "role": grant.role});
     state.audit.record("access_requested", who.clone());
 
-    let consent = match state.cfg.consent {
-        Consent::Auto => Ok("auto".to_string()),
-        Consent::Required => {
+    // On-site consent when the device's own policy or the hub's asks for it.
+    let required = state.cfg.consent == Consent::Required || grant.consent;
+    let consent = match required {
+        false => Ok("auto".to_string()),
+        true => {
             let (answer, rx) = oneshot::channel();
             let pending = Pending {
                 grant: grant.clone(),

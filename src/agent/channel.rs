@@ -79,6 +79,11 @@ async fn attach_once(state: &Shared, relay: &RelayEndpoint, attached: &mut bool)
     metrics::AGENT_CONTROL_CHANNELS.with_label_values(&[&relay.name]).set(1);
     *attached = true;
     tracing::info!("attached");
+    let head = |state: &Shared| {
+        let (seq, hash) = state.audit.head();
+        Frame::AuditHead { seq, hash }
+    };
+    io.write_frame(&head(state)).await.map_err(|e| format!("write: {e}"))?;
 
     let mut ticker = interval(hb);
     ticker.tick().await;
@@ -93,6 +98,7 @@ async fn attach_once(state: &Shared, relay: &RelayEndpoint, attached: &mut bool)
                 }
                 seq += 1;
                 io.write_frame(&Frame::Heartbeat { seq }).await.map_err(|e| format!("write: {e}"))?;
+                io.write_frame(&head(state)).await.map_err(|e| format!("write: {e}"))?;
             }
             out = rx.recv() => if let Some(f) = out {
                 io.write_frame(&f).await.map_err(|e| format!("write: {e}"))?;

@@ -32,13 +32,32 @@ pub struct AuditLog {
     chain: Mutex<Chain>,
 }
 
-const GENESIS: &str = "0000000000000000000000000000000000000000000000000000000000000000";
+/// The `prev` of a chain's first record.
+pub const GENESIS: &str = "0000000000000000000000000000000000000000000000000000000000000000";
 
 fn hash_record(prev: &str, record: &Map<String, Value>) -> String {
     let mut h = Sha256::new();
     h.update(prev.as_bytes());
     h.update(serde_json::to_vec(record).unwrap_or_default());
     hex::encode(h.finalize())
+}
+
+/// The record after `prev` in a chain: `event` plus `fields` (an object).
+/// Returns the JSON line (no newline) and its hash.
+pub fn link(seq: u64, prev: &str, ts: &str, event: &str, fields: Value) -> (String, String) {
+    let mut rec = match fields {
+        Value::Object(m) => m,
+        _ => Map::new(),
+    };
+    // The chain's own keys win over any field of the same name.
+    rec.insert("seq".into(), seq.into());
+    rec.insert("ts".into(), ts.into());
+    rec.insert("event".into(), event.into());
+    rec.insert("prev".into(), prev.into());
+    rec.remove("hash");
+    let hash = hash_record(prev, &rec);
+    rec.insert("hash".into(), hash.clone().into());
+    (serde_json::to_string(&rec).unwrap_or_default(), hash)
 }
 
 impl AuditLog {
@@ -62,6 +81,17 @@ impl AuditLog {
         AuditLog { path: PathBuf::new(), chain: Mutex::new(Chain { file: None, seq: 0, prev: GENESIS.into() }) }
     }
 
+    /// The chain's head: last sequence number and hash.
+    pub fn head(&self) -> (u64, String) {
+        match self.chain.lock() {
+            Ok(c) => (c.seq, c.prev.clone()),
+            Err(p) => {
+                let c = p.into_inner();
+                (c.seq, c.prev.clone())
+            }
+        }
+    }
+
     pub fn path(&self) -> &Path {
         &self.path
     }
@@ -75,21 +105,11 @@ impl AuditLog {
         if chain.file.is_none() {
             return;
         }
-        let mut rec = Map::new();
         chain.seq += 1;
-        rec.insert("seq".into(), chain.seq.into());
-        rec.insert("ts".into(), crate::now_rfc3339().into());
-        rec.insert("event".into(), event.into());
-        if let Value::Object(m) = fields {
-            rec.extend(m);
-        }
-        rec.insert("prev".into(), chain.prev.clone().into());
-        let hash = hash_record(&chain.prev, &rec);
-        rec.insert("hash".into(), hash.clone().into());
-        let mut line = serde_json::to_vec(&rec).unwrap_or_default();
-        line.push(b'\n');
+        let (mut line, hash) = link(chain.seq, &chain.prev, &crate::now_rfc3339(), event, fields);
+        line.push('\n');
         if let Some(f) = chain.file.as_mut()
-            && let Err(e) = f.write_all(&line)
+            && let Err(e) = f.write_all(line.as_bytes())
         {
             tracing::error!(path = %self.path.display(), error = %e, "audit write failed");
         }
@@ -110,27 +130,44 @@ fn last_link(r: impl BufRead) -> (u64, String) {
     out
 }
 
-/// Checks every record's chain link; returns the number of records.
+/// Checks every record's chain link; returns the number of records. The
+/// error names the first record that is altered, missing or out of order.
 pub fn verify(path: &Path) -> Result<u64, AuditError> {
     let f = File::open(path).map_err(|source| AuditError::Io { path: path.into(), source })?;
-    let mut prev = GENESIS.to_string();
+    verify_lines(BufReader::new(f), GENESIS, 0).map_err(|(line, why)| AuditError::Broken { path: path.into(), line, why })
+}
+
+/// Checks a chain read from `r` that continues after (`prev`, `seq`).
+/// Errors carry the 1-based line and why.
+pub fn verify_lines(r: impl BufRead, prev: &str, seq: u64) -> Result<u64, (usize, String)> {
+    let mut prev = prev.to_string();
+    let mut expected = seq + 1;
     let mut n = 0;
-    for (i, line) in BufReader::new(f).lines().enumerate() {
-        let broken = |why: &str| AuditError::Broken { path: path.into(), line: i + 1, why: why.into() };
-        let line = line.map_err(|_| broken("unreadable"))?;
+    for (i, line) in r.lines().enumerate() {
+        let broken = |why: String| (i + 1, why);
+        let line = line.map_err(|_| broken("unreadable".into()))?;
         let Ok(Value::Object(mut m)) = serde_json::from_str::<Value>(&line) else {
-            return Err(broken("not a JSON object"));
+            return Err(broken("not a JSON object".into()));
         };
         let Some(Value::String(hash)) = m.remove("hash") else {
-            return Err(broken("no hash"));
+            return Err(broken("no hash".into()));
         };
-        if m.get("prev").and_then(Value::as_str) != Some(prev.as_str()) {
-            return Err(broken("prev does not match the previous record"));
+        let seq = m.get("seq").and_then(Value::as_u64).unwrap_or(0);
+        if hash_record(m.get("prev").and_then(Value::as_str).unwrap_or(""), &m) != hash {
+            return Err(broken(format!("record seq {seq} was altered (its hash does not match its content)")));
         }
-        if hash_record(&prev, &m) != hash {
-            return Err(broken("hash does not match the record"));
+        if seq > expected {
+            let missing = if seq == expected + 1 { format!("{expected}") } else { format!("{expected}..{}", seq - 1) };
+            return Err(broken(format!("record(s) seq {missing} missing before seq {seq}")));
+        }
+        if seq < expected {
+            return Err(broken(format!("record seq {seq} out of order (expected seq {expected})")));
+        }
+        if m.get("prev").and_then(Value::as_str) != Some(prev.as_str()) {
+            return Err(broken(format!("record seq {seq} does not follow the previous record (prev differs)")));
         }
         prev = hash;
+        expected += 1;
         n += 1;
     }
     Ok(n)

@@ -1,11 +1,13 @@
 //! The specialist's side: obtain a grant, open a session through a relay (its
 //! twin when the first fails), and forward local connections through it.
 
+pub mod cli;
 mod grant_source;
+pub mod hub;
 pub mod profile;
 
 pub use grant_source::GrantSource;
-pub use profile::{Profile, RelayEntry};
+pub use profile::{HubLogin, Profile, RelayEntry};
 
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -126,15 +128,25 @@ impl ClientSession {
     /// Obtains a grant and opens the session; waits for the device's decision
     /// (which may include on-site consent).
     pub async fn open(profile: &Profile, device: &str, service: &str) -> Result<Arc<ClientSession>, ClientError> {
-        let source = GrantSource::from_profile(profile)?;
+        let source = GrantSource::from_profile(profile, None)?;
+        Self::open_with(profile, &source, device, service).await
+    }
+
+    /// Opens a session with a grant from `source` (the hub, normally).
+    pub async fn open_with(
+        profile: &Profile,
+        source: &GrantSource,
+        device: &str,
+        service: &str,
+    ) -> Result<Arc<ClientSession>, ClientError> {
         let key = e2e::ClientKey::generate()?;
         let e2e = e2e::client_config(&profile.ca, &key)?;
         tls::server_name(device)?;
-        let grant = source.obtain(device, service, key.public_key()).await?;
+        let grant_source::Obtained { grant, relays } = source.obtain(device, service, key.public_key()).await?;
         let tls = tls::client_config(&profile.ca, None, tls::ALPN_CLIENT)?;
         let mut failures = Vec::new();
         let mut last = None;
-        for relay in &profile.relays {
+        for relay in &relays {
             let conn = match dial(&relay.addr, relay.server_name(), tls.clone()).await {
                 Ok(c) => c,
                 Err(source) => {
@@ -155,7 +167,7 @@ impl ClientSession {
                     let s = Arc::new(ClientSession {
                         id: session,
                         relay: relay.clone(),
-                        relays: profile.relays.clone(),
+                        relays: relays.clone(),
                         current: Mutex::new(relay.clone()),
                         device: device.to_string(),
                         e2e,

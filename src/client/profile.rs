@@ -25,14 +25,18 @@ impl RelayEntry {
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Profile {
-    /// Who the specialist is (the hub will fill this from the login).
+    /// Who the specialist is, for dev-signed grants (the hub uses the login).
+    #[serde(default)]
     pub specialist: String,
     #[serde(default = "default_role")]
     pub role: String,
     /// Fleet root CA that relay certificates chain to.
     pub ca: PathBuf,
-    /// DEV ONLY: the grant-signing key, so the client signs its own grants
-    /// until the hub exists. A production profile never holds it.
+    /// The hub that authenticates the specialist and signs grants.
+    #[serde(default)]
+    pub hub: Option<HubLogin>,
+    /// TESTS ONLY: the grant-signing key, so the client signs its own grants
+    /// without a hub. A production profile never holds it.
     #[serde(default)]
     pub grant_signing_key: Option<PathBuf>,
     #[serde(default = "default_ttl")]
@@ -44,8 +48,43 @@ pub struct Profile {
     /// A connection whose leg broke is closed if it cannot resume within this.
     #[serde(default = "crate::agent::config::default_resume_deadline")]
     pub resume_deadline_secs: u64,
-    /// The relay pair, in order of preference.
+    /// The relay pair, in order of preference (with a hub: the hub's answer).
+    #[serde(default)]
     pub relays: Vec<RelayEntry>,
+    /// Where the profile was read from (`tether login` writes the token there).
+    #[serde(skip)]
+    pub path: Option<PathBuf>,
+}
+
+/// `[hub]` of a profile.
+#[derive(Debug, Clone, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct HubLogin {
+    /// `https://host:port`.
+    pub url: String,
+    #[serde(default)]
+    pub server_name: Option<String>,
+    pub user: String,
+    /// Written by `tether login`; short-lived.
+    #[serde(default)]
+    pub token: Option<String>,
+    #[serde(default)]
+    pub token_expires_at: Option<u64>,
+    /// DEV ONLY (`tether dev`): files holding the dev account's password and
+    /// TOTP secret, so the dev profile logs in by itself. Never in a real profile.
+    #[serde(default)]
+    pub dev_password_file: Option<PathBuf>,
+    #[serde(default)]
+    pub dev_totp_secret_file: Option<PathBuf>,
+}
+
+impl Profile {
+    /// Loads a profile and remembers its path.
+    pub fn open(path: &Path) -> Result<Profile, crate::config::ConfigError> {
+        let mut p = Profile::load(path)?;
+        p.path = Some(path.to_path_buf());
+        Ok(p)
+    }
 }
 
 fn default_role() -> String {
@@ -61,17 +100,30 @@ impl ConfigFile for Profile {
         if let Some(k) = self.grant_signing_key.as_mut() {
             resolve(base, k);
         }
+        if let Some(h) = self.hub.as_mut() {
+            for f in [h.dev_password_file.as_mut(), h.dev_totp_secret_file.as_mut()].into_iter().flatten() {
+                resolve(base, f);
+            }
+        }
     }
 
     fn problems(&self) -> Vec<String> {
         let mut p = Vec::new();
         must_exist(&mut p, "ca", &self.ca);
-        match &self.grant_signing_key {
-            Some(k) => must_exist(&mut p, "grant_signing_key", k),
-            None => p.push("grant_signing_key: required until the hub exists (dev profiles only)".into()),
+        match (&self.hub, &self.grant_signing_key) {
+            (Some(h), _) => {
+                if !h.url.starts_with("https://") {
+                    p.push(format!("hub.url: {:?} must start with https://", h.url));
+                }
+                if h.user.is_empty() {
+                    p.push("hub.user: must not be empty".into());
+                }
+            }
+            (None, Some(k)) => must_exist(&mut p, "grant_signing_key", k),
+            (None, None) => p.push("[hub]: required (url and user; then `tether login`)".into()),
         }
-        if self.relays.is_empty() {
-            p.push("relays: at least one relay is required".into());
+        if self.hub.is_none() && self.relays.is_empty() {
+            p.push("relays: at least one relay is required without a hub".into());
         }
         p
     }

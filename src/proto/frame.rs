@@ -33,6 +33,12 @@ pub enum Frame {
     Heartbeat {
         seq: u64,
     },
+    /// agent -> relay: the head of the agent's audit chain, which the relay
+    /// passes to the hub (anchoring). Sent on attach and with each heartbeat.
+    AuditHead {
+        seq: u64,
+        hash: String,
+    },
     /// relay -> agent: a specialist asks for `service` under `grant`.
     AccessRequest {
         grant: SignedGrant,
@@ -175,6 +181,7 @@ const TWIN_SNAPSHOT_END: u8 = 22;
 const TWIN_FACT: u8 = 23;
 const TWIN_ACK: u8 = 24;
 const TWIN_OPEN: u8 = 25;
+const AUDIT_HEAD: u8 = 26;
 
 fn put_sid(b: &mut BytesMut, s: &SessionId) {
     b.put_slice(&s.0);
@@ -219,6 +226,11 @@ impl Frame {
             Frame::Heartbeat { seq } => {
                 buf.put_u8(HEARTBEAT);
                 buf.put_u64(*seq);
+            }
+            Frame::AuditHead { seq, hash } => {
+                buf.put_u8(AUDIT_HEAD);
+                buf.put_u64(*seq);
+                put_str(buf, hash);
             }
             Frame::AccessRequest { grant, service } => {
                 buf.put_u8(ACCESS_REQUEST);
@@ -379,6 +391,7 @@ impl Frame {
                 raw_legs: get_bool(b)?,
             },
             HEARTBEAT => Frame::Heartbeat { seq: get_u64(b)? },
+            AUDIT_HEAD => Frame::AuditHead { seq: get_u64(b)?, hash: get_str(b)? },
             ACCESS_REQUEST => Frame::AccessRequest { grant: SignedGrant::decode(b)?, service: get_str(b)? },
             DECISION => Frame::Decision {
                 session: get_sid(b)?,
@@ -448,6 +461,7 @@ impl Frame {
             Frame::Hello { .. } => "hello",
             Frame::Welcome { .. } => "welcome",
             Frame::Heartbeat { .. } => "heartbeat",
+            Frame::AuditHead { .. } => "audit_head",
             Frame::AccessRequest { .. } => "access_request",
             Frame::Decision { .. } => "decision",
             Frame::Open { .. } => "open",

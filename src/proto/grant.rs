@@ -27,6 +27,9 @@ pub struct Grant {
     pub issued_at: u64,
     /// Unix seconds; after this the grant admits nothing.
     pub expires_at: u64,
+    /// The hub's policy asks for on-site consent (the agent asks when either
+    /// this or its own policy says so).
+    pub consent: bool,
 }
 
 /// A grant body and the hub's Ed25519 signature over exactly those bytes.
@@ -84,6 +87,7 @@ impl Grant {
         put_list(&mut b, &self.relays);
         b.put_u64(self.issued_at);
         b.put_u64(self.expires_at);
+        b.put_u8(self.consent.into());
         b.freeze()
     }
 
@@ -102,6 +106,11 @@ impl Grant {
             relays: get_list(&mut b)?,
             issued_at: get_u64(&mut b)?,
             expires_at: get_u64(&mut b)?,
+            consent: match get_u8(&mut b)? {
+                0 => false,
+                1 => true,
+                v => return Err(ProtoError::BadValue { field: "grant consent", value: v.into() }),
+            },
         };
         if !b.is_empty() {
             return Err(ProtoError::Trailing { extra: b.len() });

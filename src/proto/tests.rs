@@ -43,6 +43,7 @@ fn frame() -> impl Strategy<Value = Frame> {
             heartbeat_secs
         }),
         any::<u64>().prop_map(|seq| Frame::Heartbeat { seq }),
+        (any::<u64>(), "[0-9a-f]{0,64}").prop_map(|(seq, hash)| Frame::AuditHead { seq, hash }),
         (grant(), text()).prop_map(|(grant, service)| Frame::AccessRequest { grant, service }),
         (sid(), any::<bool>(), reason()).prop_map(|(session, ok, reason)| Frame::Decision {
             session,
@@ -121,7 +122,7 @@ proptest! {
     fn grants_round_trip_and_verify(device in text(), services in proptest::collection::vec(text(), 0..4), exp in any::<u64>()) {
         let signer = test_signer();
         let g = Grant { session: SessionId::random(), device, services, specialist: "s".into(), role: "r".into(),
-                        client_key: Bytes::from_static(b"k"), relays: vec!["a".into()], issued_at: 1, expires_at: exp };
+                        client_key: Bytes::from_static(b"k"), relays: vec!["a".into()], issued_at: 1, expires_at: exp, consent: exp % 2 == 0 };
         let v = GrantVerifier::new(signer.public_key());
         prop_assert_eq!(v.verify(&signer.sign(&g)).unwrap(), g);
     }
@@ -160,6 +161,7 @@ fn tampered_grant_fails_verification() {
         relays: vec![],
         issued_at: 1,
         expires_at: 2,
+        consent: false,
     };
     let mut sg = signer.sign(&g);
     sg.sig[0] ^= 1;

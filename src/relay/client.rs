@@ -162,6 +162,7 @@ async fn open(state: Arc<State>, mut io: Io, peer: SocketAddr, signed: SignedGra
             state.decisions.remove(&id);
             let _ = agent_tx.try_send(Frame::SessionEnd { session: id, reason: Reason::ClientClosed, bytes_to_device: 0, bytes_to_client: 0 });
             state.audit.record("session_withdrawn", json!({"relay": state.cfg.name, "session": id.to_string(), "device": grant.device}));
+            state.hub_ended(id, &grant.device, Reason::ClientClosed, 0, 0, 0);
             return;
         }
     };
@@ -172,11 +173,13 @@ async fn open(state: Arc<State>, mut io: Io, peer: SocketAddr, signed: SignedGra
                 agent_tx.try_send(Frame::SessionEnd { session: id, reason, bytes_to_device: 0, bytes_to_client: 0 });
         }
         metrics::RELAY_SESSIONS_ENDED.with_label_values(&[reason.label()]).inc();
+        state.hub_ended(id, &grant.device, reason, 0, 0, 0);
         return refuse(&state, &mut io, peer, reason, "refused by the device", Some((id, &grant.device))).await;
     }
 
     let session = Arc::new(Session::new(&grant, &service, peer.to_string(), attach_id, CancellationToken::new()));
     state.sessions.insert(id, session.clone());
+    state.hub_started(id);
     metrics::RELAY_SESSIONS_ACTIVE.inc();
     state.publish(crate::proto::twin::Fact::SessionUp(session.fact()));
     state.audit.record(

@@ -40,8 +40,30 @@ pub struct RelayConfig {
     /// The twin of this relay's pair, and where this relay listens for it.
     #[serde(default)]
     pub twin: Option<TwinConfig>,
+    /// The hub this relay reports to (load, agents, session ends, audit head)
+    /// and takes revocations from.
+    #[serde(default)]
+    pub hub: Option<HubLink>,
     #[serde(default)]
     pub limits: RelayLimits,
+}
+
+/// Reports to the hub: HTTPS with this relay's certificate as client certificate.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HubLink {
+    /// `https://host:port` of the hub's API.
+    pub url: String,
+    /// Name to verify in the hub's certificate; defaults to the URL's host.
+    #[serde(default)]
+    pub server_name: Option<String>,
+    /// Report period; revocations reach this relay within it.
+    #[serde(default = "default_report_ms")]
+    pub report_ms: u64,
+}
+
+fn default_report_ms() -> u64 {
+    250
 }
 
 /// The twin link (17003): mTLS with relay certificates, ALPN `tether-twin/1`.

@@ -102,10 +102,18 @@ async fn attached(
     let attach_id = state.next_attach_id();
     let (tx, mut rx) = mpsc::channel(64);
     let cancel = state.drain.child_token();
-    if let Some(old) = state.agents.insert(device.clone(), AgentHandle { attach_id, tx, cancel: cancel.clone() }) {
+    if let Some(old) = state.agents.insert(device.clone(), AgentHandle {
+        attach_id,
+        tx,
+        cancel: cancel.clone(),
+        agent_version: agent_version.clone(),
+        last_heartbeat: crate::proto::grant::now_secs().into(),
+        audit_head: Default::default(),
+    }) {
         old.cancel.cancel();
     }
     metrics::RELAY_AGENTS_ATTACHED.inc();
+    state.hub_out().agents_changed = true;
     state.publish(crate::proto::twin::Fact::Attached { device: device.clone() });
     metrics::RELAY_CONTROL_CHANNELS.with_label_values(&[&state.cfg.name]).inc();
     state.audit.record(
@@ -130,6 +138,7 @@ async fn attached(
     };
 
     state.agents.remove_if(&device, |_, h| h.attach_id == attach_id);
+    state.hub_out().agents_changed = true;
     state.agent_gone(&device, attach_id);
     metrics::RELAY_AGENTS_ATTACHED.dec();
     if !state.agents.contains_key(&device) {
@@ -189,7 +198,17 @@ async fn on_frame(
 ) -> Result<(), String> {
     match frame {
         Frame::Heartbeat { seq } => {
+            if let Some(a) = state.agents.get(device) {
+                a.last_heartbeat.store(crate::proto::grant::now_secs(), std::sync::atomic::Ordering::Relaxed);
+            }
             io.write_frame(&Frame::Heartbeat { seq }).await.map_err(|e| format!("write failed: {e}"))?
+        }
+        Frame::AuditHead { seq, hash } => {
+            if let Some(a) = state.agents.get(device)
+                && let Ok(mut h) = a.audit_head.lock()
+            {
+                *h = Some((seq, hash.chars().take(128).collect()));
+            }
         }
         Frame::Decision { session, outcome, reason } => {
             if let Some((_, (_, tx))) = state.decisions.remove(&session) {

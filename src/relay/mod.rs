@@ -5,6 +5,7 @@
 //! them until the shutdown token fires, then drains.
 
 mod admin;
+mod hub_report;
 mod client;
 pub mod config;
 mod control;
@@ -125,6 +126,7 @@ pub async fn run_with_taps(
     tracker.spawn(accept_loop("data", listeners.data, data_tls, raw, state.clone(), data::serve));
     tracker.spawn(accept_loop("client", listeners.client, client_tls, raw, state.clone(), client::serve));
     tracker.spawn(admin::serve(listeners.admin, state.clone()));
+    tracker.spawn(hub_report::run(state.clone()));
     if let (Some(listener), Some(_)) = (listeners.twin, state.cfg.twin.as_ref()) {
         crate::twin::link::start(state.clone(), listener)?;
     }

@@ -25,7 +25,25 @@ pub struct AgentHandle {
     pub attach_id: u64,
     pub tx: mpsc::Sender<Frame>,
     pub cancel: CancellationToken,
+    pub agent_version: String,
+    /// Unix seconds of the last heartbeat (or the attach).
+    pub last_heartbeat: AtomicU64,
+    /// The agent's audit chain head, as it last told us.
+    pub audit_head: Mutex<Option<(u64, String)>>,
 }
+
+/// What the next report to the hub carries besides the current load.
+#[derive(Default)]
+pub struct HubOutbox {
+    pub started: Vec<String>,
+    pub ended: Vec<crate::hub::relays::EndedSession>,
+    /// Agents attached or detached since the last answered report.
+    pub agents_changed: bool,
+}
+
+/// Past this many unreported session ends, the oldest are dropped (the
+/// audit log keeps them all).
+const HUB_OUTBOX_CAP: usize = 100_000;
 
 /// What a client join waits for.
 pub enum LegEvent {
@@ -65,6 +83,7 @@ pub struct State {
     /// Requests for the twin (not facts): `TwinOpen`.
     pub twin_out: mpsc::UnboundedSender<Frame>,
     pub twin_out_rx: Mutex<Option<mpsc::UnboundedReceiver<Frame>>>,
+    pub hub_out: Mutex<HubOutbox>,
 }
 
 impl State {
@@ -98,6 +117,7 @@ impl State {
             drain: CancellationToken::new(),
             twin_out,
             twin_out_rx: Mutex::new(Some(twin_out_rx)),
+            hub_out: Mutex::new(HubOutbox { agents_changed: true, ..HubOutbox::default() }),
             cfg,
         }))
     }
@@ -154,6 +174,43 @@ impl State {
     /// link starts with a snapshot).
     pub fn publish(&self, fact: Fact) {
         let _ = self.facts.send(fact);
+    }
+
+    pub fn hub_out(&self) -> std::sync::MutexGuard<'_, HubOutbox> {
+        match self.hub_out.lock() {
+            Ok(g) => g,
+            Err(p) => p.into_inner(),
+        }
+    }
+
+    /// Queues a session start for the hub's record.
+    pub fn hub_started(&self, id: SessionId) {
+        if self.cfg.hub.is_some() {
+            let mut out = self.hub_out();
+            if out.started.len() < HUB_OUTBOX_CAP {
+                out.started.push(id.to_string());
+            }
+        }
+    }
+
+    /// Queues a session end (or a refusal by the device) for the hub's record.
+    pub fn hub_ended(&self, id: SessionId, device: &str, reason: Reason, to_device: u64, to_client: u64, ms: u64) {
+        if self.cfg.hub.is_none() {
+            return;
+        }
+        let mut out = self.hub_out();
+        if out.ended.len() >= HUB_OUTBOX_CAP {
+            out.ended.remove(0);
+        }
+        out.ended.push(crate::hub::relays::EndedSession {
+            session: id.to_string(),
+            device: device.into(),
+            reason: reason.label().into(),
+            bytes_to_device: to_device,
+            bytes_to_client: to_client,
+            duration_ms: ms,
+            ended_at: crate::proto::grant::now_secs(),
+        });
     }
 
     pub fn peer(&self) -> std::sync::MutexGuard<'_, PeerView> {
@@ -223,6 +280,7 @@ impl State {
                 "bytes_to_device": to_device, "bytes_to_client": to_client,
             }),
         );
+        self.hub_ended(id, &s.device, reason, to_device, to_client, s.started.elapsed().as_millis() as u64);
         // Whichever twin ends a session says so; the other ends its copy.
         self.publish(Fact::SessionDown { session: id, reason });
         if tell_agent && let Some(agent) = self.agents.get(&s.device) {

@@ -187,6 +187,7 @@ pub fn init_dir(dir: &Path, devices: &[&str]) -> Result<(), TlsError> {
     ca.write(dir)?;
     ca.issue_relay("relay-a", &["relay-a", "localhost", "127.0.0.1"])?.write(dir, "relay-a")?;
     ca.issue_relay("relay-b", &["relay-b", "localhost", "127.0.0.2"])?.write(dir, "relay-b")?;
+    ca.issue_relay("hub", &["hub", "localhost", "127.0.0.1"])?.write(dir, "hub")?;
     for d in devices {
         ca.issue_device(d, Validity::days(825))?.write(dir, d)?;
     }

@@ -78,6 +78,8 @@ impl Tapped {
             specialist: "alice".into(),
             role: "engineer".into(),
             ca: self.pki.path("ca.pem"),
+            hub: None,
+            path: None,
             grant_signing_key: Some(self.pki.path("grant.key")),
             grant_ttl_secs: 60,
             resume_buffer_bytes: 8 << 20,

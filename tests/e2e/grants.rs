@@ -119,6 +119,7 @@ async fn agent_refuses_forged_grants_from_a_compromised_relay() {
         relays: vec!["relay-a".into()],
         issued_at: now,
         expires_at: now + 60,
+        consent: false,
     };
     let signer = Arc::new(pki.signer);
     let cases = [

@@ -299,6 +299,8 @@ impl Fleet {
             specialist: "alice".into(),
             role: "engineer".into(),
             ca: self.pki.path("ca.pem"),
+            hub: None,
+            path: None,
             grant_signing_key: Some(self.pki.path("grant.key")),
             grant_ttl_secs: 60,
             resume_buffer_bytes: 8 << 20,
@@ -331,6 +333,7 @@ impl Fleet {
             relays: vec!["relay-a".into()],
             issued_at: now,
             expires_at: now + 60,
+            consent: false,
         };
         f(&mut g);
         self.pki.signer.sign(&g)

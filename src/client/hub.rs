@@ -1,0 +1,162 @@
+//! The specialist's side of the hub: login, token kept in the profile (0600),
+//! and authenticated calls. A dev profile (`tether dev`) logs in by itself
+//! from its dev-only password and TOTP files.
+use std::path::Path;
+
+use hyper::Method;
+use serde_json::{Value, json};
+
+use super::Profile;
+use super::profile::HubLogin;
+use crate::hub::client::{HubClient, HubClientError};
+use crate::proto::grant::now_secs;
+
+/// Why a hub call on the specialist's behalf failed.
+#[derive(Debug, thiserror::Error)]
+pub enum HubCallError {
+    #[error(transparent)]
+    Hub(#[from] HubClientError),
+    #[error("profile has no [hub] section")]
+    NoHub,
+    #[error("not logged in (or the token expired): run `tether login --profile {0}`")]
+    NotLoggedIn(String),
+    #[error("profile {path}: {detail}")]
+    Profile { path: String, detail: String },
+}
+
+pub struct HubSession {
+    pub client: HubClient,
+    login: HubLogin,
+    profile_path: Option<std::path::PathBuf>,
+    token: tokio::sync::Mutex<Option<String>>,
+}
+
+/// A token still good for at least this long is used as is.
+const TOKEN_MARGIN_SECS: u64 = 30;
+
+impl HubSession {
+    pub fn from_profile(p: &Profile) -> Result<HubSession, HubCallError> {
+        let login = p.hub.clone().ok_or(HubCallError::NoHub)?;
+        let client = HubClient::new(&login.url, &p.ca, None, login.server_name.as_deref())?;
+        let token = match (&login.token, login.token_expires_at) {
+            (Some(t), Some(exp)) if exp > now_secs() + TOKEN_MARGIN_SECS => Some(t.clone()),
+            _ => None,
+        };
+        Ok(HubSession { client, login, profile_path: p.path.clone(), token: tokio::sync::Mutex::new(token) })
+    }
+
+    pub fn user(&self) -> &str {
+        &self.login.user
+    }
+
+    fn profile_name(&self) -> String {
+        self.profile_path.as_ref().map(|p| p.display().to_string()).unwrap_or_else(|| "PROFILE".into())
+    }
+
+    /// Logs in with a password and a code; stores the token in the profile.
+    pub async fn login(&self, password: &str, code: &str) -> Result<(String, u64), HubCallError> {
+        let v = self
+            .client
+            .json(
+                Method::POST,
+                "/api/v1/login",
+                None,
+                Some(&json!({"user": self.login.user, "password": password, "code": code})),
+            )
+            .await?;
+        let token = v["token"].as_str().unwrap_or_default().to_string();
+        let expires_at = v["expires_at"].as_u64().unwrap_or(0);
+        if let Some(path) = &self.profile_path {
+            store_token(path, &self.login, &token, expires_at)?;
+        }
+        *self.token.lock().await = Some(token.clone());
+        Ok((token, expires_at))
+    }
+
+    /// Dev profiles only: password and TOTP code from the dev folder.
+    async fn dev_login(&self) -> Result<Option<String>, HubCallError> {
+        let (Some(pw), Some(secret)) = (&self.login.dev_password_file, &self.login.dev_totp_secret_file) else {
+            return Ok(None);
+        };
+        let read = |p: &Path| {
+            std::fs::read_to_string(p).map(|s| s.trim().to_string()).map_err(|e| HubCallError::Profile {
+                path: p.display().to_string(),
+                detail: e.to_string(),
+            })
+        };
+        let (password, secret) = (read(pw)?, read(secret)?);
+        // A TOTP code is good once: a second login in the same 30 s needs the next step's code.
+        let mut last = None;
+        for step in [0, 1] {
+            let code = crate::hub::auth::totp_at(&secret, now_secs() / crate::hub::auth::TOTP_STEP + step)
+                .unwrap_or_default();
+            match self.login(&password, &code).await {
+                Ok((t, _)) => return Ok(Some(t)),
+                Err(e) => last = Some(e),
+            }
+        }
+        Err(last.unwrap_or(HubCallError::NoHub))
+    }
+
+    async fn token(&self, renew: bool) -> Result<String, HubCallError> {
+        let mut held = self.token.lock().await;
+        if !renew && let Some(t) = held.as_ref() {
+            return Ok(t.clone());
+        }
+        drop(held.take());
+        drop(held);
+        match self.dev_login().await? {
+            Some(t) => Ok(t),
+            None => Err(HubCallError::NotLoggedIn(self.profile_name())),
+        }
+    }
+
+    /// An authenticated JSON call; a dev profile logs in again when its token lapsed.
+    pub async fn call(&self, method: Method, path: &str, body: Option<&Value>) -> Result<Value, HubCallError> {
+        let token = self.token(false).await?;
+        match self.client.json(method.clone(), path, Some(&token), body).await {
+            Err(e) if matches!(e.code(), Some("token_expired" | "bad_token")) && self.login.dev_password_file.is_some() => {
+                let token = self.token(true).await?;
+                Ok(self.client.json(method, path, Some(&token), body).await?)
+            }
+            Err(e) if matches!(e.code(), Some("token_expired" | "bad_token" | "no_token")) => {
+                Err(HubCallError::NotLoggedIn(self.profile_name()))
+            }
+            r => Ok(r?),
+        }
+    }
+
+    /// Raw text (audit export).
+    pub async fn text(&self, path: &str) -> Result<String, HubCallError> {
+        let token = self.token(false).await?;
+        let (status, body) = self.client.call(Method::GET, path, Some(&token), None).await?;
+        if !status.is_success() {
+            let v: Value = serde_json::from_slice(&body).unwrap_or_default();
+            return Err(HubClientError::Api {
+                status: status.as_u16(),
+                code: v["error"].as_str().unwrap_or("unknown").into(),
+                message: v["message"].as_str().unwrap_or("no reason given").into(),
+            }
+            .into());
+        }
+        Ok(String::from_utf8_lossy(&body).into_owned())
+    }
+}
+
+/// Writes `[hub] token` into the profile file, mode 0600.
+pub fn store_token(path: &Path, login: &HubLogin, token: &str, expires_at: u64) -> Result<(), HubCallError> {
+    let err = |detail: String| HubCallError::Profile { path: path.display().to_string(), detail };
+    let text = std::fs::read_to_string(path).unwrap_or_default();
+    let mut doc: toml::Table = toml::from_str(&text).map_err(|e| err(e.to_string()))?;
+    let hub = doc.entry("hub").or_insert_with(|| toml::Value::Table(toml::Table::new()));
+    let toml::Value::Table(hub) = hub else { return Err(err("[hub] is not a table".into())) };
+    hub.insert("url".into(), login.url.clone().into());
+    hub.insert("user".into(), login.user.clone().into());
+    hub.insert("token".into(), token.into());
+    hub.insert("token_expires_at".into(), toml::Value::Integer(expires_at as i64));
+    let out = toml::to_string(&doc).map_err(|e| err(e.to_string()))?;
+    crate::tls::pki::write_file(path, &out, true).map_err(|e| err(e.to_string()))?;
+    // `write_file` sets 0600 only on creation; make sure of it.
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600)).map_err(|e| err(e.to_string()))
+}

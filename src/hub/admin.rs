@@ -1,0 +1,126 @@
+//! `tether hub user|device|site …`: account and inventory administration,
+//! run on the hub host against its database (audited as `cli`).
+use anyhow::{Context, Result, bail};
+use serde_json::json;
+
+use super::audit::HubAudit;
+use super::auth;
+use super::model::{Device, Role, Site, User};
+use super::store::Store;
+use super::HubConfig;
+use crate::proto::grant::now_secs;
+
+/// The database and audit of a hub config, for one command.
+pub struct Admin {
+    pub store: Store,
+    pub audit: HubAudit,
+    pub issuer: String,
+    by: String,
+}
+
+impl Admin {
+    pub async fn open(cfg: &HubConfig) -> Result<Admin> {
+        let store = Store::open(&cfg.database, std::path::Path::new(".")).await?;
+        let audit = HubAudit::open(store.clone()).await?;
+        let by = format!("cli:{}", std::env::var("USER").unwrap_or_else(|_| "unknown".into()));
+        Ok(Admin { store, audit, issuer: cfg.issuer.clone(), by })
+    }
+
+    /// Adds an account; returns its TOTP secret (shown once, for enrolment).
+    pub async fn user_add(&self, name: &str, role: Role, password: &str, sites: &[String]) -> Result<String> {
+        check_account_name(name)?;
+        if let Some(p) = auth::password_problem(password, name) {
+            bail!("password refused: {p}");
+        }
+        let hash = auth::hash_password(password).map_err(|e| anyhow::anyhow!("hashing the password: {e}"))?;
+        let secret = auth::new_totp_secret();
+        let user = User {
+            name: name.into(),
+            role,
+            password_hash: hash,
+            totp_secret: secret.clone(),
+            disabled: false,
+            created_at: now_secs() as i64,
+        };
+        self.store.user_add(&user).await?;
+        for s in sites {
+            self.store.entitle(name, s).await?;
+        }
+        self.audit.record("user_added", json!({"user": name, "role": role, "sites": sites, "by": self.by})).await;
+        Ok(secret)
+    }
+
+    pub async fn entitle(&self, name: &str, site: &str) -> Result<()> {
+        self.store.user(name).await?.with_context(|| format!("no user {name:?}"))?;
+        self.store.entitle(name, site).await?;
+        self.audit.record("user_entitled", json!({"user": name, "site": site, "by": self.by})).await;
+        Ok(())
+    }
+
+    pub async fn set_disabled(&self, name: &str, disabled: bool) -> Result<()> {
+        self.store.user_set_disabled(name, disabled).await?;
+        if disabled {
+            self.store.tokens_revoke(name).await?;
+        }
+        let event = if disabled { "user_disabled" } else { "user_enabled" };
+        self.audit.record(event, json!({"user": name, "by": self.by})).await;
+        Ok(())
+    }
+
+    pub async fn set_password(&self, name: &str, password: &str) -> Result<()> {
+        if let Some(p) = auth::password_problem(password, name) {
+            bail!("password refused: {p}");
+        }
+        let hash = auth::hash_password(password).map_err(|e| anyhow::anyhow!("hashing the password: {e}"))?;
+        self.store.user_set_password(name, &hash).await?;
+        self.store.clear_login_failures(name).await?;
+        self.audit.record("user_password_set", json!({"user": name, "by": self.by})).await;
+        Ok(())
+    }
+
+    pub async fn device_add(&self, id: &str, site: &str, consent: &str) -> Result<()> {
+        check_account_name(id).context("device id")?;
+        if !matches!(consent, "auto" | "required") {
+            bail!("consent: auto or required");
+        }
+        self.store.device_add(&Device { id: id.into(), site: site.into(), consent: consent.into() }, now_secs() as i64).await?;
+        self.audit.record("device_added", json!({"device": id, "site": site, "consent": consent, "by": self.by})).await;
+        Ok(())
+    }
+
+    pub async fn site_set(&self, name: &str, allow_from: Option<&str>, require_ticket: Option<bool>) -> Result<Site> {
+        let mut site = self.store.site(name).await?.unwrap_or_else(|| Site { name: name.into(), ..Site::default() });
+        if let Some(a) = allow_from {
+            site.allow_from = Site::parse_allow_from(a).map_err(anyhow::Error::msg)?;
+        }
+        if let Some(t) = require_ticket {
+            site.require_ticket = t;
+        }
+        self.store.site_put(&site).await?;
+        self.audit
+            .record(
+                "site_set",
+                json!({"site": name, "allow_from": site.allow_from_text(), "require_ticket": site.require_ticket, "by": self.by}),
+            )
+            .await;
+        Ok(site)
+    }
+}
+
+/// Account names and device ids: printable, no spaces, at most 128 bytes.
+/// Anything else (quotes, `;`, `$`) is allowed and stored verbatim.
+fn check_account_name(name: &str) -> Result<()> {
+    if name.is_empty() || name.len() > 128 || name.chars().any(|c| c.is_control() || c.is_whitespace()) {
+        bail!("{name:?}: 1 to 128 bytes, no spaces or control characters");
+    }
+    Ok(())
+}
+
+/// The enrolment text shown once after `user add`.
+pub fn enrolment(issuer: &str, user: &str, secret: &str) -> String {
+    let uri = auth::totp_uri(issuer, user, secret);
+    format!(
+        "TOTP enrolment for {user} (scan once, then keep this secret off screen):\n{}\n{uri}\n",
+        auth::qr_text(&uri)
+    )
+}

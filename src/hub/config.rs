@@ -1,0 +1,152 @@
+//! `hub.toml`.
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use serde::Deserialize;
+
+use super::model::Role;
+use crate::config::{ConfigFile, must_exist, resolve};
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HubConfig {
+    /// HTTPS API (`/api/v1`), for specialists, admins and relays (17010).
+    pub listen: SocketAddr,
+    /// Fleet root CA: relays present certificates chaining to it.
+    pub ca: PathBuf,
+    /// The hub's server certificate and key (PEM).
+    pub cert: PathBuf,
+    pub key: PathBuf,
+    /// The Ed25519 grant-signing key (PKCS#8 PEM). Only the hub holds it.
+    pub grant_signing_key: PathBuf,
+    /// `sqlite:PATH` (relative to this file) or `postgres://user:pass@host/db`.
+    #[serde(default = "default_database")]
+    pub database: String,
+    /// Name shown in authenticator apps.
+    #[serde(default = "default_issuer")]
+    pub issuer: String,
+    /// Lifetime of a login token.
+    #[serde(default = "default_token_ttl")]
+    pub token_ttl_secs: u64,
+    /// Lifetime of a grant: the client must open the session within it.
+    #[serde(default = "default_grant_ttl")]
+    pub grant_ttl_secs: u64,
+    /// Largest request body accepted.
+    #[serde(default = "default_max_body")]
+    pub max_body_bytes: usize,
+    /// The least role a service needs; services not listed need `default_service_role`.
+    #[serde(default)]
+    pub service_roles: BTreeMap<String, Role>,
+    #[serde(default = "default_service_role")]
+    pub default_service_role: Role,
+    /// A relay that has not reported for this long is not routed to.
+    #[serde(default = "default_stale")]
+    pub relay_stale_ms: u64,
+    #[serde(default)]
+    pub lockout: Lockout,
+    /// The relay pair, with the address specialists dial.
+    pub relays: Vec<HubRelay>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HubRelay {
+    /// The relay's name; its client certificate's common name when it reports.
+    pub name: String,
+    /// Specialist-leg address (17443), or the load balancer in front of the twins.
+    pub addr: String,
+    #[serde(default)]
+    pub server_name: Option<String>,
+}
+
+/// Failed logins in a row before the account name is locked, and for how long.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Lockout {
+    pub max_failures: u32,
+    /// First lock; doubles with each further failure, up to `max_delay_secs`.
+    pub base_delay_secs: u64,
+    pub max_delay_secs: u64,
+}
+
+impl Default for Lockout {
+    fn default() -> Self {
+        Lockout { max_failures: 5, base_delay_secs: 30, max_delay_secs: 3600 }
+    }
+}
+
+impl Lockout {
+    /// Seconds locked after `failures` failures in a row (0: not locked).
+    pub fn delay(&self, failures: i64) -> u64 {
+        let over = failures - i64::from(self.max_failures);
+        if over < 0 {
+            return 0;
+        }
+        let doubled = self.base_delay_secs.saturating_mul(1u64 << over.min(30));
+        doubled.min(self.max_delay_secs)
+    }
+}
+
+fn default_database() -> String {
+    "sqlite:hub.db".into()
+}
+fn default_issuer() -> String {
+    "tether".into()
+}
+fn default_token_ttl() -> u64 {
+    900
+}
+fn default_grant_ttl() -> u64 {
+    120
+}
+fn default_max_body() -> usize {
+    64 * 1024
+}
+fn default_service_role() -> Role {
+    Role::Engineer
+}
+fn default_stale() -> u64 {
+    3000
+}
+
+impl HubConfig {
+    /// The least role `service` needs.
+    pub fn service_role(&self, service: &str) -> Role {
+        self.service_roles.get(service).copied().unwrap_or(self.default_service_role)
+    }
+}
+
+impl ConfigFile for HubConfig {
+    fn resolve_paths(&mut self, base: &Path) {
+        for p in [&mut self.ca, &mut self.cert, &mut self.key, &mut self.grant_signing_key] {
+            resolve(base, p);
+        }
+        if let Some(path) = self.database.strip_prefix("sqlite:")
+            && Path::new(path).is_relative()
+        {
+            self.database = format!("sqlite:{}", base.join(path).display());
+        }
+    }
+
+    fn problems(&self) -> Vec<String> {
+        let mut p = Vec::new();
+        must_exist(&mut p, "ca", &self.ca);
+        must_exist(&mut p, "cert", &self.cert);
+        must_exist(&mut p, "key", &self.key);
+        must_exist(&mut p, "grant_signing_key", &self.grant_signing_key);
+        if self.relays.is_empty() {
+            p.push("relays: at least one relay is required".into());
+        }
+        if !(self.database.starts_with("sqlite:") || self.database.starts_with("postgres")) {
+            p.push(format!("database: {:?}: use sqlite:PATH or postgres://…", self.database));
+        }
+        if self.token_ttl_secs == 0 || self.grant_ttl_secs == 0 {
+            p.push("token_ttl_secs and grant_ttl_secs must be at least 1".into());
+        }
+        if self.lockout.max_failures == 0 {
+            p.push("lockout.max_failures: must be at least 1".into());
+        }
+        p
+    }
+}

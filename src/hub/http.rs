@@ -1,0 +1,155 @@
+//! HTTPS plumbing: TLS 1.3 (client certificates optional: relays present
+//! theirs), HTTP/1.1 via hyper, bounded bodies, JSON answers.
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use http_body_util::{BodyExt, Full, Limited};
+use hyper::body::Incoming;
+use hyper::{Request, Response, StatusCode};
+use hyper_util::rt::TokioIo;
+use rustls::ServerConfig;
+use rustls::server::WebPkiClientVerifier;
+use serde_json::{Value, json};
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+
+use super::{Hub, HubConfig};
+use crate::tls::{self, TlsError};
+
+pub const ALPN_HTTP1: &[u8] = b"http/1.1";
+const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+
+pub fn server_config(cfg: &HubConfig) -> Result<Arc<ServerConfig>, TlsError> {
+    let verifier = WebPkiClientVerifier::builder_with_provider(tls::load_roots(&cfg.ca)?, tls::provider())
+        .allow_unauthenticated()
+        .build()?;
+    let mut c = ServerConfig::builder_with_provider(tls::provider())
+        .with_protocol_versions(&[&rustls::version::TLS13])?
+        .with_client_cert_verifier(verifier)
+        .with_single_cert(tls::load_certs(&cfg.cert)?, tls::load_key(&cfg.key)?)?;
+    c.alpn_protocols = vec![ALPN_HTTP1.to_vec()];
+    Ok(Arc::new(c))
+}
+
+/// Who is on the other end of a request.
+#[derive(Debug, Clone)]
+pub struct Peer {
+    pub addr: SocketAddr,
+    /// Common name of a verified client certificate (relays).
+    pub cert_name: Option<String>,
+}
+
+pub type Answer = Response<Full<Bytes>>;
+
+/// A refusal as the peer sees it: status, a stable code, a sentence.
+#[derive(Debug, Clone)]
+pub struct ApiError {
+    pub status: StatusCode,
+    pub code: &'static str,
+    pub message: String,
+}
+
+impl ApiError {
+    pub fn new(status: StatusCode, code: &'static str, message: impl Into<String>) -> ApiError {
+        ApiError { status, code, message: message.into() }
+    }
+}
+
+pub fn json_answer(status: StatusCode, v: &Value) -> Answer {
+    let mut r = Response::new(Full::new(Bytes::from(serde_json::to_vec(v).unwrap_or_default())));
+    *r.status_mut() = status;
+    r.headers_mut().insert(hyper::header::CONTENT_TYPE, hyper::header::HeaderValue::from_static("application/json"));
+    r
+}
+
+pub fn error_answer(e: &ApiError) -> Answer {
+    let mut r = json_answer(e.status, &json!({"error": e.code, "message": e.message}));
+    if e.status == StatusCode::TOO_MANY_REQUESTS
+        && let Some(secs) = e.message.split_whitespace().find_map(|w| w.parse::<u64>().ok())
+        && let Ok(v) = hyper::header::HeaderValue::from_str(&secs.to_string())
+    {
+        r.headers_mut().insert(hyper::header::RETRY_AFTER, v);
+    }
+    r
+}
+
+pub fn text_answer(status: StatusCode, ctype: &'static str, body: String) -> Answer {
+    let mut r = Response::new(Full::new(Bytes::from(body)));
+    *r.status_mut() = status;
+    r.headers_mut().insert(hyper::header::CONTENT_TYPE, hyper::header::HeaderValue::from_static(ctype));
+    r
+}
+
+/// The body, bounded by `max` bytes: 413 past it, 400 when unreadable.
+pub async fn body(req: Request<Incoming>, max: usize) -> Result<Bytes, ApiError> {
+    let too_big = || ApiError::new(StatusCode::PAYLOAD_TOO_LARGE, "body_too_large", format!("request body over {max} bytes"));
+    if req.headers().get(hyper::header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()?.parse::<usize>().ok()).is_some_and(|n| n > max) {
+        return Err(too_big());
+    }
+    match Limited::new(req.into_body(), max).collect().await {
+        Ok(b) => Ok(b.to_bytes()),
+        Err(e) if e.downcast_ref::<http_body_util::LengthLimitError>().is_some() => Err(too_big()),
+        Err(e) => Err(ApiError::new(StatusCode::BAD_REQUEST, "bad_body", format!("cannot read the body: {e}"))),
+    }
+}
+
+/// Parses a JSON body into `T`: 400 naming what is wrong.
+pub fn parse<T: serde::de::DeserializeOwned>(b: &[u8]) -> Result<T, ApiError> {
+    serde_json::from_slice(b).map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, "bad_json", format!("malformed JSON body: {e}")))
+}
+
+pub async fn serve(listener: TcpListener, tls: Arc<ServerConfig>, hub: Arc<Hub>, stop: CancellationToken) {
+    let acceptor = tokio_rustls::TlsAcceptor::from(tls);
+    let tracker = tokio_util::task::TaskTracker::new();
+    loop {
+        let (tcp, addr) = tokio::select! {
+            _ = stop.cancelled() => break,
+            r = listener.accept() => match r {
+                Ok(x) => x,
+                Err(_) => { tokio::time::sleep(Duration::from_millis(50)).await; continue; }
+            },
+        };
+        let _ = tcp.set_nodelay(true);
+        let (acceptor, hub, stop) = (acceptor.clone(), hub.clone(), stop.clone());
+        tracker.spawn(async move {
+            let stream = match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await {
+                Ok(Ok(s)) => s,
+                Ok(Err(e)) => {
+                    let label = tls::handshake_failure_label(&e);
+                    crate::metrics::HUB_REFUSALS.with_label_values(&[label]).inc();
+                    tracing::info!(peer = %addr, reason = label, "hub TLS handshake failed");
+                    return;
+                }
+                Err(_) => return,
+            };
+            let peer = Peer { addr, cert_name: tls::peer_common_name(stream.get_ref().1.peer_certificates()) };
+            let service = hyper::service::service_fn(move |req| {
+                let (hub, peer) = (hub.clone(), peer.clone());
+                async move {
+                    let started = Instant::now();
+                    let route = super::api::route_label(req.method(), req.uri().path());
+                    let answer = super::api::handle(&hub, req, &peer).await;
+                    crate::metrics::HUB_REQUESTS.with_label_values(&[route, answer.status().as_str()]).inc();
+                    crate::metrics::HUB_REQUEST_SECONDS.observe(started.elapsed().as_secs_f64());
+                    Ok::<_, std::convert::Infallible>(answer)
+                }
+            });
+            let conn = hyper::server::conn::http1::Builder::new()
+                .timer(hyper_util::rt::TokioTimer::new())
+                .header_read_timeout(Duration::from_secs(30))
+                .serve_connection(TokioIo::new(stream), service);
+            tokio::pin!(conn);
+            tokio::select! {
+                _ = conn.as_mut() => {}
+                _ = stop.cancelled() => {
+                    conn.as_mut().graceful_shutdown();
+                    let _ = tokio::time::timeout(Duration::from_secs(5), conn).await;
+                }
+            }
+        });
+    }
+    tracker.close();
+    let _ = tokio::time::timeout(Duration::from_secs(5), tracker.wait()).await;
+}

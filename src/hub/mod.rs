@@ -1,0 +1,88 @@
+//! The hub: the only place a specialist authenticates and the only signer of
+//! grants. HTTPS JSON API under `/api/v1` (docs/openapi.yaml), storage in
+//! SQLite or PostgreSQL, hash-chained audit in the database, routing from
+//! relay reports.
+pub mod admin;
+mod api;
+pub mod audit;
+pub mod auth;
+pub mod client;
+pub mod config;
+mod http;
+pub mod model;
+pub mod relays;
+mod sessions;
+pub mod store;
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+pub use config::HubConfig;
+use serde_json::json;
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+
+use crate::proto::GrantSigner;
+
+/// RFC 3339 or unix seconds, as `--since` and `?since=` take it.
+pub fn api_since(s: &str) -> Option<i64> {
+    api::parse_since(s)
+}
+
+/// Why the hub could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum HubError {
+    #[error(transparent)]
+    Store(#[from] store::StoreError),
+    #[error(transparent)]
+    Tls(#[from] crate::tls::TlsError),
+    #[error("binding {addr}: {source}")]
+    Bind { addr: SocketAddr, source: std::io::Error },
+}
+
+/// Everything a request handler needs.
+pub struct Hub {
+    pub cfg: HubConfig,
+    pub store: store::Store,
+    pub audit: audit::HubAudit,
+    pub board: relays::Board,
+    signer: GrantSigner,
+}
+
+impl Hub {
+    pub async fn open(cfg: HubConfig) -> Result<Arc<Hub>, HubError> {
+        let store = store::Store::open(&cfg.database, std::path::Path::new(".")).await?;
+        let signer = crate::tls::pki::load_grant_signer(&cfg.grant_signing_key)?;
+        let audit = audit::HubAudit::open(store.clone()).await?;
+        let board = relays::Board::new(cfg.relays.clone(), Duration::from_millis(cfg.relay_stale_ms));
+        Ok(Arc::new(Hub { cfg, store, audit, board, signer }))
+    }
+
+    /// Counts and audits a refusal; `fields` say who and what, never secrets.
+    pub async fn refused(&self, event: &str, reason: &str, mut fields: serde_json::Value) {
+        crate::metrics::HUB_REFUSALS.with_label_values(&[reason]).inc();
+        if let Some(m) = fields.as_object_mut() {
+            m.insert("reason".into(), reason.into());
+        }
+        tracing::info!(event, reason, "refused");
+        self.audit.record(event, fields).await;
+    }
+}
+
+/// The bound API listener.
+pub async fn bind(cfg: &HubConfig) -> Result<TcpListener, HubError> {
+    TcpListener::bind(cfg.listen).await.map_err(|source| HubError::Bind { addr: cfg.listen, source })
+}
+
+/// Serves the API until `stop`.
+pub async fn run(listener: TcpListener, cfg: HubConfig, stop: CancellationToken) -> Result<(), HubError> {
+    crate::metrics::init();
+    let tls = http::server_config(&cfg)?;
+    let hub = Hub::open(cfg).await?;
+    let addr = listener.local_addr().ok();
+    hub.audit.record("hub_start", json!({"listen": addr.map(|a| a.to_string()), "engine": hub.store.engine()})).await;
+    http::serve(listener, tls, hub.clone(), stop).await;
+    hub.audit.record("hub_stop", json!({})).await;
+    Ok(())
+}

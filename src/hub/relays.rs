@@ -1,0 +1,213 @@
+//! What the relays tell the hub, and routing. Relays *report* (push): every
+//! `report_ms` each relay POSTs `/api/v1/relay/report` over mTLS with its
+//! relay certificate: readiness, load, attached agents, ended sessions with
+//! byte counts, and audit chain heads. The answer carries the sessions the hub
+//! revoked, so an admin's "end" reaches both twins within one report period.
+//! Nothing has to reach into the relays' networks.
+use std::collections::HashMap;
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+use serde::{Deserialize, Serialize};
+
+use super::config::HubRelay;
+
+#[derive(Debug, Clone, Serialize, Deserialize, Default)]
+pub struct AgentSeen {
+    pub device: String,
+    pub agent_version: String,
+    /// Unix seconds of the agent's last heartbeat (or attach).
+    pub last_heartbeat: u64,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, Default, PartialEq, Eq)]
+pub struct Head {
+    pub seq: u64,
+    pub hash: String,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, Default)]
+pub struct AgentHead {
+    pub device: String,
+    #[serde(flatten)]
+    pub head: Head,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, Default)]
+pub struct EndedSession {
+    pub session: String,
+    pub device: String,
+    pub reason: String,
+    pub bytes_to_device: u64,
+    pub bytes_to_client: u64,
+    pub duration_ms: u64,
+    /// Unix seconds.
+    pub ended_at: u64,
+}
+
+/// `POST /api/v1/relay/report`.
+#[derive(Debug, Clone, Serialize, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct RelayReport {
+    pub ready: bool,
+    /// Live sessions at this relay (its load).
+    pub sessions: u64,
+    /// Every attached agent; `None` when unchanged since the last report the hub answered.
+    #[serde(default)]
+    pub agents: Option<Vec<AgentSeen>>,
+    /// Sessions admitted since the last answered report.
+    #[serde(default)]
+    pub started: Vec<String>,
+    #[serde(default)]
+    pub ended: Vec<EndedSession>,
+    #[serde(default)]
+    pub audit_head: Option<Head>,
+    #[serde(default)]
+    pub agent_heads: Vec<AgentHead>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, Default)]
+pub struct ReportAnswer {
+    /// Session ids an admin ended: close them, and refuse their grants.
+    pub revoked: Vec<RevokedSession>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct RevokedSession {
+    pub session: String,
+    /// Unix seconds after which the grant is dead anyway.
+    pub expires_at: u64,
+}
+
+struct RelayView {
+    seen: Instant,
+    ready: bool,
+    sessions: u64,
+    agents: HashMap<String, AgentSeen>,
+}
+
+/// The relays as their reports describe them, and revocations in flight.
+pub struct Board {
+    relays: Vec<HubRelay>,
+    stale: Duration,
+    views: Mutex<HashMap<String, RelayView>>,
+    revoked: Mutex<HashMap<String, u64>>,
+}
+
+/// Where a device can be reached.
+#[derive(Debug, Clone, Serialize, Default)]
+pub struct Presence {
+    /// `online` or `offline`.
+    pub status: String,
+    /// Relays it is attached to (with a fresh report).
+    pub relays: Vec<String>,
+    pub last_heartbeat: Option<u64>,
+    pub agent_version: Option<String>,
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    match m.lock() {
+        Ok(g) => g,
+        Err(p) => p.into_inner(),
+    }
+}
+
+impl Board {
+    pub fn new(relays: Vec<HubRelay>, stale: Duration) -> Board {
+        Board { relays, stale, views: Mutex::new(HashMap::new()), revoked: Mutex::new(HashMap::new()) }
+    }
+
+    pub fn is_relay(&self, name: &str) -> bool {
+        self.relays.iter().any(|r| r.name == name)
+    }
+
+    /// Takes a report in; returns what the relay must act on.
+    pub fn report(&self, relay: &str, r: &RelayReport, now: u64) -> ReportAnswer {
+        {
+            let mut views = lock(&self.views);
+            let v = views.entry(relay.to_string()).or_insert_with(|| RelayView {
+                seen: Instant::now(),
+                ready: false,
+                sessions: 0,
+                agents: HashMap::new(),
+            });
+            v.seen = Instant::now();
+            v.ready = r.ready;
+            v.sessions = r.sessions;
+            if let Some(agents) = &r.agents {
+                v.agents = agents.iter().map(|a| (a.device.clone(), a.clone())).collect();
+            }
+        }
+        let mut revoked = lock(&self.revoked);
+        revoked.retain(|_, exp| *exp > now);
+        ReportAnswer {
+            revoked: revoked.iter().map(|(s, e)| RevokedSession { session: s.clone(), expires_at: *e }).collect(),
+        }
+    }
+
+    pub fn revoke(&self, session: &str, expires_at: u64) {
+        lock(&self.revoked).insert(session.to_string(), expires_at);
+    }
+
+    fn fresh<'a>(&self, views: &'a HashMap<String, RelayView>, name: &str) -> Option<&'a RelayView> {
+        views.get(name).filter(|v| v.seen.elapsed() <= self.stale)
+    }
+
+    /// The device's pair ordered for a session: ready relays the device is
+    /// attached to, least loaded first, then the others (the twin pairs
+    /// through either). `None` when no live relay holds the device.
+    pub fn route(&self, device: &str) -> Option<Vec<HubRelay>> {
+        let views = lock(&self.views);
+        let mut holding: Vec<(u64, usize)> = self
+            .relays
+            .iter()
+            .enumerate()
+            .filter_map(|(i, r)| {
+                let v = self.fresh(&views, &r.name)?;
+                (v.ready && v.agents.contains_key(device)).then_some((v.sessions, i))
+            })
+            .collect();
+        holding.sort();
+        let first = holding.first()?.1;
+        let mut out = vec![self.relays[first].clone()];
+        out.extend(self.relays.iter().enumerate().filter(|(i, _)| *i != first).map(|(_, r)| r.clone()));
+        Some(out)
+    }
+
+    /// Counts the routed session against the relay until its next report.
+    pub fn routed(&self, relay: &str) {
+        if let Some(v) = lock(&self.views).get_mut(relay) {
+            v.sessions += 1;
+        }
+    }
+
+    pub fn presence(&self, device: &str) -> Presence {
+        let views = lock(&self.views);
+        let mut p = Presence { status: "offline".into(), ..Presence::default() };
+        for r in &self.relays {
+            if let Some(a) = self.fresh(&views, &r.name).and_then(|v| v.agents.get(device)) {
+                p.relays.push(r.name.clone());
+                if p.last_heartbeat.is_none_or(|h| h < a.last_heartbeat) {
+                    p.last_heartbeat = Some(a.last_heartbeat);
+                    p.agent_version = Some(a.agent_version.clone());
+                }
+            }
+        }
+        if !p.relays.is_empty() {
+            p.status = "online".into();
+        }
+        p
+    }
+
+    /// Relays with a fresh report, ready or not (health endpoint).
+    pub fn relay_states(&self) -> Vec<(String, bool, bool, u64)> {
+        let views = lock(&self.views);
+        self.relays
+            .iter()
+            .map(|r| match self.fresh(&views, &r.name) {
+                Some(v) => (r.name.clone(), true, v.ready, v.sessions),
+                None => (r.name.clone(), false, false, 0),
+            })
+            .collect()
+    }
+}

@@ -1,0 +1,253 @@
+//! Sessions: the checks before a grant, routing, the record, revocation, and
+//! what relays report about them.
+use hyper::StatusCode;
+use serde::Deserialize;
+use serde_json::{Value, json};
+
+use super::api::internal;
+use super::http::{Answer, ApiError, Peer, json_answer};
+use super::model::{Role, SessionRecord, User};
+use super::relays::{RelayReport, ReportAnswer};
+use super::store::SessionEnd;
+use super::{Hub, api};
+use crate::proto::grant::now_secs;
+use crate::proto::{Grant, SessionId};
+
+/// `POST /api/v1/sessions`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Want {
+    pub device: String,
+    pub service: String,
+    /// Why: shown to the device's operator and kept in the record.
+    pub reason: String,
+    /// Hex of the client's end-to-end public key.
+    pub client_key: String,
+    /// Change-ticket reference; else the first `ABC-123` word of `reason`.
+    #[serde(default)]
+    pub ticket: Option<String>,
+}
+
+const MAX_NAME: usize = 128;
+const MAX_REASON: usize = 500;
+
+fn bad(code: &'static str, message: String) -> ApiError {
+    ApiError::new(StatusCode::BAD_REQUEST, code, message)
+}
+
+/// Names are stored and shown verbatim; only length and control characters are refused.
+fn check_name(what: &str, v: &str, max: usize) -> Result<(), ApiError> {
+    if v.trim().is_empty() || v.len() > max {
+        return Err(bad("bad_field", format!("{what}: 1 to {max} bytes")));
+    }
+    if v.chars().any(char::is_control) {
+        return Err(bad("bad_field", format!("{what}: control characters are not allowed")));
+    }
+    Ok(())
+}
+
+/// A change-ticket reference like `CHG-1881` in `text`.
+pub fn find_ticket(text: &str) -> Option<String> {
+    text.split(|c: char| !(c.is_ascii_alphanumeric() || c == '-')).find_map(|w| {
+        let (prefix, number) = w.split_once('-')?;
+        let ok = !prefix.is_empty()
+            && prefix.chars().all(|c| c.is_ascii_alphabetic())
+            && !number.is_empty()
+            && number.chars().all(|c| c.is_ascii_digit());
+        ok.then(|| w.to_string())
+    })
+}
+
+pub async fn create(hub: &Hub, user: &User, peer: &Peer, want: Want) -> Result<Value, ApiError> {
+    check_name("device", &want.device, MAX_NAME)?;
+    check_name("service", &want.service, MAX_NAME)?;
+    check_name("reason", &want.reason, MAX_REASON)?;
+    let client_key = hex::decode(want.client_key.trim())
+        .ok()
+        .filter(|k| !k.is_empty() && k.len() <= 1024)
+        .ok_or_else(|| bad("bad_client_key", "client_key: hex of the client's public key (at most 1024 bytes)".into()))?;
+    let from = peer.addr.ip();
+    let who = json!({"user": user.name, "role": user.role, "from": from.to_string(), "device": want.device,
+                     "service": want.service, "reason": want.reason});
+    let refuse = |status: StatusCode, code: &'static str, message: String| {
+        let who = who.clone();
+        async move {
+            hub.refused("session_refused", code, who).await;
+            Err(ApiError::new(status, code, message))
+        }
+    };
+    let device = hub.store.device(&want.device).await.map_err(internal)?;
+    let entitled = match &device {
+        Some(d) if user.role == Role::Admin => Some(d.clone()),
+        Some(d) if hub.store.entitled(&user.name, &d.site).await.map_err(internal)? => Some(d.clone()),
+        _ => None,
+    };
+    // Unknown and not-entitled look the same: no device list by probing.
+    let Some(device) = entitled else {
+        return refuse(StatusCode::FORBIDDEN, "not_entitled", format!("you are not entitled to device {}", want.device)).await;
+    };
+    let needs = hub.cfg.service_role(&want.service);
+    if user.role < needs {
+        return refuse(
+            StatusCode::FORBIDDEN,
+            "role_too_low",
+            format!("service {} needs role {needs}; you are {}", want.service, user.role),
+        )
+        .await;
+    }
+    let site = hub.store.site(&device.site).await.map_err(internal)?.unwrap_or_default();
+    if !site.allow_from.is_empty() && !site.allow_from.iter().any(|n| n.contains(&from)) {
+        return refuse(
+            StatusCode::FORBIDDEN,
+            "source_not_allowed",
+            format!("site {} does not accept specialists from {from}", site.name),
+        )
+        .await;
+    }
+    let ticket = want.ticket.clone().filter(|t| !t.trim().is_empty()).or_else(|| find_ticket(&want.reason));
+    if let Some(t) = &ticket {
+        check_name("ticket", t, MAX_NAME)?;
+    }
+    if site.require_ticket && ticket.is_none() {
+        return refuse(
+            StatusCode::BAD_REQUEST,
+            "ticket_required",
+            format!("site {} requires a change-ticket reference (like CHG-1881) in ticket or reason", site.name),
+        )
+        .await;
+    }
+    let Some(route) = hub.board.route(&device.id) else {
+        return refuse(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "device_offline",
+            format!("device {} is not attached to a ready relay", device.id),
+        )
+        .await;
+    };
+    let now = now_secs();
+    let consent = device.consent == "required";
+    let grant = Grant {
+        session: SessionId::random(),
+        device: device.id.clone(),
+        services: vec![want.service.clone()],
+        specialist: user.name.clone(),
+        role: user.role.to_string(),
+        client_key: client_key.into(),
+        relays: route.iter().map(|r| r.name.clone()).collect(),
+        issued_at: now,
+        expires_at: now + hub.cfg.grant_ttl_secs,
+        consent,
+    };
+    let signed = hub.signer.sign(&grant);
+    let id = grant.session.to_string();
+    let record = SessionRecord {
+        id: id.clone(),
+        specialist: user.name.clone(),
+        device: device.id.clone(),
+        service: want.service.clone(),
+        reason: want.reason.clone(),
+        ticket: ticket.clone(),
+        source: from.to_string(),
+        relay: route[0].name.clone(),
+        created_at: now as i64,
+        expires_at: grant.expires_at as i64,
+        consent_required: consent,
+        state: "granted".into(),
+        ..SessionRecord::default()
+    };
+    hub.store.session_add(&record).await.map_err(internal)?;
+    hub.board.routed(&route[0].name);
+    crate::metrics::HUB_SESSIONS_GRANTED.inc();
+    let mut fields = who;
+    fields["session"] = id.clone().into();
+    fields["ticket"] = ticket.into();
+    fields["relay"] = route[0].name.clone().into();
+    fields["consent_required"] = consent.into();
+    hub.audit.record("session_granted", fields).await;
+    tracing::info!(session = %id, device = %device.id, user = %user.name, "session granted");
+    let relays: Vec<Value> =
+        route.iter().map(|r| json!({"name": r.name, "addr": r.addr, "server_name": r.server_name})).collect();
+    Ok(json!({
+        "session": id, "grant": hex::encode(&signed.body), "sig": hex::encode(signed.sig), "relays": relays,
+        "expires_at": grant.expires_at, "consent_required": consent,
+    }))
+}
+
+/// Admin: ends a session at both twins (through their next report) and
+/// makes its grant useless.
+pub async fn end(hub: &Hub, user: &User, peer: &Peer, id: &str) -> Result<Answer, ApiError> {
+    api::require_admin(hub, user, peer, "ending a session").await?;
+    let Some(s) = hub.store.session(id).await.map_err(internal)? else {
+        return Err(ApiError::new(StatusCode::NOT_FOUND, "unknown_session", format!("no session {id}")));
+    };
+    let now = now_secs();
+    if !hub.store.session_revoke(id, &user.name, now as i64).await.map_err(internal)? {
+        return Err(ApiError::new(StatusCode::CONFLICT, "not_live", format!("session {id} is already {}", s.state)));
+    }
+    // Kept until the grant would expire anyway, and at least a while for a live session.
+    hub.board.revoke(id, (s.expires_at as u64).max(now + 8 * 3600));
+    hub.audit
+        .record(
+            "session_revoked",
+            json!({"session": id, "by": user.name, "from": peer.addr.ip().to_string(), "device": s.device, "specialist": s.specialist}),
+        )
+        .await;
+    Ok(json_answer(StatusCode::OK, &json!({"session": id, "state": "revoked"})))
+}
+
+pub async fn relay_report(hub: &Hub, relay: &str, r: RelayReport) -> ReportAnswer {
+    let now = now_secs();
+    crate::metrics::HUB_RELAY_REPORTS.with_label_values(&[relay]).inc();
+    let answer = hub.board.report(relay, &r, now);
+    for id in &r.started {
+        if let Err(e) = hub.store.session_live(id).await {
+            tracing::error!(session = %id, error = %e, "recording session start");
+        }
+    }
+    for e in &r.ended {
+        let end = SessionEnd {
+            reason: e.reason.clone(),
+            ended_at: e.ended_at as i64,
+            bytes_to_device: e.bytes_to_device as i64,
+            bytes_to_client: e.bytes_to_client as i64,
+            duration_ms: e.duration_ms as i64,
+        };
+        if let Err(err) = hub.store.session_end(&e.session, &end).await {
+            tracing::error!(session = %e.session, error = %err, "recording session end");
+        }
+        hub.audit
+            .record(
+                "session_end",
+                json!({"relay": relay, "session": e.session, "device": e.device, "reason": e.reason,
+                       "bytes_to_device": e.bytes_to_device, "bytes_to_client": e.bytes_to_client, "duration_ms": e.duration_ms}),
+            )
+            .await;
+    }
+    let mut heads: Vec<(String, &super::relays::Head)> = Vec::new();
+    if let Some(h) = &r.audit_head {
+        heads.push((format!("relay:{relay}"), h));
+    }
+    heads.extend(r.agent_heads.iter().map(|a| (format!("agent:{}", a.device), &a.head)));
+    for (source, head) in heads {
+        anchor(hub, &source, head, now).await;
+    }
+    answer
+}
+
+/// Keeps the latest chain head of `source`; writes an `anchor` record into
+/// the hub's own chain when it moved, at most once a minute per source.
+async fn anchor(hub: &Hub, source: &str, head: &super::relays::Head, now: u64) {
+    let prev = hub.store.anchor(source).await.unwrap_or_default();
+    if prev.as_ref().is_some_and(|(seq, hash, _)| *seq == head.seq && *hash == head.hash) {
+        return;
+    }
+    let due = prev.is_none_or(|(_, _, at)| now as i64 - at >= 60);
+    if !due {
+        return;
+    }
+    if let Err(e) = hub.store.anchor_put(source, head.seq, &head.hash, now as i64).await {
+        tracing::error!(source, error = %e, "storing audit anchor");
+        return;
+    }
+    hub.audit.record("anchor", json!({"source": source, "head_seq": head.seq, "head_hash": head.hash})).await;
+}

@@ -1,0 +1,472 @@
+//! The hub's storage: one interface ([`Sql`]), two engines (SQLite, PostgreSQL),
+//! migrations, and the queries, written once for both.
+mod postgres;
+mod sql;
+mod sqlite;
+
+use std::path::Path;
+use std::sync::Arc;
+
+pub use sql::{Row, Sql, StoreError, Val};
+
+use super::model::{Device, SessionRecord, Site, User};
+
+/// Schema changes, applied in order, each once (recorded in `schema_migrations`).
+const MIGRATIONS: &[(i64, &str)] = &[(
+    1,
+    "CREATE TABLE users (name TEXT PRIMARY KEY, role TEXT NOT NULL, password_hash TEXT NOT NULL,
+        totp_secret TEXT NOT NULL, totp_last_step BIGINT NOT NULL DEFAULT 0, disabled BIGINT NOT NULL DEFAULT 0,
+        created_at BIGINT NOT NULL);
+     CREATE TABLE login_failures (name TEXT PRIMARY KEY, failures BIGINT NOT NULL, locked_until BIGINT NOT NULL);
+     CREATE TABLE sites (name TEXT PRIMARY KEY, allow_from TEXT NOT NULL DEFAULT '',
+        require_ticket BIGINT NOT NULL DEFAULT 0);
+     CREATE TABLE devices (id TEXT PRIMARY KEY, site TEXT NOT NULL REFERENCES sites(name), consent TEXT NOT NULL,
+        created_at BIGINT NOT NULL);
+     CREATE TABLE entitlements (user_name TEXT NOT NULL REFERENCES users(name), site TEXT NOT NULL REFERENCES sites(name),
+        PRIMARY KEY (user_name, site));
+     CREATE TABLE tokens (hash TEXT PRIMARY KEY, user_name TEXT NOT NULL REFERENCES users(name),
+        expires_at BIGINT NOT NULL);
+     CREATE TABLE sessions (id TEXT PRIMARY KEY, specialist TEXT NOT NULL, device TEXT NOT NULL, service TEXT NOT NULL,
+        reason TEXT NOT NULL, ticket TEXT, source TEXT NOT NULL, relay TEXT NOT NULL, created_at BIGINT NOT NULL,
+        expires_at BIGINT NOT NULL, consent_required BIGINT NOT NULL, state TEXT NOT NULL, ended_at BIGINT,
+        end_reason TEXT, ended_by TEXT, bytes_to_device BIGINT NOT NULL DEFAULT 0,
+        bytes_to_client BIGINT NOT NULL DEFAULT 0, duration_ms BIGINT NOT NULL DEFAULT 0);
+     CREATE INDEX sessions_by_specialist ON sessions (specialist, created_at);
+     CREATE TABLE audit (seq BIGINT PRIMARY KEY, ts BIGINT NOT NULL, hash TEXT NOT NULL, line TEXT NOT NULL);
+     CREATE INDEX audit_by_ts ON audit (ts);
+     CREATE TABLE anchors (source TEXT PRIMARY KEY, seq BIGINT NOT NULL, hash TEXT NOT NULL, at BIGINT NOT NULL)",
+)];
+
+/// The hub's database.
+#[derive(Clone)]
+pub struct Store {
+    db: Arc<dyn Sql>,
+}
+
+const SESSION_COLUMNS: &str = "id, specialist, device, service, reason, ticket, source, relay, created_at, expires_at,
+    consent_required, state, ended_at, end_reason, ended_by, bytes_to_device, bytes_to_client, duration_ms";
+
+fn session_from(r: &Row) -> SessionRecord {
+    SessionRecord {
+        id: r.text(0),
+        specialist: r.text(1),
+        device: r.text(2),
+        service: r.text(3),
+        reason: r.text(4),
+        ticket: r.opt_text(5),
+        source: r.text(6),
+        relay: r.text(7),
+        created_at: r.int(8),
+        expires_at: r.int(9),
+        consent_required: r.int(10) != 0,
+        state: r.text(11),
+        ended_at: r.opt_int(12),
+        end_reason: r.opt_text(13),
+        ended_by: r.opt_text(14),
+        bytes_to_device: r.int(15),
+        bytes_to_client: r.int(16),
+        duration_ms: r.int(17),
+    }
+}
+
+fn user_from(r: &Row) -> Result<User, StoreError> {
+    Ok(User {
+        name: r.text(0),
+        role: r.text(1).parse().map_err(StoreError::Db)?,
+        password_hash: r.text(2),
+        totp_secret: r.text(3),
+        disabled: r.int(4) != 0,
+        created_at: r.int(5),
+    })
+}
+
+/// The end of a session as a relay reported it.
+#[derive(Debug, Clone, Default)]
+pub struct SessionEnd {
+    pub reason: String,
+    pub ended_at: i64,
+    pub bytes_to_device: i64,
+    pub bytes_to_client: i64,
+    pub duration_ms: i64,
+}
+
+impl Store {
+    /// Opens `sqlite:PATH` (or a bare path) or `postgres://…`, and migrates.
+    pub async fn open(url: &str, base: &Path) -> Result<Store, StoreError> {
+        let db: Arc<dyn Sql> = if url.starts_with("postgres://") || url.starts_with("postgresql://") {
+            Arc::new(postgres::Postgres::connect(url).await?)
+        } else {
+            let path = url.strip_prefix("sqlite:").unwrap_or(url);
+            if path.is_empty() {
+                return Err(StoreError::BadUrl(url.into()));
+            }
+            Arc::new(sqlite::Sqlite::open(&base.join(path))?)
+        };
+        let store = Store { db };
+        store.migrate().await?;
+        Ok(store)
+    }
+
+    pub fn engine(&self) -> &'static str {
+        self.db.engine()
+    }
+
+    async fn migrate(&self) -> Result<(), StoreError> {
+        self.db.exec("CREATE TABLE IF NOT EXISTS schema_migrations (version BIGINT PRIMARY KEY)", vec![]).await?;
+        let done = self.db.query("SELECT version FROM schema_migrations", vec![]).await?;
+        for (version, sql) in MIGRATIONS {
+            if done.iter().any(|r| r.int(0) == *version) {
+                continue;
+            }
+            self.db.batch(&format!("{sql}; INSERT INTO schema_migrations (version) VALUES ({version})")).await?;
+            tracing::info!(version, engine = self.engine(), "database migrated");
+        }
+        Ok(())
+    }
+
+    async fn insert(&self, what: &'static str, name: &str, sql: &str, params: Vec<Val>) -> Result<(), StoreError> {
+        match self.db.exec(sql, params).await {
+            Err(e) if sql::is_unique_violation(&e) => Err(StoreError::Exists { what, name: name.into() }),
+            r => r.map(|_| ()),
+        }
+    }
+
+    fn must_change(n: u64, what: &'static str, name: &str) -> Result<(), StoreError> {
+        if n == 0 { Err(StoreError::NotFound { what, name: name.into() }) } else { Ok(()) }
+    }
+
+    // --- accounts -----------------------------------------------------------
+
+    pub async fn user_add(&self, u: &User) -> Result<(), StoreError> {
+        self.insert(
+            "user",
+            &u.name,
+            "INSERT INTO users (name, role, password_hash, totp_secret, disabled, created_at) VALUES ($1, $2, $3, $4, $5, $6)",
+            vec![u.name.as_str().into(), u.role.as_str().into(), (&u.password_hash).into(), (&u.totp_secret).into(), u.disabled.into(), u.created_at.into()],
+        )
+        .await
+    }
+
+    pub async fn user(&self, name: &str) -> Result<Option<User>, StoreError> {
+        let rows = self
+            .db
+            .query(
+                "SELECT name, role, password_hash, totp_secret, disabled, created_at FROM users WHERE name = $1",
+                vec![name.into()],
+            )
+            .await?;
+        rows.first().map(user_from).transpose()
+    }
+
+    pub async fn users(&self) -> Result<Vec<User>, StoreError> {
+        let rows = self
+            .db
+            .query("SELECT name, role, password_hash, totp_secret, disabled, created_at FROM users ORDER BY name", vec![])
+            .await?;
+        rows.iter().map(user_from).collect()
+    }
+
+    pub async fn user_set_disabled(&self, name: &str, disabled: bool) -> Result<(), StoreError> {
+        let n = self.db.exec("UPDATE users SET disabled = $2 WHERE name = $1", vec![name.into(), disabled.into()]).await?;
+        Self::must_change(n, "user", name)
+    }
+
+    pub async fn user_set_password(&self, name: &str, hash: &str) -> Result<(), StoreError> {
+        let n = self.db.exec("UPDATE users SET password_hash = $2 WHERE name = $1", vec![name.into(), hash.into()]).await?;
+        Self::must_change(n, "user", name)
+    }
+
+    /// Marks TOTP time step `step` used. False when it (or a later one) was
+    /// used before: a code is good once.
+    pub async fn totp_use(&self, name: &str, step: i64) -> Result<bool, StoreError> {
+        let n = self
+            .db
+            .exec(
+                "UPDATE users SET totp_last_step = $2 WHERE name = $1 AND totp_last_step < $2",
+                vec![name.into(), step.into()],
+            )
+            .await?;
+        Ok(n == 1)
+    }
+
+    /// Failures in a row and the time (unix s) until which logins are refused.
+    pub async fn login_failures(&self, name: &str) -> Result<(i64, i64), StoreError> {
+        let rows =
+            self.db.query("SELECT failures, locked_until FROM login_failures WHERE name = $1", vec![name.into()]).await?;
+        Ok(rows.first().map(|r| (r.int(0), r.int(1))).unwrap_or((0, 0)))
+    }
+
+    pub async fn set_login_failures(&self, name: &str, failures: i64, locked_until: i64) -> Result<(), StoreError> {
+        self.db
+            .exec(
+                "INSERT INTO login_failures (name, failures, locked_until) VALUES ($1, $2, $3)
+                 ON CONFLICT (name) DO UPDATE SET failures = $2, locked_until = $3",
+                vec![name.into(), failures.into(), locked_until.into()],
+            )
+            .await
+            .map(|_| ())
+    }
+
+    pub async fn clear_login_failures(&self, name: &str) -> Result<(), StoreError> {
+        self.db.exec("DELETE FROM login_failures WHERE name = $1", vec![name.into()]).await.map(|_| ())
+    }
+
+    pub async fn token_add(&self, hash: &str, user: &str, expires_at: i64) -> Result<(), StoreError> {
+        // Expired tokens go as new ones come.
+        self.db.exec("DELETE FROM tokens WHERE expires_at < $1", vec![(expires_at - 86_400).into()]).await?;
+        self.db
+            .exec(
+                "INSERT INTO tokens (hash, user_name, expires_at) VALUES ($1, $2, $3)",
+                vec![hash.into(), user.into(), expires_at.into()],
+            )
+            .await
+            .map(|_| ())
+    }
+
+    /// The account and expiry of a token (by its hash).
+    pub async fn token(&self, hash: &str) -> Result<Option<(String, i64)>, StoreError> {
+        let rows = self.db.query("SELECT user_name, expires_at FROM tokens WHERE hash = $1", vec![hash.into()]).await?;
+        Ok(rows.first().map(|r| (r.text(0), r.int(1))))
+    }
+
+    pub async fn tokens_revoke(&self, user: &str) -> Result<(), StoreError> {
+        self.db.exec("DELETE FROM tokens WHERE user_name = $1", vec![user.into()]).await.map(|_| ())
+    }
+
+    // --- sites, devices, entitlements ----------------------------------------
+
+    /// Creates or updates a site.
+    pub async fn site_put(&self, s: &Site) -> Result<(), StoreError> {
+        self.db
+            .exec(
+                "INSERT INTO sites (name, allow_from, require_ticket) VALUES ($1, $2, $3)
+                 ON CONFLICT (name) DO UPDATE SET allow_from = $2, require_ticket = $3",
+                vec![s.name.as_str().into(), s.allow_from_text().into(), s.require_ticket.into()],
+            )
+            .await
+            .map(|_| ())
+    }
+
+    pub async fn site(&self, name: &str) -> Result<Option<Site>, StoreError> {
+        let rows =
+            self.db.query("SELECT name, allow_from, require_ticket FROM sites WHERE name = $1", vec![name.into()]).await?;
+        rows.first()
+            .map(|r| {
+                Ok(Site {
+                    name: r.text(0),
+                    allow_from: Site::parse_allow_from(&r.text(1)).map_err(StoreError::Db)?,
+                    require_ticket: r.int(2) != 0,
+                })
+            })
+            .transpose()
+    }
+
+    pub async fn device_add(&self, d: &Device, now: i64) -> Result<(), StoreError> {
+        if self.site(&d.site).await?.is_none() {
+            self.site_put(&Site { name: d.site.clone(), ..Site::default() }).await?;
+        }
+        self.insert(
+            "device",
+            &d.id,
+            "INSERT INTO devices (id, site, consent, created_at) VALUES ($1, $2, $3, $4)",
+            vec![d.id.as_str().into(), d.site.as_str().into(), d.consent.as_str().into(), now.into()],
+        )
+        .await
+    }
+
+    pub async fn device(&self, id: &str) -> Result<Option<Device>, StoreError> {
+        let rows = self.db.query("SELECT id, site, consent FROM devices WHERE id = $1", vec![id.into()]).await?;
+        Ok(rows.first().map(|r| Device { id: r.text(0), site: r.text(1), consent: r.text(2) }))
+    }
+
+    /// Devices on sites `user` is entitled to; every device when `all`.
+    pub async fn devices_for(&self, user: &str, all: bool) -> Result<Vec<Device>, StoreError> {
+        let rows = if all {
+            self.db.query("SELECT id, site, consent FROM devices ORDER BY id", vec![]).await?
+        } else {
+            self.db
+                .query(
+                    "SELECT d.id, d.site, d.consent FROM devices d JOIN entitlements e ON e.site = d.site
+                     WHERE e.user_name = $1 ORDER BY d.id",
+                    vec![user.into()],
+                )
+                .await?
+        };
+        Ok(rows.iter().map(|r| Device { id: r.text(0), site: r.text(1), consent: r.text(2) }).collect())
+    }
+
+    pub async fn entitle(&self, user: &str, site: &str) -> Result<(), StoreError> {
+        if self.site(site).await?.is_none() {
+            self.site_put(&Site { name: site.into(), ..Site::default() }).await?;
+        }
+        self.db
+            .exec(
+                "INSERT INTO entitlements (user_name, site) VALUES ($1, $2) ON CONFLICT DO NOTHING",
+                vec![user.into(), site.into()],
+            )
+            .await
+            .map(|_| ())
+    }
+
+    pub async fn entitled(&self, user: &str, site: &str) -> Result<bool, StoreError> {
+        let rows = self
+            .db
+            .query("SELECT 1 FROM entitlements WHERE user_name = $1 AND site = $2", vec![user.into(), site.into()])
+            .await?;
+        Ok(!rows.is_empty())
+    }
+
+    pub async fn entitlements(&self, user: &str) -> Result<Vec<String>, StoreError> {
+        let rows =
+            self.db.query("SELECT site FROM entitlements WHERE user_name = $1 ORDER BY site", vec![user.into()]).await?;
+        Ok(rows.iter().map(|r| r.text(0)).collect())
+    }
+
+    // --- sessions -------------------------------------------------------------
+
+    pub async fn session_add(&self, s: &SessionRecord) -> Result<(), StoreError> {
+        self.insert(
+            "session",
+            &s.id,
+            "INSERT INTO sessions (id, specialist, device, service, reason, ticket, source, relay, created_at, expires_at,
+                consent_required, state) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12)",
+            vec![
+                (&s.id).into(),
+                (&s.specialist).into(),
+                (&s.device).into(),
+                (&s.service).into(),
+                (&s.reason).into(),
+                s.ticket.clone().into(),
+                (&s.source).into(),
+                (&s.relay).into(),
+                s.created_at.into(),
+                s.expires_at.into(),
+                s.consent_required.into(),
+                (&s.state).into(),
+            ],
+        )
+        .await
+    }
+
+    pub async fn session(&self, id: &str) -> Result<Option<SessionRecord>, StoreError> {
+        let rows = self.db.query(&format!("SELECT {SESSION_COLUMNS} FROM sessions WHERE id = $1"), vec![id.into()]).await?;
+        Ok(rows.first().map(session_from))
+    }
+
+    /// The newest `limit` sessions of `specialist`, or of everyone.
+    pub async fn sessions(&self, specialist: Option<&str>, limit: i64) -> Result<Vec<SessionRecord>, StoreError> {
+        let rows = match specialist {
+            Some(s) => {
+                self.db
+                    .query(
+                        &format!(
+                            "SELECT {SESSION_COLUMNS} FROM sessions WHERE specialist = $1 ORDER BY created_at DESC, id LIMIT $2"
+                        ),
+                        vec![s.into(), limit.into()],
+                    )
+                    .await?
+            }
+            None => {
+                self.db
+                    .query(
+                        &format!("SELECT {SESSION_COLUMNS} FROM sessions ORDER BY created_at DESC, id LIMIT $1"),
+                        vec![limit.into()],
+                    )
+                    .await?
+            }
+        };
+        Ok(rows.iter().map(session_from).collect())
+    }
+
+    /// A relay saw the session start.
+    pub async fn session_live(&self, id: &str) -> Result<(), StoreError> {
+        self.db.exec("UPDATE sessions SET state = 'live' WHERE id = $1 AND state = 'granted'", vec![id.into()]).await.map(|_| ())
+    }
+
+    /// Revoked by an admin: the relays close it; the record keeps who did it.
+    pub async fn session_revoke(&self, id: &str, by: &str, now: i64) -> Result<bool, StoreError> {
+        let n = self
+            .db
+            .exec(
+                "UPDATE sessions SET state = 'revoked', ended_by = $2, ended_at = $3, end_reason = 'revoked'
+                 WHERE id = $1 AND state IN ('granted', 'live')",
+                vec![id.into(), by.into(), now.into()],
+            )
+            .await?;
+        Ok(n == 1)
+    }
+
+    /// A relay's end report. Byte counts add up (a session may have legs at
+    /// both twins); the first end reason and time stay.
+    pub async fn session_end(&self, id: &str, end: &SessionEnd) -> Result<(), StoreError> {
+        self.db
+            .exec(
+                "UPDATE sessions SET
+                    state = CASE WHEN state = 'revoked' THEN 'revoked' ELSE 'ended' END,
+                    ended_at = COALESCE(ended_at, $2), end_reason = COALESCE(end_reason, $3),
+                    bytes_to_device = bytes_to_device + $4, bytes_to_client = bytes_to_client + $5,
+                    duration_ms = CASE WHEN duration_ms > $6 THEN duration_ms ELSE $6 END
+                 WHERE id = $1",
+                vec![
+                    id.into(),
+                    end.ended_at.into(),
+                    end.reason.as_str().into(),
+                    end.bytes_to_device.into(),
+                    end.bytes_to_client.into(),
+                    end.duration_ms.into(),
+                ],
+            )
+            .await
+            .map(|_| ())
+    }
+
+    // --- audit ---------------------------------------------------------------
+
+    pub async fn audit_append(&self, seq: u64, ts: i64, hash: &str, line: &str) -> Result<(), StoreError> {
+        self.db
+            .exec(
+                "INSERT INTO audit (seq, ts, hash, line) VALUES ($1, $2, $3, $4)",
+                vec![seq.into(), ts.into(), hash.into(), line.into()],
+            )
+            .await
+            .map(|_| ())
+    }
+
+    /// The chain's head: last sequence number and hash.
+    pub async fn audit_head(&self) -> Result<Option<(u64, String)>, StoreError> {
+        let rows = self.db.query("SELECT seq, hash FROM audit ORDER BY seq DESC LIMIT 1", vec![]).await?;
+        Ok(rows.first().map(|r| (r.int(0) as u64, r.text(1))))
+    }
+
+    /// Records from unix time `since` on, in chain order.
+    pub async fn audit_since(&self, since: i64, limit: i64) -> Result<Vec<String>, StoreError> {
+        let rows =
+            self.db.query("SELECT line FROM audit WHERE ts >= $1 ORDER BY seq LIMIT $2", vec![since.into(), limit.into()]).await?;
+        Ok(rows.iter().map(|r| r.text(0)).collect())
+    }
+
+    /// The latest chain head a relay or agent reported.
+    pub async fn anchor_put(&self, source: &str, seq: u64, hash: &str, at: i64) -> Result<(), StoreError> {
+        self.db
+            .exec(
+                "INSERT INTO anchors (source, seq, hash, at) VALUES ($1, $2, $3, $4)
+                 ON CONFLICT (source) DO UPDATE SET seq = $2, hash = $3, at = $4",
+                vec![source.into(), seq.into(), hash.into(), at.into()],
+            )
+            .await
+            .map(|_| ())
+    }
+
+    pub async fn anchor(&self, source: &str) -> Result<Option<(u64, String, i64)>, StoreError> {
+        let rows = self.db.query("SELECT seq, hash, at FROM anchors WHERE source = $1", vec![source.into()]).await?;
+        Ok(rows.first().map(|r| (r.int(0) as u64, r.text(1), r.int(2))))
+    }
+
+    pub async fn anchors(&self) -> Result<Vec<(String, u64, String, i64)>, StoreError> {
+        let rows = self.db.query("SELECT source, seq, hash, at FROM anchors ORDER BY source", vec![]).await?;
+        Ok(rows.iter().map(|r| (r.text(0), r.int(1) as u64, r.text(2), r.int(3))).collect())
+    }
+}
+
+#[cfg(test)]
+mod tests;

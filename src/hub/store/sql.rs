@@ -1,0 +1,109 @@
+//! The one interface both storage backends implement: run a statement, run a
+//! query. SQL text uses `$1, $2, …` placeholders and only types both engines
+//! share (TEXT, BIGINT), so the queries in `store` are written once.
+use async_trait::async_trait;
+
+/// A value bound to, or read from, a statement.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Val {
+    Int(i64),
+    Text(String),
+    Null,
+}
+
+impl From<i64> for Val {
+    fn from(v: i64) -> Val {
+        Val::Int(v)
+    }
+}
+impl From<u64> for Val {
+    fn from(v: u64) -> Val {
+        Val::Int(i64::try_from(v).unwrap_or(i64::MAX))
+    }
+}
+impl From<bool> for Val {
+    fn from(v: bool) -> Val {
+        Val::Int(v.into())
+    }
+}
+impl From<&str> for Val {
+    fn from(v: &str) -> Val {
+        Val::Text(v.into())
+    }
+}
+impl From<String> for Val {
+    fn from(v: String) -> Val {
+        Val::Text(v)
+    }
+}
+impl From<&String> for Val {
+    fn from(v: &String) -> Val {
+        Val::Text(v.clone())
+    }
+}
+impl<T: Into<Val>> From<Option<T>> for Val {
+    fn from(v: Option<T>) -> Val {
+        v.map(Into::into).unwrap_or(Val::Null)
+    }
+}
+
+/// One result row.
+#[derive(Debug, Clone)]
+pub struct Row(pub Vec<Val>);
+
+impl Row {
+    pub fn text(&self, i: usize) -> String {
+        match self.0.get(i) {
+            Some(Val::Text(s)) => s.clone(),
+            Some(Val::Int(n)) => n.to_string(),
+            _ => String::new(),
+        }
+    }
+    pub fn opt_text(&self, i: usize) -> Option<String> {
+        match self.0.get(i) {
+            Some(Val::Text(s)) => Some(s.clone()),
+            _ => None,
+        }
+    }
+    pub fn int(&self, i: usize) -> i64 {
+        self.opt_int(i).unwrap_or(0)
+    }
+    pub fn opt_int(&self, i: usize) -> Option<i64> {
+        match self.0.get(i) {
+            Some(Val::Int(n)) => Some(*n),
+            Some(Val::Text(s)) => s.parse().ok(),
+            _ => None,
+        }
+    }
+}
+
+/// Why the database refused or failed.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("database: {0}")]
+    Db(String),
+    #[error("database url {0:?}: use sqlite:PATH or postgres://…")]
+    BadUrl(String),
+    #[error("{what} {name:?} already exists")]
+    Exists { what: &'static str, name: String },
+    #[error("{what} {name:?} not found")]
+    NotFound { what: &'static str, name: String },
+}
+
+/// A SQL engine. Implementations: SQLite (a file) and PostgreSQL (a URL).
+#[async_trait]
+pub trait Sql: Send + Sync {
+    /// Runs one statement; returns the rows it changed.
+    async fn exec(&self, sql: &str, params: Vec<Val>) -> Result<u64, StoreError>;
+    /// Runs one query; returns its rows.
+    async fn query(&self, sql: &str, params: Vec<Val>) -> Result<Vec<Row>, StoreError>;
+    /// Runs several statements without parameters, in one transaction.
+    async fn batch(&self, sql: &str) -> Result<(), StoreError>;
+    /// `sqlite` or `postgres`.
+    fn engine(&self) -> &'static str;
+}
+
+/// True when a database error is a uniqueness violation.
+pub fn is_unique_violation(e: &StoreError) -> bool {
+    matches!(e, StoreError::Db(m) if m.contains("UNIQUE") || m.contains("duplicate key"))
+}

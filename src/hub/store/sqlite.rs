@@ -1,0 +1,106 @@
+//! SQLite backend: one file, WAL, one connection used from blocking threads.
+use std::path::Path;
+use std::sync::{Arc, Mutex};
+
+use async_trait::async_trait;
+use rusqlite::types::Value as SqlValue;
+
+use super::sql::{Row, Sql, StoreError, Val};
+
+pub struct Sqlite {
+    conn: Arc<Mutex<rusqlite::Connection>>,
+}
+
+fn db(e: impl std::fmt::Display) -> StoreError {
+    StoreError::Db(e.to_string())
+}
+
+/// `$1` → `?1`: SQLite's numbered placeholder.
+fn placeholders(sql: &str) -> String {
+    sql.replace('$', "?")
+}
+
+fn to_sqlite(v: Val) -> SqlValue {
+    match v {
+        Val::Int(n) => SqlValue::Integer(n),
+        Val::Text(s) => SqlValue::Text(s),
+        Val::Null => SqlValue::Null,
+    }
+}
+
+impl Sqlite {
+    pub fn open(path: &Path) -> Result<Sqlite, StoreError> {
+        if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+            std::fs::create_dir_all(dir).map_err(db)?;
+        }
+        let conn = rusqlite::Connection::open(path).map_err(db)?;
+        conn.execute_batch(
+            "PRAGMA journal_mode=WAL; PRAGMA synchronous=NORMAL; PRAGMA foreign_keys=ON; PRAGMA busy_timeout=5000;",
+        )
+        .map_err(db)?;
+        Ok(Sqlite { conn: Arc::new(Mutex::new(conn)) })
+    }
+
+    async fn with<T: Send + 'static>(
+        &self,
+        f: impl FnOnce(&rusqlite::Connection) -> Result<T, StoreError> + Send + 'static,
+    ) -> Result<T, StoreError> {
+        let conn = self.conn.clone();
+        tokio::task::spawn_blocking(move || {
+            let guard = match conn.lock() {
+                Ok(g) => g,
+                Err(p) => p.into_inner(),
+            };
+            f(&guard)
+        })
+        .await
+        .map_err(db)?
+    }
+}
+
+#[async_trait]
+impl Sql for Sqlite {
+    async fn exec(&self, sql: &str, params: Vec<Val>) -> Result<u64, StoreError> {
+        let sql = placeholders(sql);
+        self.with(move |c| {
+            let mut st = c.prepare_cached(&sql).map_err(db)?;
+            let n = st.execute(rusqlite::params_from_iter(params.into_iter().map(to_sqlite))).map_err(db)?;
+            Ok(n as u64)
+        })
+        .await
+    }
+
+    async fn query(&self, sql: &str, params: Vec<Val>) -> Result<Vec<Row>, StoreError> {
+        let sql = placeholders(sql);
+        self.with(move |c| {
+            let mut st = c.prepare_cached(&sql).map_err(db)?;
+            let n = st.column_count();
+            let mut rows = st.query(rusqlite::params_from_iter(params.into_iter().map(to_sqlite))).map_err(db)?;
+            let mut out = Vec::new();
+            while let Some(r) = rows.next().map_err(db)? {
+                let mut vals = Vec::with_capacity(n);
+                for i in 0..n {
+                    vals.push(match r.get::<_, SqlValue>(i).map_err(db)? {
+                        SqlValue::Integer(v) => Val::Int(v),
+                        SqlValue::Text(s) => Val::Text(s),
+                        SqlValue::Real(f) => Val::Int(f as i64),
+                        SqlValue::Blob(b) => Val::Text(String::from_utf8_lossy(&b).into_owned()),
+                        SqlValue::Null => Val::Null,
+                    });
+                }
+                out.push(Row(vals));
+            }
+            Ok(out)
+        })
+        .await
+    }
+
+    async fn batch(&self, sql: &str) -> Result<(), StoreError> {
+        let sql = format!("BEGIN; {sql}; COMMIT;");
+        self.with(move |c| c.execute_batch(&sql).map_err(db)).await
+    }
+
+    fn engine(&self) -> &'static str {
+        "sqlite"
+    }
+}

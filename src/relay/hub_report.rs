@@ -1,0 +1,132 @@
+//! Reports to the hub every `report_ms`: readiness, load, attached agents,
+//! session starts and ends (with byte counts), audit chain heads (this relay's
+//! and its agents'). The answer names sessions an admin revoked: they are
+//! ended here (and, by replication, at the twin) and their grants refused.
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::{Duration, Instant};
+
+use hyper::Method;
+use serde_json::json;
+
+use super::state::State;
+use crate::hub::client::HubClient;
+use crate::hub::relays::{AgentHead, AgentSeen, Head, RelayReport, ReportAnswer};
+use crate::proto::grant::now_secs;
+use crate::proto::{Reason, SessionId};
+
+/// Full agent list at least this often, even when nothing changed.
+const FULL_AGENTS_EVERY: Duration = Duration::from_secs(10);
+
+pub async fn run(state: Arc<State>) {
+    let Some(link) = state.cfg.hub.clone() else { return };
+    let cert = (state.cfg.cert.as_path(), state.cfg.key.as_path());
+    let client = match HubClient::new(&link.url, &state.cfg.ca, Some(cert), link.server_name.as_deref()) {
+        Ok(c) => c,
+        Err(e) => {
+            tracing::error!(error = %e, "hub link disabled");
+            return;
+        }
+    };
+    let mut ticker = tokio::time::interval(Duration::from_millis(link.report_ms.max(50)));
+    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut sent_heads: HashMap<String, u64> = HashMap::new();
+    let mut last_full = Instant::now() - FULL_AGENTS_EVERY;
+    let mut failing_since: Option<Instant> = None;
+    loop {
+        tokio::select! {
+            _ = state.drain.cancelled() => return,
+            _ = ticker.tick() => {}
+        }
+        let full = state.hub_out().agents_changed || last_full.elapsed() >= FULL_AGENTS_EVERY;
+        let (report, heads) = build(&state, full, &sent_heads);
+        match client.json(Method::POST, "/api/v1/relay/report", None, Some(&json!(report))).await {
+            Ok(v) => {
+                if failing_since.take().is_some() {
+                    tracing::info!("hub reachable again");
+                }
+                if full {
+                    last_full = Instant::now();
+                }
+                sent_heads.extend(heads);
+                match serde_json::from_value::<ReportAnswer>(v) {
+                    Ok(answer) => apply(&state, answer),
+                    Err(e) => tracing::warn!(error = %e, "hub answer not understood"),
+                }
+            }
+            Err(e) => {
+                // Keep what was not delivered for the next report.
+                let mut out = state.hub_out();
+                let mut started = report.started;
+                started.append(&mut out.started);
+                out.started = started;
+                let mut ended = report.ended;
+                ended.append(&mut out.ended);
+                out.ended = ended;
+                out.agents_changed |= full;
+                if failing_since.is_none() {
+                    failing_since = Some(Instant::now());
+                    tracing::warn!(error = %e, "cannot report to the hub");
+                }
+            }
+        }
+    }
+}
+
+fn build(state: &State, full: bool, sent: &HashMap<String, u64>) -> (RelayReport, Vec<(String, u64)>) {
+    let (started, ended) = {
+        let mut out = state.hub_out();
+        out.agents_changed = false;
+        (std::mem::take(&mut out.started), std::mem::take(&mut out.ended))
+    };
+    let mut heads = Vec::new();
+    let mut agent_heads = Vec::new();
+    let mut agents = Vec::new();
+    for a in state.agents.iter() {
+        if full {
+            agents.push(AgentSeen {
+                device: a.key().clone(),
+                agent_version: a.agent_version.clone(),
+                last_heartbeat: a.last_heartbeat.load(Ordering::Relaxed),
+            });
+        }
+        let head = a.audit_head.lock().ok().and_then(|h| h.clone());
+        if let Some((seq, hash)) = head
+            && sent.get(a.key()) != Some(&seq)
+        {
+            heads.push((a.key().clone(), seq));
+            agent_heads.push(AgentHead { device: a.key().clone(), head: Head { seq, hash } });
+        }
+    }
+    let (seq, hash) = state.audit.head();
+    let ready = state.ready.load(Ordering::Relaxed) && !state.shutdown.is_cancelled();
+    let report = RelayReport {
+        ready,
+        sessions: state.sessions.len() as u64,
+        agents: full.then_some(agents),
+        started,
+        ended,
+        audit_head: (seq > 0).then_some(Head { seq, hash }),
+        agent_heads,
+    };
+    (report, heads)
+}
+
+fn apply(state: &State, answer: ReportAnswer) {
+    let now = now_secs();
+    for r in answer.revoked {
+        let Some(id) = SessionId::parse(&r.session) else { continue };
+        // Its grant admits nothing from now on, here and (replicated) at the twin.
+        let fresh = state.consume(id, r.expires_at, now);
+        if state.sessions.contains_key(&id) {
+            tracing::info!(session = %id, "session revoked by the hub");
+            state.end_session(id, Reason::Revoked, true);
+        } else if fresh {
+            state.audit.record("grant_revoked", json!({"relay": state.cfg.name, "session": r.session}));
+        }
+        if let Some((_, (_, tx))) = state.decisions.remove(&id) {
+            let _ = tx.send((crate::proto::Outcome::Refused, Reason::Revoked));
+        }
+    }
+}
