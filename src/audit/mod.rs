@@ -198,8 +198,31 @@ mod tests {
         let text = std::fs::read_to_string(&p).unwrap().replace("\"bytes\":5", "\"bytes\":6");
         std::fs::write(&p, text).unwrap();
         match verify(&p) {
-            Err(AuditError::Broken { line, .. }) => assert_eq!(line, 2),
+            Err(AuditError::Broken { line, why, .. }) => assert_eq!((line, why.contains("seq 2 was altered")), (2, true)),
             other => panic!("edit not detected: {other:?}"),
         }
+    }
+
+    #[test]
+    fn removed_and_reordered_records_are_named() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("audit.jsonl");
+        let log = AuditLog::open(&p).unwrap();
+        for i in 0..5 {
+            log.record("e", serde_json::json!({"i": i}));
+        }
+        let lines: Vec<String> = std::fs::read_to_string(&p).unwrap().lines().map(String::from).collect();
+        let check = |ls: Vec<&String>| {
+            let text = ls.iter().map(|l| format!("{l}\n")).collect::<String>();
+            verify_lines(text.as_bytes(), GENESIS, 0)
+        };
+        assert_eq!(check(lines.iter().collect()), Ok(5));
+        let removed = check(vec![&lines[0], &lines[1], &lines[3], &lines[4]]).unwrap_err();
+        assert_eq!(removed, (3, "record(s) seq 3 missing before seq 4".to_string()));
+        let reordered = check(vec![&lines[0], &lines[2], &lines[1], &lines[3]]).unwrap_err();
+        assert_eq!(reordered.0, 2);
+        assert!(reordered.1.contains("missing") || reordered.1.contains("order"), "{}", reordered.1);
+        let truncated_head = check(vec![&lines[1], &lines[2]]).unwrap_err();
+        assert_eq!(truncated_head, (1, "record(s) seq 1 missing before seq 2".to_string()));
     }
 }
