@@ -229,11 +229,20 @@ enum UserCmd {
         sites: Vec<String>,
     },
     /// Entitle an account to a site.
-    Entitle { name: String, site: String },
-    Disable { name: String },
-    Enable { name: String },
+    Entitle {
+        name: String,
+        site: String,
+    },
+    Disable {
+        name: String,
+    },
+    Enable {
+        name: String,
+    },
     /// Set a new password (prompts).
-    Passwd { name: String },
+    Passwd {
+        name: String,
+    },
     List,
 }
 
@@ -347,7 +356,9 @@ async fn run(cli: Cli) -> Result<()> {
             }
         }
         Cmd::Hub { config, check, cmd } => hub_cmd(&config, check, cmd).await,
-        Cmd::Login { profile, hub, user, ca } => client::cli::login(&client::cli::profile_path(profile), hub, user, ca).await,
+        Cmd::Login { profile, hub, user, ca } => {
+            client::cli::login(&client::cli::profile_path(profile), hub, user, ca).await
+        }
         Cmd::Devices { profile, json } => client::cli::devices(&client::cli::profile_path(profile), json).await,
         Cmd::Sessions { profile, json, limit } => {
             client::cli::sessions(&client::cli::profile_path(profile), json, limit).await
@@ -429,7 +440,11 @@ async fn hub_cmd(config: &std::path::Path, check: bool, cmd: Option<HubCmd>) -> 
             return Ok(());
         }
         let listener = hub::bind(&cfg).await?;
-        println!("hub listening on https://{} (database {})", listener.local_addr()?, cfg.database.split('@').next_back().unwrap_or(""));
+        println!(
+            "hub listening on https://{} (database {})",
+            listener.local_addr()?,
+            cfg.database.split('@').next_back().unwrap_or("")
+        );
         return Ok(hub::run(listener, cfg, shutdown_on_signal()).await?);
     };
     let admin = hub::admin::Admin::open(&cfg).await?;
@@ -440,7 +455,10 @@ async fn hub_cmd(config: &std::path::Path, check: bool, cmd: Option<HubCmd>) -> 
                 bail!("the passwords differ");
             }
             let secret = admin.user_add(&name, role.parse().map_err(anyhow::Error::msg)?, &password, &sites).await?;
-            println!("added {name} ({role}){}", if sites.is_empty() { String::new() } else { format!(", sites: {}", sites.join(", ")) });
+            println!(
+                "added {name} ({role}){}",
+                if sites.is_empty() { String::new() } else { format!(", sites: {}", sites.join(", ")) }
+            );
             print!("{}", hub::admin::enrolment(&admin.issuer, &name, &secret));
         }
         HubCmd::User { cmd: UserCmd::Entitle { name, site } } => {
@@ -449,7 +467,7 @@ async fn hub_cmd(config: &std::path::Path, check: bool, cmd: Option<HubCmd>) -> 
         }
         HubCmd::User { cmd: UserCmd::Disable { name } } => {
             admin.set_disabled(&name, true).await?;
-            println!("{name} disabled; its tokens are revoked");
+            println!("{name} disabled; its tokens admit nothing from now on");
         }
         HubCmd::User { cmd: UserCmd::Enable { name } } => {
             admin.set_disabled(&name, false).await?;
@@ -473,7 +491,10 @@ async fn hub_cmd(config: &std::path::Path, check: bool, cmd: Option<HubCmd>) -> 
         HubCmd::Site { cmd: SiteCmd::Set { name, allow_from, require_ticket } } => {
             let s = admin.site_set(&name, allow_from.as_deref(), require_ticket).await?;
             let from = if s.allow_from.is_empty() { "anywhere".to_string() } else { s.allow_from_text() };
-            println!("site {name}: specialists from {from}; ticket {}", if s.require_ticket { "required" } else { "optional" });
+            println!(
+                "site {name}: specialists from {from}; ticket {}",
+                if s.require_ticket { "required" } else { "optional" }
+            );
         }
     }
     Ok(())

@@ -59,6 +59,7 @@ pub async fn start_relay(pki: &Path, dir: &Path, stop: CancellationToken) -> Bou
         audit_log: dir.join("relay-audit.jsonl"),
         raw_legs: true,
         twin: None,
+        hub: None,
         limits: Default::default(),
     };
     let listeners = Listeners::bind(&cfg).await.unwrap();

@@ -134,16 +134,19 @@ fn last_link(r: impl BufRead) -> (u64, String) {
 /// error names the first record that is altered, missing or out of order.
 pub fn verify(path: &Path) -> Result<u64, AuditError> {
     let f = File::open(path).map_err(|source| AuditError::Io { path: path.into(), source })?;
-    verify_lines(BufReader::new(f), GENESIS, 0).map_err(|(line, why)| AuditError::Broken { path: path.into(), line, why })
+    verify_lines(BufReader::new(f), GENESIS, 0).map_err(|(line, why)| AuditError::Broken {
+        path: path.into(),
+        line,
+        why,
+    })
 }
 
 /// Checks a chain read from `r` that continues after (`prev`, `seq`).
 /// Errors carry the 1-based line and why.
 pub fn verify_lines(r: impl BufRead, prev: &str, seq: u64) -> Result<u64, (usize, String)> {
     let mut prev = prev.to_string();
-    let mut expected = seq + 1;
     let mut n = 0;
-    for (i, line) in r.lines().enumerate() {
+    for (expected, (i, line)) in (seq + 1..).zip(r.lines().enumerate()) {
         let broken = |why: String| (i + 1, why);
         let line = line.map_err(|_| broken("unreadable".into()))?;
         let Ok(Value::Object(mut m)) = serde_json::from_str::<Value>(&line) else {
@@ -167,7 +170,6 @@ pub fn verify_lines(r: impl BufRead, prev: &str, seq: u64) -> Result<u64, (usize
             return Err(broken(format!("record seq {seq} does not follow the previous record (prev differs)")));
         }
         prev = hash;
-        expected += 1;
         n += 1;
     }
     Ok(n)
@@ -198,7 +200,9 @@ mod tests {
         let text = std::fs::read_to_string(&p).unwrap().replace("\"bytes\":5", "\"bytes\":6");
         std::fs::write(&p, text).unwrap();
         match verify(&p) {
-            Err(AuditError::Broken { line, why, .. }) => assert_eq!((line, why.contains("seq 2 was altered")), (2, true)),
+            Err(AuditError::Broken { line, why, .. }) => {
+                assert_eq!((line, why.contains("seq 2 was altered")), (2, true))
+            }
             other => panic!("edit not detected: {other:?}"),
         }
     }

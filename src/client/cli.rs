@@ -14,12 +14,10 @@ use crate::config::ConfigFile;
 
 /// `--profile`, else `$TETHER_PROFILE`, else `~/.config/tether/profile.toml`.
 pub fn profile_path(given: Option<PathBuf>) -> PathBuf {
-    given
-        .or_else(|| std::env::var_os("TETHER_PROFILE").map(PathBuf::from))
-        .unwrap_or_else(|| {
-            let home = std::env::var_os("HOME").map(PathBuf::from).unwrap_or_else(|| ".".into());
-            home.join(".config/tether/profile.toml")
-        })
+    given.or_else(|| std::env::var_os("TETHER_PROFILE").map(PathBuf::from)).unwrap_or_else(|| {
+        let home = std::env::var_os("HOME").map(PathBuf::from).unwrap_or_else(|| ".".into());
+        home.join(".config/tether/profile.toml")
+    })
 }
 
 pub fn load(path: &Path) -> Result<Profile> {
@@ -61,7 +59,9 @@ pub async fn login(path: &Path, hub: Option<String>, user: Option<String>, ca: O
             h.user = u;
         }
     } else {
-        let (Some(url), Some(user)) = (hub, user) else { bail!("{} has no [hub]: give --hub and --user", path.display()) };
+        let (Some(url), Some(user)) = (hub, user) else {
+            bail!("{} has no [hub]: give --hub and --user", path.display())
+        };
         p.hub = Some(super::HubLogin { url, user, ..Default::default() });
     }
     if p.problems().iter().any(|x| x.contains("hub")) {
@@ -122,9 +122,19 @@ pub async fn devices(path: &Path, json: bool) -> Result<()> {
         .map(|a| {
             a.iter()
                 .map(|d| {
-                    let relays = d["relays"].as_array().map(|r| r.iter().map(s).collect::<Vec<_>>().join(",")).unwrap_or_default();
+                    let relays = d["relays"]
+                        .as_array()
+                        .map(|r| r.iter().map(s).collect::<Vec<_>>().join(","))
+                        .unwrap_or_default();
                     let status = if d["status"] == "online" { format!("online on {relays}") } else { "offline".into() };
-                    vec![s(&d["id"]), s(&d["site"]), status, when(d["last_heartbeat"].as_i64()), s(&d["agent_version"]), s(&d["consent"])]
+                    vec![
+                        s(&d["id"]),
+                        s(&d["site"]),
+                        status,
+                        when(d["last_heartbeat"].as_i64()),
+                        s(&d["agent_version"]),
+                        s(&d["consent"]),
+                    ]
                 })
                 .collect()
         })
@@ -171,7 +181,9 @@ pub async fn session_end(path: &Path, id: &str) -> Result<()> {
 }
 
 pub async fn audit_export(path: &Path, since: &str, out: Option<&Path>) -> Result<()> {
-    let Some(t) = crate::hub::api_since(since) else { bail!("--since: RFC 3339 time (2026-11-29T00:00:00Z) or unix seconds") };
+    let Some(t) = crate::hub::api_since(since) else {
+        bail!("--since: RFC 3339 time (2026-11-29T00:00:00Z) or unix seconds")
+    };
     let hub = HubSession::from_profile(&load(path)?)?;
     let text = hub.text(&format!("/api/v1/audit?since={t}")).await?;
     match out {

@@ -32,8 +32,7 @@ impl GrantSource {
                 ticket: None,
             });
         }
-        let path =
-            p.grant_signing_key.as_ref().ok_or_else(|| ClientError::Grant("profile has no [hub]".into()))?;
+        let path = p.grant_signing_key.as_ref().ok_or_else(|| ClientError::Grant("profile has no [hub]".into()))?;
         let signer = crate::tls::pki::load_grant_signer(path)?;
         Ok(GrantSource::DevSigner {
             signer,
@@ -63,8 +62,7 @@ impl GrantSource {
                     .ok()
                     .and_then(|s| s.try_into().ok())
                     .ok_or_else(|| bad("sig"))?;
-                let relays: Vec<RelayEntry> =
-                    serde_json::from_value(v["relays"].clone()).map_err(|_| bad("relays"))?;
+                let relays: Vec<RelayEntry> = serde_json::from_value(v["relays"].clone()).map_err(|_| bad("relays"))?;
                 if relays.is_empty() {
                     return Err(bad("relays"));
                 }

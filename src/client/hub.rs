@@ -79,17 +79,16 @@ impl HubSession {
             return Ok(None);
         };
         let read = |p: &Path| {
-            std::fs::read_to_string(p).map(|s| s.trim().to_string()).map_err(|e| HubCallError::Profile {
-                path: p.display().to_string(),
-                detail: e.to_string(),
-            })
+            std::fs::read_to_string(p)
+                .map(|s| s.trim().to_string())
+                .map_err(|e| HubCallError::Profile { path: p.display().to_string(), detail: e.to_string() })
         };
         let (password, secret) = (read(pw)?, read(secret)?);
         // A TOTP code is good once: a second login in the same 30 s needs the next step's code.
         let mut last = None;
         for step in [0, 1] {
-            let code = crate::hub::auth::totp_at(&secret, now_secs() / crate::hub::auth::TOTP_STEP + step)
-                .unwrap_or_default();
+            let code =
+                crate::hub::auth::totp_at(&secret, now_secs() / crate::hub::auth::TOTP_STEP + step).unwrap_or_default();
             match self.login(&password, &code).await {
                 Ok((t, _)) => return Ok(Some(t)),
                 Err(e) => last = Some(e),
@@ -115,7 +114,10 @@ impl HubSession {
     pub async fn call(&self, method: Method, path: &str, body: Option<&Value>) -> Result<Value, HubCallError> {
         let token = self.token(false).await?;
         match self.client.json(method.clone(), path, Some(&token), body).await {
-            Err(e) if matches!(e.code(), Some("token_expired" | "bad_token")) && self.login.dev_password_file.is_some() => {
+            Err(e)
+                if matches!(e.code(), Some("token_expired" | "bad_token"))
+                    && self.login.dev_password_file.is_some() =>
+            {
                 let token = self.token(true).await?;
                 Ok(self.client.json(method, path, Some(&token), body).await?)
             }

@@ -3,11 +3,11 @@
 use anyhow::{Context, Result, bail};
 use serde_json::json;
 
+use super::HubConfig;
 use super::audit::HubAudit;
 use super::auth;
 use super::model::{Device, Role, Site, User};
 use super::store::Store;
-use super::HubConfig;
 use crate::proto::grant::now_secs;
 
 /// The database and audit of a hub config, for one command.
@@ -58,10 +58,8 @@ impl Admin {
     }
 
     pub async fn set_disabled(&self, name: &str, disabled: bool) -> Result<()> {
+        // Its tokens stay but admit nothing: every request checks the account.
         self.store.user_set_disabled(name, disabled).await?;
-        if disabled {
-            self.store.tokens_revoke(name).await?;
-        }
         let event = if disabled { "user_disabled" } else { "user_enabled" };
         self.audit.record(event, json!({"user": name, "by": self.by})).await;
         Ok(())
@@ -83,7 +81,9 @@ impl Admin {
         if !matches!(consent, "auto" | "required") {
             bail!("consent: auto or required");
         }
-        self.store.device_add(&Device { id: id.into(), site: site.into(), consent: consent.into() }, now_secs() as i64).await?;
+        self.store
+            .device_add(&Device { id: id.into(), site: site.into(), consent: consent.into() }, now_secs() as i64)
+            .await?;
         self.audit.record("device_added", json!({"device": id, "site": site, "consent": consent, "by": self.by})).await;
         Ok(())
     }

@@ -103,8 +103,9 @@ async fn route(hub: &Hub, req: Request<Incoming>, peer: &Peer) -> Result<Answer,
             let user = authenticate(hub, &req, peer).await?;
             require_admin(hub, &user, peer, "audit_export").await?;
             let since = match query_param(&req, "since") {
-                Some(s) => parse_since(s)
-                    .ok_or_else(|| ApiError::new(StatusCode::BAD_REQUEST, "bad_since", "since: RFC 3339 time or unix seconds"))?,
+                Some(s) => parse_since(s).ok_or_else(|| {
+                    ApiError::new(StatusCode::BAD_REQUEST, "bad_since", "since: RFC 3339 time or unix seconds")
+                })?,
                 None => 0,
             };
             let limit = query_param(&req, "limit").and_then(|l| l.parse().ok()).unwrap_or(100_000).clamp(1, 1_000_000);
@@ -120,7 +121,10 @@ async fn route(hub: &Hub, req: Request<Incoming>, peer: &Peer) -> Result<Answer,
             let user = authenticate(hub, &req, peer).await?;
             require_admin(hub, &user, peer, "audit_anchors").await?;
             let anchors = hub.store.anchors().await.map_err(internal)?;
-            let v: Vec<Value> = anchors.into_iter().map(|(source, seq, hash, at)| json!({"source": source, "seq": seq, "hash": hash, "at": at})).collect();
+            let v: Vec<Value> = anchors
+                .into_iter()
+                .map(|(source, seq, hash, at)| json!({"source": source, "seq": seq, "hash": hash, "at": at}))
+                .collect();
             Ok(json_answer(StatusCode::OK, &Value::Array(v)))
         }
         _ => Err(ApiError::new(StatusCode::NOT_FOUND, "not_found", format!("no route {method} {path}"))),
@@ -156,8 +160,13 @@ async fn relay_identity(hub: &Hub, peer: &Peer) -> Result<String, ApiError> {
     match &peer.cert_name {
         Some(name) if hub.board.is_relay(name) => Ok(name.clone()),
         other => {
-            hub.refused("relay_report_refused", "not_a_relay", json!({"from": peer.addr.to_string(), "cert": other})).await;
-            Err(ApiError::new(StatusCode::FORBIDDEN, "not_a_relay", "reports need a configured relay's client certificate"))
+            hub.refused("relay_report_refused", "not_a_relay", json!({"from": peer.addr.to_string(), "cert": other}))
+                .await;
+            Err(ApiError::new(
+                StatusCode::FORBIDDEN,
+                "not_a_relay",
+                "reports need a configured relay's client certificate",
+            ))
         }
     }
 }
@@ -181,7 +190,12 @@ async fn login(hub: &Hub, l: &Login, peer: &Peer) -> Result<Answer, ApiError> {
     let (failures, locked_until) = hub.store.login_failures(&l.user).await.map_err(internal)?;
     if now < locked_until {
         crate::metrics::HUB_LOGIN_FAILURES.with_label_values(&["locked"]).inc();
-        hub.audit.record("login_refused_locked", json!({"user": l.user, "from": from, "failures": failures, "locked_until": locked_until})).await;
+        hub.audit
+            .record(
+                "login_refused_locked",
+                json!({"user": l.user, "from": from, "failures": failures, "locked_until": locked_until}),
+            )
+            .await;
         return Err(ApiError::new(
             StatusCode::TOO_MANY_REQUESTS,
             "locked",
@@ -191,7 +205,8 @@ async fn login(hub: &Hub, l: &Login, peer: &Peer) -> Result<Answer, ApiError> {
     let user = hub.store.user(&l.user).await.map_err(internal)?;
     let hash = user.as_ref().map(|u| u.password_hash.clone()).unwrap_or_else(|| auth::decoy_hash().to_string());
     let password = l.password.clone();
-    let password_ok = tokio::task::spawn_blocking(move || auth::verify_password(&password, &hash)).await.unwrap_or(false);
+    let password_ok =
+        tokio::task::spawn_blocking(move || auth::verify_password(&password, &hash)).await.unwrap_or(false);
     let failure = match &user {
         None => Some("unknown_user"),
         Some(_) if !password_ok => Some("bad_password"),
@@ -205,11 +220,21 @@ async fn login(hub: &Hub, l: &Login, peer: &Peer) -> Result<Answer, ApiError> {
     if let Some(reason) = failure {
         let failures = failures + 1;
         let delay = hub.cfg.lockout.delay(failures) as i64;
-        hub.store.set_login_failures(&l.user, failures, if delay > 0 { now + delay } else { 0 }).await.map_err(internal)?;
+        hub.store
+            .set_login_failures(&l.user, failures, if delay > 0 { now + delay } else { 0 })
+            .await
+            .map_err(internal)?;
         crate::metrics::HUB_LOGIN_FAILURES.with_label_values(&[reason]).inc();
-        hub.audit.record("login_failed", json!({"user": l.user, "from": from, "reason": reason, "failures": failures})).await;
+        hub.audit
+            .record("login_failed", json!({"user": l.user, "from": from, "reason": reason, "failures": failures}))
+            .await;
         if delay > 0 {
-            hub.audit.record("account_locked", json!({"user": l.user, "from": from, "failures": failures, "locked_secs": delay})).await;
+            hub.audit
+                .record(
+                    "account_locked",
+                    json!({"user": l.user, "from": from, "failures": failures, "locked_secs": delay}),
+                )
+                .await;
         }
         return Err(ApiError::new(StatusCode::UNAUTHORIZED, "login_failed", LOGIN_FAILED));
     }
@@ -261,7 +286,12 @@ pub async fn require_admin(hub: &Hub, user: &User, peer: &Peer, what: &str) -> R
     if user.role == Role::Admin {
         return Ok(());
     }
-    hub.refused("admin_refused", "not_admin", json!({"user": user.name, "from": peer.addr.ip().to_string(), "action": what})).await;
+    hub.refused(
+        "admin_refused",
+        "not_admin",
+        json!({"user": user.name, "from": peer.addr.ip().to_string(), "action": what}),
+    )
+    .await;
     Err(ApiError::new(StatusCode::FORBIDDEN, "not_admin", format!("{what} needs the admin role")))
 }
 

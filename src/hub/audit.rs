@@ -18,17 +18,32 @@ impl HubAudit {
         Ok(HubAudit { store, head: Mutex::new(head) })
     }
 
-    /// Appends one record. A database failure is logged and the chain stays
-    /// where it was (the next record links to the last one stored).
+    /// Appends one record. Another writer (the `tether hub` admin commands,
+    /// or a second hub on the same database) may have appended meanwhile: the
+    /// sequence number is the table's key, so that append fails, and the
+    /// record is linked again to the head as stored. Other failures are logged.
     pub async fn record(&self, event: &str, fields: Value) {
         let mut head = self.head.lock().await;
-        let now = time::OffsetDateTime::now_utc();
-        let ts = now.format(&time::format_description::well_known::Rfc3339).unwrap_or_default();
-        let (line, hash) = link(head.0 + 1, &head.1, &ts, event, fields);
-        match self.store.audit_append(head.0 + 1, now.unix_timestamp(), &hash, &line).await {
-            Ok(()) => *head = (head.0 + 1, hash),
-            Err(e) => tracing::error!(event, error = %e, "hub audit write failed"),
+        for _ in 0..8 {
+            let now = time::OffsetDateTime::now_utc();
+            let ts = now.format(&time::format_description::well_known::Rfc3339).unwrap_or_default();
+            let (line, hash) = link(head.0 + 1, &head.1, &ts, event, fields.clone());
+            match self.store.audit_append(head.0 + 1, now.unix_timestamp(), &hash, &line).await {
+                Ok(()) => {
+                    *head = (head.0 + 1, hash);
+                    return;
+                }
+                Err(e) if super::store::is_unique_violation(&e) => match self.store.audit_head().await {
+                    Ok(Some(h)) => *head = h,
+                    _ => break,
+                },
+                Err(e) => {
+                    tracing::error!(event, error = %e, "hub audit write failed");
+                    return;
+                }
+            }
         }
+        tracing::error!(event, "hub audit write failed: the chain head keeps moving");
     }
 
     pub async fn head(&self) -> (u64, String) {

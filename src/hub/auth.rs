@@ -77,9 +77,9 @@ pub fn totp_check(secret_b32: &str, code: &str, now: u64) -> Option<u64> {
         return None;
     }
     let step = now / TOTP_STEP;
-    [step, step.saturating_sub(1), step + 1].into_iter().find(|s| {
-        totp_at(secret_b32, *s).is_some_and(|c| same(c.as_bytes(), code.as_bytes()))
-    })
+    [step, step.saturating_sub(1), step + 1]
+        .into_iter()
+        .find(|s| totp_at(secret_b32, *s).is_some_and(|c| same(c.as_bytes(), code.as_bytes())))
 }
 
 /// Equal without an early exit.
@@ -136,7 +136,9 @@ mod tests {
     fn totp_matches_rfc6238_sha1_vectors() {
         // RFC 6238 appendix B, SHA-1 key "12345678901234567890", 8 digits there; the last 6 here.
         let secret = data_encoding::BASE32_NOPAD.encode(b"12345678901234567890");
-        for (t, code8) in [(59u64, "94287082"), (1111111109, "07081804"), (1234567890, "89005924"), (2000000000, "69279037")] {
+        for (t, code8) in
+            [(59u64, "94287082"), (1111111109, "07081804"), (1234567890, "89005924"), (2000000000, "69279037")]
+        {
             assert_eq!(totp_at(&secret, t / 30).unwrap(), code8[2..], "t={t}");
             assert_eq!(totp_check(&secret, &code8[2..], t), Some(t / 30));
         }

@@ -83,8 +83,9 @@ impl HubClient {
             .await
             .map_err(|_| unreachable("timed out".into()))?
             .map_err(|e| unreachable(e.to_string()))?;
-        let (send, conn) =
-            hyper::client::conn::http1::handshake(TokioIo::new(stream)).await.map_err(|e| unreachable(e.to_string()))?;
+        let (send, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
+            .await
+            .map_err(|e| unreachable(e.to_string()))?;
         tokio::spawn(async move {
             let _ = conn.await;
         });
@@ -135,7 +136,10 @@ impl HubClient {
                     return Err(HubClientError::Unreachable { addr: self.authority.clone(), detail: e.to_string() });
                 }
                 Err(_) => {
-                    return Err(HubClientError::Unreachable { addr: self.authority.clone(), detail: "timed out".into() });
+                    return Err(HubClientError::Unreachable {
+                        addr: self.authority.clone(),
+                        detail: "timed out".into(),
+                    });
                 }
             }
         }

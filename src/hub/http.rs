@@ -84,8 +84,14 @@ pub fn text_answer(status: StatusCode, ctype: &'static str, body: String) -> Ans
 
 /// The body, bounded by `max` bytes: 413 past it, 400 when unreadable.
 pub async fn body(req: Request<Incoming>, max: usize) -> Result<Bytes, ApiError> {
-    let too_big = || ApiError::new(StatusCode::PAYLOAD_TOO_LARGE, "body_too_large", format!("request body over {max} bytes"));
-    if req.headers().get(hyper::header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()?.parse::<usize>().ok()).is_some_and(|n| n > max) {
+    let too_big =
+        || ApiError::new(StatusCode::PAYLOAD_TOO_LARGE, "body_too_large", format!("request body over {max} bytes"));
+    if req
+        .headers()
+        .get(hyper::header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok()?.parse::<usize>().ok())
+        .is_some_and(|n| n > max)
+    {
         return Err(too_big());
     }
     match Limited::new(req.into_body(), max).collect().await {
@@ -97,7 +103,8 @@ pub async fn body(req: Request<Incoming>, max: usize) -> Result<Bytes, ApiError>
 
 /// Parses a JSON body into `T`: 400 naming what is wrong.
 pub fn parse<T: serde::de::DeserializeOwned>(b: &[u8]) -> Result<T, ApiError> {
-    serde_json::from_slice(b).map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, "bad_json", format!("malformed JSON body: {e}")))
+    serde_json::from_slice(b)
+        .map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, "bad_json", format!("malformed JSON body: {e}")))
 }
 
 pub async fn serve(listener: TcpListener, tls: Arc<ServerConfig>, hub: Arc<Hub>, stop: CancellationToken) {

@@ -62,10 +62,10 @@ pub async fn create(hub: &Hub, user: &User, peer: &Peer, want: Want) -> Result<V
     check_name("device", &want.device, MAX_NAME)?;
     check_name("service", &want.service, MAX_NAME)?;
     check_name("reason", &want.reason, MAX_REASON)?;
-    let client_key = hex::decode(want.client_key.trim())
-        .ok()
-        .filter(|k| !k.is_empty() && k.len() <= 1024)
-        .ok_or_else(|| bad("bad_client_key", "client_key: hex of the client's public key (at most 1024 bytes)".into()))?;
+    let client_key =
+        hex::decode(want.client_key.trim()).ok().filter(|k| !k.is_empty() && k.len() <= 1024).ok_or_else(|| {
+            bad("bad_client_key", "client_key: hex of the client's public key (at most 1024 bytes)".into())
+        })?;
     let from = peer.addr.ip();
     let who = json!({"user": user.name, "role": user.role, "from": from.to_string(), "device": want.device,
                      "service": want.service, "reason": want.reason});
@@ -84,7 +84,12 @@ pub async fn create(hub: &Hub, user: &User, peer: &Peer, want: Want) -> Result<V
     };
     // Unknown and not-entitled look the same: no device list by probing.
     let Some(device) = entitled else {
-        return refuse(StatusCode::FORBIDDEN, "not_entitled", format!("you are not entitled to device {}", want.device)).await;
+        return refuse(
+            StatusCode::FORBIDDEN,
+            "not_entitled",
+            format!("you are not entitled to device {}", want.device),
+        )
+        .await;
     };
     let needs = hub.cfg.service_role(&want.service);
     if user.role < needs {

@@ -102,14 +102,17 @@ async fn attached(
     let attach_id = state.next_attach_id();
     let (tx, mut rx) = mpsc::channel(64);
     let cancel = state.drain.child_token();
-    if let Some(old) = state.agents.insert(device.clone(), AgentHandle {
-        attach_id,
-        tx,
-        cancel: cancel.clone(),
-        agent_version: agent_version.clone(),
-        last_heartbeat: crate::proto::grant::now_secs().into(),
-        audit_head: Default::default(),
-    }) {
+    if let Some(old) = state.agents.insert(
+        device.clone(),
+        AgentHandle {
+            attach_id,
+            tx,
+            cancel: cancel.clone(),
+            agent_version: agent_version.clone(),
+            last_heartbeat: crate::proto::grant::now_secs().into(),
+            audit_head: Default::default(),
+        },
+    ) {
         old.cancel.cancel();
     }
     metrics::RELAY_AGENTS_ATTACHED.inc();

@@ -5,11 +5,11 @@
 //! them until the shutdown token fires, then drains.
 
 mod admin;
-mod hub_report;
 mod client;
 pub mod config;
 mod control;
 mod data;
+mod hub_report;
 mod session;
 mod state;
 

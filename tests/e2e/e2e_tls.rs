@@ -50,6 +50,7 @@ async fn tapped(taps: Taps, service: SocketAddr) -> Tapped {
         audit_log: tmp.path().join("relay-audit.jsonl"),
         raw_legs: true,
         twin: None,
+        hub: None,
         limits: Default::default(),
     };
     let listeners = Listeners::bind(&cfg).await.unwrap();

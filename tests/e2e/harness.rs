@@ -96,6 +96,10 @@ pub struct Opts {
     pub twins: bool,
     /// Seconds a broken connection may take to resume (agent and client).
     pub resume_deadline_secs: u64,
+    /// Start a hub (SQLite in the test folder) that the relays report to.
+    pub hub: bool,
+    /// Extra top-level lines for hub.toml.
+    pub hub_extra: &'static str,
 }
 
 impl Default for Opts {
@@ -112,7 +116,21 @@ impl Default for Opts {
             raw_legs: true,
             twins: false,
             resume_deadline_secs: 30,
+            hub: false,
+            hub_extra: "",
         }
+    }
+}
+
+pub struct HubProc {
+    pub proc: Proc,
+    pub addr: SocketAddr,
+    pub config: PathBuf,
+}
+
+impl HubProc {
+    pub fn url(&self) -> String {
+        format!("https://{}", self.addr)
     }
 }
 
@@ -128,6 +146,7 @@ pub struct Fleet {
     pub revoked: Option<(PathBuf, PathBuf)>,
     /// With twins: `links[i]` carries what relay i sends its twin.
     pub links: Vec<CutProxy>,
+    pub hub: Option<HubProc>,
 }
 
 impl Drop for Fleet {
@@ -150,6 +169,17 @@ pub fn free_port() -> SocketAddr {
 pub type TwinPlan = Option<(String, SocketAddr, SocketAddr)>;
 
 pub fn start_relay(dir: &Path, pki: &Pki, name: &str, opts: &Opts, twin: TwinPlan) -> RelayProc {
+    start_relay_with(dir, pki, name, opts, twin, None)
+}
+
+pub fn start_relay_with(
+    dir: &Path,
+    pki: &Pki,
+    name: &str,
+    opts: &Opts,
+    twin: TwinPlan,
+    hub: Option<SocketAddr>,
+) -> RelayProc {
     let mut crl = opts.crl.as_ref().map(|c| format!("crl = \"{}\"\n", c.display())).unwrap_or_default();
     if let Some((twin, addr, listen)) = twin {
         // Top-level keys must precede the tables: put the twin table at the end.
@@ -161,7 +191,8 @@ pub fn start_relay(dir: &Path, pki: &Pki, name: &str, opts: &Opts, twin: TwinPla
     let cfg = format!(
         "name = \"{name}\"\ncontrol = \"127.0.0.1:0\"\ndata = \"127.0.0.1:0\"\nclient = \"127.0.0.1:0\"\nadmin = \"127.0.0.1:0\"\n\
          ca = \"{ca}\"\ncert = \"{d}/{name}.pem\"\nkey = \"{d}/{name}.key\"\ngrant_public_key = \"{d}/grant.pub\"\n\
-         audit_log = \"{audit}\"\nraw_legs = {raw}\n{crl}\n[limits]\nhandshake_timeout_ms = {hs}\nheartbeat_secs = 30\npairing_timeout_ms = 5000\ndecision_timeout_secs = 120\ndrain_secs = 1\n",
+         audit_log = \"{audit}\"\nraw_legs = {raw}\n{crl}\n[limits]\nhandshake_timeout_ms = {hs}\nheartbeat_secs = 30\npairing_timeout_ms = 5000\ndecision_timeout_secs = 120\ndrain_secs = 1\n{hub}",
+        hub = hub.map(|a| format!("\n[hub]\nurl = \"https://{a}\"\nserver_name = \"localhost\"\n")).unwrap_or_default(),
         ca = pki.path("ca.pem").display(),
         d = pki.dir.display(),
         audit = audit.display(),
@@ -236,6 +267,33 @@ pub fn write_agent_config(
     path
 }
 
+/// Writes hub.toml (SQLite in `dir`) and starts the hub on `addr`.
+pub fn start_hub(dir: &Path, pki: &Pki, addr: SocketAddr, relays: &[RelayProc], extra: &str) -> HubProc {
+    let mut cfg = format!(
+        "listen = \"{addr}\"\nca = \"{ca}\"\ncert = \"{d}/hub.pem\"\nkey = \"{d}/hub.key\"\ngrant_signing_key = \"{d}/grant.key\"\n\
+         database = \"sqlite:hub.db\"\n{extra}\n[service_roles]\necho = \"viewer\"\n",
+        ca = pki.path("ca.pem").display(),
+        d = pki.dir.display(),
+    );
+    for r in relays {
+        cfg += &format!("\n[[relays]]\nname = \"{}\"\naddr = \"{}\"\nserver_name = \"localhost\"\n", r.name, r.client);
+    }
+    let config = dir.join("hub.toml");
+    std::fs::write(&config, cfg).unwrap();
+    let mut child = Command::new(BIN)
+        .args(["hub", "--config"])
+        .arg(&config)
+        .stdout(Stdio::piped())
+        .stderr(log_file(dir, "hub"))
+        .env("RUST_LOG", "info")
+        .spawn()
+        .unwrap();
+    let mut line = String::new();
+    BufReader::new(child.stdout.take().unwrap()).read_line(&mut line).unwrap();
+    assert!(line.starts_with("hub listening"), "hub did not start: {line:?}");
+    HubProc { proc: Proc { child }, addr, config }
+}
+
 pub fn start_agent(dir: &Path, cfg: &Path) -> Proc {
     let child = Command::new(BIN)
         .args(["agent", "--config"])
@@ -268,7 +326,11 @@ impl Fleet {
         let links = if twins { vec![CutProxy::start(None).await, CutProxy::start(None).await] } else { vec![] };
         let any: SocketAddr = "127.0.0.1:0".parse().unwrap();
         let plan = |i: usize| -> TwinPlan { twins.then(|| (names[1 - i].to_string(), links[i].addr, any)) };
-        let relays: Vec<_> = (0..opts.relays).map(|i| start_relay(&dir, &pki, names[i], &opts, plan(i))).collect();
+        // The relays must know the hub's address before it starts (it needs theirs).
+        let hub_addr = opts.hub.then(free_port);
+        let relays: Vec<_> =
+            (0..opts.relays).map(|i| start_relay_with(&dir, &pki, names[i], &opts, plan(i), hub_addr)).collect();
+        let hub = hub_addr.map(|a| start_hub(&dir, &pki, a, &relays, opts.hub_extra));
         if twins {
             links[0].set_target(relays[1].twin.expect("relay-b twin listener"));
             links[1].set_target(relays[0].twin.expect("relay-a twin listener"));
@@ -280,7 +342,7 @@ impl Fleet {
         let cert = (pki.path(&format!("{DEVICE}.pem")), pki.path(&format!("{DEVICE}.key")));
         let refs: Vec<&RelayProc> = relays.iter().collect();
         let agent_cfg = write_agent_config(&dir, &pki, &refs, echo, &opts, (&cert.0, &cert.1));
-        let mut fleet = Fleet { tmp, pki, relays, agent: None, agent_cfg, echo, stop, revoked, links };
+        let mut fleet = Fleet { tmp, pki, relays, agent: None, agent_cfg, echo, stop, revoked, links, hub };
         if opts.agent {
             fleet.agent = Some(start_agent(&dir, &fleet.agent_cfg));
             for i in 0..fleet.relays.len() {

@@ -9,6 +9,8 @@ mod e2e_tls;
 mod failover;
 mod grants;
 mod haproxy;
+mod hub;
+mod hub_refusals;
 mod legs;
 mod no_listen;
 mod tunnel;

@@ -7,7 +7,7 @@ mod sqlite;
 use std::path::Path;
 use std::sync::Arc;
 
-pub use sql::{Row, Sql, StoreError, Val};
+pub use sql::{Row, Sql, StoreError, Val, is_unique_violation};
 
 use super::model::{Device, SessionRecord, Site, User};
 
@@ -161,18 +161,23 @@ impl Store {
     pub async fn users(&self) -> Result<Vec<User>, StoreError> {
         let rows = self
             .db
-            .query("SELECT name, role, password_hash, totp_secret, disabled, created_at FROM users ORDER BY name", vec![])
+            .query(
+                "SELECT name, role, password_hash, totp_secret, disabled, created_at FROM users ORDER BY name",
+                vec![],
+            )
             .await?;
         rows.iter().map(user_from).collect()
     }
 
     pub async fn user_set_disabled(&self, name: &str, disabled: bool) -> Result<(), StoreError> {
-        let n = self.db.exec("UPDATE users SET disabled = $2 WHERE name = $1", vec![name.into(), disabled.into()]).await?;
+        let n =
+            self.db.exec("UPDATE users SET disabled = $2 WHERE name = $1", vec![name.into(), disabled.into()]).await?;
         Self::must_change(n, "user", name)
     }
 
     pub async fn user_set_password(&self, name: &str, hash: &str) -> Result<(), StoreError> {
-        let n = self.db.exec("UPDATE users SET password_hash = $2 WHERE name = $1", vec![name.into(), hash.into()]).await?;
+        let n =
+            self.db.exec("UPDATE users SET password_hash = $2 WHERE name = $1", vec![name.into(), hash.into()]).await?;
         Self::must_change(n, "user", name)
     }
 
@@ -191,8 +196,10 @@ impl Store {
 
     /// Failures in a row and the time (unix s) until which logins are refused.
     pub async fn login_failures(&self, name: &str) -> Result<(i64, i64), StoreError> {
-        let rows =
-            self.db.query("SELECT failures, locked_until FROM login_failures WHERE name = $1", vec![name.into()]).await?;
+        let rows = self
+            .db
+            .query("SELECT failures, locked_until FROM login_failures WHERE name = $1", vec![name.into()])
+            .await?;
         Ok(rows.first().map(|r| (r.int(0), r.int(1))).unwrap_or((0, 0)))
     }
 
@@ -248,8 +255,10 @@ impl Store {
     }
 
     pub async fn site(&self, name: &str) -> Result<Option<Site>, StoreError> {
-        let rows =
-            self.db.query("SELECT name, allow_from, require_ticket FROM sites WHERE name = $1", vec![name.into()]).await?;
+        let rows = self
+            .db
+            .query("SELECT name, allow_from, require_ticket FROM sites WHERE name = $1", vec![name.into()])
+            .await?;
         rows.first()
             .map(|r| {
                 Ok(Site {
@@ -317,8 +326,10 @@ impl Store {
     }
 
     pub async fn entitlements(&self, user: &str) -> Result<Vec<String>, StoreError> {
-        let rows =
-            self.db.query("SELECT site FROM entitlements WHERE user_name = $1 ORDER BY site", vec![user.into()]).await?;
+        let rows = self
+            .db
+            .query("SELECT site FROM entitlements WHERE user_name = $1 ORDER BY site", vec![user.into()])
+            .await?;
         Ok(rows.iter().map(|r| r.text(0)).collect())
     }
 
@@ -349,7 +360,8 @@ impl Store {
     }
 
     pub async fn session(&self, id: &str) -> Result<Option<SessionRecord>, StoreError> {
-        let rows = self.db.query(&format!("SELECT {SESSION_COLUMNS} FROM sessions WHERE id = $1"), vec![id.into()]).await?;
+        let rows =
+            self.db.query(&format!("SELECT {SESSION_COLUMNS} FROM sessions WHERE id = $1"), vec![id.into()]).await?;
         Ok(rows.first().map(session_from))
     }
 
@@ -380,7 +392,10 @@ impl Store {
 
     /// A relay saw the session start.
     pub async fn session_live(&self, id: &str) -> Result<(), StoreError> {
-        self.db.exec("UPDATE sessions SET state = 'live' WHERE id = $1 AND state = 'granted'", vec![id.into()]).await.map(|_| ())
+        self.db
+            .exec("UPDATE sessions SET state = 'live' WHERE id = $1 AND state = 'granted'", vec![id.into()])
+            .await
+            .map(|_| ())
     }
 
     /// Revoked by an admin: the relays close it; the record keeps who did it.
@@ -440,8 +455,10 @@ impl Store {
 
     /// Records from unix time `since` on, in chain order.
     pub async fn audit_since(&self, since: i64, limit: i64) -> Result<Vec<String>, StoreError> {
-        let rows =
-            self.db.query("SELECT line FROM audit WHERE ts >= $1 ORDER BY seq LIMIT $2", vec![since.into(), limit.into()]).await?;
+        let rows = self
+            .db
+            .query("SELECT line FROM audit WHERE ts >= $1 ORDER BY seq LIMIT $2", vec![since.into(), limit.into()])
+            .await?;
         Ok(rows.iter().map(|r| r.text(0)).collect())
     }
 

@@ -52,7 +52,9 @@ async fn accounts_entitlements_and_verbatim_names() {
         s.device_add(&Device { id: "INJ-0042".into(), site: "st-marys".into(), consent: "required".into() }, 5)
             .await
             .unwrap();
-        s.device_add(&Device { id: "d'2".into(), site: "other; site".into(), consent: "auto".into() }, 5).await.unwrap();
+        s.device_add(&Device { id: "d'2".into(), site: "other; site".into(), consent: "auto".into() }, 5)
+            .await
+            .unwrap();
         s.entitle("alice", "st-marys").await.unwrap();
         s.entitle("alice", "st-marys").await.unwrap();
         let mine = s.devices_for("alice", false).await.unwrap();
@@ -126,11 +128,22 @@ async fn sessions_and_audit_chain() {
         s.session_live("s1").await.unwrap();
         assert_eq!(s.session("s1").await.unwrap().unwrap().state, "live");
         // Both twins may report bytes for their legs: they add up.
-        let end = SessionEnd { reason: "client_closed".into(), ended_at: 50, bytes_to_device: 10, bytes_to_client: 20, duration_ms: 400 };
+        let end = SessionEnd {
+            reason: "client_closed".into(),
+            ended_at: 50,
+            bytes_to_device: 10,
+            bytes_to_client: 20,
+            duration_ms: 400,
+        };
         s.session_end("s1", &end).await.unwrap();
-        s.session_end("s1", &SessionEnd { reason: "later".into(), ended_at: 60, duration_ms: 300, ..end.clone() }).await.unwrap();
+        s.session_end("s1", &SessionEnd { reason: "later".into(), ended_at: 60, duration_ms: 300, ..end.clone() })
+            .await
+            .unwrap();
         let got = s.session("s1").await.unwrap().unwrap();
-        assert_eq!((got.state.as_str(), got.end_reason.as_deref(), got.ended_at), ("ended", Some("client_closed"), Some(50)));
+        assert_eq!(
+            (got.state.as_str(), got.end_reason.as_deref(), got.ended_at),
+            ("ended", Some("client_closed"), Some(50))
+        );
         assert_eq!((got.bytes_to_device, got.bytes_to_client, got.duration_ms), (20, 40, 400));
         assert!(!s.session_revoke("s1", "admin", 70).await.unwrap(), "an ended session cannot be revoked");
         assert!(s.session_revoke("s2", "admin", 70).await.unwrap());
