@@ -10,6 +10,7 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, Result, bail};
 use clap::Subcommand;
 
+mod hub;
 mod idle;
 
 #[derive(Subcommand, Debug)]
@@ -44,6 +45,30 @@ pub enum LoadCmd {
         #[arg(long, short = 'n', default_value_t = 1000)]
         count: usize,
     },
+    /// Session setup through the hub: `POST /sessions` to the first byte from the device.
+    HubSetup {
+        #[arg(long)]
+        profile: PathBuf,
+        #[arg(long, default_value = "demo-1")]
+        device: String,
+        #[arg(long, default_value = "echo")]
+        service: String,
+        #[arg(long, short = 'n', default_value_t = 500)]
+        count: usize,
+    },
+    /// Session requests per second the hub sustains (grants only).
+    HubRate {
+        #[arg(long)]
+        profile: PathBuf,
+        #[arg(long, default_value = "demo-1")]
+        device: String,
+        #[arg(long, default_value = "echo")]
+        service: String,
+        #[arg(long, default_value_t = 16)]
+        concurrency: usize,
+        #[arg(long, default_value_t = 10)]
+        seconds: u64,
+    },
 }
 
 pub async fn run(cmd: LoadCmd) -> Result<()> {
@@ -52,6 +77,10 @@ pub async fn run(cmd: LoadCmd) -> Result<()> {
             idle::run(&pki, &control, &admin, &server_name, agents, Duration::from_secs(hold_secs)).await
         }
         LoadCmd::Latency { profile, device, service, count } => latency(&profile, &device, &service, count).await,
+        LoadCmd::HubSetup { profile, device, service, count } => hub::setup(&profile, &device, &service, count).await,
+        LoadCmd::HubRate { profile, device, service, concurrency, seconds } => {
+            hub::sessions(&profile, &device, &service, concurrency, seconds).await
+        }
     }
 }
 
@@ -65,10 +94,11 @@ pub fn percentile(sorted: &[Duration], p: f64) -> Duration {
 }
 
 async fn latency(profile: &std::path::Path, device: &str, service: &str, count: usize) -> Result<()> {
-    use crate::config::ConfigFile;
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let p = crate::client::Profile::load(profile)?;
-    let session = crate::client::ClientSession::open(&p, device, service).await.context("opening the session")?;
+    let p = crate::client::cli::load(profile)?;
+    let source = crate::client::GrantSource::from_profile(&p, Some("loadgen: latency"))?;
+    let session =
+        crate::client::ClientSession::open_with(&p, &source, device, service).await.context("opening the session")?;
     let mut samples = Vec::with_capacity(count);
     for _ in 0..count.min(100_000) {
         let start = Instant::now();

@@ -142,7 +142,7 @@ async fn agent_refuses_forged_grants_from_a_compromised_relay() {
                     assert_eq!((s, outcome, reason), (session, Outcome::Refused, want));
                     break;
                 }
-                Frame::Heartbeat { .. } => continue,
+                Frame::Heartbeat { .. } | Frame::AuditHead { .. } => continue,
                 other => panic!("unexpected {other:?}"),
             }
         }
