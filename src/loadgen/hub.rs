@@ -7,7 +7,6 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, Result, bail};
 use hyper::Method;
 use serde_json::json;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 use super::percentile;
 use crate::client::hub::HubSession;
@@ -29,11 +28,7 @@ pub async fn setup(profile: &std::path::Path, device: &str, service: &str, count
     for _ in 0..count.min(100_000) {
         let start = Instant::now();
         let session = ClientSession::open_with(&p, &source, device, service).await.context("opening the session")?;
-        let mut t = session.connect().await?;
-        t.write_all(b"x").await?;
-        t.flush().await?;
-        let mut b = [0u8; 1];
-        tokio::time::timeout(Duration::from_secs(5), t.read_exact(&mut b)).await.context("no echo within 5 s")??;
+        super::first_byte(&session).await?;
         samples.push(start.elapsed());
         session.close();
     }

@@ -84,6 +84,17 @@ pub async fn run(cmd: LoadCmd) -> Result<()> {
     }
 }
 
+/// Opens a tunnel in `session`, sends one byte and waits for the echo.
+pub async fn first_byte(session: &std::sync::Arc<crate::client::ClientSession>) -> Result<()> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut t = session.connect().await?;
+    t.write_all(b"x").await?;
+    t.flush().await?;
+    let mut b = [0u8; 1];
+    tokio::time::timeout(Duration::from_secs(5), t.read_exact(&mut b)).await.context("no echo within 5 s")??;
+    Ok(())
+}
+
 /// Percentile of sorted samples.
 pub fn percentile(sorted: &[Duration], p: f64) -> Duration {
     if sorted.is_empty() {
@@ -94,7 +105,6 @@ pub fn percentile(sorted: &[Duration], p: f64) -> Duration {
 }
 
 async fn latency(profile: &std::path::Path, device: &str, service: &str, count: usize) -> Result<()> {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let p = crate::client::cli::load(profile)?;
     let source = crate::client::GrantSource::from_profile(&p, Some("loadgen: latency"))?;
     let session =
@@ -102,11 +112,7 @@ async fn latency(profile: &std::path::Path, device: &str, service: &str, count: 
     let mut samples = Vec::with_capacity(count);
     for _ in 0..count.min(100_000) {
         let start = Instant::now();
-        let mut t = session.connect().await?;
-        t.write_all(b"x").await?;
-        t.flush().await?;
-        let mut b = [0u8; 1];
-        tokio::time::timeout(Duration::from_secs(5), t.read_exact(&mut b)).await.context("no echo within 5 s")??;
+        first_byte(&session).await?;
         samples.push(start.elapsed());
     }
     session.close();
