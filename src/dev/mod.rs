@@ -167,7 +167,7 @@ pub async fn up(dir: &Path, stop: CancellationToken) -> Result<()> {
     });
     tokio::select! {
         _ = stop.cancelled() => {}
-        ((name, r), _, _) = futures_select_all(waits.collect()) => eprintln!("{name} exited: {r:?}"),
+        (name, r) = first_of(waits.collect()) => eprintln!("{name} exited: {r:?}"),
     }
     for c in children.iter_mut() {
         if let Some(pid) = c.id() {
@@ -190,16 +190,15 @@ fn pretty(p: &Path) -> String {
         .unwrap_or_else(|| p.display().to_string())
 }
 
-/// The first of several futures to finish.
-async fn futures_select_all<F: std::future::Future + Unpin>(futs: Vec<F>) -> (F::Output, usize, ()) {
-    let mut futs = futs;
+/// The output of whichever future finishes first.
+async fn first_of<F: std::future::Future + Unpin>(mut futs: Vec<F>) -> F::Output {
     std::future::poll_fn(move |cx| {
-        for (i, f) in futs.iter_mut().enumerate() {
-            if let std::task::Poll::Ready(v) = std::pin::Pin::new(f).poll(cx) {
-                return std::task::Poll::Ready((v, i, ()));
-            }
-        }
-        std::task::Poll::Pending
+        futs.iter_mut()
+            .find_map(|f| match std::pin::Pin::new(f).poll(cx) {
+                std::task::Poll::Ready(v) => Some(v),
+                std::task::Poll::Pending => None,
+            })
+            .map_or(std::task::Poll::Pending, std::task::Poll::Ready)
     })
     .await
 }

@@ -4,17 +4,12 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
-use anyhow::{Context, Result, bail};
+use anyhow::{Context, Result};
 use hyper::Method;
 use serde_json::json;
 
-use super::percentile;
 use crate::client::hub::HubSession;
 use crate::client::{ClientSession, GrantSource};
-
-fn ms(d: Duration) -> f64 {
-    d.as_secs_f64() * 1000.0
-}
 
 /// `POST /sessions` → session open at the relay → first byte back from the device.
 pub async fn setup(profile: &std::path::Path, device: &str, service: &str, count: usize) -> Result<()> {
@@ -32,18 +27,7 @@ pub async fn setup(profile: &std::path::Path, device: &str, service: &str, count
         samples.push(start.elapsed());
         session.close();
     }
-    if samples.is_empty() {
-        bail!("no samples");
-    }
-    samples.sort();
-    println!(
-        "POST /sessions -> first byte from {device}/{service}, {} sessions: p50 {:.2} ms, p90 {:.2} ms, p99 {:.2} ms, max {:.2} ms",
-        samples.len(),
-        ms(percentile(&samples, 0.5)),
-        ms(percentile(&samples, 0.9)),
-        ms(percentile(&samples, 0.99)),
-        ms(samples[samples.len() - 1])
-    );
+    println!("POST /sessions -> first byte from {device}/{service}, {}", super::summary(samples)?);
     Ok(())
 }
 

@@ -95,6 +95,23 @@ pub async fn first_byte(session: &std::sync::Arc<crate::client::ClientSession>) 
     Ok(())
 }
 
+/// `N samples: p50 …, p90 …, p99 …, max …` (milliseconds).
+pub fn summary(mut samples: Vec<Duration>) -> Result<String> {
+    if samples.is_empty() {
+        bail!("no samples");
+    }
+    samples.sort();
+    let ms = |d: Duration| d.as_secs_f64() * 1000.0;
+    Ok(format!(
+        "{} samples: p50 {:.2} ms, p90 {:.2} ms, p99 {:.2} ms, max {:.2} ms",
+        samples.len(),
+        ms(percentile(&samples, 0.5)),
+        ms(percentile(&samples, 0.9)),
+        ms(percentile(&samples, 0.99)),
+        ms(samples[samples.len() - 1])
+    ))
+}
+
 /// Percentile of sorted samples.
 pub fn percentile(sorted: &[Duration], p: f64) -> Duration {
     if sorted.is_empty() {
@@ -116,18 +133,7 @@ async fn latency(profile: &std::path::Path, device: &str, service: &str, count: 
         samples.push(start.elapsed());
     }
     session.close();
-    if samples.is_empty() {
-        bail!("no samples");
-    }
-    samples.sort();
-    let ms = |d: Duration| d.as_secs_f64() * 1000.0;
-    println!(
-        "client leg start -> first byte from {device}/{service} over {} connections: p50 {:.2} ms, p90 {:.2} ms, p99 {:.2} ms, max {:.2} ms",
-        samples.len(),
-        ms(percentile(&samples, 0.5)),
-        ms(percentile(&samples, 0.9)),
-        ms(percentile(&samples, 0.99)),
-        ms(samples[samples.len() - 1])
-    );
+    let stats = summary(samples)?;
+    println!("client leg start -> first byte from {device}/{service} over {stats}");
     Ok(())
 }

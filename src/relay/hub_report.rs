@@ -100,6 +100,11 @@ fn build(state: &State, full: bool, sent: &HashMap<String, u64>) -> (RelayReport
         }
     }
     let (seq, hash) = state.audit.head();
+    // Keyed by "" (no device id is empty): this relay's own head.
+    let own_moved = seq > 0 && sent.get("") != Some(&seq);
+    if own_moved {
+        heads.push((String::new(), seq));
+    }
     let ready = state.ready.load(Ordering::Relaxed) && !state.shutdown.is_cancelled();
     let report = RelayReport {
         ready,
@@ -107,7 +112,7 @@ fn build(state: &State, full: bool, sent: &HashMap<String, u64>) -> (RelayReport
         agents: full.then_some(agents),
         started,
         ended,
-        audit_head: (seq > 0).then_some(Head { seq, hash }),
+        audit_head: own_moved.then_some(Head { seq, hash }),
         agent_heads,
     };
     (report, heads)
