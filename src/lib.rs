@@ -9,6 +9,9 @@
 //! - [`agent`]: control channels to both relays, grant checks, consent, data legs.
 //! - [`client`]: `tether connect`: grant, session, local listener.
 //! - [`hub`]: accounts, two factors, entitlements, grants, session records, audit.
+//! - [`api`]: the hub's typed API and report types and [`api::HubClient`]: what roles share with the hub.
+//! - [`totp`]: RFC 6238 codes and enrolment URIs.
+//! - [`util`]: the clock, random bytes, back-off, replay set, constant-time compare.
 //! - [`dev`]: `tether dev`: a whole local system on dev certificates.
 //! - [`twin`]: replication of session state between twin relays.
 //! - [`audit`]: append-only, hash-chained JSON-lines audit log.
@@ -20,7 +23,9 @@
 #![forbid(unsafe_code)]
 
 pub mod agent;
+pub mod api;
 pub mod audit;
+pub mod cli;
 pub mod client;
 pub mod config;
 pub mod dev;
@@ -33,18 +38,8 @@ pub mod relay;
 pub mod splice;
 pub mod stream;
 pub mod tls;
+pub mod totp;
 pub mod twin;
+pub mod util;
 
-/// `N` bytes from the system's secure random source.
-pub fn random_bytes<const N: usize>() -> [u8; N] {
-    use ring::rand::SecureRandom;
-    let mut out = [0u8; N];
-    // The system RNG failing is not recoverable; ring reports it only on broken systems.
-    ring::rand::SystemRandom::new().fill(&mut out).expect("system random source");
-    out
-}
-
-/// The current time as RFC 3339 (UTC).
-pub fn now_rfc3339() -> String {
-    time::OffsetDateTime::now_utc().format(&time::format_description::well_known::Rfc3339).unwrap_or_default()
-}
+pub use util::{now_rfc3339, random_bytes};

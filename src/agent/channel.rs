@@ -11,20 +11,15 @@ use super::config::RelayEndpoint;
 use crate::metrics;
 use crate::proto::{Frame, FrameIo, FrameIoError, VERSION};
 use crate::tls;
+use crate::util::Backoff;
 
 const BACKOFF_START: Duration = Duration::from_millis(500);
 const BACKOFF_CAP: Duration = Duration::from_secs(60);
 const DIAL_TIMEOUT: Duration = tls::DIAL_TIMEOUT;
 
-/// `d` scaled by a random factor in [0.5, 1.5).
-fn jitter(d: Duration) -> Duration {
-    let r = u16::from_be_bytes(crate::random_bytes()) as f64 / 65536.0;
-    d.mul_f64(0.5 + r)
-}
-
 /// Keeps a channel to `relay` up until shutdown.
 pub async fn attach_loop(state: Shared, relay: RelayEndpoint) {
-    let mut backoff = BACKOFF_START;
+    let mut backoff = Backoff::new(BACKOFF_START, BACKOFF_CAP).with_jitter();
     let span = tracing::info_span!("channel", relay = %relay.name, device = %state.cfg.device);
     loop {
         metrics::AGENT_RECONNECTS.with_label_values(&[&relay.name]).inc();
@@ -39,14 +34,13 @@ pub async fn attach_loop(state: Shared, relay: RelayEndpoint) {
         if attached {
             // It worked until now, however it ended: retry soon, not after the
             // back-off of earlier failures.
-            backoff = BACKOFF_START;
+            backoff.reset();
         }
-        let pause = jitter(backoff);
+        let pause = backoff.next_pause();
         tokio::select! {
             _ = state.shutdown.cancelled() => return,
             _ = sleep(pause) => {}
         }
-        backoff = (backoff * 2).min(BACKOFF_CAP);
     }
 }
 

@@ -12,14 +12,22 @@ use tokio::net::{UnixListener, UnixStream};
 use super::{AgentError, Shared};
 use crate::proto::{Reason, SessionId};
 
-#[derive(Debug, Serialize, Deserialize)]
+/// What the on-site operator asks the agent; the same type is the
+/// `tether agent` subcommand and the socket's JSON request.
+#[derive(Debug, Serialize, Deserialize, clap::Subcommand)]
 #[serde(tag = "cmd", rename_all = "lowercase")]
 pub enum Request {
+    /// List access requests waiting for consent.
     Pending,
+    /// List live sessions.
     Sessions,
+    /// Approve a waiting request.
     Approve { session: String },
+    /// Deny a waiting request.
     Deny { session: String },
+    /// End a live session now.
     End { session: String },
+    /// Print the agent's metrics.
     Metrics,
 }
 

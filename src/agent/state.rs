@@ -1,5 +1,4 @@
 //! The agent's shared state: sessions, pending consents, channels to relays.
-use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
@@ -54,7 +53,7 @@ pub struct AgentState {
     pub pending: DashMap<SessionId, Pending>,
     /// Outgoing frames per relay name, while its channel is up.
     pub relays: DashMap<String, mpsc::Sender<Frame>>,
-    seen: Mutex<HashMap<SessionId, u64>>,
+    seen: Mutex<crate::util::ReplaySet<SessionId>>,
     pub shutdown: CancellationToken,
 }
 
@@ -69,7 +68,7 @@ impl AgentState {
             sessions: DashMap::new(),
             pending: DashMap::new(),
             relays: DashMap::new(),
-            seen: Mutex::new(HashMap::new()),
+            seen: Mutex::new(crate::util::ReplaySet::default()),
             shutdown,
             cfg,
         }))
@@ -77,14 +76,7 @@ impl AgentState {
 
     /// Records a session id as used; false if it was seen before (replay).
     pub fn first_use(&self, id: SessionId, expires_at: u64, now: u64) -> bool {
-        let mut seen = match self.seen.lock() {
-            Ok(g) => g,
-            Err(p) => p.into_inner(),
-        };
-        if seen.len() > 1024 {
-            seen.retain(|_, e| *e > now);
-        }
-        seen.insert(id, expires_at).is_none()
+        crate::util::lock(&self.seen).first_use(id, expires_at, now)
     }
 
     /// Counts and audits a refusal by the agent.

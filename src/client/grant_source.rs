@@ -2,12 +2,11 @@
 //! or — tests and benches without a hub — the dev key in the profile.
 use std::sync::Arc;
 
-use hyper::Method;
-use serde_json::json;
-
 use super::hub::HubSession;
 use super::{ClientError, Profile, RelayEntry};
-use crate::proto::{Grant, GrantSigner, SessionId, SignedGrant, grant::now_secs};
+use crate::api::{SessionGranted, SessionRequest};
+use crate::proto::{Grant, GrantSigner, SessionId, SignedGrant};
+use crate::util::now_secs;
 
 pub enum GrantSource {
     /// The hub decides, records and signs; it also says which relay to use.
@@ -50,19 +49,20 @@ impl GrantSource {
                 if reason.trim().is_empty() {
                     return Err(ClientError::Grant("a reason is required (--reason \"ticket CHG-1881: …\")".into()));
                 }
-                let body = json!({"device": device, "service": service, "reason": reason,
-                                  "client_key": hex::encode(client_key), "ticket": ticket});
-                let v = hub
-                    .call(Method::POST, "/api/v1/sessions", Some(&body))
-                    .await
-                    .map_err(|e| ClientError::Grant(e.to_string()))?;
+                let want = SessionRequest {
+                    device: device.into(),
+                    service: service.into(),
+                    reason: reason.clone(),
+                    client_key: hex::encode(client_key),
+                    ticket: ticket.clone(),
+                };
+                let v: SessionGranted =
+                    hub.post("/api/v1/sessions", &want).await.map_err(|e| ClientError::Grant(e.to_string()))?;
                 let bad = |what: &str| ClientError::Grant(format!("hub answer: bad {what}"));
-                let body = hex::decode(v["grant"].as_str().unwrap_or_default()).map_err(|_| bad("grant"))?;
-                let sig: [u8; 64] = hex::decode(v["sig"].as_str().unwrap_or_default())
-                    .ok()
-                    .and_then(|s| s.try_into().ok())
-                    .ok_or_else(|| bad("sig"))?;
-                let relays: Vec<RelayEntry> = serde_json::from_value(v["relays"].clone()).map_err(|_| bad("relays"))?;
+                let body = hex::decode(&v.grant).map_err(|_| bad("grant"))?;
+                let sig: [u8; 64] =
+                    hex::decode(&v.sig).ok().and_then(|s| s.try_into().ok()).ok_or_else(|| bad("sig"))?;
+                let relays: Vec<RelayEntry> = v.relays.into_iter().map(RelayEntry::from).collect();
                 if relays.is_empty() {
                     return Err(bad("relays"));
                 }

@@ -4,12 +4,13 @@
 use std::path::Path;
 
 use hyper::Method;
-use serde_json::{Value, json};
+use serde::Serialize;
+use serde::de::DeserializeOwned;
 
 use super::Profile;
 use super::profile::HubLogin;
-use crate::hub::client::{HubClient, HubClientError};
-use crate::proto::grant::now_secs;
+use crate::api::{HubClient, HubClientError, LoginAnswer, LoginRequest};
+use crate::util::now_secs;
 
 /// Why a hub call on the specialist's behalf failed.
 #[derive(Debug, thiserror::Error)]
@@ -55,17 +56,8 @@ impl HubSession {
 
     /// Logs in with a password and a code; stores the token in the profile.
     pub async fn login(&self, password: &str, code: &str) -> Result<(String, u64), HubCallError> {
-        let v = self
-            .client
-            .json(
-                Method::POST,
-                "/api/v1/login",
-                None,
-                Some(&json!({"user": self.login.user, "password": password, "code": code})),
-            )
-            .await?;
-        let token = v["token"].as_str().unwrap_or_default().to_string();
-        let expires_at = v["expires_at"].as_u64().unwrap_or(0);
+        let req = LoginRequest { user: self.login.user.clone(), password: password.into(), code: code.into() };
+        let LoginAnswer { token, expires_at, .. } = self.client.post("/api/v1/login", None, &req).await?;
         if let Some(path) = &self.profile_path {
             store_token(path, &self.login, &token, expires_at)?;
         }
@@ -87,8 +79,7 @@ impl HubSession {
         // A TOTP code is good once: a second login in the same 30 s needs the next step's code.
         let mut last = None;
         for step in [0, 1] {
-            let code =
-                crate::hub::auth::totp_at(&secret, now_secs() / crate::hub::auth::TOTP_STEP + step).unwrap_or_default();
+            let code = crate::totp::code_now(&secret, now_secs(), step).unwrap_or_default();
             match self.login(&password, &code).await {
                 Ok((t, _)) => return Ok(Some(t)),
                 Err(e) => last = Some(e),
@@ -110,38 +101,44 @@ impl HubSession {
         }
     }
 
-    /// An authenticated JSON call; a dev profile logs in again when its token lapsed.
-    pub async fn call(&self, method: Method, path: &str, body: Option<&Value>) -> Result<Value, HubCallError> {
+    /// An authenticated call answered with `T`; a dev profile logs in again when its token lapsed.
+    pub async fn request<B: Serialize, T: DeserializeOwned>(
+        &self,
+        method: Method,
+        path: &str,
+        body: Option<&B>,
+    ) -> Result<T, HubCallError> {
         let token = self.token(false).await?;
-        match self.client.json(method.clone(), path, Some(&token), body).await {
-            Err(e)
-                if matches!(e.code(), Some("token_expired" | "bad_token"))
-                    && self.login.dev_password_file.is_some() =>
-            {
+        match self.client.request(method.clone(), path, Some(&token), body).await {
+            Err(e) if self.token_lapsed(&e) && self.login.dev_password_file.is_some() => {
                 let token = self.token(true).await?;
-                Ok(self.client.json(method, path, Some(&token), body).await?)
+                Ok(self.client.request(method, path, Some(&token), body).await?)
             }
-            Err(e) if matches!(e.code(), Some("token_expired" | "bad_token" | "no_token")) => {
+            Err(e) if self.token_lapsed(&e) || e.code() == Some("no_token") => {
                 Err(HubCallError::NotLoggedIn(self.profile_name()))
             }
             r => Ok(r?),
         }
     }
 
+    fn token_lapsed(&self, e: &HubClientError) -> bool {
+        matches!(e.code(), Some("token_expired" | "bad_token"))
+    }
+
+    /// `GET path`, answered with `T`.
+    pub async fn get<T: DeserializeOwned>(&self, path: &str) -> Result<T, HubCallError> {
+        self.request::<(), T>(Method::GET, path, None).await
+    }
+
+    /// `POST path` with `body`, answered with `T`.
+    pub async fn post<B: Serialize, T: DeserializeOwned>(&self, path: &str, body: &B) -> Result<T, HubCallError> {
+        self.request(Method::POST, path, Some(body)).await
+    }
+
     /// Raw text (audit export).
     pub async fn text(&self, path: &str) -> Result<String, HubCallError> {
         let token = self.token(false).await?;
-        let (status, body) = self.client.call(Method::GET, path, Some(&token), None).await?;
-        if !status.is_success() {
-            let v: Value = serde_json::from_slice(&body).unwrap_or_default();
-            return Err(HubClientError::Api {
-                status: status.as_u16(),
-                code: v["error"].as_str().unwrap_or("unknown").into(),
-                message: v["message"].as_str().unwrap_or("no reason given").into(),
-            }
-            .into());
-        }
-        Ok(String::from_utf8_lossy(&body).into_owned())
+        Ok(self.client.text(path, Some(&token)).await?)
     }
 }
 

@@ -1,7 +1,6 @@
 //! The specialist's side: obtain a grant, open a session through a relay (its
 //! twin when the first fails), and forward local connections through it.
 
-pub mod cli;
 mod grant_source;
 pub mod hub;
 pub mod profile;

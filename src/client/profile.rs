@@ -16,6 +16,12 @@ pub struct RelayEntry {
     pub server_name: Option<String>,
 }
 
+impl From<crate::api::RelayAddr> for RelayEntry {
+    fn from(r: crate::api::RelayAddr) -> RelayEntry {
+        RelayEntry { name: r.name, addr: r.addr, server_name: r.server_name }
+    }
+}
+
 impl RelayEntry {
     pub fn server_name(&self) -> &str {
         self.server_name.as_deref().unwrap_or(&self.name)

@@ -33,7 +33,7 @@ impl Admin {
             bail!("password refused: {p}");
         }
         let hash = auth::hash_password(password).map_err(|e| anyhow::anyhow!("hashing the password: {e}"))?;
-        let secret = auth::new_totp_secret();
+        let secret = crate::totp::new_secret();
         let user = User {
             name: name.into(),
             role,
@@ -118,7 +118,7 @@ fn check_account_name(name: &str) -> Result<()> {
 
 /// The enrolment text shown once after `user add`.
 pub fn enrolment(issuer: &str, user: &str, secret: &str) -> String {
-    let uri = auth::totp_uri(issuer, user, secret);
+    let uri = crate::totp::uri(issuer, user, secret);
     format!(
         "TOTP enrolment for {user} (scan once, then keep this secret off screen):\n{}\n{uri}\n",
         auth::qr_text(&uri)

@@ -1,35 +1,17 @@
-//! `/api/v1`: routes, authentication, and the handlers that are not sessions.
+//! `/api/v1`: dispatch over the one route table ([`crate::api::Route`]),
+//! login, and the handlers that are not sessions.
 use hyper::body::Incoming;
-use hyper::{Method, Request, StatusCode};
-use serde::Deserialize;
-use serde_json::{Value, json};
+use hyper::{Request, StatusCode};
+use serde_json::json;
 
-use super::auth;
+use super::guard::{authenticate, internal, require_admin};
 use super::http::{self, Answer, ApiError, Peer, error_answer, json_answer};
-use super::model::{Role, User};
-use super::relays::RelayReport;
-use super::{Hub, sessions};
-use crate::proto::grant::now_secs;
-
-/// A stable label for metrics (ids stripped).
-pub fn route_label(method: &Method, path: &str) -> &'static str {
-    let parts: Vec<&str> = path.trim_matches('/').split('/').collect();
-    match (method.as_str(), parts.as_slice()) {
-        ("POST", ["api", "v1", "login"]) => "login",
-        ("GET", ["api", "v1", "me"]) => "me",
-        ("GET", ["api", "v1", "devices"]) => "devices",
-        ("POST", ["api", "v1", "sessions"]) => "session_create",
-        ("GET", ["api", "v1", "sessions"]) => "sessions",
-        ("GET", ["api", "v1", "sessions", _]) => "session",
-        ("POST", ["api", "v1", "sessions", _, "end"]) => "session_end",
-        ("GET", ["api", "v1", "audit"]) => "audit",
-        ("GET", ["api", "v1", "audit", "anchors"]) => "anchors",
-        ("POST", ["api", "v1", "relay", "report"]) => "relay_report",
-        ("GET", ["api", "v1", "healthz"]) => "healthz",
-        ("GET", ["metrics"]) => "metrics",
-        _ => "other",
-    }
-}
+use super::model::Role;
+use super::{Hub, auth, sessions};
+use crate::api::{
+    Anchor, DeviceView, Health, LoginAnswer, LoginRequest, Me, RelayHealth, RelayReport, Route, parse_since,
+};
+use crate::util::now_secs;
 
 pub async fn handle(hub: &Hub, req: Request<Incoming>, peer: &Peer) -> Answer {
     match route(hub, req, peer).await {
@@ -44,62 +26,77 @@ fn query_param<'a>(req: &'a Request<Incoming>, name: &str) -> Option<&'a str> {
 
 async fn route(hub: &Hub, req: Request<Incoming>, peer: &Peer) -> Result<Answer, ApiError> {
     let path = req.uri().path().to_string();
-    let parts: Vec<&str> = path.trim_matches('/').split('/').collect();
     let method = req.method().clone();
-    match (method.as_str(), parts.as_slice()) {
-        ("GET", ["api", "v1", "healthz"]) => Ok(health(hub)),
-        ("GET", ["metrics"]) => {
-            Ok(http::text_answer(StatusCode::OK, "text/plain; version=0.0.4", crate::metrics::render()))
-        }
-        ("POST", ["api", "v1", "login"]) => {
+    let Some(route) = Route::of(method.as_str(), &path) else {
+        return Err(ApiError::new(StatusCode::NOT_FOUND, "not_found", format!("no route {method} {path}")));
+    };
+    match route {
+        Route::Health => Ok(json_answer(StatusCode::OK, &health(hub))),
+        Route::Metrics => Ok(http::text_answer(StatusCode::OK, "text/plain; version=0.0.4", crate::metrics::render())),
+        Route::Login => {
             let body = http::body(req, hub.cfg.max_body_bytes).await?;
-            login(hub, &http::parse(&body)?, peer).await
+            let answer = login(hub, &http::parse(&body)?, peer).await?;
+            Ok(json_answer(StatusCode::OK, &answer))
         }
-        ("POST", ["api", "v1", "relay", "report"]) => {
+        Route::RelayReport => {
             let relay = relay_identity(hub, peer).await?;
             let body = http::body(req, 16 * 1024 * 1024).await?;
             let report: RelayReport = http::parse(&body)?;
             let answer = sessions::relay_report(hub, &relay, report).await;
-            Ok(json_answer(StatusCode::OK, &serde_json::to_value(answer).unwrap_or_default()))
+            Ok(json_answer(StatusCode::OK, &answer))
         }
-        ("GET", ["api", "v1", "me"]) => {
+        Route::Me => {
             let user = authenticate(hub, &req, peer).await?;
             let sites = hub.store.entitlements(&user.name).await.map_err(internal)?;
-            Ok(json_answer(StatusCode::OK, &json!({"user": user.name, "role": user.role, "sites": sites})))
+            Ok(json_answer(StatusCode::OK, &Me { user: user.name, role: user.role, sites }))
         }
-        ("GET", ["api", "v1", "devices"]) => {
+        Route::Devices => {
             let user = authenticate(hub, &req, peer).await?;
-            devices(hub, &user).await
+            let list = hub.store.devices_for(&user.name, user.role == Role::Admin).await.map_err(internal)?;
+            let out: Vec<DeviceView> = list
+                .into_iter()
+                .map(|d| {
+                    let p = hub.board.presence(&d.id);
+                    DeviceView {
+                        id: d.id,
+                        site: d.site,
+                        consent: d.consent,
+                        status: p.status,
+                        relays: p.relays,
+                        last_heartbeat: p.last_heartbeat,
+                        agent_version: p.agent_version,
+                    }
+                })
+                .collect();
+            Ok(json_answer(StatusCode::OK, &out))
         }
-        ("POST", ["api", "v1", "sessions"]) => {
+        Route::SessionCreate => {
             let user = authenticate(hub, &req, peer).await?;
             let body = http::body(req, hub.cfg.max_body_bytes).await?;
             let want = http::parse(&body)?;
             let out = sessions::create(hub, &user, peer, want).await?;
             Ok(json_answer(StatusCode::CREATED, &out))
         }
-        ("GET", ["api", "v1", "sessions"]) => {
+        Route::Sessions => {
             let user = authenticate(hub, &req, peer).await?;
             let limit = query_param(&req, "limit").and_then(|l| l.parse().ok()).unwrap_or(100).clamp(1, 10_000);
             let all = user.role == Role::Admin && query_param(&req, "all") != Some("false");
             let list = hub.store.sessions((!all).then_some(user.name.as_str()), limit).await.map_err(internal)?;
-            Ok(json_answer(StatusCode::OK, &serde_json::to_value(list).unwrap_or_default()))
+            Ok(json_answer(StatusCode::OK, &list))
         }
-        ("GET", ["api", "v1", "sessions", id]) => {
+        Route::Session(id) => {
             let user = authenticate(hub, &req, peer).await?;
             match hub.store.session(id).await.map_err(internal)? {
-                Some(s) if s.specialist == user.name || user.role == Role::Admin => {
-                    Ok(json_answer(StatusCode::OK, &serde_json::to_value(s).unwrap_or_default()))
-                }
+                Some(s) if s.specialist == user.name || user.role == Role::Admin => Ok(json_answer(StatusCode::OK, &s)),
                 _ => Err(ApiError::new(StatusCode::NOT_FOUND, "unknown_session", format!("no session {id} of yours"))),
             }
         }
-        ("POST", ["api", "v1", "sessions", id, "end"]) => {
+        Route::SessionEnd(id) => {
             let user = authenticate(hub, &req, peer).await?;
-            let id = id.to_string();
-            sessions::end(hub, &user, peer, &id).await
+            let out = sessions::end(hub, &user, peer, id).await?;
+            Ok(json_answer(StatusCode::OK, &out))
         }
-        ("GET", ["api", "v1", "audit"]) => {
+        Route::Audit => {
             let user = authenticate(hub, &req, peer).await?;
             require_admin(hub, &user, peer, "audit_export").await?;
             let since = match query_param(&req, "since") {
@@ -117,42 +114,30 @@ async fn route(hub: &Hub, req: Request<Incoming>, peer: &Peer) -> Result<Answer,
             }
             Ok(http::text_answer(StatusCode::OK, "application/x-ndjson", text))
         }
-        ("GET", ["api", "v1", "audit", "anchors"]) => {
+        Route::Anchors => {
             let user = authenticate(hub, &req, peer).await?;
             require_admin(hub, &user, peer, "audit_anchors").await?;
-            let anchors = hub.store.anchors().await.map_err(internal)?;
-            let v: Vec<Value> = anchors
+            let anchors: Vec<Anchor> = hub
+                .store
+                .anchors()
+                .await
+                .map_err(internal)?
                 .into_iter()
-                .map(|(source, seq, hash, at)| json!({"source": source, "seq": seq, "hash": hash, "at": at}))
+                .map(|(source, seq, hash, at)| Anchor { source, seq, hash, at })
                 .collect();
-            Ok(json_answer(StatusCode::OK, &Value::Array(v)))
+            Ok(json_answer(StatusCode::OK, &anchors))
         }
-        _ => Err(ApiError::new(StatusCode::NOT_FOUND, "not_found", format!("no route {method} {path}"))),
     }
 }
 
-/// RFC 3339 or unix seconds.
-pub fn parse_since(s: &str) -> Option<i64> {
-    if let Ok(n) = s.parse::<i64>() {
-        return Some(n);
-    }
-    let s = s.replace("%3A", ":").replace("%2B", "+");
-    time::OffsetDateTime::parse(&s, &time::format_description::well_known::Rfc3339).ok().map(|t| t.unix_timestamp())
-}
-
-pub fn internal(e: impl std::fmt::Display) -> ApiError {
-    tracing::error!(error = %e, "hub internal error");
-    ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", "internal error; see the hub's log")
-}
-
-fn health(hub: &Hub) -> Answer {
-    let relays: Vec<Value> = hub
+fn health(hub: &Hub) -> Health {
+    let relays = hub
         .board
         .relay_states()
         .into_iter()
-        .map(|(name, reporting, ready, sessions)| json!({"name": name, "reporting": reporting, "ready": ready, "sessions": sessions}))
+        .map(|(name, reporting, ready, sessions)| RelayHealth { name, reporting, ready, sessions })
         .collect();
-    json_answer(StatusCode::OK, &json!({"status": "ok", "engine": hub.store.engine(), "relays": relays}))
+    Health { status: "ok".into(), engine: hub.store.engine().to_string(), relays }
 }
 
 /// The relay named by the client certificate, if it is one of ours.
@@ -171,17 +156,9 @@ async fn relay_identity(hub: &Hub, peer: &Peer) -> Result<String, ApiError> {
     }
 }
 
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct Login {
-    user: String,
-    password: String,
-    code: String,
-}
-
 const LOGIN_FAILED: &str = "wrong user name, password or code";
 
-async fn login(hub: &Hub, l: &Login, peer: &Peer) -> Result<Answer, ApiError> {
+async fn login(hub: &Hub, l: &LoginRequest, peer: &Peer) -> Result<LoginAnswer, ApiError> {
     let now = now_secs() as i64;
     let from = peer.addr.ip().to_string();
     if l.user.is_empty() || l.user.len() > 128 {
@@ -211,7 +188,7 @@ async fn login(hub: &Hub, l: &Login, peer: &Peer) -> Result<Answer, ApiError> {
         None => Some("unknown_user"),
         Some(_) if !password_ok => Some("bad_password"),
         Some(u) if u.disabled => Some("disabled"),
-        Some(u) => match auth::totp_check(&u.totp_secret, l.code.trim(), now as u64) {
+        Some(u) => match crate::totp::check(&u.totp_secret, l.code.trim(), now as u64) {
             None => Some("bad_code"),
             Some(step) if !hub.store.totp_use(&u.name, step as i64).await.map_err(internal)? => Some("reused_code"),
             Some(_) => None,
@@ -244,66 +221,5 @@ async fn login(hub: &Hub, l: &Login, peer: &Peer) -> Result<Answer, ApiError> {
     let expires_at = now + hub.cfg.token_ttl_secs as i64;
     hub.store.token_add(&hash, &user.name, expires_at).await.map_err(internal)?;
     hub.audit.record("login", json!({"user": user.name, "from": from, "role": user.role})).await;
-    Ok(json_answer(
-        StatusCode::OK,
-        &json!({"token": token, "expires_at": expires_at, "user": user.name, "role": user.role}),
-    ))
-}
-
-/// The account behind the request's bearer token.
-pub async fn authenticate(hub: &Hub, req: &Request<Incoming>, peer: &Peer) -> Result<User, ApiError> {
-    let from = peer.addr.ip().to_string();
-    let token = req
-        .headers()
-        .get(hyper::header::AUTHORIZATION)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Bearer "))
-        .map(str::trim);
-    let refuse = |code: &'static str, message: &str| ApiError::new(StatusCode::UNAUTHORIZED, code, message);
-    let Some(token) = token else {
-        hub.refused("auth_refused", "no_token", json!({"from": from, "path": req.uri().path()})).await;
-        return Err(refuse("no_token", "log in first (tether login): no bearer token"));
-    };
-    let hash = auth::token_hash(token);
-    let Some((name, expires_at)) = hub.store.token(&hash).await.map_err(internal)? else {
-        hub.refused("auth_refused", "bad_token", json!({"from": from, "path": req.uri().path()})).await;
-        return Err(refuse("bad_token", "the token is not valid; log in again"));
-    };
-    if expires_at <= now_secs() as i64 {
-        hub.refused("auth_refused", "token_expired", json!({"from": from, "user": name})).await;
-        return Err(refuse("token_expired", "the token has expired; log in again"));
-    }
-    match hub.store.user(&name).await.map_err(internal)? {
-        Some(u) if !u.disabled => Ok(u),
-        _ => {
-            hub.refused("auth_refused", "account_disabled", json!({"from": from, "user": name})).await;
-            Err(refuse("account_disabled", "the account is disabled"))
-        }
-    }
-}
-
-pub async fn require_admin(hub: &Hub, user: &User, peer: &Peer, what: &str) -> Result<(), ApiError> {
-    if user.role == Role::Admin {
-        return Ok(());
-    }
-    hub.refused(
-        "admin_refused",
-        "not_admin",
-        json!({"user": user.name, "from": peer.addr.ip().to_string(), "action": what}),
-    )
-    .await;
-    Err(ApiError::new(StatusCode::FORBIDDEN, "not_admin", format!("{what} needs the admin role")))
-}
-
-async fn devices(hub: &Hub, user: &User) -> Result<Answer, ApiError> {
-    let list = hub.store.devices_for(&user.name, user.role == Role::Admin).await.map_err(internal)?;
-    let out: Vec<Value> = list
-        .into_iter()
-        .map(|d| {
-            let p = hub.board.presence(&d.id);
-            json!({"id": d.id, "site": d.site, "consent": d.consent, "status": p.status, "relays": p.relays,
-                   "last_heartbeat": p.last_heartbeat, "agent_version": p.agent_version})
-        })
-        .collect();
-    Ok(json_answer(StatusCode::OK, &Value::Array(out)))
+    Ok(LoginAnswer { token, expires_at: expires_at as u64, user: user.name, role: user.role })
 }

@@ -1,17 +1,13 @@
-//! Specialist credentials: argon2id passwords under a strength policy, TOTP
-//! (RFC 6238) codes, bearer tokens.
+//! Specialist credentials: argon2id passwords under a strength policy, the
+//! enrolment QR code, bearer tokens. TOTP itself is [`crate::totp`].
 use argon2::password_hash::{PasswordHash, PasswordHasher, PasswordVerifier, SaltString};
 use argon2::{Algorithm, Argon2, Params, Version};
-use ring::hmac;
 use sha2::{Digest, Sha256};
 
 /// Shortest password accepted.
 pub const MIN_PASSWORD_LEN: usize = 12;
 /// zxcvbn score (0–4) a password must reach.
 pub const MIN_STRENGTH: u8 = 3;
-/// TOTP step in seconds and digits (RFC 6238 defaults, what authenticator apps use).
-pub const TOTP_STEP: u64 = 30;
-const TOTP_DIGITS: u32 = 6;
 
 fn argon() -> Argon2<'static> {
     // OWASP's argon2id minimum: 19 MiB, 2 passes, 1 lane.
@@ -56,55 +52,6 @@ pub fn decoy_hash() -> &'static str {
     DECOY.get_or_init(|| hash_password(&hex::encode(crate::random_bytes::<16>())).unwrap_or_default())
 }
 
-/// A new 160-bit TOTP secret, base32 (what enrolment URIs carry).
-pub fn new_totp_secret() -> String {
-    data_encoding::BASE32_NOPAD.encode(&crate::random_bytes::<20>())
-}
-
-/// The code for time step `step`.
-pub fn totp_at(secret_b32: &str, step: u64) -> Option<String> {
-    let key = data_encoding::BASE32_NOPAD.decode(secret_b32.trim_end_matches('=').as_bytes()).ok()?;
-    let tag = hmac::sign(&hmac::Key::new(hmac::HMAC_SHA1_FOR_LEGACY_USE_ONLY, &key), &step.to_be_bytes());
-    let t = tag.as_ref();
-    let off = usize::from(t[19] & 0x0f);
-    let bin = u32::from_be_bytes([t[off] & 0x7f, t[off + 1], t[off + 2], t[off + 3]]);
-    Some(format!("{:0width$}", bin % 10u32.pow(TOTP_DIGITS), width = TOTP_DIGITS as usize))
-}
-
-/// The time step `code` belongs to, allowing one step of clock skew either way.
-pub fn totp_check(secret_b32: &str, code: &str, now: u64) -> Option<u64> {
-    if code.len() != TOTP_DIGITS as usize || !code.bytes().all(|b| b.is_ascii_digit()) {
-        return None;
-    }
-    let step = now / TOTP_STEP;
-    [step, step.saturating_sub(1), step + 1]
-        .into_iter()
-        .find(|s| totp_at(secret_b32, *s).is_some_and(|c| same(c.as_bytes(), code.as_bytes())))
-}
-
-/// Equal without an early exit.
-fn same(a: &[u8], b: &[u8]) -> bool {
-    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
-}
-
-/// `otpauth://` URI for authenticator apps.
-pub fn totp_uri(issuer: &str, user: &str, secret: &str) -> String {
-    let enc = |s: &str| {
-        s.bytes()
-            .map(|b| match b {
-                b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'.' | b'_' | b'~' => (b as char).to_string(),
-                _ => format!("%{b:02X}"),
-            })
-            .collect::<String>()
-    };
-    format!(
-        "otpauth://totp/{}:{}?secret={secret}&issuer={}&algorithm=SHA1&digits={TOTP_DIGITS}&period={TOTP_STEP}",
-        enc(issuer),
-        enc(user),
-        enc(issuer)
-    )
-}
-
 /// The URI as a QR code drawn with Unicode half blocks.
 pub fn qr_text(uri: &str) -> String {
     match qrcode::QrCode::new(uri.as_bytes()) {
@@ -131,20 +78,6 @@ pub fn token_hash(token: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn totp_matches_rfc6238_sha1_vectors() {
-        // RFC 6238 appendix B, SHA-1 key "12345678901234567890", 8 digits there; the last 6 here.
-        let secret = data_encoding::BASE32_NOPAD.encode(b"12345678901234567890");
-        for (t, code8) in
-            [(59u64, "94287082"), (1111111109, "07081804"), (1234567890, "89005924"), (2000000000, "69279037")]
-        {
-            assert_eq!(totp_at(&secret, t / 30).unwrap(), code8[2..], "t={t}");
-            assert_eq!(totp_check(&secret, &code8[2..], t), Some(t / 30));
-        }
-        assert_eq!(totp_check(&secret, "12345", 59), None);
-        assert_eq!(totp_check(&secret, "abcdef", 59), None);
-    }
 
     #[test]
     fn password_policy_and_hash() {

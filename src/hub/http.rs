@@ -11,14 +11,13 @@ use hyper::{Request, Response, StatusCode};
 use hyper_util::rt::TokioIo;
 use rustls::ServerConfig;
 use rustls::server::WebPkiClientVerifier;
-use serde_json::{Value, json};
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
-use super::{Hub, HubConfig};
+use super::HubConfig;
+use crate::api::Route;
 use crate::tls::{self, TlsError};
 
-pub const ALPN_HTTP1: &[u8] = b"http/1.1";
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 
 pub fn server_config(cfg: &HubConfig) -> Result<Arc<ServerConfig>, TlsError> {
@@ -29,7 +28,7 @@ pub fn server_config(cfg: &HubConfig) -> Result<Arc<ServerConfig>, TlsError> {
         .with_protocol_versions(&[&rustls::version::TLS13])?
         .with_client_cert_verifier(verifier)
         .with_single_cert(tls::load_certs(&cfg.cert)?, tls::load_key(&cfg.key)?)?;
-    c.alpn_protocols = vec![ALPN_HTTP1.to_vec()];
+    c.alpn_protocols = vec![tls::ALPN_HTTP1.to_vec()];
     Ok(Arc::new(c))
 }
 
@@ -57,7 +56,7 @@ impl ApiError {
     }
 }
 
-pub fn json_answer(status: StatusCode, v: &Value) -> Answer {
+pub fn json_answer<T: serde::Serialize>(status: StatusCode, v: &T) -> Answer {
     let mut r = Response::new(Full::new(Bytes::from(serde_json::to_vec(v).unwrap_or_default())));
     *r.status_mut() = status;
     r.headers_mut().insert(hyper::header::CONTENT_TYPE, hyper::header::HeaderValue::from_static("application/json"));
@@ -65,7 +64,8 @@ pub fn json_answer(status: StatusCode, v: &Value) -> Answer {
 }
 
 pub fn error_answer(e: &ApiError) -> Answer {
-    let mut r = json_answer(e.status, &json!({"error": e.code, "message": e.message}));
+    let body = crate::api::ApiErrorBody { error: e.code.to_string(), message: e.message.clone() };
+    let mut r = json_answer(e.status, &body);
     if e.status == StatusCode::TOO_MANY_REQUESTS
         && let Some(secs) = e.message.split_whitespace().find_map(|w| w.parse::<u64>().ok())
         && let Ok(v) = hyper::header::HeaderValue::from_str(&secs.to_string())
@@ -107,7 +107,12 @@ pub fn parse<T: serde::de::DeserializeOwned>(b: &[u8]) -> Result<T, ApiError> {
         .map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, "bad_json", format!("malformed JSON body: {e}")))
 }
 
-pub async fn serve(listener: TcpListener, tls: Arc<ServerConfig>, hub: Arc<Hub>, stop: CancellationToken) {
+/// Serves HTTPS on `listener` until `stop`, answering each request with `handler`.
+pub async fn serve<H, Fut>(listener: TcpListener, tls: Arc<ServerConfig>, handler: H, stop: CancellationToken)
+where
+    H: Fn(Request<Incoming>, Peer) -> Fut + Clone + Send + Sync + 'static,
+    Fut: std::future::Future<Output = Answer> + Send + 'static,
+{
     let acceptor = tokio_rustls::TlsAcceptor::from(tls);
     let tracker = tokio_util::task::TaskTracker::new();
     loop {
@@ -119,7 +124,7 @@ pub async fn serve(listener: TcpListener, tls: Arc<ServerConfig>, hub: Arc<Hub>,
             },
         };
         let _ = tcp.set_nodelay(true);
-        let (acceptor, hub, stop) = (acceptor.clone(), hub.clone(), stop.clone());
+        let (acceptor, handler, stop) = (acceptor.clone(), handler.clone(), stop.clone());
         tracker.spawn(async move {
             let stream = match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await {
                 Ok(Ok(s)) => s,
@@ -133,11 +138,11 @@ pub async fn serve(listener: TcpListener, tls: Arc<ServerConfig>, hub: Arc<Hub>,
             };
             let peer = Peer { addr, cert_name: tls::peer_common_name(stream.get_ref().1.peer_certificates()) };
             let service = hyper::service::service_fn(move |req| {
-                let (hub, peer) = (hub.clone(), peer.clone());
+                let (handler, peer) = (handler.clone(), peer.clone());
                 async move {
                     let started = Instant::now();
-                    let route = super::api::route_label(req.method(), req.uri().path());
-                    let answer = super::api::handle(&hub, req, &peer).await;
+                    let route = Route::label(Route::of(req.method().as_str(), req.uri().path()));
+                    let answer = handler(req, peer).await;
                     crate::metrics::HUB_REQUESTS.with_label_values(&[route, answer.status().as_str()]).inc();
                     crate::metrics::HUB_REQUEST_SECONDS.observe(started.elapsed().as_secs_f64());
                     Ok::<_, std::convert::Infallible>(answer)

@@ -6,8 +6,8 @@ pub mod admin;
 mod api;
 pub mod audit;
 pub mod auth;
-pub mod client;
 pub mod config;
+mod guard;
 mod http;
 pub mod model;
 pub mod relays;
@@ -24,11 +24,6 @@ use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
 use crate::proto::GrantSigner;
-
-/// RFC 3339 or unix seconds, as `--since` and `?since=` take it.
-pub fn api_since(s: &str) -> Option<i64> {
-    api::parse_since(s)
-}
 
 /// Why the hub could not start.
 #[derive(Debug, thiserror::Error)]
@@ -82,7 +77,12 @@ pub async fn run(listener: TcpListener, cfg: HubConfig, stop: CancellationToken)
     let hub = Hub::open(cfg).await?;
     let addr = listener.local_addr().ok();
     hub.audit.record("hub_start", json!({"listen": addr.map(|a| a.to_string()), "engine": hub.store.engine()})).await;
-    http::serve(listener, tls, hub.clone(), stop).await;
+    let h = hub.clone();
+    let handler = move |req, peer| {
+        let hub = h.clone();
+        async move { api::handle(&hub, req, &peer).await }
+    };
+    http::serve(listener, tls, handler, stop).await;
     hub.audit.record("hub_stop", json!({})).await;
     Ok(())
 }

@@ -1,32 +1,16 @@
 //! Sessions: the checks before a grant, routing, the record, revocation, and
 //! what relays report about them.
 use hyper::StatusCode;
-use serde::Deserialize;
-use serde_json::{Value, json};
+use serde_json::json;
 
-use super::api::internal;
-use super::http::{Answer, ApiError, Peer, json_answer};
+use super::Hub;
+use super::guard::{internal, require_admin};
+use super::http::{ApiError, Peer};
 use super::model::{Role, SessionRecord, User};
-use super::relays::{RelayReport, ReportAnswer};
 use super::store::SessionEnd;
-use super::{Hub, api};
-use crate::proto::grant::now_secs;
+use crate::api::{Head, RelayAddr, RelayReport, ReportAnswer, SessionEnded, SessionGranted, SessionRequest};
 use crate::proto::{Grant, SessionId};
-
-/// `POST /api/v1/sessions`.
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct Want {
-    pub device: String,
-    pub service: String,
-    /// Why: shown to the device's operator and kept in the record.
-    pub reason: String,
-    /// Hex of the client's end-to-end public key.
-    pub client_key: String,
-    /// Change-ticket reference; else the first `ABC-123` word of `reason`.
-    #[serde(default)]
-    pub ticket: Option<String>,
-}
+use crate::util::now_secs;
 
 const MAX_NAME: usize = 128;
 const MAX_REASON: usize = 500;
@@ -58,7 +42,7 @@ pub fn find_ticket(text: &str) -> Option<String> {
     })
 }
 
-pub async fn create(hub: &Hub, user: &User, peer: &Peer, want: Want) -> Result<Value, ApiError> {
+pub async fn create(hub: &Hub, user: &User, peer: &Peer, want: SessionRequest) -> Result<SessionGranted, ApiError> {
     check_name("device", &want.device, MAX_NAME)?;
     check_name("service", &want.service, MAX_NAME)?;
     check_name("reason", &want.reason, MAX_REASON)?;
@@ -170,18 +154,24 @@ pub async fn create(hub: &Hub, user: &User, peer: &Peer, want: Want) -> Result<V
     fields["consent_required"] = consent.into();
     hub.audit.record("session_granted", fields).await;
     tracing::info!(session = %id, device = %device.id, user = %user.name, "session granted");
-    let relays: Vec<Value> =
-        route.iter().map(|r| json!({"name": r.name, "addr": r.addr, "server_name": r.server_name})).collect();
-    Ok(json!({
-        "session": id, "grant": hex::encode(&signed.body), "sig": hex::encode(signed.sig), "relays": relays,
-        "expires_at": grant.expires_at, "consent_required": consent,
-    }))
+    let relays = route
+        .iter()
+        .map(|r| RelayAddr { name: r.name.clone(), addr: r.addr.clone(), server_name: r.server_name.clone() })
+        .collect();
+    Ok(SessionGranted {
+        session: id,
+        grant: hex::encode(&signed.body),
+        sig: hex::encode(signed.sig),
+        relays,
+        expires_at: grant.expires_at,
+        consent_required: consent,
+    })
 }
 
 /// Admin: ends a session at both twins (through their next report) and
 /// makes its grant useless.
-pub async fn end(hub: &Hub, user: &User, peer: &Peer, id: &str) -> Result<Answer, ApiError> {
-    api::require_admin(hub, user, peer, "ending a session").await?;
+pub async fn end(hub: &Hub, user: &User, peer: &Peer, id: &str) -> Result<SessionEnded, ApiError> {
+    require_admin(hub, user, peer, "ending a session").await?;
     let Some(s) = hub.store.session(id).await.map_err(internal)? else {
         return Err(ApiError::new(StatusCode::NOT_FOUND, "unknown_session", format!("no session {id}")));
     };
@@ -197,7 +187,7 @@ pub async fn end(hub: &Hub, user: &User, peer: &Peer, id: &str) -> Result<Answer
             json!({"session": id, "by": user.name, "from": peer.addr.ip().to_string(), "device": s.device, "specialist": s.specialist}),
         )
         .await;
-    Ok(json_answer(StatusCode::OK, &json!({"session": id, "state": "revoked"})))
+    Ok(SessionEnded { session: id.to_string(), state: "revoked".into() })
 }
 
 pub async fn relay_report(hub: &Hub, relay: &str, r: RelayReport) -> ReportAnswer {
@@ -228,7 +218,7 @@ pub async fn relay_report(hub: &Hub, relay: &str, r: RelayReport) -> ReportAnswe
             )
             .await;
     }
-    let mut heads: Vec<(String, &super::relays::Head)> = Vec::new();
+    let mut heads: Vec<(String, &Head)> = Vec::new();
     if let Some(h) = &r.audit_head {
         heads.push((format!("relay:{relay}"), h));
     }
@@ -241,7 +231,7 @@ pub async fn relay_report(hub: &Hub, relay: &str, r: RelayReport) -> ReportAnswe
 
 /// Keeps the latest chain head of `source`; writes an `anchor` record into
 /// the hub's own chain when it moved, at most once a minute per source.
-async fn anchor(hub: &Hub, source: &str, head: &super::relays::Head, now: u64) {
+async fn anchor(hub: &Hub, source: &str, head: &Head, now: u64) {
     let prev = hub.store.anchor(source).await.unwrap_or_default();
     if prev.as_ref().is_some_and(|(seq, hash, _)| *seq == head.seq && *hash == head.hash) {
         return;

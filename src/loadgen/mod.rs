@@ -112,6 +112,11 @@ pub fn summary(mut samples: Vec<Duration>) -> Result<String> {
     ))
 }
 
+/// The specialist profile at `path`.
+pub fn load_profile(path: &std::path::Path) -> Result<crate::client::Profile> {
+    crate::client::Profile::open(path).with_context(|| format!("profile {}", path.display()))
+}
+
 /// Percentile of sorted samples.
 pub fn percentile(sorted: &[Duration], p: f64) -> Duration {
     if sorted.is_empty() {
@@ -122,7 +127,7 @@ pub fn percentile(sorted: &[Duration], p: f64) -> Duration {
 }
 
 async fn latency(profile: &std::path::Path, device: &str, service: &str, count: usize) -> Result<()> {
-    let p = crate::client::cli::load(profile)?;
+    let p = load_profile(profile)?;
     let source = crate::client::GrantSource::from_profile(&p, Some("loadgen: latency"))?;
     let session =
         crate::client::ClientSession::open_with(&p, &source, device, service).await.context("opening the session")?;

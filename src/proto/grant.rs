@@ -1,5 +1,4 @@
 //! Session grants: what the hub signs, and how relays and agents check it.
-use std::time::{SystemTime, UNIX_EPOCH};
 
 use bytes::{BufMut, Bytes, BytesMut};
 use ring::signature::{ED25519, Ed25519KeyPair, KeyPair, UnparsedPublicKey};
@@ -70,9 +69,7 @@ impl GrantError {
 }
 
 /// Unix time in seconds.
-pub fn now_secs() -> u64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0)
-}
+pub use crate::util::now_secs;
 
 impl Grant {
     fn encode_body(&self) -> Bytes {

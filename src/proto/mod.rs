@@ -126,8 +126,7 @@ pub fn leg_mac(key: &[u8; 32], side: LegSide, session: &SessionId, conn: u32) ->
 
 /// Checks a leg MAC in constant time.
 pub fn leg_mac_ok(key: &[u8; 32], side: LegSide, session: &SessionId, conn: u32, mac: &[u8; 32]) -> bool {
-    let want = leg_mac(key, side, session, conn);
-    want.iter().zip(mac).fold(0u8, |acc, (a, b)| acc | (a ^ b)) == 0
+    crate::util::ct_eq(&leg_mac(key, side, session, conn), mac)
 }
 
 /// Checks the version a peer announced in its first frame.

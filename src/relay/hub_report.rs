@@ -7,14 +7,12 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
-use hyper::Method;
 use serde_json::json;
 
 use super::state::State;
-use crate::hub::client::HubClient;
-use crate::hub::relays::{AgentHead, AgentSeen, Head, RelayReport, ReportAnswer};
-use crate::proto::grant::now_secs;
+use crate::api::{AgentHead, AgentSeen, Head, HubClient, RelayReport, ReportAnswer};
 use crate::proto::{Reason, SessionId};
+use crate::util::now_secs;
 
 /// Full agent list at least this often, even when nothing changed.
 const FULL_AGENTS_EVERY: Duration = Duration::from_secs(10);
@@ -41,8 +39,8 @@ pub async fn run(state: Arc<State>) {
         }
         let full = state.hub_out().agents_changed || last_full.elapsed() >= FULL_AGENTS_EVERY;
         let (report, heads) = build(&state, full, &sent_heads);
-        match client.json(Method::POST, "/api/v1/relay/report", None, Some(&json!(report))).await {
-            Ok(v) => {
+        match client.post::<_, ReportAnswer>("/api/v1/relay/report", None, &report).await {
+            Ok(answer) => {
                 if failing_since.take().is_some() {
                     tracing::info!("hub reachable again");
                 }
@@ -50,10 +48,7 @@ pub async fn run(state: Arc<State>) {
                     last_full = Instant::now();
                 }
                 sent_heads.extend(heads);
-                match serde_json::from_value::<ReportAnswer>(v) {
-                    Ok(answer) => apply(&state, answer),
-                    Err(e) => tracing::warn!(error = %e, "hub answer not understood"),
-                }
+                apply(&state, answer);
             }
             Err(e) => {
                 // Keep what was not delivered for the next report.

@@ -1,5 +1,4 @@
 //! The relay's shared state: attached agents, sessions, waiters, limits.
-use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -19,6 +18,7 @@ use crate::metrics;
 use crate::proto::twin::Fact;
 use crate::proto::{Frame, GrantVerifier, Outcome, Reason, SessionId};
 use crate::twin::PeerView;
+use crate::util::{ReplaySet, lock};
 
 /// A live agent control channel.
 pub struct AgentHandle {
@@ -36,7 +36,7 @@ pub struct AgentHandle {
 #[derive(Default)]
 pub struct HubOutbox {
     pub started: Vec<String>,
-    pub ended: Vec<crate::hub::relays::EndedSession>,
+    pub ended: Vec<crate::api::EndedSession>,
     /// Agents attached or detached since the last answered report.
     pub agents_changed: bool,
 }
@@ -58,7 +58,7 @@ pub struct State {
     pub agents: DashMap<String, AgentHandle>,
     pub sessions: DashMap<SessionId, Arc<Session>>,
     /// Session ids already used, with the grant's expiry (purged after it).
-    consumed: Mutex<HashMap<SessionId, u64>>,
+    consumed: Mutex<ReplaySet<SessionId>>,
     pub decisions: DashMap<SessionId, (u64, oneshot::Sender<(Outcome, Reason)>)>,
     /// Joins waiting for their data leg, with the one-time key its MAC uses.
     pub legs: DashMap<(SessionId, u32), ([u8; 32], oneshot::Sender<LegEvent>)>,
@@ -100,7 +100,7 @@ impl State {
             audit,
             agents: DashMap::new(),
             sessions: DashMap::new(),
-            consumed: Mutex::new(HashMap::new()),
+            consumed: Mutex::new(ReplaySet::default()),
             decisions: DashMap::new(),
             legs: DashMap::new(),
             ready: AtomicBool::new(true),
@@ -155,17 +155,9 @@ impl State {
 
     /// Marks a session id used. False when it was used before.
     pub fn consume(&self, session: SessionId, expires_at: u64, now: u64) -> bool {
-        let mut used = match self.consumed.lock() {
-            Ok(g) => g,
-            Err(p) => p.into_inner(),
-        };
-        if used.len() > 1024 {
-            used.retain(|_, exp| *exp > now);
-        }
-        if used.contains_key(&session) || self.peer().consumed.contains_key(&session) {
+        if self.peer().consumed.contains_key(&session) || !lock(&self.consumed).first_use(session, expires_at, now) {
             return false;
         }
-        used.insert(session, expires_at);
         self.publish(Fact::Consumed { session, expires_at });
         true
     }
@@ -177,10 +169,7 @@ impl State {
     }
 
     pub fn hub_out(&self) -> std::sync::MutexGuard<'_, HubOutbox> {
-        match self.hub_out.lock() {
-            Ok(g) => g,
-            Err(p) => p.into_inner(),
-        }
+        lock(&self.hub_out)
     }
 
     /// Queues a session start for the hub's record.
@@ -202,7 +191,7 @@ impl State {
         if out.ended.len() >= HUB_OUTBOX_CAP {
             out.ended.remove(0);
         }
-        out.ended.push(crate::hub::relays::EndedSession {
+        out.ended.push(crate::api::EndedSession {
             session: id.to_string(),
             device: device.into(),
             reason: reason.label().into(),
@@ -214,18 +203,12 @@ impl State {
     }
 
     pub fn peer(&self) -> std::sync::MutexGuard<'_, PeerView> {
-        match self.peer.lock() {
-            Ok(g) => g,
-            Err(p) => p.into_inner(),
-        }
+        lock(&self.peer)
     }
 
     /// Session ids used here (for the twin's snapshot).
     pub fn consumed_snapshot(&self) -> Vec<(SessionId, u64)> {
-        match self.consumed.lock() {
-            Ok(g) => g.iter().map(|(k, v)| (*k, *v)).collect(),
-            Err(p) => p.into_inner().iter().map(|(k, v)| (*k, *v)).collect(),
-        }
+        lock(&self.consumed).entries()
     }
 
     /// A session the twin admitted, taken up here so that its connections can

@@ -342,15 +342,14 @@ async fn manage_legs(
 }
 
 async fn next_leg(source: &mut Box<dyn LegSource>) -> std::io::Result<(Leg, Bytes)> {
-    let mut delay = Duration::from_millis(50);
+    let mut backoff = crate::util::Backoff::new(Duration::from_millis(50), Duration::from_secs(1));
     loop {
         match source.next_leg().await {
             Ok(l) => return Ok(l),
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Err(e),
             Err(e) => {
                 tracing::debug!(error = %e, "no leg yet");
-                tokio::time::sleep(delay).await;
-                delay = (delay * 2).min(Duration::from_secs(1));
+                tokio::time::sleep(backoff.next_pause()).await;
             }
         }
     }
@@ -400,8 +399,7 @@ where
     let Wire::Resume { next: peer_next, mac: got } = frame else {
         return Err("expected resume".into());
     };
-    let want = mac(key, peer, conn, peer_next);
-    if want.iter().zip(&got).fold(0u8, |a, (x, y)| a | (x ^ y)) != 0 {
+    if !crate::util::ct_eq(&mac(key, peer, conn, peer_next), &got) {
         return Err("resume MAC is wrong".into());
     }
     let mut b = sh.book();

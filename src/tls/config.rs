@@ -15,6 +15,8 @@ pub const ALPN_AGENT: &[u8] = b"tether-agent/1";
 pub const ALPN_DATA: &[u8] = b"tether-data/1";
 /// ALPN of specialist legs (17443).
 pub const ALPN_CLIENT: &[u8] = b"tether-client/1";
+/// ALPN of the hub's HTTPS API (and of its clients).
+pub const ALPN_HTTP1: &[u8] = b"http/1.1";
 
 /// The one crypto provider (ring) used by every config. TLS 1.3 suites in
 /// order AES-128-GCM, AES-256-GCM, ChaCha20-Poly1305: AES-128-GCM is the

@@ -18,6 +18,7 @@ use crate::proto::twin::Fact;
 use crate::proto::{Frame, FrameIo, FrameIoError, Reason, VERSION, check_version};
 use crate::relay::{RelayError, State, TwinConfig};
 use crate::tls::{self, Identity};
+use crate::util::Backoff;
 
 /// ALPN of the twin link.
 pub const ALPN_TWIN: &[u8] = b"tether-twin/1";
@@ -158,7 +159,7 @@ async fn receive(state: &State, tcp: TcpStream, peer: SocketAddr, acceptor: &Tls
 }
 
 async fn send_loop(state: Arc<State>, connector: TlsConnector, twin: TwinConfig) {
-    let mut backoff = BACKOFF_START;
+    let mut backoff = Backoff::new(BACKOFF_START, BACKOFF_CAP);
     let mut out_requests = state.twin_out_rx.lock().ok().and_then(|mut r| r.take());
     loop {
         // Subscribe before the snapshot: facts may overlap it, never go missing.
@@ -170,13 +171,12 @@ async fn send_loop(state: Arc<State>, connector: TlsConnector, twin: TwinConfig)
         metrics::TWIN_LINK_UP.with_label_values(&["out"]).set(0);
         tracing::info!(twin = %twin.name, %why, "twin link (out) closed");
         if started.elapsed() > Duration::from_secs(10) {
-            backoff = BACKOFF_START;
+            backoff.reset();
         }
         tokio::select! {
             _ = state.drain.cancelled() => return,
-            _ = tokio::time::sleep(backoff) => {}
+            _ = tokio::time::sleep(backoff.next_pause()) => {}
         }
-        backoff = (backoff * 2).min(BACKOFF_CAP);
     }
 }
 

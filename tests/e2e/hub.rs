@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 
 use hyper::Method;
 use serde_json::Value;
-use tether::hub::client::HubClient;
+use tether::api::HubClient;
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt};
 
 use crate::harness::*;
@@ -59,7 +59,7 @@ pub async fn add_user(fleet: &Fleet, name: &str, role: &str, sites: &[&str]) -> 
 /// never the one a previous login in this step used.
 pub fn code(secret: &str, offset: u64) -> String {
     let step = tether::proto::grant::now_secs() / 30;
-    tether::hub::auth::totp_at(secret, step + offset).unwrap()
+    tether::totp::code_at(secret, step + offset).unwrap()
 }
 
 /// `tether login` into a new profile; returns the profile's path.
@@ -155,7 +155,16 @@ async fn login_connect_record_audit_and_revoke() {
 
     let record = |token: String, id: String| {
         let c = hub_client(&fleet);
-        async move { c.json(Method::GET, &format!("/api/v1/sessions/{id}"), Some(&token), None).await.unwrap() }
+        async move {
+            c.request::<serde_json::Value, serde_json::Value>(
+                Method::GET,
+                &format!("/api/v1/sessions/{id}"),
+                Some(&token),
+                None,
+            )
+            .await
+            .unwrap()
+        }
     };
     let token = token_of(&profile);
     eventually("session live at the hub", async || record(token.clone(), id.clone()).await["state"] == "live").await;
@@ -215,7 +224,15 @@ async fn login_connect_record_audit_and_revoke() {
     }
     // Chain heads of relays and agent are anchored at the hub.
     eventually("anchors", async || {
-        let v = hub_client(&fleet).json(Method::GET, "/api/v1/audit/anchors", Some(&admin_token), None).await.unwrap();
+        let v = hub_client(&fleet)
+            .request::<serde_json::Value, serde_json::Value>(
+                Method::GET,
+                "/api/v1/audit/anchors",
+                Some(&admin_token),
+                None,
+            )
+            .await
+            .unwrap();
         let sources: Vec<&str> = v.as_array().unwrap().iter().filter_map(|a| a["source"].as_str()).collect();
         ["relay:relay-a", "relay:relay-b", "agent:dev-1"].iter().all(|s| sources.contains(s))
     })

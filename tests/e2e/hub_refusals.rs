@@ -3,7 +3,7 @@
 //! through the same hub and relays left untouched.
 use hyper::Method;
 use serde_json::{Value, json};
-use tether::hub::client::HubClientError;
+use tether::api::HubClientError;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 use super::hub::*;
@@ -11,7 +11,12 @@ use crate::harness::*;
 
 async fn login_raw(fleet: &Fleet, user: &str, password: &str, code: &str) -> Result<Value, HubClientError> {
     hub_client(fleet)
-        .json(Method::POST, "/api/v1/login", None, Some(&json!({"user": user, "password": password, "code": code})))
+        .request::<serde_json::Value, serde_json::Value>(
+            Method::POST,
+            "/api/v1/login",
+            None,
+            Some(&json!({"user": user, "password": password, "code": code})),
+        )
         .await
 }
 
@@ -30,7 +35,9 @@ async fn session_req(
     reason: &str,
 ) -> Result<Value, HubClientError> {
     let body = json!({"device": device, "service": service, "reason": reason, "client_key": "00ff"});
-    hub_client(fleet).json(Method::POST, "/api/v1/sessions", Some(token), Some(&body)).await
+    hub_client(fleet)
+        .request::<serde_json::Value, serde_json::Value>(Method::POST, "/api/v1/sessions", Some(token), Some(&body))
+        .await
 }
 
 #[tokio::test]
@@ -97,15 +104,27 @@ async fn refusals_are_clear_audited_counted_and_isolated() {
     assert_eq!((locked.0, locked.1.as_str()), (429, "locked"), "{locked:?}");
 
     // Tokens: forged, expired, of a disabled account.
-    let forged = api_err(hub_client(&fleet).json(Method::GET, "/api/v1/devices", Some("tt_forged"), None).await);
+    let forged = api_err(
+        hub_client(&fleet)
+            .request::<serde_json::Value, serde_json::Value>(Method::GET, "/api/v1/devices", Some("tt_forged"), None)
+            .await,
+    );
     assert_eq!((forged.0, forged.1.as_str()), (401, "bad_token"));
     let store = tether::hub::store::Store::open("sqlite:hub.db", fleet.dir()).await.unwrap();
     let (expired, hash) = tether::hub::auth::new_token();
     store.token_add(&hash, "alice", tether::proto::grant::now_secs() as i64 - 5).await.unwrap();
-    let e = api_err(hub_client(&fleet).json(Method::GET, "/api/v1/devices", Some(&expired), None).await);
+    let e = api_err(
+        hub_client(&fleet)
+            .request::<serde_json::Value, serde_json::Value>(Method::GET, "/api/v1/devices", Some(&expired), None)
+            .await,
+    );
     assert_eq!((e.0, e.1.as_str()), (401, "token_expired"));
     hub_cli(&fleet, &["user", "disable", "dis"], "").await;
-    let d = api_err(hub_client(&fleet).json(Method::GET, "/api/v1/devices", Some(&dis_t), None).await);
+    let d = api_err(
+        hub_client(&fleet)
+            .request::<serde_json::Value, serde_json::Value>(Method::GET, "/api/v1/devices", Some(&dis_t), None)
+            .await,
+    );
     assert_eq!((d.0, d.1.as_str()), (401, "account_disabled"));
 
     // Sessions: not entitled, role too low, source outside the allow-list, no ticket.
@@ -125,9 +144,15 @@ async fn refusals_are_clear_audited_counted_and_isolated() {
     // Bodies: oversize, malformed, unknown fields.
     let c = hub_client(&fleet);
     let big = json!({"device": "x".repeat(70_000)});
-    let (st, _) = c.call(Method::POST, "/api/v1/sessions", Some(&alice_t), Some(&big)).await.unwrap();
+    let (st, _) = c
+        .call(Method::POST, "/api/v1/sessions", Some(&alice_t), Some(serde_json::to_vec(&big).unwrap().into()))
+        .await
+        .unwrap();
     assert_eq!(st.as_u16(), 413);
-    let (st, body) = c.call(Method::POST, "/api/v1/login", None, Some(&json!("not an object"))).await.unwrap();
+    let (st, body) = c
+        .call(Method::POST, "/api/v1/login", None, Some(serde_json::to_vec(&json!("not an object")).unwrap().into()))
+        .await
+        .unwrap();
     assert_eq!(st.as_u16(), 400, "{}", String::from_utf8_lossy(&body));
     assert!(String::from_utf8_lossy(&body).contains("bad_json"));
     let (st, _) = c
@@ -135,7 +160,9 @@ async fn refusals_are_clear_audited_counted_and_isolated() {
             Method::POST,
             "/api/v1/login",
             None,
-            Some(&json!({"user": "a", "password": "b", "code": "c", "admin": true})),
+            Some(
+                serde_json::to_vec(&json!({"user": "a", "password": "b", "code": "c", "admin": true})).unwrap().into(),
+            ),
         )
         .await
         .unwrap();

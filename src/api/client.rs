@@ -1,0 +1,216 @@
+//! An HTTPS JSON client for the hub's API: used by `tether login`/`devices`/
+//! `connect`… and by relays for their reports (with a client certificate).
+//! One kept-alive HTTP/1.1 connection, re-dialled when it breaks.
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use http_body_util::{BodyExt, Full};
+use hyper::client::conn::http1::SendRequest;
+use hyper::{Method, Request, StatusCode, Uri};
+use hyper_util::rt::TokioIo;
+use rustls::ClientConfig;
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+
+use super::types::ApiErrorBody;
+use crate::tls::{self, TlsError};
+
+/// Why a call to the hub failed.
+#[derive(Debug, thiserror::Error)]
+pub enum HubClientError {
+    #[error("hub url {0:?}: expected https://HOST[:PORT]")]
+    BadUrl(String),
+    #[error(transparent)]
+    Tls(#[from] TlsError),
+    #[error("cannot reach the hub at {addr}: {detail}")]
+    Unreachable { addr: String, detail: String },
+    #[error("hub refused ({status}): {message}")]
+    Api { status: u16, code: String, message: String },
+    #[error("hub answer is not what was expected: {0}")]
+    BadAnswer(String),
+}
+
+impl HubClientError {
+    /// The hub's stable error code, when it answered with one.
+    pub fn code(&self) -> Option<&str> {
+        match self {
+            HubClientError::Api { code, .. } => Some(code),
+            _ => None,
+        }
+    }
+
+    /// A non-2xx answer, from its status and body.
+    fn from_answer(status: StatusCode, body: &[u8]) -> HubClientError {
+        let e: ApiErrorBody = serde_json::from_slice(body).unwrap_or_default();
+        HubClientError::Api {
+            status: status.as_u16(),
+            code: if e.error.is_empty() { "unknown".into() } else { e.error },
+            message: if e.message.is_empty() { "no reason given".into() } else { e.message },
+        }
+    }
+}
+
+pub struct HubClient {
+    authority: String,
+    server_name: String,
+    tls: Arc<ClientConfig>,
+    conn: tokio::sync::Mutex<Option<SendRequest<Full<Bytes>>>>,
+}
+
+const TIMEOUT: Duration = Duration::from_secs(10);
+
+/// `host:port` and the host of an `https://` URL (port 443 by default).
+fn authority_of(url: &str) -> Option<(String, String)> {
+    let uri: Uri = url.parse().ok()?;
+    if uri.scheme_str() != Some("https") {
+        return None;
+    }
+    let host = uri.host().filter(|h| !h.is_empty())?;
+    let port = uri.port_u16().unwrap_or(443);
+    let bare = host.trim_start_matches('[').trim_end_matches(']').to_string();
+    let authority = if bare.contains(':') { format!("[{bare}]:{port}") } else { format!("{bare}:{port}") };
+    Some((authority, bare))
+}
+
+impl HubClient {
+    /// `url` is `https://host[:port]`; `server_name` overrides the name checked
+    /// in the hub's certificate.
+    pub fn new(
+        url: &str,
+        ca: &Path,
+        client_cert: Option<(&Path, &Path)>,
+        server_name: Option<&str>,
+    ) -> Result<HubClient, HubClientError> {
+        let (authority, host) = authority_of(url).ok_or_else(|| HubClientError::BadUrl(url.into()))?;
+        let tls = tls::client_config(ca, client_cert, tls::ALPN_HTTP1)?;
+        Ok(HubClient {
+            authority,
+            server_name: server_name.map(str::to_string).unwrap_or(host),
+            tls,
+            conn: tokio::sync::Mutex::new(None),
+        })
+    }
+
+    async fn dial(&self) -> Result<SendRequest<Full<Bytes>>, HubClientError> {
+        let unreachable = |detail: String| HubClientError::Unreachable { addr: self.authority.clone(), detail };
+        let stream = tokio::time::timeout(TIMEOUT, tls::dial(&self.authority, &self.server_name, self.tls.clone()))
+            .await
+            .map_err(|_| unreachable("timed out".into()))?
+            .map_err(|e| unreachable(e.to_string()))?;
+        let (send, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
+            .await
+            .map_err(|e| unreachable(e.to_string()))?;
+        tokio::spawn(async move {
+            let _ = conn.await;
+        });
+        Ok(send)
+    }
+
+    /// One request with an optional JSON body; returns status and body.
+    /// Retries once on a fresh connection when a kept-alive one turns out to be dead.
+    pub async fn call(
+        &self,
+        method: Method,
+        path: &str,
+        token: Option<&str>,
+        json_body: Option<Bytes>,
+    ) -> Result<(StatusCode, Bytes), HubClientError> {
+        let mut guard = self.conn.lock().await;
+        let unreachable = |detail: String| HubClientError::Unreachable { addr: self.authority.clone(), detail };
+        for attempt in 0..2 {
+            let mut send = match guard.take() {
+                Some(s) if !s.is_closed() => s,
+                _ => self.dial().await?,
+            };
+            let mut req = Request::builder().method(method.clone()).uri(path).header("host", &self.authority);
+            if let Some(t) = token {
+                req = req.header("authorization", format!("Bearer {t}"));
+            }
+            if json_body.is_some() {
+                req = req.header("content-type", "application/json");
+            }
+            let req = req
+                .body(Full::new(json_body.clone().unwrap_or_default()))
+                .map_err(|e| HubClientError::BadAnswer(e.to_string()))?;
+            let result = tokio::time::timeout(TIMEOUT, async {
+                let resp = send.send_request(req).await?;
+                let status = resp.status();
+                let bytes = resp.into_body().collect().await?.to_bytes();
+                Ok::<_, hyper::Error>((status, bytes))
+            })
+            .await;
+            match result {
+                Ok(Ok(out)) => {
+                    *guard = Some(send);
+                    return Ok(out);
+                }
+                Ok(Err(e)) if attempt == 0 => tracing::debug!(error = %e, "hub connection lost; redialling"),
+                Ok(Err(e)) => return Err(unreachable(e.to_string())),
+                Err(_) => return Err(unreachable("timed out".into())),
+            }
+        }
+        Err(unreachable("connection lost".into()))
+    }
+
+    /// A call whose 2xx answer is `T` as JSON; other answers become [`HubClientError::Api`].
+    pub async fn request<B: Serialize, T: DeserializeOwned>(
+        &self,
+        method: Method,
+        path: &str,
+        token: Option<&str>,
+        body: Option<&B>,
+    ) -> Result<T, HubClientError> {
+        let json_body = match body {
+            Some(b) => Some(Bytes::from(serde_json::to_vec(b).map_err(|e| HubClientError::BadAnswer(e.to_string()))?)),
+            None => None,
+        };
+        let (status, bytes) = self.call(method, path, token, json_body).await?;
+        if !status.is_success() {
+            return Err(HubClientError::from_answer(status, &bytes));
+        }
+        serde_json::from_slice(&bytes).map_err(|e| HubClientError::BadAnswer(format!("{status}: {e}")))
+    }
+
+    /// `GET path`, answered with `T`.
+    pub async fn get<T: DeserializeOwned>(&self, path: &str, token: Option<&str>) -> Result<T, HubClientError> {
+        self.request::<(), T>(Method::GET, path, token, None).await
+    }
+
+    /// `POST path` with `body`, answered with `T`.
+    pub async fn post<B: Serialize, T: DeserializeOwned>(
+        &self,
+        path: &str,
+        token: Option<&str>,
+        body: &B,
+    ) -> Result<T, HubClientError> {
+        self.request(Method::POST, path, token, Some(body)).await
+    }
+
+    /// `GET path` answered with text (the audit export's JSON lines).
+    pub async fn text(&self, path: &str, token: Option<&str>) -> Result<String, HubClientError> {
+        let (status, body) = self.call(Method::GET, path, token, None).await?;
+        if !status.is_success() {
+            return Err(HubClientError::from_answer(status, &body));
+        }
+        Ok(String::from_utf8_lossy(&body).into_owned())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::authority_of;
+
+    #[test]
+    fn urls_name_host_and_port() {
+        let a = |u: &str| authority_of(u);
+        assert_eq!(a("https://hub.example:8443"), Some(("hub.example:8443".into(), "hub.example".into())));
+        assert_eq!(a("https://hub.example/"), Some(("hub.example:443".into(), "hub.example".into())));
+        assert_eq!(a("https://127.0.0.1:17010"), Some(("127.0.0.1:17010".into(), "127.0.0.1".into())));
+        assert_eq!(a("https://[::1]:17010"), Some(("[::1]:17010".into(), "::1".into())));
+        assert_eq!(a("http://hub.example"), None);
+        assert_eq!(a("hub.example:443"), None);
+        assert_eq!(a("https://"), None);
+    }
+}

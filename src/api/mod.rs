@@ -1,0 +1,11 @@
+//! What every role shares with the hub: the typed requests and answers of
+//! `/api/v1` (docs/openapi.yaml), the relays' reports, and [`HubClient`].
+//! The hub serves these types; the client, relays and load generator send
+//! them. None of them imports `crate::hub`.
+pub mod client;
+pub mod report;
+pub mod types;
+
+pub use client::{HubClient, HubClientError};
+pub use report::{AgentHead, AgentSeen, EndedSession, Head, RelayReport, ReportAnswer, RevokedSession};
+pub use types::*;

@@ -1,0 +1,71 @@
+//! What relays tell the hub: every `report_ms` each relay POSTs a
+//! [`RelayReport`] to `/api/v1/relay/report` over mTLS with its relay
+//! certificate; the [`ReportAnswer`] names the sessions the hub revoked.
+use serde::{Deserialize, Serialize};
+
+#[derive(Debug, Clone, Serialize, Deserialize, Default)]
+pub struct AgentSeen {
+    pub device: String,
+    pub agent_version: String,
+    /// Unix seconds of the agent's last heartbeat (or attach).
+    pub last_heartbeat: u64,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, Default, PartialEq, Eq)]
+pub struct Head {
+    pub seq: u64,
+    pub hash: String,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, Default)]
+pub struct AgentHead {
+    pub device: String,
+    #[serde(flatten)]
+    pub head: Head,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, Default)]
+pub struct EndedSession {
+    pub session: String,
+    pub device: String,
+    pub reason: String,
+    pub bytes_to_device: u64,
+    pub bytes_to_client: u64,
+    pub duration_ms: u64,
+    /// Unix seconds.
+    pub ended_at: u64,
+}
+
+/// `POST /api/v1/relay/report`.
+#[derive(Debug, Clone, Serialize, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct RelayReport {
+    pub ready: bool,
+    /// Live sessions at this relay (its load).
+    pub sessions: u64,
+    /// Every attached agent; `None` when unchanged since the last report the hub answered.
+    #[serde(default)]
+    pub agents: Option<Vec<AgentSeen>>,
+    /// Sessions admitted since the last answered report.
+    #[serde(default)]
+    pub started: Vec<String>,
+    #[serde(default)]
+    pub ended: Vec<EndedSession>,
+    #[serde(default)]
+    pub audit_head: Option<Head>,
+    #[serde(default)]
+    pub agent_heads: Vec<AgentHead>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, Default)]
+pub struct ReportAnswer {
+    /// Session ids an admin ended: close them, and refuse their grants.
+    pub revoked: Vec<RevokedSession>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct RevokedSession {
+    pub session: String,
+    /// Unix seconds after which the grant is dead anyway.
+    pub expires_at: u64,
+}

@@ -1,0 +1,280 @@
+//! Requests and answers of the hub's `/api/v1`, one struct each, used by the
+//! hub's handlers and by its clients alike.
+use std::fmt;
+use std::str::FromStr;
+
+use serde::{Deserialize, Serialize};
+
+/// A specialist's role. Ordered: each role can do what the ones before can.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Role {
+    /// Diagnostic services only.
+    Viewer,
+    /// Every service of entitled devices.
+    Engineer,
+    /// Accounts, devices, ending sessions, audit; every device.
+    Admin,
+}
+
+impl Role {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Role::Viewer => "viewer",
+            Role::Engineer => "engineer",
+            Role::Admin => "admin",
+        }
+    }
+}
+
+impl fmt::Display for Role {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl FromStr for Role {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Role, String> {
+        match s {
+            "viewer" => Ok(Role::Viewer),
+            "engineer" => Ok(Role::Engineer),
+            "admin" => Ok(Role::Admin),
+            other => Err(format!("unknown role {other:?} (viewer, engineer, admin)")),
+        }
+    }
+}
+
+/// Every refusal's body: a stable code and a sentence for people.
+#[derive(Debug, Clone, Serialize, Deserialize, Default)]
+pub struct ApiErrorBody {
+    pub error: String,
+    pub message: String,
+}
+
+/// `POST /api/v1/login`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LoginRequest {
+    pub user: String,
+    pub password: String,
+    pub code: String,
+}
+
+/// The answer to a login: a bearer token for `expires_at` (unix seconds).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct LoginAnswer {
+    pub token: String,
+    pub expires_at: u64,
+    pub user: String,
+    pub role: Role,
+}
+
+/// `GET /api/v1/me`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Me {
+    pub user: String,
+    pub role: Role,
+    pub sites: Vec<String>,
+}
+
+/// One entry of `GET /api/v1/devices`: where the device can be reached.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct DeviceView {
+    pub id: String,
+    pub site: String,
+    /// The hub's consent policy: `auto` or `required`.
+    pub consent: String,
+    /// `online` or `offline`.
+    pub status: String,
+    /// Relays it is attached to (with a fresh report).
+    pub relays: Vec<String>,
+    /// Unix seconds.
+    pub last_heartbeat: Option<u64>,
+    pub agent_version: Option<String>,
+}
+
+/// `POST /api/v1/sessions`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SessionRequest {
+    pub device: String,
+    pub service: String,
+    /// Why: shown to the device's operator and kept in the record.
+    pub reason: String,
+    /// Hex of the client's end-to-end public key.
+    pub client_key: String,
+    /// Change-ticket reference; else the first `ABC-123` word of `reason`.
+    #[serde(default)]
+    pub ticket: Option<String>,
+}
+
+/// A relay a grant may be presented to.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct RelayAddr {
+    pub name: String,
+    /// Specialist-leg address (17443), or the load balancer in front of the twins.
+    pub addr: String,
+    /// Name to verify in the relay's certificate; defaults to `name`.
+    #[serde(default)]
+    pub server_name: Option<String>,
+}
+
+/// The answer to `POST /api/v1/sessions`: the signed grant (hex) and the
+/// relays to present it to, in order.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct SessionGranted {
+    pub session: String,
+    /// Hex of the grant's signed body.
+    pub grant: String,
+    /// Hex of its Ed25519 signature.
+    pub sig: String,
+    pub relays: Vec<RelayAddr>,
+    pub expires_at: u64,
+    pub consent_required: bool,
+}
+
+/// One session as the hub records it, from grant to end
+/// (`GET /api/v1/sessions`, `GET /api/v1/sessions/{id}`).
+#[derive(Debug, Clone, Serialize, Deserialize, Default, PartialEq, Eq)]
+pub struct SessionRecord {
+    pub id: String,
+    pub specialist: String,
+    pub device: String,
+    pub service: String,
+    pub reason: String,
+    pub ticket: Option<String>,
+    /// The specialist's address as the hub saw it.
+    pub source: String,
+    /// Relay the hub routed to.
+    pub relay: String,
+    pub created_at: i64,
+    pub expires_at: i64,
+    pub consent_required: bool,
+    /// `granted`, `live`, `ended`, `revoked`.
+    pub state: String,
+    pub ended_at: Option<i64>,
+    pub end_reason: Option<String>,
+    pub ended_by: Option<String>,
+    pub bytes_to_device: i64,
+    pub bytes_to_client: i64,
+    pub duration_ms: i64,
+}
+
+/// The answer to `POST /api/v1/sessions/{id}/end`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct SessionEnded {
+    pub session: String,
+    pub state: String,
+}
+
+/// One entry of `GET /api/v1/audit/anchors`: the latest chain head of a relay or agent.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct Anchor {
+    /// `relay:NAME` or `agent:DEVICE`.
+    pub source: String,
+    pub seq: u64,
+    pub hash: String,
+    /// Unix seconds.
+    pub at: i64,
+}
+
+/// `GET /api/v1/healthz`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Health {
+    pub status: String,
+    pub engine: String,
+    pub relays: Vec<RelayHealth>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct RelayHealth {
+    pub name: String,
+    /// A report arrived recently.
+    pub reporting: bool,
+    pub ready: bool,
+    pub sessions: u64,
+}
+
+/// RFC 3339 or unix seconds, as `--since` and `?since=` take it.
+pub fn parse_since(s: &str) -> Option<i64> {
+    if let Ok(n) = s.parse::<i64>() {
+        return Some(n);
+    }
+    let s = s.replace("%3A", ":").replace("%2B", "+");
+    time::OffsetDateTime::parse(&s, &time::format_description::well_known::Rfc3339).ok().map(|t| t.unix_timestamp())
+}
+
+/// The routes of `/api/v1`: one table for dispatch and for metric labels.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Route<'a> {
+    Login,
+    Me,
+    Devices,
+    SessionCreate,
+    Sessions,
+    Session(&'a str),
+    SessionEnd(&'a str),
+    Audit,
+    Anchors,
+    RelayReport,
+    Health,
+    Metrics,
+}
+
+impl<'a> Route<'a> {
+    /// The route of `METHOD path`, if there is one.
+    pub fn of(method: &str, path: &'a str) -> Option<Route<'a>> {
+        let parts: Vec<&'a str> = path.trim_matches('/').split('/').collect();
+        Some(match (method, parts.as_slice()) {
+            ("POST", ["api", "v1", "login"]) => Route::Login,
+            ("GET", ["api", "v1", "me"]) => Route::Me,
+            ("GET", ["api", "v1", "devices"]) => Route::Devices,
+            ("POST", ["api", "v1", "sessions"]) => Route::SessionCreate,
+            ("GET", ["api", "v1", "sessions"]) => Route::Sessions,
+            ("GET", ["api", "v1", "sessions", id]) => Route::Session(id),
+            ("POST", ["api", "v1", "sessions", id, "end"]) => Route::SessionEnd(id),
+            ("GET", ["api", "v1", "audit"]) => Route::Audit,
+            ("GET", ["api", "v1", "audit", "anchors"]) => Route::Anchors,
+            ("POST", ["api", "v1", "relay", "report"]) => Route::RelayReport,
+            ("GET", ["api", "v1", "healthz"]) => Route::Health,
+            ("GET", ["metrics"]) => Route::Metrics,
+            _ => return None,
+        })
+    }
+
+    /// A stable label for metrics (ids stripped).
+    pub fn label(route: Option<Route<'_>>) -> &'static str {
+        match route {
+            Some(Route::Login) => "login",
+            Some(Route::Me) => "me",
+            Some(Route::Devices) => "devices",
+            Some(Route::SessionCreate) => "session_create",
+            Some(Route::Sessions) => "sessions",
+            Some(Route::Session(_)) => "session",
+            Some(Route::SessionEnd(_)) => "session_end",
+            Some(Route::Audit) => "audit",
+            Some(Route::Anchors) => "anchors",
+            Some(Route::RelayReport) => "relay_report",
+            Some(Route::Health) => "healthz",
+            Some(Route::Metrics) => "metrics",
+            None => "other",
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn routes_match_paths_and_label_without_ids() {
+        assert_eq!(Route::of("POST", "/api/v1/sessions/abc/end"), Some(Route::SessionEnd("abc")));
+        assert_eq!(Route::label(Route::of("GET", "/api/v1/sessions/abc")), "session");
+        assert_eq!(Route::of("DELETE", "/api/v1/me"), None);
+        assert_eq!(Route::label(None), "other");
+        assert_eq!(parse_since("2026-11-29T00:00:00Z"), Some(1_795_910_400));
+        assert_eq!(parse_since("12"), Some(12));
+        assert_eq!(parse_since("yesterday"), None);
+    }
+}

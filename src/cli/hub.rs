@@ -1,0 +1,156 @@
+//! `tether hub`: run the hub, or administer its accounts, devices and sites
+//! on the hub host, against its database.
+use std::path::Path;
+
+use anyhow::{Result, bail};
+use clap::Subcommand;
+
+use crate::config::ConfigFile;
+use crate::hub;
+
+#[derive(Subcommand)]
+pub enum HubCmd {
+    /// Specialist accounts.
+    User {
+        #[command(subcommand)]
+        cmd: UserCmd,
+    },
+    /// Devices.
+    Device {
+        #[command(subcommand)]
+        cmd: DeviceCmd,
+    },
+    /// Customer sites: where specialists may connect from, ticket rule.
+    Site {
+        #[command(subcommand)]
+        cmd: SiteCmd,
+    },
+}
+
+#[derive(Subcommand)]
+pub enum UserCmd {
+    /// Add an account: prompts for a password, prints the TOTP enrolment URI and QR code.
+    Add {
+        name: String,
+        #[arg(long, value_parser = ["viewer", "engineer", "admin"])]
+        role: String,
+        /// Sites the account is entitled to (repeatable).
+        #[arg(long = "site")]
+        sites: Vec<String>,
+    },
+    /// Entitle an account to a site.
+    Entitle {
+        name: String,
+        site: String,
+    },
+    Disable {
+        name: String,
+    },
+    Enable {
+        name: String,
+    },
+    /// Set a new password (prompts).
+    Passwd {
+        name: String,
+    },
+    List,
+}
+
+#[derive(Subcommand)]
+pub enum DeviceCmd {
+    Add {
+        id: String,
+        #[arg(long)]
+        site: String,
+        #[arg(long, default_value = "auto", value_parser = ["auto", "required"])]
+        consent: String,
+    },
+}
+
+#[derive(Subcommand)]
+pub enum SiteCmd {
+    /// Create or change a site.
+    Set {
+        name: String,
+        /// Comma-separated CIDR blocks specialists must connect from ("" = anywhere).
+        #[arg(long)]
+        allow_from: Option<String>,
+        #[arg(long)]
+        require_ticket: Option<bool>,
+    },
+}
+
+pub async fn run(config: &Path, check: bool, cmd: Option<HubCmd>) -> Result<()> {
+    let cfg = hub::HubConfig::load(config)?;
+    let Some(cmd) = cmd else {
+        if check {
+            println!("{}: ok", config.display());
+            return Ok(());
+        }
+        let listener = hub::bind(&cfg).await?;
+        println!(
+            "hub listening on https://{} (database {})",
+            listener.local_addr()?,
+            cfg.database.split('@').next_back().unwrap_or("")
+        );
+        return Ok(hub::run(listener, cfg, super::shutdown_on_signal()).await?);
+    };
+    let admin = hub::admin::Admin::open(&cfg).await?;
+    match cmd {
+        HubCmd::User { cmd } => user(&admin, cmd).await?,
+        HubCmd::Device { cmd: DeviceCmd::Add { id, site, consent } } => {
+            admin.device_add(&id, &site, &consent).await?;
+            println!("added device {id} at site {site} (consent {consent})");
+        }
+        HubCmd::Site { cmd: SiteCmd::Set { name, allow_from, require_ticket } } => {
+            let s = admin.site_set(&name, allow_from.as_deref(), require_ticket).await?;
+            let from = if s.allow_from.is_empty() { "anywhere".to_string() } else { s.allow_from_text() };
+            println!(
+                "site {name}: specialists from {from}; ticket {}",
+                if s.require_ticket { "required" } else { "optional" }
+            );
+        }
+    }
+    Ok(())
+}
+
+async fn user(admin: &hub::admin::Admin, cmd: UserCmd) -> Result<()> {
+    match cmd {
+        UserCmd::Add { name, role, sites } => {
+            let password = super::ask(&format!("new password for {name}: "))?;
+            if std::io::IsTerminal::is_terminal(&std::io::stdin()) && super::ask("again: ")? != password {
+                bail!("the passwords differ");
+            }
+            let secret = admin.user_add(&name, role.parse().map_err(anyhow::Error::msg)?, &password, &sites).await?;
+            println!(
+                "added {name} ({role}){}",
+                if sites.is_empty() { String::new() } else { format!(", sites: {}", sites.join(", ")) }
+            );
+            print!("{}", hub::admin::enrolment(&admin.issuer, &name, &secret));
+        }
+        UserCmd::Entitle { name, site } => {
+            admin.entitle(&name, &site).await?;
+            println!("{name} is entitled to site {site}");
+        }
+        UserCmd::Disable { name } => {
+            admin.set_disabled(&name, true).await?;
+            println!("{name} disabled; its tokens admit nothing from now on");
+        }
+        UserCmd::Enable { name } => {
+            admin.set_disabled(&name, false).await?;
+            println!("{name} enabled");
+        }
+        UserCmd::Passwd { name } => {
+            let password = super::ask(&format!("new password for {name}: "))?;
+            admin.set_password(&name, &password).await?;
+            println!("password of {name} changed");
+        }
+        UserCmd::List => {
+            for u in admin.store.users().await? {
+                let sites = admin.store.entitlements(&u.name).await?.join(",");
+                println!("{}\t{}\t{}\t{}", u.name, u.role, if u.disabled { "disabled" } else { "enabled" }, sites);
+            }
+        }
+    }
+    Ok(())
+}

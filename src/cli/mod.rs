@@ -1,0 +1,172 @@
+//! The `tether` command tree, one file per command group; `main.rs` parses
+//! and calls [`run`]. Everything here is the command-line edge: it prints
+//! for people (tables, `--json` for scripts) and returns `anyhow` errors.
+mod agent;
+mod certs;
+mod connect;
+mod dev;
+mod hub;
+mod relay;
+mod specialist;
+
+use std::io::{BufRead, IsTerminal};
+use std::path::PathBuf;
+
+use anyhow::Result;
+use clap::{Parser, Subcommand};
+use tokio_util::sync::CancellationToken;
+
+#[derive(Parser)]
+#[command(name = "tether", version, about = "Remote-service connectivity for fleets of medical devices")]
+pub struct Cli {
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Run the whole system locally on dev certificates (init if needed, then up).
+    Dev {
+        #[command(subcommand)]
+        cmd: Option<dev::DevCmd>,
+        /// Folder holding the dev setup.
+        #[arg(long, default_value = "tether-dev", global = true)]
+        dir: PathBuf,
+    },
+    /// Generate fleet PKI material (dev and tests).
+    Certs {
+        #[command(subcommand)]
+        cmd: certs::CertsCmd,
+    },
+    /// Run a relay.
+    Relay {
+        #[arg(long)]
+        config: PathBuf,
+        /// Validate the config and exit.
+        #[arg(long)]
+        check: bool,
+    },
+    /// Run the device agent, or talk to a running one as its on-site operator.
+    Agent {
+        #[arg(long, default_value = "/etc/tether/agent.toml")]
+        config: PathBuf,
+        #[arg(long)]
+        check: bool,
+        #[command(subcommand)]
+        cmd: Option<crate::agent::operator::Request>,
+    },
+    /// Run the hub, or administer its accounts, sites and devices.
+    Hub {
+        #[arg(long, default_value = "/etc/tether/hub.toml", global = true)]
+        config: PathBuf,
+        /// Validate the config and exit.
+        #[arg(long)]
+        check: bool,
+        #[command(subcommand)]
+        cmd: Option<hub::HubCmd>,
+    },
+    /// Log in to the hub (password and 6-digit code); the token goes in the profile (0600).
+    Login {
+        /// Profile file (default $TETHER_PROFILE or ~/.config/tether/profile.toml).
+        #[arg(long)]
+        profile: Option<PathBuf>,
+        #[arg(long)]
+        hub: Option<String>,
+        #[arg(long)]
+        user: Option<String>,
+        /// Fleet CA the hub's and relays' certificates chain to (creating a profile).
+        #[arg(long)]
+        ca: Option<PathBuf>,
+    },
+    /// Devices you are entitled to: online on which relay, last heartbeat, agent version.
+    Devices {
+        #[arg(long)]
+        profile: Option<PathBuf>,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Your sessions, live and past (admins: everyone's).
+    Sessions {
+        #[arg(long)]
+        profile: Option<PathBuf>,
+        #[arg(long)]
+        json: bool,
+        #[arg(long, default_value_t = 50)]
+        limit: u32,
+    },
+    /// Admin: act on one session.
+    Session {
+        #[command(subcommand)]
+        cmd: specialist::SessionCmd,
+    },
+    /// Expose DEVICE's SERVICE on a local port, like `ssh -L`.
+    Connect(connect::ConnectArgs),
+    /// Audit log tools.
+    Audit {
+        #[command(subcommand)]
+        cmd: specialist::AuditCmd,
+    },
+    /// Load generator against running relays (benchmarks).
+    Loadgen {
+        #[command(subcommand)]
+        cmd: crate::loadgen::LoadCmd,
+    },
+}
+
+/// Runs one parsed command line.
+pub async fn run(cli: Cli) -> Result<()> {
+    match cli.cmd {
+        Cmd::Dev { cmd, dir } => dev::run(cmd, &dir).await,
+        Cmd::Certs { cmd } => certs::run(cmd),
+        Cmd::Relay { config, check } => relay::run(&config, check).await,
+        Cmd::Agent { config, check, cmd } => agent::run(&config, check, cmd).await,
+        Cmd::Hub { config, check, cmd } => hub::run(&config, check, cmd).await,
+        Cmd::Login { profile, hub, user, ca } => specialist::login(&profile_path(profile), hub, user, ca).await,
+        Cmd::Devices { profile, json } => specialist::devices(&profile_path(profile), json).await,
+        Cmd::Sessions { profile, json, limit } => specialist::sessions(&profile_path(profile), json, limit).await,
+        Cmd::Session { cmd } => specialist::session(cmd).await,
+        Cmd::Connect(args) => connect::run(args).await,
+        Cmd::Audit { cmd } => specialist::audit(cmd).await,
+        Cmd::Loadgen { cmd } => crate::loadgen::run(cmd).await,
+    }
+}
+
+/// A token cancelled on the first SIGINT/SIGTERM; the second exits at once.
+pub fn shutdown_on_signal() -> CancellationToken {
+    let token = CancellationToken::new();
+    let t = token.clone();
+    tokio::spawn(async move {
+        use tokio::signal::unix::{SignalKind, signal};
+        let (Ok(mut term), Ok(mut int)) = (signal(SignalKind::terminate()), signal(SignalKind::interrupt())) else {
+            return;
+        };
+        for n in 0..2 {
+            tokio::select! { _ = term.recv() => {}, _ = int.recv() => {} }
+            if n == 0 {
+                tracing::info!("shutting down (signal again to exit at once)");
+                t.cancel();
+            } else {
+                std::process::exit(130);
+            }
+        }
+    });
+    token
+}
+
+/// `--profile`, else `$TETHER_PROFILE`, else `~/.config/tether/profile.toml`.
+pub fn profile_path(given: Option<PathBuf>) -> PathBuf {
+    given.or_else(|| std::env::var_os("TETHER_PROFILE").map(PathBuf::from)).unwrap_or_else(|| {
+        let home = std::env::var_os("HOME").map(PathBuf::from).unwrap_or_else(|| ".".into());
+        home.join(".config/tether/profile.toml")
+    })
+}
+
+/// Reads a secret: hidden at a terminal, else one line of stdin (scripts, tests).
+pub fn ask(prompt: &str) -> Result<String> {
+    if std::io::stdin().is_terminal() {
+        return Ok(rpassword::prompt_password(prompt)?);
+    }
+    let mut line = String::new();
+    std::io::stdin().lock().read_line(&mut line)?;
+    Ok(line.trim_end_matches(['\r', '\n']).to_string())
+}

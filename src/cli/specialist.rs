@@ -1,0 +1,215 @@
+//! What the specialist's commands print: `tether login`, `devices`,
+//! `sessions`, `session end`, `audit export`/`verify`. Tables for people,
+//! `--json` for scripts.
+use std::io::Write;
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context, Result, bail};
+use clap::Subcommand;
+
+use crate::api::{DeviceView, SessionEnded, SessionRecord, parse_since};
+use crate::client::hub::HubSession;
+use crate::client::{HubLogin, Profile};
+use crate::config::ConfigFile;
+
+#[derive(Subcommand)]
+pub enum SessionCmd {
+    /// End a live session at both relays (admin).
+    End {
+        id: String,
+        #[arg(long)]
+        profile: Option<PathBuf>,
+    },
+}
+
+#[derive(Subcommand)]
+pub enum AuditCmd {
+    /// Check an audit log's hash chain; names the first altered, missing or reordered record.
+    Verify { file: PathBuf },
+    /// Admin: the hub's audit records since a time, as JSON lines (for a SIEM).
+    Export {
+        /// RFC 3339 time or unix seconds.
+        #[arg(long)]
+        since: String,
+        #[arg(long)]
+        profile: Option<PathBuf>,
+        /// Write here (0600) instead of stdout.
+        #[arg(long)]
+        out: Option<PathBuf>,
+    },
+}
+
+pub fn load(path: &Path) -> Result<Profile> {
+    Profile::open(path).with_context(|| format!("profile {}", path.display()))
+}
+
+fn hub_session(path: &Path) -> Result<HubSession> {
+    Ok(HubSession::from_profile(&load(path)?)?)
+}
+
+/// A new profile: the fleet CA and the hub, written with the TOML serializer.
+#[derive(serde::Serialize)]
+struct NewProfile<'a> {
+    ca: String,
+    hub: NewHub<'a>,
+}
+
+#[derive(serde::Serialize)]
+struct NewHub<'a> {
+    url: &'a str,
+    user: &'a str,
+}
+
+/// `tether login`: writes (or updates) the profile, then logs in.
+pub async fn login(path: &Path, hub: Option<String>, user: Option<String>, ca: Option<PathBuf>) -> Result<()> {
+    if !path.exists() {
+        let (Some(hub), Some(user), Some(ca)) = (&hub, &user, &ca) else {
+            bail!("{} does not exist: give --hub, --user and --ca to create it", path.display());
+        };
+        if let Some(dir) = path.parent() {
+            std::fs::create_dir_all(dir)?;
+        }
+        let ca = std::fs::canonicalize(ca).with_context(|| format!("--ca {}", ca.display()))?;
+        let profile = NewProfile { ca: ca.display().to_string(), hub: NewHub { url: hub, user } };
+        let text = format!("# tether profile (written by `tether login`)\n{}", toml::to_string(&profile)?);
+        crate::tls::pki::write_file(path, &text, true)?;
+    }
+    let mut p = load(path)?;
+    if let Some(h) = p.hub.as_mut() {
+        if let Some(url) = hub {
+            h.url = url;
+        }
+        if let Some(u) = user {
+            h.user = u;
+        }
+    } else {
+        let (Some(url), Some(user)) = (hub, user) else {
+            bail!("{} has no [hub]: give --hub and --user", path.display())
+        };
+        p.hub = Some(HubLogin { url, user, ..Default::default() });
+    }
+    if p.problems().iter().any(|x| x.contains("hub")) {
+        bail!("{}", p.problems().join("; "));
+    }
+    let session = HubSession::from_profile(&p)?;
+    let password = super::ask(&format!("password for {}: ", session.user()))?;
+    let code = super::ask("6-digit code from your authenticator: ")?;
+    let (_, expires_at) = session.login(&password, code.trim()).await?;
+    println!(
+        "logged in as {}; token valid until {}, kept in {} (0600)",
+        session.user(),
+        when(Some(expires_at as i64)),
+        path.display()
+    );
+    Ok(())
+}
+
+fn when(secs: Option<i64>) -> String {
+    secs.and_then(|s| time::OffsetDateTime::from_unix_timestamp(s).ok())
+        .and_then(|t| t.format(&time::format_description::well_known::Rfc3339).ok())
+        .unwrap_or_else(|| "-".into())
+}
+
+fn or_dash(v: Option<&str>) -> String {
+    v.filter(|s| !s.is_empty()).unwrap_or("-").to_string()
+}
+
+/// Rows under an upper-cased header, columns as wide as their widest cell.
+fn print_table(head: &[&str], rows: Vec<Vec<String>>) {
+    let mut widths: Vec<usize> = head.iter().map(|h| h.len()).collect();
+    for r in &rows {
+        for (w, c) in widths.iter_mut().zip(r) {
+            *w = (*w).max(c.chars().count());
+        }
+    }
+    let line = |cells: Vec<String>| {
+        let s: Vec<String> = cells.iter().zip(&widths).map(|(c, w)| format!("{c:<w$}")).collect();
+        println!("{}", s.join("  ").trim_end());
+    };
+    line(head.iter().map(|h| h.to_uppercase()).collect());
+    for r in rows {
+        line(r);
+    }
+}
+
+pub async fn devices(path: &Path, json: bool) -> Result<()> {
+    let list: Vec<DeviceView> = hub_session(path)?.get("/api/v1/devices").await?;
+    if json {
+        println!("{}", serde_json::to_string_pretty(&list)?);
+        return Ok(());
+    }
+    let rows = list
+        .into_iter()
+        .map(|d| {
+            let status =
+                if d.status == "online" { format!("online on {}", d.relays.join(",")) } else { "offline".into() };
+            vec![
+                d.id,
+                d.site,
+                status,
+                when(d.last_heartbeat.map(|h| h as i64)),
+                or_dash(d.agent_version.as_deref()),
+                d.consent,
+            ]
+        })
+        .collect();
+    print_table(&["device", "site", "status", "last heartbeat", "agent", "consent"], rows);
+    Ok(())
+}
+
+pub async fn sessions(path: &Path, json: bool, limit: u32) -> Result<()> {
+    let list: Vec<SessionRecord> = hub_session(path)?.get(&format!("/api/v1/sessions?limit={limit}")).await?;
+    if json {
+        println!("{}", serde_json::to_string_pretty(&list)?);
+        return Ok(());
+    }
+    let rows = list
+        .into_iter()
+        .map(|x| {
+            vec![
+                x.id,
+                x.specialist,
+                format!("{}/{}", x.device, x.service),
+                x.state,
+                when(Some(x.created_at)),
+                format!("{}↑ {}↓", x.bytes_to_device, x.bytes_to_client),
+                or_dash(x.end_reason.as_deref()),
+                or_dash(Some(&x.reason)),
+            ]
+        })
+        .collect();
+    print_table(&["session", "specialist", "device/service", "state", "started", "bytes", "ended", "reason"], rows);
+    Ok(())
+}
+
+pub async fn session(cmd: SessionCmd) -> Result<()> {
+    let SessionCmd::End { id, profile } = cmd;
+    let hub = hub_session(&super::profile_path(profile))?;
+    let _: SessionEnded = hub.post(&format!("/api/v1/sessions/{id}/end"), &()).await?;
+    println!("session {id} revoked; both relays close it within a second");
+    Ok(())
+}
+
+pub async fn audit(cmd: AuditCmd) -> Result<()> {
+    match cmd {
+        AuditCmd::Verify { file } => {
+            let n = crate::audit::verify(&file)?;
+            println!("{}: {n} records, chain intact", file.display());
+            Ok(())
+        }
+        AuditCmd::Export { since, profile, out } => audit_export(&super::profile_path(profile), &since, out).await,
+    }
+}
+
+async fn audit_export(path: &Path, since: &str, out: Option<PathBuf>) -> Result<()> {
+    let Some(t) = parse_since(since) else { bail!("--since: RFC 3339 time (2026-11-29T00:00:00Z) or unix seconds") };
+    let text = hub_session(path)?.text(&format!("/api/v1/audit?since={t}")).await?;
+    match out {
+        Some(p) => {
+            crate::tls::pki::write_file(&p, &text, true)?;
+            eprintln!("wrote {} records to {}", text.lines().count(), p.display());
+        }
+        None => std::io::stdout().write_all(text.as_bytes())?,
+    }
+    Ok(())
+}

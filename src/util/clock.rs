@@ -1,0 +1,12 @@
+//! The one wall clock: unix seconds and RFC 3339 text.
+use std::time::{SystemTime, UNIX_EPOCH};
+
+/// Unix seconds now.
+pub fn now_secs() -> u64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0)
+}
+
+/// The current time as RFC 3339 (UTC).
+pub fn now_rfc3339() -> String {
+    time::OffsetDateTime::now_utc().format(&time::format_description::well_known::Rfc3339).unwrap_or_default()
+}
