@@ -138,10 +138,10 @@ async fn open(state: Arc<State>, mut io: Io, peer: SocketAddr, signed: SignedGra
 
     // Ask the agent; it verifies the grant itself and may wait for on-site consent.
     let (tx, rx) = oneshot::channel();
-    state.decisions.insert(id, (attach_id, tx));
+    state.pairing().expect_decision(id, attach_id, tx);
     let request = Frame::AccessRequest { grant: signed, service: service.clone() };
     if agent_tx.send(request).await.is_err() {
-        state.decisions.remove(&id);
+        state.pairing().decide(id);
         return refuse(&state, &mut io, peer, Reason::NotAttached, "agent channel closed", Some((id, &grant.device)))
             .await;
     }
@@ -159,7 +159,7 @@ async fn open(state: Arc<State>, mut io: Io, peer: SocketAddr, signed: SignedGra
         },
         // The specialist gave up while waiting: withdraw the request.
         _ = io.read_frame() => {
-            state.decisions.remove(&id);
+            state.pairing().decide(id);
             let _ = agent_tx.try_send(Frame::SessionEnd { session: id, reason: Reason::ClientClosed, bytes_to_device: 0, bytes_to_client: 0 });
             state.audit.record("session_withdrawn", json!({"relay": state.cfg.name, "session": id.to_string(), "device": grant.device}));
             state.hub_ended(id, &grant.device, Reason::ClientClosed, 0, 0, 0);
@@ -167,7 +167,8 @@ async fn open(state: Arc<State>, mut io: Io, peer: SocketAddr, signed: SignedGra
         }
     };
     if let (Outcome::Refused, reason) = decision {
-        if state.decisions.remove(&id).is_some() {
+        let withdrawn = state.pairing().decide(id).is_some();
+        if withdrawn {
             // The relay gave up waiting: withdraw the request at the device too.
             let _ =
                 agent_tx.try_send(Frame::SessionEnd { session: id, reason, bytes_to_device: 0, bytes_to_client: 0 });
@@ -229,7 +230,7 @@ async fn control_loop(state: &State, mut io: Io, session: &Session) {
 /// ours or the twin's by replication.
 async fn resume_control(state: Arc<State>, mut io: Io, peer: SocketAddr, id: SessionId, mac: [u8; 32]) {
     tracing::Span::current().record("session", id.to_string());
-    let Some(session) = find_session(&state, id).await else {
+    let Some(session) = state.find_session(id).await else {
         return refuse(&state, &mut io, peer, Reason::UnknownSession, "no such live session", None).await;
     };
     if !proto::leg_mac_ok(&session.token, LegSide::Control, &id, 0, &mac) {
@@ -251,7 +252,7 @@ async fn join(state: Arc<State>, mut io: Io, peer: SocketAddr, id: SessionId, co
     let joined_at = Instant::now();
     tracing::Span::current().record("session", id.to_string());
     // A session the twin admitted pairs here too (the twin replicated it).
-    let Some(session) = find_session(&state, id).await else {
+    let Some(session) = state.find_session(id).await else {
         return refuse_join(resumes, &state, &mut io, peer, Reason::UnknownSession, "no such live session", None).await;
     };
     if !proto::leg_mac_ok(&session.token, LegSide::Client, &id, conn, &mac) {
@@ -282,9 +283,7 @@ async fn join(state: Arc<State>, mut io: Io, peer: SocketAddr, id: SessionId, co
     let agent_tx = state.agents.get(&session.device).map(|a| a.tx.clone());
     // The agent may be attached only to the twin: the request goes over the
     // twin link, and the data leg still comes here.
-    let via_twin = agent_tx.is_none()
-        && state.twin_in_up.load(Ordering::Relaxed)
-        && state.peer().attached.contains(&session.device);
+    let via_twin = agent_tx.is_none() && state.replica.link_up() && state.peer().attached.contains(&session.device);
     if agent_tx.is_none() && !via_twin {
         return refuse_join(
             resumes,
@@ -299,16 +298,16 @@ async fn join(state: Arc<State>, mut io: Io, peer: SocketAddr, id: SessionId, co
     }
     let (tx, rx) = oneshot::channel();
     let key: [u8; 32] = crate::random_bytes();
-    state.legs.insert((id, conn), (key, tx));
+    state.pairing().expect_leg(id, conn, key, tx);
     let asked = match &agent_tx {
         Some(tx) => tx.send(Frame::Open { session: id, conn, key, resumes, via: String::new() }).await.is_ok(),
         None => {
             let open = Frame::TwinOpen { session: id, conn, key, resumes, via: state.cfg.name.clone() };
-            state.twin_out.send(open).is_ok()
+            state.replica.request(open)
         }
     };
     if !asked {
-        state.legs.remove(&(id, conn));
+        state.pairing().withdraw_leg(id, conn);
         return refuse_join(
             resumes,
             &state,
@@ -329,7 +328,7 @@ async fn join(state: Arc<State>, mut io: Io, peer: SocketAddr, id: SessionId, co
         },
         _ = session.end.cancelled() => LegEvent::Failed(session.reason()),
     };
-    state.legs.remove(&(id, conn));
+    state.pairing().withdraw_leg(id, conn);
     let (leg, leg_prefix) = match event {
         LegEvent::Leg(leg, prefix) => (leg, prefix),
         LegEvent::Failed(reason) => {
@@ -370,23 +369,4 @@ async fn join(state: Arc<State>, mut io: Io, peer: SocketAddr, id: SessionId, co
     };
     metrics::RELAY_TUNNELS_ACTIVE.dec();
     tracing::debug!(conn, ?result, "tunnel closed");
-}
-
-/// How long a join for an unknown session waits for the twin's replication
-/// (the join can overtake the fact that announces its session by milliseconds).
-const REPLICATION_GRACE: Duration = Duration::from_millis(500);
-
-/// A live session: ours, or the twin's (adopted), waiting briefly for
-/// replication while the twin link is up.
-async fn find_session(state: &State, id: SessionId) -> Option<Arc<Session>> {
-    let deadline = Instant::now() + REPLICATION_GRACE;
-    loop {
-        if let Some(s) = state.sessions.get(&id).map(|s| s.clone()).or_else(|| state.adopt(id)) {
-            return Some(s);
-        }
-        if !state.twin_in_up.load(Ordering::Relaxed) || Instant::now() >= deadline {
-            return None;
-        }
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
 }

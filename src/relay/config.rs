@@ -4,6 +4,8 @@ use std::path::{Path, PathBuf};
 
 use serde::Deserialize;
 
+pub use crate::twin::TwinConfig;
+
 use crate::config::{ConfigFile, must_exist, resolve};
 
 /// Everything a relay needs; see `tether dev init` for a generated example.
@@ -64,21 +66,6 @@ pub struct HubLink {
 
 fn default_report_ms() -> u64 {
     250
-}
-
-/// The twin link (17003): mTLS with relay certificates, ALPN `tether-twin/1`.
-#[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct TwinConfig {
-    /// The twin's name; its certificate's common name must match.
-    pub name: String,
-    /// Where to dial the twin's link listener.
-    pub addr: String,
-    /// Name to verify in the twin's certificate; defaults to `name`.
-    #[serde(default)]
-    pub server_name: Option<String>,
-    /// Where this relay listens for its twin.
-    pub listen: SocketAddr,
 }
 
 /// Timeouts and caps; defaults suit production.

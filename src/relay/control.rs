@@ -214,20 +214,25 @@ async fn on_frame(
             }
         }
         Frame::Decision { session, outcome, reason } => {
-            if let Some((_, (_, tx))) = state.decisions.remove(&session) {
+            let waiter = state.pairing().decide(session);
+            if let Some(tx) = waiter {
                 let _ = tx.send((outcome, reason));
             }
         }
         Frame::OpenFailed { session, conn, reason } => {
-            if let Some((_, (_, tx))) = state.legs.remove(&(session, conn)) {
+            let waiter = state.pairing().withdraw_leg(session, conn);
+            if let Some(tx) = waiter {
                 let _ = tx.send(LegEvent::Failed(reason));
             }
         }
         Frame::SessionEnd { session, reason, .. } => {
             if state.sessions.get(&session).is_some_and(|s| s.device == device) {
                 state.end_session(session, reason, false);
-            } else if let Some((_, (_, tx))) = state.decisions.remove(&session) {
-                let _ = tx.send((proto::Outcome::Refused, reason));
+            } else {
+                let waiter = state.pairing().decide(session);
+                if let Some(tx) = waiter {
+                    let _ = tx.send((proto::Outcome::Refused, reason));
+                }
             }
         }
         Frame::Resumed { session, conn, pause_ms, retransmitted } => {

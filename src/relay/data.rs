@@ -8,10 +8,11 @@ use std::time::Duration;
 use serde_json::json;
 
 use super::Accepted;
+use super::pairing::LegContext;
 use super::state::{LegEvent, State};
 use crate::leg::Leg;
 use crate::metrics;
-use crate::proto::{self, Frame, FrameIo, LegSide, Reason};
+use crate::proto::{self, Frame, FrameIo, Reason};
 use crate::tls;
 
 const LISTENER: &str = "data";
@@ -75,36 +76,18 @@ pub async fn serve(state: Arc<State>, accepted: Accepted, peer: SocketAddr) {
     tracing::Span::current().record("session", session.to_string());
 
     let owner = state.sessions.get(&session).map(|s| s.device.clone());
-    let wrong_device = matches!((&owner, &device), (Some(o), Some(d)) if o != d);
-    let waiter = if wrong_device {
-        None
-    } else {
-        state
-            .legs
-            .remove_if(&(session, conn), |_, (key, _)| proto::leg_mac_ok(key, LegSide::Device, &session, conn, &mac))
-    };
-    match waiter {
-        Some((_, (_, tx))) => {
+    let joined = || state.sessions.get(&session).is_some_and(|s| s.joined.lock().is_ok_and(|j| j.contains(&conn)));
+    let ctx = LegContext { owner: owner.as_deref(), device: device.as_deref(), joined: joined() };
+    let offered = state.pairing().offer_leg(session, conn, &mac, ctx);
+    match offered {
+        Ok(tx) => {
             let (stream, prefix) = io.into_parts();
             if let Err(LegEvent::Leg(..)) = tx.send(LegEvent::Leg(stream, prefix)) {
                 // The join gave up (timeout) just now; the leg is dropped.
                 metrics::RELAY_LEG_REFUSALS.with_label_values(&["join_gone"]).inc();
             }
         }
-        None => {
-            let joined =
-                || state.sessions.get(&session).is_some_and(|s| s.joined.lock().is_ok_and(|j| j.contains(&conn)));
-            let reason = if wrong_device {
-                Reason::DeviceMismatch
-            } else if owner.is_none() {
-                Reason::UnknownSession
-            } else if state.legs.contains_key(&(session, conn)) {
-                Reason::BadToken
-            } else if joined() {
-                Reason::AlreadyPaired
-            } else {
-                Reason::UnknownSession
-            };
+        Err(reason) => {
             let f = refuse(reason, format!("session {session} conn {conn}"));
             let _ = io.write_frame(&f).await;
         }

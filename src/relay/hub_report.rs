@@ -125,7 +125,8 @@ fn apply(state: &State, answer: ReportAnswer) {
         } else if fresh {
             state.audit.record("grant_revoked", json!({"relay": state.cfg.name, "session": r.session}));
         }
-        if let Some((_, (_, tx))) = state.decisions.remove(&id) {
+        let waiter = state.pairing().decide(id);
+        if let Some(tx) = waiter {
             let _ = tx.send((crate::proto::Outcome::Refused, Reason::Revoked));
         }
     }

@@ -10,6 +10,7 @@ pub mod config;
 mod control;
 mod data;
 mod hub_report;
+mod pairing;
 mod session;
 mod state;
 
@@ -127,8 +128,17 @@ pub async fn run_with_taps(
     tracker.spawn(accept_loop("client", listeners.client, client_tls, raw, state.clone(), client::serve));
     tracker.spawn(admin::serve(listeners.admin, state.clone()));
     tracker.spawn(hub_report::run(state.clone()));
-    if let (Some(listener), Some(_)) = (listeners.twin, state.cfg.twin.as_ref()) {
-        crate::twin::link::start(state.clone(), listener)?;
+    if let (Some(listener), Some(twin)) = (listeners.twin, state.cfg.twin.clone()) {
+        let cfg = crate::twin::LinkConfig {
+            me: state.cfg.name.clone(),
+            twin,
+            ca: state.cfg.ca.clone(),
+            cert: state.cfg.cert.clone(),
+            key: state.cfg.key.clone(),
+            handshake_timeout: Duration::from_millis(state.cfg.limits.handshake_timeout_ms),
+        };
+        let host: Arc<dyn crate::twin::TwinHost> = state.clone();
+        crate::twin::link::start(state.replica.clone(), host, cfg, listener, &state.tracker, state.drain.clone())?;
     }
 
     shutdown.cancelled().await;
@@ -238,7 +248,7 @@ async fn accept_loop<F, Fut>(
 async fn drain(state: &State) {
     if state.cfg.twin.is_some() {
         let t0 = std::time::Instant::now();
-        while state.twin_lag.load(Ordering::Relaxed) > 0 && t0.elapsed() < Duration::from_secs(2) {
+        while state.replica.lag() > 0 && t0.elapsed() < Duration::from_secs(2) {
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
         let sessions = state.sessions.len();

@@ -6,18 +6,19 @@ use std::sync::{Arc, Mutex};
 use bytes::Bytes;
 use dashmap::DashMap;
 use serde_json::json;
-use tokio::sync::{Semaphore, broadcast, mpsc, oneshot};
+use tokio::sync::{Semaphore, mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use super::RelayConfig;
+use super::pairing::Pairing;
 use super::session::Session;
 use crate::audit::AuditLog;
 use crate::leg::Leg;
 use crate::metrics;
 use crate::proto::twin::Fact;
 use crate::proto::{Frame, GrantVerifier, Outcome, Reason, SessionId};
-use crate::twin::PeerView;
+use crate::twin::{PeerView, Replica, TwinHost};
 use crate::util::{ReplaySet, lock};
 
 /// A live agent control channel.
@@ -45,6 +46,13 @@ pub struct HubOutbox {
 /// audit log keeps them all).
 const HUB_OUTBOX_CAP: usize = 100_000;
 
+/// How long a join for an unknown session waits for the twin's replication
+/// (the join can overtake the fact that announces its session by milliseconds).
+pub const REPLICATION_GRACE: std::time::Duration = std::time::Duration::from_millis(500);
+
+/// The relay's pairing table: joins wake with a leg, requests with the device's decision.
+pub type RelayPairing = Pairing<oneshot::Sender<LegEvent>, oneshot::Sender<(Outcome, Reason)>>;
+
 /// What a client join waits for.
 pub enum LegEvent {
     Leg(Leg, Bytes),
@@ -59,9 +67,8 @@ pub struct State {
     pub sessions: DashMap<SessionId, Arc<Session>>,
     /// Session ids already used, with the grant's expiry (purged after it).
     consumed: Mutex<ReplaySet<SessionId>>,
-    pub decisions: DashMap<SessionId, (u64, oneshot::Sender<(Outcome, Reason)>)>,
-    /// Joins waiting for their data leg, with the one-time key its MAC uses.
-    pub legs: DashMap<(SessionId, u32), ([u8; 32], oneshot::Sender<LegEvent>)>,
+    /// Joins waiting for their data leg, requests waiting for the device's decision.
+    pairing: Mutex<RelayPairing>,
     pub ready: AtomicBool,
     pub shutdown: CancellationToken,
     pub tracker: TaskTracker,
@@ -69,20 +76,11 @@ pub struct State {
     pub hs_limit: Arc<Semaphore>,
     pub taps: super::Taps,
     next_attach: AtomicU64,
-    /// Facts this relay is the authority for, streamed to the twin.
-    pub facts: broadcast::Sender<Fact>,
-    /// What the twin holds, as it told us.
-    pub peer: Mutex<PeerView>,
-    /// The twin's facts are flowing to us.
-    pub twin_in_up: AtomicBool,
-    /// Facts sent to the twin and not yet acknowledged.
-    pub twin_lag: AtomicU64,
+    /// Replication with the twin: its view, our facts, requests for it.
+    pub replica: Arc<Replica>,
     /// Cancelled when the relay lets go of its connections: at the end of a
     /// drain (sessions go on at the twin) or of a shutdown without twin.
     pub drain: CancellationToken,
-    /// Requests for the twin (not facts): `TwinOpen`.
-    pub twin_out: mpsc::UnboundedSender<Frame>,
-    pub twin_out_rx: Mutex<Option<mpsc::UnboundedReceiver<Frame>>>,
     pub hub_out: Mutex<HubOutbox>,
 }
 
@@ -93,7 +91,6 @@ impl State {
         taps: super::Taps,
     ) -> Result<Arc<State>, super::RelayError> {
         let grants = crate::tls::pki::load_grant_verifier(&cfg.grant_public_key)?;
-        let (twin_out, twin_out_rx) = mpsc::unbounded_channel();
         let audit = AuditLog::open(&cfg.audit_log)?;
         Ok(Arc::new(State {
             grants,
@@ -101,8 +98,7 @@ impl State {
             agents: DashMap::new(),
             sessions: DashMap::new(),
             consumed: Mutex::new(ReplaySet::default()),
-            decisions: DashMap::new(),
-            legs: DashMap::new(),
+            pairing: Mutex::new(Pairing::default()),
             ready: AtomicBool::new(true),
             shutdown,
             tracker: TaskTracker::new(),
@@ -110,16 +106,16 @@ impl State {
             hs_limit: Arc::new(Semaphore::new(cfg.limits.max_handshakes)),
             next_attach: AtomicU64::new(1),
             taps,
-            facts: broadcast::channel(8192).0,
-            peer: Mutex::new(PeerView::default()),
-            twin_in_up: AtomicBool::new(false),
-            twin_lag: AtomicU64::new(0),
+            replica: Arc::new(Replica::default()),
             drain: CancellationToken::new(),
-            twin_out,
-            twin_out_rx: Mutex::new(Some(twin_out_rx)),
             hub_out: Mutex::new(HubOutbox { agents_changed: true, ..HubOutbox::default() }),
             cfg,
         }))
+    }
+
+    /// The pairing table (held only between statements, never across an await).
+    pub fn pairing(&self) -> std::sync::MutexGuard<'_, RelayPairing> {
+        lock(&self.pairing)
     }
 
     pub fn next_attach_id(&self) -> u64 {
@@ -165,7 +161,7 @@ impl State {
     /// Streams a fact to the twin (dropped when no link is up; the next
     /// link starts with a snapshot).
     pub fn publish(&self, fact: Fact) {
-        let _ = self.facts.send(fact);
+        self.replica.publish(fact);
     }
 
     pub fn hub_out(&self) -> std::sync::MutexGuard<'_, HubOutbox> {
@@ -203,7 +199,7 @@ impl State {
     }
 
     pub fn peer(&self) -> std::sync::MutexGuard<'_, PeerView> {
-        lock(&self.peer)
+        self.replica.peer()
     }
 
     /// Session ids used here (for the twin's snapshot).
@@ -276,11 +272,30 @@ impl State {
         }
     }
 
+    /// A live session: ours, or the twin's (adopted). While the twin link is up,
+    /// waits for replication to announce it, woken by each change of the twin's
+    /// view (no polling), for at most [`REPLICATION_GRACE`].
+    pub async fn find_session(&self, id: SessionId) -> Option<Arc<Session>> {
+        let deadline = tokio::time::Instant::now() + REPLICATION_GRACE;
+        loop {
+            let changed = self.replica.changed();
+            tokio::pin!(changed);
+            // Registered before looking, so a change between the look and the wait is not missed.
+            changed.as_mut().enable();
+            if let Some(s) = self.sessions.get(&id).map(|s| s.clone()).or_else(|| self.adopt(id)) {
+                return Some(s);
+            }
+            if !self.replica.link_up() || tokio::time::timeout_at(deadline, changed).await.is_err() {
+                return None;
+            }
+        }
+    }
+
     /// Ends every session admitted through a control channel that is gone.
     pub fn agent_gone(&self, device: &str, attach_id: u64) {
         if self.drain.is_cancelled() && self.cfg.twin.is_some() {
             // Drained: the sessions go on at the twin.
-            self.decisions.retain(|_, (a, _)| *a != attach_id);
+            self.pairing().channel_gone(attach_id);
             return;
         }
         let ids: Vec<SessionId> =
@@ -290,6 +305,39 @@ impl State {
         for id in ids {
             self.end_session(id, reason, false);
         }
-        self.decisions.retain(|_, (a, _)| *a != attach_id);
+        self.pairing().channel_gone(attach_id);
+    }
+}
+
+/// What the twin link asks of this relay.
+impl TwinHost for State {
+    fn own_facts(&self) -> Vec<Fact> {
+        State::own_facts(self)
+    }
+
+    fn twin_open(&self, open: Frame) {
+        let Frame::TwinOpen { session, conn, key, resumes, via } = open else { return };
+        let device = self
+            .sessions
+            .get(&session)
+            .map(|s| s.device.clone())
+            .or_else(|| self.peer().sessions.get(&session).map(|s| s.device.clone()));
+        if let Some(tx) = device.and_then(|d| self.agents.get(&d).map(|a| a.tx.clone())) {
+            let _ = tx.try_send(Frame::Open { session, conn, key, resumes, via });
+        }
+    }
+
+    fn twin_ended(&self, session: SessionId, reason: Reason) {
+        // Tell the device too if it is attached here (it may be attached only
+        // to us); ending twice is harmless.
+        self.end_session(session, reason, true);
+    }
+
+    fn refused(&self, peer: SocketAddr, reason: &str, detail: &str) {
+        self.handshake_failed("twin", peer, reason, detail);
+    }
+
+    fn audit(&self, event: &str, fields: serde_json::Value) {
+        self.audit.record(event, fields);
     }
 }

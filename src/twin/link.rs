@@ -11,13 +11,14 @@ use serde_json::json;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::broadcast;
 use tokio_rustls::{TlsAcceptor, TlsConnector};
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
 
-use super::Outbox;
+use super::{LinkConfig, Outbox, Replica, TwinHost};
 use crate::metrics;
 use crate::proto::twin::Fact;
 use crate::proto::{Frame, FrameIo, FrameIoError, Reason, VERSION, check_version};
-use crate::relay::{RelayError, State, TwinConfig};
-use crate::tls::{self, Identity};
+use crate::tls::{self, Identity, TlsError};
 use crate::util::Backoff;
 
 /// ALPN of the twin link.
@@ -31,51 +32,67 @@ const HEARTBEAT: Duration = Duration::from_secs(1);
 const LINK_DEAD_AFTER: Duration = Duration::from_secs(3);
 const BACKOFF_CAP: Duration = Duration::from_secs(2);
 
-/// Starts both halves of the link: accepting the twin's facts, and sending ours.
-pub fn start(state: Arc<State>, listener: TcpListener) -> Result<(), RelayError> {
-    let Some(twin) = state.cfg.twin.clone() else { return Ok(()) };
-    let id = Identity { ca: &state.cfg.ca, cert: &state.cfg.cert, key: &state.cfg.key };
+/// Everything both halves of the link share.
+struct Link {
+    replica: Arc<Replica>,
+    host: Arc<dyn TwinHost>,
+    cfg: LinkConfig,
+    /// Cancelled when the relay lets go of its connections.
+    stop: CancellationToken,
+}
+
+/// Starts both halves of the link: accepting the twin's facts, and sending
+/// ours. Tasks run on `tracker` until `stop`.
+pub fn start(
+    replica: Arc<Replica>,
+    host: Arc<dyn TwinHost>,
+    cfg: LinkConfig,
+    listener: TcpListener,
+    tracker: &TaskTracker,
+    stop: CancellationToken,
+) -> Result<(), TlsError> {
+    let id = Identity { ca: &cfg.ca, cert: &cfg.cert, key: &cfg.key };
     let acceptor = TlsAcceptor::from(tls::server_config(&id, true, None, ALPN_TWIN)?);
-    let connector =
-        TlsConnector::from(tls::client_config(&state.cfg.ca, Some((&state.cfg.cert, &state.cfg.key)), ALPN_TWIN)?);
+    let connector = TlsConnector::from(tls::client_config(&cfg.ca, Some((&cfg.cert, &cfg.key)), ALPN_TWIN)?);
     metrics::TWIN_LINK_UP.with_label_values(&["in"]).set(0);
     metrics::TWIN_LINK_UP.with_label_values(&["out"]).set(0);
-    state.tracker.spawn(accept_loop(state.clone(), listener, acceptor, twin.clone()));
-    state.tracker.spawn(send_loop(state.clone(), connector, twin));
+    let link = Arc::new(Link { replica, host, cfg, stop });
+    tracker.spawn(accept_loop(link.clone(), listener, acceptor, tracker.clone()));
+    tracker.spawn(send_loop(link, connector));
     Ok(())
 }
 
-async fn accept_loop(state: Arc<State>, listener: TcpListener, acceptor: TlsAcceptor, twin: TwinConfig) {
+async fn accept_loop(link: Arc<Link>, listener: TcpListener, acceptor: TlsAcceptor, tracker: TaskTracker) {
     loop {
         let (tcp, peer) = tokio::select! {
-            _ = state.drain.cancelled() => return,
+            _ = link.stop.cancelled() => return,
             r = listener.accept() => match r {
                 Ok(x) => x,
                 Err(_) => { tokio::time::sleep(Duration::from_millis(100)).await; continue; }
             },
         };
-        let (state, acceptor, twin) = (state.clone(), acceptor.clone(), twin.clone());
-        state.tracker.clone().spawn(async move {
-            let why = receive(&state, tcp, peer, &acceptor, &twin).await;
+        let (link, acceptor) = (link.clone(), acceptor.clone());
+        tracker.spawn(async move {
+            let why = receive(&link, tcp, peer, &acceptor).await;
             metrics::TWIN_LINK_UP.with_label_values(&["in"]).set(0);
-            state.twin_in_up.store(false, std::sync::atomic::Ordering::Relaxed);
-            state.peer().link_lost();
-            tracing::info!(twin = %twin.name, %why, "twin link (in) closed");
+            link.replica.set_in_up(false);
+            tracing::info!(twin = %link.cfg.twin.name, %why, "twin link (in) closed");
         });
     }
 }
 
 /// Receives the twin's facts until the connection ends; returns why it ended.
-async fn receive(state: &State, tcp: TcpStream, peer: SocketAddr, acceptor: &TlsAcceptor, twin: &TwinConfig) -> String {
-    let timeout = Duration::from_millis(state.cfg.limits.handshake_timeout_ms);
+async fn receive(link: &Link, tcp: TcpStream, peer: SocketAddr, acceptor: &TlsAcceptor) -> String {
+    let (twin, host, replica) = (&link.cfg.twin, &link.host, &link.replica);
+    let timeout = link.cfg.handshake_timeout;
     let tls = match tokio::time::timeout(timeout, acceptor.accept(tcp)).await {
         Ok(Ok(t)) => t,
         Ok(Err(e)) => {
-            state.handshake_failed("twin", peer, tls::handshake_failure_label(&e), &e.to_string());
+            host.refused(peer, tls::handshake_failure_label(&e), &e.to_string());
             return "handshake failed".into();
         }
         Err(_) => {
-            state.handshake_failed("twin", peer, "timeout", "handshake timed out");
+            host.refused(peer, "timeout", "handshake timed out");
             return "handshake timed out".into();
         }
     };
@@ -83,7 +100,7 @@ async fn receive(state: &State, tcp: TcpStream, peer: SocketAddr, acceptor: &Tls
     let mut io = FrameIo::new(tls);
     if name.as_deref() != Some(twin.name.as_str()) {
         let detail = format!("certificate names {name:?}, the twin is {}", twin.name);
-        state.handshake_failed("twin", peer, "not_the_twin", &detail);
+        host.refused(peer, "not_the_twin", &detail);
         let _ = io.write_frame(&Frame::Error { reason: Reason::DeviceMismatch, message: detail }).await;
         return "not the twin".into();
     }
@@ -91,43 +108,34 @@ async fn receive(state: &State, tcp: TcpStream, peer: SocketAddr, acceptor: &Tls
         Ok(Ok(Frame::TwinHello { version, .. })) if check_version(version).is_ok() => {}
         other => {
             let detail = format!("bad twin hello: {other:?}");
-            state.handshake_failed("twin", peer, "bad_hello", &detail);
+            host.refused(peer, "bad_hello", &detail);
             let _ = io.write_frame(&Frame::error(Reason::BadFrame)).await;
             return detail;
         }
     }
     metrics::TWIN_LINK_UP.with_label_values(&["in"]).set(1);
-    state.twin_in_up.store(true, std::sync::atomic::Ordering::Relaxed);
-    state.audit.record("twin_link_up", json!({"relay": state.cfg.name, "twin": twin.name, "direction": "in"}));
+    replica.set_in_up(true);
+    host.audit("twin_link_up", json!({"relay": link.cfg.me, "twin": twin.name, "direction": "in"}));
     loop {
         let frame = tokio::select! {
-            _ = state.drain.cancelled() => return "drained".into(),
+            _ = link.stop.cancelled() => return "drained".into(),
             f = tokio::time::timeout(LINK_DEAD_AFTER, io.read_frame()) => match f {
                 Ok(f) => f,
                 Err(_) => return format!("twin silent for {LINK_DEAD_AFTER:?}"),
             },
         };
         match frame {
-            Ok(Frame::TwinSnapshot) => state.peer().snapshot_begin(),
+            Ok(Frame::TwinSnapshot) => replica.snapshot_begin(),
             Ok(Frame::TwinSnapshotEnd { seq }) => {
                 // A twin that restarted knows less than before; sessions we
                 // carry stay until someone ends them.
-                state.peer().snapshot_end();
+                replica.snapshot_end();
                 if io.write_frame(&Frame::TwinAck { seq }).await.is_err() {
                     return "ack failed".into();
                 }
             }
-            Ok(Frame::TwinOpen { session, conn, key, resumes, via }) => {
-                // Relay the twin's request to the agent attached here.
-                let device = state
-                    .sessions
-                    .get(&session)
-                    .map(|s| s.device.clone())
-                    .or_else(|| state.peer().sessions.get(&session).map(|s| s.device.clone()));
-                if let Some(tx) = device.and_then(|d| state.agents.get(&d).map(|a| a.tx.clone())) {
-                    let _ = tx.try_send(Frame::Open { session, conn, key, resumes, via });
-                }
-            }
+            // Relay the twin's request to the agent attached here.
+            Ok(open @ Frame::TwinOpen { .. }) => host.twin_open(open),
             Ok(Frame::Heartbeat { seq }) => {
                 if io.write_frame(&Frame::Heartbeat { seq }).await.is_err() {
                     return "heartbeat reply failed".into();
@@ -139,13 +147,10 @@ async fn receive(state: &State, tcp: TcpStream, peer: SocketAddr, acceptor: &Tls
                     Fact::SessionDown { session, reason } => Some((*session, *reason)),
                     _ => None,
                 };
-                state.peer().apply(fact);
-                // The twin ended a session we hold too: end our copy (the
-                // device was told by the twin).
+                replica.apply(fact);
+                // The twin ended a session we hold too: end our copy.
                 if let Some((id, reason)) = ended {
-                    // Tell the device too if it is attached here (it may be
-                    // attached only to us); ending twice is harmless.
-                    state.end_session(id, reason, true);
+                    host.twin_ended(id, reason);
                 }
                 if io.write_frame(&Frame::TwinAck { seq }).await.is_err() {
                     return "ack failed".into();
@@ -158,23 +163,21 @@ async fn receive(state: &State, tcp: TcpStream, peer: SocketAddr, acceptor: &Tls
     }
 }
 
-async fn send_loop(state: Arc<State>, connector: TlsConnector, twin: TwinConfig) {
+async fn send_loop(link: Arc<Link>, connector: TlsConnector) {
     let mut backoff = Backoff::new(BACKOFF_START, BACKOFF_CAP);
-    let mut out_requests = state.twin_out_rx.lock().ok().and_then(|mut r| r.take());
+    let Some(mut requests) = link.replica.take_requests() else { return };
     loop {
         // Subscribe before the snapshot: facts may overlap it, never go missing.
-        let rx = state.facts.subscribe();
-        let Some(mut requests) = out_requests.take() else { return };
+        let rx = link.replica.subscribe();
         let started = Instant::now();
-        let why = send(&state, &connector, &twin, rx, &mut requests).await;
-        out_requests = Some(requests);
+        let why = send(&link, &connector, rx, &mut requests).await;
         metrics::TWIN_LINK_UP.with_label_values(&["out"]).set(0);
-        tracing::info!(twin = %twin.name, %why, "twin link (out) closed");
+        tracing::info!(twin = %link.cfg.twin.name, %why, "twin link (out) closed");
         if started.elapsed() > Duration::from_secs(10) {
             backoff.reset();
         }
         tokio::select! {
-            _ = state.drain.cancelled() => return,
+            _ = link.stop.cancelled() => return,
             _ = tokio::time::sleep(backoff.next_pause()) => {}
         }
     }
@@ -182,12 +185,12 @@ async fn send_loop(state: Arc<State>, connector: TlsConnector, twin: TwinConfig)
 
 /// Sends a snapshot and then every new fact until the connection ends.
 async fn send(
-    state: &State,
+    link: &Link,
     connector: &TlsConnector,
-    twin: &TwinConfig,
     mut rx: broadcast::Receiver<Fact>,
     requests: &mut tokio::sync::mpsc::UnboundedReceiver<Frame>,
 ) -> String {
+    let twin = &link.cfg.twin;
     let name = match tls::server_name(twin.server_name.as_deref().unwrap_or(&twin.name)) {
         Ok(n) => n,
         Err(e) => return e.to_string(),
@@ -204,11 +207,11 @@ async fn send(
     };
     let mut io = FrameIo::new(tls);
     let mut outbox = Outbox::default();
-    let hello = Frame::TwinHello { version: VERSION, relay: state.cfg.name.clone() };
+    let hello = Frame::TwinHello { version: VERSION, relay: link.cfg.me.clone() };
     if io.write_frame(&hello).await.is_err() || io.write_frame(&Frame::TwinSnapshot).await.is_err() {
         return "write failed".into();
     }
-    for fact in state.own_facts() {
+    for fact in link.host.own_facts() {
         if io.write_frame(&Frame::TwinFact { seq: 0, fact }).await.is_err() {
             return "write failed".into();
         }
@@ -218,13 +221,13 @@ async fn send(
         return "write failed".into();
     }
     metrics::TWIN_LINK_UP.with_label_values(&["out"]).set(1);
-    state.audit.record("twin_link_up", json!({"relay": state.cfg.name, "twin": twin.name, "direction": "out"}));
+    link.host.audit("twin_link_up", json!({"relay": link.cfg.me, "twin": twin.name, "direction": "out"}));
     let mut tick = tokio::time::interval(HEARTBEAT);
     let mut last_heard = Instant::now();
     let mut beat = 0u64;
     loop {
         tokio::select! {
-            _ = state.drain.cancelled() => return "drained".into(),
+            _ = link.stop.cancelled() => return "drained".into(),
             f = rx.recv() => match f {
                 Ok(fact) => {
                     let seq = outbox.stamp(Instant::now());
@@ -261,7 +264,7 @@ async fn send(
             }
         }
         let (events, age) = outbox.lag(Instant::now());
-        state.twin_lag.store(events as u64, std::sync::atomic::Ordering::Relaxed);
+        link.replica.set_lag(events as u64);
         metrics::TWIN_LAG_EVENTS.set(events as i64);
         metrics::TWIN_LAG_SECONDS.set(age.as_secs_f64());
     }

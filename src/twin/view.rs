@@ -1,0 +1,167 @@
+//! The replication state without I/O: what the twin holds ([`PeerView`]) and
+//! what we sent it and it has not acknowledged ([`Outbox`]).
+use std::collections::{HashMap, HashSet, VecDeque};
+use std::time::{Duration, Instant};
+
+use crate::proto::SessionId;
+use crate::proto::twin::{Fact, SessionFact};
+
+/// What the twin has told us it holds.
+#[derive(Debug, Default)]
+pub struct PeerView {
+    pub sessions: HashMap<SessionId, SessionFact>,
+    /// Session ids the twin has seen used, with the grant's expiry.
+    pub consumed: HashMap<SessionId, u64>,
+    pub attached: HashSet<String>,
+    /// Facts being collected for a snapshot in progress.
+    pending: Option<Vec<Fact>>,
+}
+
+impl PeerView {
+    /// Applies one fact. Idempotent.
+    pub fn apply(&mut self, fact: Fact) {
+        if let Some(p) = self.pending.as_mut() {
+            p.push(fact);
+            return;
+        }
+        match fact {
+            Fact::SessionUp(s) => {
+                self.sessions.insert(s.session, s);
+            }
+            Fact::SessionDown { session, .. } => {
+                self.sessions.remove(&session);
+            }
+            Fact::Consumed { session, expires_at } => {
+                self.consumed.insert(session, expires_at);
+            }
+            Fact::Attached { device } => {
+                self.attached.insert(device);
+            }
+            Fact::Detached { device } => {
+                self.attached.remove(&device);
+            }
+        }
+    }
+
+    /// A snapshot begins: collect until [`Self::snapshot_end`], then replace.
+    pub fn snapshot_begin(&mut self) {
+        self.pending = Some(Vec::new());
+    }
+
+    /// The snapshot is complete: it replaces everything we held of the twin.
+    pub fn snapshot_end(&mut self) {
+        let facts = self.pending.take().unwrap_or_default();
+        *self = PeerView::default();
+        for f in facts {
+            self.apply(f);
+        }
+    }
+
+    /// The link is down: forget nothing (the twin may still be serving), but
+    /// drop a half-received snapshot.
+    pub fn link_lost(&mut self) {
+        self.pending = None;
+    }
+
+    /// Drops consumed ids whose grants have expired.
+    pub fn purge(&mut self, now_secs: u64) {
+        self.consumed.retain(|_, exp| *exp > now_secs);
+    }
+}
+
+/// Our side of the stream: numbers facts, remembers what the twin has not
+/// acknowledged, and measures replication lag.
+#[derive(Debug, Default)]
+pub struct Outbox {
+    next_seq: u64,
+    unacked: VecDeque<(u64, Instant)>,
+}
+
+impl Outbox {
+    /// Numbers a fact about to be sent.
+    pub fn stamp(&mut self, now: Instant) -> u64 {
+        self.next_seq += 1;
+        self.unacked.push_back((self.next_seq, now));
+        self.next_seq
+    }
+
+    /// The twin applied everything up to `seq`.
+    pub fn on_ack(&mut self, seq: u64) {
+        while self.unacked.front().is_some_and(|(s, _)| *s <= seq) {
+            self.unacked.pop_front();
+        }
+    }
+
+    /// The link restarted: nothing is in flight any more (a snapshot follows).
+    pub fn reset(&mut self) {
+        self.unacked.clear();
+    }
+
+    /// Replication lag: facts not yet acknowledged, and the age of the oldest.
+    pub fn lag(&self, now: Instant) -> (usize, Duration) {
+        let age = self.unacked.front().map(|(_, t)| now.saturating_duration_since(*t)).unwrap_or_default();
+        (self.unacked.len(), age)
+    }
+
+    pub fn last_seq(&self) -> u64 {
+        self.next_seq
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::proto::Reason;
+
+    fn up(n: u8) -> Fact {
+        Fact::SessionUp(SessionFact {
+            session: SessionId([n; 16]),
+            device: format!("d{n}"),
+            service: "ssh".into(),
+            specialist: "alice".into(),
+            role: "engineer".into(),
+            client: "127.0.0.1:1".into(),
+            token: [n; 32],
+            started_at: 1,
+        })
+    }
+
+    #[test]
+    fn facts_are_idempotent_and_snapshots_replace() {
+        let mut v = PeerView::default();
+        for f in [up(1), up(1), up(2), Fact::Consumed { session: SessionId([9; 16]), expires_at: 50 }] {
+            v.apply(f);
+        }
+        v.apply(Fact::SessionDown { session: SessionId([2; 16]), reason: Reason::ClientClosed });
+        v.apply(Fact::SessionDown { session: SessionId([2; 16]), reason: Reason::ClientClosed });
+        assert_eq!(v.sessions.len(), 1);
+        assert!(v.consumed.contains_key(&SessionId([9; 16])));
+
+        // A snapshot overlapping the stream that follows it converges.
+        v.snapshot_begin();
+        v.apply(up(3));
+        assert!(v.sessions.contains_key(&SessionId([1; 16])), "old view kept until the snapshot is whole");
+        v.snapshot_end();
+        v.apply(up(3));
+        v.apply(Fact::Attached { device: "d3".into() });
+        assert_eq!(v.sessions.keys().copied().collect::<Vec<_>>(), vec![SessionId([3; 16])]);
+        assert!(v.attached.contains("d3"));
+        v.purge(100);
+        assert!(v.consumed.is_empty());
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn lag_counts_unacknowledged_facts_and_their_age() {
+        let mut o = Outbox::default();
+        let t0 = tokio::time::Instant::now().into_std();
+        let a = o.stamp(t0);
+        tokio::time::advance(Duration::from_millis(300)).await;
+        let b = o.stamp(tokio::time::Instant::now().into_std());
+        let now = tokio::time::Instant::now().into_std();
+        assert_eq!(o.lag(now), (2, Duration::from_millis(300)));
+        o.on_ack(a);
+        assert_eq!(o.lag(now), (1, Duration::ZERO));
+        o.on_ack(b);
+        assert_eq!(o.lag(now).0, 0);
+    }
+}
