@@ -8,6 +8,7 @@ mod frame;
 pub mod grant;
 mod io;
 mod reason;
+pub mod stream;
 pub mod twin;
 pub mod wire;
 

@@ -9,31 +9,24 @@
 //! exported from the end-to-end TLS session, and resumes from the peer's last
 //! received byte. The applications see a pause, not an error.
 //!
-//! Wire, inside a leg: `u8 type` then `DATA seq:u64 len:u32 bytes`,
-//! `ACK upto:u64` (bytes *delivered*; `fin+1` confirms the FIN), `FIN at:u64`,
-//! `RESUME next:u64 mac:[32]`, `PING`, `PONG`.
+//! The wire is [`crate::proto::stream`]; the bookkeeping is
+//! [`super::resume::StreamState`]; this file is only the driver.
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 
-use bytes::{Buf, BufMut, Bytes, BytesMut};
+use bytes::{Bytes, BytesMut};
 use tokio::io::{AsyncReadExt, AsyncWriteExt, DuplexStream, ReadHalf, WriteHalf};
 use tokio::sync::Notify;
 use tokio::time::Instant;
 
 use super::Prefixed;
-use super::resume::{Inbound, Outbound};
+pub use super::resume::Stats;
+use super::resume::{Delivery, StreamState, Wake};
 use crate::leg::Leg;
-
-const DATA: u8 = 1;
-const ACK: u8 = 2;
-const FIN: u8 = 3;
-const RESUME: u8 = 4;
-const PING: u8 = 5;
-const PONG: u8 = 6;
-/// Largest DATA payload.
-pub const MAX_DATA: usize = 32 * 1024;
+pub use crate::proto::stream::Side;
+use crate::proto::stream::{StreamFrame, resume_mac};
 
 /// Tuning of a resumable stream.
 #[derive(Debug, Clone, Copy)]
@@ -59,13 +52,6 @@ impl Default for ResumeConfig {
     }
 }
 
-/// Which end this is (binds the resume MAC to a direction).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Side {
-    Client,
-    Device,
-}
-
 type LegFuture<'a> = Pin<Box<dyn Future<Output = std::io::Result<(Leg, Bytes)>> + Send + 'a>>;
 
 /// Where replacement legs come from.
@@ -89,35 +75,8 @@ pub type OnEvent = Box<dyn Fn(ResumeEvent) + Send + Sync>;
 /// The resume key, set once the end-to-end TLS handshake is done.
 pub type ResumeKey = Arc<OnceLock<[u8; 32]>>;
 
-/// Statistics of one stream, for metrics and audit.
-#[derive(Debug, Default, Clone, Copy)]
-pub struct Stats {
-    pub resumes: u64,
-    pub retransmitted: u64,
-    /// The longest pause between a leg breaking and the next one resuming.
-    pub max_pause: Duration,
-}
-
-struct Book {
-    out: Outbound,
-    inb: Inbound,
-    /// Received, not yet delivered to the application (chunks as they came).
-    pending: std::collections::VecDeque<Bytes>,
-    delivered: u64,
-    fin_out: Option<u64>,
-    fin_acked: bool,
-    fin_in: Option<u64>,
-    fin_delivered: bool,
-    /// Per leg: what we told this leg already.
-    acked_sent: u64,
-    fin_sent: bool,
-    pong_due: bool,
-    last_heard: Instant,
-    stats: Stats,
-}
-
 struct Shared {
-    book: Mutex<Book>,
+    book: Mutex<StreamState>,
     /// Something to send (data, ack, fin, pong).
     to_send: Notify,
     /// Something to deliver, or the FIN.
@@ -127,10 +86,19 @@ struct Shared {
 }
 
 impl Shared {
-    fn book(&self) -> std::sync::MutexGuard<'_, Book> {
-        match self.book.lock() {
-            Ok(g) => g,
-            Err(p) => p.into_inner(),
+    fn book(&self) -> std::sync::MutexGuard<'_, StreamState> {
+        crate::util::lock(&self.book)
+    }
+
+    fn wake(&self, w: Wake) {
+        if w.deliver {
+            self.to_deliver.notify_one();
+        }
+        if w.room {
+            self.room.notify_one();
+        }
+        if w.send {
+            self.to_send.notify_one();
         }
     }
 }
@@ -149,21 +117,7 @@ pub fn start(
 ) -> (DuplexStream, tokio::task::JoinHandle<Result<Stats, String>>) {
     let (app, ours) = tokio::io::duplex(256 * 1024);
     let shared = Arc::new(Shared {
-        book: Mutex::new(Book {
-            out: Outbound::new(cfg.cap),
-            inb: Inbound::new(),
-            pending: std::collections::VecDeque::new(),
-            delivered: 0,
-            fin_out: None,
-            fin_acked: false,
-            fin_in: None,
-            fin_delivered: false,
-            acked_sent: 0,
-            fin_sent: false,
-            pong_due: false,
-            last_heard: Instant::now(),
-            stats: Stats::default(),
-        }),
+        book: Mutex::new(StreamState::new(cfg.cap, Instant::now())),
         to_send: Notify::new(),
         to_deliver: Notify::new(),
         room: Notify::new(),
@@ -176,7 +130,7 @@ pub fn start(
             r = read_app(&shared, app_r) => r?,
             r = deliver(&shared, app_w) => r?,
         }
-        Ok(shared.book().stats)
+        Ok(shared.book().stats())
     });
     (app, task)
 }
@@ -185,7 +139,7 @@ pub fn start(
 async fn read_app(sh: &Shared, mut app: ReadHalf<DuplexStream>) -> Result<(), String> {
     let mut buf = BytesMut::new();
     loop {
-        let room = sh.book().out.room();
+        let room = sh.book().room();
         if room == 0 {
             sh.room.notified().await;
             continue;
@@ -197,9 +151,9 @@ async fn read_app(sh: &Shared, mut app: ReadHalf<DuplexStream>) -> Result<(), St
         {
             let mut b = sh.book();
             if n == 0 {
-                b.fin_out = Some(b.out.written());
+                b.app_closed();
             } else {
-                b.out.write_bytes(buf.split().freeze());
+                b.app_wrote(buf.split().freeze());
             }
         }
         sh.to_send.notify_one();
@@ -213,42 +167,22 @@ async fn read_app(sh: &Shared, mut app: ReadHalf<DuplexStream>) -> Result<(), St
 /// Received bytes -> application, then its FIN. Never cancelled mid-way.
 async fn deliver(sh: &Shared, mut app: WriteHalf<DuplexStream>) -> Result<(), String> {
     loop {
-        let (chunk, fin_now) = {
-            let b = sh.book();
-            let chunk = b.pending.front().cloned().unwrap_or_default();
-            (chunk, !b.fin_delivered && b.fin_in.is_some_and(|at| at == b.delivered))
-        };
-        if chunk.is_empty() {
-            if fin_now {
-                let _ = app.shutdown().await;
-                sh.book().fin_delivered = true;
+        let next = sh.book().next_delivery();
+        match next {
+            Delivery::Chunk(chunk) => {
+                app.write_all(&chunk).await.map_err(|e| format!("application side: {e}"))?;
+                sh.book().chunk_delivered();
                 sh.to_send.notify_one();
             }
-            sh.to_deliver.notified().await;
-            continue;
+            Delivery::Fin => {
+                let _ = app.shutdown().await;
+                sh.book().fin_delivered();
+                sh.to_send.notify_one();
+                sh.to_deliver.notified().await;
+            }
+            Delivery::Nothing => sh.to_deliver.notified().await,
         }
-        app.write_all(&chunk).await.map_err(|e| format!("application side: {e}"))?;
-        {
-            let mut b = sh.book();
-            b.pending.pop_front();
-            b.delivered += chunk.len() as u64;
-        }
-        sh.to_send.notify_one();
     }
-}
-
-fn mac(key: &[u8; 32], side: Side, conn: u32, next: u64) -> [u8; 32] {
-    let k = ring::hmac::Key::new(ring::hmac::HMAC_SHA256, key);
-    let mut ctx = ring::hmac::Context::with_key(&k);
-    ctx.update(match side {
-        Side::Client => b"tether resume client",
-        Side::Device => b"tether resume device",
-    });
-    ctx.update(&conn.to_be_bytes());
-    ctx.update(&next.to_be_bytes());
-    let mut out = [0u8; 32];
-    out.copy_from_slice(ctx.sign().as_ref());
-    out
 }
 
 enum LegEnd {
@@ -280,23 +214,12 @@ async fn manage_legs(
         let stream = Prefixed::new(prefix, stream);
         let (mut lr, mut lw) = tokio::io::split(stream);
         let mut rbuf = BytesMut::with_capacity(64 * 1024);
-        {
-            let mut b = sh.book();
-            b.acked_sent = 0;
-            b.fin_sent = false;
-            b.last_heard = Instant::now();
-        }
+        sh.book().new_leg(Instant::now());
         let end = if resuming {
-            let sent_before = sh.book().stats.retransmitted;
             match handshake(sh, &mut lr, &mut lw, &mut rbuf, side, conn, key, cfg).await {
-                Ok(()) => {
-                    let (pause, again) = {
-                        let mut b = sh.book();
-                        b.stats.resumes += 1;
-                        let pause = last_heard.elapsed();
-                        b.stats.max_pause = b.stats.max_pause.max(pause);
-                        (pause, b.stats.retransmitted - sent_before)
-                    };
+                Ok(again) => {
+                    let pause = last_heard.elapsed();
+                    sh.book().resumed(pause);
                     report(ResumeEvent::Resumed { pause, retransmitted: again });
                     None
                 }
@@ -327,14 +250,12 @@ async fn manage_legs(
             }
             LegEnd::Broken(why) => {
                 tracing::info!(conn, %why, "leg broken; resuming");
-                last_heard = last_heard.max(sh.book().last_heard);
-                let started = Instant::now();
+                last_heard = last_heard.max(sh.book().last_heard());
                 leg = match tokio::time::timeout(cfg.resume_deadline, next_leg(&mut source)).await {
                     Ok(Ok(l)) => l,
                     Ok(Err(e)) => return Err(format!("no leg to resume on: {e}")),
                     Err(_) => return Err(format!("no leg to resume on within {:?}", cfg.resume_deadline)),
                 };
-                let _ = started;
                 resuming = true;
             }
         }
@@ -356,7 +277,7 @@ async fn next_leg(source: &mut Box<dyn LegSource>) -> std::io::Result<(Leg, Byte
 }
 
 /// Both ends send RESUME{next, mac} and check the peer's; then the sender
-/// rewinds to what the peer has.
+/// rewinds to what the peer has. Returns the bytes to be sent again.
 #[allow(clippy::too_many_arguments)]
 async fn handshake<R, W>(
     sh: &Shared,
@@ -367,26 +288,20 @@ async fn handshake<R, W>(
     conn: u32,
     key: &ResumeKey,
     cfg: ResumeConfig,
-) -> Result<(), String>
+) -> Result<u64, String>
 where
     R: tokio::io::AsyncRead + Unpin,
     W: tokio::io::AsyncWrite + Unpin,
 {
     let Some(key) = key.get() else { return Err("leg broke before end-to-end TLS was up".into()) };
-    let next = sh.book().inb.resume_from();
+    let next = sh.book().resume_from();
     let mut out = BytesMut::new();
-    out.put_u8(RESUME);
-    out.put_u64(next);
-    out.put_slice(&mac(key, side, conn, next));
+    StreamFrame::Resume { next, mac: resume_mac(key, side, conn, next) }.encode(&mut out);
     lw.write_all(&out).await.map_err(|e| e.to_string())?;
     lw.flush().await.map_err(|e| e.to_string())?;
-    let peer = match side {
-        Side::Client => Side::Device,
-        Side::Device => Side::Client,
-    };
     let frame = tokio::time::timeout(cfg.dead_after * 2, async {
         loop {
-            if let Some(f) = decode(rbuf)? {
+            if let Some(f) = StreamFrame::decode(rbuf).map_err(|e| e.to_string())? {
                 return Ok(f);
             }
             if lr.read_buf(rbuf).await.map_err(|e| e.to_string())? == 0 {
@@ -396,120 +311,27 @@ where
     })
     .await
     .map_err(|_| "no resume from the peer in time".to_string())??;
-    let Wire::Resume { next: peer_next, mac: got } = frame else {
+    let StreamFrame::Resume { next: peer_next, mac: got } = frame else {
         return Err("expected resume".into());
     };
-    if !crate::util::ct_eq(&mac(key, peer, conn, peer_next), &got) {
+    if !crate::util::ct_eq(&resume_mac(key, side.peer(), conn, peer_next), &got) {
         return Err("resume MAC is wrong".into());
     }
-    let mut b = sh.book();
-    let sent = b.out.sent();
-    b.out.on_resume(peer_next).map_err(|e| e.to_string())?;
-    b.stats.retransmitted += sent.saturating_sub(peer_next);
-    b.last_heard = Instant::now();
-    Ok(())
-}
-
-enum Wire {
-    Data { seq: u64, data: Bytes },
-    Ack { upto: u64 },
-    Fin { at: u64 },
-    Resume { next: u64, mac: [u8; 32] },
-    Ping,
-    Pong,
-}
-
-fn decode(buf: &mut BytesMut) -> Result<Option<Wire>, String> {
-    let Some(&ty) = buf.first() else { return Ok(None) };
-    let need = match ty {
-        DATA => {
-            if buf.len() < 13 {
-                return Ok(None);
-            }
-            let len = u32::from_be_bytes([buf[9], buf[10], buf[11], buf[12]]) as usize;
-            if len > MAX_DATA {
-                return Err(format!("data frame of {len} bytes"));
-            }
-            13 + len
-        }
-        ACK | FIN => 9,
-        RESUME => 41,
-        PING | PONG => 1,
-        other => return Err(format!("unknown stream frame {other}")),
-    };
-    if buf.len() < need {
-        return Ok(None);
-    }
-    let mut f = buf.split_to(need).freeze();
-    f.advance(1);
-    Ok(Some(match ty {
-        DATA => {
-            let seq = f.get_u64();
-            f.advance(4);
-            Wire::Data { seq, data: f }
-        }
-        ACK => Wire::Ack { upto: f.get_u64() },
-        FIN => Wire::Fin { at: f.get_u64() },
-        RESUME => {
-            let next = f.get_u64();
-            let mut mac = [0u8; 32];
-            f.copy_to_slice(&mut mac);
-            Wire::Resume { next, mac }
-        }
-        PING => Wire::Ping,
-        _ => Wire::Pong,
-    }))
+    sh.book().on_peer_resume(peer_next, Instant::now()).map_err(|e| e.to_string())
 }
 
 async fn read_leg<R: tokio::io::AsyncRead + Unpin>(sh: &Shared, lr: &mut R, rbuf: &mut BytesMut) -> LegEnd {
     loop {
         loop {
-            let f = match decode(rbuf) {
+            let f = match StreamFrame::decode(rbuf) {
                 Ok(Some(f)) => f,
                 Ok(None) => break,
-                Err(e) => return LegEnd::Broken(e),
+                Err(e) => return LegEnd::Broken(e.to_string()),
             };
-            let mut b = sh.book();
-            b.last_heard = Instant::now();
-            match f {
-                Wire::Data { seq, data } => match b.inb.on_data(seq, data) {
-                    Ok(new) => {
-                        if !new.is_empty() {
-                            b.pending.push_back(new);
-                        }
-                        drop(b);
-                        sh.to_deliver.notify_one();
-                    }
-                    Err(e) => return LegEnd::Broken(e.to_string()),
-                },
-                Wire::Ack { upto } => {
-                    let fin = b.fin_out;
-                    let r = match fin {
-                        Some(at) if upto == at + 1 => {
-                            b.fin_acked = true;
-                            b.out.on_ack(at)
-                        }
-                        _ => b.out.on_ack(upto),
-                    };
-                    if let Err(e) = r {
-                        return LegEnd::Broken(e.to_string());
-                    }
-                    drop(b);
-                    sh.room.notify_one();
-                    sh.to_send.notify_one();
-                }
-                Wire::Fin { at } => {
-                    b.fin_in = Some(at);
-                    drop(b);
-                    sh.to_deliver.notify_one();
-                }
-                Wire::Ping => {
-                    b.pong_due = true;
-                    drop(b);
-                    sh.to_send.notify_one();
-                }
-                Wire::Pong => {}
-                Wire::Resume { .. } => return LegEnd::Broken("unexpected resume".into()),
+            let woken = sh.book().on_frame(f, Instant::now());
+            match woken {
+                Ok(w) => sh.wake(w),
+                Err(e) => return LegEnd::Broken(e),
             }
         }
         if rbuf.capacity() - rbuf.len() < 16 * 1024 {
@@ -517,16 +339,12 @@ async fn read_leg<R: tokio::io::AsyncRead + Unpin>(sh: &Shared, lr: &mut R, rbuf
         }
         match lr.read_buf(rbuf).await {
             Ok(0) => {
-                return if is_done(&sh.book()) { LegEnd::Done } else { LegEnd::Broken("leg closed".into()) };
+                return if sh.book().is_done() { LegEnd::Done } else { LegEnd::Broken("leg closed".into()) };
             }
             Ok(_) => {}
             Err(e) => return LegEnd::Broken(e.to_string()),
         }
     }
-}
-
-fn is_done(b: &Book) -> bool {
-    b.fin_acked && b.fin_delivered && b.acked_sent == b.delivered + 1
 }
 
 async fn write_leg<W: tokio::io::AsyncWrite + Unpin>(sh: &Shared, lw: &mut W, cfg: ResumeConfig) -> LegEnd {
@@ -536,41 +354,12 @@ async fn write_leg<W: tokio::io::AsyncWrite + Unpin>(sh: &Shared, lw: &mut W, cf
     loop {
         // Done once both FINs are through and our last ACK is written: the
         // writer decides, so that ACK is never cut off.
-        if is_done(&sh.book()) {
+        if sh.book().is_done() {
             let _ = lw.flush().await;
             return LegEnd::Done;
         }
         out.clear();
-        {
-            let mut b = sh.book();
-            // Acknowledge what the application has taken (and the FIN once delivered).
-            let ack = if b.fin_delivered { b.delivered + 1 } else { b.delivered };
-            if ack > b.acked_sent {
-                out.put_u8(ACK);
-                out.put_u64(ack);
-                b.acked_sent = ack;
-            }
-            if b.pong_due {
-                out.put_u8(PONG);
-                b.pong_due = false;
-            }
-            while out.len() < 96 * 1024 {
-                let Some((seq, data)) = b.out.next_to_send(MAX_DATA) else { break };
-                out.put_u8(DATA);
-                out.put_u64(seq);
-                out.put_u32(data.len() as u32);
-                out.put_slice(&data);
-            }
-            if let Some(at) = b.fin_out
-                && !b.fin_sent
-                && b.out.next_to_send(0).is_none()
-                && at == b.out.written()
-            {
-                out.put_u8(FIN);
-                out.put_u64(at);
-                b.fin_sent = true;
-            }
-        }
+        sh.book().fill(&mut out, 96 * 1024);
         if out.is_empty() {
             if let Err(e) = lw.flush().await {
                 return LegEnd::Broken(e.to_string());
@@ -578,7 +367,9 @@ async fn write_leg<W: tokio::io::AsyncWrite + Unpin>(sh: &Shared, lw: &mut W, cf
             tokio::select! {
                 _ = sh.to_send.notified() => {}
                 _ = ping.tick() => {
-                    if let Err(e) = lw.write_all(&[PING]).await {
+                    out.clear();
+                    StreamFrame::Ping.encode(&mut out);
+                    if let Err(e) = lw.write_all(&out).await {
                         return LegEnd::Broken(e.to_string());
                     }
                 }
@@ -595,14 +386,13 @@ async fn write_leg<W: tokio::io::AsyncWrite + Unpin>(sh: &Shared, lw: &mut W, cf
 async fn watch(sh: &Shared, cfg: ResumeConfig) -> LegEnd {
     loop {
         tokio::time::sleep((cfg.dead_after / 20).max(Duration::from_millis(10))).await;
-        let b = sh.book();
-        if is_done(&b) {
-            // Let the reader see the peer's close.
-            drop(b);
-            continue;
-        }
-        if b.last_heard.elapsed() > cfg.dead_after {
-            return LegEnd::Broken(format!("leg silent for {:?}", b.last_heard.elapsed()));
+        let (done, silent) = {
+            let b = sh.book();
+            (b.is_done(), b.last_heard().elapsed())
+        };
+        // Once done, let the reader see the peer's close.
+        if !done && silent > cfg.dead_after {
+            return LegEnd::Broken(format!("leg silent for {silent:?}"));
         }
     }
 }

@@ -6,11 +6,16 @@
 //! from the peer's last received byte. Byte `n` of a direction is the `n`-th
 //! byte ever written in that direction, counted from 0.
 //!
-//! [`Outbound`] is one direction's sender, [`Inbound`] the receiver; the task
-//! that owns a leg feeds them events and sends what they return.
+//! [`Outbound`] is one direction's sender, [`Inbound`] the receiver;
+//! [`StreamState`] holds both with the FIN/ACK/PING handshake. The driver
+//! (`resumable`) feeds it frames and application bytes and sends what it returns.
+mod state;
+
 use std::collections::VecDeque;
 
 use bytes::{Buf, Bytes};
+
+pub use state::{Delivery, Stats, StreamState, Wake};
 
 /// A peer said something impossible: the stream cannot continue safely.
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]

@@ -1,0 +1,294 @@
+//! Both directions of one resumable stream with the FIN/ACK/PING handshake,
+//! without I/O: events in, frames and wake-ups out.
+use std::collections::VecDeque;
+use std::time::Duration;
+
+use bytes::{Bytes, BytesMut};
+use tokio::time::Instant;
+
+use super::{Inbound, Outbound, Violation};
+use crate::proto::stream::{MAX_DATA, StreamFrame, encode_data};
+
+/// Statistics of one stream, for metrics and audit.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct Stats {
+    pub resumes: u64,
+    pub retransmitted: u64,
+    /// The longest pause between a leg breaking and the next one resuming.
+    pub max_pause: Duration,
+}
+
+/// Which of the driver's tasks an event gives work to.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct Wake {
+    /// Something to put on the leg (data, ack, fin, pong).
+    pub send: bool,
+    /// Something to hand to the application, or its FIN.
+    pub deliver: bool,
+    /// Room for more application bytes.
+    pub room: bool,
+}
+
+/// What the application's side should get next.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Delivery {
+    Chunk(Bytes),
+    /// Everything was delivered and the peer closed: shut the application's side.
+    Fin,
+    Nothing,
+}
+
+/// Both directions of one resumable stream: the sequence numbers and unacked
+/// bytes ([`Outbound`], [`Inbound`]), what waits for the application, the
+/// FIN handshake, liveness, and what this leg was already told.
+#[derive(Debug)]
+pub struct StreamState {
+    out: Outbound,
+    inb: Inbound,
+    /// Received, not yet delivered to the application (chunks as they came).
+    pending: VecDeque<Bytes>,
+    delivered: u64,
+    fin_out: Option<u64>,
+    fin_acked: bool,
+    fin_in: Option<u64>,
+    fin_delivered: bool,
+    /// Per leg: what we told this leg already.
+    acked_sent: u64,
+    fin_sent: bool,
+    pong_due: bool,
+    last_heard: Instant,
+    stats: Stats,
+}
+
+impl StreamState {
+    /// A stream keeping at most `cap` unacknowledged bytes.
+    pub fn new(cap: usize, now: Instant) -> StreamState {
+        StreamState {
+            out: Outbound::new(cap),
+            inb: Inbound::new(),
+            pending: VecDeque::new(),
+            delivered: 0,
+            fin_out: None,
+            fin_acked: false,
+            fin_in: None,
+            fin_delivered: false,
+            acked_sent: 0,
+            fin_sent: false,
+            pong_due: false,
+            last_heard: now,
+            stats: Stats::default(),
+        }
+    }
+
+    /// Application bytes that fit now.
+    pub fn room(&self) -> usize {
+        self.out.room()
+    }
+
+    /// The application wrote `chunk` (within [`Self::room`]).
+    pub fn app_wrote(&mut self, chunk: Bytes) {
+        self.out.write_bytes(chunk);
+    }
+
+    /// The application closed its sending side.
+    pub fn app_closed(&mut self) {
+        self.fin_out = Some(self.out.written());
+    }
+
+    /// What to hand to the application next.
+    pub fn next_delivery(&self) -> Delivery {
+        match self.pending.front() {
+            Some(c) => Delivery::Chunk(c.clone()),
+            None if !self.fin_delivered && self.fin_in == Some(self.delivered) => Delivery::Fin,
+            None => Delivery::Nothing,
+        }
+    }
+
+    /// The chunk from [`Self::next_delivery`] reached the application.
+    pub fn chunk_delivered(&mut self) {
+        if let Some(c) = self.pending.pop_front() {
+            self.delivered += c.len() as u64;
+        }
+    }
+
+    /// The application's side was shut after the peer's FIN.
+    pub fn fin_delivered(&mut self) {
+        self.fin_delivered = true;
+    }
+
+    /// A frame from the leg. `Resume` is only valid in the handshake.
+    pub fn on_frame(&mut self, f: StreamFrame, now: Instant) -> Result<Wake, String> {
+        self.last_heard = now;
+        Ok(match f {
+            StreamFrame::Data { seq, data } => {
+                let new = self.inb.on_data(seq, data).map_err(|e| e.to_string())?;
+                if new.is_empty() {
+                    Wake::default()
+                } else {
+                    self.pending.push_back(new);
+                    Wake { deliver: true, ..Wake::default() }
+                }
+            }
+            StreamFrame::Ack { upto } => {
+                match self.fin_out {
+                    Some(at) if upto == at + 1 => {
+                        self.fin_acked = true;
+                        self.out.on_ack(at)
+                    }
+                    _ => self.out.on_ack(upto),
+                }
+                .map_err(|e| e.to_string())?;
+                Wake { room: true, send: true, ..Wake::default() }
+            }
+            StreamFrame::Fin { at } => {
+                self.fin_in = Some(at);
+                Wake { deliver: true, ..Wake::default() }
+            }
+            StreamFrame::Ping => {
+                self.pong_due = true;
+                Wake { send: true, ..Wake::default() }
+            }
+            StreamFrame::Pong => Wake::default(),
+            StreamFrame::Resume { .. } => return Err("unexpected resume".into()),
+        })
+    }
+
+    /// Appends what this leg should carry next to `out`, up to about `batch`
+    /// bytes: an ACK for what the application took (and the FIN once
+    /// delivered), a PONG, DATA, then our FIN once everything before it is out.
+    pub fn fill(&mut self, out: &mut BytesMut, batch: usize) {
+        let ack = if self.fin_delivered { self.delivered + 1 } else { self.delivered };
+        if ack > self.acked_sent {
+            StreamFrame::Ack { upto: ack }.encode(out);
+            self.acked_sent = ack;
+        }
+        if self.pong_due {
+            StreamFrame::Pong.encode(out);
+            self.pong_due = false;
+        }
+        while out.len() < batch {
+            let Some((seq, data)) = self.out.next_to_send(MAX_DATA) else { break };
+            encode_data(out, seq, &data);
+        }
+        if let Some(at) = self.fin_out
+            && !self.fin_sent
+            && self.out.next_to_send(0).is_none()
+            && at == self.out.written()
+        {
+            StreamFrame::Fin { at }.encode(out);
+            self.fin_sent = true;
+        }
+    }
+
+    /// Both FINs are through and our last ACK is written: the stream is over.
+    pub fn is_done(&self) -> bool {
+        self.fin_acked && self.fin_delivered && self.acked_sent == self.delivered + 1
+    }
+
+    /// A new leg starts: it has been told nothing yet.
+    pub fn new_leg(&mut self, now: Instant) {
+        self.acked_sent = 0;
+        self.fin_sent = false;
+        self.last_heard = now;
+    }
+
+    /// Where our RESUME asks the peer to start: everything before it was received.
+    pub fn resume_from(&self) -> u64 {
+        self.inb.resume_from()
+    }
+
+    /// The peer's RESUME (already authenticated): rewind to what it has.
+    /// Returns the bytes that will be sent again.
+    pub fn on_peer_resume(&mut self, peer_next: u64, now: Instant) -> Result<u64, Violation> {
+        let sent = self.out.sent();
+        self.out.on_resume(peer_next)?;
+        let again = sent.saturating_sub(peer_next);
+        self.stats.retransmitted += again;
+        self.last_heard = now;
+        Ok(again)
+    }
+
+    /// The stream resumed after a pause of `pause`.
+    pub fn resumed(&mut self, pause: Duration) {
+        self.stats.resumes += 1;
+        self.stats.max_pause = self.stats.max_pause.max(pause);
+    }
+
+    /// When the peer was last heard on any leg.
+    pub fn last_heard(&self) -> Instant {
+        self.last_heard
+    }
+
+    pub fn stats(&self) -> Stats {
+        self.stats
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Moves what `from` has to send into `to`, frame by frame.
+    fn carry(from: &mut StreamState, to: &mut StreamState, now: Instant) -> Vec<Wake> {
+        let mut wire = BytesMut::new();
+        from.fill(&mut wire, 1 << 20);
+        let mut wakes = Vec::new();
+        while let Some(f) = StreamFrame::decode(&mut wire).unwrap() {
+            wakes.push(to.on_frame(f, now).unwrap());
+        }
+        wakes
+    }
+
+    fn drain(s: &mut StreamState) -> Vec<u8> {
+        let mut got = Vec::new();
+        while let Delivery::Chunk(c) = s.next_delivery() {
+            got.extend_from_slice(&c);
+            s.chunk_delivered();
+        }
+        got
+    }
+
+    #[test]
+    fn data_then_fin_handshake_ends_both_sides() {
+        let now = Instant::now();
+        let (mut a, mut b) = (StreamState::new(1 << 20, now), StreamState::new(1 << 20, now));
+        a.app_wrote(Bytes::from_static(b"hello"));
+        a.app_closed();
+        let wakes = carry(&mut a, &mut b, now);
+        assert!(wakes.iter().any(|w| w.deliver));
+        assert_eq!(drain(&mut b), b"hello");
+        assert_eq!(b.next_delivery(), Delivery::Fin);
+        b.fin_delivered();
+        b.app_closed();
+        // b acknowledges data and FIN, and sends its own FIN.
+        carry(&mut b, &mut a, now);
+        assert_eq!(a.next_delivery(), Delivery::Fin);
+        a.fin_delivered();
+        carry(&mut a, &mut b, now);
+        assert!(a.is_done(), "a: both FINs through and its last ACK written");
+        assert!(b.is_done());
+        assert_eq!(a.room(), 1 << 20, "everything a sent was acknowledged");
+    }
+
+    #[test]
+    fn ping_gets_a_pong_and_a_resume_rewinds_to_the_peer() {
+        let now = Instant::now();
+        let (mut a, mut b) = (StreamState::new(1 << 20, now), StreamState::new(1 << 20, now));
+        assert_eq!(b.on_frame(StreamFrame::Ping, now).unwrap(), Wake { send: true, ..Wake::default() });
+        let mut out = BytesMut::new();
+        b.fill(&mut out, 1024);
+        assert_eq!(StreamFrame::decode(&mut out).unwrap(), Some(StreamFrame::Pong));
+        // 10 bytes sent, the leg dies before they arrive; b resumes from 0.
+        a.app_wrote(Bytes::from_static(b"0123456789"));
+        let mut lost = BytesMut::new();
+        a.fill(&mut lost, 1024);
+        a.new_leg(now);
+        assert_eq!(b.resume_from(), 0);
+        assert_eq!(a.on_peer_resume(b.resume_from(), now).unwrap(), 10);
+        carry(&mut a, &mut b, now);
+        assert_eq!(drain(&mut b), b"0123456789");
+        a.resumed(Duration::from_millis(30));
+        assert_eq!((a.stats().resumes, a.stats().retransmitted), (1, 10));
+        assert!(b.on_frame(StreamFrame::Resume { next: 0, mac: [0; 32] }, now).is_err());
+    }
+}
