@@ -15,8 +15,9 @@ use std::time::{Duration, Instant};
 
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
 use tether::client::ClientSession;
-use tether::proto::{Frame, FrameIo, Grant, LegSide, Outcome, Reason, SessionId, VERSION, grant::now_secs, leg_mac};
+use tether::proto::{Frame, FrameIo, Grant, LegSide, Outcome, Reason, SessionId, VERSION, leg_mac};
 use tether::tls;
+use tether::util::now_secs;
 use tokio::net::TcpListener;
 use tokio::runtime::Runtime;
 use tokio_util::sync::CancellationToken;

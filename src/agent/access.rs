@@ -12,7 +12,8 @@ use super::Shared;
 use super::config::Consent;
 use super::state::{AgentSession, Pending};
 use crate::metrics;
-use crate::proto::{Frame, Outcome, Reason, SignedGrant, grant::now_secs};
+use crate::proto::{Frame, Outcome, Reason, SignedGrant};
+use crate::util::now_secs;
 
 pub async fn handle(state: Shared, relay: String, tx: mpsc::Sender<Frame>, signed: SignedGrant, service: String) {
     let hint = signed.session_hint();

@@ -80,14 +80,9 @@ impl AgentState {
     }
 
     /// Counts and audits a refusal by the agent.
-    pub fn refused(&self, event: &str, reason: Reason, mut fields: serde_json::Value) {
+    pub fn refused(&self, event: &str, reason: Reason, fields: serde_json::Value) {
         metrics::AGENT_REFUSALS.with_label_values(&[reason.label()]).inc();
-        if let Some(m) = fields.as_object_mut() {
-            m.insert("device".into(), self.cfg.device.clone().into());
-            m.insert("reason".into(), reason.label().into());
-        }
-        tracing::info!(event, reason = reason.label(), "refused");
-        self.audit.record(event, fields);
+        self.audit.refusal(event, ("device", &self.cfg.device), reason.label(), fields);
     }
 
     /// Ends a session once: stops its tunnels, audits, and tells its relay if asked.

@@ -203,10 +203,7 @@ pub async fn open(
             return;
         }
     };
-    let mut k = [0u8; 32];
-    if e2e.get_ref().1.export_keying_material(&mut k, resumable::EXPORT_LABEL, Some(&conn.to_be_bytes())).is_ok() {
-        let _ = key.set(k);
-    }
+    resumable::set_key_from(&**e2e.get_ref().1, &key, conn);
     let (to_service, from_service) = (Meter::new(&session.to_service), Meter::new(&session.from_service));
     let result = tokio::select! {
         r = splice(e2e, Bytes::new(), service, Bytes::new(), to_service, from_service) => r.map(|_| ()),

@@ -96,12 +96,20 @@ impl AuditLog {
         &self.path
     }
 
+    /// A refusal: logs it and appends `fields` with who refused (`by`, a
+    /// field name and value) and the reason's label.
+    pub fn refusal(&self, event: &str, by: (&str, &str), reason: &str, mut fields: Value) {
+        if let Some(m) = fields.as_object_mut() {
+            m.insert(by.0.into(), by.1.into());
+            m.insert("reason".into(), reason.into());
+        }
+        tracing::info!(event, reason, "refused");
+        self.record(event, fields);
+    }
+
     /// Appends one record: `event` plus `fields` (an object). Never holds payload.
     pub fn record(&self, event: &str, fields: Value) {
-        let mut chain = match self.chain.lock() {
-            Ok(c) => c,
-            Err(p) => p.into_inner(),
-        };
+        let mut chain = crate::util::lock(&self.chain);
         if chain.file.is_none() {
             return;
         }

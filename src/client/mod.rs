@@ -347,10 +347,7 @@ impl ClientSession {
             Ok(Err(e)) => return Err(ClientError::EndToEnd(e.to_string())),
             Err(_) => return Err(ClientError::EndToEnd("handshake timed out".into())),
         };
-        let mut k = [0u8; 32];
-        if t.get_ref().1.export_keying_material(&mut k, resumable::EXPORT_LABEL, Some(&conn.to_be_bytes())).is_ok() {
-            let _ = key.set(k);
-        }
+        resumable::set_key_from(&**t.get_ref().1, &key, conn);
         Ok(t)
     }
 

@@ -215,13 +215,10 @@ async fn wait_listening(addr: &str) -> Result<()> {
 
 async fn wait_ready(admin: &str) -> Result<()> {
     for _ in 0..100 {
-        if let Ok(mut s) = tokio::net::TcpStream::connect(admin).await {
-            let _ = s.write_all(b"GET /readyz HTTP/1.1\r\nHost: x\r\n\r\n").await;
-            let mut out = Vec::new();
-            let _ = s.read_to_end(&mut out).await;
-            if out.starts_with(b"HTTP/1.1 200") {
-                return Ok(());
-            }
+        if let Ok((status, _)) = crate::util::http::get(admin, "/readyz").await
+            && status.is_success()
+        {
+            return Ok(());
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
     }

@@ -8,7 +8,7 @@ use super::audit::HubAudit;
 use super::auth;
 use super::model::{Device, Role, Site, User};
 use super::store::Store;
-use crate::proto::grant::now_secs;
+use crate::util::now_secs;
 
 /// The database and audit of a hub config, for one command.
 pub struct Admin {

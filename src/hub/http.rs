@@ -116,13 +116,7 @@ where
     let acceptor = tokio_rustls::TlsAcceptor::from(tls);
     let tracker = tokio_util::task::TaskTracker::new();
     loop {
-        let (tcp, addr) = tokio::select! {
-            _ = stop.cancelled() => break,
-            r = listener.accept() => match r {
-                Ok(x) => x,
-                Err(_) => { tokio::time::sleep(Duration::from_millis(50)).await; continue; }
-            },
-        };
+        let Some((tcp, addr)) = crate::util::net::accept(&listener, "hub", &stop).await else { break };
         let _ = tcp.set_nodelay(true);
         let (acceptor, handler, stop) = (acceptor.clone(), handler.clone(), stop.clone());
         tracker.spawn(async move {

@@ -12,6 +12,7 @@ use serde::Serialize;
 
 use super::config::HubRelay;
 use crate::api::{AgentSeen, RelayReport, ReportAnswer, RevokedSession};
+use crate::util::lock;
 
 struct RelayView {
     seen: Instant,
@@ -37,13 +38,6 @@ pub struct Presence {
     pub relays: Vec<String>,
     pub last_heartbeat: Option<u64>,
     pub agent_version: Option<String>,
-}
-
-fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    match m.lock() {
-        Ok(g) => g,
-        Err(p) => p.into_inner(),
-    }
 }
 
 impl Board {

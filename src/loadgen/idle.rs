@@ -3,7 +3,6 @@ use std::path::Path;
 use std::time::Duration;
 
 use anyhow::{Context, Result, bail};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 use crate::proto::{Frame, FrameIo, VERSION};
 use crate::tls::{
@@ -12,11 +11,9 @@ use crate::tls::{
 };
 
 async fn relay_rss(admin: &str) -> Result<f64> {
-    let mut s = tokio::net::TcpStream::connect(admin).await.with_context(|| format!("admin {admin}"))?;
-    s.write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n").await?;
-    let mut text = String::new();
-    s.read_to_string(&mut text).await?;
-    text.lines()
+    let (_, body) = crate::util::http::get(admin, "/metrics").await.with_context(|| format!("admin {admin}"))?;
+    String::from_utf8_lossy(&body)
+        .lines()
         .find_map(|l| l.strip_prefix("tether_relay_resident_memory_bytes "))
         .and_then(|v| v.trim().parse().ok())
         .context("relay did not report tether_relay_resident_memory_bytes")

@@ -36,34 +36,22 @@ pub enum LoadCmd {
     },
     /// Time from client leg start to first echoed byte, over N connections.
     Latency {
-        #[arg(long)]
-        profile: PathBuf,
-        #[arg(long, default_value = "demo-1")]
-        device: String,
-        #[arg(long, default_value = "echo")]
-        service: String,
+        #[command(flatten)]
+        target: Target,
         #[arg(long, short = 'n', default_value_t = 1000)]
         count: usize,
     },
     /// Session setup through the hub: `POST /sessions` to the first byte from the device.
     HubSetup {
-        #[arg(long)]
-        profile: PathBuf,
-        #[arg(long, default_value = "demo-1")]
-        device: String,
-        #[arg(long, default_value = "echo")]
-        service: String,
+        #[command(flatten)]
+        target: Target,
         #[arg(long, short = 'n', default_value_t = 500)]
         count: usize,
     },
     /// Session requests per second the hub sustains (grants only).
     HubRate {
-        #[arg(long)]
-        profile: PathBuf,
-        #[arg(long, default_value = "demo-1")]
-        device: String,
-        #[arg(long, default_value = "echo")]
-        service: String,
+        #[command(flatten)]
+        target: Target,
         #[arg(long, default_value_t = 16)]
         concurrency: usize,
         #[arg(long, default_value_t = 10)]
@@ -71,15 +59,26 @@ pub enum LoadCmd {
     },
 }
 
+/// The profile to act as, and the device service to reach.
+#[derive(clap::Args, Debug)]
+pub struct Target {
+    #[arg(long)]
+    profile: PathBuf,
+    #[arg(long, default_value = "demo-1")]
+    device: String,
+    #[arg(long, default_value = "echo")]
+    service: String,
+}
+
 pub async fn run(cmd: LoadCmd) -> Result<()> {
     match cmd {
         LoadCmd::Idle { pki, control, admin, server_name, agents, hold_secs } => {
             idle::run(&pki, &control, &admin, &server_name, agents, Duration::from_secs(hold_secs)).await
         }
-        LoadCmd::Latency { profile, device, service, count } => latency(&profile, &device, &service, count).await,
-        LoadCmd::HubSetup { profile, device, service, count } => hub::setup(&profile, &device, &service, count).await,
-        LoadCmd::HubRate { profile, device, service, concurrency, seconds } => {
-            hub::sessions(&profile, &device, &service, concurrency, seconds).await
+        LoadCmd::Latency { target: t, count } => latency(&t.profile, &t.device, &t.service, count).await,
+        LoadCmd::HubSetup { target: t, count } => hub::setup(&t.profile, &t.device, &t.service, count).await,
+        LoadCmd::HubRate { target: t, concurrency, seconds } => {
+            hub::sessions(&t.profile, &t.device, &t.service, concurrency, seconds).await
         }
     }
 }

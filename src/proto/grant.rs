@@ -68,9 +68,6 @@ impl GrantError {
     }
 }
 
-/// Unix time in seconds.
-pub use crate::util::now_secs;
-
 impl Grant {
     fn encode_body(&self) -> Bytes {
         let mut b = BytesMut::with_capacity(256);

@@ -1,11 +1,15 @@
 //! Specialist legs (17443): a session's control leg (`ClientOpen`, TLS only:
 //! it carries the grant and receives the session token) and one leg per
 //! tunnelled connection (`ClientJoin`, TLS or raw, proven by a MAC).
+//!
+//! Every check returns a [`Refusal`]; [`serve`] is the one place that counts,
+//! audits and names it to the client.
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
+use bytes::Bytes;
 use serde_json::json;
 use tokio::sync::oneshot;
 use tokio_util::sync::CancellationToken;
@@ -15,13 +19,50 @@ use super::session::Session;
 use super::state::{LegEvent, State};
 use crate::leg::Leg;
 use crate::metrics;
-use crate::proto::{
-    self, Frame, FrameIo, FrameIoError, LegSide, Outcome, Reason, SessionId, SignedGrant, grant::now_secs,
-};
+use crate::proto::{self, Frame, FrameIo, FrameIoError, LegSide, Outcome, Reason, SessionId, SignedGrant};
 use crate::splice::{Meter, splice};
 use crate::tls;
+use crate::util::now_secs;
 
 type Io = FrameIo<Leg>;
+
+/// Why a specialist leg is turned away, and whose session it named.
+struct Refusal {
+    reason: Reason,
+    detail: String,
+    session: Option<(SessionId, String)>,
+    /// A replacement leg for a connection (`ClientJoin{resumes}`): counted apart.
+    resumes: u32,
+}
+
+impl Refusal {
+    fn new(reason: Reason, detail: impl Into<String>) -> Refusal {
+        Refusal { reason, detail: detail.into(), session: None, resumes: 0 }
+    }
+
+    fn of(mut self, id: SessionId, device: &str) -> Refusal {
+        self.session = Some((id, device.to_string()));
+        self
+    }
+
+    /// Counts, audits, and names the reason to the client.
+    async fn send(self, state: &State, io: &mut Io, peer: SocketAddr) {
+        if self.resumes != 0 {
+            metrics::RELAY_RESUMES_REFUSED.with_label_values(&[self.reason.label()]).inc();
+        }
+        let mut fields = json!({"peer": peer.to_string(), "detail": self.detail});
+        if let Some((id, device)) = &self.session {
+            fields["session"] = id.to_string().into();
+            fields["device"] = device.as_str().into();
+        }
+        state.refused("client_refused", &metrics::RELAY_GRANT_REFUSALS, self.reason, fields);
+        let _ = io.write_frame(&Frame::Error { reason: self.reason, message: self.detail }).await;
+    }
+}
+
+fn version(v: u16) -> Result<(), Refusal> {
+    proto::check_version(v).map_err(|e| Refusal::new(Reason::VersionMismatch, e.to_string()))
+}
 
 pub async fn serve(state: Arc<State>, accepted: Accepted, peer: SocketAddr) {
     let (leg, is_tls, alpn_ok): (Leg, bool, bool) = match accepted {
@@ -32,108 +73,97 @@ pub async fn serve(state: Arc<State>, accepted: Accepted, peer: SocketAddr) {
         Accepted::Raw(tcp) => (Box::new(tcp), false, true),
     };
     let mut io = FrameIo::new(leg);
+    match first_frame(&state, &mut io, peer, is_tls, alpn_ok).await {
+        Err(r) => r.send(&state, &mut io, peer).await,
+        Ok(Some(paired)) => tunnel(&state, paired, io).await,
+        Ok(None) => {}
+    }
+}
+
+/// A connection's client leg and the device's data leg, paired and told so.
+struct Paired {
+    session: Arc<Session>,
+    conn: u32,
+    leg: Leg,
+    /// Bytes read from the device's leg past its preamble.
+    prefix: Bytes,
+}
+
+/// The leg's first frame decides what it is; each kind runs to its end.
+async fn first_frame(
+    state: &State,
+    io: &mut Io,
+    peer: SocketAddr,
+    is_tls: bool,
+    alpn_ok: bool,
+) -> Result<Option<Paired>, Refusal> {
     if !alpn_ok {
-        return refuse(&state, &mut io, peer, Reason::AlpnRequired, "no tether ALPN negotiated", None).await;
+        return Err(Refusal::new(Reason::AlpnRequired, "no tether ALPN negotiated"));
     }
     if !state.ready.load(Ordering::Relaxed) {
-        return refuse(&state, &mut io, peer, Reason::RelayShutdown, "relay is draining", None).await;
+        return Err(Refusal::new(Reason::RelayShutdown, "relay is draining"));
     }
     let timeout = Duration::from_millis(state.cfg.limits.handshake_timeout_ms);
-    match tokio::time::timeout(timeout, io.read_frame()).await {
-        // The grant and the session token must never cross a raw leg.
-        Ok(Ok(Frame::ClientOpen { .. })) if !is_tls => {
-            refuse(&state, &mut io, peer, Reason::BadFrame, "client_open requires TLS", None).await
-        }
-        Ok(Ok(Frame::ClientOpen { version, grant, service })) => match proto::check_version(version) {
-            Ok(()) => open(state, io, peer, grant, service).await,
-            Err(e) => refuse(&state, &mut io, peer, Reason::VersionMismatch, &e.to_string(), None).await,
-        },
-        Ok(Ok(Frame::ClientJoin { version, session, conn, mac, resumes })) => match proto::check_version(version) {
-            Ok(()) => join(state, io, peer, session, conn, mac, resumes).await,
-            Err(e) => refuse(&state, &mut io, peer, Reason::VersionMismatch, &e.to_string(), None).await,
-        },
-        // The session's token must never cross a raw leg.
-        Ok(Ok(Frame::ClientResume { .. })) if !is_tls => {
-            refuse(&state, &mut io, peer, Reason::BadFrame, "client_resume requires TLS", None).await
-        }
-        Ok(Ok(Frame::ClientResume { version, session, mac })) => match proto::check_version(version) {
-            Ok(()) => resume_control(state, io, peer, session, mac).await,
-            Err(e) => refuse(&state, &mut io, peer, Reason::VersionMismatch, &e.to_string(), None).await,
-        },
-        Ok(Ok(other)) => {
-            let detail = format!("expected client_open or client_join, got {}", other.kind());
-            refuse(&state, &mut io, peer, Reason::BadFrame, &detail, None).await
-        }
+    let frame = match tokio::time::timeout(timeout, io.read_frame()).await {
+        Ok(Ok(f)) => f,
         Ok(Err(e)) => {
             let reason = match &e {
                 FrameIoError::Proto(p) => p.reason(),
                 _ => Reason::BadFrame,
             };
-            refuse(&state, &mut io, peer, reason, &e.to_string(), None).await
+            return Err(Refusal::new(reason, e.to_string()));
         }
-        Err(_) => state.handshake_failed("client", peer, "preamble_timeout", "no first frame in time"),
-    }
-}
-
-/// [`refuse`], and counted apart when the join was a replacement leg.
-async fn refuse_join(
-    resumes: u32,
-    state: &State,
-    io: &mut Io,
-    peer: SocketAddr,
-    reason: Reason,
-    detail: &str,
-    session: Option<(SessionId, &str)>,
-) {
-    if resumes != 0 {
-        metrics::RELAY_RESUMES_REFUSED.with_label_values(&[reason.label()]).inc();
-    }
-    refuse(state, io, peer, reason, detail, session).await
-}
-
-/// Counts, audits, and names the reason to the client.
-async fn refuse(
-    state: &State,
-    io: &mut Io,
-    peer: SocketAddr,
-    reason: Reason,
-    detail: &str,
-    session: Option<(SessionId, &str)>,
-) {
-    let mut fields = json!({"peer": peer.to_string(), "detail": detail});
-    if let Some((id, device)) = session {
-        fields["session"] = id.to_string().into();
-        fields["device"] = device.into();
-    }
-    state.refused("client_refused", &metrics::RELAY_GRANT_REFUSALS, reason, fields);
-    let _ = io.write_frame(&Frame::Error { reason, message: detail.to_string() }).await;
-}
-
-async fn open(state: Arc<State>, mut io: Io, peer: SocketAddr, signed: SignedGrant, service: String) {
-    let grant = match state.grants.verify(&signed) {
-        Ok(g) => g,
-        Err(e) => return refuse(&state, &mut io, peer, e.reason(), &e.to_string(), None).await,
+        Err(_) => {
+            state.handshake_failed("client", peer, "preamble_timeout", "no first frame in time");
+            return Ok(None);
+        }
     };
+    match frame {
+        // The grant and the session token must never cross a raw leg.
+        Frame::ClientOpen { .. } if !is_tls => Err(Refusal::new(Reason::BadFrame, "client_open requires TLS")),
+        Frame::ClientOpen { version: v, grant, service } => {
+            version(v)?;
+            open(state, io, peer, grant, service).await.map(|()| None)
+        }
+        Frame::ClientJoin { version: v, session, conn, mac, resumes } => {
+            version(v)?;
+            join(state, io, session, conn, mac, resumes).await.map_err(|mut r| {
+                r.resumes = resumes;
+                r
+            })
+        }
+        // The session's token must never cross a raw leg.
+        Frame::ClientResume { .. } if !is_tls => Err(Refusal::new(Reason::BadFrame, "client_resume requires TLS")),
+        Frame::ClientResume { version: v, session, mac } => {
+            version(v)?;
+            resume_control(state, io, peer, session, mac).await.map(|()| None)
+        }
+        other => {
+            Err(Refusal::new(Reason::BadFrame, format!("expected client_open or client_join, got {}", other.kind())))
+        }
+    }
+}
+
+async fn open(
+    state: &State,
+    io: &mut Io,
+    peer: SocketAddr,
+    signed: SignedGrant,
+    service: String,
+) -> Result<(), Refusal> {
+    let grant = state.grants.verify(&signed).map_err(|e| Refusal::new(e.reason(), e.to_string()))?;
     let id = grant.session;
     tracing::Span::current().record("session", id.to_string()).record("device", grant.device.as_str());
+    let refuse = |reason: Reason, detail: &str| Refusal::new(reason, detail).of(id, &grant.device);
     let now = now_secs();
-    if let Err(e) = grant.check(&grant.device, &service, now) {
-        return refuse(&state, &mut io, peer, e.reason(), &e.to_string(), Some((id, &grant.device))).await;
-    }
-    let Some((attach_id, agent_tx)) = state.agents.get(&grant.device).map(|a| (a.attach_id, a.tx.clone())) else {
-        return refuse(&state, &mut io, peer, Reason::NotAttached, "device not attached", Some((id, &grant.device)))
-            .await;
-    };
+    grant.check(&grant.device, &service, now).map_err(|e| refuse(e.reason(), &e.to_string()))?;
+    let (attach_id, agent_tx) = state
+        .agents
+        .get(&grant.device)
+        .map(|a| (a.attach_id, a.tx.clone()))
+        .ok_or_else(|| refuse(Reason::NotAttached, "device not attached"))?;
     if !state.consume(id, grant.expires_at, now) {
-        return refuse(
-            &state,
-            &mut io,
-            peer,
-            Reason::GrantReused,
-            "session id already used",
-            Some((id, &grant.device)),
-        )
-        .await;
+        return Err(refuse(Reason::GrantReused, "session id already used"));
     }
 
     // Ask the agent; it verifies the grant itself and may wait for on-site consent.
@@ -142,8 +172,7 @@ async fn open(state: Arc<State>, mut io: Io, peer: SocketAddr, signed: SignedGra
     let request = Frame::AccessRequest { grant: signed, service: service.clone() };
     if agent_tx.send(request).await.is_err() {
         state.pairing().decide(id);
-        return refuse(&state, &mut io, peer, Reason::NotAttached, "agent channel closed", Some((id, &grant.device)))
-            .await;
+        return Err(refuse(Reason::NotAttached, "agent channel closed"));
     }
     state.audit.record(
         "session_requested",
@@ -163,7 +192,7 @@ async fn open(state: Arc<State>, mut io: Io, peer: SocketAddr, signed: SignedGra
             let _ = agent_tx.try_send(Frame::SessionEnd { session: id, reason: Reason::ClientClosed, bytes_to_device: 0, bytes_to_client: 0 });
             state.audit.record("session_withdrawn", json!({"relay": state.cfg.name, "session": id.to_string(), "device": grant.device}));
             state.hub_ended(id, &grant.device, Reason::ClientClosed, 0, 0, 0);
-            return;
+            return Ok(());
         }
     };
     if let (Outcome::Refused, reason) = decision {
@@ -175,7 +204,7 @@ async fn open(state: Arc<State>, mut io: Io, peer: SocketAddr, signed: SignedGra
         }
         metrics::RELAY_SESSIONS_ENDED.with_label_values(&[reason.label()]).inc();
         state.hub_ended(id, &grant.device, reason, 0, 0, 0);
-        return refuse(&state, &mut io, peer, reason, "refused by the device", Some((id, &grant.device))).await;
+        return Err(refuse(reason, "refused by the device"));
     }
 
     let session = Arc::new(Session::new(&grant, &service, peer.to_string(), attach_id, CancellationToken::new()));
@@ -190,14 +219,16 @@ async fn open(state: Arc<State>, mut io: Io, peer: SocketAddr, signed: SignedGra
     );
     let ready = Frame::SessionReady { session: id, token: session.token, raw_legs: state.cfg.raw_legs };
     if io.write_frame(&ready).await.is_err() {
-        return state.end_session(id, Reason::ClientClosed, true);
+        state.end_session(id, Reason::ClientClosed, true);
+        return Ok(());
     }
-    control_loop(&state, io, &session).await
+    control_loop(state, io, &session).await;
+    Ok(())
 }
 
 /// The session's control leg: runs until the client leaves, the session ends
 /// elsewhere, or it expires.
-async fn control_loop(state: &State, mut io: Io, session: &Session) {
+async fn control_loop(state: &State, io: &mut Io, session: &Session) {
     let id = session.id;
     let max = Duration::from_secs(state.cfg.limits.max_session_secs);
     let reason = loop {
@@ -228,96 +259,89 @@ async fn control_loop(state: &State, mut io: Io, session: &Session) {
 
 /// The session's control leg moves here (its relay failed); the session is
 /// ours or the twin's by replication.
-async fn resume_control(state: Arc<State>, mut io: Io, peer: SocketAddr, id: SessionId, mac: [u8; 32]) {
+async fn resume_control(
+    state: &State,
+    io: &mut Io,
+    peer: SocketAddr,
+    id: SessionId,
+    mac: [u8; 32],
+) -> Result<(), Refusal> {
     tracing::Span::current().record("session", id.to_string());
-    let Some(session) = state.find_session(id).await else {
-        return refuse(&state, &mut io, peer, Reason::UnknownSession, "no such live session", None).await;
-    };
+    let session =
+        state.find_session(id).await.ok_or_else(|| Refusal::new(Reason::UnknownSession, "no such live session"))?;
     if !proto::leg_mac_ok(&session.token, LegSide::Control, &id, 0, &mac) {
-        return refuse(&state, &mut io, peer, Reason::BadToken, "wrong resume MAC", Some((id, &session.device))).await;
+        return Err(Refusal::new(Reason::BadToken, "wrong resume MAC").of(id, &session.device));
     }
     state.audit.record(
         "session_control_moved",
         json!({"relay": state.cfg.name, "session": id.to_string(), "device": session.device, "client": peer.to_string()}),
     );
     let ready = Frame::SessionReady { session: id, token: session.token, raw_legs: state.cfg.raw_legs };
-    if io.write_frame(&ready).await.is_err() {
-        return;
+    if io.write_frame(&ready).await.is_ok() {
+        control_loop(state, io, &session).await;
     }
-    control_loop(&state, io, &session).await
+    Ok(())
 }
 
-#[allow(clippy::too_many_arguments)]
-async fn join(state: Arc<State>, mut io: Io, peer: SocketAddr, id: SessionId, conn: u32, mac: [u8; 32], resumes: u32) {
+/// A connection joins its session: checks, then waits for the device's leg.
+async fn join(
+    state: &State,
+    io: &mut Io,
+    id: SessionId,
+    conn: u32,
+    mac: [u8; 32],
+    resumes: u32,
+) -> Result<Option<Paired>, Refusal> {
     let joined_at = Instant::now();
     tracing::Span::current().record("session", id.to_string());
     // A session the twin admitted pairs here too (the twin replicated it).
-    let Some(session) = state.find_session(id).await else {
-        return refuse_join(resumes, &state, &mut io, peer, Reason::UnknownSession, "no such live session", None).await;
-    };
+    let session =
+        state.find_session(id).await.ok_or_else(|| Refusal::new(Reason::UnknownSession, "no such live session"))?;
+    let refuse = |reason: Reason, detail: &str| Refusal::new(reason, detail).of(id, &session.device);
     if !proto::leg_mac_ok(&session.token, LegSide::Client, &id, conn, &mac) {
-        return refuse_join(
-            resumes,
-            &state,
-            &mut io,
-            peer,
-            Reason::BadToken,
-            "wrong join MAC",
-            Some((id, &session.device)),
-        )
-        .await;
+        return Err(refuse(Reason::BadToken, "wrong join MAC"));
     }
     let fresh = session.joined.lock().map(|mut j| j.insert(conn)).unwrap_or(false);
     if !fresh {
-        return refuse_join(
-            resumes,
-            &state,
-            &mut io,
-            peer,
-            Reason::AlreadyPaired,
-            "connection number reused",
-            Some((id, &session.device)),
-        )
-        .await;
+        return Err(refuse(Reason::AlreadyPaired, "connection number reused"));
     }
+    let (leg, prefix) = ask_for_leg(state, &session, conn, resumes).await.map_err(|(r, d)| refuse(r, d))?;
+    let mut leg = FrameIo::new(leg);
+    let paired = Frame::Paired { session: id, conn };
+    if leg.write_frame(&paired).await.is_err() || io.write_frame(&paired).await.is_err() {
+        return Ok(None);
+    }
+    metrics::RELAY_PAIRING_SECONDS.observe(joined_at.elapsed().as_secs_f64());
+    let (leg, _) = leg.into_parts();
+    Ok(Some(Paired { session, conn, leg, prefix }))
+}
+
+/// Asks the device (directly, or through the twin it is attached to) for a
+/// data leg for `conn`, and waits for it.
+async fn ask_for_leg(
+    state: &State,
+    session: &Session,
+    conn: u32,
+    resumes: u32,
+) -> Result<(Leg, Bytes), (Reason, &'static str)> {
+    let id = session.id;
     let agent_tx = state.agents.get(&session.device).map(|a| a.tx.clone());
     // The agent may be attached only to the twin: the request goes over the
     // twin link, and the data leg still comes here.
     let via_twin = agent_tx.is_none() && state.replica.link_up() && state.peer().attached.contains(&session.device);
     if agent_tx.is_none() && !via_twin {
-        return refuse_join(
-            resumes,
-            &state,
-            &mut io,
-            peer,
-            Reason::NotAttached,
-            "device not attached",
-            Some((id, &session.device)),
-        )
-        .await;
+        return Err((Reason::NotAttached, "device not attached"));
     }
     let (tx, rx) = oneshot::channel();
     let key: [u8; 32] = crate::random_bytes();
     state.pairing().expect_leg(id, conn, key, tx);
     let asked = match &agent_tx {
         Some(tx) => tx.send(Frame::Open { session: id, conn, key, resumes, via: String::new() }).await.is_ok(),
-        None => {
-            let open = Frame::TwinOpen { session: id, conn, key, resumes, via: state.cfg.name.clone() };
-            state.replica.request(open)
-        }
+        None => state.replica.request(Frame::TwinOpen { session: id, conn, key, resumes, via: state.cfg.name.clone() }),
     };
     if !asked {
         state.pairing().withdraw_leg(id, conn);
-        return refuse_join(
-            resumes,
-            &state,
-            &mut io,
-            peer,
-            Reason::NotAttached,
-            "agent channel closed",
-            Some((id, &session.device)),
-        )
-        .await;
+        return Err((Reason::NotAttached, "agent channel closed"));
     }
     let wait = Duration::from_millis(state.cfg.limits.pairing_timeout_ms);
     let event = tokio::select! {
@@ -329,32 +353,19 @@ async fn join(state: Arc<State>, mut io: Io, peer: SocketAddr, id: SessionId, co
         _ = session.end.cancelled() => LegEvent::Failed(session.reason()),
     };
     state.pairing().withdraw_leg(id, conn);
-    let (leg, leg_prefix) = match event {
-        LegEvent::Leg(leg, prefix) => (leg, prefix),
-        LegEvent::Failed(reason) => {
-            return refuse_join(
-                resumes,
-                &state,
-                &mut io,
-                peer,
-                reason,
-                "the device did not open the connection",
-                Some((id, &session.device)),
-            )
-            .await;
-        }
-    };
-    let mut leg = FrameIo::new(leg);
-    let paired = Frame::Paired { session: id, conn };
-    if leg.write_frame(&paired).await.is_err() || io.write_frame(&paired).await.is_err() {
-        return;
+    match event {
+        LegEvent::Leg(leg, prefix) => Ok((leg, prefix)),
+        LegEvent::Failed(reason) => Err((reason, "the device did not open the connection")),
     }
-    metrics::RELAY_PAIRING_SECONDS.observe(joined_at.elapsed().as_secs_f64());
+}
+
+/// Splices a paired connection until it closes, the session ends or the relay drains.
+async fn tunnel(state: &State, p: Paired, io: Io) {
+    let Paired { session, conn, leg, prefix: leg_prefix } = p;
     metrics::RELAY_TUNNELS_TOTAL.inc();
     metrics::RELAY_TUNNELS_ACTIVE.inc();
     session.tunnels.fetch_add(1, Ordering::Relaxed);
     let (client, client_prefix) = io.into_parts();
-    let (leg, _) = leg.into_parts();
     let to_device = metrics::RELAY_BYTES.with_label_values(&["to_device"]);
     let to_client = metrics::RELAY_BYTES.with_label_values(&["to_client"]);
     let result = tokio::select! {

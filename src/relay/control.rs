@@ -109,7 +109,7 @@ async fn attached(
             tx,
             cancel: cancel.clone(),
             agent_version: agent_version.clone(),
-            last_heartbeat: crate::proto::grant::now_secs().into(),
+            last_heartbeat: crate::util::now_secs().into(),
             audit_head: Default::default(),
         },
     ) {
@@ -202,7 +202,7 @@ async fn on_frame(
     match frame {
         Frame::Heartbeat { seq } => {
             if let Some(a) = state.agents.get(device) {
-                a.last_heartbeat.store(crate::proto::grant::now_secs(), std::sync::atomic::Ordering::Relaxed);
+                a.last_heartbeat.store(crate::util::now_secs(), std::sync::atomic::Ordering::Relaxed);
             }
             io.write_frame(&Frame::Heartbeat { seq }).await.map_err(|e| format!("write failed: {e}"))?
         }

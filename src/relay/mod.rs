@@ -184,18 +184,8 @@ async fn accept_loop<F, Fut>(
 {
     let hs_timeout = Duration::from_millis(state.cfg.limits.handshake_timeout_ms);
     loop {
-        let accepted = tokio::select! {
-            _ = state.shutdown.cancelled() => return,
-            r = listener.accept() => r,
-        };
-        let (tcp, peer) = match accepted {
-            Ok(x) => x,
-            Err(e) => {
-                // EMFILE and friends: back off instead of spinning.
-                tracing::warn!(listener = listener_name, error = %e, "accept failed");
-                tokio::time::sleep(Duration::from_millis(100)).await;
-                continue;
-            }
+        let Some((tcp, peer)) = crate::util::net::accept(&listener, listener_name, &state.shutdown).await else {
+            return;
         };
         let refuse = |reason: &str| {
             metrics::RELAY_CONNECTIONS_REFUSED.with_label_values(&[listener_name, reason]).inc();

@@ -35,29 +35,25 @@ pub struct Session {
 
 impl Session {
     pub fn new(grant: &Grant, service: &str, client_addr: String, attach_id: u64, end: CancellationToken) -> Session {
-        Session {
-            id: grant.session,
+        let fact = SessionFact {
+            session: grant.session,
             device: grant.device.clone(),
             service: service.to_string(),
             specialist: grant.specialist.clone(),
             role: grant.role.clone(),
-            client_addr,
-            attach_id,
+            client: client_addr,
             token: crate::random_bytes(),
-            started: Instant::now(),
-            to_device: AtomicU64::new(0),
-            to_client: AtomicU64::new(0),
-            tunnels: AtomicU64::new(0),
-            joined: Mutex::new(HashSet::new()),
-            end,
-            end_reason: Mutex::new(None),
-            adopted: false,
-            started_at: crate::proto::grant::now_secs(),
-        }
+            started_at: crate::util::now_secs(),
+        };
+        Session::from_fact(&fact, attach_id, end, false)
     }
 
     /// A session the twin admitted, from its replicated fact.
     pub fn adopted(f: &SessionFact, attach_id: u64, end: CancellationToken) -> Session {
+        Session::from_fact(f, attach_id, end, true)
+    }
+
+    fn from_fact(f: &SessionFact, attach_id: u64, end: CancellationToken, adopted: bool) -> Session {
         Session {
             id: f.session,
             device: f.device.clone(),
@@ -74,7 +70,7 @@ impl Session {
             joined: Mutex::new(HashSet::new()),
             end,
             end_reason: Mutex::new(None),
-            adopted: true,
+            adopted,
             started_at: f.started_at,
         }
     }

@@ -133,20 +133,9 @@ impl State {
     }
 
     /// Counts and audits a refused frame-level request.
-    pub fn refused(
-        &self,
-        event: &str,
-        metric: &prometheus::IntCounterVec,
-        reason: Reason,
-        mut fields: serde_json::Value,
-    ) {
+    pub fn refused(&self, event: &str, metric: &prometheus::IntCounterVec, reason: Reason, fields: serde_json::Value) {
         metric.with_label_values(&[reason.label()]).inc();
-        if let Some(m) = fields.as_object_mut() {
-            m.insert("relay".into(), self.cfg.name.clone().into());
-            m.insert("reason".into(), reason.label().into());
-        }
-        tracing::info!(event, reason = reason.label(), "refused");
-        self.audit.record(event, fields);
+        self.audit.refusal(event, ("relay", &self.cfg.name), reason.label(), fields);
     }
 
     /// Marks a session id used. False when it was used before.
@@ -194,7 +183,7 @@ impl State {
             bytes_to_device: to_device,
             bytes_to_client: to_client,
             duration_ms: ms,
-            ended_at: crate::proto::grant::now_secs(),
+            ended_at: crate::util::now_secs(),
         });
     }
 

@@ -397,5 +397,14 @@ async fn watch(sh: &Shared, cfg: ResumeConfig) -> LegEnd {
     }
 }
 
+/// Sets the resume key of connection `conn` from its end-to-end TLS session
+/// (an exporter secret both ends derive alike; the relay cannot).
+pub fn set_key_from<D>(e2e: &rustls::ConnectionCommon<D>, key: &ResumeKey, conn: u32) {
+    let mut k = [0u8; 32];
+    if e2e.export_keying_material(&mut k, EXPORT_LABEL, Some(&conn.to_be_bytes())).is_ok() {
+        let _ = key.set(k);
+    }
+}
+
 /// Label and context of the TLS exporter both ends use for the resume key.
 pub const EXPORT_LABEL: &[u8] = b"tether resume";

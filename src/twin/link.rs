@@ -64,13 +64,7 @@ pub fn start(
 
 async fn accept_loop(link: Arc<Link>, listener: TcpListener, acceptor: TlsAcceptor, tracker: TaskTracker) {
     loop {
-        let (tcp, peer) = tokio::select! {
-            _ = link.stop.cancelled() => return,
-            r = listener.accept() => match r {
-                Ok(x) => x,
-                Err(_) => { tokio::time::sleep(Duration::from_millis(100)).await; continue; }
-            },
-        };
+        let Some((tcp, peer)) = crate::util::net::accept(&listener, "twin", &link.stop).await else { return };
         let (link, acceptor) = (link.clone(), acceptor.clone());
         tracker.spawn(async move {
             let why = receive(&link, tcp, peer, &acceptor).await;

@@ -2,6 +2,8 @@
 //! back-off, a replay set, constant-time comparison.
 pub mod backoff;
 pub mod clock;
+pub mod http;
+pub mod net;
 pub mod replay;
 
 pub use backoff::Backoff;

@@ -1,8 +1,9 @@
 //! Grant refusals at the relay and, independently, at the agent.
 use std::sync::Arc;
 
-use tether::proto::{Frame, FrameIo, Grant, GrantSigner, Outcome, Reason, SessionId, VERSION, grant::now_secs};
+use tether::proto::{Frame, FrameIo, Grant, GrantSigner, Outcome, Reason, SessionId, VERSION};
 use tether::tls::{self, Identity};
+use tether::util::now_secs;
 use tokio::net::TcpListener;
 use tokio_rustls::TlsAcceptor;
 

@@ -12,8 +12,9 @@ use std::time::Duration;
 
 use serde_json::Value;
 use tether::client::{ClientSession, Profile, RelayEntry};
-use tether::proto::{Frame, FrameIo, Grant, GrantSigner, SessionId, SignedGrant, VERSION, grant::now_secs};
+use tether::proto::{Frame, FrameIo, Grant, GrantSigner, SessionId, SignedGrant, VERSION};
 use tether::tls::pki::{self, Ca, Validity};
+use tether::util::now_secs;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio_util::sync::CancellationToken;

@@ -58,7 +58,7 @@ pub async fn add_user(fleet: &Fleet, name: &str, role: &str, sites: &[&str]) -> 
 /// The code for the step after the current one: valid (one step of skew), and
 /// never the one a previous login in this step used.
 pub fn code(secret: &str, offset: u64) -> String {
-    let step = tether::proto::grant::now_secs() / 30;
+    let step = tether::util::now_secs() / 30;
     tether::totp::code_at(secret, step + offset).unwrap()
 }
 

@@ -112,7 +112,7 @@ async fn refusals_are_clear_audited_counted_and_isolated() {
     assert_eq!((forged.0, forged.1.as_str()), (401, "bad_token"));
     let store = tether::hub::store::Store::open("sqlite:hub.db", fleet.dir()).await.unwrap();
     let (expired, hash) = tether::hub::auth::new_token();
-    store.token_add(&hash, "alice", tether::proto::grant::now_secs() as i64 - 5).await.unwrap();
+    store.token_add(&hash, "alice", tether::util::now_secs() as i64 - 5).await.unwrap();
     let e = api_err(
         hub_client(&fleet)
             .request::<serde_json::Value, serde_json::Value>(Method::GET, "/api/v1/devices", Some(&expired), None)

@@ -47,10 +47,7 @@ impl Sqlite {
     ) -> Result<T, StoreError> {
         let conn = self.conn.clone();
         tokio::task::spawn_blocking(move || {
-            let guard = match conn.lock() {
-                Ok(g) => g,
-                Err(p) => p.into_inner(),
-            };
+            let guard = crate::util::lock(&conn);
             f(&guard)
         })
         .await
