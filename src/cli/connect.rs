@@ -3,6 +3,7 @@
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::atomic::Ordering;
+use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
 
@@ -19,6 +20,16 @@ pub struct ConnectArgs {
     /// Why (kept in the session record; shown on site). May carry the ticket.
     #[arg(long, default_value = "")]
     reason: String,
+    /// Seconds to wait for an offline device to come online.
+    #[arg(long, default_value_t = 15)]
+    wait: u64,
+}
+
+/// The device is not reachable right now, but may be soon: the hub sees it on
+/// no ready relay, or the relay has not seen it attach yet.
+fn offline(e: &client::ClientError) -> bool {
+    matches!(e, client::ClientError::DeviceOffline { .. })
+        || matches!(e.reason(), Some(crate::proto::Reason::NotAttached))
 }
 
 pub async fn run(a: ConnectArgs) -> Result<()> {
@@ -32,9 +43,25 @@ pub async fn run(a: ConnectArgs) -> Result<()> {
     let (device, service) = (a.device, a.service);
     let source = client::GrantSource::from_profile(&p, Some(&reason))?;
     eprintln!("asking {device} for {service} (the device may need on-site approval)...");
-    let session = match client::ClientSession::open_with(&p, &source, &device, &service).await {
-        Ok(s) => s,
-        Err(e) => bail!("{e}"),
+    let deadline = Instant::now() + Duration::from_secs(a.wait);
+    let mut waiting = false;
+    let session = loop {
+        match client::ClientSession::open_with(&p, &source, &device, &service).await {
+            Ok(s) => break s,
+            Err(e) if offline(&e) && Instant::now() < deadline => {
+                if !waiting {
+                    eprintln!("{device} is offline; waiting up to {} s for it to come online (--wait)...", a.wait);
+                    waiting = true;
+                }
+                tokio::time::sleep(Duration::from_millis(250)).await;
+            }
+            Err(e) if offline(&e) => bail!(
+                "{device} did not come online within {} s: its agent is not attached to a ready relay \
+                 (`tether devices` shows where it was last seen)",
+                a.wait
+            ),
+            Err(e) => bail!("{e}"),
+        }
     };
     println!(
         "session {} ready: {} -> {device}/{service} via {}",

@@ -143,7 +143,7 @@ async fn user(admin: &hub::admin::Admin, cmd: UserCmd) -> Result<()> {
         UserCmd::Passwd { name } => {
             let password = super::ask(&format!("new password for {name}: "))?;
             admin.set_password(&name, &password).await?;
-            println!("password of {name} changed");
+            println!("password of {name} changed; its login tokens are revoked");
         }
         UserCmd::List => {
             for u in admin.store.users().await? {

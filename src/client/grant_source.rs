@@ -2,7 +2,7 @@
 //! or — tests and benches without a hub — the dev key in the profile.
 use std::sync::Arc;
 
-use super::hub::HubSession;
+use super::hub::{HubCallError, HubSession};
 use super::{ClientError, Profile, RelayEntry};
 use crate::api::{SessionGranted, SessionRequest};
 use crate::proto::{Grant, GrantSigner, SessionId, SignedGrant};
@@ -56,8 +56,12 @@ impl GrantSource {
                     client_key: hex::encode(client_key),
                     ticket: ticket.clone(),
                 };
-                let v: SessionGranted =
-                    hub.post("/api/v1/sessions", &want).await.map_err(|e| ClientError::Grant(e.to_string()))?;
+                let v: SessionGranted = hub.post("/api/v1/sessions", &want).await.map_err(|e| match e {
+                    HubCallError::Hub(h) if h.code() == Some("device_offline") => {
+                        ClientError::DeviceOffline { device: device.into(), message: h.to_string() }
+                    }
+                    e => ClientError::Grant(e.to_string()),
+                })?;
                 let bad = |what: &str| ClientError::Grant(format!("hub answer: bad {what}"));
                 let body = hex::decode(&v.grant).map_err(|_| bad("grant"))?;
                 let sig: [u8; 64] =

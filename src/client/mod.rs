@@ -32,6 +32,9 @@ pub enum ClientError {
     Tls(#[from] tls::TlsError),
     #[error("grant: {0}")]
     Grant(String),
+    /// The hub knows no ready relay holding the device (yet).
+    #[error("{message}")]
+    DeviceOffline { device: String, message: String },
     #[error("cannot reach relay {relay} at {addr}: {source}")]
     Dial { relay: String, addr: String, source: std::io::Error },
     #[error("refused: {reason}: {message}")]

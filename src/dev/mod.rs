@@ -1,18 +1,16 @@
 //! `tether dev`: the whole system on one machine with dev certificates:
 //! the hub (SQLite in the dev folder, 127.0.0.1:17010), two relays
 //! (127.0.0.1 and 127.0.0.2), one agent (`demo-1`) and an echo service,
-//! started as child processes and stopped together. The dev account's
-//! password and TOTP secret sit in `dev-login/` so the dev profile logs in by
-//! itself — dev only; a real profile never stores either.
-use std::path::{Path, PathBuf};
-use std::process::Stdio;
-use std::time::Duration;
+//! started as child processes, restarted when one dies, and stopped together.
+//! The dev account's password and TOTP secret sit in `dev-login/` so the dev
+//! profile logs in by itself — dev only; a real profile never stores either.
+mod up;
 
-use anyhow::{Context, Result, bail};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::TcpListener;
-use tokio::process::{Child, Command};
-use tokio_util::sync::CancellationToken;
+use std::path::Path;
+
+use anyhow::{Context, Result};
+
+pub use up::{echo_server, up};
 
 /// Where the built-in echo service listens in dev mode.
 pub const ECHO_ADDR: &str = "127.0.0.1:17007";
@@ -91,136 +89,4 @@ async fn dev_account(dir: &Path, opts: &InitOptions) -> Result<()> {
         false,
     )?;
     Ok(())
-}
-
-/// Echoes every byte back, on every accepted connection, until `stop`.
-pub async fn echo_server(listener: TcpListener, stop: CancellationToken) {
-    loop {
-        let (mut s, _) = tokio::select! {
-            _ = stop.cancelled() => return,
-            r = listener.accept() => match r { Ok(x) => x, Err(_) => continue },
-        };
-        tokio::spawn(async move {
-            let mut buf = vec![0u8; 64 * 1024];
-            loop {
-                match s.read(&mut buf).await {
-                    Ok(0) | Err(_) => break,
-                    Ok(n) => {
-                        if s.write_all(&buf[..n]).await.is_err() {
-                            return;
-                        }
-                    }
-                }
-            }
-            let _ = s.shutdown().await;
-        });
-    }
-}
-
-fn spawn(dir: &Path, args: &[&str]) -> Result<Child> {
-    let exe = std::env::current_exe()?;
-    Command::new(exe)
-        .args(args)
-        .current_dir(dir)
-        .stdin(Stdio::null())
-        .kill_on_drop(true)
-        .spawn()
-        .with_context(|| format!("starting tether {}", args.join(" ")))
-}
-
-/// Starts relays, agent and echo service; stops them all when `stop` fires.
-pub async fn up(dir: &Path, stop: CancellationToken) -> Result<()> {
-    if !dir.join("agent.toml").exists() {
-        bail!("{} holds no dev setup; run `tether dev init --dir {}` first", dir.display(), dir.display());
-    }
-    let echo =
-        TcpListener::bind(ECHO_ADDR).await.with_context(|| format!("binding the echo service on {ECHO_ADDR}"))?;
-    tokio::spawn(echo_server(echo, stop.clone()));
-    if !dir.join("hub.toml").exists() {
-        bail!("{} predates the hub: remove it and run `tether dev` again", dir.display());
-    }
-    let mut children = vec![spawn(dir, &["hub", "--config", "hub.toml"])?];
-    wait_listening(HUB_ADDR).await?;
-    children.push(spawn(dir, &["relay", "--config", "relay-a.toml"])?);
-    children.push(spawn(dir, &["relay", "--config", "relay-b.toml"])?);
-    for admin in ["127.0.0.1:17090", "127.0.0.2:17090"] {
-        wait_ready(admin).await?;
-    }
-    children.push(spawn(dir, &["agent", "--config", "agent.toml"])?);
-    let profile: PathBuf = dir.join("client.toml");
-    let p = pretty(&profile);
-    let connect = format!("tether connect --profile {p} {DEV_DEVICE} echo --listen 127.0.0.1:7000");
-    println!(
-        "\ntether dev is up: hub https://{HUB_ADDR}, relay-a 127.0.0.1, relay-b 127.0.0.2, agent {DEV_DEVICE}, \
-         echo service on {ECHO_ADDR}."
-    );
-    println!(
-        "In another terminal, run:\n\n    tether devices --profile {p}\n    {connect}\n\n\
-         then e.g. `nc 127.0.0.1 7000`; `tether sessions --profile {p}` lists sessions. Ctrl-C stops everything.\n"
-    );
-    let names = ["hub", "relay-a", "relay-b", "agent"];
-    let waits = children.iter_mut().zip(names).map(|(c, name)| {
-        Box::pin(async move {
-            let r = c.wait().await;
-            (name, r)
-        })
-    });
-    tokio::select! {
-        _ = stop.cancelled() => {}
-        (name, r) = first_of(waits.collect()) => eprintln!("{name} exited: {r:?}"),
-    }
-    for c in children.iter_mut() {
-        if let Some(pid) = c.id() {
-            let _ = std::process::Command::new("kill").arg("-TERM").arg(pid.to_string()).status();
-        }
-    }
-    for c in children.iter_mut() {
-        if tokio::time::timeout(Duration::from_secs(5), c.wait()).await.is_err() {
-            let _ = c.start_kill();
-        }
-    }
-    stop.cancel();
-    Ok(())
-}
-
-fn pretty(p: &Path) -> String {
-    std::env::current_dir()
-        .ok()
-        .and_then(|cwd| p.strip_prefix(cwd).ok().map(|r| r.display().to_string()))
-        .unwrap_or_else(|| p.display().to_string())
-}
-
-/// The output of whichever future finishes first.
-async fn first_of<F: std::future::Future + Unpin>(mut futs: Vec<F>) -> F::Output {
-    std::future::poll_fn(move |cx| {
-        futs.iter_mut()
-            .find_map(|f| match std::pin::Pin::new(f).poll(cx) {
-                std::task::Poll::Ready(v) => Some(v),
-                std::task::Poll::Pending => None,
-            })
-            .map_or(std::task::Poll::Pending, std::task::Poll::Ready)
-    })
-    .await
-}
-
-async fn wait_listening(addr: &str) -> Result<()> {
-    for _ in 0..100 {
-        if tokio::net::TcpStream::connect(addr).await.is_ok() {
-            return Ok(());
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    bail!("the hub did not listen on {addr} within 10 s")
-}
-
-async fn wait_ready(admin: &str) -> Result<()> {
-    for _ in 0..100 {
-        if let Ok((status, _)) = crate::util::http::get(admin, "/readyz").await
-            && status.is_success()
-        {
-            return Ok(());
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    bail!("relay admin {admin} did not become ready within 10 s")
 }

@@ -72,7 +72,9 @@ impl Admin {
         let hash = auth::hash_password(password).map_err(|e| anyhow::anyhow!("hashing the password: {e}"))?;
         self.store.user_set_password(name, &hash).await?;
         self.store.clear_login_failures(name).await?;
-        self.audit.record("user_password_set", json!({"user": name, "by": self.by})).await;
+        // Whoever logged in with the old password is out.
+        let revoked = self.store.tokens_revoke(name).await?;
+        self.audit.record("user_password_set", json!({"user": name, "by": self.by, "tokens_revoked": revoked})).await;
         Ok(())
     }
 

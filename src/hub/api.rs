@@ -6,6 +6,7 @@ use serde_json::json;
 
 use super::guard::{authenticate, internal, require_admin};
 use super::http::{self, Answer, ApiError, Peer, error_answer, json_answer};
+use super::limits::Busy;
 use super::model::Role;
 use super::{Hub, auth, sessions};
 use crate::api::{
@@ -164,6 +165,12 @@ async fn login(hub: &Hub, l: &LoginRequest, peer: &Peer) -> Result<LoginAnswer, 
     if l.user.is_empty() || l.user.len() > 128 {
         return Err(ApiError::new(StatusCode::BAD_REQUEST, "bad_user", "user: 1 to 128 characters"));
     }
+    // Before anything is looked up or hashed: one attempt per name at a
+    // time, bounded password checks, a rate per source.
+    let _attempt = match hub.logins.admit(peer.addr.ip(), &l.user, std::time::Instant::now()) {
+        Ok(a) => a,
+        Err((busy, report)) => return Err(busy_refusal(hub, busy, report, &l.user, &from).await),
+    };
     let (failures, locked_until) = hub.store.login_failures(&l.user).await.map_err(internal)?;
     if now < locked_until {
         crate::metrics::HUB_LOGIN_FAILURES.with_label_values(&["locked"]).inc();
@@ -195,12 +202,11 @@ async fn login(hub: &Hub, l: &LoginRequest, peer: &Peer) -> Result<LoginAnswer, 
         },
     };
     if let Some(reason) = failure {
-        let failures = failures + 1;
+        let failures = hub.store.login_failure_add(&l.user).await.map_err(internal)?;
         let delay = hub.cfg.lockout.delay(failures) as i64;
-        hub.store
-            .set_login_failures(&l.user, failures, if delay > 0 { now + delay } else { 0 })
-            .await
-            .map_err(internal)?;
+        if delay > 0 {
+            hub.store.login_lock(&l.user, now + delay).await.map_err(internal)?;
+        }
         crate::metrics::HUB_LOGIN_FAILURES.with_label_values(&[reason]).inc();
         hub.audit
             .record("login_failed", json!({"user": l.user, "from": from, "reason": reason, "failures": failures}))
@@ -222,4 +228,25 @@ async fn login(hub: &Hub, l: &LoginRequest, peer: &Peer) -> Result<LoginAnswer, 
     hub.store.token_add(&hash, &user.name, expires_at).await.map_err(internal)?;
     hub.audit.record("login", json!({"user": user.name, "from": from, "role": user.role})).await;
     Ok(LoginAnswer { token, expires_at: expires_at as u64, user: user.name, role: user.role })
+}
+
+/// A login turned away before any check: counted, audited (rate limits once
+/// per burst, with the count), answered 429 with a retry time.
+async fn busy_refusal(hub: &Hub, busy: Busy, report: Option<u64>, user: &str, from: &str) -> ApiError {
+    let (code, message) = match busy {
+        Busy::RateLimited { retry_after } => {
+            ("rate_limited", format!("too many login attempts from your address; try again in {retry_after} s"))
+        }
+        Busy::NameBusy => ("login_busy", "another login for this account is being checked; try again in 1 s".into()),
+        Busy::Overloaded => ("busy", "the hub is checking too many logins; try again in 1 s".into()),
+    };
+    crate::metrics::HUB_REFUSALS.with_label_values(&[code]).inc();
+    match (busy, report) {
+        (Busy::RateLimited { .. }, Some(n)) => {
+            hub.audit.record("login_rate_limited", json!({"from": from, "refused_in_burst": n, "user": user})).await;
+        }
+        (Busy::RateLimited { .. }, None) => {}
+        _ => hub.audit.record("login_refused_busy", json!({"from": from, "user": user, "reason": code})).await,
+    }
+    ApiError::new(StatusCode::TOO_MANY_REQUESTS, code, message)
 }

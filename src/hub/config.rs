@@ -45,6 +45,9 @@ pub struct HubConfig {
     pub relay_stale_ms: u64,
     #[serde(default)]
     pub lockout: Lockout,
+    /// Bounds on login attempts before any password is checked.
+    #[serde(default)]
+    pub login: super::limits::LoginLimits,
     /// The relay pair, with the address specialists dial.
     pub relays: Vec<HubRelay>,
 }

@@ -9,6 +9,7 @@ pub mod auth;
 pub mod config;
 mod guard;
 mod http;
+pub mod limits;
 pub mod model;
 pub mod relays;
 mod sessions;
@@ -42,6 +43,8 @@ pub struct Hub {
     pub store: store::Store,
     pub audit: audit::HubAudit,
     pub board: relays::Board,
+    /// Bounds on login attempts (per name, per source, password checks at once).
+    pub logins: limits::LoginGate,
     signer: GrantSigner,
 }
 
@@ -51,7 +54,8 @@ impl Hub {
         let signer = crate::tls::pki::load_grant_signer(&cfg.grant_signing_key)?;
         let audit = audit::HubAudit::open(store.clone()).await?;
         let board = relays::Board::new(cfg.relays.clone(), Duration::from_millis(cfg.relay_stale_ms));
-        Ok(Arc::new(Hub { cfg, store, audit, board, signer }))
+        let logins = limits::LoginGate::new(cfg.login.clone());
+        Ok(Arc::new(Hub { cfg, store, audit, board, logins, signer }))
     }
 
     /// Counts and audits a refusal; `fields` say who and what, never secrets.

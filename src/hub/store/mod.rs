@@ -203,12 +203,27 @@ impl Store {
         Ok(rows.first().map(|r| (r.int(0), r.int(1))).unwrap_or((0, 0)))
     }
 
-    pub async fn set_login_failures(&self, name: &str, failures: i64, locked_until: i64) -> Result<(), StoreError> {
+    /// Counts one more failed login for `name` in one statement (parallel
+    /// failures each count); returns the new count.
+    pub async fn login_failure_add(&self, name: &str) -> Result<i64, StoreError> {
+        let rows = self
+            .db
+            .query(
+                "INSERT INTO login_failures (name, failures, locked_until) VALUES ($1, 1, 0)
+                 ON CONFLICT (name) DO UPDATE SET failures = login_failures.failures + 1 RETURNING failures",
+                vec![name.into()],
+            )
+            .await?;
+        Ok(rows.first().map(|r| r.int(0)).unwrap_or(1))
+    }
+
+    /// Refuses logins to `name` until `until` (unix s); never shortens a longer lock.
+    pub async fn login_lock(&self, name: &str, until: i64) -> Result<(), StoreError> {
         self.db
             .exec(
-                "INSERT INTO login_failures (name, failures, locked_until) VALUES ($1, $2, $3)
-                 ON CONFLICT (name) DO UPDATE SET failures = $2, locked_until = $3",
-                vec![name.into(), failures.into(), locked_until.into()],
+                "UPDATE login_failures SET locked_until = CASE WHEN locked_until < $2 THEN $2 ELSE locked_until END
+                 WHERE name = $1",
+                vec![name.into(), until.into()],
             )
             .await
             .map(|_| ())
@@ -236,8 +251,9 @@ impl Store {
         Ok(rows.first().map(|r| (r.text(0), r.int(1))))
     }
 
-    pub async fn tokens_revoke(&self, user: &str) -> Result<(), StoreError> {
-        self.db.exec("DELETE FROM tokens WHERE user_name = $1", vec![user.into()]).await.map(|_| ())
+    /// Revokes every login token of `user`; returns how many there were.
+    pub async fn tokens_revoke(&self, user: &str) -> Result<u64, StoreError> {
+        self.db.exec("DELETE FROM tokens WHERE user_name = $1", vec![user.into()]).await
     }
 
     // --- sites, devices, entitlements ----------------------------------------

@@ -89,15 +89,20 @@ async fn totp_steps_failures_and_tokens() {
         assert!(!s.totp_use("alice", 99).await.unwrap(), "an older code is dead");
         assert!(s.totp_use("alice", 101).await.unwrap());
         assert_eq!(s.login_failures("ghost").await.unwrap(), (0, 0));
-        s.set_login_failures("ghost", 3, 77).await.unwrap();
-        s.set_login_failures("ghost", 4, 88).await.unwrap();
-        assert_eq!(s.login_failures("ghost").await.unwrap(), (4, 88));
+        // Parallel failures each count (one statement each, no read-modify-write).
+        let adds: Vec<_> = (0..8).map(|_| s.login_failure_add("ghost")).collect();
+        let mut counts: Vec<i64> = futures_join(adds).await.into_iter().map(Result::unwrap).collect();
+        counts.sort();
+        assert_eq!(counts, (1..=8).collect::<Vec<_>>());
+        s.login_lock("ghost", 88).await.unwrap();
+        s.login_lock("ghost", 77).await.unwrap();
+        assert_eq!(s.login_failures("ghost").await.unwrap(), (8, 88), "a lock is never shortened");
         s.clear_login_failures("ghost").await.unwrap();
         assert_eq!(s.login_failures("ghost").await.unwrap(), (0, 0));
         s.token_add("hash1", "alice", 1_000_000).await.unwrap();
         assert_eq!(s.token("hash1").await.unwrap(), Some(("alice".into(), 1_000_000)));
         assert_eq!(s.token("nope").await.unwrap(), None);
-        s.tokens_revoke("alice").await.unwrap();
+        assert_eq!(s.tokens_revoke("alice").await.unwrap(), 1);
         assert_eq!(s.token("hash1").await.unwrap(), None);
     })
     .await;
@@ -166,4 +171,24 @@ async fn sessions_and_audit_chain() {
         assert_eq!(s.anchor("relay:relay-a").await.unwrap(), Some((6, "h6".into(), 2)));
     })
     .await;
+}
+
+/// Runs the futures concurrently; their results in order.
+async fn futures_join<F: std::future::Future>(futs: Vec<F>) -> Vec<F::Output> {
+    let mut futs: Vec<_> = futs.into_iter().map(Box::pin).collect();
+    let mut out: Vec<Option<F::Output>> = futs.iter().map(|_| None).collect();
+    std::future::poll_fn(|cx| {
+        let mut pending = false;
+        for (f, o) in futs.iter_mut().zip(out.iter_mut()) {
+            if o.is_none() {
+                match f.as_mut().poll(cx) {
+                    std::task::Poll::Ready(v) => *o = Some(v),
+                    std::task::Poll::Pending => pending = true,
+                }
+            }
+        }
+        if pending { std::task::Poll::Pending } else { std::task::Poll::Ready(()) }
+    })
+    .await;
+    out.into_iter().map(|o| o.expect("every future finished")).collect()
 }

@@ -1,0 +1,156 @@
+//! `tether dev` as a newcomer uses it: run it, wait for its "is up" line, run
+//! the printed `tether connect` at once, then `kill -9` the relay carrying
+//! the session. Uses the dev setup's fixed ports (127.0.0.1/127.0.0.2:
+//! 17001-17003, 17090, 17443; hub 17010; echo 17007).
+use std::io::{BufRead, BufReader};
+use std::net::SocketAddr;
+use std::process::{Child, Command, Stdio};
+use std::sync::mpsc;
+use std::time::Duration;
+
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+use crate::harness::{BIN, eventually, within};
+
+/// A child that gets SIGTERM (and its own children a clean stop) when dropped.
+struct Gentle(Child);
+
+impl Drop for Gentle {
+    fn drop(&mut self) {
+        let _ = Command::new("kill").arg("-TERM").arg(self.0.id().to_string()).status();
+        for _ in 0..100 {
+            if let Ok(Some(_)) = self.0.try_wait() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// Lines of a child's stream, as they come.
+fn lines(r: impl std::io::Read + Send + 'static) -> mpsc::Receiver<String> {
+    let (tx, rx) = mpsc::channel();
+    std::thread::spawn(move || {
+        for l in BufReader::new(r).lines().map_while(Result::ok) {
+            if tx.send(l).is_err() {
+                return;
+            }
+        }
+    });
+    rx
+}
+
+/// Waits (up to `secs`) for a line containing `needle`; returns it.
+fn wait_line(rx: &mpsc::Receiver<String>, needle: &str, secs: u64, seen: &mut Vec<String>) -> String {
+    let deadline = std::time::Instant::now() + Duration::from_secs(secs);
+    while let Some(left) = deadline.checked_duration_since(std::time::Instant::now()) {
+        match rx.recv_timeout(left) {
+            Ok(l) => {
+                seen.push(l.clone());
+                if l.contains(needle) {
+                    return l;
+                }
+            }
+            Err(mpsc::RecvTimeoutError::Timeout) => break,
+            Err(mpsc::RecvTimeoutError::Disconnected) => panic!("stream closed; saw:\n{}", seen.join("\n")),
+        }
+    }
+    panic!("no line with {needle:?} within {secs} s; saw:\n{}", seen.join("\n"))
+}
+
+fn pid_of(up_pids: &str, name: &str) -> u32 {
+    up_pids
+        .split(", ")
+        .find_map(|p| p.trim_start_matches("pids: ").strip_prefix(&format!("{name} ")))
+        .and_then(|p| p.trim().parse().ok())
+        .unwrap_or_else(|| panic!("no pid for {name} in {up_pids:?}"))
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn dev_is_up_when_it_says_so_and_supervises_a_killed_relay() {
+    if std::net::TcpListener::bind("127.0.0.1:17010").is_err() {
+        panic!("port 17010 is taken: is a `tether dev` running? This test runs the dev setup on its fixed ports");
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let devdir = dir.path().join("tether-dev");
+    let mut dev = Command::new(BIN)
+        .args(["dev", "--dir"])
+        .arg(&devdir)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let out = lines(dev.stdout.take().unwrap());
+    let err = lines(dev.stderr.take().unwrap());
+    let dev = Gentle(dev);
+    let mut seen = Vec::new();
+    wait_line(&out, "tether dev is up", 120, &mut seen);
+    let pids = wait_line(&out, "pids: ", 5, &mut seen);
+    let hint = wait_line(&out, "Try failover: kill -9", 5, &mut seen);
+    assert!(hint.contains(&pid_of(&pids, "relay-a").to_string()), "the hint names relay-a's pid: {hint}");
+
+    // At once, the printed command: the device is online, nothing to wait for.
+    let profile = devdir.join("client.toml");
+    let mut connect = Command::new(BIN)
+        .args(["connect", "--profile"])
+        .arg(&profile)
+        .args(["demo-1", "echo", "--listen", "127.0.0.1:0", "--wait", "0"])
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let c_out = lines(connect.stdout.take().unwrap());
+    let c_err = lines(connect.stderr.take().unwrap());
+    let connect = Gentle(connect);
+    let mut c_seen = Vec::new();
+    let ready = wait_line(&c_out, "ready:", 30, &mut c_seen);
+    assert!(c_err.try_iter().all(|l| !l.contains("offline")), "connect right after 'is up' had to wait");
+    let addr: SocketAddr = ready.split_whitespace().nth(3).unwrap().parse().unwrap();
+    let carrier = ready.rsplit(' ').next().unwrap().to_string();
+
+    // A paced echo across a SIGKILL of the relay carrying the session.
+    let stream = TcpStream::connect(addr).await.unwrap();
+    let (mut r, mut w) = stream.into_split();
+    let data = crate::harness::random(400 * 16 * 1024);
+    let sent = data.clone();
+    let writer = tokio::spawn(async move {
+        for chunk in sent.chunks(16 * 1024) {
+            w.write_all(chunk).await.unwrap();
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        w.shutdown().await.unwrap();
+    });
+    let reader = tokio::spawn(async move {
+        let mut got = Vec::new();
+        r.read_to_end(&mut got).await.map(|_| got)
+    });
+    tokio::time::sleep(Duration::from_millis(700)).await;
+    let victim = pid_of(&pids, &carrier);
+    assert!(Command::new("kill").arg("-9").arg(victim.to_string()).status().unwrap().success());
+    within(60, writer).await.unwrap();
+    let got = within(60, reader).await.unwrap().expect("the local connection saw no error");
+    assert!(got == data, "every byte came back once, in order, across the kill of {carrier}");
+
+    // dev said which part died and how, restarted it, and kept the rest.
+    let mut e_seen = Vec::new();
+    let died = wait_line(&err, &format!("{carrier} (pid {victim}) was killed (SIGKILL)"), 10, &mut e_seen);
+    assert!(died.contains("restarting"), "{died}");
+    let back = wait_line(&err, &format!("{carrier} restarted (pid "), 15, &mut e_seen);
+    assert!(!back.contains(&format!("(pid {victim})")), "a new process: {back}");
+    let devices = || {
+        let out = Command::new(BIN).args(["devices", "--json", "--profile"]).arg(&profile).output().unwrap();
+        serde_json::from_slice::<serde_json::Value>(&out.stdout).unwrap_or_default()
+    };
+    eventually("demo-1 online on both relays again", async || {
+        let v = devices();
+        v[0]["relays"].as_array().is_some_and(|r| r.len() == 2)
+    })
+    .await;
+    drop(connect);
+    drop(dev);
+}

@@ -1,0 +1,128 @@
+//! The hub under abuse: parallel password guesses, a source that floods
+//! logins, and a password reset that must end every old login.
+use hyper::Method;
+use serde_json::{Value, json};
+use tether::api::HubClientError;
+
+use super::hub::*;
+use crate::harness::*;
+
+async fn guess(fleet: &Fleet, user: &str, password: &str) -> Result<Value, HubClientError> {
+    let body = json!({"user": user, "password": password, "code": "123456"});
+    hub_client(fleet).request::<Value, Value>(Method::POST, "/api/v1/login", None, Some(&body)).await
+}
+
+fn code_of(r: &Result<Value, HubClientError>) -> String {
+    match r {
+        Err(HubClientError::Api { status, code, .. }) => format!("{status} {code}"),
+        Ok(_) => "200".into(),
+        Err(e) => panic!("unexpected {e}"),
+    }
+}
+
+#[tokio::test]
+async fn parallel_guesses_each_count_and_stop_at_the_lockout() {
+    let fleet =
+        hub_fleet("[lockout]\nmax_failures = 3\nbase_delay_secs = 60\n[login]\nper_source_per_minute = 1000\n").await;
+    add_user(&fleet, "mallory", "engineer", &["st-marys"]).await;
+    // 24 guesses at once: one is checked at a time per account name; the
+    // rest are told to retry, and none is counted twice or lost.
+    let tasks: Vec<_> = (0..24)
+        .map(|i| {
+            let f = &fleet;
+            async move { code_of(&guess(f, "mallory", &format!("guess number {i} is wrong")).await) }
+        })
+        .collect();
+    let answers: Vec<String> = futures_all(tasks.into_iter().map(Box::pin).collect()).await;
+    let failed = answers.iter().filter(|a| *a == "401 login_failed").count();
+    assert!((1..=3).contains(&failed), "at most the lockout's worth of guesses were checked: {answers:?}");
+    assert!(
+        answers.iter().all(|a| a == "401 login_failed" || a == "429 login_busy" || a == "429 locked"),
+        "every other guess was turned away before any check: {answers:?}"
+    );
+    // Guess on, one at a time, until locked: exactly the limit was checked in all.
+    let mut more = 0;
+    loop {
+        let a = code_of(&guess(&fleet, "mallory", "one more wrong guess").await);
+        match a.as_str() {
+            "401 login_failed" => more += 1,
+            "429 locked" => break,
+            "429 login_busy" => tokio::time::sleep(std::time::Duration::from_millis(50)).await,
+            other => panic!("unexpected {other}"),
+        }
+        assert!(more <= 3, "more guesses checked than the lockout allows");
+    }
+    assert_eq!(failed + more, 3, "each failure counted once: {failed} in parallel, {more} after");
+    let admin = add_user(&fleet, "boss", "admin", &[]).await;
+    let admin_t = token_of(&login(&fleet, "boss", &admin).await);
+    let audit = hub_audit(&fleet, &admin_t).await;
+    let counted = audit.iter().filter(|r| r["event"] == "login_failed" && r["user"] == "mallory").count();
+    assert_eq!(counted, 3, "each checked guess audited once");
+    assert!(audit.iter().any(|r| r["event"] == "login_refused_busy" && r["user"] == "mallory"));
+    let metrics = hub_client(&fleet).call(Method::GET, "/metrics", None, None).await.unwrap().1;
+    let text = String::from_utf8_lossy(&metrics);
+    assert!(parse_metric(&text, "tether_hub_refusals_total", &["login_busy"]) >= 1.0, "busy refusals counted");
+}
+
+#[tokio::test]
+async fn a_flooding_source_is_rate_limited_and_a_password_reset_ends_old_logins() {
+    let fleet = hub_fleet("[login]\nper_source_per_minute = 6\n").await;
+    let alice = add_user(&fleet, "alice", "engineer", &["st-marys"]).await;
+    let admin = add_user(&fleet, "boss", "admin", &[]).await;
+    let profile = login(&fleet, "alice", &alice).await;
+    let old = token_of(&profile);
+    let admin_t = token_of(&login(&fleet, "boss", &admin).await);
+    let me = async |t: &str| hub_client(&fleet).get::<Value>("/api/v1/me", Some(t)).await;
+    me(&old).await.expect("the token works");
+
+    // A password reset revokes every token of the account.
+    let out = hub_cli(&fleet, &["user", "passwd", "alice"], "a brand new passphrase for alice 77\n").await;
+    assert!(out.contains("tokens are revoked"), "{out}");
+    let e = me(&old).await.expect_err("the old token is dead");
+    assert_eq!(e.code(), Some("bad_token"), "{e}");
+
+    // Two logins were spent above; four more, then the source is turned away.
+    for i in 0..4 {
+        assert_eq!(code_of(&guess(&fleet, &format!("nobody{i}"), "not a password at all").await), "401 login_failed");
+    }
+    let (status, body) = hub_client(&fleet)
+        .call(
+            Method::POST,
+            "/api/v1/login",
+            None,
+            Some(serde_json::to_vec(&json!({"user": "x", "password": "y", "code": "1"})).unwrap().into()),
+        )
+        .await
+        .unwrap();
+    let v: Value = serde_json::from_slice(&body).unwrap();
+    assert_eq!((status.as_u16(), v["error"].as_str()), (429, Some("rate_limited")), "{v}");
+    assert!(v["message"].as_str().unwrap().contains("try again in"));
+    for _ in 0..5 {
+        assert_eq!(code_of(&guess(&fleet, "alice", "x").await), "429 rate_limited");
+    }
+    let audit = hub_audit(&fleet, &admin_t).await;
+    let limited: Vec<_> = audit.iter().filter(|r| r["event"] == "login_rate_limited").collect();
+    assert_eq!(limited.len(), 1, "one audit record for the burst, not one per attempt: {limited:?}");
+    assert!(
+        audit.iter().any(|r| r["event"] == "user_password_set" && r["user"] == "alice" && r["tokens_revoked"] == 1)
+    );
+}
+
+/// Runs the futures at once; their outputs in order.
+async fn futures_all<F: std::future::Future + Unpin>(mut futs: Vec<F>) -> Vec<F::Output> {
+    let mut out: Vec<Option<F::Output>> = futs.iter().map(|_| None).collect();
+    std::future::poll_fn(|cx| {
+        let mut pending = false;
+        for (f, o) in futs.iter_mut().zip(out.iter_mut()) {
+            if o.is_none() {
+                match std::pin::Pin::new(f).poll(cx) {
+                    std::task::Poll::Ready(v) => *o = Some(v),
+                    std::task::Poll::Pending => pending = true,
+                }
+            }
+        }
+        if pending { std::task::Poll::Pending } else { std::task::Poll::Ready(()) }
+    })
+    .await;
+    out.into_iter().map(|o| o.unwrap()).collect()
+}
