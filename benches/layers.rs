@@ -143,7 +143,7 @@ async fn bare_push(s: &Setup, tls_legs: bool) {
     let conn = if tls_legs { s.next_tls_conn.fetch_add(1, Relaxed) } else { s.next_conn.fetch_add(1, Relaxed) };
     let leg = tether::leg::dial(&addr.to_string(), !tls_legs, "localhost", s.client_tls.clone()).await.unwrap();
     let mut io = FrameIo::new(leg);
-    let mac = leg_mac(&token, LegSide::Client, &session, conn);
+    let mac = leg_mac(&token, LegSide::Client { resumes: 0 }, &session, conn);
     io.write_frame(&Frame::ClientJoin { version: VERSION, session, conn, mac, resumes: 0 }).await.unwrap();
     assert!(matches!(io.read_frame().await.unwrap(), Frame::Paired { .. }));
     let (leg, prefix) = io.into_parts();

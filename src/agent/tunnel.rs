@@ -148,20 +148,7 @@ pub async fn open(
         }
     };
     let started = Instant::now();
-    let service = async {
-        tokio::time::timeout(SERVICE_TIMEOUT, TcpStream::connect(target))
-            .await
-            .map_err(|_| std::io::Error::new(std::io::ErrorKind::TimedOut, "connect timed out"))?
-    };
-    let (service, leg) = tokio::join!(service, dial_leg(&state, &relay, &plan, id, conn));
-    let service = match service {
-        Ok(s) => s,
-        Err(e) => {
-            let _ = tx.send(fail(Reason::ServiceUnreachable, format!("{target}: {e}"))).await;
-            return;
-        }
-    };
-    let leg = match leg {
+    let leg = match dial_leg(&state, &relay, &plan, id, conn).await {
         Ok(l) => l,
         Err(e) => {
             // Tell the relay now rather than let the client wait for the pairing timeout.
@@ -173,10 +160,9 @@ pub async fn open(
     metrics::AGENT_HANDSHAKE_SECONDS.with_label_values(&[&relay.name]).observe(started.elapsed().as_secs_f64());
     metrics::AGENT_TUNNELS.inc();
     session.tunnels.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-    let _ = service.set_nodelay(true);
 
-    // Resumable stream on the leg; end-to-end TLS on top. Nothing reaches the
-    // service unless the client proves the key the grant names.
+    // Resumable stream on the leg; end-to-end TLS on top. The service is not
+    // even connected to unless the client proves the key the grant names.
     let (legs_tx, legs_rx) = mpsc::channel(4);
     session.resumable.insert(conn, legs_tx);
     let key = ResumeKey::default();
@@ -204,6 +190,21 @@ pub async fn open(
         }
     };
     resumable::set_key_from(&**e2e.get_ref().1, &key, conn);
+    let service = match tokio::time::timeout(SERVICE_TIMEOUT, TcpStream::connect(target)).await {
+        Ok(Ok(s)) => s,
+        outcome => {
+            let detail = match outcome {
+                Ok(Err(e)) => format!("{target}: {e}"),
+                _ => format!("{target}: connect timed out"),
+            };
+            // The client sees this connection close; the relay and the audit learn why.
+            let _ = tx.send(fail(Reason::ServiceUnreachable, detail)).await;
+            session.resumable.remove(&conn);
+            driver.abort();
+            return;
+        }
+    };
+    let _ = service.set_nodelay(true);
     let (to_service, from_service) = (Meter::new(&session.to_service), Meter::new(&session.from_service));
     let result = tokio::select! {
         r = splice(e2e, Bytes::new(), service, Bytes::new(), to_service, from_service) => r.map(|_| ()),

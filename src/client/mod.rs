@@ -366,7 +366,7 @@ impl ClientSession {
             .map_err(|source| ClientError::Dial { relay: relay.name.clone(), addr: relay.addr.clone(), source })?;
         let mut io = FrameIo::new(leg);
         let conn = self.next_conn.fetch_add(1, Ordering::Relaxed);
-        let mac = crate::proto::leg_mac(&self.token, crate::proto::LegSide::Client, &self.id, conn);
+        let mac = crate::proto::leg_mac(&self.token, crate::proto::LegSide::Client { resumes }, &self.id, conn);
         let join = Frame::ClientJoin { version: VERSION, session: self.id, conn, mac, resumes };
         let proto_err = |detail: String| ClientError::Protocol { relay: relay.name.clone(), detail };
         io.write_frame(&join).await.map_err(|e| proto_err(e.to_string()))?;

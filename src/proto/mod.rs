@@ -100,7 +100,10 @@ impl fmt::Debug for SessionId {
 /// What a leg's MAC proves: which side dialled it.
 #[derive(Debug, Clone, Copy)]
 pub enum LegSide {
-    Client,
+    /// A client's join; a replacement leg names the connection it `resumes` (0: none).
+    Client {
+        resumes: u32,
+    },
     Device,
     /// A session's control leg moving to another relay.
     Control,
@@ -114,12 +117,15 @@ pub fn leg_mac(key: &[u8; 32], side: LegSide, session: &SessionId, conn: u32) ->
     let k = ring::hmac::Key::new(ring::hmac::HMAC_SHA256, key);
     let mut ctx = ring::hmac::Context::with_key(&k);
     ctx.update(match side {
-        LegSide::Client => b"tether leg client",
+        LegSide::Client { .. } => b"tether leg client",
         LegSide::Device => b"tether leg device",
         LegSide::Control => b"tether leg control",
     });
     ctx.update(&session.0);
     ctx.update(&conn.to_be_bytes());
+    if let LegSide::Client { resumes } = side {
+        ctx.update(&resumes.to_be_bytes());
+    }
     let mut out = [0u8; 32];
     out.copy_from_slice(ctx.sign().as_ref());
     out

@@ -34,6 +34,7 @@ reasons! {
     GrantReused = 15, "grant_reused", "the grant's session id was already used";
     GrantMalformed = 16, "grant_malformed", "the grant cannot be decoded";
     GrantNoClientKey = 17, "grant_no_client_key", "the grant names no client key for end-to-end encryption";
+    GrantWrongRelay = 18, "grant_wrong_relay", "the grant names neither this relay nor its twin";
     ServiceNotAllowed = 20, "service_not_allowed", "the service is not in the device's allow-list";
     TargetNotAllowed = 21, "target_not_allowed", "the service target is outside loopback and the allow-list";
     ServiceUnreachable = 22, "service_unreachable", "the device's local service did not accept the connection";

@@ -157,6 +157,11 @@ async fn open(
     let refuse = |reason: Reason, detail: &str| Refusal::new(reason, detail).of(id, &grant.device);
     let now = now_secs();
     grant.check(&grant.device, &service, now).map_err(|e| refuse(e.reason(), &e.to_string()))?;
+    // The hub names the pair it routed to; a grant for another pair is not ours.
+    let ours = |name: &String| *name == state.cfg.name || state.cfg.twin.as_ref().is_some_and(|t| t.name == *name);
+    if !grant.relays.iter().any(ours) {
+        return Err(refuse(Reason::GrantWrongRelay, "the grant names neither this relay nor its twin"));
+    }
     let (attach_id, agent_tx) = state
         .agents
         .get(&grant.device)
@@ -298,7 +303,7 @@ async fn join(
     let session =
         state.find_session(id).await.ok_or_else(|| Refusal::new(Reason::UnknownSession, "no such live session"))?;
     let refuse = |reason: Reason, detail: &str| Refusal::new(reason, detail).of(id, &session.device);
-    if !proto::leg_mac_ok(&session.token, LegSide::Client, &id, conn, &mac) {
+    if !proto::leg_mac_ok(&session.token, LegSide::Client { resumes }, &id, conn, &mac) {
         return Err(refuse(Reason::BadToken, "wrong join MAC"));
     }
     let fresh = session.joined.lock().map(|mut j| j.insert(conn)).unwrap_or(false);

@@ -137,7 +137,10 @@ async fn attached(
         .await
     {
         Err(e) => format!("write failed: {e}"),
-        Ok(()) => channel_loop(&state, &mut io, &mut rx, &cancel, &device, peer, idle).await,
+        Ok(()) => {
+            let me = Channel { device: &device, attach_id, peer };
+            channel_loop(&state, &mut io, &mut rx, &cancel, &me, idle).await
+        }
     };
 
     state.agents.remove_if(&device, |_, h| h.attach_id == attach_id);
@@ -152,13 +155,19 @@ async fn attached(
     tracing::info!(%device, %why, "agent detached");
 }
 
+/// Who is on this control channel.
+struct Channel<'a> {
+    device: &'a str,
+    attach_id: u64,
+    peer: SocketAddr,
+}
+
 async fn channel_loop(
     state: &State,
     io: &mut FrameIo<TlsStream<TcpStream>>,
     rx: &mut mpsc::Receiver<Frame>,
     cancel: &tokio_util::sync::CancellationToken,
-    device: &str,
-    peer: SocketAddr,
+    me: &Channel<'_>,
     idle: Duration,
 ) -> String {
     let mut deadline = Instant::now() + idle;
@@ -179,12 +188,12 @@ async fn channel_loop(
                     Ok(f) => f,
                     Err(FrameIoError::Closed) => return "agent closed".into(),
                     Err(e) => {
-                        bad_frame(state, io, peer, device, e).await;
+                        bad_frame(state, io, me.peer, me.device, e).await;
                         return "bad frame".into();
                     }
                 };
                 deadline = Instant::now() + idle;
-                if let Err(why) = on_frame(state, io, device, frame).await {
+                if let Err(why) = on_frame(state, io, me, frame).await {
                     return why;
                 }
                 io.shrink();
@@ -193,12 +202,39 @@ async fn channel_loop(
     }
 }
 
+/// The device a session belongs to, as this relay knows it (its own, or the twin's).
+fn owner(state: &State, session: &proto::SessionId) -> Option<String> {
+    state
+        .sessions
+        .get(session)
+        .map(|s| s.device.clone())
+        .or_else(|| state.peer().sessions.get(session).map(|s| s.device.clone()))
+}
+
 async fn on_frame(
     state: &State,
     io: &mut FrameIo<TlsStream<TcpStream>>,
-    device: &str,
+    me: &Channel<'_>,
     frame: Frame,
 ) -> Result<(), String> {
+    let device = me.device;
+    // A device speaks only for its own sessions: a decision, a failed open
+    // or a resume report about another device's session is refused (the
+    // channel stays; the other session is untouched).
+    let foreign = match &frame {
+        Frame::OpenFailed { session, .. } | Frame::Resumed { session, .. } => {
+            owner(state, session).is_some_and(|o| o != device).then_some(*session)
+        }
+        Frame::Decision { session, .. } => {
+            state.pairing().decided_elsewhere(*session, me.attach_id).then_some(*session)
+        }
+        _ => None,
+    };
+    if let Some(session) = foreign {
+        let detail = format!("{} about session {session}, which is not this device's", frame.kind());
+        refuse(state, io, me.peer, device, "not_its_session", Reason::DeviceMismatch, &detail).await;
+        return Ok(());
+    }
     match frame {
         Frame::Heartbeat { seq } => {
             if let Some(a) = state.agents.get(device) {

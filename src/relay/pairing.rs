@@ -87,6 +87,12 @@ impl<L, D> Pairing<L, D> {
         self.decisions.remove(&session).map(|(_, w)| w)
     }
 
+    /// A decision for `session` arriving on channel `attach_id` answers a
+    /// request that went down another channel (another device's session).
+    pub fn decided_elsewhere(&self, session: SessionId, attach_id: u64) -> bool {
+        self.decisions.get(&session).is_some_and(|(a, _)| *a != attach_id)
+    }
+
     /// The control channel `attach_id` is gone: its pending decisions are
     /// dropped (their waiters see the channel close).
     pub fn channel_gone(&mut self, attach_id: u64) -> Vec<D> {
@@ -147,6 +153,8 @@ mod tests {
         p.expect_decision(S, 10, 1);
         p.expect_decision(SessionId([8; 16]), 10, 2);
         p.expect_decision(SessionId([9; 16]), 11, 3);
+        assert!(p.decided_elsewhere(S, 11), "a decision from another channel is foreign");
+        assert!(!p.decided_elsewhere(S, 10));
         assert_eq!(p.decide(S), Some(1));
         assert_eq!(p.decide(S), None);
         assert_eq!(p.channel_gone(10), vec![2]);

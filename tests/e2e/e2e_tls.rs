@@ -216,11 +216,12 @@ async fn join_with_key(
     token: [u8; 32],
     conn: u32,
     key: &e2e::ClientKey,
+    echo: bool,
 ) -> std::io::Result<()> {
     let cfg = tls::client_config(&fleet.pki.path("ca.pem"), None, tls::ALPN_CLIENT).unwrap();
     let leg = tls::dial(&fleet.relays[0].client.to_string(), "localhost", cfg).await?;
     let mut io = FrameIo::new(leg);
-    let mac = tether::proto::leg_mac(&token, tether::proto::LegSide::Client, &session, conn);
+    let mac = tether::proto::leg_mac(&token, tether::proto::LegSide::Client { resumes: 0 }, &session, conn);
     io.write_frame(&Frame::ClientJoin { version: VERSION, session, conn, mac, resumes: 0 }).await?;
     assert!(matches!(within(30, io.read_frame()).await.unwrap(), Frame::Paired { .. }));
     let (leg, prefix) = io.into_parts();
@@ -241,6 +242,14 @@ async fn join_with_key(
     t.write_all(b"hello").await?;
     t.flush().await?;
     let mut b = [0u8; 5];
+    if !echo {
+        // A silent service: a refused handshake shows as an error on this read, an accepted one as silence.
+        return match tokio::time::timeout(std::time::Duration::from_secs(1), t.read(&mut b)).await {
+            Ok(Ok(0)) => Err(std::io::Error::other("closed")),
+            Ok(Err(e)) => Err(e),
+            _ => Ok(()),
+        };
+    }
     within(30, t.read_exact(&mut b)).await?;
     assert_eq!(&b, b"hello");
     Ok(())
@@ -262,11 +271,39 @@ async fn a_grant_is_useless_without_the_client_key_it_names() {
 
     // ...but without the grant's key, the device does not talk to it.
     let thief = e2e::ClientKey::generate().unwrap();
-    assert!(join_with_key(&fleet, session, token, 1, &thief).await.is_err(), "a foreign key got through");
+    assert!(join_with_key(&fleet, session, token, 1, &thief, true).await.is_err(), "a foreign key got through");
     eventually("the agent audits the refused end-to-end handshake", async || {
         audited(&fleet.agent_audit(), "e2e_refused", "e2e_failed")
     })
     .await;
     // The key's owner does.
-    join_with_key(&fleet, session, token, 2, &owner).await.expect("the grant's key works");
+    join_with_key(&fleet, session, token, 2, &owner, true).await.expect("the grant's key works");
+}
+
+/// Without the grant's key nobody makes the device even connect to its service.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_foreign_key_never_reaches_the_service() {
+    let svc = CountingService::start(CancellationToken::new()).await;
+    let fleet =
+        Fleet::start(Opts { extra_services: vec![("sink".into(), svc.addr.to_string())], ..Opts::default() }).await;
+    let owner = e2e::ClientKey::generate().unwrap();
+    let grant = fleet.grant(|g| {
+        g.client_key = owner.public_key().to_vec().into();
+        g.services = vec!["sink".into()];
+    });
+    let cfg = tls::client_config(&fleet.pki.path("ca.pem"), None, tls::ALPN_CLIENT).unwrap();
+    let mut control = FrameIo::new(tls::dial(&fleet.relays[0].client.to_string(), "localhost", cfg).await.unwrap());
+    control.write_frame(&Frame::ClientOpen { version: VERSION, grant, service: "sink".into() }).await.unwrap();
+    let Frame::SessionReady { session, token, .. } = within(30, control.read_frame()).await.unwrap() else {
+        panic!("no session")
+    };
+    let thief = e2e::ClientKey::generate().unwrap();
+    for conn in 1..=5 {
+        assert!(join_with_key(&fleet, session, token, conn, &thief, false).await.is_err(), "a foreign key got through");
+    }
+    assert_eq!(svc.conns.load(Ordering::SeqCst), 0, "the service saw a connection from a client without the key");
+    join_with_key(&fleet, session, token, 6, &owner, false).await.expect("the grant's key works");
+    eventually("the owner's connection reaches the service", async || svc.conns.load(Ordering::SeqCst) == 1).await;
+    let refused = fleet.agent_audit().iter().filter(|r| r["event"] == "e2e_refused").count();
+    assert_eq!(refused, 5, "each refused handshake audited at the device");
 }

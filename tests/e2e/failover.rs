@@ -293,7 +293,7 @@ async fn a_forged_resume_is_refused_and_audited() {
             version: VERSION,
             session: session.id,
             conn: 77,
-            mac: leg_mac(&wrong, LegSide::Client, &session.id, 77),
+            mac: leg_mac(&wrong, LegSide::Client { resumes: 0 }, &session.id, 77),
             resumes: 1,
         };
         match fleet.client_exchange(i, join).await {

@@ -58,6 +58,10 @@ async fn relay_refuses_bad_grants_by_name() {
     let ghost = fleet.grant(|g| g.device = "ghost-device".into());
     refused_with(&fleet, fleet.open_raw(0, ghost, "echo").await, Reason::NotAttached).await;
 
+    // A grant the hub routed to another relay pair.
+    let elsewhere = fleet.grant(|g| g.relays = vec!["relay-x".into(), "relay-y".into()]);
+    refused_with(&fleet, fleet.open_raw(0, elsewhere, "echo").await, Reason::GrantWrongRelay).await;
+
     let once = fleet.grant(|_| {});
     assert!(matches!(fleet.open_raw(0, once.clone(), "echo").await, Frame::SessionReady { .. }));
     refused_with(&fleet, fleet.open_raw(0, once, "echo").await, Reason::GrantReused).await;

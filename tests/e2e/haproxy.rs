@@ -47,7 +47,12 @@ async fn a_session_through_haproxy_survives_the_twin_behind_it() {
             .unwrap(),
     };
     let profile = Profile {
-        relays: vec![RelayEntry { name: "lb".into(), addr: front.to_string(), server_name: Some("localhost".into()) }],
+        // The grant names the pair by name (relay-a, whose twin is relay-b); the address is the balancer's.
+        relays: vec![RelayEntry {
+            name: "relay-a".into(),
+            addr: front.to_string(),
+            server_name: Some("localhost".into()),
+        }],
         ..fleet.profile()
     };
     let mut session = None;

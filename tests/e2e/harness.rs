@@ -393,7 +393,7 @@ impl Fleet {
             specialist: "alice".into(),
             role: "engineer".into(),
             client_key: tether::stream::e2e::ClientKey::generate().unwrap().public_key().to_vec().into(),
-            relays: vec!["relay-a".into()],
+            relays: vec!["relay-a".into(), "relay-b".into()],
             issued_at: now,
             expires_at: now + 60,
             consent: false,

@@ -54,7 +54,7 @@ async fn data_legs_and_joins_with_wrong_ids_are_refused() {
     assert!(audited(&fleet.relay_audit(0), "data_leg_refused", "already_paired"));
 
     // Joins, over TLS and raw: a MAC under the wrong key, an unknown session.
-    let wrong = leg_mac(&[7; 32], LegSide::Client, &session.id, 99);
+    let wrong = leg_mac(&[7; 32], LegSide::Client { resumes: 0 }, &session.id, 99);
     let join = |session, mac| Frame::ClientJoin { version: VERSION, session, conn: 99, mac, resumes: 0 };
     for ans in [fleet.client_exchange(0, join(session.id, wrong)).await, raw(client, join(session.id, wrong)).await] {
         assert!(is(&ans, Reason::BadToken), "{ans:?}");

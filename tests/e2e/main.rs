@@ -10,6 +10,7 @@ mod e2e_tls;
 mod failover;
 mod grants;
 mod haproxy;
+mod holes;
 mod hub;
 mod hub_abuse;
 mod hub_refusals;
