@@ -94,6 +94,8 @@ const MOVE_DEADLINE: Duration = Duration::from_secs(30);
 struct DialLegs {
     session: Arc<ClientSession>,
     conn: u32,
+    /// The relay the last leg went through: a replacement tries the twin first.
+    via: String,
 }
 
 impl LegSource for DialLegs {
@@ -106,10 +108,16 @@ impl LegSource for DialLegs {
                 return Err(std::io::Error::new(std::io::ErrorKind::NotFound, "session ended"));
             }
             let mut last = None;
-            for relay in s.failover_order() {
-                match s.join_leg(&relay, self.conn).await {
+            for relay in s.order_avoiding(&self.via) {
+                // A frozen relay still accepts TCP: give each try a short deadline.
+                let joined =
+                    tokio::time::timeout(FAILOVER_DIAL, s.join_leg(&relay, self.conn)).await.unwrap_or_else(|_| {
+                        Err(ClientError::Protocol { relay: relay.name.clone(), detail: "timed out".into() })
+                    });
+                match joined {
                     Ok((_, leg)) => {
                         s.set_current(&relay);
+                        self.via = relay.name.clone();
                         return Ok(leg);
                     }
                     Err(ClientError::Refused { reason: Reason::UnknownSession, .. }) => {
@@ -122,6 +130,16 @@ impl LegSource for DialLegs {
         })
     }
 }
+
+/// How long a join waits for the device's leg to be paired with it (the
+/// device dials it on request: normally milliseconds).
+const PAIRING_WAIT: Duration = Duration::from_secs(5);
+/// Deadline of one try at a relay during a failover (dial, join or control resume).
+const FAILOVER_DIAL: Duration = Duration::from_secs(2);
+/// The control leg sends a heartbeat this often...
+const CONTROL_PING: Duration = Duration::from_secs(1);
+/// ...and moves to the twin after this much silence (a frozen relay sends no FIN).
+const CONTROL_DEAD: Duration = Duration::from_secs(3);
 
 /// How long the end-to-end handshake with the device may take.
 const E2E_TIMEOUT: Duration = Duration::from_secs(10);
@@ -165,7 +183,10 @@ impl ClientSession {
                 Err(e) => Err(e.to_string()),
             };
             match answer {
-                Ok(Frame::SessionReady { session, token, raw_legs }) => {
+                Ok(Frame::SessionReady { session, token, raw_legs, twin_holds }) => {
+                    if !twin_holds && relays.len() > 1 {
+                        tracing::warn!(%session, relay = %relay.name, "the twin does not hold this session yet: it cannot take over if {} fails", relay.name);
+                    }
                     let s = Arc::new(ClientSession {
                         id: session,
                         relay: relay.clone(),
@@ -212,6 +233,7 @@ impl ClientSession {
     }
 
     async fn control_leg(self: Arc<Self>, mut io: FrameIo<TlsStream<TcpStream>>) {
+        let mut at = self.relay.name.clone();
         let reason = loop {
             let lost = tokio::select! {
                 _ = self.ended.cancelled() => {
@@ -219,22 +241,16 @@ impl ClientSession {
                     let _ = io.write_frame(&end).await;
                     break Reason::ClientClosed;
                 }
-                r = async { loop {
-                    match io.read_frame().await {
-                        Ok(Frame::SessionEnd { reason, .. }) => break Some(reason),
-                        Ok(Frame::Error { reason, .. }) => break Some(reason),
-                        Ok(_) => continue,
-                        Err(_) => break None,
-                    }
-                }} => r,
+                r = Self::watch_control(&mut io) => r,
             };
             if let Some(reason) = lost {
                 break reason;
             }
-            // The relay carrying the control leg is gone: move it to the twin,
-            // which knows the session by replication.
-            match self.move_control().await {
-                Some(moved) => io = moved,
+            // The relay carrying the control leg is gone or silent: move it to
+            // the twin, which knows the session by replication.
+            tracing::info!(session = %self.id, relay = %at, "control leg lost; moving it");
+            match self.move_control(&at).await {
+                Some((moved, relay)) => (io, at) = (moved, relay),
                 None => break Reason::RelayGone,
             }
         };
@@ -244,10 +260,37 @@ impl ClientSession {
         self.ended.cancel();
     }
 
-    /// Relays to try after a failure: the ones not in use first.
-    fn failover_order(&self) -> Vec<RelayEntry> {
-        let current = self.current.lock().map(|c| c.name.clone()).unwrap_or_default();
-        let (mut others, same): (Vec<_>, Vec<_>) = self.relays.iter().cloned().partition(|r| r.name != current);
+    /// Reads the control leg, probing it with heartbeats: the session's end
+    /// (`Some`), or `None` when the leg broke or stayed silent past [`CONTROL_DEAD`].
+    async fn watch_control(io: &mut FrameIo<TlsStream<TcpStream>>) -> Option<Reason> {
+        let mut tick = tokio::time::interval(CONTROL_PING);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut heard = tokio::time::Instant::now();
+        let mut seq = 0u64;
+        loop {
+            tokio::select! {
+                f = io.read_frame() => match f {
+                    Ok(Frame::SessionEnd { reason, .. }) | Ok(Frame::Error { reason, .. }) => return Some(reason),
+                    Ok(_) => heard = tokio::time::Instant::now(),
+                    Err(_) => return None,
+                },
+                _ = tick.tick() => {
+                    if heard.elapsed() > CONTROL_DEAD {
+                        return None;
+                    }
+                    seq += 1;
+                    let beat = Frame::Heartbeat { seq };
+                    if !matches!(tokio::time::timeout(CONTROL_PING, io.write_frame(&beat)).await, Ok(Ok(()))) {
+                        return None;
+                    }
+                }
+            }
+        }
+    }
+
+    /// The pair, the relays other than `avoid` first (after a failure there).
+    fn order_avoiding(&self, avoid: &str) -> Vec<RelayEntry> {
+        let (mut others, same): (Vec<_>, Vec<_>) = self.relays.iter().cloned().partition(|r| r.name != avoid);
         others.extend(same);
         others
     }
@@ -263,24 +306,26 @@ impl ClientSession {
         self.current.lock().map(|c| c.clone()).unwrap_or_else(|_| self.relay.clone())
     }
 
-    async fn move_control(&self) -> Option<FrameIo<TlsStream<TcpStream>>> {
+    /// Moves the control leg away from `from`: the twin first, each try with
+    /// a short deadline; returns the new leg and its relay.
+    async fn move_control(&self, from: &str) -> Option<(FrameIo<TlsStream<TcpStream>>, String)> {
         let deadline = tokio::time::Instant::now() + MOVE_DEADLINE;
         while tokio::time::Instant::now() < deadline && !self.ended.is_cancelled() {
-            for relay in self.failover_order() {
-                let Ok(conn) = dial(&relay.addr, relay.server_name(), self.tls.clone()).await else { continue };
-                let mut io = FrameIo::new(conn);
-                let mac = crate::proto::leg_mac(&self.token, crate::proto::LegSide::Control, &self.id, 0);
-                if io.write_frame(&Frame::ClientResume { version: VERSION, session: self.id, mac }).await.is_err() {
-                    continue;
-                }
-                match tokio::time::timeout(tls::DIAL_TIMEOUT, io.read_frame()).await {
-                    Ok(Ok(Frame::SessionReady { .. })) => {
-                        tracing::info!(session = %self.id, relay = %relay.name, "control leg moved");
-                        self.set_current(&relay);
-                        return Some(io);
+            for relay in self.order_avoiding(from) {
+                let attempt = async {
+                    let conn = dial(&relay.addr, relay.server_name(), self.tls.clone()).await.ok()?;
+                    let mut io = FrameIo::new(conn);
+                    let mac = crate::proto::leg_mac(&self.token, crate::proto::LegSide::Control, &self.id, 0);
+                    io.write_frame(&Frame::ClientResume { version: VERSION, session: self.id, mac }).await.ok()?;
+                    match io.read_frame().await {
+                        Ok(Frame::SessionReady { .. }) => Some(io),
+                        _ => None,
                     }
-                    Ok(Ok(Frame::Error { reason: Reason::UnknownSession, .. })) => continue,
-                    _ => continue,
+                };
+                if let Ok(Some(io)) = tokio::time::timeout(FAILOVER_DIAL, attempt).await {
+                    tracing::info!(session = %self.id, relay = %relay.name, "control leg moved");
+                    self.set_current(&relay);
+                    return Some((io, relay.name.clone()));
                 }
             }
             tokio::time::sleep(Duration::from_millis(200)).await;
@@ -311,6 +356,9 @@ impl ClientSession {
         let current = self.current_relay();
         let mut tried = vec![current.clone()];
         tried.extend(self.relays.iter().filter(|r| r.name != current.name).cloned());
+        // A relay that failed us now may be back by the next round (restarted).
+        let again = tried.clone();
+        tried.extend(again);
         let mut last = None;
         for relay in tried {
             match self.connect_via(&relay).await {
@@ -334,8 +382,35 @@ impl ClientSession {
     pub async fn connect_via(self: &Arc<Self>, relay: &RelayEntry) -> Result<Tunnel, ClientError> {
         let (conn, leg) = self.join_leg(relay, 0).await?;
         let key = ResumeKey::default();
-        let source = Box::new(DialLegs { session: self.clone(), conn });
-        let (pipe, driver) = resumable::start(leg, Side::Client, conn, key.clone(), source, self.resume, None);
+        let source = Box::new(DialLegs { session: self.clone(), conn, via: relay.name.clone() });
+        let (pipe, mut driver) = resumable::start(leg, Side::Client, conn, key.clone(), source, self.resume, None);
+        let name = tls::server_name(&self.device)?;
+        let handshake = tokio_rustls::TlsConnector::from(self.e2e.clone()).connect(name, pipe);
+        let outcome = tokio::time::timeout(E2E_TIMEOUT, handshake).await;
+        let t = match outcome {
+            Ok(Ok(t)) => t,
+            failed => {
+                // The leg died before end-to-end TLS was up (the relay froze or
+                // died): nothing of the application went through, so the
+                // caller may open the connection afresh through the twin.
+                let leg_lost =
+                    matches!(tokio::time::timeout(Duration::from_millis(200), &mut driver).await, Ok(Ok(Err(_))));
+                driver.abort();
+                let timed_out = failed.is_err();
+                let detail = match failed {
+                    Ok(Err(e)) => e.to_string(),
+                    _ => "handshake timed out".into(),
+                };
+                if leg_lost || timed_out {
+                    return Err(ClientError::Protocol {
+                        relay: relay.name.clone(),
+                        detail: format!("leg lost before end-to-end TLS: {detail}"),
+                    });
+                }
+                return Err(ClientError::EndToEnd(detail));
+            }
+        };
+        resumable::set_key_from(&**t.get_ref().1, &key, conn);
         tokio::spawn(async move {
             // A connection that could not resume is closed: say why.
             if let Ok(Err(why)) = driver.await {
@@ -343,14 +418,6 @@ impl ClientSession {
                 eprintln!("tunnelled connection {conn} lost: {why}");
             }
         });
-        let name = tls::server_name(&self.device)?;
-        let handshake = tokio_rustls::TlsConnector::from(self.e2e.clone()).connect(name, pipe);
-        let t = match tokio::time::timeout(E2E_TIMEOUT, handshake).await {
-            Ok(Ok(t)) => t,
-            Ok(Err(e)) => return Err(ClientError::EndToEnd(e.to_string())),
-            Err(_) => return Err(ClientError::EndToEnd("handshake timed out".into())),
-        };
-        resumable::set_key_from(&**t.get_ref().1, &key, conn);
         Ok(t)
     }
 
@@ -370,7 +437,7 @@ impl ClientSession {
         let join = Frame::ClientJoin { version: VERSION, session: self.id, conn, mac, resumes };
         let proto_err = |detail: String| ClientError::Protocol { relay: relay.name.clone(), detail };
         io.write_frame(&join).await.map_err(|e| proto_err(e.to_string()))?;
-        match tokio::time::timeout(tls::DIAL_TIMEOUT, io.read_frame()).await {
+        match tokio::time::timeout(PAIRING_WAIT, io.read_frame()).await {
             Ok(Ok(Frame::Paired { .. })) => Ok((conn, io.into_parts())),
             Ok(Ok(Frame::Error { reason, message })) => Err(ClientError::Refused { reason, message }),
             Ok(Ok(other)) => Err(proto_err(format!("unexpected {}", other.kind()))),

@@ -87,11 +87,13 @@ pub enum Frame {
         service: String,
     },
     /// relay -> client: the device admitted the session. `token` keys the
-    /// MACs of the session's joins; `raw_legs`: joins may be raw TCP.
+    /// MACs of the session's joins; `raw_legs`: joins may be raw TCP;
+    /// `twin_holds`: the twin has acknowledged the session (it can take over).
     SessionReady {
         session: SessionId,
         token: [u8; 32],
         raw_legs: bool,
+        twin_holds: bool,
     },
     /// client -> relay, first frame of a tunnelled connection's leg;
     /// `mac` = [`super::leg_mac`] under the session token.
@@ -286,11 +288,12 @@ impl Frame {
                 grant.encode(buf);
                 put_str(buf, service);
             }
-            Frame::SessionReady { session, token, raw_legs } => {
+            Frame::SessionReady { session, token, raw_legs, twin_holds } => {
                 buf.put_u8(SESSION_READY);
                 put_sid(buf, session);
                 buf.put_slice(token);
                 buf.put_u8(u8::from(*raw_legs));
+                buf.put_u8(u8::from(*twin_holds));
             }
             Frame::ClientJoin { version, session, conn, mac, resumes } => {
                 buf.put_u8(CLIENT_JOIN);
@@ -427,7 +430,12 @@ impl Frame {
             CLIENT_OPEN => {
                 Frame::ClientOpen { version: get_u16(b)?, grant: SignedGrant::decode(b)?, service: get_str(b)? }
             }
-            SESSION_READY => Frame::SessionReady { session: get_sid(b)?, token: get_array(b)?, raw_legs: get_bool(b)? },
+            SESSION_READY => Frame::SessionReady {
+                session: get_sid(b)?,
+                token: get_array(b)?,
+                raw_legs: get_bool(b)?,
+                twin_holds: get_bool(b)?,
+            },
             CLIENT_JOIN => Frame::ClientJoin {
                 version: get_u16(b)?,
                 session: get_sid(b)?,

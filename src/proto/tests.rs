@@ -69,10 +69,8 @@ fn frame() -> impl Strategy<Value = Frame> {
             grant,
             service
         }),
-        (sid(), any::<[u8; 32]>(), any::<bool>()).prop_map(|(session, token, raw_legs)| Frame::SessionReady {
-            session,
-            token,
-            raw_legs
+        (sid(), any::<[u8; 32]>(), any::<bool>(), any::<bool>()).prop_map(|(session, token, raw_legs, twin_holds)| {
+            Frame::SessionReady { session, token, raw_legs, twin_holds }
         }),
         (any::<u16>(), sid(), any::<u32>(), any::<[u8; 32]>()).prop_map(|(version, session, conn, mac)| {
             Frame::ClientJoin { version, session, conn, mac, resumes: conn / 2 }

@@ -42,6 +42,11 @@ pub enum Fact {
     Detached {
         device: String,
     },
+    /// The session's control leg is at this relay now (it moved here from
+    /// the twin): the twin lets go of its old control leg without ending the session.
+    ControlHere {
+        session: SessionId,
+    },
 }
 
 const UP: u8 = 1;
@@ -49,6 +54,7 @@ const DOWN: u8 = 2;
 const CONSUMED: u8 = 3;
 const ATTACHED: u8 = 4;
 const DETACHED: u8 = 5;
+const CONTROL_HERE: u8 = 6;
 
 impl Fact {
     pub fn encode(&self, b: &mut BytesMut) {
@@ -82,6 +88,10 @@ impl Fact {
                 b.put_u8(DETACHED);
                 put_str(b, device);
             }
+            Fact::ControlHere { session } => {
+                b.put_u8(CONTROL_HERE);
+                b.put_slice(&session.0);
+            }
         }
     }
 
@@ -101,6 +111,7 @@ impl Fact {
             CONSUMED => Fact::Consumed { session: SessionId(get_array(b)?), expires_at: get_u64(b)? },
             ATTACHED => Fact::Attached { device: get_str(b)? },
             DETACHED => Fact::Detached { device: get_str(b)? },
+            CONTROL_HERE => Fact::ControlHere { session: SessionId(get_array(b)?) },
             v => return Err(ProtoError::BadValue { field: "fact", value: v.into() }),
         })
     }

@@ -216,13 +216,16 @@ async fn open(
     state.sessions.insert(id, session.clone());
     state.hub_started(id);
     metrics::RELAY_SESSIONS_ACTIVE.inc();
-    state.publish(crate::proto::twin::Fact::SessionUp(session.fact()));
+    let index = state.publish(crate::proto::twin::Fact::SessionUp(session.fact()));
+    // Tell the client only once the twin holds the session (it can take over
+    // if this relay dies a moment later), or that it does not.
+    let twin_holds = state.replica.replicated(index, TWIN_ACK_WAIT).await;
     state.audit.record(
         "session_start",
         json!({"relay": state.cfg.name, "session": id.to_string(), "device": grant.device, "service": service,
                "specialist": grant.specialist, "client": peer.to_string()}),
     );
-    let ready = Frame::SessionReady { session: id, token: session.token, raw_legs: state.cfg.raw_legs };
+    let ready = Frame::SessionReady { session: id, token: session.token, raw_legs: state.cfg.raw_legs, twin_holds };
     if io.write_frame(&ready).await.is_err() {
         state.end_session(id, Reason::ClientClosed, true);
         return Ok(());
@@ -235,6 +238,7 @@ async fn open(
 /// elsewhere, or it expires.
 async fn control_loop(state: &State, io: &mut Io, session: &Session) {
     let id = session.id;
+    let epoch = session.control_epoch.load(Ordering::Relaxed);
     let max = Duration::from_secs(state.cfg.limits.max_session_secs);
     let reason = loop {
         tokio::select! {
@@ -242,9 +246,19 @@ async fn control_loop(state: &State, io: &mut Io, session: &Session) {
             _ = state.drain.cancelled() => return,
             _ = session.end.cancelled() => break None,
             _ = tokio::time::sleep_until((session.started + max).into()) => break Some(Reason::SessionExpired),
+            // The control leg came back here on a new connection: that one carries on.
+            _ = session.control_moved.notified() => if session.control_epoch.load(Ordering::Relaxed) != epoch { return },
             f = io.read_frame() => match f {
                 Ok(Frame::Heartbeat { seq }) => { let _ = io.write_frame(&Frame::Heartbeat { seq }).await; }
-                Ok(Frame::SessionEnd { .. }) | Err(_) => break Some(Reason::ClientClosed),
+                Ok(Frame::SessionEnd { .. }) => break Some(Reason::ClientClosed),
+                // Lost without a goodbye: the client may be moving it to the twin.
+                Err(_) if state.cfg.twin.is_some() => {
+                    if linger(state, session, epoch).await {
+                        return;
+                    }
+                    break Some(Reason::ClientClosed);
+                }
+                Err(_) => break Some(Reason::ClientClosed),
                 Ok(_) => break Some(Reason::BadFrame),
             },
         }
@@ -260,6 +274,47 @@ async fn control_loop(state: &State, io: &mut Io, session: &Session) {
         bytes_to_client: session.to_client.load(Ordering::Relaxed),
     };
     let _ = io.write_frame(&end).await;
+}
+
+/// How long a new session waits for the twin to acknowledge it before the
+/// client is told it is ready anyway (with `twin_holds: false`).
+const TWIN_ACK_WAIT: Duration = Duration::from_secs(1);
+
+/// How long a relay keeps a session whose control leg was lost without a
+/// goodbye, waiting for it to reappear (here, or at the twin: a client whose
+/// probe found this relay silent moves it there).
+const CONTROL_GRACE: Duration = Duration::from_secs(10);
+
+/// After the control leg was lost: true when it reappeared (at the twin, or
+/// here on a new connection) or the session ended elsewhere, so this relay
+/// lets go without ending it; false when the grace ran out.
+async fn linger(state: &State, session: &Session, epoch: u64) -> bool {
+    let deadline = tokio::time::Instant::now() + CONTROL_GRACE;
+    loop {
+        let changed = state.replica.changed();
+        tokio::pin!(changed);
+        changed.as_mut().enable();
+        let moved_here = session.control_moved.notified();
+        tokio::pin!(moved_here);
+        moved_here.as_mut().enable();
+        if session.end.is_cancelled() || session.control_epoch.load(Ordering::Relaxed) != epoch {
+            return true;
+        }
+        if state.peer().controls.contains(&session.id) {
+            state.audit.record(
+                "session_control_moved_away",
+                json!({"relay": state.cfg.name, "session": session.id.to_string(), "device": session.device}),
+            );
+            return true;
+        }
+        tokio::select! {
+            _ = tokio::time::sleep_until(deadline) => return false,
+            _ = changed => {}
+            _ = moved_here => {}
+            _ = session.end.cancelled() => return true,
+            _ = state.drain.cancelled() => return true,
+        }
+    }
 }
 
 /// The session's control leg moves here (its relay failed); the session is
@@ -281,7 +336,13 @@ async fn resume_control(
         "session_control_moved",
         json!({"relay": state.cfg.name, "session": id.to_string(), "device": session.device, "client": peer.to_string()}),
     );
-    let ready = Frame::SessionReady { session: id, token: session.token, raw_legs: state.cfg.raw_legs };
+    // A control loop still holding the old leg here lets go; the twin's, if any, too.
+    session.control_here.store(true, Ordering::Relaxed);
+    session.control_epoch.fetch_add(1, Ordering::Relaxed);
+    session.control_moved.notify_waiters();
+    state.publish(crate::proto::twin::Fact::ControlHere { session: id });
+    let twin_holds = state.replica.link_up();
+    let ready = Frame::SessionReady { session: id, token: session.token, raw_legs: state.cfg.raw_legs, twin_holds };
     if io.write_frame(&ready).await.is_ok() {
         control_loop(state, io, &session).await;
     }

@@ -1,9 +1,10 @@
 //! A session as the relay sees it: who, what, counters, and its end signal.
 use std::collections::HashSet;
 use std::sync::Mutex;
-use std::sync::atomic::AtomicU64;
+use std::sync::atomic::{AtomicBool, AtomicU64};
 use std::time::Instant;
 
+use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
 use crate::proto::twin::SessionFact;
@@ -31,6 +32,11 @@ pub struct Session {
     pub adopted: bool,
     /// Unix seconds at admission.
     pub started_at: u64,
+    /// The control leg moved here from the twin (`ClientResume`).
+    pub control_here: AtomicBool,
+    /// Counts control legs taken up for this session here; woken on each.
+    pub control_epoch: AtomicU64,
+    pub control_moved: Notify,
 }
 
 impl Session {
@@ -72,6 +78,9 @@ impl Session {
             end_reason: Mutex::new(None),
             adopted,
             started_at: f.started_at,
+            control_here: AtomicBool::new(false),
+            control_epoch: AtomicU64::new(0),
+            control_moved: Notify::new(),
         }
     }
 

@@ -148,9 +148,9 @@ impl State {
     }
 
     /// Streams a fact to the twin (dropped when no link is up; the next
-    /// link starts with a snapshot).
-    pub fn publish(&self, fact: Fact) {
-        self.replica.publish(fact);
+    /// link starts with a snapshot). Returns its publish index.
+    pub fn publish(&self, fact: Fact) -> u64 {
+        self.replica.publish(fact)
     }
 
     pub fn hub_out(&self) -> std::sync::MutexGuard<'_, HubOutbox> {
@@ -220,6 +220,12 @@ impl State {
     /// Our facts as they stand, for a snapshot to the twin.
     pub fn own_facts(&self) -> Vec<Fact> {
         let mut facts: Vec<Fact> = self.sessions.iter().map(|s| Fact::SessionUp(s.fact())).collect();
+        facts.extend(
+            self.sessions
+                .iter()
+                .filter(|s| s.control_here.load(Ordering::Relaxed))
+                .map(|s| Fact::ControlHere { session: s.id }),
+        );
         facts.extend(
             self.consumed_snapshot().into_iter().map(|(session, expires_at)| Fact::Consumed { session, expires_at }),
         );

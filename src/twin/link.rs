@@ -162,9 +162,10 @@ async fn send_loop(link: Arc<Link>, connector: TlsConnector) {
     let Some(mut requests) = link.replica.take_requests() else { return };
     loop {
         // Subscribe before the snapshot: facts may overlap it, never go missing.
-        let rx = link.replica.subscribe();
+        let (rx, base) = link.replica.subscribe();
         let started = Instant::now();
-        let why = send(&link, &connector, rx, &mut requests).await;
+        let why = send(&link, &connector, rx, base, &mut requests).await;
+        link.replica.set_out_up(false);
         metrics::TWIN_LINK_UP.with_label_values(&["out"]).set(0);
         tracing::info!(twin = %link.cfg.twin.name, %why, "twin link (out) closed");
         if started.elapsed() > Duration::from_secs(10) {
@@ -181,7 +182,8 @@ async fn send_loop(link: Arc<Link>, connector: TlsConnector) {
 async fn send(
     link: &Link,
     connector: &TlsConnector,
-    mut rx: broadcast::Receiver<Fact>,
+    mut rx: broadcast::Receiver<(u64, Fact)>,
+    base: u64,
     requests: &mut tokio::sync::mpsc::UnboundedReceiver<Frame>,
 ) -> String {
     let twin = &link.cfg.twin;
@@ -210,10 +212,11 @@ async fn send(
             return "write failed".into();
         }
     }
-    let seq = outbox.stamp(Instant::now());
+    let seq = outbox.stamp(Instant::now(), base);
     if io.write_frame(&Frame::TwinSnapshotEnd { seq }).await.is_err() {
         return "write failed".into();
     }
+    link.replica.set_out_up(true);
     metrics::TWIN_LINK_UP.with_label_values(&["out"]).set(1);
     link.host.audit("twin_link_up", json!({"relay": link.cfg.me, "twin": twin.name, "direction": "out"}));
     let mut tick = tokio::time::interval(HEARTBEAT);
@@ -223,8 +226,8 @@ async fn send(
         tokio::select! {
             _ = link.stop.cancelled() => return "drained".into(),
             f = rx.recv() => match f {
-                Ok(fact) => {
-                    let seq = outbox.stamp(Instant::now());
+                Ok((index, fact)) => {
+                    let seq = outbox.stamp(Instant::now(), index);
                     if io.write_frame(&Frame::TwinFact { seq, fact }).await.is_err() {
                         return "write failed".into();
                     }
@@ -241,7 +244,9 @@ async fn send(
             a = io.read_frame() => match a {
                 Ok(Frame::TwinAck { seq }) => {
                     last_heard = Instant::now();
-                    outbox.on_ack(seq);
+                    if let Some(index) = outbox.on_ack(seq) {
+                        link.replica.set_acked(index);
+                    }
                 }
                 Ok(Frame::Heartbeat { .. }) => last_heard = Instant::now(),
                 Ok(other) => return format!("unexpected {}", other.kind()),

@@ -61,7 +61,14 @@ pub trait TwinHost: Send + Sync + 'static {
 /// requests for the twin, and the link's health.
 pub struct Replica {
     peer: Mutex<PeerView>,
-    facts: broadcast::Sender<Fact>,
+    /// Facts with their publish index (1, 2, ...).
+    facts: broadcast::Sender<(u64, Fact)>,
+    published: Mutex<u64>,
+    /// The highest publish index the twin has acknowledged (directly, or by a snapshot taken after it).
+    acked: AtomicU64,
+    acked_changed: Notify,
+    /// Our facts are flowing to the twin.
+    out_up: AtomicBool,
     /// The twin's facts are flowing to us.
     in_up: AtomicBool,
     /// Facts sent to the twin and not yet acknowledged.
@@ -78,6 +85,10 @@ impl Default for Replica {
         Replica {
             peer: Mutex::new(PeerView::default()),
             facts: broadcast::channel(8192).0,
+            published: Mutex::new(0),
+            acked: AtomicU64::new(0),
+            acked_changed: Notify::new(),
+            out_up: AtomicBool::new(false),
             in_up: AtomicBool::new(false),
             lag: AtomicU64::new(0),
             requests,
@@ -94,9 +105,29 @@ impl Replica {
     }
 
     /// Streams a fact to the twin (dropped when no link is up; the next
-    /// link starts with a snapshot).
-    pub fn publish(&self, fact: Fact) {
-        let _ = self.facts.send(fact);
+    /// link starts with a snapshot). Returns its publish index.
+    pub fn publish(&self, fact: Fact) -> u64 {
+        let mut n = lock(&self.published);
+        *n += 1;
+        let _ = self.facts.send((*n, fact));
+        *n
+    }
+
+    /// Waits (at most `within`) until the twin has acknowledged the fact
+    /// published as `index`. False at once when no link to the twin is up.
+    pub async fn replicated(&self, index: u64, within: Duration) -> bool {
+        let deadline = tokio::time::Instant::now() + within;
+        loop {
+            let changed = self.acked_changed.notified();
+            tokio::pin!(changed);
+            changed.as_mut().enable();
+            if self.acked.load(Ordering::Relaxed) >= index {
+                return true;
+            }
+            if !self.out_up.load(Ordering::Relaxed) || tokio::time::timeout_at(deadline, changed).await.is_err() {
+                return false;
+            }
+        }
     }
 
     /// Sends a request (not a fact) to the twin: `TwinOpen`. False when no link could take it.
@@ -149,8 +180,22 @@ impl Replica {
         self.lag.store(events, Ordering::Relaxed);
     }
 
-    pub(super) fn subscribe(&self) -> broadcast::Receiver<Fact> {
-        self.facts.subscribe()
+    /// Subscribes to our facts; also returns the last index published
+    /// before: a snapshot taken after this reflects everything up to it.
+    pub(super) fn subscribe(&self) -> (broadcast::Receiver<(u64, Fact)>, u64) {
+        let n = lock(&self.published);
+        (self.facts.subscribe(), *n)
+    }
+
+    pub(super) fn set_out_up(&self, up: bool) {
+        self.out_up.store(up, Ordering::Relaxed);
+        self.acked_changed.notify_waiters();
+    }
+
+    /// The twin acknowledged everything up to publish index `index`.
+    pub(super) fn set_acked(&self, index: u64) {
+        self.acked.fetch_max(index, Ordering::Relaxed);
+        self.acked_changed.notify_waiters();
     }
 
     pub(super) fn take_requests(&self) -> Option<mpsc::UnboundedReceiver<Frame>> {

@@ -13,6 +13,8 @@ pub struct PeerView {
     /// Session ids the twin has seen used, with the grant's expiry.
     pub consumed: HashMap<SessionId, u64>,
     pub attached: HashSet<String>,
+    /// Sessions whose control leg moved to the twin.
+    pub controls: HashSet<SessionId>,
     /// Facts being collected for a snapshot in progress.
     pending: Option<Vec<Fact>>,
 }
@@ -30,6 +32,10 @@ impl PeerView {
             }
             Fact::SessionDown { session, .. } => {
                 self.sessions.remove(&session);
+                self.controls.remove(&session);
+            }
+            Fact::ControlHere { session } => {
+                self.controls.insert(session);
             }
             Fact::Consumed { session, expires_at } => {
                 self.consumed.insert(session, expires_at);
@@ -74,22 +80,28 @@ impl PeerView {
 #[derive(Debug, Default)]
 pub struct Outbox {
     next_seq: u64,
-    unacked: VecDeque<(u64, Instant)>,
+    /// Link sequence number, when it was sent, and the publish index it carries.
+    unacked: VecDeque<(u64, Instant, u64)>,
 }
 
 impl Outbox {
-    /// Numbers a fact about to be sent.
-    pub fn stamp(&mut self, now: Instant) -> u64 {
+    /// Numbers a fact about to be sent; `index` is the publish index it
+    /// covers (for a snapshot's end: the last index the snapshot reflects).
+    pub fn stamp(&mut self, now: Instant, index: u64) -> u64 {
         self.next_seq += 1;
-        self.unacked.push_back((self.next_seq, now));
+        self.unacked.push_back((self.next_seq, now, index));
         self.next_seq
     }
 
-    /// The twin applied everything up to `seq`.
-    pub fn on_ack(&mut self, seq: u64) {
-        while self.unacked.front().is_some_and(|(s, _)| *s <= seq) {
+    /// The twin applied everything up to `seq`; returns the highest publish
+    /// index that covers, if any.
+    pub fn on_ack(&mut self, seq: u64) -> Option<u64> {
+        let mut covered = None;
+        while let Some((_, _, index)) = self.unacked.front().filter(|(s, _, _)| *s <= seq) {
+            covered = Some(covered.unwrap_or(0).max(*index));
             self.unacked.pop_front();
         }
+        covered
     }
 
     /// The link restarted: nothing is in flight any more (a snapshot follows).
@@ -99,7 +111,7 @@ impl Outbox {
 
     /// Replication lag: facts not yet acknowledged, and the age of the oldest.
     pub fn lag(&self, now: Instant) -> (usize, Duration) {
-        let age = self.unacked.front().map(|(_, t)| now.saturating_duration_since(*t)).unwrap_or_default();
+        let age = self.unacked.front().map(|(_, t, _)| now.saturating_duration_since(*t)).unwrap_or_default();
         (self.unacked.len(), age)
     }
 
@@ -154,14 +166,15 @@ mod tests {
     async fn lag_counts_unacknowledged_facts_and_their_age() {
         let mut o = Outbox::default();
         let t0 = tokio::time::Instant::now().into_std();
-        let a = o.stamp(t0);
+        let a = o.stamp(t0, 7);
         tokio::time::advance(Duration::from_millis(300)).await;
-        let b = o.stamp(tokio::time::Instant::now().into_std());
+        let b = o.stamp(tokio::time::Instant::now().into_std(), 9);
         let now = tokio::time::Instant::now().into_std();
         assert_eq!(o.lag(now), (2, Duration::from_millis(300)));
-        o.on_ack(a);
+        assert_eq!(o.on_ack(a), Some(7), "the acked fact's publish index");
         assert_eq!(o.lag(now), (1, Duration::ZERO));
-        o.on_ack(b);
+        assert_eq!(o.on_ack(a), None, "nothing new");
+        assert_eq!(o.on_ack(b), Some(9));
         assert_eq!(o.lag(now).0, 0);
     }
 }
