@@ -35,13 +35,13 @@ async fn route(hub: &Hub, req: Request<Incoming>, peer: &Peer) -> Result<Answer,
         Route::Health => Ok(json_answer(StatusCode::OK, &health(hub))),
         Route::Metrics => Ok(http::text_answer(StatusCode::OK, "text/plain; version=0.0.4", crate::metrics::render())),
         Route::Login => {
-            let body = http::body(req, hub.cfg.max_body_bytes).await?;
+            let body = http::body(req, hub.cfg.max_body_bytes, body_timeout(hub)).await?;
             let answer = login(hub, &http::parse(&body)?, peer).await?;
             Ok(json_answer(StatusCode::OK, &answer))
         }
         Route::RelayReport => {
             let relay = relay_identity(hub, peer).await?;
-            let body = http::body(req, 16 * 1024 * 1024).await?;
+            let body = http::body(req, 16 * 1024 * 1024, body_timeout(hub)).await?;
             let report: RelayReport = http::parse(&body)?;
             let answer = sessions::relay_report(hub, &relay, report).await;
             Ok(json_answer(StatusCode::OK, &answer))
@@ -73,7 +73,7 @@ async fn route(hub: &Hub, req: Request<Incoming>, peer: &Peer) -> Result<Answer,
         }
         Route::SessionCreate => {
             let user = authenticate(hub, &req, peer).await?;
-            let body = http::body(req, hub.cfg.max_body_bytes).await?;
+            let body = http::body(req, hub.cfg.max_body_bytes, body_timeout(hub)).await?;
             let want = http::parse(&body)?;
             let out = sessions::create(hub, &user, peer, want).await?;
             Ok(json_answer(StatusCode::CREATED, &out))
@@ -249,4 +249,8 @@ async fn busy_refusal(hub: &Hub, busy: Busy, report: Option<u64>, user: &str, fr
         _ => hub.audit.record("login_refused_busy", json!({"from": from, "user": user, "reason": code})).await,
     }
     ApiError::new(StatusCode::TOO_MANY_REQUESTS, code, message)
+}
+
+fn body_timeout(hub: &Hub) -> std::time::Duration {
+    std::time::Duration::from_secs(hub.cfg.body_timeout_secs.max(1))
 }

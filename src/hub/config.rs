@@ -35,6 +35,12 @@ pub struct HubConfig {
     /// Largest request body accepted.
     #[serde(default = "default_max_body")]
     pub max_body_bytes: usize,
+    /// A request's body must arrive within this (a trickled body is cut off: 408).
+    #[serde(default = "default_body_timeout")]
+    pub body_timeout_secs: u64,
+    /// Connections open at once; past it, new ones are closed at once.
+    #[serde(default = "default_max_connections")]
+    pub max_connections: usize,
     /// The least role a service needs; services not listed need `default_service_role`.
     #[serde(default)]
     pub service_roles: BTreeMap<String, Role>,
@@ -89,6 +95,14 @@ impl Lockout {
         let doubled = self.base_delay_secs.saturating_mul(1u64 << over.min(30));
         doubled.min(self.max_delay_secs)
     }
+}
+
+fn default_body_timeout() -> u64 {
+    10
+}
+
+fn default_max_connections() -> usize {
+    4096
 }
 
 fn default_database() -> String {

@@ -82,8 +82,9 @@ pub fn text_answer(status: StatusCode, ctype: &'static str, body: String) -> Ans
     r
 }
 
-/// The body, bounded by `max` bytes: 413 past it, 400 when unreadable.
-pub async fn body(req: Request<Incoming>, max: usize) -> Result<Bytes, ApiError> {
+/// The body, bounded by `max` bytes and `within` time: 413 past the size,
+/// 408 when it trickles in too slowly, 400 when unreadable.
+pub async fn body(req: Request<Incoming>, max: usize, within: Duration) -> Result<Bytes, ApiError> {
     let too_big =
         || ApiError::new(StatusCode::PAYLOAD_TOO_LARGE, "body_too_large", format!("request body over {max} bytes"));
     if req
@@ -94,7 +95,11 @@ pub async fn body(req: Request<Incoming>, max: usize) -> Result<Bytes, ApiError>
     {
         return Err(too_big());
     }
-    match Limited::new(req.into_body(), max).collect().await {
+    let collected = tokio::time::timeout(within, Limited::new(req.into_body(), max).collect()).await.map_err(|_| {
+        crate::metrics::HUB_REFUSALS.with_label_values(&["body_timeout"]).inc();
+        ApiError::new(StatusCode::REQUEST_TIMEOUT, "body_timeout", format!("the request body took over {within:?}"))
+    })?;
+    match collected {
         Ok(b) => Ok(b.to_bytes()),
         Err(e) if e.downcast_ref::<http_body_util::LengthLimitError>().is_some() => Err(too_big()),
         Err(e) => Err(ApiError::new(StatusCode::BAD_REQUEST, "bad_body", format!("cannot read the body: {e}"))),
@@ -108,18 +113,29 @@ pub fn parse<T: serde::de::DeserializeOwned>(b: &[u8]) -> Result<T, ApiError> {
 }
 
 /// Serves HTTPS on `listener` until `stop`, answering each request with `handler`.
-pub async fn serve<H, Fut>(listener: TcpListener, tls: Arc<ServerConfig>, handler: H, stop: CancellationToken)
-where
+pub async fn serve<H, Fut>(
+    listener: TcpListener,
+    tls: Arc<ServerConfig>,
+    max_connections: usize,
+    handler: H,
+    stop: CancellationToken,
+) where
     H: Fn(Request<Incoming>, Peer) -> Fut + Clone + Send + Sync + 'static,
     Fut: std::future::Future<Output = Answer> + Send + 'static,
 {
     let acceptor = tokio_rustls::TlsAcceptor::from(tls);
     let tracker = tokio_util::task::TaskTracker::new();
+    let connections = Arc::new(tokio::sync::Semaphore::new(max_connections.max(1)));
     loop {
         let Some((tcp, addr)) = crate::util::net::accept(&listener, "hub", &stop).await else { break };
+        let Ok(slot) = connections.clone().try_acquire_owned() else {
+            crate::metrics::HUB_REFUSALS.with_label_values(&["max_connections"]).inc();
+            continue;
+        };
         let _ = tcp.set_nodelay(true);
         let (acceptor, handler, stop) = (acceptor.clone(), handler.clone(), stop.clone());
         tracker.spawn(async move {
+            let _slot = slot;
             let stream = match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await {
                 Ok(Ok(s)) => s,
                 Ok(Err(e)) => {

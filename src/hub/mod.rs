@@ -86,7 +86,7 @@ pub async fn run(listener: TcpListener, cfg: HubConfig, stop: CancellationToken)
         let hub = h.clone();
         async move { api::handle(&hub, req, &peer).await }
     };
-    http::serve(listener, tls, handler, stop).await;
+    http::serve(listener, tls, hub.cfg.max_connections, handler, stop).await;
     hub.audit.record("hub_stop", json!({})).await;
     Ok(())
 }

@@ -74,8 +74,12 @@ fn default_report_ms() -> u64 {
 pub struct RelayLimits {
     /// A TLS handshake and first frame must complete within this.
     pub handshake_timeout_ms: u64,
-    /// Concurrent TLS handshakes; past this, new connections are refused at once.
+    /// Concurrent handshakes per listener; past this, new connections are refused at once.
     pub max_handshakes: usize,
+    /// Concurrent handshakes per listener from one source address.
+    pub max_pending_per_source: usize,
+    /// A new connection must send its first byte within this.
+    pub first_byte_ms: u64,
     /// Concurrent connections of all kinds.
     pub max_connections: usize,
     /// Heartbeat interval announced to agents.
@@ -101,6 +105,8 @@ impl Default for RelayLimits {
         RelayLimits {
             handshake_timeout_ms: 10_000,
             max_handshakes: 4096,
+            max_pending_per_source: 512,
+            first_byte_ms: 1000,
             max_connections: 50_000,
             heartbeat_secs: 30,
             agent_idle_timeout_secs: 95,

@@ -9,6 +9,7 @@ mod client;
 pub mod config;
 mod control;
 mod data;
+mod gate;
 mod hub_report;
 mod pairing;
 mod session;
@@ -158,15 +159,31 @@ pub enum Accepted {
     Raw(TcpStream),
 }
 
-/// TLS, or (where `allow_raw`) raw TCP when the first byte is not a TLS handshake.
-async fn accept_one(tcp: TcpStream, acceptor: &TlsAcceptor, allow_raw: bool) -> std::io::Result<Accepted> {
-    if allow_raw {
-        let mut first = [0u8; 1];
-        if tcp.peek(&mut first).await? == 1 && first[0] != crate::leg::TLS_HANDSHAKE {
-            return Ok(Accepted::Raw(tcp));
-        }
+/// Why a connection did not get past its handshake.
+enum NotAccepted {
+    /// Silent past the first-byte deadline, or the whole handshake deadline.
+    Timeout,
+    Failed(std::io::Error),
+}
+
+/// TLS, or (where `allow_raw`) raw TCP when the first byte is not a TLS
+/// handshake. The first byte must come within `first_byte`.
+async fn accept_one(
+    tcp: TcpStream,
+    acceptor: &TlsAcceptor,
+    allow_raw: bool,
+    first_byte: Duration,
+) -> Result<Accepted, NotAccepted> {
+    let mut first = [0u8; 1];
+    match tokio::time::timeout(first_byte, tcp.peek(&mut first)).await {
+        Err(_) => return Err(NotAccepted::Timeout),
+        Ok(Err(e)) => return Err(NotAccepted::Failed(e)),
+        Ok(Ok(_)) => {}
     }
-    Ok(Accepted::Tls(Box::new(acceptor.accept(tcp).await?)))
+    if allow_raw && first[0] != crate::leg::TLS_HANDSHAKE {
+        return Ok(Accepted::Raw(tcp));
+    }
+    acceptor.accept(tcp).await.map(|t| Accepted::Tls(Box::new(t))).map_err(NotAccepted::Failed)
 }
 
 /// Accepts connections; each one's TLS handshake runs in its own task under a
@@ -182,24 +199,28 @@ async fn accept_loop<F, Fut>(
     F: Fn(Arc<State>, Accepted, SocketAddr) -> Fut + Clone + Send + 'static,
     Fut: Future<Output = ()> + Send + 'static,
 {
-    let hs_timeout = Duration::from_millis(state.cfg.limits.handshake_timeout_ms);
+    let limits = &state.cfg.limits;
+    let hs_timeout = Duration::from_millis(limits.handshake_timeout_ms);
+    let first_byte = Duration::from_millis(limits.first_byte_ms.min(limits.handshake_timeout_ms));
+    let gate = Arc::new(gate::Gate::new(listener_name, limits.max_handshakes, limits.max_pending_per_source));
+    state.tracker.spawn(report_drops(state.clone(), gate.clone()));
     loop {
         let Some((tcp, peer)) = crate::util::net::accept(&listener, listener_name, &state.shutdown).await else {
             return;
         };
-        let refuse = |reason: &str| {
-            metrics::RELAY_CONNECTIONS_REFUSED.with_label_values(&[listener_name, reason]).inc();
-        };
         let Ok(conn_permit) = state.conn_limit.clone().try_acquire_owned() else {
-            refuse("max_connections");
+            gate.dropped(peer.ip(), "max_connections");
             continue;
         };
-        let Ok(hs_permit) = state.hs_limit.clone().try_acquire_owned() else {
-            refuse("max_handshakes");
-            continue;
+        let hs_permit = match gate.admit(peer.ip()) {
+            Ok(p) => p,
+            Err(reason) => {
+                gate.dropped(peer.ip(), reason);
+                continue;
+            }
         };
         let _ = tcp.set_nodelay(true);
-        let (acceptor, state2, handler) = (acceptor.clone(), state.clone(), handler.clone());
+        let (acceptor, state2, handler, gate) = (acceptor.clone(), state.clone(), handler.clone(), gate.clone());
         let span = tracing::info_span!(
             "conn",
             listener = listener_name,
@@ -210,11 +231,11 @@ async fn accept_loop<F, Fut>(
         state.tracker.spawn(
             async move {
                 let _conn = conn_permit;
-                let res = tokio::time::timeout(hs_timeout, accept_one(tcp, &acceptor, allow_raw)).await;
+                let res = tokio::time::timeout(hs_timeout, accept_one(tcp, &acceptor, allow_raw, first_byte)).await;
                 drop(hs_permit);
                 let tls = match res {
                     Ok(Ok(tls)) => tls,
-                    Ok(Err(e)) => {
+                    Ok(Err(NotAccepted::Failed(e))) => {
                         return state2.handshake_failed(
                             listener_name,
                             peer,
@@ -222,12 +243,37 @@ async fn accept_loop<F, Fut>(
                             &e.to_string(),
                         );
                     }
-                    Err(_) => return state2.handshake_failed(listener_name, peer, "timeout", "handshake timed out"),
+                    // Silence is the flood's signature: counted, and audited in aggregate.
+                    Ok(Err(NotAccepted::Timeout)) | Err(_) => {
+                        metrics::RELAY_HANDSHAKE_FAILURES.with_label_values(&[listener_name, "timeout"]).inc();
+                        return gate.dropped(peer.ip(), "timeout");
+                    }
                 };
                 handler(state2, tls, peer).await
             }
             .instrument(span),
         );
+    }
+}
+
+/// Writes what `gate` turned away, at most once every 10 s (one record per
+/// listener and period, however large the flood).
+async fn report_drops(state: Arc<State>, gate: Arc<gate::Gate>) {
+    let mut tick = tokio::time::interval(Duration::from_secs(10));
+    loop {
+        tokio::select! {
+            _ = state.shutdown.cancelled() => break,
+            _ = tick.tick() => {}
+        }
+        if let Some(mut fields) = gate.take_tally() {
+            fields["relay"] = state.cfg.name.clone().into();
+            tracing::warn!(listener = gate.name, "connections dropped before authentication: {fields}");
+            state.audit.record("connections_dropped", fields);
+        }
+    }
+    if let Some(mut fields) = gate.take_tally() {
+        fields["relay"] = state.cfg.name.clone().into();
+        state.audit.record("connections_dropped", fields);
     }
 }
 

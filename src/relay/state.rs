@@ -73,7 +73,6 @@ pub struct State {
     pub shutdown: CancellationToken,
     pub tracker: TaskTracker,
     pub conn_limit: Arc<Semaphore>,
-    pub hs_limit: Arc<Semaphore>,
     pub taps: super::Taps,
     next_attach: AtomicU64,
     /// Replication with the twin: its view, our facts, requests for it.
@@ -103,7 +102,6 @@ impl State {
             shutdown,
             tracker: TaskTracker::new(),
             conn_limit: Arc::new(Semaphore::new(cfg.limits.max_connections)),
-            hs_limit: Arc::new(Semaphore::new(cfg.limits.max_handshakes)),
             next_attach: AtomicU64::new(1),
             taps,
             replica: Arc::new(Replica::default()),

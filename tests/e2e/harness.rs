@@ -101,6 +101,8 @@ pub struct Opts {
     pub hub: bool,
     /// Extra top-level lines for hub.toml.
     pub hub_extra: &'static str,
+    /// Extra lines for the relays' `[limits]`.
+    pub relay_limits: &'static str,
 }
 
 impl Default for Opts {
@@ -119,6 +121,7 @@ impl Default for Opts {
             resume_deadline_secs: 30,
             hub: false,
             hub_extra: "",
+            relay_limits: "",
         }
     }
 }
@@ -192,7 +195,8 @@ pub fn start_relay_with(
     let cfg = format!(
         "name = \"{name}\"\ncontrol = \"127.0.0.1:0\"\ndata = \"127.0.0.1:0\"\nclient = \"127.0.0.1:0\"\nadmin = \"127.0.0.1:0\"\n\
          ca = \"{ca}\"\ncert = \"{d}/{name}.pem\"\nkey = \"{d}/{name}.key\"\ngrant_public_key = \"{d}/grant.pub\"\n\
-         audit_log = \"{audit}\"\nraw_legs = {raw}\n{crl}\n[limits]\nhandshake_timeout_ms = {hs}\nheartbeat_secs = 30\npairing_timeout_ms = 5000\ndecision_timeout_secs = 120\ndrain_secs = 1\n{hub}",
+         audit_log = \"{audit}\"\nraw_legs = {raw}\n{crl}\n[limits]\nhandshake_timeout_ms = {hs}\nheartbeat_secs = 30\npairing_timeout_ms = 5000\ndecision_timeout_secs = 120\ndrain_secs = 1\n{extra}\n{hub}",
+        extra = opts.relay_limits,
         hub = hub.map(|a| format!("\n[hub]\nurl = \"https://{a}\"\nserver_name = \"localhost\"\n")).unwrap_or_default(),
         ca = pki.path("ca.pem").display(),
         d = pki.dir.display(),

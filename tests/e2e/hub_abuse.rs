@@ -126,3 +126,35 @@ async fn futures_all<F: std::future::Future + Unpin>(mut futs: Vec<F>) -> Vec<F:
     .await;
     out.into_iter().map(|o| o.unwrap()).collect()
 }
+
+#[tokio::test]
+async fn a_trickled_login_body_times_out() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let fleet = hub_fleet("body_timeout_secs = 1\n").await;
+    let url = fleet.hub.as_ref().unwrap().url();
+    let addr = url.trim_start_matches("https://").to_string();
+    let cfg = tether::tls::client_config(&fleet.pki.path("ca.pem"), None, tether::tls::ALPN_HTTP1).unwrap();
+    let mut s = tether::tls::dial(&addr, "localhost", cfg).await.unwrap();
+    let head =
+        "POST /api/v1/login HTTP/1.1\r\nHost: hub\r\nContent-Type: application/json\r\nContent-Length: 200\r\n\r\n{";
+    s.write_all(head.as_bytes()).await.unwrap();
+    s.flush().await.unwrap();
+    let started = std::time::Instant::now();
+    let mut answer = Vec::new();
+    let trickle = async {
+        for _ in 0..40 {
+            tokio::time::sleep(std::time::Duration::from_millis(250)).await;
+            if s.write_all(b" ").await.is_err() || s.flush().await.is_err() {
+                break;
+            }
+        }
+    };
+    let _ = tokio::time::timeout(std::time::Duration::from_secs(5), trickle).await;
+    let _ = tokio::time::timeout(std::time::Duration::from_secs(5), s.read_to_end(&mut answer)).await;
+    let text = String::from_utf8_lossy(&answer);
+    assert!(text.starts_with("HTTP/1.1 408"), "a trickled body was not cut off: {text:?}");
+    assert!(text.contains("body_timeout"), "{text}");
+    assert!(started.elapsed() < std::time::Duration::from_secs(10));
+    let metrics = hub_client(&fleet).call(Method::GET, "/metrics", None, None).await.unwrap().1;
+    assert!(parse_metric(&String::from_utf8_lossy(&metrics), "tether_hub_refusals_total", &["body_timeout"]) >= 1.0);
+}

@@ -8,6 +8,7 @@ mod dev;
 mod disconnect;
 mod e2e_tls;
 mod failover;
+mod flood;
 mod grants;
 mod haproxy;
 mod holes;

@@ -1,0 +1,120 @@
+//! Bounds on connections before they authenticate, per listener: a budget
+//! of handshakes in progress, a cap per source address, and a tally of what
+//! was turned away, written to the audit log at most every 10 s (a flood
+//! writes one record per listener and period, not one per connection).
+use std::collections::HashMap;
+use std::net::IpAddr;
+use std::sync::{Arc, Mutex};
+
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+
+use crate::util::lock;
+
+/// One listener's gate.
+pub struct Gate {
+    pub name: &'static str,
+    handshakes: Arc<Semaphore>,
+    per_source: usize,
+    pending: Arc<Mutex<HashMap<IpAddr, usize>>>,
+    /// Dropped since the last audit record: by reason, and by source.
+    dropped: Mutex<Tally>,
+}
+
+#[derive(Default)]
+struct Tally {
+    by_reason: HashMap<&'static str, u64>,
+    by_source: HashMap<IpAddr, u64>,
+}
+
+/// A handshake in progress; frees its budget slot and its source's count when dropped.
+pub struct Pending {
+    _slot: OwnedSemaphorePermit,
+    pending: Arc<Mutex<HashMap<IpAddr, usize>>>,
+    source: IpAddr,
+}
+
+impl Drop for Pending {
+    fn drop(&mut self) {
+        let mut p = lock(&self.pending);
+        if let Some(n) = p.get_mut(&self.source) {
+            *n -= 1;
+            if *n == 0 {
+                p.remove(&self.source);
+            }
+        }
+    }
+}
+
+impl Gate {
+    pub fn new(name: &'static str, max_handshakes: usize, per_source: usize) -> Gate {
+        Gate {
+            name,
+            handshakes: Arc::new(Semaphore::new(max_handshakes.max(1))),
+            per_source: per_source.max(1),
+            pending: Arc::new(Mutex::new(HashMap::new())),
+            dropped: Mutex::new(Tally::default()),
+        }
+    }
+
+    /// Admits a connection from `source` to its handshake, or names why not.
+    pub fn admit(&self, source: IpAddr) -> Result<Pending, &'static str> {
+        let slot = self.handshakes.clone().try_acquire_owned().map_err(|_| "max_handshakes")?;
+        let mut p = lock(&self.pending);
+        let n = p.entry(source).or_insert(0);
+        if *n >= self.per_source {
+            return Err("per_source");
+        }
+        *n += 1;
+        Ok(Pending { _slot: slot, pending: self.pending.clone(), source })
+    }
+
+    /// Counts a connection turned away before it authenticated.
+    pub fn dropped(&self, source: IpAddr, reason: &'static str) {
+        crate::metrics::RELAY_CONNECTIONS_REFUSED.with_label_values(&[self.name, reason]).inc();
+        let mut t = lock(&self.dropped);
+        *t.by_reason.entry(reason).or_default() += 1;
+        if t.by_source.len() < 10_000 || t.by_source.contains_key(&source) {
+            *t.by_source.entry(source).or_default() += 1;
+        }
+    }
+
+    /// What was dropped since the last call, as an audit record's fields; `None` when nothing.
+    pub fn take_tally(&self) -> Option<serde_json::Value> {
+        let t = std::mem::take(&mut *lock(&self.dropped));
+        if t.by_reason.is_empty() {
+            return None;
+        }
+        let mut sources: Vec<(IpAddr, u64)> = t.by_source.into_iter().collect();
+        sources.sort_by_key(|s| std::cmp::Reverse(s.1));
+        let top: Vec<serde_json::Value> =
+            sources.iter().take(5).map(|(ip, n)| serde_json::json!({"source": ip.to_string(), "dropped": n})).collect();
+        Some(
+            serde_json::json!({"listener": self.name, "dropped": t.by_reason, "top_sources": top, "sources": sources.len()}),
+        )
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn per_source_and_budget_are_bounded_and_freed() {
+        let g = Gate::new("client", 3, 2);
+        let a: IpAddr = [127, 0, 0, 9].into();
+        let b: IpAddr = [127, 0, 0, 1].into();
+        let a1 = g.admit(a).unwrap();
+        let _a2 = g.admit(a).unwrap();
+        assert_eq!(g.admit(a).err(), Some("per_source"));
+        let _b1 = g.admit(b).unwrap();
+        assert_eq!(g.admit(b).err(), Some("max_handshakes"), "the budget is shared by the listener");
+        drop(a1);
+        assert!(g.admit(b).is_ok(), "a freed slot is reusable");
+        g.dropped(a, "per_source");
+        g.dropped(a, "per_source");
+        let t = g.take_tally().unwrap();
+        assert_eq!(t["dropped"]["per_source"], 2);
+        assert_eq!(t["top_sources"][0]["source"], "127.0.0.9");
+        assert!(g.take_tally().is_none(), "the tally starts over");
+    }
+}

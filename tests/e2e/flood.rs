@@ -1,0 +1,120 @@
+//! A flood before authentication from one source address (127.0.0.9): far
+//! more silent connections than the handshake budget, on both relays' client
+//! and data ports, while from 127.0.0.1 a new session opens and echoes 1 MiB,
+//! the agent re-attaches, and a live session fails over. None of those is
+//! refused; the flood is counted, and audited in aggregate.
+use std::net::SocketAddr;
+use std::time::{Duration, Instant};
+
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpSocket, TcpStream};
+use tokio_util::sync::CancellationToken;
+
+use crate::harness::*;
+
+const FLOODER: [u8; 4] = [127, 0, 0, 9];
+
+/// Keeps `per_port` silent connections from 127.0.0.9 open to each of
+/// `ports`, re-opening what the relay drops, until `stop` (bounded: 60 s).
+fn flood(ports: Vec<SocketAddr>, per_port: usize, stop: CancellationToken) -> tokio::task::JoinHandle<u64> {
+    tokio::spawn(async move {
+        let mut opened = 0u64;
+        let mut held: Vec<TcpStream> = Vec::new();
+        let until = Instant::now() + Duration::from_secs(60);
+        while !stop.is_cancelled() && Instant::now() < until {
+            held.retain(|s| s.peer_addr().is_ok());
+            for port in &ports {
+                for _ in 0..per_port / 4 {
+                    let sock = TcpSocket::new_v4().unwrap();
+                    sock.bind(SocketAddr::from((FLOODER, 0))).unwrap();
+                    if let Ok(Ok(s)) = tokio::time::timeout(Duration::from_millis(200), sock.connect(*port)).await {
+                        held.push(s);
+                        opened += 1;
+                    }
+                }
+            }
+            held.truncate(per_port * ports.len());
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        opened
+    })
+}
+
+async fn echo_1mib(session: &std::sync::Arc<tether::client::ClientSession>) {
+    let mut t = within(30, session.connect()).await.expect("a tunnel during the flood");
+    let data = random(1 << 20);
+    let (mut r, mut w) = tokio::io::split(&mut t);
+    let back = async {
+        let mut got = vec![0u8; data.len()];
+        r.read_exact(&mut got).await.map(|_| got)
+    };
+    let send = async {
+        w.write_all(&data).await.unwrap();
+        w.flush().await.unwrap();
+    };
+    let (got, ()) = within(60, async { tokio::join!(back, send) }).await;
+    assert!(got.unwrap() == data, "1 MiB echoed intact");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_flood_from_one_source_refuses_no_legitimate_connection() {
+    let mut fleet = Fleet::start(Opts {
+        relays: 2,
+        twins: true,
+        relay_limits: "max_handshakes = 256\nmax_pending_per_source = 64\nfirst_byte_ms = 1000",
+        ..Opts::default()
+    })
+    .await;
+    let live = fleet.session("echo").await;
+    let live_addr = serve(&live).await;
+
+    let stop = CancellationToken::new();
+    let ports = fleet.relays.iter().flat_map(|r| [r.client, r.data]).collect();
+    let flooder = flood(ports, 400, stop.clone());
+    eventually("the flood is being turned away", async || {
+        fleet
+            .metric(0, "tether_relay_connections_refused_total", &["listener=\"client\"", "reason=\"per_source\""])
+            .await
+            >= 100.0
+    })
+    .await;
+
+    // A live session fails over: SIGKILL of the relay carrying it.
+    let victim = if live.current_relay().name == "relay-a" { 0 } else { 1 };
+    let transfer = Transfer::start(live_addr, random(8 << 20)).await;
+    fleet.relays[victim].proc.kill();
+    transfer.finish("the live session across a relay kill during the flood").await;
+    assert!(live.end_reason().is_none());
+    // The agent re-attaches (its old sessions end with it, as they must).
+    if let Some(mut a) = fleet.agent.take() {
+        a.kill();
+    }
+    fleet.agent = Some(start_agent(fleet.dir(), &fleet.agent_cfg));
+    let survivor = 1 - victim;
+    fleet.wait_metric(survivor, "tether_relay_agents_attached", 1.0).await;
+    // A new session, and 1 MiB through it.
+    let fresh = within(30, tether::client::ClientSession::open(&fleet.profile(), DEVICE, "echo")).await.unwrap();
+    echo_1mib(&fresh).await;
+
+    stop.cancel();
+    let opened = within(30, flooder).await.unwrap();
+    assert!(opened >= 1000, "the flood opened only {opened} connections");
+    // The flood is in the survivor's audit as one aggregate record per period, naming the flooder only.
+    let deadline = Instant::now() + Duration::from_secs(15);
+    let records = loop {
+        let r: Vec<_> =
+            fleet.relay_audit(survivor).into_iter().filter(|r| r["event"] == "connections_dropped").collect();
+        if !r.is_empty() || Instant::now() > deadline {
+            break r;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    assert!(!records.is_empty(), "no aggregate record of the flood");
+    assert!(records.len() <= 8, "aggregate, not one record per connection: {}", records.len());
+    for r in &records {
+        for s in r["top_sources"].as_array().unwrap() {
+            assert_eq!(s["source"], "127.0.0.9", "a legitimate source was turned away: {r}");
+        }
+    }
+    assert!(fresh.end_reason().is_none());
+}
