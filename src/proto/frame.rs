@@ -185,6 +185,20 @@ const TWIN_ACK: u8 = 24;
 const TWIN_OPEN: u8 = 25;
 const AUDIT_HEAD: u8 = 26;
 
+/// The largest body a frame of type `ty` may have. Preambles and small
+/// control frames are capped tightly; frames carrying a grant, a list or a
+/// replicated fact get room for them.
+fn max_len(ty: u8) -> usize {
+    match ty {
+        HEARTBEAT | DECISION | OPEN_FAILED | SESSION_END | PAIRED | RESUMED | TWIN_SNAPSHOT | TWIN_SNAPSHOT_END
+        | TWIN_ACK => 256,
+        CLIENT_JOIN | DATA_OPEN | CLIENT_RESUME | OPEN | TWIN_OPEN | SESSION_READY => 1024,
+        ERROR | WELCOME | TWIN_HELLO | AUDIT_HEAD => 4 * 1024,
+        HELLO | ACCESS_REQUEST | CLIENT_OPEN => 16 * 1024,
+        _ => MAX_FRAME,
+    }
+}
+
 fn put_sid(b: &mut BytesMut, s: &SessionId) {
     b.put_slice(&s.0);
 }
@@ -365,8 +379,16 @@ impl Frame {
         if len == 0 {
             return Err(ProtoError::Empty);
         }
+        // Each type has its own cap: a small frame claiming a large length is
+        // refused on its fifth byte, before anything is allocated for it.
+        if let Some(&ty) = buf.get(4)
+            && len > max_len(ty)
+        {
+            return Err(ProtoError::Oversize { len, max: max_len(ty) });
+        }
         if buf.len() < 4 + len {
-            buf.reserve(4 + len - buf.len());
+            // Room grows with the bytes that actually arrive (the reader
+            // reserves a few KiB at a time), never ahead of them.
             return Ok(None);
         }
         buf.advance(4);

@@ -165,3 +165,19 @@ fn tampered_grant_fails_verification() {
     sg.sig[0] ^= 1;
     assert_eq!(GrantVerifier::new(signer.public_key()).verify(&sg), Err(GrantError::BadSignature));
 }
+
+#[test]
+fn a_claimed_length_allocates_nothing_and_preambles_are_capped_by_type() {
+    // A header alone claiming a large frame: need more bytes, and no room reserved for them.
+    let mut buf = BytesMut::with_capacity(8);
+    buf.extend_from_slice(&(60_000u32).to_be_bytes());
+    assert!(matches!(Frame::decode(&mut buf), Ok(None)));
+    assert!(buf.capacity() < 1024, "a 4-byte header reserved {} bytes", buf.capacity());
+    // With its type byte, a preamble claiming 60 000 bytes is refused at once.
+    buf.extend_from_slice(&[12]); // ClientJoin
+    assert!(matches!(Frame::decode(&mut buf), Err(ProtoError::Oversize { max: 1024, .. })));
+    let mut hb = BytesMut::new();
+    hb.extend_from_slice(&(300u32).to_be_bytes());
+    hb.extend_from_slice(&[3]); // Heartbeat
+    assert!(matches!(Frame::decode(&mut hb), Err(ProtoError::Oversize { max: 256, .. })));
+}

@@ -83,6 +83,8 @@ struct Shared {
     to_deliver: Notify,
     /// Room for more application bytes (acks arrived).
     room: Notify,
+    /// The application took received bytes (the receive window has room).
+    drained: Notify,
 }
 
 impl Shared {
@@ -121,6 +123,7 @@ pub fn start(
         to_send: Notify::new(),
         to_deliver: Notify::new(),
         room: Notify::new(),
+        drained: Notify::new(),
     });
     let (app_r, app_w) = tokio::io::split(ours);
     let task = tokio::spawn(async move {
@@ -173,6 +176,7 @@ async fn deliver(sh: &Shared, mut app: WriteHalf<DuplexStream>) -> Result<(), St
                 app.write_all(&chunk).await.map_err(|e| format!("application side: {e}"))?;
                 sh.book().chunk_delivered();
                 sh.to_send.notify_one();
+                sh.drained.notify_one();
             }
             Delivery::Fin => {
                 let _ = app.shutdown().await;
@@ -334,6 +338,16 @@ async fn read_leg<R: tokio::io::AsyncRead + Unpin>(sh: &Shared, lr: &mut R, rbuf
                 Err(e) => return LegEnd::Broken(e),
             }
         }
+        // A full receive window: leave the leg unread until the application takes some.
+        loop {
+            let drained = sh.drained.notified();
+            tokio::pin!(drained);
+            drained.as_mut().enable();
+            if !sh.book().receive_full() {
+                break;
+            }
+            drained.await;
+        }
         if rbuf.capacity() - rbuf.len() < 16 * 1024 {
             rbuf.reserve(64 * 1024);
         }
@@ -387,8 +401,8 @@ async fn watch(sh: &Shared, cfg: ResumeConfig) -> LegEnd {
     loop {
         tokio::time::sleep((cfg.dead_after / 20).max(Duration::from_millis(10))).await;
         let (done, silent) = {
-            let b = sh.book();
-            (b.is_done(), b.last_heard().elapsed())
+            let mut b = sh.book();
+            (b.is_done(), b.silence(Instant::now()))
         };
         // Once done, let the reader see the peer's close.
         if !done && silent > cfg.dead_after {

@@ -9,6 +9,10 @@ use tokio::time::Instant;
 use super::{Inbound, Outbound, Violation};
 use crate::proto::stream::{MAX_DATA, StreamFrame, encode_data};
 
+/// What may arrive past a full window in the frames of one read (the driver
+/// reads at most 64 KiB at a time, and stops at the window).
+const WINDOW_SLACK: usize = 256 * 1024;
+
 /// Statistics of one stream, for metrics and audit.
 #[derive(Debug, Default, Clone, Copy)]
 pub struct Stats {
@@ -47,6 +51,9 @@ pub struct StreamState {
     inb: Inbound,
     /// Received, not yet delivered to the application (chunks as they came).
     pending: VecDeque<Bytes>,
+    /// Bytes in `pending`, and the most it may hold before the leg is no longer read.
+    pending_bytes: usize,
+    window: usize,
     delivered: u64,
     fin_out: Option<u64>,
     fin_acked: bool,
@@ -67,6 +74,8 @@ impl StreamState {
             out: Outbound::new(cap),
             inb: Inbound::new(),
             pending: VecDeque::new(),
+            pending_bytes: 0,
+            window: cap,
             delivered: 0,
             fin_out: None,
             fin_acked: false,
@@ -108,7 +117,23 @@ impl StreamState {
     pub fn chunk_delivered(&mut self) {
         if let Some(c) = self.pending.pop_front() {
             self.delivered += c.len() as u64;
+            self.pending_bytes -= c.len();
         }
+    }
+
+    /// Undelivered bytes fill the window: stop reading the leg until the
+    /// application takes some (the peer then waits on TCP back-pressure).
+    pub fn receive_full(&self) -> bool {
+        self.pending_bytes >= self.window
+    }
+
+    /// How long the peer has been silent, not counting time the leg was
+    /// left unread on purpose (a full window is not a dead leg).
+    pub fn silence(&mut self, now: Instant) -> Duration {
+        if self.receive_full() {
+            self.last_heard = now;
+        }
+        now.saturating_duration_since(self.last_heard)
     }
 
     /// The application's side was shut after the peer's FIN.
@@ -125,7 +150,15 @@ impl StreamState {
                 if new.is_empty() {
                     Wake::default()
                 } else {
+                    self.pending_bytes += new.len();
                     self.pending.push_back(new);
+                    // Reading stops at the window; what one read can bring past it is bounded.
+                    if self.pending_bytes > self.window + WINDOW_SLACK {
+                        return Err(format!(
+                            "the peer sent past the receive window ({} bytes undelivered, window {})",
+                            self.pending_bytes, self.window
+                        ));
+                    }
                     Wake { deliver: true, ..Wake::default() }
                 }
             }
@@ -290,5 +323,30 @@ mod tests {
         a.resumed(Duration::from_millis(30));
         assert_eq!((a.stats().resumes, a.stats().retransmitted), (1, 10));
         assert!(b.on_frame(StreamFrame::Resume { next: 0, mac: [0; 32] }, now).is_err());
+    }
+
+    #[test]
+    fn a_full_window_stops_reading_and_a_peer_past_it_is_closed() {
+        let now = Instant::now();
+        let mut s = StreamState::new(64 * 1024, now);
+        let chunk = Bytes::from(vec![7u8; 32 * 1024]);
+        s.on_frame(StreamFrame::Data { seq: 0, data: chunk.clone() }, now).unwrap();
+        assert!(!s.receive_full());
+        s.on_frame(StreamFrame::Data { seq: 32 * 1024, data: chunk.clone() }, now).unwrap();
+        assert!(s.receive_full(), "64 KiB undelivered fills the window");
+        // While the leg is left unread on purpose, silence does not count.
+        assert_eq!(s.silence(now + Duration::from_secs(5)), Duration::ZERO);
+        s.chunk_delivered();
+        assert!(!s.receive_full(), "the application took 32 KiB");
+        // A peer that ignores the window is closed, with a reason.
+        let mut seq = 64 * 1024;
+        let err = loop {
+            match s.on_frame(StreamFrame::Data { seq, data: chunk.clone() }, now) {
+                Ok(_) => seq += chunk.len() as u64,
+                Err(e) => break e,
+            }
+            assert!(seq < 1 << 20, "never refused");
+        };
+        assert!(err.contains("past the receive window"), "{err}");
     }
 }
