@@ -69,29 +69,38 @@ async fn sigkill_of_the_carrying_relay_during_256_mib_loses_no_byte() {
 /// SIGKILLs of whichever relay carries it, each followed by a restart of the
 /// victim. No message is lost or reordered; returns the longest gap between
 /// two answers around each kill (the pause the application sees).
+/// Times at which answers came back.
+type Answers = std::sync::Arc<std::sync::Mutex<Vec<std::time::Instant>>>;
+
+/// An interactive application: one numbered request every 10 ms over `conn`,
+/// each answer checked for its number (none lost or reordered). Stops when
+/// its token is cancelled; returns how many it sent.
+fn pinger(mut conn: TcpStream) -> (Answers, tokio_util::sync::CancellationToken, tokio::task::JoinHandle<u64>) {
+    let answers = Answers::default();
+    let stop = tokio_util::sync::CancellationToken::new();
+    let (a2, s2) = (answers.clone(), stop.clone());
+    let task = tokio::spawn(async move {
+        let mut n = 0u64;
+        while !s2.is_cancelled() {
+            conn.write_all(&n.to_be_bytes()).await.unwrap();
+            let mut back = [0u8; 8];
+            within(40, conn.read_exact(&mut back)).await.unwrap();
+            assert_eq!(u64::from_be_bytes(back), n, "an answer was lost or reordered");
+            a2.lock().unwrap().push(std::time::Instant::now());
+            n += 1;
+            tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+        }
+        n
+    });
+    (answers, stop, task)
+}
+
 async fn interactive_across_kills(kills: usize, freeze: bool) -> Vec<std::time::Duration> {
     use std::time::{Duration, Instant};
     let mut fleet = twins().await;
     let session = fleet.session("echo").await;
     let addr = serve(&session).await;
-    let mut conn = TcpStream::connect(addr).await.unwrap();
-
-    let answers = std::sync::Arc::new(std::sync::Mutex::new(Vec::<Instant>::new()));
-    let stop = tokio_util::sync::CancellationToken::new();
-    let (a2, s2) = (answers.clone(), stop.clone());
-    let pinger = tokio::spawn(async move {
-        let mut n = 0u64;
-        while !s2.is_cancelled() {
-            conn.write_all(&n.to_be_bytes()).await.unwrap();
-            let mut back = [0u8; 8];
-            within(30, conn.read_exact(&mut back)).await.unwrap();
-            assert_eq!(u64::from_be_bytes(back), n, "an answer was lost or reordered");
-            a2.lock().unwrap().push(Instant::now());
-            n += 1;
-            tokio::time::sleep(Duration::from_millis(10)).await;
-        }
-        n
-    });
+    let (answers, stop, pinger) = pinger(TcpStream::connect(addr).await.unwrap());
     let count = || answers.lock().unwrap().len();
     let mut pauses = Vec::new();
     for _ in 0..kills {
@@ -347,23 +356,7 @@ async fn freeze_round(moment: usize) -> std::time::Duration {
     let fleet = twins().await;
     let session = fleet.session("echo").await;
     let addr = serve(&session).await;
-    let mut conn = TcpStream::connect(addr).await.unwrap();
-    let answers = std::sync::Arc::new(std::sync::Mutex::new(Vec::<Instant>::new()));
-    let stop = tokio_util::sync::CancellationToken::new();
-    let (a2, s2) = (answers.clone(), stop.clone());
-    let pinger = tokio::spawn(async move {
-        let mut n = 0u64;
-        while !s2.is_cancelled() {
-            conn.write_all(&n.to_be_bytes()).await.unwrap();
-            let mut back = [0u8; 8];
-            within(40, conn.read_exact(&mut back)).await.unwrap();
-            assert_eq!(u64::from_be_bytes(back), n, "an answer was lost or reordered");
-            a2.lock().unwrap().push(Instant::now());
-            n += 1;
-            tokio::time::sleep(Duration::from_millis(10)).await;
-        }
-        n
-    });
+    let (answers, stop, pinger) = pinger(TcpStream::connect(addr).await.unwrap());
     let count = || answers.lock().unwrap().len();
     tokio::time::sleep(Duration::from_millis(after_ms)).await;
     let victim = if session.current_relay().name == "relay-a" { 0 } else { 1 };
