@@ -161,43 +161,7 @@ pub enum Frame {
     },
 }
 
-const HELLO: u8 = 1;
-const WELCOME: u8 = 2;
-const HEARTBEAT: u8 = 3;
-const ACCESS_REQUEST: u8 = 4;
-const DECISION: u8 = 5;
-const OPEN: u8 = 6;
-const OPEN_FAILED: u8 = 7;
-const SESSION_END: u8 = 8;
-const ERROR: u8 = 9;
-const CLIENT_OPEN: u8 = 10;
-const SESSION_READY: u8 = 11;
-const CLIENT_JOIN: u8 = 12;
-const DATA_OPEN: u8 = 13;
-const PAIRED: u8 = 14;
-const CLIENT_RESUME: u8 = 15;
-const RESUMED: u8 = 16;
-const TWIN_HELLO: u8 = 20;
-const TWIN_SNAPSHOT: u8 = 21;
-const TWIN_SNAPSHOT_END: u8 = 22;
-const TWIN_FACT: u8 = 23;
-const TWIN_ACK: u8 = 24;
-const TWIN_OPEN: u8 = 25;
-const AUDIT_HEAD: u8 = 26;
-
-/// The largest body a frame of type `ty` may have. Preambles and small
-/// control frames are capped tightly; frames carrying a grant, a list or a
-/// replicated fact get room for them.
-fn max_len(ty: u8) -> usize {
-    match ty {
-        HEARTBEAT | DECISION | OPEN_FAILED | SESSION_END | PAIRED | RESUMED | TWIN_SNAPSHOT | TWIN_SNAPSHOT_END
-        | TWIN_ACK => 256,
-        CLIENT_JOIN | DATA_OPEN | CLIENT_RESUME | OPEN | TWIN_OPEN | SESSION_READY => 1024,
-        ERROR | WELCOME | TWIN_HELLO | AUDIT_HEAD => 4 * 1024,
-        HELLO | ACCESS_REQUEST | CLIENT_OPEN => 16 * 1024,
-        _ => MAX_FRAME,
-    }
-}
+use super::frame_type::*;
 
 fn put_sid(b: &mut BytesMut, s: &SessionId) {
     b.put_slice(&s.0);

@@ -1,6 +1,7 @@
 //! The hub's storage: one interface ([`Sql`]), two engines (SQLite, PostgreSQL),
 //! migrations, and the queries, written once for both.
 mod postgres;
+mod schema;
 mod sql;
 mod sqlite;
 
@@ -10,32 +11,6 @@ use std::sync::Arc;
 pub use sql::{Row, Sql, StoreError, Val, is_unique_violation};
 
 use super::model::{Device, SessionRecord, Site, User};
-
-/// Schema changes, applied in order, each once (recorded in `schema_migrations`).
-const MIGRATIONS: &[(i64, &str)] = &[(
-    1,
-    "CREATE TABLE users (name TEXT PRIMARY KEY, role TEXT NOT NULL, password_hash TEXT NOT NULL,
-        totp_secret TEXT NOT NULL, totp_last_step BIGINT NOT NULL DEFAULT 0, disabled BIGINT NOT NULL DEFAULT 0,
-        created_at BIGINT NOT NULL);
-     CREATE TABLE login_failures (name TEXT PRIMARY KEY, failures BIGINT NOT NULL, locked_until BIGINT NOT NULL);
-     CREATE TABLE sites (name TEXT PRIMARY KEY, allow_from TEXT NOT NULL DEFAULT '',
-        require_ticket BIGINT NOT NULL DEFAULT 0);
-     CREATE TABLE devices (id TEXT PRIMARY KEY, site TEXT NOT NULL REFERENCES sites(name), consent TEXT NOT NULL,
-        created_at BIGINT NOT NULL);
-     CREATE TABLE entitlements (user_name TEXT NOT NULL REFERENCES users(name), site TEXT NOT NULL REFERENCES sites(name),
-        PRIMARY KEY (user_name, site));
-     CREATE TABLE tokens (hash TEXT PRIMARY KEY, user_name TEXT NOT NULL REFERENCES users(name),
-        expires_at BIGINT NOT NULL);
-     CREATE TABLE sessions (id TEXT PRIMARY KEY, specialist TEXT NOT NULL, device TEXT NOT NULL, service TEXT NOT NULL,
-        reason TEXT NOT NULL, ticket TEXT, source TEXT NOT NULL, relay TEXT NOT NULL, created_at BIGINT NOT NULL,
-        expires_at BIGINT NOT NULL, consent_required BIGINT NOT NULL, state TEXT NOT NULL, ended_at BIGINT,
-        end_reason TEXT, ended_by TEXT, bytes_to_device BIGINT NOT NULL DEFAULT 0,
-        bytes_to_client BIGINT NOT NULL DEFAULT 0, duration_ms BIGINT NOT NULL DEFAULT 0);
-     CREATE INDEX sessions_by_specialist ON sessions (specialist, created_at);
-     CREATE TABLE audit (seq BIGINT PRIMARY KEY, ts BIGINT NOT NULL, hash TEXT NOT NULL, line TEXT NOT NULL);
-     CREATE INDEX audit_by_ts ON audit (ts);
-     CREATE TABLE anchors (source TEXT PRIMARY KEY, seq BIGINT NOT NULL, hash TEXT NOT NULL, at BIGINT NOT NULL)",
-)];
 
 /// The hub's database.
 #[derive(Clone)]
@@ -114,7 +89,7 @@ impl Store {
     async fn migrate(&self) -> Result<(), StoreError> {
         self.db.exec("CREATE TABLE IF NOT EXISTS schema_migrations (version BIGINT PRIMARY KEY)", vec![]).await?;
         let done = self.db.query("SELECT version FROM schema_migrations", vec![]).await?;
-        for (version, sql) in MIGRATIONS {
+        for (version, sql) in schema::MIGRATIONS {
             if done.iter().any(|r| r.int(0) == *version) {
                 continue;
             }
