@@ -94,6 +94,12 @@ async fn data_legs_and_joins_with_wrong_ids_are_refused() {
         )
         .await;
     assert!(is(&ans, Reason::VersionMismatch), "{ans:?}");
+    for raw_leg in [false, true] {
+        let open = Frame::DataOpen { version: VERSION + 1, session: session.id, conn: 7, mac: [9; 32] };
+        let ans = if raw_leg { raw(data, open).await } else { tls_data_leg(&fleet, open).await };
+        assert!(is(&ans, Reason::VersionMismatch), "a data leg's version, raw={raw_leg}: {ans:?}");
+    }
+    assert!(audited(&fleet.relay_audit(0), "data_leg_refused", "version_mismatch"));
 
     // The paired tunnel still carries bytes.
     t.write_all(b"y").await.unwrap();
