@@ -35,13 +35,13 @@ async fn route(hub: &Hub, req: Request<Incoming>, peer: &Peer) -> Result<Answer,
         Route::Health => Ok(json_answer(StatusCode::OK, &health(hub))),
         Route::Metrics => Ok(http::text_answer(StatusCode::OK, "text/plain; version=0.0.4", crate::metrics::render())),
         Route::Login => {
-            let body = http::body(req, hub.cfg.max_body_bytes, body_timeout(hub)).await?;
+            let body = read_body(hub, req, hub.cfg.max_body_bytes, peer).await?;
             let answer = login(hub, &http::parse(&body)?, peer).await?;
             Ok(json_answer(StatusCode::OK, &answer))
         }
         Route::RelayReport => {
             let relay = relay_identity(hub, peer).await?;
-            let body = http::body(req, 16 * 1024 * 1024, body_timeout(hub)).await?;
+            let body = read_body(hub, req, 16 * 1024 * 1024, peer).await?;
             let report: RelayReport = http::parse(&body)?;
             let answer = sessions::relay_report(hub, &relay, report).await;
             Ok(json_answer(StatusCode::OK, &answer))
@@ -73,7 +73,7 @@ async fn route(hub: &Hub, req: Request<Incoming>, peer: &Peer) -> Result<Answer,
         }
         Route::SessionCreate => {
             let user = authenticate(hub, &req, peer).await?;
-            let body = http::body(req, hub.cfg.max_body_bytes, body_timeout(hub)).await?;
+            let body = read_body(hub, req, hub.cfg.max_body_bytes, peer).await?;
             let want = http::parse(&body)?;
             let out = sessions::create(hub, &user, peer, want).await?;
             Ok(json_answer(StatusCode::CREATED, &out))
@@ -251,6 +251,15 @@ async fn busy_refusal(hub: &Hub, busy: Busy, report: Option<u64>, user: &str, fr
     ApiError::new(StatusCode::TOO_MANY_REQUESTS, code, message)
 }
 
-fn body_timeout(hub: &Hub) -> std::time::Duration {
-    std::time::Duration::from_secs(hub.cfg.body_timeout_secs.max(1))
+/// The request's body, bounded in size and in time; a body trickled past
+/// `body_timeout_secs` is counted and audited (a slow-body attack shows).
+async fn read_body(hub: &Hub, req: Request<Incoming>, max: usize, peer: &Peer) -> Result<bytes::Bytes, ApiError> {
+    let within = std::time::Duration::from_secs(hub.cfg.body_timeout_secs.max(1));
+    let body = http::body(req, max, within).await;
+    if let Err(e) = &body
+        && e.code == "body_timeout"
+    {
+        hub.refused("request_refused", e.code, json!({"from": peer.addr.ip().to_string()})).await;
+    }
+    body
 }

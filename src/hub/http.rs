@@ -96,7 +96,6 @@ pub async fn body(req: Request<Incoming>, max: usize, within: Duration) -> Resul
         return Err(too_big());
     }
     let collected = tokio::time::timeout(within, Limited::new(req.into_body(), max).collect()).await.map_err(|_| {
-        crate::metrics::HUB_REFUSALS.with_label_values(&["body_timeout"]).inc();
         ApiError::new(StatusCode::REQUEST_TIMEOUT, "body_timeout", format!("the request body took over {within:?}"))
     })?;
     match collected {

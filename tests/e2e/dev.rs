@@ -2,6 +2,7 @@
 //! the printed `tether connect` at once, then `kill -9` the relay carrying
 //! the session. Uses the dev setup's fixed ports (127.0.0.1/127.0.0.2:
 //! 17001-17003, 17090, 17443; hub 17010; echo 17007).
+use std::ffi::OsStr;
 use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
 use std::process::{Child, Command, Stdio};
@@ -61,6 +62,19 @@ fn wait_line(rx: &mpsc::Receiver<String>, needle: &str, secs: u64, seen: &mut Ve
     panic!("no line with {needle:?} within {secs} s; saw:\n{}", seen.join("\n"))
 }
 
+/// `tether ARGS` with its output read line by line; stopped gently when dropped.
+fn tether(args: &[&OsStr]) -> (Gentle, mpsc::Receiver<String>, mpsc::Receiver<String>) {
+    let mut child = Command::new(BIN)
+        .args(args)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let (out, err) = (lines(child.stdout.take().unwrap()), lines(child.stderr.take().unwrap()));
+    (Gentle(child), out, err)
+}
+
 fn pid_of(up_pids: &str, name: &str) -> u32 {
     up_pids
         .split(", ")
@@ -76,17 +90,7 @@ async fn dev_is_up_when_it_says_so_and_supervises_a_killed_relay() {
     }
     let dir = tempfile::tempdir().unwrap();
     let devdir = dir.path().join("tether-dev");
-    let mut dev = Command::new(BIN)
-        .args(["dev", "--dir"])
-        .arg(&devdir)
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let out = lines(dev.stdout.take().unwrap());
-    let err = lines(dev.stderr.take().unwrap());
-    let dev = Gentle(dev);
+    let (dev, out, err) = tether(&[OsStr::new("dev"), OsStr::new("--dir"), devdir.as_os_str()]);
     let mut seen = Vec::new();
     wait_line(&out, "tether dev is up", 120, &mut seen);
     let pids = wait_line(&out, "pids: ", 5, &mut seen);
@@ -95,18 +99,9 @@ async fn dev_is_up_when_it_says_so_and_supervises_a_killed_relay() {
 
     // At once, the printed command: the device is online, nothing to wait for.
     let profile = devdir.join("client.toml");
-    let mut connect = Command::new(BIN)
-        .args(["connect", "--profile"])
-        .arg(&profile)
-        .args(["demo-1", "echo", "--listen", "127.0.0.1:0", "--wait", "0"])
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let c_out = lines(connect.stdout.take().unwrap());
-    let c_err = lines(connect.stderr.take().unwrap());
-    let connect = Gentle(connect);
+    let profile_arg = profile.to_str().unwrap();
+    let args = ["connect", "--profile", profile_arg, "demo-1", "echo", "--listen", "127.0.0.1:0", "--wait", "0"];
+    let (connect, c_out, c_err) = tether(&args.map(OsStr::new));
     let mut c_seen = Vec::new();
     let ready = wait_line(&c_out, "ready:", 30, &mut c_seen);
     assert!(c_err.try_iter().all(|l| !l.contains("offline")), "connect right after 'is up' had to wait");

@@ -95,6 +95,19 @@ fn pinger(mut conn: TcpStream) -> (Answers, tokio_util::sync::CancellationToken,
     (answers, stop, task)
 }
 
+/// The longest gap the application saw around a failure at `at` (the
+/// `index`-th answer was the first after it): between answers, or from the
+/// failure to the first answer after it.
+fn longest_pause(answers: &Answers, index: usize, at: std::time::Instant) -> std::time::Duration {
+    let times = answers.lock().unwrap().clone();
+    times[index.saturating_sub(1)..]
+        .windows(2)
+        .map(|w| w[1] - w[0])
+        .chain(times.get(index).map(|t| *t - at))
+        .max()
+        .unwrap_or_default()
+}
+
 async fn interactive_across_kills(kills: usize, freeze: bool) -> Vec<std::time::Duration> {
     use std::time::{Duration, Instant};
     let mut fleet = twins().await;
@@ -115,14 +128,7 @@ async fn interactive_across_kills(kills: usize, freeze: bool) -> Vec<std::time::
         }
         let at_kill = count();
         eventually("traffic flows again", async || count() >= at_kill + 20).await;
-        let times = answers.lock().unwrap().clone();
-        let pause = times[at_kill.saturating_sub(1)..]
-            .windows(2)
-            .map(|w| w[1] - w[0])
-            .chain(times.get(at_kill).map(|t| *t - killed_at))
-            .max()
-            .unwrap_or_default();
-        pauses.push(pause);
+        pauses.push(longest_pause(&answers, at_kill, killed_at));
         assert_ne!(session.current_relay().name, fleet.relays[victim].name, "the session did not move to the twin");
         // Bring the victim back, and wait until it is a full twin again.
         if freeze {
@@ -373,13 +379,7 @@ async fn freeze_round(moment: usize) -> std::time::Duration {
         signal(pid, "-CONT");
         panic!("frozen {what}: traffic did not resume within 40 s\n{}", fleet.logs());
     }
-    let times = answers.lock().unwrap().clone();
-    let pause = times[at_freeze.saturating_sub(1)..]
-        .windows(2)
-        .map(|w| w[1] - w[0])
-        .chain(times.get(at_freeze).map(|t| *t - frozen_at))
-        .max()
-        .unwrap_or_default();
+    let pause = longest_pause(&answers, at_freeze, frozen_at);
     // Long enough for the client's control-leg probe to move it to the twin.
     tokio::time::sleep(Duration::from_secs(4)).await;
     signal(pid, "-CONT");

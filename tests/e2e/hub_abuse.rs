@@ -157,4 +157,8 @@ async fn a_trickled_login_body_times_out() {
     assert!(started.elapsed() < std::time::Duration::from_secs(10));
     let metrics = hub_client(&fleet).call(Method::GET, "/metrics", None, None).await.unwrap().1;
     assert!(parse_metric(&String::from_utf8_lossy(&metrics), "tether_hub_refusals_total", &["body_timeout"]) >= 1.0);
+    let admin = add_user(&fleet, "boss", "admin", &[]).await;
+    let admin_t = token_of(&login(&fleet, "boss", &admin).await);
+    let audit = hub_audit(&fleet, &admin_t).await;
+    assert!(audit.iter().any(|r| r["event"] == "request_refused" && r["reason"] == "body_timeout"), "not audited");
 }
