@@ -110,19 +110,15 @@ impl HubSession {
     ) -> Result<T, HubCallError> {
         let token = self.token(false).await?;
         match self.client.request(method.clone(), path, Some(&token), body).await {
-            Err(e) if self.token_lapsed(&e) && self.login.dev_password_file.is_some() => {
+            Err(e) if token_lapsed(&e) && self.login.dev_password_file.is_some() => {
                 let token = self.token(true).await?;
                 Ok(self.client.request(method, path, Some(&token), body).await?)
             }
-            Err(e) if self.token_lapsed(&e) || e.code() == Some("no_token") => {
+            Err(e) if token_lapsed(&e) || e.code() == Some("no_token") => {
                 Err(HubCallError::NotLoggedIn(self.profile_name()))
             }
             r => Ok(r?),
         }
-    }
-
-    fn token_lapsed(&self, e: &HubClientError) -> bool {
-        matches!(e.code(), Some("token_expired" | "bad_token"))
     }
 
     /// `GET path`, answered with `T`.
@@ -140,6 +136,11 @@ impl HubSession {
         let token = self.token(false).await?;
         Ok(self.client.text(path, Some(&token)).await?)
     }
+}
+
+/// The hub no longer takes the token (it expired, or was revoked).
+fn token_lapsed(e: &HubClientError) -> bool {
+    matches!(e.code(), Some("token_expired" | "bad_token"))
 }
 
 /// Writes `[hub] token` into the profile file, mode 0600.

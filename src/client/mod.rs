@@ -354,16 +354,14 @@ impl ClientSession {
     /// draining or unreachable.
     pub async fn connect(self: &Arc<Self>) -> Result<Tunnel, ClientError> {
         let current = self.current_relay();
-        let mut tried = vec![current.clone()];
-        tried.extend(self.relays.iter().filter(|r| r.name != current.name).cloned());
-        // A relay that failed us now may be back by the next round (restarted).
-        let again = tried.clone();
-        tried.extend(again);
+        let mut order = vec![current.clone()];
+        order.extend(self.relays.iter().filter(|r| r.name != current.name).cloned());
         let mut last = None;
-        for relay in tried {
-            match self.connect_via(&relay).await {
+        // Two rounds: a relay that failed us now may be back by the next (restarted).
+        for relay in order.iter().chain(&order) {
+            match self.connect_via(relay).await {
                 Ok(t) => {
-                    self.set_current(&relay);
+                    self.set_current(relay);
                     return Ok(t);
                 }
                 Err(e @ (ClientError::Dial { .. } | ClientError::Protocol { .. })) => last = Some(e),

@@ -215,16 +215,19 @@ async fn supervise(dir: &Path, parts: &mut [Part], stop: &CancellationToken) {
     }
 }
 
-/// SIGTERM to every part (relays drain), then SIGKILL to what is left after 5 s.
+/// SIGTERM to every part (relays drain), then SIGKILL to what is left after
+/// 5 s in all: `tether dev` never leaves a part running behind it.
 async fn stop_all(parts: &mut [Part]) {
     for p in parts.iter() {
         if let Some(pid) = p.child.id() {
             let _ = std::process::Command::new("kill").arg("-TERM").arg(pid.to_string()).status();
         }
     }
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
     for p in parts.iter_mut() {
-        if tokio::time::timeout(Duration::from_secs(5), p.child.wait()).await.is_err() {
+        if tokio::time::timeout_at(deadline, p.child.wait()).await.is_err() {
             let _ = p.child.start_kill();
+            let _ = p.child.wait().await;
         }
     }
 }

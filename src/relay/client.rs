@@ -337,7 +337,6 @@ async fn resume_control(
         json!({"relay": state.cfg.name, "session": id.to_string(), "device": session.device, "client": peer.to_string()}),
     );
     // A control loop still holding the old leg here lets go; the twin's, if any, too.
-    session.control_here.store(true, Ordering::Relaxed);
     session.control_epoch.fetch_add(1, Ordering::Relaxed);
     session.control_moved.notify_waiters();
     state.publish(crate::proto::twin::Fact::ControlHere { session: id });

@@ -202,15 +202,6 @@ async fn channel_loop(
     }
 }
 
-/// The device a session belongs to, as this relay knows it (its own, or the twin's).
-fn owner(state: &State, session: &proto::SessionId) -> Option<String> {
-    state
-        .sessions
-        .get(session)
-        .map(|s| s.device.clone())
-        .or_else(|| state.peer().sessions.get(session).map(|s| s.device.clone()))
-}
-
 async fn on_frame(
     state: &State,
     io: &mut FrameIo<TlsStream<TcpStream>>,
@@ -223,7 +214,7 @@ async fn on_frame(
     // channel stays; the other session is untouched).
     let foreign = match &frame {
         Frame::OpenFailed { session, .. } | Frame::Resumed { session, .. } => {
-            owner(state, session).is_some_and(|o| o != device).then_some(*session)
+            state.session_device(session).is_some_and(|o| o != device).then_some(*session)
         }
         Frame::Decision { session, .. } => {
             state.pairing().decided_elsewhere(*session, me.attach_id).then_some(*session)

@@ -261,19 +261,19 @@ async fn accept_loop<F, Fut>(
 async fn report_drops(state: Arc<State>, gate: Arc<gate::Gate>) {
     let mut tick = tokio::time::interval(Duration::from_secs(10));
     loop {
-        tokio::select! {
-            _ = state.shutdown.cancelled() => break,
-            _ = tick.tick() => {}
-        }
+        // The last period is written at shutdown too.
+        let last = tokio::select! {
+            _ = state.shutdown.cancelled() => true,
+            _ = tick.tick() => false,
+        };
         if let Some(mut fields) = gate.take_tally() {
             fields["relay"] = state.cfg.name.clone().into();
             tracing::warn!(listener = gate.name, "connections dropped before authentication: {fields}");
             state.audit.record("connections_dropped", fields);
         }
-    }
-    if let Some(mut fields) = gate.take_tally() {
-        fields["relay"] = state.cfg.name.clone().into();
-        state.audit.record("connections_dropped", fields);
+        if last {
+            return;
+        }
     }
 }
 

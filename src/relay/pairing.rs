@@ -6,6 +6,7 @@
 //! each returns the waiter to wake (or why the event is refused). The waiter
 //! types are parameters: oneshot senders in the relay, plain values in tests.
 use std::collections::HashMap;
+use std::collections::hash_map::Entry;
 
 use crate::proto::{self, LegSide, Reason, SessionId};
 
@@ -67,13 +68,13 @@ impl<L, D> Pairing<L, D> {
             // Pending joins exist only for live sessions; a stray leg learns nothing.
             return Err(Reason::UnknownSession);
         }
-        match self.legs.get(&(session, conn)) {
-            Some(w) if proto::leg_mac_ok(&w.key, LegSide::Device, &session, conn, mac) => {
-                Ok(self.legs.remove(&(session, conn)).map(|w| w.waiter).ok_or(Reason::UnknownSession)?)
+        match self.legs.entry((session, conn)) {
+            Entry::Occupied(w) if proto::leg_mac_ok(&w.get().key, LegSide::Device, &session, conn, mac) => {
+                Ok(w.remove().waiter)
             }
-            Some(_) => Err(Reason::BadToken),
-            None if ctx.joined => Err(Reason::AlreadyPaired),
-            None => Err(Reason::UnknownSession),
+            Entry::Occupied(_) => Err(Reason::BadToken),
+            Entry::Vacant(_) if ctx.joined => Err(Reason::AlreadyPaired),
+            Entry::Vacant(_) => Err(Reason::UnknownSession),
         }
     }
 

@@ -1,7 +1,7 @@
 //! A session as the relay sees it: who, what, counters, and its end signal.
 use std::collections::HashSet;
 use std::sync::Mutex;
-use std::sync::atomic::{AtomicBool, AtomicU64};
+use std::sync::atomic::AtomicU64;
 use std::time::Instant;
 
 use tokio::sync::Notify;
@@ -32,9 +32,8 @@ pub struct Session {
     pub adopted: bool,
     /// Unix seconds at admission.
     pub started_at: u64,
-    /// The control leg moved here from the twin (`ClientResume`).
-    pub control_here: AtomicBool,
-    /// Counts control legs taken up for this session here; woken on each.
+    /// Counts control legs taken up here by `ClientResume` (moved from the
+    /// twin, or back after a break); woken on each.
     pub control_epoch: AtomicU64,
     pub control_moved: Notify,
 }
@@ -78,7 +77,6 @@ impl Session {
             end_reason: Mutex::new(None),
             adopted,
             started_at: f.started_at,
-            control_here: AtomicBool::new(false),
             control_epoch: AtomicU64::new(0),
             control_moved: Notify::new(),
         }
@@ -96,6 +94,11 @@ impl Session {
             token: self.token,
             started_at: self.started_at,
         }
+    }
+
+    /// The control leg moved here (`ClientResume`) at least once.
+    pub fn control_moved_here(&self) -> bool {
+        self.control_epoch.load(std::sync::atomic::Ordering::Relaxed) > 0
     }
 
     pub fn reason(&self) -> Reason {

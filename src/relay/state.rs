@@ -189,6 +189,14 @@ impl State {
         self.replica.peer()
     }
 
+    /// The device a session belongs to, as this relay knows it (its own, or the twin's).
+    pub fn session_device(&self, id: &SessionId) -> Option<String> {
+        self.sessions
+            .get(id)
+            .map(|s| s.device.clone())
+            .or_else(|| self.peer().sessions.get(id).map(|s| s.device.clone()))
+    }
+
     /// Session ids used here (for the twin's snapshot).
     pub fn consumed_snapshot(&self) -> Vec<(SessionId, u64)> {
         lock(&self.consumed).entries()
@@ -219,10 +227,7 @@ impl State {
     pub fn own_facts(&self) -> Vec<Fact> {
         let mut facts: Vec<Fact> = self.sessions.iter().map(|s| Fact::SessionUp(s.fact())).collect();
         facts.extend(
-            self.sessions
-                .iter()
-                .filter(|s| s.control_here.load(Ordering::Relaxed))
-                .map(|s| Fact::ControlHere { session: s.id }),
+            self.sessions.iter().filter(|s| s.control_moved_here()).map(|s| Fact::ControlHere { session: s.id }),
         );
         facts.extend(
             self.consumed_snapshot().into_iter().map(|(session, expires_at)| Fact::Consumed { session, expires_at }),
@@ -310,12 +315,7 @@ impl TwinHost for State {
 
     fn twin_open(&self, open: Frame) {
         let Frame::TwinOpen { session, conn, key, resumes, via } = open else { return };
-        let device = self
-            .sessions
-            .get(&session)
-            .map(|s| s.device.clone())
-            .or_else(|| self.peer().sessions.get(&session).map(|s| s.device.clone()));
-        if let Some(tx) = device.and_then(|d| self.agents.get(&d).map(|a| a.tx.clone())) {
+        if let Some(tx) = self.session_device(&session).and_then(|d| self.agents.get(&d).map(|a| a.tx.clone())) {
             let _ = tx.try_send(Frame::Open { session, conn, key, resumes, via });
         }
     }

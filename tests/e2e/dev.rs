@@ -85,8 +85,10 @@ fn pid_of(up_pids: &str, name: &str) -> u32 {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn dev_is_up_when_it_says_so_and_supervises_a_killed_relay() {
-    if std::net::TcpListener::bind("127.0.0.1:17010").is_err() {
-        panic!("port 17010 is taken: is a `tether dev` running? This test runs the dev setup on its fixed ports");
+    for port in ["127.0.0.1:17010", "127.0.0.1:17001", "127.0.0.2:17001", "127.0.0.1:17007"] {
+        if std::net::TcpListener::bind(port).is_err() {
+            panic!("{port} is taken: is a `tether dev` running? This test runs the dev setup on its fixed ports");
+        }
     }
     let dir = tempfile::tempdir().unwrap();
     let devdir = dir.path().join("tether-dev");
@@ -133,9 +135,9 @@ async fn dev_is_up_when_it_says_so_and_supervises_a_killed_relay() {
 
     // dev said which part died and how, restarted it, and kept the rest.
     let mut e_seen = Vec::new();
-    let died = wait_line(&err, &format!("{carrier} (pid {victim}) was killed (SIGKILL)"), 10, &mut e_seen);
+    let died = wait_line(&err, &format!("{carrier} (pid {victim}) was killed (SIGKILL)"), 30, &mut e_seen);
     assert!(died.contains("restarting"), "{died}");
-    let back = wait_line(&err, &format!("{carrier} restarted (pid "), 15, &mut e_seen);
+    let back = wait_line(&err, &format!("{carrier} restarted (pid "), 30, &mut e_seen);
     assert!(!back.contains(&format!("(pid {victim})")), "a new process: {back}");
     let devices = || {
         let out = Command::new(BIN).args(["devices", "--json", "--profile"]).arg(&profile).output().unwrap();
