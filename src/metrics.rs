@@ -71,6 +71,7 @@ metric!(pub TWIN_LINK_UP: IntGaugeVec = gauge_vec("tether_twin_link_up", "1 whil
 metric!(pub TWIN_LAG_EVENTS: IntGauge = gauge("tether_twin_replication_lag_events", "Facts sent to the twin and not yet acknowledged"));
 metric!(pub TWIN_LAG_SECONDS: prometheus::Gauge = reg(prometheus::Gauge::new("tether_twin_replication_lag_seconds", "Age of the oldest fact the twin has not acknowledged").expect("valid metric")));
 metric!(pub TWIN_FACTS_RECEIVED: IntCounter = counter("tether_twin_facts_received_total", "Facts received from the twin"));
+metric!(pub TWIN_SNAPSHOTS_RECEIVED: IntCounter = counter("tether_twin_snapshots_received_total", "Whole snapshots received from the twin (one per link start)"));
 
 // Failover (the agent measures; the relay that handed over the leg reports).
 metric!(pub RELAY_RESUMES: IntCounter = counter("tether_relay_tunnels_resumed_total", "Tunnelled connections resumed on a replacement leg through this relay"));
@@ -137,6 +138,7 @@ pub fn init() {
     LazyLock::force(&TWIN_LAG_EVENTS);
     LazyLock::force(&TWIN_LAG_SECONDS);
     LazyLock::force(&TWIN_FACTS_RECEIVED);
+    LazyLock::force(&TWIN_SNAPSHOTS_RECEIVED);
     LazyLock::force(&RELAY_RESUMES);
     LazyLock::force(&RELAY_RETRANSMITTED);
     LazyLock::force(&RELAY_FAILOVER_PAUSE);

@@ -2,6 +2,7 @@
 //!
 //! - `idle`: attaches N agents (fresh device certs from the CA) to one relay
 //!   and reports the relay's resident memory per attached agent.
+//! - `soak`: many sessions echoing verifiable chunks for a long time.
 //! - `latency`: opens one session and measures, per tunnelled connection, the
 //!   time from starting the client leg to the first byte back from the service.
 use std::path::PathBuf;
@@ -12,6 +13,7 @@ use clap::Subcommand;
 
 mod hub;
 mod idle;
+mod soak;
 
 #[derive(Subcommand, Debug)]
 pub enum LoadCmd {
@@ -48,6 +50,13 @@ pub enum LoadCmd {
         #[arg(long, short = 'n', default_value_t = 500)]
         count: usize,
     },
+    /// Many sessions echoing verifiable chunks for a long time (see benches/soak.sh).
+    Soak {
+        #[command(flatten)]
+        target: Target,
+        #[command(flatten)]
+        args: soak::SoakArgs,
+    },
     /// Session requests per second the hub sustains (grants only).
     HubRate {
         #[command(flatten)]
@@ -77,6 +86,7 @@ pub async fn run(cmd: LoadCmd) -> Result<()> {
         }
         LoadCmd::Latency { target: t, count } => latency(&t.profile, &t.device, &t.service, count).await,
         LoadCmd::HubSetup { target: t, count } => hub::setup(&t.profile, &t.device, &t.service, count).await,
+        LoadCmd::Soak { target: t, args } => soak::run(&t.profile, &t.device, &t.service, args).await,
         LoadCmd::HubRate { target: t, concurrency, seconds } => {
             hub::sessions(&t.profile, &t.device, &t.service, concurrency, seconds).await
         }

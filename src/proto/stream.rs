@@ -150,11 +150,11 @@ pub fn resume_mac(key: &[u8; 32], side: Side, conn: u32, next: u64) -> [u8; 32] 
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use proptest::prelude::*;
 
-    fn frame() -> impl Strategy<Value = StreamFrame> {
+    pub(crate) fn frame() -> impl Strategy<Value = StreamFrame> {
         prop_oneof![
             (any::<u64>(), proptest::collection::vec(any::<u8>(), 0..300))
                 .prop_map(|(seq, d)| StreamFrame::Data { seq, data: d.into() }),

@@ -181,3 +181,74 @@ fn a_claimed_length_allocates_nothing_and_preambles_are_capped_by_type() {
     hb.extend_from_slice(&[3]); // Heartbeat
     assert!(matches!(Frame::decode(&mut hb), Err(ProtoError::Oversize { max: 256, .. })));
 }
+
+/// Writes seed inputs for the fuzz targets under `fuzz/seeds/`: real
+/// encodings of frames, grants and twin facts. Run after a wire change:
+/// `cargo test --lib write_fuzz_seeds -- --ignored`.
+#[test]
+#[ignore]
+fn write_fuzz_seeds() {
+    use proptest::strategy::ValueTree;
+    use proptest::test_runner::TestRunner;
+    let mut runner = TestRunner::deterministic();
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("fuzz/seeds");
+    let write = |target: &str, name: String, bytes: &[u8]| {
+        let dir = root.join(target);
+        std::fs::create_dir_all(&dir).unwrap();
+        std::fs::write(dir.join(name), bytes).unwrap();
+    };
+    for i in 0..48 {
+        let f = frame().new_tree(&mut runner).unwrap().current();
+        let mut b = BytesMut::new();
+        f.encode(&mut b);
+        write("frame_decode", format!("{i:02}-{}", f.kind()), &b);
+    }
+    let signer = test_signer();
+    for i in 0..8u64 {
+        let g = Grant {
+            session: SessionId([i as u8; 16]),
+            specialist: format!("user-{i}"),
+            role: "engineer".into(),
+            device: format!("demo-{i}"),
+            services: vec!["echo".into(), "ssh".into()],
+            client_key: Bytes::from(vec![i as u8; 32]),
+            relays: vec!["relay-a".into(), "relay-b".into()],
+            issued_at: 1_700_000_000 + i,
+            expires_at: 1_700_000_120 + i,
+            consent: i % 2 == 0,
+        };
+        let mut b = BytesMut::new();
+        signer.sign(&g).encode(&mut b);
+        write("grant_verify", format!("grant-{i}"), &b);
+        write("frame_decode", format!("grant-{i}"), &b);
+    }
+    let sid = |i: u8| SessionId([i; 16]);
+    let facts = [
+        twin::Fact::SessionUp(twin::SessionFact {
+            session: sid(1),
+            device: "demo-1".into(),
+            service: "echo".into(),
+            specialist: "dev".into(),
+            role: "admin".into(),
+            client: "127.0.0.1:5000".into(),
+            token: [9; 32],
+            started_at: 1_700_000_000,
+        }),
+        twin::Fact::SessionDown { session: sid(2), reason: Reason::AgentGone },
+        twin::Fact::Consumed { session: sid(3), expires_at: 1_700_000_120 },
+        twin::Fact::Attached { device: "demo-1".into() },
+        twin::Fact::Detached { device: "demo-2".into() },
+        twin::Fact::ControlHere { session: sid(4) },
+    ];
+    for (i, f) in facts.iter().enumerate() {
+        let mut b = BytesMut::new();
+        f.encode(&mut b);
+        write("twin_fact", format!("fact-{i}"), &b);
+    }
+    for i in 0..16 {
+        let f = stream::tests::frame().new_tree(&mut runner).unwrap().current();
+        let mut b = BytesMut::new();
+        f.encode(&mut b);
+        write("stream_decode", format!("{i:02}"), &b);
+    }
+}

@@ -275,7 +275,11 @@ async fn on_frame(
         Frame::Error { reason, message } => {
             tracing::warn!(reason = reason.label(), %message, "agent reported an error")
         }
-        other => return Err(format!("unexpected {} frame", other.kind())),
+        other => {
+            let detail = format!("unexpected {} frame on an attached channel", other.kind());
+            refuse(state, io, me.peer, device, "unexpected_frame", Reason::BadFrame, &detail).await;
+            return Err(detail);
+        }
     }
     Ok(())
 }

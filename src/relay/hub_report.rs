@@ -118,7 +118,7 @@ fn apply(state: &State, answer: ReportAnswer) {
     for r in answer.revoked {
         let Some(id) = SessionId::parse(&r.session) else { continue };
         // Its grant admits nothing from now on, here and (replicated) at the twin.
-        let fresh = state.consume(id, r.expires_at, now);
+        let fresh = state.revoke_grant(id, r.expires_at, now);
         if state.sessions.contains_key(&id) {
             tracing::info!(session = %id, "session revoked by the hub");
             state.end_session(id, Reason::Revoked, true);

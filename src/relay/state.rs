@@ -145,6 +145,19 @@ impl State {
         true
     }
 
+    /// Marks a grant the hub revoked as used. True when this relay had not
+    /// seen it used or revoked before (the twin may have; each relay audits
+    /// a revocation once, when its own report brings it).
+    pub fn revoke_grant(&self, session: SessionId, expires_at: u64, now: u64) -> bool {
+        if !lock(&self.consumed).first_use(session, expires_at, now) {
+            return false;
+        }
+        if !self.peer().consumed.contains_key(&session) {
+            self.publish(Fact::Consumed { session, expires_at });
+        }
+        true
+    }
+
     /// Streams a fact to the twin (dropped when no link is up; the next
     /// link starts with a snapshot). Returns its publish index.
     pub fn publish(&self, fact: Fact) -> u64 {
@@ -194,7 +207,7 @@ impl State {
         self.sessions
             .get(id)
             .map(|s| s.device.clone())
-            .or_else(|| self.peer().sessions.get(id).map(|s| s.device.clone()))
+            .or_else(|| self.peer().session(id, crate::util::now_secs()).map(|s| s.device.clone()))
     }
 
     /// Session ids used here (for the twin's snapshot).
@@ -205,7 +218,7 @@ impl State {
     /// A session the twin admitted, taken up here so that its connections can
     /// pair through this relay (a load balancer may send them either way).
     pub fn adopt(&self, id: SessionId) -> Option<Arc<Session>> {
-        let fact = self.peer().sessions.get(&id).cloned()?;
+        let fact = self.peer().session(&id, crate::util::now_secs()).cloned()?;
         // 0: the agent is attached only to the twin (requests go over the link).
         let attach_id = self.agents.get(&fact.device).map(|a| a.attach_id).unwrap_or(0);
         let session = Arc::new(Session::adopted(&fact, attach_id, CancellationToken::new()));

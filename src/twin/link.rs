@@ -124,6 +124,7 @@ async fn receive(link: &Link, tcp: TcpStream, peer: SocketAddr, acceptor: &TlsAc
                 // A twin that restarted knows less than before; sessions we
                 // carry stay until someone ends them.
                 replica.snapshot_end();
+                metrics::TWIN_SNAPSHOTS_RECEIVED.inc();
                 if io.write_frame(&Frame::TwinAck { seq }).await.is_err() {
                     return "ack failed".into();
                 }

@@ -155,7 +155,13 @@ impl Replica {
     // The link's side.
 
     pub(super) fn apply(&self, fact: Fact) {
-        self.peer().apply(fact);
+        let mut peer = self.peer();
+        peer.apply(fact);
+        // Used grants the twin announces expire here too (amortised).
+        if peer.consumed.len() % 1024 == 1023 {
+            peer.purge(crate::util::now_secs());
+        }
+        drop(peer);
         self.changed.notify_waiters();
     }
 
@@ -164,7 +170,10 @@ impl Replica {
     }
 
     pub(super) fn snapshot_end(&self) {
-        self.peer().snapshot_end();
+        let mut peer = self.peer();
+        peer.snapshot_end(crate::util::now_secs());
+        peer.purge(crate::util::now_secs());
+        drop(peer);
         self.changed.notify_waiters();
     }
 

@@ -17,7 +17,15 @@ pub struct PeerView {
     pub controls: HashSet<SessionId>,
     /// Facts being collected for a snapshot in progress.
     pending: Option<Vec<Fact>>,
+    /// Sessions the twin held before it restarted and did not announce
+    /// again, with a deadline (unix seconds): their clients may still be on
+    /// their way here to resume them.
+    orphans: HashMap<SessionId, (SessionFact, u64)>,
 }
+
+/// How long a session a restarted twin forgot stays adoptable here (longer
+/// than a client's default resume deadline of 30 s).
+pub const ORPHAN_SECS: u64 = 60;
 
 impl PeerView {
     /// Applies one fact. Idempotent.
@@ -28,9 +36,11 @@ impl PeerView {
         }
         match fact {
             Fact::SessionUp(s) => {
+                self.orphans.remove(&s.session);
                 self.sessions.insert(s.session, s);
             }
             Fact::SessionDown { session, .. } => {
+                self.orphans.remove(&session);
                 self.sessions.remove(&session);
                 self.controls.remove(&session);
             }
@@ -54,13 +64,38 @@ impl PeerView {
         self.pending = Some(Vec::new());
     }
 
-    /// The snapshot is complete: it replaces everything we held of the twin.
-    pub fn snapshot_end(&mut self) {
+    /// The snapshot is complete: it replaces what we held of the twin. A twin
+    /// that restarted knows less than before: a session it no longer
+    /// announces stays adoptable for [`ORPHAN_SECS`] (its client may be
+    /// resuming here right now, slowed by a crowd doing the same), and the
+    /// grants it had seen used stay used until they expire.
+    pub fn snapshot_end(&mut self, now_secs: u64) {
         let facts = self.pending.take().unwrap_or_default();
-        *self = PeerView::default();
+        let old = std::mem::take(self);
         for f in facts {
             self.apply(f);
         }
+        let until = now_secs + ORPHAN_SECS;
+        for (id, fact) in old.sessions {
+            if !self.sessions.contains_key(&id) {
+                self.orphans.insert(id, (fact, until));
+            }
+        }
+        for (id, (fact, until)) in old.orphans {
+            if until > now_secs && !self.sessions.contains_key(&id) {
+                self.orphans.entry(id).or_insert((fact, until));
+            }
+        }
+        for (id, expires_at) in old.consumed {
+            if expires_at > now_secs {
+                self.consumed.entry(id).or_insert(expires_at);
+            }
+        }
+    }
+
+    /// A session the twin holds, or held before it restarted (for a while).
+    pub fn session(&self, id: &SessionId, now_secs: u64) -> Option<&SessionFact> {
+        self.sessions.get(id).or_else(|| self.orphans.get(id).filter(|(_, until)| *until > now_secs).map(|(f, _)| f))
     }
 
     /// The link is down: forget nothing (the twin may still be serving), but
@@ -69,9 +104,10 @@ impl PeerView {
         self.pending = None;
     }
 
-    /// Drops consumed ids whose grants have expired.
+    /// Drops consumed ids whose grants have expired, and orphans past their deadline.
     pub fn purge(&mut self, now_secs: u64) {
         self.consumed.retain(|_, exp| *exp > now_secs);
+        self.orphans.retain(|_, (_, until)| *until > now_secs);
     }
 }
 
@@ -153,13 +189,39 @@ mod tests {
         v.snapshot_begin();
         v.apply(up(3));
         assert!(v.sessions.contains_key(&SessionId([1; 16])), "old view kept until the snapshot is whole");
-        v.snapshot_end();
+        v.snapshot_end(10);
         v.apply(up(3));
         v.apply(Fact::Attached { device: "d3".into() });
         assert_eq!(v.sessions.keys().copied().collect::<Vec<_>>(), vec![SessionId([3; 16])]);
         assert!(v.attached.contains("d3"));
         v.purge(100);
         assert!(v.consumed.is_empty());
+    }
+
+    #[test]
+    fn a_restarted_twins_sessions_stay_adoptable_for_a_while() {
+        let mut v = PeerView::default();
+        for f in [up(1), up(2), Fact::Consumed { session: SessionId([9; 16]), expires_at: 500 }] {
+            v.apply(f);
+        }
+        // The twin restarts and announces only a new session.
+        v.snapshot_begin();
+        v.apply(up(3));
+        v.snapshot_end(100);
+        assert!(v.session(&SessionId([1; 16]), 100).is_some(), "a forgotten session is still adoptable");
+        assert!(v.session(&SessionId([3; 16]), 100).is_some());
+        assert!(v.consumed.contains_key(&SessionId([9; 16])), "a used grant stays used after the twin restarts");
+        // Ended by the twin: gone at once; else gone after the grace.
+        v.apply(Fact::SessionDown { session: SessionId([2; 16]), reason: Reason::ClientClosed });
+        assert!(v.session(&SessionId([2; 16]), 101).is_none());
+        // A second restart within the grace keeps the deadline, not a new one.
+        v.snapshot_begin();
+        v.snapshot_end(150);
+        assert!(v.session(&SessionId([1; 16]), 159).is_some());
+        assert!(v.session(&SessionId([1; 16]), 100 + ORPHAN_SECS).is_none(), "forgotten after the grace");
+        assert!(v.session(&SessionId([3; 16]), 150 + ORPHAN_SECS - 1).is_some());
+        v.purge(1000);
+        assert!(v.orphans.is_empty() && v.consumed.is_empty());
     }
 
     #[tokio::test(start_paused = true)]

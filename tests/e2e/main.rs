@@ -15,6 +15,7 @@ mod holes;
 mod hub;
 mod hub_abuse;
 mod hub_refusals;
+mod inputs;
 mod legs;
 mod no_listen;
 mod tunnel;

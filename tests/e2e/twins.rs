@@ -194,3 +194,43 @@ async fn a_device_attached_only_to_one_twin_is_reached_through_the_other() {
     assert_eq!(fleet.metric(1, "tether_relay_tunnels_total", &[]).await, 1.0);
     assert_eq!(fleet.metric(0, "tether_relay_tunnels_total", &[]).await, 0.0);
 }
+
+/// Found by the soak: a relay died, came back empty, and its first snapshot
+/// made the survivor forget the sessions the dead one carried, while their
+/// clients (slowed by a crowd reconnecting at once) had not moved yet.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_session_outlives_its_carrier_restarting_before_its_client_moves() {
+    use tether::proto::{LegSide, leg_mac};
+    let mut fleet = twins().await;
+    // A session admitted by relay 1, driven by hand: its client is slow to move.
+    let cfg = tls::client_config(&fleet.pki.path("ca.pem"), None, tls::ALPN_CLIENT).unwrap();
+    let mut control = FrameIo::new(tls::dial(&fleet.relays[1].client.to_string(), "localhost", cfg).await.unwrap());
+    control
+        .write_frame(&Frame::ClientOpen { version: VERSION, grant: fleet.grant(|_| {}), service: "echo".into() })
+        .await
+        .unwrap();
+    let Frame::SessionReady { session, token, twin_holds, .. } = within(30, control.read_frame()).await.unwrap() else {
+        panic!("no session")
+    };
+    assert!(twin_holds, "relay 0 did not hold the session before it was ready");
+    let before = fleet.metric(0, "tether_twin_snapshots_received_total", &[]).await;
+    // Relay 1 dies and is back, knowing nothing, before the client moves.
+    fleet.restart_relay(1);
+    drop(control);
+    eventually("relay 0 took the restarted twin's snapshot", async || {
+        fleet.metric(0, "tether_twin_snapshots_received_total", &[]).await > before
+    })
+    .await;
+    // The client moves its control leg to relay 0: the session is still there.
+    let moved = Frame::ClientResume { version: VERSION, session, mac: leg_mac(&token, LegSide::Control, &session, 0) };
+    let ans = fleet.client_exchange(0, moved).await;
+    assert!(matches!(ans, Frame::SessionReady { .. }), "{ans:?}");
+    // And a new connection of it pairs with the device through relay 0.
+    let mac = leg_mac(&token, LegSide::Client { resumes: 0 }, &session, 1);
+    let ans = fleet.client_exchange(0, Frame::ClientJoin { version: VERSION, session, conn: 1, mac, resumes: 0 }).await;
+    assert!(matches!(ans, Frame::Paired { .. }), "{ans:?}");
+    assert!(
+        audited(&fleet.relay_audit(0), "session_adopted", "")
+            || fleet.relay_audit(0).iter().any(|r| r["event"] == "session_adopted")
+    );
+}
