@@ -107,26 +107,40 @@ impl LegSource for DialLegs {
             if s.ended.is_cancelled() {
                 return Err(std::io::Error::new(std::io::ErrorKind::NotFound, "session ended"));
             }
-            let mut last = None;
-            for relay in s.order_avoiding(&self.via) {
-                // A frozen relay still accepts TCP: give each try a short deadline.
-                let joined =
-                    tokio::time::timeout(FAILOVER_DIAL, s.join_leg(&relay, self.conn)).await.unwrap_or_else(|_| {
-                        Err(ClientError::Protocol { relay: relay.name.clone(), detail: "timed out".into() })
-                    });
-                match joined {
-                    Ok((_, leg)) => {
-                        s.set_current(&relay);
-                        self.via = relay.name.clone();
-                        return Ok(leg);
+            // Round after round until the caller's resume deadline: a relay that
+            // just restarted does not know the session, and the one that does may
+            // be turning connections away while every client reconnects at once.
+            let mut backoff = crate::util::Backoff::new(Duration::from_millis(100), Duration::from_secs(1));
+            loop {
+                let mut last = None;
+                for relay in s.order_avoiding(&self.via) {
+                    // A frozen relay still accepts TCP: give each try a short deadline.
+                    let joined =
+                        tokio::time::timeout(FAILOVER_DIAL, s.join_leg(&relay, self.conn)).await.unwrap_or_else(|_| {
+                            Err(ClientError::Protocol { relay: relay.name.clone(), detail: "timed out".into() })
+                        });
+                    match joined {
+                        Ok((_, leg)) => {
+                            s.set_current(&relay);
+                            self.via = relay.name.clone();
+                            return Ok(leg);
+                        }
+                        Err(ClientError::Refused { reason: Reason::UnknownSession, .. }) => {
+                            last = Some(std::io::Error::new(std::io::ErrorKind::NotFound, "session unknown"));
+                        }
+                        Err(e) => last = Some(std::io::Error::other(e.to_string())),
                     }
-                    Err(ClientError::Refused { reason: Reason::UnknownSession, .. }) => {
-                        last = Some(std::io::Error::new(std::io::ErrorKind::NotFound, "session unknown"));
-                    }
-                    Err(e) => last = Some(std::io::Error::other(e.to_string())),
+                }
+                if s.ended.is_cancelled() {
+                    return Err(last.unwrap_or_else(|| std::io::Error::other("no relay")));
+                }
+                let why = last.map(|e| e.to_string()).unwrap_or_default();
+                tracing::debug!(conn = self.conn, %why, "no relay took the replacement leg; trying again");
+                tokio::select! {
+                    _ = tokio::time::sleep(backoff.next_pause()) => {}
+                    _ = s.ended.cancelled() => {}
                 }
             }
-            Err(last.unwrap_or_else(|| std::io::Error::other("no relay")))
         })
     }
 }
