@@ -44,6 +44,8 @@ metric!(pub RELAY_SESSIONS_ENDED: IntCounterVec = counter_vec("tether_relay_sess
 metric!(pub RELAY_TUNNELS_ACTIVE: IntGauge = gauge("tether_relay_tunnels_active", "Tunnelled connections being spliced"));
 metric!(pub RELAY_TUNNELS_TOTAL: IntCounter = counter("tether_relay_tunnels_total", "Tunnelled connections paired"));
 metric!(pub RELAY_BYTES: IntCounterVec = counter_vec("tether_relay_bytes_total", "Payload bytes spliced, by direction", &["direction"]));
+metric!(pub RELAY_OPEN: IntGaugeVec = gauge_vec("tether_relay_open_connections", "Connections open, authenticated or not, by listener (bounded by max_connections in all)", &["listener"]));
+metric!(pub RELAY_PENDING: IntGaugeVec = gauge_vec("tether_relay_pending_connections", "Connections accepted and not yet authenticated, by listener (each holds a handshake slot)", &["listener"]));
 metric!(pub RELAY_HANDSHAKE_FAILURES: IntCounterVec = counter_vec("tether_relay_handshake_failures_total", "TLS handshakes that failed, by listener and reason", &["listener", "reason"]));
 metric!(pub RELAY_GRANT_REFUSALS: IntCounterVec = counter_vec("tether_relay_grant_refusals_total", "Client legs refused, by reason", &["reason"]));
 metric!(pub RELAY_LEG_REFUSALS: IntCounterVec = counter_vec("tether_relay_leg_refusals_total", "Data legs and joins refused, by reason", &["reason"]));
@@ -122,6 +124,8 @@ pub fn init() {
     LazyLock::force(&RELAY_TUNNELS_TOTAL);
     LazyLock::force(&RELAY_BYTES);
     LazyLock::force(&RELAY_HANDSHAKE_FAILURES);
+    LazyLock::force(&RELAY_PENDING);
+    LazyLock::force(&RELAY_OPEN);
     LazyLock::force(&RELAY_GRANT_REFUSALS);
     LazyLock::force(&RELAY_LEG_REFUSALS);
     LazyLock::force(&RELAY_FRAME_ERRORS);

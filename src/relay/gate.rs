@@ -26,15 +26,37 @@ struct Tally {
     by_source: HashMap<IpAddr, u64>,
 }
 
+/// An open connection on a listener: holds its `max_connections` slot and
+/// counts it in `tether_relay_open_connections` until dropped.
+pub struct Open {
+    _slot: OwnedSemaphorePermit,
+    listener: &'static str,
+}
+
+impl Open {
+    pub fn new(slot: OwnedSemaphorePermit, listener: &'static str) -> Open {
+        crate::metrics::RELAY_OPEN.with_label_values(&[listener]).inc();
+        Open { _slot: slot, listener }
+    }
+}
+
+impl Drop for Open {
+    fn drop(&mut self) {
+        crate::metrics::RELAY_OPEN.with_label_values(&[self.listener]).dec();
+    }
+}
+
 /// A handshake in progress; frees its budget slot and its source's count when dropped.
 pub struct Pending {
     _slot: OwnedSemaphorePermit,
+    listener: &'static str,
     pending: Arc<Mutex<HashMap<IpAddr, usize>>>,
     source: IpAddr,
 }
 
 impl Drop for Pending {
     fn drop(&mut self) {
+        crate::metrics::RELAY_PENDING.with_label_values(&[self.listener]).dec();
         let mut p = lock(&self.pending);
         if let Some(n) = p.get_mut(&self.source) {
             *n -= 1;
@@ -65,7 +87,8 @@ impl Gate {
             return Err("per_source");
         }
         *n += 1;
-        Ok(Pending { _slot: slot, pending: self.pending.clone(), source })
+        crate::metrics::RELAY_PENDING.with_label_values(&[self.name]).inc();
+        Ok(Pending { _slot: slot, listener: self.name, pending: self.pending.clone(), source })
     }
 
     /// Counts a connection turned away before it authenticated.

@@ -230,7 +230,7 @@ async fn accept_loop<F, Fut>(
         );
         state.tracker.spawn(
             async move {
-                let _conn = conn_permit;
+                let _conn = gate::Open::new(conn_permit, listener_name);
                 let res = tokio::time::timeout(hs_timeout, accept_one(tcp, &acceptor, allow_raw, first_byte)).await;
                 drop(hs_permit);
                 let tls = match res {

@@ -17,6 +17,7 @@ mod hub_abuse;
 mod hub_refusals;
 mod inputs;
 mod legs;
+mod memory;
 mod no_listen;
 mod tunnel;
 mod twins;
