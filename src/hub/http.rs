@@ -116,6 +116,7 @@ pub async fn serve<H, Fut>(
     listener: TcpListener,
     tls: Arc<ServerConfig>,
     max_connections: usize,
+    drops: Arc<crate::util::DropTally>,
     handler: H,
     stop: CancellationToken,
 ) where
@@ -129,10 +130,11 @@ pub async fn serve<H, Fut>(
         let Some((tcp, addr)) = crate::util::net::accept(&listener, "hub", &stop).await else { break };
         let Ok(slot) = connections.clone().try_acquire_owned() else {
             crate::metrics::HUB_REFUSALS.with_label_values(&["max_connections"]).inc();
+            drops.add(addr.ip(), "max_connections");
             continue;
         };
         let _ = tcp.set_nodelay(true);
-        let (acceptor, handler, stop) = (acceptor.clone(), handler.clone(), stop.clone());
+        let (acceptor, handler, stop, drops) = (acceptor.clone(), handler.clone(), stop.clone(), drops.clone());
         tracker.spawn(async move {
             let _slot = slot;
             let stream = match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await {
@@ -141,9 +143,12 @@ pub async fn serve<H, Fut>(
                     let label = tls::handshake_failure_label(&e);
                     crate::metrics::HUB_REFUSALS.with_label_values(&[label]).inc();
                     tracing::info!(peer = %addr, reason = label, "hub TLS handshake failed");
-                    return;
+                    return drops.add(addr.ip(), label);
                 }
-                Err(_) => return,
+                Err(_) => {
+                    crate::metrics::HUB_REFUSALS.with_label_values(&["handshake_timeout"]).inc();
+                    return drops.add(addr.ip(), "handshake_timeout");
+                }
             };
             let peer = Peer { addr, cert_name: tls::peer_common_name(stream.get_ref().1.peer_certificates()) };
             let service = hyper::service::service_fn(move |req| {

@@ -69,6 +69,25 @@ impl Hub {
     }
 }
 
+/// Writes what the listener turned away before a request (no connection
+/// slot, failed or silent TLS), at most once every 10 s and at shutdown.
+async fn report_drops(hub: Arc<Hub>, drops: Arc<crate::util::DropTally>, stop: CancellationToken) {
+    let mut tick = tokio::time::interval(std::time::Duration::from_secs(10));
+    loop {
+        let last = tokio::select! {
+            _ = stop.cancelled() => true,
+            _ = tick.tick() => false,
+        };
+        if let Some(fields) = drops.take("hub") {
+            tracing::warn!("connections dropped before a request: {fields}");
+            hub.audit.record("connections_dropped", fields).await;
+        }
+        if last {
+            return;
+        }
+    }
+}
+
 /// The bound API listener.
 pub async fn bind(cfg: &HubConfig) -> Result<TcpListener, HubError> {
     TcpListener::bind(cfg.listen).await.map_err(|source| HubError::Bind { addr: cfg.listen, source })
@@ -86,7 +105,10 @@ pub async fn run(listener: TcpListener, cfg: HubConfig, stop: CancellationToken)
         let hub = h.clone();
         async move { api::handle(&hub, req, &peer).await }
     };
-    http::serve(listener, tls, hub.cfg.max_connections, handler, stop).await;
+    let drops = Arc::new(crate::util::DropTally::default());
+    let reporter = tokio::spawn(report_drops(hub.clone(), drops.clone(), stop.clone()));
+    http::serve(listener, tls, hub.cfg.max_connections, drops, handler, stop).await;
+    let _ = reporter.await;
     hub.audit.record("hub_stop", json!({})).await;
     Ok(())
 }

@@ -8,7 +8,7 @@ use std::sync::{Arc, Mutex};
 
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
-use crate::util::lock;
+use crate::util::{DropTally, lock};
 
 /// One listener's gate.
 pub struct Gate {
@@ -17,13 +17,7 @@ pub struct Gate {
     per_source: usize,
     pending: Arc<Mutex<HashMap<IpAddr, usize>>>,
     /// Dropped since the last audit record: by reason, and by source.
-    dropped: Mutex<Tally>,
-}
-
-#[derive(Default)]
-struct Tally {
-    by_reason: HashMap<&'static str, u64>,
-    by_source: HashMap<IpAddr, u64>,
+    dropped: DropTally,
 }
 
 /// An open connection on a listener: holds its `max_connections` slot and
@@ -74,7 +68,7 @@ impl Gate {
             handshakes: Arc::new(Semaphore::new(max_handshakes.max(1))),
             per_source: per_source.max(1),
             pending: Arc::new(Mutex::new(HashMap::new())),
-            dropped: Mutex::new(Tally::default()),
+            dropped: DropTally::default(),
         }
     }
 
@@ -94,26 +88,12 @@ impl Gate {
     /// Counts a connection turned away before it authenticated.
     pub fn dropped(&self, source: IpAddr, reason: &'static str) {
         crate::metrics::RELAY_CONNECTIONS_REFUSED.with_label_values(&[self.name, reason]).inc();
-        let mut t = lock(&self.dropped);
-        *t.by_reason.entry(reason).or_default() += 1;
-        if t.by_source.len() < 10_000 || t.by_source.contains_key(&source) {
-            *t.by_source.entry(source).or_default() += 1;
-        }
+        self.dropped.add(source, reason);
     }
 
     /// What was dropped since the last call, as an audit record's fields; `None` when nothing.
     pub fn take_tally(&self) -> Option<serde_json::Value> {
-        let t = std::mem::take(&mut *lock(&self.dropped));
-        if t.by_reason.is_empty() {
-            return None;
-        }
-        let mut sources: Vec<(IpAddr, u64)> = t.by_source.into_iter().collect();
-        sources.sort_by_key(|s| std::cmp::Reverse(s.1));
-        let top: Vec<serde_json::Value> =
-            sources.iter().take(5).map(|(ip, n)| serde_json::json!({"source": ip.to_string(), "dropped": n})).collect();
-        Some(
-            serde_json::json!({"listener": self.name, "dropped": t.by_reason, "top_sources": top, "sources": sources.len()}),
-        )
+        self.dropped.take(self.name)
     }
 }
 

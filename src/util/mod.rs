@@ -2,12 +2,14 @@
 //! back-off, a replay set, constant-time comparison.
 pub mod backoff;
 pub mod clock;
+pub mod drops;
 pub mod http;
 pub mod net;
 pub mod replay;
 
 pub use backoff::Backoff;
 pub use clock::{now_rfc3339, now_secs};
+pub use drops::DropTally;
 pub use replay::ReplaySet;
 
 /// `N` bytes from the system's secure random source.

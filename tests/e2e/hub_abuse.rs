@@ -162,3 +162,40 @@ async fn a_trickled_login_body_times_out() {
     let audit = hub_audit(&fleet, &admin_t).await;
     assert!(audit.iter().any(|r| r["event"] == "request_refused" && r["reason"] == "body_timeout"), "not audited");
 }
+
+/// Connections past the hub's cap are turned away before TLS, counted, and
+/// written to the audit as one aggregate record per period naming the source.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn connections_past_the_cap_are_counted_and_audited_in_aggregate() {
+    use std::net::SocketAddr;
+    use tokio::net::TcpSocket;
+    let fleet = hub_fleet("max_connections = 8\n").await;
+    let boss = add_user(&fleet, "boss", "admin", &[]).await;
+    let admin_t = token_of(&login(&fleet, "boss", &boss).await);
+    let hub = fleet.hub.as_ref().unwrap().addr;
+    // 24 silent connections from 127.0.0.31: the cap takes what is left of 8, the rest are dropped.
+    let mut held = Vec::new();
+    for _ in 0..24 {
+        let sock = TcpSocket::new_v4().unwrap();
+        sock.bind(SocketAddr::from(([127, 0, 0, 31], 0))).unwrap();
+        held.push(within(10, sock.connect(hub)).await.unwrap());
+    }
+    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    drop(held);
+    let (_, metrics) = hub_client(&fleet).call(Method::GET, "/metrics", None, None).await.unwrap();
+    assert!(
+        parse_metric(&String::from_utf8_lossy(&metrics), "tether_hub_refusals_total", &["max_connections"]) >= 16.0
+    );
+    // The record comes with the next 10 s period.
+    let mut record = None;
+    for _ in 0..30 {
+        record = hub_audit(&fleet, &admin_t).await.into_iter().find(|r| r["event"] == "connections_dropped");
+        if record.is_some() {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+    }
+    let r = record.expect("no connections_dropped record within 15 s");
+    assert!(r["dropped"]["max_connections"].as_u64() >= Some(16), "{r}");
+    assert_eq!(r["top_sources"][0]["source"], "127.0.0.31", "{r}");
+}
