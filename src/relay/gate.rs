@@ -14,6 +14,11 @@ use crate::util::{DropTally, lock};
 pub struct Gate {
     pub name: &'static str,
     handshakes: Arc<Semaphore>,
+    /// Extra handshake slots only for sources that presented a valid
+    /// certificate before (a device's address): a flood from other addresses
+    /// that fills the budget does not keep a known device from re-attaching.
+    reserve: Arc<Semaphore>,
+    known: Mutex<KnownSources>,
     per_source: usize,
     pending: Arc<Mutex<HashMap<IpAddr, usize>>>,
     /// Dropped since the last audit record: by reason, and by source.
@@ -39,6 +44,16 @@ impl Drop for Open {
         crate::metrics::RELAY_OPEN.with_label_values(&[self.listener]).dec();
     }
 }
+
+/// Addresses that completed an mTLS handshake, most recent last; bounded.
+#[derive(Default)]
+struct KnownSources {
+    order: std::collections::VecDeque<IpAddr>,
+    set: std::collections::HashSet<IpAddr>,
+}
+
+/// Known sources remembered per listener (oldest forgotten first).
+const MAX_KNOWN: usize = 65_536;
 
 /// A handshake in progress; frees its budget slot and its source's count when dropped.
 pub struct Pending {
@@ -66,6 +81,8 @@ impl Gate {
         Gate {
             name,
             handshakes: Arc::new(Semaphore::new(max_handshakes.max(1))),
+            reserve: Arc::new(Semaphore::new((max_handshakes / 8).max(1))),
+            known: Mutex::new(KnownSources::default()),
             per_source: per_source.max(1),
             pending: Arc::new(Mutex::new(HashMap::new())),
             dropped: DropTally::default(),
@@ -74,7 +91,13 @@ impl Gate {
 
     /// Admits a connection from `source` to its handshake, or names why not.
     pub fn admit(&self, source: IpAddr) -> Result<Pending, &'static str> {
-        let slot = self.handshakes.clone().try_acquire_owned().map_err(|_| "max_handshakes")?;
+        let slot = match self.handshakes.clone().try_acquire_owned() {
+            Ok(slot) => slot,
+            Err(_) if lock(&self.known).set.contains(&source) => {
+                self.reserve.clone().try_acquire_owned().map_err(|_| "max_handshakes")?
+            }
+            Err(_) => return Err("max_handshakes"),
+        };
         let mut p = lock(&self.pending);
         let n = p.entry(source).or_insert(0);
         if *n >= self.per_source {
@@ -83,6 +106,20 @@ impl Gate {
         *n += 1;
         crate::metrics::RELAY_PENDING.with_label_values(&[self.name]).inc();
         Ok(Pending { _slot: slot, listener: self.name, pending: self.pending.clone(), source })
+    }
+
+    /// `source` presented a valid certificate: from now on it may use the
+    /// reserved slots when the budget is full.
+    pub fn known_good(&self, source: IpAddr) {
+        let mut k = lock(&self.known);
+        if k.set.insert(source) {
+            k.order.push_back(source);
+            if k.order.len() > MAX_KNOWN
+                && let Some(old) = k.order.pop_front()
+            {
+                k.set.remove(&old);
+            }
+        }
     }
 
     /// Counts a connection turned away before it authenticated.
@@ -119,5 +156,22 @@ mod tests {
         assert_eq!(t["dropped"]["per_source"], 2);
         assert_eq!(t["top_sources"][0]["source"], "127.0.0.9");
         assert!(g.take_tally().is_none(), "the tally starts over");
+    }
+
+    #[test]
+    fn a_source_that_presented_a_certificate_has_reserved_slots() {
+        let g = Gate::new("control", 16, 100);
+        let flood: Vec<Pending> = (0..16).map(|i| g.admit([127, 0, 1, i].into()).unwrap()).collect();
+        let device: IpAddr = [127, 0, 0, 1].into();
+        assert_eq!(g.admit(device).err(), Some("max_handshakes"), "an unknown source waits like the flood");
+        assert_eq!(g.admit([127, 0, 2, 1].into()).err(), Some("max_handshakes"));
+        g.known_good(device);
+        let r1 = g.admit(device).expect("a known device gets a reserved slot");
+        let _r2 = g.admit(device).expect("two reserved slots of 16 / 8");
+        assert_eq!(g.admit(device).err(), Some("max_handshakes"), "the reserve is bounded too");
+        assert_eq!(g.admit([127, 0, 2, 1].into()).err(), Some("max_handshakes"), "not for unknown sources");
+        drop(r1);
+        assert!(g.admit(device).is_ok(), "a freed reserved slot is reusable");
+        drop(flood);
     }
 }

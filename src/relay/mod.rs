@@ -234,7 +234,16 @@ async fn accept_loop<F, Fut>(
                 let res = tokio::time::timeout(hs_timeout, accept_one(tcp, &acceptor, allow_raw, first_byte)).await;
                 drop(hs_permit);
                 let tls = match res {
-                    Ok(Ok(tls)) => tls,
+                    Ok(Ok(tls)) => {
+                        // Only a valid certificate gets this far with one: the
+                        // source may use the reserved slots from now on.
+                        if let Accepted::Tls(t) = &tls
+                            && t.get_ref().1.peer_certificates().is_some()
+                        {
+                            gate.known_good(peer.ip());
+                        }
+                        tls
+                    }
                     Ok(Err(NotAccepted::Failed(e))) => {
                         return state2.handshake_failed(
                             listener_name,

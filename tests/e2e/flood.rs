@@ -118,3 +118,65 @@ async fn a_flood_from_one_source_refuses_no_legitimate_connection() {
     }
     assert!(fresh.end_reason().is_none());
 }
+
+/// A flood from many addresses fills the control port's handshake budget; an
+/// address that presented a valid device certificate before still gets in,
+/// through the slots reserved for such sources.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_distributed_flood_does_not_keep_a_known_device_out() {
+    use tether::proto::{Frame, FrameIo, VERSION};
+    use tether::tls::{self, pki::Validity};
+    let fleet =
+        Fleet::start(Opts { relay_limits: "max_handshakes = 64\nmax_pending_per_source = 64", ..Opts::default() })
+            .await;
+    // The real agent attached from 127.0.0.1: that address is known now.
+    let control = fleet.relays[0].control;
+    let stop = CancellationToken::new();
+    let flood = {
+        let stop = stop.clone();
+        tokio::spawn(async move {
+            let mut held: Vec<TcpStream> = Vec::new();
+            let until = Instant::now() + Duration::from_secs(60);
+            while !stop.is_cancelled() && Instant::now() < until {
+                held.retain(|s| s.peer_addr().is_ok());
+                for i in 0..16u8 {
+                    let sock = TcpSocket::new_v4().unwrap();
+                    sock.bind(SocketAddr::from(([127, 0, 0, 50 + i], 0))).unwrap();
+                    if let Ok(Ok(s)) = tokio::time::timeout(Duration::from_millis(200), sock.connect(control)).await {
+                        held.push(s);
+                    }
+                }
+                held.truncate(256);
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        })
+    };
+    eventually("the flood fills the control port's budget", async || {
+        fleet
+            .metric(0, "tether_relay_connections_refused_total", &["listener=\"control\"", "reason=\"max_handshakes\""])
+            .await
+            >= 50.0
+    })
+    .await;
+    // A device from the known address attaches, five times, while the budget stays full.
+    let (cert, key, _) = fleet.pki.device_cert("known-1", Validity::days(1));
+    let cfg = tls::client_config(&fleet.pki.path("ca.pem"), Some((&cert, &key)), tls::ALPN_AGENT).unwrap();
+    for round in 0..5 {
+        let conn = within(10, tls::dial(&control.to_string(), "localhost", cfg.clone()))
+            .await
+            .unwrap_or_else(|e| panic!("round {round}: the known address was turned away: {e}"));
+        let mut io = FrameIo::new(conn);
+        let hello =
+            Frame::Hello { version: VERSION, device: "known-1".into(), agent_version: "t".into(), services: vec![] };
+        io.write_frame(&hello).await.unwrap();
+        assert!(matches!(within(10, io.read_frame()).await.unwrap(), Frame::Welcome { .. }), "round {round}");
+    }
+    assert!(
+        fleet
+            .metric(0, "tether_relay_connections_refused_total", &["listener=\"control\"", "reason=\"max_handshakes\""])
+            .await
+            >= 50.0
+    );
+    stop.cancel();
+    within(30, flood).await.unwrap();
+}
