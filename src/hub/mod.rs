@@ -79,7 +79,13 @@ async fn report_drops(hub: Arc<Hub>, drops: Arc<crate::util::DropTally>, stop: C
             _ = tick.tick() => false,
         };
         if let Some(fields) = drops.take("hub") {
-            tracing::warn!("connections dropped before a request: {fields}");
+            // A full hub is worth a warning; peers that hang up mid-handshake
+            // (port probes, load-balancer checks) are routine.
+            if fields["dropped"].get("max_connections").is_some() {
+                tracing::warn!("connections dropped before a request: {fields}");
+            } else {
+                tracing::info!("connections dropped before a request: {fields}");
+            }
             hub.audit.record("connections_dropped", fields).await;
         }
         if last {
