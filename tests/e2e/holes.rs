@@ -11,13 +11,14 @@ use tokio_util::sync::CancellationToken;
 
 use crate::harness::*;
 
-/// A second device, attached to relay 0 by hand: it will lie.
-async fn liar(fleet: &Fleet) -> FrameIo<tokio_rustls::client::TlsStream<tokio::net::TcpStream>> {
-    let (cert, key, _) = fleet.pki.device_cert("liar-1", Validity::days(1));
+/// A device attached to relay 0 by hand (so a test sees what the relay asks
+/// of it, or makes it lie).
+pub async fn fake_device(fleet: &Fleet, id: &str) -> FrameIo<tokio_rustls::client::TlsStream<tokio::net::TcpStream>> {
+    let (cert, key, _) = fleet.pki.device_cert(id, Validity::days(1));
     let cfg = tls::client_config(&fleet.pki.path("ca.pem"), Some((&cert, &key)), tls::ALPN_AGENT).unwrap();
     let conn = tls::dial(&fleet.relays[0].control.to_string(), "localhost", cfg).await.unwrap();
     let mut io = FrameIo::new(conn);
-    let hello = Frame::Hello { version: VERSION, device: "liar-1".into(), agent_version: "t".into(), services: vec![] };
+    let hello = Frame::Hello { version: VERSION, device: id.into(), agent_version: "t".into(), services: vec![] };
     io.write_frame(&hello).await.unwrap();
     assert!(matches!(within(10, io.read_frame()).await.unwrap(), Frame::Welcome { .. }));
     io
@@ -33,7 +34,7 @@ async fn a_device_cannot_decide_fail_or_report_for_another_devices_session() {
         ..Opts::default()
     })
     .await;
-    let mut liar = liar(&fleet).await;
+    let mut liar = fake_device(&fleet, "liar-1").await;
     // A request for the real device waits for its operator...
     let profile = fleet.profile();
     let opening = tokio::spawn(async move { ClientSession::open(&profile, DEVICE, "svc").await });

@@ -9,6 +9,7 @@ use tether::proto::{Frame, FrameIo, LegSide, Outcome, Reason, SessionId, SignedG
 use tether::tls::{self, pki::Validity};
 use tokio::net::TcpStream;
 
+use super::holes::fake_device;
 use super::hub::*;
 use crate::harness::*;
 
@@ -179,17 +180,6 @@ async fn the_hub_refuses_each_bad_request_by_name() {
 async fn login_status(c: &HubClient, user: &str) -> (u16, String) {
     let body = serde_json::to_vec(&json!({"user": user, "password": "not the password", "code": "123456"})).unwrap();
     call(c, Method::POST, "/api/v1/login", None, Some(&body)).await
-}
-
-/// A hand-driven device attached to relay 0 (so the test sees what the relay asks of it).
-async fn fake_device(fleet: &Fleet, id: &str) -> FrameIo<tokio_rustls::client::TlsStream<TcpStream>> {
-    let (cert, key, _) = fleet.pki.device_cert(id, Validity::days(1));
-    let cfg = tls::client_config(&fleet.pki.path("ca.pem"), Some((&cert, &key)), tls::ALPN_AGENT).unwrap();
-    let mut io = FrameIo::new(tls::dial(&fleet.relays[0].control.to_string(), "localhost", cfg).await.unwrap());
-    let hello = Frame::Hello { version: VERSION, device: id.into(), agent_version: "t".into(), services: vec![] };
-    io.write_frame(&hello).await.unwrap();
-    assert!(matches!(within(10, io.read_frame()).await.unwrap(), Frame::Welcome { .. }));
-    io
 }
 
 /// The next frame of `kind`, skipping heartbeats.
