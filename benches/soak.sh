@@ -6,17 +6,19 @@
 # sample after warm-up against the last. Fails when any byte is lost.
 # Loopback only; stops only what it starts.
 #
-#   benches/soak.sh [--minutes 60] [--kill-every 300] [--sessions 1000] [--bin target/release/tether]
+#   benches/soak.sh [--minutes 60] [--kill-every 300] [--sessions 1000] [--sample-every 60]
+#                   [--bin target/release/tether]
 #
 # The figures land in $SOAK_OUT (default: a new temporary folder): soak.log,
 # samples.csv (t, name, pid, rss_kib, fds), kills.log, dev.out/err.
 set -u
-minutes=60 kill_every=300 sessions=1000 bin=target/release/tether
+minutes=60 kill_every=300 sessions=1000 sample_every=60 bin=target/release/tether
 while [ $# -gt 0 ]; do
   case $1 in
     --minutes) minutes=$2; shift 2 ;;
     --kill-every) kill_every=$2; shift 2 ;;
     --sessions) sessions=$2; shift 2 ;;
+    --sample-every) sample_every=$2; shift 2 ;;
     --bin) bin=$2; shift 2 ;;
     *) echo "unknown argument $1" >&2; exit 2 ;;
   esac
@@ -69,7 +71,7 @@ start=$(date +%s)
 next_kill=$((start + kill_every)) next_sample=$start victim=relay-a
 while kill -0 "$load" 2>/dev/null; do
   now=$(date +%s)
-  if [ "$now" -ge "$next_sample" ]; then sample $((now - start)); next_sample=$((next_sample + 60)); fi
+  if [ "$now" -ge "$next_sample" ]; then sample $((now - start)); next_sample=$((next_sample + sample_every)); fi
   if [ "$now" -ge "$next_kill" ]; then
     p=$(part "$victim.toml")
     if [ -n "$p" ]; then

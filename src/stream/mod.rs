@@ -5,8 +5,10 @@
 //!   certificate); the client proves the key the grant names. A relay carries
 //!   ciphertext it can neither read nor alter undetected.
 //! - [`resume`]: the resumable stream's sequence/ack bookkeeping (no I/O).
+//! - [`blocks`]: receive blocks sized to the traffic (bulk or interactive).
 //! - [`Prefixed`]: a stream that first yields bytes read past a preamble.
 
+mod blocks;
 pub mod e2e;
 mod prefixed;
 pub mod resumable;

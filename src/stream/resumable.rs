@@ -22,6 +22,7 @@ use tokio::sync::Notify;
 use tokio::time::Instant;
 
 use super::Prefixed;
+use super::blocks::Blocks;
 pub use super::resume::Stats;
 use super::resume::{Delivery, StreamState, Wake};
 use crate::leg::Leg;
@@ -141,16 +142,19 @@ pub fn start(
 /// Application -> outbound buffer, as room allows. Never cancelled mid-way.
 async fn read_app(sh: &Shared, mut app: ReadHalf<DuplexStream>) -> Result<(), String> {
     let mut buf = BytesMut::new();
+    let mut blocks = Blocks::default();
     loop {
         let room = sh.book().room();
         if room == 0 {
             sh.room.notified().await;
             continue;
         }
-        // Read straight into a chunk that is kept as it is (no second copy).
-        let want = room.min(64 * 1024);
-        buf.reserve(want);
+        // Read straight into a chunk that is kept as it is (no second copy),
+        // in blocks sized to the traffic (see `blocks`).
+        blocks.ensure(&mut buf);
+        let want = room.min(buf.capacity() - buf.len());
         let n = (&mut app).take(want as u64).read_buf(&mut buf).await.map_err(|e| format!("application side: {e}"))?;
+        blocks.observe(n, want);
         {
             let mut b = sh.book();
             if n == 0 {
@@ -213,11 +217,15 @@ async fn manage_legs(
     let mut leg = first;
     let mut resuming = false;
     let mut last_heard = Instant::now();
+    // One receive and one send buffer for the stream's life, not per leg.
+    let mut rbuf = BytesMut::new();
+    let mut out = BytesMut::new();
     loop {
         let (stream, prefix) = leg;
         let stream = Prefixed::new(prefix, stream);
         let (mut lr, mut lw) = tokio::io::split(stream);
-        let mut rbuf = BytesMut::with_capacity(64 * 1024);
+        // What the broken leg left half-read is not this leg's.
+        rbuf.clear();
         sh.book().new_leg(Instant::now());
         let end = if resuming {
             match handshake(sh, &mut lr, &mut lw, &mut rbuf, side, conn, key, cfg).await {
@@ -242,7 +250,7 @@ async fn manage_legs(
                 sh.room.notify_one();
                 tokio::select! {
                     r = read_leg(sh, &mut lr, &mut rbuf) => r,
-                    r = write_leg(sh, &mut lw, cfg) => r,
+                    r = write_leg(sh, &mut lw, &mut out, cfg) => r,
                     r = watch(sh, cfg) => r,
                 }
             }
@@ -325,6 +333,7 @@ where
 }
 
 async fn read_leg<R: tokio::io::AsyncRead + Unpin>(sh: &Shared, lr: &mut R, rbuf: &mut BytesMut) -> LegEnd {
+    let mut blocks = Blocks::default();
     loop {
         loop {
             let f = match StreamFrame::decode(rbuf) {
@@ -348,21 +357,24 @@ async fn read_leg<R: tokio::io::AsyncRead + Unpin>(sh: &Shared, lr: &mut R, rbuf
             }
             drained.await;
         }
-        if rbuf.capacity() - rbuf.len() < 16 * 1024 {
-            rbuf.reserve(64 * 1024);
-        }
+        blocks.ensure(rbuf);
+        let room = rbuf.capacity() - rbuf.len();
         match lr.read_buf(rbuf).await {
             Ok(0) => {
                 return if sh.book().is_done() { LegEnd::Done } else { LegEnd::Broken("leg closed".into()) };
             }
-            Ok(_) => {}
+            Ok(n) => blocks.observe(n, room),
             Err(e) => return LegEnd::Broken(e.to_string()),
         }
     }
 }
 
-async fn write_leg<W: tokio::io::AsyncWrite + Unpin>(sh: &Shared, lw: &mut W, cfg: ResumeConfig) -> LegEnd {
-    let mut out = BytesMut::with_capacity(128 * 1024);
+async fn write_leg<W: tokio::io::AsyncWrite + Unpin>(
+    sh: &Shared,
+    lw: &mut W,
+    out: &mut BytesMut,
+    cfg: ResumeConfig,
+) -> LegEnd {
     let mut ping = tokio::time::interval(cfg.ping);
     ping.tick().await;
     loop {
@@ -373,7 +385,7 @@ async fn write_leg<W: tokio::io::AsyncWrite + Unpin>(sh: &Shared, lw: &mut W, cf
             return LegEnd::Done;
         }
         out.clear();
-        sh.book().fill(&mut out, 96 * 1024);
+        sh.book().fill(out, 96 * 1024);
         if out.is_empty() {
             if let Err(e) = lw.flush().await {
                 return LegEnd::Broken(e.to_string());
@@ -382,15 +394,15 @@ async fn write_leg<W: tokio::io::AsyncWrite + Unpin>(sh: &Shared, lw: &mut W, cf
                 _ = sh.to_send.notified() => {}
                 _ = ping.tick() => {
                     out.clear();
-                    StreamFrame::Ping.encode(&mut out);
-                    if let Err(e) = lw.write_all(&out).await {
+                    StreamFrame::Ping.encode(out);
+                    if let Err(e) = lw.write_all(out).await {
                         return LegEnd::Broken(e.to_string());
                     }
                 }
             }
             continue;
         }
-        if let Err(e) = lw.write_all(&out).await {
+        if let Err(e) = lw.write_all(out).await {
             return LegEnd::Broken(e.to_string());
         }
     }

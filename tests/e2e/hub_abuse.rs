@@ -182,7 +182,17 @@ async fn connections_past_the_cap_are_counted_and_audited_in_aggregate() {
     }
     tokio::time::sleep(std::time::Duration::from_millis(300)).await;
     drop(held);
-    let (_, metrics) = hub_client(&fleet).call(Method::GET, "/metrics", None, None).await.unwrap();
+    // The hub frees the held slots as it reads each hang-up; until then a
+    // new connection is past the cap too, so ask again for a bounded while.
+    let mut metrics = None;
+    for _ in 0..50 {
+        if let Ok((_, m)) = hub_client(&fleet).call(Method::GET, "/metrics", None, None).await {
+            metrics = Some(m);
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    }
+    let metrics = metrics.expect("the hub did not take a connection within 10 s of the held ones closing");
     assert!(
         parse_metric(&String::from_utf8_lossy(&metrics), "tether_hub_refusals_total", &["max_connections"]) >= 16.0
     );
