@@ -35,6 +35,7 @@ pub mod loadgen;
 pub mod metrics;
 pub mod proto;
 pub mod relay;
+pub mod repo;
 pub mod splice;
 pub mod stream;
 pub mod tls;

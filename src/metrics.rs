@@ -60,6 +60,7 @@ metric!(pub RELAY_RESIDENT_MEMORY: IntGauge = gauge("tether_relay_resident_memor
 // Hub.
 metric!(pub HUB_REQUESTS: IntCounterVec = counter_vec("tether_hub_requests_total", "API requests, by route and status", &["route", "status"]));
 metric!(pub HUB_LOGIN_FAILURES: IntCounterVec = counter_vec("tether_hub_login_failures_total", "Failed logins, by reason (never told to the peer)", &["reason"]));
+metric!(pub HUB_REPO_PUBLISHED: IntCounter = counter("tether_hub_repo_published_total", "Targets versions the repository took"));
 metric!(pub HUB_REFUSALS: IntCounterVec = counter_vec("tether_hub_refusals_total", "Requests refused, by reason", &["reason"]));
 metric!(pub HUB_SESSIONS_GRANTED: IntCounter = counter("tether_hub_sessions_granted_total", "Grants signed"));
 metric!(pub HUB_RELAY_REPORTS: IntCounterVec = counter_vec("tether_hub_relay_reports_total", "Reports received, by relay", &["relay"]));
@@ -136,6 +137,7 @@ pub fn init() {
     LazyLock::force(&HUB_REQUESTS);
     LazyLock::force(&HUB_LOGIN_FAILURES);
     LazyLock::force(&HUB_REFUSALS);
+    LazyLock::force(&HUB_REPO_PUBLISHED);
     LazyLock::force(&HUB_SESSIONS_GRANTED);
     LazyLock::force(&HUB_RELAY_REPORTS);
     LazyLock::force(&HUB_REQUEST_SECONDS);

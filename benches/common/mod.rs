@@ -99,6 +99,7 @@ pub fn profile(pki: &Path, client: SocketAddr) -> Profile {
         path: None,
         grant_signing_key: Some(pki.join("grant.key")),
         grant_ttl_secs: 600,
+        repo_targets_key: None,
         resume_buffer_bytes: 8 << 20,
         resume_deadline_secs: 30,
         relays: vec![RelayEntry {

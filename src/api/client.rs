@@ -42,7 +42,7 @@ impl HubClientError {
     }
 
     /// A non-2xx answer, from its status and body.
-    fn from_answer(status: StatusCode, body: &[u8]) -> HubClientError {
+    pub fn from_answer(status: StatusCode, body: &[u8]) -> HubClientError {
         let e: ApiErrorBody = serde_json::from_slice(body).unwrap_or_default();
         HubClientError::Api {
             status: status.as_u16(),
@@ -117,6 +117,18 @@ impl HubClient {
         token: Option<&str>,
         json_body: Option<Bytes>,
     ) -> Result<(StatusCode, Bytes), HubClientError> {
+        self.send(method, path, token, json_body, "application/json").await
+    }
+
+    /// One request whose body (if any) is of `content_type`.
+    pub async fn send(
+        &self,
+        method: Method,
+        path: &str,
+        token: Option<&str>,
+        json_body: Option<Bytes>,
+        content_type: &'static str,
+    ) -> Result<(StatusCode, Bytes), HubClientError> {
         let mut guard = self.conn.lock().await;
         let unreachable = |detail: String| HubClientError::Unreachable { addr: self.authority.clone(), detail };
         for attempt in 0..2 {
@@ -129,7 +141,7 @@ impl HubClient {
                 req = req.header("authorization", format!("Bearer {t}"));
             }
             if json_body.is_some() {
-                req = req.header("content-type", "application/json");
+                req = req.header("content-type", content_type);
             }
             let req = req
                 .body(Full::new(json_body.clone().unwrap_or_default()))

@@ -206,6 +206,44 @@ pub fn parse_since(s: &str) -> Option<i64> {
 }
 
 /// The routes of `/api/v1`: one table for dispatch and for metric labels.
+/// One artifact of the repository, as `tether repo list` shows it: what the
+/// targets role signed (name, version, install and health commands, ...).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RepoTarget {
+    #[serde(flatten)]
+    pub info: crate::repo::meta::TargetInfo,
+    pub length: u64,
+    pub sha256: String,
+}
+
+/// `GET /api/v1/repo/targets`: the signed state of the repository.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct RepoListing {
+    pub targets_version: u64,
+    pub snapshot_version: u64,
+    pub timestamp_version: u64,
+    /// Unix seconds; devices refuse the repository past it until the hub signs a new timestamp.
+    pub timestamp_expires: u64,
+    pub targets: Vec<RepoTarget>,
+}
+
+/// `POST /api/v1/repo/targets`: what the hub took.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct RepoPublished {
+    /// Targets added or changed by this version.
+    pub changed: Vec<String>,
+    pub targets_version: u64,
+    pub snapshot_version: u64,
+    pub timestamp_version: u64,
+}
+
+/// `PUT /api/v1/repo/blobs/SHA256`: the artifact stored.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct BlobStored {
+    pub sha256: String,
+    pub length: u64,
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Route<'a> {
     Login,
@@ -220,6 +258,11 @@ pub enum Route<'a> {
     RelayReport,
     Health,
     Metrics,
+    RepoMetadata(&'a str),
+    RepoList,
+    RepoPublish,
+    BlobPut(&'a str),
+    BlobGet(&'a str),
 }
 
 impl<'a> Route<'a> {
@@ -239,6 +282,11 @@ impl<'a> Route<'a> {
             ("POST", ["api", "v1", "relay", "report"]) => Route::RelayReport,
             ("GET", ["api", "v1", "healthz"]) => Route::Health,
             ("GET", ["metrics"]) => Route::Metrics,
+            ("GET", ["api", "v1", "repo", "metadata", name]) => Route::RepoMetadata(name),
+            ("GET", ["api", "v1", "repo", "targets"]) => Route::RepoList,
+            ("POST", ["api", "v1", "repo", "targets"]) => Route::RepoPublish,
+            ("PUT", ["api", "v1", "repo", "blobs", sha]) => Route::BlobPut(sha),
+            ("GET", ["api", "v1", "repo", "blobs", sha]) => Route::BlobGet(sha),
             _ => return None,
         })
     }
@@ -258,6 +306,11 @@ impl<'a> Route<'a> {
             Some(Route::RelayReport) => "relay_report",
             Some(Route::Health) => "healthz",
             Some(Route::Metrics) => "metrics",
+            Some(Route::RepoMetadata(_)) => "repo_metadata",
+            Some(Route::RepoList) => "repo_list",
+            Some(Route::RepoPublish) => "repo_publish",
+            Some(Route::BlobPut(_)) => "blob_put",
+            Some(Route::BlobGet(_)) => "blob_get",
             None => "other",
         }
     }

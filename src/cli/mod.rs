@@ -7,6 +7,7 @@ mod connect;
 mod dev;
 mod hub;
 mod relay;
+mod repo;
 mod specialist;
 
 use std::io::{BufRead, IsTerminal};
@@ -111,6 +112,11 @@ enum Cmd {
         #[command(subcommand)]
         cmd: crate::loadgen::LoadCmd,
     },
+    /// The signed software repository: publish (admin) and list.
+    Repo {
+        #[command(subcommand)]
+        cmd: repo::RepoCmd,
+    },
 }
 
 /// Runs one parsed command line.
@@ -128,6 +134,7 @@ pub async fn run(cli: Cli) -> Result<()> {
         Cmd::Connect(args) => connect::run(args).await,
         Cmd::Audit { cmd } => specialist::audit(cmd).await,
         Cmd::Loadgen { cmd } => crate::loadgen::run(cmd).await,
+        Cmd::Repo { cmd } => repo::run(cmd).await,
     }
 }
 

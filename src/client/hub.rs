@@ -131,6 +131,34 @@ impl HubSession {
         self.request(Method::POST, path, Some(body)).await
     }
 
+    /// A call with a raw body of `ctype` (or none), answered with raw bytes;
+    /// a non-2xx answer is an error naming the hub's reason.
+    pub async fn raw(
+        &self,
+        method: Method,
+        path: &str,
+        body: Option<bytes::Bytes>,
+        ctype: &'static str,
+    ) -> Result<bytes::Bytes, HubCallError> {
+        let mut token = self.token(false).await?;
+        for attempt in 0..2 {
+            let (status, answer) = self.client.send(method.clone(), path, Some(&token), body.clone(), ctype).await?;
+            if status.is_success() {
+                return Ok(answer);
+            }
+            let e = HubClientError::from_answer(status, &answer);
+            if attempt == 0 && token_lapsed(&e) && self.login.dev_password_file.is_some() {
+                token = self.token(true).await?;
+                continue;
+            }
+            if token_lapsed(&e) || e.code() == Some("no_token") {
+                return Err(HubCallError::NotLoggedIn(self.profile_name()));
+            }
+            return Err(e.into());
+        }
+        Err(HubCallError::NotLoggedIn(self.profile_name()))
+    }
+
     /// Raw text (audit export).
     pub async fn text(&self, path: &str) -> Result<String, HubCallError> {
         let token = self.token(false).await?;

@@ -57,6 +57,10 @@ pub struct Profile {
     /// The relay pair, in order of preference (with a hub: the hub's answer).
     #[serde(default)]
     pub relays: Vec<RelayEntry>,
+    /// The repository's targets key (PKCS#8 PEM) that `tether repo publish`
+    /// signs with: an admin's offline key (the dev profile: the dev key).
+    #[serde(default)]
+    pub repo_targets_key: Option<PathBuf>,
     /// Where the profile was read from (`tether login` writes the token there).
     #[serde(skip)]
     pub path: Option<PathBuf>,
@@ -103,7 +107,7 @@ fn default_ttl() -> u64 {
 impl ConfigFile for Profile {
     fn resolve_paths(&mut self, base: &Path) {
         resolve(base, &mut self.ca);
-        if let Some(k) = self.grant_signing_key.as_mut() {
+        for k in [self.grant_signing_key.as_mut(), self.repo_targets_key.as_mut()].into_iter().flatten() {
             resolve(base, k);
         }
         if let Some(h) = self.hub.as_mut() {

@@ -32,6 +32,9 @@ async fn route(hub: &Hub, req: Request<Incoming>, peer: &Peer) -> Result<Answer,
         return Err(ApiError::new(StatusCode::NOT_FOUND, "not_found", format!("no route {method} {path}")));
     };
     match route {
+        Route::RepoMetadata(_) | Route::RepoList | Route::RepoPublish | Route::BlobPut(_) | Route::BlobGet(_) => {
+            super::repo_api::handle(hub, route, req, peer).await
+        }
         Route::Health => Ok(json_answer(StatusCode::OK, &health(hub))),
         Route::Metrics => Ok(http::text_answer(StatusCode::OK, "text/plain; version=0.0.4", crate::metrics::render())),
         Route::Login => {

@@ -56,6 +56,27 @@ pub struct HubConfig {
     pub login: super::limits::LoginLimits,
     /// The relay pair, with the address specialists dial.
     pub relays: Vec<HubRelay>,
+    /// The signed software repository (docs/fleet.md); none: no repository.
+    #[serde(default)]
+    pub repo: Option<RepoConfig>,
+}
+
+/// `[repo]`: where the repository lives and the hub's online keys.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RepoConfig {
+    /// Metadata and content-addressed artifacts; `metadata/root.json` must be there.
+    pub dir: PathBuf,
+    /// Online keys (PKCS#8 PEM) for the snapshot and timestamp roles.
+    pub snapshot_key: PathBuf,
+    pub timestamp_key: PathBuf,
+    /// Largest artifact accepted.
+    #[serde(default = "default_max_artifact")]
+    pub max_artifact_bytes: u64,
+}
+
+fn default_max_artifact() -> u64 {
+    1 << 30
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -139,6 +160,11 @@ impl ConfigFile for HubConfig {
         for p in [&mut self.ca, &mut self.cert, &mut self.key, &mut self.grant_signing_key] {
             resolve(base, p);
         }
+        if let Some(r) = &mut self.repo {
+            for p in [&mut r.dir, &mut r.snapshot_key, &mut r.timestamp_key] {
+                resolve(base, p);
+            }
+        }
         if let Some(path) = self.database.strip_prefix("sqlite:")
             && Path::new(path).is_relative()
         {
@@ -160,6 +186,11 @@ impl ConfigFile for HubConfig {
         }
         if self.token_ttl_secs == 0 || self.grant_ttl_secs == 0 {
             p.push("token_ttl_secs and grant_ttl_secs must be at least 1".into());
+        }
+        if let Some(r) = &self.repo {
+            must_exist(&mut p, "repo.dir", &r.dir);
+            must_exist(&mut p, "repo.snapshot_key", &r.snapshot_key);
+            must_exist(&mut p, "repo.timestamp_key", &r.timestamp_key);
         }
         if self.lockout.max_failures == 0 {
             p.push("lockout.max_failures: must be at least 1".into());

@@ -12,6 +12,8 @@ mod http;
 pub mod limits;
 pub mod model;
 pub mod relays;
+pub mod repo;
+mod repo_api;
 mod sessions;
 pub mod store;
 
@@ -33,6 +35,8 @@ pub enum HubError {
     Store(#[from] store::StoreError),
     #[error(transparent)]
     Tls(#[from] crate::tls::TlsError),
+    #[error("repository: {0}")]
+    Repo(#[from] repo::RepoStoreError),
     #[error("binding {addr}: {source}")]
     Bind { addr: SocketAddr, source: std::io::Error },
 }
@@ -45,6 +49,8 @@ pub struct Hub {
     pub board: relays::Board,
     /// Bounds on login attempts (per name, per source, password checks at once).
     pub logins: limits::LoginGate,
+    /// The signed software repository, when `[repo]` is configured.
+    pub repo: Option<repo::RepoStore>,
     signer: GrantSigner,
 }
 
@@ -55,7 +61,11 @@ impl Hub {
         let audit = audit::HubAudit::open(store.clone()).await?;
         let board = relays::Board::new(cfg.relays.clone(), Duration::from_millis(cfg.relay_stale_ms));
         let logins = limits::LoginGate::new(cfg.login.clone());
-        Ok(Arc::new(Hub { cfg, store, audit, board, logins, signer }))
+        let repo = match &cfg.repo {
+            Some(r) => Some(repo::RepoStore::open(&r.dir, &r.snapshot_key, &r.timestamp_key)?),
+            None => None,
+        };
+        Ok(Arc::new(Hub { cfg, store, audit, board, logins, repo, signer }))
     }
 
     /// Counts and audits a refusal; `fields` say who and what, never secrets.
@@ -113,6 +123,7 @@ pub async fn run(listener: TcpListener, cfg: HubConfig, stop: CancellationToken)
     };
     let drops = Arc::new(crate::util::DropTally::default());
     let reporter = tokio::spawn(report_drops(hub.clone(), drops.clone(), stop.clone()));
+    tokio::spawn(repo_api::refresh_timestamps(hub.clone(), stop.clone()));
     http::serve(listener, tls, hub.cfg.max_connections, drops, handler, stop).await;
     let _ = reporter.await;
     hub.audit.record("hub_stop", json!({})).await;

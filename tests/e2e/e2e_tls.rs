@@ -83,6 +83,7 @@ impl Tapped {
             path: None,
             grant_signing_key: Some(self.pki.path("grant.key")),
             grant_ttl_secs: 60,
+            repo_targets_key: None,
             resume_buffer_bytes: 8 << 20,
             resume_deadline_secs: 30,
             relays: vec![tether::client::RelayEntry {

@@ -103,6 +103,8 @@ pub struct Opts {
     pub hub_extra: &'static str,
     /// Extra lines for the relays' `[limits]`.
     pub relay_limits: &'static str,
+    /// The hub serves a signed repository (dev keys in `repo-keys/`, as `tether dev`).
+    pub repo: bool,
 }
 
 impl Default for Opts {
@@ -122,6 +124,7 @@ impl Default for Opts {
             hub: false,
             hub_extra: "",
             relay_limits: "",
+            repo: false,
         }
     }
 }
@@ -335,7 +338,16 @@ impl Fleet {
         let hub_addr = opts.hub.then(free_port);
         let relays: Vec<_> =
             (0..opts.relays).map(|i| start_relay_with(&dir, &pki, names[i], &opts, plan(i), hub_addr)).collect();
-        let hub = hub_addr.map(|a| start_hub(&dir, &pki, a, &relays, opts.hub_extra));
+        let hub_extra = if opts.repo {
+            tether::dev::dev_repository(&dir).unwrap();
+            format!(
+                "{}\n[repo]\ndir = \"repo\"\nsnapshot_key = \"repo-keys/snapshot.pem\"\ntimestamp_key = \"repo-keys/timestamp.pem\"\n",
+                opts.hub_extra
+            )
+        } else {
+            opts.hub_extra.to_string()
+        };
+        let hub = hub_addr.map(|a| start_hub(&dir, &pki, a, &relays, &hub_extra));
         if twins {
             links[0].set_target(relays[1].twin.expect("relay-b twin listener"));
             links[1].set_target(relays[0].twin.expect("relay-a twin listener"));
@@ -370,6 +382,7 @@ impl Fleet {
             path: None,
             grant_signing_key: Some(self.pki.path("grant.key")),
             grant_ttl_secs: 60,
+            repo_targets_key: None,
             resume_buffer_bytes: 8 << 20,
             resume_deadline_secs: 30,
             relays: self

@@ -19,6 +19,7 @@ mod inputs;
 mod legs;
 mod memory;
 mod no_listen;
+mod repo;
 mod tunnel;
 mod twins;
 mod twins_basic;

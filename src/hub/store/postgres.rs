@@ -126,7 +126,12 @@ impl Sql for Postgres {
 
     async fn batch(&self, sql: &str) -> Result<(), StoreError> {
         let c = &self.conns[0];
-        c.client.batch_execute(&format!("BEGIN; {sql}; COMMIT;")).await.map_err(pg)
+        let r = c.client.batch_execute(&format!("BEGIN; {sql}; COMMIT;")).await;
+        if r.is_err() {
+            // The failed transaction stays open (aborted) on this connection.
+            let _ = c.client.batch_execute("ROLLBACK").await;
+        }
+        r.map_err(pg)
     }
 
     fn engine(&self) -> &'static str {

@@ -34,10 +34,11 @@ impl Sqlite {
             std::fs::create_dir_all(dir).map_err(db)?;
         }
         let conn = rusqlite::Connection::open(path).map_err(db)?;
-        conn.execute_batch(
-            "PRAGMA journal_mode=WAL; PRAGMA synchronous=NORMAL; PRAGMA foreign_keys=ON; PRAGMA busy_timeout=5000;",
-        )
-        .map_err(db)?;
+        // The wait for a lock first: switching a fresh file to WAL takes one,
+        // and another process (an admin command) may be opening it too.
+        conn.busy_timeout(std::time::Duration::from_secs(5)).map_err(db)?;
+        conn.execute_batch("PRAGMA journal_mode=WAL; PRAGMA synchronous=NORMAL; PRAGMA foreign_keys=ON;")
+            .map_err(db)?;
         Ok(Sqlite { conn: Arc::new(Mutex::new(conn)) })
     }
 
@@ -93,8 +94,16 @@ impl Sql for Sqlite {
     }
 
     async fn batch(&self, sql: &str) -> Result<(), StoreError> {
-        let sql = format!("BEGIN; {sql}; COMMIT;");
-        self.with(move |c| c.execute_batch(&sql).map_err(db)).await
+        // IMMEDIATE: the write lock first, so a second process waits its turn.
+        let sql = format!("BEGIN IMMEDIATE; {sql}; COMMIT;");
+        self.with(move |c| {
+            c.execute_batch(&sql).map_err(|e| {
+                // A failed statement leaves the transaction open on this connection.
+                let _ = c.execute_batch("ROLLBACK");
+                db(e)
+            })
+        })
+        .await
     }
 
     fn engine(&self) -> &'static str {

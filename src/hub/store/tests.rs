@@ -192,3 +192,35 @@ async fn futures_join<F: std::future::Future>(futs: Vec<F>) -> Vec<F::Output> {
     .await;
     out.into_iter().map(|o| o.expect("every future finished")).collect()
 }
+
+/// The hub and an admin command opening a fresh database at the same moment
+/// both migrate it without tripping over each other (an e2e test found the
+/// loser failing with "table users already exists").
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn processes_migrating_one_fresh_database_at_once_all_succeed() {
+    for _ in 0..10 {
+        let dir = tempfile::tempdir().unwrap();
+        let opens = (0..4).map(|_| {
+            let base = dir.path().to_path_buf();
+            tokio::spawn(async move { Store::open("sqlite:hub.db", &base).await.map(|_| ()) })
+        });
+        for r in futures_join(opens.collect()).await {
+            r.unwrap().unwrap();
+        }
+    }
+    if let Ok(url) = std::env::var("TETHER_TEST_POSTGRES") {
+        let schema = format!("t_{}", hex::encode(crate::random_bytes::<6>()));
+        let (c, conn) = tokio_postgres::connect(&url, tokio_postgres::NoTls).await.unwrap();
+        tokio::spawn(conn);
+        c.batch_execute(&format!("CREATE SCHEMA {schema}")).await.unwrap();
+        let sep = if url.contains('?') { '&' } else { '?' };
+        let full = format!("{url}{sep}options=-csearch_path%3D{schema}");
+        let opens = (0..4).map(|_| {
+            let u = full.clone();
+            tokio::spawn(async move { Store::open(&u, Path::new(".")).await.map(|_| ()) })
+        });
+        for r in futures_join(opens.collect()).await {
+            r.unwrap().unwrap();
+        }
+    }
+}
