@@ -1,7 +1,8 @@
 //! The resumable stream's wire, inside a leg (see `stream::resumable`):
 //! `u8 type` then `DATA seq:u64 len:u32 bytes`, `ACK upto:u64` (bytes
 //! *delivered*; `fin+1` confirms the FIN), `FIN at:u64`,
-//! `RESUME next:u64 mac:[32]`, `PING`, `PONG`.
+//! `RESUME next:u64 mac:[32]`, `PING`, `PONG`, `KEYED` (the sender's
+//! end-to-end TLS is complete: its resumes carry a real MAC from now on).
 use bytes::{Buf, BufMut, Bytes, BytesMut};
 
 use super::ProtoError;
@@ -12,6 +13,7 @@ const FIN: u8 = 3;
 const RESUME: u8 = 4;
 const PING: u8 = 5;
 const PONG: u8 = 6;
+const KEYED: u8 = 7;
 /// Largest DATA payload.
 pub const MAX_DATA: usize = 32 * 1024;
 /// A DATA frame's header: type, seq, len.
@@ -40,6 +42,10 @@ pub enum StreamFrame {
     },
     Ping,
     Pong,
+    /// The sender holds its resume key (its end-to-end TLS handshake is
+    /// complete). Until a peer has said so, a resume from it with an all-zero
+    /// MAC is taken (it cannot make a real one; see `stream::resumable`).
+    Keyed,
 }
 
 impl StreamFrame {
@@ -62,6 +68,7 @@ impl StreamFrame {
             }
             StreamFrame::Ping => out.put_u8(PING),
             StreamFrame::Pong => out.put_u8(PONG),
+            StreamFrame::Keyed => out.put_u8(KEYED),
         }
     }
 
@@ -82,7 +89,7 @@ impl StreamFrame {
             }
             ACK | FIN => 9,
             RESUME => 41,
-            PING | PONG => 1,
+            PING | PONG | KEYED => 1,
             other => return Err(ProtoError::UnknownType(other)),
         };
         if buf.len() < need {
@@ -105,7 +112,8 @@ impl StreamFrame {
                 StreamFrame::Resume { next, mac }
             }
             PING => StreamFrame::Ping,
-            _ => StreamFrame::Pong,
+            PONG => StreamFrame::Pong,
+            _ => StreamFrame::Keyed,
         }))
     }
 }
@@ -163,6 +171,7 @@ pub(crate) mod tests {
             (any::<u64>(), any::<[u8; 32]>()).prop_map(|(next, mac)| StreamFrame::Resume { next, mac }),
             Just(StreamFrame::Ping),
             Just(StreamFrame::Pong),
+            Just(StreamFrame::Keyed),
         ]
     }
 

@@ -251,7 +251,7 @@ async fn manage_legs(
                 tokio::select! {
                     r = read_leg(sh, &mut lr, &mut rbuf) => r,
                     r = write_leg(sh, &mut lw, &mut out, cfg) => r,
-                    r = watch(sh, cfg) => r,
+                    r = watch(sh, key, cfg) => r,
                 }
             }
         };
@@ -305,10 +305,18 @@ where
     R: tokio::io::AsyncRead + Unpin,
     W: tokio::io::AsyncWrite + Unpin,
 {
-    let Some(key) = key.get() else { return Err("leg broke before end-to-end TLS was up".into()) };
+    // Without a key (our end-to-end TLS is not complete) we cannot make or
+    // check a MAC: we send zeros and take the peer's resume as it comes.
+    // That is safe because everything that crossed so far is handshake the
+    // end-to-end TLS authenticates itself: bytes a relay forges, drops or
+    // replays only make that handshake fail. Without it, a relay freezing
+    // between the client's last handshake flight and the agent lost the
+    // connection (the client had a key, the agent none).
+    let key = key.get();
     let next = sh.book().resume_from();
     let mut out = BytesMut::new();
-    StreamFrame::Resume { next, mac: resume_mac(key, side, conn, next) }.encode(&mut out);
+    let mac = key.map_or([0u8; 32], |k| resume_mac(k, side, conn, next));
+    StreamFrame::Resume { next, mac }.encode(&mut out);
     lw.write_all(&out).await.map_err(|e| e.to_string())?;
     lw.flush().await.map_err(|e| e.to_string())?;
     let frame = tokio::time::timeout(cfg.dead_after * 2, async {
@@ -326,8 +334,16 @@ where
     let StreamFrame::Resume { next: peer_next, mac: got } = frame else {
         return Err("expected resume".into());
     };
-    if !crate::util::ct_eq(&resume_mac(key, side.peer(), conn, peer_next), &got) {
-        return Err("resume MAC is wrong".into());
+    if let Some(key) = key
+        && !crate::util::ct_eq(&resume_mac(key, side.peer(), conn, peer_next), &got)
+    {
+        // A peer that never said it holds its key may not have one yet (the
+        // agent before the client's Finished reached it): its zero MAC is
+        // taken, under the same argument as above.
+        if got != [0u8; 32] || sh.book().peer_keyed() {
+            return Err("resume MAC is wrong".into());
+        }
+        tracing::info!(conn, "resumed with a peer whose end-to-end handshake was not complete");
     }
     sh.book().on_peer_resume(peer_next, Instant::now()).map_err(|e| e.to_string())
 }
@@ -408,14 +424,19 @@ async fn write_leg<W: tokio::io::AsyncWrite + Unpin>(
     }
 }
 
-/// Declares the leg dead after `dead_after` of silence (a frozen relay).
-async fn watch(sh: &Shared, cfg: ResumeConfig) -> LegEnd {
+/// Declares the leg dead after `dead_after` of silence (a frozen relay), and
+/// has the peer told once our resume key is set.
+async fn watch(sh: &Shared, key: &ResumeKey, cfg: ResumeConfig) -> LegEnd {
     loop {
         tokio::time::sleep((cfg.dead_after / 20).max(Duration::from_millis(10))).await;
-        let (done, silent) = {
+        let (done, silent, keyed) = {
             let mut b = sh.book();
-            (b.is_done(), b.silence(Instant::now()))
+            let keyed = key.get().is_some() && b.set_keyed();
+            (b.is_done(), b.silence(Instant::now()), keyed)
         };
+        if keyed {
+            sh.to_send.notify_one();
+        }
         // Once done, let the reader see the peer's close.
         if !done && silent > cfg.dead_after {
             return LegEnd::Broken(format!("leg silent for {silent:?}"));

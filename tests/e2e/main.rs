@@ -10,6 +10,7 @@ mod e2e_tls;
 mod failover;
 mod flood;
 mod grants;
+mod handshake;
 mod haproxy;
 mod holes;
 mod hub;

@@ -63,6 +63,11 @@ pub struct StreamState {
     acked_sent: u64,
     fin_sent: bool,
     pong_due: bool,
+    /// Our resume key is set (end-to-end TLS complete), and this leg was told.
+    keyed: bool,
+    keyed_sent: bool,
+    /// The peer said it holds its key: from then on its resumes need a real MAC.
+    peer_keyed: bool,
     last_heard: Instant,
     stats: Stats,
 }
@@ -84,6 +89,9 @@ impl StreamState {
             acked_sent: 0,
             fin_sent: false,
             pong_due: false,
+            keyed: false,
+            keyed_sent: false,
+            peer_keyed: false,
             last_heard: now,
             stats: Stats::default(),
         }
@@ -182,6 +190,10 @@ impl StreamState {
                 Wake { send: true, ..Wake::default() }
             }
             StreamFrame::Pong => Wake::default(),
+            StreamFrame::Keyed => {
+                self.peer_keyed = true;
+                Wake::default()
+            }
             StreamFrame::Resume { .. } => return Err("unexpected resume".into()),
         })
     }
@@ -198,6 +210,10 @@ impl StreamState {
         if self.pong_due {
             StreamFrame::Pong.encode(out);
             self.pong_due = false;
+        }
+        if self.keyed && !self.keyed_sent {
+            StreamFrame::Keyed.encode(out);
+            self.keyed_sent = true;
         }
         while out.len() < batch {
             let Some((seq, data)) = self.out.next_to_send(MAX_DATA) else { break };
@@ -222,7 +238,18 @@ impl StreamState {
     pub fn new_leg(&mut self, now: Instant) {
         self.acked_sent = 0;
         self.fin_sent = false;
+        self.keyed_sent = false;
         self.last_heard = now;
+    }
+
+    /// Our resume key is set; returns true the first time (the peer must be told).
+    pub fn set_keyed(&mut self) -> bool {
+        !std::mem::replace(&mut self.keyed, true)
+    }
+
+    /// Whether the peer said it holds its resume key.
+    pub fn peer_keyed(&self) -> bool {
+        self.peer_keyed
     }
 
     /// Where our RESUME asks the peer to start: everything before it was received.
