@@ -187,14 +187,40 @@ async fn a_relay_altering_one_byte_makes_the_tunnel_fail_closed() {
     let sent: Vec<u8> = (0..200_000u32).map(|i| (i % 251) as u8).collect();
     let _ = t.write_all(&sent).await;
     let _ = t.flush().await;
-    // The tunnel is torn down: the client sees EOF or an error, never more data.
+    // Where the flipped bit lands depends on how the stream was framed:
+    // - in a DATA payload: the end-to-end TLS fails closed; the client sees
+    //   EOF or an error, never more data, and the service only a prefix;
+    // - in a stream frame's header: the stream layer refuses the frame, drops
+    //   the leg and resumes on a new one; the service gets every byte intact.
+    // Either way no altered byte reaches the service.
     let mut buf = [0u8; 64];
-    let r = within(30, t.read(&mut buf)).await;
-    assert!(matches!(r, Ok(0) | Err(_)), "tunnel still open after tampering: {r:?}");
+    let closed = async {
+        let r = t.read(&mut buf).await;
+        assert!(matches!(r, Ok(0) | Err(_)), "data from a silent service after tampering: {r:?}");
+    };
+    let healed = async {
+        loop {
+            if received.lock().unwrap().len() >= sent.len() {
+                return;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        }
+    };
+    let torn_down = within(30, async {
+        tokio::select! {
+            _ = closed => true,
+            _ = healed => false,
+        }
+    })
+    .await;
     assert!(seen.load(Ordering::SeqCst) > flip_at, "the tap did alter a byte");
     let got = received.lock().unwrap().clone();
-    assert!(got.len() < sent.len(), "everything was delivered despite tampering");
-    assert_eq!(got[..], sent[..got.len()], "altered data reached the device's service");
+    assert_eq!(got[..], sent[..got.len().min(sent.len())], "altered data reached the device's service");
+    if torn_down {
+        assert!(got.len() < sent.len(), "the tunnel closed, yet everything was delivered");
+    } else {
+        assert_eq!(got.len(), sent.len(), "more than was sent reached the service");
+    }
 }
 
 /// No replacement legs (this test never breaks one).
