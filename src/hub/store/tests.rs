@@ -3,6 +3,7 @@
 //! its own schema).
 use super::*;
 use crate::hub::model::Role;
+use std::path::Path;
 
 async fn sqlite() -> (Store, tempfile::TempDir) {
     let dir = tempfile::tempdir().unwrap();

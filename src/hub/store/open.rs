@@ -1,0 +1,75 @@
+//! Opening a store (either engine) and migrating it; processes opening one
+//! fresh database at once take turns.
+use std::path::Path;
+use std::sync::Arc;
+
+use super::{Sql, Store, StoreError, postgres, schema, sql, sqlite};
+
+impl Store {
+    /// Opens `sqlite:PATH` (or a bare path) or `postgres://…`, and migrates.
+    pub async fn open(url: &str, base: &Path) -> Result<Store, StoreError> {
+        let db: Arc<dyn Sql> = if url.starts_with("postgres://") || url.starts_with("postgresql://") {
+            Arc::new(postgres::Postgres::connect(url).await?)
+        } else {
+            let path = url.strip_prefix("sqlite:").unwrap_or(url);
+            if path.is_empty() {
+                return Err(StoreError::BadUrl(url.into()));
+            }
+            return Self::open_sqlite(&base.join(path)).await;
+        };
+        let store = Store { db };
+        store.migrate().await?;
+        Ok(store)
+    }
+
+    /// SQLite answers "database is locked" without waiting in a few cases
+    /// (switching a fresh file to WAL while another process opens it): a
+    /// bounded retry makes the hub and an admin command starting together
+    /// both succeed.
+    async fn open_sqlite(path: &Path) -> Result<Store, StoreError> {
+        let mut backoff =
+            crate::util::Backoff::new(std::time::Duration::from_millis(20), std::time::Duration::from_millis(500));
+        for attempt in 0.. {
+            let r = match sqlite::Sqlite::open(path) {
+                Ok(db) => {
+                    let store = Store { db: Arc::new(db) };
+                    store.migrate().await.map(|()| store)
+                }
+                Err(e) => Err(e),
+            };
+            match r {
+                Err(StoreError::Db(m)) if attempt < 20 && m.contains("database is locked") => {
+                    tokio::time::sleep(backoff.next_pause()).await;
+                }
+                r => return r,
+            }
+        }
+        unreachable!("the loop returns")
+    }
+
+    async fn migrate(&self) -> Result<(), StoreError> {
+        match self.db.exec("CREATE TABLE IF NOT EXISTS schema_migrations (version BIGINT PRIMARY KEY)", vec![]).await {
+            // PostgreSQL: two creating it at once, one finds it made.
+            Err(e) if !sql::is_unique_violation(&e) => return Err(e),
+            _ => {}
+        }
+        let done = self.db.query("SELECT version FROM schema_migrations", vec![]).await?;
+        for (version, sql) in schema::MIGRATIONS {
+            if done.iter().any(|r| r.int(0) == *version) {
+                continue;
+            }
+            // The version row first: a second process migrating the same
+            // database at once (the hub and `tether hub user add` started
+            // together) blocks on it, then finds it taken and moves on.
+            let step = format!("INSERT INTO schema_migrations (version) VALUES ({version}); {sql}");
+            match self.db.batch(&step).await {
+                Ok(()) => tracing::info!(version, engine = self.engine(), "database migrated"),
+                Err(e) if sql::is_unique_violation(&e) => {
+                    tracing::debug!(version, "migration applied by another process")
+                }
+                Err(e) => return Err(e),
+            }
+        }
+        Ok(())
+    }
+}
