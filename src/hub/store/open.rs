@@ -48,11 +48,17 @@ impl Store {
     }
 
     async fn migrate(&self) -> Result<(), StoreError> {
-        match self.db.exec("CREATE TABLE IF NOT EXISTS schema_migrations (version BIGINT PRIMARY KEY)", vec![]).await {
-            // PostgreSQL: two creating it at once, one finds it made.
-            Err(e) if !sql::is_unique_violation(&e) => return Err(e),
-            _ => {}
-        }
+        // PostgreSQL: two processes running `CREATE TABLE IF NOT EXISTS` at
+        // once can both miss the table and one fails ("type already
+        // exists"); a transaction-scoped advisory lock makes them take
+        // turns. SQLite's `BEGIN IMMEDIATE` (in `batch`) does the same.
+        let turn = match self.engine() {
+            "postgres" => "SELECT pg_advisory_xact_lock(7466574865);",
+            _ => "",
+        };
+        self.db
+            .batch(&format!("{turn} CREATE TABLE IF NOT EXISTS schema_migrations (version BIGINT PRIMARY KEY)"))
+            .await?;
         let done = self.db.query("SELECT version FROM schema_migrations", vec![]).await?;
         for (version, sql) in schema::MIGRATIONS {
             if done.iter().any(|r| r.int(0) == *version) {
@@ -61,7 +67,7 @@ impl Store {
             // The version row first: a second process migrating the same
             // database at once (the hub and `tether hub user add` started
             // together) blocks on it, then finds it taken and moves on.
-            let step = format!("INSERT INTO schema_migrations (version) VALUES ({version}); {sql}");
+            let step = format!("{turn} INSERT INTO schema_migrations (version) VALUES ({version}); {sql}");
             match self.db.batch(&step).await {
                 Ok(()) => tracing::info!(version, engine = self.engine(), "database migrated"),
                 Err(e) if sql::is_unique_violation(&e) => {
