@@ -60,6 +60,11 @@ metric!(pub RELAY_RESIDENT_MEMORY: IntGauge = gauge("tether_relay_resident_memor
 // Hub.
 metric!(pub HUB_REQUESTS: IntCounterVec = counter_vec("tether_hub_requests_total", "API requests, by route and status", &["route", "status"]));
 metric!(pub HUB_LOGIN_FAILURES: IntCounterVec = counter_vec("tether_hub_login_failures_total", "Failed logins, by reason (never told to the peer)", &["reason"]));
+metric!(pub RELAY_REPO_REQUESTS: IntCounterVec = counter_vec("tether_relay_repo_requests_total", "Fetch-leg requests forwarded to the hub, by outcome", &["outcome"]));
+metric!(pub RELAY_REPO_BYTES: IntCounter = counter("tether_relay_repo_bytes_total", "Repository bytes sent to agents on fetch legs"));
+metric!(pub AGENT_REPO_BYTES: IntCounter = counter("tether_agent_repo_bytes_total", "Repository bytes received (metadata and artifacts)"));
+metric!(pub AGENT_REPO_RESUMES: IntCounter = counter("tether_agent_repo_resumes_total", "Downloads that went on through another leg after a break"));
+metric!(pub AGENT_REPO_REFUSED: IntCounterVec = counter_vec("tether_agent_repo_refused_total", "Metadata or artifacts the agent refused, by reason", &["reason"]));
 metric!(pub HUB_REPO_PUBLISHED: IntCounter = counter("tether_hub_repo_published_total", "Targets versions the repository took"));
 metric!(pub HUB_REFUSALS: IntCounterVec = counter_vec("tether_hub_refusals_total", "Requests refused, by reason", &["reason"]));
 metric!(pub HUB_SESSIONS_GRANTED: IntCounter = counter("tether_hub_sessions_granted_total", "Grants signed"));
@@ -138,6 +143,11 @@ pub fn init() {
     LazyLock::force(&HUB_LOGIN_FAILURES);
     LazyLock::force(&HUB_REFUSALS);
     LazyLock::force(&HUB_REPO_PUBLISHED);
+    LazyLock::force(&RELAY_REPO_REQUESTS);
+    LazyLock::force(&RELAY_REPO_BYTES);
+    LazyLock::force(&AGENT_REPO_BYTES);
+    LazyLock::force(&AGENT_REPO_RESUMES);
+    LazyLock::force(&AGENT_REPO_REFUSED);
     LazyLock::force(&HUB_SESSIONS_GRANTED);
     LazyLock::force(&HUB_RELAY_REPORTS);
     LazyLock::force(&HUB_REQUEST_SECONDS);

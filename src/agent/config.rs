@@ -42,6 +42,28 @@ pub struct Service {
     pub target: String,
 }
 
+/// `[repo]`: where the device's software comes from.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RepoSettings {
+    /// The repository's root metadata shipped with the device: the first
+    /// thing it trusts (later roots must be signed by this one's keys).
+    pub root: PathBuf,
+    /// Trusted metadata, partial downloads and verified artifacts.
+    pub state_dir: PathBuf,
+    /// This device's class; targets built for another class are refused.
+    #[serde(default)]
+    pub device_class: Option<String>,
+    /// Download rate cap in bytes per second, so a download cannot starve
+    /// live sessions (0: no cap).
+    #[serde(default = "default_download_rate")]
+    pub max_download_bytes_per_sec: u64,
+}
+
+fn default_download_rate() -> u64 {
+    8 << 20
+}
+
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct AgentConfig {
@@ -74,6 +96,9 @@ pub struct AgentConfig {
     /// Non-loopback targets the device owner explicitly allows (`IP:PORT`).
     #[serde(default)]
     pub extra_targets: Vec<SocketAddr>,
+    /// The software repository (none: the device takes no software).
+    #[serde(default)]
+    pub repo: Option<RepoSettings>,
 }
 
 fn default_consent_timeout() -> u64 {
@@ -106,6 +131,10 @@ impl ConfigFile for AgentConfig {
         ] {
             resolve(base, p);
         }
+        if let Some(r) = &mut self.repo {
+            resolve(base, &mut r.root);
+            resolve(base, &mut r.state_dir);
+        }
     }
 
     fn problems(&self) -> Vec<String> {
@@ -122,6 +151,9 @@ impl ConfigFile for AgentConfig {
         }
         if self.resume_buffer_bytes < 64 * 1024 {
             p.push("resume_buffer_bytes: at least 65536".into());
+        }
+        if let Some(r) = &self.repo {
+            must_exist(&mut p, "repo.root", &r.root);
         }
         if self.heartbeat_secs == 0 {
             p.push("heartbeat_secs: must be at least 1".into());

@@ -6,6 +6,7 @@
 mod access;
 mod channel;
 pub mod config;
+pub mod fetch;
 pub mod operator;
 mod state;
 mod tunnel;

@@ -29,6 +29,9 @@ pub enum Request {
     End { session: String },
     /// Print the agent's metrics.
     Metrics,
+    /// Fetch and verify a package from the repository through the relays
+    /// (NAME@VERSION); prints where the verified file is.
+    Fetch { target: String },
 }
 
 pub fn bind(path: &Path) -> Result<UnixListener, AgentError> {
@@ -69,6 +72,7 @@ async fn conversation(stream: UnixStream, uid: u32, state: Shared) -> std::io::R
     let mut lines = BufReader::new(r.take(64 * 1024)).lines();
     while let Some(line) = lines.next_line().await? {
         let answer = match serde_json::from_str::<Request>(&line) {
+            Ok(Request::Fetch { target }) => fetch(&state, &target).await,
             Ok(req) => handle(&state, uid, req),
             Err(e) => json!({"ok": false, "error": format!("bad request: {e}")}),
         };
@@ -112,6 +116,16 @@ fn handle(state: &Shared, uid: u32, req: Request) -> Value {
             Ok(_) => json!({"ok": false, "error": "no live session with that id"}),
         },
         Request::Metrics => json!({"ok": true, "text": crate::metrics::render()}),
+        Request::Fetch { .. } => unreachable!("answered by fetch()"),
+    }
+}
+
+async fn fetch(state: &Shared, target: &str) -> Value {
+    let name = target.replacen('@', "/", 1);
+    let _one = state.fetching.lock().await;
+    match super::fetch::Fetcher::new(state.clone()).download(&name).await {
+        Ok(d) => json!({"ok": true, "fetched": d}),
+        Err(e) => json!({"ok": false, "error": e.to_string()}),
     }
 }
 

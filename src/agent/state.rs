@@ -55,6 +55,8 @@ pub struct AgentState {
     pub relays: DashMap<String, mpsc::Sender<Frame>>,
     seen: Mutex<crate::util::ReplaySet<SessionId>>,
     pub shutdown: CancellationToken,
+    /// Held by the one repository update or download running at a time.
+    pub fetching: tokio::sync::Mutex<()>,
 }
 
 impl AgentState {
@@ -70,6 +72,7 @@ impl AgentState {
             relays: DashMap::new(),
             seen: Mutex::new(crate::util::ReplaySet::default()),
             shutdown,
+            fetching: tokio::sync::Mutex::new(()),
             cfg,
         }))
     }

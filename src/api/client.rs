@@ -129,6 +129,19 @@ impl HubClient {
         json_body: Option<Bytes>,
         content_type: &'static str,
     ) -> Result<(StatusCode, Bytes), HubClientError> {
+        let (status, _, body) = self.exchange(method, path, token, json_body, content_type).await?;
+        Ok((status, body))
+    }
+
+    /// [`HubClient::send`], with the answer's headers.
+    pub async fn exchange(
+        &self,
+        method: Method,
+        path: &str,
+        token: Option<&str>,
+        json_body: Option<Bytes>,
+        content_type: &'static str,
+    ) -> Result<(StatusCode, hyper::HeaderMap, Bytes), HubClientError> {
         let mut guard = self.conn.lock().await;
         let unreachable = |detail: String| HubClientError::Unreachable { addr: self.authority.clone(), detail };
         for attempt in 0..2 {
@@ -148,9 +161,9 @@ impl HubClient {
                 .map_err(|e| HubClientError::BadAnswer(e.to_string()))?;
             let result = tokio::time::timeout(TIMEOUT, async {
                 let resp = send.send_request(req).await?;
-                let status = resp.status();
-                let bytes = resp.into_body().collect().await?.to_bytes();
-                Ok::<_, hyper::Error>((status, bytes))
+                let (parts, body) = resp.into_parts();
+                let bytes = body.collect().await?.to_bytes();
+                Ok::<_, hyper::Error>((parts.status, parts.headers, bytes))
             })
             .await;
             match result {

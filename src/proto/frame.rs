@@ -1,6 +1,7 @@
 //! The frame enum: control channel, client legs and data-leg preambles.
 use bytes::{Buf, BufMut, Bytes, BytesMut};
 
+use super::repo::RepoFrame;
 use super::twin::Fact;
 use super::wire::*;
 use super::{MAX_FRAME, ProtoError, Reason, SessionId, SignedGrant};
@@ -159,6 +160,8 @@ pub enum Frame {
     TwinAck {
         seq: u64,
     },
+    /// fetch legs: repository metadata and artifacts through the relay.
+    Repo(RepoFrame),
 }
 
 use super::frame_type::*;
@@ -325,6 +328,7 @@ impl Frame {
                 buf.put_u8(TWIN_ACK);
                 buf.put_u64(*seq);
             }
+            Frame::Repo(r) => r.encode(buf),
         }
         let len = (buf.len() - start - 4) as u32;
         buf[start..start + 4].copy_from_slice(&len.to_be_bytes());
@@ -445,6 +449,7 @@ impl Frame {
             TWIN_SNAPSHOT_END => Frame::TwinSnapshotEnd { seq: get_u64(b)? },
             TWIN_FACT => Frame::TwinFact { seq: get_u64(b)?, fact: Fact::decode(b)? },
             TWIN_ACK => Frame::TwinAck { seq: get_u64(b)? },
+            REPO_GET | REPO_DATA | REPO_FAILED => Frame::Repo(RepoFrame::decode(ty, b)?),
             other => return Err(ProtoError::UnknownType(other)),
         })
     }
@@ -475,6 +480,7 @@ impl Frame {
             Frame::TwinFact { .. } => "twin_fact",
             Frame::TwinAck { .. } => "twin_ack",
             Frame::TwinOpen { .. } => "twin_open",
+            Frame::Repo(r) => r.kind(),
         }
     }
 

@@ -24,6 +24,9 @@ pub(super) const TWIN_FACT: u8 = 23;
 pub(super) const TWIN_ACK: u8 = 24;
 pub(super) const TWIN_OPEN: u8 = 25;
 pub(super) const AUDIT_HEAD: u8 = 26;
+pub(super) const REPO_GET: u8 = 27;
+pub(super) const REPO_DATA: u8 = 28;
+pub(super) const REPO_FAILED: u8 = 29;
 
 /// The largest body a frame of type `ty` may have. Preambles and small
 /// control frames are capped tightly; frames carrying a grant, a list or a
@@ -32,6 +35,8 @@ pub(super) fn max_len(ty: u8) -> usize {
     match ty {
         HEARTBEAT | DECISION | OPEN_FAILED | SESSION_END | PAIRED | RESUMED | TWIN_SNAPSHOT | TWIN_SNAPSHOT_END
         | TWIN_ACK => 256,
+        REPO_GET => 1024,
+        REPO_FAILED => 4 * 1024,
         CLIENT_JOIN | DATA_OPEN | CLIENT_RESUME | OPEN | TWIN_OPEN | SESSION_READY => 1024,
         ERROR | WELCOME | TWIN_HELLO | AUDIT_HEAD => 4 * 1024,
         HELLO | ACCESS_REQUEST | CLIENT_OPEN => 16 * 1024,

@@ -9,6 +9,7 @@ mod frame_type;
 pub mod grant;
 mod io;
 mod reason;
+pub mod repo;
 pub mod stream;
 pub mod twin;
 pub mod wire;

@@ -2,6 +2,7 @@
 use bytes::{Bytes, BytesMut};
 use proptest::prelude::*;
 
+use super::repo::RepoFrame;
 use super::*;
 
 fn sid() -> impl Strategy<Value = SessionId> {
@@ -83,7 +84,32 @@ fn frame() -> impl Strategy<Value = Frame> {
         (any::<u16>(), sid(), any::<u32>(), any::<[u8; 32]>())
             .prop_map(|(version, session, conn, mac)| Frame::DataOpen { version, session, conn, mac }),
         (sid(), any::<u32>()).prop_map(|(session, conn)| Frame::Paired { session, conn }),
+        (any::<u16>(), any::<bool>(), text(), any::<u64>(), any::<u32>()).prop_map(
+            |(version, blob, name, offset, len)| Frame::Repo(RepoFrame::Get { version, blob, name, offset, len })
+        ),
+        (any::<u64>(), any::<u64>(), proptest::collection::vec(any::<u8>(), 0..3000))
+            .prop_map(|(offset, total, data)| Frame::Repo(RepoFrame::Data { offset, total, data: data.into() })),
+        (any::<u16>(), text(), text()).prop_map(|(status, code, message)| Frame::Repo(RepoFrame::Failed {
+            status,
+            code,
+            message
+        })),
     ]
+}
+
+#[test]
+fn fetch_leg_names_are_metadata_names_or_hashes_never_paths() {
+    use super::repo::{metadata_name_ok, sha256_name_ok};
+    for ok in ["root.json", "timestamp.json", "snapshot.json", "targets.json", "1.root.json", "42.root.json"] {
+        assert!(metadata_name_ok(ok), "{ok}");
+    }
+    for bad in ["../hub.db", "x.root.json", ".root.json", "/etc/passwd", "targets.json/..", "12345678901.root.json"] {
+        assert!(!metadata_name_ok(bad), "{bad}");
+    }
+    assert!(sha256_name_ok(&"0a".repeat(32)));
+    for bad in ["0A".repeat(32), "0a".repeat(31), format!("../{}", "0a".repeat(31)), "zz".repeat(32)] {
+        assert!(!sha256_name_ok(&bad), "{bad}");
+    }
 }
 
 proptest! {

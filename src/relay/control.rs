@@ -49,6 +49,7 @@ pub async fn serve(state: Arc<State>, accepted: super::Accepted, peer: SocketAdd
             }
             (agent_version, services)
         }
+        Frame::Repo(first) => return super::repo_fetch::serve(state, io, peer, device, first).await,
         other => {
             let detail = format!("expected hello, got {}", other.kind());
             return refuse(&state, &mut io, peer, &device, "unexpected_frame", Reason::BadFrame, &detail).await;

@@ -10,8 +10,10 @@ pub mod config;
 mod control;
 mod data;
 mod gate;
+mod hub_pool;
 mod hub_report;
 mod pairing;
+mod repo_fetch;
 mod session;
 mod state;
 

@@ -81,6 +81,8 @@ pub struct State {
     /// drain (sessions go on at the twin) or of a shutdown without twin.
     pub drain: CancellationToken,
     pub hub_out: Mutex<HubOutbox>,
+    /// Fetch legs' hub connections (none without a hub link).
+    pub repo: Option<super::hub_pool::Forward>,
 }
 
 impl State {
@@ -107,6 +109,7 @@ impl State {
             replica: Arc::new(Replica::default()),
             drain: CancellationToken::new(),
             hub_out: Mutex::new(HubOutbox { agents_changed: true, ..HubOutbox::default() }),
+            repo: super::hub_pool::Forward::new(&cfg),
             cfg,
         }))
     }

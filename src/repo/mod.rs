@@ -42,5 +42,21 @@ pub enum RepoError {
     Key(String),
 }
 
+impl RepoError {
+    /// Label for metrics and audit records.
+    pub fn label(&self) -> &'static str {
+        match self {
+            RepoError::Malformed { .. } => "malformed",
+            RepoError::Signatures { .. } => "signatures",
+            RepoError::Expired { .. } => "expired",
+            RepoError::Rollback { .. } => "rollback",
+            RepoError::Mismatch { .. } => "mix_and_match",
+            RepoError::UnknownTarget(_) => "unknown_target",
+            RepoError::Target { .. } => "target_mismatch",
+            RepoError::Key(_) => "key",
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests;

@@ -103,8 +103,11 @@ pub struct Opts {
     pub hub_extra: &'static str,
     /// Extra lines for the relays' `[limits]`.
     pub relay_limits: &'static str,
-    /// The hub serves a signed repository (dev keys in `repo-keys/`, as `tether dev`).
+    /// The hub serves a signed repository (dev keys in `repo-keys/`, as
+    /// `tether dev`), and the agent trusts its root and fetches from it.
     pub repo: bool,
+    /// The agent's download cap in bytes per second (0: none).
+    pub download_rate: u64,
 }
 
 impl Default for Opts {
@@ -125,6 +128,7 @@ impl Default for Opts {
             hub_extra: "",
             relay_limits: "",
             repo: false,
+            download_rate: 0,
         }
     }
 }
@@ -269,6 +273,16 @@ pub fn write_agent_config(
     cfg += &format!("\n[services.echo]\ntarget = \"{echo}\"\n");
     for (name, target) in &opts.extra_services {
         cfg += &format!("\n[services.{name}]\ntarget = \"{target}\"\n");
+    }
+    if opts.repo {
+        // The root as shipped with the device (the hub's copy moves on).
+        std::fs::copy(dir.join("repo/metadata/root.json"), dir.join("device-root.json")).unwrap();
+        cfg += &format!(
+            "\n[repo]\nroot = \"{}\"\nstate_dir = \"{}\"\nmax_download_bytes_per_sec = {}\n",
+            dir.join("device-root.json").display(),
+            dir.join("agent-state").display(),
+            opts.download_rate
+        );
     }
     let path = dir.join("agent.toml");
     std::fs::write(&path, cfg).unwrap();

@@ -8,6 +8,7 @@ mod dev;
 mod disconnect;
 mod e2e_tls;
 mod failover;
+mod fetch;
 mod flood;
 mod grants;
 mod handshake;

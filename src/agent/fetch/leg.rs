@@ -1,0 +1,82 @@
+//! One fetch leg: a TLS connection to a relay's control port that carries
+//! repository requests (see [`crate::proto::repo`]).
+use std::time::Duration;
+
+use tokio::net::TcpStream;
+use tokio_rustls::client::TlsStream;
+
+use super::{FetchError, Sink};
+use crate::agent::Shared;
+use crate::agent::config::RelayEndpoint;
+use crate::proto::repo::RepoFrame;
+use crate::proto::{Frame, FrameIo, FrameIoError, VERSION};
+use crate::tls;
+
+/// A relay that sends nothing for this long is taken as failed: the next
+/// request goes to its twin.
+const STALL: Duration = Duration::from_secs(5);
+
+pub struct FetchLeg {
+    io: FrameIo<TlsStream<TcpStream>>,
+    pub relay: String,
+}
+
+fn leg(relay: &str, what: &str, e: impl std::fmt::Display) -> FetchError {
+    FetchError::Leg(format!("{relay}: {what}: {e}"))
+}
+
+impl FetchLeg {
+    pub async fn dial(state: &Shared, relay: &RelayEndpoint) -> Result<FetchLeg, FetchError> {
+        let tls = tls::dial(&relay.control, relay.server_name(), state.control_tls.clone())
+            .await
+            .map_err(|e| leg(&relay.name, "dial", e))?;
+        Ok(FetchLeg { io: FrameIo::new(tls), relay: relay.name.clone() })
+    }
+
+    /// Asks for `len` bytes of `name` at `offset` (metadata: the whole file)
+    /// and hands each arriving piece to `sink` with the file's total length.
+    /// Returns when the range (or the file) is complete.
+    pub async fn get(
+        &mut self,
+        blob: bool,
+        name: &str,
+        offset: u64,
+        len: u32,
+        sink: &mut Sink<'_>,
+        pace: &super::Pace,
+    ) -> Result<(), FetchError> {
+        let req = RepoFrame::Get { version: VERSION, blob, name: name.into(), offset, len };
+        self.io.write_frame(&Frame::Repo(req)).await.map_err(|e| leg(&self.relay, "write", e))?;
+        let mut at = offset;
+        loop {
+            let frame = match tokio::time::timeout(STALL, self.io.read_frame()).await {
+                Err(_) => return Err(leg(&self.relay, "read", format!("nothing for {STALL:?}"))),
+                Ok(Err(FrameIoError::Closed)) => return Err(leg(&self.relay, "read", "closed")),
+                Ok(Err(e)) => return Err(leg(&self.relay, "read", e)),
+                Ok(Ok(f)) => f,
+            };
+            match frame {
+                Frame::Repo(RepoFrame::Data { offset: o, total, data }) => {
+                    if o != at {
+                        return Err(leg(&self.relay, "data", format!("bytes at {o}, expected {at}")));
+                    }
+                    at += data.len() as u64;
+                    sink(total, &data)?;
+                    pace.took(data.len()).await;
+                    let want = if blob { (offset + u64::from(len)).min(total) } else { total };
+                    if at >= want {
+                        self.io.shrink();
+                        return Ok(());
+                    }
+                }
+                Frame::Repo(RepoFrame::Failed { status, code, message }) => {
+                    return Err(FetchError::Refused { relay: self.relay.clone(), status, code, message });
+                }
+                Frame::Error { reason, message } => {
+                    return Err(leg(&self.relay, "refused", format!("{reason}: {message}")));
+                }
+                other => return Err(leg(&self.relay, "read", format!("unexpected {} frame", other.kind()))),
+            }
+        }
+    }
+}

@@ -1,0 +1,100 @@
+//! Fetch-leg frames: an agent asks its relay for repository metadata or a
+//! range of an artifact; the relay forwards to the hub and streams the answer.
+//!
+//! A fetch leg is its own TLS connection to the relay's control port (the
+//! device's certificate, the agent ALPN) whose first frame is a `Get` instead
+//! of a `Hello`, so a download never delays the control channel's heartbeats
+//! or access requests. Requests on one leg are answered in order: one or more
+//! `Data` frames (`offset` advancing, ending when the requested range or the
+//! file is complete), or one `Failed`.
+use bytes::{BufMut, Bytes, BytesMut};
+
+use super::frame_type::{REPO_DATA, REPO_FAILED, REPO_GET};
+use super::wire::*;
+use super::{MAX_FRAME, ProtoError};
+
+/// Payload bytes per `Data` frame (the frame stays under [`MAX_FRAME`]).
+pub const DATA_CHUNK: usize = MAX_FRAME - 64;
+/// The largest range one `Get` may ask for.
+pub const MAX_RANGE: u32 = 4 << 20;
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum RepoFrame {
+    /// agent -> relay: metadata file `name` (`timestamp.json`, `2.root.json`,
+    /// ...) when `blob` is false; else `len` bytes of the artifact whose hex
+    /// SHA-256 is `name`, from `offset`.
+    Get { version: u16, blob: bool, name: String, offset: u64, len: u32 },
+    /// relay -> agent: bytes at `offset` of a file `total` bytes long.
+    Data { offset: u64, total: u64, data: Bytes },
+    /// relay -> agent: the request failed. `status` is the hub's HTTP status
+    /// (0: the hub was not reached); `code` a stable label.
+    Failed { status: u16, code: String, message: String },
+}
+
+impl RepoFrame {
+    pub(super) fn encode(&self, buf: &mut BytesMut) {
+        match self {
+            RepoFrame::Get { version, blob, name, offset, len } => {
+                buf.put_u8(REPO_GET);
+                buf.put_u16(*version);
+                buf.put_u8(u8::from(*blob));
+                put_str(buf, name);
+                buf.put_u64(*offset);
+                buf.put_u32(*len);
+            }
+            RepoFrame::Data { offset, total, data } => {
+                buf.put_u8(REPO_DATA);
+                buf.put_u64(*offset);
+                buf.put_u64(*total);
+                put_bytes(buf, data);
+            }
+            RepoFrame::Failed { status, code, message } => {
+                buf.put_u8(REPO_FAILED);
+                buf.put_u16(*status);
+                put_str(buf, code);
+                put_str(buf, message);
+            }
+        }
+    }
+
+    pub(super) fn decode(ty: u8, b: &mut Bytes) -> Result<RepoFrame, ProtoError> {
+        Ok(match ty {
+            REPO_GET => RepoFrame::Get {
+                version: get_u16(b)?,
+                blob: match get_u8(b)? {
+                    0 => false,
+                    1 => true,
+                    v => return Err(ProtoError::BadValue { field: "blob", value: v.into() }),
+                },
+                name: get_str(b)?,
+                offset: get_u64(b)?,
+                len: get_u32(b)?,
+            },
+            REPO_DATA => RepoFrame::Data { offset: get_u64(b)?, total: get_u64(b)?, data: get_bytes(b, DATA_CHUNK)? },
+            _ => RepoFrame::Failed { status: get_u16(b)?, code: get_str(b)?, message: get_str(b)? },
+        })
+    }
+
+    pub(super) fn kind(&self) -> &'static str {
+        match self {
+            RepoFrame::Get { .. } => "repo_get",
+            RepoFrame::Data { .. } => "repo_data",
+            RepoFrame::Failed { .. } => "repo_failed",
+        }
+    }
+}
+
+/// True for the metadata names a fetch leg may ask for.
+pub fn metadata_name_ok(name: &str) -> bool {
+    match name {
+        "root.json" | "timestamp.json" | "snapshot.json" | "targets.json" => true,
+        other => other
+            .strip_suffix(".root.json")
+            .is_some_and(|n| !n.is_empty() && n.len() <= 10 && n.bytes().all(|c| c.is_ascii_digit())),
+    }
+}
+
+/// True for a lowercase hex SHA-256.
+pub fn sha256_name_ok(name: &str) -> bool {
+    name.len() == 64 && name.bytes().all(|c| matches!(c, b'0'..=b'9' | b'a'..=b'f'))
+}

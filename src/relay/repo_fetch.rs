@@ -1,0 +1,160 @@
+//! Fetch legs: an agent's requests for repository metadata and artifact
+//! ranges, forwarded to the hub over this relay's mTLS link and streamed back
+//! in `Data` frames. The relay keeps nothing: the agent checks every byte
+//! against the signed metadata, so a relay can delay a download but never
+//! alter one unnoticed.
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use hyper::Method;
+use serde_json::json;
+use tokio::net::TcpStream;
+use tokio_rustls::server::TlsStream;
+
+use super::state::State;
+use crate::metrics;
+use crate::proto::repo::{DATA_CHUNK, MAX_RANGE, RepoFrame, metadata_name_ok, sha256_name_ok};
+use crate::proto::{Frame, FrameIo, FrameIoError};
+
+/// A fetch leg with no request for this long is closed.
+const IDLE: Duration = Duration::from_secs(60);
+
+fn failed(status: u16, code: &str, message: impl Into<String>) -> RepoFrame {
+    RepoFrame::Failed { status, code: code.into(), message: message.into() }
+}
+
+/// Serves a fetch leg whose first frame was `first`, until the agent closes
+/// it or stays idle.
+pub async fn serve(
+    state: Arc<State>,
+    mut io: FrameIo<TlsStream<TcpStream>>,
+    peer: SocketAddr,
+    device: String,
+    first: RepoFrame,
+) {
+    let mut next = Some(first);
+    loop {
+        let req = match next.take() {
+            Some(r) => r,
+            None => match tokio::time::timeout(IDLE, io.read_frame()).await {
+                Err(_) | Ok(Err(FrameIoError::Closed)) => return,
+                Ok(Ok(Frame::Repo(r))) => r,
+                Ok(Ok(other)) => {
+                    let why = format!("expected a repository request, got {}", other.kind());
+                    return refuse(&state, &mut io, peer, &device, "unexpected_frame", why).await;
+                }
+                Ok(Err(e)) => return refuse(&state, &mut io, peer, &device, "bad_frame", e.to_string()).await,
+            },
+        };
+        let RepoFrame::Get { blob, name, offset, len, .. } = req else {
+            return refuse(&state, &mut io, peer, &device, "unexpected_frame", "expected a get".into()).await;
+        };
+        // Held until the answer is sent: a slow agent keeps its slot.
+        let turn = state.repo.as_ref().and_then(|f| f.waiting.clone().try_acquire_owned().ok());
+        let answer = match turn {
+            Some(_) => answer(&state, &device, blob, &name, offset, len).await,
+            None if state.repo.is_none() => Err(failed(0, "no_hub", "this relay has no hub link to fetch from")),
+            None => Err(failed(0, "busy", "the relay is forwarding too many downloads; retry shortly")),
+        };
+        let sent = match answer {
+            Ok((total, bytes)) => send_data(&mut io, offset, total, bytes).await,
+            Err(f) => {
+                if let RepoFrame::Failed { code, message, .. } = &f {
+                    metrics::RELAY_REPO_REQUESTS.with_label_values(&[code]).inc();
+                    if matches!(code.as_str(), "bad_name" | "bad_range") {
+                        state.audit.record(
+                            "repo_fetch_refused",
+                            json!({"relay": state.cfg.name, "device": device, "peer": peer.to_string(), "reason": code, "detail": message}),
+                        );
+                    }
+                }
+                io.write_frame(&Frame::Repo(f)).await
+            }
+        };
+        if sent.is_err() {
+            return;
+        }
+        io.shrink();
+    }
+}
+
+/// The hub's answer to one request: the file's total length and the bytes.
+async fn answer(
+    state: &State,
+    device: &str,
+    blob: bool,
+    name: &str,
+    offset: u64,
+    len: u32,
+) -> Result<(u64, Bytes), RepoFrame> {
+    let Some(fwd) = state.repo.as_ref() else {
+        return Err(failed(0, "no_hub", "this relay has no hub link to fetch from"));
+    };
+    let path = if blob {
+        if !sha256_name_ok(name) {
+            return Err(failed(0, "bad_name", "an artifact is named by its lowercase hex SHA-256"));
+        }
+        if len == 0 || len > MAX_RANGE {
+            return Err(failed(0, "bad_range", format!("a range is 1 to {MAX_RANGE} bytes")));
+        }
+        format!("/api/v1/repo/blobs/{name}?offset={offset}&len={len}")
+    } else {
+        if !metadata_name_ok(name) {
+            return Err(failed(0, "bad_name", "not a repository metadata file name"));
+        }
+        format!("/api/v1/repo/metadata/{name}")
+    };
+    let got = fwd.hub().exchange(Method::GET, &path, None, None, "application/octet-stream").await;
+    let (status, headers, body) = got.map_err(|e| failed(0, "hub_unreachable", e.to_string()))?;
+    if !status.is_success() {
+        let e = crate::api::HubClientError::from_answer(status, &body);
+        let code = e.code().unwrap_or("hub_refused").to_string();
+        return Err(failed(status.as_u16(), &code, e.to_string()));
+    }
+    let total = if blob {
+        let header = headers.get("x-total-length").and_then(|v| v.to_str().ok()).and_then(|v| v.parse().ok());
+        header.ok_or_else(|| failed(status.as_u16(), "bad_answer", "the hub named no total length"))?
+    } else {
+        body.len() as u64
+    };
+    tracing::debug!(device, blob, bytes = body.len(), "repository request forwarded");
+    Ok((total, body))
+}
+
+async fn send_data(
+    io: &mut FrameIo<TlsStream<TcpStream>>,
+    offset: u64,
+    total: u64,
+    bytes: Bytes,
+) -> std::io::Result<()> {
+    metrics::RELAY_REPO_REQUESTS.with_label_values(&["ok"]).inc();
+    metrics::RELAY_REPO_BYTES.inc_by(bytes.len() as u64);
+    let mut at = 0;
+    loop {
+        let end = (at + DATA_CHUNK).min(bytes.len());
+        let data = bytes.slice(at..end);
+        io.write_frame(&Frame::Repo(RepoFrame::Data { offset: offset + at as u64, total, data })).await?;
+        at = end;
+        if at >= bytes.len() {
+            return Ok(());
+        }
+    }
+}
+
+async fn refuse(
+    state: &State,
+    io: &mut FrameIo<TlsStream<TcpStream>>,
+    peer: SocketAddr,
+    device: &str,
+    label: &str,
+    detail: String,
+) {
+    metrics::RELAY_FRAME_ERRORS.with_label_values(&["fetch", label]).inc();
+    state.audit.record(
+        "repo_fetch_refused",
+        json!({"relay": state.cfg.name, "device": device, "peer": peer.to_string(), "reason": label, "detail": detail}),
+    );
+    let _ = io.write_frame(&Frame::Error { reason: crate::proto::Reason::BadFrame, message: detail }).await;
+}
