@@ -65,6 +65,7 @@ metric!(pub RELAY_REPO_BYTES: IntCounter = counter("tether_relay_repo_bytes_tota
 metric!(pub AGENT_REPO_BYTES: IntCounter = counter("tether_agent_repo_bytes_total", "Repository bytes received (metadata and artifacts)"));
 metric!(pub AGENT_REPO_RESUMES: IntCounter = counter("tether_agent_repo_resumes_total", "Downloads that went on through another leg after a break"));
 metric!(pub AGENT_REPO_REFUSED: IntCounterVec = counter_vec("tether_agent_repo_refused_total", "Metadata or artifacts the agent refused, by reason", &["reason"]));
+metric!(pub HUB_JOBS: IntCounterVec = counter_vec("tether_hub_jobs_total", "Job state changes, by the state entered", &["state"]));
 metric!(pub HUB_REPO_PUBLISHED: IntCounter = counter("tether_hub_repo_published_total", "Targets versions the repository took"));
 metric!(pub HUB_REFUSALS: IntCounterVec = counter_vec("tether_hub_refusals_total", "Requests refused, by reason", &["reason"]));
 metric!(pub HUB_SESSIONS_GRANTED: IntCounter = counter("tether_hub_sessions_granted_total", "Grants signed"));
@@ -143,6 +144,7 @@ pub fn init() {
     LazyLock::force(&HUB_LOGIN_FAILURES);
     LazyLock::force(&HUB_REFUSALS);
     LazyLock::force(&HUB_REPO_PUBLISHED);
+    LazyLock::force(&HUB_JOBS);
     LazyLock::force(&RELAY_REPO_REQUESTS);
     LazyLock::force(&RELAY_REPO_BYTES);
     LazyLock::force(&AGENT_REPO_BYTES);

@@ -3,9 +3,11 @@
 //! The hub serves these types; the client, relays and load generator send
 //! them. None of them imports `crate::hub`.
 pub mod client;
+pub mod jobs;
 pub mod report;
 pub mod types;
 
 pub use client::{HubClient, HubClientError};
+pub use jobs::{JobKind, JobReport, JobRequest, JobState, JobView, RelayEvents};
 pub use report::{AgentHead, AgentSeen, EndedSession, Head, RelayReport, ReportAnswer, RevokedSession};
 pub use types::*;

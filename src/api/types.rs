@@ -263,6 +263,12 @@ pub enum Route<'a> {
     RepoPublish,
     BlobPut(&'a str),
     BlobGet(&'a str),
+    JobCreate,
+    Jobs,
+    JobCancel(&'a str),
+    DeviceJobs(&'a str),
+    DeviceJobReport(&'a str, &'a str),
+    RelayEvents,
 }
 
 impl<'a> Route<'a> {
@@ -287,6 +293,12 @@ impl<'a> Route<'a> {
             ("POST", ["api", "v1", "repo", "targets"]) => Route::RepoPublish,
             ("PUT", ["api", "v1", "repo", "blobs", sha]) => Route::BlobPut(sha),
             ("GET", ["api", "v1", "repo", "blobs", sha]) => Route::BlobGet(sha),
+            ("POST", ["api", "v1", "jobs"]) => Route::JobCreate,
+            ("GET", ["api", "v1", "jobs"]) => Route::Jobs,
+            ("POST", ["api", "v1", "jobs", id, "cancel"]) => Route::JobCancel(id),
+            ("GET", ["api", "v1", "device", device, "jobs"]) => Route::DeviceJobs(device),
+            ("POST", ["api", "v1", "device", device, "jobs", id]) => Route::DeviceJobReport(device, id),
+            ("GET", ["api", "v1", "relay", "events"]) => Route::RelayEvents,
             _ => return None,
         })
     }
@@ -311,6 +323,12 @@ impl<'a> Route<'a> {
             Some(Route::RepoPublish) => "repo_publish",
             Some(Route::BlobPut(_)) => "blob_put",
             Some(Route::BlobGet(_)) => "blob_get",
+            Some(Route::JobCreate) => "job_create",
+            Some(Route::Jobs) => "jobs",
+            Some(Route::JobCancel(_)) => "job_cancel",
+            Some(Route::DeviceJobs(_)) => "device_jobs",
+            Some(Route::DeviceJobReport(..)) => "device_job_report",
+            Some(Route::RelayEvents) => "relay_events",
             None => "other",
         }
     }

@@ -6,6 +6,7 @@ mod certs;
 mod connect;
 mod dev;
 mod hub;
+mod jobs;
 mod relay;
 mod repo;
 mod specialist;
@@ -117,6 +118,11 @@ enum Cmd {
         #[command(subcommand)]
         cmd: repo::RepoCmd,
     },
+    /// Maintenance jobs for devices: add (admin), list, cancel (admin).
+    Jobs {
+        #[command(subcommand)]
+        cmd: jobs::JobsCmd,
+    },
 }
 
 /// Runs one parsed command line.
@@ -135,6 +141,7 @@ pub async fn run(cli: Cli) -> Result<()> {
         Cmd::Audit { cmd } => specialist::audit(cmd).await,
         Cmd::Loadgen { cmd } => crate::loadgen::run(cmd).await,
         Cmd::Repo { cmd } => repo::run(cmd).await,
+        Cmd::Jobs { cmd } => jobs::run(cmd).await,
     }
 }
 

@@ -4,7 +4,7 @@ use hyper::body::Incoming;
 use hyper::{Request, StatusCode};
 use serde_json::json;
 
-use super::guard::{authenticate, internal, require_admin};
+use super::guard::{authenticate, internal, read_body, relay_identity, require_admin};
 use super::http::{self, Answer, ApiError, Peer, error_answer, json_answer};
 use super::limits::Busy;
 use super::model::Role;
@@ -35,6 +35,12 @@ async fn route(hub: &Hub, req: Request<Incoming>, peer: &Peer) -> Result<Answer,
         Route::RepoMetadata(_) | Route::RepoList | Route::RepoPublish | Route::BlobPut(_) | Route::BlobGet(_) => {
             super::repo_api::handle(hub, route, req, peer).await
         }
+        Route::JobCreate
+        | Route::Jobs
+        | Route::JobCancel(_)
+        | Route::DeviceJobs(_)
+        | Route::DeviceJobReport(..)
+        | Route::RelayEvents => super::jobs::handle(hub, route, req, peer).await,
         Route::Health => Ok(json_answer(StatusCode::OK, &health(hub))),
         Route::Metrics => Ok(http::text_answer(StatusCode::OK, "text/plain; version=0.0.4", crate::metrics::render())),
         Route::Login => {
@@ -144,22 +150,6 @@ fn health(hub: &Hub) -> Health {
     Health { status: "ok".into(), engine: hub.store.engine().to_string(), relays }
 }
 
-/// The relay named by the client certificate, if it is one of ours.
-async fn relay_identity(hub: &Hub, peer: &Peer) -> Result<String, ApiError> {
-    match &peer.cert_name {
-        Some(name) if hub.board.is_relay(name) => Ok(name.clone()),
-        other => {
-            hub.refused("relay_report_refused", "not_a_relay", json!({"from": peer.addr.to_string(), "cert": other}))
-                .await;
-            Err(ApiError::new(
-                StatusCode::FORBIDDEN,
-                "not_a_relay",
-                "reports need a configured relay's client certificate",
-            ))
-        }
-    }
-}
-
 const LOGIN_FAILED: &str = "wrong user name, password or code";
 
 async fn login(hub: &Hub, l: &LoginRequest, peer: &Peer) -> Result<LoginAnswer, ApiError> {
@@ -252,17 +242,4 @@ async fn busy_refusal(hub: &Hub, busy: Busy, report: Option<u64>, user: &str, fr
         _ => hub.audit.record("login_refused_busy", json!({"from": from, "user": user, "reason": code})).await,
     }
     ApiError::new(StatusCode::TOO_MANY_REQUESTS, code, message)
-}
-
-/// The request's body, bounded in size and in time; a body trickled past
-/// `body_timeout_secs` is counted and audited (a slow-body attack shows).
-async fn read_body(hub: &Hub, req: Request<Incoming>, max: usize, peer: &Peer) -> Result<bytes::Bytes, ApiError> {
-    let within = std::time::Duration::from_secs(hub.cfg.body_timeout_secs.max(1));
-    let body = http::body(req, max, within).await;
-    if let Err(e) = &body
-        && e.code == "body_timeout"
-    {
-        hub.refused("request_refused", e.code, json!({"from": peer.addr.ip().to_string()})).await;
-    }
-    body
 }

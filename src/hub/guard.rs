@@ -1,12 +1,13 @@
 //! Who is asking, and may they: bearer-token authentication, the admin
-//! check, and the one answer for internal errors.
+//! check, relay identity, bounded request bodies, and the one answer for
+//! internal errors.
 use hyper::body::Incoming;
 use hyper::{Request, StatusCode};
 use serde_json::json;
 
 use super::Hub;
 use super::auth;
-use super::http::{ApiError, Peer};
+use super::http::{self, ApiError, Peer};
 use super::model::{Role, User};
 use crate::util::now_secs;
 
@@ -58,4 +59,33 @@ pub async fn require_admin(hub: &Hub, user: &User, peer: &Peer, what: &str) -> R
     )
     .await;
     Err(ApiError::new(StatusCode::FORBIDDEN, "not_admin", format!("{what} needs the admin role")))
+}
+
+/// The peer's relay name, when it presented a configured relay's certificate.
+pub async fn relay_identity(hub: &Hub, peer: &Peer) -> Result<String, ApiError> {
+    match &peer.cert_name {
+        Some(name) if hub.board.is_relay(name) => Ok(name.clone()),
+        other => {
+            hub.refused("relay_report_refused", "not_a_relay", json!({"from": peer.addr.to_string(), "cert": other}))
+                .await;
+            Err(ApiError::new(
+                StatusCode::FORBIDDEN,
+                "not_a_relay",
+                "reports need a configured relay's client certificate",
+            ))
+        }
+    }
+}
+
+/// The request's body, bounded in size and in time; a body trickled past
+/// `body_timeout_secs` is counted and audited (a slow-body attack shows).
+pub async fn read_body(hub: &Hub, req: Request<Incoming>, max: usize, peer: &Peer) -> Result<bytes::Bytes, ApiError> {
+    let within = std::time::Duration::from_secs(hub.cfg.body_timeout_secs.max(1));
+    let body = http::body(req, max, within).await;
+    if let Err(e) = &body
+        && e.code == "body_timeout"
+    {
+        hub.refused("request_refused", e.code, json!({"from": peer.addr.ip().to_string()})).await;
+    }
+    body
 }

@@ -9,6 +9,7 @@ pub mod auth;
 pub mod config;
 mod guard;
 mod http;
+mod jobs;
 pub mod limits;
 pub mod model;
 pub mod relays;
@@ -51,6 +52,8 @@ pub struct Hub {
     pub logins: limits::LoginGate,
     /// The signed software repository, when `[repo]` is configured.
     pub repo: Option<repo::RepoStore>,
+    /// Which devices' jobs changed, for the relays' long polls.
+    pub jobs: jobs::JobEvents,
     signer: GrantSigner,
 }
 
@@ -65,7 +68,7 @@ impl Hub {
             Some(r) => Some(repo::RepoStore::open(&r.dir, &r.snapshot_key, &r.timestamp_key)?),
             None => None,
         };
-        Ok(Arc::new(Hub { cfg, store, audit, board, logins, repo, signer }))
+        Ok(Arc::new(Hub { cfg, store, audit, board, logins, repo, jobs: jobs::JobEvents::default(), signer }))
     }
 
     /// Counts and audits a refusal; `fields` say who and what, never secrets.
@@ -124,6 +127,7 @@ pub async fn run(listener: TcpListener, cfg: HubConfig, stop: CancellationToken)
     let drops = Arc::new(crate::util::DropTally::default());
     let reporter = tokio::spawn(report_drops(hub.clone(), drops.clone(), stop.clone()));
     tokio::spawn(repo_api::refresh_timestamps(hub.clone(), stop.clone()));
+    tokio::spawn(jobs::sweep(hub.clone(), stop.clone()));
     http::serve(listener, tls, hub.cfg.max_connections, drops, handler, stop).await;
     let _ = reporter.await;
     hub.audit.record("hub_stop", json!({})).await;

@@ -151,6 +151,11 @@ impl RepoStore {
         self.read().targets.as_ref().map(|t| t.0.clone())
     }
 
+    /// True when the current targets name `name` (`NAME/VERSION`).
+    pub fn has_target(&self, name: &str) -> bool {
+        self.read().targets.as_ref().is_some_and(|t| t.0.targets.contains_key(name))
+    }
+
     /// (targets, snapshot, timestamp) versions and the timestamp's expiry.
     pub fn versions(&self) -> (u64, u64, u64, u64) {
         let c = self.read();

@@ -18,6 +18,7 @@ mod hub;
 mod hub_abuse;
 mod hub_refusals;
 mod inputs;
+mod jobs;
 mod legs;
 mod memory;
 mod no_listen;

@@ -1,5 +1,6 @@
 //! The hub's storage: one interface ([`Sql`]), two engines (SQLite, PostgreSQL),
 //! migrations, and the queries, written once for both.
+mod jobs;
 mod open;
 mod postgres;
 mod schema;

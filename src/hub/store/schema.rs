@@ -1,8 +1,9 @@
 //! The hub's schema, as numbered migrations written once for both engines.
 
 /// Schema changes, applied in order, each once (recorded in `schema_migrations`).
-pub(super) const MIGRATIONS: &[(i64, &str)] = &[(
-    1,
+pub(super) const MIGRATIONS: &[(i64, &str)] = &[
+    (
+        1,
     "CREATE TABLE users (name TEXT PRIMARY KEY, role TEXT NOT NULL, password_hash TEXT NOT NULL,
         totp_secret TEXT NOT NULL, totp_last_step BIGINT NOT NULL DEFAULT 0, disabled BIGINT NOT NULL DEFAULT 0,
         created_at BIGINT NOT NULL);
@@ -24,4 +25,13 @@ pub(super) const MIGRATIONS: &[(i64, &str)] = &[(
      CREATE TABLE audit (seq BIGINT PRIMARY KEY, ts BIGINT NOT NULL, hash TEXT NOT NULL, line TEXT NOT NULL);
      CREATE INDEX audit_by_ts ON audit (ts);
      CREATE TABLE anchors (source TEXT PRIMARY KEY, seq BIGINT NOT NULL, hash TEXT NOT NULL, at BIGINT NOT NULL)",
-)];
+    ),
+    (
+        2,
+        "CREATE TABLE jobs (id TEXT PRIMARY KEY, device TEXT NOT NULL REFERENCES devices(id), kind TEXT NOT NULL,
+        target TEXT NOT NULL, state TEXT NOT NULL, reason TEXT NOT NULL DEFAULT '', consent_required BIGINT NOT NULL,
+        created_by TEXT NOT NULL, created_at BIGINT NOT NULL, updated_at BIGINT NOT NULL, deadline BIGINT NOT NULL);
+     CREATE INDEX jobs_by_device ON jobs (device, created_at);
+     CREATE INDEX jobs_by_state ON jobs (state, deadline)",
+    ),
+];

@@ -1,0 +1,129 @@
+//! `tether jobs add|list|cancel`: maintenance jobs for devices, queued at
+//! the hub and picked up by each device's agent through its relay.
+use std::path::PathBuf;
+
+use anyhow::{Result, bail};
+use clap::Subcommand;
+
+use super::specialist::load;
+use crate::api::{JobKind, JobRequest, JobView};
+use crate::client::hub::HubSession;
+
+#[derive(Subcommand)]
+pub enum JobsCmd {
+    /// Admin: queue a job: `install NAME@VERSION`, `upload SET` or `run CHECK`.
+    Add {
+        #[arg(long)]
+        profile: Option<PathBuf>,
+        /// The device that runs it.
+        #[arg(long)]
+        device: Option<String>,
+        /// Every device of a site, in batches (not built yet).
+        #[arg(long)]
+        site: Option<String>,
+        /// Print the created job as JSON.
+        #[arg(long)]
+        json: bool,
+        /// `required`: the on-site operator approves before it runs.
+        #[arg(long, value_parser = ["required", "auto"])]
+        consent: Option<String>,
+        /// Seconds before an unfinished job is TIMED_OUT (default 3600).
+        #[arg(long)]
+        timeout: Option<u64>,
+        /// A site rollout's batch size, e.g. 10% (not built yet).
+        #[arg(long)]
+        batch: Option<String>,
+        /// Stop a site rollout after this many failures (not built yet).
+        #[arg(long)]
+        abort_after: Option<u32>,
+        kind: JobKind,
+        target: String,
+    },
+    /// Jobs, newest first.
+    List {
+        #[arg(long)]
+        profile: Option<PathBuf>,
+        #[arg(long)]
+        device: Option<String>,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Admin: cancel a job that has not ended.
+    Cancel {
+        #[arg(long)]
+        profile: Option<PathBuf>,
+        id: String,
+    },
+}
+
+pub async fn run(cmd: JobsCmd) -> Result<()> {
+    match cmd {
+        JobsCmd::Add { profile, device, site, json, consent, timeout, batch, abort_after, kind, target } => {
+            if site.is_some() || batch.is_some() || abort_after.is_some() {
+                bail!("site rollouts (--site, --batch, --abort-after) are not built yet; queue jobs per --device");
+            }
+            let Some(device) = device else { bail!("name the device: --device D") };
+            let hub = HubSession::from_profile(&load(&super::profile_path(profile))?)?;
+            let req = JobRequest {
+                device,
+                kind,
+                target,
+                consent_required: consent.as_deref() == Some("required"),
+                timeout_secs: timeout,
+            };
+            let job: JobView = hub.post("/api/v1/jobs", &req).await?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&job)?);
+            } else {
+                println!("queued {} for {}: {} {}", job.id, job.device, job.kind.as_str(), job.target);
+            }
+            Ok(())
+        }
+        JobsCmd::List { profile, device, json } => {
+            let hub = HubSession::from_profile(&load(&super::profile_path(profile))?)?;
+            let path = match &device {
+                Some(d) => format!("/api/v1/jobs?device={d}"),
+                None => "/api/v1/jobs".into(),
+            };
+            let jobs: Vec<JobView> = hub.get(&path).await?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&jobs)?);
+                return Ok(());
+            }
+            println!(
+                "{:<22} {:<12} {:<8} {:<24} {:<12} {:<8} REASON",
+                "ID", "DEVICE", "KIND", "TARGET", "STATE", "AGE"
+            );
+            let now = crate::util::now_secs() as i64;
+            for j in jobs {
+                let age = human((now - j.created_at).max(0));
+                println!(
+                    "{:<22} {:<12} {:<8} {:<24} {:<12} {:<8} {}",
+                    j.id,
+                    j.device,
+                    j.kind.as_str(),
+                    j.target,
+                    j.state.as_str(),
+                    age,
+                    j.reason
+                );
+            }
+            Ok(())
+        }
+        JobsCmd::Cancel { profile, id } => {
+            let hub = HubSession::from_profile(&load(&super::profile_path(profile))?)?;
+            let job: JobView = hub.post(&format!("/api/v1/jobs/{id}/cancel"), &serde_json::json!({})).await?;
+            println!("{} is {}", job.id, job.state.as_str());
+            Ok(())
+        }
+    }
+}
+
+fn human(secs: i64) -> String {
+    match secs {
+        s if s < 120 => format!("{s}s"),
+        s if s < 7200 => format!("{}m", s / 60),
+        s if s < 172_800 => format!("{}h", s / 3600),
+        s => format!("{}d", s / 86_400),
+    }
+}

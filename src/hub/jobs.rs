@@ -1,0 +1,300 @@
+//! `/api/v1/jobs` (admins queue, list and cancel maintenance jobs),
+//! `/api/v1/device/D/jobs` (a relay fetches and reports for its device), and
+//! `/api/v1/relay/events` (a relay's long poll: which devices have news).
+use std::collections::VecDeque;
+use std::sync::Arc;
+use std::sync::Mutex;
+use std::time::Duration;
+
+use hyper::body::Incoming;
+use hyper::{Request, StatusCode};
+use serde_json::json;
+use tokio::sync::Notify;
+use tokio_util::sync::CancellationToken;
+
+use super::Hub;
+use super::guard::{authenticate, internal, read_body, relay_identity, require_admin};
+use super::http::{self, Answer, ApiError, Peer, json_answer};
+use super::model::{Role, User};
+use crate::api::{JobKind, JobReport, JobRequest, JobState, JobView, RelayEvents, Route};
+use crate::util::{lock, now_secs};
+
+/// Events kept for relays that poll late; older ones make them nudge everyone.
+const EVENTS_KEPT: usize = 10_000;
+/// Longest a relay's poll is held.
+const MAX_WAIT: Duration = Duration::from_secs(8);
+const DEFAULT_TIMEOUT: u64 = 3600;
+const MAX_TIMEOUT: u64 = 7 * 24 * 3600;
+
+/// Devices whose jobs changed, numbered, for the relays' long polls.
+#[derive(Default)]
+pub struct JobEvents {
+    ring: Mutex<(u64, VecDeque<(u64, String)>)>,
+    notify: Notify,
+}
+
+impl JobEvents {
+    pub fn changed(&self, device: &str) {
+        let mut g = lock(&self.ring);
+        g.0 += 1;
+        let seq = g.0;
+        g.1.push_back((seq, device.to_string()));
+        if g.1.len() > EVENTS_KEPT {
+            g.1.pop_front();
+        }
+        drop(g);
+        self.notify.notify_waiters();
+    }
+
+    /// Devices with events after `after`, waiting up to `wait` for one.
+    /// `*` stands for every device (the relay asked from too far back).
+    pub async fn after(&self, after: u64, wait: Duration) -> RelayEvents {
+        let deadline = tokio::time::Instant::now() + wait;
+        loop {
+            let notified = self.notify.notified();
+            {
+                let g = lock(&self.ring);
+                let last = g.0;
+                if last > after || after > last {
+                    let oldest = g.1.front().map_or(last + 1, |e| e.0);
+                    let mut devices: Vec<String> = if after + 1 < oldest || after > last {
+                        vec!["*".into()]
+                    } else {
+                        g.1.iter().filter(|e| e.0 > after).map(|e| e.1.clone()).collect()
+                    };
+                    devices.sort();
+                    devices.dedup();
+                    return RelayEvents { last, devices };
+                }
+            }
+            if tokio::time::timeout_at(deadline, notified).await.is_err() {
+                return RelayEvents { last: after, devices: vec![] };
+            }
+        }
+    }
+}
+
+fn query<'a>(req: &'a Request<Incoming>, name: &str) -> Option<&'a str> {
+    req.uri().query()?.split('&').find_map(|kv| kv.strip_prefix(name)?.strip_prefix('='))
+}
+
+fn name_ok(s: &str) -> bool {
+    !s.is_empty() && s.len() <= 64 && s.bytes().all(|c| c.is_ascii_alphanumeric() || b"._-".contains(&c))
+}
+
+pub async fn handle(hub: &Hub, route: Route<'_>, req: Request<Incoming>, peer: &Peer) -> Result<Answer, ApiError> {
+    match route {
+        Route::JobCreate => {
+            let user = authenticate(hub, &req, peer).await?;
+            require_admin(hub, &user, peer, "job_create").await?;
+            let body = read_body(hub, req, hub.cfg.max_body_bytes, peer).await?;
+            let want: JobRequest = http::parse(&body)?;
+            Ok(json_answer(StatusCode::CREATED, &create(hub, &user, peer, want).await?))
+        }
+        Route::Jobs => {
+            let user = authenticate(hub, &req, peer).await?;
+            let device = query(&req, "device");
+            let limit = query(&req, "limit").and_then(|l| l.parse().ok()).unwrap_or(200i64).clamp(1, 5000);
+            if let Some(d) = device {
+                entitled_device(hub, &user, peer, d, "job_list").await?;
+            }
+            let mut jobs = hub.store.jobs(device, limit).await.map_err(internal)?;
+            if user.role != Role::Admin && device.is_none() {
+                let mine = hub.store.devices_for(&user.name, false).await.map_err(internal)?;
+                jobs.retain(|j| mine.iter().any(|d| d.id == j.device));
+            }
+            Ok(json_answer(StatusCode::OK, &jobs))
+        }
+        Route::JobCancel(id) => {
+            let user = authenticate(hub, &req, peer).await?;
+            require_admin(hub, &user, peer, "job_cancel").await?;
+            Ok(json_answer(StatusCode::OK, &cancel(hub, &user, peer, id).await?))
+        }
+        Route::DeviceJobs(device) => {
+            relay_identity(hub, peer).await?;
+            let jobs = hub.store.jobs_for_device(device, now_secs() as i64).await.map_err(internal)?;
+            Ok(json_answer(StatusCode::OK, &jobs))
+        }
+        Route::DeviceJobReport(device, id) => {
+            let relay = relay_identity(hub, peer).await?;
+            let body = read_body(hub, req, 16 * 1024, peer).await?;
+            let report: JobReport = http::parse(&body)?;
+            let (status, job) = report_state(hub, &relay, device, id, report).await?;
+            Ok(json_answer(status, &job))
+        }
+        Route::RelayEvents => {
+            relay_identity(hub, peer).await?;
+            let after = query(&req, "after").and_then(|a| a.parse().ok()).unwrap_or(0);
+            let wait = query(&req, "wait").and_then(|w| w.parse().ok()).map_or(MAX_WAIT, Duration::from_secs);
+            Ok(json_answer(StatusCode::OK, &hub.jobs.after(after, wait.min(MAX_WAIT)).await))
+        }
+        _ => Err(ApiError::new(StatusCode::NOT_FOUND, "not_found", "no such jobs route")),
+    }
+}
+
+/// The device, if `user` is entitled to its site (admins too: a job reaches
+/// into a hospital's device, so the site must be theirs). Unknown and not
+/// entitled look the same.
+async fn entitled_device(hub: &Hub, user: &User, peer: &Peer, device: &str, action: &str) -> Result<(), ApiError> {
+    let d = hub.store.device(device).await.map_err(internal)?;
+    let ok = match &d {
+        Some(d) => hub.store.entitled(&user.name, &d.site).await.map_err(internal)?,
+        None => false,
+    };
+    if ok {
+        return Ok(());
+    }
+    hub.refused(
+        "job_refused",
+        "not_entitled",
+        json!({"user": user.name, "device": device, "action": action, "from": peer.addr.ip().to_string()}),
+    )
+    .await;
+    Err(ApiError::new(StatusCode::FORBIDDEN, "not_entitled", format!("you are not entitled to device {device}")))
+}
+
+async fn create(hub: &Hub, user: &User, peer: &Peer, want: JobRequest) -> Result<JobView, ApiError> {
+    entitled_device(hub, user, peer, &want.device, "job_create").await?;
+    let who = json!({"user": user.name, "device": want.device, "target": want.target});
+    let bad = |code: &'static str, message: String| {
+        let who = who.clone();
+        async move {
+            hub.refused("job_refused", code, who).await;
+            Err(ApiError::new(StatusCode::BAD_REQUEST, code, message))
+        }
+    };
+    match want.kind {
+        JobKind::Install => {
+            let Some((name, version)) = want.target.split_once('@') else {
+                return bad("bad_target", format!("{:?}: an install names NAME@VERSION", want.target)).await;
+            };
+            let known = hub.repo.as_ref().map(|r| r.has_target(&format!("{name}/{version}")));
+            match known {
+                None => return bad("no_repository", "this hub has no [repo] configured".into()).await,
+                Some(false) => {
+                    return bad("unknown_target", format!("the repository has no {name}@{version}")).await;
+                }
+                Some(true) => {}
+            }
+        }
+        JobKind::Upload | JobKind::Run if !name_ok(&want.target) => {
+            return bad("bad_target", format!("{:?}: a name of 1-64 letters, digits, '.', '_', '-'", want.target))
+                .await;
+        }
+        _ => {}
+    }
+    let timeout = want.timeout_secs.unwrap_or(DEFAULT_TIMEOUT);
+    if timeout == 0 || timeout > MAX_TIMEOUT {
+        return bad("bad_timeout", format!("timeout_secs: 1 to {MAX_TIMEOUT}")).await;
+    }
+    let now = now_secs() as i64;
+    let job = JobView {
+        id: format!("job-{}", hex::encode(crate::random_bytes::<8>())),
+        device: want.device.clone(),
+        kind: want.kind,
+        target: want.target.clone(),
+        state: JobState::Queued,
+        reason: String::new(),
+        consent_required: want.consent_required,
+        created_by: user.name.clone(),
+        created_at: now,
+        updated_at: now,
+        deadline: now + timeout as i64,
+    };
+    hub.store.job_add(&job).await.map_err(internal)?;
+    crate::metrics::HUB_JOBS.with_label_values(&["QUEUED"]).inc();
+    hub.audit
+        .record(
+            "job_created",
+            json!({"job": job.id, "device": job.device, "kind": job.kind.as_str(), "target": job.target,
+                   "consent_required": job.consent_required, "by": user.name}),
+        )
+        .await;
+    hub.jobs.changed(&job.device);
+    Ok(job)
+}
+
+async fn cancel(hub: &Hub, user: &User, peer: &Peer, id: &str) -> Result<JobView, ApiError> {
+    let none = || ApiError::new(StatusCode::NOT_FOUND, "no_job", format!("no job {id}"));
+    let job = hub.store.job(id).await.map_err(internal)?.ok_or_else(none)?;
+    entitled_device(hub, user, peer, &job.device, "job_cancel").await?;
+    if job.state.is_final() {
+        let msg = format!("job {id} already ended {}", job.state.as_str());
+        return Err(ApiError::new(StatusCode::CONFLICT, "job_finished", msg));
+    }
+    let now = now_secs() as i64;
+    let why = format!("canceled by {}", user.name);
+    if !hub.store.job_move(id, job.state, JobState::Canceled, &why, now).await.map_err(internal)? {
+        return Err(ApiError::new(StatusCode::CONFLICT, "job_moved", "the job changed state meanwhile; look again"));
+    }
+    crate::metrics::HUB_JOBS.with_label_values(&["CANCELED"]).inc();
+    hub.audit
+        .record(
+            "job_state",
+            json!({"job": id, "device": job.device, "from": job.state.as_str(), "to": "CANCELED", "by": user.name}),
+        )
+        .await;
+    hub.jobs.changed(&job.device);
+    hub.store.job(id).await.map_err(internal)?.ok_or_else(none)
+}
+
+/// A device's report through its relay. A cancelled job answers 409 with
+/// the job, so the device stops it.
+async fn report_state(
+    hub: &Hub,
+    relay: &str,
+    device: &str,
+    id: &str,
+    report: JobReport,
+) -> Result<(StatusCode, JobView), ApiError> {
+    let none = || ApiError::new(StatusCode::NOT_FOUND, "no_job", format!("no job {id} for device {device}"));
+    let job = hub.store.job(id).await.map_err(internal)?.filter(|j| j.device == device).ok_or_else(none)?;
+    if job.state == report.state {
+        return Ok((StatusCode::OK, job));
+    }
+    if job.state == JobState::Canceled {
+        return Ok((StatusCode::CONFLICT, job));
+    }
+    if !job.state.may_become(report.state) {
+        let msg = format!("job {id} is {}; it cannot become {}", job.state.as_str(), report.state.as_str());
+        return Err(ApiError::new(StatusCode::CONFLICT, "bad_transition", msg));
+    }
+    let reason: String = report.reason.chars().take(2000).collect();
+    let now = now_secs() as i64;
+    if !hub.store.job_move(id, job.state, report.state, &reason, now).await.map_err(internal)? {
+        return Err(ApiError::new(StatusCode::CONFLICT, "job_moved", "the job changed state meanwhile"));
+    }
+    crate::metrics::HUB_JOBS.with_label_values(&[report.state.as_str()]).inc();
+    hub.audit
+        .record(
+            "job_state",
+            json!({"job": id, "device": device, "relay": relay, "from": job.state.as_str(),
+                   "to": report.state.as_str(), "reason": reason}),
+        )
+        .await;
+    hub.jobs.changed(device);
+    Ok((StatusCode::OK, hub.store.job(id).await.map_err(internal)?.ok_or_else(none)?))
+}
+
+/// Marks unfinished jobs past their deadline TIMED_OUT, every few seconds.
+pub async fn sweep(hub: Arc<Hub>, stop: CancellationToken) {
+    let mut tick = tokio::time::interval(Duration::from_secs(5));
+    loop {
+        tokio::select! {
+            _ = stop.cancelled() => return,
+            _ = tick.tick() => {}
+        }
+        let now = now_secs() as i64;
+        let Ok(overdue) = hub.store.jobs_overdue(now).await else { continue };
+        for j in overdue {
+            let why = "not finished before its deadline";
+            if let Ok(true) = hub.store.job_move(&j.id, j.state, JobState::TimedOut, why, now).await {
+                crate::metrics::HUB_JOBS.with_label_values(&["TIMED_OUT"]).inc();
+                hub.audit
+                    .record("job_state", json!({"job": j.id, "device": j.device, "from": j.state.as_str(), "to": "TIMED_OUT", "reason": why}))
+                    .await;
+                hub.jobs.changed(&j.device);
+            }
+        }
+    }
+}
