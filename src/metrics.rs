@@ -65,6 +65,11 @@ metric!(pub RELAY_REPO_BYTES: IntCounter = counter("tether_relay_repo_bytes_tota
 metric!(pub AGENT_REPO_BYTES: IntCounter = counter("tether_agent_repo_bytes_total", "Repository bytes received (metadata and artifacts)"));
 metric!(pub AGENT_REPO_RESUMES: IntCounter = counter("tether_agent_repo_resumes_total", "Downloads that went on through another leg after a break"));
 metric!(pub AGENT_REPO_REFUSED: IntCounterVec = counter_vec("tether_agent_repo_refused_total", "Metadata or artifacts the agent refused, by reason", &["reason"]));
+metric!(pub AGENT_JOBS: IntCounterVec = counter_vec("tether_agent_jobs_total", "Jobs the agent ended, by final state", &["state"]));
+metric!(pub AGENT_INSTALL_SECONDS: Histogram = reg(Histogram::with_opts(
+    HistogramOpts::new("tether_agent_install_seconds", "Time from a job's start to its install's end (download included)")
+        .buckets(vec![0.1, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 300.0, 1800.0]),
+).expect("valid metric")));
 metric!(pub HUB_JOBS: IntCounterVec = counter_vec("tether_hub_jobs_total", "Job state changes, by the state entered", &["state"]));
 metric!(pub HUB_REPO_PUBLISHED: IntCounter = counter("tether_hub_repo_published_total", "Targets versions the repository took"));
 metric!(pub HUB_REFUSALS: IntCounterVec = counter_vec("tether_hub_refusals_total", "Requests refused, by reason", &["reason"]));
@@ -145,6 +150,8 @@ pub fn init() {
     LazyLock::force(&HUB_REFUSALS);
     LazyLock::force(&HUB_REPO_PUBLISHED);
     LazyLock::force(&HUB_JOBS);
+    LazyLock::force(&AGENT_JOBS);
+    LazyLock::force(&AGENT_INSTALL_SECONDS);
     LazyLock::force(&RELAY_REPO_REQUESTS);
     LazyLock::force(&RELAY_REPO_BYTES);
     LazyLock::force(&AGENT_REPO_BYTES);

@@ -73,6 +73,7 @@ async fn attach_once(state: &Shared, relay: &RelayEndpoint, attached: &mut bool)
     metrics::AGENT_CONTROL_CHANNELS.with_label_values(&[&relay.name]).set(1);
     *attached = true;
     tracing::info!("attached");
+    state.jobs_waiting.notify_one();
     let head = |state: &Shared| {
         let (seq, hash) = state.audit.head();
         Frame::AuditHead { seq, hash }
@@ -145,6 +146,7 @@ fn on_frame(
                 state.audit.record("consent_withdrawn", serde_json::json!({"device": state.cfg.device, "session": session.to_string(), "reason": reason.label()}));
             }
         }
+        Frame::Repo(crate::proto::repo::RepoFrame::JobsWaiting) => state.jobs_waiting.notify_one(),
         Frame::Error { reason, message } => return Err(format!("relay error: {reason}: {message}")),
         other => return Err(format!("unexpected {} frame", other.kind())),
     }

@@ -49,8 +49,12 @@ pub struct RepoSettings {
     /// The repository's root metadata shipped with the device: the first
     /// thing it trusts (later roots must be signed by this one's keys).
     pub root: PathBuf,
-    /// Trusted metadata, partial downloads and verified artifacts.
+    /// Trusted metadata, partial downloads, verified artifacts, job records.
     pub state_dir: PathBuf,
+    /// Where packages install: `NAME/VERSION/` and `NAME/current` pointing at
+    /// the active version (default: `state_dir/packages`).
+    #[serde(default)]
+    pub packages: Option<PathBuf>,
     /// This device's class; targets built for another class are refused.
     #[serde(default)]
     pub device_class: Option<String>,
@@ -58,6 +62,12 @@ pub struct RepoSettings {
     /// live sessions (0: no cap).
     #[serde(default = "default_download_rate")]
     pub max_download_bytes_per_sec: u64,
+}
+
+impl RepoSettings {
+    pub fn packages_dir(&self) -> PathBuf {
+        self.packages.clone().unwrap_or_else(|| self.state_dir.join("packages"))
+    }
 }
 
 fn default_download_rate() -> u64 {
@@ -134,6 +144,9 @@ impl ConfigFile for AgentConfig {
         if let Some(r) = &mut self.repo {
             resolve(base, &mut r.root);
             resolve(base, &mut r.state_dir);
+            if let Some(p) = &mut r.packages {
+                resolve(base, p);
+            }
         }
     }
 

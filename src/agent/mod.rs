@@ -7,6 +7,7 @@ mod access;
 mod channel;
 pub mod config;
 pub mod fetch;
+mod jobs;
 pub mod operator;
 mod state;
 mod tunnel;
@@ -41,6 +42,7 @@ pub async fn run(cfg: AgentConfig, shutdown: CancellationToken) -> Result<(), Ag
         tracker.spawn(channel::attach_loop(state.clone(), relay));
     }
     tracker.spawn(operator::serve(listener, state.clone()));
+    tracker.spawn(jobs::run(state.clone()));
     tracing::info!(device = %state.cfg.device, relays = state.cfg.relays.len(), "agent running");
     shutdown.cancelled().await;
     tracker.close();

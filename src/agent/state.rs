@@ -57,6 +57,8 @@ pub struct AgentState {
     pub shutdown: CancellationToken,
     /// Held by the one repository update or download running at a time.
     pub fetching: tokio::sync::Mutex<()>,
+    /// A relay said this device's jobs changed (or a channel came up).
+    pub jobs_waiting: tokio::sync::Notify,
 }
 
 impl AgentState {
@@ -73,6 +75,7 @@ impl AgentState {
             seen: Mutex::new(crate::util::ReplaySet::default()),
             shutdown,
             fetching: tokio::sync::Mutex::new(()),
+            jobs_waiting: tokio::sync::Notify::new(),
             cfg,
         }))
     }

@@ -57,7 +57,7 @@ impl JobEvents {
                 let last = g.0;
                 if last > after || after > last {
                     let oldest = g.1.front().map_or(last + 1, |e| e.0);
-                    let mut devices: Vec<String> = if after + 1 < oldest || after > last {
+                    let mut devices: Vec<String> = if after > last || after.saturating_add(1) < oldest {
                         vec!["*".into()]
                     } else {
                         g.1.iter().filter(|e| e.0 > after).map(|e| e.1.clone()).collect()

@@ -27,6 +27,9 @@ pub(super) const AUDIT_HEAD: u8 = 26;
 pub(super) const REPO_GET: u8 = 27;
 pub(super) const REPO_DATA: u8 = 28;
 pub(super) const REPO_FAILED: u8 = 29;
+pub(super) const JOBS_GET: u8 = 30;
+pub(super) const JOB_REPORT: u8 = 31;
+pub(super) const JOBS_WAITING: u8 = 32;
 
 /// The largest body a frame of type `ty` may have. Preambles and small
 /// control frames are capped tightly; frames carrying a grant, a list or a
@@ -35,8 +38,8 @@ pub(super) fn max_len(ty: u8) -> usize {
     match ty {
         HEARTBEAT | DECISION | OPEN_FAILED | SESSION_END | PAIRED | RESUMED | TWIN_SNAPSHOT | TWIN_SNAPSHOT_END
         | TWIN_ACK => 256,
-        REPO_GET => 1024,
-        REPO_FAILED => 4 * 1024,
+        REPO_GET | JOBS_GET | JOBS_WAITING => 1024,
+        REPO_FAILED | JOB_REPORT => 4 * 1024,
         CLIENT_JOIN | DATA_OPEN | CLIENT_RESUME | OPEN | TWIN_OPEN | SESSION_READY => 1024,
         ERROR | WELCOME | TWIN_HELLO | AUDIT_HEAD => 4 * 1024,
         HELLO | ACCESS_REQUEST | CLIENT_OPEN => 16 * 1024,

@@ -1,5 +1,7 @@
-//! Fetch-leg frames: an agent asks its relay for repository metadata or a
-//! range of an artifact; the relay forwards to the hub and streams the answer.
+//! Fleet frames. On a fetch leg an agent asks its relay for repository
+//! metadata, a range of an artifact, its jobs, or to report a job's state;
+//! the relay forwards to the hub and streams the answer. On the control
+//! channel the relay says `JobsWaiting` when the device's jobs changed.
 //!
 //! A fetch leg is its own TLS connection to the relay's control port (the
 //! device's certificate, the agent ALPN) whose first frame is a `Get` instead
@@ -9,7 +11,7 @@
 //! file is complete), or one `Failed`.
 use bytes::{BufMut, Bytes, BytesMut};
 
-use super::frame_type::{REPO_DATA, REPO_FAILED, REPO_GET};
+use super::frame_type::{JOB_REPORT, JOBS_GET, JOBS_WAITING, REPO_DATA, REPO_FAILED, REPO_GET};
 use super::wire::*;
 use super::{MAX_FRAME, ProtoError};
 
@@ -29,6 +31,15 @@ pub enum RepoFrame {
     /// relay -> agent: the request failed. `status` is the hub's HTTP status
     /// (0: the hub was not reached); `code` a stable label.
     Failed { status: u16, code: String, message: String },
+    /// agent -> relay on a fetch leg: this device's jobs (answered with
+    /// `Data` holding the hub's JSON list).
+    JobsGet { version: u16 },
+    /// agent -> relay on a fetch leg: job `job` is now `state` (answered
+    /// with `Data` holding the job as the hub keeps it).
+    JobReport { version: u16, job: String, state: String, reason: String },
+    /// relay -> agent on the control channel: the device's jobs changed;
+    /// ask for them.
+    JobsWaiting,
 }
 
 impl RepoFrame {
@@ -54,6 +65,18 @@ impl RepoFrame {
                 put_str(buf, code);
                 put_str(buf, message);
             }
+            RepoFrame::JobsGet { version } => {
+                buf.put_u8(JOBS_GET);
+                buf.put_u16(*version);
+            }
+            RepoFrame::JobReport { version, job, state, reason } => {
+                buf.put_u8(JOB_REPORT);
+                buf.put_u16(*version);
+                put_str(buf, job);
+                put_str(buf, state);
+                put_str(buf, reason);
+            }
+            RepoFrame::JobsWaiting => buf.put_u8(JOBS_WAITING),
         }
     }
 
@@ -71,15 +94,23 @@ impl RepoFrame {
                 len: get_u32(b)?,
             },
             REPO_DATA => RepoFrame::Data { offset: get_u64(b)?, total: get_u64(b)?, data: get_bytes(b, DATA_CHUNK)? },
-            _ => RepoFrame::Failed { status: get_u16(b)?, code: get_str(b)?, message: get_str(b)? },
+            REPO_FAILED => RepoFrame::Failed { status: get_u16(b)?, code: get_str(b)?, message: get_str(b)? },
+            JOBS_GET => RepoFrame::JobsGet { version: get_u16(b)? },
+            JOB_REPORT => {
+                RepoFrame::JobReport { version: get_u16(b)?, job: get_str(b)?, state: get_str(b)?, reason: get_str(b)? }
+            }
+            _ => RepoFrame::JobsWaiting,
         })
     }
 
-    pub(super) fn kind(&self) -> &'static str {
+    pub fn kind(&self) -> &'static str {
         match self {
             RepoFrame::Get { .. } => "repo_get",
             RepoFrame::Data { .. } => "repo_data",
             RepoFrame::Failed { .. } => "repo_failed",
+            RepoFrame::JobsGet { .. } => "jobs_get",
+            RepoFrame::JobReport { .. } => "job_report",
+            RepoFrame::JobsWaiting => "jobs_waiting",
         }
     }
 }

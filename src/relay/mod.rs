@@ -12,6 +12,7 @@ mod data;
 mod gate;
 mod hub_pool;
 mod hub_report;
+mod job_events;
 mod pairing;
 mod repo_fetch;
 mod session;
@@ -131,6 +132,7 @@ pub async fn run_with_taps(
     tracker.spawn(accept_loop("client", listeners.client, client_tls, raw, state.clone(), client::serve));
     tracker.spawn(admin::serve(listeners.admin, state.clone()));
     tracker.spawn(hub_report::run(state.clone()));
+    tracker.spawn(job_events::run(state.clone()));
     if let (Some(listener), Some(twin)) = (listeners.twin, state.cfg.twin.clone()) {
         let cfg = crate::twin::LinkConfig {
             me: state.cfg.name.clone(),

@@ -48,13 +48,19 @@ pub async fn serve(
                 Ok(Err(e)) => return refuse(&state, &mut io, peer, &device, "bad_frame", e.to_string()).await,
             },
         };
-        let RepoFrame::Get { blob, name, offset, len, .. } = req else {
-            return refuse(&state, &mut io, peer, &device, "unexpected_frame", "expected a get".into()).await;
+        let (offset, call) = match req {
+            RepoFrame::Get { blob, name, offset, len, .. } => (offset, Call::Get { blob, name, offset, len }),
+            RepoFrame::JobsGet { .. } => (0, Call::Jobs),
+            RepoFrame::JobReport { job, state: st, reason, .. } => (0, Call::Report { job, state: st, reason }),
+            other => {
+                let why = format!("expected a request, got {}", other.kind());
+                return refuse(&state, &mut io, peer, &device, "unexpected_frame", why).await;
+            }
         };
         // Held until the answer is sent: a slow agent keeps its slot.
         let turn = state.repo.as_ref().and_then(|f| f.waiting.clone().try_acquire_owned().ok());
         let answer = match turn {
-            Some(_) => answer(&state, &device, blob, &name, offset, len).await,
+            Some(_) => answer(&state, &device, call).await,
             None if state.repo.is_none() => Err(failed(0, "no_hub", "this relay has no hub link to fetch from")),
             None => Err(failed(0, "busy", "the relay is forwarding too many downloads; retry shortly")),
         };
@@ -80,35 +86,52 @@ pub async fn serve(
     }
 }
 
+/// One request on a fetch leg.
+enum Call {
+    Get { blob: bool, name: String, offset: u64, len: u32 },
+    Jobs,
+    Report { job: String, state: String, reason: String },
+}
+
 /// The hub's answer to one request: the file's total length and the bytes.
-async fn answer(
-    state: &State,
-    device: &str,
-    blob: bool,
-    name: &str,
-    offset: u64,
-    len: u32,
-) -> Result<(u64, Bytes), RepoFrame> {
+/// The device is the one the leg's certificate names: a device asks and
+/// reports only for itself.
+async fn answer(state: &State, device: &str, call: Call) -> Result<(u64, Bytes), RepoFrame> {
     let Some(fwd) = state.repo.as_ref() else {
         return Err(failed(0, "no_hub", "this relay has no hub link to fetch from"));
     };
-    let path = if blob {
-        if !sha256_name_ok(name) {
-            return Err(failed(0, "bad_name", "an artifact is named by its lowercase hex SHA-256"));
+    let (method, path, body, blob) = match call {
+        Call::Get { blob: true, name, offset, len } => {
+            if !sha256_name_ok(&name) {
+                return Err(failed(0, "bad_name", "an artifact is named by its lowercase hex SHA-256"));
+            }
+            if len == 0 || len > MAX_RANGE {
+                return Err(failed(0, "bad_range", format!("a range is 1 to {MAX_RANGE} bytes")));
+            }
+            (Method::GET, format!("/api/v1/repo/blobs/{name}?offset={offset}&len={len}"), None, true)
         }
-        if len == 0 || len > MAX_RANGE {
-            return Err(failed(0, "bad_range", format!("a range is 1 to {MAX_RANGE} bytes")));
+        Call::Get { name, .. } => {
+            if !metadata_name_ok(&name) {
+                return Err(failed(0, "bad_name", "not a repository metadata file name"));
+            }
+            (Method::GET, format!("/api/v1/repo/metadata/{name}"), None, false)
         }
-        format!("/api/v1/repo/blobs/{name}?offset={offset}&len={len}")
-    } else {
-        if !metadata_name_ok(name) {
-            return Err(failed(0, "bad_name", "not a repository metadata file name"));
+        Call::Jobs => (Method::GET, format!("/api/v1/device/{device}/jobs"), None, false),
+        Call::Report { job, state: st, reason } => {
+            if !job.bytes().all(|c| c.is_ascii_alphanumeric() || c == b'-') || job.is_empty() {
+                return Err(failed(0, "bad_name", "a job id is letters, digits and '-'"));
+            }
+            let body = serde_json::to_vec(&json!({"state": st, "reason": reason})).unwrap_or_default();
+            (Method::POST, format!("/api/v1/device/{device}/jobs/{job}"), Some(Bytes::from(body)), false)
         }
-        format!("/api/v1/repo/metadata/{name}")
     };
-    let got = fwd.hub().exchange(Method::GET, &path, None, None, "application/octet-stream").await;
+    let got = fwd.hub().exchange(method, &path, None, body, "application/json").await;
     let (status, headers, body) = got.map_err(|e| failed(0, "hub_unreachable", e.to_string()))?;
-    if !status.is_success() {
+    // A report on a cancelled job comes back 409 with the job: the device
+    // needs it to stop.
+    let job_answer =
+        status == hyper::StatusCode::CONFLICT && serde_json::from_slice::<crate::api::JobView>(&body).is_ok();
+    if !status.is_success() && !job_answer {
         let e = crate::api::HubClientError::from_answer(status, &body);
         let code = e.code().unwrap_or("hub_refused").to_string();
         return Err(failed(status.as_u16(), &code, e.to_string()));
@@ -119,7 +142,7 @@ async fn answer(
     } else {
         body.len() as u64
     };
-    tracing::debug!(device, blob, bytes = body.len(), "repository request forwarded");
+    tracing::debug!(device, bytes = body.len(), "fleet request forwarded");
     Ok((total, body))
 }
 
@@ -130,12 +153,12 @@ async fn send_data(
     bytes: Bytes,
 ) -> std::io::Result<()> {
     metrics::RELAY_REPO_REQUESTS.with_label_values(&["ok"]).inc();
-    metrics::RELAY_REPO_BYTES.inc_by(bytes.len() as u64);
     let mut at = 0;
     loop {
         let end = (at + DATA_CHUNK).min(bytes.len());
         let data = bytes.slice(at..end);
         io.write_frame(&Frame::Repo(RepoFrame::Data { offset: offset + at as u64, total, data })).await?;
+        metrics::RELAY_REPO_BYTES.inc_by((end - at) as u64);
         at = end;
         if at >= bytes.len() {
             return Ok(());

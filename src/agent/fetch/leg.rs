@@ -46,6 +46,20 @@ impl FetchLeg {
         pace: &super::Pace,
     ) -> Result<(), FetchError> {
         let req = RepoFrame::Get { version: VERSION, blob, name: name.into(), offset, len };
+        let end = blob.then(|| offset + u64::from(len));
+        self.exchange(req, offset, end, sink, pace).await
+    }
+
+    /// Sends `req` and hands the answer's pieces to `sink`, from `offset`
+    /// until `end` (or the whole answer).
+    pub async fn exchange(
+        &mut self,
+        req: RepoFrame,
+        offset: u64,
+        end: Option<u64>,
+        sink: &mut Sink<'_>,
+        pace: &super::Pace,
+    ) -> Result<(), FetchError> {
         self.io.write_frame(&Frame::Repo(req)).await.map_err(|e| leg(&self.relay, "write", e))?;
         let mut at = offset;
         loop {
@@ -63,7 +77,7 @@ impl FetchLeg {
                     at += data.len() as u64;
                     sink(total, &data)?;
                     pace.took(data.len()).await;
-                    let want = if blob { (offset + u64::from(len)).min(total) } else { total };
+                    let want = end.map_or(total, |e| e.min(total));
                     if at >= want {
                         self.io.shrink();
                         return Ok(());

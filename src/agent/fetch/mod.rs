@@ -15,12 +15,12 @@ use std::time::{Duration, Instant};
 
 use serde_json::json;
 use sha2::{Digest, Sha256};
-use tokio::io::AsyncWriteExt;
+use std::io::Write;
 
 use super::Shared;
 use super::config::RepoSettings;
 use crate::metrics;
-use crate::proto::repo::MAX_RANGE;
+use crate::proto::repo::{MAX_RANGE, RepoFrame};
 use crate::repo::RepoError;
 use crate::repo::meta::{Envelope, Target};
 use crate::repo::trust::{Fetched, Trusted, check_hash};
@@ -72,6 +72,8 @@ pub struct Downloaded {
     pub fetched: u64,
     /// Times the download went on through another leg.
     pub resumes: u32,
+    /// What the signed targets say about it (install and health commands).
+    pub info: crate::repo::meta::TargetInfo,
 }
 
 /// One device's fetching: a leg to one relay at a time, moving to the twin
@@ -116,6 +118,49 @@ impl Fetcher {
             self.next_relay += 1;
         }
         r
+    }
+
+    /// A small request answered whole (jobs, reports), through the twin if
+    /// the first relay fails.
+    pub async fn call(&mut self, req: RepoFrame) -> Result<Vec<u8>, FetchError> {
+        let mut breaks = 0;
+        loop {
+            let mut buf = Vec::new();
+            let mut sink = |_: u64, data: &[u8]| {
+                buf.extend_from_slice(data);
+                Ok(())
+            };
+            if self.leg.is_none() {
+                let relays = &self.state.cfg.relays;
+                let relay = relays[self.next_relay % relays.len()].clone();
+                match FetchLeg::dial(&self.state, &relay).await {
+                    Ok(l) => self.leg = Some(l),
+                    Err(e) => {
+                        self.next_relay += 1;
+                        breaks += 1;
+                        if breaks > relays.len() as u32 {
+                            return Err(e);
+                        }
+                        continue;
+                    }
+                }
+            }
+            let leg = self.leg.as_mut().expect("dialled above");
+            match leg.exchange(req.clone(), 0, None, &mut sink, &Pace::new(0)).await {
+                Ok(()) => return Ok(buf),
+                Err(e) if e.retry() && breaks < self.state.cfg.relays.len() as u32 => {
+                    self.leg = None;
+                    self.next_relay += 1;
+                    breaks += 1;
+                }
+                Err(e) => {
+                    if e.retry() {
+                        self.leg = None;
+                    }
+                    return Err(e);
+                }
+            }
+        }
     }
 
     /// A whole metadata file; `None` when the hub has no such file.
@@ -232,6 +277,7 @@ impl Fetcher {
             sha256: t.sha256.clone(),
             fetched: 0,
             resumes: 0,
+            info: t.custom.clone(),
         };
         if std::fs::metadata(&done).is_ok_and(|m| m.len() == t.length) {
             return Ok(out);
@@ -252,12 +298,14 @@ impl Fetcher {
                 std::fs::remove_file(&part)?;
             }
         }
-        let mut file = tokio::fs::OpenOptions::new().create(true).append(true).open(&part).await?;
+        // Written as each frame arrives (64 KiB; the page cache takes it at
+        // once), so a restart loses at most the frame in flight.
+        let mut file = std::fs::OpenOptions::new().create(true).append(true).open(&part)?;
         let pace = Pace::new(s.max_download_bytes_per_sec);
         let mut breaks = 0;
         while have < t.length {
             let len = (t.length - have).min(u64::from(MAX_RANGE)) as u32;
-            let mut buf = Vec::with_capacity(len as usize);
+            let at = have;
             let mut sink = |total: u64, data: &[u8]| {
                 if total != t.length {
                     return Err(FetchError::Repo(RepoError::Target {
@@ -265,18 +313,15 @@ impl Fetcher {
                         detail: format!("the relay offers {total} bytes, the signed length is {}", t.length),
                     }));
                 }
-                buf.extend_from_slice(data);
+                file.write_all(data)?;
+                hasher.update(data);
+                have += data.len() as u64;
                 Ok(())
             };
-            let r = self.request(true, &t.sha256, have, len, &mut sink, &pace).await;
-            // Whatever arrived is kept, even from a leg that broke midway.
-            if !buf.is_empty() {
-                file.write_all(&buf).await?;
-                hasher.update(&buf);
-                have += buf.len() as u64;
-                out.fetched += buf.len() as u64;
-                metrics::AGENT_REPO_BYTES.inc_by(buf.len() as u64);
-            }
+            // Whatever arrives is kept, even from a leg that breaks midway.
+            let r = self.request(true, &t.sha256, at, len, &mut sink, &pace).await;
+            out.fetched += have - at;
+            metrics::AGENT_REPO_BYTES.inc_by(have - at);
             match r {
                 Ok(()) => breaks = 0,
                 Err(e) if e.retry() && breaks < MAX_BREAKS => {
@@ -297,7 +342,7 @@ impl Fetcher {
                 Err(e) => return Err(e),
             }
         }
-        file.sync_all().await?;
+        file.sync_all()?;
         drop(file);
         let sha = hex::encode(hasher.finalize());
         if let Err(e) = check_hash(name, t, &sha) {

@@ -1,0 +1,141 @@
+//! Installing a package: fetch and verify it, unpack it into
+//! `packages/NAME/VERSION/` (a tar archive is extracted; any other file is
+//! kept as `NAME`), run its install command there, switch `current` to it,
+//! run its health command, and switch back to the previous version if that
+//! fails. The commands come from the signed targets metadata (the offline
+//! targets key vouches for them as for the bytes).
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde_json::json;
+
+use crate::agent::Shared;
+use crate::agent::fetch::Fetcher;
+
+const INSTALL_TIMEOUT: Duration = Duration::from_secs(600);
+const HEALTH_TIMEOUT: Duration = Duration::from_secs(120);
+/// Output kept from a failing command, for the job's reason.
+const OUTPUT_TAIL: usize = 600;
+
+/// Installs `target` (`NAME@VERSION`); `Ok` and `Err` both say what happened.
+pub async fn install(state: &Shared, fetcher: &mut Fetcher, job: &str, target: &str) -> Result<String, String> {
+    let (name, version) = target.split_once('@').ok_or_else(|| format!("{target:?} is not NAME@VERSION"))?;
+    let settings = state.cfg.repo.clone().ok_or("this agent has no [repo] settings")?;
+    let got = {
+        let _one = state.fetching.lock().await;
+        fetcher.download(&format!("{name}/{version}")).await.map_err(|e| format!("download: {e}"))?
+    };
+    let base = settings.packages_dir().join(name);
+    let vdir = base.join(version);
+    let current = base.join("current");
+    let previous = std::fs::read_link(&current).ok();
+    if previous.as_deref() == Some(Path::new(version)) && vdir.join(".installed").exists() {
+        return Ok(format!("{name} {version} is already installed and current"));
+    }
+    std::fs::create_dir_all(&base).map_err(|e| format!("{}: {e}", base.display()))?;
+    let tmp = base.join(format!(".{version}.tmp"));
+    let _ = std::fs::remove_dir_all(&tmp);
+    std::fs::create_dir_all(&tmp).map_err(|e| format!("{}: {e}", tmp.display()))?;
+    if let Err(e) = unpack(&got.path, &tmp, name).await {
+        let _ = std::fs::remove_dir_all(&tmp);
+        return Err(e);
+    }
+    if let Some(cmd) = &got.info.install
+        && let Err(e) = shell(cmd, &tmp, INSTALL_TIMEOUT).await
+    {
+        let _ = std::fs::remove_dir_all(&tmp);
+        return Err(format!("install command failed: {e}"));
+    }
+    let _ = std::fs::remove_dir_all(&vdir);
+    std::fs::rename(&tmp, &vdir).map_err(|e| format!("{}: {e}", vdir.display()))?;
+    std::fs::write(vdir.join(".installed"), job).map_err(|e| e.to_string())?;
+    point(&current, Path::new(version)).map_err(|e| format!("switching current: {e}"))?;
+    let was = previous.as_ref().map_or("none".to_string(), |p| p.display().to_string());
+    if let Some(cmd) = &got.info.health
+        && let Err(e) = shell(cmd, &vdir, HEALTH_TIMEOUT).await
+    {
+        let back = match &previous {
+            Some(p) => point(&current, p).map(|()| format!("rolled back to {}", p.display())),
+            None => std::fs::remove_file(&current).map(|()| "no previous version; current removed".to_string()),
+        }
+        .unwrap_or_else(|e| format!("rollback failed: {e}"));
+        state.audit.record(
+            "package_rolled_back",
+            json!({"device": state.cfg.device, "job": job, "package": name, "version": version, "previous": was, "detail": back}),
+        );
+        return Err(format!("health check failed: {e}; {back}"));
+    }
+    state.audit.record(
+        "package_installed",
+        json!({"device": state.cfg.device, "job": job, "package": name, "version": version, "previous": was, "sha256": got.sha256}),
+    );
+    Ok(format!("installed {name} {version} (previous: {was})"))
+}
+
+/// Points `link` at `to` atomically (a new link renamed over the old).
+fn point(link: &Path, to: &Path) -> std::io::Result<()> {
+    let tmp: PathBuf = link.with_extension("new");
+    let _ = std::fs::remove_file(&tmp);
+    std::os::unix::fs::symlink(to, &tmp)?;
+    std::fs::rename(&tmp, link)
+}
+
+/// A POSIX tar archive says `ustar` at byte 257.
+fn is_tar(path: &Path) -> bool {
+    use std::io::{Read, Seek, SeekFrom};
+    let mut magic = [0u8; 5];
+    std::fs::File::open(path)
+        .and_then(|mut f| f.seek(SeekFrom::Start(257)).and_then(|_| f.read_exact(&mut magic)))
+        .is_ok()
+        && &magic == b"ustar"
+}
+
+async fn unpack(artifact: &Path, into: &Path, name: &str) -> Result<(), String> {
+    if !is_tar(artifact) {
+        return std::fs::copy(artifact, into.join(name)).map(|_| ()).map_err(|e| format!("copying the package: {e}"));
+    }
+    // --no-same-owner, and no absolute or `..` paths (GNU tar strips them).
+    let out = tokio::process::Command::new("tar")
+        .args(["-x", "--no-same-owner", "-f"])
+        .arg(artifact)
+        .arg("-C")
+        .arg(into)
+        .output()
+        .await
+        .map_err(|e| format!("running tar: {e}"))?;
+    if !out.status.success() {
+        return Err(format!("unpacking failed: {}", tail(&out.stderr)));
+    }
+    Ok(())
+}
+
+/// Runs `sh -c cmd` in `dir`; the error names the exit status and the end of
+/// its output.
+async fn shell(cmd: &str, dir: &Path, limit: Duration) -> Result<(), String> {
+    let child = tokio::process::Command::new("sh")
+        .arg("-c")
+        .arg(cmd)
+        .current_dir(dir)
+        .stdin(std::process::Stdio::null())
+        .kill_on_drop(true)
+        .output();
+    let out = match tokio::time::timeout(limit, child).await {
+        Err(_) => return Err(format!("timed out after {limit:?}")),
+        Ok(Err(e)) => return Err(format!("cannot run it: {e}")),
+        Ok(Ok(o)) => o,
+    };
+    if out.status.success() {
+        return Ok(());
+    }
+    let mut both = out.stdout;
+    both.extend_from_slice(&out.stderr);
+    Err(format!("{} ({})", out.status, tail(&both)))
+}
+
+fn tail(bytes: &[u8]) -> String {
+    let s = String::from_utf8_lossy(bytes);
+    let s = s.trim();
+    let start = s.len().saturating_sub(OUTPUT_TAIL);
+    let start = (start..s.len()).find(|&i| s.is_char_boundary(i)).unwrap_or(s.len());
+    s[start..].to_string()
+}

@@ -1,0 +1,193 @@
+//! Maintenance jobs on the device. The agent asks for its jobs through a
+//! relay when the relay says they changed (`JobsWaiting`), on every attach,
+//! and every heartbeat; runs each once (by job id: a record under
+//! `state_dir/jobs/ID.json` says how far it got), and reports each state
+//! change. A report that does not reach the hub stays unreported on disk and
+//! is sent again, also after a restart, until the hub has it: no job is left
+//! "in progress" by a reboot.
+mod install;
+
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+use serde::{Deserialize, Serialize};
+use serde_json::json;
+use tracing::Instrument;
+
+use super::Shared;
+use super::fetch::Fetcher;
+use crate::api::{JobKind, JobState, JobView};
+use crate::metrics;
+use crate::proto::VERSION;
+use crate::proto::repo::RepoFrame;
+
+/// How far a job got on this device.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+struct Record {
+    id: String,
+    kind: JobKind,
+    target: String,
+    state: JobState,
+    reason: String,
+    /// The hub has this state.
+    reported: bool,
+}
+
+fn dir(state: &Shared) -> Option<PathBuf> {
+    state.cfg.repo.as_ref().map(|r| r.state_dir.join("jobs"))
+}
+
+fn load(state: &Shared, id: &str) -> Option<Record> {
+    let bytes = std::fs::read(dir(state)?.join(format!("{id}.json"))).ok()?;
+    serde_json::from_slice(&bytes).ok()
+}
+
+fn save(state: &Shared, r: &Record) {
+    let Some(d) = dir(state) else { return };
+    let write = || -> std::io::Result<()> {
+        std::fs::create_dir_all(&d)?;
+        let tmp = d.join(format!(".{}.tmp", r.id));
+        std::fs::write(&tmp, serde_json::to_vec(r)?)?;
+        std::fs::File::open(&tmp)?.sync_all()?;
+        std::fs::rename(&tmp, d.join(format!("{}.json", r.id)))
+    };
+    if let Err(e) = write() {
+        tracing::error!(job = %r.id, error = %e, "cannot save the job's record");
+    }
+}
+
+fn unreported(state: &Shared) -> Vec<Record> {
+    let Some(d) = dir(state) else { return vec![] };
+    let Ok(entries) = std::fs::read_dir(d) else { return vec![] };
+    entries
+        .flatten()
+        .filter_map(|e| serde_json::from_slice::<Record>(&std::fs::read(e.path()).ok()?).ok())
+        .filter(|r| !r.reported)
+        .collect()
+}
+
+/// Runs until shutdown: asks for jobs when told, on attach, and each heartbeat.
+pub async fn run(state: Shared) {
+    if state.cfg.repo.is_none() {
+        return;
+    }
+    let mut fetcher = Fetcher::new(state.clone());
+    let mut tick = tokio::time::interval(Duration::from_secs(state.cfg.heartbeat_secs.max(1)));
+    loop {
+        tokio::select! {
+            _ = state.shutdown.cancelled() => return,
+            _ = state.jobs_waiting.notified() => {}
+            _ = tick.tick() => {}
+        }
+        if state.relays.is_empty() {
+            continue;
+        }
+        for r in unreported(&state) {
+            // Finished before a restart (or a lost report): tell the hub now.
+            // Unfinished ones run again below, idempotently.
+            if r.state.is_final() {
+                report(&state, &mut fetcher, r).await;
+            }
+        }
+        let jobs = match fetcher.call(RepoFrame::JobsGet { version: VERSION }).await {
+            Ok(body) => serde_json::from_slice::<Vec<JobView>>(&body).unwrap_or_default(),
+            Err(e) => {
+                tracing::info!(error = %e, "cannot fetch jobs; trying again later");
+                continue;
+            }
+        };
+        for job in jobs {
+            let local = load(&state, &job.id);
+            match (job.state, local) {
+                (JobState::Canceled, Some(mut r)) if !r.state.is_final() => {
+                    r.state = JobState::Canceled;
+                    r.reported = true;
+                    save(&state, &r);
+                }
+                (JobState::Queued | JobState::InProgress, Some(r)) if r.state.is_final() => {
+                    report(&state, &mut fetcher, r).await;
+                }
+                (JobState::Queued | JobState::InProgress, _) => execute(&state, &mut fetcher, &job).await,
+                _ => {}
+            }
+        }
+    }
+}
+
+async fn execute(state: &Shared, fetcher: &mut Fetcher, job: &JobView) {
+    let span = tracing::info_span!("job", job = %job.id, device = %state.cfg.device);
+    execute_in_span(state, fetcher, job).instrument(span).await
+}
+
+async fn execute_in_span(state: &Shared, fetcher: &mut Fetcher, job: &JobView) {
+    let started = Instant::now();
+    let mut r = Record {
+        id: job.id.clone(),
+        kind: job.kind,
+        target: job.target.clone(),
+        state: JobState::InProgress,
+        reason: String::new(),
+        reported: false,
+    };
+    save(state, &r);
+    state.audit.record(
+        "job_started",
+        json!({"device": state.cfg.device, "job": job.id, "kind": job.kind.as_str(), "target": job.target}),
+    );
+    if report(state, fetcher, r.clone()).await == Some(JobState::Canceled) {
+        r.state = JobState::Canceled;
+        r.reported = true;
+        save(state, &r);
+        return;
+    }
+    let outcome = match job.kind {
+        _ if job.consent_required => {
+            Err((JobState::Rejected, "on-site consent for jobs is not built into this agent yet".to_string()))
+        }
+        JobKind::Install => {
+            install::install(state, fetcher, &job.id, &job.target).await.map_err(|e| (JobState::Failed, e))
+        }
+        JobKind::Upload | JobKind::Run => {
+            Err((JobState::Rejected, format!("this agent does not run {} jobs yet", job.kind.as_str())))
+        }
+    };
+    (r.state, r.reason) = match outcome {
+        Ok(why) => (JobState::Succeeded, why),
+        Err((st, why)) => (st, why),
+    };
+    if job.kind == JobKind::Install {
+        metrics::AGENT_INSTALL_SECONDS.observe(started.elapsed().as_secs_f64());
+    }
+    metrics::AGENT_JOBS.with_label_values(&[r.state.as_str()]).inc();
+    tracing::info!(state = r.state.as_str(), reason = %r.reason, "job ended");
+    state.audit.record(
+        "job_ended",
+        json!({"device": state.cfg.device, "job": job.id, "state": r.state.as_str(), "reason": r.reason,
+               "ms": started.elapsed().as_millis() as u64}),
+    );
+    save(state, &r);
+    report(state, fetcher, r).await;
+}
+
+/// Sends `r`'s state to the hub; marks it reported once the hub has it.
+/// Returns the job's state at the hub (None: not reached).
+async fn report(state: &Shared, fetcher: &mut Fetcher, mut r: Record) -> Option<JobState> {
+    let req = RepoFrame::JobReport {
+        version: VERSION,
+        job: r.id.clone(),
+        state: r.state.as_str().into(),
+        reason: r.reason.chars().take(2000).collect(),
+    };
+    match fetcher.call(req).await {
+        Ok(body) => {
+            let at_hub = serde_json::from_slice::<JobView>(&body).ok().map(|j| j.state);
+            r.reported = true;
+            save(state, &r);
+            at_hub
+        }
+        Err(e) => {
+            tracing::info!(job = %r.id, error = %e, "report not delivered; it stays queued on disk");
+            None
+        }
+    }
+}
