@@ -278,3 +278,15 @@ fn write_fuzz_seeds() {
         write("stream_decode", format!("{i:02}"), &b);
     }
 }
+
+#[test]
+fn a_long_string_is_cut_at_a_character_boundary_and_still_decodes() {
+    let reason = format!("a{}", "ü".repeat(700)); // the cap (1024 bytes) falls inside a character
+    let f = Frame::Error { reason: Reason::Internal, message: reason };
+    let mut buf = BytesMut::new();
+    f.encode(&mut buf);
+    match Frame::decode(&mut buf).unwrap().unwrap() {
+        Frame::Error { message, .. } => assert_eq!(message, format!("a{}", "ü".repeat(511))),
+        other => panic!("{other:?}"),
+    }
+}

@@ -8,8 +8,14 @@ pub const MAX_STR: usize = 1024;
 /// Longest list field (services in a hello or a grant).
 pub const MAX_LIST: usize = 256;
 
+/// Writes `s`, cut to [`MAX_STR`] bytes at a character boundary (a cut in
+/// the middle of a character would make the frame undecodable).
 pub fn put_str(buf: &mut BytesMut, s: &str) {
-    let s = &s.as_bytes()[..s.len().min(MAX_STR)];
+    let mut end = s.len().min(MAX_STR);
+    while !s.is_char_boundary(end) {
+        end -= 1;
+    }
+    let s = &s.as_bytes()[..end];
     buf.put_u16(s.len() as u16);
     buf.put_slice(s);
 }
