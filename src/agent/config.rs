@@ -42,6 +42,20 @@ pub struct Service {
     pub target: String,
 }
 
+/// `[checks.NAME]`: a command a `run NAME` job may run on this device.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Check {
+    /// Run with `sh -c` in the agent's working folder.
+    pub command: String,
+    #[serde(default = "default_check_timeout")]
+    pub timeout_secs: u64,
+}
+
+fn default_check_timeout() -> u64 {
+    60
+}
+
 /// `[repo]`: where the device's software comes from.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -109,6 +123,9 @@ pub struct AgentConfig {
     /// The software repository (none: the device takes no software).
     #[serde(default)]
     pub repo: Option<RepoSettings>,
+    /// The checks `run` jobs may name (the hub names a check, never a command).
+    #[serde(default)]
+    pub checks: BTreeMap<String, Check>,
 }
 
 fn default_consent_timeout() -> u64 {

@@ -121,6 +121,9 @@ pub struct JobView {
     pub updated_at: i64,
     /// Unix seconds after which an unfinished job is TIMED_OUT.
     pub deadline: i64,
+    /// A check's output (at most 32 KiB), once it ran.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub output: String,
 }
 
 /// `POST /api/v1/device/DEVICE/jobs/ID` (a relay, for its device).
@@ -129,6 +132,8 @@ pub struct JobReport {
     pub state: JobState,
     #[serde(default)]
     pub reason: String,
+    #[serde(default)]
+    pub output: String,
 }
 
 /// `GET /api/v1/relay/events?after=N` (a relay's long poll): devices whose

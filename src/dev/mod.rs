@@ -55,6 +55,7 @@ pub async fn init(dir: &Path, opts: &InitOptions) -> Result<()> {
          heartbeat_secs = 30\noperator_socket = \"agent.sock\"\naudit_log = \"audit/agent.jsonl\"\n\n\
          [[relays]]\nname = \"relay-a\"\ncontrol = \"127.0.0.1:17001\"\ndata = \"127.0.0.1:17002\"\n\n\
          [[relays]]\nname = \"relay-b\"\ncontrol = \"127.0.0.2:17001\"\ndata = \"127.0.0.2:17002\"\n\n{services}\n\
+         [checks.disk]\ncommand = \"df -h .\"\n\n[checks.uptime]\ncommand = \"uptime\"\n\n\
          [repo]\nroot = \"device-root.json\"\nstate_dir = \"device/state\"\npackages = \"device/packages\"\n",
         opts.consent
     );

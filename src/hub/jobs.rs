@@ -117,7 +117,7 @@ pub async fn handle(hub: &Hub, route: Route<'_>, req: Request<Incoming>, peer: &
         }
         Route::DeviceJobReport(device, id) => {
             let relay = relay_identity(hub, peer).await?;
-            let body = read_body(hub, req, 16 * 1024, peer).await?;
+            let body = read_body(hub, req, 96 * 1024, peer).await?;
             let report: JobReport = http::parse(&body)?;
             let (status, job) = report_state(hub, &relay, device, id, report).await?;
             Ok(json_answer(status, &job))
@@ -200,6 +200,7 @@ async fn create(hub: &Hub, user: &User, peer: &Peer, want: JobRequest) -> Result
         created_at: now,
         updated_at: now,
         deadline: now + timeout as i64,
+        output: String::new(),
     };
     hub.store.job_add(&job).await.map_err(internal)?;
     crate::metrics::HUB_JOBS.with_label_values(&["QUEUED"]).inc();
@@ -224,7 +225,7 @@ async fn cancel(hub: &Hub, user: &User, peer: &Peer, id: &str) -> Result<JobView
     }
     let now = now_secs() as i64;
     let why = format!("canceled by {}", user.name);
-    if !hub.store.job_move(id, job.state, JobState::Canceled, &why, now).await.map_err(internal)? {
+    if !hub.store.job_move(id, (job.state, JobState::Canceled), &why, "", now).await.map_err(internal)? {
         return Err(ApiError::new(StatusCode::CONFLICT, "job_moved", "the job changed state meanwhile; look again"));
     }
     crate::metrics::HUB_JOBS.with_label_values(&["CANCELED"]).inc();
@@ -261,7 +262,9 @@ async fn report_state(
     }
     let reason: String = report.reason.chars().take(2000).collect();
     let now = now_secs() as i64;
-    if !hub.store.job_move(id, job.state, report.state, &reason, now).await.map_err(internal)? {
+    let output: String = report.output.chars().take(32 * 1024).collect();
+    let moved = hub.store.job_move(id, (job.state, report.state), &reason, &output, now).await.map_err(internal)?;
+    if !moved {
         return Err(ApiError::new(StatusCode::CONFLICT, "job_moved", "the job changed state meanwhile"));
     }
     crate::metrics::HUB_JOBS.with_label_values(&[report.state.as_str()]).inc();
@@ -288,7 +291,7 @@ pub async fn sweep(hub: Arc<Hub>, stop: CancellationToken) {
         let Ok(overdue) = hub.store.jobs_overdue(now).await else { continue };
         for j in overdue {
             let why = "not finished before its deadline";
-            if let Ok(true) = hub.store.job_move(&j.id, j.state, JobState::TimedOut, why, now).await {
+            if let Ok(true) = hub.store.job_move(&j.id, (j.state, JobState::TimedOut), why, "", now).await {
                 crate::metrics::HUB_JOBS.with_label_values(&["TIMED_OUT"]).inc();
                 hub.audit
                     .record("job_state", json!({"job": j.id, "device": j.device, "from": j.state.as_str(), "to": "TIMED_OUT", "reason": why}))

@@ -19,6 +19,8 @@ use super::{MAX_FRAME, ProtoError};
 pub const DATA_CHUNK: usize = MAX_FRAME - 64;
 /// The largest range one `Get` may ask for.
 pub const MAX_RANGE: u32 = 4 << 20;
+/// The most output a job report carries.
+pub const MAX_OUTPUT: usize = 32 * 1024;
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum RepoFrame {
@@ -35,8 +37,9 @@ pub enum RepoFrame {
     /// `Data` holding the hub's JSON list).
     JobsGet { version: u16 },
     /// agent -> relay on a fetch leg: job `job` is now `state` (answered
-    /// with `Data` holding the job as the hub keeps it).
-    JobReport { version: u16, job: String, state: String, reason: String },
+    /// with `Data` holding the job as the hub keeps it); `output`: a check's
+    /// output, at most [`MAX_OUTPUT`] bytes.
+    JobReport { version: u16, job: String, state: String, reason: String, output: Bytes },
     /// relay -> agent on the control channel: the device's jobs changed;
     /// ask for them.
     JobsWaiting,
@@ -69,12 +72,13 @@ impl RepoFrame {
                 buf.put_u8(JOBS_GET);
                 buf.put_u16(*version);
             }
-            RepoFrame::JobReport { version, job, state, reason } => {
+            RepoFrame::JobReport { version, job, state, reason, output } => {
                 buf.put_u8(JOB_REPORT);
                 buf.put_u16(*version);
                 put_str(buf, job);
                 put_str(buf, state);
                 put_str(buf, reason);
+                put_bytes(buf, &output[..output.len().min(MAX_OUTPUT)]);
             }
             RepoFrame::JobsWaiting => buf.put_u8(JOBS_WAITING),
         }
@@ -96,9 +100,13 @@ impl RepoFrame {
             REPO_DATA => RepoFrame::Data { offset: get_u64(b)?, total: get_u64(b)?, data: get_bytes(b, DATA_CHUNK)? },
             REPO_FAILED => RepoFrame::Failed { status: get_u16(b)?, code: get_str(b)?, message: get_str(b)? },
             JOBS_GET => RepoFrame::JobsGet { version: get_u16(b)? },
-            JOB_REPORT => {
-                RepoFrame::JobReport { version: get_u16(b)?, job: get_str(b)?, state: get_str(b)?, reason: get_str(b)? }
-            }
+            JOB_REPORT => RepoFrame::JobReport {
+                version: get_u16(b)?,
+                job: get_str(b)?,
+                state: get_str(b)?,
+                reason: get_str(b)?,
+                output: get_bytes(b, MAX_OUTPUT)?,
+            },
             _ => RepoFrame::JobsWaiting,
         })
     }

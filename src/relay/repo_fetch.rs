@@ -51,7 +51,9 @@ pub async fn serve(
         let (offset, call) = match req {
             RepoFrame::Get { blob, name, offset, len, .. } => (offset, Call::Get { blob, name, offset, len }),
             RepoFrame::JobsGet { .. } => (0, Call::Jobs),
-            RepoFrame::JobReport { job, state: st, reason, .. } => (0, Call::Report { job, state: st, reason }),
+            RepoFrame::JobReport { job, state: st, reason, output, .. } => {
+                (0, Call::Report { job, state: st, reason, output })
+            }
             other => {
                 let why = format!("expected a request, got {}", other.kind());
                 return refuse(&state, &mut io, peer, &device, "unexpected_frame", why).await;
@@ -90,7 +92,7 @@ pub async fn serve(
 enum Call {
     Get { blob: bool, name: String, offset: u64, len: u32 },
     Jobs,
-    Report { job: String, state: String, reason: String },
+    Report { job: String, state: String, reason: String, output: Bytes },
 }
 
 /// The hub's answer to one request: the file's total length and the bytes.
@@ -117,11 +119,13 @@ async fn answer(state: &State, device: &str, call: Call) -> Result<(u64, Bytes),
             (Method::GET, format!("/api/v1/repo/metadata/{name}"), None, false)
         }
         Call::Jobs => (Method::GET, format!("/api/v1/device/{device}/jobs"), None, false),
-        Call::Report { job, state: st, reason } => {
+        Call::Report { job, state: st, reason, output } => {
             if !job.bytes().all(|c| c.is_ascii_alphanumeric() || c == b'-') || job.is_empty() {
                 return Err(failed(0, "bad_name", "a job id is letters, digits and '-'"));
             }
-            let body = serde_json::to_vec(&json!({"state": st, "reason": reason})).unwrap_or_default();
+            let output = String::from_utf8_lossy(&output);
+            let body =
+                serde_json::to_vec(&json!({"state": st, "reason": reason, "output": output})).unwrap_or_default();
             (Method::POST, format!("/api/v1/device/{device}/jobs/{job}"), Some(Bytes::from(body)), false)
         }
     };

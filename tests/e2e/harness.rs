@@ -274,6 +274,8 @@ pub fn write_agent_config(
     for (name, target) in &opts.extra_services {
         cfg += &format!("\n[services.{name}]\ntarget = \"{target}\"\n");
     }
+    cfg += "\n[checks.hello]\ncommand = \"echo hello from the device\"\n\n[checks.fails]\ncommand = \"echo broken >&2; exit 3\"\n";
+    cfg += "\n[checks.big]\ncommand = \"yes x | head -c 100000\"\n";
     if opts.repo {
         // The root as shipped with the device (the hub's copy moves on).
         std::fs::copy(dir.join("repo/metadata/root.json"), dir.join("device-root.json")).unwrap();

@@ -140,7 +140,7 @@ async fn jobs_are_queued_listed_reported_and_cancelled_and_each_refusal_is_named
 }
 
 /// Polls the job until it leaves QUEUED and IN_PROGRESS (or 60 s pass).
-async fn wait_final(p: &str, id: &str) -> Value {
+async fn wait_final(fleet: &Fleet, p: &str, id: &str) -> Value {
     for _ in 0..600 {
         let (ok, out, err) = jobs_cli(&["list", "--profile", p, "--device", DEVICE, "--json"]).await;
         assert!(ok, "{err}");
@@ -151,7 +151,7 @@ async fn wait_final(p: &str, id: &str) -> Value {
         }
         tokio::time::sleep(std::time::Duration::from_millis(100)).await;
     }
-    panic!("job {id} did not end in 60 s");
+    panic!("job {id} did not end in 60 s\n{}", fleet.logs());
 }
 
 async fn add_job(p: &str, args: &[&str]) -> String {
@@ -168,7 +168,7 @@ async fn installs_run_on_the_device_and_a_failing_health_check_rolls_back() {
 
     // A plain file: kept as packages/tool/1.0/tool, byte for byte.
     let id = add_job(&p, &["install", "tool@1.0"]).await;
-    let job = wait_final(&p, &id).await;
+    let job = wait_final(&fleet, &p, &id).await;
     assert_eq!(job["state"], "SUCCEEDED", "{job}");
     assert!(job["reason"].as_str().unwrap().contains("installed tool 1.0"), "{job}");
     let installed = std::fs::read(packages.join("tool/1.0/tool")).unwrap();
@@ -191,14 +191,14 @@ async fn installs_run_on_the_device_and_a_failing_health_check_rolls_back() {
         let (ok, _, err) = run(&[&args[..], &["--install", "sh install.sh", "--health", health]].concat(), "").await;
         assert!(ok, "{err}");
     }
-    let job = wait_final(&p, &add_job(&p, &["install", "app@1"]).await).await;
+    let job = wait_final(&fleet, &p, &add_job(&p, &["install", "app@1"]).await).await;
     assert_eq!(job["state"], "SUCCEEDED", "{job}");
     assert!(packages.join("app/1/installed").exists(), "the install script ran in the package's folder");
     assert_eq!(
         std::fs::read(packages.join("app/1/payload.bin")).unwrap(),
         std::fs::read(fleet.dir().join("app-1/payload.bin")).unwrap()
     );
-    let job = wait_final(&p, &add_job(&p, &["install", "app@2"]).await).await;
+    let job = wait_final(&fleet, &p, &add_job(&p, &["install", "app@2"]).await).await;
     assert_eq!(job["state"], "FAILED", "{job}");
     let reason = job["reason"].as_str().unwrap();
     assert!(reason.contains("health check failed") && reason.contains("not healthy"), "{reason}");
@@ -209,8 +209,21 @@ async fn installs_run_on_the_device_and_a_failing_health_check_rolls_back() {
     assert!(audit.iter().any(|r| r["event"] == "package_rolled_back" && r["version"] == "2"));
     assert!(audit.iter().any(|r| r["event"] == "job_ended" && r["state"] == "SUCCEEDED"));
 
-    // Jobs the agent does not run yet are REJECTED with the reason, not left hanging.
-    let job = wait_final(&p, &add_job(&p, &["run", "disk-check"]).await).await;
+    // Checks: only those on the device's allow-list run; output comes back capped.
+    let job = wait_final(&fleet, &p, &add_job(&p, &["run", "disk-check"]).await).await;
+    assert_eq!(job["state"], "REJECTED", "{job}");
+    assert!(job["reason"].as_str().unwrap().contains("not on this device's allow-list"), "{job}");
+    let job = wait_final(&fleet, &p, &add_job(&p, &["run", "hello"]).await).await;
+    assert_eq!((job["state"].as_str(), job["output"].as_str()), (Some("SUCCEEDED"), Some("hello from the device\n")));
+    let job = wait_final(&fleet, &p, &add_job(&p, &["run", "fails"]).await).await;
+    assert_eq!(job["state"], "FAILED", "{job}");
+    assert!(job["reason"].as_str().unwrap().contains("exit status: 3") && job["output"] == "broken\n", "{job}");
+    let job = wait_final(&fleet, &p, &add_job(&p, &["run", "big"]).await).await;
+    assert_eq!(job["state"], "SUCCEEDED", "{job}");
+    assert_eq!(job["output"].as_str().unwrap().len(), 32 * 1024, "output capped");
+    assert!(job["reason"].as_str().unwrap().contains("output cut to 32768 of 100000 bytes"), "{job}");
+    // Uploads are not built yet: REJECTED with the reason, not left hanging.
+    let job = wait_final(&fleet, &p, &add_job(&p, &["upload", "logs"]).await).await;
     assert_eq!(job["state"], "REJECTED", "{job}");
 }
 
@@ -233,7 +246,7 @@ async fn an_agent_killed_mid_job_finishes_it_after_its_restart_without_fetching_
     eventually("a third of the package is on the device", async || sent(&fleet).await >= (8 << 20) as f64).await;
     fleet.agent.as_mut().unwrap().kill();
     fleet.agent = Some(start_agent(fleet.dir(), &fleet.agent_cfg));
-    let job = wait_final(&p, &id).await;
+    let job = wait_final(&fleet, &p, &id).await;
     assert_eq!(job["state"], "SUCCEEDED", "{job}");
     let packages = fleet.dir().join("agent-state/packages");
     assert!(std::fs::read(packages.join("big/1/big")).unwrap() == content, "byte-identical");

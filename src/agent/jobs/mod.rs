@@ -5,6 +5,7 @@
 //! change. A report that does not reach the hub stays unreported on disk and
 //! is sent again, also after a restart, until the hub has it: no job is left
 //! "in progress" by a reboot.
+mod checks;
 mod install;
 
 use std::path::PathBuf;
@@ -15,7 +16,7 @@ use serde_json::json;
 use tracing::Instrument;
 
 use super::Shared;
-use super::fetch::Fetcher;
+use super::fetch::{FetchError, Fetcher};
 use crate::api::{JobKind, JobState, JobView};
 use crate::metrics;
 use crate::proto::VERSION;
@@ -29,6 +30,9 @@ struct Record {
     target: String,
     state: JobState,
     reason: String,
+    /// A check's output (capped).
+    #[serde(default)]
+    output: String,
     /// The hub has this state.
     reported: bool,
 }
@@ -127,6 +131,7 @@ async fn execute_in_span(state: &Shared, fetcher: &mut Fetcher, job: &JobView) {
         target: job.target.clone(),
         state: JobState::InProgress,
         reason: String::new(),
+        output: String::new(),
         reported: false,
     };
     save(state, &r);
@@ -147,9 +152,15 @@ async fn execute_in_span(state: &Shared, fetcher: &mut Fetcher, job: &JobView) {
         JobKind::Install => {
             install::install(state, fetcher, &job.id, &job.target).await.map_err(|e| (JobState::Failed, e))
         }
-        JobKind::Upload | JobKind::Run => {
-            Err((JobState::Rejected, format!("this agent does not run {} jobs yet", job.kind.as_str())))
-        }
+        JobKind::Run => match state.cfg.checks.get(&job.target) {
+            None => Err((JobState::Rejected, format!("check {:?} is not on this device's allow-list", job.target))),
+            Some(c) => {
+                let (ok, why, output) = checks::run(c).await;
+                r.output = output;
+                if ok { Ok(why) } else { Err((JobState::Failed, why)) }
+            }
+        },
+        JobKind::Upload => Err((JobState::Rejected, "this agent does not run upload jobs yet".to_string())),
     };
     (r.state, r.reason) = match outcome {
         Ok(why) => (JobState::Succeeded, why),
@@ -176,7 +187,8 @@ async fn report(state: &Shared, fetcher: &mut Fetcher, mut r: Record) -> Option<
         version: VERSION,
         job: r.id.clone(),
         state: r.state.as_str().into(),
-        reason: r.reason.chars().take(2000).collect(),
+        reason: r.reason.clone(),
+        output: r.output.clone().into(),
     };
     match fetcher.call(req).await {
         Ok(body) => {
@@ -184,6 +196,20 @@ async fn report(state: &Shared, fetcher: &mut Fetcher, mut r: Record) -> Option<
             r.reported = true;
             save(state, &r);
             at_hub
+        }
+        // The hub will never take this report as it is (a 4xx other than a
+        // conflict): send it once more without the output, then give up on
+        // it rather than retrying it forever.
+        Err(FetchError::Refused { status, code, .. }) if (400..500).contains(&status) && status != 409 => {
+            tracing::warn!(job = %r.id, code, "the hub refused the report; sending it without its output");
+            if !r.output.is_empty() {
+                r.output.clear();
+                r.reason = format!("{} (output dropped: the hub refused it, {code})", r.reason);
+                return Box::pin(report(state, fetcher, r)).await;
+            }
+            r.reported = true;
+            save(state, &r);
+            None
         }
         Err(e) => {
             tracing::info!(job = %r.id, error = %e, "report not delivered; it stays queued on disk");

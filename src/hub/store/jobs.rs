@@ -4,7 +4,7 @@ use super::{Store, StoreError};
 use crate::api::{JobKind, JobState, JobView};
 
 const COLUMNS: &str =
-    "id, device, kind, target, state, reason, consent_required, created_by, created_at, updated_at, deadline";
+    "id, device, kind, target, state, reason, consent_required, created_by, created_at, updated_at, deadline, output";
 
 fn job_from(r: &Row) -> Result<JobView, StoreError> {
     let bad = |what: &str, v: String| StoreError::Db(format!("job {}: bad {what} {v:?}", r.text(0)));
@@ -20,6 +20,7 @@ fn job_from(r: &Row) -> Result<JobView, StoreError> {
         created_at: r.int(8),
         updated_at: r.int(9),
         deadline: r.int(10),
+        output: r.text(11),
     })
 }
 
@@ -28,7 +29,7 @@ impl Store {
         self.insert(
             "job",
             &j.id,
-            &format!("INSERT INTO jobs ({COLUMNS}) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)"),
+            &format!("INSERT INTO jobs ({COLUMNS}) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12)"),
             vec![
                 j.id.as_str().into(),
                 j.device.as_str().into(),
@@ -41,6 +42,7 @@ impl Store {
                 j.created_at.into(),
                 j.updated_at.into(),
                 j.deadline.into(),
+                j.output.as_str().into(),
             ],
         )
         .await
@@ -91,20 +93,21 @@ impl Store {
     }
 
     /// Moves a job from `from` to `to` (compare and set): false when it was
-    /// no longer in `from`.
+    /// no longer in `from`. A non-empty `output` is kept with the move.
     pub async fn job_move(
         &self,
         id: &str,
-        from: JobState,
-        to: JobState,
+        (from, to): (JobState, JobState),
         reason: &str,
+        output: &str,
         now: i64,
     ) -> Result<bool, StoreError> {
         let n = self
             .db
             .exec(
-                "UPDATE jobs SET state = $3, reason = $4, updated_at = $5 WHERE id = $1 AND state = $2",
-                vec![id.into(), from.as_str().into(), to.as_str().into(), reason.into(), now.into()],
+                "UPDATE jobs SET state = $3, reason = $4, updated_at = $5,
+                 output = CASE WHEN CAST($6 AS TEXT) = '' THEN output ELSE CAST($6 AS TEXT) END WHERE id = $1 AND state = $2",
+                vec![id.into(), from.as_str().into(), to.as_str().into(), reason.into(), now.into(), output.into()],
             )
             .await?;
         Ok(n == 1)

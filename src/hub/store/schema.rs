@@ -34,4 +34,5 @@ pub(super) const MIGRATIONS: &[(i64, &str)] = &[
      CREATE INDEX jobs_by_device ON jobs (device, created_at);
      CREATE INDEX jobs_by_state ON jobs (state, deadline)",
     ),
+    (3, "ALTER TABLE jobs ADD COLUMN output TEXT NOT NULL DEFAULT ''"),
 ];

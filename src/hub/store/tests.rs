@@ -226,3 +226,45 @@ async fn processes_migrating_one_fresh_database_at_once_all_succeed() {
         }
     }
 }
+
+#[tokio::test]
+async fn jobs_move_forward_by_compare_and_set_and_keep_their_output() {
+    use crate::api::{JobKind, JobState, JobView};
+    both(async |s: Store| {
+        s.device_add(&Device { id: "INJ-1".into(), site: "st-marys".into(), consent: "auto".into() }, 5).await.unwrap();
+        let job = |id: &str, deadline: i64| JobView {
+            id: id.into(),
+            device: "INJ-1".into(),
+            kind: JobKind::Run,
+            target: "disk".into(),
+            state: JobState::Queued,
+            reason: String::new(),
+            consent_required: false,
+            created_by: "boss".into(),
+            created_at: 10,
+            updated_at: 10,
+            deadline,
+            output: String::new(),
+        };
+        s.job_add(&job("j1", 1000)).await.unwrap();
+        s.job_add(&job("j2", 20)).await.unwrap();
+        assert!(matches!(s.job_add(&job("j1", 5)).await, Err(StoreError::Exists { .. })));
+        let moves = (JobState::Queued, JobState::InProgress);
+        assert!(s.job_move("j1", moves, "", "", 11).await.unwrap());
+        assert!(!s.job_move("j1", moves, "", "", 12).await.unwrap(), "no longer QUEUED: the second move fails");
+        let done = (JobState::InProgress, JobState::Succeeded);
+        assert!(s.job_move("j1", done, "exit 0", "it's 42% 'full'; $(x)", 13).await.unwrap());
+        let j1 = s.job("j1").await.unwrap().unwrap();
+        assert_eq!(
+            (j1.state, j1.reason.as_str(), j1.output.as_str()),
+            (JobState::Succeeded, "exit 0", "it's 42% 'full'; $(x)")
+        );
+        assert_eq!(j1.updated_at, 13);
+        let open: Vec<String> = s.jobs_for_device("INJ-1", 100).await.unwrap().into_iter().map(|j| j.id).collect();
+        assert_eq!(open, vec!["j2".to_string()]);
+        let overdue: Vec<String> = s.jobs_overdue(100).await.unwrap().into_iter().map(|j| j.id).collect();
+        assert_eq!(overdue, vec!["j2".to_string()]);
+        assert_eq!(s.jobs(Some("INJ-1"), 10).await.unwrap().len(), 2);
+    })
+    .await;
+}
