@@ -21,9 +21,9 @@ pub enum Request {
     Pending,
     /// List live sessions.
     Sessions,
-    /// Approve a waiting request.
+    /// Approve a waiting request (a session id, or a job id).
     Approve { session: String },
-    /// Deny a waiting request.
+    /// Deny a waiting request (a session id, or a job id).
     Deny { session: String },
     /// End a live session now.
     End { session: String },
@@ -99,7 +99,15 @@ fn handle(state: &Shared, uid: u32, req: Request) -> Value {
                     })
                 })
                 .collect();
-            json!({"ok": true, "pending": list})
+            let jobs: Vec<_> = state
+                .pending_jobs
+                .iter()
+                .map(|j| {
+                    json!({"job": j.key(), "kind": j.kind, "target": j.target, "by": j.created_by,
+                           "waiting_secs": j.since.elapsed().as_secs()})
+                })
+                .collect();
+            json!({"ok": true, "pending": list, "jobs": jobs})
         }
         Request::Sessions => {
             let list: Vec<_> = state.sessions.iter().map(|s| json!({
@@ -130,6 +138,13 @@ async fn fetch(state: &Shared, target: &str) -> Value {
 }
 
 fn answer_consent(state: &Shared, uid: u32, session: &str, allow: bool) -> Value {
+    if let Some((job, p)) = state.pending_jobs.remove(session) {
+        let by = format!("uid {uid}");
+        let event = if allow { "job_consent_given" } else { "job_consent_denied" };
+        state.audit.record(event, json!({"device": state.cfg.device, "job": job, "by": by}));
+        let _ = p.answer.send((allow, by));
+        return json!({"ok": true});
+    }
     let Some(id) = SessionId::parse(session) else {
         return json!({"ok": false, "error": format!("{session:?} is not a session id")});
     };

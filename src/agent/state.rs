@@ -34,6 +34,15 @@ pub struct AgentSession {
     pub resumable: DashMap<u32, mpsc::Sender<(crate::leg::Leg, bytes::Bytes, String)>>,
 }
 
+/// A maintenance job waiting for the on-site operator.
+pub struct PendingJob {
+    pub kind: &'static str,
+    pub target: String,
+    pub created_by: String,
+    pub since: Instant,
+    pub answer: oneshot::Sender<(bool, String)>,
+}
+
 /// A request waiting for the on-site operator.
 pub struct Pending {
     pub grant: Grant,
@@ -51,6 +60,8 @@ pub struct AgentState {
     pub data_tls: Arc<ClientConfig>,
     pub sessions: DashMap<SessionId, Arc<AgentSession>>,
     pub pending: DashMap<SessionId, Pending>,
+    /// Jobs waiting for the on-site operator, by job id.
+    pub pending_jobs: DashMap<String, PendingJob>,
     /// Outgoing frames per relay name, while its channel is up.
     pub relays: DashMap<String, mpsc::Sender<Frame>>,
     seen: Mutex<crate::util::ReplaySet<SessionId>>,
@@ -71,6 +82,7 @@ impl AgentState {
             data_tls: tls::client_config(&cfg.ca, cert, tls::ALPN_DATA)?,
             sessions: DashMap::new(),
             pending: DashMap::new(),
+            pending_jobs: DashMap::new(),
             relays: DashMap::new(),
             seen: Mutex::new(crate::util::ReplaySet::default()),
             shutdown,

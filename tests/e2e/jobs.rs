@@ -300,3 +300,33 @@ async fn measure_job_pickup() {
         ms[ms.len() - 1]
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_job_needing_consent_waits_for_the_person_at_the_device() {
+    let (fleet, p) = jobs_fleet(true).await;
+    let cfg = fleet.agent_cfg.to_str().unwrap().to_string();
+    let agent = async |args: &[&str]| {
+        let (ok, out, err) = run(&[&["agent", "--config", &cfg][..], args].concat(), "").await;
+        assert!(ok, "{err}");
+        serde_json::from_str::<Value>(&out).unwrap()
+    };
+    for (answer, want) in [("deny", "REJECTED"), ("approve", "SUCCEEDED")] {
+        let id = add_job(&p, &["--consent", "required", "run", "hello"]).await;
+        eventually("the job waits on site", async || {
+            agent(&["pending"]).await["jobs"].as_array().unwrap().iter().any(|j| j["job"] == id.as_str())
+        })
+        .await;
+        let pending = agent(&["pending"]).await;
+        let shown = pending["jobs"].as_array().unwrap().iter().find(|j| j["job"] == id.as_str()).unwrap().clone();
+        assert_eq!(
+            (shown["kind"].as_str(), shown["target"].as_str(), shown["by"].as_str()),
+            (Some("run"), Some("hello"), Some("boss"))
+        );
+        agent(&[answer, &id]).await;
+        let job = wait_final(&fleet, &p, &id).await;
+        assert_eq!(job["state"], want, "{job}");
+    }
+    let audit = fleet.agent_audit();
+    assert!(audit.iter().any(|r| r["event"] == "job_consent_denied"));
+    assert!(audit.iter().any(|r| r["event"] == "job_consent_given"));
+}

@@ -145,10 +145,16 @@ async fn execute_in_span(state: &Shared, fetcher: &mut Fetcher, job: &JobView) {
         save(state, &r);
         return;
     }
+    let consented = match job.consent_required {
+        false => true,
+        true => match consent(state, job).await {
+            // Stopping: the job stays IN_PROGRESS on disk and asks again after the restart.
+            None => return,
+            Some(yes) => yes,
+        },
+    };
     let outcome = match job.kind {
-        _ if job.consent_required => {
-            Err((JobState::Rejected, "on-site consent for jobs is not built into this agent yet".to_string()))
-        }
+        _ if !consented => Err((JobState::Rejected, "denied on site, or nobody on site approved it in time".into())),
         JobKind::Install => {
             install::install(state, fetcher, &job.id, &job.target).await.map_err(|e| (JobState::Failed, e))
         }
@@ -178,6 +184,37 @@ async fn execute_in_span(state: &Shared, fetcher: &mut Fetcher, job: &JobView) {
     );
     save(state, &r);
     report(state, fetcher, r).await;
+}
+
+/// Waits for the on-site operator (`tether agent approve|deny JOB-ID`), at
+/// most `consent_timeout_secs`; `Some(true)` when approved, `None` when the
+/// agent is stopping.
+async fn consent(state: &Shared, job: &JobView) -> Option<bool> {
+    let (tx, rx) = tokio::sync::oneshot::channel();
+    state.pending_jobs.insert(
+        job.id.clone(),
+        super::state::PendingJob {
+            kind: job.kind.as_str(),
+            target: job.target.clone(),
+            created_by: job.created_by.clone(),
+            since: Instant::now(),
+            answer: tx,
+        },
+    );
+    tracing::info!("waiting for on-site consent");
+    let wait = Duration::from_secs(state.cfg.consent_timeout_secs);
+    let answer = tokio::select! {
+        r = tokio::time::timeout(wait, rx) => r.ok().and_then(Result::ok),
+        _ = state.shutdown.cancelled() => {
+            state.pending_jobs.remove(&job.id);
+            return None;
+        }
+    };
+    state.pending_jobs.remove(&job.id);
+    if answer.is_none() {
+        state.audit.record("job_consent_timed_out", json!({"device": state.cfg.device, "job": job.id}));
+    }
+    Some(answer.is_some_and(|(allow, _)| allow))
 }
 
 /// Sends `r`'s state to the hub; marks it reported once the hub has it.
