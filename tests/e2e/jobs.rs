@@ -330,3 +330,36 @@ async fn a_job_needing_consent_waits_for_the_person_at_the_device() {
     assert!(audit.iter().any(|r| r["event"] == "job_consent_denied"));
     assert!(audit.iter().any(|r| r["event"] == "job_consent_given"));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_job_cancelled_mid_download_stops_and_leaves_no_partial_file() {
+    let opts = Opts { relays: 1, hub: true, repo: true, download_rate: 4 << 20, ..Opts::default() };
+    let (fleet, p) = jobs_fleet_with(opts).await;
+    let file = fleet.dir().join("big.bin");
+    std::fs::write(&file, random(24 << 20)).unwrap();
+    let key = fleet.dir().join("repo-keys/targets.pem");
+    let (k, f) = (key.to_str().unwrap(), file.to_str().unwrap());
+    let (ok, _, err) = run(&["repo", "publish", "--profile", &p, "--targets-key", k, "big", "1", f], "").await;
+    assert!(ok, "{err}");
+    let id = add_job(&p, &["install", "big@1"]).await;
+    eventually("the download is under way", async || {
+        fleet.metric(0, "tether_relay_repo_bytes_total", &[]).await >= (4 << 20) as f64
+    })
+    .await;
+    let (ok, out, err) = jobs_cli(&["cancel", "--profile", &p, &id]).await;
+    assert!(ok && out.contains("CANCELED"), "{out} {err}");
+    eventually("the agent stops and says so", async || {
+        fleet
+            .agent_audit()
+            .iter()
+            .any(|r| r["event"] == "job_ended" && r["job"] == id.as_str() && r["state"] == "CANCELED")
+    })
+    .await;
+    let downloads = fleet.dir().join("agent-state/downloads");
+    let left: Vec<_> =
+        std::fs::read_dir(&downloads).map(|d| d.flatten().map(|e| e.path()).collect()).unwrap_or_default();
+    assert!(left.is_empty(), "partial files left: {left:?}");
+    assert!(!fleet.dir().join("agent-state/packages/big").exists(), "nothing installed");
+    let sent = fleet.metric(0, "tether_relay_repo_bytes_total", &[]).await;
+    assert!(sent < (20 << 20) as f64, "the download stopped early: {sent} bytes sent");
+}

@@ -45,6 +45,8 @@ pub enum FetchError {
     Io(#[from] std::io::Error),
     #[error("gave up after {breaks} broken legs; last: {last}")]
     GaveUp { breaks: u32, last: String },
+    #[error("cancelled")]
+    Canceled,
 }
 
 impl FetchError {
@@ -83,11 +85,13 @@ pub struct Fetcher {
     leg: Option<FetchLeg>,
     next_relay: usize,
     pub resumes: u32,
+    /// Cancelled: the download stops and its partial file is removed.
+    pub cancel: tokio_util::sync::CancellationToken,
 }
 
 impl Fetcher {
     pub fn new(state: Shared) -> Fetcher {
-        Fetcher { state, leg: None, next_relay: 0, resumes: 0 }
+        Fetcher { state, leg: None, next_relay: 0, resumes: 0, cancel: Default::default() }
     }
 
     fn settings(&self) -> Result<RepoSettings, FetchError> {
@@ -303,6 +307,7 @@ impl Fetcher {
         let mut file = std::fs::OpenOptions::new().create(true).append(true).open(&part)?;
         let pace = Pace::new(s.max_download_bytes_per_sec);
         let mut breaks = 0;
+        let cancel = self.cancel.clone();
         while have < t.length {
             let len = (t.length - have).min(u64::from(MAX_RANGE)) as u32;
             let at = have;
@@ -312,6 +317,9 @@ impl Fetcher {
                         name: name.into(),
                         detail: format!("the relay offers {total} bytes, the signed length is {}", t.length),
                     }));
+                }
+                if cancel.is_cancelled() {
+                    return Err(FetchError::Canceled);
                 }
                 file.write_all(data)?;
                 hasher.update(data);
@@ -338,6 +346,13 @@ impl Fetcher {
                     drop(file);
                     let _ = std::fs::remove_file(&part);
                     return Err(e.into());
+                }
+                Err(FetchError::Canceled) => {
+                    // The leg is mid-answer: start the next request on a new one.
+                    self.leg = None;
+                    drop(file);
+                    let _ = std::fs::remove_file(&part);
+                    return Err(FetchError::Canceled);
                 }
                 Err(e) => return Err(e),
             }

@@ -156,7 +156,20 @@ async fn execute_in_span(state: &Shared, fetcher: &mut Fetcher, job: &JobView) {
     let outcome = match job.kind {
         _ if !consented => Err((JobState::Rejected, "denied on site, or nobody on site approved it in time".into())),
         JobKind::Install => {
-            install::install(state, fetcher, &job.id, &job.target).await.map_err(|e| (JobState::Failed, e))
+            // An admin may cancel it while it downloads: a watcher asks for
+            // the device's jobs on each nudge and stops the download.
+            fetcher.cancel = tokio_util::sync::CancellationToken::new();
+            let watch = tokio::spawn(watch_cancel(state.clone(), job.id.clone(), fetcher.cancel.clone()));
+            let r = install::install(state, fetcher, &job.id, &job.target).await;
+            watch.abort();
+            // The watcher may have taken a nudge meant for the main loop.
+            state.jobs_waiting.notify_one();
+            match r {
+                Err(_) if fetcher.cancel.is_cancelled() => {
+                    Err((JobState::Canceled, "cancelled while downloading; the partial file is removed".into()))
+                }
+                r => r.map_err(|e| (JobState::Failed, e)),
+            }
         }
         JobKind::Run => match state.cfg.checks.get(&job.target) {
             None => Err((JobState::Rejected, format!("check {:?} is not on this device's allow-list", job.target))),
@@ -184,6 +197,25 @@ async fn execute_in_span(state: &Shared, fetcher: &mut Fetcher, job: &JobView) {
     );
     save(state, &r);
     report(state, fetcher, r).await;
+}
+
+/// Cancels `cancel` once the hub says job `id` was cancelled.
+async fn watch_cancel(state: Shared, id: String, cancel: tokio_util::sync::CancellationToken) {
+    let mut fetcher = Fetcher::new(state.clone());
+    loop {
+        tokio::select! {
+            _ = state.jobs_waiting.notified() => {}
+            _ = tokio::time::sleep(Duration::from_secs(state.cfg.heartbeat_secs.max(1))) => {}
+        }
+        if let Ok(body) = fetcher.call(RepoFrame::JobsGet { version: VERSION }).await
+            && serde_json::from_slice::<Vec<JobView>>(&body)
+                .is_ok_and(|jobs| jobs.iter().any(|j| j.id == id && j.state == JobState::Canceled))
+        {
+            tracing::info!(job = %id, "cancelled at the hub; stopping");
+            cancel.cancel();
+            return;
+        }
+    }
 }
 
 /// Waits for the on-site operator (`tether agent approve|deny JOB-ID`), at
