@@ -21,10 +21,6 @@ pub async fn handle(hub: &Hub, req: Request<Incoming>, peer: &Peer) -> Answer {
     }
 }
 
-fn query_param<'a>(req: &'a Request<Incoming>, name: &str) -> Option<&'a str> {
-    req.uri().query()?.split('&').find_map(|kv| kv.strip_prefix(name)?.strip_prefix('='))
-}
-
 async fn route(hub: &Hub, req: Request<Incoming>, peer: &Peer) -> Result<Answer, ApiError> {
     let path = req.uri().path().to_string();
     let method = req.method().clone();
@@ -89,8 +85,8 @@ async fn route(hub: &Hub, req: Request<Incoming>, peer: &Peer) -> Result<Answer,
         }
         Route::Sessions => {
             let user = authenticate(hub, &req, peer).await?;
-            let limit = query_param(&req, "limit").and_then(|l| l.parse().ok()).unwrap_or(100).clamp(1, 10_000);
-            let all = user.role == Role::Admin && query_param(&req, "all") != Some("false");
+            let limit = http::query(&req, "limit").and_then(|l| l.parse().ok()).unwrap_or(100).clamp(1, 10_000);
+            let all = user.role == Role::Admin && http::query(&req, "all") != Some("false");
             let list = hub.store.sessions((!all).then_some(user.name.as_str()), limit).await.map_err(internal)?;
             Ok(json_answer(StatusCode::OK, &list))
         }
@@ -109,13 +105,13 @@ async fn route(hub: &Hub, req: Request<Incoming>, peer: &Peer) -> Result<Answer,
         Route::Audit => {
             let user = authenticate(hub, &req, peer).await?;
             require_admin(hub, &user, peer, "audit_export").await?;
-            let since = match query_param(&req, "since") {
+            let since = match http::query(&req, "since") {
                 Some(s) => parse_since(s).ok_or_else(|| {
                     ApiError::new(StatusCode::BAD_REQUEST, "bad_since", "since: RFC 3339 time or unix seconds")
                 })?,
                 None => 0,
             };
-            let limit = query_param(&req, "limit").and_then(|l| l.parse().ok()).unwrap_or(100_000).clamp(1, 1_000_000);
+            let limit = http::query(&req, "limit").and_then(|l| l.parse().ok()).unwrap_or(100_000).clamp(1, 1_000_000);
             let lines = hub.store.audit_since(since, limit).await.map_err(internal)?;
             hub.audit.record("audit_exported", json!({"by": user.name, "from": peer.addr.ip().to_string(), "since": since, "records": lines.len()})).await;
             let mut text = lines.join("\n");

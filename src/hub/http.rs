@@ -106,6 +106,11 @@ pub async fn body(req: Request<Incoming>, max: usize, within: Duration) -> Resul
 }
 
 /// Parses a JSON body into `T`: 400 naming what is wrong.
+/// The value of query parameter `name`, as sent.
+pub fn query<'a, B>(req: &'a hyper::Request<B>, name: &str) -> Option<&'a str> {
+    req.uri().query()?.split('&').find_map(|kv| kv.strip_prefix(name)?.strip_prefix('='))
+}
+
 pub fn parse<T: serde::de::DeserializeOwned>(b: &[u8]) -> Result<T, ApiError> {
     serde_json::from_slice(b)
         .map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, "bad_json", format!("malformed JSON body: {e}")))

@@ -74,10 +74,6 @@ impl JobEvents {
     }
 }
 
-fn query<'a>(req: &'a Request<Incoming>, name: &str) -> Option<&'a str> {
-    req.uri().query()?.split('&').find_map(|kv| kv.strip_prefix(name)?.strip_prefix('='))
-}
-
 fn name_ok(s: &str) -> bool {
     !s.is_empty() && s.len() <= 64 && s.bytes().all(|c| c.is_ascii_alphanumeric() || b"._-".contains(&c))
 }
@@ -93,8 +89,8 @@ pub async fn handle(hub: &Hub, route: Route<'_>, req: Request<Incoming>, peer: &
         }
         Route::Jobs => {
             let user = authenticate(hub, &req, peer).await?;
-            let device = query(&req, "device");
-            let limit = query(&req, "limit").and_then(|l| l.parse().ok()).unwrap_or(200i64).clamp(1, 5000);
+            let device = http::query(&req, "device");
+            let limit = http::query(&req, "limit").and_then(|l| l.parse().ok()).unwrap_or(200i64).clamp(1, 5000);
             if let Some(d) = device {
                 entitled_device(hub, &user, peer, d, "job_list").await?;
             }
@@ -124,8 +120,8 @@ pub async fn handle(hub: &Hub, route: Route<'_>, req: Request<Incoming>, peer: &
         }
         Route::RelayEvents => {
             relay_identity(hub, peer).await?;
-            let after = query(&req, "after").and_then(|a| a.parse().ok()).unwrap_or(0);
-            let wait = query(&req, "wait").and_then(|w| w.parse().ok()).map_or(MAX_WAIT, Duration::from_secs);
+            let after = http::query(&req, "after").and_then(|a| a.parse().ok()).unwrap_or(0);
+            let wait = http::query(&req, "wait").and_then(|w| w.parse().ok()).map_or(MAX_WAIT, Duration::from_secs);
             Ok(json_answer(StatusCode::OK, &hub.jobs.after(after, wait.min(MAX_WAIT)).await))
         }
         _ => Err(ApiError::new(StatusCode::NOT_FOUND, "not_found", "no such jobs route")),

@@ -36,10 +36,6 @@ async fn reader(hub: &Hub, req: &Request<Incoming>, peer: &Peer) -> Result<Strin
     }
 }
 
-fn query_u64(req: &Request<Incoming>, name: &str) -> Option<u64> {
-    req.uri().query()?.split('&').find_map(|kv| kv.strip_prefix(name)?.strip_prefix('='))?.parse().ok()
-}
-
 pub async fn handle(hub: &Hub, route: Route<'_>, req: Request<Incoming>, peer: &Peer) -> Result<Answer, ApiError> {
     match route {
         Route::RepoMetadata(name) => {
@@ -55,8 +51,10 @@ pub async fn handle(hub: &Hub, route: Route<'_>, req: Request<Incoming>, peer: &
         }
         Route::BlobGet(sha) => {
             reader(hub, &req, peer).await?;
-            let offset = query_u64(&req, "offset").unwrap_or(0);
-            let len = query_u64(&req, "len").map_or(MAX_CHUNK, |l| (l as usize).min(MAX_CHUNK));
+            let offset = http::query(&req, "offset").and_then(|v| v.parse::<u64>().ok()).unwrap_or(0);
+            let len = http::query(&req, "len")
+                .and_then(|v| v.parse::<u64>().ok())
+                .map_or(MAX_CHUNK, |l| (l as usize).min(MAX_CHUNK));
             let Some((total, bytes)) = store(hub)?.blob_chunk(sha, offset, len).map_err(internal)? else {
                 return Err(ApiError::new(StatusCode::NOT_FOUND, "no_artifact", format!("no artifact {sha}")));
             };

@@ -9,7 +9,7 @@ use super::{FetchError, Sink};
 use crate::agent::Shared;
 use crate::agent::config::RelayEndpoint;
 use crate::proto::repo::RepoFrame;
-use crate::proto::{Frame, FrameIo, FrameIoError, VERSION};
+use crate::proto::{Frame, FrameIo, FrameIoError};
 use crate::tls;
 
 /// A relay that sends nothing for this long is taken as failed: the next
@@ -31,23 +31,6 @@ impl FetchLeg {
             .await
             .map_err(|e| leg(&relay.name, "dial", e))?;
         Ok(FetchLeg { io: FrameIo::new(tls), relay: relay.name.clone() })
-    }
-
-    /// Asks for `len` bytes of `name` at `offset` (metadata: the whole file)
-    /// and hands each arriving piece to `sink` with the file's total length.
-    /// Returns when the range (or the file) is complete.
-    pub async fn get(
-        &mut self,
-        blob: bool,
-        name: &str,
-        offset: u64,
-        len: u32,
-        sink: &mut Sink<'_>,
-        pace: &super::Pace,
-    ) -> Result<(), FetchError> {
-        let req = RepoFrame::Get { version: VERSION, blob, name: name.into(), offset, len };
-        let end = blob.then(|| offset + u64::from(len));
-        self.exchange(req, offset, end, sink, pace).await
     }
 
     /// Sends `req` and hands the answer's pieces to `sink`, from `offset`

@@ -98,14 +98,14 @@ impl Fetcher {
         self.state.cfg.repo.clone().ok_or(FetchError::NoRepo)
     }
 
-    /// One request with retries through the twins; `sink` sees each piece.
-    /// For ranges the caller re-asks from where it got to (see `download`).
-    async fn request(
+    /// One request on the current leg (dialled if there is none); a failure
+    /// worth retrying drops the leg so the next attempt goes to the twin.
+    /// `sink` sees each piece; for ranges the caller re-asks from where it
+    /// got to (see `download`).
+    async fn once(
         &mut self,
-        blob: bool,
-        name: &str,
-        offset: u64,
-        len: u32,
+        req: RepoFrame,
+        (offset, end): (u64, Option<u64>),
         sink: &mut Sink<'_>,
         pace: &Pace,
     ) -> Result<(), FetchError> {
@@ -115,13 +115,27 @@ impl Fetcher {
             self.leg = Some(FetchLeg::dial(&self.state, &relay).await.inspect_err(|_| self.next_relay += 1)?);
         }
         let leg = self.leg.as_mut().expect("dialled above");
-        let r = leg.get(blob, name, offset, len, sink, pace).await;
+        let r = leg.exchange(req, offset, end, sink, pace).await;
         if r.as_ref().is_err_and(FetchError::retry) {
-            // The next attempt goes to the twin.
             self.leg = None;
             self.next_relay += 1;
         }
         r
+    }
+
+    /// Metadata file `name`, or `len` bytes of artifact `name` from `offset`.
+    async fn request(
+        &mut self,
+        blob: bool,
+        name: &str,
+        offset: u64,
+        len: u32,
+        sink: &mut Sink<'_>,
+        pace: &Pace,
+    ) -> Result<(), FetchError> {
+        let req = RepoFrame::Get { version: crate::proto::VERSION, blob, name: name.into(), offset, len };
+        let end = blob.then(|| offset + u64::from(len));
+        self.once(req, (offset, end), sink, pace).await
     }
 
     /// A small request answered whole (jobs, reports), through the twin if
@@ -134,35 +148,10 @@ impl Fetcher {
                 buf.extend_from_slice(data);
                 Ok(())
             };
-            if self.leg.is_none() {
-                let relays = &self.state.cfg.relays;
-                let relay = relays[self.next_relay % relays.len()].clone();
-                match FetchLeg::dial(&self.state, &relay).await {
-                    Ok(l) => self.leg = Some(l),
-                    Err(e) => {
-                        self.next_relay += 1;
-                        breaks += 1;
-                        if breaks > relays.len() as u32 {
-                            return Err(e);
-                        }
-                        continue;
-                    }
-                }
-            }
-            let leg = self.leg.as_mut().expect("dialled above");
-            match leg.exchange(req.clone(), 0, None, &mut sink, &Pace::new(0)).await {
+            match self.once(req.clone(), (0, None), &mut sink, &Pace::new(0)).await {
                 Ok(()) => return Ok(buf),
-                Err(e) if e.retry() && breaks < self.state.cfg.relays.len() as u32 => {
-                    self.leg = None;
-                    self.next_relay += 1;
-                    breaks += 1;
-                }
-                Err(e) => {
-                    if e.retry() {
-                        self.leg = None;
-                    }
-                    return Err(e);
-                }
+                Err(e) if e.retry() && breaks < self.state.cfg.relays.len() as u32 => breaks += 1,
+                Err(e) => return Err(e),
             }
         }
     }

@@ -1,24 +1,32 @@
 //! `run CHECK` jobs: a command from the device's own allow-list
 //! (`[checks.NAME]` in agent.toml), its output capped and returned with the
 //! job. The hub names a check, never a command.
+use std::path::Path;
 use std::time::Duration;
 
 use crate::agent::config::Check;
 use crate::proto::repo::MAX_OUTPUT;
 
+/// Runs `sh -c cmd` (in `dir`, if given) for at most `limit`; the error says
+/// why it did not run to its end. Installs and health checks use it too.
+pub async fn sh(cmd: &str, dir: Option<&Path>, limit: Duration) -> Result<std::process::Output, String> {
+    let mut c = tokio::process::Command::new("sh");
+    c.arg("-c").arg(cmd).stdin(std::process::Stdio::null()).kill_on_drop(true);
+    if let Some(d) = dir {
+        c.current_dir(d);
+    }
+    match tokio::time::timeout(limit, c.output()).await {
+        Err(_) => Err(format!("timed out after {limit:?}")),
+        Ok(Err(e)) => Err(format!("cannot run it: {e}")),
+        Ok(Ok(o)) => Ok(o),
+    }
+}
+
 /// Runs the check: (succeeded, what happened, output).
 pub async fn run(c: &Check) -> (bool, String, String) {
-    let child = tokio::process::Command::new("sh")
-        .arg("-c")
-        .arg(&c.command)
-        .stdin(std::process::Stdio::null())
-        .kill_on_drop(true)
-        .output();
-    let limit = Duration::from_secs(c.timeout_secs.max(1));
-    let out = match tokio::time::timeout(limit, child).await {
-        Err(_) => return (false, format!("timed out after {limit:?}"), String::new()),
-        Ok(Err(e)) => return (false, format!("cannot run it: {e}"), String::new()),
-        Ok(Ok(o)) => o,
+    let out = match sh(&c.command, None, Duration::from_secs(c.timeout_secs.max(1))).await {
+        Err(why) => return (false, why, String::new()),
+        Ok(o) => o,
     };
     let mut both = out.stdout;
     both.extend_from_slice(&out.stderr);

@@ -112,18 +112,7 @@ async fn unpack(artifact: &Path, into: &Path, name: &str) -> Result<(), String> 
 /// Runs `sh -c cmd` in `dir`; the error names the exit status and the end of
 /// its output.
 async fn shell(cmd: &str, dir: &Path, limit: Duration) -> Result<(), String> {
-    let child = tokio::process::Command::new("sh")
-        .arg("-c")
-        .arg(cmd)
-        .current_dir(dir)
-        .stdin(std::process::Stdio::null())
-        .kill_on_drop(true)
-        .output();
-    let out = match tokio::time::timeout(limit, child).await {
-        Err(_) => return Err(format!("timed out after {limit:?}")),
-        Ok(Err(e)) => return Err(format!("cannot run it: {e}")),
-        Ok(Ok(o)) => o,
-    };
+    let out = super::checks::sh(cmd, Some(dir), limit).await?;
     if out.status.success() {
         return Ok(());
     }
