@@ -71,6 +71,9 @@ metric!(pub AGENT_INSTALL_SECONDS: Histogram = reg(Histogram::with_opts(
         .buckets(vec![0.1, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 300.0, 1800.0]),
 ).expect("valid metric")));
 metric!(pub HUB_JOBS: IntCounterVec = counter_vec("tether_hub_jobs_total", "Job state changes, by the state entered", &["state"]));
+metric!(pub RELAY_UPLOAD_BYTES: IntCounter = counter("tether_relay_upload_bytes_total", "Upload bytes forwarded from agents to the hub"));
+metric!(pub HUB_UPLOAD_BYTES: IntCounter = counter("tether_hub_upload_bytes_total", "Bytes of device uploads stored whole and verified"));
+metric!(pub AGENT_UPLOAD_BYTES: IntCounter = counter("tether_agent_upload_bytes_total", "Upload bytes sent toward the hub (resent ones included)"));
 metric!(pub HUB_REPO_PUBLISHED: IntCounter = counter("tether_hub_repo_published_total", "Targets versions the repository took"));
 metric!(pub HUB_REFUSALS: IntCounterVec = counter_vec("tether_hub_refusals_total", "Requests refused, by reason", &["reason"]));
 metric!(pub HUB_SESSIONS_GRANTED: IntCounter = counter("tether_hub_sessions_granted_total", "Grants signed"));
@@ -150,6 +153,9 @@ pub fn init() {
     LazyLock::force(&HUB_REFUSALS);
     LazyLock::force(&HUB_REPO_PUBLISHED);
     LazyLock::force(&HUB_JOBS);
+    LazyLock::force(&HUB_UPLOAD_BYTES);
+    LazyLock::force(&RELAY_UPLOAD_BYTES);
+    LazyLock::force(&AGENT_UPLOAD_BYTES);
     LazyLock::force(&AGENT_JOBS);
     LazyLock::force(&AGENT_INSTALL_SECONDS);
     LazyLock::force(&RELAY_REPO_REQUESTS);

@@ -56,6 +56,24 @@ fn default_check_timeout() -> u64 {
     60
 }
 
+/// `[uploads.NAME]`: files an `upload NAME` job may send to the hub (the
+/// hub names a set, never a path).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct UploadSet {
+    /// Files or folders (folders whole; symbolic links are sent as links,
+    /// never followed).
+    pub paths: Vec<PathBuf>,
+    /// The largest archive this set may make; a bigger one is refused
+    /// before anything is sent.
+    #[serde(default = "default_upload_cap")]
+    pub max_bytes: u64,
+}
+
+fn default_upload_cap() -> u64 {
+    64 << 20
+}
+
 /// `[repo]`: where the device's software comes from.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -72,8 +90,8 @@ pub struct RepoSettings {
     /// This device's class; targets built for another class are refused.
     #[serde(default)]
     pub device_class: Option<String>,
-    /// Download rate cap in bytes per second, so a download cannot starve
-    /// live sessions (0: no cap).
+    /// Download (and upload) rate cap in bytes per second, so a transfer
+    /// cannot starve live sessions (0: no cap).
     #[serde(default = "default_download_rate")]
     pub max_download_bytes_per_sec: u64,
 }
@@ -126,6 +144,9 @@ pub struct AgentConfig {
     /// The checks `run` jobs may name (the hub names a check, never a command).
     #[serde(default)]
     pub checks: BTreeMap<String, Check>,
+    /// The file sets `upload` jobs may name.
+    #[serde(default)]
+    pub uploads: BTreeMap<String, UploadSet>,
 }
 
 fn default_consent_timeout() -> u64 {
@@ -165,6 +186,11 @@ impl ConfigFile for AgentConfig {
                 resolve(base, p);
             }
         }
+        for set in self.uploads.values_mut() {
+            for p in &mut set.paths {
+                resolve(base, p);
+            }
+        }
     }
 
     fn problems(&self) -> Vec<String> {
@@ -184,6 +210,17 @@ impl ConfigFile for AgentConfig {
         }
         if let Some(r) = &self.repo {
             must_exist(&mut p, "repo.root", &r.root);
+        }
+        if !self.uploads.is_empty() && self.repo.is_none() {
+            p.push("uploads: needs [repo] (its state_dir keeps archives while they are sent)".into());
+        }
+        for (name, set) in &self.uploads {
+            if set.paths.is_empty() {
+                p.push(format!("uploads.{name}.paths: name at least one file or folder"));
+            }
+            if set.paths.iter().any(|p| p.file_name().is_none()) {
+                p.push(format!("uploads.{name}.paths: each path must end in a file or folder name"));
+            }
         }
         if self.heartbeat_secs == 0 {
             p.push("heartbeat_secs: must be at least 1".into());

@@ -144,3 +144,13 @@ pub struct RelayEvents {
     pub last: u64,
     pub devices: Vec<String>,
 }
+
+/// `POST /api/v1/device/DEVICE/uploads/JOB` (a relay, for its device): how
+/// much of the upload the hub has.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct UploadProgress {
+    pub received: u64,
+    pub total: u64,
+    /// All of it arrived and matched its SHA-256.
+    pub complete: bool,
+}

@@ -269,6 +269,10 @@ pub enum Route<'a> {
     DeviceJobs(&'a str),
     DeviceJobReport(&'a str, &'a str),
     RelayEvents,
+    /// A relay stores a range of its device's upload.
+    DeviceUpload(&'a str, &'a str),
+    /// An upload job's archive, for `tether uploads get`.
+    JobUpload(&'a str),
 }
 
 impl<'a> Route<'a> {
@@ -299,6 +303,8 @@ impl<'a> Route<'a> {
             ("GET", ["api", "v1", "device", device, "jobs"]) => Route::DeviceJobs(device),
             ("POST", ["api", "v1", "device", device, "jobs", id]) => Route::DeviceJobReport(device, id),
             ("GET", ["api", "v1", "relay", "events"]) => Route::RelayEvents,
+            ("POST", ["api", "v1", "device", device, "uploads", id]) => Route::DeviceUpload(device, id),
+            ("GET", ["api", "v1", "jobs", id, "upload"]) => Route::JobUpload(id),
             _ => return None,
         })
     }
@@ -329,6 +335,8 @@ impl<'a> Route<'a> {
             Some(Route::DeviceJobs(_)) => "device_jobs",
             Some(Route::DeviceJobReport(..)) => "device_job_report",
             Some(Route::RelayEvents) => "relay_events",
+            Some(Route::DeviceUpload(..)) => "device_upload",
+            Some(Route::JobUpload(_)) => "job_upload",
             None => "other",
         }
     }

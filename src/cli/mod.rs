@@ -10,6 +10,7 @@ mod jobs;
 mod relay;
 mod repo;
 mod specialist;
+mod uploads;
 
 use std::io::{BufRead, IsTerminal};
 use std::path::PathBuf;
@@ -123,6 +124,11 @@ enum Cmd {
         #[command(subcommand)]
         cmd: jobs::JobsCmd,
     },
+    /// Files that upload jobs brought from devices.
+    Uploads {
+        #[command(subcommand)]
+        cmd: uploads::UploadsCmd,
+    },
 }
 
 /// Runs one parsed command line.
@@ -142,6 +148,7 @@ pub async fn run(cli: Cli) -> Result<()> {
         Cmd::Loadgen { cmd } => crate::loadgen::run(cmd).await,
         Cmd::Repo { cmd } => repo::run(cmd).await,
         Cmd::Jobs { cmd } => jobs::run(cmd).await,
+        Cmd::Uploads { cmd } => uploads::run(cmd).await,
     }
 }
 

@@ -140,11 +140,23 @@ impl HubSession {
         body: Option<bytes::Bytes>,
         ctype: &'static str,
     ) -> Result<bytes::Bytes, HubCallError> {
+        Ok(self.raw_with_headers(method, path, body, ctype).await?.1)
+    }
+
+    /// [`HubSession::raw`], with the answer's headers.
+    pub async fn raw_with_headers(
+        &self,
+        method: Method,
+        path: &str,
+        body: Option<bytes::Bytes>,
+        ctype: &'static str,
+    ) -> Result<(hyper::HeaderMap, bytes::Bytes), HubCallError> {
         let mut token = self.token(false).await?;
         for attempt in 0..2 {
-            let (status, answer) = self.client.send(method.clone(), path, Some(&token), body.clone(), ctype).await?;
+            let (status, headers, answer) =
+                self.client.exchange(method.clone(), path, Some(&token), body.clone(), ctype).await?;
             if status.is_success() {
-                return Ok(answer);
+                return Ok((headers, answer));
             }
             let e = HubClientError::from_answer(status, &answer);
             if attempt == 0 && token_lapsed(&e) && self.login.dev_password_file.is_some() {

@@ -180,6 +180,9 @@ fn print_up(dir: &Path, parts: &[Part]) {
          tether connect --profile {p} {DEV_DEVICE} echo --listen 127.0.0.1:7000\n\n\
          then e.g. `nc 127.0.0.1 7000`; `tether sessions --profile {p}` lists sessions.\n\
          Try failover: kill -9 {} (relay-a); the session moves to relay-b and relay-a is restarted.\n\
+         Maintenance jobs: `tether jobs add --profile {p} --device {DEV_DEVICE} upload logs` (or `run disk`),\n\
+         `tether jobs list --profile {p}`, then `tether uploads get --profile {p} JOB-ID --out device-logs`\n\
+         (docs/fleet.md walks through publishing and installing software).\n\
          Ctrl-C stops everything.\n",
         pid("relay-a")
     );

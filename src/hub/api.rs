@@ -37,6 +37,7 @@ async fn route(hub: &Hub, req: Request<Incoming>, peer: &Peer) -> Result<Answer,
         | Route::DeviceJobs(_)
         | Route::DeviceJobReport(..)
         | Route::RelayEvents => super::jobs::handle(hub, route, req, peer).await,
+        Route::DeviceUpload(..) | Route::JobUpload(_) => super::uploads::handle(hub, route, req, peer).await,
         Route::Health => Ok(json_answer(StatusCode::OK, &health(hub))),
         Route::Metrics => Ok(http::text_answer(StatusCode::OK, "text/plain; version=0.0.4", crate::metrics::render())),
         Route::Login => {

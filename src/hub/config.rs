@@ -59,6 +59,24 @@ pub struct HubConfig {
     /// The signed software repository (docs/fleet.md); none: no repository.
     #[serde(default)]
     pub repo: Option<RepoConfig>,
+    /// Where files that devices upload are kept (none: upload jobs refused).
+    #[serde(default)]
+    pub uploads: Option<UploadsConfig>,
+}
+
+/// `[uploads]`: device uploads, one archive per job.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct UploadsConfig {
+    /// Created if missing; `JOB.part` while arriving, `JOB.tar` once whole.
+    pub dir: PathBuf,
+    /// Largest upload one job may store.
+    #[serde(default = "default_max_upload")]
+    pub max_bytes: u64,
+}
+
+fn default_max_upload() -> u64 {
+    256 << 20
 }
 
 /// `[repo]`: where the repository lives and the hub's online keys.
@@ -164,6 +182,9 @@ impl ConfigFile for HubConfig {
             for p in [&mut r.dir, &mut r.snapshot_key, &mut r.timestamp_key] {
                 resolve(base, p);
             }
+        }
+        if let Some(u) = &mut self.uploads {
+            resolve(base, &mut u.dir);
         }
         if let Some(path) = self.database.strip_prefix("sqlite:")
             && Path::new(path).is_relative()

@@ -1,6 +1,6 @@
 //! Who is asking, and may they: bearer-token authentication, the admin
-//! check, relay identity, bounded request bodies, and the one answer for
-//! internal errors.
+//! check, relay identity, entitlement to a device's site, bounded request
+//! bodies, and the one answer for internal errors.
 use hyper::body::Incoming;
 use hyper::{Request, StatusCode};
 use serde_json::json;
@@ -88,4 +88,25 @@ pub async fn read_body(hub: &Hub, req: Request<Incoming>, max: usize, peer: &Pee
         hub.refused("request_refused", e.code, json!({"from": peer.addr.ip().to_string()})).await;
     }
     body
+}
+
+/// The device, if `user` is entitled to its site (admins too: a job reaches
+/// into a hospital's device, so the site must be theirs). Unknown and not
+/// entitled look the same.
+pub async fn entitled_device(hub: &Hub, user: &User, peer: &Peer, device: &str, action: &str) -> Result<(), ApiError> {
+    let d = hub.store.device(device).await.map_err(internal)?;
+    let ok = match &d {
+        Some(d) => hub.store.entitled(&user.name, &d.site).await.map_err(internal)?,
+        None => false,
+    };
+    if ok {
+        return Ok(());
+    }
+    hub.refused(
+        "job_refused",
+        "not_entitled",
+        json!({"user": user.name, "device": device, "action": action, "from": peer.addr.ip().to_string()}),
+    )
+    .await;
+    Err(ApiError::new(StatusCode::FORBIDDEN, "not_entitled", format!("you are not entitled to device {device}")))
 }

@@ -13,7 +13,7 @@ use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
 use super::Hub;
-use super::guard::{authenticate, internal, read_body, relay_identity, require_admin};
+use super::guard::{authenticate, entitled_device, internal, read_body, relay_identity, require_admin};
 use super::http::{self, Answer, ApiError, Peer, json_answer};
 use super::model::{Role, User};
 use crate::api::{JobKind, JobReport, JobRequest, JobState, JobView, RelayEvents, Route};
@@ -128,27 +128,6 @@ pub async fn handle(hub: &Hub, route: Route<'_>, req: Request<Incoming>, peer: &
     }
 }
 
-/// The device, if `user` is entitled to its site (admins too: a job reaches
-/// into a hospital's device, so the site must be theirs). Unknown and not
-/// entitled look the same.
-async fn entitled_device(hub: &Hub, user: &User, peer: &Peer, device: &str, action: &str) -> Result<(), ApiError> {
-    let d = hub.store.device(device).await.map_err(internal)?;
-    let ok = match &d {
-        Some(d) => hub.store.entitled(&user.name, &d.site).await.map_err(internal)?,
-        None => false,
-    };
-    if ok {
-        return Ok(());
-    }
-    hub.refused(
-        "job_refused",
-        "not_entitled",
-        json!({"user": user.name, "device": device, "action": action, "from": peer.addr.ip().to_string()}),
-    )
-    .await;
-    Err(ApiError::new(StatusCode::FORBIDDEN, "not_entitled", format!("you are not entitled to device {device}")))
-}
-
 async fn create(hub: &Hub, user: &User, peer: &Peer, want: JobRequest) -> Result<JobView, ApiError> {
     entitled_device(hub, user, peer, &want.device, "job_create").await?;
     let who = json!({"user": user.name, "device": want.device, "target": want.target});
@@ -176,6 +155,9 @@ async fn create(hub: &Hub, user: &User, peer: &Peer, want: JobRequest) -> Result
         JobKind::Upload | JobKind::Run if !name_ok(&want.target) => {
             return bad("bad_target", format!("{:?}: a name of 1-64 letters, digits, '.', '_', '-'", want.target))
                 .await;
+        }
+        JobKind::Upload if hub.cfg.uploads.is_none() => {
+            return bad("no_uploads", "this hub has no [uploads] configured".into()).await;
         }
         _ => {}
     }
@@ -225,6 +207,7 @@ async fn cancel(hub: &Hub, user: &User, peer: &Peer, id: &str) -> Result<JobView
         return Err(ApiError::new(StatusCode::CONFLICT, "job_moved", "the job changed state meanwhile; look again"));
     }
     crate::metrics::HUB_JOBS.with_label_values(&["CANCELED"]).inc();
+    super::uploads::discard(hub, id);
     hub.audit
         .record(
             "job_state",
@@ -256,6 +239,10 @@ async fn report_state(
         let msg = format!("job {id} is {}; it cannot become {}", job.state.as_str(), report.state.as_str());
         return Err(ApiError::new(StatusCode::CONFLICT, "bad_transition", msg));
     }
+    if job.kind == JobKind::Upload && report.state == JobState::Succeeded && !super::uploads::complete(hub, id) {
+        let msg = format!("job {id}: the hub does not have the whole upload; send the rest first");
+        return Err(ApiError::new(StatusCode::CONFLICT, "upload_incomplete", msg));
+    }
     let reason: String = report.reason.chars().take(2000).collect();
     let now = now_secs() as i64;
     let output: String = report.output.chars().take(32 * 1024).collect();
@@ -264,6 +251,9 @@ async fn report_state(
         return Err(ApiError::new(StatusCode::CONFLICT, "job_moved", "the job changed state meanwhile"));
     }
     crate::metrics::HUB_JOBS.with_label_values(&[report.state.as_str()]).inc();
+    if report.state.is_final() && report.state != JobState::Succeeded {
+        super::uploads::discard(hub, id);
+    }
     hub.audit
         .record(
             "job_state",
@@ -289,6 +279,7 @@ pub async fn sweep(hub: Arc<Hub>, stop: CancellationToken) {
             let why = "not finished before its deadline";
             if let Ok(true) = hub.store.job_move(&j.id, (j.state, JobState::TimedOut), why, "", now).await {
                 crate::metrics::HUB_JOBS.with_label_values(&["TIMED_OUT"]).inc();
+                super::uploads::discard(&hub, &j.id);
                 hub.audit
                     .record("job_state", json!({"job": j.id, "device": j.device, "from": j.state.as_str(), "to": "TIMED_OUT", "reason": why}))
                     .await;

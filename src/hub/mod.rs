@@ -17,6 +17,7 @@ pub mod repo;
 mod repo_api;
 mod sessions;
 pub mod store;
+mod uploads;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -38,6 +39,8 @@ pub enum HubError {
     Tls(#[from] crate::tls::TlsError),
     #[error("repository: {0}")]
     Repo(#[from] repo::RepoStoreError),
+    #[error("uploads folder {dir}: {source}")]
+    Uploads { dir: std::path::PathBuf, source: std::io::Error },
     #[error("binding {addr}: {source}")]
     Bind { addr: SocketAddr, source: std::io::Error },
 }
@@ -54,6 +57,8 @@ pub struct Hub {
     pub repo: Option<repo::RepoStore>,
     /// Which devices' jobs changed, for the relays' long polls.
     pub jobs: jobs::JobEvents,
+    /// Uploads being written (one writer per job at a time).
+    uploads: uploads::Writing,
     signer: GrantSigner,
 }
 
@@ -68,7 +73,11 @@ impl Hub {
             Some(r) => Some(repo::RepoStore::open(&r.dir, &r.snapshot_key, &r.timestamp_key)?),
             None => None,
         };
-        Ok(Arc::new(Hub { cfg, store, audit, board, logins, repo, jobs: jobs::JobEvents::default(), signer }))
+        if let Some(u) = &cfg.uploads {
+            std::fs::create_dir_all(&u.dir).map_err(|source| HubError::Uploads { dir: u.dir.clone(), source })?;
+        }
+        let (jobs, uploads) = (jobs::JobEvents::default(), uploads::Writing::default());
+        Ok(Arc::new(Hub { cfg, store, audit, board, logins, repo, jobs, uploads, signer }))
     }
 
     /// Counts and audits a refusal; `fields` say who and what, never secrets.

@@ -114,7 +114,7 @@ async fn bad(hub: &Hub, peer: &Peer, user: &str, code: &'static str, detail: Str
     ApiError::new(StatusCode::BAD_REQUEST, code, detail)
 }
 
-fn bytes_answer(body: bytes::Bytes, ctype: &'static str) -> Answer {
+pub(super) fn bytes_answer(body: bytes::Bytes, ctype: &'static str) -> Answer {
     let mut r = hyper::Response::new(http_body_util::Full::new(body));
     r.headers_mut().insert(hyper::header::CONTENT_TYPE, hyper::header::HeaderValue::from_static(ctype));
     r

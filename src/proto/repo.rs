@@ -1,5 +1,6 @@
 //! Fleet frames. On a fetch leg an agent asks its relay for repository
-//! metadata, a range of an artifact, its jobs, or to report a job's state;
+//! metadata, a range of an artifact, its jobs, to report a job's state, or
+//! to store a range of an upload;
 //! the relay forwards to the hub and streams the answer. On the control
 //! channel the relay says `JobsWaiting` when the device's jobs changed.
 //!
@@ -11,7 +12,7 @@
 //! file is complete), or one `Failed`.
 use bytes::{BufMut, Bytes, BytesMut};
 
-use super::frame_type::{JOB_REPORT, JOBS_GET, JOBS_WAITING, REPO_DATA, REPO_FAILED, REPO_GET};
+use super::frame_type::{JOB_REPORT, JOBS_GET, JOBS_WAITING, REPO_DATA, REPO_FAILED, REPO_GET, UPLOAD_PUT};
 use super::wire::*;
 use super::{MAX_FRAME, ProtoError};
 
@@ -43,6 +44,11 @@ pub enum RepoFrame {
     /// relay -> agent on the control channel: the device's jobs changed;
     /// ask for them.
     JobsWaiting,
+    /// agent -> relay on a fetch leg: bytes `offset..offset+len` of upload
+    /// job `job`'s archive (`total` bytes, hex SHA-256 `sha256`) follow in
+    /// `Data` frames; `len` 0 asks how much the hub already has. Answered
+    /// with `Data` holding the hub's JSON progress.
+    UploadPut { version: u16, job: String, offset: u64, total: u64, len: u32, sha256: String },
 }
 
 impl RepoFrame {
@@ -81,6 +87,15 @@ impl RepoFrame {
                 put_bytes(buf, &output[..output.len().min(MAX_OUTPUT)]);
             }
             RepoFrame::JobsWaiting => buf.put_u8(JOBS_WAITING),
+            RepoFrame::UploadPut { version, job, offset, total, len, sha256 } => {
+                buf.put_u8(UPLOAD_PUT);
+                buf.put_u16(*version);
+                put_str(buf, job);
+                buf.put_u64(*offset);
+                buf.put_u64(*total);
+                buf.put_u32(*len);
+                put_str(buf, sha256);
+            }
         }
     }
 
@@ -107,6 +122,14 @@ impl RepoFrame {
                 reason: get_str(b)?,
                 output: get_bytes(b, MAX_OUTPUT)?,
             },
+            UPLOAD_PUT => RepoFrame::UploadPut {
+                version: get_u16(b)?,
+                job: get_str(b)?,
+                offset: get_u64(b)?,
+                total: get_u64(b)?,
+                len: get_u32(b)?,
+                sha256: get_str(b)?,
+            },
             _ => RepoFrame::JobsWaiting,
         })
     }
@@ -119,6 +142,7 @@ impl RepoFrame {
             RepoFrame::JobsGet { .. } => "jobs_get",
             RepoFrame::JobReport { .. } => "job_report",
             RepoFrame::JobsWaiting => "jobs_waiting",
+            RepoFrame::UploadPut { .. } => "upload_put",
         }
     }
 }

@@ -94,6 +94,16 @@ fn frame() -> impl Strategy<Value = Frame> {
             code,
             message
         })),
+        (any::<u16>(), text(), any::<u64>(), any::<u64>(), any::<u32>(), text()).prop_map(
+            |(version, job, offset, total, len, sha256)| Frame::Repo(RepoFrame::UploadPut {
+                version,
+                job,
+                offset,
+                total,
+                len,
+                sha256
+            })
+        ),
     ]
 }
 

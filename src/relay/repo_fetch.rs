@@ -1,8 +1,9 @@
 //! Fetch legs: an agent's requests for repository metadata and artifact
-//! ranges, forwarded to the hub over this relay's mTLS link and streamed back
-//! in `Data` frames. The relay keeps nothing: the agent checks every byte
-//! against the signed metadata, so a relay can delay a download but never
-//! alter one unnoticed.
+//! ranges, its jobs and reports, and its uploads' ranges, forwarded to the
+//! hub over this relay's mTLS link and answered in `Data` frames. The relay
+//! keeps nothing: the agent checks every byte against the signed metadata and
+//! the hub checks every upload against its SHA-256, so a relay can delay a
+//! transfer but never alter one unnoticed.
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
@@ -54,6 +55,9 @@ pub async fn serve(
             RepoFrame::JobReport { job, state: st, reason, output, .. } => {
                 (0, Call::Report { job, state: st, reason, output })
             }
+            RepoFrame::UploadPut { job, offset, total, len, sha256, .. } => {
+                (0, Call::Upload { job, offset, total, len, sha256, data: Bytes::new() })
+            }
             other => {
                 let why = format!("expected a request, got {}", other.kind());
                 return refuse(&state, &mut io, peer, &device, "unexpected_frame", why).await;
@@ -61,6 +65,18 @@ pub async fn serve(
         };
         // Held until the answer is sent: a slow agent keeps its slot.
         let turn = state.repo.as_ref().and_then(|f| f.waiting.clone().try_acquire_owned().ok());
+        let mut call = call;
+        if let (Some(_), Call::Upload { offset, len, data, .. }) = (&turn, &mut call) {
+            // The range's bytes follow the request; read them whole (at
+            // most MAX_RANGE, under the turn) before forwarding.
+            match read_range(&mut io, *offset, *len).await {
+                Ok(d) => *data = d,
+                Err(why) => return refuse(&state, &mut io, peer, &device, "bad_upload", why).await,
+            }
+        }
+        // Busy with an upload's bytes on their way: answer, then close the
+        // leg rather than read bytes nobody will forward.
+        let unread = turn.is_none() && matches!(call, Call::Upload { len: 1.., .. });
         let answer = match turn {
             Some(_) => answer(&state, &device, call).await,
             None if state.repo.is_none() => Err(failed(0, "no_hub", "this relay has no hub link to fetch from")),
@@ -71,7 +87,7 @@ pub async fn serve(
             Err(f) => {
                 if let RepoFrame::Failed { code, message, .. } = &f {
                     metrics::RELAY_REPO_REQUESTS.with_label_values(&[code]).inc();
-                    if matches!(code.as_str(), "bad_name" | "bad_range") {
+                    if matches!(code.as_str(), "bad_name" | "bad_range" | "upload_too_large") {
                         state.audit.record(
                             "repo_fetch_refused",
                             json!({"relay": state.cfg.name, "device": device, "peer": peer.to_string(), "reason": code, "detail": message}),
@@ -81,7 +97,7 @@ pub async fn serve(
                 io.write_frame(&Frame::Repo(f)).await
             }
         };
-        if sent.is_err() {
+        if sent.is_err() || unread {
             return;
         }
         io.shrink();
@@ -93,6 +109,34 @@ enum Call {
     Get { blob: bool, name: String, offset: u64, len: u32 },
     Jobs,
     Report { job: String, state: String, reason: String, output: Bytes },
+    Upload { job: String, offset: u64, total: u64, len: u32, sha256: String, data: Bytes },
+}
+
+/// Reads `len` bytes of an upload from `Data` frames starting at `offset`.
+/// Refused when the range is too long or the frames do not follow on.
+async fn read_range(io: &mut FrameIo<TlsStream<TcpStream>>, offset: u64, len: u32) -> Result<Bytes, String> {
+    if len > MAX_RANGE {
+        return Err(format!("an upload range is at most {MAX_RANGE} bytes"));
+    }
+    let mut buf = bytes::BytesMut::with_capacity(len as usize);
+    while buf.len() < len as usize {
+        let at = offset + buf.len() as u64;
+        match tokio::time::timeout(IDLE, io.read_frame()).await {
+            Err(_) => return Err(format!("no upload data for {IDLE:?}")),
+            Ok(Ok(Frame::Repo(RepoFrame::Data { offset: o, data, .. }))) if o == at => {
+                if buf.len() + data.len() > len as usize {
+                    return Err(format!("more than the {len} bytes announced"));
+                }
+                buf.extend_from_slice(&data);
+            }
+            Ok(Ok(Frame::Repo(RepoFrame::Data { offset: o, .. }))) => {
+                return Err(format!("upload bytes at {o}, expected {at}"));
+            }
+            Ok(Ok(other)) => return Err(format!("expected upload data, got {}", other.kind())),
+            Ok(Err(e)) => return Err(e.to_string()),
+        }
+    }
+    Ok(buf.freeze())
 }
 
 /// The hub's answer to one request: the file's total length and the bytes.
@@ -120,13 +164,24 @@ async fn answer(state: &State, device: &str, call: Call) -> Result<(u64, Bytes),
         }
         Call::Jobs => (Method::GET, format!("/api/v1/device/{device}/jobs"), None, false),
         Call::Report { job, state: st, reason, output } => {
-            if !job.bytes().all(|c| c.is_ascii_alphanumeric() || c == b'-') || job.is_empty() {
+            if !job_id_ok(&job) {
                 return Err(failed(0, "bad_name", "a job id is letters, digits and '-'"));
             }
             let output = String::from_utf8_lossy(&output);
             let body =
                 serde_json::to_vec(&json!({"state": st, "reason": reason, "output": output})).unwrap_or_default();
             (Method::POST, format!("/api/v1/device/{device}/jobs/{job}"), Some(Bytes::from(body)), false)
+        }
+        Call::Upload { job, offset, total, len, sha256, data } => {
+            if !job_id_ok(&job) || !sha256_name_ok(&sha256) {
+                return Err(failed(0, "bad_name", "an upload names its job id and the archive's hex SHA-256"));
+            }
+            if len > MAX_RANGE {
+                return Err(failed(0, "bad_range", format!("a range is 0 to {MAX_RANGE} bytes")));
+            }
+            let path = format!("/api/v1/device/{device}/uploads/{job}?offset={offset}&total={total}&sha256={sha256}");
+            metrics::RELAY_UPLOAD_BYTES.inc_by(data.len() as u64);
+            (Method::POST, path, Some(data), false)
         }
     };
     let got = fwd.hub().exchange(method, &path, None, body, "application/json").await;
@@ -148,6 +203,10 @@ async fn answer(state: &State, device: &str, call: Call) -> Result<(u64, Bytes),
     };
     tracing::debug!(device, bytes = body.len(), "fleet request forwarded");
     Ok((total, body))
+}
+
+fn job_id_ok(job: &str) -> bool {
+    !job.is_empty() && job.len() <= 64 && job.bytes().all(|c| c.is_ascii_alphanumeric() || c == b'-')
 }
 
 async fn send_data(

@@ -21,6 +21,23 @@ pub fn random_bytes<const N: usize>() -> [u8; N] {
     out
 }
 
+/// A file's length and lowercase hex SHA-256, read in 64 KiB pieces.
+pub fn sha256_file(path: &std::path::Path) -> std::io::Result<(u64, String)> {
+    use sha2::{Digest, Sha256};
+    use std::io::Read;
+    let mut f = std::fs::File::open(path)?;
+    let (mut h, mut len) = (Sha256::new(), 0u64);
+    let mut buf = vec![0u8; 1 << 16];
+    loop {
+        let n = f.read(&mut buf)?;
+        if n == 0 {
+            return Ok((len, hex::encode(h.finalize())));
+        }
+        len += n as u64;
+        h.update(&buf[..n]);
+    }
+}
+
 /// Equal, in time that depends only on the lengths (MACs, TOTP codes).
 pub fn ct_eq(a: &[u8], b: &[u8]) -> bool {
     use subtle::ConstantTimeEq;

@@ -285,6 +285,15 @@ pub fn write_agent_config(
             dir.join("agent-state").display(),
             opts.download_rate
         );
+        // Upload sets: `logs` (the default cap), `tiny` (the same folder,
+        // capped at 1000 bytes) and `bulk` (over the hub's 32 MiB cap).
+        let (logs, bulk) = (dir.join("device-logs"), dir.join("bulk"));
+        cfg += &format!(
+            "\n[uploads.logs]\npaths = [\"{l}\"]\n\n[uploads.tiny]\npaths = [\"{l}\"]\nmax_bytes = 1000\n\n\
+             [uploads.bulk]\npaths = [\"{b}\"]\nmax_bytes = 1073741824\n",
+            l = logs.display(),
+            b = bulk.display()
+        );
     }
     let path = dir.join("agent.toml");
     std::fs::write(&path, cfg).unwrap();
@@ -357,7 +366,8 @@ impl Fleet {
         let hub_extra = if opts.repo {
             tether::dev::dev_repository(&dir).unwrap();
             format!(
-                "{}\n[repo]\ndir = \"repo\"\nsnapshot_key = \"repo-keys/snapshot.pem\"\ntimestamp_key = \"repo-keys/timestamp.pem\"\n",
+                "{}\n[repo]\ndir = \"repo\"\nsnapshot_key = \"repo-keys/snapshot.pem\"\ntimestamp_key = \"repo-keys/timestamp.pem\"\n\n\
+                 [uploads]\ndir = \"uploads\"\nmax_bytes = 33554432\n",
                 opts.hub_extra
             )
         } else {

@@ -26,3 +26,4 @@ mod repo;
 mod tunnel;
 mod twins;
 mod twins_basic;
+mod uploads;

@@ -8,7 +8,9 @@ use tokio_rustls::client::TlsStream;
 use super::{FetchError, Sink};
 use crate::agent::Shared;
 use crate::agent::config::RelayEndpoint;
-use crate::proto::repo::RepoFrame;
+use bytes::Bytes;
+
+use crate::proto::repo::{DATA_CHUNK, RepoFrame};
 use crate::proto::{Frame, FrameIo, FrameIoError};
 use crate::tls;
 
@@ -33,17 +35,32 @@ impl FetchLeg {
         Ok(FetchLeg { io: FrameIo::new(tls), relay: relay.name.clone() })
     }
 
-    /// Sends `req` and hands the answer's pieces to `sink`, from `offset`
+    /// Sends `req` (and `payload` after it, in `Data` frames from
+    /// `payload.0`), and hands the answer's pieces to `sink`, from `offset`
     /// until `end` (or the whole answer).
     pub async fn exchange(
         &mut self,
         req: RepoFrame,
-        offset: u64,
-        end: Option<u64>,
+        payload: (u64, Bytes),
+        (offset, end): (u64, Option<u64>),
         sink: &mut Sink<'_>,
         pace: &super::Pace,
     ) -> Result<(), FetchError> {
         self.io.write_frame(&Frame::Repo(req)).await.map_err(|e| leg(&self.relay, "write", e))?;
+        let (from, bytes) = payload;
+        let mut sent = 0;
+        while sent < bytes.len() {
+            let end = (sent + DATA_CHUNK).min(bytes.len());
+            let data =
+                Frame::Repo(RepoFrame::Data { offset: from + sent as u64, total: 0, data: bytes.slice(sent..end) });
+            let write = tokio::time::timeout(STALL, self.io.write_frame(&data));
+            write
+                .await
+                .map_err(|_| leg(&self.relay, "write", "stalled"))
+                .and_then(|r| r.map_err(|e| leg(&self.relay, "write", e)))?;
+            pace.took(end - sent).await;
+            sent = end;
+        }
         let mut at = offset;
         loop {
             let frame = match tokio::time::timeout(STALL, self.io.read_frame()).await {

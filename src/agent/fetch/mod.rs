@@ -9,6 +9,9 @@
 //! reaches `artifacts/SHA`.
 mod leg;
 mod store;
+mod upload;
+
+pub use upload::Archive;
 
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
@@ -105,7 +108,8 @@ impl Fetcher {
     async fn once(
         &mut self,
         req: RepoFrame,
-        (offset, end): (u64, Option<u64>),
+        payload: (u64, bytes::Bytes),
+        range: (u64, Option<u64>),
         sink: &mut Sink<'_>,
         pace: &Pace,
     ) -> Result<(), FetchError> {
@@ -115,7 +119,7 @@ impl Fetcher {
             self.leg = Some(FetchLeg::dial(&self.state, &relay).await.inspect_err(|_| self.next_relay += 1)?);
         }
         let leg = self.leg.as_mut().expect("dialled above");
-        let r = leg.exchange(req, offset, end, sink, pace).await;
+        let r = leg.exchange(req, payload, range, sink, pace).await;
         if r.as_ref().is_err_and(FetchError::retry) {
             self.leg = None;
             self.next_relay += 1;
@@ -135,7 +139,7 @@ impl Fetcher {
     ) -> Result<(), FetchError> {
         let req = RepoFrame::Get { version: crate::proto::VERSION, blob, name: name.into(), offset, len };
         let end = blob.then(|| offset + u64::from(len));
-        self.once(req, (offset, end), sink, pace).await
+        self.once(req, (0, Default::default()), (offset, end), sink, pace).await
     }
 
     /// A small request answered whole (jobs, reports), through the twin if
@@ -148,7 +152,7 @@ impl Fetcher {
                 buf.extend_from_slice(data);
                 Ok(())
             };
-            match self.once(req.clone(), (0, None), &mut sink, &Pace::new(0)).await {
+            match self.once(req.clone(), (0, Default::default()), (0, None), &mut sink, &Pace::new(0)).await {
                 Ok(()) => return Ok(buf),
                 Err(e) if e.retry() && breaks < self.state.cfg.relays.len() as u32 => breaks += 1,
                 Err(e) => return Err(e),

@@ -7,6 +7,7 @@
 //! "in progress" by a reboot.
 mod checks;
 mod install;
+mod upload;
 
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
@@ -155,20 +156,24 @@ async fn execute_in_span(state: &Shared, fetcher: &mut Fetcher, job: &JobView) {
     };
     let outcome = match job.kind {
         _ if !consented => Err((JobState::Rejected, "denied on site, or nobody on site approved it in time".into())),
-        JobKind::Install => {
-            // An admin may cancel it while it downloads: a watcher asks for
-            // the device's jobs on each nudge and stops the download.
+        JobKind::Install | JobKind::Upload => {
+            // An admin may cancel it while it transfers: a watcher asks for
+            // the device's jobs on each nudge and stops the transfer.
             fetcher.cancel = tokio_util::sync::CancellationToken::new();
             let watch = tokio::spawn(watch_cancel(state.clone(), job.id.clone(), fetcher.cancel.clone()));
-            let r = install::install(state, fetcher, &job.id, &job.target).await;
+            let r = if job.kind == JobKind::Install {
+                install::install(state, fetcher, &job.id, &job.target).await.map_err(|e| (JobState::Failed, e))
+            } else {
+                upload::upload(state, fetcher, &job.id, &job.target).await
+            };
             watch.abort();
             // The watcher may have taken a nudge meant for the main loop.
             state.jobs_waiting.notify_one();
             match r {
                 Err(_) if fetcher.cancel.is_cancelled() => {
-                    Err((JobState::Canceled, "cancelled while downloading; the partial file is removed".into()))
+                    Err((JobState::Canceled, "cancelled while transferring; the partial file is removed".into()))
                 }
-                r => r.map_err(|e| (JobState::Failed, e)),
+                r => r,
             }
         }
         JobKind::Run => match state.cfg.checks.get(&job.target) {
@@ -179,7 +184,6 @@ async fn execute_in_span(state: &Shared, fetcher: &mut Fetcher, job: &JobView) {
                 if ok { Ok(why) } else { Err((JobState::Failed, why)) }
             }
         },
-        JobKind::Upload => Err((JobState::Rejected, "this agent does not run upload jobs yet".to_string())),
     };
     (r.state, r.reason) = match outcome {
         Ok(why) => (JobState::Succeeded, why),
