@@ -72,6 +72,7 @@ metric!(pub AGENT_INSTALL_SECONDS: Histogram = reg(Histogram::with_opts(
 ).expect("valid metric")));
 metric!(pub HUB_JOBS: IntCounterVec = counter_vec("tether_hub_jobs_total", "Job state changes, by the state entered", &["state"]));
 metric!(pub RELAY_UPLOAD_BYTES: IntCounter = counter("tether_relay_upload_bytes_total", "Upload bytes forwarded from agents to the hub"));
+metric!(pub HUB_ROLLOUTS: IntCounterVec = counter_vec("tether_hub_rollouts_total", "Rollouts ended, by final state", &["state"]));
 metric!(pub HUB_UPLOAD_BYTES: IntCounter = counter("tether_hub_upload_bytes_total", "Bytes of device uploads stored whole and verified"));
 metric!(pub AGENT_UPLOAD_BYTES: IntCounter = counter("tether_agent_upload_bytes_total", "Upload bytes sent toward the hub (resent ones included)"));
 metric!(pub HUB_REPO_PUBLISHED: IntCounter = counter("tether_hub_repo_published_total", "Targets versions the repository took"));
@@ -154,6 +155,7 @@ pub fn init() {
     LazyLock::force(&HUB_REPO_PUBLISHED);
     LazyLock::force(&HUB_JOBS);
     LazyLock::force(&HUB_UPLOAD_BYTES);
+    LazyLock::force(&HUB_ROLLOUTS);
     LazyLock::force(&RELAY_UPLOAD_BYTES);
     LazyLock::force(&AGENT_UPLOAD_BYTES);
     LazyLock::force(&AGENT_JOBS);

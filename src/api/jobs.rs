@@ -124,6 +124,9 @@ pub struct JobView {
     /// A check's output (at most 32 KiB), once it ran.
     #[serde(default, skip_serializing_if = "String::is_empty")]
     pub output: String,
+    /// The site rollout that queued it (empty: queued for this device alone).
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub rollout: String,
 }
 
 /// `POST /api/v1/device/DEVICE/jobs/ID` (a relay, for its device).
@@ -153,4 +156,73 @@ pub struct UploadProgress {
     pub total: u64,
     /// All of it arrived and matched its SHA-256.
     pub complete: bool,
+}
+
+/// `POST /api/v1/rollouts`: one job for every device of a site, in batches.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct RolloutRequest {
+    pub site: String,
+    pub kind: JobKind,
+    pub target: String,
+    /// Devices per batch: `N` or `P%` of the site's devices (at least 1).
+    pub batch: String,
+    /// Stop after this many FAILED or TIMED_OUT jobs (0: never).
+    #[serde(default)]
+    pub abort_after: u32,
+    #[serde(default)]
+    pub consent_required: bool,
+    /// Each job's time from its creation (default 3600 s).
+    #[serde(default)]
+    pub timeout_secs: Option<u64>,
+}
+
+/// A rollout's state: RUNNING -> COMPLETED / ABORTED / CANCELED.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "SCREAMING_SNAKE_CASE")]
+pub enum RolloutState {
+    Running,
+    /// Every device had its job (some may have failed, below the threshold).
+    Completed,
+    /// The failures reached `abort_after`; the devices left got no job.
+    Aborted,
+    Canceled,
+}
+
+impl RolloutState {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            RolloutState::Running => "RUNNING",
+            RolloutState::Completed => "COMPLETED",
+            RolloutState::Aborted => "ABORTED",
+            RolloutState::Canceled => "CANCELED",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<RolloutState> {
+        [RolloutState::Running, RolloutState::Completed, RolloutState::Aborted, RolloutState::Canceled]
+            .into_iter()
+            .find(|st| st.as_str() == s)
+    }
+}
+
+/// A rollout as the hub keeps it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RolloutView {
+    pub id: String,
+    pub site: String,
+    pub kind: JobKind,
+    pub target: String,
+    /// The site's devices when it started, in the order they are done.
+    pub devices: Vec<String>,
+    pub batch_size: u32,
+    pub abort_after: u32,
+    pub consent_required: bool,
+    pub timeout_secs: u64,
+    /// Devices given their job so far (the first `started` of `devices`).
+    pub started: u32,
+    pub state: RolloutState,
+    pub reason: String,
+    pub created_by: String,
+    pub created_at: i64,
+    pub updated_at: i64,
 }

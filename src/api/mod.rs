@@ -8,6 +8,9 @@ pub mod report;
 pub mod types;
 
 pub use client::{HubClient, HubClientError};
-pub use jobs::{JobKind, JobReport, JobRequest, JobState, JobView, RelayEvents, UploadProgress};
+pub use jobs::{
+    JobKind, JobReport, JobRequest, JobState, JobView, RelayEvents, RolloutRequest, RolloutState, RolloutView,
+    UploadProgress,
+};
 pub use report::{AgentHead, AgentSeen, EndedSession, Head, RelayReport, ReportAnswer, RevokedSession};
 pub use types::*;

@@ -273,6 +273,9 @@ pub enum Route<'a> {
     DeviceUpload(&'a str, &'a str),
     /// An upload job's archive, for `tether uploads get`.
     JobUpload(&'a str),
+    RolloutCreate,
+    Rollouts,
+    RolloutCancel(&'a str),
 }
 
 impl<'a> Route<'a> {
@@ -305,6 +308,9 @@ impl<'a> Route<'a> {
             ("GET", ["api", "v1", "relay", "events"]) => Route::RelayEvents,
             ("POST", ["api", "v1", "device", device, "uploads", id]) => Route::DeviceUpload(device, id),
             ("GET", ["api", "v1", "jobs", id, "upload"]) => Route::JobUpload(id),
+            ("POST", ["api", "v1", "rollouts"]) => Route::RolloutCreate,
+            ("GET", ["api", "v1", "rollouts"]) => Route::Rollouts,
+            ("POST", ["api", "v1", "rollouts", id, "cancel"]) => Route::RolloutCancel(id),
             _ => return None,
         })
     }
@@ -337,6 +343,9 @@ impl<'a> Route<'a> {
             Some(Route::RelayEvents) => "relay_events",
             Some(Route::DeviceUpload(..)) => "device_upload",
             Some(Route::JobUpload(_)) => "job_upload",
+            Some(Route::RolloutCreate) => "rollout_create",
+            Some(Route::Rollouts) => "rollouts",
+            Some(Route::RolloutCancel(_)) => "rollout_cancel",
             None => "other",
         }
     }

@@ -1,12 +1,13 @@
-//! `tether jobs add|list|cancel`: maintenance jobs for devices, queued at
-//! the hub and picked up by each device's agent through its relay.
+//! `tether jobs add|list|rollouts|cancel`: maintenance jobs for devices (or
+//! every device of a site, in batches), queued at the hub and picked up by
+//! each device's agent through its relay.
 use std::path::PathBuf;
 
 use anyhow::{Result, bail};
 use clap::Subcommand;
 
 use super::specialist::load;
-use crate::api::{JobKind, JobRequest, JobView};
+use crate::api::{JobKind, JobRequest, JobView, RolloutRequest, RolloutView};
 use crate::client::hub::HubSession;
 
 #[derive(Subcommand)]
@@ -18,8 +19,8 @@ pub enum JobsCmd {
         /// The device that runs it.
         #[arg(long)]
         device: Option<String>,
-        /// Every device of a site, in batches (not built yet).
-        #[arg(long)]
+        /// Every device of a site, a batch at a time (a rollout).
+        #[arg(long, conflicts_with = "device")]
         site: Option<String>,
         /// Print the created job as JSON.
         #[arg(long)]
@@ -30,10 +31,10 @@ pub enum JobsCmd {
         /// Seconds before an unfinished job is TIMED_OUT (default 3600).
         #[arg(long)]
         timeout: Option<u64>,
-        /// A site rollout's batch size, e.g. 10% (not built yet).
+        /// A rollout's batch: N devices or P% of the site (default 10%).
         #[arg(long)]
         batch: Option<String>,
-        /// Stop a site rollout after this many failures (not built yet).
+        /// Stop a rollout after this many FAILED or TIMED_OUT jobs.
         #[arg(long)]
         abort_after: Option<u32>,
         kind: JobKind,
@@ -48,7 +49,14 @@ pub enum JobsCmd {
         #[arg(long)]
         json: bool,
     },
-    /// Admin: cancel a job that has not ended.
+    /// Site rollouts, newest first.
+    Rollouts {
+        #[arg(long)]
+        profile: Option<PathBuf>,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Admin: cancel a job (or a rollout, `roll-...`) that has not ended.
     Cancel {
         #[arg(long)]
         profile: Option<PathBuf>,
@@ -59,11 +67,42 @@ pub enum JobsCmd {
 pub async fn run(cmd: JobsCmd) -> Result<()> {
     match cmd {
         JobsCmd::Add { profile, device, site, json, consent, timeout, batch, abort_after, kind, target } => {
-            if site.is_some() || batch.is_some() || abort_after.is_some() {
-                bail!("site rollouts (--site, --batch, --abort-after) are not built yet; queue jobs per --device");
+            if site.is_none() && (batch.is_some() || abort_after.is_some()) {
+                bail!("--batch and --abort-after are for a site rollout: name the site with --site S");
             }
-            let Some(device) = device else { bail!("name the device: --device D") };
             let hub = HubSession::from_profile(&load(&super::profile_path(profile))?)?;
+            if let Some(site) = site {
+                let req = RolloutRequest {
+                    site,
+                    kind,
+                    target,
+                    batch: batch.unwrap_or_else(|| "10%".into()),
+                    abort_after: abort_after.unwrap_or(0),
+                    consent_required: consent.as_deref() == Some("required"),
+                    timeout_secs: timeout,
+                };
+                let r: RolloutView = hub.post("/api/v1/rollouts", &req).await?;
+                if json {
+                    println!("{}", serde_json::to_string_pretty(&r)?);
+                } else {
+                    let abort = match r.abort_after {
+                        0 => "never aborts".to_string(),
+                        n => format!("aborts after {n} failures"),
+                    };
+                    println!(
+                        "rollout {} on {}: {} {} to {} devices, {} at a time, {abort}; {}",
+                        r.id,
+                        r.site,
+                        r.kind.as_str(),
+                        r.target,
+                        r.devices.len(),
+                        r.batch_size,
+                        r.reason
+                    );
+                }
+                return Ok(());
+            }
+            let Some(device) = device else { bail!("name the device (--device D) or the site (--site S)") };
             let req = JobRequest {
                 device,
                 kind,
@@ -108,6 +147,35 @@ pub async fn run(cmd: JobsCmd) -> Result<()> {
                     j.reason
                 );
             }
+            Ok(())
+        }
+        JobsCmd::Rollouts { profile, json } => {
+            let hub = HubSession::from_profile(&load(&super::profile_path(profile))?)?;
+            let all: Vec<RolloutView> = hub.get("/api/v1/rollouts").await?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&all)?);
+                return Ok(());
+            }
+            println!("{:<22} {:<12} {:<24} {:<10} {:<9} REASON", "ID", "SITE", "TARGET", "STATE", "DEVICES");
+            for r in all {
+                let target = format!("{} {}", r.kind.as_str(), r.target);
+                let done = format!("{}/{}", r.started, r.devices.len());
+                println!(
+                    "{:<22} {:<12} {:<24} {:<10} {:<9} {}",
+                    r.id,
+                    r.site,
+                    target,
+                    r.state.as_str(),
+                    done,
+                    r.reason
+                );
+            }
+            Ok(())
+        }
+        JobsCmd::Cancel { profile, id } if id.starts_with("roll-") => {
+            let hub = HubSession::from_profile(&load(&super::profile_path(profile))?)?;
+            let r: RolloutView = hub.post(&format!("/api/v1/rollouts/{id}/cancel"), &serde_json::json!({})).await?;
+            println!("{} is {}", r.id, r.state.as_str());
             Ok(())
         }
         JobsCmd::Cancel { profile, id } => {

@@ -38,6 +38,9 @@ async fn route(hub: &Hub, req: Request<Incoming>, peer: &Peer) -> Result<Answer,
         | Route::DeviceJobReport(..)
         | Route::RelayEvents => super::jobs::handle(hub, route, req, peer).await,
         Route::DeviceUpload(..) | Route::JobUpload(_) => super::uploads::handle(hub, route, req, peer).await,
+        Route::RolloutCreate | Route::Rollouts | Route::RolloutCancel(_) => {
+            super::rollouts::handle(hub, route, req, peer).await
+        }
         Route::Health => Ok(json_answer(StatusCode::OK, &health(hub))),
         Route::Metrics => Ok(http::text_answer(StatusCode::OK, "text/plain; version=0.0.4", crate::metrics::render())),
         Route::Login => {

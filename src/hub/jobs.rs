@@ -128,46 +128,71 @@ pub async fn handle(hub: &Hub, route: Route<'_>, req: Request<Incoming>, peer: &
     }
 }
 
-async fn create(hub: &Hub, user: &User, peer: &Peer, want: JobRequest) -> Result<JobView, ApiError> {
-    entitled_device(hub, user, peer, &want.device, "job_create").await?;
-    let who = json!({"user": user.name, "device": want.device, "target": want.target});
-    let bad = |code: &'static str, message: String| {
-        let who = who.clone();
-        async move {
-            hub.refused("job_refused", code, who).await;
-            Err(ApiError::new(StatusCode::BAD_REQUEST, code, message))
-        }
-    };
-    match want.kind {
+/// Why `target` is no target for a `kind` job: (code, message).
+pub(super) fn check_target(hub: &Hub, kind: JobKind, target: &str) -> Result<(), (&'static str, String)> {
+    match kind {
         JobKind::Install => {
-            let Some((name, version)) = want.target.split_once('@') else {
-                return bad("bad_target", format!("{:?}: an install names NAME@VERSION", want.target)).await;
+            let Some((name, version)) = target.split_once('@') else {
+                return Err(("bad_target", format!("{target:?}: an install names NAME@VERSION")));
             };
-            let known = hub.repo.as_ref().map(|r| r.has_target(&format!("{name}/{version}")));
-            match known {
-                None => return bad("no_repository", "this hub has no [repo] configured".into()).await,
-                Some(false) => {
-                    return bad("unknown_target", format!("the repository has no {name}@{version}")).await;
-                }
-                Some(true) => {}
+            match hub.repo.as_ref().map(|r| r.has_target(&format!("{name}/{version}"))) {
+                None => Err(("no_repository", "this hub has no [repo] configured".into())),
+                Some(false) => Err(("unknown_target", format!("the repository has no {name}@{version}"))),
+                Some(true) => Ok(()),
             }
         }
-        JobKind::Upload | JobKind::Run if !name_ok(&want.target) => {
-            return bad("bad_target", format!("{:?}: a name of 1-64 letters, digits, '.', '_', '-'", want.target))
-                .await;
+        JobKind::Upload | JobKind::Run if !name_ok(target) => {
+            Err(("bad_target", format!("{target:?}: a name of 1-64 letters, digits, '.', '_', '-'")))
         }
         JobKind::Upload if hub.cfg.uploads.is_none() => {
-            return bad("no_uploads", "this hub has no [uploads] configured".into()).await;
+            Err(("no_uploads", "this hub has no [uploads] configured".into()))
         }
-        _ => {}
+        _ => Ok(()),
     }
-    let timeout = want.timeout_secs.unwrap_or(DEFAULT_TIMEOUT);
-    if timeout == 0 || timeout > MAX_TIMEOUT {
-        return bad("bad_timeout", format!("timeout_secs: 1 to {MAX_TIMEOUT}")).await;
+}
+
+/// A job's deadline `timeout` seconds from `now`, if the timeout is allowed.
+pub(super) fn deadline(timeout: Option<u64>, now: i64) -> Result<i64, (&'static str, String)> {
+    match timeout.unwrap_or(DEFAULT_TIMEOUT) {
+        t if t == 0 || t > MAX_TIMEOUT => Err(("bad_timeout", format!("timeout_secs: 1 to {MAX_TIMEOUT}"))),
+        t => Ok(now + t as i64),
     }
+}
+
+/// Stores a new QUEUED job, audits it and tells the relays.
+pub(super) async fn queue(hub: &Hub, job: &JobView) -> Result<(), ApiError> {
+    hub.store.job_add(job).await.map_err(internal)?;
+    crate::metrics::HUB_JOBS.with_label_values(&["QUEUED"]).inc();
+    hub.audit
+        .record(
+            "job_created",
+            json!({"job": job.id, "device": job.device, "kind": job.kind.as_str(), "target": job.target,
+                   "consent_required": job.consent_required, "by": job.created_by, "rollout": job.rollout}),
+        )
+        .await;
+    hub.jobs.changed(&job.device);
+    Ok(())
+}
+
+/// A new job's id.
+pub(super) fn new_id() -> String {
+    format!("job-{}", hex::encode(crate::random_bytes::<8>()))
+}
+
+async fn create(hub: &Hub, user: &User, peer: &Peer, want: JobRequest) -> Result<JobView, ApiError> {
+    entitled_device(hub, user, peer, &want.device, "job_create").await?;
     let now = now_secs() as i64;
+    let checked = check_target(hub, want.kind, &want.target).and_then(|()| deadline(want.timeout_secs, now));
+    let deadline = match checked {
+        Ok(d) => d,
+        Err((code, message)) => {
+            hub.refused("job_refused", code, json!({"user": user.name, "device": want.device, "target": want.target}))
+                .await;
+            return Err(ApiError::new(StatusCode::BAD_REQUEST, code, message));
+        }
+    };
     let job = JobView {
-        id: format!("job-{}", hex::encode(crate::random_bytes::<8>())),
+        id: new_id(),
         device: want.device.clone(),
         kind: want.kind,
         target: want.target.clone(),
@@ -177,19 +202,11 @@ async fn create(hub: &Hub, user: &User, peer: &Peer, want: JobRequest) -> Result
         created_by: user.name.clone(),
         created_at: now,
         updated_at: now,
-        deadline: now + timeout as i64,
+        deadline,
         output: String::new(),
+        rollout: String::new(),
     };
-    hub.store.job_add(&job).await.map_err(internal)?;
-    crate::metrics::HUB_JOBS.with_label_values(&["QUEUED"]).inc();
-    hub.audit
-        .record(
-            "job_created",
-            json!({"job": job.id, "device": job.device, "kind": job.kind.as_str(), "target": job.target,
-                   "consent_required": job.consent_required, "by": user.name}),
-        )
-        .await;
-    hub.jobs.changed(&job.device);
+    queue(hub, &job).await?;
     Ok(job)
 }
 
@@ -208,6 +225,7 @@ async fn cancel(hub: &Hub, user: &User, peer: &Peer, id: &str) -> Result<JobView
     }
     crate::metrics::HUB_JOBS.with_label_values(&["CANCELED"]).inc();
     super::uploads::discard(hub, id);
+    hub.rollout_moved(&job.rollout);
     hub.audit
         .record(
             "job_state",
@@ -254,6 +272,9 @@ async fn report_state(
     if report.state.is_final() && report.state != JobState::Succeeded {
         super::uploads::discard(hub, id);
     }
+    if report.state.is_final() {
+        hub.rollout_moved(&job.rollout);
+    }
     hub.audit
         .record(
             "job_state",
@@ -280,6 +301,7 @@ pub async fn sweep(hub: Arc<Hub>, stop: CancellationToken) {
             if let Ok(true) = hub.store.job_move(&j.id, (j.state, JobState::TimedOut), why, "", now).await {
                 crate::metrics::HUB_JOBS.with_label_values(&["TIMED_OUT"]).inc();
                 super::uploads::discard(&hub, &j.id);
+                hub.rollout_moved(&j.rollout);
                 hub.audit
                     .record("job_state", json!({"job": j.id, "device": j.device, "from": j.state.as_str(), "to": "TIMED_OUT", "reason": why}))
                     .await;

@@ -15,6 +15,7 @@ pub mod model;
 pub mod relays;
 pub mod repo;
 mod repo_api;
+mod rollouts;
 mod sessions;
 pub mod store;
 mod uploads;
@@ -59,6 +60,9 @@ pub struct Hub {
     pub jobs: jobs::JobEvents,
     /// Uploads being written (one writer per job at a time).
     uploads: uploads::Writing,
+    /// Rollouts whose jobs moved, for the rollout driver (`rollouts::drive`).
+    rollout_news: tokio::sync::mpsc::UnboundedSender<String>,
+    rollout_rx: std::sync::Mutex<Option<tokio::sync::mpsc::UnboundedReceiver<String>>>,
     signer: GrantSigner,
 }
 
@@ -77,7 +81,16 @@ impl Hub {
             std::fs::create_dir_all(&u.dir).map_err(|source| HubError::Uploads { dir: u.dir.clone(), source })?;
         }
         let (jobs, uploads) = (jobs::JobEvents::default(), uploads::Writing::default());
-        Ok(Arc::new(Hub { cfg, store, audit, board, logins, repo, jobs, uploads, signer }))
+        let (rollout_news, rx) = tokio::sync::mpsc::unbounded_channel();
+        let rollout_rx = std::sync::Mutex::new(Some(rx));
+        Ok(Arc::new(Hub { cfg, store, audit, board, logins, repo, jobs, uploads, rollout_news, rollout_rx, signer }))
+    }
+
+    /// A job of rollout `id` ended: the rollout may move on.
+    pub fn rollout_moved(&self, id: &str) {
+        if !id.is_empty() {
+            let _ = self.rollout_news.send(id.to_string());
+        }
     }
 
     /// Counts and audits a refusal; `fields` say who and what, never secrets.
@@ -137,6 +150,7 @@ pub async fn run(listener: TcpListener, cfg: HubConfig, stop: CancellationToken)
     let reporter = tokio::spawn(report_drops(hub.clone(), drops.clone(), stop.clone()));
     tokio::spawn(repo_api::refresh_timestamps(hub.clone(), stop.clone()));
     tokio::spawn(jobs::sweep(hub.clone(), stop.clone()));
+    tokio::spawn(rollouts::drive(hub.clone(), stop.clone()));
     http::serve(listener, tls, hub.cfg.max_connections, drops, handler, stop).await;
     let _ = reporter.await;
     hub.audit.record("hub_stop", json!({})).await;

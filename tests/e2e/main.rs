@@ -23,6 +23,7 @@ mod legs;
 mod memory;
 mod no_listen;
 mod repo;
+mod rollouts;
 mod tunnel;
 mod twins;
 mod twins_basic;

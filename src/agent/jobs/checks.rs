@@ -7,11 +7,18 @@ use std::time::Duration;
 use crate::agent::config::Check;
 use crate::proto::repo::MAX_OUTPUT;
 
-/// Runs `sh -c cmd` (in `dir`, if given) for at most `limit`; the error says
-/// why it did not run to its end. Installs and health checks use it too.
-pub async fn sh(cmd: &str, dir: Option<&Path>, limit: Duration) -> Result<std::process::Output, String> {
+/// Runs `sh -c cmd` (in `dir`, if given, with `env` added) for at most
+/// `limit`; the error says why it did not run to its end. Installs and
+/// health checks use it too.
+pub async fn sh(
+    cmd: &str,
+    dir: Option<&Path>,
+    env: &[(&str, &str)],
+    limit: Duration,
+) -> Result<std::process::Output, String> {
     let mut c = tokio::process::Command::new("sh");
     c.arg("-c").arg(cmd).stdin(std::process::Stdio::null()).kill_on_drop(true);
+    c.envs(env.iter().copied());
     if let Some(d) = dir {
         c.current_dir(d);
     }
@@ -22,9 +29,10 @@ pub async fn sh(cmd: &str, dir: Option<&Path>, limit: Duration) -> Result<std::p
     }
 }
 
-/// Runs the check: (succeeded, what happened, output).
-pub async fn run(c: &Check) -> (bool, String, String) {
-    let out = match sh(&c.command, None, Duration::from_secs(c.timeout_secs.max(1))).await {
+/// Runs the check with `TETHER_DEVICE` set: (succeeded, what happened, output).
+pub async fn run(c: &Check, device: &str) -> (bool, String, String) {
+    let env = [("TETHER_DEVICE", device)];
+    let out = match sh(&c.command, None, &env, Duration::from_secs(c.timeout_secs.max(1))).await {
         Err(why) => return (false, why, String::new()),
         Ok(o) => o,
     };

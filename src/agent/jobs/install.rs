@@ -40,8 +40,15 @@ pub async fn install(state: &Shared, fetcher: &mut Fetcher, job: &str, target: &
         let _ = std::fs::remove_dir_all(&tmp);
         return Err(e);
     }
+    let was = previous.as_ref().map_or("none".to_string(), |p| p.display().to_string());
+    let env = [
+        ("TETHER_DEVICE", state.cfg.device.as_str()),
+        ("TETHER_PACKAGE", name),
+        ("TETHER_VERSION", version),
+        ("TETHER_PREVIOUS", was.as_str()),
+    ];
     if let Some(cmd) = &got.info.install
-        && let Err(e) = shell(cmd, &tmp, INSTALL_TIMEOUT).await
+        && let Err(e) = shell(cmd, &tmp, &env, INSTALL_TIMEOUT).await
     {
         let _ = std::fs::remove_dir_all(&tmp);
         return Err(format!("install command failed: {e}"));
@@ -50,9 +57,8 @@ pub async fn install(state: &Shared, fetcher: &mut Fetcher, job: &str, target: &
     std::fs::rename(&tmp, &vdir).map_err(|e| format!("{}: {e}", vdir.display()))?;
     std::fs::write(vdir.join(".installed"), job).map_err(|e| e.to_string())?;
     point(&current, Path::new(version)).map_err(|e| format!("switching current: {e}"))?;
-    let was = previous.as_ref().map_or("none".to_string(), |p| p.display().to_string());
     if let Some(cmd) = &got.info.health
-        && let Err(e) = shell(cmd, &vdir, HEALTH_TIMEOUT).await
+        && let Err(e) = shell(cmd, &vdir, &env, HEALTH_TIMEOUT).await
     {
         let back = match &previous {
             Some(p) => point(&current, p).map(|()| format!("rolled back to {}", p.display())),
@@ -111,8 +117,8 @@ async fn unpack(artifact: &Path, into: &Path, name: &str) -> Result<(), String> 
 
 /// Runs `sh -c cmd` in `dir`; the error names the exit status and the end of
 /// its output.
-async fn shell(cmd: &str, dir: &Path, limit: Duration) -> Result<(), String> {
-    let out = super::checks::sh(cmd, Some(dir), limit).await?;
+async fn shell(cmd: &str, dir: &Path, env: &[(&str, &str)], limit: Duration) -> Result<(), String> {
+    let out = super::checks::sh(cmd, Some(dir), env, limit).await?;
     if out.status.success() {
         return Ok(());
     }

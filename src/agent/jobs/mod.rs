@@ -179,7 +179,7 @@ async fn execute_in_span(state: &Shared, fetcher: &mut Fetcher, job: &JobView) {
         JobKind::Run => match state.cfg.checks.get(&job.target) {
             None => Err((JobState::Rejected, format!("check {:?} is not on this device's allow-list", job.target))),
             Some(c) => {
-                let (ok, why, output) = checks::run(c).await;
+                let (ok, why, output) = checks::run(c, &state.cfg.device).await;
                 r.output = output;
                 if ok { Ok(why) } else { Err((JobState::Failed, why)) }
             }

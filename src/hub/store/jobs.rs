@@ -3,8 +3,7 @@ use super::sql::Row;
 use super::{Store, StoreError};
 use crate::api::{JobKind, JobState, JobView};
 
-const COLUMNS: &str =
-    "id, device, kind, target, state, reason, consent_required, created_by, created_at, updated_at, deadline, output";
+const COLUMNS: &str = "id, device, kind, target, state, reason, consent_required, created_by, created_at, updated_at, deadline, output, rollout";
 
 fn job_from(r: &Row) -> Result<JobView, StoreError> {
     let bad = |what: &str, v: String| StoreError::Db(format!("job {}: bad {what} {v:?}", r.text(0)));
@@ -21,6 +20,7 @@ fn job_from(r: &Row) -> Result<JobView, StoreError> {
         updated_at: r.int(9),
         deadline: r.int(10),
         output: r.text(11),
+        rollout: r.text(12),
     })
 }
 
@@ -29,7 +29,7 @@ impl Store {
         self.insert(
             "job",
             &j.id,
-            &format!("INSERT INTO jobs ({COLUMNS}) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12)"),
+            &format!("INSERT INTO jobs ({COLUMNS}) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13)"),
             vec![
                 j.id.as_str().into(),
                 j.device.as_str().into(),
@@ -43,6 +43,7 @@ impl Store {
                 j.updated_at.into(),
                 j.deadline.into(),
                 j.output.as_str().into(),
+                j.rollout.as_str().into(),
             ],
         )
         .await
@@ -111,6 +112,13 @@ impl Store {
             )
             .await?;
         Ok(n == 1)
+    }
+
+    /// The jobs a rollout queued, oldest first.
+    pub async fn jobs_of_rollout(&self, rollout: &str) -> Result<Vec<JobView>, StoreError> {
+        let sql = format!("SELECT {COLUMNS} FROM jobs WHERE rollout = $1 ORDER BY created_at, id");
+        let rows = self.db.query(&sql, vec![rollout.into()]).await?;
+        rows.iter().map(job_from).collect()
     }
 
     /// Unfinished jobs past their deadline.

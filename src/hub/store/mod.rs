@@ -3,6 +3,7 @@
 mod jobs;
 mod open;
 mod postgres;
+mod rollouts;
 mod schema;
 mod sql;
 mod sqlite;

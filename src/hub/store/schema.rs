@@ -35,4 +35,14 @@ pub(super) const MIGRATIONS: &[(i64, &str)] = &[
      CREATE INDEX jobs_by_state ON jobs (state, deadline)",
     ),
     (3, "ALTER TABLE jobs ADD COLUMN output TEXT NOT NULL DEFAULT ''"),
+    (
+        4,
+        "ALTER TABLE jobs ADD COLUMN rollout TEXT NOT NULL DEFAULT '';
+     CREATE INDEX jobs_by_rollout ON jobs (rollout);
+     CREATE TABLE rollouts (id TEXT PRIMARY KEY, site TEXT NOT NULL, kind TEXT NOT NULL, target TEXT NOT NULL,
+        devices TEXT NOT NULL, batch_size BIGINT NOT NULL, abort_after BIGINT NOT NULL,
+        consent_required BIGINT NOT NULL, timeout_secs BIGINT NOT NULL, started BIGINT NOT NULL, state TEXT NOT NULL,
+        reason TEXT NOT NULL DEFAULT '', created_by TEXT NOT NULL, created_at BIGINT NOT NULL,
+        updated_at BIGINT NOT NULL)",
+    ),
 ];

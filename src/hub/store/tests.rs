@@ -245,6 +245,7 @@ async fn jobs_move_forward_by_compare_and_set_and_keep_their_output() {
             updated_at: 10,
             deadline,
             output: String::new(),
+            rollout: String::new(),
         };
         s.job_add(&job("j1", 1000)).await.unwrap();
         s.job_add(&job("j2", 20)).await.unwrap();
@@ -265,6 +266,49 @@ async fn jobs_move_forward_by_compare_and_set_and_keep_their_output() {
         let overdue: Vec<String> = s.jobs_overdue(100).await.unwrap().into_iter().map(|j| j.id).collect();
         assert_eq!(overdue, vec!["j2".to_string()]);
         assert_eq!(s.jobs(Some("INJ-1"), 10).await.unwrap().len(), 2);
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn rollouts_keep_their_devices_and_move_on_by_compare_and_set() {
+    use crate::api::{JobKind, RolloutState, RolloutView};
+    both(async |s: Store| {
+        for id in ["INJ-2", "INJ-1", "INJ-3"] {
+            s.device_add(&Device { id: id.into(), site: "st-marys".into(), consent: "auto".into() }, 5).await.unwrap();
+        }
+        s.device_add(&Device { id: "X-1".into(), site: "elsewhere".into(), consent: "auto".into() }, 5).await.unwrap();
+        let devices = s.devices_of_site("st-marys").await.unwrap();
+        assert_eq!(devices, ["INJ-1", "INJ-2", "INJ-3"], "the site's devices, by id");
+        let r = RolloutView {
+            id: "roll-1".into(),
+            site: "st-marys".into(),
+            kind: JobKind::Install,
+            target: "tool@1.0".into(),
+            devices,
+            batch_size: 2,
+            abort_after: 1,
+            consent_required: true,
+            timeout_secs: 60,
+            started: 0,
+            state: RolloutState::Running,
+            reason: String::new(),
+            created_by: "boss".into(),
+            created_at: 10,
+            updated_at: 10,
+        };
+        s.rollout_add(&r).await.unwrap();
+        assert_eq!(s.rollout("roll-1").await.unwrap().unwrap(), r);
+        let running = (RolloutState::Running, 0);
+        assert!(s.rollout_move("roll-1", running, (RolloutState::Running, 2), "batch 1", 11).await.unwrap());
+        assert!(!s.rollout_move("roll-1", running, (RolloutState::Running, 2), "", 12).await.unwrap(), "moved already");
+        assert_eq!(s.rollouts_running().await.unwrap(), ["roll-1"]);
+        let to = (RolloutState::Aborted, 2);
+        assert!(s.rollout_move("roll-1", (RolloutState::Running, 2), to, "2 failed", 13).await.unwrap());
+        let got = s.rollout("roll-1").await.unwrap().unwrap();
+        assert_eq!((got.state, got.started, got.reason.as_str()), (RolloutState::Aborted, 2, "2 failed"));
+        assert!(s.rollouts_running().await.unwrap().is_empty());
+        assert_eq!(s.rollouts(10).await.unwrap().len(), 1);
     })
     .await;
 }
