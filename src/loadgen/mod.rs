@@ -11,6 +11,7 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, Result, bail};
 use clap::Subcommand;
 
+mod fetch;
 mod hub;
 mod idle;
 mod soak;
@@ -57,6 +58,24 @@ pub enum LoadCmd {
         #[command(flatten)]
         args: soak::SoakArgs,
     },
+    /// N simulated agents each fetching one artifact through a relay's fetch legs.
+    Fetch {
+        /// Folder with the fleet CA (`ca.pem`, `ca.key`), e.g. tether-dev/pki.
+        #[arg(long)]
+        pki: PathBuf,
+        /// The relay's control address (17001).
+        #[arg(long)]
+        control: String,
+        #[arg(long, default_value = "relay-a")]
+        server_name: String,
+        /// The artifact's hex SHA-256 and length (`tether repo list --json`).
+        #[arg(long)]
+        sha256: String,
+        #[arg(long)]
+        length: u64,
+        #[arg(long, default_value_t = 1000)]
+        agents: usize,
+    },
     /// Session requests per second the hub sustains (grants only).
     HubRate {
         #[command(flatten)]
@@ -83,6 +102,9 @@ pub async fn run(cmd: LoadCmd) -> Result<()> {
     match cmd {
         LoadCmd::Idle { pki, control, admin, server_name, agents, hold_secs } => {
             idle::run(&pki, &control, &admin, &server_name, agents, Duration::from_secs(hold_secs)).await
+        }
+        LoadCmd::Fetch { pki, control, server_name, sha256, length, agents } => {
+            fetch::run(&pki, fetch::FetchPlan { control, server_name, sha256, length }, agents).await
         }
         LoadCmd::Latency { target: t, count } => latency(&t.profile, &t.device, &t.service, count).await,
         LoadCmd::HubSetup { target: t, count } => hub::setup(&t.profile, &t.device, &t.service, count).await,

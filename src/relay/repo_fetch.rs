@@ -21,6 +21,9 @@ use crate::proto::{Frame, FrameIo, FrameIoError};
 
 /// A fetch leg with no request for this long is closed.
 const IDLE: Duration = Duration::from_secs(60);
+/// A request waits this long for a forwarding slot before it is answered
+/// `busy` (well inside the agent's 5 s stall limit).
+const TURN_WAIT: Duration = Duration::from_secs(2);
 
 fn failed(status: u16, code: &str, message: impl Into<String>) -> RepoFrame {
     RepoFrame::Failed { status, code: code.into(), message: message.into() }
@@ -36,6 +39,7 @@ pub async fn serve(
     first: RepoFrame,
 ) {
     let mut next = Some(first);
+    let mut ahead: Option<Prefetch> = None;
     loop {
         let req = match next.take() {
             Some(r) => r,
@@ -63,8 +67,21 @@ pub async fn serve(
                 return refuse(&state, &mut io, peer, &device, "unexpected_frame", why).await;
             }
         };
+        // The range asked for next was fetched from the hub while the last
+        // one was sent: hub and agent links work at once, not in turn.
+        let key = match &call {
+            Call::Get { blob: true, name, offset, len } => Some((name.clone(), *offset, *len)),
+            _ => None,
+        };
+        let early = match ahead.take() {
+            Some(mut p) if key.as_ref() == Some(&p.key) => (&mut p.task).await.ok(),
+            _ => None,
+        };
         // Held until the answer is sent: a slow agent keeps its slot.
-        let turn = state.repo.as_ref().and_then(|f| f.waiting.clone().try_acquire_owned().ok());
+        let (turn, early) = match early {
+            Some((permit, r)) => (Some(permit), Some(r)),
+            None => (queue_for_turn(&state).await, None),
+        };
         let mut call = call;
         if let (Some(_), Call::Upload { offset, len, data, .. }) = (&turn, &mut call) {
             // The range's bytes follow the request; read them whole (at
@@ -77,11 +94,17 @@ pub async fn serve(
         // Busy with an upload's bytes on their way: answer, then close the
         // leg rather than read bytes nobody will forward.
         let unread = turn.is_none() && matches!(call, Call::Upload { len: 1.., .. });
-        let answer = match turn {
-            Some(_) => answer(&state, &device, call).await,
-            None if state.repo.is_none() => Err(failed(0, "no_hub", "this relay has no hub link to fetch from")),
-            None => Err(failed(0, "busy", "the relay is forwarding too many downloads; retry shortly")),
+        let answer = match (turn.is_some(), early) {
+            (_, Some(r)) => r,
+            (true, None) => answer(&state, &device, call).await,
+            (false, None) if state.repo.is_none() => {
+                Err(failed(0, "no_hub", "this relay has no hub link to fetch from"))
+            }
+            (false, None) => Err(failed(0, "busy", "the relay is forwarding too many downloads; retry shortly")),
         };
+        if let (Some((name, offset, len)), Ok((total, _))) = (key, &answer) {
+            ahead = prefetch(&state, &device, name, offset + u64::from(len), len, *total);
+        }
         let sent = match answer {
             Ok((total, bytes)) => send_data(&mut io, offset, total, bytes).await,
             Err(f) => {
@@ -102,6 +125,42 @@ pub async fn serve(
         }
         io.shrink();
     }
+}
+
+/// A slot to forward one request, waiting up to [`TURN_WAIT`] for one to
+/// free (a waiting request holds no buffer); `None`: busy, or no hub link.
+async fn queue_for_turn(state: &State) -> Option<tokio::sync::OwnedSemaphorePermit> {
+    let slots = state.repo.as_ref()?.waiting.clone();
+    tokio::time::timeout(TURN_WAIT, slots.acquire_owned()).await.ok()?.ok()
+}
+
+/// The next range of an artifact, asked of the hub before the agent asks.
+struct Prefetch {
+    key: (String, u64, u32),
+    task: tokio::task::JoinHandle<(tokio::sync::OwnedSemaphorePermit, Answer)>,
+}
+
+impl Drop for Prefetch {
+    /// Not asked for after all (another request came, or the leg closed).
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+type Answer = Result<(u64, Bytes), RepoFrame>;
+
+/// Starts fetching `len` bytes at `offset` (agents ask for ranges in order,
+/// each as long as the last until the end), if there is more and a slot.
+fn prefetch(state: &Arc<State>, device: &str, name: String, offset: u64, len: u32, total: u64) -> Option<Prefetch> {
+    if offset >= total {
+        return None;
+    }
+    let len = (u64::from(len)).min(total - offset) as u32;
+    let permit = state.repo.as_ref()?.waiting.clone().try_acquire_owned().ok()?;
+    let (st, dev) = (state.clone(), device.to_string());
+    let call = Call::Get { blob: true, name: name.clone(), offset, len };
+    let task = tokio::spawn(async move { (permit, answer(&st, &dev, call).await) });
+    Some(Prefetch { key: (name, offset, len), task })
 }
 
 /// One request on a fetch leg.
@@ -142,7 +201,7 @@ async fn read_range(io: &mut FrameIo<TlsStream<TcpStream>>, offset: u64, len: u3
 /// The hub's answer to one request: the file's total length and the bytes.
 /// The device is the one the leg's certificate names: a device asks and
 /// reports only for itself.
-async fn answer(state: &State, device: &str, call: Call) -> Result<(u64, Bytes), RepoFrame> {
+async fn answer(state: &State, device: &str, call: Call) -> Answer {
     let Some(fwd) = state.repo.as_ref() else {
         return Err(failed(0, "no_hub", "this relay has no hub link to fetch from"));
     };
