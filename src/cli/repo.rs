@@ -17,6 +17,8 @@ use crate::repo::meta::{Envelope, Root, Target, TargetInfo, Targets};
 use crate::util::now_secs;
 
 #[derive(Subcommand)]
+// Parsed once per run: the size of the larger variant does not matter.
+#[allow(clippy::large_enum_variant)]
 pub enum RepoCmd {
     /// Admin: sign NAME VERSION with the targets key and publish FILE.
     Publish {
@@ -37,6 +39,10 @@ pub enum RepoCmd {
         /// Only devices of this class install it.
         #[arg(long)]
         device_class: Option<String>,
+        /// `agent`: FILE is the agent's own binary; installing it restarts
+        /// the agent as the new version (a self-update).
+        #[arg(long, value_parser = ["agent"])]
+        kind: Option<String>,
         /// The targets key (PKCS#8 PEM); default: the profile's `repo_targets_key`.
         #[arg(long)]
         targets_key: Option<PathBuf>,
@@ -53,8 +59,19 @@ pub enum RepoCmd {
 pub async fn run(cmd: RepoCmd) -> Result<()> {
     match cmd {
         RepoCmd::List { profile, json } => list(&super::profile_path(profile), json).await,
-        RepoCmd::Publish { profile, name, version, file, install, health, min_agent, device_class, targets_key } => {
-            let info = TargetInfo { name, version, install, health, min_agent, device_class };
+        RepoCmd::Publish {
+            profile,
+            name,
+            version,
+            file,
+            install,
+            health,
+            min_agent,
+            device_class,
+            kind,
+            targets_key,
+        } => {
+            let info = TargetInfo { name, version, install, health, min_agent, device_class, kind };
             publish(&super::profile_path(profile), info, &file, targets_key).await
         }
     }

@@ -253,20 +253,26 @@ async fn report_state(
     if job.state == JobState::Canceled {
         return Ok((StatusCode::CONFLICT, job));
     }
+    let conflict = async |code: &'static str, msg: String| {
+        let who = json!({"job": id, "device": device, "relay": relay, "from": job.state.as_str(),
+                         "to": report.state.as_str()});
+        hub.refused("job_report_refused", code, who).await;
+        ApiError::new(StatusCode::CONFLICT, code, msg)
+    };
     if !job.state.may_become(report.state) {
         let msg = format!("job {id} is {}; it cannot become {}", job.state.as_str(), report.state.as_str());
-        return Err(ApiError::new(StatusCode::CONFLICT, "bad_transition", msg));
+        return Err(conflict("bad_transition", msg).await);
     }
     if job.kind == JobKind::Upload && report.state == JobState::Succeeded && !super::uploads::complete(hub, id) {
         let msg = format!("job {id}: the hub does not have the whole upload; send the rest first");
-        return Err(ApiError::new(StatusCode::CONFLICT, "upload_incomplete", msg));
+        return Err(conflict("upload_incomplete", msg).await);
     }
     let reason: String = report.reason.chars().take(2000).collect();
     let now = now_secs() as i64;
     let output: String = report.output.chars().take(32 * 1024).collect();
     let moved = hub.store.job_move(id, (job.state, report.state), &reason, &output, now).await.map_err(internal)?;
     if !moved {
-        return Err(ApiError::new(StatusCode::CONFLICT, "job_moved", "the job changed state meanwhile"));
+        return Err(conflict("job_moved", "the job changed state meanwhile".into()).await);
     }
     crate::metrics::HUB_JOBS.with_label_values(&[report.state.as_str()]).inc();
     if report.state.is_final() && report.state != JobState::Succeeded {

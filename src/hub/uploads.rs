@@ -127,7 +127,7 @@ async fn store(hub: &Hub, put: Put<'_>, body: &[u8]) -> Result<UploadProgress, A
     }
     if job.state != JobState::InProgress {
         let msg = format!("job {id} is {}; it takes no upload", job.state.as_str());
-        return Err(ApiError::new(StatusCode::CONFLICT, "job_not_running", msg));
+        return Err(refuse(hub, &put, "job_not_running", msg).await);
     }
     let max = hub.cfg.uploads.as_ref().map_or(0, |u| u.max_bytes);
     if total > max {
@@ -141,12 +141,13 @@ async fn store(hub: &Hub, put: Put<'_>, body: &[u8]) -> Result<UploadProgress, A
     let part = dir.join(format!("{id}.part"));
     let (p, data) = (part.clone(), body.to_vec());
     let written = tokio::task::spawn_blocking(move || write_at(&p, offset, &data)).await.map_err(internal)?;
-    let received = written.map_err(|e| match e {
-        WriteError::Gap(have) => {
-            ApiError::new(StatusCode::CONFLICT, "upload_gap", format!("bytes at {offset}; the hub has {have}"))
+    let received = match written {
+        Ok(n) => n,
+        Err(WriteError::Gap(have)) => {
+            return Err(refuse(hub, &put, "upload_gap", format!("bytes at {offset}; the hub has {have}")).await);
         }
-        WriteError::Io(e) => internal(e),
-    })?;
+        Err(WriteError::Io(e)) => return Err(internal(e)),
+    };
     if received < total {
         return Ok(UploadProgress { received, total, complete: false });
     }
@@ -178,7 +179,11 @@ async fn refuse(hub: &Hub, put: &Put<'_>, code: &'static str, detail: String) ->
         json!({"job": put.id, "device": put.device, "relay": put.relay, "detail": detail}),
     )
     .await;
-    let status = if code == "upload_too_large" { StatusCode::PAYLOAD_TOO_LARGE } else { StatusCode::BAD_REQUEST };
+    let status = match code {
+        "upload_too_large" => StatusCode::PAYLOAD_TOO_LARGE,
+        "job_not_running" | "upload_gap" => StatusCode::CONFLICT,
+        _ => StatusCode::BAD_REQUEST,
+    };
     ApiError::new(status, code, detail)
 }
 

@@ -70,6 +70,10 @@ pub struct TargetInfo {
     /// Only devices of this class install it; none: any.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub device_class: Option<String>,
+    /// `agent`: the artifact is the agent's own binary (a self-update);
+    /// none: an ordinary package.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub kind: Option<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

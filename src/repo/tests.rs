@@ -29,6 +29,7 @@ fn entry(bytes: &[u8], class: Option<&str>) -> Target {
             health: None,
             min_agent: None,
             device_class: class.map(str::to_string),
+            kind: None,
         },
     }
 }

@@ -21,6 +21,14 @@ pub fn random_bytes<const N: usize>() -> [u8; N] {
     out
 }
 
+/// Points `link` at `to` atomically (a new link renamed over the old).
+pub fn point_symlink(link: &std::path::Path, to: &std::path::Path) -> std::io::Result<()> {
+    let tmp = link.with_extension("new");
+    let _ = std::fs::remove_file(&tmp);
+    std::os::unix::fs::symlink(to, &tmp)?;
+    std::fs::rename(&tmp, link)
+}
+
 /// A file's length and lowercase hex SHA-256, read in 64 KiB pieces.
 pub fn sha256_file(path: &std::path::Path) -> std::io::Result<(u64, String)> {
     use sha2::{Digest, Sha256};

@@ -135,6 +135,7 @@ async fn jobs_are_queued_listed_reported_and_cancelled_and_each_refusal_is_named
     for code in ["not_entitled", "unknown_target", "bad_target", "bad_timeout"] {
         assert!(audited(&audit, "job_refused", code), "job_refused {code} audited");
     }
+    assert!(audited(&audit, "job_report_refused", "bad_transition"), "a report moving a job backwards is audited");
     assert!(audit.iter().any(|r| r["event"] == "job_created" && r["job"] == id.as_str()));
     assert!(audit.iter().any(|r| r["event"] == "job_state" && r["to"] == "CANCELED"));
 }

@@ -24,6 +24,7 @@ mod memory;
 mod no_listen;
 mod repo;
 mod rollouts;
+mod self_update;
 mod tunnel;
 mod twins;
 mod twins_basic;

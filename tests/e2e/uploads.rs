@@ -141,6 +141,9 @@ async fn the_hub_keeps_an_upload_only_whole_and_matching_its_hash() {
     assert!(std::fs::read(out).unwrap() == data);
     let token = token_of(std::path::Path::new(&p));
     let hub = hub_audit(&fleet, &token).await;
-    assert!(audited(&hub, "upload_refused", "upload_corrupt"));
+    for code in ["upload_corrupt", "upload_gap", "job_not_running"] {
+        assert!(audited(&hub, "upload_refused", code), "{code} audited");
+    }
+    assert!(audited(&hub, "job_report_refused", "upload_incomplete"));
     assert!(hub.iter().any(|r| r["event"] == "upload_stored" && r["job"] == id.as_str()));
 }

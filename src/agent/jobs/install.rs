@@ -4,34 +4,49 @@
 //! run its health command, and switch back to the previous version if that
 //! fails. The commands come from the signed targets metadata (the offline
 //! targets key vouches for them as for the bytes).
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::time::Duration;
 
 use serde_json::json;
 
+use super::self_update::{self, Restart, older};
 use crate::agent::Shared;
 use crate::agent::fetch::Fetcher;
+use crate::util::point_symlink as point;
 
 const INSTALL_TIMEOUT: Duration = Duration::from_secs(600);
 const HEALTH_TIMEOUT: Duration = Duration::from_secs(120);
 /// Output kept from a failing command, for the job's reason.
 const OUTPUT_TAIL: usize = 600;
 
+/// What an install did.
+pub enum Installed {
+    /// Installed and current; what happened, in words.
+    Done(String),
+    /// The agent's own new binary is current: the agent must restart as it.
+    Restart(Restart),
+}
+
 /// Installs `target` (`NAME@VERSION`); `Ok` and `Err` both say what happened.
-pub async fn install(state: &Shared, fetcher: &mut Fetcher, job: &str, target: &str) -> Result<String, String> {
+pub async fn install(state: &Shared, fetcher: &mut Fetcher, job: &str, target: &str) -> Result<Installed, String> {
     let (name, version) = target.split_once('@').ok_or_else(|| format!("{target:?} is not NAME@VERSION"))?;
     let settings = state.cfg.repo.clone().ok_or("this agent has no [repo] settings")?;
     let got = {
         let _one = state.fetching.lock().await;
         fetcher.download(&format!("{name}/{version}")).await.map_err(|e| format!("download: {e}"))?
     };
+    let mine = env!("CARGO_PKG_VERSION");
+    if let Some(min) = got.info.min_agent.as_deref().filter(|min| older(mine, min)) {
+        return Err(format!("{name} {version} needs agent {min} or newer; this agent is {mine}"));
+    }
     let base = settings.packages_dir().join(name);
     let vdir = base.join(version);
     let current = base.join("current");
     let previous = std::fs::read_link(&current).ok();
     if previous.as_deref() == Some(Path::new(version)) && vdir.join(".installed").exists() {
-        return Ok(format!("{name} {version} is already installed and current"));
+        return Ok(Installed::Done(format!("{name} {version} is already installed and current")));
     }
+    let self_update = got.info.kind.as_deref() == Some("agent");
     std::fs::create_dir_all(&base).map_err(|e| format!("{}: {e}", base.display()))?;
     let tmp = base.join(format!(".{version}.tmp"));
     let _ = std::fs::remove_dir_all(&tmp);
@@ -39,6 +54,10 @@ pub async fn install(state: &Shared, fetcher: &mut Fetcher, job: &str, target: &
     if let Err(e) = unpack(&got.path, &tmp, name).await {
         let _ = std::fs::remove_dir_all(&tmp);
         return Err(e);
+    }
+    if self_update && let Err(e) = self_update::preflight(&tmp.join(name)).await {
+        let _ = std::fs::remove_dir_all(&tmp);
+        return Err(format!("the new agent failed its check before the switch: {e}"));
     }
     let was = previous.as_ref().map_or("none".to_string(), |p| p.display().to_string());
     let env = [
@@ -57,6 +76,11 @@ pub async fn install(state: &Shared, fetcher: &mut Fetcher, job: &str, target: &
     std::fs::rename(&tmp, &vdir).map_err(|e| format!("{}: {e}", vdir.display()))?;
     std::fs::write(vdir.join(".installed"), job).map_err(|e| e.to_string())?;
     point(&current, Path::new(version)).map_err(|e| format!("switching current: {e}"))?;
+    if self_update {
+        let previous = previous.map(|p| p.display().to_string());
+        let exe = vdir.join(name);
+        return Ok(Installed::Restart(Restart { name: name.into(), version: version.into(), previous, exe, current }));
+    }
     if let Some(cmd) = &got.info.health
         && let Err(e) = shell(cmd, &vdir, &env, HEALTH_TIMEOUT).await
     {
@@ -75,15 +99,7 @@ pub async fn install(state: &Shared, fetcher: &mut Fetcher, job: &str, target: &
         "package_installed",
         json!({"device": state.cfg.device, "job": job, "package": name, "version": version, "previous": was, "sha256": got.sha256}),
     );
-    Ok(format!("installed {name} {version} (previous: {was})"))
-}
-
-/// Points `link` at `to` atomically (a new link renamed over the old).
-fn point(link: &Path, to: &Path) -> std::io::Result<()> {
-    let tmp: PathBuf = link.with_extension("new");
-    let _ = std::fs::remove_file(&tmp);
-    std::os::unix::fs::symlink(to, &tmp)?;
-    std::fs::rename(&tmp, link)
+    Ok(Installed::Done(format!("installed {name} {version} (previous: {was})")))
 }
 
 /// A POSIX tar archive says `ustar` at byte 257.

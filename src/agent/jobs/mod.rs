@@ -7,6 +7,7 @@
 //! "in progress" by a reboot.
 mod checks;
 mod install;
+mod self_update;
 mod upload;
 
 use std::path::PathBuf;
@@ -36,6 +37,9 @@ struct Record {
     output: String,
     /// The hub has this state.
     reported: bool,
+    /// A self-update waiting for its restart (see `self_update`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    restart: Option<self_update::Restart>,
 }
 
 fn dir(state: &Shared) -> Option<PathBuf> {
@@ -76,6 +80,7 @@ pub async fn run(state: Shared) {
     if state.cfg.repo.is_none() {
         return;
     }
+    confirm_restarts(&state);
     let mut fetcher = Fetcher::new(state.clone());
     let mut tick = tokio::time::interval(Duration::from_secs(state.cfg.heartbeat_secs.max(1)));
     loop {
@@ -119,6 +124,32 @@ pub async fn run(state: Shared) {
     }
 }
 
+/// A self-update that restarted the agent ends here: SUCCEEDED if this
+/// process is the new binary, else FAILED with `current` switched back. The
+/// loop then reports it like any finished job.
+fn confirm_restarts(state: &Shared) {
+    let Some(d) = dir(state) else { return };
+    let Ok(entries) = std::fs::read_dir(d) else { return };
+    let records =
+        entries.flatten().filter_map(|e| serde_json::from_slice::<Record>(&std::fs::read(e.path()).ok()?).ok());
+    for mut r in records.filter(|r| r.state == JobState::InProgress) {
+        let Some(rs) = r.restart.clone() else { continue };
+        (r.state, r.reason) = match self_update::confirm(&rs) {
+            Ok(why) => (JobState::Succeeded, why),
+            Err(why) => (JobState::Failed, why),
+        };
+        r.reported = false;
+        let event = if r.state == JobState::Succeeded { "agent_updated" } else { "agent_update_failed" };
+        tracing::info!(job = %r.id, state = r.state.as_str(), reason = %r.reason, "self-update after the restart");
+        state.audit.record(
+            event,
+            json!({"device": state.cfg.device, "job": r.id, "version": rs.version, "previous": rs.previous, "reason": r.reason}),
+        );
+        metrics::AGENT_JOBS.with_label_values(&[r.state.as_str()]).inc();
+        save(state, &r);
+    }
+}
+
 async fn execute(state: &Shared, fetcher: &mut Fetcher, job: &JobView) {
     let span = tracing::info_span!("job", job = %job.id, device = %state.cfg.device);
     execute_in_span(state, fetcher, job).instrument(span).await
@@ -134,6 +165,7 @@ async fn execute_in_span(state: &Shared, fetcher: &mut Fetcher, job: &JobView) {
         reason: String::new(),
         output: String::new(),
         reported: false,
+        restart: None,
     };
     save(state, &r);
     state.audit.record(
@@ -154,7 +186,8 @@ async fn execute_in_span(state: &Shared, fetcher: &mut Fetcher, job: &JobView) {
             Some(yes) => yes,
         },
     };
-    let outcome = match job.kind {
+    let mut restart = None;
+    let mut outcome = match job.kind {
         _ if !consented => Err((JobState::Rejected, "denied on site, or nobody on site approved it in time".into())),
         JobKind::Install | JobKind::Upload => {
             // An admin may cancel it while it transfers: a watcher asks for
@@ -162,7 +195,14 @@ async fn execute_in_span(state: &Shared, fetcher: &mut Fetcher, job: &JobView) {
             fetcher.cancel = tokio_util::sync::CancellationToken::new();
             let watch = tokio::spawn(watch_cancel(state.clone(), job.id.clone(), fetcher.cancel.clone()));
             let r = if job.kind == JobKind::Install {
-                install::install(state, fetcher, &job.id, &job.target).await.map_err(|e| (JobState::Failed, e))
+                match install::install(state, fetcher, &job.id, &job.target).await {
+                    Ok(install::Installed::Done(m)) => Ok(m),
+                    Ok(install::Installed::Restart(rs)) => {
+                        restart = Some(rs);
+                        Ok(String::new())
+                    }
+                    Err(e) => Err((JobState::Failed, e)),
+                }
             } else {
                 upload::upload(state, fetcher, &job.id, &job.target).await
             };
@@ -185,6 +225,18 @@ async fn execute_in_span(state: &Shared, fetcher: &mut Fetcher, job: &JobView) {
             }
         },
     };
+    if let Some(rs) = restart {
+        // The record says what to expect once the new agent runs; the
+        // restart below returns only if it could not happen.
+        r.restart = Some(rs.clone());
+        save(state, &r);
+        state.audit.record(
+            "agent_restarting",
+            json!({"device": state.cfg.device, "job": job.id, "version": rs.version, "previous": rs.previous}),
+        );
+        let why = self_update::restart(&rs);
+        outcome = Err((JobState::Failed, format!("{why}; {}", self_update::switch_back(&rs))));
+    }
     (r.state, r.reason) = match outcome {
         Ok(why) => (JobState::Succeeded, why),
         Err((st, why)) => (st, why),
