@@ -9,30 +9,19 @@
 #     hub and relay-a spent.
 # Needs iperf3. Loopback only (tether dev's fixed ports); stops what it starts.
 set -euo pipefail
-BIN=${BIN:-$(cd "$(dirname "$0")/.." && pwd)/target/release/tether}
-SECS=${SECS:-5}
+source "$(dirname "$0")/lib/dev.sh"
 SIZE_MIB=${SIZE_MIB:-256}
 AGENTS=${AGENTS:-1000}
-work=$(mktemp -d)
-pids=()
-cleanup() { for p in "${pids[@]}"; do kill -TERM "$p" 2>/dev/null || true; done; wait 2>/dev/null || true; rm -rf "$work"; }
-trap cleanup EXIT
-cd "$work"
-iperf3 -s -B 127.0.0.1 -p 15201 >/dev/null 2>&1 & pids+=($!)
-"$BIN" dev init --dir d --service iperf=127.0.0.1:15201 >/dev/null
+dev_init
 echo "max_download_bytes_per_sec = 0" >> d/agent.toml   # [repo] is the file's last table
-"$BIN" dev up --dir d >dev.out 2>dev.err & pids+=($!)
-for _ in $(seq 100); do grep -q "tether dev is up" dev.out 2>/dev/null && break; sleep 0.2; done
-grep -q "tether dev is up" dev.out || { cat dev.err; exit 1; }
-sleep 1
+dev_up
 P=d/client.toml
 pid_of() { sed -n 's/^pids: //p' dev.out | tr ',' '\n' | awk -v n="$1" '$1==n {print $2}'; }
 cpu() { awk '{print $14+$15}' "/proc/$1/stat"; }
 tck=$(getconf CLK_TCK)
 
-"$BIN" connect --profile $P demo-1 iperf --listen 127.0.0.1:15202 >connect.out 2>connect.err & pids+=($!)
-for _ in $(seq 50); do grep -q ready connect.out 2>/dev/null && break; sleep 0.2; done
-tunnel=$(iperf3 -J -c 127.0.0.1 -p 15202 -t "$SECS" | python3 -c 'import json,sys; print(json.load(sys.stdin)["end"]["sum_received"]["bits_per_second"]/8/2**20)')
+connect_iperf
+tunnel=$(rate 15202)
 
 head -c $((SIZE_MIB << 20)) /dev/urandom > big.bin
 "$BIN" repo publish --profile $P big 1 big.bin >/dev/null

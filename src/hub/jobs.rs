@@ -215,25 +215,48 @@ async fn cancel(hub: &Hub, user: &User, peer: &Peer, id: &str) -> Result<JobView
     let job = hub.store.job(id).await.map_err(internal)?.ok_or_else(none)?;
     entitled_device(hub, user, peer, &job.device, "job_cancel").await?;
     if job.state.is_final() {
+        hub.refused("job_refused", "job_finished", json!({"user": user.name, "job": id})).await;
         let msg = format!("job {id} already ended {}", job.state.as_str());
         return Err(ApiError::new(StatusCode::CONFLICT, "job_finished", msg));
     }
-    let now = now_secs() as i64;
     let why = format!("canceled by {}", user.name);
-    if !hub.store.job_move(id, (job.state, JobState::Canceled), &why, "", now).await.map_err(internal)? {
+    if !move_job(hub, &job, JobState::Canceled, &why, "", json!({"by": user.name})).await? {
         return Err(ApiError::new(StatusCode::CONFLICT, "job_moved", "the job changed state meanwhile; look again"));
     }
-    crate::metrics::HUB_JOBS.with_label_values(&["CANCELED"]).inc();
-    super::uploads::discard(hub, id);
-    hub.rollout_moved(&job.rollout);
-    hub.audit
-        .record(
-            "job_state",
-            json!({"job": id, "device": job.device, "from": job.state.as_str(), "to": "CANCELED", "by": user.name}),
-        )
-        .await;
-    hub.jobs.changed(&job.device);
     hub.store.job(id).await.map_err(internal)?.ok_or_else(none)
+}
+
+/// Moves `job` on to `to` by compare-and-set (false: it changed meanwhile).
+/// A move is counted, audited as `job_state` with `who` moved it, told to the
+/// device's relays; a job that ended loses its partial upload (unless it
+/// SUCCEEDED) and nudges its rollout.
+pub(super) async fn move_job(
+    hub: &Hub,
+    job: &JobView,
+    to: JobState,
+    reason: &str,
+    output: &str,
+    who: serde_json::Value,
+) -> Result<bool, ApiError> {
+    let now = now_secs() as i64;
+    if !hub.store.job_move(&job.id, (job.state, to), reason, output, now).await.map_err(internal)? {
+        return Ok(false);
+    }
+    crate::metrics::HUB_JOBS.with_label_values(&[to.as_str()]).inc();
+    if to.is_final() {
+        if to != JobState::Succeeded {
+            super::uploads::discard(hub, &job.id);
+        }
+        hub.rollout_moved(&job.rollout);
+    }
+    let mut fields = json!({"job": job.id, "device": job.device, "from": job.state.as_str(), "to": to.as_str(),
+                            "reason": reason});
+    if let (Some(f), Some(w)) = (fields.as_object_mut(), who.as_object()) {
+        f.extend(w.clone());
+    }
+    hub.audit.record("job_state", fields).await;
+    hub.jobs.changed(&job.device);
+    Ok(true)
 }
 
 /// A device's report through its relay. A cancelled job answers 409 with
@@ -268,27 +291,10 @@ async fn report_state(
         return Err(conflict("upload_incomplete", msg).await);
     }
     let reason: String = report.reason.chars().take(2000).collect();
-    let now = now_secs() as i64;
     let output: String = report.output.chars().take(32 * 1024).collect();
-    let moved = hub.store.job_move(id, (job.state, report.state), &reason, &output, now).await.map_err(internal)?;
-    if !moved {
+    if !move_job(hub, &job, report.state, &reason, &output, json!({"relay": relay})).await? {
         return Err(conflict("job_moved", "the job changed state meanwhile".into()).await);
     }
-    crate::metrics::HUB_JOBS.with_label_values(&[report.state.as_str()]).inc();
-    if report.state.is_final() && report.state != JobState::Succeeded {
-        super::uploads::discard(hub, id);
-    }
-    if report.state.is_final() {
-        hub.rollout_moved(&job.rollout);
-    }
-    hub.audit
-        .record(
-            "job_state",
-            json!({"job": id, "device": device, "relay": relay, "from": job.state.as_str(),
-                   "to": report.state.as_str(), "reason": reason}),
-        )
-        .await;
-    hub.jobs.changed(device);
     Ok((StatusCode::OK, hub.store.job(id).await.map_err(internal)?.ok_or_else(none)?))
 }
 
@@ -303,16 +309,7 @@ pub async fn sweep(hub: Arc<Hub>, stop: CancellationToken) {
         let now = now_secs() as i64;
         let Ok(overdue) = hub.store.jobs_overdue(now).await else { continue };
         for j in overdue {
-            let why = "not finished before its deadline";
-            if let Ok(true) = hub.store.job_move(&j.id, (j.state, JobState::TimedOut), why, "", now).await {
-                crate::metrics::HUB_JOBS.with_label_values(&["TIMED_OUT"]).inc();
-                super::uploads::discard(&hub, &j.id);
-                hub.rollout_moved(&j.rollout);
-                hub.audit
-                    .record("job_state", json!({"job": j.id, "device": j.device, "from": j.state.as_str(), "to": "TIMED_OUT", "reason": why}))
-                    .await;
-                hub.jobs.changed(&j.device);
-            }
+            let _ = move_job(&hub, &j, JobState::TimedOut, "not finished before its deadline", "", json!({})).await;
         }
     }
 }

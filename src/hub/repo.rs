@@ -215,17 +215,14 @@ impl RepoStore {
 
     /// Up to `len` bytes of blob `sha` from `offset` (a chunk of a download).
     pub fn blob_chunk(&self, sha: &str, offset: u64, len: usize) -> Io<Option<(u64, Vec<u8>)>> {
-        use std::io::{Read, Seek, SeekFrom};
         if !is_sha256(sha) {
             return Ok(None);
         }
         let p = self.blob_path(sha);
-        let Ok(mut f) = std::fs::File::open(&p) else { return Ok(None) };
-        let total = io(&p, f.metadata())?.len();
-        io(&p, f.seek(SeekFrom::Start(offset.min(total))))?;
-        let mut buf = Vec::with_capacity(len.min((total.saturating_sub(offset)) as usize));
-        io(&p, f.take(len as u64).read_to_end(&mut buf))?;
-        Ok(Some((total, buf)))
+        match crate::util::read_range(&p, offset, len) {
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+            r => io(&p, r).map(Some),
+        }
     }
 }
 

@@ -16,7 +16,7 @@ use tokio_util::sync::CancellationToken;
 use super::Hub;
 use super::guard::{authenticate, internal, read_body, require_admin};
 use super::http::{self, Answer, ApiError, Peer, json_answer};
-use super::jobs::{check_target, deadline, new_id, queue};
+use super::jobs::{check_target, deadline, move_job, new_id, queue};
 use super::model::User;
 use crate::api::{JobState, JobView, RolloutRequest, RolloutState, RolloutView, Route};
 use crate::util::now_secs;
@@ -125,21 +125,9 @@ async fn create(hub: &Hub, user: &User, peer: &Peer, want: RolloutRequest) -> Re
     hub.store.rollout(&r.id).await.map_err(internal)?.ok_or_else(|| internal("the rollout vanished"))
 }
 
-/// Moves job `j` (not ended) to CANCELED with `why`; audited, and its device told.
+/// Moves job `j` (not ended) to CANCELED with `why`.
 async fn cancel_job(hub: &Hub, j: &JobView, why: &str, by: &str) -> Result<(), ApiError> {
-    let now = now_secs() as i64;
-    if hub.store.job_move(&j.id, (j.state, JobState::Canceled), why, "", now).await.map_err(internal)? {
-        crate::metrics::HUB_JOBS.with_label_values(&["CANCELED"]).inc();
-        hub.audit
-            .record(
-                "job_state",
-                json!({"job": j.id, "device": j.device, "from": j.state.as_str(), "to": "CANCELED", "by": by,
-                       "reason": why}),
-            )
-            .await;
-        hub.jobs.changed(&j.device);
-    }
-    Ok(())
+    move_job(hub, j, JobState::Canceled, why, "", json!({"by": by})).await.map(drop)
 }
 
 async fn ended(hub: &Hub, r: &RolloutView, state: RolloutState, reason: &str) -> Result<bool, ApiError> {
@@ -244,6 +232,7 @@ async fn cancel(hub: &Hub, user: &User, peer: &Peer, id: &str) -> Result<Rollout
     let _turn = MOVING.lock().await;
     let r = hub.store.rollout(id).await.map_err(internal)?.ok_or_else(none)?;
     if r.state != RolloutState::Running {
+        hub.refused("job_refused", "rollout_finished", json!({"user": user.name, "rollout": id})).await;
         let msg = format!("rollout {id} already ended {}", r.state.as_str());
         return Err(ApiError::new(StatusCode::CONFLICT, "rollout_finished", msg));
     }

@@ -7,7 +7,7 @@
 //! overwrites from there). When the last byte arrives the whole file is
 //! checked against the SHA-256 the device named and becomes `JOB.tar`, or is
 //! deleted. Content is never logged.
-use std::io::{Read, Seek, SeekFrom, Write};
+use std::io::{Seek, SeekFrom, Write};
 use std::path::PathBuf;
 use std::sync::Arc;
 
@@ -51,7 +51,7 @@ pub async fn handle(hub: &Hub, route: Route<'_>, req: Request<Incoming>, peer: &
             let offset = http::query(&req, "offset").and_then(|v| v.parse::<u64>().ok()).unwrap_or(0);
             let len = http::query(&req, "len").and_then(|v| v.parse::<usize>().ok()).unwrap_or(MAX_CHUNK);
             let path = dir(hub)?.join(format!("{id}.tar"));
-            let (total, bytes) = match read_range(&path, offset, len.min(MAX_CHUNK)) {
+            let (total, bytes) = match crate::util::read_range(&path, offset, len.min(MAX_CHUNK)) {
                 Ok(r) => r,
                 Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
                     let msg = format!("job {id} has no complete upload (it is {})", job.state.as_str());
@@ -78,6 +78,7 @@ pub async fn handle(hub: &Hub, route: Route<'_>, req: Request<Incoming>, peer: &
 /// Removes what arrived of job `id`'s unfinished upload (it was cancelled
 /// or timed out).
 pub fn discard(hub: &Hub, id: &str) {
+    hub.uploads.0.remove(id);
     if let Some(u) = &hub.cfg.uploads {
         let _ = std::fs::remove_file(u.dir.join(format!("{id}.part")));
     }
@@ -92,15 +93,6 @@ fn dir(hub: &Hub) -> Result<PathBuf, ApiError> {
     hub.cfg.uploads.as_ref().map(|u| u.dir.clone()).ok_or_else(|| {
         ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "no_uploads", "this hub has no [uploads] configured")
     })
-}
-
-fn read_range(path: &std::path::Path, offset: u64, len: usize) -> std::io::Result<(u64, Vec<u8>)> {
-    let mut f = std::fs::File::open(path)?;
-    let total = f.metadata()?.len();
-    f.seek(SeekFrom::Start(offset.min(total)))?;
-    let mut buf = Vec::with_capacity(len.min((total - offset.min(total)) as usize));
-    f.take(len as u64).read_to_end(&mut buf)?;
-    Ok((total, buf))
 }
 
 /// One range a relay forwards.

@@ -9,10 +9,7 @@ use sha2::{Digest, Sha256};
 
 use crate::proto::repo::RepoFrame;
 use crate::proto::{Frame, FrameIo, VERSION};
-use crate::tls::{
-    self,
-    pki::{Ca, Validity},
-};
+use crate::tls;
 
 /// What each simulated agent fetches, and from where.
 pub struct FetchPlan {
@@ -72,23 +69,13 @@ async fn attempt(plan: &FetchPlan, cfg: Arc<rustls::ClientConfig>) -> Result<()>
 /// `n` agents (device certificates issued from the CA in `pki`) fetch the
 /// artifact, all at once; prints the total time and the spread.
 pub async fn run(pki: &Path, plan: FetchPlan, n: usize) -> Result<()> {
-    let ca = Ca::load(pki)?;
-    let dir = std::env::temp_dir().join(format!("tether-loadgen-{}", hex::encode(crate::random_bytes::<6>())));
-    std::fs::create_dir_all(&dir)?;
-    eprintln!("issuing {n} device certificates...");
-    let mut configs = Vec::with_capacity(n);
-    for i in 0..n {
-        let id = format!("fetch-{i:06}");
-        ca.issue_device(&id, Validity::days(1))?.write(&dir, &id)?;
-        let cert = (dir.join(format!("{id}.pem")), dir.join(format!("{id}.key")));
-        configs.push(tls::client_config(&pki.join("ca.pem"), Some((&cert.0, &cert.1)), tls::ALPN_AGENT)?);
-    }
+    let (dir, configs) = super::idle::devices(pki, "fetch", n)?;
     let plan = Arc::new(plan);
     eprintln!("{n} agents fetching {} bytes each...", plan.length);
     let start = Instant::now();
     let tasks: Vec<_> = configs
         .into_iter()
-        .map(|cfg| {
+        .map(|(_, cfg)| {
             let plan = plan.clone();
             tokio::spawn(async move { one(&plan, cfg).await })
         })

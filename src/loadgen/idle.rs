@@ -1,5 +1,8 @@
 //! Many idle agents on one relay, for the memory-per-agent figure.
-use std::path::Path;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use rustls::ClientConfig;
 use std::time::Duration;
 
 use anyhow::{Context, Result, bail};
@@ -20,16 +23,7 @@ async fn relay_rss(admin: &str) -> Result<f64> {
 }
 
 pub async fn run(pki: &Path, control: &str, admin: &str, server_name: &str, n: usize, hold: Duration) -> Result<()> {
-    let ca = Ca::load(pki)?;
-    let dir = tempfile_dir()?;
-    eprintln!("issuing {n} device certificates...");
-    let mut configs = Vec::with_capacity(n);
-    for i in 0..n {
-        let id = format!("load-{i:06}");
-        ca.issue_device(&id, Validity::days(1))?.write(&dir, &id)?;
-        let cert = (dir.join(format!("{id}.pem")), dir.join(format!("{id}.key")));
-        configs.push((id, tls::client_config(&pki.join("ca.pem"), Some((&cert.0, &cert.1)), tls::ALPN_AGENT)?));
-    }
+    let (dir, configs) = devices(pki, "load", n)?;
     tokio::time::sleep(Duration::from_millis(500)).await;
     let before = relay_rss(admin).await?;
     eprintln!("relay RSS before: {:.1} MiB; attaching {n} agents...", before / 1048576.0);
@@ -63,8 +57,23 @@ pub async fn run(pki: &Path, control: &str, admin: &str, server_name: &str, n: u
     Ok(())
 }
 
-fn tempfile_dir() -> Result<std::path::PathBuf> {
-    let d = std::env::temp_dir().join(format!("tether-loadgen-{}", hex::encode(crate::random_bytes::<6>())));
-    std::fs::create_dir_all(&d)?;
-    Ok(d)
+/// A simulated device: its id and agent TLS config.
+pub type Device = (String, Arc<ClientConfig>);
+
+/// `n` simulated devices `PREFIX-000000`...: certificates issued from the
+/// CA in `pki` into a fresh temporary folder (returned, for removal), and
+/// each one's agent TLS config.
+pub fn devices(pki: &Path, prefix: &str, n: usize) -> Result<(PathBuf, Vec<Device>)> {
+    let ca = Ca::load(pki)?;
+    let dir = std::env::temp_dir().join(format!("tether-loadgen-{}", hex::encode(crate::random_bytes::<6>())));
+    std::fs::create_dir_all(&dir)?;
+    eprintln!("issuing {n} device certificates...");
+    let mut configs = Vec::with_capacity(n);
+    for i in 0..n {
+        let id = format!("{prefix}-{i:06}");
+        ca.issue_device(&id, Validity::days(1))?.write(&dir, &id)?;
+        let cert = (dir.join(format!("{id}.pem")), dir.join(format!("{id}.key")));
+        configs.push((id, tls::client_config(&pki.join("ca.pem"), Some((&cert.0, &cert.1)), tls::ALPN_AGENT)?));
+    }
+    Ok((dir, configs))
 }

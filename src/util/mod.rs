@@ -29,6 +29,17 @@ pub fn point_symlink(link: &std::path::Path, to: &std::path::Path) -> std::io::R
     std::fs::rename(&tmp, link)
 }
 
+/// A file's length and at most `len` of its bytes from `offset`.
+pub fn read_range(path: &std::path::Path, offset: u64, len: usize) -> std::io::Result<(u64, Vec<u8>)> {
+    use std::io::{Read, Seek, SeekFrom};
+    let mut f = std::fs::File::open(path)?;
+    let total = f.metadata()?.len();
+    f.seek(SeekFrom::Start(offset.min(total)))?;
+    let mut buf = Vec::with_capacity(len.min(total.saturating_sub(offset) as usize));
+    f.take(len as u64).read_to_end(&mut buf)?;
+    Ok((total, buf))
+}
+
 /// A file's length and lowercase hex SHA-256, read in 64 KiB pieces.
 pub fn sha256_file(path: &std::path::Path) -> std::io::Result<(u64, String)> {
     use sha2::{Digest, Sha256};

@@ -159,7 +159,27 @@ async fn a_fetch_leg_asking_for_paths_or_huge_ranges_is_refused_by_name() {
             other => panic!("{other:?}"),
         }
     }
+    // Uploads: a job id that is a path; then bytes that do not follow on
+    // from the offset announced (the leg is refused and closed).
+    let put = |job: &str, len: u32| {
+        let sha256 = "ab".repeat(32);
+        Frame::Repo(RepoFrame::UploadPut { version: VERSION, job: job.into(), offset: 0, total: 5, len, sha256 })
+    };
+    io.write_frame(&put("../etc", 0)).await.unwrap();
+    match within(10, io.read_frame()).await.unwrap() {
+        Frame::Repo(RepoFrame::Failed { code, .. }) => assert_eq!(code, "bad_name"),
+        other => panic!("{other:?}"),
+    }
+    io.write_frame(&put("job-1", 5)).await.unwrap();
+    let stray = RepoFrame::Data { offset: 3, total: 5, data: bytes::Bytes::from_static(b"hello") };
+    io.write_frame(&Frame::Repo(stray)).await.unwrap();
+    match within(10, io.read_frame()).await.unwrap() {
+        Frame::Error { message, .. } => assert!(message.contains("upload bytes at 3, expected 0"), "{message}"),
+        other => panic!("{other:?}"),
+    }
     assert!(audited(&fleet.relay_audit(0), "repo_fetch_refused", "bad_name"));
     assert!(audited(&fleet.relay_audit(0), "repo_fetch_refused", "bad_range"));
-    assert_eq!(fleet.metric(0, "tether_relay_repo_requests_total", &["bad_name"]).await, 2.0);
+    assert!(audited(&fleet.relay_audit(0), "repo_fetch_refused", "bad_upload"));
+    assert_eq!(fleet.metric(0, "tether_relay_repo_requests_total", &["bad_name"]).await, 3.0);
+    assert_eq!(fleet.metric(0, "tether_relay_frame_errors_total", &["bad_upload"]).await, 1.0);
 }

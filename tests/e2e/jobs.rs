@@ -132,7 +132,7 @@ async fn jobs_are_queued_listed_reported_and_cancelled_and_each_refusal_is_named
     let (ok, _, err) = jobs_cli(&["add", "--profile", &p, "--device", "ghost", "run", "disk"]).await;
     assert!(!ok && err.contains("not entitled"), "an unknown device looks like one not entitled to: {err}");
     let audit = hub_audit(&fleet, &token).await;
-    for code in ["not_entitled", "unknown_target", "bad_target", "bad_timeout"] {
+    for code in ["not_entitled", "unknown_target", "bad_target", "bad_timeout", "job_finished"] {
         assert!(audited(&audit, "job_refused", code), "job_refused {code} audited");
     }
     assert!(audited(&audit, "job_report_refused", "bad_transition"), "a report moving a job backwards is audited");
