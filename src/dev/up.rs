@@ -188,6 +188,14 @@ fn print_up(dir: &Path, parts: &[Part]) {
     );
 }
 
+/// One line to stderr in a single write: the parts log to the same stderr,
+/// and `eprintln!` writes a formatted line in pieces that their lines can
+/// land between.
+fn say(line: &str) {
+    use std::io::Write;
+    let _ = std::io::stderr().write_all(format!("{line}\n").as_bytes());
+}
+
 /// Restarts whichever part exits, until `stop`.
 async fn supervise(dir: &Path, parts: &mut [Part], stop: &CancellationToken) {
     loop {
@@ -201,7 +209,7 @@ async fn supervise(dir: &Path, parts: &mut [Part], stop: &CancellationToken) {
             part.backoff.reset();
         }
         let pause = part.backoff.next_pause();
-        eprintln!("{} (pid {}) {}; restarting it in {pause:?}", part.name, part.pid(), how(status));
+        say(&format!("{} (pid {}) {}; restarting it in {pause:?}", part.name, part.pid(), how(status)));
         tokio::select! {
             _ = stop.cancelled() => return,
             _ = tokio::time::sleep(pause) => {}
@@ -211,9 +219,9 @@ async fn supervise(dir: &Path, parts: &mut [Part], stop: &CancellationToken) {
                 part.pid = child.id().unwrap_or(0);
                 part.child = child;
                 part.started = std::time::Instant::now();
-                eprintln!("{} restarted (pid {})", part.name, part.pid());
+                say(&format!("{} restarted (pid {})", part.name, part.pid()));
             }
-            Err(e) => eprintln!("cannot restart {}: {e:#}", part.name),
+            Err(e) => say(&format!("cannot restart {}: {e:#}", part.name)),
         }
     }
 }
