@@ -4,8 +4,8 @@ use criterion::{Criterion, Throughput, criterion_group, criterion_main};
 use tether::proto::{Frame, Grant, GrantSigner, Reason, SessionId};
 
 fn frames(c: &mut Criterion) {
-    let rng = ring::rand::SystemRandom::new();
-    let doc = ring::signature::Ed25519KeyPair::generate_pkcs8(&rng).unwrap();
+    let rng = aws_lc_rs::rand::SystemRandom::new();
+    let doc = aws_lc_rs::signature::Ed25519KeyPair::generate_pkcs8(&rng).unwrap();
     let signer = GrantSigner::from_pkcs8(doc.as_ref()).unwrap();
     let grant = signer.sign(&Grant {
         session: SessionId::random(),

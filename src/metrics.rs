@@ -57,6 +57,9 @@ metric!(pub RELAY_PAIRING_SECONDS: Histogram = reg(Histogram::with_opts(
 ).expect("valid metric")));
 metric!(pub RELAY_RESIDENT_MEMORY: IntGauge = gauge("tether_relay_resident_memory_bytes", "Resident memory of the relay process (read at scrape)"));
 
+// Every role.
+metric!(pub TLS_HANDSHAKES: IntCounterVec = counter_vec("tether_tls_handshakes_total", "Completed TLS handshakes, by surface, key exchange group and kind (full, resumed, retry)", &["surface", "group", "kind"]));
+
 // Hub.
 metric!(pub HUB_REQUESTS: IntCounterVec = counter_vec("tether_hub_requests_total", "API requests, by route and status", &["route", "status"]));
 metric!(pub HUB_LOGIN_FAILURES: IntCounterVec = counter_vec("tether_hub_login_failures_total", "Failed logins, by reason (never told to the peer)", &["reason"]));
@@ -132,6 +135,7 @@ pub fn render() -> String {
 
 /// Forces every metric into the registry so that `/metrics` lists them from the start.
 pub fn init() {
+    LazyLock::force(&TLS_HANDSHAKES);
     LazyLock::force(&RELAY_AGENTS_ATTACHED);
     LazyLock::force(&RELAY_CONTROL_CHANNELS);
     LazyLock::force(&RELAY_SESSIONS_ACTIVE);

@@ -1,7 +1,7 @@
 //! TOTP (RFC 6238, SHA-1, 6 digits, 30 s steps: what authenticator apps use)
 //! and its `otpauth://` enrolment URI. The hub checks codes; a dev profile
 //! computes them to log in by itself.
-use ring::hmac;
+use aws_lc_rs::hmac;
 
 /// TOTP step in seconds.
 pub const STEP: u64 = 30;

@@ -189,6 +189,7 @@ pub async fn open(
             return;
         }
     };
+    crate::tls::handshake_done(e2e.get_ref().1);
     resumable::set_key_from(&**e2e.get_ref().1, &key, conn);
     let service = match tokio::time::timeout(SERVICE_TIMEOUT, TcpStream::connect(target)).await {
         Ok(Ok(s)) => s,

@@ -422,6 +422,7 @@ impl ClientSession {
                 return Err(ClientError::EndToEnd(detail));
             }
         };
+        tls::handshake_done(t.get_ref().1);
         resumable::set_key_from(&**t.get_ref().1, &key, conn);
         tokio::spawn(async move {
             // A connection that could not resume is closed: say why.

@@ -155,6 +155,7 @@ pub async fn serve<H, Fut>(
                     return drops.add(addr.ip(), "handshake_timeout");
                 }
             };
+            tls::count_handshake("hub", stream.get_ref().1);
             let peer = Peer { addr, cert_name: tls::peer_common_name(stream.get_ref().1.peer_certificates()) };
             let service = hyper::service::service_fn(move |req| {
                 let (handler, peer) = (handler.clone(), peer.clone());

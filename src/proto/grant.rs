@@ -1,7 +1,7 @@
 //! Session grants: what the hub signs, and how relays and agents check it.
 
+use aws_lc_rs::signature::{ED25519, Ed25519KeyPair, KeyPair, UnparsedPublicKey};
 use bytes::{BufMut, Bytes, BytesMut};
-use ring::signature::{ED25519, Ed25519KeyPair, KeyPair, UnparsedPublicKey};
 
 use super::wire::*;
 use super::{ProtoError, Reason, SessionId};

@@ -116,8 +116,8 @@ pub enum LegSide {
 /// client's join, the one-time `Open` key for a device's data leg). The secret
 /// itself never crosses a leg, which may be raw TCP.
 pub fn leg_mac(key: &[u8; 32], side: LegSide, session: &SessionId, conn: u32) -> [u8; 32] {
-    let k = ring::hmac::Key::new(ring::hmac::HMAC_SHA256, key);
-    let mut ctx = ring::hmac::Context::with_key(&k);
+    let k = aws_lc_rs::hmac::Key::new(aws_lc_rs::hmac::HMAC_SHA256, key);
+    let mut ctx = aws_lc_rs::hmac::Context::with_key(&k);
     ctx.update(match side {
         LegSide::Client { .. } => b"tether leg client",
         LegSide::Device => b"tether leg device",

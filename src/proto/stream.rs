@@ -144,8 +144,8 @@ impl Side {
 
 /// The MAC a `RESUME` carries: `side` resumes connection `conn` from `next`.
 pub fn resume_mac(key: &[u8; 32], side: Side, conn: u32, next: u64) -> [u8; 32] {
-    let k = ring::hmac::Key::new(ring::hmac::HMAC_SHA256, key);
-    let mut ctx = ring::hmac::Context::with_key(&k);
+    let k = aws_lc_rs::hmac::Key::new(aws_lc_rs::hmac::HMAC_SHA256, key);
+    let mut ctx = aws_lc_rs::hmac::Context::with_key(&k);
     ctx.update(match side {
         Side::Client => b"tether resume client",
         Side::Device => b"tether resume device",

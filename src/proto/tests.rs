@@ -163,8 +163,8 @@ proptest! {
 }
 
 fn test_signer() -> GrantSigner {
-    let rng = ring::rand::SystemRandom::new();
-    let doc = ring::signature::Ed25519KeyPair::generate_pkcs8(&rng).unwrap();
+    let rng = aws_lc_rs::rand::SystemRandom::new();
+    let doc = aws_lc_rs::signature::Ed25519KeyPair::generate_pkcs8(&rng).unwrap();
     GrantSigner::from_pkcs8(doc.as_ref()).unwrap()
 }
 

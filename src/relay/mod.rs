@@ -187,7 +187,9 @@ async fn accept_one(
     if allow_raw && first[0] != crate::leg::TLS_HANDSHAKE {
         return Ok(Accepted::Raw(tcp));
     }
-    acceptor.accept(tcp).await.map(|t| Accepted::Tls(Box::new(t))).map_err(NotAccepted::Failed)
+    let t = acceptor.accept(tcp).await.map_err(NotAccepted::Failed)?;
+    tls::handshake_done(t.get_ref().1);
+    Ok(Accepted::Tls(Box::new(t)))
 }
 
 /// Accepts connections; each one's TLS handshake runs in its own task under a

@@ -1,6 +1,6 @@
 //! Role keys: Ed25519 (ring). A key id is the hex SHA-256 of the public key.
-use ring::rand::SystemRandom;
-use ring::signature::{ED25519, Ed25519KeyPair, KeyPair, UnparsedPublicKey};
+use aws_lc_rs::rand::SystemRandom;
+use aws_lc_rs::signature::{ED25519, Ed25519KeyPair, KeyPair, UnparsedPublicKey};
 use sha2::{Digest, Sha256};
 
 use super::RepoError;

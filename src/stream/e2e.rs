@@ -9,7 +9,7 @@ use rustls::{ClientConfig, DigitallySignedStruct, DistinguishedName, ServerConfi
 use crate::tls::{self, TlsError};
 
 /// ALPN of the end-to-end TLS inside a tunnel.
-pub const ALPN_E2E: &[u8] = b"tether-e2e/1";
+pub use crate::tls::ALPN_E2E;
 
 /// The specialist's ephemeral key for one session: its public key goes into
 /// the grant, and the client proves possession of it to the agent.

@@ -18,12 +18,35 @@ pub const ALPN_CLIENT: &[u8] = b"tether-client/1";
 /// ALPN of the hub's HTTPS API (and of its clients).
 pub const ALPN_HTTP1: &[u8] = b"http/1.1";
 
-/// The one crypto provider (ring) used by every config. TLS 1.3 suites in
-/// order AES-128-GCM, AES-256-GCM, ChaCha20-Poly1305: AES-128-GCM is the
-/// cheapest per byte with AES-NI, and the relay pays for every byte twice.
+/// ALPN of the twin link (17003).
+pub const ALPN_TWIN: &[u8] = b"tether-twin/1";
+/// ALPN of the end-to-end TLS inside a tunnel.
+pub const ALPN_E2E: &[u8] = b"tether-e2e/1";
+
+/// The one crypto provider (aws-lc-rs) used by every config.
+///
+/// Key exchange prefers the hybrid X25519MLKEM768 (post-quantum), then
+/// X25519 and P-256 for peers without it (an old curl at the hub): a client
+/// offers key shares for both X25519MLKEM768 and X25519, so a server without
+/// ML-KEM answers without a retry. TLS 1.3 suites in order AES-128-GCM,
+/// AES-256-GCM, ChaCha20-Poly1305: AES-128-GCM is the cheapest per byte with
+/// AES-NI, and the relay pays for every byte twice.
 pub fn provider() -> Arc<CryptoProvider> {
-    use rustls::crypto::ring::cipher_suite as cs;
-    let mut p = rustls::crypto::ring::default_provider();
+    use rustls::crypto::aws_lc_rs::kx_group;
+    provider_with_groups(vec![kx_group::X25519MLKEM768, kx_group::X25519, kx_group::SECP256R1])
+}
+
+/// [`provider`] without ML-KEM: what a peer that lacks post-quantum key
+/// exchange offers (tests and the handshake benchmark).
+pub fn classical_provider() -> Arc<CryptoProvider> {
+    use rustls::crypto::aws_lc_rs::kx_group;
+    provider_with_groups(vec![kx_group::X25519, kx_group::SECP256R1])
+}
+
+fn provider_with_groups(kx_groups: Vec<&'static dyn rustls::crypto::SupportedKxGroup>) -> Arc<CryptoProvider> {
+    use rustls::crypto::aws_lc_rs::cipher_suite as cs;
+    let mut p = rustls::crypto::aws_lc_rs::default_provider();
+    p.kx_groups = kx_groups;
     p.cipher_suites = vec![
         cs::TLS13_AES_128_GCM_SHA256,
         cs::TLS13_AES_256_GCM_SHA384,
@@ -34,6 +57,46 @@ pub fn provider() -> Arc<CryptoProvider> {
         cs::TLS_ECDHE_ECDSA_WITH_AES_256_GCM_SHA384,
     ];
     Arc::new(p)
+}
+
+/// The surface a TLS connection belongs to, named by its ALPN.
+pub fn surface(alpn: Option<&[u8]>) -> &'static str {
+    match alpn {
+        Some(ALPN_AGENT) => "control",
+        Some(ALPN_DATA) => "data",
+        Some(ALPN_CLIENT) => "client",
+        Some(ALPN_TWIN) => "twin",
+        Some(ALPN_E2E) => "e2e",
+        Some(ALPN_HTTP1) => "hub",
+        _ => "other",
+    }
+}
+
+/// Counts a completed handshake in `tether_tls_handshakes_total` by surface
+/// (from the negotiated ALPN), key exchange group and kind (full, resumed,
+/// full after a HelloRetryRequest). Returns the group's name.
+pub fn handshake_done(conn: &rustls::CommonState) -> &'static str {
+    count_handshake(surface(conn.alpn_protocol()), conn)
+}
+
+/// [`handshake_done`] for a surface named by the caller (the hub's HTTPS,
+/// whose clients need not offer ALPN).
+pub fn count_handshake(surface: &'static str, conn: &rustls::CommonState) -> &'static str {
+    use rustls::HandshakeKind as K;
+    let group = match conn.negotiated_key_exchange_group().map(|g| g.name()) {
+        Some(rustls::NamedGroup::X25519MLKEM768) => "X25519MLKEM768",
+        Some(rustls::NamedGroup::X25519) => "X25519",
+        Some(rustls::NamedGroup::secp256r1) => "secp256r1",
+        Some(_) => "other",
+        None => "none",
+    };
+    let kind = match conn.handshake_kind() {
+        Some(K::Resumed) => "resumed",
+        Some(K::FullWithHelloRetryRequest) => "retry",
+        _ => "full",
+    };
+    crate::metrics::TLS_HANDSHAKES.with_label_values(&[surface, group, kind]).inc();
+    group
 }
 
 fn read(path: &Path) -> Result<Vec<u8>, TlsError> {

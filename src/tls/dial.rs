@@ -16,7 +16,9 @@ pub async fn dial(addr: &str, server_name: &str, cfg: Arc<ClientConfig>) -> std:
     let fut = async {
         let tcp = TcpStream::connect(addr).await?;
         let _ = tcp.set_nodelay(true);
-        TlsConnector::from(cfg).connect(name, tcp).await
+        let tls = TlsConnector::from(cfg).connect(name, tcp).await?;
+        super::handshake_done(tls.get_ref().1);
+        Ok(tls)
     };
     tokio::time::timeout(DIAL_TIMEOUT, fut)
         .await

@@ -2,11 +2,11 @@
 //! and the hub's Ed25519 grant-signing key. Dev and test use only.
 use std::path::{Path, PathBuf};
 
+use aws_lc_rs::signature::Ed25519KeyPair;
 use rcgen::{
     BasicConstraints, CertificateParams, CertificateRevocationListParams, DnType, ExtendedKeyUsagePurpose, IsCa,
     Issuer, KeyIdMethod, KeyPair, KeyUsagePurpose, RevocationReason, RevokedCertParams, SerialNumber,
 };
-use ring::signature::Ed25519KeyPair;
 use time::{Duration, OffsetDateTime};
 
 use super::TlsError;
@@ -154,7 +154,7 @@ impl Ca {
 /// Generates the hub's Ed25519 grant-signing key and writes `grant.key`
 /// (PKCS#8 PEM, 0600) and `grant.pub` (hex of the 32-byte public key).
 pub fn write_grant_key(dir: &Path) -> Result<[u8; 32], TlsError> {
-    let rng = ring::rand::SystemRandom::new();
+    let rng = aws_lc_rs::rand::SystemRandom::new();
     let doc = Ed25519KeyPair::generate_pkcs8(&rng).map_err(|_| TlsError::GrantKey("generation failed".into()))?;
     let signer = crate::proto::GrantSigner::from_pkcs8(doc.as_ref()).map_err(|e| TlsError::GrantKey(e.to_string()))?;
     let pem = pem::encode(&pem::Pem::new("PRIVATE KEY", doc.as_ref().to_vec()));

@@ -22,7 +22,7 @@ use crate::tls::{self, Identity, TlsError};
 use crate::util::Backoff;
 
 /// ALPN of the twin link.
-pub const ALPN_TWIN: &[u8] = b"tether-twin/1";
+pub use crate::tls::ALPN_TWIN;
 
 const BACKOFF_START: Duration = Duration::from_millis(200);
 /// The sender probes the link this often when idle...
@@ -80,7 +80,10 @@ async fn receive(link: &Link, tcp: TcpStream, peer: SocketAddr, acceptor: &TlsAc
     let (twin, host, replica) = (&link.cfg.twin, &link.host, &link.replica);
     let timeout = link.cfg.handshake_timeout;
     let tls = match tokio::time::timeout(timeout, acceptor.accept(tcp)).await {
-        Ok(Ok(t)) => t,
+        Ok(Ok(t)) => {
+            tls::handshake_done(t.get_ref().1);
+            t
+        }
         Ok(Err(e)) => {
             host.refused(peer, tls::handshake_failure_label(&e), &e.to_string());
             return "handshake failed".into();
@@ -195,7 +198,9 @@ async fn send(
     let dial = async {
         let tcp = TcpStream::connect(&twin.addr).await?;
         let _ = tcp.set_nodelay(true);
-        connector.connect(name, tcp).await
+        let t = connector.connect(name, tcp).await?;
+        tls::handshake_done(t.get_ref().1);
+        Ok::<_, std::io::Error>(t)
     };
     let tls = match tokio::time::timeout(tls::DIAL_TIMEOUT, dial).await {
         Ok(Ok(t)) => t,

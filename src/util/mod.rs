@@ -14,10 +14,10 @@ pub use replay::ReplaySet;
 
 /// `N` bytes from the system's secure random source.
 pub fn random_bytes<const N: usize>() -> [u8; N] {
-    use ring::rand::SecureRandom;
+    use aws_lc_rs::rand::SecureRandom;
     let mut out = [0u8; N];
     // The system RNG failing is not recoverable; ring reports it only on broken systems.
-    ring::rand::SystemRandom::new().fill(&mut out).expect("system random source");
+    aws_lc_rs::rand::SystemRandom::new().fill(&mut out).expect("system random source");
     out
 }
 

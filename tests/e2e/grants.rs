@@ -22,8 +22,8 @@ async fn refused_with(fleet: &Fleet, answer: Frame, reason: Reason) {
 }
 
 fn foreign_signer() -> GrantSigner {
-    let rng = ring::rand::SystemRandom::new();
-    let doc = ring::signature::Ed25519KeyPair::generate_pkcs8(&rng).unwrap();
+    let rng = aws_lc_rs::rand::SystemRandom::new();
+    let doc = aws_lc_rs::signature::Ed25519KeyPair::generate_pkcs8(&rng).unwrap();
     GrantSigner::from_pkcs8(doc.as_ref()).unwrap()
 }
 

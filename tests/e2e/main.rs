@@ -22,6 +22,7 @@ mod jobs;
 mod legs;
 mod memory;
 mod no_listen;
+mod pq;
 mod repo;
 mod rollouts;
 mod self_update;

@@ -1,0 +1,98 @@
+//! What a TLS handshake costs in CPU, with and without ML-KEM: both ends in
+//! one thread, bytes handed over in memory (no sockets), so the time is the
+//! handshake's computation on both sides together.
+//!
+//! The server is a relay's agent listener (P-256 certificate, client
+//! certificate required) with tether's provider, which prefers
+//! X25519MLKEM768. The client presents a device certificate and offers
+//! either tether's groups (`pq`: X25519MLKEM768 is chosen) or only classical
+//! ones (`classical`: X25519, what a peer without ML-KEM gets). `resumed`
+//! is a TLS 1.3 resumption with a fresh key exchange (psk_dhe_ke), as a
+//! session's further end-to-end connections do.
+use std::sync::Arc;
+
+use criterion::{Criterion, criterion_group, criterion_main};
+use rustls::{ClientConfig, ClientConnection, ServerConfig, ServerConnection};
+use tether::tls;
+
+fn pump(client: &mut ClientConnection, server: &mut ServerConnection) {
+    let mut buf = Vec::with_capacity(16 << 10);
+    for _ in 0..16 {
+        // Done once both ends finished and the server's tickets arrived.
+        if !client.is_handshaking() && !server.is_handshaking() && !client.wants_write() && !server.wants_write() {
+            return;
+        }
+        buf.clear();
+        while client.wants_write() {
+            client.write_tls(&mut buf).unwrap();
+        }
+        let mut rd = &buf[..];
+        while !rd.is_empty() {
+            server.read_tls(&mut rd).unwrap();
+            server.process_new_packets().unwrap();
+        }
+        buf.clear();
+        while server.wants_write() {
+            server.write_tls(&mut buf).unwrap();
+        }
+        let mut rd = &buf[..];
+        while !rd.is_empty() {
+            client.read_tls(&mut rd).unwrap();
+            client.process_new_packets().unwrap();
+        }
+    }
+    panic!("handshake did not finish");
+}
+
+fn client_config(pki: &std::path::Path, provider: Arc<rustls::crypto::CryptoProvider>) -> Arc<ClientConfig> {
+    let mut cfg = ClientConfig::builder_with_provider(provider)
+        .with_protocol_versions(&[&rustls::version::TLS13])
+        .unwrap()
+        .with_root_certificates(tls::load_roots(&pki.join("ca.pem")).unwrap())
+        .with_client_auth_cert(
+            tls::load_certs(&pki.join("bench-1.pem")).unwrap(),
+            tls::load_key(&pki.join("bench-1.key")).unwrap(),
+        )
+        .unwrap();
+    cfg.alpn_protocols = vec![tls::ALPN_AGENT.to_vec()];
+    Arc::new(cfg)
+}
+
+fn one(client: &Arc<ClientConfig>, server: &Arc<ServerConfig>) -> &'static str {
+    let name = tls::server_name("localhost").unwrap();
+    let mut c = ClientConnection::new(client.clone(), name).unwrap();
+    let mut s = ServerConnection::new(server.clone()).unwrap();
+    pump(&mut c, &mut s);
+    match c.handshake_kind() {
+        Some(rustls::HandshakeKind::Resumed) => "resumed",
+        _ => "full",
+    }
+}
+
+fn handshakes(c: &mut Criterion) {
+    let dir = tempfile::tempdir().unwrap();
+    let pki = dir.path();
+    tls::pki::init_dir(pki, &["bench-1"]).unwrap();
+    let id = tls::Identity { ca: &pki.join("ca.pem"), cert: &pki.join("relay-a.pem"), key: &pki.join("relay-a.key") };
+    let server = tls::server_config(&id, true, None, tls::ALPN_AGENT).unwrap();
+
+    let mut g = c.benchmark_group("tls_handshake");
+    for (label, provider) in [("pq", tls::provider()), ("classical", tls::classical_provider())] {
+        // Full: a client without a ticket for this server.
+        let mut fresh = (*client_config(pki, provider.clone())).clone();
+        fresh.resumption = rustls::client::Resumption::disabled();
+        let fresh = Arc::new(fresh);
+        assert_eq!(one(&fresh, &server), "full");
+        g.bench_function(format!("full_{label}"), |b| b.iter(|| one(&fresh, &server)));
+
+        // Resumed: the client holds tickets from an earlier handshake.
+        let resuming = client_config(pki, provider);
+        one(&resuming, &server);
+        assert_eq!(one(&resuming, &server), "resumed");
+        g.bench_function(format!("resumed_{label}"), |b| b.iter(|| one(&resuming, &server)));
+    }
+    g.finish();
+}
+
+criterion_group!(benches, handshakes);
+criterion_main!(benches);
