@@ -1,6 +1,7 @@
 //! The specialist's side: obtain a grant, open a session through a relay (its
 //! twin when the first fails), and forward local connections through it.
 
+mod forward;
 mod grant_source;
 pub mod hub;
 pub mod profile;
@@ -13,13 +14,12 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use rustls::ClientConfig;
-use tokio::net::{TcpListener, TcpStream};
+use tokio::net::TcpStream;
 use tokio_rustls::client::TlsStream;
 use tokio_util::sync::CancellationToken;
 
 use crate::leg::Leg;
 use crate::proto::{Frame, FrameIo, Reason, SessionId, VERSION};
-use crate::splice::{Meter, splice};
 use crate::stream::e2e;
 use crate::stream::resumable::{self, LegSource, ResumeConfig, ResumeKey, Side};
 use crate::tls::{self, dial};
@@ -86,6 +86,16 @@ pub struct ClientSession {
 /// A tunnelled connection: end-to-end TLS with the agent, over a resumable
 /// stream that survives the loss of a leg (or of the relay carrying it).
 pub type Tunnel = tokio_rustls::client::TlsStream<tokio::io::DuplexStream>;
+
+/// Where a new tunnelled connection's time went (`tether loadgen latency`).
+#[derive(Debug, Clone, Copy)]
+pub struct Phases {
+    /// Dialling the relay, the join, and the relay's `Paired` (the device's
+    /// data leg arrived).
+    pub paired: Duration,
+    /// The end-to-end TLS handshake over the resumable stream.
+    pub e2e: Duration,
+}
 
 /// How long the session's control leg keeps trying to move to a live relay.
 const MOVE_DEADLINE: Duration = Duration::from_secs(30);
@@ -367,6 +377,11 @@ impl ClientSession {
     /// Uses the relay the session uses now, or its twin when that one is
     /// draining or unreachable.
     pub async fn connect(self: &Arc<Self>) -> Result<Tunnel, ClientError> {
+        Ok(self.connect_timed().await?.0)
+    }
+
+    /// [`Self::connect`], with where the time went.
+    pub async fn connect_timed(self: &Arc<Self>) -> Result<(Tunnel, Phases), ClientError> {
         let current = self.current_relay();
         let mut order = vec![current.clone()];
         order.extend(self.relays.iter().filter(|r| r.name != current.name).cloned());
@@ -391,8 +406,10 @@ impl ClientSession {
 
     /// Opens one tunnelled connection through `relay`, which may be the twin of
     /// the relay that admitted the session (it knows the session by replication).
-    pub async fn connect_via(self: &Arc<Self>, relay: &RelayEntry) -> Result<Tunnel, ClientError> {
+    pub async fn connect_via(self: &Arc<Self>, relay: &RelayEntry) -> Result<(Tunnel, Phases), ClientError> {
+        let started = std::time::Instant::now();
         let (conn, leg) = self.join_leg(relay, 0).await?;
+        let paired = started.elapsed();
         let key = ResumeKey::default();
         let source = Box::new(DialLegs { session: self.clone(), conn, via: relay.name.clone() });
         let (pipe, mut driver) = resumable::start(leg, Side::Client, conn, key.clone(), source, self.resume, None);
@@ -423,15 +440,24 @@ impl ClientSession {
             }
         };
         tls::handshake_done(t.get_ref().1);
+        let phases = Phases { paired, e2e: started.elapsed() - paired };
         resumable::set_key_from(&**t.get_ref().1, &key, conn);
+        let ended = self.ended.clone();
         tokio::spawn(async move {
-            // A connection that could not resume is closed: say why.
-            if let Ok(Err(why)) = driver.await {
-                tracing::warn!(conn, %why, "tunnelled connection lost");
-                eprintln!("tunnelled connection {conn} lost: {why}");
+            // A connection that could not resume is closed: say why, unless
+            // the session itself ended (that has its own message).
+            match driver.await {
+                Ok(Err(why)) if ended.is_cancelled() => {
+                    tracing::debug!(conn, %why, "connection closed with its session")
+                }
+                Ok(Err(why)) => {
+                    tracing::warn!(conn, %why, "tunnelled connection lost");
+                    eprintln!("tunnelled connection {conn} lost: {why}");
+                }
+                _ => {}
             }
         });
-        Ok(t)
+        Ok((t, phases))
     }
 
     /// Dials a leg through `relay` and joins it to the session: a new
@@ -456,44 +482,6 @@ impl ClientSession {
             Ok(Ok(other)) => Err(proto_err(format!("unexpected {}", other.kind()))),
             Ok(Err(e)) => Err(proto_err(e.to_string())),
             Err(_) => Err(proto_err("no answer in time".into())),
-        }
-    }
-
-    /// Forwards every connection accepted on `listener` through the session,
-    /// until the session ends.
-    pub async fn serve(self: Arc<Self>, listener: TcpListener) -> Reason {
-        loop {
-            let (local, peer) = tokio::select! {
-                r = self.ended() => return r,
-                a = listener.accept() => match a {
-                    Ok(x) => x,
-                    Err(e) => {
-                        tracing::warn!(error = %e, "local accept failed");
-                        tokio::time::sleep(Duration::from_millis(100)).await;
-                        continue;
-                    }
-                },
-            };
-            let _ = local.set_nodelay(true);
-            let s = self.clone();
-            tokio::spawn(async move {
-                let tunnel = match s.connect().await {
-                    Ok(t) => t,
-                    Err(e) => {
-                        tracing::warn!(%peer, error = %e, "tunnelled connection refused");
-                        eprintln!("connection from {peer} refused: {e}");
-                        return;
-                    }
-                };
-                tokio::select! {
-                    r = splice(local, bytes::Bytes::new(), tunnel, bytes::Bytes::new(), Meter::new(&s.to_device), Meter::new(&s.to_client)) => {
-                        if let Err(e) = r {
-                            tracing::debug!(%peer, error = %e, "tunnelled connection closed");
-                        }
-                    }
-                    _ = s.ended.cancelled() => {}
-                }
-            });
         }
     }
 }

@@ -116,14 +116,14 @@ pub async fn run(cmd: LoadCmd) -> Result<()> {
 }
 
 /// Opens a tunnel in `session`, sends one byte and waits for the echo.
-pub async fn first_byte(session: &std::sync::Arc<crate::client::ClientSession>) -> Result<()> {
+pub async fn first_byte(session: &std::sync::Arc<crate::client::ClientSession>) -> Result<crate::client::Phases> {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let mut t = session.connect().await?;
+    let (mut t, phases) = session.connect_timed().await?;
     t.write_all(b"x").await?;
     t.flush().await?;
     let mut b = [0u8; 1];
     tokio::time::timeout(Duration::from_secs(5), t.read_exact(&mut b)).await.context("no echo within 5 s")??;
-    Ok(())
+    Ok(phases)
 }
 
 /// `N samples: p50 …, p90 …, p99 …, max …` (milliseconds).
@@ -162,14 +162,20 @@ async fn latency(profile: &std::path::Path, device: &str, service: &str, count: 
     let source = crate::client::GrantSource::from_profile(&p, Some("loadgen: latency"))?;
     let session =
         crate::client::ClientSession::open_with(&p, &source, device, service).await.context("opening the session")?;
-    let mut samples = Vec::with_capacity(count);
+    let (mut samples, mut paired, mut e2e, mut echo) = (vec![], vec![], vec![], vec![]);
     for _ in 0..count.min(100_000) {
         let start = Instant::now();
-        first_byte(&session).await?;
+        let phases = first_byte(&session).await?;
         samples.push(start.elapsed());
+        paired.push(phases.paired);
+        e2e.push(phases.e2e);
+        echo.push(start.elapsed().saturating_sub(phases.paired + phases.e2e));
     }
     session.close();
     let stats = summary(samples)?;
     println!("client leg start -> first byte from {device}/{service} over {stats}");
+    println!("  dial, join, paired with the device's data leg: {}", summary(paired)?);
+    println!("  end-to-end TLS handshake:                      {}", summary(e2e)?);
+    println!("  first byte to the service and back:            {}", summary(echo)?);
     Ok(())
 }

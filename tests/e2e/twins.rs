@@ -55,7 +55,7 @@ async fn either_twin_pairs_a_sessions_connections() {
 
     // A connection of that session lands on the twin (as a load balancer may send it).
     let twin = fleet.profile().relays[1].clone();
-    let mut t = within(30, session.connect_via(&twin)).await.expect("the twin pairs the session");
+    let mut t = within(30, session.connect_via(&twin)).await.expect("the twin pairs the session").0;
     t.write_all(b"via the twin").await.unwrap();
     t.flush().await.unwrap();
     let mut buf = [0u8; 12];
@@ -184,7 +184,7 @@ async fn a_device_attached_only_to_one_twin_is_reached_through_the_other() {
 
     let session = fleet.session("echo").await;
     let twin = fleet.profile().relays[1].clone();
-    let mut t = within(30, session.connect_via(&twin)).await.expect("reached through the twin");
+    let mut t = within(30, session.connect_via(&twin)).await.expect("reached through the twin").0;
     t.write_all(b"around").await.unwrap();
     t.flush().await.unwrap();
     let mut buf = [0u8; 6];
