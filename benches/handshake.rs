@@ -15,6 +15,19 @@ use criterion::{Criterion, criterion_group, criterion_main};
 use rustls::{ClientConfig, ClientConnection, ServerConfig, ServerConnection};
 use tether::tls;
 
+/// Moves what `from` has to send into `to`.
+fn transfer<A, B>(from: &mut rustls::ConnectionCommon<A>, to: &mut rustls::ConnectionCommon<B>, buf: &mut Vec<u8>) {
+    buf.clear();
+    while from.wants_write() {
+        from.write_tls(buf).unwrap();
+    }
+    let mut rd = &buf[..];
+    while !rd.is_empty() {
+        to.read_tls(&mut rd).unwrap();
+        to.process_new_packets().unwrap();
+    }
+}
+
 fn pump(client: &mut ClientConnection, server: &mut ServerConnection) {
     let mut buf = Vec::with_capacity(16 << 10);
     for _ in 0..16 {
@@ -22,24 +35,8 @@ fn pump(client: &mut ClientConnection, server: &mut ServerConnection) {
         if !client.is_handshaking() && !server.is_handshaking() && !client.wants_write() && !server.wants_write() {
             return;
         }
-        buf.clear();
-        while client.wants_write() {
-            client.write_tls(&mut buf).unwrap();
-        }
-        let mut rd = &buf[..];
-        while !rd.is_empty() {
-            server.read_tls(&mut rd).unwrap();
-            server.process_new_packets().unwrap();
-        }
-        buf.clear();
-        while server.wants_write() {
-            server.write_tls(&mut buf).unwrap();
-        }
-        let mut rd = &buf[..];
-        while !rd.is_empty() {
-            client.read_tls(&mut rd).unwrap();
-            client.process_new_packets().unwrap();
-        }
+        transfer(client, server, &mut buf);
+        transfer(server, client, &mut buf);
     }
     panic!("handshake did not finish");
 }
