@@ -4,12 +4,14 @@
 mod forward;
 mod grant_source;
 pub mod hub;
+mod join;
+mod pipelined;
 pub mod profile;
 
 pub use grant_source::GrantSource;
 pub use profile::{HubLogin, Profile, RelayEntry};
 
-use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU32, AtomicU64};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -21,7 +23,7 @@ use tokio_util::sync::CancellationToken;
 use crate::leg::Leg;
 use crate::proto::{Frame, FrameIo, Reason, SessionId, VERSION};
 use crate::stream::e2e;
-use crate::stream::resumable::{self, LegSource, ResumeConfig, ResumeKey, Side};
+use crate::stream::resumable::{LegSource, ResumeConfig};
 use crate::tls::{self, dial};
 use bytes::Bytes;
 
@@ -402,86 +404,5 @@ impl ClientSession {
             }
         }
         Err(last.unwrap_or(ClientError::Ended(Reason::Unknown)))
-    }
-
-    /// Opens one tunnelled connection through `relay`, which may be the twin of
-    /// the relay that admitted the session (it knows the session by replication).
-    pub async fn connect_via(self: &Arc<Self>, relay: &RelayEntry) -> Result<(Tunnel, Phases), ClientError> {
-        let started = std::time::Instant::now();
-        let (conn, leg) = self.join_leg(relay, 0).await?;
-        let paired = started.elapsed();
-        let key = ResumeKey::default();
-        let source = Box::new(DialLegs { session: self.clone(), conn, via: relay.name.clone() });
-        let (pipe, mut driver) = resumable::start(leg, Side::Client, conn, key.clone(), source, self.resume, None);
-        let name = tls::server_name(&self.device)?;
-        let handshake = tokio_rustls::TlsConnector::from(self.e2e.clone()).connect(name, pipe);
-        let outcome = tokio::time::timeout(E2E_TIMEOUT, handshake).await;
-        let t = match outcome {
-            Ok(Ok(t)) => t,
-            failed => {
-                // The leg died before end-to-end TLS was up (the relay froze or
-                // died): nothing of the application went through, so the
-                // caller may open the connection afresh through the twin.
-                let leg_lost =
-                    matches!(tokio::time::timeout(Duration::from_millis(200), &mut driver).await, Ok(Ok(Err(_))));
-                driver.abort();
-                let timed_out = failed.is_err();
-                let detail = match failed {
-                    Ok(Err(e)) => e.to_string(),
-                    _ => "handshake timed out".into(),
-                };
-                if leg_lost || timed_out {
-                    return Err(ClientError::Protocol {
-                        relay: relay.name.clone(),
-                        detail: format!("leg lost before end-to-end TLS: {detail}"),
-                    });
-                }
-                return Err(ClientError::EndToEnd(detail));
-            }
-        };
-        tls::handshake_done(t.get_ref().1);
-        let phases = Phases { paired, e2e: started.elapsed() - paired };
-        resumable::set_key_from(&**t.get_ref().1, &key, conn);
-        let ended = self.ended.clone();
-        tokio::spawn(async move {
-            // A connection that could not resume is closed: say why, unless
-            // the session itself ended (that has its own message).
-            match driver.await {
-                Ok(Err(why)) if ended.is_cancelled() => {
-                    tracing::debug!(conn, %why, "connection closed with its session")
-                }
-                Ok(Err(why)) => {
-                    tracing::warn!(conn, %why, "tunnelled connection lost");
-                    eprintln!("tunnelled connection {conn} lost: {why}");
-                }
-                _ => {}
-            }
-        });
-        Ok((t, phases))
-    }
-
-    /// Dials a leg through `relay` and joins it to the session: a new
-    /// connection (`resumes` = 0) or a replacement leg for connection `resumes`.
-    /// Returns the connection number it used, and the paired leg.
-    async fn join_leg(&self, relay: &RelayEntry, resumes: u32) -> Result<(u32, (Leg, Bytes)), ClientError> {
-        if self.ended.is_cancelled() {
-            return Err(ClientError::Ended(self.end_reason().unwrap_or(Reason::Unknown)));
-        }
-        let leg = crate::leg::dial(&relay.addr, self.raw_legs, relay.server_name(), self.tls.clone())
-            .await
-            .map_err(|source| ClientError::Dial { relay: relay.name.clone(), addr: relay.addr.clone(), source })?;
-        let mut io = FrameIo::new(leg);
-        let conn = self.next_conn.fetch_add(1, Ordering::Relaxed);
-        let mac = crate::proto::leg_mac(&self.token, crate::proto::LegSide::Client { resumes }, &self.id, conn);
-        let join = Frame::ClientJoin { version: VERSION, session: self.id, conn, mac, resumes };
-        let proto_err = |detail: String| ClientError::Protocol { relay: relay.name.clone(), detail };
-        io.write_frame(&join).await.map_err(|e| proto_err(e.to_string()))?;
-        match tokio::time::timeout(PAIRING_WAIT, io.read_frame()).await {
-            Ok(Ok(Frame::Paired { .. })) => Ok((conn, io.into_parts())),
-            Ok(Ok(Frame::Error { reason, message })) => Err(ClientError::Refused { reason, message }),
-            Ok(Ok(other)) => Err(proto_err(format!("unexpected {}", other.kind()))),
-            Ok(Err(e)) => Err(proto_err(e.to_string())),
-            Err(_) => Err(proto_err("no answer in time".into())),
-        }
     }
 }

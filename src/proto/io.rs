@@ -66,6 +66,10 @@ impl<S: AsyncRead + AsyncWrite + Unpin> FrameIo<S> {
         &self.io
     }
 
+    pub fn get_mut(&mut self) -> &mut S {
+        &mut self.io
+    }
+
     /// Drops idle buffers; called on long-lived, mostly idle channels.
     pub fn shrink(&mut self) {
         if self.rbuf.is_empty() {

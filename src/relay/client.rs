@@ -11,6 +11,7 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use serde_json::json;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::sync::oneshot;
 use tokio_util::sync::CancellationToken;
 
@@ -25,6 +26,10 @@ use crate::tls;
 use crate::util::now_secs;
 
 type Io = FrameIo<Leg>;
+
+/// How long, and for how many bytes, a refused leg is read before it is closed.
+const LINGER: Duration = Duration::from_millis(250);
+const LINGER_BYTES: usize = 64 * 1024;
 
 /// Why a specialist leg is turned away, and whose session it named.
 struct Refusal {
@@ -57,6 +62,22 @@ impl Refusal {
         }
         state.refused("client_refused", &metrics::RELAY_GRANT_REFUSALS, self.reason, fields);
         let _ = io.write_frame(&Frame::Error { reason: self.reason, message: self.detail }).await;
+        // A client writes its first end-to-end flight right behind its join:
+        // closing with those bytes unread would reset the connection, and the
+        // reset can overtake the refusal. Close our side, then read what
+        // follows, briefly and boundedly.
+        let leg = io.get_mut();
+        let _ = leg.shutdown().await;
+        let drain = async {
+            let (mut sink, mut total) = ([0u8; 4096], 0);
+            while total < LINGER_BYTES {
+                match leg.read(&mut sink).await {
+                    Ok(0) | Err(_) => break,
+                    Ok(n) => total += n,
+                }
+            }
+        };
+        let _ = tokio::time::timeout(LINGER, drain).await;
     }
 }
 

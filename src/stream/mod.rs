@@ -10,7 +10,7 @@
 
 mod blocks;
 pub mod e2e;
-mod prefixed;
+pub mod prefixed;
 pub mod resumable;
 pub mod resume;
 

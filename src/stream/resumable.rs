@@ -38,6 +38,10 @@ pub struct ResumeConfig {
     pub ping: Duration,
     /// A leg silent this long is dead (a frozen relay sends no FIN or RST).
     pub dead_after: Duration,
+    /// The same before the peer was first heard: a client writes on a new
+    /// connection's leg before the relay paired it, and the pairing may take
+    /// longer than `dead_after` (the client bounds it itself).
+    pub first_silence: Duration,
     /// Give up when no new leg could be had within this.
     pub resume_deadline: Duration,
 }
@@ -48,6 +52,7 @@ impl Default for ResumeConfig {
             cap: 8 << 20,
             ping: Duration::from_millis(500),
             dead_after: Duration::from_millis(2000),
+            first_silence: Duration::from_millis(2000),
             resume_deadline: Duration::from_secs(30),
         }
     }
@@ -429,16 +434,17 @@ async fn write_leg<W: tokio::io::AsyncWrite + Unpin>(
 async fn watch(sh: &Shared, key: &ResumeKey, cfg: ResumeConfig) -> LegEnd {
     loop {
         tokio::time::sleep((cfg.dead_after / 20).max(Duration::from_millis(10))).await;
-        let (done, silent, keyed) = {
+        let (done, silent, keyed, heard) = {
             let mut b = sh.book();
             let keyed = key.get().is_some() && b.set_keyed();
-            (b.is_done(), b.silence(Instant::now()), keyed)
+            (b.is_done(), b.silence(Instant::now()), keyed, b.heard())
         };
         if keyed {
             sh.to_send.notify_one();
         }
+        let limit = if heard { cfg.dead_after } else { cfg.first_silence.max(cfg.dead_after) };
         // Once done, let the reader see the peer's close.
-        if !done && silent > cfg.dead_after {
+        if !done && silent > limit {
             return LegEnd::Broken(format!("leg silent for {silent:?}"));
         }
     }

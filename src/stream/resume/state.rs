@@ -69,6 +69,8 @@ pub struct StreamState {
     /// The peer said it holds its key: from then on its resumes need a real MAC.
     peer_keyed: bool,
     last_heard: Instant,
+    /// The peer was heard at least once (any leg).
+    heard: bool,
     stats: Stats,
 }
 
@@ -93,6 +95,7 @@ impl StreamState {
             keyed_sent: false,
             peer_keyed: false,
             last_heard: now,
+            heard: false,
             stats: Stats::default(),
         }
     }
@@ -152,6 +155,7 @@ impl StreamState {
     /// A frame from the leg. `Resume` is only valid in the handshake.
     pub fn on_frame(&mut self, f: StreamFrame, now: Instant) -> Result<Wake, String> {
         self.last_heard = now;
+        self.heard = true;
         Ok(match f {
             StreamFrame::Data { seq, data } => {
                 let new = self.inb.on_data(seq, data).map_err(|e| e.to_string())?;
@@ -272,6 +276,11 @@ impl StreamState {
     pub fn resumed(&mut self, pause: Duration) {
         self.stats.resumes += 1;
         self.stats.max_pause = self.stats.max_pause.max(pause);
+    }
+
+    /// Whether the peer was ever heard.
+    pub fn heard(&self) -> bool {
+        self.heard
     }
 
     /// When the peer was last heard on any leg.

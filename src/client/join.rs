@@ -1,0 +1,138 @@
+//! Opening a tunnelled connection: the join (a new connection, or a
+//! replacement leg for one), its end-to-end TLS, and where the time went.
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use tokio::sync::oneshot;
+
+use super::pipelined::{JoinAnswer, await_paired};
+use super::{ClientError, ClientSession, DialLegs, E2E_TIMEOUT, PAIRING_WAIT, Phases, RelayEntry, Tunnel};
+use crate::leg::Leg;
+use crate::proto::{Frame, FrameIo, Reason, VERSION};
+use crate::stream::resumable::{self, ResumeKey, Side};
+use crate::tls;
+
+impl ClientSession {
+    /// Opens one tunnelled connection through `relay`, which may be the twin of
+    /// the relay that admitted the session (it knows the session by replication).
+    ///
+    /// The client's first end-to-end flight follows the join without waiting
+    /// for `Paired` ([`super::pipelined`]); the application's bytes wait for
+    /// the handshake, which cannot finish before the device answered.
+    pub async fn connect_via(self: &Arc<Self>, relay: &RelayEntry) -> Result<(Tunnel, Phases), ClientError> {
+        let started = Instant::now();
+        let (conn, leg) = self.send_join(relay, 0).await?;
+        let (answer_tx, mut answer_rx) = oneshot::channel();
+        let leg: Leg = Box::new(await_paired(leg, answer_tx));
+        let key = ResumeKey::default();
+        let source = Box::new(DialLegs { session: self.clone(), conn, via: relay.name.clone() });
+        let mut cfg = self.resume;
+        // The stream may hear nothing until the relay paired the leg.
+        cfg.first_silence = PAIRING_WAIT + cfg.dead_after;
+        let (pipe, mut driver) =
+            resumable::start((leg, Bytes::new()), Side::Client, conn, key.clone(), source, cfg, None);
+        let name = tls::server_name(&self.device)?;
+        let mut handshake = Box::pin(tokio_rustls::TlsConnector::from(self.e2e.clone()).connect(name, pipe));
+        // Polling the handshake writes the ClientHello while the relay pairs.
+        let mut early = None;
+        let answer = tokio::select! {
+            a = tokio::time::timeout(PAIRING_WAIT, &mut answer_rx) => a,
+            r = &mut handshake => {
+                early = Some(r);
+                tokio::time::timeout(PAIRING_WAIT, &mut answer_rx).await
+            }
+        };
+        let lost = |detail: String| ClientError::Protocol { relay: relay.name.clone(), detail };
+        let refused = match answer {
+            Ok(Ok(JoinAnswer::Paired)) => None,
+            Ok(Ok(JoinAnswer::Refused { reason, message })) => Some(ClientError::Refused { reason, message }),
+            Ok(Ok(JoinAnswer::Lost(detail))) => Some(lost(detail)),
+            Ok(Err(_)) => Some(lost("the leg ended before the relay answered".into())),
+            Err(_) => Some(lost("no answer in time".into())),
+        };
+        if let Some(e) = refused {
+            driver.abort();
+            return Err(e);
+        }
+        let paired = started.elapsed();
+        let outcome = match early {
+            Some(r) => Ok(r),
+            None => tokio::time::timeout(E2E_TIMEOUT, handshake).await,
+        };
+        let t = match outcome {
+            Ok(Ok(t)) => t,
+            failed => {
+                // The leg died before end-to-end TLS was up (the relay froze or
+                // died): nothing of the application went through, so the
+                // caller may open the connection afresh through the twin.
+                let leg_lost =
+                    matches!(tokio::time::timeout(Duration::from_millis(200), &mut driver).await, Ok(Ok(Err(_))));
+                driver.abort();
+                let timed_out = failed.is_err();
+                let detail = match failed {
+                    Ok(Err(e)) => e.to_string(),
+                    _ => "handshake timed out".into(),
+                };
+                if leg_lost || timed_out {
+                    return Err(lost(format!("leg lost before end-to-end TLS: {detail}")));
+                }
+                return Err(ClientError::EndToEnd(detail));
+            }
+        };
+        tls::handshake_done(t.get_ref().1);
+        let phases = Phases { paired, e2e: started.elapsed() - paired };
+        resumable::set_key_from(&**t.get_ref().1, &key, conn);
+        let ended = self.ended.clone();
+        tokio::spawn(async move {
+            // A connection that could not resume is closed: say why, unless
+            // the session itself ended (that has its own message).
+            match driver.await {
+                Ok(Err(why)) if ended.is_cancelled() => {
+                    tracing::debug!(conn, %why, "connection closed with its session")
+                }
+                Ok(Err(why)) => {
+                    tracing::warn!(conn, %why, "tunnelled connection lost");
+                    eprintln!("tunnelled connection {conn} lost: {why}");
+                }
+                _ => {}
+            }
+        });
+        Ok((t, phases))
+    }
+
+    /// Dials a leg through `relay` and writes the join: a new connection
+    /// (`resumes` = 0) or a replacement leg for connection `resumes`.
+    async fn send_join(&self, relay: &RelayEntry, resumes: u32) -> Result<(u32, Leg), ClientError> {
+        if self.ended.is_cancelled() {
+            return Err(ClientError::Ended(self.end_reason().unwrap_or(Reason::Unknown)));
+        }
+        let leg = crate::leg::dial(&relay.addr, self.raw_legs, relay.server_name(), self.tls.clone())
+            .await
+            .map_err(|source| ClientError::Dial { relay: relay.name.clone(), addr: relay.addr.clone(), source })?;
+        let mut io = FrameIo::new(leg);
+        let conn = self.next_conn.fetch_add(1, Ordering::Relaxed);
+        let mac = crate::proto::leg_mac(&self.token, crate::proto::LegSide::Client { resumes }, &self.id, conn);
+        let join = Frame::ClientJoin { version: VERSION, session: self.id, conn, mac, resumes };
+        io.write_frame(&join)
+            .await
+            .map_err(|e| ClientError::Protocol { relay: relay.name.clone(), detail: e.to_string() })?;
+        Ok((conn, io.into_parts().0))
+    }
+
+    /// [`Self::send_join`], then the relay's answer. Returns the connection
+    /// number it used, and the paired leg.
+    pub(super) async fn join_leg(&self, relay: &RelayEntry, resumes: u32) -> Result<(u32, (Leg, Bytes)), ClientError> {
+        let (conn, leg) = self.send_join(relay, resumes).await?;
+        let mut io = FrameIo::new(leg);
+        let proto_err = |detail: String| ClientError::Protocol { relay: relay.name.clone(), detail };
+        match tokio::time::timeout(PAIRING_WAIT, io.read_frame()).await {
+            Ok(Ok(Frame::Paired { .. })) => Ok((conn, io.into_parts())),
+            Ok(Ok(Frame::Error { reason, message })) => Err(ClientError::Refused { reason, message }),
+            Ok(Ok(other)) => Err(proto_err(format!("unexpected {}", other.kind()))),
+            Ok(Err(e)) => Err(proto_err(e.to_string())),
+            Err(_) => Err(proto_err("no answer in time".into())),
+        }
+    }
+}
