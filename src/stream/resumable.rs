@@ -414,6 +414,8 @@ async fn write_leg<W: tokio::io::AsyncWrite + Unpin>(
             tokio::select! {
                 _ = sh.to_send.notified() => {}
                 _ = ping.tick() => {
+                    // Acknowledgements held back (see `ACK_EVERY`) go now.
+                    sh.book().force_ack();
                     out.clear();
                     StreamFrame::Ping.encode(out);
                     if let Err(e) = lw.write_all(out).await {

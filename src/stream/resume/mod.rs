@@ -72,6 +72,11 @@ impl Outbound {
         }
     }
 
+    /// Whether some written bytes are not on the current leg yet.
+    pub fn unsent(&self) -> bool {
+        self.sent < self.written
+    }
+
     /// The next bytes to put on the current leg (at most `max`), and their
     /// sequence number; `None` when everything written has been sent.
     pub fn next_to_send(&mut self, max: usize) -> Option<(u64, Bytes)> {

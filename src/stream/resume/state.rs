@@ -13,6 +13,13 @@ use crate::proto::stream::{MAX_DATA, StreamFrame, encode_data};
 /// reads at most 64 KiB at a time, and stops at the window).
 const WINDOW_SLACK: usize = 256 * 1024;
 
+/// An ACK goes alone once this much was delivered unacknowledged; below it,
+/// it rides with our next DATA, PONG or FIN, or goes at the ping tick
+/// ([`StreamState::force_ack`]). Small against any stream's cap (≥ 64 KiB),
+/// so a sender never waits on it; a request and its answer cost one frame
+/// each way instead of two.
+pub const ACK_EVERY: u64 = 16 * 1024;
+
 /// Statistics of one stream, for metrics and audit.
 #[derive(Debug, Default, Clone, Copy)]
 pub struct Stats {
@@ -71,6 +78,8 @@ pub struct StreamState {
     last_heard: Instant,
     /// The peer was heard at least once (any leg).
     heard: bool,
+    /// The next [`Self::fill`] acknowledges whatever was delivered.
+    ack_forced: bool,
     stats: Stats,
 }
 
@@ -96,6 +105,7 @@ impl StreamState {
             peer_keyed: false,
             last_heard: now,
             heard: false,
+            ack_forced: false,
             stats: Stats::default(),
         }
     }
@@ -204,10 +214,19 @@ impl StreamState {
 
     /// Appends what this leg should carry next to `out`, up to about `batch`
     /// bytes: an ACK for what the application took (and the FIN once
-    /// delivered), a PONG, DATA, then our FIN once everything before it is out.
+    /// delivered) when it is due (see [`ACK_EVERY`]), a PONG, DATA, then our
+    /// FIN once everything before it is out.
     pub fn fill(&mut self, out: &mut BytesMut, batch: usize) {
         let ack = if self.fin_delivered { self.delivered + 1 } else { self.delivered };
-        if ack > self.acked_sent {
+        let due = self.ack_forced
+            || self.fin_delivered
+            || self.pong_due
+            || (self.keyed && !self.keyed_sent)
+            || self.out.unsent()
+            || self.fin_out.is_some_and(|_| !self.fin_sent)
+            || ack - self.acked_sent >= ACK_EVERY;
+        self.ack_forced = false;
+        if ack > self.acked_sent && due {
             StreamFrame::Ack { upto: ack }.encode(out);
             self.acked_sent = ack;
         }
@@ -278,6 +297,12 @@ impl StreamState {
         self.stats.max_pause = self.stats.max_pause.max(pause);
     }
 
+    /// The next [`Self::fill`] sends the ACK even if it is not due (the
+    /// writer's ping tick: an idle stream acknowledges within one tick).
+    pub fn force_ack(&mut self) {
+        self.ack_forced = true;
+    }
+
     /// Whether the peer was ever heard.
     pub fn heard(&self) -> bool {
         self.heard
@@ -337,6 +362,39 @@ mod tests {
         assert!(a.is_done(), "a: both FINs through and its last ACK written");
         assert!(b.is_done());
         assert_eq!(a.room(), 1 << 20, "everything a sent was acknowledged");
+    }
+
+    #[test]
+    fn a_small_delivery_is_acknowledged_with_the_next_frame_out_or_at_the_tick() {
+        let now = Instant::now();
+        let (mut a, mut b) = (StreamState::new(1 << 20, now), StreamState::new(1 << 20, now));
+        let acks = |s: &mut StreamState| {
+            let mut wire = BytesMut::new();
+            s.fill(&mut wire, 1 << 20);
+            std::iter::from_fn(|| StreamFrame::decode(&mut wire).unwrap())
+                .filter(|f| matches!(f, StreamFrame::Ack { .. }))
+                .count()
+        };
+        a.app_wrote(Bytes::from_static(b"request"));
+        carry(&mut a, &mut b, now);
+        drain(&mut b);
+        assert_eq!(acks(&mut b), 0, "7 bytes delivered: no ACK of its own");
+        // The answer carries it.
+        b.app_wrote(Bytes::from_static(b"answer"));
+        carry(&mut b, &mut a, now);
+        assert_eq!(a.room(), 1 << 20, "the request was acknowledged with the answer");
+        // Nothing to send: the tick sends it.
+        carry(&mut a, &mut b, now);
+        drain(&mut b);
+        drain(&mut a);
+        assert_eq!(acks(&mut a), 0);
+        a.force_ack();
+        assert_eq!(acks(&mut a), 1, "the ping tick acknowledges the answer");
+        // ACK_EVERY delivered bytes are acknowledged at once.
+        a.app_wrote(Bytes::from(vec![1u8; ACK_EVERY as usize]));
+        carry(&mut a, &mut b, now);
+        drain(&mut b);
+        assert_eq!(acks(&mut b), 1);
     }
 
     #[test]
