@@ -166,10 +166,11 @@ async fn latency(profile: &std::path::Path, device: &str, service: &str, count: 
     for _ in 0..count.min(100_000) {
         let start = Instant::now();
         let phases = first_byte(&session).await?;
-        samples.push(start.elapsed());
+        let took = start.elapsed();
+        samples.push(took);
         paired.push(phases.paired);
         e2e.push(phases.e2e);
-        echo.push(start.elapsed().saturating_sub(phases.paired + phases.e2e));
+        echo.push(took.saturating_sub(phases.paired + phases.e2e));
     }
     session.close();
     let stats = summary(samples)?;

@@ -1,6 +1,6 @@
 //! rustls client and server configs, peer identity, handshake failure labels.
 use std::path::Path;
-use std::sync::Arc;
+use std::sync::{Arc, LazyLock};
 
 use rustls::crypto::CryptoProvider;
 use rustls::pki_types::{CertificateDer, CertificateRevocationListDer, PrivateKeyDer, ServerName};
@@ -33,7 +33,9 @@ pub const ALPN_E2E: &[u8] = b"tether-e2e/1";
 /// AES-NI, and the relay pays for every byte twice.
 pub fn provider() -> Arc<CryptoProvider> {
     use rustls::crypto::aws_lc_rs::kx_group;
-    provider_with_groups(vec![kx_group::X25519MLKEM768, kx_group::X25519, kx_group::SECP256R1])
+    static ONE: LazyLock<Arc<CryptoProvider>> =
+        LazyLock::new(|| provider_with_groups(vec![kx_group::X25519MLKEM768, kx_group::X25519, kx_group::SECP256R1]));
+    ONE.clone()
 }
 
 /// [`provider`] without ML-KEM: what a peer that lacks post-quantum key
@@ -74,14 +76,14 @@ pub fn surface(alpn: Option<&[u8]>) -> &'static str {
 
 /// Counts a completed handshake in `tether_tls_handshakes_total` by surface
 /// (from the negotiated ALPN), key exchange group and kind (full, resumed,
-/// full after a HelloRetryRequest). Returns the group's name.
-pub fn handshake_done(conn: &rustls::CommonState) -> &'static str {
+/// full after a HelloRetryRequest).
+pub fn handshake_done(conn: &rustls::CommonState) {
     count_handshake(surface(conn.alpn_protocol()), conn)
 }
 
 /// [`handshake_done`] for a surface named by the caller (the hub's HTTPS,
 /// whose clients need not offer ALPN).
-pub fn count_handshake(surface: &'static str, conn: &rustls::CommonState) -> &'static str {
+pub fn count_handshake(surface: &'static str, conn: &rustls::CommonState) {
     use rustls::HandshakeKind as K;
     let group = match conn.negotiated_key_exchange_group().map(|g| g.name()) {
         Some(rustls::NamedGroup::X25519MLKEM768) => "X25519MLKEM768",
@@ -96,7 +98,6 @@ pub fn count_handshake(surface: &'static str, conn: &rustls::CommonState) -> &'s
         _ => "full",
     };
     crate::metrics::TLS_HANDSHAKES.with_label_values(&[surface, group, kind]).inc();
-    group
 }
 
 fn read(path: &Path) -> Result<Vec<u8>, TlsError> {
