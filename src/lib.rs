@@ -34,6 +34,7 @@ pub mod leg;
 pub mod loadgen;
 pub mod metrics;
 pub mod proto;
+pub mod quic;
 pub mod relay;
 pub mod repo;
 pub mod splice;

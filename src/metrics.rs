@@ -14,6 +14,10 @@ fn reg<C: prometheus::core::Collector + Clone + 'static>(c: C) -> C {
     c
 }
 
+fn fgauge(name: &str, help: &str) -> prometheus::Gauge {
+    reg(prometheus::Gauge::new(name, help).expect("valid metric"))
+}
+
 fn gauge(name: &str, help: &str) -> IntGauge {
     reg(IntGauge::new(name, help).expect("valid metric"))
 }
@@ -56,6 +60,7 @@ metric!(pub RELAY_PAIRING_SECONDS: Histogram = reg(Histogram::with_opts(
         .buckets(vec![0.0005, 0.001, 0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0]),
 ).expect("valid metric")));
 metric!(pub RELAY_RESIDENT_MEMORY: IntGauge = gauge("tether_relay_resident_memory_bytes", "Resident memory of the relay process (read at scrape)"));
+metric!(pub PROCESS_CPU: prometheus::Gauge = fgauge("tether_process_cpu_seconds", "CPU time (user and system) the process has used, in seconds (read at scrape)"));
 
 // Every role.
 metric!(pub TLS_HANDSHAKES: IntCounterVec = counter_vec("tether_tls_handshakes_total", "Completed TLS handshakes, by surface, key exchange group and kind (full, resumed, retry)", &["surface", "group", "kind"]));
@@ -123,10 +128,23 @@ pub fn resident_bytes() -> Option<u64> {
     Some(pages * 4096)
 }
 
+/// CPU time (user + system) this process has used, from /proc (Linux).
+pub fn cpu_seconds() -> Option<f64> {
+    let stat = std::fs::read_to_string("/proc/self/stat").ok()?;
+    // Fields after the command name (which may hold spaces): utime is 14th, stime 15th.
+    let rest = &stat[stat.rfind(')')? + 2..];
+    let f: Vec<&str> = rest.split_whitespace().collect();
+    let ticks: u64 = f.get(11)?.parse::<u64>().ok()? + f.get(12)?.parse::<u64>().ok()?;
+    Some(ticks as f64 / 100.0)
+}
+
 /// The Prometheus text exposition of every registered metric.
 pub fn render() -> String {
     if let Some(rss) = resident_bytes() {
         RELAY_RESIDENT_MEMORY.set(rss as i64);
+    }
+    if let Some(cpu) = cpu_seconds() {
+        PROCESS_CPU.set(cpu);
     }
     let mut out = Vec::new();
     let _ = TextEncoder::new().encode(&REGISTRY.gather(), &mut out);
@@ -146,6 +164,7 @@ pub fn init() {
     LazyLock::force(&RELAY_HANDSHAKE_FAILURES);
     LazyLock::force(&RELAY_PENDING);
     LazyLock::force(&RELAY_OPEN);
+    LazyLock::force(&PROCESS_CPU);
     LazyLock::force(&RELAY_GRANT_REFUSALS);
     LazyLock::force(&RELAY_LEG_REFUSALS);
     LazyLock::force(&RELAY_FRAME_ERRORS);

@@ -58,6 +58,9 @@ pub async fn start_relay(pki: &Path, dir: &Path, stop: CancellationToken) -> Bou
         grant_public_key: pki.join("grant.pub"),
         audit_log: dir.join("relay-audit.jsonl"),
         raw_legs: true,
+        quic: false,
+        quic_agents: None,
+        quic_clients: None,
         twin: None,
         hub: None,
         limits: Default::default(),
@@ -102,6 +105,7 @@ pub fn profile(pki: &Path, client: SocketAddr) -> Profile {
         repo_targets_key: None,
         resume_buffer_bytes: 8 << 20,
         resume_deadline_secs: 30,
+        transport: tether::quic::Transport::Tcp,
         relays: vec![RelayEntry {
             name: "relay-a".into(),
             addr: client.to_string(),

@@ -8,24 +8,40 @@ use tracing::Instrument;
 
 use super::Shared;
 use super::config::RelayEndpoint;
+use super::transport::{self, ControlLeg};
 use crate::metrics;
 use crate::proto::{Frame, FrameIo, FrameIoError, VERSION};
+use crate::quic::Transport;
 use crate::tls;
 use crate::util::Backoff;
 
 const BACKOFF_START: Duration = Duration::from_millis(500);
 const BACKOFF_CAP: Duration = Duration::from_secs(60);
 const DIAL_TIMEOUT: Duration = tls::DIAL_TIMEOUT;
+/// A re-probe of QUIC gives up after this.
+const REPROBE_TIMEOUT: Duration = Duration::from_secs(3);
 
 /// Keeps a channel to `relay` up until shutdown.
 pub async fn attach_loop(state: Shared, relay: RelayEndpoint) {
     let mut backoff = Backoff::new(BACKOFF_START, BACKOFF_CAP).with_jitter();
     let span = tracing::info_span!("channel", relay = %relay.name, device = %state.cfg.device);
+    let mut next: Option<ControlLeg> = None;
     loop {
         metrics::AGENT_RECONNECTS.with_label_values(&[&relay.name]).inc();
         let mut attached = false;
-        let result = attach_once(&state, &relay, &mut attached).instrument(span.clone()).await;
+        let result = attach_once(&state, &relay, next.take(), &mut attached).instrument(span.clone()).await;
         state.relays.remove(&relay.name);
+        if let Some((_, old)) = state.quic.remove(&relay.name) {
+            old.close(0u32.into(), b"control channel closed");
+        }
+        let result = match result {
+            Ok(Ended::Moved(to)) => {
+                // QUIC got through again: attach over it at once.
+                next = Some(to);
+                continue;
+            }
+            other => other.map(|_| ()),
+        };
         state.relay_lost(&relay.name);
         metrics::AGENT_CONTROL_CHANNELS.with_label_values(&[&relay.name]).set(0);
         if let Err(e) = result {
@@ -44,13 +60,32 @@ pub async fn attach_loop(state: Shared, relay: RelayEndpoint) {
     }
 }
 
-/// One attachment. `Ok` means the relay welcomed us and the channel later ended.
-/// One attachment; `attached` turns true once the relay welcomed us.
-async fn attach_once(state: &Shared, relay: &RelayEndpoint, attached: &mut bool) -> Result<(), String> {
-    let tls = tls::dial(&relay.control, relay.server_name(), state.control_tls.clone())
-        .await
-        .map_err(|e| format!("dial: {e}"))?;
-    let mut io = FrameIo::new(tls);
+/// How an attachment that the relay welcomed ended.
+enum Ended {
+    /// The channel closed, or we are shutting down.
+    Closed,
+    /// On TCP, QUIC got through again and no session was live: attach over it.
+    Moved(ControlLeg),
+}
+
+/// One attachment (over `leg` when given, else a new dial); `attached`
+/// turns true once the relay welcomed us.
+async fn attach_once(
+    state: &Shared,
+    relay: &RelayEndpoint,
+    leg: Option<ControlLeg>,
+    attached: &mut bool,
+) -> Result<Ended, String> {
+    let leg = match leg {
+        Some(l) => l,
+        None => transport::control(state, relay).await?,
+    };
+    let transport = leg.transport();
+    let on_tcp = leg.quic.is_none();
+    if let Some(conn) = leg.quic {
+        state.quic.insert(relay.name.clone(), conn);
+    }
+    let mut io = FrameIo::new(leg.leg);
     let services = state.cfg.services.keys().cloned().collect();
     let hello = Frame::Hello {
         version: VERSION,
@@ -72,7 +107,7 @@ async fn attach_once(state: &Shared, relay: &RelayEndpoint, attached: &mut bool)
     state.relays.insert(relay.name.clone(), tx.clone());
     metrics::AGENT_CONTROL_CHANNELS.with_label_values(&[&relay.name]).set(1);
     *attached = true;
-    tracing::info!("attached");
+    tracing::info!(transport, "attached");
     state.jobs_waiting.notify_one();
     let head = |state: &Shared| {
         let (seq, hash) = state.audit.head();
@@ -82,11 +117,28 @@ async fn attach_once(state: &Shared, relay: &RelayEndpoint, attached: &mut bool)
 
     let mut ticker = interval(hb);
     ticker.tick().await;
+    let reprobe_every = Duration::from_secs(state.cfg.quic_reprobe_secs);
+    let reprobe = on_tcp && state.cfg.transport == Transport::Auto;
+    let mut reprobe_at = Instant::now() + reprobe_every;
     let mut seq = 0u64;
     let mut last_heard = Instant::now();
     loop {
         tokio::select! {
-            _ = state.shutdown.cancelled() => return Ok(()),
+            _ = state.shutdown.cancelled() => return Ok(Ended::Closed),
+            _ = tokio::time::sleep_until(reprobe_at), if reprobe => {
+                reprobe_at = Instant::now() + reprobe_every;
+                // Moving the control channel ends the relay's sessions of
+                // this device: only while none is live or waiting.
+                if state.sessions.is_empty() && state.pending.is_empty() {
+                    match transport::quic_control(state, relay, REPROBE_TIMEOUT).await {
+                        Ok(to) => {
+                            tracing::info!("QUIC gets through again: moving the control channel to QUIC");
+                            return Ok(Ended::Moved(to));
+                        }
+                        Err(e) => tracing::debug!(error = %e, "QUIC still does not get through"),
+                    }
+                }
+            }
             _ = ticker.tick() => {
                 if last_heard.elapsed() > dead_after {
                     return Err(format!("relay silent for {:?}", last_heard.elapsed()));
@@ -101,7 +153,7 @@ async fn attach_once(state: &Shared, relay: &RelayEndpoint, attached: &mut bool)
             r = io.read_frame() => {
                 let frame = match r {
                     Ok(f) => f,
-                    Err(FrameIoError::Closed) => return Ok(()),
+                    Err(FrameIoError::Closed) => return Ok(Ended::Closed),
                     Err(e) => return Err(format!("read: {e}")),
                 };
                 last_heard = Instant::now();

@@ -24,6 +24,9 @@ pub struct RelayEndpoint {
     pub control: String,
     /// Data leg address (17002).
     pub data: String,
+    /// QUIC (UDP) address; defaults to the data address (17002).
+    #[serde(default)]
+    pub quic: Option<String>,
     /// Name to verify in the relay's certificate; defaults to `name`.
     #[serde(default)]
     pub server_name: Option<String>,
@@ -32,6 +35,10 @@ pub struct RelayEndpoint {
 impl RelayEndpoint {
     pub fn server_name(&self) -> &str {
         self.server_name.as_deref().unwrap_or(&self.name)
+    }
+
+    pub fn quic_addr(&self) -> &str {
+        self.quic.as_deref().unwrap_or(&self.data)
     }
 }
 
@@ -133,6 +140,13 @@ pub struct AgentConfig {
     pub audit_log: PathBuf,
     /// Both twins of the device's relay pair.
     pub relays: Vec<RelayEndpoint>,
+    /// `auto` (QUIC when UDP gets through, else TCP), `quic` or `tcp`.
+    #[serde(default)]
+    pub transport: crate::quic::Transport,
+    /// After falling back to TCP, try QUIC again this often (while no
+    /// session is live: moving the control channel would end them).
+    #[serde(default = "default_reprobe")]
+    pub quic_reprobe_secs: u64,
     /// The local allow-list: service name -> target.
     pub services: BTreeMap<String, Service>,
     /// Non-loopback targets the device owner explicitly allows (`IP:PORT`).
@@ -154,6 +168,9 @@ fn default_consent_timeout() -> u64 {
 }
 fn default_heartbeat() -> u64 {
     30
+}
+fn default_reprobe() -> u64 {
+    300
 }
 pub(crate) fn default_resume_buffer() -> usize {
     8 << 20
@@ -221,6 +238,9 @@ impl ConfigFile for AgentConfig {
             if set.paths.iter().any(|p| p.file_name().is_none()) {
                 p.push(format!("uploads.{name}.paths: each path must end in a file or folder name"));
             }
+        }
+        if self.quic_reprobe_secs == 0 {
+            p.push("quic_reprobe_secs: must be at least 1".into());
         }
         if self.heartbeat_secs == 0 {
             p.push("heartbeat_secs: must be at least 1".into());

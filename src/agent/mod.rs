@@ -10,6 +10,7 @@ pub mod fetch;
 mod jobs;
 pub mod operator;
 mod state;
+mod transport;
 mod tunnel;
 
 pub use config::{AgentConfig, Consent};

@@ -58,6 +58,11 @@ pub struct AgentState {
     pub audit: AuditLog,
     pub control_tls: Arc<ClientConfig>,
     pub data_tls: Arc<ClientConfig>,
+    /// QUIC: the device's certificate, ALPN of agents' QUIC connections.
+    pub quic_tls: Arc<ClientConfig>,
+    /// The QUIC connection to each relay whose control channel runs on one:
+    /// data and fetch legs to that relay are streams on it.
+    pub quic: DashMap<String, quinn::Connection>,
     pub sessions: DashMap<SessionId, Arc<AgentSession>>,
     pub pending: DashMap<SessionId, Pending>,
     /// Jobs waiting for the on-site operator, by job id.
@@ -80,6 +85,8 @@ impl AgentState {
             audit: AuditLog::open(&cfg.audit_log)?,
             control_tls: tls::client_config(&cfg.ca, cert, tls::ALPN_AGENT)?,
             data_tls: tls::client_config(&cfg.ca, cert, tls::ALPN_DATA)?,
+            quic_tls: tls::quic_client_config(&cfg.ca, cert, tls::ALPN_QUIC_AGENT)?,
+            quic: DashMap::new(),
             sessions: DashMap::new(),
             pending: DashMap::new(),
             pending_jobs: DashMap::new(),

@@ -96,7 +96,7 @@ async fn dial_leg(
     id: SessionId,
     conn: u32,
 ) -> std::io::Result<(Leg, Bytes)> {
-    let leg = crate::leg::dial(&relay.data, plan.raw, relay.server_name(), state.data_tls.clone()).await?;
+    let leg = super::transport::data_leg(state, relay, plan.raw).await?;
     let mut io = FrameIo::new(leg);
     let mac = leg_mac(&plan.key, LegSide::Device, &id, conn);
     io.write_frame(&Frame::DataOpen { version: VERSION, session: id, conn, mac }).await?;

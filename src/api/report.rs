@@ -7,6 +7,9 @@ use serde::{Deserialize, Serialize};
 pub struct AgentSeen {
     pub device: String,
     pub agent_version: String,
+    /// `tcp` or `quic`: how its control channel reaches the relay.
+    #[serde(default)]
+    pub transport: String,
     /// Unix seconds of the agent's last heartbeat (or attach).
     pub last_heartbeat: u64,
 }
@@ -49,6 +52,9 @@ pub struct RelayReport {
     /// Sessions admitted since the last answered report.
     #[serde(default)]
     pub started: Vec<String>,
+    /// How each of `started` reached the relay (`tcp` or `quic`), in the same order.
+    #[serde(default)]
+    pub started_transports: Vec<String>,
     #[serde(default)]
     pub ended: Vec<EndedSession>,
     #[serde(default)]

@@ -89,6 +89,9 @@ pub struct DeviceView {
     pub status: String,
     /// Relays it is attached to (with a fresh report).
     pub relays: Vec<String>,
+    /// The transport to each of `relays`: `tcp` or `quic`.
+    #[serde(default)]
+    pub transports: Vec<String>,
     /// Unix seconds.
     pub last_heartbeat: Option<u64>,
     pub agent_version: Option<String>,
@@ -159,6 +162,9 @@ pub struct SessionRecord {
     pub bytes_to_device: i64,
     pub bytes_to_client: i64,
     pub duration_ms: i64,
+    /// How the specialist reached the relay: `tcp` or `quic` (empty until live).
+    #[serde(default)]
+    pub transport: String,
 }
 
 /// The answer to `POST /api/v1/sessions/{id}/end`.

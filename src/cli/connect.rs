@@ -23,6 +23,10 @@ pub struct ConnectArgs {
     /// Seconds to wait for an offline device to come online.
     #[arg(long, default_value_t = 15)]
     wait: u64,
+    /// `auto` (QUIC when UDP gets through, else TCP), `quic` or `tcp`;
+    /// default: the profile's `transport` (auto).
+    #[arg(long, value_parser = crate::quic::Transport::from_arg)]
+    transport: Option<crate::quic::Transport>,
 }
 
 /// The device is not reachable right now, but may be soon: the hub sees it on
@@ -33,7 +37,10 @@ fn offline(e: &client::ClientError) -> bool {
 }
 
 pub async fn run(a: ConnectArgs) -> Result<()> {
-    let p = super::specialist::load(&super::profile_path(a.profile))?;
+    let mut p = super::specialist::load(&super::profile_path(a.profile))?;
+    if let Some(t) = a.transport {
+        p.transport = t;
+    }
     let listener = tokio::net::TcpListener::bind(a.listen).await.with_context(|| format!("binding {}", a.listen))?;
     let reason = if a.reason.is_empty() && p.hub.as_ref().is_some_and(|h| h.dev_password_file.is_some()) {
         "tether dev".to_string()
@@ -64,10 +71,11 @@ pub async fn run(a: ConnectArgs) -> Result<()> {
         }
     };
     println!(
-        "session {} ready: {} -> {device}/{service} via {}",
+        "session {} ready: {} -> {device}/{service} via {} over {}",
         session.id,
         listener.local_addr()?,
-        session.relay.name
+        session.relay.name,
+        session.transport()
     );
     let stop = super::shutdown_on_signal();
     let s = session.clone();

@@ -15,8 +15,12 @@ pub async fn run(config: &Path, check: bool) -> Result<()> {
     let listeners = relay::Listeners::bind(&cfg).await?;
     let a = listeners.addrs();
     let twin = a.twin.map(|t| format!(" twin={t}")).unwrap_or_default();
+    let quic = match (a.quic_agents, a.quic_clients) {
+        (Some(ag), Some(cl)) => format!(" quic-agents={ag} quic-clients={cl}"),
+        _ => String::new(),
+    };
     println!(
-        "relay {} listening control={} data={} client={} admin={}{twin}",
+        "relay {} listening control={} data={} client={} admin={}{twin}{quic}",
         cfg.name, a.control, a.data, a.client, a.admin
     );
     relay::run(listeners, cfg, super::shutdown_on_signal()).await?;

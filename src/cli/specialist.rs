@@ -141,8 +141,15 @@ pub async fn devices(path: &Path, json: bool) -> Result<()> {
     let rows = list
         .into_iter()
         .map(|d| {
-            let status =
-                if d.status == "online" { format!("online on {}", d.relays.join(",")) } else { "offline".into() };
+            let on = d.relays.iter().enumerate().map(|(i, r)| match d.transports.get(i) {
+                Some(t) if !t.is_empty() => format!("{r} ({t})"),
+                _ => r.clone(),
+            });
+            let status = if d.status == "online" {
+                format!("online on {}", on.collect::<Vec<_>>().join(", "))
+            } else {
+                "offline".into()
+            };
             vec![
                 d.id,
                 d.site,
@@ -171,6 +178,7 @@ pub async fn sessions(path: &Path, json: bool, limit: u32) -> Result<()> {
                 x.specialist,
                 format!("{}/{}", x.device, x.service),
                 x.state,
+                if x.transport.is_empty() { x.relay } else { format!("{} ({})", x.relay, x.transport) },
                 when(Some(x.created_at)),
                 format!("{}↑ {}↓", x.bytes_to_device, x.bytes_to_client),
                 or_dash(x.end_reason.as_deref()),
@@ -178,7 +186,10 @@ pub async fn sessions(path: &Path, json: bool, limit: u32) -> Result<()> {
             ]
         })
         .collect();
-    print_table(&["session", "specialist", "device/service", "state", "started", "bytes", "ended", "reason"], rows);
+    print_table(
+        &["session", "specialist", "device/service", "state", "via", "started", "bytes", "ended", "reason"],
+        rows,
+    );
     Ok(())
 }
 

@@ -108,9 +108,11 @@ impl ClientSession {
         if self.ended.is_cancelled() {
             return Err(ClientError::Ended(self.end_reason().unwrap_or(Reason::Unknown)));
         }
-        let leg = crate::leg::dial(&relay.addr, self.raw_legs, relay.server_name(), self.tls.clone())
-            .await
-            .map_err(|source| ClientError::Dial { relay: relay.name.clone(), addr: relay.addr.clone(), source })?;
+        let leg = self.links.leg(relay, self.raw_legs).await.map_err(|source| ClientError::Dial {
+            relay: relay.name.clone(),
+            addr: relay.addr.clone(),
+            source,
+        })?;
         let mut io = FrameIo::new(leg);
         let conn = self.next_conn.fetch_add(1, Ordering::Relaxed);
         let mac = crate::proto::leg_mac(&self.token, crate::proto::LegSide::Client { resumes }, &self.id, conn);

@@ -5,6 +5,7 @@ mod forward;
 mod grant_source;
 pub mod hub;
 mod join;
+mod links;
 mod pipelined;
 pub mod profile;
 
@@ -16,15 +17,13 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use rustls::ClientConfig;
-use tokio::net::TcpStream;
-use tokio_rustls::client::TlsStream;
 use tokio_util::sync::CancellationToken;
 
 use crate::leg::Leg;
 use crate::proto::{Frame, FrameIo, Reason, SessionId, VERSION};
 use crate::stream::e2e;
 use crate::stream::resumable::{LegSource, ResumeConfig};
-use crate::tls::{self, dial};
+use crate::tls;
 use bytes::Bytes;
 
 /// Why a session or a tunnelled connection failed, as the specialist sees it.
@@ -76,7 +75,8 @@ pub struct ClientSession {
     token: [u8; 32],
     /// The relay accepts raw-TCP joins (payload is end-to-end TLS anyway).
     raw_legs: bool,
-    tls: Arc<ClientConfig>,
+    /// QUIC or TCP, per relay.
+    links: links::Links,
     next_conn: AtomicU32,
     resume: ResumeConfig,
     ended: CancellationToken,
@@ -140,7 +140,11 @@ impl LegSource for DialLegs {
                         Err(ClientError::Refused { reason: Reason::UnknownSession, .. }) => {
                             last = Some(std::io::Error::new(std::io::ErrorKind::NotFound, "session unknown"));
                         }
-                        Err(e) => last = Some(std::io::Error::other(e.to_string())),
+                        Err(e) => {
+                            // Silent or broken: the path may be (UDP blocked mid-session).
+                            s.links.suspect(&relay.name).await;
+                            last = Some(std::io::Error::other(e.to_string()));
+                        }
                     }
                 }
                 if s.ended.is_cancelled() {
@@ -189,11 +193,13 @@ impl ClientSession {
         let e2e = e2e::client_config(&profile.ca, &key)?;
         tls::server_name(device)?;
         let grant_source::Obtained { grant, relays } = source.obtain(device, service, key.public_key()).await?;
-        let tls = tls::client_config(&profile.ca, None, tls::ALPN_CLIENT)?;
+        let links = links::Links::new(&profile.ca, profile.transport)?;
         let mut failures = Vec::new();
         let mut last = None;
+        let mut links = Some(links);
         for relay in &relays {
-            let conn = match dial(&relay.addr, relay.server_name(), tls.clone()).await {
+            let Some(l) = links.as_ref() else { break };
+            let conn = match l.leg(relay, false).await {
                 Ok(c) => c,
                 Err(source) => {
                     failures.push(
@@ -222,7 +228,7 @@ impl ClientSession {
                         e2e,
                         token,
                         raw_legs,
-                        tls,
+                        links: links.take().expect("links are taken once"),
                         next_conn: AtomicU32::new(1),
                         resume: ResumeConfig {
                             cap: profile.resume_buffer_bytes.max(64 * 1024),
@@ -258,7 +264,7 @@ impl ClientSession {
         Err(ClientError::NoRelay { detail: failures.join("; "), last })
     }
 
-    async fn control_leg(self: Arc<Self>, mut io: FrameIo<TlsStream<TcpStream>>) {
+    async fn control_leg(self: Arc<Self>, mut io: FrameIo<Leg>) {
         let mut at = self.relay.name.clone();
         let reason = loop {
             let lost = tokio::select! {
@@ -275,6 +281,7 @@ impl ClientSession {
             // The relay carrying the control leg is gone or silent: move it to
             // the twin, which knows the session by replication.
             tracing::info!(session = %self.id, relay = %at, "control leg lost; moving it");
+            self.links.suspect(&at).await;
             match self.move_control(&at).await {
                 Some((moved, relay)) => (io, at) = (moved, relay),
                 None => break Reason::RelayGone,
@@ -288,7 +295,7 @@ impl ClientSession {
 
     /// Reads the control leg, probing it with heartbeats: the session's end
     /// (`Some`), or `None` when the leg broke or stayed silent past [`CONTROL_DEAD`].
-    async fn watch_control(io: &mut FrameIo<TlsStream<TcpStream>>) -> Option<Reason> {
+    async fn watch_control(io: &mut FrameIo<Leg>) -> Option<Reason> {
         let mut tick = tokio::time::interval(CONTROL_PING);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut heard = tokio::time::Instant::now();
@@ -332,14 +339,19 @@ impl ClientSession {
         self.current.lock().map(|c| c.clone()).unwrap_or_else(|_| self.relay.clone())
     }
 
+    /// `quic` or `tcp`: how the session's legs reach the relay it uses now.
+    pub fn transport(&self) -> &'static str {
+        self.links.transport_to(&self.current_relay().name)
+    }
+
     /// Moves the control leg away from `from`: the twin first, each try with
     /// a short deadline; returns the new leg and its relay.
-    async fn move_control(&self, from: &str) -> Option<(FrameIo<TlsStream<TcpStream>>, String)> {
+    async fn move_control(&self, from: &str) -> Option<(FrameIo<Leg>, String)> {
         let deadline = tokio::time::Instant::now() + MOVE_DEADLINE;
         while tokio::time::Instant::now() < deadline && !self.ended.is_cancelled() {
             for relay in self.order_avoiding(from) {
                 let attempt = async {
-                    let conn = dial(&relay.addr, relay.server_name(), self.tls.clone()).await.ok()?;
+                    let conn = self.links.leg(&relay, false).await.ok()?;
                     let mut io = FrameIo::new(conn);
                     let mac = crate::proto::leg_mac(&self.token, crate::proto::LegSide::Control, &self.id, 0);
                     io.write_frame(&Frame::ClientResume { version: VERSION, session: self.id, mac }).await.ok()?;
@@ -395,7 +407,10 @@ impl ClientSession {
                     self.set_current(relay);
                     return Ok(t);
                 }
-                Err(e @ (ClientError::Dial { .. } | ClientError::Protocol { .. })) => last = Some(e),
+                Err(e @ (ClientError::Dial { .. } | ClientError::Protocol { .. })) => {
+                    self.links.suspect(&relay.name).await;
+                    last = Some(e);
+                }
                 Err(ClientError::Refused {
                     reason: reason @ (Reason::RelayShutdown | Reason::NotAttached | Reason::Overloaded),
                     message,

@@ -54,6 +54,9 @@ pub struct Profile {
     /// A connection whose leg broke is closed if it cannot resume within this.
     #[serde(default = "crate::agent::config::default_resume_deadline")]
     pub resume_deadline_secs: u64,
+    /// `auto` (QUIC when UDP gets through, else TCP), `quic` or `tcp`.
+    #[serde(default)]
+    pub transport: crate::quic::Transport,
     /// The relay pair, in order of preference (with a hub: the hub's answer).
     #[serde(default)]
     pub relays: Vec<RelayEntry>,

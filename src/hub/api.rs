@@ -73,6 +73,7 @@ async fn route(hub: &Hub, req: Request<Incoming>, peer: &Peer) -> Result<Answer,
                         consent: d.consent,
                         status: p.status,
                         relays: p.relays,
+                        transports: p.transports,
                         last_heartbeat: p.last_heartbeat,
                         agent_version: p.agent_version,
                     }

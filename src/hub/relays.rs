@@ -36,6 +36,8 @@ pub struct Presence {
     pub status: String,
     /// Relays it is attached to (with a fresh report).
     pub relays: Vec<String>,
+    /// The transport to each of `relays` (`tcp` or `quic`).
+    pub transports: Vec<String>,
     pub last_heartbeat: Option<u64>,
     pub agent_version: Option<String>,
 }
@@ -115,6 +117,7 @@ impl Board {
         for r in &self.relays {
             if let Some(a) = self.fresh(&views, &r.name).and_then(|v| v.agents.get(device)) {
                 p.relays.push(r.name.clone());
+                p.transports.push(a.transport.clone());
                 if p.last_heartbeat.is_none_or(|h| h < a.last_heartbeat) {
                     p.last_heartbeat = Some(a.last_heartbeat);
                     p.agent_version = Some(a.agent_version.clone());

@@ -194,8 +194,9 @@ pub async fn relay_report(hub: &Hub, relay: &str, r: RelayReport) -> ReportAnswe
     let now = now_secs();
     crate::metrics::HUB_RELAY_REPORTS.with_label_values(&[relay]).inc();
     let answer = hub.board.report(relay, &r, now);
-    for id in &r.started {
-        if let Err(e) = hub.store.session_live(id).await {
+    for (i, id) in r.started.iter().enumerate() {
+        let transport = r.started_transports.get(i).map(String::as_str).unwrap_or("");
+        if let Err(e) = hub.store.session_live(id, transport).await {
             tracing::error!(session = %id, error = %e, "recording session start");
         }
     }

@@ -13,24 +13,70 @@ use crate::tls::{
     pki::{Ca, Validity},
 };
 
-async fn relay_rss(admin: &str) -> Result<f64> {
+async fn relay_metric(admin: &str, name: &str) -> Result<f64> {
     let (_, body) = crate::util::http::get(admin, "/metrics").await.with_context(|| format!("admin {admin}"))?;
+    let prefix = format!("{name} ");
     String::from_utf8_lossy(&body)
         .lines()
-        .find_map(|l| l.strip_prefix("tether_relay_resident_memory_bytes "))
+        .find_map(|l| l.strip_prefix(&prefix))
         .and_then(|v| v.trim().parse().ok())
-        .context("relay did not report tether_relay_resident_memory_bytes")
+        .with_context(|| format!("relay did not report {name}"))
 }
 
-pub async fn run(pki: &Path, control: &str, admin: &str, server_name: &str, n: usize, hold: Duration) -> Result<()> {
+async fn relay_rss(admin: &str) -> Result<f64> {
+    relay_metric(admin, "tether_relay_resident_memory_bytes").await
+}
+
+/// Where the simulated agents attach.
+pub struct To<'a> {
+    pub control: &'a str,
+    /// QUIC (UDP) address; `None`: TCP to `control`.
+    pub quic: Option<&'a str>,
+    pub admin: &'a str,
+    pub server_name: &'a str,
+}
+
+/// One attached agent's channel, kept open while held.
+enum Held {
+    Tcp(#[allow(dead_code)] FrameIo<crate::leg::Leg>),
+    Quic(#[allow(dead_code)] FrameIo<crate::leg::Leg>, #[allow(dead_code)] quinn::Connection),
+}
+
+pub async fn run(pki: &Path, to: To<'_>, n: usize, hold: Duration) -> Result<()> {
     let (dir, configs) = devices(pki, "load", n)?;
+    // Over QUIC, every agent's connection shares one UDP socket here (the
+    // relay side is what is measured).
+    let endpoint = match to.quic {
+        Some(_) => Some(quinn::Endpoint::client("127.0.0.1:0".parse()?)?),
+        None => None,
+    };
+    let quic_addr: Option<std::net::SocketAddr> = match to.quic {
+        Some(a) => Some(tokio::net::lookup_host(a).await?.next().context("QUIC address")?),
+        None => None,
+    };
     tokio::time::sleep(Duration::from_millis(500)).await;
-    let before = relay_rss(admin).await?;
-    eprintln!("relay RSS before: {:.1} MiB; attaching {n} agents...", before / 1048576.0);
+    let before = relay_rss(to.admin).await?;
+    let transport = if to.quic.is_some() { "QUIC" } else { "TCP" };
+    eprintln!("relay RSS before: {:.1} MiB; attaching {n} agents over {transport}...", before / 1048576.0);
+    let started = std::time::Instant::now();
     let mut channels = Vec::with_capacity(n);
     for (id, cfg) in configs {
-        let conn = tls::dial(control, server_name, cfg).await.with_context(|| format!("agent {id}"))?;
-        let mut io = FrameIo::new(conn);
+        let (leg, conn): (crate::leg::Leg, _) = match (&endpoint, quic_addr) {
+            (Some(ep), Some(addr)) => {
+                let mut c = (*cfg).clone();
+                c.alpn_protocols = vec![tls::ALPN_QUIC_AGENT.to_vec()];
+                let crypto = quinn::crypto::rustls::QuicClientConfig::try_from(c)?;
+                let mut qc = quinn::ClientConfig::new(Arc::new(crypto));
+                qc.transport_config(crate::quic::transport_config(16));
+                let conn = ep.connect_with(qc, addr, to.server_name)?.await.with_context(|| format!("agent {id}"))?;
+                (Box::new(crate::quic::open_leg(&conn).await?), Some(conn))
+            }
+            _ => (
+                Box::new(tls::dial(to.control, to.server_name, cfg).await.with_context(|| format!("agent {id}"))?),
+                None,
+            ),
+        };
+        let mut io = FrameIo::new(leg);
         io.write_frame(&Frame::Hello {
             version: VERSION,
             device: id.clone(),
@@ -39,18 +85,30 @@ pub async fn run(pki: &Path, control: &str, admin: &str, server_name: &str, n: u
         })
         .await?;
         match io.read_frame().await? {
-            Frame::Welcome { .. } => channels.push(io),
+            Frame::Welcome { .. } => channels.push(match conn {
+                Some(c) => Held::Quic(io, c),
+                None => Held::Tcp(io),
+            }),
             other => bail!("agent {id}: expected welcome, got {}", other.kind()),
         }
     }
+    let attach = started.elapsed();
+    let cpu_before = relay_metric(to.admin, "tether_process_cpu_seconds").await?;
+    let held_from = std::time::Instant::now();
     tokio::time::sleep(hold).await;
-    let after = relay_rss(admin).await?;
+    let idle_cpu =
+        (relay_metric(to.admin, "tether_process_cpu_seconds").await? - cpu_before) / held_from.elapsed().as_secs_f64();
+    let after = relay_rss(to.admin).await?;
     let per = (after - before) / n as f64;
     println!(
-        "{n} idle agents attached: relay RSS {:.1} MiB -> {:.1} MiB, {:.1} KiB per attached agent",
+        "{n} idle agents attached over {transport} in {:.1} s ({:.0}/s): relay RSS {:.1} MiB -> {:.1} MiB, \
+         {:.1} KiB per attached agent; relay CPU at idle {:.1} % of one core",
+        attach.as_secs_f64(),
+        n as f64 / attach.as_secs_f64(),
         before / 1048576.0,
         after / 1048576.0,
-        per / 1024.0
+        per / 1024.0,
+        idle_cpu * 100.0
     );
     drop(channels);
     let _ = std::fs::remove_dir_all(&dir);

@@ -33,6 +33,10 @@ pub enum LoadCmd {
         server_name: String,
         #[arg(long, default_value_t = 1000)]
         agents: usize,
+        /// Attach over QUIC to this UDP address (the relay's 17002) instead
+        /// of TCP to `--control`.
+        #[arg(long)]
+        quic: Option<String>,
         /// Seconds to hold the agents attached before measuring.
         #[arg(long, default_value_t = 3)]
         hold_secs: u64,
@@ -96,12 +100,29 @@ pub struct Target {
     device: String,
     #[arg(long, default_value = "echo")]
     service: String,
+    /// `auto`, `quic` or `tcp`; default: the profile's.
+    #[arg(long, value_parser = crate::quic::Transport::from_arg)]
+    transport: Option<crate::quic::Transport>,
 }
 
+/// `--transport`, for every profile this run loads.
+static TRANSPORT: std::sync::OnceLock<crate::quic::Transport> = std::sync::OnceLock::new();
+
 pub async fn run(cmd: LoadCmd) -> Result<()> {
+    let t = match &cmd {
+        LoadCmd::Latency { target, .. }
+        | LoadCmd::HubSetup { target, .. }
+        | LoadCmd::Soak { target, .. }
+        | LoadCmd::HubRate { target, .. } => target.transport,
+        _ => None,
+    };
+    if let Some(t) = t {
+        let _ = TRANSPORT.set(t);
+    }
     match cmd {
-        LoadCmd::Idle { pki, control, admin, server_name, agents, hold_secs } => {
-            idle::run(&pki, &control, &admin, &server_name, agents, Duration::from_secs(hold_secs)).await
+        LoadCmd::Idle { pki, control, admin, server_name, agents, quic, hold_secs } => {
+            let to = idle::To { control: &control, quic: quic.as_deref(), admin: &admin, server_name: &server_name };
+            idle::run(&pki, to, agents, Duration::from_secs(hold_secs)).await
         }
         LoadCmd::Fetch { pki, control, server_name, sha256, length, agents } => {
             fetch::run(&pki, fetch::FetchPlan { control, server_name, sha256, length }, agents).await
@@ -145,7 +166,11 @@ pub fn summary(mut samples: Vec<Duration>) -> Result<String> {
 
 /// The specialist profile at `path`.
 pub fn load_profile(path: &std::path::Path) -> Result<crate::client::Profile> {
-    crate::client::Profile::open(path).with_context(|| format!("profile {}", path.display()))
+    let mut p = crate::client::Profile::open(path).with_context(|| format!("profile {}", path.display()))?;
+    if let Some(t) = TRANSPORT.get() {
+        p.transport = *t;
+    }
+    Ok(p)
 }
 
 /// Percentile of sorted samples.

@@ -15,6 +15,12 @@ pub mod twin;
 pub mod wire;
 
 pub use frame::{Frame, Outcome};
+
+/// Whether a frame whose first five bytes (length, type) are `header` is a
+/// data leg's `DataOpen` (the relay tells an agent's QUIC streams apart by it).
+pub fn is_data_open(header: &[u8; 5]) -> bool {
+    header[4] == frame_type::DATA_OPEN
+}
 pub use grant::{Grant, GrantError, GrantSigner, GrantVerifier, SignedGrant};
 pub use io::{FrameIo, FrameIoError};
 pub use reason::Reason;

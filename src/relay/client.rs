@@ -15,14 +15,13 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::sync::oneshot;
 use tokio_util::sync::CancellationToken;
 
-use super::Accepted;
 use super::session::Session;
 use super::state::{LegEvent, State};
+use super::{Accepted, Auth};
 use crate::leg::Leg;
 use crate::metrics;
 use crate::proto::{self, Frame, FrameIo, FrameIoError, LegSide, Outcome, Reason, SessionId, SignedGrant};
 use crate::splice::{Meter, splice};
-use crate::tls;
 use crate::util::now_secs;
 
 type Io = FrameIo<Leg>;
@@ -86,15 +85,13 @@ fn version(v: u16) -> Result<(), Refusal> {
 }
 
 pub async fn serve(state: Arc<State>, accepted: Accepted, peer: SocketAddr) {
-    let (leg, is_tls, alpn_ok): (Leg, bool, bool) = match accepted {
-        Accepted::Tls(tls) => {
-            let alpn_ok = tls.get_ref().1.alpn_protocol() == Some(tls::ALPN_CLIENT);
-            (tls, true, alpn_ok)
-        }
-        Accepted::Raw(tcp) => (Box::new(tcp), false, true),
+    let (is_tls, alpn_ok) = match accepted.auth {
+        Auth::Tls { alpn_ok, .. } => (true, alpn_ok),
+        Auth::Raw => (false, true),
     };
-    let mut io = FrameIo::new(leg);
-    match first_frame(&state, &mut io, peer, is_tls, alpn_ok).await {
+    let listener = if accepted.transport == "quic" { "quic-client" } else { "client" };
+    let mut io = FrameIo::new(accepted.leg);
+    match first_frame(&state, &mut io, (peer, listener), is_tls, alpn_ok).await {
         Err(r) => r.send(&state, &mut io, peer).await,
         Ok(Some(paired)) => tunnel(&state, paired, io).await,
         Ok(None) => {}
@@ -114,7 +111,7 @@ struct Paired {
 async fn first_frame(
     state: &State,
     io: &mut Io,
-    peer: SocketAddr,
+    (peer, listener): (SocketAddr, &'static str),
     is_tls: bool,
     alpn_ok: bool,
 ) -> Result<Option<Paired>, Refusal> {
@@ -135,7 +132,7 @@ async fn first_frame(
             return Err(Refusal::new(reason, e.to_string()));
         }
         Err(_) => {
-            state.handshake_failed("client", peer, "preamble_timeout", "no first frame in time");
+            state.handshake_failed(listener, peer, "preamble_timeout", "no first frame in time");
             return Ok(None);
         }
     };
@@ -144,7 +141,8 @@ async fn first_frame(
         Frame::ClientOpen { .. } if !is_tls => Err(Refusal::new(Reason::BadFrame, "client_open requires TLS")),
         Frame::ClientOpen { version: v, grant, service } => {
             version(v)?;
-            open(state, io, peer, grant, service).await.map(|()| None)
+            let transport = if listener == "quic-client" { "quic" } else { "tcp" };
+            open(state, io, (peer, transport), grant, service).await.map(|()| None)
         }
         Frame::ClientJoin { version: v, session, conn, mac, resumes } => {
             version(v)?;
@@ -168,7 +166,7 @@ async fn first_frame(
 async fn open(
     state: &State,
     io: &mut Io,
-    peer: SocketAddr,
+    (peer, transport): (SocketAddr, &'static str),
     signed: SignedGrant,
     service: String,
 ) -> Result<(), Refusal> {
@@ -235,7 +233,7 @@ async fn open(
 
     let session = Arc::new(Session::new(&grant, &service, peer.to_string(), attach_id, CancellationToken::new()));
     state.sessions.insert(id, session.clone());
-    state.hub_started(id);
+    state.hub_started(id, transport);
     metrics::RELAY_SESSIONS_ACTIVE.inc();
     let index = state.publish(crate::proto::twin::Fact::SessionUp(session.fact()));
     // Tell the client only once the twin holds the session (it can take over

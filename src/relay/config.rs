@@ -20,6 +20,15 @@ pub struct RelayConfig {
     pub data: SocketAddr,
     /// Specialist legs (17443).
     pub client: SocketAddr,
+    /// QUIC (UDP) for agents and specialists. Default true.
+    #[serde(default = "default_true")]
+    pub quic: bool,
+    /// UDP address of agents' QUIC; default: the data address's.
+    #[serde(default)]
+    pub quic_agents: Option<SocketAddr>,
+    /// UDP address of specialists' QUIC; default: the client address's.
+    #[serde(default)]
+    pub quic_clients: Option<SocketAddr>,
     /// `/metrics`, `/healthz`, `/readyz` (17090).
     pub admin: SocketAddr,
     /// Fleet root CA (PEM) that device certificates must chain to.

@@ -4,27 +4,24 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use serde_json::json;
-use tokio::net::TcpStream;
 use tokio::sync::mpsc;
 use tokio::time::{Instant, sleep_until};
-use tokio_rustls::server::TlsStream;
 
 use super::state::{AgentHandle, LegEvent, State};
+use crate::leg::Leg;
 use crate::metrics;
 use crate::proto::{self, Frame, FrameIo, FrameIoError, Reason, VERSION};
-use crate::tls;
 
 const LISTENER: &str = "control";
 
 pub async fn serve(state: Arc<State>, accepted: super::Accepted, peer: SocketAddr) {
     // The control listener never accepts raw connections.
-    let super::Accepted::Tls(tls) = accepted else { return };
-    let tls = *tls;
-    let Some(device) = tls::peer_common_name(tls.get_ref().1.peer_certificates()) else {
+    let super::Auth::Tls { device, alpn_ok } = accepted.auth else { return };
+    let Some(device) = device else {
         return state.handshake_failed(LISTENER, peer, "no_device_id", "client certificate has no common name");
     };
-    let alpn_ok = tls.get_ref().1.alpn_protocol() == Some(tls::ALPN_AGENT);
-    let mut io = FrameIo::new(tls);
+    let transport = accepted.transport;
+    let mut io = FrameIo::new(accepted.leg);
     if !alpn_ok {
         state.handshake_failed(LISTENER, peer, "alpn_missing", "no tether ALPN negotiated");
         let _ = io.write_frame(&Frame::error(Reason::AlpnRequired)).await;
@@ -55,16 +52,10 @@ pub async fn serve(state: Arc<State>, accepted: super::Accepted, peer: SocketAdd
             return refuse(&state, &mut io, peer, &device, "unexpected_frame", Reason::BadFrame, &detail).await;
         }
     };
-    attached(state, io, peer, device, agent_version, services).await
+    attached(state, io, peer, device, (agent_version, transport), services).await
 }
 
-async fn bad_frame(
-    state: &State,
-    io: &mut FrameIo<TlsStream<TcpStream>>,
-    peer: SocketAddr,
-    device: &str,
-    e: FrameIoError,
-) {
+async fn bad_frame(state: &State, io: &mut FrameIo<Leg>, peer: SocketAddr, device: &str, e: FrameIoError) {
     let (label, reason) = match &e {
         FrameIoError::Proto(p) => (p.label(), p.reason()),
         FrameIoError::Closed => ("closed", Reason::BadFrame),
@@ -76,7 +67,7 @@ async fn bad_frame(
 /// Counts, audits and names the reason to the agent, which is then dropped.
 async fn refuse(
     state: &State,
-    io: &mut FrameIo<TlsStream<TcpStream>>,
+    io: &mut FrameIo<Leg>,
     peer: SocketAddr,
     device: &str,
     label: &str,
@@ -94,10 +85,10 @@ async fn refuse(
 
 async fn attached(
     state: Arc<State>,
-    mut io: FrameIo<TlsStream<TcpStream>>,
+    mut io: FrameIo<Leg>,
     peer: SocketAddr,
     device: String,
-    agent_version: String,
+    (agent_version, transport): (String, &'static str),
     services: Vec<String>,
 ) {
     let attach_id = state.next_attach_id();
@@ -110,6 +101,7 @@ async fn attached(
             tx,
             cancel: cancel.clone(),
             agent_version: agent_version.clone(),
+            transport,
             last_heartbeat: crate::util::now_secs().into(),
             audit_head: Default::default(),
         },
@@ -122,7 +114,7 @@ async fn attached(
     metrics::RELAY_CONTROL_CHANNELS.with_label_values(&[&state.cfg.name]).inc();
     state.audit.record(
         "agent_attached",
-        json!({"relay": state.cfg.name, "device": device, "peer": peer.to_string(), "agent_version": agent_version, "services": services}),
+        json!({"relay": state.cfg.name, "device": device, "peer": peer.to_string(), "agent_version": agent_version, "transport": transport, "services": services}),
     );
     tracing::info!(%device, %agent_version, "agent attached");
 
@@ -165,7 +157,7 @@ struct Channel<'a> {
 
 async fn channel_loop(
     state: &State,
-    io: &mut FrameIo<TlsStream<TcpStream>>,
+    io: &mut FrameIo<Leg>,
     rx: &mut mpsc::Receiver<Frame>,
     cancel: &tokio_util::sync::CancellationToken,
     me: &Channel<'_>,
@@ -203,12 +195,7 @@ async fn channel_loop(
     }
 }
 
-async fn on_frame(
-    state: &State,
-    io: &mut FrameIo<TlsStream<TcpStream>>,
-    me: &Channel<'_>,
-    frame: Frame,
-) -> Result<(), String> {
+async fn on_frame(state: &State, io: &mut FrameIo<Leg>, me: &Channel<'_>, frame: Frame) -> Result<(), String> {
     let device = me.device;
     // A device speaks only for its own sessions: a decision, a failed open
     // or a resume report about another device's session is refused (the

@@ -7,28 +7,25 @@ use std::time::Duration;
 
 use serde_json::json;
 
-use super::Accepted;
 use super::pairing::LegContext;
 use super::state::{LegEvent, State};
+use super::{Accepted, Auth};
 use crate::leg::Leg;
 use crate::metrics;
 use crate::proto::{self, Frame, FrameIo, Reason};
-use crate::tls;
 
 const LISTENER: &str = "data";
 
 pub async fn serve(state: Arc<State>, accepted: Accepted, peer: SocketAddr) {
     // Over TLS the certificate names the device; a raw leg proves itself by MAC only.
-    let (leg, device, alpn_ok): (Leg, Option<String>, bool) = match accepted {
-        Accepted::Tls(tls) => {
-            let Some(device) = tls::peer_common_name(tls.get_ref().1.peer_certificates()) else {
-                return state.handshake_failed(LISTENER, peer, "no_device_id", "client certificate has no common name");
-            };
-            let alpn_ok = tls.get_ref().1.alpn_protocol() == Some(tls::ALPN_DATA);
-            (tls, Some(device), alpn_ok)
+    let (device, alpn_ok) = match accepted.auth {
+        Auth::Tls { device: Some(device), alpn_ok } => (Some(device), alpn_ok),
+        Auth::Tls { device: None, .. } => {
+            return state.handshake_failed(LISTENER, peer, "no_device_id", "client certificate has no common name");
         }
-        Accepted::Raw(tcp) => (Box::new(tcp), None, true),
+        Auth::Raw => (None, true),
     };
+    let leg: Leg = accepted.leg;
     if let Some(d) = &device {
         tracing::Span::current().record("device", d.as_str());
     }

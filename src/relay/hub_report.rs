@@ -56,6 +56,9 @@ pub async fn run(state: Arc<State>) {
                 let mut started = report.started;
                 started.append(&mut out.started);
                 out.started = started;
+                let mut transports = report.started_transports;
+                transports.append(&mut out.started_transports);
+                out.started_transports = transports;
                 let mut ended = report.ended;
                 ended.append(&mut out.ended);
                 out.ended = ended;
@@ -70,10 +73,10 @@ pub async fn run(state: Arc<State>) {
 }
 
 fn build(state: &State, full: bool, sent: &HashMap<String, u64>) -> (RelayReport, Vec<(String, u64)>) {
-    let (started, ended) = {
+    let (started, started_transports, ended) = {
         let mut out = state.hub_out();
         out.agents_changed = false;
-        (std::mem::take(&mut out.started), std::mem::take(&mut out.ended))
+        (std::mem::take(&mut out.started), std::mem::take(&mut out.started_transports), std::mem::take(&mut out.ended))
     };
     let mut heads = Vec::new();
     let mut agent_heads = Vec::new();
@@ -83,6 +86,7 @@ fn build(state: &State, full: bool, sent: &HashMap<String, u64>) -> (RelayReport
             agents.push(AgentSeen {
                 device: a.key().clone(),
                 agent_version: a.agent_version.clone(),
+                transport: a.transport.into(),
                 last_heartbeat: a.last_heartbeat.load(Ordering::Relaxed),
             });
         }
@@ -106,6 +110,7 @@ fn build(state: &State, full: bool, sent: &HashMap<String, u64>) -> (RelayReport
         sessions: state.sessions.len() as u64,
         agents: full.then_some(agents),
         started,
+        started_transports,
         ended,
         audit_head: own_moved.then_some(Head { seq, hash }),
         agent_heads,

@@ -14,6 +14,7 @@ mod hub_pool;
 mod hub_report;
 mod job_events;
 mod pairing;
+mod quic;
 mod repo_fetch;
 mod session;
 mod state;
@@ -55,6 +56,8 @@ pub struct Listeners {
     pub admin: TcpListener,
     /// The twin link listener, when a twin is configured.
     pub twin: Option<TcpListener>,
+    /// QUIC for agents and for specialists (UDP), unless `quic = false`.
+    pub quic: Option<(std::net::UdpSocket, std::net::UdpSocket)>,
 }
 
 /// Addresses actually bound (useful with port 0).
@@ -65,6 +68,9 @@ pub struct BoundAddrs {
     pub client: SocketAddr,
     pub admin: SocketAddr,
     pub twin: Option<SocketAddr>,
+    /// UDP: agents' and specialists' QUIC.
+    pub quic_agents: Option<SocketAddr>,
+    pub quic_clients: Option<SocketAddr>,
 }
 
 impl Listeners {
@@ -72,15 +78,39 @@ impl Listeners {
         async fn one(what: &'static str, addr: SocketAddr) -> Result<TcpListener, RelayError> {
             TcpListener::bind(addr).await.map_err(|source| RelayError::Bind { what, addr, source })
         }
+        // QUIC listens on the TCP port's number unless configured apart
+        // (with port 0, the port the TCP listener got).
+        fn udp(
+            what: &'static str,
+            addr: Option<SocketAddr>,
+            tcp: &TcpListener,
+        ) -> Result<std::net::UdpSocket, RelayError> {
+            let addr = match addr {
+                Some(a) => a,
+                None => tcp.local_addr().map_err(|source| RelayError::Bind {
+                    what,
+                    addr: "0.0.0.0:0".parse().expect("valid"),
+                    source,
+                })?,
+            };
+            std::net::UdpSocket::bind(addr).map_err(|source| RelayError::Bind { what, addr, source })
+        }
+        let data = one("data", cfg.data).await?;
+        let client = one("client", cfg.client).await?;
+        let quic = match cfg.quic {
+            false => None,
+            true => Some((udp("quic-agent", cfg.quic_agents, &data)?, udp("quic-client", cfg.quic_clients, &client)?)),
+        };
         Ok(Listeners {
             control: one("control", cfg.control).await?,
-            data: one("data", cfg.data).await?,
-            client: one("client", cfg.client).await?,
+            data,
+            client,
             admin: one("admin", cfg.admin).await?,
             twin: match &cfg.twin {
                 Some(t) => Some(one("twin", t.listen).await?),
                 None => None,
             },
+            quic,
         })
     }
 
@@ -92,6 +122,8 @@ impl Listeners {
             client: a(&self.client),
             admin: a(&self.admin),
             twin: self.twin.as_ref().map(a),
+            quic_agents: self.quic.as_ref().and_then(|(s, _)| s.local_addr().ok()),
+            quic_clients: self.quic.as_ref().and_then(|(_, s)| s.local_addr().ok()),
         }
     }
 }
@@ -119,9 +151,19 @@ pub async fn run_with_taps(
     metrics::init();
     let id = Identity { ca: &cfg.ca, cert: &cfg.cert, key: &cfg.key };
     let crl = cfg.crl.as_deref();
-    let control_tls = TlsAcceptor::from(tls::server_config(&id, true, crl, tls::ALPN_AGENT)?);
-    let data_tls = TlsAcceptor::from(tls::server_config(&id, true, crl, tls::ALPN_DATA)?);
-    let client_tls = TlsAcceptor::from(tls::server_config(&id, false, None, tls::ALPN_CLIENT)?);
+    let acceptor = |client_auth, crl, alpn| -> Result<_, RelayError> {
+        Ok((TlsAcceptor::from(tls::server_config(&id, client_auth, crl, alpn)?), alpn))
+    };
+    let control_tls = acceptor(true, crl, tls::ALPN_AGENT)?;
+    let data_tls = acceptor(true, crl, tls::ALPN_DATA)?;
+    let client_tls = acceptor(false, None, tls::ALPN_CLIENT)?;
+    let quic = match listeners.quic {
+        Some((agents, clients)) => Some((
+            quic::endpoint(&cfg, quic::Side::Agents, agents)?,
+            quic::endpoint(&cfg, quic::Side::Clients, clients)?,
+        )),
+        None => None,
+    };
     let state = State::new(cfg, shutdown.clone(), taps)?;
     tracing::info!(relay = %state.cfg.name, "relay serving");
 
@@ -130,6 +172,10 @@ pub async fn run_with_taps(
     tracker.spawn(accept_loop("control", listeners.control, control_tls, false, state.clone(), control::serve));
     tracker.spawn(accept_loop("data", listeners.data, data_tls, raw, state.clone(), data::serve));
     tracker.spawn(accept_loop("client", listeners.client, client_tls, raw, state.clone(), client::serve));
+    if let Some((agents, clients)) = quic {
+        tracker.spawn(quic::accept_loop(quic::Side::Agents, agents, state.clone()));
+        tracker.spawn(quic::accept_loop(quic::Side::Clients, clients, state.clone()));
+    }
     tracker.spawn(admin::serve(listeners.admin, state.clone()));
     tracker.spawn(hub_report::run(state.clone()));
     tracker.spawn(job_events::run(state.clone()));
@@ -157,10 +203,32 @@ pub async fn run_with_taps(
     Ok(())
 }
 
-/// A connection after its TLS handshake, or a raw leg (see [`crate::leg`]).
-pub enum Accepted {
-    Tls(Box<TlsStream<TcpStream>>),
-    Raw(TcpStream),
+/// A leg after its handshake: TLS over TCP, a QUIC stream, or a raw leg (see [`crate::leg`]).
+pub struct Accepted {
+    pub leg: crate::leg::Leg,
+    pub auth: Auth,
+    /// `tcp` or `quic`.
+    pub transport: &'static str,
+}
+
+/// What the leg's transport proved.
+pub enum Auth {
+    /// TLS (over TCP or QUIC): the verified client certificate's common name,
+    /// if any, and whether the listener's ALPN was negotiated.
+    Tls { device: Option<String>, alpn_ok: bool },
+    /// Raw TCP: nothing; the first frame proves itself by MAC.
+    Raw,
+}
+
+impl Accepted {
+    fn tls(t: TlsStream<TcpStream>, alpn: &[u8]) -> Accepted {
+        let conn = t.get_ref().1;
+        let auth = Auth::Tls {
+            device: tls::peer_common_name(conn.peer_certificates()),
+            alpn_ok: conn.alpn_protocol() == Some(alpn),
+        };
+        Accepted { leg: Box::new(t), auth, transport: "tcp" }
+    }
 }
 
 /// Why a connection did not get past its handshake.
@@ -175,6 +243,7 @@ enum NotAccepted {
 async fn accept_one(
     tcp: TcpStream,
     acceptor: &TlsAcceptor,
+    alpn: &'static [u8],
     allow_raw: bool,
     first_byte: Duration,
 ) -> Result<Accepted, NotAccepted> {
@@ -185,11 +254,11 @@ async fn accept_one(
         Ok(Ok(_)) => {}
     }
     if allow_raw && first[0] != crate::leg::TLS_HANDSHAKE {
-        return Ok(Accepted::Raw(tcp));
+        return Ok(Accepted { leg: Box::new(tcp), auth: Auth::Raw, transport: "tcp" });
     }
     let t = acceptor.accept(tcp).await.map_err(NotAccepted::Failed)?;
     tls::handshake_done(t.get_ref().1);
-    Ok(Accepted::Tls(Box::new(t)))
+    Ok(Accepted::tls(t, alpn))
 }
 
 /// Accepts connections; each one's TLS handshake runs in its own task under a
@@ -197,7 +266,7 @@ async fn accept_one(
 async fn accept_loop<F, Fut>(
     listener_name: &'static str,
     listener: TcpListener,
-    acceptor: TlsAcceptor,
+    (acceptor, alpn): (TlsAcceptor, &'static [u8]),
     allow_raw: bool,
     state: Arc<State>,
     handler: F,
@@ -237,15 +306,14 @@ async fn accept_loop<F, Fut>(
         state.tracker.spawn(
             async move {
                 let _conn = gate::Open::new(conn_permit, listener_name);
-                let res = tokio::time::timeout(hs_timeout, accept_one(tcp, &acceptor, allow_raw, first_byte)).await;
+                let res =
+                    tokio::time::timeout(hs_timeout, accept_one(tcp, &acceptor, alpn, allow_raw, first_byte)).await;
                 drop(hs_permit);
                 let tls = match res {
                     Ok(Ok(tls)) => {
                         // Only a valid certificate gets this far with one: the
                         // source may use the reserved slots from now on.
-                        if let Accepted::Tls(t) = &tls
-                            && t.get_ref().1.peer_certificates().is_some()
-                        {
+                        if let Auth::Tls { device: Some(_), .. } = &tls.auth {
                             gate.known_good(peer.ip());
                         }
                         tls
@@ -273,7 +341,7 @@ async fn accept_loop<F, Fut>(
 
 /// Writes what `gate` turned away, at most once every 10 s (one record per
 /// listener and period, however large the flood).
-async fn report_drops(state: Arc<State>, gate: Arc<gate::Gate>) {
+pub(super) async fn report_drops(state: Arc<State>, gate: Arc<gate::Gate>) {
     let mut tick = tokio::time::interval(Duration::from_secs(10));
     loop {
         // The last period is written at shutdown too.

@@ -11,10 +11,9 @@ use std::time::Duration;
 use bytes::Bytes;
 use hyper::Method;
 use serde_json::json;
-use tokio::net::TcpStream;
-use tokio_rustls::server::TlsStream;
 
 use super::state::State;
+use crate::leg::Leg;
 use crate::metrics;
 use crate::proto::repo::{DATA_CHUNK, MAX_RANGE, RepoFrame, metadata_name_ok, sha256_name_ok};
 use crate::proto::{Frame, FrameIo, FrameIoError};
@@ -31,13 +30,7 @@ fn failed(status: u16, code: &str, message: impl Into<String>) -> RepoFrame {
 
 /// Serves a fetch leg whose first frame was `first`, until the agent closes
 /// it or stays idle.
-pub async fn serve(
-    state: Arc<State>,
-    mut io: FrameIo<TlsStream<TcpStream>>,
-    peer: SocketAddr,
-    device: String,
-    first: RepoFrame,
-) {
+pub async fn serve(state: Arc<State>, mut io: FrameIo<Leg>, peer: SocketAddr, device: String, first: RepoFrame) {
     let mut next = Some(first);
     let mut ahead: Option<Prefetch> = None;
     loop {
@@ -173,7 +166,7 @@ enum Call {
 
 /// Reads `len` bytes of an upload from `Data` frames starting at `offset`.
 /// Refused when the range is too long or the frames do not follow on.
-async fn read_range(io: &mut FrameIo<TlsStream<TcpStream>>, offset: u64, len: u32) -> Result<Bytes, String> {
+async fn read_range(io: &mut FrameIo<Leg>, offset: u64, len: u32) -> Result<Bytes, String> {
     if len > MAX_RANGE {
         return Err(format!("an upload range is at most {MAX_RANGE} bytes"));
     }
@@ -268,12 +261,7 @@ fn job_id_ok(job: &str) -> bool {
     !job.is_empty() && job.len() <= 64 && job.bytes().all(|c| c.is_ascii_alphanumeric() || c == b'-')
 }
 
-async fn send_data(
-    io: &mut FrameIo<TlsStream<TcpStream>>,
-    offset: u64,
-    total: u64,
-    bytes: Bytes,
-) -> std::io::Result<()> {
+async fn send_data(io: &mut FrameIo<Leg>, offset: u64, total: u64, bytes: Bytes) -> std::io::Result<()> {
     metrics::RELAY_REPO_REQUESTS.with_label_values(&["ok"]).inc();
     let mut at = 0;
     loop {
@@ -288,14 +276,7 @@ async fn send_data(
     }
 }
 
-async fn refuse(
-    state: &State,
-    io: &mut FrameIo<TlsStream<TcpStream>>,
-    peer: SocketAddr,
-    device: &str,
-    label: &str,
-    detail: String,
-) {
+async fn refuse(state: &State, io: &mut FrameIo<Leg>, peer: SocketAddr, device: &str, label: &str, detail: String) {
     metrics::RELAY_FRAME_ERRORS.with_label_values(&["fetch", label]).inc();
     state.audit.record(
         "repo_fetch_refused",

@@ -27,6 +27,8 @@ pub struct AgentHandle {
     pub tx: mpsc::Sender<Frame>,
     pub cancel: CancellationToken,
     pub agent_version: String,
+    /// `tcp` or `quic`: how the control channel reached us.
+    pub transport: &'static str,
     /// Unix seconds of the last heartbeat (or the attach).
     pub last_heartbeat: AtomicU64,
     /// The agent's audit chain head, as it last told us.
@@ -37,6 +39,7 @@ pub struct AgentHandle {
 #[derive(Default)]
 pub struct HubOutbox {
     pub started: Vec<String>,
+    pub started_transports: Vec<String>,
     pub ended: Vec<crate::api::EndedSession>,
     /// Agents attached or detached since the last answered report.
     pub agents_changed: bool,
@@ -172,11 +175,12 @@ impl State {
     }
 
     /// Queues a session start for the hub's record.
-    pub fn hub_started(&self, id: SessionId) {
+    pub fn hub_started(&self, id: SessionId, transport: &'static str) {
         if self.cfg.hub.is_some() {
             let mut out = self.hub_out();
             if out.started.len() < HUB_OUTBOX_CAP {
                 out.started.push(id.to_string());
+                out.started_transports.push(transport.to_string());
             }
         }
     }

@@ -85,19 +85,24 @@ pub fn handshake_done(conn: &rustls::CommonState) {
 /// whose clients need not offer ALPN).
 pub fn count_handshake(surface: &'static str, conn: &rustls::CommonState) {
     use rustls::HandshakeKind as K;
-    let group = match conn.negotiated_key_exchange_group().map(|g| g.name()) {
-        Some(rustls::NamedGroup::X25519MLKEM768) => "X25519MLKEM768",
-        Some(rustls::NamedGroup::X25519) => "X25519",
-        Some(rustls::NamedGroup::secp256r1) => "secp256r1",
-        Some(_) => "other",
-        None => "none",
-    };
+    let group = group_label(conn.negotiated_key_exchange_group().map(|g| g.name()));
     let kind = match conn.handshake_kind() {
         Some(K::Resumed) => "resumed",
         Some(K::FullWithHelloRetryRequest) => "retry",
         _ => "full",
     };
     crate::metrics::TLS_HANDSHAKES.with_label_values(&[surface, group, kind]).inc();
+}
+
+/// The metric label of a key exchange group.
+pub(super) fn group_label(group: Option<rustls::NamedGroup>) -> &'static str {
+    match group {
+        Some(rustls::NamedGroup::X25519MLKEM768) => "X25519MLKEM768",
+        Some(rustls::NamedGroup::X25519) => "X25519",
+        Some(rustls::NamedGroup::secp256r1) => "secp256r1",
+        Some(_) => "other",
+        None => "none",
+    }
 }
 
 fn read(path: &Path) -> Result<Vec<u8>, TlsError> {
@@ -157,9 +162,19 @@ pub fn server_config(
     crl: Option<&Path>,
     alpn: &[u8],
 ) -> Result<Arc<ServerConfig>, TlsError> {
-    let builder = ServerConfig::builder_with_provider(provider()).with_protocol_versions(&[&rustls::version::TLS13])?;
+    server_config_with(provider(), id, client_auth, crl, alpn)
+}
+
+pub(super) fn server_config_with(
+    provider: Arc<CryptoProvider>,
+    id: &Identity<'_>,
+    client_auth: bool,
+    crl: Option<&Path>,
+    alpn: &[u8],
+) -> Result<Arc<ServerConfig>, TlsError> {
+    let builder = ServerConfig::builder_with_provider(provider).with_protocol_versions(&[&rustls::version::TLS13])?;
     let builder = if client_auth {
-        let mut v = WebPkiClientVerifier::builder_with_provider(load_roots(id.ca)?, provider());
+        let mut v = WebPkiClientVerifier::builder_with_provider(load_roots(id.ca)?, super::provider());
         if let Some(crl) = crl {
             v = v.with_crls(load_crls(crl)?).only_check_end_entity_revocation();
         }

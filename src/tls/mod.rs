@@ -6,9 +6,11 @@
 mod config;
 mod dial;
 pub mod pki;
+mod quic;
 
 pub use config::*;
 pub use dial::{DIAL_TIMEOUT, dial};
+pub use quic::{ALPN_QUIC_AGENT, ALPN_QUIC_CLIENT, quic_client_config, quic_server_config};
 
 use std::path::PathBuf;
 

@@ -108,7 +108,10 @@ async fn dev_is_up_when_it_says_so_and_supervises_a_killed_relay() {
     let ready = wait_line(&c_out, "ready:", 30, &mut c_seen);
     assert!(c_err.try_iter().all(|l| !l.contains("offline")), "connect right after 'is up' had to wait");
     let addr: SocketAddr = ready.split_whitespace().nth(3).unwrap().parse().unwrap();
-    let carrier = ready.rsplit(' ').next().unwrap().to_string();
+    // "... via relay-a over quic": dev's agent and client use QUIC where UDP gets through.
+    let words: Vec<&str> = ready.split_whitespace().collect();
+    let carrier = words.iter().skip_while(|w| **w != "via").nth(1).unwrap().to_string();
+    assert!(ready.ends_with("over quic"), "{ready}");
 
     // A paced echo across a SIGKILL of the relay carrying the session.
     let stream = TcpStream::connect(addr).await.unwrap();

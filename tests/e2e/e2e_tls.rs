@@ -49,6 +49,9 @@ async fn tapped(taps: Taps, service: SocketAddr) -> Tapped {
         grant_public_key: pki.path("grant.pub"),
         audit_log: tmp.path().join("relay-audit.jsonl"),
         raw_legs: true,
+        quic: false,
+        quic_agents: None,
+        quic_clients: None,
         twin: None,
         hub: None,
         limits: Default::default(),
@@ -66,6 +69,8 @@ async fn tapped(taps: Taps, service: SocketAddr) -> Tapped {
         admin: a.admin,
         audit: tmp.path().join("relay-audit.jsonl"),
         twin: None,
+        quic_agents: None,
+        quic_clients: None,
     };
     let cert = (pki.path(&format!("{DEVICE}.pem")), pki.path(&format!("{DEVICE}.key")));
     let agent_cfg = write_agent_config(tmp.path(), &pki, &[&relay], service, &Opts::default(), (&cert.0, &cert.1));
@@ -86,6 +91,7 @@ impl Tapped {
             repo_targets_key: None,
             resume_buffer_bytes: 8 << 20,
             resume_deadline_secs: 30,
+            transport: tether::quic::Transport::Tcp,
             relays: vec![tether::client::RelayEntry {
                 name: "relay-a".into(),
                 addr: self.relay.client.to_string(),

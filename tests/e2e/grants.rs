@@ -94,6 +94,8 @@ async fn agent_refuses_forged_grants_from_a_compromised_relay() {
         admin: control.local_addr().unwrap(),
         audit: tmp.path().join("none"),
         twin: None,
+        quic_agents: None,
+        quic_clients: None,
     };
     let echo: std::net::SocketAddr = "127.0.0.1:9".parse().unwrap();
     let cfg = write_agent_config(
@@ -169,6 +171,8 @@ fn agent_config_refuses_targets_outside_loopback() {
         admin: "127.0.0.1:1".parse().unwrap(),
         audit: tmp.path().join("none"),
         twin: None,
+        quic_agents: None,
+        quic_clients: None,
     };
     // Only written into a config file, never dialled.
     let opts = Opts { extra_services: vec![("pacs".into(), "192.0.2.10:104".into())], ..Opts::default() };

@@ -53,6 +53,9 @@ pub struct RelayProc {
     pub audit: PathBuf,
     /// The twin-link listener, when twins are configured.
     pub twin: Option<SocketAddr>,
+    /// Agents' and specialists' QUIC (UDP), when the relay serves QUIC.
+    pub quic_agents: Option<SocketAddr>,
+    pub quic_clients: Option<SocketAddr>,
 }
 
 pub struct Pki {
@@ -108,6 +111,13 @@ pub struct Opts {
     pub repo: bool,
     /// The agent's download cap in bytes per second (0: none).
     pub download_rate: u64,
+    /// The agent's and the profile's `transport`: `tcp` (the default here,
+    /// so that most tests cover the TCP legs), `quic` or `auto`.
+    pub transport: &'static str,
+    /// The agent's `quic_reprobe_secs`.
+    pub quic_reprobe_secs: u64,
+    /// Extra top-level lines for the relays' config.
+    pub relay_top: &'static str,
 }
 
 impl Default for Opts {
@@ -129,6 +139,9 @@ impl Default for Opts {
             relay_limits: "",
             repo: false,
             download_rate: 0,
+            transport: "tcp",
+            quic_reprobe_secs: 300,
+            relay_top: "",
         }
     }
 }
@@ -158,6 +171,8 @@ pub struct Fleet {
     /// With twins: `links[i]` carries what relay i sends its twin.
     pub links: Vec<CutProxy>,
     pub hub: Option<HubProc>,
+    /// The profile's transport (`Opts::transport`).
+    pub transport: tether::quic::Transport,
 }
 
 impl Drop for Fleet {
@@ -202,8 +217,9 @@ pub fn start_relay_with(
     let cfg = format!(
         "name = \"{name}\"\ncontrol = \"127.0.0.1:0\"\ndata = \"127.0.0.1:0\"\nclient = \"127.0.0.1:0\"\nadmin = \"127.0.0.1:0\"\n\
          ca = \"{ca}\"\ncert = \"{d}/{name}.pem\"\nkey = \"{d}/{name}.key\"\ngrant_public_key = \"{d}/grant.pub\"\n\
-         audit_log = \"{audit}\"\nraw_legs = {raw}\n{crl}\n[limits]\nhandshake_timeout_ms = {hs}\nheartbeat_secs = 30\npairing_timeout_ms = 5000\ndecision_timeout_secs = 120\ndrain_secs = 1\n{extra}\n{hub}",
+         audit_log = \"{audit}\"\nraw_legs = {raw}\n{top}\n{crl}\n[limits]\nhandshake_timeout_ms = {hs}\nheartbeat_secs = 30\npairing_timeout_ms = 5000\ndecision_timeout_secs = 120\ndrain_secs = 1\n{extra}\n{hub}",
         extra = opts.relay_limits,
+        top = opts.relay_top,
         hub = hub.map(|a| format!("\n[hub]\nurl = \"https://{a}\"\nserver_name = \"localhost\"\n")).unwrap_or_default(),
         ca = pki.path("ca.pem").display(),
         d = pki.dir.display(),
@@ -233,6 +249,8 @@ pub fn start_relay_with(
     RelayProc {
         name: name.into(),
         twin: line.split_whitespace().find_map(|w| w.strip_prefix("twin=")).map(|a| a.parse().unwrap()),
+        quic_agents: line.split_whitespace().find_map(|w| w.strip_prefix("quic-agents=")).map(|a| a.parse().unwrap()),
+        quic_clients: line.split_whitespace().find_map(|w| w.strip_prefix("quic-clients=")).map(|a| a.parse().unwrap()),
         control: field("control"),
         data: field("data"),
         client: field("client"),
@@ -253,7 +271,8 @@ pub fn write_agent_config(
 ) -> PathBuf {
     let mut cfg = format!(
         "device = \"{DEVICE}\"\nca = \"{}\"\ncert = \"{}\"\nkey = \"{}\"\ngrant_public_key = \"{}\"\nconsent = \"{}\"\n\
-         consent_timeout_secs = {}\nheartbeat_secs = 30\nresume_deadline_secs = {}\noperator_socket = \"{}\"\naudit_log = \"{}\"\n",
+         consent_timeout_secs = {}\nheartbeat_secs = 30\nresume_deadline_secs = {}\noperator_socket = \"{}\"\naudit_log = \"{}\"\n\
+         transport = \"{}\"\nquic_reprobe_secs = {}\n",
         pki.path("ca.pem").display(),
         cert.0.display(),
         cert.1.display(),
@@ -263,6 +282,8 @@ pub fn write_agent_config(
         opts.resume_deadline_secs,
         dir.join("agent.sock").display(),
         dir.join("agent-audit.jsonl").display(),
+        opts.transport,
+        opts.quic_reprobe_secs,
     );
     for r in relays {
         cfg += &format!(
@@ -385,7 +406,8 @@ impl Fleet {
         let cert = (pki.path(&format!("{DEVICE}.pem")), pki.path(&format!("{DEVICE}.key")));
         let refs: Vec<&RelayProc> = relays.iter().collect();
         let agent_cfg = write_agent_config(&dir, &pki, &refs, echo, &opts, (&cert.0, &cert.1));
-        let mut fleet = Fleet { tmp, pki, relays, agent: None, agent_cfg, echo, stop, revoked, links, hub };
+        let transport = tether::quic::Transport::parse(opts.transport).expect("auto, quic or tcp");
+        let mut fleet = Fleet { tmp, pki, relays, agent: None, agent_cfg, echo, stop, revoked, links, hub, transport };
         if opts.agent {
             fleet.agent = Some(start_agent(&dir, &fleet.agent_cfg));
             for i in 0..fleet.relays.len() {
@@ -411,6 +433,7 @@ impl Fleet {
             repo_targets_key: None,
             resume_buffer_bytes: 8 << 20,
             resume_deadline_secs: 30,
+            transport: self.transport,
             relays: self
                 .relays
                 .iter()

@@ -139,7 +139,8 @@ async fn login_connect_record_audit_and_revoke() {
     })
     .await;
     let table = run(&["devices", "--profile", profile.to_str().unwrap()], "").await.1;
-    assert!(table.contains("online on relay-a,relay-b") && table.contains(env!("CARGO_PKG_VERSION")), "{table}");
+    let online = "online on relay-a (tcp), relay-b (tcp)";
+    assert!(table.contains(online) && table.contains(env!("CARGO_PKG_VERSION")), "{table}");
 
     // Through the hub to the device: bytes intact.
     let (mut child, addr, id) = connect(&profile, "echo", "ticket CHG-1881: injector pressure fault").await;
@@ -173,6 +174,8 @@ async fn login_connect_record_audit_and_revoke() {
         (r["specialist"].as_str(), r["ticket"].as_str(), r["source"].as_str()),
         (Some("alice"), Some("CHG-1881"), Some("127.0.0.1"))
     );
+    // `tether login` writes no transport: auto, and UDP gets through here.
+    assert_eq!(r["transport"], "quic", "{r}");
 
     // An engineer cannot end sessions; an admin can, and both twins close it within a second.
     let no = run(&["session", "end", &id, "--profile", profile.to_str().unwrap()], "").await;

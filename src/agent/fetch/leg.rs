@@ -2,9 +2,6 @@
 //! repository requests (see [`crate::proto::repo`]).
 use std::time::Duration;
 
-use tokio::net::TcpStream;
-use tokio_rustls::client::TlsStream;
-
 use super::{FetchError, Sink};
 use crate::agent::Shared;
 use crate::agent::config::RelayEndpoint;
@@ -12,14 +9,13 @@ use bytes::Bytes;
 
 use crate::proto::repo::{DATA_CHUNK, RepoFrame};
 use crate::proto::{Frame, FrameIo, FrameIoError};
-use crate::tls;
 
 /// A relay that sends nothing for this long is taken as failed: the next
 /// request goes to its twin.
 const STALL: Duration = Duration::from_secs(5);
 
 pub struct FetchLeg {
-    io: FrameIo<TlsStream<TcpStream>>,
+    io: FrameIo<crate::leg::Leg>,
     pub relay: String,
 }
 
@@ -29,9 +25,7 @@ fn leg(relay: &str, what: &str, e: impl std::fmt::Display) -> FetchError {
 
 impl FetchLeg {
     pub async fn dial(state: &Shared, relay: &RelayEndpoint) -> Result<FetchLeg, FetchError> {
-        let tls = tls::dial(&relay.control, relay.server_name(), state.control_tls.clone())
-            .await
-            .map_err(|e| leg(&relay.name, "dial", e))?;
+        let tls = crate::agent::transport::fetch_leg(state, relay).await.map_err(|e| leg(&relay.name, "dial", e))?;
         Ok(FetchLeg { io: FrameIo::new(tls), relay: relay.name.clone() })
     }
 

@@ -21,7 +21,7 @@ pub struct Store {
 }
 
 const SESSION_COLUMNS: &str = "id, specialist, device, service, reason, ticket, source, relay, created_at, expires_at,
-    consent_required, state, ended_at, end_reason, ended_by, bytes_to_device, bytes_to_client, duration_ms";
+    consent_required, state, ended_at, end_reason, ended_by, bytes_to_device, bytes_to_client, duration_ms, transport";
 
 fn session_from(r: &Row) -> SessionRecord {
     SessionRecord {
@@ -43,6 +43,7 @@ fn session_from(r: &Row) -> SessionRecord {
         bytes_to_device: r.int(15),
         bytes_to_client: r.int(16),
         duration_ms: r.int(17),
+        transport: r.text(18),
     }
 }
 
@@ -355,9 +356,12 @@ impl Store {
     }
 
     /// A relay saw the session start.
-    pub async fn session_live(&self, id: &str) -> Result<(), StoreError> {
+    pub async fn session_live(&self, id: &str, transport: &str) -> Result<(), StoreError> {
         self.db
-            .exec("UPDATE sessions SET state = 'live' WHERE id = $1 AND state = 'granted'", vec![id.into()])
+            .exec(
+                "UPDATE sessions SET state = 'live', transport = $2 WHERE id = $1 AND state = 'granted'",
+                vec![id.into(), transport.into()],
+            )
             .await
             .map(|_| ())
     }

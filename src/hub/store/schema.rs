@@ -45,4 +45,5 @@ pub(super) const MIGRATIONS: &[(i64, &str)] = &[
         reason TEXT NOT NULL DEFAULT '', created_by TEXT NOT NULL, created_at BIGINT NOT NULL,
         updated_at BIGINT NOT NULL)",
     ),
+    (5, "ALTER TABLE sessions ADD COLUMN transport TEXT NOT NULL DEFAULT ''"),
 ];

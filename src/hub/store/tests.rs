@@ -131,8 +131,9 @@ async fn sessions_and_audit_chain() {
         s.session_add(&SessionRecord { id: "s2".into(), specialist: "bob".into(), created_at: 11, ..rec.clone() })
             .await
             .unwrap();
-        s.session_live("s1").await.unwrap();
-        assert_eq!(s.session("s1").await.unwrap().unwrap().state, "live");
+        s.session_live("s1", "quic").await.unwrap();
+        let live = s.session("s1").await.unwrap().unwrap();
+        assert_eq!((live.state.as_str(), live.transport.as_str()), ("live", "quic"));
         // Both twins may report bytes for their legs: they add up.
         let end = SessionEnd {
             reason: "client_closed".into(),

@@ -1,0 +1,138 @@
+//! How a session's legs reach a relay: streams of one QUIC connection per
+//! relay, or TCP legs (TLS, or raw where the relay allows them).
+//!
+//! With `transport = "auto"` the first leg to a relay races QUIC against TCP
+//! ([`quic::race`]). A QUIC connection that fails (UDP blocked, or a leg on
+//! it went silent) is dropped, and that relay's legs go over TCP until
+//! [`REPROBE`] has passed; then QUIC is raced again.
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use quinn::Connection;
+use rustls::ClientConfig;
+
+use super::RelayEntry;
+use crate::leg::Leg;
+use crate::quic::{self, Transport};
+use crate::tls;
+
+/// After QUIC to a relay failed, its legs use TCP this long.
+pub const REPROBE: Duration = Duration::from_secs(60);
+
+/// The first leg to complete.
+enum Won {
+    Quic(Connection, quic::QuicLeg),
+    Tcp(Leg),
+}
+
+pub struct Links {
+    pub mode: Transport,
+    tls: Arc<ClientConfig>,
+    quic_tls: Arc<ClientConfig>,
+    /// Live QUIC connections by relay name; held while one is being made,
+    /// so that a burst of new connections makes one QUIC connection.
+    quic: tokio::sync::Mutex<HashMap<String, Connection>>,
+    failed: std::sync::Mutex<HashMap<String, Instant>>,
+}
+
+impl Links {
+    pub fn new(ca: &std::path::Path, mode: Transport) -> Result<Links, tls::TlsError> {
+        Ok(Links {
+            mode,
+            tls: tls::client_config(ca, None, tls::ALPN_CLIENT)?,
+            quic_tls: tls::quic_client_config(ca, None, tls::ALPN_QUIC_CLIENT)?,
+            quic: Default::default(),
+            failed: Default::default(),
+        })
+    }
+
+    /// A leg to `relay`: a new stream when a QUIC connection to it is (or
+    /// can be) up, else TCP (`raw` where the relay allows raw legs).
+    pub async fn leg(&self, relay: &RelayEntry, raw: bool) -> std::io::Result<Leg> {
+        if self.mode == Transport::Tcp {
+            return self.tcp(relay, raw).await;
+        }
+        let mut conns = self.quic.lock().await;
+        if let Some(c) = conns.get(&relay.name).filter(|c| quic::alive(c)) {
+            let c = c.clone();
+            drop(conns);
+            return Ok(Box::new(quic::open_leg(&c).await?));
+        }
+        if self.mode == Transport::Auto && self.failed_lately(&relay.name) {
+            drop(conns);
+            return self.tcp(relay, raw).await;
+        }
+        let connect = async {
+            let c = quic::connect(&relay.addr, relay.server_name(), self.quic_tls.clone(), tls::DIAL_TIMEOUT)
+                .await
+                .map_err(|e| format!("QUIC to {}: {e}", relay.addr))?;
+            let leg = quic::open_leg(&c).await.map_err(|e| format!("QUIC stream: {e}"))?;
+            Ok(Won::Quic(c, leg))
+        };
+        let won = match self.mode {
+            Transport::Quic => connect.await,
+            _ => {
+                let tcp = || async {
+                    self.tcp(relay, raw).await.map(Won::Tcp).map_err(|e| format!("TCP to {}: {e}", relay.addr))
+                };
+                quic::race(connect, tcp).await.map(|(won, _)| won)
+            }
+        };
+        match won {
+            Ok(Won::Quic(c, leg)) => {
+                conns.insert(relay.name.clone(), c);
+                Ok(Box::new(leg))
+            }
+            Ok(Won::Tcp(leg)) => {
+                self.mark_failed(&relay.name);
+                tracing::info!(relay = %relay.name, "QUIC did not get through in time: using TCP");
+                Ok(leg)
+            }
+            Err(e) => {
+                self.mark_failed(&relay.name);
+                Err(std::io::Error::other(e))
+            }
+        }
+    }
+
+    async fn tcp(&self, relay: &RelayEntry, raw: bool) -> std::io::Result<Leg> {
+        crate::leg::dial(&relay.addr, raw, relay.server_name(), self.tls.clone()).await
+    }
+
+    /// A leg through `relay` failed in a way a dead path explains: drop its
+    /// QUIC connection (auto: use TCP there for a while).
+    pub async fn suspect(&self, relay: &str) {
+        if let Some(c) = self.quic.lock().await.remove(relay) {
+            c.close(0u32.into(), b"path failed");
+            if self.mode == Transport::Auto {
+                self.mark_failed(relay);
+            }
+            tracing::info!(
+                relay,
+                "QUIC path failed: next legs through it go over {}",
+                match self.mode {
+                    Transport::Quic => "a new QUIC connection",
+                    _ => "TCP",
+                }
+            );
+        }
+    }
+
+    /// `quic` or `tcp`: how legs to `relay` travel now.
+    pub fn transport_to(&self, relay: &str) -> &'static str {
+        match self.quic.try_lock() {
+            Ok(c) if c.get(relay).is_some_and(quic::alive) => "quic",
+            Ok(_) => "tcp",
+            Err(_) => "quic",
+        }
+    }
+
+    fn failed_lately(&self, relay: &str) -> bool {
+        crate::util::lock(&self.failed).get(relay).is_some_and(|t| t.elapsed() < REPROBE)
+    }
+
+    fn mark_failed(&self, relay: &str) {
+        crate::util::lock(&self.failed).insert(relay.to_string(), Instant::now());
+    }
+}

@@ -1,0 +1,43 @@
+//! One bidirectional QUIC stream as one byte stream.
+use std::pin::Pin;
+use std::task::{Context, Poll};
+
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+
+/// A QUIC stream's two halves, read and written like a TCP connection.
+/// Dropping it finishes the sending half and stops the receiving one.
+pub struct QuicLeg {
+    send: quinn::SendStream,
+    recv: quinn::RecvStream,
+}
+
+impl QuicLeg {
+    pub fn new(send: quinn::SendStream, recv: quinn::RecvStream) -> QuicLeg {
+        QuicLeg { send, recv }
+    }
+
+    /// The stream's number on its connection.
+    pub fn id(&self) -> u64 {
+        self.send.id().index()
+    }
+}
+
+impl AsyncRead for QuicLeg {
+    fn poll_read(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.recv).poll_read(cx, buf)
+    }
+}
+
+impl AsyncWrite for QuicLeg {
+    fn poll_write(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<std::io::Result<usize>> {
+        Pin::new(&mut self.send).poll_write(cx, buf).map_err(std::io::Error::from)
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.send).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.send).poll_shutdown(cx)
+    }
+}

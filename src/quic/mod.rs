@@ -1,0 +1,191 @@
+//! QUIC legs: one QUIC connection per agent-relay pair and per client
+//! session, one bidirectional stream per leg (control, data, fetch, join).
+//!
+//! A stream carries exactly what a TCP leg carries, frame for frame, so the
+//! relay's handlers serve both; only how a leg is obtained differs. TLS 1.3
+//! comes with QUIC, so a QUIC leg is never "raw". The agent's and the
+//! client's UDP sockets are `connect()`ed to their relay: the kernel drops
+//! every datagram from anyone else, and nothing listens.
+mod leg;
+
+pub use leg::QuicLeg;
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use quinn::{Connection, Endpoint, EndpointConfig, TransportConfig, VarInt};
+use serde::Deserialize;
+
+/// Which transport legs use (agent.toml and the client profile).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Transport {
+    /// Race QUIC against TCP, use QUIC when it completes, fall back to TCP
+    /// when UDP is blocked, and try QUIC again later.
+    #[default]
+    Auto,
+    /// QUIC only: fail when UDP does not get through.
+    Quic,
+    /// TCP only (TLS, or raw legs where the relay allows them).
+    Tcp,
+}
+
+impl Transport {
+    pub fn parse(s: &str) -> Option<Transport> {
+        match s {
+            "auto" => Some(Transport::Auto),
+            "quic" => Some(Transport::Quic),
+            "tcp" => Some(Transport::Tcp),
+            _ => None,
+        }
+    }
+
+    /// `--transport auto|quic|tcp` on the command line.
+    pub fn from_arg(s: &str) -> Result<Transport, String> {
+        Transport::parse(s).ok_or_else(|| format!("{s:?}: expected auto, quic or tcp"))
+    }
+}
+
+/// With `auto`, QUIC is tried alone this long before TCP joins the race
+/// (happy eyeballs): where UDP gets through, no TCP connection is made at all.
+pub const HEAD_START: Duration = Duration::from_millis(250);
+/// A QUIC connection silent this long is dead (keep-alives every
+/// [`KEEP_ALIVE`] keep an idle one up, also through NAT bindings).
+pub const IDLE_TIMEOUT: Duration = Duration::from_secs(10);
+pub const KEEP_ALIVE: Duration = Duration::from_secs(3);
+
+/// Why a QUIC leg could not be had.
+#[derive(Debug, thiserror::Error)]
+pub enum QuicError {
+    #[error("cannot resolve {0}")]
+    Resolve(String),
+    #[error("UDP socket: {0}")]
+    Socket(#[from] std::io::Error),
+    #[error("QUIC config: {0}")]
+    Config(String),
+    #[error("QUIC connect: {0}")]
+    Connect(#[from] quinn::ConnectError),
+    #[error("QUIC handshake: {0}")]
+    Connection(#[from] quinn::ConnectionError),
+    #[error("QUIC handshake timed out (UDP blocked?)")]
+    Timeout,
+}
+
+impl From<QuicError> for std::io::Error {
+    fn from(e: QuicError) -> std::io::Error {
+        match e {
+            QuicError::Socket(io) => io,
+            QuicError::Timeout => std::io::Error::new(std::io::ErrorKind::TimedOut, e.to_string()),
+            other => std::io::Error::other(other.to_string()),
+        }
+    }
+}
+
+/// Transport parameters; `streams` bounds the streams the peer may have open at once.
+pub fn transport_config(streams: u32) -> Arc<TransportConfig> {
+    let mut t = TransportConfig::default();
+    t.max_concurrent_bidi_streams(VarInt::from_u32(streams))
+        .max_concurrent_uni_streams(VarInt::from_u32(0))
+        .max_idle_timeout(Some(IDLE_TIMEOUT.try_into().expect("idle timeout fits")))
+        .keep_alive_interval(Some(KEEP_ALIVE));
+    Arc::new(t)
+}
+
+/// A server endpoint on a bound UDP socket (the relay's listeners).
+pub fn server(
+    socket: std::net::UdpSocket,
+    tls: Arc<rustls::ServerConfig>,
+    streams: u32,
+) -> Result<Endpoint, QuicError> {
+    let crypto =
+        quinn::crypto::rustls::QuicServerConfig::try_from(tls).map_err(|e| QuicError::Config(e.to_string()))?;
+    let mut cfg = quinn::ServerConfig::with_crypto(Arc::new(crypto));
+    cfg.transport_config(transport_config(streams));
+    // Handshakes not yet accepted are bounded in count and buffered bytes;
+    // past that quinn refuses them itself.
+    cfg.max_incoming(4096).incoming_buffer_size(16 * 1024);
+    socket.set_nonblocking(true)?;
+    Ok(Endpoint::new(EndpointConfig::default(), Some(cfg), socket, Arc::new(quinn::TokioRuntime))?)
+}
+
+/// A QUIC connection to `addr` as `server_name`, from a UDP socket
+/// `connect()`ed to that address alone.
+pub async fn connect(
+    addr: &str,
+    server_name: &str,
+    tls: Arc<rustls::ClientConfig>,
+    timeout: Duration,
+) -> Result<Connection, QuicError> {
+    let peer = tokio::net::lookup_host(addr)
+        .await
+        .map_err(|_| QuicError::Resolve(addr.to_string()))?
+        .next()
+        .ok_or_else(|| QuicError::Resolve(addr.to_string()))?;
+    let endpoint = connected_endpoint(peer)?;
+    let crypto =
+        quinn::crypto::rustls::QuicClientConfig::try_from(tls).map_err(|e| QuicError::Config(e.to_string()))?;
+    let mut cfg = quinn::ClientConfig::new(Arc::new(crypto));
+    cfg.transport_config(transport_config(16));
+    let connecting = endpoint.connect_with(cfg, peer, server_name)?;
+    match tokio::time::timeout(timeout, connecting).await {
+        Ok(Ok(c)) => Ok(c),
+        Ok(Err(e)) => Err(e.into()),
+        Err(_) => {
+            endpoint.close(VarInt::from_u32(0), b"timeout");
+            Err(QuicError::Timeout)
+        }
+    }
+}
+
+/// An endpoint that can only talk to `peer`, and accepts no connection.
+fn connected_endpoint(peer: SocketAddr) -> Result<Endpoint, QuicError> {
+    let any: SocketAddr = if peer.is_ipv6() { "[::]:0" } else { "0.0.0.0:0" }.parse().expect("valid address");
+    let socket = std::net::UdpSocket::bind(any)?;
+    socket.connect(peer)?;
+    socket.set_nonblocking(true)?;
+    Ok(Endpoint::new(EndpointConfig::default(), None, socket, Arc::new(quinn::TokioRuntime))?)
+}
+
+/// Opens a leg: a new bidirectional stream on `conn`.
+pub async fn open_leg(conn: &Connection) -> std::io::Result<QuicLeg> {
+    let (send, recv) = conn.open_bi().await.map_err(std::io::Error::other)?;
+    Ok(QuicLeg::new(send, recv))
+}
+
+/// `auto`'s race: `quic` alone for [`HEAD_START`], then `tcp` (made by
+/// `tcp()`) beside it; the first to succeed wins, the other is dropped.
+/// Returns the winner and whether it was QUIC; the error names both failures.
+pub async fn race<T, Q, F, TF>(quic: Q, tcp: F) -> Result<(T, bool), String>
+where
+    Q: Future<Output = Result<T, String>>,
+    F: FnOnce() -> TF,
+    TF: Future<Output = Result<T, String>>,
+{
+    tokio::pin!(quic);
+    tokio::select! {
+        q = &mut quic => return match q {
+            Ok(c) => Ok((c, true)),
+            Err(qe) => tcp().await.map(|t| (t, false)).map_err(|te| format!("{qe}; {te}")),
+        },
+        _ = tokio::time::sleep(HEAD_START) => {}
+    }
+    let tcp = tcp();
+    tokio::pin!(tcp);
+    tokio::select! {
+        q = &mut quic => match q {
+            Ok(c) => Ok((c, true)),
+            Err(qe) => tcp.await.map(|t| (t, false)).map_err(|te| format!("{qe}; {te}")),
+        },
+        t = &mut tcp => match t {
+            Ok(t) => Ok((t, false)),
+            Err(te) => quic.await.map(|q| (q, true)).map_err(|qe| format!("{te}; {qe}")),
+        },
+    }
+}
+
+/// Whether `conn` is still usable.
+pub fn alive(conn: &Connection) -> bool {
+    conn.close_reason().is_none()
+}

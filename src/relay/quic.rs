@@ -1,0 +1,237 @@
+//! QUIC listeners: agents on the data port's number over UDP (17002),
+//! specialists on the client port's (17443). A connection is authenticated
+//! like a TLS leg (agents by their device certificate, checked against the
+//! CA and CRL); each bidirectional stream on it is then one leg, served by
+//! the same handler as a TCP leg: an agent's stream by its first frame
+//! (`DataOpen`: a data leg; anything else: control or fetch), a
+//! specialist's stream as a client leg.
+//!
+//! Bounds before authentication are those of the TCP listeners: the
+//! handshake budget and the per-source cap of [`super::gate`], the handshake
+//! deadline, `max_connections`; after it, the streams a peer may hold open
+//! at once (quinn refuses more by flow control) and one `max_connections`
+//! slot per stream.
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use quinn::{Connection, Endpoint, Incoming};
+use tokio::io::AsyncReadExt;
+use tracing::Instrument;
+
+use super::state::State;
+use super::{Accepted, Auth, client, control, data, gate};
+use crate::metrics;
+use crate::quic::QuicLeg;
+use crate::stream::prefixed::Prefixed;
+use crate::tls;
+
+/// Streams an agent may have open at once: its control channel, fetch legs
+/// and one data leg per tunnelled connection of all its sessions.
+pub const AGENT_STREAMS: u32 = 1024;
+/// Streams a specialist's session may have open at once: its control leg and
+/// one per tunnelled connection.
+pub const CLIENT_STREAMS: u32 = 256;
+
+/// Which peers a QUIC listener serves.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub enum Side {
+    Agents,
+    Clients,
+}
+
+impl Side {
+    fn listener(self) -> &'static str {
+        match self {
+            Side::Agents => "quic-agent",
+            Side::Clients => "quic-client",
+        }
+    }
+}
+
+/// Builds the endpoint of one QUIC listener on its bound socket.
+pub fn endpoint(
+    cfg: &super::RelayConfig,
+    side: Side,
+    socket: std::net::UdpSocket,
+) -> Result<Endpoint, super::RelayError> {
+    let addr = socket.local_addr().map_err(|source| super::RelayError::Bind {
+        what: side.listener(),
+        addr: cfg.data,
+        source,
+    })?;
+    let id = tls::Identity { ca: &cfg.ca, cert: &cfg.cert, key: &cfg.key };
+    let (client_auth, crl, alpn, streams) = match side {
+        Side::Agents => (true, cfg.crl.as_deref(), tls::ALPN_QUIC_AGENT, AGENT_STREAMS),
+        Side::Clients => (false, None, tls::ALPN_QUIC_CLIENT, CLIENT_STREAMS),
+    };
+    let tls = tls::quic_server_config(&id, client_auth, crl, alpn, side.listener())?;
+    crate::quic::server(socket, tls, streams).map_err(|e| super::RelayError::Bind {
+        what: side.listener(),
+        addr,
+        source: e.into(),
+    })
+}
+
+/// Accepts QUIC connections until shutdown.
+pub async fn accept_loop(side: Side, endpoint: Endpoint, state: Arc<State>) {
+    let name = side.listener();
+    let limits = &state.cfg.limits;
+    let hs_timeout = Duration::from_millis(limits.handshake_timeout_ms);
+    let gate = Arc::new(gate::Gate::new(name, limits.max_handshakes, limits.max_pending_per_source));
+    state.tracker.spawn(super::report_drops(state.clone(), gate.clone()));
+    loop {
+        let incoming = tokio::select! {
+            _ = state.shutdown.cancelled() => break,
+            i = endpoint.accept() => match i { Some(i) => i, None => break },
+        };
+        let peer = incoming.remote_address();
+        let hs_permit = match gate.admit(peer.ip()) {
+            Ok(p) => p,
+            Err(reason) => {
+                incoming.refuse();
+                gate.dropped(peer.ip(), reason);
+                continue;
+            }
+        };
+        let (state2, gate2) = (state.clone(), gate.clone());
+        let span = tracing::info_span!("quic", listener = name, %peer, device = tracing::field::Empty);
+        state.tracker.spawn(
+            async move {
+                let res = tokio::time::timeout(hs_timeout, handshake(incoming)).await;
+                drop(hs_permit);
+                let conn = match res {
+                    Ok(Ok(c)) => c,
+                    Ok(Err(e)) => return state2.handshake_failed(name, peer, failure_label(&e), &e.to_string()),
+                    Err(_) => {
+                        metrics::RELAY_HANDSHAKE_FAILURES.with_label_values(&[name, "timeout"]).inc();
+                        return gate2.dropped(peer.ip(), "timeout");
+                    }
+                };
+                let device = match side {
+                    Side::Clients => None,
+                    Side::Agents => match peer_device(&conn) {
+                        Some(d) => {
+                            gate2.known_good(peer.ip());
+                            tracing::Span::current().record("device", d.as_str());
+                            Some(d)
+                        }
+                        None => {
+                            conn.close(0u32.into(), b"no device id");
+                            let detail = "client certificate has no common name";
+                            return state2.handshake_failed(name, peer, "no_device_id", detail);
+                        }
+                    },
+                };
+                serve(state2, side, conn, peer, device).await
+            }
+            .instrument(span),
+        );
+    }
+    endpoint.close(0u32.into(), b"relay shutting down");
+}
+
+async fn handshake(incoming: Incoming) -> Result<Connection, quinn::ConnectionError> {
+    incoming.accept()?.await
+}
+
+/// The device a QUIC connection's verified certificate names.
+fn peer_device(conn: &Connection) -> Option<String> {
+    let certs = conn.peer_identity()?.downcast::<Vec<rustls::pki_types::CertificateDer<'static>>>().ok()?;
+    tls::peer_common_name(Some(&certs))
+}
+
+/// Serves the streams of one connection until it closes.
+async fn serve(state: Arc<State>, side: Side, conn: Connection, peer: SocketAddr, device: Option<String>) {
+    let name = side.listener();
+    let first_byte = Duration::from_millis(state.cfg.limits.handshake_timeout_ms);
+    loop {
+        let (send, recv) = tokio::select! {
+            _ = state.drain.cancelled() => return conn.close(0u32.into(), b"relay draining"),
+            s = conn.accept_bi() => match s {
+                Ok(s) => s,
+                Err(e) => {
+                    tracing::debug!(error = %e, "QUIC connection ended");
+                    return;
+                }
+            },
+        };
+        let Ok(slot) = state.conn_limit.clone().try_acquire_owned() else {
+            metrics::RELAY_CONNECTIONS_REFUSED.with_label_values(&[name, "max_connections"]).inc();
+            drop((send, recv));
+            continue;
+        };
+        let (state, device) = (state.clone(), device.clone());
+        let span = tracing::info_span!(
+            parent: None,
+            "conn",
+            listener = name,
+            %peer,
+            device = tracing::field::Empty,
+            session = tracing::field::Empty
+        );
+        state.tracker.clone().spawn(
+            async move {
+                let _open = gate::Open::new(slot, name);
+                let mut leg = QuicLeg::new(send, recv);
+                let auth = Auth::Tls { device, alpn_ok: true };
+                match side {
+                    Side::Clients => {
+                        client::serve(state, Accepted { leg: Box::new(leg), auth, transport: "quic" }, peer).await
+                    }
+                    Side::Agents => {
+                        // The first frame's header says which kind of leg this is.
+                        let mut header = [0u8; 5];
+                        match tokio::time::timeout(first_byte, leg.read_exact(&mut header)).await {
+                            Ok(Ok(_)) => {}
+                            Ok(Err(_)) => return,
+                            Err(_) => {
+                                return state.handshake_failed(name, peer, "preamble_timeout", "no frame in time");
+                            }
+                        }
+                        let is_data = crate::proto::is_data_open(&header);
+                        let leg = Box::new(Prefixed::new(Bytes::copy_from_slice(&header), leg));
+                        let accepted = Accepted { leg, auth, transport: "quic" };
+                        if is_data {
+                            data::serve(state, accepted, peer).await
+                        } else {
+                            control::serve(state, accepted, peer).await
+                        }
+                    }
+                }
+            }
+            .instrument(span),
+        );
+    }
+}
+
+/// A stable label for why a QUIC handshake failed.
+fn failure_label(e: &quinn::ConnectionError) -> &'static str {
+    use quinn::ConnectionError as E;
+    match e {
+        E::TransportError(t) => crypto_label(u64::from(t.code)),
+        E::ConnectionClosed(c) => crypto_label(u64::from(c.error_code)),
+        E::TimedOut => "timeout",
+        E::Reset => "reset",
+        E::VersionMismatch => "quic_version",
+        E::ApplicationClosed(_) | E::LocallyClosed => "closed",
+        E::CidsExhausted => "quic_other",
+    }
+}
+
+/// QUIC carries a TLS alert as error code 0x100 + the alert.
+fn crypto_label(code: u64) -> &'static str {
+    match code.checked_sub(0x100) {
+        Some(42) => "cert_invalid",
+        Some(43) => "cert_unsupported",
+        Some(44) => "cert_revoked",
+        Some(45) => "cert_expired",
+        Some(48) => "cert_unknown_issuer",
+        Some(116) => "no_client_cert",
+        Some(120) => "alpn_mismatch",
+        Some(40) => "handshake_failure",
+        Some(_) => "tls_other",
+        None => "quic_other",
+    }
+}

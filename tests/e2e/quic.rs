@@ -1,0 +1,200 @@
+//! QUIC legs: a session end to end over QUIC (post-quantum keys, the
+//! agent's UDP sockets connected to its relays), `auto` falling back to TCP
+//! where UDP is blocked and returning to QUIC, UDP blocked mid-session, and
+//! a relay killed under a QUIC session.
+use std::time::Duration;
+
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+use crate::harness::*;
+use crate::udp_gate::UdpGate;
+
+/// An echo exchange through `addr` that takes a while: `chunks` chunks of
+/// 16 KiB, one every 10 ms, each checked as it comes back.
+fn paced_echo(addr: std::net::SocketAddr, chunks: usize) -> tokio::task::JoinHandle<Result<usize, String>> {
+    tokio::spawn(async move {
+        let (mut r, mut w) = TcpStream::connect(addr).await.map_err(|e| e.to_string())?.into_split();
+        let data = random(chunks * 16 * 1024);
+        let sent = data.clone();
+        let writer = tokio::spawn(async move {
+            for c in sent.chunks(16 * 1024) {
+                w.write_all(c).await?;
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+            w.shutdown().await
+        });
+        let mut got = Vec::with_capacity(data.len());
+        r.read_to_end(&mut got).await.map_err(|e| format!("the local connection saw an error: {e}"))?;
+        writer.await.map_err(|e| e.to_string())?.map_err(|e| e.to_string())?;
+        if got != data {
+            return Err(format!("{} bytes back of {}, or changed", got.len(), data.len()));
+        }
+        Ok(got.len())
+    })
+}
+
+fn attached_over(records: &[serde_json::Value], transport: &str) -> usize {
+    records.iter().filter(|r| r["event"] == "agent_attached" && r["transport"] == transport).count()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_session_runs_over_quic_with_post_quantum_keys_and_connected_udp_sockets() {
+    let fleet = Fleet::start(Opts { relays: 2, twins: true, transport: "quic", ..Opts::default() }).await;
+    for i in 0..2 {
+        assert_eq!(attached_over(&fleet.relay_audit(i), "quic"), 1, "relay {i}: the agent attached over QUIC");
+        assert_eq!(attached_over(&fleet.relay_audit(i), "tcp"), 0);
+    }
+    let (session, addr) = serve_locally(&fleet).await;
+    assert_eq!(session.transport(), "quic");
+    // Several connections at once, each its own stream, bytes both ways.
+    let transfers: Vec<_> = futures_join(addr, 4).await;
+    for t in transfers {
+        t.finish("over QUIC").await;
+    }
+    // Every leg was a QUIC stream: no TCP leg reached either listener.
+    let m = fleet.metrics(0).await;
+    for listener in ["control", "data", "client"] {
+        let opened = parse_metric(&m, "tether_relay_open_connections", &[&format!("listener=\"{listener}\"")]);
+        assert_eq!(opened, 0.0, "a TCP {listener} connection is open");
+    }
+    for surface in ["quic-agent", "quic-client"] {
+        let pq =
+            parse_metric(&m, "tether_tls_handshakes_total", &[&format!("surface=\"{surface}\""), "X25519MLKEM768"]);
+        assert!(pq >= 1.0, "{surface}: no X25519MLKEM768 handshake");
+        let other =
+            parse_metric(&m, "tether_tls_handshakes_total", &[&format!("surface=\"{surface}\""), "group=\"X25519\""]);
+        assert_eq!(other, 0.0, "{surface}: a classical handshake");
+    }
+    // The agent's UDP sockets are connected to their relays: nothing else
+    // can reach them, and none is listening (unconnected).
+    let pid = fleet.agent.as_ref().unwrap().pid();
+    let udp = udp_sockets(pid);
+    assert_eq!(udp.len(), 2, "one UDP socket per relay: {udp:?}");
+    for (state, remote) in &udp {
+        assert_eq!(state, "01", "an agent UDP socket is not connected (state {state}): {udp:?}");
+        assert!(!remote.starts_with("00000000:"), "an agent UDP socket has no peer: {udp:?}");
+    }
+}
+
+/// Four transfers of 2 MiB through `addr` at once.
+async fn futures_join(addr: std::net::SocketAddr, n: usize) -> Vec<Transfer> {
+    let mut out = Vec::new();
+    for _ in 0..n {
+        out.push(Transfer::start(addr, random(2 << 20)).await);
+    }
+    out
+}
+
+/// (state, remote address) of each UDP socket `pid` holds, from /proc.
+pub fn udp_sockets(pid: u32) -> Vec<(String, String)> {
+    let mine: std::collections::HashSet<String> = std::fs::read_dir(format!("/proc/{pid}/fd"))
+        .unwrap()
+        .filter_map(|e| std::fs::read_link(e.ok()?.path()).ok())
+        .filter_map(|l| l.to_str()?.strip_prefix("socket:[")?.strip_suffix(']').map(str::to_string))
+        .collect();
+    let mut out = Vec::new();
+    for file in ["udp", "udp6"] {
+        let text = std::fs::read_to_string(format!("/proc/{pid}/net/{file}")).unwrap_or_default();
+        for line in text.lines().skip(1) {
+            let f: Vec<&str> = line.split_whitespace().collect();
+            if f.len() >= 10 && mine.contains(f[9]) {
+                out.push((f[3].to_string(), f[2].to_string()));
+            }
+        }
+    }
+    out
+}
+
+/// One relay whose QUIC ports sit behind gates the test opens and closes.
+async fn gated(agent_blocked: bool, client_blocked: bool) -> (Fleet, UdpGate, UdpGate) {
+    let opts = Opts {
+        transport: "auto",
+        quic_reprobe_secs: 1,
+        agent: false,
+        relay_top: "quic_agents = \"127.0.0.1:0\"\nquic_clients = \"127.0.0.1:0\"\n",
+        ..Opts::default()
+    };
+    let mut fleet = Fleet::start(opts).await;
+    let r = &fleet.relays[0];
+    // The agent and the client send UDP to the TCP ports' numbers (their
+    // defaults); the gates sit there.
+    let agent_gate = UdpGate::start(r.data, r.quic_agents.unwrap(), agent_blocked).await;
+    let client_gate = UdpGate::start(r.client, r.quic_clients.unwrap(), client_blocked).await;
+    fleet.agent = Some(start_agent(fleet.dir(), &fleet.agent_cfg));
+    fleet.wait_metric(0, "tether_relay_agents_attached", 1.0).await;
+    (fleet, agent_gate, client_gate)
+}
+
+async fn echo_once(addr: std::net::SocketAddr) {
+    let mut c = TcpStream::connect(addr).await.unwrap();
+    c.write_all(b"ping").await.unwrap();
+    let mut b = [0u8; 4];
+    within(30, c.read_exact(&mut b)).await.unwrap();
+    assert_eq!(&b, b"ping");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn auto_falls_back_to_tcp_where_udp_is_blocked_and_returns_to_quic() {
+    let (fleet, agent_gate, client_gate) = gated(true, true).await;
+    assert_eq!(attached_over(&fleet.relay_audit(0), "tcp"), 1, "UDP blocked: the agent attached over TCP");
+    assert_eq!(attached_over(&fleet.relay_audit(0), "quic"), 0);
+    let (session, addr) = serve_locally(&fleet).await;
+    assert_eq!(session.transport(), "tcp", "UDP blocked: the session runs over TCP");
+    echo_once(addr).await;
+    session.close();
+    eventually("the session ends at the agent", async || {
+        fleet.agent_audit().iter().any(|r| r["event"] == "session_end")
+    })
+    .await;
+
+    // UDP opens: the agent's next re-probe (every second here, while no
+    // session is live) moves its control channel to QUIC.
+    agent_gate.open();
+    client_gate.open();
+    eventually("the agent moves to QUIC", async || attached_over(&fleet.relay_audit(0), "quic") == 1).await;
+    let (session, addr) = serve_locally(&fleet).await;
+    assert_eq!(session.transport(), "quic", "UDP open: a new session runs over QUIC");
+    echo_once(addr).await;
+    let log = std::fs::read_to_string(fleet.dir().join("agent.log")).unwrap();
+    assert!(log.contains("moving the control channel to QUIC"), "the agent says why it moved");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn udp_blocked_mid_session_moves_the_session_to_tcp_without_losing_bytes() {
+    let (fleet, _agent_gate, client_gate) = gated(false, false).await;
+    let (session, addr) = serve_locally(&fleet).await;
+    assert_eq!(session.transport(), "quic");
+    let transfer = paced_echo(addr, 400);
+    tokio::time::sleep(Duration::from_millis(800)).await;
+    client_gate.block();
+    let moved = within(60, transfer).await.unwrap();
+    assert_eq!(moved, Ok(400 * 16 * 1024), "every byte came back, in order");
+    assert_eq!(session.transport(), "tcp", "the session's legs moved to TCP");
+    assert!(session.end_reason().is_none(), "the session ended: {:?}", session.end_reason());
+    // The session goes on over TCP: a new connection works.
+    echo_once(addr).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_quic_session_survives_the_death_of_its_relay() {
+    let mut fleet = Fleet::start(Opts { relays: 2, twins: true, transport: "quic", ..Opts::default() }).await;
+    for i in 0..2 {
+        eventually("twin links up", async || {
+            fleet.metric(i, "tether_twin_link_up", &["direction=\"in\""]).await == 1.0
+                && fleet.metric(i, "tether_twin_link_up", &["direction=\"out\""]).await == 1.0
+        })
+        .await;
+    }
+    let (session, addr) = serve_locally(&fleet).await;
+    assert_eq!((session.relay.name.as_str(), session.transport()), ("relay-a", "quic"));
+    let transfer = paced_echo(addr, 300);
+    tokio::time::sleep(Duration::from_millis(700)).await;
+    fleet.relays[0].proc.kill(); // SIGKILL: no CONNECTION_CLOSE reaches anyone
+    let moved = within(60, transfer).await.unwrap();
+    assert_eq!(moved, Ok(300 * 16 * 1024), "every byte came back, in order");
+    assert_eq!(session.current_relay().name, "relay-b");
+    assert_eq!(session.transport(), "quic", "the twin took the session over QUIC");
+    assert!(session.end_reason().is_none(), "the session ended: {:?}", session.end_reason());
+    echo_once(addr).await;
+}

@@ -1,0 +1,80 @@
+//! A UDP forwarder the test can close like a firewall that starts dropping
+//! UDP: datagrams from each client go to `target` through a socket of their
+//! own, and answers come back; `block()` silently drops both ways.
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use tokio::net::UdpSocket;
+use tokio_util::sync::CancellationToken;
+
+pub struct UdpGate {
+    blocked: Arc<AtomicBool>,
+    stop: CancellationToken,
+}
+
+impl Drop for UdpGate {
+    fn drop(&mut self) {
+        self.stop.cancel();
+    }
+}
+
+impl UdpGate {
+    /// Forwards what arrives at `listen` to `target`; starts `blocked` or open.
+    pub async fn start(listen: SocketAddr, target: SocketAddr, blocked: bool) -> UdpGate {
+        let front = Arc::new(UdpSocket::bind(listen).await.expect("bind the gate's UDP port"));
+        let blocked = Arc::new(AtomicBool::new(blocked));
+        let stop = CancellationToken::new();
+        let (b, s) = (blocked.clone(), stop.clone());
+        tokio::spawn(async move {
+            let mut backs: HashMap<SocketAddr, Arc<UdpSocket>> = HashMap::new();
+            let mut buf = vec![0u8; 65536];
+            loop {
+                let (n, from) = tokio::select! {
+                    _ = s.cancelled() => return,
+                    r = front.recv_from(&mut buf) => match r { Ok(x) => x, Err(_) => continue },
+                };
+                if b.load(Ordering::SeqCst) {
+                    continue;
+                }
+                // Bounded: the tests have a handful of clients.
+                if !backs.contains_key(&from) && backs.len() >= 64 {
+                    continue;
+                }
+                let back = match backs.get(&from) {
+                    Some(x) => x.clone(),
+                    None => {
+                        let sock = Arc::new(UdpSocket::bind("127.0.0.1:0").await.unwrap());
+                        sock.connect(target).await.unwrap();
+                        let (sock2, front2, b2, s2) = (sock.clone(), front.clone(), b.clone(), s.clone());
+                        tokio::spawn(async move {
+                            let mut buf = vec![0u8; 65536];
+                            loop {
+                                let n = tokio::select! {
+                                    _ = s2.cancelled() => return,
+                                    r = sock2.recv(&mut buf) => match r { Ok(n) => n, Err(_) => continue },
+                                };
+                                if !b2.load(Ordering::SeqCst) {
+                                    let _ = front2.send_to(&buf[..n], from).await;
+                                }
+                            }
+                        });
+                        backs.insert(from, sock.clone());
+                        sock
+                    }
+                };
+                let _ = back.send(&buf[..n]).await;
+            }
+        });
+        UdpGate { blocked, stop }
+    }
+
+    pub fn block(&self) {
+        self.blocked.store(true, Ordering::SeqCst);
+    }
+
+    pub fn open(&self) {
+        self.blocked.store(false, Ordering::SeqCst);
+    }
+}
