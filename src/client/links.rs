@@ -100,10 +100,24 @@ impl Links {
         crate::leg::dial(&relay.addr, raw, relay.server_name(), self.tls.clone()).await
     }
 
+    /// Datagrams received so far on the QUIC connection to `relay`, if any.
+    pub fn rx(&self, relay: &str) -> Option<u64> {
+        let conns = self.quic.try_lock().ok()?;
+        conns.get(relay).map(|c| c.stats().udp_rx.datagrams)
+    }
+
     /// A leg through `relay` failed in a way a dead path explains: drop its
-    /// QUIC connection (auto: use TCP there for a while).
-    pub async fn suspect(&self, relay: &str) {
-        if let Some(c) = self.quic.lock().await.remove(relay) {
+    /// QUIC connection (auto: use TCP there for a while), unless datagrams
+    /// arrived on it since `rx_before` (then the path is alive and the
+    /// failure was something else: the connection's other legs go on).
+    pub async fn suspect(&self, relay: &str, rx_before: Option<u64>) {
+        let mut conns = self.quic.lock().await;
+        if let (Some(before), Some(c)) = (rx_before, conns.get(relay))
+            && c.stats().udp_rx.datagrams > before
+        {
+            return;
+        }
+        if let Some(c) = conns.remove(relay) {
             c.close(0u32.into(), b"path failed");
             if self.mode == Transport::Auto {
                 self.mark_failed(relay);

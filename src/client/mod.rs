@@ -126,6 +126,7 @@ impl LegSource for DialLegs {
             loop {
                 let mut last = None;
                 for relay in s.order_avoiding(&self.via) {
+                    let rx = s.links.rx(&relay.name);
                     // A frozen relay still accepts TCP: give each try a short deadline.
                     let joined =
                         tokio::time::timeout(FAILOVER_DIAL, s.join_leg(&relay, self.conn)).await.unwrap_or_else(|_| {
@@ -142,7 +143,7 @@ impl LegSource for DialLegs {
                         }
                         Err(e) => {
                             // Silent or broken: the path may be (UDP blocked mid-session).
-                            s.links.suspect(&relay.name).await;
+                            s.links.suspect(&relay.name, rx).await;
                             last = Some(std::io::Error::other(e.to_string()));
                         }
                     }
@@ -281,7 +282,7 @@ impl ClientSession {
             // The relay carrying the control leg is gone or silent: move it to
             // the twin, which knows the session by replication.
             tracing::info!(session = %self.id, relay = %at, "control leg lost; moving it");
-            self.links.suspect(&at).await;
+            self.links.suspect(&at, None).await;
             match self.move_control(&at).await {
                 Some((moved, relay)) => (io, at) = (moved, relay),
                 None => break Reason::RelayGone,
@@ -402,13 +403,14 @@ impl ClientSession {
         let mut last = None;
         // Two rounds: a relay that failed us now may be back by the next (restarted).
         for relay in order.iter().chain(&order) {
+            let rx = self.links.rx(&relay.name);
             match self.connect_via(relay).await {
                 Ok(t) => {
                     self.set_current(relay);
                     return Ok(t);
                 }
                 Err(e @ (ClientError::Dial { .. } | ClientError::Protocol { .. })) => {
-                    self.links.suspect(&relay.name).await;
+                    self.links.suspect(&relay.name, rx).await;
                     last = Some(e);
                 }
                 Err(ClientError::Refused {

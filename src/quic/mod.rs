@@ -51,10 +51,16 @@ impl Transport {
 /// With `auto`, QUIC is tried alone this long before TCP joins the race
 /// (happy eyeballs): where UDP gets through, no TCP connection is made at all.
 pub const HEAD_START: Duration = Duration::from_millis(250);
-/// A QUIC connection silent this long is dead (keep-alives every
-/// [`KEEP_ALIVE`] keep an idle one up, also through NAT bindings).
-pub const IDLE_TIMEOUT: Duration = Duration::from_secs(10);
-pub const KEEP_ALIVE: Duration = Duration::from_secs(3);
+/// A QUIC connection silent this long is dead. The dialling side (agent,
+/// client: the one behind NAT) sends a keep-alive every [`KEEP_ALIVE`]; the
+/// relay sends none (with thousands of agents, each ping costs). Live
+/// tunnels and control channels detect a dead path sooner by their own
+/// heartbeats.
+pub const IDLE_TIMEOUT: Duration = Duration::from_secs(60);
+pub const KEEP_ALIVE: Duration = Duration::from_secs(25);
+/// Streams a peer may open at first; the relay raises the limit as they are
+/// used ([`grow_streams`]), so an idle connection holds little state.
+pub const INITIAL_STREAMS: u32 = 16;
 
 /// Why a QUIC leg could not be had.
 #[derive(Debug, thiserror::Error)]
@@ -83,26 +89,23 @@ impl From<QuicError> for std::io::Error {
     }
 }
 
-/// Transport parameters; `streams` bounds the streams the peer may have open at once.
-pub fn transport_config(streams: u32) -> Arc<TransportConfig> {
+/// Transport parameters; `streams` bounds the streams the peer may have open
+/// at once; the dialling side sends keep-alives.
+pub fn transport_config(streams: u32, dialler: bool) -> Arc<TransportConfig> {
     let mut t = TransportConfig::default();
     t.max_concurrent_bidi_streams(VarInt::from_u32(streams))
         .max_concurrent_uni_streams(VarInt::from_u32(0))
         .max_idle_timeout(Some(IDLE_TIMEOUT.try_into().expect("idle timeout fits")))
-        .keep_alive_interval(Some(KEEP_ALIVE));
+        .keep_alive_interval(dialler.then_some(KEEP_ALIVE));
     Arc::new(t)
 }
 
 /// A server endpoint on a bound UDP socket (the relay's listeners).
-pub fn server(
-    socket: std::net::UdpSocket,
-    tls: Arc<rustls::ServerConfig>,
-    streams: u32,
-) -> Result<Endpoint, QuicError> {
+pub fn server(socket: std::net::UdpSocket, tls: Arc<rustls::ServerConfig>) -> Result<Endpoint, QuicError> {
     let crypto =
         quinn::crypto::rustls::QuicServerConfig::try_from(tls).map_err(|e| QuicError::Config(e.to_string()))?;
     let mut cfg = quinn::ServerConfig::with_crypto(Arc::new(crypto));
-    cfg.transport_config(transport_config(streams));
+    cfg.transport_config(transport_config(INITIAL_STREAMS, false));
     // Handshakes not yet accepted are bounded in count and buffered bytes;
     // past that quinn refuses them itself.
     cfg.max_incoming(4096).incoming_buffer_size(16 * 1024);
@@ -127,7 +130,7 @@ pub async fn connect(
     let crypto =
         quinn::crypto::rustls::QuicClientConfig::try_from(tls).map_err(|e| QuicError::Config(e.to_string()))?;
     let mut cfg = quinn::ClientConfig::new(Arc::new(crypto));
-    cfg.transport_config(transport_config(16));
+    cfg.transport_config(transport_config(4, true));
     let connecting = endpoint.connect_with(cfg, peer, server_name)?;
     match tokio::time::timeout(timeout, connecting).await {
         Ok(Ok(c)) => Ok(c),
@@ -146,6 +149,18 @@ fn connected_endpoint(peer: SocketAddr) -> Result<Endpoint, QuicError> {
     socket.connect(peer)?;
     socket.set_nonblocking(true)?;
     Ok(Endpoint::new(EndpointConfig::default(), None, socket, Arc::new(quinn::TokioRuntime))?)
+}
+
+/// Raises `conn`'s limit of streams the peer may open when `open` of the
+/// `limit` allowed are in use (doubling, up to `max`). Returns the new limit.
+pub fn grow_streams(conn: &Connection, open: u32, limit: u32, max: u32) -> u32 {
+    if open * 4 >= limit * 3 && limit < max {
+        let to = (limit * 2).min(max);
+        conn.set_max_concurrent_bi_streams(VarInt::from_u32(to));
+        tracing::debug!(open, from = limit, to, "QUIC stream limit raised");
+        return to;
+    }
+    limit
 }
 
 /// Opens a leg: a new bidirectional stream on `conn`.

@@ -89,8 +89,12 @@ pub struct RelayLimits {
     pub max_pending_per_source: usize,
     /// A new connection must send its first byte within this.
     pub first_byte_ms: u64,
-    /// Concurrent connections of all kinds.
+    /// Concurrent connections of all kinds (each QUIC stream counts as one).
     pub max_connections: usize,
+    /// Streams one QUIC connection may hold open at once (an agent's: its
+    /// control channel and every tunnelled connection of its sessions; a
+    /// session's: one per connection). Granted 16 at first, more as they are used.
+    pub quic_max_streams: u32,
     /// Heartbeat interval announced to agents.
     pub heartbeat_secs: u32,
     /// An agent silent for this long is dropped.
@@ -117,6 +121,7 @@ impl Default for RelayLimits {
             max_pending_per_source: 512,
             first_byte_ms: 1000,
             max_connections: 50_000,
+            quic_max_streams: 16_384,
             heartbeat_secs: 30,
             agent_idle_timeout_secs: 95,
             pairing_timeout_ms: 10_000,

@@ -13,11 +13,15 @@
 //! slot per stream.
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::Duration;
 
 use bytes::Bytes;
 use quinn::{Connection, Endpoint, Incoming};
-use tokio::io::AsyncReadExt;
+use std::pin::Pin;
+use std::task::{Context, Poll};
+
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, ReadBuf};
 use tracing::Instrument;
 
 use super::state::State;
@@ -26,13 +30,6 @@ use crate::metrics;
 use crate::quic::QuicLeg;
 use crate::stream::prefixed::Prefixed;
 use crate::tls;
-
-/// Streams an agent may have open at once: its control channel, fetch legs
-/// and one data leg per tunnelled connection of all its sessions.
-pub const AGENT_STREAMS: u32 = 1024;
-/// Streams a specialist's session may have open at once: its control leg and
-/// one per tunnelled connection.
-pub const CLIENT_STREAMS: u32 = 256;
 
 /// Which peers a QUIC listener serves.
 #[derive(Clone, Copy, PartialEq, Eq)]
@@ -62,12 +59,12 @@ pub fn endpoint(
         source,
     })?;
     let id = tls::Identity { ca: &cfg.ca, cert: &cfg.cert, key: &cfg.key };
-    let (client_auth, crl, alpn, streams) = match side {
-        Side::Agents => (true, cfg.crl.as_deref(), tls::ALPN_QUIC_AGENT, AGENT_STREAMS),
-        Side::Clients => (false, None, tls::ALPN_QUIC_CLIENT, CLIENT_STREAMS),
+    let (client_auth, crl, alpn) = match side {
+        Side::Agents => (true, cfg.crl.as_deref(), tls::ALPN_QUIC_AGENT),
+        Side::Clients => (false, None, tls::ALPN_QUIC_CLIENT),
     };
     let tls = tls::quic_server_config(&id, client_auth, crl, alpn, side.listener())?;
-    crate::quic::server(socket, tls, streams).map_err(|e| super::RelayError::Bind {
+    crate::quic::server(socket, tls).map_err(|e| super::RelayError::Bind {
         what: side.listener(),
         addr,
         source: e.into(),
@@ -146,9 +143,26 @@ fn peer_device(conn: &Connection) -> Option<String> {
 async fn serve(state: Arc<State>, side: Side, conn: Connection, peer: SocketAddr, device: Option<String>) {
     let name = side.listener();
     let first_byte = Duration::from_millis(state.cfg.limits.handshake_timeout_ms);
+    let max = state.cfg.limits.quic_max_streams.max(crate::quic::INITIAL_STREAMS);
+    let (open, mut limit) = (Arc::new(AtomicU32::new(0)), crate::quic::INITIAL_STREAMS);
+    // A specialist's connection proves nothing by itself (no certificate):
+    // it lives while it has a stream, and a stream only while its first frame
+    // is good. One without any for the handshake deadline is closed.
+    let mut idle = tokio::time::interval(first_byte);
+    idle.tick().await;
+    let mut streamless = 0u32;
     loop {
         let (send, recv) = tokio::select! {
             _ = state.drain.cancelled() => return conn.close(0u32.into(), b"relay draining"),
+            _ = idle.tick(), if side == Side::Clients => {
+                streamless = if open.load(Ordering::Relaxed) == 0 { streamless + 1 } else { 0 };
+                if streamless >= 2 {
+                    conn.close(0u32.into(), b"no stream");
+                    metrics::RELAY_CONNECTIONS_REFUSED.with_label_values(&[name, "no_stream"]).inc();
+                    return;
+                }
+                continue;
+            }
             s = conn.accept_bi() => match s {
                 Ok(s) => s,
                 Err(e) => {
@@ -157,6 +171,9 @@ async fn serve(state: Arc<State>, side: Side, conn: Connection, peer: SocketAddr
                 }
             },
         };
+        let now_open = open.fetch_add(1, Ordering::Relaxed) + 1;
+        limit = crate::quic::grow_streams(&conn, now_open, limit, max);
+        let counted = OpenStream(open.clone());
         let Ok(slot) = state.conn_limit.clone().try_acquire_owned() else {
             metrics::RELAY_CONNECTIONS_REFUSED.with_label_values(&[name, "max_connections"]).inc();
             drop((send, recv));
@@ -173,8 +190,9 @@ async fn serve(state: Arc<State>, side: Side, conn: Connection, peer: SocketAddr
         );
         state.tracker.clone().spawn(
             async move {
-                let _open = gate::Open::new(slot, name);
-                let mut leg = QuicLeg::new(send, recv);
+                // The stream counts until the leg is dropped, wherever it went
+                // (a data leg is handed to the join it pairs with).
+                let mut leg = Counted { leg: QuicLeg::new(send, recv), _open: (gate::Open::new(slot, name), counted) };
                 let auth = Auth::Tls { device, alpn_ok: true };
                 match side {
                     Side::Clients => {
@@ -203,6 +221,42 @@ async fn serve(state: Arc<State>, side: Side, conn: Connection, peer: SocketAddr
             }
             .instrument(span),
         );
+    }
+}
+
+/// A QUIC leg that holds its `max_connections` slot and its place in its
+/// connection's open streams until dropped.
+struct Counted {
+    leg: QuicLeg,
+    _open: (gate::Open, OpenStream),
+}
+
+impl AsyncRead for Counted {
+    fn poll_read(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.leg).poll_read(cx, buf)
+    }
+}
+
+impl AsyncWrite for Counted {
+    fn poll_write(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<std::io::Result<usize>> {
+        Pin::new(&mut self.leg).poll_write(cx, buf)
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.leg).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.leg).poll_shutdown(cx)
+    }
+}
+
+/// A stream counted open on its connection until dropped.
+struct OpenStream(Arc<AtomicU32>);
+
+impl Drop for OpenStream {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::Relaxed);
     }
 }
 

@@ -198,3 +198,27 @@ async fn a_quic_session_survives_the_death_of_its_relay() {
     assert!(session.end_reason().is_none(), "the session ended: {:?}", session.end_reason());
     echo_once(addr).await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_hundred_connections_at_once_share_one_quic_connection_per_side() {
+    // Past the 16 streams a peer may open at first, on the session's and
+    // the agent's connections alike: the relay raises the limits as they
+    // fill, and no connection waits, fails or is made twice.
+    let fleet = Fleet::start(Opts { transport: "quic", ..Opts::default() }).await;
+    let (session, addr) = serve_locally(&fleet).await;
+    let mut held = Vec::new();
+    for i in 0..100u8 {
+        let mut c = TcpStream::connect(addr).await.unwrap();
+        c.write_all(&[i]).await.unwrap();
+        let mut b = [0u8; 1];
+        within(10, c.read_exact(&mut b)).await.unwrap();
+        assert_eq!(b[0], i);
+        held.push(c);
+    }
+    assert_eq!(session.transport(), "quic");
+    let m = fleet.metrics(0).await;
+    let conns = |surface: &str| parse_metric(&m, "tether_tls_handshakes_total", &[&format!("surface=\"{surface}\"")]);
+    assert_eq!((conns("quic-client"), conns("quic-agent")), (1.0, 1.0), "one QUIC connection each");
+    assert!(parse_metric(&m, "tether_relay_open_connections", &["listener=\"quic-client\""]) >= 101.0);
+    assert_eq!(fleet.metric(0, "tether_relay_tunnels_resumed_total", &[]).await, 0.0, "no leg was replaced");
+}

@@ -21,7 +21,12 @@ async fn still_echoes(addr: SocketAddr) {
 }
 
 async fn fleet() -> (Fleet, std::sync::Arc<tether::client::ClientSession>, SocketAddr) {
-    let opts = Opts { transport: "quic", handshake_timeout_ms: 1500, ..Opts::default() };
+    let opts = Opts {
+        transport: "quic",
+        handshake_timeout_ms: 1500,
+        relay_limits: "quic_max_streams = 256\n",
+        ..Opts::default()
+    };
     let fleet = Fleet::start(opts).await;
     let (session, addr) = serve_locally(&fleet).await;
     assert_eq!(session.transport(), "quic");
@@ -138,7 +143,7 @@ async fn a_stream_without_a_valid_join_is_refused_and_streams_past_the_limit_wai
     // The refusals closed streams, not the connection.
     assert!(conn.close_reason().is_none(), "the relay closed the connection: {:?}", conn.close_reason());
 
-    // Streams past the limit: the relay grants 256 at once; a peer that
+    // Streams past the limit (`quic_max_streams`, 256 here): a peer that
     // holds them silent waits for more (quinn's flow control), its silent
     // streams are closed at the relay's deadline, and the session beside it
     // goes on.
@@ -160,5 +165,18 @@ async fn a_stream_without_a_valid_join_is_refused_and_streams_past_the_limit_wai
     drop(held);
     let later = within(15, quic::open_leg(&conn)).await;
     assert!(later.is_ok(), "no stream after the held ones were closed: {:?}", later.err());
+    still_echoes(addr).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_specialists_quic_connection_without_a_stream_is_closed() {
+    let (fleet, _session, addr) = fleet().await;
+    // Anyone may complete a handshake with the client port (no certificate):
+    // holding the connection without a stream gets it closed at the deadline.
+    let conn = dial(&fleet, fleet.relays[0].client, tls::ALPN_QUIC_CLIENT, None).await.unwrap();
+    let why = within(15, conn.closed()).await;
+    assert!(why.to_string().contains("no stream"), "closed for another reason: {why}");
+    let labels = ["listener=\"quic-client\"", "reason=\"no_stream\""];
+    assert_eq!(fleet.metric(0, "tether_relay_connections_refused_total", &labels).await, 1.0);
     still_echoes(addr).await;
 }
