@@ -47,7 +47,7 @@ async fn tcp_control(state: &Shared, relay: &RelayEndpoint) -> Result<ControlLeg
 /// A QUIC connection to `relay` and its first stream.
 pub async fn quic_control(state: &Shared, relay: &RelayEndpoint, timeout: Duration) -> Result<ControlLeg, String> {
     let addr = relay.quic_addr();
-    let conn = quic::connect(addr, relay.server_name(), state.quic_tls.clone(), timeout)
+    let conn = quic::connect(addr, relay.server_name(), state.quic_tls.clone(), (timeout, quic::Dialler::Agent))
         .await
         .map_err(|e| format!("QUIC to {addr}: {e}"))?;
     let leg = quic::open_leg(&conn).await.map_err(|e| format!("QUIC stream: {e}"))?;

@@ -64,7 +64,8 @@ impl Links {
             return self.tcp(relay, raw).await;
         }
         let connect = async {
-            let c = quic::connect(&relay.addr, relay.server_name(), self.quic_tls.clone(), tls::DIAL_TIMEOUT)
+            let dial = (tls::DIAL_TIMEOUT, quic::Dialler::Session);
+            let c = quic::connect(&relay.addr, relay.server_name(), self.quic_tls.clone(), dial)
                 .await
                 .map_err(|e| format!("QUIC to {}: {e}", relay.addr))?;
             let leg = quic::open_leg(&c).await.map_err(|e| format!("QUIC stream: {e}"))?;

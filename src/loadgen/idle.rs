@@ -67,7 +67,7 @@ pub async fn run(pki: &Path, to: To<'_>, n: usize, hold: Duration) -> Result<()>
                 c.alpn_protocols = vec![tls::ALPN_QUIC_AGENT.to_vec()];
                 let crypto = quinn::crypto::rustls::QuicClientConfig::try_from(c)?;
                 let mut qc = quinn::ClientConfig::new(Arc::new(crypto));
-                qc.transport_config(crate::quic::transport_config(4, true));
+                qc.transport_config(crate::quic::transport_config(4, crate::quic::Dialler::Agent));
                 let conn = ep.connect_with(qc, addr, to.server_name)?.await.with_context(|| format!("agent {id}"))?;
                 (Box::new(crate::quic::open_leg(&conn).await?), Some(conn))
             }

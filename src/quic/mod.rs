@@ -51,13 +51,33 @@ impl Transport {
 /// With `auto`, QUIC is tried alone this long before TCP joins the race
 /// (happy eyeballs): where UDP gets through, no TCP connection is made at all.
 pub const HEAD_START: Duration = Duration::from_millis(250);
-/// A QUIC connection silent this long is dead. The dialling side (agent,
-/// client: the one behind NAT) sends a keep-alive every [`KEEP_ALIVE`]; the
-/// relay sends none (with thousands of agents, each ping costs). Live
-/// tunnels and control channels detect a dead path sooner by their own
-/// heartbeats.
-pub const IDLE_TIMEOUT: Duration = Duration::from_secs(60);
-pub const KEEP_ALIVE: Duration = Duration::from_secs(25);
+/// Who dials a QUIC connection, which sets how it stays alive: the side
+/// behind NAT sends the keep-alives (the relay sends none), and the idle
+/// timeout (the lower of the two sides' wins) is how long silence means death.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Dialler {
+    /// An agent: a keep-alive every 10 s (a restarted relay answers the next
+    /// one with a stateless reset, so the agent re-attaches within 10 s),
+    /// dead after 30 s of silence.
+    Agent,
+    /// A specialist's session: its control leg already sends a heartbeat
+    /// every second; dead after 5 s, so that the relay frees a vanished
+    /// client's session as a TCP reset would.
+    Session,
+    /// The relay: no keep-alives, 30 s.
+    Relay,
+}
+
+impl Dialler {
+    fn idle_and_keep_alive(self) -> (Duration, Option<Duration>) {
+        match self {
+            Dialler::Agent => (Duration::from_secs(30), Some(Duration::from_secs(10))),
+            Dialler::Session => (Duration::from_secs(5), Some(Duration::from_secs(2))),
+            Dialler::Relay => (Duration::from_secs(30), None),
+        }
+    }
+}
+
 /// Streams a peer may open at first; the relay raises the limit as they are
 /// used ([`grow_streams`]), so an idle connection holds little state.
 pub const INITIAL_STREAMS: u32 = 16;
@@ -89,28 +109,43 @@ impl From<QuicError> for std::io::Error {
     }
 }
 
-/// Transport parameters; `streams` bounds the streams the peer may have open
-/// at once; the dialling side sends keep-alives.
-pub fn transport_config(streams: u32, dialler: bool) -> Arc<TransportConfig> {
+/// Transport parameters; `streams` bounds the streams the peer may have open at once.
+pub fn transport_config(streams: u32, side: Dialler) -> Arc<TransportConfig> {
+    let (idle, keep_alive) = side.idle_and_keep_alive();
     let mut t = TransportConfig::default();
     t.max_concurrent_bidi_streams(VarInt::from_u32(streams))
         .max_concurrent_uni_streams(VarInt::from_u32(0))
-        .max_idle_timeout(Some(IDLE_TIMEOUT.try_into().expect("idle timeout fits")))
-        .keep_alive_interval(dialler.then_some(KEEP_ALIVE));
+        .max_idle_timeout(Some(idle.try_into().expect("idle timeout fits")))
+        .keep_alive_interval(keep_alive);
     Arc::new(t)
 }
 
 /// A server endpoint on a bound UDP socket (the relay's listeners).
-pub fn server(socket: std::net::UdpSocket, tls: Arc<rustls::ServerConfig>) -> Result<Endpoint, QuicError> {
+/// `reset_secret` keys its stateless resets: the same secret after a restart
+/// lets the restarted relay tell its old peers at once that their
+/// connections are gone (a random one would make them wait for the timeout).
+pub fn server(
+    socket: std::net::UdpSocket,
+    tls: Arc<rustls::ServerConfig>,
+    reset_secret: &[u8],
+) -> Result<Endpoint, QuicError> {
     let crypto =
         quinn::crypto::rustls::QuicServerConfig::try_from(tls).map_err(|e| QuicError::Config(e.to_string()))?;
     let mut cfg = quinn::ServerConfig::with_crypto(Arc::new(crypto));
-    cfg.transport_config(transport_config(INITIAL_STREAMS, false));
+    cfg.transport_config(transport_config(INITIAL_STREAMS, Dialler::Relay));
     // Handshakes not yet accepted are bounded in count and buffered bytes;
     // past that quinn refuses them itself.
     cfg.max_incoming(4096).incoming_buffer_size(16 * 1024);
     socket.set_nonblocking(true)?;
-    Ok(Endpoint::new(EndpointConfig::default(), Some(cfg), socket, Arc::new(quinn::TokioRuntime))?)
+    let key = aws_lc_rs::hmac::Key::new(aws_lc_rs::hmac::HMAC_SHA256, reset_secret);
+    let mut endpoint = EndpointConfig::new(Arc::new(key));
+    // Connection ids carry a check keyed per endpoint; a restarted relay
+    // must recognise its predecessor's ids to answer them with a reset.
+    let mut cid_key = [0u8; 8];
+    cid_key.copy_from_slice(&aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, reset_secret).as_ref()[..8]);
+    let cid_key = u64::from_be_bytes(cid_key);
+    endpoint.cid_generator(move || Box::new(quinn_proto::HashedConnectionIdGenerator::from_key(cid_key)));
+    Ok(Endpoint::new(endpoint, Some(cfg), socket, Arc::new(quinn::TokioRuntime))?)
 }
 
 /// A QUIC connection to `addr` as `server_name`, from a UDP socket
@@ -119,7 +154,7 @@ pub async fn connect(
     addr: &str,
     server_name: &str,
     tls: Arc<rustls::ClientConfig>,
-    timeout: Duration,
+    (timeout, side): (Duration, Dialler),
 ) -> Result<Connection, QuicError> {
     let peer = tokio::net::lookup_host(addr)
         .await
@@ -130,7 +165,7 @@ pub async fn connect(
     let crypto =
         quinn::crypto::rustls::QuicClientConfig::try_from(tls).map_err(|e| QuicError::Config(e.to_string()))?;
     let mut cfg = quinn::ClientConfig::new(Arc::new(crypto));
-    cfg.transport_config(transport_config(4, true));
+    cfg.transport_config(transport_config(4, side));
     let connecting = endpoint.connect_with(cfg, peer, server_name)?;
     match tokio::time::timeout(timeout, connecting).await {
         Ok(Ok(c)) => Ok(c),

@@ -64,7 +64,17 @@ pub fn endpoint(
         Side::Clients => (false, None, tls::ALPN_QUIC_CLIENT),
     };
     let tls = tls::quic_server_config(&id, client_auth, crl, alpn, side.listener())?;
-    crate::quic::server(socket, tls).map_err(|e| super::RelayError::Bind {
+    // Stateless resets keyed by this relay's own key: stable across restarts.
+    let secret = {
+        use sha2::Digest;
+        let key = std::fs::read(&cfg.key).map_err(|source| super::RelayError::Bind { what: "key", addr, source })?;
+        let mut h = sha2::Sha256::new();
+        h.update(b"tether quic stateless reset\0");
+        h.update(side.listener().as_bytes());
+        h.update(&key);
+        h.finalize()
+    };
+    crate::quic::server(socket, tls, &secret).map_err(|e| super::RelayError::Bind {
         what: side.listener(),
         addr,
         source: e.into(),

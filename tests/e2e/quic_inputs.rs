@@ -65,8 +65,9 @@ async fn dial(
 ) -> Result<quinn::Connection, String> {
     let (c, k) = cert.map(|(c, k)| (fleet.pki.path(c), fleet.pki.path(k))).unzip();
     let cfg = tls::quic_client_config(&fleet.pki.path("ca.pem"), c.as_deref().zip(k.as_deref()), alpn).unwrap();
-    let conn =
-        quic::connect(&addr.to_string(), "localhost", cfg, Duration::from_secs(5)).await.map_err(|e| e.to_string())?;
+    let conn = quic::connect(&addr.to_string(), "localhost", cfg, (Duration::from_secs(5), quic::Dialler::Session))
+        .await
+        .map_err(|e| e.to_string())?;
     // A server that refuses the client's certificate says so after the handshake's last flight.
     match tokio::time::timeout(Duration::from_millis(500), conn.closed()).await {
         Ok(e) => Err(e.to_string()),
