@@ -123,14 +123,11 @@ impl Links {
             if self.mode == Transport::Auto {
                 self.mark_failed(relay);
             }
-            tracing::info!(
-                relay,
-                "QUIC path failed: next legs through it go over {}",
-                match self.mode {
-                    Transport::Quic => "a new QUIC connection",
-                    _ => "TCP",
-                }
-            );
+            let next = match self.mode {
+                Transport::Quic => "a new QUIC connection",
+                _ => "TCP for 60 s",
+            };
+            tracing::info!(relay, "QUIC connection lost (relay gone or UDP blocked): legs through it go over {next}");
         }
     }
 
