@@ -15,11 +15,6 @@ impl QuicLeg {
     pub fn new(send: quinn::SendStream, recv: quinn::RecvStream) -> QuicLeg {
         QuicLeg { send, recv }
     }
-
-    /// The stream's number on its connection.
-    pub fn id(&self) -> u64 {
-        self.send.id().index()
-    }
 }
 
 impl AsyncRead for QuicLeg {

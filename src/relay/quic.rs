@@ -131,7 +131,7 @@ pub async fn accept_loop(side: Side, endpoint: Endpoint, state: Arc<State>) {
                         }
                     },
                 };
-                serve(state2, side, conn, peer, device).await
+                serve(state2, (side, gate2), conn, peer, device).await
             }
             .instrument(span),
         );
@@ -150,7 +150,13 @@ fn peer_device(conn: &Connection) -> Option<String> {
 }
 
 /// Serves the streams of one connection until it closes.
-async fn serve(state: Arc<State>, side: Side, conn: Connection, peer: SocketAddr, device: Option<String>) {
+async fn serve(
+    state: Arc<State>,
+    (side, gate): (Side, Arc<gate::Gate>),
+    conn: Connection,
+    peer: SocketAddr,
+    device: Option<String>,
+) {
     let name = side.listener();
     let first_byte = Duration::from_millis(state.cfg.limits.handshake_timeout_ms);
     let max = state.cfg.limits.quic_max_streams.max(crate::quic::INITIAL_STREAMS);
@@ -168,8 +174,8 @@ async fn serve(state: Arc<State>, side: Side, conn: Connection, peer: SocketAddr
                 streamless = if open.load(Ordering::Relaxed) == 0 { streamless + 1 } else { 0 };
                 if streamless >= 2 {
                     conn.close(0u32.into(), b"no stream");
-                    metrics::RELAY_CONNECTIONS_REFUSED.with_label_values(&[name, "no_stream"]).inc();
-                    return;
+                    // Counted, and audited in the listener's aggregate record.
+                    return gate.dropped(peer.ip(), "no_stream");
                 }
                 continue;
             }
@@ -185,7 +191,7 @@ async fn serve(state: Arc<State>, side: Side, conn: Connection, peer: SocketAddr
         limit = crate::quic::grow_streams(&conn, now_open, limit, max);
         let counted = OpenStream(open.clone());
         let Ok(slot) = state.conn_limit.clone().try_acquire_owned() else {
-            metrics::RELAY_CONNECTIONS_REFUSED.with_label_values(&[name, "max_connections"]).inc();
+            gate.dropped(peer.ip(), "max_connections");
             drop((send, recv));
             continue;
         };
