@@ -50,6 +50,8 @@ metric!(pub RELAY_TUNNELS_TOTAL: IntCounter = counter("tether_relay_tunnels_tota
 metric!(pub RELAY_BYTES: IntCounterVec = counter_vec("tether_relay_bytes_total", "Payload bytes spliced, by direction", &["direction"]));
 metric!(pub RELAY_OPEN: IntGaugeVec = gauge_vec("tether_relay_open_connections", "Connections open, authenticated or not, by listener (bounded by max_connections in all)", &["listener"]));
 metric!(pub RELAY_PENDING: IntGaugeVec = gauge_vec("tether_relay_pending_connections", "Connections accepted and not yet authenticated, by listener (each holds a handshake slot)", &["listener"]));
+metric!(pub PEERS_REVOKED: IntCounterVec = counter_vec("tether_peers_revoked_total", "Live connections dropped because a reloaded CRL revokes the peer's certificate, by the peer's role", &["role"]));
+metric!(pub CRL_RELOADS: IntCounterVec = counter_vec("tether_crl_reloads_total", "CRL reloads, by outcome (loaded, failed)", &["outcome"]));
 metric!(pub RELAY_HANDSHAKE_FAILURES: IntCounterVec = counter_vec("tether_relay_handshake_failures_total", "TLS handshakes that failed, by listener and reason", &["listener", "reason"]));
 metric!(pub RELAY_GRANT_REFUSALS: IntCounterVec = counter_vec("tether_relay_grant_refusals_total", "Client legs refused, by reason", &["reason"]));
 metric!(pub RELAY_LEG_REFUSALS: IntCounterVec = counter_vec("tether_relay_leg_refusals_total", "Data legs and joins refused, by reason", &["reason"]));
@@ -154,6 +156,8 @@ pub fn render() -> String {
 /// Forces every metric into the registry so that `/metrics` lists them from the start.
 pub fn init() {
     LazyLock::force(&TLS_HANDSHAKES);
+    LazyLock::force(&PEERS_REVOKED);
+    LazyLock::force(&CRL_RELOADS);
     LazyLock::force(&RELAY_AGENTS_ATTACHED);
     LazyLock::force(&RELAY_CONTROL_CHANNELS);
     LazyLock::force(&RELAY_SESSIONS_ACTIVE);

@@ -57,6 +57,7 @@ pub async fn start_relay(pki: &Path, dir: &Path, stop: CancellationToken) -> Bou
         crl: None,
         grant_public_key: pki.join("grant.pub"),
         audit_log: dir.join("relay-audit.jsonl"),
+        replay_file: None,
         raw_legs: true,
         quic: false,
         quic_agents: None,

@@ -82,6 +82,7 @@ async fn attach_once(
     };
     let transport = leg.transport();
     let on_tcp = leg.quic.is_none();
+    let mut revoked = leg.revoked;
     if let Some(conn) = leg.quic {
         state.quic.insert(relay.name.clone(), conn);
     }
@@ -125,6 +126,12 @@ async fn attach_once(
     loop {
         tokio::select! {
             _ = state.shutdown.cancelled() => return Ok(Ended::Closed),
+            _ = &mut revoked => {
+                // Sessions through this relay resume through its twin.
+                metrics::PEERS_REVOKED.with_label_values(&["relay"]).inc();
+                state.audit.record("peer_revoked", serde_json::json!({"device": state.cfg.device, "relay": relay.name, "role": "relay"}));
+                return Err("the relay's certificate was revoked (CRL reloaded): dropped its channel".into());
+            }
             _ = tokio::time::sleep_until(reprobe_at), if reprobe => {
                 reprobe_at = Instant::now() + reprobe_every;
                 // Moving the control channel ends the relay's sessions of

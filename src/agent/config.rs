@@ -119,6 +119,10 @@ pub struct AgentConfig {
     /// This device's id; must equal the common name of `cert`.
     pub device: String,
     pub ca: PathBuf,
+    /// CRL (PEM) of the fleet CA: a relay whose certificate it revokes is
+    /// refused, and dropped if connected. Reloaded on SIGHUP and every minute.
+    #[serde(default)]
+    pub crl: Option<PathBuf>,
     pub cert: PathBuf,
     pub key: PathBuf,
     /// The hub's grant-verifying key (hex).
@@ -138,6 +142,11 @@ pub struct AgentConfig {
     /// Unix socket for `tether agent approve|deny|pending|end` (mode 0600).
     pub operator_socket: PathBuf,
     pub audit_log: PathBuf,
+    /// Session ids of grants admitted, kept until they expire, so that a
+    /// restart admits none of them again (default: beside the audit log,
+    /// `NAME.used-grants`).
+    #[serde(default)]
+    pub replay_file: Option<PathBuf>,
     /// Both twins of the device's relay pair.
     pub relays: Vec<RelayEndpoint>,
     /// `auto` (QUIC when UDP gets through, else TCP), `quic` or `tcp`.
@@ -196,6 +205,12 @@ impl ConfigFile for AgentConfig {
         ] {
             resolve(base, p);
         }
+        if let Some(crl) = &mut self.crl {
+            resolve(base, crl);
+        }
+        if let Some(p) = &mut self.replay_file {
+            resolve(base, p);
+        }
         if let Some(r) = &mut self.repo {
             resolve(base, &mut r.root);
             resolve(base, &mut r.state_dir);
@@ -219,6 +234,9 @@ impl ConfigFile for AgentConfig {
         must_exist(&mut p, "cert", &self.cert);
         must_exist(&mut p, "key", &self.key);
         must_exist(&mut p, "grant_public_key", &self.grant_public_key);
+        if let Some(crl) = &self.crl {
+            must_exist(&mut p, "crl", crl);
+        }
         if self.relays.is_empty() {
             p.push("relays: at least one relay is required (normally both twins)".into());
         }
@@ -255,5 +273,12 @@ impl ConfigFile for AgentConfig {
             }
         }
         p
+    }
+}
+
+impl AgentConfig {
+    /// Where used grants are kept: `replay_file`, or beside the audit log.
+    pub fn replay_path(&self) -> PathBuf {
+        self.replay_file.clone().unwrap_or_else(|| self.audit_log.with_extension("used-grants"))
     }
 }

@@ -31,10 +31,13 @@ pub enum AgentError {
     Audit(#[from] crate::audit::AuditError),
     #[error("operator socket {path}: {source}")]
     Socket { path: std::path::PathBuf, source: std::io::Error },
+    #[error("state file {path}: {source}")]
+    State { path: std::path::PathBuf, source: std::io::Error },
 }
 
 /// Runs the agent until `shutdown` fires.
 pub async fn run(cfg: AgentConfig, shutdown: CancellationToken) -> Result<(), AgentError> {
+    crate::tls::spawn_reloader(crate::tls::CRL_RELOAD_PERIOD);
     crate::metrics::init();
     let state = AgentState::new(cfg, shutdown.clone())?;
     let listener = operator::bind(&state.cfg.operator_socket)?;

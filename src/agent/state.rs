@@ -80,18 +80,22 @@ pub struct AgentState {
 impl AgentState {
     pub fn new(cfg: AgentConfig, shutdown: CancellationToken) -> Result<Arc<AgentState>, AgentError> {
         let cert = Some((cfg.cert.as_path(), cfg.key.as_path()));
+        let crl = cfg.crl.as_deref();
         Ok(Arc::new(AgentState {
             grants: tls::pki::load_grant_verifier(&cfg.grant_public_key)?,
             audit: AuditLog::open(&cfg.audit_log)?,
-            control_tls: tls::client_config(&cfg.ca, cert, tls::ALPN_AGENT)?,
-            data_tls: tls::client_config(&cfg.ca, cert, tls::ALPN_DATA)?,
-            quic_tls: tls::quic_client_config(&cfg.ca, cert, tls::ALPN_QUIC_AGENT)?,
+            control_tls: tls::client_config_with_crl(&cfg.ca, crl, cert, tls::ALPN_AGENT)?,
+            data_tls: tls::client_config_with_crl(&cfg.ca, crl, cert, tls::ALPN_DATA)?,
+            quic_tls: tls::quic_client_config(&cfg.ca, crl, cert, tls::ALPN_QUIC_AGENT)?,
             quic: DashMap::new(),
             sessions: DashMap::new(),
             pending: DashMap::new(),
             pending_jobs: DashMap::new(),
             relays: DashMap::new(),
-            seen: Mutex::new(crate::util::ReplaySet::default()),
+            seen: Mutex::new(
+                crate::util::ReplaySet::persistent(&cfg.replay_path(), crate::util::now_secs())
+                    .map_err(|source| AgentError::State { path: cfg.replay_path(), source })?,
+            ),
             shutdown,
             fetching: tokio::sync::Mutex::new(()),
             jobs_waiting: tokio::sync::Notify::new(),

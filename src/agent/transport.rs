@@ -20,6 +20,8 @@ pub struct ControlLeg {
     pub leg: Leg,
     /// The QUIC connection it is a stream of, if any.
     pub quic: Option<Connection>,
+    /// Completes when a reloaded CRL revokes the relay's certificate.
+    pub revoked: std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send>>,
 }
 
 impl ControlLeg {
@@ -41,7 +43,8 @@ async fn tcp_control(state: &Shared, relay: &RelayEndpoint) -> Result<ControlLeg
     let tls = tls::dial(&relay.control, relay.server_name(), state.control_tls.clone())
         .await
         .map_err(|e| format!("dial {}: {e}", relay.control))?;
-    Ok(ControlLeg { leg: Box::new(tls), quic: None })
+    let revoked = tls::watch_peer(&state.cfg.ca, state.cfg.crl.as_deref(), tls.get_ref().1.peer_certificates());
+    Ok(ControlLeg { leg: Box::new(tls), quic: None, revoked })
 }
 
 /// A QUIC connection to `relay` and its first stream.
@@ -51,7 +54,9 @@ pub async fn quic_control(state: &Shared, relay: &RelayEndpoint, timeout: Durati
         .await
         .map_err(|e| format!("QUIC to {addr}: {e}"))?;
     let leg = quic::open_leg(&conn).await.map_err(|e| format!("QUIC stream: {e}"))?;
-    Ok(ControlLeg { leg: Box::new(leg), quic: Some(conn) })
+    let certs = conn.peer_identity().and_then(|i| i.downcast::<Vec<rustls::pki_types::CertificateDer<'static>>>().ok());
+    let revoked = tls::watch_peer(&state.cfg.ca, state.cfg.crl.as_deref(), certs.as_deref().map(Vec::as_slice));
+    Ok(ControlLeg { leg: Box::new(leg), quic: Some(conn), revoked })
 }
 
 /// QUIC first, TCP after [`HEAD_START`]; the first to complete wins.

@@ -83,8 +83,18 @@ impl HubClient {
         client_cert: Option<(&Path, &Path)>,
         server_name: Option<&str>,
     ) -> Result<HubClient, HubClientError> {
+        HubClient::with_crl(url, (ca, None), client_cert, server_name)
+    }
+
+    /// [`HubClient::new`], refusing a hub whose certificate the CRL revokes.
+    pub fn with_crl(
+        url: &str,
+        (ca, crl): (&Path, Option<&Path>),
+        client_cert: Option<(&Path, &Path)>,
+        server_name: Option<&str>,
+    ) -> Result<HubClient, HubClientError> {
         let (authority, host) = authority_of(url).ok_or_else(|| HubClientError::BadUrl(url.into()))?;
-        let tls = tls::client_config(ca, client_cert, tls::ALPN_HTTP1)?;
+        let tls = tls::client_config_with_crl(ca, crl, client_cert, tls::ALPN_HTTP1)?;
         Ok(HubClient {
             authority,
             server_name: server_name.map(str::to_string).unwrap_or(host),

@@ -13,7 +13,7 @@ pub enum CertsCmd {
         #[arg(long)]
         out: PathBuf,
     },
-    /// Issue a device certificate from the CA in `--ca`.
+    /// Issue a device certificate (`OU=tether device`) from the CA in `--ca`.
     Device {
         #[arg(long)]
         ca: PathBuf,
@@ -22,6 +22,33 @@ pub enum CertsCmd {
         #[arg(long)]
         out: PathBuf,
     },
+    /// Issue a relay certificate (`OU=tether relay`): server toward agents
+    /// and specialists, client toward the hub, both on the twin link.
+    Relay {
+        #[arg(long)]
+        ca: PathBuf,
+        /// The relay's name (its common name, and a DNS name).
+        #[arg(long)]
+        name: String,
+        /// Further DNS names or IP addresses it is reached by.
+        #[arg(long = "san")]
+        sans: Vec<String>,
+        #[arg(long)]
+        out: PathBuf,
+    },
+    /// Issue the hub's HTTPS certificate (`OU=tether hub`).
+    Hub {
+        #[arg(long)]
+        ca: PathBuf,
+        #[arg(long)]
+        name: String,
+        #[arg(long = "san")]
+        sans: Vec<String>,
+        #[arg(long)]
+        out: PathBuf,
+    },
+    /// Print a certificate's role, name, serial and validity.
+    Show { cert: PathBuf },
     /// Write a CRL revoking the given certificates.
     Revoke {
         #[arg(long)]
@@ -30,6 +57,16 @@ pub enum CertsCmd {
         out: PathBuf,
         certs: Vec<PathBuf>,
     },
+}
+
+type Issue = fn(&Ca, &str, &[&str]) -> Result<pki::Issued, crate::tls::TlsError>;
+
+fn server_cert(ca: &std::path::Path, name: &str, sans: &[String], out: &std::path::Path, issue: Issue) -> Result<()> {
+    std::fs::create_dir_all(out)?;
+    let all: Vec<&str> = std::iter::once(name).chain(sans.iter().map(String::as_str)).collect();
+    issue(&Ca::load(ca)?, name, &all)?.write(out, name)?;
+    println!("wrote {0}/{name}.pem and {0}/{name}.key", out.display());
+    Ok(())
 }
 
 pub fn run(cmd: CertsCmd) -> Result<()> {
@@ -42,6 +79,19 @@ pub fn run(cmd: CertsCmd) -> Result<()> {
             std::fs::create_dir_all(&out)?;
             Ca::load(&ca)?.issue_device(&id, Validity::days(825))?.write(&out, &id)?;
             println!("wrote {0}/{id}.pem and {0}/{id}.key", out.display());
+        }
+        CertsCmd::Relay { ca, name, sans, out } => server_cert(&ca, &name, &sans, &out, Ca::issue_relay)?,
+        CertsCmd::Hub { ca, name, sans, out } => server_cert(&ca, &name, &sans, &out, Ca::issue_hub)?,
+        CertsCmd::Show { cert } => {
+            for der in crate::tls::load_certs(&cert)? {
+                let (_, x) = x509_parser::parse_x509_certificate(&der)
+                    .map_err(|e| anyhow::anyhow!("{}: {e}", cert.display()))?;
+                let role = crate::tls::Role::of(&der).map_or("none (refused by every tether surface)", |r| r.name());
+                println!("subject:  {}", x.subject());
+                println!("role:     {role}");
+                println!("serial:   {}", hex::encode(x.raw_serial()));
+                println!("valid:    {} .. {}", x.validity().not_before, x.validity().not_after);
+            }
         }
         CertsCmd::Revoke { ca, out, certs } => {
             let mut serials = Vec::new();

@@ -41,7 +41,7 @@ impl Links {
         Ok(Links {
             mode,
             tls: tls::client_config(ca, None, tls::ALPN_CLIENT)?,
-            quic_tls: tls::quic_client_config(ca, None, tls::ALPN_QUIC_CLIENT)?,
+            quic_tls: tls::quic_client_config(ca, None, None, tls::ALPN_QUIC_CLIENT)?,
             quic: Default::default(),
             failed: Default::default(),
         })

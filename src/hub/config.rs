@@ -18,6 +18,10 @@ pub struct HubConfig {
     /// The hub's server certificate and key (PEM).
     pub cert: PathBuf,
     pub key: PathBuf,
+    /// CRL (PEM) of the fleet CA: a revoked relay certificate is refused,
+    /// and dropped if connected. Reloaded on SIGHUP and every minute.
+    #[serde(default)]
+    pub crl: Option<PathBuf>,
     /// The Ed25519 grant-signing key (PKCS#8 PEM). Only the hub holds it.
     pub grant_signing_key: PathBuf,
     /// `sqlite:PATH` (relative to this file) or `postgres://user:pass@host/db`.
@@ -178,6 +182,9 @@ impl ConfigFile for HubConfig {
         for p in [&mut self.ca, &mut self.cert, &mut self.key, &mut self.grant_signing_key] {
             resolve(base, p);
         }
+        if let Some(crl) = &mut self.crl {
+            resolve(base, crl);
+        }
         if let Some(r) = &mut self.repo {
             for p in [&mut r.dir, &mut r.snapshot_key, &mut r.timestamp_key] {
                 resolve(base, p);
@@ -199,6 +206,9 @@ impl ConfigFile for HubConfig {
         must_exist(&mut p, "cert", &self.cert);
         must_exist(&mut p, "key", &self.key);
         must_exist(&mut p, "grant_signing_key", &self.grant_signing_key);
+        if let Some(crl) = &self.crl {
+            must_exist(&mut p, "crl", crl);
+        }
         if self.relays.is_empty() {
             p.push("relays: at least one relay is required".into());
         }

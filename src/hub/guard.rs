@@ -63,11 +63,12 @@ pub async fn require_admin(hub: &Hub, user: &User, peer: &Peer, what: &str) -> R
 
 /// The peer's relay name, when it presented a configured relay's certificate.
 pub async fn relay_identity(hub: &Hub, peer: &Peer) -> Result<String, ApiError> {
-    match &peer.cert_name {
-        Some(name) if hub.board.is_relay(name) => Ok(name.clone()),
-        other => {
-            hub.refused("relay_report_refused", "not_a_relay", json!({"from": peer.addr.to_string(), "cert": other}))
-                .await;
+    match peer.relay() {
+        Some(name) if hub.board.is_relay(name) => Ok(name.to_string()),
+        _ => {
+            let role = peer.cert_role.map(|r| r.name());
+            let fields = json!({"from": peer.addr.to_string(), "cert": peer.cert_name, "cert_role": role});
+            hub.refused("relay_report_refused", "not_a_relay", fields).await;
             Err(ApiError::new(
                 StatusCode::FORBIDDEN,
                 "not_a_relay",

@@ -10,7 +10,6 @@ use hyper::body::Incoming;
 use hyper::{Request, Response, StatusCode};
 use hyper_util::rt::TokioIo;
 use rustls::ServerConfig;
-use rustls::server::WebPkiClientVerifier;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
@@ -20,10 +19,10 @@ use crate::tls::{self, TlsError};
 
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 
+/// The hub's TLS: a client certificate is optional (relays present theirs)
+/// and of any role here; [`Peer::relay`] checks that it is a relay's.
 pub fn server_config(cfg: &HubConfig) -> Result<Arc<ServerConfig>, TlsError> {
-    let verifier = WebPkiClientVerifier::builder_with_provider(tls::load_roots(&cfg.ca)?, tls::provider())
-        .allow_unauthenticated()
-        .build()?;
+    let verifier = tls::Trust::get(&cfg.ca, cfg.crl.as_deref())?.client_verifier(None, false);
     let mut c = ServerConfig::builder_with_provider(tls::provider())
         .with_protocol_versions(&[&rustls::version::TLS13])?
         .with_client_cert_verifier(verifier)
@@ -38,6 +37,15 @@ pub struct Peer {
     pub addr: SocketAddr,
     /// Common name of a verified client certificate (relays).
     pub cert_name: Option<String>,
+    /// The role that certificate names.
+    pub cert_role: Option<tls::Role>,
+}
+
+impl Peer {
+    /// The relay name of a verified relay certificate.
+    pub fn relay(&self) -> Option<&str> {
+        self.cert_name.as_deref().filter(|_| self.cert_role == Some(tls::Role::Relay))
+    }
 }
 
 pub type Answer = Response<Full<Bytes>>;
@@ -119,7 +127,7 @@ pub fn parse<T: serde::de::DeserializeOwned>(b: &[u8]) -> Result<T, ApiError> {
 /// Serves HTTPS on `listener` until `stop`, answering each request with `handler`.
 pub async fn serve<H, Fut>(
     listener: TcpListener,
-    tls: Arc<ServerConfig>,
+    (tls, trust): (Arc<ServerConfig>, Arc<tls::Trust>),
     max_connections: usize,
     drops: Arc<crate::util::DropTally>,
     handler: H,
@@ -140,6 +148,7 @@ pub async fn serve<H, Fut>(
         };
         let _ = tcp.set_nodelay(true);
         let (acceptor, handler, stop, drops) = (acceptor.clone(), handler.clone(), stop.clone(), drops.clone());
+        let trust = trust.clone();
         tracker.spawn(async move {
             let _slot = slot;
             let stream = match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await {
@@ -156,7 +165,16 @@ pub async fn serve<H, Fut>(
                 }
             };
             tls::count_handshake("hub", stream.get_ref().1);
-            let peer = Peer { addr, cert_name: tls::peer_common_name(stream.get_ref().1.peer_certificates()) };
+            let certs = stream.get_ref().1.peer_certificates();
+            let serial = certs.and_then(|c| c.first()).and_then(|c| tls::serial_of(c));
+            let revoked = async {
+                match serial {
+                    Some(s) => trust.until_revoked(s).await,
+                    None => std::future::pending().await,
+                }
+            };
+            let cert_role = certs.and_then(|c| c.first()).and_then(|c| tls::Role::of(c));
+            let peer = Peer { addr, cert_name: tls::peer_common_name(certs), cert_role };
             let service = hyper::service::service_fn(move |req| {
                 let (handler, peer) = (handler.clone(), peer.clone());
                 async move {
@@ -175,6 +193,14 @@ pub async fn serve<H, Fut>(
             tokio::pin!(conn);
             tokio::select! {
                 _ = conn.as_mut() => {}
+                // A relay whose certificate a reloaded CRL revokes is cut off
+                // (counted, and audited in the hub's aggregate drop record).
+                _ = revoked => {
+                    crate::metrics::PEERS_REVOKED.with_label_values(&["relay"]).inc();
+                    crate::metrics::HUB_REFUSALS.with_label_values(&["cert_revoked"]).inc();
+                    tracing::warn!(peer = %addr, "certificate revoked while connected: dropping");
+                    drops.add(addr.ip(), "cert_revoked");
+                }
                 _ = stop.cancelled() => {
                     conn.as_mut().graceful_shutdown();
                     let _ = tokio::time::timeout(Duration::from_secs(5), conn).await;

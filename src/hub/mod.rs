@@ -72,6 +72,11 @@ impl Hub {
         let signer = crate::tls::pki::load_grant_signer(&cfg.grant_signing_key)?;
         let audit = audit::HubAudit::open(store.clone()).await?;
         let board = relays::Board::new(cfg.relays.clone(), Duration::from_millis(cfg.relay_stale_ms));
+        // Revocations outlive a restart: the relays hear of them again.
+        let now = crate::util::now_secs() as i64;
+        for (id, until) in store.revocations_live(now, sessions::REVOCATION_KEEP_SECS as i64).await? {
+            board.revoke(&id, until);
+        }
         let logins = limits::LoginGate::new(cfg.login.clone());
         let repo = match &cfg.repo {
             Some(r) => Some(repo::RepoStore::open(&r.dir, &r.snapshot_key, &r.timestamp_key)?),
@@ -137,7 +142,8 @@ pub async fn bind(cfg: &HubConfig) -> Result<TcpListener, HubError> {
 /// Serves the API until `stop`.
 pub async fn run(listener: TcpListener, cfg: HubConfig, stop: CancellationToken) -> Result<(), HubError> {
     crate::metrics::init();
-    let tls = http::server_config(&cfg)?;
+    crate::tls::spawn_reloader(crate::tls::CRL_RELOAD_PERIOD);
+    let tls = (http::server_config(&cfg)?, crate::tls::Trust::get(&cfg.ca, cfg.crl.as_deref())?);
     let hub = Hub::open(cfg).await?;
     let addr = listener.local_addr().ok();
     hub.audit.record("hub_start", json!({"listen": addr.map(|a| a.to_string()), "engine": hub.store.engine()})).await;

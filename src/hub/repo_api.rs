@@ -30,7 +30,7 @@ fn store(hub: &Hub) -> Result<&RepoStore, ApiError> {
 
 /// Relays (their client certificate) and logged-in accounts may read.
 async fn reader(hub: &Hub, req: &Request<Incoming>, peer: &Peer) -> Result<String, ApiError> {
-    match &peer.cert_name {
+    match peer.relay() {
         Some(name) if hub.board.is_relay(name) => Ok(format!("relay {name}")),
         _ => Ok(authenticate(hub, req, peer).await?.name),
     }

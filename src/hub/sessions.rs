@@ -168,6 +168,9 @@ pub async fn create(hub: &Hub, user: &User, peer: &Peer, want: SessionRequest) -
     })
 }
 
+/// How long after its revocation a session stays on the relays' revocation list.
+pub const REVOCATION_KEEP_SECS: u64 = 8 * 3600;
+
 /// Admin: ends a session at both twins (through their next report) and
 /// makes its grant useless.
 pub async fn end(hub: &Hub, user: &User, peer: &Peer, id: &str) -> Result<SessionEnded, ApiError> {
@@ -179,8 +182,9 @@ pub async fn end(hub: &Hub, user: &User, peer: &Peer, id: &str) -> Result<Sessio
     if !hub.store.session_revoke(id, &user.name, now as i64).await.map_err(internal)? {
         return Err(ApiError::new(StatusCode::CONFLICT, "not_live", format!("session {id} is already {}", s.state)));
     }
-    // Kept until the grant would expire anyway, and at least a while for a live session.
-    hub.board.revoke(id, (s.expires_at as u64).max(now + 8 * 3600));
+    // Kept until the grant would expire anyway, and at least a while for a live
+    // session; the database keeps it across a restart of the hub.
+    hub.board.revoke(id, (s.expires_at as u64).max(now + REVOCATION_KEEP_SECS));
     hub.audit
         .record(
             "session_revoked",

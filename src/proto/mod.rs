@@ -93,6 +93,12 @@ impl SessionId {
     }
 }
 
+impl crate::util::replay::ReplayKey for SessionId {
+    fn parse_key(s: &str) -> Option<Self> {
+        SessionId::parse(s)
+    }
+}
+
 impl fmt::Display for SessionId {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(&hex::encode(self.0))

@@ -52,6 +52,7 @@ reasons! {
     RelayShutdown = 53, "relay_shutdown", "the relay is shutting down";
     RelayGone = 55, "relay_gone", "the relay's control channel to the device was lost";
     Revoked = 56, "revoked", "an administrator ended the session at the hub";
+    CertRevoked = 57, "cert_revoked", "a certificate of this session's path was revoked";
     SessionExpired = 54, "session_expired", "the session reached its maximum duration";
     Overloaded = 60, "overloaded", "the relay is at its connection limit";
     Internal = 61, "internal", "internal error";

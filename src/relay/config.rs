@@ -43,6 +43,11 @@ pub struct RelayConfig {
     pub grant_public_key: PathBuf,
     /// Append-only audit log (JSON lines, hash-chained).
     pub audit_log: PathBuf,
+    /// Session ids of grants used or revoked, kept until they expire, so
+    /// that a restart admits none of them again (default: beside the audit
+    /// log, `NAME.used-grants`).
+    #[serde(default)]
+    pub replay_file: Option<PathBuf>,
     /// Accept raw-TCP legs (HMAC-authenticated preamble; payload is end-to-end
     /// TLS) besides TLS legs on the data and client ports. Default true: the
     /// relay then does no cryptography per byte.
@@ -140,6 +145,9 @@ impl ConfigFile for RelayConfig {
         if let Some(crl) = self.crl.as_mut() {
             resolve(base, crl);
         }
+        if let Some(p) = self.replay_file.as_mut() {
+            resolve(base, p);
+        }
     }
 
     fn problems(&self) -> Vec<String> {
@@ -170,5 +178,12 @@ impl ConfigFile for RelayConfig {
             p.push("limits: max_handshakes and max_connections must be at least 1".into());
         }
         p
+    }
+}
+
+impl RelayConfig {
+    /// Where used grants are kept: `replay_file`, or beside the audit log.
+    pub fn replay_path(&self) -> PathBuf {
+        self.replay_file.clone().unwrap_or_else(|| self.audit_log.with_extension("used-grants"))
     }
 }

@@ -27,7 +27,8 @@ impl Forward {
         let cert = (cfg.cert.as_path(), cfg.key.as_path());
         let mut hubs = Vec::with_capacity(HUB_CONNECTIONS);
         for _ in 0..HUB_CONNECTIONS {
-            match HubClient::new(&link.url, &cfg.ca, Some(cert), link.server_name.as_deref()) {
+            match HubClient::with_crl(&link.url, (&cfg.ca, cfg.crl.as_deref()), Some(cert), link.server_name.as_deref())
+            {
                 Ok(c) => hubs.push(c),
                 Err(e) => {
                     tracing::error!(error = %e, "fetch legs disabled: no hub client");

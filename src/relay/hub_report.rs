@@ -20,7 +20,12 @@ const FULL_AGENTS_EVERY: Duration = Duration::from_secs(10);
 pub async fn run(state: Arc<State>) {
     let Some(link) = state.cfg.hub.clone() else { return };
     let cert = (state.cfg.cert.as_path(), state.cfg.key.as_path());
-    let client = match HubClient::new(&link.url, &state.cfg.ca, Some(cert), link.server_name.as_deref()) {
+    let client = match HubClient::with_crl(
+        &link.url,
+        (&state.cfg.ca, state.cfg.crl.as_deref()),
+        Some(cert),
+        link.server_name.as_deref(),
+    ) {
         Ok(c) => c,
         Err(e) => {
             tracing::error!(error = %e, "hub link disabled");

@@ -13,7 +13,12 @@ use crate::proto::repo::RepoFrame;
 pub async fn run(state: Arc<State>) {
     let Some(link) = state.cfg.hub.clone() else { return };
     let cert = (state.cfg.cert.as_path(), state.cfg.key.as_path());
-    let Ok(client) = HubClient::new(&link.url, &state.cfg.ca, Some(cert), link.server_name.as_deref()) else {
+    let Ok(client) = HubClient::with_crl(
+        &link.url,
+        (&state.cfg.ca, state.cfg.crl.as_deref()),
+        Some(cert),
+        link.server_name.as_deref(),
+    ) else {
         return;
     };
     // From "now": the first answer names every device ("*"); agents that

@@ -46,6 +46,8 @@ pub enum RelayError {
     Tls(#[from] tls::TlsError),
     #[error(transparent)]
     Audit(#[from] crate::audit::AuditError),
+    #[error("state file {path}: {source}")]
+    State { path: std::path::PathBuf, source: std::io::Error },
 }
 
 /// The four bound listeners of a relay.
@@ -166,6 +168,7 @@ pub async fn run_with_taps(
     };
     let state = State::new(cfg, shutdown.clone(), taps)?;
     tracing::info!(relay = %state.cfg.name, "relay serving");
+    tls::spawn_reloader(tls::CRL_RELOAD_PERIOD);
 
     let tracker = state.tracker.clone();
     let raw = state.cfg.raw_legs;
@@ -184,6 +187,7 @@ pub async fn run_with_taps(
             me: state.cfg.name.clone(),
             twin,
             ca: state.cfg.ca.clone(),
+            crl: state.cfg.crl.clone(),
             cert: state.cfg.cert.clone(),
             key: state.cfg.key.clone(),
             handshake_timeout: Duration::from_millis(state.cfg.limits.handshake_timeout_ms),
@@ -207,6 +211,8 @@ pub async fn run_with_taps(
 pub struct Accepted {
     pub leg: crate::leg::Leg,
     pub auth: Auth,
+    /// The serial of the verified client certificate, if any.
+    pub serial: Option<Vec<u8>>,
     /// `tcp` or `quic`.
     pub transport: &'static str,
 }
@@ -223,11 +229,12 @@ pub enum Auth {
 impl Accepted {
     fn tls(t: TlsStream<TcpStream>, alpn: &[u8]) -> Accepted {
         let conn = t.get_ref().1;
+        let serial = conn.peer_certificates().and_then(|c| c.first()).and_then(|c| tls::serial_of(c));
         let auth = Auth::Tls {
             device: tls::peer_common_name(conn.peer_certificates()),
             alpn_ok: conn.alpn_protocol() == Some(alpn),
         };
-        Accepted { leg: Box::new(t), auth, transport: "tcp" }
+        Accepted { leg: Box::new(t), auth, serial, transport: "tcp" }
     }
 }
 
@@ -254,7 +261,7 @@ async fn accept_one(
         Ok(Ok(_)) => {}
     }
     if allow_raw && first[0] != crate::leg::TLS_HANDSHAKE {
-        return Ok(Accepted { leg: Box::new(tcp), auth: Auth::Raw, transport: "tcp" });
+        return Ok(Accepted { leg: Box::new(tcp), auth: Auth::Raw, serial: None, transport: "tcp" });
     }
     let t = acceptor.accept(tcp).await.map_err(NotAccepted::Failed)?;
     tls::handshake_done(t.get_ref().1);
@@ -332,7 +339,26 @@ async fn accept_loop<F, Fut>(
                         return gate.dropped(peer.ip(), "timeout");
                     }
                 };
-                handler(state2, tls, peer).await
+                // A certificate revoked while connected ends the connection
+                // (and the device's sessions here) at the next CRL reload.
+                let serial = tls.serial.clone();
+                match (serial, &tls.auth) {
+                    (Some(serial), Auth::Tls { device: Some(device), .. }) => {
+                        let (device, trust, state3) = (device.clone(), state2.trust.clone(), state2.clone());
+                        let served = handler(state2, tls, peer);
+                        tokio::pin!(served);
+                        tokio::select! {
+                            _ = &mut served => {}
+                            _ = trust.until_revoked(serial) => {
+                                // Ends the device's channel and sessions; the
+                                // handler then cleans up, or is dropped.
+                                state3.peer_revoked(listener_name, peer, &device);
+                                let _ = tokio::time::timeout(Duration::from_secs(2), served).await;
+                            }
+                        }
+                    }
+                    _ => handler(state2, tls, peer).await,
+                }
             }
             .instrument(span),
         );

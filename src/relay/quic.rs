@@ -121,7 +121,7 @@ pub async fn accept_loop(side: Side, endpoint: Endpoint, state: Arc<State>) {
                     Side::Agents => match peer_device(&conn) {
                         Some(d) => {
                             gate2.known_good(peer.ip());
-                            tracing::Span::current().record("device", d.as_str());
+                            tracing::Span::current().record("device", d.0.as_str());
                             Some(d)
                         }
                         None => {
@@ -143,10 +143,10 @@ async fn handshake(incoming: Incoming) -> Result<Connection, quinn::ConnectionEr
     incoming.accept()?.await
 }
 
-/// The device a QUIC connection's verified certificate names.
-fn peer_device(conn: &Connection) -> Option<String> {
+/// The device a QUIC connection's verified certificate names, and its serial.
+fn peer_device(conn: &Connection) -> Option<(String, Vec<u8>)> {
     let certs = conn.peer_identity()?.downcast::<Vec<rustls::pki_types::CertificateDer<'static>>>().ok()?;
-    tls::peer_common_name(Some(&certs))
+    Some((tls::peer_common_name(Some(&certs))?, tls::serial_of(certs.first()?)?))
 }
 
 /// Serves the streams of one connection until it closes.
@@ -155,9 +155,22 @@ async fn serve(
     (side, gate): (Side, Arc<gate::Gate>),
     conn: Connection,
     peer: SocketAddr,
-    device: Option<String>,
+    device: Option<(String, Vec<u8>)>,
 ) {
     let name = side.listener();
+    // A device whose certificate a reloaded CRL revokes loses the whole
+    // connection: its control channel, its streams, its sessions here.
+    let (device, revoked) = match device {
+        Some((d, serial)) => (Some(d), Some(state.trust.clone().until_revoked(serial))),
+        None => (None, None),
+    };
+    let revoked = async move {
+        match revoked {
+            Some(r) => r.await,
+            None => std::future::pending().await,
+        }
+    };
+    tokio::pin!(revoked);
     let first_byte = Duration::from_millis(state.cfg.limits.handshake_timeout_ms);
     let max = state.cfg.limits.quic_max_streams.max(crate::quic::INITIAL_STREAMS);
     let (open, mut limit) = (Arc::new(AtomicU32::new(0)), crate::quic::INITIAL_STREAMS);
@@ -170,6 +183,10 @@ async fn serve(
     loop {
         let (send, recv) = tokio::select! {
             _ = state.drain.cancelled() => return conn.close(0u32.into(), b"relay draining"),
+            _ = &mut revoked => {
+                conn.close(0u32.into(), b"certificate revoked");
+                return state.peer_revoked(name, peer, device.as_deref().unwrap_or_default());
+            }
             _ = idle.tick(), if side == Side::Clients => {
                 streamless = if open.load(Ordering::Relaxed) == 0 { streamless + 1 } else { 0 };
                 if streamless >= 2 {
@@ -212,7 +229,12 @@ async fn serve(
                 let auth = Auth::Tls { device, alpn_ok: true };
                 match side {
                     Side::Clients => {
-                        client::serve(state, Accepted { leg: Box::new(leg), auth, transport: "quic" }, peer).await
+                        client::serve(
+                            state,
+                            Accepted { leg: Box::new(leg), auth, serial: None, transport: "quic" },
+                            peer,
+                        )
+                        .await
                     }
                     Side::Agents => {
                         // The first frame's header says which kind of leg this is.
@@ -226,7 +248,7 @@ async fn serve(
                         }
                         let is_data = crate::proto::is_data_open(&header);
                         let leg = Box::new(Prefixed::new(Bytes::copy_from_slice(&header), leg));
-                        let accepted = Accepted { leg, auth, transport: "quic" };
+                        let accepted = Accepted { leg, auth, serial: None, transport: "quic" };
                         if is_data {
                             data::serve(state, accepted, peer).await
                         } else {
@@ -280,6 +302,8 @@ impl Drop for OpenStream {
 fn failure_label(e: &quinn::ConnectionError) -> &'static str {
     use quinn::ConnectionError as E;
     match e {
+        // quinn keeps rustls's reason as text: a wrong role shows there only.
+        E::TransportError(t) if t.reason.contains(tls::WRONG_ROLE_MARK) => "cert_wrong_role",
         E::TransportError(t) => crypto_label(u64::from(t.code)),
         E::ConnectionClosed(c) => crypto_label(u64::from(c.error_code)),
         E::TimedOut => "timeout",

@@ -86,6 +86,8 @@ pub struct State {
     pub hub_out: Mutex<HubOutbox>,
     /// Fetch legs' hub connections (none without a hub link).
     pub repo: Option<super::hub_pool::Forward>,
+    /// The CA and CRL that device and twin certificates are checked against.
+    pub trust: Arc<crate::tls::Trust>,
 }
 
 impl State {
@@ -96,12 +98,17 @@ impl State {
     ) -> Result<Arc<State>, super::RelayError> {
         let grants = crate::tls::pki::load_grant_verifier(&cfg.grant_public_key)?;
         let audit = AuditLog::open(&cfg.audit_log)?;
+        let trust = crate::tls::Trust::get(&cfg.ca, cfg.crl.as_deref())?;
         Ok(Arc::new(State {
+            trust,
             grants,
             audit,
             agents: DashMap::new(),
             sessions: DashMap::new(),
-            consumed: Mutex::new(ReplaySet::default()),
+            consumed: Mutex::new(
+                ReplaySet::persistent(&cfg.replay_path(), crate::util::now_secs())
+                    .map_err(|source| super::RelayError::State { path: cfg.replay_path(), source })?,
+            ),
             pairing: Mutex::new(Pairing::default()),
             ready: AtomicBool::new(true),
             shutdown,
@@ -134,6 +141,25 @@ impl State {
             "handshake_refused",
             json!({"relay": self.cfg.name, "listener": listener, "peer": peer.to_string(), "reason": reason, "detail": detail}),
         );
+    }
+
+    /// A reloaded CRL revokes the certificate of `device`, connected through
+    /// `listener`: counted, audited, and every session of the device here
+    /// ends (its legs with it). The caller drops the connection itself.
+    pub fn peer_revoked(&self, listener: &str, peer: SocketAddr, device: &str) {
+        tracing::warn!(listener, device, "certificate revoked while connected: dropping");
+        metrics::PEERS_REVOKED.with_label_values(&["device"]).inc();
+        self.audit.record(
+            "peer_revoked",
+            json!({"relay": self.cfg.name, "listener": listener, "peer": peer.to_string(), "device": device, "role": "device"}),
+        );
+        if let Some(h) = self.agents.get(device) {
+            h.cancel.cancel();
+        }
+        let ids: Vec<_> = self.sessions.iter().filter(|s| s.device == device).map(|s| s.id).collect();
+        for id in ids {
+            self.end_session(id, Reason::CertRevoked, true);
+        }
     }
 
     /// Counts and audits a refused frame-level request.

@@ -47,7 +47,8 @@ pub fn client_config(ca: &std::path::Path, key: &ClientKey) -> Result<Arc<Client
     let key_der = PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(key.key_der.clone()));
     let mut cfg = ClientConfig::builder_with_provider(tls::provider())
         .with_protocol_versions(&[&rustls::version::TLS13])?
-        .with_root_certificates(tls::load_roots(ca)?)
+        .dangerous()
+        .with_custom_certificate_verifier(tls::Trust::get(ca, None)?.server_verifier(tls::Role::Device))
         .with_client_auth_cert(vec![key.cert.clone()], key_der)?;
     cfg.alpn_protocols = vec![ALPN_E2E.to_vec()];
     Ok(Arc::new(cfg))

@@ -4,7 +4,6 @@ use std::sync::{Arc, LazyLock};
 
 use rustls::crypto::CryptoProvider;
 use rustls::pki_types::{CertificateDer, CertificateRevocationListDer, PrivateKeyDer, ServerName};
-use rustls::server::WebPkiClientVerifier;
 use rustls::{ClientConfig, RootCertStore, ServerConfig};
 
 use super::TlsError;
@@ -173,29 +172,40 @@ pub(super) fn server_config_with(
     alpn: &[u8],
 ) -> Result<Arc<ServerConfig>, TlsError> {
     let builder = ServerConfig::builder_with_provider(provider).with_protocol_versions(&[&rustls::version::TLS13])?;
-    let builder = if client_auth {
-        let mut v = WebPkiClientVerifier::builder_with_provider(load_roots(id.ca)?, super::provider());
-        if let Some(crl) = crl {
-            v = v.with_crls(load_crls(crl)?).only_check_end_entity_revocation();
+    let builder = match (client_auth, super::roles_of(alpn).1) {
+        (true, Some(role)) => {
+            builder.with_client_cert_verifier(super::Trust::get(id.ca, crl)?.client_verifier(Some(role), true))
         }
-        builder.with_client_cert_verifier(v.build()?)
-    } else {
-        builder.with_no_client_auth()
+        _ => builder.with_no_client_auth(),
     };
     let mut cfg = builder.with_single_cert(load_certs(id.cert)?, load_key(id.key)?)?;
     cfg.alpn_protocols = vec![alpn.to_vec()];
     Ok(Arc::new(cfg))
 }
 
-/// A client config that trusts the fleet CA, optionally presenting a client cert.
+/// A client config that trusts the fleet CA and requires the server role of
+/// the surface named by `alpn`, optionally presenting a client cert.
 pub fn client_config(
     ca: &Path,
     client_cert: Option<(&Path, &Path)>,
     alpn: &[u8],
 ) -> Result<Arc<ClientConfig>, TlsError> {
+    client_config_with_crl(ca, None, client_cert, alpn)
+}
+
+/// [`client_config`], also refusing servers whose certificate `crl` revokes
+/// (reloaded while running, see [`super::Trust`]).
+pub fn client_config_with_crl(
+    ca: &Path,
+    crl: Option<&Path>,
+    client_cert: Option<(&Path, &Path)>,
+    alpn: &[u8],
+) -> Result<Arc<ClientConfig>, TlsError> {
+    let verifier = super::Trust::get(ca, crl)?.server_verifier(super::roles_of(alpn).0);
     let builder = ClientConfig::builder_with_provider(provider())
         .with_protocol_versions(&[&rustls::version::TLS13])?
-        .with_root_certificates(load_roots(ca)?);
+        .dangerous()
+        .with_custom_certificate_verifier(verifier);
     let mut cfg = match client_cert {
         Some((cert, key)) => builder.with_client_auth_cert(load_certs(cert)?, load_key(key)?)?,
         None => builder.with_no_client_auth(),
@@ -233,6 +243,7 @@ pub fn handshake_failure_label(err: &std::io::Error) -> &'static str {
         E::InvalidCertificate(C::Revoked) => "cert_revoked",
         E::InvalidCertificate(C::UnknownIssuer) => "cert_unknown_issuer",
         E::InvalidCertificate(C::BadSignature) => "cert_bad_signature",
+        E::InvalidCertificate(C::Other(o)) if o.0.downcast_ref::<super::WrongRole>().is_some() => "cert_wrong_role",
         E::InvalidCertificate(_) => "cert_invalid",
         E::NoCertificatesPresented => "no_client_cert",
         E::NoApplicationProtocol => "alpn_mismatch",

@@ -9,7 +9,7 @@ use rcgen::{
 };
 use time::{Duration, OffsetDateTime};
 
-use super::TlsError;
+use super::{Role, TlsError};
 
 /// Validity window of an issued certificate.
 #[derive(Debug, Clone, Copy)]
@@ -95,6 +95,7 @@ impl Ca {
 
     fn issue(
         &self,
+        role: Role,
         cn: &str,
         sans: &[&str],
         eku: Vec<ExtendedKeyUsagePurpose>,
@@ -103,6 +104,8 @@ impl Ca {
         let key = KeyPair::generate()?;
         let mut p = CertificateParams::new(sans.iter().map(|s| s.to_string()).collect::<Vec<_>>())?;
         p.distinguished_name.push(DnType::CommonName, cn);
+        p.distinguished_name.push(DnType::OrganizationName, "tether fleet");
+        p.distinguished_name.push(DnType::OrganizationalUnitName, role.unit());
         p.key_usages = vec![KeyUsagePurpose::DigitalSignature];
         p.extended_key_usages = eku;
         let serial = random_serial();
@@ -114,10 +117,22 @@ impl Ca {
         Ok(Issued { cert_pem: cert.pem(), key_pem: key.serialize_pem(), serial: serial.to_bytes() })
     }
 
-    /// A relay's server certificate (also usable as a client cert on the twin link).
+    /// A relay's certificate: server toward agents and specialists, client
+    /// toward the hub, both on the twin link.
     pub fn issue_relay(&self, name: &str, sans: &[&str]) -> Result<Issued, TlsError> {
         let eku = vec![ExtendedKeyUsagePurpose::ServerAuth, ExtendedKeyUsagePurpose::ClientAuth];
-        self.issue(name, sans, eku, Validity::days(825))
+        self.issue(Role::Relay, name, sans, eku, Validity::days(825))
+    }
+
+    /// The hub's HTTPS server certificate.
+    pub fn issue_hub(&self, name: &str, sans: &[&str]) -> Result<Issued, TlsError> {
+        self.issue(Role::Hub, name, sans, vec![ExtendedKeyUsagePurpose::ServerAuth], Validity::days(825))
+    }
+
+    /// A certificate of any role (tests of wrong-role refusals).
+    pub fn issue_as(&self, role: Role, cn: &str, sans: &[&str], v: Validity) -> Result<Issued, TlsError> {
+        let eku = vec![ExtendedKeyUsagePurpose::ServerAuth, ExtendedKeyUsagePurpose::ClientAuth];
+        self.issue(role, cn, sans, eku, v)
     }
 
     /// A device's certificate; the device id is the subject's common name and
@@ -125,7 +140,7 @@ impl Ca {
     /// Client auth toward relays, server auth toward specialists.
     pub fn issue_device(&self, id: &str, v: Validity) -> Result<Issued, TlsError> {
         let eku = vec![ExtendedKeyUsagePurpose::ClientAuth, ExtendedKeyUsagePurpose::ServerAuth];
-        self.issue(id, &[id], eku, v)
+        self.issue(Role::Device, id, &[id], eku, v)
     }
 
     /// A CRL (PEM) revoking the given serials.
@@ -187,7 +202,7 @@ pub fn init_dir(dir: &Path, devices: &[&str]) -> Result<(), TlsError> {
     ca.write(dir)?;
     ca.issue_relay("relay-a", &["relay-a", "localhost", "127.0.0.1"])?.write(dir, "relay-a")?;
     ca.issue_relay("relay-b", &["relay-b", "localhost", "127.0.0.2"])?.write(dir, "relay-b")?;
-    ca.issue_relay("hub", &["hub", "localhost", "127.0.0.1"])?.write(dir, "hub")?;
+    ca.issue_hub("hub", &["hub", "localhost", "127.0.0.1"])?.write(dir, "hub")?;
     for d in devices {
         ca.issue_device(d, Validity::days(825))?.write(dir, d)?;
     }

@@ -36,10 +36,11 @@ pub fn quic_server_config(
 /// Client config of a QUIC leg: as [`super::client_config`], without resumption.
 pub fn quic_client_config(
     ca: &Path,
+    crl: Option<&Path>,
     client_cert: Option<(&Path, &Path)>,
     alpn: &[u8],
 ) -> Result<Arc<ClientConfig>, TlsError> {
-    let mut cfg = (*super::client_config(ca, client_cert, alpn)?).clone();
+    let mut cfg = (*super::client_config_with_crl(ca, crl, client_cert, alpn)?).clone();
     cfg.resumption = rustls::client::Resumption::disabled();
     Ok(Arc::new(cfg))
 }

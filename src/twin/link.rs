@@ -52,8 +52,10 @@ pub fn start(
     stop: CancellationToken,
 ) -> Result<(), TlsError> {
     let id = Identity { ca: &cfg.ca, cert: &cfg.cert, key: &cfg.key };
-    let acceptor = TlsAcceptor::from(tls::server_config(&id, true, None, ALPN_TWIN)?);
-    let connector = TlsConnector::from(tls::client_config(&cfg.ca, Some((&cfg.cert, &cfg.key)), ALPN_TWIN)?);
+    let crl = cfg.crl.as_deref();
+    let acceptor = TlsAcceptor::from(tls::server_config(&id, true, crl, ALPN_TWIN)?);
+    let connector =
+        TlsConnector::from(tls::client_config_with_crl(&cfg.ca, crl, Some((&cfg.cert, &cfg.key)), ALPN_TWIN)?);
     metrics::TWIN_LINK_UP.with_label_values(&["in"]).set(0);
     metrics::TWIN_LINK_UP.with_label_values(&["out"]).set(0);
     let link = Arc::new(Link { replica, host, cfg, stop });
@@ -94,6 +96,7 @@ async fn receive(link: &Link, tcp: TcpStream, peer: SocketAddr, acceptor: &TlsAc
         }
     };
     let name = tls::peer_common_name(tls.get_ref().1.peer_certificates());
+    let mut revoked = tls::watch_peer(&link.cfg.ca, link.cfg.crl.as_deref(), tls.get_ref().1.peer_certificates());
     let mut io = FrameIo::new(tls);
     if name.as_deref() != Some(twin.name.as_str()) {
         let detail = format!("certificate names {name:?}, the twin is {}", twin.name);
@@ -116,6 +119,7 @@ async fn receive(link: &Link, tcp: TcpStream, peer: SocketAddr, acceptor: &TlsAc
     loop {
         let frame = tokio::select! {
             _ = link.stop.cancelled() => return "drained".into(),
+            _ = &mut revoked => return twin_revoked(link, "in"),
             f = tokio::time::timeout(LINK_DEAD_AFTER, io.read_frame()) => match f {
                 Ok(f) => f,
                 Err(_) => return format!("twin silent for {LINK_DEAD_AFTER:?}"),
@@ -182,6 +186,14 @@ async fn send_loop(link: Arc<Link>, connector: TlsConnector) {
     }
 }
 
+/// A reloaded CRL revokes the twin's certificate: counted, audited, dropped.
+fn twin_revoked(link: &Link, direction: &str) -> String {
+    metrics::PEERS_REVOKED.with_label_values(&["relay"]).inc();
+    let fields = json!({"relay": link.cfg.me, "twin": link.cfg.twin.name, "direction": direction, "role": "relay"});
+    link.host.audit("peer_revoked", fields);
+    "the twin's certificate was revoked".into()
+}
+
 /// Sends a snapshot and then every new fact until the connection ends.
 async fn send(
     link: &Link,
@@ -207,6 +219,7 @@ async fn send(
         Ok(Err(e)) => return format!("dial: {e}"),
         Err(_) => return "dial timed out".into(),
     };
+    let mut revoked = tls::watch_peer(&link.cfg.ca, link.cfg.crl.as_deref(), tls.get_ref().1.peer_certificates());
     let mut io = FrameIo::new(tls);
     let mut outbox = Outbox::default();
     let hello = Frame::TwinHello { version: VERSION, relay: link.cfg.me.clone() };
@@ -231,6 +244,7 @@ async fn send(
     loop {
         tokio::select! {
             _ = link.stop.cancelled() => return "drained".into(),
+            _ = &mut revoked => return twin_revoked(link, "out"),
             f = rx.recv() => match f {
                 Ok((index, fact)) => {
                     let seq = outbox.stamp(Instant::now(), index);

@@ -37,6 +37,8 @@ pub struct LinkConfig {
     pub me: String,
     pub twin: TwinConfig,
     pub ca: PathBuf,
+    /// The relay's CRL: a revoked twin certificate is refused and dropped.
+    pub crl: Option<PathBuf>,
     pub cert: PathBuf,
     pub key: PathBuf,
     pub handshake_timeout: Duration,

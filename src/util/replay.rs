@@ -1,25 +1,57 @@
 //! Ids seen once, each kept until its grant expires: the relay's consumed
 //! session ids and the agent's replay cache.
+//!
+//! A set may keep a journal file (one `ID EXPIRES` line per use, 0600), so
+//! that a restarted relay or agent still refuses a grant it admitted before
+//! the restart. Each use is written before it is answered; the journal is
+//! compacted to the live entries when opened and when it grows past four
+//! times the live set. It is written, not synced: it survives a crash of the
+//! process, not necessarily a power loss of the host in the same instant.
 use std::collections::HashMap;
+use std::fs::File;
 use std::hash::Hash;
+use std::io::{BufRead, BufReader, Write};
+use std::path::{Path, PathBuf};
 
 /// Past this many entries, expired ones are purged on insert.
 const PURGE_ABOVE: usize = 1024;
 
+/// An id that a journal can write and read back.
+pub trait ReplayKey: Eq + Hash + Copy + std::fmt::Display {
+    fn parse_key(s: &str) -> Option<Self>;
+}
+
+impl ReplayKey for u32 {
+    fn parse_key(s: &str) -> Option<Self> {
+        s.parse().ok()
+    }
+}
+
+#[derive(Debug)]
+struct Journal {
+    path: PathBuf,
+    file: File,
+    lines: usize,
+}
+
 #[derive(Debug)]
 pub struct ReplaySet<K> {
     seen: HashMap<K, u64>,
+    journal: Option<Journal>,
 }
 
 impl<K> Default for ReplaySet<K> {
     fn default() -> Self {
-        ReplaySet { seen: HashMap::new() }
+        ReplaySet { seen: HashMap::new(), journal: None }
     }
 }
 
 impl<K: Eq + Hash + Copy> ReplaySet<K> {
     /// Records `id` as used until `expires_at` (unix seconds). False when it was used before.
-    pub fn first_use(&mut self, id: K, expires_at: u64, now: u64) -> bool {
+    pub fn first_use(&mut self, id: K, expires_at: u64, now: u64) -> bool
+    where
+        K: std::fmt::Display,
+    {
         if self.seen.len() > PURGE_ABOVE {
             self.seen.retain(|_, exp| *exp > now);
         }
@@ -27,6 +59,7 @@ impl<K: Eq + Hash + Copy> ReplaySet<K> {
             return false;
         }
         self.seen.insert(id, expires_at);
+        self.journal_write(id, expires_at);
         true
     }
 
@@ -38,6 +71,69 @@ impl<K: Eq + Hash + Copy> ReplaySet<K> {
     pub fn entries(&self) -> Vec<(K, u64)> {
         self.seen.iter().map(|(k, v)| (*k, *v)).collect()
     }
+
+    fn journal_write(&mut self, id: K, expires_at: u64)
+    where
+        K: std::fmt::Display,
+    {
+        let Some(j) = self.journal.as_mut() else { return };
+        if let Err(e) = writeln!(j.file, "{id} {expires_at}") {
+            tracing::error!(path = %j.path.display(), error = %e, "writing the replay journal failed");
+        }
+        j.lines += 1;
+        if j.lines > 4 * self.seen.len().max(PURGE_ABOVE) {
+            let path = j.path.clone();
+            match compact(&path, self.seen.iter().map(|(k, e)| (k, *e))) {
+                Ok(file) => self.journal = Some(Journal { path, file, lines: self.seen.len() }),
+                Err(e) => tracing::error!(path = %path.display(), error = %e, "compacting the replay journal failed"),
+            }
+        }
+    }
+}
+
+impl<K: ReplayKey> ReplaySet<K> {
+    /// A set kept in `path`: the ids still live at `now` are read back, and
+    /// each new use is appended.
+    pub fn persistent(path: &Path, now: u64) -> std::io::Result<ReplaySet<K>> {
+        let mut seen = HashMap::new();
+        if let Ok(f) = File::open(path) {
+            for line in BufReader::new(f).lines().map_while(Result::ok) {
+                let mut w = line.split_whitespace();
+                if let (Some(Some(id)), Some(Ok(exp))) = (w.next().map(K::parse_key), w.next().map(str::parse::<u64>))
+                    && exp > now
+                {
+                    seen.insert(id, exp);
+                }
+            }
+        }
+        let file = compact(path, seen.iter().map(|(k, e)| (k, *e)))?;
+        let lines = seen.len();
+        Ok(ReplaySet { seen, journal: Some(Journal { path: path.into(), file, lines }) })
+    }
+}
+
+/// Rewrites `path` with `entries` (via a 0600 temporary file and a rename)
+/// and returns it open for appending.
+fn compact<'a, K: std::fmt::Display + 'a>(
+    path: &Path,
+    entries: impl Iterator<Item = (&'a K, u64)>,
+) -> std::io::Result<File> {
+    use std::os::unix::fs::OpenOptionsExt;
+    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+        std::fs::create_dir_all(dir)?;
+    }
+    let tmp = path.with_extension("compacting");
+    {
+        let mut f = std::fs::OpenOptions::new().write(true).create(true).truncate(true).mode(0o600).open(&tmp)?;
+        let mut text = String::new();
+        for (k, e) in entries {
+            text += &format!("{k} {e}\n");
+        }
+        f.write_all(text.as_bytes())?;
+        f.sync_all()?;
+    }
+    std::fs::rename(&tmp, path)?;
+    std::fs::OpenOptions::new().append(true).mode(0o600).open(path)
 }
 
 #[cfg(test)]
@@ -57,5 +153,23 @@ mod tests {
         assert!(!s.contains(&2));
         assert!(s.contains(&1));
         assert_eq!(s.entries().len(), 2);
+    }
+
+    #[test]
+    fn a_persistent_set_remembers_live_ids_across_a_restart() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("used");
+        {
+            let mut s = ReplaySet::<u32>::persistent(&path, 0).unwrap();
+            assert!(s.first_use(1, 100, 0));
+            assert!(s.first_use(2, 10, 0));
+        }
+        // "Restarted" at 50: id 1 is still live, id 2 has expired.
+        let mut s = ReplaySet::<u32>::persistent(&path, 50).unwrap();
+        assert!(!s.first_use(1, 100, 50), "a used id was admitted again after a restart");
+        assert!(!s.contains(&2));
+        assert_eq!(std::fs::metadata(&path).unwrap().permissions().mode() & 0o777, 0o600);
+        assert_eq!(std::fs::read_to_string(&path).unwrap().lines().count(), 1, "not compacted on open");
     }
 }

@@ -48,6 +48,7 @@ async fn tapped(taps: Taps, service: SocketAddr) -> Tapped {
         crl: None,
         grant_public_key: pki.path("grant.pub"),
         audit_log: tmp.path().join("relay-audit.jsonl"),
+        replay_file: None,
         raw_legs: true,
         quic: false,
         quic_agents: None,

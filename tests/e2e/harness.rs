@@ -118,6 +118,9 @@ pub struct Opts {
     pub quic_reprobe_secs: u64,
     /// Extra top-level lines for the relays' config.
     pub relay_top: &'static str,
+    /// A CRL file (empty at first; [`Fleet::revoke`] rewrites it) named by
+    /// the relays, the agent and the hub.
+    pub crl_all: bool,
 }
 
 impl Default for Opts {
@@ -142,6 +145,7 @@ impl Default for Opts {
             transport: "tcp",
             quic_reprobe_secs: 300,
             relay_top: "",
+            crl_all: false,
         }
     }
 }
@@ -285,6 +289,9 @@ pub fn write_agent_config(
         opts.transport,
         opts.quic_reprobe_secs,
     );
+    if let (true, Some(crl)) = (opts.crl_all, &opts.crl) {
+        cfg += &format!("crl = \"{}\"\n", crl.display());
+    }
     for r in relays {
         cfg += &format!(
             "\n[[relays]]\nname = \"{}\"\ncontrol = \"{}\"\ndata = \"{}\"\nserver_name = \"localhost\"\n",
@@ -366,6 +373,11 @@ impl Fleet {
         let dir = tmp.path().to_path_buf();
         let pki = Pki::new(&dir);
         let mut revoked = None;
+        if opts.crl_all {
+            let crl = dir.join("crl.pem");
+            std::fs::write(&crl, pki.ca.crl(&[]).unwrap()).unwrap();
+            opts.crl = Some(crl);
+        }
         if let Some(id) = opts.revoke {
             let (cert, key, serial) = pki.device_cert(id, Validity::days(30));
             let crl = dir.join("crl.pem");
@@ -394,6 +406,10 @@ impl Fleet {
         } else {
             opts.hub_extra.to_string()
         };
+        let hub_extra = match (opts.crl_all, &opts.crl) {
+            (true, Some(crl)) => format!("crl = \"{}\"\n{hub_extra}", crl.display()),
+            _ => hub_extra,
+        };
         let hub = hub_addr.map(|a| start_hub(&dir, &pki, a, &relays, &hub_extra));
         if twins {
             links[0].set_target(relays[1].twin.expect("relay-b twin listener"));
@@ -415,6 +431,19 @@ impl Fleet {
             }
         }
         fleet
+    }
+
+    /// Rewrites the fleet's CRL (`crl_all`) to revoke the certificates of `pems`.
+    pub fn revoke(&self, pems: &[PathBuf]) {
+        let serials: Vec<Vec<u8>> = pems
+            .iter()
+            .flat_map(|p| tether::tls::load_certs(p).unwrap())
+            .map(|c| tether::tls::serial_of(&c).unwrap())
+            .collect();
+        let crl = self.dir().join("crl.pem");
+        let tmp = self.dir().join("crl.pem.new");
+        std::fs::write(&tmp, self.pki.ca.crl(&serials).unwrap()).unwrap();
+        std::fs::rename(&tmp, &crl).unwrap();
     }
 
     pub fn dir(&self) -> &Path {
@@ -619,6 +648,24 @@ impl Fleet {
             .spawn()
             .unwrap();
         self.relays[i].proc = Proc { child };
+    }
+
+    /// Stops the hub and starts it again on the same address, config and database.
+    pub fn restart_hub(&mut self) {
+        let hub = self.hub.as_mut().expect("a hub");
+        hub.proc.kill();
+        let mut child = Command::new(BIN)
+            .args(["hub", "--config"])
+            .arg(&hub.config)
+            .stdout(Stdio::piped())
+            .stderr(log_file(self.tmp.path(), "hub-restarted"))
+            .env("RUST_LOG", "info")
+            .spawn()
+            .unwrap();
+        let mut line = String::new();
+        BufReader::new(child.stdout.take().unwrap()).read_line(&mut line).unwrap();
+        assert!(line.starts_with("hub listening"), "hub did not restart: {line:?}");
+        hub.proc = Proc { child };
     }
 
     /// The tail of every log in the fleet's folder (for failure messages).

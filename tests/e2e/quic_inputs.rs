@@ -64,7 +64,7 @@ async fn dial(
     cert: Option<(&str, &str)>,
 ) -> Result<quinn::Connection, String> {
     let (c, k) = cert.map(|(c, k)| (fleet.pki.path(c), fleet.pki.path(k))).unzip();
-    let cfg = tls::quic_client_config(&fleet.pki.path("ca.pem"), c.as_deref().zip(k.as_deref()), alpn).unwrap();
+    let cfg = tls::quic_client_config(&fleet.pki.path("ca.pem"), None, c.as_deref().zip(k.as_deref()), alpn).unwrap();
     let conn = quic::connect(&addr.to_string(), "localhost", cfg, (Duration::from_secs(5), quic::Dialler::Session))
         .await
         .map_err(|e| e.to_string())?;

@@ -82,8 +82,10 @@ async fn either_twin_pairs_a_sessions_connections() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_twin_link_refuses_anyone_but_the_twin() {
     let fleet = twins().await;
-    // A valid fleet certificate that is not the twin's (a device's).
-    let (c, k) = (fleet.pki.path(&format!("{DEVICE}.pem")), fleet.pki.path(&format!("{DEVICE}.key")));
+    // A valid relay certificate that is not the twin's (a third relay's).
+    let issued = fleet.pki.ca.issue_relay("relay-c", &["relay-c"]).unwrap();
+    issued.write(&fleet.pki.dir, "relay-c").unwrap();
+    let (c, k) = (fleet.pki.path("relay-c.pem"), fleet.pki.path("relay-c.key"));
     let cfg = tls::client_config(&fleet.pki.path("ca.pem"), Some((&c, &k)), tether::twin::link::ALPN_TWIN).unwrap();
     let listen = fleet.relays[1].twin.unwrap().to_string();
     let conn = tls::dial(&listen, "localhost", cfg).await.unwrap();

@@ -379,6 +379,21 @@ impl Store {
         Ok(n == 1)
     }
 
+    /// Sessions an admin revoked whose revocation must still reach the relays
+    /// at `now`: (id, until), kept until the grant's expiry and at least
+    /// `keep` seconds after the revocation (as [`super::relays::Board::revoke`]).
+    pub async fn revocations_live(&self, now: i64, keep: i64) -> Result<Vec<(String, u64)>, StoreError> {
+        let rows = self
+            .db
+            .query(
+                "SELECT id, expires_at, ended_at FROM sessions
+                 WHERE state = 'revoked' AND (expires_at > $1 OR ended_at > $2)",
+                vec![now.into(), (now - keep).into()],
+            )
+            .await?;
+        Ok(rows.iter().map(|r| (r.text(0), r.int(1).max(r.int(2) + keep) as u64)).collect())
+    }
+
     /// A relay's end report. Byte counts add up (a session may have legs at
     /// both twins); the first end reason and time stay.
     pub async fn session_end(&self, id: &str, end: &SessionEnd) -> Result<(), StoreError> {
