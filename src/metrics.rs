@@ -86,6 +86,7 @@ metric!(pub HUB_ROLLOUTS: IntCounterVec = counter_vec("tether_hub_rollouts_total
 metric!(pub HUB_UPLOAD_BYTES: IntCounter = counter("tether_hub_upload_bytes_total", "Bytes of device uploads stored whole and verified"));
 metric!(pub AGENT_UPLOAD_BYTES: IntCounter = counter("tether_agent_upload_bytes_total", "Upload bytes sent toward the hub (resent ones included)"));
 metric!(pub HUB_REPO_PUBLISHED: IntCounter = counter("tether_hub_repo_published_total", "Targets versions the repository took"));
+metric!(pub HUB_ANCHOR_REFUSALS: IntCounterVec = counter_vec("tether_hub_anchor_refusals_total", "Audit chain heads the hub refused to anchor, by reason (unsigned, bad_certificate, bad_signature, rollback, fork)", &["reason"]));
 metric!(pub HUB_REFUSALS: IntCounterVec = counter_vec("tether_hub_refusals_total", "Requests refused, by reason", &["reason"]));
 metric!(pub HUB_SESSIONS_GRANTED: IntCounter = counter("tether_hub_sessions_granted_total", "Grants signed"));
 metric!(pub HUB_RELAY_REPORTS: IntCounterVec = counter_vec("tether_hub_relay_reports_total", "Reports received, by relay", &["relay"]));
@@ -179,6 +180,7 @@ pub fn init() {
     LazyLock::force(&HUB_REQUESTS);
     LazyLock::force(&HUB_LOGIN_FAILURES);
     LazyLock::force(&HUB_REFUSALS);
+    LazyLock::force(&HUB_ANCHOR_REFUSALS);
     LazyLock::force(&HUB_REPO_PUBLISHED);
     LazyLock::force(&HUB_JOBS);
     LazyLock::force(&HUB_UPLOAD_BYTES);

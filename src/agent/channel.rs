@@ -18,6 +18,8 @@ use crate::util::Backoff;
 const BACKOFF_START: Duration = Duration::from_millis(500);
 const BACKOFF_CAP: Duration = Duration::from_secs(60);
 const DIAL_TIMEOUT: Duration = tls::DIAL_TIMEOUT;
+/// How often the agent checks whether its audit head moved.
+const HEAD_EVERY: Duration = Duration::from_secs(3);
 /// A re-probe of QUIC gives up after this.
 const REPROBE_TIMEOUT: Duration = Duration::from_secs(3);
 
@@ -112,12 +114,17 @@ async fn attach_once(
     state.jobs_waiting.notify_one();
     let head = |state: &Shared| {
         let (seq, hash) = state.audit.head();
-        Frame::AuditHead { seq, hash }
+        let sig = state.audit.sign_head(&hash);
+        Frame::AuditHead { seq, hash, sig }
     };
     io.write_frame(&head(state)).await.map_err(|e| format!("write: {e}"))?;
 
     let mut ticker = interval(hb);
     ticker.tick().await;
+    // The head also goes out when it moved (checked every few seconds), so
+    // that the hub anchors a session's records soon after they are written.
+    let mut head_check = interval(HEAD_EVERY);
+    let mut head_sent = state.audit.head().0;
     let reprobe_every = Duration::from_secs(state.cfg.quic_reprobe_secs);
     let reprobe = on_tcp && state.cfg.transport == Transport::Auto;
     let mut reprobe_at = Instant::now() + reprobe_every;
@@ -144,6 +151,13 @@ async fn attach_once(
                         }
                         Err(e) => tracing::debug!(error = %e, "QUIC still does not get through"),
                     }
+                }
+            }
+            _ = head_check.tick() => {
+                let seq = state.audit.head().0;
+                if seq != head_sent {
+                    head_sent = seq;
+                    io.write_frame(&head(state)).await.map_err(|e| format!("write: {e}"))?;
                 }
             }
             _ = ticker.tick() => {

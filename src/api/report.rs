@@ -18,6 +18,9 @@ pub struct AgentSeen {
 pub struct Head {
     pub seq: u64,
     pub hash: String,
+    /// The chain owner's signature over `hash` (hex; see [`crate::audit::sign`]).
+    #[serde(default)]
+    pub sig: String,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, Default)]
@@ -25,6 +28,10 @@ pub struct AgentHead {
     pub device: String,
     #[serde(flatten)]
     pub head: Head,
+    /// The device's certificate (hex of DER), as the relay received it: the
+    /// hub checks it against the fleet CA and the head's signature with it.
+    #[serde(default)]
+    pub cert: String,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, Default)]

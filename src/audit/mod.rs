@@ -1,8 +1,15 @@
 //! Append-only, hash-chained audit log: one JSON object per line.
 //!
 //! Each record carries `seq`, `ts`, `prev` (the previous record's hash) and
-//! `hash` = SHA-256 over `prev` and the record without `hash`. A log that was
-//! edited, truncated in the middle or reordered no longer verifies.
+//! `hash` = SHA-256 over `prev` and the record without `hash` and `sig`. A
+//! log that was edited, truncated in the middle or reordered no longer
+//! verifies. A host's log is also signed: `sig` is the host key's signature
+//! over `hash` ([`sign`]), so an edit followed by re-hashing every later
+//! record shows too. Records cut off the end show only against an anchor
+//! kept elsewhere (the hub's, see [`verify_against`]).
+pub mod sign;
+
+pub use sign::{SignError, Signer};
 use std::fs::{File, OpenOptions};
 use std::io::{BufRead, BufReader, Write};
 use std::path::{Path, PathBuf};
@@ -18,12 +25,15 @@ pub enum AuditError {
     Io { path: PathBuf, source: std::io::Error },
     #[error("audit log {path}: record {line} is broken: {why}")]
     Broken { path: PathBuf, line: usize, why: String },
+    #[error("audit log {path}: {source}")]
+    Key { path: PathBuf, source: SignError },
 }
 
 struct Chain {
     file: Option<File>,
     seq: u64,
     prev: String,
+    signer: Option<Signer>,
 }
 
 /// An open audit log. Cheap to share behind an `Arc`.
@@ -45,6 +55,17 @@ fn hash_record(prev: &str, record: &Map<String, Value>) -> String {
 /// The record after `prev` in a chain: `event` plus `fields` (an object).
 /// Returns the JSON line (no newline) and its hash.
 pub fn link(seq: u64, prev: &str, ts: &str, event: &str, fields: Value) -> (String, String) {
+    link_signed(seq, prev, (ts, event), fields, None)
+}
+
+/// [`link`], with `sig` by `signer` when given.
+pub fn link_signed(
+    seq: u64,
+    prev: &str,
+    (ts, event): (&str, &str),
+    fields: Value,
+    signer: Option<&Signer>,
+) -> (String, String) {
     let mut rec = match fields {
         Value::Object(m) => m,
         _ => Map::new(),
@@ -55,13 +76,31 @@ pub fn link(seq: u64, prev: &str, ts: &str, event: &str, fields: Value) -> (Stri
     rec.insert("event".into(), event.into());
     rec.insert("prev".into(), prev.into());
     rec.remove("hash");
+    rec.remove("sig");
     let hash = hash_record(prev, &rec);
     rec.insert("hash".into(), hash.clone().into());
+    if let Some(s) = signer {
+        rec.insert("sig".into(), s.sign(&hash).into());
+    }
     (serde_json::to_string(&rec).unwrap_or_default(), hash)
 }
 
 impl AuditLog {
-    /// Opens (or creates, 0600) the log and continues its chain.
+    /// Opens (or creates, 0600) the log and continues its chain, signing
+    /// each new record with the private key in `key` (the host's TLS key).
+    pub fn open_signed(path: &Path, key: &Path) -> Result<AuditLog, AuditError> {
+        let signer = Signer::load(key).map_err(|source| AuditError::Key { path: key.into(), source })?;
+        let log = AuditLog::open(path)?;
+        crate::util::lock(&log.chain).signer = Some(signer);
+        Ok(log)
+    }
+
+    /// Signs a chain head for an anchor (empty without a key).
+    pub fn sign_head(&self, hash: &str) -> String {
+        crate::util::lock(&self.chain).signer.as_ref().map(|s| s.sign(hash)).unwrap_or_default()
+    }
+
+    /// Opens (or creates, 0600) the log and continues its chain, unsigned.
     pub fn open(path: &Path) -> Result<AuditLog, AuditError> {
         use std::os::unix::fs::OpenOptionsExt;
         let io = |source| AuditError::Io { path: path.into(), source };
@@ -73,12 +112,15 @@ impl AuditLog {
             Err(_) => (0, GENESIS.to_string()),
         };
         let file = OpenOptions::new().create(true).append(true).mode(0o600).open(path).map_err(io)?;
-        Ok(AuditLog { path: path.into(), chain: Mutex::new(Chain { file: Some(file), seq, prev }) })
+        Ok(AuditLog { path: path.into(), chain: Mutex::new(Chain { file: Some(file), seq, prev, signer: None }) })
     }
 
     /// A log that records nothing (for tools that audit elsewhere).
     pub fn disabled() -> AuditLog {
-        AuditLog { path: PathBuf::new(), chain: Mutex::new(Chain { file: None, seq: 0, prev: GENESIS.into() }) }
+        AuditLog {
+            path: PathBuf::new(),
+            chain: Mutex::new(Chain { file: None, seq: 0, prev: GENESIS.into(), signer: None }),
+        }
     }
 
     /// The chain's head: last sequence number and hash.
@@ -114,7 +156,8 @@ impl AuditLog {
             return;
         }
         chain.seq += 1;
-        let (mut line, hash) = link(chain.seq, &chain.prev, &crate::now_rfc3339(), event, fields);
+        let ts = crate::now_rfc3339();
+        let (mut line, hash) = link_signed(chain.seq, &chain.prev, (&ts, event), fields, chain.signer.as_ref());
         line.push('\n');
         if let Some(f) = chain.file.as_mut()
             && let Err(e) = f.write_all(line.as_bytes())
@@ -141,17 +184,31 @@ fn last_link(r: impl BufRead) -> (u64, String) {
 /// Checks every record's chain link; returns the number of records. The
 /// error names the first record that is altered, missing or out of order.
 pub fn verify(path: &Path) -> Result<u64, AuditError> {
+    verify_file(path, None).map(|h| h.0)
+}
+
+/// [`verify`], and (with `cert`, DER) every record's signature by that
+/// certificate's key. Returns the number of records and the last one's hash.
+pub fn verify_file(path: &Path, cert: Option<&[u8]>) -> Result<(u64, String), AuditError> {
     let f = File::open(path).map_err(|source| AuditError::Io { path: path.into(), source })?;
-    verify_lines(BufReader::new(f), GENESIS, 0).map_err(|(line, why)| AuditError::Broken {
-        path: path.into(),
-        line,
-        why,
-    })
+    let mut last = GENESIS.to_string();
+    let n = verify_chain(BufReader::new(f), (GENESIS, 0), cert, &mut last)
+        .map_err(|(line, why)| AuditError::Broken { path: path.into(), line, why })?;
+    Ok((n, last))
 }
 
 /// Checks a chain read from `r` that continues after (`prev`, `seq`).
 /// Errors carry the 1-based line and why.
 pub fn verify_lines(r: impl BufRead, prev: &str, seq: u64) -> Result<u64, (usize, String)> {
+    verify_chain(r, (prev, seq), None, &mut String::new())
+}
+
+fn verify_chain(
+    r: impl BufRead,
+    (prev, seq): (&str, u64),
+    cert: Option<&[u8]>,
+    last: &mut String,
+) -> Result<u64, (usize, String)> {
     let mut prev = prev.to_string();
     let mut n = 0;
     for (expected, (i, line)) in (seq + 1..).zip(r.lines().enumerate()) {
@@ -163,6 +220,7 @@ pub fn verify_lines(r: impl BufRead, prev: &str, seq: u64) -> Result<u64, (usize
         let Some(Value::String(hash)) = m.remove("hash") else {
             return Err(broken("no hash".into()));
         };
+        let sig = m.remove("sig");
         let seq = m.get("seq").and_then(Value::as_u64).unwrap_or(0);
         if hash_record(m.get("prev").and_then(Value::as_str).unwrap_or(""), &m) != hash {
             return Err(broken(format!("record seq {seq} was altered (its hash does not match its content)")));
@@ -177,9 +235,21 @@ pub fn verify_lines(r: impl BufRead, prev: &str, seq: u64) -> Result<u64, (usize
         if m.get("prev").and_then(Value::as_str) != Some(prev.as_str()) {
             return Err(broken(format!("record seq {seq} does not follow the previous record (prev differs)")));
         }
+        if let Some(cert) = cert {
+            match sig.as_ref().and_then(Value::as_str) {
+                None => return Err(broken(format!("record seq {seq} is not signed"))),
+                Some(s) if !sign::verify(cert, &hash, s) => {
+                    return Err(broken(format!(
+                        "record seq {seq}: the signature does not match (the record was changed after it was written, or another key signed it)"
+                    )));
+                }
+                Some(_) => {}
+            }
+        }
         prev = hash;
         n += 1;
     }
+    *last = prev;
     Ok(n)
 }
 

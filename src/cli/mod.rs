@@ -2,6 +2,7 @@
 //! and calls [`run`]. Everything here is the command-line edge: it prints
 //! for people (tables, `--json` for scripts) and returns `anyhow` errors.
 mod agent;
+mod audit;
 mod certs;
 mod connect;
 mod dev;
@@ -107,7 +108,7 @@ enum Cmd {
     /// Audit log tools.
     Audit {
         #[command(subcommand)]
-        cmd: specialist::AuditCmd,
+        cmd: audit::AuditCmd,
     },
     /// Load generator against running relays (benchmarks).
     Loadgen {
@@ -144,7 +145,7 @@ pub async fn run(cli: Cli) -> Result<()> {
         Cmd::Sessions { profile, json, limit } => specialist::sessions(&profile_path(profile), json, limit).await,
         Cmd::Session { cmd } => specialist::session(cmd).await,
         Cmd::Connect(args) => connect::run(args).await,
-        Cmd::Audit { cmd } => specialist::audit(cmd).await,
+        Cmd::Audit { cmd } => audit::run(cmd).await,
         Cmd::Loadgen { cmd } => crate::loadgen::run(cmd).await,
         Cmd::Repo { cmd } => repo::run(cmd).await,
         Cmd::Jobs { cmd } => jobs::run(cmd).await,

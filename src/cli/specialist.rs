@@ -1,13 +1,12 @@
 //! What the specialist's commands print: `tether login`, `devices`,
-//! `sessions`, `session end`, `audit export`/`verify`. Tables for people,
+//! `sessions`, `session end`. Tables for people,
 //! `--json` for scripts.
-use std::io::Write;
 use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result, bail};
 use clap::Subcommand;
 
-use crate::api::{DeviceView, SessionEnded, SessionRecord, parse_since};
+use crate::api::{DeviceView, SessionEnded, SessionRecord};
 use crate::client::hub::HubSession;
 use crate::client::{HubLogin, Profile};
 use crate::config::ConfigFile;
@@ -22,28 +21,11 @@ pub enum SessionCmd {
     },
 }
 
-#[derive(Subcommand)]
-pub enum AuditCmd {
-    /// Check an audit log's hash chain; names the first altered, missing or reordered record.
-    Verify { file: PathBuf },
-    /// Admin: the hub's audit records since a time, as JSON lines (for a SIEM).
-    Export {
-        /// RFC 3339 time or unix seconds.
-        #[arg(long)]
-        since: String,
-        #[arg(long)]
-        profile: Option<PathBuf>,
-        /// Write here (0600) instead of stdout.
-        #[arg(long)]
-        out: Option<PathBuf>,
-    },
-}
-
 pub fn load(path: &Path) -> Result<Profile> {
     Profile::open(path).with_context(|| format!("profile {}", path.display()))
 }
 
-fn hub_session(path: &Path) -> Result<HubSession> {
+pub(super) fn hub_session(path: &Path) -> Result<HubSession> {
     Ok(HubSession::from_profile(&load(path)?)?)
 }
 
@@ -198,29 +180,5 @@ pub async fn session(cmd: SessionCmd) -> Result<()> {
     let hub = hub_session(&super::profile_path(profile))?;
     let _: SessionEnded = hub.post(&format!("/api/v1/sessions/{id}/end"), &()).await?;
     println!("session {id} revoked; both relays close it within a second");
-    Ok(())
-}
-
-pub async fn audit(cmd: AuditCmd) -> Result<()> {
-    match cmd {
-        AuditCmd::Verify { file } => {
-            let n = crate::audit::verify(&file)?;
-            println!("{}: {n} records, chain intact", file.display());
-            Ok(())
-        }
-        AuditCmd::Export { since, profile, out } => audit_export(&super::profile_path(profile), &since, out).await,
-    }
-}
-
-async fn audit_export(path: &Path, since: &str, out: Option<PathBuf>) -> Result<()> {
-    let Some(t) = parse_since(since) else { bail!("--since: RFC 3339 time (2026-11-29T00:00:00Z) or unix seconds") };
-    let text = hub_session(path)?.text(&format!("/api/v1/audit?since={t}")).await?;
-    match out {
-        Some(p) => {
-            crate::tls::pki::write_file(&p, &text, true)?;
-            eprintln!("wrote {} records to {}", text.lines().count(), p.display());
-        }
-        None => std::io::stdout().write_all(text.as_bytes())?,
-    }
     Ok(())
 }

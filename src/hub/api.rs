@@ -52,7 +52,7 @@ async fn route(hub: &Hub, req: Request<Incoming>, peer: &Peer) -> Result<Answer,
             let relay = relay_identity(hub, peer).await?;
             let body = read_body(hub, req, 16 * 1024 * 1024, peer).await?;
             let report: RelayReport = http::parse(&body)?;
-            let answer = sessions::relay_report(hub, &relay, report).await;
+            let answer = sessions::relay_report(hub, &relay, peer.cert.as_deref(), report).await;
             Ok(json_answer(StatusCode::OK, &answer))
         }
         Route::Me => {
@@ -135,6 +135,19 @@ async fn route(hub: &Hub, req: Request<Incoming>, peer: &Peer) -> Result<Answer,
                 .map_err(internal)?
                 .into_iter()
                 .map(|(source, seq, hash, at)| Anchor { source, seq, hash, at })
+                .collect();
+            Ok(json_answer(StatusCode::OK, &anchors))
+        }
+        Route::AnchorHistory(source) => {
+            let user = authenticate(hub, &req, peer).await?;
+            require_admin(hub, &user, peer, "audit_anchors").await?;
+            let anchors: Vec<Anchor> = hub
+                .store
+                .anchor_history(source)
+                .await
+                .map_err(internal)?
+                .into_iter()
+                .map(|(seq, hash, _, at)| Anchor { source: source.to_string(), seq, hash, at })
                 .collect();
             Ok(json_answer(StatusCode::OK, &anchors))
         }

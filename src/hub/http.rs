@@ -39,6 +39,8 @@ pub struct Peer {
     pub cert_name: Option<String>,
     /// The role that certificate names.
     pub cert_role: Option<tls::Role>,
+    /// That certificate (DER).
+    pub cert: Option<Vec<u8>>,
 }
 
 impl Peer {
@@ -174,7 +176,8 @@ pub async fn serve<H, Fut>(
                 }
             };
             let cert_role = certs.and_then(|c| c.first()).and_then(|c| tls::Role::of(c));
-            let peer = Peer { addr, cert_name: tls::peer_common_name(certs), cert_role };
+            let cert = certs.and_then(|c| c.first()).map(|c| c.to_vec());
+            let peer = Peer { addr, cert_name: tls::peer_common_name(certs), cert_role, cert };
             let service = hyper::service::service_fn(move |req| {
                 let (handler, peer) = (handler.clone(), peer.clone());
                 async move {

@@ -3,6 +3,7 @@
 //! SQLite or PostgreSQL, hash-chained audit in the database, routing from
 //! relay reports.
 pub mod admin;
+mod anchors;
 mod api;
 pub mod audit;
 pub mod auth;

@@ -8,7 +8,7 @@ use super::guard::{internal, require_admin};
 use super::http::{ApiError, Peer};
 use super::model::{Role, SessionRecord, User};
 use super::store::SessionEnd;
-use crate::api::{Head, RelayAddr, RelayReport, ReportAnswer, SessionEnded, SessionGranted, SessionRequest};
+use crate::api::{RelayAddr, RelayReport, ReportAnswer, SessionEnded, SessionGranted, SessionRequest};
 use crate::proto::{Grant, SessionId};
 use crate::util::now_secs;
 
@@ -194,7 +194,7 @@ pub async fn end(hub: &Hub, user: &User, peer: &Peer, id: &str) -> Result<Sessio
     Ok(SessionEnded { session: id.to_string(), state: "revoked".into() })
 }
 
-pub async fn relay_report(hub: &Hub, relay: &str, r: RelayReport) -> ReportAnswer {
+pub async fn relay_report(hub: &Hub, relay: &str, relay_cert: Option<&[u8]>, r: RelayReport) -> ReportAnswer {
     let now = now_secs();
     crate::metrics::HUB_RELAY_REPORTS.with_label_values(&[relay]).inc();
     let answer = hub.board.report(relay, &r, now);
@@ -223,31 +223,6 @@ pub async fn relay_report(hub: &Hub, relay: &str, r: RelayReport) -> ReportAnswe
             )
             .await;
     }
-    let mut heads: Vec<(String, &Head)> = Vec::new();
-    if let Some(h) = &r.audit_head {
-        heads.push((format!("relay:{relay}"), h));
-    }
-    heads.extend(r.agent_heads.iter().map(|a| (format!("agent:{}", a.device), &a.head)));
-    for (source, head) in heads {
-        anchor(hub, &source, head, now).await;
-    }
+    super::anchors::heads(hub, relay, relay_cert, &r, now).await;
     answer
-}
-
-/// Keeps the latest chain head of `source`; writes an `anchor` record into
-/// the hub's own chain when it moved, at most once a minute per source.
-async fn anchor(hub: &Hub, source: &str, head: &Head, now: u64) {
-    let prev = hub.store.anchor(source).await.unwrap_or_default();
-    if prev.as_ref().is_some_and(|(seq, hash, _)| *seq == head.seq && *hash == head.hash) {
-        return;
-    }
-    let due = prev.is_none_or(|(_, _, at)| now as i64 - at >= 60);
-    if !due {
-        return;
-    }
-    if let Err(e) = hub.store.anchor_put(source, head.seq, &head.hash, now as i64).await {
-        tracing::error!(source, error = %e, "storing audit anchor");
-        return;
-    }
-    hub.audit.record("anchor", json!({"source": source, "head_seq": head.seq, "head_hash": head.hash})).await;
 }

@@ -39,6 +39,8 @@ pub enum Frame {
     AuditHead {
         seq: u64,
         hash: String,
+        /// The device key's signature over `hash` (hex; see [`crate::audit::sign`]).
+        sig: String,
     },
     /// relay -> agent: a specialist asks for `service` under `grant`.
     AccessRequest {
@@ -210,10 +212,11 @@ impl Frame {
                 buf.put_u8(HEARTBEAT);
                 buf.put_u64(*seq);
             }
-            Frame::AuditHead { seq, hash } => {
+            Frame::AuditHead { seq, hash, sig } => {
                 buf.put_u8(AUDIT_HEAD);
                 buf.put_u64(*seq);
                 put_str(buf, hash);
+                put_str(buf, sig);
             }
             Frame::AccessRequest { grant, service } => {
                 buf.put_u8(ACCESS_REQUEST);
@@ -384,7 +387,7 @@ impl Frame {
                 raw_legs: get_bool(b)?,
             },
             HEARTBEAT => Frame::Heartbeat { seq: get_u64(b)? },
-            AUDIT_HEAD => Frame::AuditHead { seq: get_u64(b)?, hash: get_str(b)? },
+            AUDIT_HEAD => Frame::AuditHead { seq: get_u64(b)?, hash: get_str(b)?, sig: get_str(b)? },
             ACCESS_REQUEST => Frame::AccessRequest { grant: SignedGrant::decode(b)?, service: get_str(b)? },
             DECISION => Frame::Decision {
                 session: get_sid(b)?,

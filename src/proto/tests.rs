@@ -44,7 +44,11 @@ fn frame() -> impl Strategy<Value = Frame> {
             heartbeat_secs
         }),
         any::<u64>().prop_map(|seq| Frame::Heartbeat { seq }),
-        (any::<u64>(), "[0-9a-f]{0,64}").prop_map(|(seq, hash)| Frame::AuditHead { seq, hash }),
+        (any::<u64>(), "[0-9a-f]{0,64}", "[0-9a-f]{0,144}").prop_map(|(seq, hash, sig)| Frame::AuditHead {
+            seq,
+            hash,
+            sig
+        }),
         (grant(), text()).prop_map(|(grant, service)| Frame::AccessRequest { grant, service }),
         (sid(), any::<bool>(), reason()).prop_map(|(session, ok, reason)| Frame::Decision {
             session,

@@ -21,6 +21,7 @@ pub async fn serve(state: Arc<State>, accepted: super::Accepted, peer: SocketAdd
         return state.handshake_failed(LISTENER, peer, "no_device_id", "client certificate has no common name");
     };
     let transport = accepted.transport;
+    let cert = accepted.cert.unwrap_or_default();
     let mut io = FrameIo::new(accepted.leg);
     if !alpn_ok {
         state.handshake_failed(LISTENER, peer, "alpn_missing", "no tether ALPN negotiated");
@@ -52,7 +53,7 @@ pub async fn serve(state: Arc<State>, accepted: super::Accepted, peer: SocketAdd
             return refuse(&state, &mut io, peer, &device, "unexpected_frame", Reason::BadFrame, &detail).await;
         }
     };
-    attached(state, io, peer, device, (agent_version, transport), services).await
+    attached(state, io, peer, device, (agent_version, transport, cert), services).await
 }
 
 async fn bad_frame(state: &State, io: &mut FrameIo<Leg>, peer: SocketAddr, device: &str, e: FrameIoError) {
@@ -88,7 +89,7 @@ async fn attached(
     mut io: FrameIo<Leg>,
     peer: SocketAddr,
     device: String,
-    (agent_version, transport): (String, &'static str),
+    (agent_version, transport, cert): (String, &'static str, Vec<u8>),
     services: Vec<String>,
 ) {
     let attach_id = state.next_attach_id();
@@ -104,6 +105,7 @@ async fn attached(
             transport,
             last_heartbeat: crate::util::now_secs().into(),
             audit_head: Default::default(),
+            cert,
         },
     ) {
         old.cancel.cancel();
@@ -221,11 +223,12 @@ async fn on_frame(state: &State, io: &mut FrameIo<Leg>, me: &Channel<'_>, frame:
             }
             io.write_frame(&Frame::Heartbeat { seq }).await.map_err(|e| format!("write failed: {e}"))?
         }
-        Frame::AuditHead { seq, hash } => {
+        Frame::AuditHead { seq, hash, sig } => {
             if let Some(a) = state.agents.get(device)
                 && let Ok(mut h) = a.audit_head.lock()
             {
-                *h = Some((seq, hash.chars().take(128).collect()));
+                // Passed on as it came: the hub checks the device's signature.
+                *h = Some((seq, hash.chars().take(128).collect(), sig.chars().take(512).collect()));
             }
         }
         Frame::Decision { session, outcome, reason } => {

@@ -96,11 +96,12 @@ fn build(state: &State, full: bool, sent: &HashMap<String, u64>) -> (RelayReport
             });
         }
         let head = a.audit_head.lock().ok().and_then(|h| h.clone());
-        if let Some((seq, hash)) = head
+        if let Some((seq, hash, sig)) = head
             && sent.get(a.key()) != Some(&seq)
         {
             heads.push((a.key().clone(), seq));
-            agent_heads.push(AgentHead { device: a.key().clone(), head: Head { seq, hash } });
+            let cert = hex::encode(&a.cert);
+            agent_heads.push(AgentHead { device: a.key().clone(), head: Head { seq, hash, sig }, cert });
         }
     }
     let (seq, hash) = state.audit.head();
@@ -117,7 +118,7 @@ fn build(state: &State, full: bool, sent: &HashMap<String, u64>) -> (RelayReport
         started,
         started_transports,
         ended,
-        audit_head: own_moved.then_some(Head { seq, hash }),
+        audit_head: own_moved.then(|| Head { seq, sig: state.audit.sign_head(&hash), hash }),
         agent_heads,
     };
     (report, heads)

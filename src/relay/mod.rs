@@ -211,8 +211,8 @@ pub async fn run_with_taps(
 pub struct Accepted {
     pub leg: crate::leg::Leg,
     pub auth: Auth,
-    /// The serial of the verified client certificate, if any.
-    pub serial: Option<Vec<u8>>,
+    /// The verified client certificate (DER), if any.
+    pub cert: Option<Vec<u8>>,
     /// `tcp` or `quic`.
     pub transport: &'static str,
 }
@@ -229,12 +229,12 @@ pub enum Auth {
 impl Accepted {
     fn tls(t: TlsStream<TcpStream>, alpn: &[u8]) -> Accepted {
         let conn = t.get_ref().1;
-        let serial = conn.peer_certificates().and_then(|c| c.first()).and_then(|c| tls::serial_of(c));
+        let cert = conn.peer_certificates().and_then(|c| c.first()).map(|c| c.to_vec());
         let auth = Auth::Tls {
             device: tls::peer_common_name(conn.peer_certificates()),
             alpn_ok: conn.alpn_protocol() == Some(alpn),
         };
-        Accepted { leg: Box::new(t), auth, serial, transport: "tcp" }
+        Accepted { leg: Box::new(t), auth, cert, transport: "tcp" }
     }
 }
 
@@ -261,7 +261,7 @@ async fn accept_one(
         Ok(Ok(_)) => {}
     }
     if allow_raw && first[0] != crate::leg::TLS_HANDSHAKE {
-        return Ok(Accepted { leg: Box::new(tcp), auth: Auth::Raw, serial: None, transport: "tcp" });
+        return Ok(Accepted { leg: Box::new(tcp), auth: Auth::Raw, cert: None, transport: "tcp" });
     }
     let t = acceptor.accept(tcp).await.map_err(NotAccepted::Failed)?;
     tls::handshake_done(t.get_ref().1);
@@ -341,7 +341,7 @@ async fn accept_loop<F, Fut>(
                 };
                 // A certificate revoked while connected ends the connection
                 // (and the device's sessions here) at the next CRL reload.
-                let serial = tls.serial.clone();
+                let serial = tls.cert.as_deref().and_then(tls::serial_of);
                 match (serial, &tls.auth) {
                     (Some(serial), Auth::Tls { device: Some(device), .. }) => {
                         let (device, trust, state3) = (device.clone(), state2.trust.clone(), state2.clone());

@@ -143,10 +143,10 @@ async fn handshake(incoming: Incoming) -> Result<Connection, quinn::ConnectionEr
     incoming.accept()?.await
 }
 
-/// The device a QUIC connection's verified certificate names, and its serial.
+/// The device a QUIC connection's verified certificate names, and the certificate (DER).
 fn peer_device(conn: &Connection) -> Option<(String, Vec<u8>)> {
     let certs = conn.peer_identity()?.downcast::<Vec<rustls::pki_types::CertificateDer<'static>>>().ok()?;
-    Some((tls::peer_common_name(Some(&certs))?, tls::serial_of(certs.first()?)?))
+    Some((tls::peer_common_name(Some(&certs))?, certs.first()?.to_vec()))
 }
 
 /// Serves the streams of one connection until it closes.
@@ -160,9 +160,12 @@ async fn serve(
     let name = side.listener();
     // A device whose certificate a reloaded CRL revokes loses the whole
     // connection: its control channel, its streams, its sessions here.
-    let (device, revoked) = match device {
-        Some((d, serial)) => (Some(d), Some(state.trust.clone().until_revoked(serial))),
-        None => (None, None),
+    let (device, cert, revoked) = match device {
+        Some((d, cert)) => {
+            let revoked = tls::serial_of(&cert).map(|s| state.trust.clone().until_revoked(s));
+            (Some(d), Some(cert), revoked)
+        }
+        None => (None, None, None),
     };
     let revoked = async move {
         match revoked {
@@ -212,7 +215,7 @@ async fn serve(
             drop((send, recv));
             continue;
         };
-        let (state, device) = (state.clone(), device.clone());
+        let (state, device, cert) = (state.clone(), device.clone(), cert.clone());
         let span = tracing::info_span!(
             parent: None,
             "conn",
@@ -229,12 +232,7 @@ async fn serve(
                 let auth = Auth::Tls { device, alpn_ok: true };
                 match side {
                     Side::Clients => {
-                        client::serve(
-                            state,
-                            Accepted { leg: Box::new(leg), auth, serial: None, transport: "quic" },
-                            peer,
-                        )
-                        .await
+                        client::serve(state, Accepted { leg: Box::new(leg), auth, cert, transport: "quic" }, peer).await
                     }
                     Side::Agents => {
                         // The first frame's header says which kind of leg this is.
@@ -248,7 +246,7 @@ async fn serve(
                         }
                         let is_data = crate::proto::is_data_open(&header);
                         let leg = Box::new(Prefixed::new(Bytes::copy_from_slice(&header), leg));
-                        let accepted = Accepted { leg, auth, serial: None, transport: "quic" };
+                        let accepted = Accepted { leg, auth, cert, transport: "quic" };
                         if is_data {
                             data::serve(state, accepted, peer).await
                         } else {

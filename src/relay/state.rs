@@ -31,8 +31,10 @@ pub struct AgentHandle {
     pub transport: &'static str,
     /// Unix seconds of the last heartbeat (or the attach).
     pub last_heartbeat: AtomicU64,
-    /// The agent's audit chain head, as it last told us.
-    pub audit_head: Mutex<Option<(u64, String)>>,
+    /// The agent's audit chain head and its signature, as it last told us.
+    pub audit_head: Mutex<Option<(u64, String, String)>>,
+    /// The device's certificate (DER), which the hub checks head signatures with.
+    pub cert: Vec<u8>,
 }
 
 /// What the next report to the hub carries besides the current load.
@@ -97,7 +99,7 @@ impl State {
         taps: super::Taps,
     ) -> Result<Arc<State>, super::RelayError> {
         let grants = crate::tls::pki::load_grant_verifier(&cfg.grant_public_key)?;
-        let audit = AuditLog::open(&cfg.audit_log)?;
+        let audit = AuditLog::open_signed(&cfg.audit_log, &cfg.key)?;
         let trust = crate::tls::Trust::get(&cfg.ca, cfg.crl.as_deref())?;
         Ok(Arc::new(State {
             trust,

@@ -1,6 +1,7 @@
 //! End-to-end tests: real `tether` processes, real TLS, loopback only.
 mod harness;
 
+mod audit_chain;
 mod bad_frames;
 mod bad_tls;
 mod consent;

@@ -446,7 +446,20 @@ impl Store {
     }
 
     /// The latest chain head a relay or agent reported.
-    pub async fn anchor_put(&self, source: &str, seq: u64, hash: &str, at: i64) -> Result<(), StoreError> {
+    /// The latest head of `source`, kept also in its history.
+    pub async fn anchor_put(
+        &self,
+        source: &str,
+        (seq, hash, sig): (u64, &str, &str),
+        at: i64,
+    ) -> Result<(), StoreError> {
+        self.db
+            .exec(
+                "INSERT INTO anchor_history (source, seq, hash, sig, at) VALUES ($1, $2, $3, $4, $5)
+                 ON CONFLICT (source, seq) DO NOTHING",
+                vec![source.into(), seq.into(), hash.into(), sig.into(), at.into()],
+            )
+            .await?;
         self.db
             .exec(
                 "INSERT INTO anchors (source, seq, hash, at) VALUES ($1, $2, $3, $4)
@@ -455,6 +468,15 @@ impl Store {
             )
             .await
             .map(|_| ())
+    }
+
+    /// Every anchor of `source`, oldest first: (seq, hash, sig, at).
+    pub async fn anchor_history(&self, source: &str) -> Result<Vec<(u64, String, String, i64)>, StoreError> {
+        let rows = self
+            .db
+            .query("SELECT seq, hash, sig, at FROM anchor_history WHERE source = $1 ORDER BY seq", vec![source.into()])
+            .await?;
+        Ok(rows.iter().map(|r| (r.int(0) as u64, r.text(1), r.text(2), r.int(3))).collect())
     }
 
     pub async fn anchor(&self, source: &str) -> Result<Option<(u64, String, i64)>, StoreError> {

@@ -46,4 +46,9 @@ pub(super) const MIGRATIONS: &[(i64, &str)] = &[
         updated_at BIGINT NOT NULL)",
     ),
     (5, "ALTER TABLE sessions ADD COLUMN transport TEXT NOT NULL DEFAULT ''"),
+    (
+        6,
+        "CREATE TABLE anchor_history (source TEXT NOT NULL, seq BIGINT NOT NULL, hash TEXT NOT NULL,
+        sig TEXT NOT NULL, at BIGINT NOT NULL, PRIMARY KEY (source, seq))",
+    ),
 ];

@@ -168,9 +168,11 @@ async fn sessions_and_audit_chain() {
         reopened.record("c", serde_json::json!({})).await;
         let lines = s.audit_since(0, 100).await.unwrap().join("\n");
         assert_eq!(crate::audit::verify_lines(lines.as_bytes(), crate::audit::GENESIS, 0), Ok(3));
-        s.anchor_put("relay:relay-a", 5, "h5", 1).await.unwrap();
-        s.anchor_put("relay:relay-a", 6, "h6", 2).await.unwrap();
+        s.anchor_put("relay:relay-a", (5, "h5", "s5"), 1).await.unwrap();
+        s.anchor_put("relay:relay-a", (6, "h6", "s6"), 2).await.unwrap();
         assert_eq!(s.anchor("relay:relay-a").await.unwrap(), Some((6, "h6".into(), 2)));
+        let history = s.anchor_history("relay:relay-a").await.unwrap();
+        assert_eq!(history.iter().map(|h| h.0).collect::<Vec<_>>(), vec![5, 6]);
     })
     .await;
 }

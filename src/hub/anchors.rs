@@ -1,0 +1,103 @@
+//! Anchoring the relays' and agents' audit chains: each report carries the
+//! heads, signed by the chain's owner; the hub keeps every accepted head.
+//!
+//! A head is refused (counted in `tether_hub_anchor_refusals_total`, audited
+//! once per source, reason and sequence) when it is unsigned, its signature
+//! is not by the owner's certificate, that certificate is not a valid device
+//! certificate of the fleet naming the device (agents' heads come through a
+//! relay, which must not be able to forge them), or it goes back: a lower
+//! sequence than the last anchor (`rollback`), or the same sequence with
+//! another hash (`fork`).
+use std::collections::HashMap;
+use std::sync::{LazyLock, Mutex};
+
+use rustls::pki_types::{CertificateDer, UnixTime};
+use serde_json::json;
+
+use super::Hub;
+use crate::api::{Head, RelayReport};
+use crate::tls::{self, Role};
+
+/// Anchors at most this often per source (seconds): records cut off the end
+/// of a log show once they are older than this.
+const EVERY_SECS: i64 = 10;
+
+/// Refusals already audited: source -> (reason, seq).
+static AUDITED: LazyLock<Mutex<HashMap<String, (&'static str, u64)>>> = LazyLock::new(Default::default);
+
+/// Checks and keeps the heads of one report from `relay`, whose own
+/// certificate (`relay_cert`, DER) signs the relay's head.
+pub async fn heads(hub: &Hub, relay: &str, relay_cert: Option<&[u8]>, r: &RelayReport, now: u64) {
+    if let Some(h) = &r.audit_head {
+        anchor(hub, &format!("relay:{relay}"), h, relay_cert.ok_or("no_certificate"), now).await;
+    }
+    for a in &r.agent_heads {
+        let cert = device_cert(hub, &a.device, &a.cert);
+        anchor(hub, &format!("agent:{}", a.device), &a.head, cert.as_deref().map_err(|e| *e), now).await;
+    }
+}
+
+/// The device certificate a relay passed on, if it is a valid fleet device
+/// certificate (CA, CRL, role) for `device`.
+fn device_cert(hub: &Hub, device: &str, hex_der: &str) -> Result<Vec<u8>, &'static str> {
+    let der = hex::decode(hex_der).map_err(|_| "no_certificate")?;
+    if der.is_empty() {
+        return Err("no_certificate");
+    }
+    let trust = tls::Trust::get(&hub.cfg.ca, hub.cfg.crl.as_deref()).map_err(|_| "bad_certificate")?;
+    let verifier = trust.client_verifier(Some(Role::Device), true);
+    verifier.verify_client_cert(&CertificateDer::from(der.as_slice()), &[], UnixTime::now()).map_err(|e| {
+        tracing::info!(device, error = %e, "agent head with a certificate that does not verify");
+        "bad_certificate"
+    })?;
+    let der_ref = CertificateDer::from(der.as_slice());
+    if tls::peer_common_name(Some(std::slice::from_ref(&der_ref))).as_deref() != Some(device) {
+        return Err("wrong_device");
+    }
+    Ok(der)
+}
+
+/// Keeps the head of `source` when it is signed by `cert` and moves forward;
+/// writes an `anchor` record into the hub's own chain when it moved, at most
+/// every [`EVERY_SECS`] per source.
+async fn anchor(hub: &Hub, source: &str, head: &Head, cert: Result<&[u8], &'static str>, now: u64) {
+    if head.seq == 0 {
+        return; // an empty chain: nothing to anchor
+    }
+    let prev = hub.store.anchor(source).await.unwrap_or_default();
+    if prev.as_ref().is_some_and(|(seq, hash, _)| *seq == head.seq && *hash == head.hash) {
+        return;
+    }
+    let problem = match cert {
+        Err(why) => Some(why),
+        Ok(_) if head.sig.is_empty() => Some("unsigned"),
+        Ok(c) if !crate::audit::sign::verify(c, &head.hash, &head.sig) => Some("bad_signature"),
+        Ok(_) => match &prev {
+            Some((seq, _, _)) if head.seq < *seq => Some("rollback"),
+            Some((seq, hash, _)) if head.seq == *seq && *hash != head.hash => Some("fork"),
+            _ => None,
+        },
+    };
+    if let Some(reason) = problem {
+        return refused(hub, source, head, reason, prev.map(|p| p.0)).await;
+    }
+    let due = prev.is_none_or(|(_, _, at)| now as i64 - at >= EVERY_SECS);
+    if !due {
+        return;
+    }
+    if let Err(e) = hub.store.anchor_put(source, (head.seq, &head.hash, &head.sig), now as i64).await {
+        tracing::error!(source, error = %e, "storing audit anchor");
+        return;
+    }
+    hub.audit.record("anchor", json!({"source": source, "head_seq": head.seq, "head_hash": head.hash})).await;
+}
+
+async fn refused(hub: &Hub, source: &str, head: &Head, reason: &'static str, anchored: Option<u64>) {
+    crate::metrics::HUB_ANCHOR_REFUSALS.with_label_values(&[reason]).inc();
+    let fresh = crate::util::lock(&AUDITED).insert(source.to_string(), (reason, head.seq)) != Some((reason, head.seq));
+    if fresh {
+        tracing::warn!(source, reason, seq = head.seq, "audit head refused");
+        let fields = json!({"source": source, "head_seq": head.seq, "head_hash": head.hash, "anchored_seq": anchored});
+        hub.audit.record("anchor_refused", json!({"reason": reason, "detail": fields})).await;
+    }
+}

@@ -1,0 +1,225 @@
+//! Audit that holds up against someone who can write the log file: signed
+//! records, truncation shown against the hub's anchors, and heads the hub
+//! refuses to anchor (forged, rolled back).
+use serde_json::{Value, json};
+use tether::api::{AgentHead, Anchor, Head, RelayReport};
+
+use crate::harness::*;
+use crate::hub::{add_user, hub_client, hub_fleet, login, run, token_of};
+
+fn lines(path: &std::path::Path) -> Vec<String> {
+    std::fs::read_to_string(path).unwrap().lines().map(String::from).collect()
+}
+
+/// Re-hashes `records` from the first on, as someone without the key would
+/// after an edit: every hash is right again, the signatures stay as they were.
+fn rehash(records: &mut [Value]) {
+    let mut prev = tether::audit::GENESIS.to_string();
+    for r in records.iter_mut() {
+        let m = r.as_object_mut().unwrap();
+        let sig = m.remove("sig");
+        m.insert("prev".into(), prev.clone().into());
+        let fields: Value =
+            m.iter().filter(|(k, _)| k.as_str() != "hash").map(|(k, v)| (k.clone(), v.clone())).collect();
+        let (line, hash) = tether::audit::link(
+            fields["seq"].as_u64().unwrap(),
+            &prev,
+            fields["ts"].as_str().unwrap(),
+            fields["event"].as_str().unwrap(),
+            fields.clone(),
+        );
+        let mut again: Value = serde_json::from_str(&line).unwrap();
+        if let Some(s) = sig {
+            again["sig"] = s;
+        }
+        *r = again;
+        prev = hash;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_forged_rehashed_log_and_a_truncated_log_are_named() {
+    let fleet = hub_fleet("").await;
+    let boss = add_user(&fleet, "boss", "admin", &[]).await;
+    let profile = login(&fleet, "boss", &boss).await;
+    let token = token_of(&profile);
+    // Some records: a session through relay-a.
+    let s = fleet.session("echo").await;
+    drop(s.connect().await.unwrap());
+    s.close();
+    let log = fleet.relays[0].audit.clone();
+    let cert = fleet.pki.path("relay-a.pem");
+    // The hub anchors relay-a's chain (its first head at once).
+    let mut anchored = 0;
+    for _ in 0..300 {
+        let a: Vec<Anchor> = hub_client(&fleet).get("/api/v1/audit/anchors/relay:relay-a", Some(&token)).await.unwrap();
+        anchored = a.last().map_or(0, |a| a.seq);
+        if anchored >= 2 {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    assert!(anchored >= 2, "the hub did not anchor relay-a's chain");
+    let verify = |file: &std::path::Path, extra: &[&str]| {
+        let mut args = vec!["audit", "verify", file.to_str().unwrap(), "--cert", cert.to_str().unwrap()];
+        args.extend_from_slice(extra);
+        args.iter().map(|s| s.to_string()).collect::<Vec<String>>()
+    };
+    let args = verify(&log, &["--profile", profile.to_str().unwrap()]);
+    let ok = run(&args.iter().map(String::as_str).collect::<Vec<_>>(), "").await;
+    assert!(ok.0, "the untouched log does not verify: {ok:?}");
+    assert!(ok.1.contains("every record signed") && ok.1.contains("matches the hub's"), "{}", ok.1);
+
+    // Edit the second record and re-hash everything after it.
+    let mut records: Vec<Value> = lines(&log).iter().map(|l| serde_json::from_str(l).unwrap()).collect();
+    records[1]["peer"] = json!("10.9.9.9:1");
+    rehash(&mut records);
+    let forged = fleet.dir().join("forged.jsonl");
+    std::fs::write(&forged, records.iter().map(|r| format!("{r}\n")).collect::<String>()).unwrap();
+    let chain_only = run(&["audit", "verify", forged.to_str().unwrap()], "").await;
+    assert!(chain_only.0, "re-hashing should fool the hash chain alone: {chain_only:?}");
+    let args = verify(&forged, &[]);
+    let caught = run(&args.iter().map(String::as_str).collect::<Vec<_>>(), "").await;
+    assert!(!caught.0, "a forged, re-hashed log verified with --cert");
+    assert!(caught.2.contains("record seq 2: the signature does not match"), "{}", caught.2);
+    // Without its signatures, it is named as unsigned.
+    for r in records.iter_mut() {
+        r.as_object_mut().unwrap().remove("sig");
+    }
+    std::fs::write(&forged, records.iter().map(|r| format!("{r}\n")).collect::<String>()).unwrap();
+    let unsigned = run(&verify(&forged, &[]).iter().map(String::as_str).collect::<Vec<_>>(), "").await;
+    assert!(unsigned.2.contains("record seq 1 is not signed"), "{}", unsigned.2);
+
+    // Cut the log short of what the hub anchored: intact by itself, caught by the anchors.
+    let cut = fleet.dir().join("cut.jsonl");
+    let keep: String = lines(&log).iter().take(anchored as usize - 1).map(|l| format!("{l}\n")).collect();
+    std::fs::write(&cut, keep).unwrap();
+    let alone = run(&verify(&cut, &[]).iter().map(String::as_str).collect::<Vec<_>>(), "").await;
+    assert!(alone.0, "a truncated log is intact by itself: {alone:?}");
+    let args = verify(&cut, &["--profile", profile.to_str().unwrap()]);
+    let truncated = run(&args.iter().map(String::as_str).collect::<Vec<_>>(), "").await;
+    assert!(!truncated.0 && truncated.2.contains("truncated"), "{truncated:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn forged_and_rolled_back_anchors_are_refused() {
+    let fleet = hub_fleet("").await;
+    let boss = add_user(&fleet, "boss", "admin", &[]).await;
+    let token = token_of(&login(&fleet, "boss", &boss).await);
+    // The agent writes records (a session); its real, signed heads reach the
+    // hub through the relays.
+    let s = fleet.session("echo").await;
+    drop(s.connect().await.unwrap());
+    let mut agent_anchor = None;
+    for _ in 0..300 {
+        let a: Vec<Anchor> =
+            hub_client(&fleet).get(&format!("/api/v1/audit/anchors/agent:{DEVICE}"), Some(&token)).await.unwrap();
+        if let Some(last) = a.last().filter(|a| a.seq >= 2) {
+            agent_anchor = Some(last.clone());
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    let Some(agent_anchor) = agent_anchor else {
+        let m = hub_client(&fleet).text("/metrics", None).await.unwrap();
+        panic!(
+            "the agent's signed head was never anchored: {:?}\n{}",
+            m.lines().filter(|l| l.contains("anchor")).collect::<Vec<_>>(),
+            fleet.logs()
+        );
+    };
+    let as_relay = |name: &str| {
+        let (c, k) = (fleet.pki.path(&format!("{name}.pem")), fleet.pki.path(&format!("{name}.key")));
+        tether::api::HubClient::new(&fleet.hub.as_ref().unwrap().url(), &fleet.pki.path("ca.pem"), Some((&c, &k)), None)
+            .unwrap()
+    };
+    let device_cert =
+        hex::encode(tether::tls::load_certs(&fleet.pki.path(&format!("{DEVICE}.pem"))).unwrap()[0].as_ref());
+    let relay_key = tether::audit::Signer::load(&fleet.pki.path("relay-a.key")).unwrap();
+    let device_key = tether::audit::Signer::load(&fleet.pki.path(&format!("{DEVICE}.key"))).unwrap();
+    let report = |heads: Vec<AgentHead>, own: Option<Head>| RelayReport {
+        ready: true,
+        agent_heads: heads,
+        audit_head: own,
+        ..Default::default()
+    };
+    let hash = "ab".repeat(32);
+    let cases: Vec<(&str, RelayReport)> = vec![
+        // A relay forges a device's head: signed with its own key, not the device's.
+        (
+            "bad_signature",
+            report(
+                vec![AgentHead {
+                    device: DEVICE.into(),
+                    head: Head { seq: agent_anchor.seq + 5, hash: hash.clone(), sig: relay_key.sign(&hash) },
+                    cert: device_cert.clone(),
+                }],
+                None,
+            ),
+        ),
+        // A head without any signature.
+        (
+            "unsigned",
+            report(
+                vec![AgentHead {
+                    device: DEVICE.into(),
+                    head: Head { seq: agent_anchor.seq + 6, hash: hash.clone(), sig: String::new() },
+                    cert: device_cert.clone(),
+                }],
+                None,
+            ),
+        ),
+        // A genuine device signature, rolled back below the anchor.
+        (
+            "rollback",
+            report(
+                vec![AgentHead {
+                    device: DEVICE.into(),
+                    head: Head { seq: agent_anchor.seq - 1, hash: hash.clone(), sig: device_key.sign(&hash) },
+                    cert: device_cert.clone(),
+                }],
+                None,
+            ),
+        ),
+        // The same sequence with another hash.
+        (
+            "fork",
+            report(
+                vec![AgentHead {
+                    device: DEVICE.into(),
+                    head: Head { seq: agent_anchor.seq, hash: hash.clone(), sig: device_key.sign(&hash) },
+                    cert: device_cert.clone(),
+                }],
+                None,
+            ),
+        ),
+        // Another device's head under this device's name, with its own valid cert.
+        (
+            "wrong_device",
+            report(
+                vec![AgentHead {
+                    device: "someone-else".into(),
+                    head: Head { seq: 1, hash: hash.clone(), sig: device_key.sign(&hash) },
+                    cert: device_cert.clone(),
+                }],
+                None,
+            ),
+        ),
+    ];
+    for (reason, r) in cases {
+        let _: tether::api::ReportAnswer = as_relay("relay-a").post("/api/v1/relay/report", None, &r).await.unwrap();
+        let m = as_relay("relay-a").text("/metrics", None).await.unwrap();
+        assert!(
+            parse_metric(&m, "tether_hub_anchor_refusals_total", &[&format!("reason=\"{reason}\"")]) >= 1.0,
+            "{reason} not refused"
+        );
+    }
+    // None of them moved the anchor.
+    let after: Vec<Anchor> =
+        hub_client(&fleet).get(&format!("/api/v1/audit/anchors/agent:{DEVICE}"), Some(&token)).await.unwrap();
+    assert!(after.iter().all(|a| a.hash != hash), "a refused head was anchored: {after:?}");
+    let audit = crate::hub::hub_audit(&fleet, &token).await;
+    for reason in ["bad_signature", "rollback", "fork"] {
+        assert!(audit.iter().any(|r| r["event"] == "anchor_refused" && r["reason"] == reason), "{reason} not audited");
+    }
+}
