@@ -45,3 +45,28 @@ pub fn must_exist(problems: &mut Vec<String>, what: &str, p: &Path) {
         problems.push(format!("{what}: {} does not exist", p.display()));
     }
 }
+
+/// The committed, public `certs-dev/` material: anyone can mint fleet
+/// certificates and grants with it.
+const DEV_CA: &str = include_str!("../certs-dev/ca.pem");
+const DEV_GRANT_PUB: &str = include_str!("../certs-dev/grant.pub");
+const DEV_GRANT_KEY: &str = include_str!("../certs-dev/grant.key");
+
+/// Adds a problem when `files` include the committed `certs-dev/` CA or
+/// grant key and the config does not say `dev = true`.
+pub fn refuse_dev_material(problems: &mut Vec<String>, dev: bool, files: &[(&str, &Path)]) {
+    if dev {
+        return;
+    }
+    for (key, path) in files {
+        let Ok(text) = std::fs::read_to_string(path) else { continue };
+        let committed = [DEV_CA, DEV_GRANT_PUB, DEV_GRANT_KEY].iter().any(|d| d.trim() == text.trim());
+        if committed {
+            problems.push(format!(
+                "{key}: {} is the committed certs-dev/ material, public to anyone: \
+                 issue your own (`tether certs init`), or set dev = true for development only",
+                path.display()
+            ));
+        }
+    }
+}

@@ -58,6 +58,7 @@ pub async fn start_relay(pki: &Path, dir: &Path, stop: CancellationToken) -> Bou
         grant_public_key: pki.join("grant.pub"),
         audit_log: dir.join("relay-audit.jsonl"),
         replay_file: None,
+        dev: false,
         raw_legs: true,
         quic: false,
         quic_agents: None,

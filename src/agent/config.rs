@@ -142,6 +142,9 @@ pub struct AgentConfig {
     /// Unix socket for `tether agent approve|deny|pending|end` (mode 0600).
     pub operator_socket: PathBuf,
     pub audit_log: PathBuf,
+    /// Development only: accept the committed `certs-dev/` material.
+    #[serde(default)]
+    pub dev: bool,
     /// Session ids of grants admitted, kept until they expire, so that a
     /// restart admits none of them again (default: beside the audit log,
     /// `NAME.used-grants`).
@@ -227,6 +230,11 @@ impl ConfigFile for AgentConfig {
 
     fn problems(&self) -> Vec<String> {
         let mut p = Vec::new();
+        crate::config::refuse_dev_material(
+            &mut p,
+            self.dev,
+            &[("ca", self.ca.as_path()), ("grant_public_key", self.grant_public_key.as_path())],
+        );
         if self.device.trim().is_empty() {
             p.push("device: must not be empty".into());
         }

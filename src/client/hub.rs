@@ -195,8 +195,5 @@ pub fn store_token(path: &Path, login: &HubLogin, token: &str, expires_at: u64) 
     hub.insert("token".into(), token.into());
     hub.insert("token_expires_at".into(), toml::Value::Integer(expires_at as i64));
     let out = toml::to_string(&doc).map_err(|e| err(e.to_string()))?;
-    crate::tls::pki::write_file(path, &out, true).map_err(|e| err(e.to_string()))?;
-    // `write_file` sets 0600 only on creation; make sure of it.
-    use std::os::unix::fs::PermissionsExt;
-    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600)).map_err(|e| err(e.to_string()))
+    crate::tls::pki::write_file(path, &out, true).map_err(|e| err(e.to_string()))
 }

@@ -20,7 +20,8 @@ pub struct Admin {
 
 impl Admin {
     pub async fn open(cfg: &HubConfig) -> Result<Admin> {
-        let store = Store::open(&cfg.database, std::path::Path::new(".")).await?;
+        let secrets = std::sync::Arc::new(super::secrets::SecretBox::load_or_create(&cfg.secrets_key)?);
+        let store = Store::open(&cfg.database, std::path::Path::new(".")).await?.with_secrets(secrets).await?;
         let audit = HubAudit::open(store.clone()).await?;
         let by = format!("cli:{}", std::env::var("USER").unwrap_or_else(|_| "unknown".into()));
         Ok(Admin { store, audit, issuer: cfg.issuer.clone(), by })

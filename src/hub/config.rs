@@ -24,6 +24,13 @@ pub struct HubConfig {
     pub crl: Option<PathBuf>,
     /// The Ed25519 grant-signing key (PKCS#8 PEM). Only the hub holds it.
     pub grant_signing_key: PathBuf,
+    /// Development only: accept the committed `certs-dev/` material.
+    #[serde(default)]
+    pub dev: bool,
+    /// The key (64 hex digits, 0600) that seals TOTP seeds in the database;
+    /// created on first start when missing. Back it up apart from the database.
+    #[serde(default = "default_secrets_key")]
+    pub secrets_key: PathBuf,
     /// `sqlite:PATH` (relative to this file) or `postgres://user:pass@host/db`.
     #[serde(default = "default_database")]
     pub database: String,
@@ -77,6 +84,10 @@ pub struct UploadsConfig {
     /// Largest upload one job may store.
     #[serde(default = "default_max_upload")]
     pub max_bytes: u64,
+}
+
+fn default_secrets_key() -> PathBuf {
+    "hub-secrets.key".into()
 }
 
 fn default_max_upload() -> u64 {
@@ -179,7 +190,7 @@ impl HubConfig {
 
 impl ConfigFile for HubConfig {
     fn resolve_paths(&mut self, base: &Path) {
-        for p in [&mut self.ca, &mut self.cert, &mut self.key, &mut self.grant_signing_key] {
+        for p in [&mut self.ca, &mut self.cert, &mut self.key, &mut self.grant_signing_key, &mut self.secrets_key] {
             resolve(base, p);
         }
         if let Some(crl) = &mut self.crl {
@@ -202,6 +213,11 @@ impl ConfigFile for HubConfig {
 
     fn problems(&self) -> Vec<String> {
         let mut p = Vec::new();
+        crate::config::refuse_dev_material(
+            &mut p,
+            self.dev,
+            &[("ca", self.ca.as_path()), ("grant_signing_key", self.grant_signing_key.as_path())],
+        );
         must_exist(&mut p, "ca", &self.ca);
         must_exist(&mut p, "cert", &self.cert);
         must_exist(&mut p, "key", &self.key);

@@ -17,6 +17,7 @@ pub mod relays;
 pub mod repo;
 mod repo_api;
 mod rollouts;
+pub mod secrets;
 mod sessions;
 pub mod store;
 mod uploads;
@@ -45,6 +46,8 @@ pub enum HubError {
     Uploads { dir: std::path::PathBuf, source: std::io::Error },
     #[error("binding {addr}: {source}")]
     Bind { addr: SocketAddr, source: std::io::Error },
+    #[error(transparent)]
+    Secrets(#[from] secrets::SecretsError),
 }
 
 /// Everything a request handler needs.
@@ -69,7 +72,8 @@ pub struct Hub {
 
 impl Hub {
     pub async fn open(cfg: HubConfig) -> Result<Arc<Hub>, HubError> {
-        let store = store::Store::open(&cfg.database, std::path::Path::new(".")).await?;
+        let secrets = Arc::new(secrets::SecretBox::load_or_create(&cfg.secrets_key)?);
+        let store = store::Store::open(&cfg.database, std::path::Path::new(".")).await?.with_secrets(secrets).await?;
         let signer = crate::tls::pki::load_grant_signer(&cfg.grant_signing_key)?;
         let audit = audit::HubAudit::open(store.clone()).await?;
         let board = relays::Board::new(cfg.relays.clone(), Duration::from_millis(cfg.relay_stale_ms));

@@ -43,6 +43,9 @@ pub struct RelayConfig {
     pub grant_public_key: PathBuf,
     /// Append-only audit log (JSON lines, hash-chained).
     pub audit_log: PathBuf,
+    /// Development only: accept the committed `certs-dev/` material.
+    #[serde(default)]
+    pub dev: bool,
     /// Session ids of grants used or revoked, kept until they expire, so
     /// that a restart admits none of them again (default: beside the audit
     /// log, `NAME.used-grants`).
@@ -152,6 +155,11 @@ impl ConfigFile for RelayConfig {
 
     fn problems(&self) -> Vec<String> {
         let mut p = Vec::new();
+        crate::config::refuse_dev_material(
+            &mut p,
+            self.dev,
+            &[("ca", self.ca.as_path()), ("grant_public_key", self.grant_public_key.as_path())],
+        );
         if self.name.trim().is_empty() {
             p.push("name: must not be empty".into());
         }

@@ -218,9 +218,10 @@ fn read_string(path: &Path) -> Result<String, TlsError> {
     std::fs::read_to_string(path).map_err(|source| TlsError::Read { path: path.into(), source })
 }
 
-/// Writes a file; secrets get mode 0600.
+/// Writes a file; secrets get mode 0600 on every write (an existing file
+/// with looser permissions is tightened before anything is written).
 pub fn write_file(path: &Path, text: &str, secret: bool) -> Result<(), TlsError> {
-    use std::os::unix::fs::OpenOptionsExt;
+    use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
     let err = |source| TlsError::Write { path: PathBuf::from(path), source };
     let mut opts = std::fs::OpenOptions::new();
     opts.write(true).create(true).truncate(true);
@@ -228,5 +229,8 @@ pub fn write_file(path: &Path, text: &str, secret: bool) -> Result<(), TlsError>
         opts.mode(0o600);
     }
     let mut f = opts.open(path).map_err(err)?;
+    if secret {
+        f.set_permissions(std::fs::Permissions::from_mode(0o600)).map_err(err)?;
+    }
     std::io::Write::write_all(&mut f, text.as_bytes()).map_err(err)
 }

@@ -49,6 +49,7 @@ async fn tapped(taps: Taps, service: SocketAddr) -> Tapped {
         grant_public_key: pki.path("grant.pub"),
         audit_log: tmp.path().join("relay-audit.jsonl"),
         replay_file: None,
+        dev: false,
         raw_legs: true,
         quic: false,
         quic_agents: None,

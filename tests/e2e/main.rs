@@ -29,6 +29,7 @@ mod quic_inputs;
 mod repo;
 mod restarts;
 mod rollouts;
+mod secrets;
 mod self_update;
 mod trust;
 mod tunnel;

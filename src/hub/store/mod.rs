@@ -18,6 +18,8 @@ use super::model::{Device, SessionRecord, Site, User};
 #[derive(Clone)]
 pub struct Store {
     db: Arc<dyn Sql>,
+    /// Seals TOTP seeds at rest (none: stored plain, tests of the store alone).
+    secrets: Option<Arc<crate::hub::secrets::SecretBox>>,
 }
 
 const SESSION_COLUMNS: &str = "id, specialist, device, service, reason, ticket, source, relay, created_at, expires_at,
@@ -47,12 +49,17 @@ fn session_from(r: &Row) -> SessionRecord {
     }
 }
 
-fn user_from(r: &Row) -> Result<User, StoreError> {
+fn user_from(r: &Row, secrets: Option<&crate::hub::secrets::SecretBox>) -> Result<User, StoreError> {
+    let name = r.text(0);
+    let totp_secret = match secrets {
+        Some(b) => b.open(&name, &r.text(3)).map_err(|e| StoreError::Db(format!("user {name}: {e}")))?,
+        None => r.text(3),
+    };
     Ok(User {
-        name: r.text(0),
+        name,
         role: r.text(1).parse().map_err(StoreError::Db)?,
         password_hash: r.text(2),
-        totp_secret: r.text(3),
+        totp_secret,
         disabled: r.int(4) != 0,
         created_at: r.int(5),
     })
@@ -86,12 +93,37 @@ impl Store {
 
     // --- accounts -----------------------------------------------------------
 
+    /// Seals TOTP seeds with `secrets` from now on, and seals every seed
+    /// still stored plain (written before sealing was configured).
+    pub async fn with_secrets(mut self, secrets: Arc<crate::hub::secrets::SecretBox>) -> Result<Store, StoreError> {
+        let rows = self.db.query("SELECT name, totp_secret FROM users", vec![]).await?;
+        for r in rows {
+            let (name, stored) = (r.text(0), r.text(1));
+            if !crate::hub::secrets::SecretBox::is_sealed(&stored) {
+                let sealed = secrets.seal(&name, &stored);
+                self.db
+                    .exec(
+                        "UPDATE users SET totp_secret = $2 WHERE name = $1",
+                        vec![name.as_str().into(), sealed.into()],
+                    )
+                    .await?;
+                tracing::info!(user = %name, "sealed a TOTP seed that was stored plain");
+            }
+        }
+        self.secrets = Some(secrets);
+        Ok(self)
+    }
+
     pub async fn user_add(&self, u: &User) -> Result<(), StoreError> {
+        let totp = match &self.secrets {
+            Some(b) => b.seal(&u.name, &u.totp_secret),
+            None => u.totp_secret.clone(),
+        };
         self.insert(
             "user",
             &u.name,
             "INSERT INTO users (name, role, password_hash, totp_secret, disabled, created_at) VALUES ($1, $2, $3, $4, $5, $6)",
-            vec![u.name.as_str().into(), u.role.as_str().into(), (&u.password_hash).into(), (&u.totp_secret).into(), u.disabled.into(), u.created_at.into()],
+            vec![u.name.as_str().into(), u.role.as_str().into(), (&u.password_hash).into(), totp.into(), u.disabled.into(), u.created_at.into()],
         )
         .await
     }
@@ -104,7 +136,7 @@ impl Store {
                 vec![name.into()],
             )
             .await?;
-        rows.first().map(user_from).transpose()
+        rows.first().map(|r| user_from(r, self.secrets.as_deref())).transpose()
     }
 
     pub async fn users(&self) -> Result<Vec<User>, StoreError> {
@@ -115,7 +147,7 @@ impl Store {
                 vec![],
             )
             .await?;
-        rows.iter().map(user_from).collect()
+        rows.iter().map(|r| user_from(r, self.secrets.as_deref())).collect()
     }
 
     pub async fn user_set_disabled(&self, name: &str, disabled: bool) -> Result<(), StoreError> {

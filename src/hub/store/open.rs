@@ -17,7 +17,7 @@ impl Store {
             }
             return Self::open_sqlite(&base.join(path)).await;
         };
-        let store = Store { db };
+        let store = Store { db, secrets: None };
         store.migrate().await?;
         Ok(store)
     }
@@ -32,7 +32,8 @@ impl Store {
         for attempt in 0.. {
             let r = match sqlite::Sqlite::open(path) {
                 Ok(db) => {
-                    let store = Store { db: Arc::new(db) };
+                    restrict(path);
+                    let store = Store { db: Arc::new(db), secrets: None };
                     store.migrate().await.map(|()| store)
                 }
                 Err(e) => Err(e),
@@ -77,5 +78,18 @@ impl Store {
             }
         }
         Ok(())
+    }
+}
+
+/// The database file (and SQLite's side files) readable by the hub's user only.
+fn restrict(path: &Path) {
+    use std::os::unix::fs::PermissionsExt;
+    for suffix in ["", "-wal", "-shm"] {
+        let p = std::path::PathBuf::from(format!("{}{suffix}", path.display()));
+        if p.exists()
+            && let Err(e) = std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o600))
+        {
+            tracing::warn!(path = %p.display(), error = %e, "cannot make the database file 0600");
+        }
     }
 }
