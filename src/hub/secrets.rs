@@ -40,10 +40,23 @@ impl SecretBox {
         use std::os::unix::fs::PermissionsExt;
         let io = |source| SecretsError::Io { path: path.into(), source };
         if !path.exists() {
+            // Written whole under a temporary name, then linked into place
+            // only if no other process (the hub and an admin command starting
+            // together) got there first: everyone ends up with one key.
             let key: [u8; 32] = crate::random_bytes();
-            crate::tls::pki::write_file(path, &format!("{}\n", hex::encode(key)), true)
+            let tmp = path.with_extension(format!("new-{}", std::process::id()));
+            crate::tls::pki::write_file(&tmp, &format!("{}\n", hex::encode(key)), true)
                 .map_err(|e| io(std::io::Error::other(e.to_string())))?;
-            tracing::info!(path = %path.display(), "created the hub's secrets key: back it up apart from the database");
+            let linked = std::fs::hard_link(&tmp, path);
+            let _ = std::fs::remove_file(&tmp);
+            match linked {
+                Ok(()) => tracing::info!(
+                    path = %path.display(),
+                    "created the hub's secrets key: back it up apart from the database"
+                ),
+                Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {}
+                Err(e) => return Err(io(e)),
+            }
         }
         let mode = std::fs::metadata(path).map_err(io)?.permissions().mode();
         if mode & 0o077 != 0 {

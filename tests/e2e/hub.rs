@@ -80,7 +80,7 @@ pub async fn login(fleet: &Fleet, user: &str, secret: &str) -> PathBuf {
     ];
     // Host name check: the test hub's certificate names localhost / 127.0.0.1.
     let out = run(&args, &format!("{PASSWORD}\n{}\n", code(secret, 0))).await;
-    assert!(out.0, "login failed: {} {}", out.1, out.2);
+    assert!(out.0, "login failed: {} {}\n{}", out.1, out.2, fleet.logs());
     profile
 }
 

@@ -94,7 +94,8 @@ fn the_committed_dev_keys_are_refused_unless_the_config_says_dev() {
             tmp.path().display()
         )
     };
-    let cases: [(&str, &dyn Fn(&str) -> String); 3] = [("relay", &relay), ("agent", &agent), ("hub", &hub)];
+    type Config<'a> = &'a dyn Fn(&str) -> String;
+    let cases: [(&str, Config); 3] = [("relay", &relay), ("agent", &agent), ("hub", &hub)];
     for (role, text) in cases {
         let cfg = tmp.path().join(format!("{role}.toml"));
         std::fs::write(&cfg, text("")).unwrap();
