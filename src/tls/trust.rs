@@ -15,7 +15,7 @@
 use std::collections::HashSet;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, LazyLock, Mutex, RwLock};
-use std::time::{Duration, SystemTime};
+use std::time::Duration;
 
 use rustls::client::WebPkiServerVerifier;
 use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
@@ -129,7 +129,8 @@ pub struct Trust {
     roots: Arc<RootCertStore>,
     hints: Vec<DistinguishedName>,
     built: RwLock<Arc<Built>>,
-    crl_stamp: Mutex<Option<(SystemTime, u64)>>,
+    /// SHA-256 of the CRL file's bytes in force.
+    crl_stamp: Mutex<Option<[u8; 32]>>,
     generation: tokio::sync::watch::Sender<u64>,
 }
 
@@ -141,9 +142,12 @@ impl std::fmt::Debug for Trust {
 
 static ALL: LazyLock<Mutex<Vec<Arc<Trust>>>> = LazyLock::new(Default::default);
 
-fn stamp(path: &Path) -> Option<(SystemTime, u64)> {
-    let m = std::fs::metadata(path).ok()?;
-    Some((m.modified().ok()?, m.len()))
+/// What a CRL file holds, by content (a rewrite within the same second, of
+/// the same length, still counts as a change).
+fn stamp(path: &Path) -> Option<[u8; 32]> {
+    use sha2::Digest;
+    let bytes = std::fs::read(path).ok()?;
+    Some(sha2::Sha256::digest(&bytes).into())
 }
 
 impl Trust {
@@ -422,5 +426,34 @@ impl ServerCertVerifier for ServerRole {
 
     fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
         self.trust.current().server.supported_verify_schemes()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::tls::pki::{Ca, Validity};
+
+    #[test]
+    fn a_rewritten_crl_is_in_force_after_reload_and_roles_are_read_from_the_subject() {
+        let dir = tempfile::tempdir().unwrap();
+        crate::tls::pki::init_dir(dir.path(), &["d1"]).unwrap();
+        let ca = Ca::load(dir.path()).unwrap();
+        let (a, b) =
+            (ca.issue_device("a", Validity::days(1)).unwrap(), ca.issue_device("b", Validity::days(1)).unwrap());
+        let crl = dir.path().join("crl.pem");
+        std::fs::write(&crl, ca.crl(std::slice::from_ref(&a.serial)).unwrap()).unwrap();
+        let t = Trust::get(&dir.path().join("ca.pem"), Some(&crl)).unwrap();
+        assert!(t.is_revoked(&a.serial) && !t.is_revoked(&b.serial));
+        assert!(!t.reload().unwrap(), "an unchanged CRL counts as a change");
+        // At once, with no time for the file's mtime to move.
+        std::fs::write(&crl, ca.crl(std::slice::from_ref(&b.serial)).unwrap()).unwrap();
+        assert!(t.reload().unwrap());
+        assert!(!t.is_revoked(&a.serial) && t.is_revoked(&b.serial));
+        let der = |p: &str| crate::tls::load_certs(&dir.path().join(p)).unwrap().remove(0);
+        assert_eq!(Role::of(&der("d1.pem")), Some(Role::Device));
+        assert_eq!(Role::of(&der("relay-a.pem")), Some(Role::Relay));
+        assert_eq!(Role::of(&der("hub.pem")), Some(Role::Hub));
+        assert_eq!(Role::of(&der("ca.pem")), None);
     }
 }
