@@ -6,6 +6,21 @@ use clap::Subcommand;
 
 use crate::tls::pki::{self, Ca, Validity};
 
+/// A server's certificate: its name and the names it is reached by.
+#[derive(clap::Args)]
+pub struct ServerCert {
+    #[arg(long)]
+    ca: PathBuf,
+    /// The server's name (its common name, and a DNS name).
+    #[arg(long)]
+    name: String,
+    /// Further DNS names or IP addresses it is reached by.
+    #[arg(long = "san")]
+    sans: Vec<String>,
+    #[arg(long)]
+    out: PathBuf,
+}
+
 #[derive(Subcommand)]
 pub enum CertsCmd {
     /// Fleet CA, two relay certs, the grant-signing key and device `demo-1`.
@@ -24,29 +39,9 @@ pub enum CertsCmd {
     },
     /// Issue a relay certificate (`OU=tether relay`): server toward agents
     /// and specialists, client toward the hub, both on the twin link.
-    Relay {
-        #[arg(long)]
-        ca: PathBuf,
-        /// The relay's name (its common name, and a DNS name).
-        #[arg(long)]
-        name: String,
-        /// Further DNS names or IP addresses it is reached by.
-        #[arg(long = "san")]
-        sans: Vec<String>,
-        #[arg(long)]
-        out: PathBuf,
-    },
+    Relay(ServerCert),
     /// Issue the hub's HTTPS certificate (`OU=tether hub`).
-    Hub {
-        #[arg(long)]
-        ca: PathBuf,
-        #[arg(long)]
-        name: String,
-        #[arg(long = "san")]
-        sans: Vec<String>,
-        #[arg(long)]
-        out: PathBuf,
-    },
+    Hub(ServerCert),
     /// Print a certificate's role, name, serial and validity.
     Show { cert: PathBuf },
     /// Write a CRL revoking the given certificates.
@@ -61,10 +56,11 @@ pub enum CertsCmd {
 
 type Issue = fn(&Ca, &str, &[&str]) -> Result<pki::Issued, crate::tls::TlsError>;
 
-fn server_cert(ca: &std::path::Path, name: &str, sans: &[String], out: &std::path::Path, issue: Issue) -> Result<()> {
+fn server_cert(c: &ServerCert, issue: Issue) -> Result<()> {
+    let (name, out) = (c.name.as_str(), &c.out);
     std::fs::create_dir_all(out)?;
-    let all: Vec<&str> = std::iter::once(name).chain(sans.iter().map(String::as_str)).collect();
-    issue(&Ca::load(ca)?, name, &all)?.write(out, name)?;
+    let all: Vec<&str> = std::iter::once(name).chain(c.sans.iter().map(String::as_str)).collect();
+    issue(&Ca::load(&c.ca)?, name, &all)?.write(out, name)?;
     println!("wrote {0}/{name}.pem and {0}/{name}.key", out.display());
     Ok(())
 }
@@ -80,8 +76,8 @@ pub fn run(cmd: CertsCmd) -> Result<()> {
             Ca::load(&ca)?.issue_device(&id, Validity::days(825))?.write(&out, &id)?;
             println!("wrote {0}/{id}.pem and {0}/{id}.key", out.display());
         }
-        CertsCmd::Relay { ca, name, sans, out } => server_cert(&ca, &name, &sans, &out, Ca::issue_relay)?,
-        CertsCmd::Hub { ca, name, sans, out } => server_cert(&ca, &name, &sans, &out, Ca::issue_hub)?,
+        CertsCmd::Relay(c) => server_cert(&c, Ca::issue_relay)?,
+        CertsCmd::Hub(c) => server_cert(&c, Ca::issue_hub)?,
         CertsCmd::Show { cert } => {
             for der in crate::tls::load_certs(&cert)? {
                 let (_, x) = x509_parser::parse_x509_certificate(&der)

@@ -22,11 +22,13 @@ const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 /// The hub's TLS: a client certificate is optional (relays present theirs)
 /// and of any role here; [`Peer::relay`] checks that it is a relay's.
 pub fn server_config(cfg: &HubConfig) -> Result<Arc<ServerConfig>, TlsError> {
-    let verifier = tls::Trust::get(&cfg.ca, cfg.crl.as_deref())?.client_verifier(None, false);
+    let trust = tls::Trust::get(&cfg.ca, cfg.crl.as_deref())?;
+    let verifier = trust.client_verifier(None, false);
     let mut c = ServerConfig::builder_with_provider(tls::provider())
         .with_protocol_versions(&[&rustls::version::TLS13])?
         .with_client_cert_verifier(verifier)
         .with_single_cert(tls::load_certs(&cfg.cert)?, tls::load_key(&cfg.key)?)?;
+    c.session_storage = tls::ServerSessions::new(trust);
     c.alpn_protocols = vec![tls::ALPN_HTTP1.to_vec()];
     Ok(Arc::new(c))
 }

@@ -172,13 +172,14 @@ pub(super) fn server_config_with(
     alpn: &[u8],
 ) -> Result<Arc<ServerConfig>, TlsError> {
     let builder = ServerConfig::builder_with_provider(provider).with_protocol_versions(&[&rustls::version::TLS13])?;
+    let trust = super::Trust::get(id.ca, crl)?;
     let builder = match (client_auth, super::roles_of(alpn).1) {
-        (true, Some(role)) => {
-            builder.with_client_cert_verifier(super::Trust::get(id.ca, crl)?.client_verifier(Some(role), true))
-        }
+        (true, Some(role)) => builder.with_client_cert_verifier(trust.client_verifier(Some(role), true)),
         _ => builder.with_no_client_auth(),
     };
     let mut cfg = builder.with_single_cert(load_certs(id.cert)?, load_key(id.key)?)?;
+    // A resumed session skips the verifier: forget them all when the CRL changes.
+    cfg.session_storage = super::ServerSessions::new(trust);
     cfg.alpn_protocols = vec![alpn.to_vec()];
     Ok(Arc::new(cfg))
 }
@@ -201,7 +202,8 @@ pub fn client_config_with_crl(
     client_cert: Option<(&Path, &Path)>,
     alpn: &[u8],
 ) -> Result<Arc<ClientConfig>, TlsError> {
-    let verifier = super::Trust::get(ca, crl)?.server_verifier(super::roles_of(alpn).0);
+    let trust = super::Trust::get(ca, crl)?;
+    let verifier = trust.server_verifier(super::roles_of(alpn).0);
     let builder = ClientConfig::builder_with_provider(provider())
         .with_protocol_versions(&[&rustls::version::TLS13])?
         .dangerous()
@@ -211,6 +213,8 @@ pub fn client_config_with_crl(
         None => builder.with_no_client_auth(),
     };
     cfg.alpn_protocols = vec![alpn.to_vec()];
+    // A resumed session skips the verifier: forget them all when the CRL changes.
+    cfg.resumption = rustls::client::Resumption::store(super::ClientSessions::new(trust));
     Ok(Arc::new(cfg))
 }
 

@@ -7,11 +7,13 @@ mod config;
 mod dial;
 pub mod pki;
 mod quic;
+mod sessions;
 mod trust;
 
 pub use config::*;
 pub use dial::{DIAL_TIMEOUT, dial};
 pub use quic::{ALPN_QUIC_AGENT, ALPN_QUIC_CLIENT, quic_client_config, quic_server_config};
+pub use sessions::{ClientSessions, ServerSessions};
 pub use trust::{
     CRL_RELOAD_PERIOD, Role, Trust, WRONG_ROLE_MARK, WrongRole, reload_all, roles_of, serial_of, spawn_reloader,
     watch_peer,

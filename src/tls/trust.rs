@@ -201,6 +201,11 @@ impl Trust {
         Ok(true)
     }
 
+    /// How many times a new CRL came into force (session caches follow it).
+    pub fn generation(&self) -> u64 {
+        *self.generation.borrow()
+    }
+
     /// Whether the CRL in force revokes `serial`.
     pub fn is_revoked(&self, serial: &[u8]) -> bool {
         self.current().revoked.contains(serial)

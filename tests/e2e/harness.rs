@@ -341,18 +341,24 @@ pub fn start_hub(dir: &Path, pki: &Pki, addr: SocketAddr, relays: &[RelayProc], 
     }
     let config = dir.join("hub.toml");
     std::fs::write(&config, cfg).unwrap();
+    let child = spawn_hub(dir, &config, "hub");
+    HubProc { proc: Proc { child }, addr, config }
+}
+
+/// Starts `tether hub --config CONFIG` (log `LOG.log` in `dir`) and waits for its "listening" line.
+fn spawn_hub(dir: &Path, config: &Path, log: &str) -> std::process::Child {
     let mut child = Command::new(BIN)
         .args(["hub", "--config"])
-        .arg(&config)
+        .arg(config)
         .stdout(Stdio::piped())
-        .stderr(log_file(dir, "hub"))
+        .stderr(log_file(dir, log))
         .env("RUST_LOG", "info")
         .spawn()
         .unwrap();
     let mut line = String::new();
     BufReader::new(child.stdout.take().unwrap()).read_line(&mut line).unwrap();
     assert!(line.starts_with("hub listening"), "hub did not start: {line:?}");
-    HubProc { proc: Proc { child }, addr, config }
+    child
 }
 
 pub fn start_agent(dir: &Path, cfg: &Path) -> Proc {
@@ -654,18 +660,7 @@ impl Fleet {
     pub fn restart_hub(&mut self) {
         let hub = self.hub.as_mut().expect("a hub");
         hub.proc.kill();
-        let mut child = Command::new(BIN)
-            .args(["hub", "--config"])
-            .arg(&hub.config)
-            .stdout(Stdio::piped())
-            .stderr(log_file(self.tmp.path(), "hub-restarted"))
-            .env("RUST_LOG", "info")
-            .spawn()
-            .unwrap();
-        let mut line = String::new();
-        BufReader::new(child.stdout.take().unwrap()).read_line(&mut line).unwrap();
-        assert!(line.starts_with("hub listening"), "hub did not restart: {line:?}");
-        hub.proc = Proc { child };
+        hub.proc = Proc { child: spawn_hub(self.tmp.path(), &hub.config, "hub-restarted") };
     }
 
     /// The tail of every log in the fleet's folder (for failure messages).
