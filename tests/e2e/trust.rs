@@ -274,3 +274,41 @@ async fn a_relay_revoked_while_connected_is_dropped_by_its_agent_twin_and_hub() 
     .await;
     assert_eq!(fleet.metric(0, "tether_twin_link_up", &["direction=\"in\""]).await, 0.0);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_revoked_device_cannot_come_back_by_resuming_its_tls_session() {
+    let fleet = Fleet::start(Opts { relays: 1, agent: false, crl_all: true, ..Opts::default() }).await;
+    let (cert, key, _) = fleet.pki.device_cert("resumer-1", Validity::days(1));
+    // This client keeps its TLS sessions (no CRL of its own): it offers to resume.
+    let cfg = tls::client_config(&fleet.pki.path("ca.pem"), Some((&cert, &key)), tls::ALPN_AGENT).unwrap();
+    let addr = fleet.relays[0].control.to_string();
+    let mut first = tls::dial(&addr, "localhost", cfg.clone()).await.unwrap();
+    // Reading takes in the session tickets the relay sends after the handshake.
+    let mut buf = [0u8; 64];
+    let _ = tokio::time::timeout(
+        std::time::Duration::from_millis(300),
+        tokio::io::AsyncReadExt::read(&mut first, &mut buf),
+    )
+    .await;
+    drop(first);
+    let again = tls::dial(&addr, "localhost", cfg.clone()).await.unwrap();
+    assert_eq!(
+        again.get_ref().1.handshake_kind(),
+        Some(rustls::HandshakeKind::Resumed),
+        "the relay does not resume at all"
+    );
+    drop(again);
+    fleet.revoke(&[cert.clone()]);
+    std::process::Command::new("kill").args(["-HUP", &fleet.relays[0].proc.pid().to_string()]).status().unwrap();
+    eventually("the relay reloaded its CRL", async || {
+        fleet.metric(0, "tether_crl_reloads_total", &["outcome=\"loaded\""]).await >= 1.0
+    })
+    .await;
+    // The same client offers its session again: the relay has forgotten it,
+    // runs the verifier, and refuses the revoked certificate.
+    let _ = tls::dial(&addr, "localhost", cfg).await;
+    eventually("the resumption attempt is refused as revoked", async || {
+        fleet.metric(0, "tether_relay_handshake_failures_total", &["reason=\"cert_revoked\""]).await >= 1.0
+    })
+    .await;
+}
