@@ -298,7 +298,7 @@ async fn a_revoked_device_cannot_come_back_by_resuming_its_tls_session() {
         "the relay does not resume at all"
     );
     drop(again);
-    fleet.revoke(&[cert.clone()]);
+    fleet.revoke(std::slice::from_ref(&cert));
     std::process::Command::new("kill").args(["-HUP", &fleet.relays[0].proc.pid().to_string()]).status().unwrap();
     eventually("the relay reloaded its CRL", async || {
         fleet.metric(0, "tether_crl_reloads_total", &["outcome=\"loaded\""]).await >= 1.0
