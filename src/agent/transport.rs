@@ -21,7 +21,7 @@ pub struct ControlLeg {
     /// The QUIC connection it is a stream of, if any.
     pub quic: Option<Connection>,
     /// Completes when a reloaded CRL revokes the relay's certificate.
-    pub revoked: std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send>>,
+    pub revoked: tls::Revoked,
 }
 
 impl ControlLeg {

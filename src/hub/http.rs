@@ -170,15 +170,9 @@ pub async fn serve<H, Fut>(
             };
             tls::count_handshake("hub", stream.get_ref().1);
             let certs = stream.get_ref().1.peer_certificates();
-            let serial = certs.and_then(|c| c.first()).and_then(|c| tls::serial_of(c));
-            let revoked = async {
-                match serial {
-                    Some(s) => trust.until_revoked(s).await,
-                    None => std::future::pending().await,
-                }
-            };
-            let cert_role = certs.and_then(|c| c.first()).and_then(|c| tls::Role::of(c));
             let cert = certs.and_then(|c| c.first()).map(|c| c.to_vec());
+            let revoked = trust.watch(cert.as_deref());
+            let cert_role = cert.as_deref().and_then(tls::Role::of);
             let peer = Peer { addr, cert_name: tls::peer_common_name(certs), cert_role, cert };
             let service = hyper::service::service_fn(move |req| {
                 let (handler, peer) = (handler.clone(), peer.clone());

@@ -341,15 +341,15 @@ async fn accept_loop<F, Fut>(
                 };
                 // A certificate revoked while connected ends the connection
                 // (and the device's sessions here) at the next CRL reload.
-                let serial = tls.cert.as_deref().and_then(tls::serial_of);
-                match (serial, &tls.auth) {
-                    (Some(serial), Auth::Tls { device: Some(device), .. }) => {
-                        let (device, trust, state3) = (device.clone(), state2.trust.clone(), state2.clone());
+                match &tls.auth {
+                    Auth::Tls { device: Some(device), .. } if tls.cert.is_some() => {
+                        let (device, revoked, state3) =
+                            (device.clone(), state2.trust.watch(tls.cert.as_deref()), state2.clone());
                         let served = handler(state2, tls, peer);
                         tokio::pin!(served);
                         tokio::select! {
                             _ = &mut served => {}
-                            _ = trust.until_revoked(serial) => {
+                            _ = revoked => {
                                 // Ends the device's channel and sessions; the
                                 // handler then cleans up, or is dropped.
                                 state3.peer_revoked(listener_name, peer, &device);

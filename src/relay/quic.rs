@@ -160,20 +160,8 @@ async fn serve(
     let name = side.listener();
     // A device whose certificate a reloaded CRL revokes loses the whole
     // connection: its control channel, its streams, its sessions here.
-    let (device, cert, revoked) = match device {
-        Some((d, cert)) => {
-            let revoked = tls::serial_of(&cert).map(|s| state.trust.clone().until_revoked(s));
-            (Some(d), Some(cert), revoked)
-        }
-        None => (None, None, None),
-    };
-    let revoked = async move {
-        match revoked {
-            Some(r) => r.await,
-            None => std::future::pending().await,
-        }
-    };
-    tokio::pin!(revoked);
+    let (device, cert) = device.unzip();
+    let mut revoked = state.trust.watch(cert.as_deref());
     let first_byte = Duration::from_millis(state.cfg.limits.handshake_timeout_ms);
     let max = state.cfg.limits.quic_max_streams.max(crate::quic::INITIAL_STREAMS);
     let (open, mut limit) = (Arc::new(AtomicU32::new(0)), crate::quic::INITIAL_STREAMS);

@@ -14,6 +14,7 @@ pub use config::*;
 pub use dial::{DIAL_TIMEOUT, dial};
 pub use quic::{ALPN_QUIC_AGENT, ALPN_QUIC_CLIENT, quic_client_config, quic_server_config};
 pub use sessions::{ClientSessions, ServerSessions};
+pub use trust::Revoked;
 pub use trust::{
     CRL_RELOAD_PERIOD, Role, Trust, WRONG_ROLE_MARK, WrongRole, reload_all, roles_of, serial_of, spawn_reloader,
     watch_peer,

@@ -225,6 +225,14 @@ impl Trust {
         }
     }
 
+    /// Completes when the certificate `cert` (DER) is revoked; never without one.
+    pub fn watch(self: &Arc<Self>, cert: Option<&[u8]>) -> Revoked {
+        match cert.and_then(serial_of) {
+            Some(s) => Box::pin(self.clone().until_revoked(s)),
+            None => Box::pin(std::future::pending()),
+        }
+    }
+
     /// A client certificate verifier requiring `role` (any role where the
     /// application checks it itself; and, when `mandatory` is false,
     /// accepting clients without a certificate).
@@ -238,17 +246,15 @@ impl Trust {
     }
 }
 
-/// A future that completes when the peer presenting `certs` is revoked by
-/// the CRL of (`ca`, `crl`) (never, without a certificate or a CRL).
-pub fn watch_peer(
-    ca: &Path,
-    crl: Option<&Path>,
-    certs: Option<&[CertificateDer<'_>]>,
-) -> std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send>> {
-    let serial = certs.and_then(|c| c.first()).and_then(|c| serial_of(c));
-    match (crl.and_then(|crl| Trust::get(ca, Some(crl)).ok()), serial) {
-        (Some(t), Some(s)) => Box::pin(t.until_revoked(s)),
-        _ => Box::pin(std::future::pending()),
+/// Completes when a live connection's peer is revoked (see [`Trust::watch`]).
+pub type Revoked = std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send>>;
+
+/// [`Trust::watch`] for the peer presenting `certs`, under the CRL of
+/// (`ca`, `crl`) (never completes without a CRL).
+pub fn watch_peer(ca: &Path, crl: Option<&Path>, certs: Option<&[CertificateDer<'_>]>) -> Revoked {
+    match crl.and_then(|crl| Trust::get(ca, Some(crl)).ok()) {
+        Some(t) => t.watch(certs.and_then(|c| c.first()).map(|c| c.as_ref())),
+        None => Box::pin(std::future::pending()),
     }
 }
 
