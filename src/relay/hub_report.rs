@@ -1,7 +1,8 @@
 //! Reports to the hub every `report_ms`: readiness, load, attached agents,
-//! session starts and ends (with byte counts), audit chain heads (this relay's
-//! and its agents'). The answer names sessions an admin revoked: they are
-//! ended here (and, by replication, at the twin) and their grants refused.
+//! session starts and ends (with byte counts), audit chain heads (this
+//! relay's and its agents': when they moved, and all of them in every full
+//! report). The answer names sessions an admin revoked: they are ended here
+//! (and, by replication, at the twin) and their grants refused.
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
@@ -97,7 +98,7 @@ fn build(state: &State, full: bool, sent: &HashMap<String, u64>) -> (RelayReport
         }
         let head = a.audit_head.lock().ok().and_then(|h| h.clone());
         if let Some((seq, hash, sig)) = head
-            && sent.get(a.key()) != Some(&seq)
+            && (full || sent.get(a.key()) != Some(&seq))
         {
             heads.push((a.key().clone(), seq));
             let cert = hex::encode(&a.cert);
@@ -105,8 +106,11 @@ fn build(state: &State, full: bool, sent: &HashMap<String, u64>) -> (RelayReport
         }
     }
     let (seq, hash) = state.audit.head();
-    // Keyed by "" (no device id is empty): this relay's own head.
-    let own_moved = seq > 0 && sent.get("") != Some(&seq);
+    // Keyed by "" (no device id is empty): this relay's own head. Full
+    // reports carry every head again, moved or not: the hub anchors a source
+    // at most every 10 s, so a head it skipped as too soon is anchored once
+    // the chain stops moving.
+    let own_moved = seq > 0 && (full || sent.get("") != Some(&seq));
     if own_moved {
         heads.push((String::new(), seq));
     }
