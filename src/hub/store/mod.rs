@@ -3,6 +3,7 @@
 mod anchors;
 mod jobs;
 mod open;
+mod pg_tls;
 mod postgres;
 mod rollouts;
 mod schema;

@@ -9,7 +9,7 @@ impl Store {
     /// Opens `sqlite:PATH` (or a bare path) or `postgres://…`, and migrates.
     pub async fn open(url: &str, base: &Path) -> Result<Store, StoreError> {
         let db: Arc<dyn Sql> = if url.starts_with("postgres://") || url.starts_with("postgresql://") {
-            Arc::new(postgres::Postgres::connect(url).await?)
+            Arc::new(postgres::Postgres::connect(url, base).await?)
         } else {
             let path = url.strip_prefix("sqlite:").unwrap_or(url);
             if path.is_empty() {

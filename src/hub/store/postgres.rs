@@ -35,7 +35,16 @@ fn pg(e: tokio_postgres::Error) -> StoreError {
             StoreError::Db(format!("duplicate key: {}", d.message()))
         }
         Some(d) => StoreError::Db(format!("{}: {}", d.code().code(), d.message())),
-        None => db(e),
+        // A TLS or network failure: its cause is in the source chain.
+        None => {
+            let mut text = e.to_string();
+            let mut cause = e.source();
+            while let Some(c) = cause {
+                text = format!("{text}: {c}");
+                cause = c.source();
+            }
+            db(text)
+        }
     }
 }
 
@@ -75,16 +84,36 @@ fn read(row: &tokio_postgres::Row) -> Result<Row, StoreError> {
     Ok(Row(vals))
 }
 
+async fn watch<S, T>(connection: tokio_postgres::Connection<S, T>)
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
+    T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
+{
+    if let Err(e) = connection.await {
+        tracing::error!(error = %e, "postgres connection lost");
+    }
+}
+
 impl Postgres {
-    pub async fn connect(url: &str) -> Result<Postgres, StoreError> {
+    /// Connects to `url`; with `sslmode=verify-full&sslrootcert=CA.pem`
+    /// (relative to `base`) over TLS, checking the server's certificate and name.
+    pub async fn connect(url: &str, base: &std::path::Path) -> Result<Postgres, StoreError> {
+        let target = super::pg_tls::target(url, base)?;
         let mut conns = Vec::with_capacity(CONNECTIONS);
         for _ in 0..CONNECTIONS {
-            let (client, connection) = tokio_postgres::connect(url, NoTls).await.map_err(pg)?;
-            tokio::spawn(async move {
-                if let Err(e) = connection.await {
-                    tracing::error!(error = %e, "postgres connection lost");
+            let client = match &target.tls {
+                Some(cfg) => {
+                    let tls = super::pg_tls::MakeRustls(cfg.clone());
+                    let (client, connection) = tokio_postgres::connect(&target.url, tls).await.map_err(pg)?;
+                    tokio::spawn(watch(connection));
+                    client
                 }
-            });
+                None => {
+                    let (client, connection) = tokio_postgres::connect(&target.url, NoTls).await.map_err(pg)?;
+                    tokio::spawn(watch(connection));
+                    client
+                }
+            };
             conns.push(Conn { client, statements: Mutex::new(HashMap::new()) });
         }
         Ok(Postgres { conns, next: AtomicUsize::new(0) })
