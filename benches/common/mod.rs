@@ -60,6 +60,7 @@ pub async fn start_relay(pki: &Path, dir: &Path, stop: CancellationToken) -> Bou
         replay_file: None,
         dev: false,
         raw_legs: true,
+        proxy_protocol_from: vec![],
         quic: false,
         quic_agents: None,
         quic_clients: None,

@@ -49,6 +49,12 @@ pub struct HubConfig {
     /// A request's body must arrive within this (a trickled body is cut off: 408).
     #[serde(default = "default_body_timeout")]
     pub body_timeout_secs: u64,
+    /// Load balancers in front of `listen` (CIDR blocks) that
+    /// send a PROXY v2 header (HAProxy `send-proxy-v2`): from them it is
+    /// required and its source is what site rules, login limits and audit
+    /// see; from anyone else a PROXY header is refused. Default: none.
+    #[serde(default)]
+    pub proxy_protocol_from: Vec<ipnet::IpNet>,
     /// Connections open at once; past it, new ones are closed at once.
     #[serde(default = "default_max_connections")]
     pub max_connections: usize,

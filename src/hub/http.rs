@@ -10,12 +10,14 @@ use hyper::body::Incoming;
 use hyper::{Request, Response, StatusCode};
 use hyper_util::rt::TokioIo;
 use rustls::ServerConfig;
-use tokio::net::TcpListener;
+use tokio::net::{TcpListener, TcpStream};
+use tokio_rustls::server::TlsStream;
 use tokio_util::sync::CancellationToken;
 
 use super::HubConfig;
 use crate::api::Route;
 use crate::tls::{self, TlsError};
+use crate::util::proxy::{self, ProxyTrust};
 
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 
@@ -128,11 +130,37 @@ pub fn parse<T: serde::de::DeserializeOwned>(b: &[u8]) -> Result<T, ApiError> {
         .map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, "bad_json", format!("malformed JSON body: {e}")))
 }
 
+/// A connection's handshake: the PROXY v2 header first when it comes from a
+/// trusted balancer (its source is the peer from then on), then TLS. A PROXY
+/// header from anyone else is refused by name. Errors carry the peer, the
+/// refusal label and why.
+async fn handshake(
+    mut tcp: TcpStream,
+    tcp_addr: SocketAddr,
+    via_balancer: bool,
+    acceptor: &tokio_rustls::TlsAcceptor,
+) -> Result<(TlsStream<TcpStream>, SocketAddr), (SocketAddr, &'static str, String)> {
+    let addr = if via_balancer {
+        proxy::read_header(&mut tcp, tcp_addr).await.map_err(|e| (tcp_addr, e.label(), e.to_string()))?
+    } else {
+        let mut first = [0u8; 1];
+        let n = tcp.peek(&mut first).await.map_err(|e| (tcp_addr, "io", e.to_string()))?;
+        if proxy::looks_like_header(&first[..n]) {
+            return Err((tcp_addr, proxy::FORGED, "a PROXY header from a source not in proxy_protocol_from".into()));
+        }
+        tcp_addr
+    };
+    match acceptor.accept(tcp).await {
+        Ok(s) => Ok((s, addr)),
+        Err(e) => Err((addr, tls::handshake_failure_label(&e), e.to_string())),
+    }
+}
+
 /// Serves HTTPS on `listener` until `stop`, answering each request with `handler`.
 pub async fn serve<H, Fut>(
     listener: TcpListener,
     (tls, trust): (Arc<ServerConfig>, Arc<tls::Trust>),
-    max_connections: usize,
+    (max_connections, balancers): (usize, ProxyTrust),
     drops: Arc<crate::util::DropTally>,
     handler: H,
     stop: CancellationToken,
@@ -144,28 +172,28 @@ pub async fn serve<H, Fut>(
     let tracker = tokio_util::task::TaskTracker::new();
     let connections = Arc::new(tokio::sync::Semaphore::new(max_connections.max(1)));
     loop {
-        let Some((tcp, addr)) = crate::util::net::accept(&listener, "hub", &stop).await else { break };
+        let Some((tcp, tcp_addr)) = crate::util::net::accept(&listener, "hub", &stop).await else { break };
         let Ok(slot) = connections.clone().try_acquire_owned() else {
             crate::metrics::HUB_REFUSALS.with_label_values(&["max_connections"]).inc();
-            drops.add(addr.ip(), "max_connections");
+            drops.add(tcp_addr.ip(), "max_connections");
             continue;
         };
         let _ = tcp.set_nodelay(true);
         let (acceptor, handler, stop, drops) = (acceptor.clone(), handler.clone(), stop.clone(), drops.clone());
-        let trust = trust.clone();
+        let (trust, via_balancer) = (trust.clone(), balancers.trusts(tcp_addr.ip()));
         tracker.spawn(async move {
             let _slot = slot;
-            let stream = match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await {
+            let handshake = tokio::time::timeout(HANDSHAKE_TIMEOUT, handshake(tcp, tcp_addr, via_balancer, &acceptor));
+            let (stream, addr) = match handshake.await {
                 Ok(Ok(s)) => s,
-                Ok(Err(e)) => {
-                    let label = tls::handshake_failure_label(&e);
+                Ok(Err((addr, label, why))) => {
                     crate::metrics::HUB_REFUSALS.with_label_values(&[label]).inc();
-                    tracing::info!(peer = %addr, reason = label, "hub TLS handshake failed");
+                    tracing::info!(peer = %addr, reason = label, why, "hub connection refused before TLS completed");
                     return drops.add(addr.ip(), label);
                 }
                 Err(_) => {
                     crate::metrics::HUB_REFUSALS.with_label_values(&["handshake_timeout"]).inc();
-                    return drops.add(addr.ip(), "handshake_timeout");
+                    return drops.add(tcp_addr.ip(), "handshake_timeout");
                 }
             };
             tls::count_handshake("hub", stream.get_ref().1);

@@ -162,7 +162,8 @@ pub async fn run(listener: TcpListener, cfg: HubConfig, stop: CancellationToken)
     tokio::spawn(repo_api::refresh_timestamps(hub.clone(), stop.clone()));
     tokio::spawn(jobs::sweep(hub.clone(), stop.clone()));
     tokio::spawn(rollouts::drive(hub.clone(), stop.clone()));
-    http::serve(listener, tls, hub.cfg.max_connections, drops, handler, stop).await;
+    let balancers = crate::util::proxy::ProxyTrust::new(hub.cfg.proxy_protocol_from.clone());
+    http::serve(listener, tls, (hub.cfg.max_connections, balancers), drops, handler, stop).await;
     let _ = reporter.await;
     hub.audit.record("hub_stop", json!({})).await;
     Ok(())

@@ -56,6 +56,12 @@ pub struct RelayConfig {
     /// relay then does no cryptography per byte.
     #[serde(default = "default_true")]
     pub raw_legs: bool,
+    /// Load balancers in front of the client port (CIDR blocks)
+    /// that send a PROXY v2 header (HAProxy `send-proxy-v2`): from them it is
+    /// required and its source is used for per-source limits and audit; from
+    /// anyone else a PROXY header is refused. Default: none.
+    #[serde(default)]
+    pub proxy_protocol_from: Vec<ipnet::IpNet>,
     /// The twin of this relay's pair, and where this relay listens for it.
     #[serde(default)]
     pub twin: Option<TwinConfig>,

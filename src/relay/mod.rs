@@ -36,6 +36,7 @@ use tracing::Instrument;
 
 use crate::metrics;
 use crate::tls::{self, Identity};
+use crate::util::proxy::{self, ProxyTrust};
 
 /// Why the relay could not start.
 #[derive(Debug, thiserror::Error)]
@@ -172,9 +173,18 @@ pub async fn run_with_taps(
 
     let tracker = state.tracker.clone();
     let raw = state.cfg.raw_legs;
-    tracker.spawn(accept_loop("control", listeners.control, control_tls, false, state.clone(), control::serve));
-    tracker.spawn(accept_loop("data", listeners.data, data_tls, raw, state.clone(), data::serve));
-    tracker.spawn(accept_loop("client", listeners.client, client_tls, raw, state.clone(), client::serve));
+    let none = ProxyTrust::default();
+    let balancers = ProxyTrust::new(state.cfg.proxy_protocol_from.clone());
+    tracker.spawn(accept_loop(
+        ("control", none.clone()),
+        listeners.control,
+        control_tls,
+        false,
+        state.clone(),
+        control::serve,
+    ));
+    tracker.spawn(accept_loop(("data", none), listeners.data, data_tls, raw, state.clone(), data::serve));
+    tracker.spawn(accept_loop(("client", balancers), listeners.client, client_tls, raw, state.clone(), client::serve));
     if let Some((agents, clients)) = quic {
         tracker.spawn(quic::accept_loop(quic::Side::Agents, agents, state.clone()));
         tracker.spawn(quic::accept_loop(quic::Side::Clients, clients, state.clone()));
@@ -243,6 +253,8 @@ enum NotAccepted {
     /// Silent past the first-byte deadline, or the whole handshake deadline.
     Timeout,
     Failed(std::io::Error),
+    /// A PROXY header from a source not trusted to send one.
+    ForgedProxyHeader,
 }
 
 /// TLS, or (where `allow_raw`) raw TCP when the first byte is not a TLS
@@ -260,6 +272,9 @@ async fn accept_one(
         Ok(Err(e)) => return Err(NotAccepted::Failed(e)),
         Ok(Ok(_)) => {}
     }
+    if proxy::looks_like_header(&first) {
+        return Err(NotAccepted::ForgedProxyHeader);
+    }
     if allow_raw && first[0] != crate::leg::TLS_HANDSHAKE {
         return Ok(Accepted { leg: Box::new(tcp), auth: Auth::Raw, cert: None, transport: "tcp" });
     }
@@ -269,9 +284,11 @@ async fn accept_one(
 }
 
 /// Accepts connections; each one's TLS handshake runs in its own task under a
-/// timeout, so a slow peer never stalls the loop.
+/// timeout, so a slow peer never stalls the loop. Connections from the
+/// listener's trusted balancers start with a PROXY v2 header: its source is
+/// the peer from then on (per-source bound, audit).
 async fn accept_loop<F, Fut>(
-    listener_name: &'static str,
+    (listener_name, balancers): (&'static str, ProxyTrust),
     listener: TcpListener,
     (acceptor, alpn): (TlsAcceptor, &'static [u8]),
     allow_raw: bool,
@@ -287,18 +304,26 @@ async fn accept_loop<F, Fut>(
     let gate = Arc::new(gate::Gate::new(listener_name, limits.max_handshakes, limits.max_pending_per_source));
     state.tracker.spawn(report_drops(state.clone(), gate.clone()));
     loop {
-        let Some((tcp, peer)) = crate::util::net::accept(&listener, listener_name, &state.shutdown).await else {
+        let Some((mut tcp, tcp_peer)) = crate::util::net::accept(&listener, listener_name, &state.shutdown).await
+        else {
             return;
         };
         let Ok(conn_permit) = state.conn_limit.clone().try_acquire_owned() else {
-            gate.dropped(peer.ip(), "max_connections");
+            gate.dropped(tcp_peer.ip(), "max_connections");
             continue;
         };
-        let hs_permit = match gate.admit(peer.ip()) {
-            Ok(p) => p,
-            Err(reason) => {
-                gate.dropped(peer.ip(), reason);
-                continue;
+        // A balancer's connections are bounded per source once its header
+        // names the source; everyone else's at once.
+        let via_balancer = balancers.trusts(tcp_peer.ip());
+        let direct_permit = if via_balancer {
+            None
+        } else {
+            match gate.admit(tcp_peer.ip()) {
+                Ok(p) => Some(p),
+                Err(reason) => {
+                    gate.dropped(tcp_peer.ip(), reason);
+                    continue;
+                }
             }
         };
         let _ = tcp.set_nodelay(true);
@@ -306,13 +331,33 @@ async fn accept_loop<F, Fut>(
         let span = tracing::info_span!(
             "conn",
             listener = listener_name,
-            %peer,
+            peer = %tcp_peer,
+            source = tracing::field::Empty,
             device = tracing::field::Empty,
             session = tracing::field::Empty
         );
         state.tracker.spawn(
             async move {
                 let _conn = gate::Open::new(conn_permit, listener_name);
+                let (peer, hs_permit) = match direct_permit {
+                    Some(p) => (tcp_peer, p),
+                    None => match tokio::time::timeout(first_byte, proxy::read_header(&mut tcp, tcp_peer)).await {
+                        Ok(Ok(source)) => {
+                            tracing::Span::current().record("source", tracing::field::display(source));
+                            match gate.admit(source.ip()) {
+                                Ok(p) => (source, p),
+                                Err(reason) => return gate.dropped(source.ip(), reason),
+                            }
+                        }
+                        Ok(Err(e)) => {
+                            return state2.handshake_failed(listener_name, tcp_peer, e.label(), &e.to_string());
+                        }
+                        Err(_) => {
+                            metrics::RELAY_HANDSHAKE_FAILURES.with_label_values(&[listener_name, "timeout"]).inc();
+                            return gate.dropped(tcp_peer.ip(), "timeout");
+                        }
+                    },
+                };
                 let res =
                     tokio::time::timeout(hs_timeout, accept_one(tcp, &acceptor, alpn, allow_raw, first_byte)).await;
                 drop(hs_permit);
@@ -332,6 +377,10 @@ async fn accept_loop<F, Fut>(
                             tls::handshake_failure_label(&e),
                             &e.to_string(),
                         );
+                    }
+                    Ok(Err(NotAccepted::ForgedProxyHeader)) => {
+                        let why = "a PROXY header from a source not in proxy_protocol_from";
+                        return state2.handshake_failed(listener_name, peer, proxy::FORGED, why);
                     }
                     // Silence is the flood's signature: counted, and audited in aggregate.
                     Ok(Err(NotAccepted::Timeout)) | Err(_) => {

@@ -5,6 +5,7 @@ pub mod clock;
 pub mod drops;
 pub mod http;
 pub mod net;
+pub mod proxy;
 pub mod replay;
 
 pub use backoff::Backoff;

@@ -51,6 +51,7 @@ async fn tapped(taps: Taps, service: SocketAddr) -> Tapped {
         replay_file: None,
         dev: false,
         raw_legs: true,
+        proxy_protocol_from: vec![],
         quic: false,
         quic_agents: None,
         quic_clients: None,

@@ -6,7 +6,7 @@ use tether::client::{ClientSession, Profile, RelayEntry};
 
 use crate::harness::*;
 
-fn haproxy() -> Option<&'static str> {
+pub fn haproxy() -> Option<&'static str> {
     ["/usr/sbin/haproxy", "/usr/bin/haproxy"].into_iter().find(|p| std::path::Path::new(p).exists())
 }
 

@@ -24,6 +24,7 @@ mod legs;
 mod memory;
 mod no_listen;
 mod pq;
+mod proxy_protocol;
 mod quic;
 mod quic_inputs;
 mod repo;
