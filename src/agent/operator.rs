@@ -17,9 +17,9 @@ use crate::proto::{Reason, SessionId};
 #[derive(Debug, Serialize, Deserialize, clap::Subcommand)]
 #[serde(tag = "cmd", rename_all = "lowercase")]
 pub enum Request {
-    /// List access requests waiting for consent.
+    /// List access requests and jobs waiting for consent (--watch: answer each at a prompt).
     Pending,
-    /// List live sessions.
+    /// List live sessions at this device.
     Sessions,
     /// Approve a waiting request (a session id, or a job id).
     Approve { session: String },

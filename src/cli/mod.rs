@@ -56,6 +56,12 @@ enum Cmd {
         config: PathBuf,
         #[arg(long)]
         check: bool,
+        /// With pending, sessions and the answers: print the agent's JSON (for scripts).
+        #[arg(long, global = true)]
+        json: bool,
+        /// With pending: wait for each next request and approve or deny it at a prompt.
+        #[arg(long, global = true, conflicts_with = "json")]
+        watch: bool,
         #[command(subcommand)]
         cmd: Option<crate::agent::operator::Request>,
     },
@@ -138,7 +144,9 @@ pub async fn run(cli: Cli) -> Result<()> {
         Cmd::Dev { cmd, dir } => dev::run(cmd, &dir).await,
         Cmd::Certs { cmd } => certs::run(cmd),
         Cmd::Relay { config, check } => relay::run(&config, check).await,
-        Cmd::Agent { config, check, cmd } => agent::run(&config, check, cmd).await,
+        Cmd::Agent { config, check, json, watch, cmd } => {
+            agent::run(&config, check, cmd, agent::Output { json, watch }).await
+        }
         Cmd::Hub { config, check, cmd } => hub::run(&config, check, cmd).await,
         Cmd::Login { profile, hub, user, ca } => specialist::login(&profile_path(profile), hub, user, ca).await,
         Cmd::Devices { profile, json } => specialist::devices(&profile_path(profile), json).await,

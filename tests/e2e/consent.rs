@@ -98,3 +98,93 @@ async fn operator_ends_a_live_session() {
     assert_eq!(reason, Reason::EndedOnSite);
     assert!(audited(&fleet.relay_audit(0), "session_end", "ended_on_site"));
 }
+
+/// Our own tmux server (`-L`), apart from any other; killed when dropped.
+struct Tmux(String);
+
+impl Drop for Tmux {
+    fn drop(&mut self) {
+        tmux(&self.0, &["kill-server"]);
+    }
+}
+
+/// Runs `tmux -L SOCKET ARGS` (our own tmux server, apart from any other).
+fn tmux(socket: &str, args: &[&str]) -> String {
+    let out = Command::new("tmux").arg("-L").arg(socket).args(args).output().unwrap();
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// The person at the device, in a real terminal (tmux): readable tables, and
+/// `pending --watch` asking yes or no for each request as it comes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_person_at_the_device_answers_at_a_prompt_and_reads_tables() {
+    if Command::new("tmux").arg("-V").output().is_err() {
+        assert!(std::env::var("CI").is_err(), "tmux is not installed but CI must run this test");
+        eprintln!("SKIPPED: tmux is not installed (apt-get install -y tmux)");
+        return;
+    }
+    let (fleet, svc) = consent_fleet(60).await;
+    let cfg = fleet.agent_cfg.to_str().unwrap().to_string();
+    let cli = |args: &[&str]| {
+        let out = Command::new(BIN).args(["agent", "--config", &cfg]).args(args).output().unwrap();
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    assert_eq!(cli(&["pending"]), "Nothing is waiting for your consent.\n");
+    assert_eq!(cli(&["sessions"]), "No live session.\n");
+
+    let socket = format!("tether-test-{}-{}", std::process::id(), hex::encode(tether::random_bytes::<4>()));
+    let watch = format!("{BIN} agent --config {cfg} pending --watch");
+    let _server = Tmux(socket.clone());
+    tmux(&socket, &["new-session", "-d", "-s", "site", "-x", "160", "-y", "50", &watch]);
+    let screen = || tmux(&socket, &["capture-pane", "-p", "-t", "site"]);
+    let result = async {
+        eventually("the watch starts", async || screen().contains("Watching for requests")).await;
+        // A request: shown in the table and at the prompt; "y" lets it in.
+        let profile = fleet.profile();
+        let opening = tokio::spawn(async move { ClientSession::open(&profile, DEVICE, "svc").await });
+        eventually("the prompt asks", async || screen().contains("Approve? [y]es / [n]o")).await;
+        let shown = screen();
+        assert!(shown.contains("specialist  alice (engineer)") && shown.contains("service     svc"), "{shown}");
+        let table = cli(&["pending"]);
+        assert!(table.starts_with("Access requests waiting for your consent:\nSESSION"), "{table}");
+        assert!(table.contains("alice (engineer)") && table.contains("svc") && table.contains("relay-a"), "{table}");
+        tmux(&socket, &["send-keys", "-t", "site", "maybe", "Enter"]);
+        eventually("an unclear answer is asked again", async || screen().contains("Please answer y or n.")).await;
+        tmux(&socket, &["send-keys", "-t", "site", "y", "Enter"]);
+        let session = within(30, opening).await.unwrap().expect("admitted after y at the prompt");
+        eventually("the terminal says so", async || screen().contains("Approved: the session opens now.")).await;
+        let mut t = within(30, session.connect()).await.unwrap();
+        t.write_all(b"on site").await.unwrap();
+        t.flush().await.unwrap();
+        eventually("bytes reach the service", async || svc.bytes.load(Ordering::SeqCst) == 7).await;
+        let live = cli(&["sessions"]);
+        assert!(
+            live.starts_with("SESSION") && live.contains(&session.id.to_string()) && live.contains("alice"),
+            "{live}"
+        );
+
+        // The next request: "n" refuses it, by name at the specialist.
+        let profile = fleet.profile();
+        let opening = tokio::spawn(async move { ClientSession::open(&profile, DEVICE, "svc").await });
+        eventually("the next prompt", async || screen().matches("Approve? [y]es / [n]o").count() == 3).await;
+        tmux(&socket, &["send-keys", "-t", "site", "n", "Enter"]);
+        let err = within(30, opening).await.unwrap().err().expect("denied at the prompt");
+        assert_eq!(err.reason(), Some(Reason::ConsentDenied), "{err}");
+        eventually("the terminal says so", async || screen().contains("Denied: the specialist is told so.")).await;
+        // Scripts still get JSON.
+        let json: serde_json::Value = serde_json::from_str(&cli(&["sessions", "--json"])).unwrap();
+        assert_eq!(json["sessions"].as_array().unwrap().len(), 1);
+        let audit = fleet.agent_audit();
+        assert!(audit.iter().any(|r| r["event"] == "consent_given"));
+        assert!(audit.iter().any(|r| r["event"] == "consent_denied"));
+        drop(t);
+    };
+    let outcome = tokio::time::timeout(std::time::Duration::from_secs(120), result).await;
+    let last = screen();
+    std::fs::write(fleet.dir().join("site-terminal.txt"), &last).unwrap();
+    if std::env::var_os("TETHER_SHOW_TERMINAL").is_some() {
+        eprintln!("{last}");
+    }
+    outcome.unwrap_or_else(|_| panic!("not done within 120 s; the terminal showed:\n{last}"));
+}

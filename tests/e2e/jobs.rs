@@ -304,7 +304,7 @@ async fn a_job_needing_consent_waits_for_the_person_at_the_device() {
     let (fleet, p) = jobs_fleet(true).await;
     let cfg = fleet.agent_cfg.to_str().unwrap().to_string();
     let agent = async |args: &[&str]| {
-        let (ok, out, err) = run(&[&["agent", "--config", &cfg][..], args].concat(), "").await;
+        let (ok, out, err) = run(&[&["agent", "--config", &cfg][..], args, &["--json"]].concat(), "").await;
         assert!(ok, "{err}");
         serde_json::from_str::<Value>(&out).unwrap()
     };
