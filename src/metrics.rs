@@ -8,10 +8,37 @@ use prometheus::{
 
 pub static REGISTRY: LazyLock<Registry> = LazyLock::new(Registry::new);
 
+/// Every collector registered, also kept here: families with no labelled
+/// child yet are still listed (HELP and TYPE) by [`render`].
+static COLLECTORS: LazyLock<std::sync::Mutex<Vec<Box<dyn prometheus::core::Collector>>>> =
+    LazyLock::new(Default::default);
+
 fn reg<C: prometheus::core::Collector + Clone + 'static>(c: C) -> C {
     // Registering the same name twice is a programming error caught by tests.
     REGISTRY.register(Box::new(c.clone())).expect("metric registered once");
+    crate::util::lock(&COLLECTORS).push(Box::new(c.clone()));
     c
+}
+
+/// `# HELP` and `# TYPE` of the families without a sample yet (a counter by
+/// reason before the first refusal), so that every name is in every scrape.
+fn empty_families() -> String {
+    use prometheus::proto::MetricType;
+    let mut out = String::new();
+    for c in crate::util::lock(&COLLECTORS).iter() {
+        for mf in c.collect().iter().filter(|mf| mf.get_metric().is_empty()) {
+            let kind = match mf.get_field_type() {
+                MetricType::COUNTER => "counter",
+                MetricType::GAUGE => "gauge",
+                MetricType::HISTOGRAM => "histogram",
+                MetricType::SUMMARY => "summary",
+                MetricType::UNTYPED => "untyped",
+            };
+            let help = mf.help().replace('\\', "\\\\").replace('\n', "\\n");
+            out += &format!("# HELP {name} {help}\n# TYPE {name} {kind}\n", name = mf.name());
+        }
+    }
+    out
 }
 
 fn fgauge(name: &str, help: &str) -> prometheus::Gauge {
@@ -94,6 +121,15 @@ metric!(pub HUB_REQUEST_SECONDS: Histogram = reg(Histogram::with_opts(
     HistogramOpts::new("tether_hub_request_seconds", "Time to answer an API request")
         .buckets(vec![0.0005, 0.001, 0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0]),
 ).expect("valid metric")));
+metric!(pub HUB_DB_SECONDS: HistogramVec = reg(HistogramVec::new(
+    HistogramOpts::new("tether_hub_db_seconds", "Time the hub's database took per statement, by kind (exec, query, batch)")
+        .buckets(vec![0.0001, 0.0005, 0.001, 0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.5, 1.0]),
+    &["op"],
+).expect("valid metric")));
+metric!(pub HUB_DB_ERRORS: IntCounterVec = counter_vec("tether_hub_db_errors_total", "Database statements that failed (not counting a name already taken), by kind", &["op"]));
+metric!(pub HUB_RELAY_ANCHORED: IntGaugeVec = gauge_vec("tether_hub_relay_anchor_timestamp_seconds", "When the hub last found a relay's audit head anchored (Unix seconds): stale when the relay stops reporting or its heads are refused", &["relay"]));
+metric!(pub RELAY_READY: IntGauge = gauge("tether_relay_ready", "1 while this relay admits new sessions (its /readyz answers 200), read at scrape"));
+metric!(pub CERT_EXPIRY: IntGaugeVec = gauge_vec("tether_cert_expiry_timestamp_seconds", "When this process's own certificate and its CA expire (Unix seconds), by role and subject name", &["role", "name"]));
 
 // Twin link.
 metric!(pub TWIN_LINK_UP: IntGaugeVec = gauge_vec("tether_twin_link_up", "1 while the twin link is up, by direction (out: our facts, in: the twin's)", &["direction"]));
@@ -151,7 +187,7 @@ pub fn render() -> String {
     }
     let mut out = Vec::new();
     let _ = TextEncoder::new().encode(&REGISTRY.gather(), &mut out);
-    String::from_utf8(out).unwrap_or_default()
+    String::from_utf8(out).unwrap_or_default() + &empty_families()
 }
 
 /// Forces every metric into the registry so that `/metrics` lists them from the start.
@@ -197,6 +233,14 @@ pub fn init() {
     LazyLock::force(&HUB_SESSIONS_GRANTED);
     LazyLock::force(&HUB_RELAY_REPORTS);
     LazyLock::force(&HUB_REQUEST_SECONDS);
+    LazyLock::force(&HUB_DB_SECONDS);
+    // Every kind at 0 from the start, so increase() sees the first error.
+    for op in ["exec", "query", "batch"] {
+        HUB_DB_ERRORS.with_label_values(&[op]);
+    }
+    LazyLock::force(&HUB_RELAY_ANCHORED);
+    LazyLock::force(&RELAY_READY);
+    LazyLock::force(&CERT_EXPIRY);
     LazyLock::force(&TWIN_LAG_EVENTS);
     LazyLock::force(&TWIN_LAG_SECONDS);
     LazyLock::force(&TWIN_FACTS_RECEIVED);

@@ -39,6 +39,7 @@ pub enum AgentError {
 pub async fn run(cfg: AgentConfig, shutdown: CancellationToken) -> Result<(), AgentError> {
     crate::tls::spawn_reloader(crate::tls::CRL_RELOAD_PERIOD);
     crate::metrics::init();
+    crate::tls::expiry::export(&[&cfg.cert, &cfg.ca]);
     let state = AgentState::new(cfg, shutdown.clone())?;
     let listener = operator::bind(&state.cfg.operator_socket)?;
     let tracker = tokio_util::task::TaskTracker::new();

@@ -66,7 +66,7 @@ async fn anchor(hub: &Hub, source: &str, head: &Head, cert: Result<&[u8], &'stat
     }
     let prev = hub.store.anchor(source).await.unwrap_or_default();
     if prev.as_ref().is_some_and(|(seq, hash, _)| *seq == head.seq && *hash == head.hash) {
-        return;
+        return fresh(source, now);
     }
     let problem = match cert {
         Err(why) => Some(why),
@@ -90,6 +90,14 @@ async fn anchor(hub: &Hub, source: &str, head: &Head, cert: Result<&[u8], &'stat
         return;
     }
     hub.audit.record("anchor", json!({"source": source, "head_seq": head.seq, "head_hash": head.hash})).await;
+    fresh(source, now);
+}
+
+/// A relay's latest head is anchored as of `now` (its staleness alert).
+fn fresh(source: &str, now: u64) {
+    if let Some(relay) = source.strip_prefix("relay:") {
+        crate::metrics::HUB_RELAY_ANCHORED.with_label_values(&[relay]).set(now as i64);
+    }
 }
 
 async fn refused(hub: &Hub, source: &str, head: &Head, reason: &'static str, anchored: Option<u64>) {

@@ -148,6 +148,7 @@ pub async fn bind(cfg: &HubConfig) -> Result<TcpListener, HubError> {
 pub async fn run(listener: TcpListener, cfg: HubConfig, stop: CancellationToken) -> Result<(), HubError> {
     crate::metrics::init();
     crate::tls::spawn_reloader(crate::tls::CRL_RELOAD_PERIOD);
+    crate::tls::expiry::export(&[&cfg.cert, &cfg.ca]);
     let tls = (http::server_config(&cfg)?, crate::tls::Trust::get(&cfg.ca, cfg.crl.as_deref())?);
     let hub = Hub::open(cfg).await?;
     let addr = listener.local_addr().ok();

@@ -39,7 +39,10 @@ pub async fn serve(listener: TcpListener, state: Arc<State>) {
 fn answer(req: &Request<Incoming>, state: &State) -> Response<Full<Bytes>> {
     let ready = state.ready.load(Ordering::Relaxed) && !state.shutdown.is_cancelled();
     let (status, ctype, body) = match req.uri().path() {
-        "/metrics" => (StatusCode::OK, "text/plain; version=0.0.4", crate::metrics::render()),
+        "/metrics" => {
+            crate::metrics::RELAY_READY.set(ready.into());
+            (StatusCode::OK, "text/plain; version=0.0.4", crate::metrics::render())
+        }
         "/healthz" => (StatusCode::OK, "text/plain", "ok\n".to_string()),
         "/readyz" if ready => (StatusCode::OK, "text/plain", "ready\n".to_string()),
         "/readyz" => (StatusCode::SERVICE_UNAVAILABLE, "text/plain", "draining\n".to_string()),

@@ -167,6 +167,7 @@ pub async fn run_with_taps(
         )),
         None => None,
     };
+    tls::expiry::export(&[&cfg.cert, &cfg.ca]);
     let state = State::new(cfg, shutdown.clone(), taps)?;
     tracing::info!(relay = %state.cfg.name, "relay serving");
     tls::spawn_reloader(tls::CRL_RELOAD_PERIOD);

@@ -5,6 +5,7 @@
 
 mod config;
 mod dial;
+pub mod expiry;
 pub mod pki;
 mod quic;
 mod sessions;

@@ -23,6 +23,7 @@ mod jobs;
 mod legs;
 mod memory;
 mod no_listen;
+mod operations;
 mod pq;
 mod proxy_protocol;
 mod quic;

@@ -2,6 +2,7 @@
 //! migrations, and the queries, written once for both.
 mod anchors;
 mod jobs;
+mod measured;
 mod open;
 mod pg_tls;
 mod postgres;

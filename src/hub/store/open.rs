@@ -3,7 +3,7 @@
 use std::path::Path;
 use std::sync::Arc;
 
-use super::{Sql, Store, StoreError, postgres, schema, sql, sqlite};
+use super::{Sql, Store, StoreError, measured, postgres, schema, sql, sqlite};
 
 impl Store {
     /// Opens `sqlite:PATH` (or a bare path) or `postgres://…`, and migrates.
@@ -17,7 +17,7 @@ impl Store {
             }
             return Self::open_sqlite(&base.join(path)).await;
         };
-        let store = Store { db, secrets: None };
+        let store = Store { db: Arc::new(measured::Measured(db)), secrets: None };
         store.migrate().await?;
         Ok(store)
     }
@@ -33,7 +33,7 @@ impl Store {
             let r = match sqlite::Sqlite::open(path) {
                 Ok(db) => {
                     restrict(path);
-                    let store = Store { db: Arc::new(db), secrets: None };
+                    let store = Store { db: Arc::new(measured::Measured(Arc::new(db))), secrets: None };
                     store.migrate().await.map(|()| store)
                 }
                 Err(e) => Err(e),

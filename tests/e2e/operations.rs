@@ -1,0 +1,100 @@
+//! The operator's kit matches what the processes export: every metric the
+//! Prometheus alerts (`deploy/prometheus/alerts.yml`) name is in a real scrape
+//! of a relay, the hub or an agent, and the rules pass promtool's check and
+//! their unit tests (`alerts_test.yml`); every scrape passes `promtool check
+//! metrics`.
+use std::collections::BTreeSet;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use hyper::Method;
+use tether::agent::operator::{Request, request};
+
+use crate::harness::*;
+use crate::hub::{hub_client, hub_fleet};
+
+fn deploy(file: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("deploy").join(file)
+}
+
+/// Metric families in a Prometheus text exposition (every family has a TYPE line).
+fn families(text: &str) -> BTreeSet<String> {
+    text.lines()
+        .filter_map(|l| l.strip_prefix("# TYPE "))
+        .filter_map(|l| l.split(' ').next())
+        .map(String::from)
+        .collect()
+}
+
+/// `tether_…` names in a file, with histogram suffixes taken off.
+fn named(text: &str) -> BTreeSet<String> {
+    let mut out = BTreeSet::new();
+    for (i, _) in text.match_indices("tether_") {
+        let name: String = text[i..].chars().take_while(|c| c.is_ascii_alphanumeric() || *c == '_').collect();
+        let base = ["_bucket", "_sum", "_count"].iter().find_map(|s| name.strip_suffix(s)).unwrap_or(&name);
+        out.insert(base.to_string());
+    }
+    out
+}
+
+/// `promtool check metrics` parses the exposition and finds nothing to lint.
+fn lint(text: &str) {
+    use std::io::Write;
+    let Ok(mut child) = Command::new("promtool")
+        .args(["check", "metrics"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+    else {
+        return; // the_alert_rules_pass_promtool says SKIPPED, or fails in CI
+    };
+    child.stdin.take().unwrap().write_all(text.as_bytes()).unwrap();
+    let out = child.wait_with_output().unwrap();
+    let said = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    assert!(out.status.success(), "promtool check metrics: {said}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_metric_the_alerts_name_is_exported() {
+    let fleet = hub_fleet("").await;
+    let s = fleet.session("echo").await;
+    drop(within(30, s.connect()).await.unwrap());
+    let mut exported = BTreeSet::new();
+    for i in 0..fleet.relays.len() {
+        let text = fleet.metrics(i).await;
+        // The admin port's answer, headers and all: lint the body.
+        lint(text.split_once("\r\n\r\n").map_or(text.as_str(), |(_, body)| body));
+        exported.extend(families(&text));
+    }
+    let (status, hub) = hub_client(&fleet).call(Method::GET, "/metrics", None, None).await.unwrap();
+    assert!(status.is_success());
+    let hub = String::from_utf8_lossy(&hub);
+    lint(&hub);
+    exported.extend(families(&hub));
+    let agent = request(&fleet.socket(), &Request::Metrics).await.unwrap();
+    lint(agent["text"].as_str().unwrap());
+    exported.extend(families(agent["text"].as_str().unwrap()));
+
+    let rules = std::fs::read_to_string(deploy("prometheus/alerts.yml")).unwrap();
+    let names = named(&rules);
+    assert!(names.len() >= 10, "the alerts name only {names:?}");
+    let missing: Vec<_> = names.difference(&exported).collect();
+    assert!(missing.is_empty(), "alerts name metrics nobody exports: {missing:?}");
+}
+
+#[test]
+fn the_alert_rules_pass_promtool() {
+    if Command::new("promtool").arg("--version").output().is_err() {
+        assert!(std::env::var("CI").is_err(), "promtool is not installed but CI must run this test");
+        eprintln!("SKIPPED: promtool is not installed (apt-get install -y --no-install-recommends prometheus)");
+        return;
+    }
+    let dir = deploy("prometheus");
+    for args in [["check", "rules", "alerts.yml"], ["test", "rules", "alerts_test.yml"]] {
+        let out = Command::new("promtool").args(args).current_dir(&dir).output().unwrap();
+        let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+        assert!(out.status.success(), "promtool {args:?} failed:\n{text}");
+        assert!(text.contains("SUCCESS"), "{text}");
+    }
+}
