@@ -1,6 +1,7 @@
 //! The operator's kit matches what the processes export: every metric the
-//! Prometheus alerts (`deploy/prometheus/alerts.yml`) name is in a real scrape
-//! of a relay, the hub or an agent, and the rules pass promtool's check and
+//! Prometheus alerts (`deploy/prometheus/alerts.yml`) and the Grafana board
+//! (`deploy/grafana/tether.json`) name is in a real scrape of a relay, the hub
+//! or an agent, the board's queries are valid PromQL, and the rules pass promtool's check and
 //! their unit tests (`alerts_test.yml`); every scrape passes `promtool check
 //! metrics`.
 use std::collections::BTreeSet;
@@ -56,7 +57,7 @@ fn lint(text: &str) {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn every_metric_the_alerts_name_is_exported() {
+async fn every_metric_the_alerts_and_the_board_name_is_exported() {
     let fleet = hub_fleet("").await;
     let s = fleet.session("echo").await;
     drop(within(30, s.connect()).await.unwrap());
@@ -81,6 +82,53 @@ async fn every_metric_the_alerts_name_is_exported() {
     assert!(names.len() >= 10, "the alerts name only {names:?}");
     let missing: Vec<_> = names.difference(&exported).collect();
     assert!(missing.is_empty(), "alerts name metrics nobody exports: {missing:?}");
+    let board = board_queries().join("\n");
+    let names = named(&board);
+    assert!(names.len() >= 20, "the board names only {names:?}");
+    let missing: Vec<_> = names.difference(&exported).collect();
+    assert!(missing.is_empty(), "the Grafana board names metrics nobody exports: {missing:?}");
+}
+
+/// Every query of `deploy/grafana/tether.json`, with its panel's title.
+fn board_queries() -> Vec<String> {
+    let board: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(deploy("grafana/tether.json")).unwrap()).unwrap();
+    let mut out = Vec::new();
+    for panel in board["panels"].as_array().unwrap().iter().filter(|p| p["type"] != "row") {
+        let targets = panel["targets"].as_array().unwrap();
+        assert!(!targets.is_empty(), "panel {} has no query", panel["title"]);
+        for t in targets {
+            assert_eq!(
+                t["datasource"]["uid"], "${datasource}",
+                "panel {} must use the board's data source",
+                panel["title"]
+            );
+            out.push(t["expr"].as_str().unwrap().to_string());
+        }
+    }
+    out
+}
+
+/// Each query of the board is valid PromQL: promtool checks them as
+/// recording rules (the relay selector `$relay` taken as every relay).
+#[test]
+fn the_board_queries_are_valid_promql() {
+    if Command::new("promtool").arg("--version").output().is_err() {
+        assert!(std::env::var("CI").is_err(), "promtool is not installed but CI must run this test");
+        eprintln!("SKIPPED: promtool is not installed");
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let mut rules = String::from("groups:\n  - name: board\n    rules:\n");
+    for (i, q) in board_queries().iter().enumerate() {
+        let expr = serde_json::to_string(&q.replace("$relay", ".*")).unwrap();
+        rules += &format!("      - record: tether_board_query_{i}\n        expr: {expr}\n");
+    }
+    let path = dir.path().join("board.yml");
+    std::fs::write(&path, rules).unwrap();
+    let out = Command::new("promtool").args(["check", "rules"]).arg(&path).output().unwrap();
+    let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    assert!(out.status.success() && text.contains("SUCCESS"), "{text}");
 }
 
 #[test]
