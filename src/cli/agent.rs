@@ -237,8 +237,8 @@ mod tests {
             {"session": "aa11", "specialist": "alice", "role": "engineer", "service": "ssh", "relay": "relay-a", "waiting_secs": 75},
         ], "jobs": [{"job": "job-7", "kind": "install", "target": "tool@2", "by": "boss", "waiting_secs": 3}]});
         let text = pending_text(&answer);
-        assert!(text.contains("SESSION  SPECIALIST         SERVICE  VIA      WAITING\n"), "{text}");
-        assert!(text.contains("aa11     alice (engineer)   ssh      relay-a  1 min 15 s\n"), "{text}");
+        assert!(text.contains("SESSION  SPECIALIST        SERVICE  VIA      WAITING\n"), "{text}");
+        assert!(text.contains("aa11     alice (engineer)  ssh      relay-a  1 min 15 s\n"), "{text}");
         assert!(text.contains("job-7  install  tool@2  boss  3 s\n"), "{text}");
         assert_eq!(pending_text(&json!({"pending": [], "jobs": []})), "Nothing is waiting for your consent.\n");
         assert_eq!(sessions_text(&json!({"sessions": []})), "No live session.\n");
