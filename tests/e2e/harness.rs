@@ -658,8 +658,15 @@ impl Fleet {
 
     /// Stops the hub and starts it again on the same address, config and database.
     pub fn restart_hub(&mut self) {
+        self.restart_hub_after(|_| {});
+    }
+
+    /// Kills the hub, runs `between` on the fleet's folder (a restore), and
+    /// starts the hub again on the same config.
+    pub fn restart_hub_after(&mut self, between: impl FnOnce(&Path)) {
         let hub = self.hub.as_mut().expect("a hub");
         hub.proc.kill();
+        between(self.tmp.path());
         hub.proc = Proc { child: spawn_hub(self.tmp.path(), &hub.config, "hub-restarted") };
     }
 

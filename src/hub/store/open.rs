@@ -93,3 +93,22 @@ fn restrict(path: &Path) {
         }
     }
 }
+
+impl Store {
+    /// A consistent copy of a SQLite database at `to` (0600), taken while the
+    /// hub runs (`VACUUM INTO`). PostgreSQL is backed up with `pg_dump`.
+    pub async fn backup_to(&self, to: &Path) -> Result<(), StoreError> {
+        if self.engine() != "sqlite" {
+            return Err(StoreError::Db(
+                "a PostgreSQL database is backed up with pg_dump --format=custom (docs/operator.md)".into(),
+            ));
+        }
+        if to.exists() {
+            return Err(StoreError::Db(format!("{} exists: give a new file", to.display())));
+        }
+        let name = to.to_str().ok_or_else(|| StoreError::Db(format!("{}: not UTF-8", to.display())))?;
+        self.db.exec("VACUUM INTO $1", vec![name.into()]).await?;
+        restrict(to);
+        Ok(())
+    }
+}
