@@ -70,3 +70,8 @@ pub fn refuse_dev_material(problems: &mut Vec<String>, dev: bool, files: &[(&str
         }
     }
 }
+
+/// Relays' and agents' audit files rotate at 64 MiB unless configured.
+pub fn default_audit_rotate_bytes() -> u64 {
+    64 << 20
+}

@@ -61,6 +61,7 @@ pub async fn start_relay(pki: &Path, dir: &Path, stop: CancellationToken) -> Bou
         dev: false,
         raw_legs: true,
         proxy_protocol_from: vec![],
+        audit_rotate_bytes: 0,
         quic: false,
         quic_agents: None,
         quic_clients: None,

@@ -142,6 +142,11 @@ pub struct AgentConfig {
     /// Unix socket for `tether agent approve|deny|pending|end` (mode 0600).
     pub operator_socket: PathBuf,
     pub audit_log: PathBuf,
+    /// Start a new audit file past this size (bytes; 0: never). The full
+    /// one is renamed `NAME.SEQ`; `tether audit verify NAME.* NAME` checks
+    /// the chain across them. Default 64 MiB.
+    #[serde(default = "crate::config::default_audit_rotate_bytes")]
+    pub audit_rotate_bytes: u64,
     /// Development only: accept the committed `certs-dev/` material.
     #[serde(default)]
     pub dev: bool,

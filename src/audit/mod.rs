@@ -34,6 +34,9 @@ struct Chain {
     seq: u64,
     prev: String,
     signer: Option<Signer>,
+    /// Bytes in the current file, and the size that starts a new one (0: never).
+    size: u64,
+    rotate_at: u64,
 }
 
 /// An open audit log. Cheap to share behind an `Arc`.
@@ -107,20 +110,53 @@ impl AuditLog {
         if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
             std::fs::create_dir_all(dir).map_err(io)?;
         }
-        let (seq, prev) = match File::open(path) {
+        let (mut seq, mut prev) = match File::open(path) {
             Ok(f) => last_link(BufReader::new(f)),
             Err(_) => (0, GENESIS.to_string()),
         };
+        // A file started by a rotation just before a restart: the chain goes
+        // on from the last rotated file.
+        if seq == 0
+            && let Some(last) = rotated(path).pop()
+            && let Ok(f) = File::open(&last)
+        {
+            (seq, prev) = last_link(BufReader::new(f));
+        }
         let file = OpenOptions::new().create(true).append(true).mode(0o600).open(path).map_err(io)?;
-        Ok(AuditLog { path: path.into(), chain: Mutex::new(Chain { file: Some(file), seq, prev, signer: None }) })
+        let size = file.metadata().map(|m| m.len()).unwrap_or(0);
+        let chain = Chain { file: Some(file), seq, prev, signer: None, size, rotate_at: 0 };
+        Ok(AuditLog { path: path.into(), chain: Mutex::new(chain) })
+    }
+
+    /// Starts a new file once the current one reaches `bytes` (0: never):
+    /// the full one is renamed `NAME.SEQ` (its last record's sequence, 20
+    /// digits, so names sort in order) and the chain goes on in a new `NAME`.
+    pub fn rotating_at(self, bytes: u64) -> AuditLog {
+        crate::util::lock(&self.chain).rotate_at = bytes;
+        self
+    }
+
+    fn rotate(&self, chain: &mut Chain) {
+        use std::os::unix::fs::OpenOptionsExt;
+        let to = PathBuf::from(format!("{}.{:020}", self.path.display(), chain.seq));
+        if let Err(e) = std::fs::rename(&self.path, &to) {
+            tracing::error!(path = %self.path.display(), error = %e, "audit rotation failed; going on in the same file");
+            return;
+        }
+        match OpenOptions::new().create(true).append(true).mode(0o600).open(&self.path) {
+            Ok(f) => {
+                chain.file = Some(f);
+                chain.size = 0;
+                tracing::info!(rotated = %to.display(), seq = chain.seq, "audit log rotated");
+            }
+            Err(e) => tracing::error!(path = %self.path.display(), error = %e, "audit log: cannot start a new file"),
+        }
     }
 
     /// A log that records nothing (for tools that audit elsewhere).
     pub fn disabled() -> AuditLog {
-        AuditLog {
-            path: PathBuf::new(),
-            chain: Mutex::new(Chain { file: None, seq: 0, prev: GENESIS.into(), signer: None }),
-        }
+        let chain = Chain { file: None, seq: 0, prev: GENESIS.into(), signer: None, size: 0, rotate_at: 0 };
+        AuditLog { path: PathBuf::new(), chain: Mutex::new(chain) }
     }
 
     /// The chain's head: last sequence number and hash.
@@ -165,7 +201,32 @@ impl AuditLog {
             tracing::error!(path = %self.path.display(), error = %e, "audit write failed");
         }
         chain.prev = hash;
+        chain.size += line.len() as u64;
+        if chain.rotate_at > 0 && chain.size >= chain.rotate_at {
+            self.rotate(&mut chain);
+        }
     }
+}
+
+/// The rotated files of the log at `path` (`NAME.SEQ`), oldest first.
+pub fn rotated(path: &Path) -> Vec<PathBuf> {
+    let (Some(dir), Some(name)) = (path.parent(), path.file_name().and_then(|n| n.to_str())) else {
+        return Vec::new();
+    };
+    let dir = if dir.as_os_str().is_empty() { Path::new(".") } else { dir };
+    let Ok(entries) = std::fs::read_dir(dir) else { return Vec::new() };
+    let mut out: Vec<PathBuf> = entries
+        .flatten()
+        .filter(|e| {
+            e.file_name()
+                .to_str()
+                .and_then(|f| f.strip_prefix(name)?.strip_prefix('.'))
+                .is_some_and(|seq| seq.len() == 20 && seq.bytes().all(|b| b.is_ascii_digit()))
+        })
+        .map(|e| dir.join(e.file_name()))
+        .collect();
+    out.sort();
+    out
 }
 
 fn last_link(r: impl BufRead) -> (u64, String) {
@@ -195,6 +256,21 @@ pub fn verify_file(path: &Path, cert: Option<&[u8]>) -> Result<(u64, String), Au
     let n = verify_chain(BufReader::new(f), (GENESIS, 0), cert, &mut last)
         .map_err(|(line, why)| AuditError::Broken { path: path.into(), line, why })?;
     Ok((n, last))
+}
+
+/// [`verify_file`] over files that continue one chain, in order (the
+/// rotated files of a log, then the log): one chain from the first record of
+/// the first to the last of the last. Returns the records and the last hash.
+pub fn verify_files(paths: &[PathBuf], cert: Option<&[u8]>) -> Result<(u64, String), AuditError> {
+    let (mut seq, mut prev) = (0, GENESIS.to_string());
+    for path in paths {
+        let f = File::open(path).map_err(|source| AuditError::Io { path: path.clone(), source })?;
+        let mut last = String::new();
+        let n = verify_chain(BufReader::new(f), (&prev, seq), cert, &mut last)
+            .map_err(|(line, why)| AuditError::Broken { path: path.clone(), line, why })?;
+        (seq, prev) = (seq + n, last);
+    }
+    Ok((seq, prev))
 }
 
 /// Checks a chain read from `r` that continues after (`prev`, `seq`).
@@ -306,5 +382,41 @@ mod tests {
         assert!(reordered.1.contains("missing") || reordered.1.contains("order"), "{}", reordered.1);
         let truncated_head = check(vec![&lines[1], &lines[2]]).unwrap_err();
         assert_eq!(truncated_head, (1, "record(s) seq 1 missing before seq 2".to_string()));
+    }
+
+    #[test]
+    fn a_rotated_log_is_one_chain_across_its_files_and_restarts() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("audit.jsonl");
+        let log = AuditLog::open(&p).unwrap().rotating_at(600);
+        for i in 0..20 {
+            log.record("e", serde_json::json!({"i": i, "pad": "x".repeat(40)}));
+        }
+        let old = rotated(&p);
+        assert!(old.len() >= 3, "rotated into {old:?}");
+        // A restart right after a rotation (empty current file) goes on.
+        while std::fs::metadata(&p).unwrap().len() > 0 {
+            log.record("e", serde_json::json!({"pad": "y".repeat(40)}));
+        }
+        let (seq, _) = log.head();
+        drop(log);
+        let again = AuditLog::open(&p).unwrap();
+        assert_eq!(again.head().0, seq, "the reopened log continues the rotated chain");
+        again.record("after_restart", serde_json::json!({}));
+        let mut all = rotated(&p);
+        all.push(p.clone());
+        assert_eq!(verify_files(&all, None).unwrap().0, seq + 1);
+        // Alone, a later file names what is missing; without a middle file, the gap.
+        match verify_file(&p, None) {
+            Err(AuditError::Broken { why, .. }) => assert!(why.contains("missing before"), "{why}"),
+            other => panic!("a continuation verified alone: {other:?}"),
+        }
+        let mut gap = all.clone();
+        gap.remove(1);
+        assert!(matches!(verify_files(&gap, None), Err(AuditError::Broken { .. })));
+        // File names sort in chain order.
+        let mut sorted = all[..all.len() - 1].to_vec();
+        sorted.sort();
+        assert_eq!(sorted, all[..all.len() - 1]);
     }
 }

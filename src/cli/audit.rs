@@ -15,7 +15,10 @@ pub enum AuditCmd {
     /// that host's key, and with `--profile` the hub's anchors of this log
     /// (records cut off its end).
     Verify {
-        file: PathBuf,
+        /// The log, or its files in chain order: the rotated ones
+        /// (`NAME.SEQ`, as a shell glob sorts them), then `NAME`.
+        #[arg(required = true)]
+        files: Vec<PathBuf>,
         /// The certificate of the host that wrote the log (relay or device).
         #[arg(long)]
         cert: Option<PathBuf>,
@@ -38,19 +41,25 @@ pub enum AuditCmd {
 
 pub async fn run(cmd: AuditCmd) -> Result<()> {
     match cmd {
-        AuditCmd::Verify { file, cert, profile } => verify(&file, cert.as_deref(), profile.as_deref()).await,
+        AuditCmd::Verify { files, cert, profile } => verify(&files, cert.as_deref(), profile.as_deref()).await,
         AuditCmd::Export { since, profile, out } => export(&super::profile_path(profile), &since, out).await,
     }
 }
 
-async fn verify(file: &Path, cert: Option<&Path>, profile: Option<&Path>) -> Result<()> {
+async fn verify(files: &[PathBuf], cert: Option<&Path>, profile: Option<&Path>) -> Result<()> {
     let cert = match cert {
         Some(p) => Some(crate::tls::load_certs(p)?.remove(0).to_vec()),
         None => None,
     };
-    let (n, _) = crate::audit::verify_file(file, cert.as_deref())?;
+    let (n, _) = crate::audit::verify_files(files, cert.as_deref())?;
     let signed = if cert.is_some() { ", every record signed by the certificate's key" } else { "" };
-    println!("{}: {n} records, chain intact{signed}", file.display());
+    let file = files.last().expect("clap requires one file");
+    let shown = match files {
+        [one] => one.display().to_string(),
+        [first, .., last] => format!("{} .. {} ({} files)", first.display(), last.display(), files.len()),
+        [] => String::new(),
+    };
+    println!("{shown}: {n} records, chain intact{signed}");
     let (Some(profile), Some(cert)) = (profile, cert) else { return Ok(()) };
     let source = source_of(&cert)?;
     let path = format!("/api/v1/audit/anchors/{source}");
@@ -59,8 +68,9 @@ async fn verify(file: &Path, cert: Option<&Path>, profile: Option<&Path>) -> Res
         println!("the hub holds no anchor of {source} yet");
         return Ok(());
     };
-    let hashes: std::collections::HashMap<u64, String> = crate::audit::read_all(file)
+    let hashes: std::collections::HashMap<u64, String> = files
         .iter()
+        .flat_map(|f| crate::audit::read_all(f))
         .filter_map(|r| Some((r["seq"].as_u64()?, r["hash"].as_str()?.to_string())))
         .collect();
     for a in &anchors {

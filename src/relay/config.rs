@@ -43,6 +43,11 @@ pub struct RelayConfig {
     pub grant_public_key: PathBuf,
     /// Append-only audit log (JSON lines, hash-chained).
     pub audit_log: PathBuf,
+    /// Start a new audit file past this size (bytes; 0: never). The full
+    /// one is renamed `NAME.SEQ`; `tether audit verify NAME.* NAME` checks
+    /// the chain across them. Default 64 MiB.
+    #[serde(default = "crate::config::default_audit_rotate_bytes")]
+    pub audit_rotate_bytes: u64,
     /// Development only: accept the committed `certs-dev/` material.
     #[serde(default)]
     pub dev: bool,

@@ -229,3 +229,33 @@ async fn forged_and_rolled_back_anchors_are_refused() {
         assert!(audit.iter().any(|r| r["event"] == "anchor_refused" && r["reason"] == reason), "{reason} not audited");
     }
 }
+
+/// A relay whose log rotates (`audit_rotate_bytes`) keeps one chain across
+/// its files: `tether audit verify NAME.* NAME --cert` checks it whole, and
+/// the newest file alone names the records it lacks.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rotated_relay_log_verifies_across_its_files() {
+    let fleet = Fleet::start(Opts { relay_top: "audit_rotate_bytes = 2048\n", ..Opts::default() }).await;
+    for _ in 0..4 {
+        let s = fleet.session("echo").await;
+        drop(within(30, s.connect()).await.unwrap());
+        s.close();
+    }
+    let log = fleet.relays[0].audit.clone();
+    let mut files = tether::audit::rotated(&log);
+    assert!(files.len() >= 2, "the relay's log did not rotate: {files:?}");
+    files.push(log.clone());
+    let cert = fleet.pki.path("relay-a.pem");
+    let mut args: Vec<String> = vec!["audit".into(), "verify".into()];
+    args.extend(files.iter().map(|f| f.display().to_string()));
+    args.extend(["--cert".into(), cert.display().to_string()]);
+    let whole = run(&args.iter().map(String::as_str).collect::<Vec<_>>(), "").await;
+    assert!(whole.0, "{whole:?}");
+    assert!(
+        whole.1.contains(&format!("({} files)", files.len())) && whole.1.contains("every record signed"),
+        "{}",
+        whole.1
+    );
+    let alone = run(&["audit", "verify", log.to_str().unwrap()], "").await;
+    assert!(!alone.0 && alone.2.contains("missing before"), "{alone:?}");
+}

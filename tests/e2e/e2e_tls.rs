@@ -52,6 +52,7 @@ async fn tapped(taps: Taps, service: SocketAddr) -> Tapped {
         dev: false,
         raw_legs: true,
         proxy_protocol_from: vec![],
+        audit_rotate_bytes: 0,
         quic: false,
         quic_agents: None,
         quic_clients: None,
