@@ -10,6 +10,23 @@ pub fn haproxy() -> Option<&'static str> {
     ["/usr/sbin/haproxy", "/usr/bin/haproxy"].into_iter().find(|p| std::path::Path::new(p).exists())
 }
 
+/// Writes `cfg` to `path`, has HAProxy check it, and runs it (stopped when dropped).
+pub fn start(bin: &str, path: &std::path::Path, cfg: &str) -> Proc {
+    std::fs::write(path, cfg).unwrap();
+    let check = Command::new(bin).arg("-c").arg("-f").arg(path).output().unwrap();
+    assert!(check.status.success(), "{}", String::from_utf8_lossy(&check.stderr));
+    Proc {
+        child: Command::new(bin)
+            .arg("-db")
+            .arg("-f")
+            .arg(path)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap(),
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_session_through_haproxy_survives_the_twin_behind_it() {
     let Some(bin) = haproxy() else {
@@ -32,20 +49,7 @@ async fn a_session_through_haproxy_survives_the_twin_behind_it() {
         b.client,
         b.admin.port()
     );
-    let path = fleet.dir().join("haproxy.cfg");
-    std::fs::write(&path, cfg).unwrap();
-    let check = Command::new(bin).arg("-c").arg("-f").arg(&path).output().unwrap();
-    assert!(check.status.success(), "{}", String::from_utf8_lossy(&check.stderr));
-    let _lb = Proc {
-        child: Command::new(bin)
-            .arg("-db")
-            .arg("-f")
-            .arg(&path)
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap(),
-    };
+    let _lb = start(bin, &fleet.dir().join("haproxy.cfg"), &cfg);
     let profile = Profile {
         // The grant names the pair by name (relay-a, whose twin is relay-b); the address is the balancer's.
         relays: vec![RelayEntry {

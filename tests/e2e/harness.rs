@@ -189,10 +189,20 @@ fn log_file(dir: &Path, name: &str) -> Stdio {
     Stdio::from(std::fs::File::create(dir.join(format!("{name}.log"))).unwrap())
 }
 
-/// A free loopback port, for the twin links (each twin must know the other's
-/// address before it starts).
+/// A free loopback port, for the twin links and the hub (each must be known
+/// before the process that binds it starts). Taken below the kernel's
+/// ephemeral range (32768 and up): a port from port 0 can be taken by any
+/// outgoing connection of a parallel test before the process binds it (a
+/// hub once failed to start that way in CI).
 pub fn free_port() -> SocketAddr {
-    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap()
+    for _ in 0..1000 {
+        let r = tether::random_bytes::<2>();
+        let port = 20_000 + u16::from_be_bytes(r) % 12_000;
+        if let Ok(l) = std::net::TcpListener::bind(("127.0.0.1", port)) {
+            return l.local_addr().unwrap();
+        }
+    }
+    panic!("no free port in 20000..32000")
 }
 
 /// `(twin name, twin's link address, our link address)`.
@@ -357,7 +367,8 @@ fn spawn_hub(dir: &Path, config: &Path, log: &str) -> std::process::Child {
         .unwrap();
     let mut line = String::new();
     BufReader::new(child.stdout.take().unwrap()).read_line(&mut line).unwrap();
-    assert!(line.starts_with("hub listening"), "hub did not start: {line:?}");
+    let log = || std::fs::read_to_string(dir.join(format!("{log}.log"))).unwrap_or_default();
+    assert!(line.starts_with("hub listening"), "hub did not start: {line:?}\n{}", log());
     child
 }
 

@@ -3,7 +3,6 @@
 //! balancer's; a header from anyone else is refused by name, counted and
 //! audited, and a trusted balancer that sends none is refused too.
 use std::net::SocketAddr;
-use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use hyper::Method;
@@ -65,20 +64,7 @@ async fn proxy_headers_from_the_balancer_are_honoured_and_forged_ones_refused() 
          frontend relay\n    bind {relay_front}\n    default_backend relay\n\
          backend relay\n    server relay-a {relay_a} send-proxy-v2 source {BALANCER}\n"
     );
-    let path = fleet.dir().join("haproxy.cfg");
-    std::fs::write(&path, cfg).unwrap();
-    let check = Command::new(bin).arg("-c").arg("-f").arg(&path).output().unwrap();
-    assert!(check.status.success(), "{}", String::from_utf8_lossy(&check.stderr));
-    let _lb = Proc {
-        child: Command::new(bin)
-            .arg("-db")
-            .arg("-f")
-            .arg(&path)
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap(),
-    };
+    let _lb = crate::haproxy::start(bin, &fleet.dir().join("haproxy.cfg"), &cfg);
 
     // The hub's site rule sees the specialist (127.0.0.1), not the balancer.
     let boss = add_user(&fleet, "boss", "admin", &[]).await;
