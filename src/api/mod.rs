@@ -12,5 +12,5 @@ pub use jobs::{
     JobKind, JobReport, JobRequest, JobState, JobView, RelayEvents, RolloutRequest, RolloutState, RolloutView,
     UploadProgress,
 };
-pub use report::{AgentHead, AgentSeen, EndedSession, Head, RelayReport, ReportAnswer, RevokedSession};
+pub use report::{AgentHead, AgentSeen, EndedSession, Head, LiveBytes, RelayReport, ReportAnswer, RevokedSession};
 pub use types::*;

@@ -68,6 +68,18 @@ pub struct RelayReport {
     pub audit_head: Option<Head>,
     #[serde(default)]
     pub agent_heads: Vec<AgentHead>,
+    /// Byte counts of the live sessions so far (full reports only; empty
+    /// is left out, so a relay with no live session still suits an older hub).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub live: Vec<LiveBytes>,
+}
+
+/// A live session's bytes so far, as its relay counted them.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct LiveBytes {
+    pub session: String,
+    pub bytes_to_device: u64,
+    pub bytes_to_client: u64,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, Default)]

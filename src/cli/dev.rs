@@ -21,6 +21,8 @@ pub enum DevCmd {
     },
     /// Start relays, agent and echo service from an initialised folder.
     Up,
+    /// Print the dev account's current sign-in code (for the web console).
+    Code,
 }
 
 pub async fn run(cmd: Option<DevCmd>, dir: &Path) -> Result<()> {
@@ -39,6 +41,7 @@ pub async fn run(cmd: Option<DevCmd>, dir: &Path) -> Result<()> {
             Ok(())
         }
         Some(DevCmd::Up) => dev::up(dir, super::shutdown_on_signal()).await,
+        Some(DevCmd::Code) => dev_code(dir).await,
         None => {
             if !dir.join("hub.toml").exists() {
                 let transport = std::env::var("TETHER_TRANSPORT").unwrap_or_else(|_| "auto".into());
@@ -52,4 +55,30 @@ pub async fn run(cmd: Option<DevCmd>, dir: &Path) -> Result<()> {
             dev::up(dir, super::shutdown_on_signal()).await
         }
     }
+}
+
+/// The dev account's next usable sign-in code: a code works once, and
+/// `tether dev` itself signs in with the current one, so this may be the
+/// next step's (the hub takes one step of skew).
+async fn dev_code(dir: &Path) -> Result<()> {
+    use crate::config::ConfigFile;
+    let file = dir.join("dev-login/totp-secret");
+    let secret = std::fs::read_to_string(&file)
+        .with_context(|| format!("reading {} (run `tether dev` first)", file.display()))?;
+    let cfg = crate::hub::HubConfig::load(&dir.join("hub.toml"))?;
+    let admin = crate::hub::admin::Admin::open(&cfg).await?;
+    let used = admin.store.totp_last_step(dev::DEV_USER).await? as u64;
+    let now = crate::util::now_secs();
+    let step = (now / 30).max(used + 1);
+    if step > now / 30 + 1 {
+        anyhow::bail!("the next code is not valid yet: try again in {} s", 30 - now % 30);
+    }
+    let code = crate::totp::code_at(secret.trim(), step).context("the dev TOTP secret is not base32")?;
+    let left = (step + 1) * 30 - now;
+    println!(
+        "{code}  (user {}, password in {}; valid {left} s more)",
+        dev::DEV_USER,
+        dir.join("dev-login/password").display()
+    );
+    Ok(())
 }

@@ -10,7 +10,7 @@ use tokio::net::TcpListener;
 use tokio::process::{Child, Command};
 use tokio_util::sync::CancellationToken;
 
-use super::{DEV_DEVICE, ECHO_ADDR, HUB_ADDR};
+use super::{DEV_DEVICE, DEV_USER, ECHO_ADDR, HUB_ADDR};
 
 /// Echoes every byte back, on every accepted connection, until `stop`.
 pub async fn echo_server(listener: TcpListener, stop: CancellationToken) {
@@ -183,8 +183,11 @@ fn print_up(dir: &Path, parts: &[Part]) {
          Maintenance jobs: `tether jobs add --profile {p} --device {DEV_DEVICE} upload logs` (or `run disk`),\n\
          `tether jobs list --profile {p}`, then `tether uploads get --profile {p} JOB-ID --out device-logs`\n\
          (docs/fleet.md walks through publishing and installing software).\n\
+         Web console: https://{HUB_ADDR}/console/ (dev certificate: the browser warns once), user {DEV_USER},\n\
+         password in {}, code from `tether dev code`.\n\
          Ctrl-C stops everything.\n",
-        pid("relay-a")
+        pid("relay-a"),
+        pretty(&dir.join("dev-login/password")),
     );
 }
 

@@ -29,26 +29,7 @@ impl Admin {
 
     /// Adds an account; returns its TOTP secret (shown once, for enrolment).
     pub async fn user_add(&self, name: &str, role: Role, password: &str, sites: &[String]) -> Result<String> {
-        check_account_name(name)?;
-        if let Some(p) = auth::password_problem(password, name) {
-            bail!("password refused: {p}");
-        }
-        let hash = auth::hash_password(password).map_err(|e| anyhow::anyhow!("hashing the password: {e}"))?;
-        let secret = crate::totp::new_secret();
-        let user = User {
-            name: name.into(),
-            role,
-            password_hash: hash,
-            totp_secret: secret.clone(),
-            disabled: false,
-            created_at: now_secs() as i64,
-        };
-        self.store.user_add(&user).await?;
-        for s in sites {
-            self.store.entitle(name, s).await?;
-        }
-        self.audit.record("user_added", json!({"user": name, "role": role, "sites": sites, "by": self.by})).await;
-        Ok(secret)
+        add_user((&self.store, &self.audit, &self.by), name, role, password, sites).await
     }
 
     pub async fn entitle(&self, name: &str, site: &str) -> Result<()> {
@@ -108,6 +89,43 @@ impl Admin {
             .await;
         Ok(site)
     }
+}
+
+/// Adds an account (from the CLI or the console: `by` says who); returns
+/// its TOTP secret, shown once for enrolment.
+pub async fn add_user(
+    (store, audit, by): (&Store, &HubAudit, &str),
+    name: &str,
+    role: Role,
+    password: &str,
+    sites: &[String],
+) -> Result<String> {
+    check_account_name(name)?;
+    if store.user(name).await?.is_some() {
+        bail!("there is already an account {name:?}");
+    }
+    if let Some(p) = auth::password_problem(password, name) {
+        bail!("password refused: {p}");
+    }
+    let owned = password.to_string();
+    let hash = tokio::task::spawn_blocking(move || auth::hash_password(&owned))
+        .await?
+        .map_err(|e| anyhow::anyhow!("hashing the password: {e}"))?;
+    let secret = crate::totp::new_secret();
+    let user = User {
+        name: name.into(),
+        role,
+        password_hash: hash,
+        totp_secret: secret.clone(),
+        disabled: false,
+        created_at: now_secs() as i64,
+    };
+    store.user_add(&user).await?;
+    for s in sites {
+        store.entitle(name, s).await?;
+    }
+    audit.record("user_added", json!({"user": name, "role": role, "sites": sites, "by": by})).await;
+    Ok(secret)
 }
 
 /// Account names and device ids: printable, no spaces, at most 128 bytes.

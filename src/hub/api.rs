@@ -45,7 +45,7 @@ async fn route(hub: &Hub, req: Request<Incoming>, peer: &Peer) -> Result<Answer,
         Route::Metrics => Ok(http::text_answer(StatusCode::OK, "text/plain; version=0.0.4", crate::metrics::render())),
         Route::Login => {
             let body = read_body(hub, req, hub.cfg.max_body_bytes, peer).await?;
-            let answer = login(hub, &http::parse(&body)?, peer).await?;
+            let answer = login(hub, &http::parse(&body)?, peer, "api").await?;
             Ok(json_answer(StatusCode::OK, &answer))
         }
         Route::RelayReport => {
@@ -164,9 +164,11 @@ fn health(hub: &Hub) -> Health {
     Health { status: "ok".into(), engine: hub.store.engine().to_string(), relays }
 }
 
-const LOGIN_FAILED: &str = "wrong user name, password or code";
+pub(super) const LOGIN_FAILED: &str = "wrong user name, password or code";
 
-async fn login(hub: &Hub, l: &LoginRequest, peer: &Peer) -> Result<LoginAnswer, ApiError> {
+/// Password, code, lockout and limits: one check for the API and the
+/// console (`via` says which, in the audit).
+pub(super) async fn login(hub: &Hub, l: &LoginRequest, peer: &Peer, via: &str) -> Result<LoginAnswer, ApiError> {
     let now = now_secs() as i64;
     let from = peer.addr.ip().to_string();
     if l.user.is_empty() || l.user.len() > 128 {
@@ -216,7 +218,10 @@ async fn login(hub: &Hub, l: &LoginRequest, peer: &Peer) -> Result<LoginAnswer, 
         }
         crate::metrics::HUB_LOGIN_FAILURES.with_label_values(&[reason]).inc();
         hub.audit
-            .record("login_failed", json!({"user": l.user, "from": from, "reason": reason, "failures": failures}))
+            .record(
+                "login_failed",
+                json!({"user": l.user, "from": from, "reason": reason, "failures": failures, "via": via}),
+            )
             .await;
         if delay > 0 {
             hub.audit
@@ -233,7 +238,7 @@ async fn login(hub: &Hub, l: &LoginRequest, peer: &Peer) -> Result<LoginAnswer, 
     let (token, hash) = auth::new_token();
     let expires_at = now + hub.cfg.token_ttl_secs as i64;
     hub.store.token_add(&hash, &user.name, expires_at).await.map_err(internal)?;
-    hub.audit.record("login", json!({"user": user.name, "from": from, "role": user.role})).await;
+    hub.audit.record("login", json!({"user": user.name, "from": from, "role": user.role, "via": via})).await;
     Ok(LoginAnswer { token, expires_at: expires_at as u64, user: user.name, role: user.role })
 }
 

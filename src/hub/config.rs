@@ -40,6 +40,12 @@ pub struct HubConfig {
     /// Lifetime of a login token.
     #[serde(default = "default_token_ttl")]
     pub token_ttl_secs: u64,
+    /// The web console: a session ends after this long without use…
+    #[serde(default = "default_console_idle")]
+    pub console_idle_secs: u64,
+    /// …and this long after sign-in in any case.
+    #[serde(default = "default_console_session")]
+    pub console_session_secs: u64,
     /// Lifetime of a grant: the client must open the session within it.
     #[serde(default = "default_grant_ttl")]
     pub grant_ttl_secs: u64,
@@ -170,6 +176,12 @@ fn default_database() -> String {
 }
 fn default_issuer() -> String {
     "tether".into()
+}
+fn default_console_idle() -> u64 {
+    900
+}
+fn default_console_session() -> u64 {
+    8 * 3600
 }
 fn default_token_ttl() -> u64 {
     900

@@ -18,21 +18,27 @@ pub fn internal(e: impl std::fmt::Display) -> ApiError {
 
 /// The account behind the request's bearer token.
 pub async fn authenticate(hub: &Hub, req: &Request<Incoming>, peer: &Peer) -> Result<User, ApiError> {
-    let from = peer.addr.ip().to_string();
     let token = req
         .headers()
         .get(hyper::header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.strip_prefix("Bearer "))
         .map(str::trim);
+    account_of(hub, token, peer, req.uri().path()).await
+}
+
+/// The account a login token (bearer or console cookie) stands for: known,
+/// not expired, account enabled. Each refusal is counted and audited.
+pub async fn account_of(hub: &Hub, token: Option<&str>, peer: &Peer, path: &str) -> Result<User, ApiError> {
+    let from = peer.addr.ip().to_string();
     let refuse = |code: &'static str, message: &str| ApiError::new(StatusCode::UNAUTHORIZED, code, message);
     let Some(token) = token else {
-        hub.refused("auth_refused", "no_token", json!({"from": from, "path": req.uri().path()})).await;
+        hub.refused("auth_refused", "no_token", json!({"from": from, "path": path})).await;
         return Err(refuse("no_token", "log in first (tether login): no bearer token"));
     };
     let hash = auth::token_hash(token);
     let Some((name, expires_at)) = hub.store.token(&hash).await.map_err(internal)? else {
-        hub.refused("auth_refused", "bad_token", json!({"from": from, "path": req.uri().path()})).await;
+        hub.refused("auth_refused", "bad_token", json!({"from": from, "path": path})).await;
         return Err(refuse("bad_token", "the token is not valid; log in again"));
     };
     if expires_at <= now_secs() as i64 {

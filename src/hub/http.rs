@@ -206,7 +206,12 @@ pub async fn serve<H, Fut>(
                 let (handler, peer) = (handler.clone(), peer.clone());
                 async move {
                     let started = Instant::now();
-                    let route = Route::label(Route::of(req.method().as_str(), req.uri().path()));
+                    let path = req.uri().path();
+                    let route = if path == "/" || path.starts_with("/console") {
+                        "console"
+                    } else {
+                        Route::label(Route::of(req.method().as_str(), path))
+                    };
                     let answer = handler(req, peer).await;
                     crate::metrics::HUB_REQUESTS.with_label_values(&[route, answer.status().as_str()]).inc();
                     crate::metrics::HUB_REQUEST_SECONDS.observe(started.elapsed().as_secs_f64());

@@ -210,7 +210,7 @@ async fn create(hub: &Hub, user: &User, peer: &Peer, want: JobRequest) -> Result
     Ok(job)
 }
 
-async fn cancel(hub: &Hub, user: &User, peer: &Peer, id: &str) -> Result<JobView, ApiError> {
+pub(super) async fn cancel(hub: &Hub, user: &User, peer: &Peer, id: &str) -> Result<JobView, ApiError> {
     let none = || ApiError::new(StatusCode::NOT_FOUND, "no_job", format!("no job {id}"));
     let job = hub.store.job(id).await.map_err(internal)?.ok_or_else(none)?;
     entitled_device(hub, user, peer, &job.device, "job_cancel").await?;

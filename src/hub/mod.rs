@@ -8,6 +8,7 @@ mod api;
 pub mod audit;
 pub mod auth;
 pub mod config;
+mod console;
 mod guard;
 mod http;
 mod jobs;
@@ -68,6 +69,10 @@ pub struct Hub {
     rollout_news: tokio::sync::mpsc::UnboundedSender<String>,
     rollout_rx: std::sync::Mutex<Option<tokio::sync::mpsc::UnboundedReceiver<String>>>,
     signer: GrantSigner,
+    /// Console sessions (cookie, idle clock, CSRF token).
+    console: console::ConsoleSessions,
+    /// How far the console has verified the hub's audit chain.
+    console_chain: console::ChainCheck,
 }
 
 impl Hub {
@@ -93,7 +98,23 @@ impl Hub {
         let (jobs, uploads) = (jobs::JobEvents::default(), uploads::Writing::default());
         let (rollout_news, rx) = tokio::sync::mpsc::unbounded_channel();
         let rollout_rx = std::sync::Mutex::new(Some(rx));
-        Ok(Arc::new(Hub { cfg, store, audit, board, logins, repo, jobs, uploads, rollout_news, rollout_rx, signer }))
+        let console = console::ConsoleSessions::new(Duration::from_secs(cfg.console_idle_secs.max(1)));
+        let console_chain = console::ChainCheck::default();
+        Ok(Arc::new(Hub {
+            cfg,
+            store,
+            audit,
+            board,
+            logins,
+            repo,
+            jobs,
+            uploads,
+            rollout_news,
+            rollout_rx,
+            signer,
+            console,
+            console_chain,
+        }))
     }
 
     /// A job of rollout `id` ended: the rollout may move on.
@@ -154,9 +175,15 @@ pub async fn run(listener: TcpListener, cfg: HubConfig, stop: CancellationToken)
     let addr = listener.local_addr().ok();
     hub.audit.record("hub_start", json!({"listen": addr.map(|a| a.to_string()), "engine": hub.store.engine()})).await;
     let h = hub.clone();
-    let handler = move |req, peer| {
+    let handler = move |req: hyper::Request<hyper::body::Incoming>, peer| {
         let hub = h.clone();
-        async move { api::handle(&hub, req, &peer).await }
+        async move {
+            if console::is_console(req.uri().path()) {
+                console::handle(&hub, req, &peer).await
+            } else {
+                api::handle(&hub, req, &peer).await
+            }
+        }
     };
     let drops = Arc::new(crate::util::DropTally::default());
     let reporter = tokio::spawn(report_drops(hub.clone(), drops.clone(), stop.clone()));

@@ -19,6 +19,8 @@ struct RelayView {
     ready: bool,
     sessions: u64,
     agents: HashMap<String, AgentSeen>,
+    /// Live sessions' bytes (to device, to client) as of the last full report.
+    live: HashMap<String, (u64, u64)>,
 }
 
 /// The relays as their reports describe them, and revocations in flight.
@@ -60,12 +62,14 @@ impl Board {
                 ready: false,
                 sessions: 0,
                 agents: HashMap::new(),
+                live: HashMap::new(),
             });
             v.seen = Instant::now();
             v.ready = r.ready;
             v.sessions = r.sessions;
             if let Some(agents) = &r.agents {
                 v.agents = agents.iter().map(|a| (a.device.clone(), a.clone())).collect();
+                v.live = r.live.iter().map(|l| (l.session.clone(), (l.bytes_to_device, l.bytes_to_client))).collect();
             }
         }
         let mut revoked = lock(&self.revoked);
@@ -128,6 +132,16 @@ impl Board {
             p.status = "online".into();
         }
         p
+    }
+
+    /// A live session's bytes (to device, to client) as its relays last
+    /// counted them (after a failover, the larger count).
+    pub fn live_bytes(&self, session: &str) -> Option<(u64, u64)> {
+        let views = lock(&self.views);
+        self.relays
+            .iter()
+            .filter_map(|r| self.fresh(&views, &r.name)?.live.get(session).copied())
+            .max_by_key(|(d, c)| d + c)
     }
 
     /// Relays with a fresh report, ready or not (health endpoint).

@@ -120,7 +120,7 @@ pub(super) fn bytes_answer(body: bytes::Bytes, ctype: &'static str) -> Answer {
     r
 }
 
-fn listing(repo: &RepoStore) -> RepoListing {
+pub(super) fn listing(repo: &RepoStore) -> RepoListing {
     let (targets_version, snapshot_version, timestamp_version, timestamp_expires) = repo.versions();
     let targets = repo
         .targets()

@@ -225,7 +225,7 @@ pub async fn advance(hub: &Hub, id: &str) -> Result<(), ApiError> {
     Ok(())
 }
 
-async fn cancel(hub: &Hub, user: &User, peer: &Peer, id: &str) -> Result<RolloutView, ApiError> {
+pub(super) async fn cancel(hub: &Hub, user: &User, peer: &Peer, id: &str) -> Result<RolloutView, ApiError> {
     let none = || ApiError::new(StatusCode::NOT_FOUND, "no_rollout", format!("no rollout {id}"));
     let r = hub.store.rollout(id).await.map_err(internal)?.ok_or_else(none)?;
     entitled_site(hub, user, peer, &r.site, "rollout_cancel").await?;

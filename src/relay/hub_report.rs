@@ -124,8 +124,22 @@ fn build(state: &State, full: bool, sent: &HashMap<String, u64>) -> (RelayReport
         ended,
         audit_head: own_moved.then(|| Head { seq, sig: state.audit.sign_head(&hash), hash }),
         agent_heads,
+        live: if full { live_bytes(state) } else { Vec::new() },
     };
     (report, heads)
+}
+
+/// What each live session has moved so far (the console shows it).
+fn live_bytes(state: &State) -> Vec<crate::api::LiveBytes> {
+    state
+        .sessions
+        .iter()
+        .map(|s| crate::api::LiveBytes {
+            session: s.key().to_string(),
+            bytes_to_device: s.to_device.load(Ordering::Relaxed),
+            bytes_to_client: s.to_client.load(Ordering::Relaxed),
+        })
+        .collect()
 }
 
 fn apply(state: &State, answer: ReportAnswer) {

@@ -12,7 +12,7 @@ use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt};
 
 use crate::harness::*;
 
-const PASSWORD: &str = "violet staple quarantine 42 orbit";
+pub const PASSWORD: &str = "violet staple quarantine 42 orbit";
 
 pub async fn hub_fleet(extra: &'static str) -> Fleet {
     let fleet = Fleet::start(Opts { relays: 2, twins: true, hub: true, hub_extra: extra, ..Opts::default() }).await;
@@ -102,7 +102,7 @@ pub async fn hub_audit(fleet: &Fleet, admin_token: &str) -> Vec<Value> {
 }
 
 /// `tether connect` as a process; returns it, the local address and the session id.
-async fn connect(profile: &Path, service: &str, reason: &str) -> (tokio::process::Child, String, String) {
+pub async fn connect(profile: &Path, service: &str, reason: &str) -> (tokio::process::Child, String, String) {
     let mut child = tokio::process::Command::new(BIN)
         .args(["connect", "--profile", profile.to_str().unwrap(), DEVICE, service, "--listen", "127.0.0.1:0"])
         .args(["--reason", reason])

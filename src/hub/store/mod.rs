@@ -1,6 +1,7 @@
 //! The hub's storage: one interface ([`Sql`]), two engines (SQLite, PostgreSQL),
 //! migrations, and the queries, written once for both.
 mod anchors;
+mod console;
 mod jobs;
 mod measured;
 mod open;
