@@ -1,7 +1,7 @@
 //! `tether certs`: fleet PKI material for dev and tests.
 use std::path::PathBuf;
 
-use anyhow::Result;
+use anyhow::{Context, Result};
 use clap::Subcommand;
 
 use crate::tls::pki::{self, Ca, Validity};
@@ -25,6 +25,15 @@ pub struct ServerCert {
 pub enum CertsCmd {
     /// Fleet CA, two relay certs, the grant-signing key and device `demo-1`.
     Init {
+        #[arg(long)]
+        out: PathBuf,
+    },
+    /// A new fleet CA and grant-signing key for production (in `--out`;
+    /// refuses to overwrite): keep `ca.key` offline, `grant.key` on the hub only.
+    Ca {
+        /// The CA's common name, e.g. "ACME Medical fleet CA".
+        #[arg(long)]
+        name: String,
         #[arg(long)]
         out: PathBuf,
     },
@@ -70,6 +79,24 @@ pub fn run(cmd: CertsCmd) -> Result<()> {
         CertsCmd::Init { out } => {
             pki::init_dir(&out, &[crate::dev::DEV_DEVICE])?;
             println!("wrote dev PKI to {} (DEV ONLY)", out.display());
+        }
+        CertsCmd::Ca { name, out } => {
+            for f in ["ca.key", "ca.pem", "grant.key", "grant.pub"] {
+                if out.join(f).exists() {
+                    anyhow::bail!(
+                        "{} exists: a fleet CA is made once (remove it yourself to start over)",
+                        out.join(f).display()
+                    );
+                }
+            }
+            std::fs::create_dir_all(&out).with_context(|| format!("creating {}", out.display()))?;
+            Ca::generate(&name)?.write(&out)?;
+            pki::write_grant_key(&out)?;
+            println!(
+                "wrote {0}/ca.pem, {0}/ca.key, {0}/grant.key, {0}/grant.pub: keep ca.key offline; grant.key goes \
+                 to the hub only; relays and agents get ca.pem and grant.pub",
+                out.display()
+            );
         }
         CertsCmd::Device { ca, id, out } => {
             std::fs::create_dir_all(&out)?;

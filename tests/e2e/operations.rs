@@ -152,3 +152,16 @@ fn the_alert_rules_pass_promtool() {
         assert!(text.contains("SUCCESS"), "{text}");
     }
 }
+
+/// The example configs in `deploy/` are what the binaries read: every key
+/// known (the config types refuse unknown ones), every value of its type.
+#[test]
+fn the_example_configs_in_deploy_parse() {
+    let read = |f: &str| std::fs::read_to_string(deploy(f)).unwrap();
+    let relay: tether::relay::RelayConfig = toml::from_str(&read("relay.toml")).unwrap();
+    assert!(relay.hub.is_some() && relay.twin.is_some(), "the relay example reports to the hub and has a twin");
+    let hub: tether::hub::HubConfig = toml::from_str(&read("hub.toml")).unwrap();
+    assert_eq!(hub.relays.len(), 2);
+    let agent: tether::agent::AgentConfig = toml::from_str(&read("agent.toml")).unwrap();
+    assert_eq!(agent.relays.len(), 2);
+}
