@@ -338,11 +338,13 @@ pub fn write_agent_config(
     path
 }
 
-/// Writes hub.toml (SQLite in `dir`) and starts the hub on `addr`.
+/// Writes hub.toml (SQLite in `dir` unless `extra` sets `database`) and starts the hub on `addr`.
 pub fn start_hub(dir: &Path, pki: &Pki, addr: SocketAddr, relays: &[RelayProc], extra: &str) -> HubProc {
+    // SQLite in `dir`, unless `extra` names another database.
+    let sqlite = if extra.contains("database = ") { "" } else { "database = \"sqlite:hub.db\"\n" };
     let mut cfg = format!(
         "listen = \"{addr}\"\nca = \"{ca}\"\ncert = \"{d}/hub.pem\"\nkey = \"{d}/hub.key\"\ngrant_signing_key = \"{d}/grant.key\"\n\
-         database = \"sqlite:hub.db\"\n{extra}\n[service_roles]\necho = \"viewer\"\n",
+         {sqlite}{extra}\n[service_roles]\necho = \"viewer\"\n",
         ca = pki.path("ca.pem").display(),
         d = pki.dir.display(),
     );

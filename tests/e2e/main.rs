@@ -25,6 +25,7 @@ mod legs;
 mod memory;
 mod no_listen;
 mod operations;
+mod pg_backup;
 mod pq;
 mod proxy_protocol;
 mod quic;
