@@ -81,19 +81,8 @@ async fn a_hub_restored_from_its_backup_has_the_same_sessions_and_a_whole_audit_
     let boss = add_user(&fleet, "boss", "admin", &[]).await;
     let profile = login(&fleet, "boss", &boss).await;
     let token = token_of(&profile);
-    let grant = async |reason: &str| {
-        let body = json!({"device": DEVICE, "service": "echo", "reason": reason, "client_key": "00ff"});
-        let g: serde_json::Value = hub_client(&fleet).post("/api/v1/sessions", Some(&token), &body).await.unwrap();
-        g["session"].as_str().unwrap().to_string()
-    };
-    let ids = [grant("INC-1").await, grant("INC-2").await];
-    let list = async || -> Vec<String> {
-        let s: Vec<serde_json::Value> = hub_client(&fleet).get("/api/v1/sessions", Some(&token)).await.unwrap();
-        let mut ids: Vec<String> = s.iter().map(|r| r["id"].as_str().unwrap().to_string()).collect();
-        ids.sort();
-        ids
-    };
-    let before = list().await;
+    let ids = [grant(&fleet, &token, "INC-1").await, grant(&fleet, &token, "INC-2").await];
+    let before = session_ids(&fleet, &token).await;
     assert!(ids.iter().all(|i| before.contains(i)), "{before:?}");
 
     let backup = fleet.dir().join("hub-backup.db");
@@ -105,7 +94,7 @@ async fn a_hub_restored_from_its_backup_has_the_same_sessions_and_a_whole_audit_
     assert_eq!(std::fs::metadata(&backup).unwrap().permissions().mode() & 0o777, 0o600);
     let again = run(&["hub", "--config", hub_cfg.to_str().unwrap(), "backup", backup.to_str().unwrap()], "").await;
     assert!(!again.0 && again.2.contains("exists"), "{again:?}");
-    let later = grant("INC-3").await;
+    let later = grant(&fleet, &token, "INC-3").await;
 
     // Restore: the hub stopped, the copy in place of its database.
     fleet.restart_hub_after(|dir| {
@@ -116,17 +105,33 @@ async fn a_hub_restored_from_its_backup_has_the_same_sessions_and_a_whole_audit_
     });
     // The login token from before the backup still admits (a second login in
     // this TOTP step would be refused as a reused code, as it should).
-    let s: Vec<serde_json::Value> = hub_client(&fleet).get("/api/v1/sessions", Some(&token)).await.unwrap();
-    let mut after: Vec<String> = s.iter().map(|r| r["id"].as_str().unwrap().to_string()).collect();
-    after.sort();
+    let after = session_ids(&fleet, &token).await;
     assert_eq!(after, before, "the restored hub lists other sessions");
     assert!(!after.contains(&later), "a session granted after the backup came back");
-    // Its audit chain, exported, verifies.
+    audit_verifies(&fleet, &profile).await;
+}
+
+/// A grant for DEVICE's echo service; returns its session id.
+pub async fn grant(fleet: &Fleet, token: &str, reason: &str) -> String {
+    let body = json!({"device": DEVICE, "service": "echo", "reason": reason, "client_key": "00ff"});
+    let g: serde_json::Value = hub_client(fleet).post("/api/v1/sessions", Some(token), &body).await.unwrap();
+    g["session"].as_str().unwrap().to_string()
+}
+
+/// The ids of the sessions the hub lists, sorted.
+pub async fn session_ids(fleet: &Fleet, token: &str) -> Vec<String> {
+    let s: Vec<serde_json::Value> = hub_client(fleet).get("/api/v1/sessions", Some(token)).await.unwrap();
+    let mut ids: Vec<String> = s.iter().map(|r| r["id"].as_str().unwrap().to_string()).collect();
+    ids.sort();
+    ids
+}
+
+/// The hub's audit chain, exported with `tether audit export`, passes `tether audit verify`.
+pub async fn audit_verifies(fleet: &Fleet, admin_profile: &std::path::Path) {
     let export = fleet.dir().join("hub-audit.jsonl");
-    let args =
-        ["audit", "export", "--since", "0", "--profile", profile.to_str().unwrap(), "--out", export.to_str().unwrap()];
-    let ex = run(&args, "").await;
+    let (p, e) = (admin_profile.to_str().unwrap(), export.to_str().unwrap());
+    let ex = run(&["audit", "export", "--since", "0", "--profile", p, "--out", e], "").await;
     assert!(ex.0, "{ex:?}");
-    let verified = run(&["audit", "verify", export.to_str().unwrap()], "").await;
+    let verified = run(&["audit", "verify", e], "").await;
     assert!(verified.0, "the restored hub's audit chain does not verify: {verified:?}");
 }
