@@ -18,6 +18,7 @@ fn frames(c: &mut Criterion) {
         issued_at: 1,
         expires_at: 2,
         consent: false,
+        reason: String::new(),
     });
     let samples = [
         ("heartbeat", Frame::Heartbeat { seq: 42 }),

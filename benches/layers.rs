@@ -118,6 +118,7 @@ fn setup() -> Setup {
             issued_at: now,
             expires_at: now + 600,
             consent: false,
+            reason: String::new(),
         });
         let cfg = tls::client_config(&pki.join("ca.pem"), None, tls::ALPN_CLIENT).unwrap();
         let mut control = FrameIo::new(tls::dial(&a.client.to_string(), "localhost", cfg).await.unwrap());

@@ -96,6 +96,7 @@ fn handle(state: &Shared, uid: u32, req: Request) -> Value {
                     json!({
                         "session": p.key().to_string(), "service": p.service, "specialist": p.grant.specialist,
                         "role": p.grant.role, "relay": p.relay, "waiting_secs": p.since.elapsed().as_secs(),
+                        "reason": p.grant.reason,
                     })
                 })
                 .collect();

@@ -118,11 +118,11 @@ fn pending_text(answer: &Value) -> String {
             .iter()
             .map(|p| {
                 let who = format!("{} ({})", s(p, "specialist"), s(p, "role"));
-                vec![s(p, "session"), who, s(p, "service"), s(p, "relay"), secs(p, "waiting_secs")]
+                vec![s(p, "session"), who, s(p, "service"), reason(p, 48), s(p, "relay"), secs(p, "waiting_secs")]
             })
             .collect();
         out += "Access requests waiting for your consent:\n";
-        out += &table(&["SESSION", "SPECIALIST", "SERVICE", "VIA", "WAITING"], &rows);
+        out += &table(&["SESSION", "SPECIALIST", "SERVICE", "REASON", "VIA", "WAITING"], &rows);
     }
     if !jobs.is_empty() {
         let rows: Vec<Vec<String>> = jobs
@@ -136,6 +136,17 @@ fn pending_text(answer: &Value) -> String {
         out += &table(&["JOB", "KIND", "TARGET", "BY", "WAITING"], &rows);
     }
     out + "\nAnswer with: tether agent approve ID, or tether agent deny ID (or: tether agent pending --watch)\n"
+}
+
+/// The request's reason (and ticket) as the hub signed it, cut to `max`
+/// characters; a dash when the hub sent none (an older hub).
+fn reason(p: &Value, max: usize) -> String {
+    let r: String = s(p, "reason").chars().filter(|c| !c.is_control()).collect();
+    match r.chars().count() {
+        0 => "-".into(),
+        n if n > max => r.chars().take(max - 1).chain(['…']).collect(),
+        _ => r,
+    }
 }
 
 fn sessions_text(answer: &Value) -> String {
@@ -157,11 +168,12 @@ fn sessions_text(answer: &Value) -> String {
 fn next_request(answer: &Value, answered: &HashSet<String>) -> Option<(String, String)> {
     let access = list(answer, "pending").into_iter().map(|p| {
         let text = format!(
-            "Access request {}\n  specialist  {} ({})\n  service     {}\n  via         {}\n  waiting     {}\n",
+            "Access request {}\n  specialist  {} ({})\n  service     {}\n  reason      {}\n  via         {}\n  waiting     {}\n",
             s(&p, "session"),
             s(&p, "specialist"),
             s(&p, "role"),
             s(&p, "service"),
+            reason(&p, 200),
             s(&p, "relay"),
             secs(&p, "waiting_secs")
         );
@@ -234,11 +246,17 @@ mod tests {
     #[test]
     fn tables_line_up_and_name_what_is_waiting() {
         let answer = json!({"ok": true, "pending": [
-            {"session": "aa11", "specialist": "alice", "role": "engineer", "service": "ssh", "relay": "relay-a", "waiting_secs": 75},
+            {"session": "aa11", "specialist": "alice", "role": "engineer", "service": "ssh", "relay": "relay-a", "waiting_secs": 75, "reason": "CHG-1881: pressure\u{1b}[2J fault"},
         ], "jobs": [{"job": "job-7", "kind": "install", "target": "tool@2", "by": "boss", "waiting_secs": 3}]});
         let text = pending_text(&answer);
-        assert!(text.contains("SESSION  SPECIALIST        SERVICE  VIA      WAITING\n"), "{text}");
-        assert!(text.contains("aa11     alice (engineer)  ssh      relay-a  1 min 15 s\n"), "{text}");
+        assert!(
+            text.contains("SESSION  SPECIALIST        SERVICE  REASON                       VIA      WAITING\n"),
+            "{text}"
+        );
+        assert!(
+            text.contains("aa11     alice (engineer)  ssh      CHG-1881: pressure[2J fault  relay-a  1 min 15 s\n"),
+            "{text}"
+        );
         assert!(text.contains("job-7  install  tool@2  boss  3 s\n"), "{text}");
         assert_eq!(pending_text(&json!({"pending": [], "jobs": []})), "Nothing is waiting for your consent.\n");
         assert_eq!(sessions_text(&json!({"sessions": []})), "No live session.\n");

@@ -12,7 +12,14 @@ pub enum GrantSource {
     /// The hub decides, records and signs; it also says which relay to use.
     Hub { hub: Arc<HubSession>, reason: String, ticket: Option<String> },
     /// TESTS ONLY: the profile holds the grant-signing key.
-    DevSigner { signer: GrantSigner, specialist: String, role: String, ttl: u64, relays: Vec<RelayEntry> },
+    DevSigner {
+        signer: GrantSigner,
+        specialist: String,
+        role: String,
+        ttl: u64,
+        relays: Vec<RelayEntry>,
+        reason: String,
+    },
 }
 
 /// A grant and the relays to present it to, in order.
@@ -39,6 +46,7 @@ impl GrantSource {
             role: p.role.clone(),
             ttl: p.grant_ttl_secs,
             relays: p.relays.clone(),
+            reason: reason.unwrap_or_default().to_string(),
         })
     }
 
@@ -72,7 +80,7 @@ impl GrantSource {
                 }
                 Ok(Obtained { grant: SignedGrant { body: body.into(), sig }, relays })
             }
-            GrantSource::DevSigner { signer, specialist, role, ttl, relays } => {
+            GrantSource::DevSigner { signer, specialist, role, ttl, relays, reason } => {
                 let now = now_secs();
                 let grant = signer.sign(&Grant {
                     session: SessionId::random(),
@@ -85,6 +93,7 @@ impl GrantSource {
                     issued_at: now,
                     expires_at: now + ttl,
                     consent: false,
+                    reason: reason.clone(),
                 });
                 Ok(Obtained { grant, relays: relays.clone() })
             }

@@ -126,6 +126,7 @@ pub async fn create(hub: &Hub, user: &User, peer: &Peer, want: SessionRequest) -
         issued_at: now,
         expires_at: now + hub.cfg.grant_ttl_secs,
         consent,
+        reason: grant_reason(hub, &device.id, &want.reason, ticket.as_deref()),
     };
     let signed = hub.signer.sign(&grant);
     let id = grant.session.to_string();
@@ -166,6 +167,23 @@ pub async fn create(hub: &Hub, user: &User, peer: &Peer, want: SessionRequest) -
         expires_at: grant.expires_at,
         consent_required: consent,
     })
+}
+
+/// The agent version from which grants carry the reason (format 2).
+const REASON_IN_GRANT_SINCE: &str = "0.1.1";
+
+/// What the person at the device reads: the reason, and the ticket when it
+/// is not in the reason already; empty for an agent too old to read it
+/// (it refuses a grant format it does not know).
+fn grant_reason(hub: &Hub, device: &str, reason: &str, ticket: Option<&str>) -> String {
+    let version = hub.board.presence(device).agent_version.unwrap_or_default();
+    if crate::util::version::older(&version, REASON_IN_GRANT_SINCE) {
+        return String::new();
+    }
+    match ticket {
+        Some(t) if !reason.contains(t) => format!("{t}: {reason}"),
+        _ => reason.to_string(),
+    }
 }
 
 /// How long after its revocation a session stays on the relays' revocation list.

@@ -6,7 +6,13 @@ use bytes::{BufMut, Bytes, BytesMut};
 use super::wire::*;
 use super::{ProtoError, Reason, SessionId};
 
+/// Format 1: no reason. Format 2: format 1 then the reason. A grant without
+/// a reason is written as format 1, byte for byte as before, so agents and
+/// relays that know only format 1 still take it.
 const GRANT_FORMAT: u8 = 1;
+const GRANT_FORMAT_REASON: u8 = 2;
+/// The longest reason a grant carries (the hub refuses longer ones).
+pub const MAX_GRANT_REASON: usize = 500;
 const MAX_GRANT_BODY: usize = 8 * 1024;
 const MAX_CLIENT_KEY: usize = 1024;
 
@@ -29,6 +35,10 @@ pub struct Grant {
     /// The hub's policy asks for on-site consent (the agent asks when either
     /// this or its own policy says so).
     pub consent: bool,
+    /// Why, as the specialist gave it to the hub (with the ticket): shown to
+    /// the person at the device. Empty: none (the hub leaves it out for agents
+    /// older than 0.1.1, which read format 1 only).
+    pub reason: String,
 }
 
 /// A grant body and the hub's Ed25519 signature over exactly those bytes.
@@ -71,7 +81,7 @@ impl GrantError {
 impl Grant {
     fn encode_body(&self) -> Bytes {
         let mut b = BytesMut::with_capacity(256);
-        b.put_u8(GRANT_FORMAT);
+        b.put_u8(if self.reason.is_empty() { GRANT_FORMAT } else { GRANT_FORMAT_REASON });
         b.put_slice(&self.session.0);
         put_str(&mut b, &self.device);
         put_list(&mut b, &self.services);
@@ -82,12 +92,19 @@ impl Grant {
         b.put_u64(self.issued_at);
         b.put_u64(self.expires_at);
         b.put_u8(self.consent.into());
+        if !self.reason.is_empty() {
+            let mut end = self.reason.len().min(MAX_GRANT_REASON);
+            while !self.reason.is_char_boundary(end) {
+                end -= 1;
+            }
+            put_str(&mut b, &self.reason[..end]);
+        }
         b.freeze()
     }
 
     fn decode_body(mut b: Bytes) -> Result<Grant, ProtoError> {
         let format = get_u8(&mut b)?;
-        if format != GRANT_FORMAT {
+        if format != GRANT_FORMAT && format != GRANT_FORMAT_REASON {
             return Err(ProtoError::BadValue { field: "grant format", value: format.into() });
         }
         let g = Grant {
@@ -105,7 +122,15 @@ impl Grant {
                 1 => true,
                 v => return Err(ProtoError::BadValue { field: "grant consent", value: v.into() }),
             },
+            reason: String::new(),
         };
+        let mut g = g;
+        if format == GRANT_FORMAT_REASON {
+            g.reason = get_str(&mut b)?;
+            if g.reason.is_empty() || g.reason.len() > MAX_GRANT_REASON {
+                return Err(ProtoError::BadValue { field: "grant reason length", value: g.reason.len() as u64 });
+            }
+        }
         if !b.is_empty() {
             return Err(ProtoError::Trailing { extra: b.len() });
         }

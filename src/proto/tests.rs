@@ -160,7 +160,7 @@ proptest! {
     fn grants_round_trip_and_verify(device in text(), services in proptest::collection::vec(text(), 0..4), exp in any::<u64>()) {
         let signer = test_signer();
         let g = Grant { session: SessionId::random(), device, services, specialist: "s".into(), role: "r".into(),
-                        client_key: Bytes::from_static(b"k"), relays: vec!["a".into()], issued_at: 1, expires_at: exp, consent: exp % 2 == 0 };
+                        client_key: Bytes::from_static(b"k"), relays: vec!["a".into()], issued_at: 1, expires_at: exp, consent: exp % 2 == 0, reason: String::new() };
         let v = GrantVerifier::new(signer.public_key());
         prop_assert_eq!(v.verify(&signer.sign(&g)).unwrap(), g);
     }
@@ -200,6 +200,7 @@ fn tampered_grant_fails_verification() {
         issued_at: 1,
         expires_at: 2,
         consent: false,
+        reason: String::new(),
     };
     let mut sg = signer.sign(&g);
     sg.sig[0] ^= 1;
@@ -256,6 +257,7 @@ fn write_fuzz_seeds() {
             issued_at: 1_700_000_000 + i,
             expires_at: 1_700_000_120 + i,
             consent: i % 2 == 0,
+            reason: if i % 3 == 0 { format!("CHG-{i}: pump ✓") } else { String::new() },
         };
         let mut b = BytesMut::new();
         signer.sign(&g).encode(&mut b);

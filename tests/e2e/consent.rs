@@ -142,13 +142,18 @@ async fn the_person_at_the_device_answers_at_a_prompt_and_reads_tables() {
         eventually("the watch starts", async || screen().contains("Watching for requests")).await;
         // A request: shown in the table and at the prompt; "y" lets it in.
         let profile = fleet.profile();
-        let opening = tokio::spawn(async move { ClientSession::open(&profile, DEVICE, "svc").await });
+        let opening = tokio::spawn(async move {
+            let source = tether::client::GrantSource::from_profile(&profile, Some("CHG-7: pump alarm"))?;
+            ClientSession::open_with(&profile, &source, DEVICE, "svc").await
+        });
         eventually("the prompt asks", async || screen().contains("Approve? [y]es / [n]o")).await;
         let shown = screen();
         assert!(shown.contains("specialist  alice (engineer)") && shown.contains("service     svc"), "{shown}");
+        assert!(shown.contains("reason      CHG-7: pump alarm"), "{shown}");
         let table = cli(&["pending"]);
         assert!(table.starts_with("Access requests waiting for your consent:\nSESSION"), "{table}");
         assert!(table.contains("alice (engineer)") && table.contains("svc") && table.contains("relay-a"), "{table}");
+        assert!(table.contains("CHG-7: pump alarm"), "{table}");
         tmux(&socket, &["send-keys", "-t", "site", "maybe", "Enter"]);
         eventually("an unclear answer is asked again", async || screen().contains("Please answer y or n.")).await;
         tmux(&socket, &["send-keys", "-t", "site", "y", "Enter"]);
@@ -187,4 +192,40 @@ async fn the_person_at_the_device_answers_at_a_prompt_and_reads_tables() {
         eprintln!("{last}");
     }
     outcome.unwrap_or_else(|_| panic!("not done within 120 s; the terminal showed:\n{last}"));
+}
+
+/// Through the hub: the reason and ticket the specialist gave `tether
+/// connect` reach the person at the device inside the signed grant, and the
+/// session opens once they approve.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_hub_signs_the_reason_into_the_grant_and_the_device_shows_it() {
+    let fleet = Fleet::start(Opts { relays: 2, twins: true, hub: true, ..Opts::default() }).await;
+    crate::hub::hub_cli(&fleet, &["device", "add", DEVICE, "--site", "st-marys", "--consent", "required"], "").await;
+    let eve = crate::hub::add_user(&fleet, "eve", "engineer", &["st-marys"]).await;
+    let profile = crate::hub::login(&fleet, "eve", &eve).await;
+    let cfg = fleet.agent_cfg.to_str().unwrap().to_string();
+    let pending = || {
+        let out = Command::new(BIN).args(["agent", "--config", &cfg, "pending", "--json"]).output().unwrap();
+        serde_json::from_slice::<serde_json::Value>(&out.stdout).unwrap_or_default()
+    };
+    eventually("the device online at the hub", async || {
+        let out = crate::hub::run(&["devices", "--profile", profile.to_str().unwrap(), "--json"], "").await;
+        out.1.contains("online")
+    })
+    .await;
+    let connecting = tokio::spawn(crate::hub::connect(profile.clone(), "echo", "pressure fault, ticket CHG-1881"));
+    eventually("the request waits at the device", async || {
+        pending()["pending"].as_array().is_some_and(|p| !p.is_empty())
+    })
+    .await;
+    let p = pending()["pending"][0].clone();
+    assert_eq!(p["reason"], "pressure fault, ticket CHG-1881", "{p}");
+    let table = Command::new(BIN).args(["agent", "--config", &cfg, "pending"]).output().unwrap();
+    let table = String::from_utf8_lossy(&table.stdout);
+    assert!(table.contains("REASON") && table.contains("pressure fault, ticket CHG-1881"), "{table}");
+    let id = p["session"].as_str().unwrap();
+    let ok = Command::new(BIN).args(["agent", "--config", &cfg, "approve", id]).output().unwrap();
+    assert!(ok.status.success());
+    let (_child, _addr, session) = within(30, connecting).await.unwrap();
+    assert_eq!(session, id);
 }

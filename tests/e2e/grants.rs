@@ -127,6 +127,7 @@ async fn agent_refuses_forged_grants_from_a_compromised_relay() {
         issued_at: now,
         expires_at: now + 60,
         consent: false,
+        reason: String::new(),
     };
     let signer = Arc::new(pki.signer);
     let cases = [

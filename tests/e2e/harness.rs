@@ -511,6 +511,7 @@ impl Fleet {
             issued_at: now,
             expires_at: now + 60,
             consent: false,
+            reason: String::new(),
         };
         f(&mut g);
         self.pki.signer.sign(&g)

@@ -102,7 +102,12 @@ pub async fn hub_audit(fleet: &Fleet, admin_token: &str) -> Vec<Value> {
 }
 
 /// `tether connect` as a process; returns it, the local address and the session id.
-pub async fn connect(profile: &Path, service: &str, reason: &str) -> (tokio::process::Child, String, String) {
+pub async fn connect(
+    profile: impl AsRef<Path>,
+    service: &str,
+    reason: &str,
+) -> (tokio::process::Child, String, String) {
+    let profile = profile.as_ref();
     let mut child = tokio::process::Command::new(BIN)
         .args(["connect", "--profile", profile.to_str().unwrap(), DEVICE, service, "--listen", "127.0.0.1:0"])
         .args(["--reason", reason])
