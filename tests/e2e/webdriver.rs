@@ -48,8 +48,27 @@ pub struct Browser {
 
 impl Drop for Browser {
     fn drop(&mut self) {
+        // End the WebDriver session first: chromedriver then quits chromium.
+        // Killing chromedriver alone leaves the browser running.
+        if !self.session.is_empty() {
+            quit(self.port, &self.session);
+        }
         let _ = self.driver.kill();
         let _ = self.driver.wait();
+    }
+}
+
+/// `DELETE /session/ID`, blocking (from `Drop`); waits for the answer,
+/// which chromedriver sends once the browser has exited.
+fn quit(port: u16, session: &str) {
+    use std::io::{Read, Write};
+    let Ok(mut s) = std::net::TcpStream::connect(("127.0.0.1", port)) else { return };
+    let _ = s.set_read_timeout(Some(Duration::from_secs(15)));
+    let head = format!(
+        "DELETE /session/{session} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
+    );
+    if s.write_all(head.as_bytes()).is_ok() {
+        let _ = s.read(&mut [0u8; 4096]);
     }
 }
 
