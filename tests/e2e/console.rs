@@ -162,6 +162,14 @@ async fn the_console_in_a_real_browser() {
     let users = hub_cli(&fleet, &["user", "list"], "").await;
     assert!(!users.contains("mallory"), "{users}");
 
+    // A password the policy refuses: said on the page, nobody added.
+    b.goto(&format!("{base}/console/accounts")).await;
+    b.type_into("#name", "weakling").await;
+    b.type_into("#new-password", "password1234").await;
+    b.click("form[action=\"/console/accounts\"] button").await;
+    let t = b.wait_text("Not added: password refused").await;
+    assert!(!t.contains("Enrol weakling"), "{t}");
+
     // With it: added, and the enrolment QR code shown once.
     b.goto(&format!("{base}/console/accounts")).await;
     b.type_into("#name", "grace").await;
@@ -190,6 +198,7 @@ async fn the_console_in_a_real_browser() {
     assert!(has("console_refused", "reason", "csrf"), "no CSRF refusal audited");
     assert!(has("login_failed", "via", "console") && has("login", "via", "console") && has("logout", "via", "console"));
     assert!(has("user_added", "by", "console:ada") && has("session_revoked", "by", "ada"));
+    assert!(has("user_add_refused", "user", "weakling"), "a refused account is not audited");
     assert!(audit.iter().any(|r| r["event"] == "job_state" && r["to"] == "CANCELED" && r["job"] == waiting.as_str()));
 }
 
@@ -284,14 +293,14 @@ async fn console_sessions_are_strict_about_origin_cookies_and_idleness() {
     assert!(again.starts_with("HTTP/1.1 303"), "{again}");
 
     let audit = hub_audit(&fleet, &admin).await;
-    for reason in ["cross_origin", "csrf", "session_idle"] {
+    for reason in ["cross_origin", "csrf", "session_idle", "no_session"] {
         assert!(audit.iter().any(|r| r["event"] == "console_refused" && r["reason"] == reason), "{reason} not audited");
     }
     let metrics = String::from_utf8_lossy(
         &crate::hub::hub_client(&fleet).call(hyper::Method::GET, "/metrics", None, None).await.unwrap().1,
     )
     .into_owned();
-    for reason in ["cross_origin", "csrf", "session_idle"] {
+    for reason in ["cross_origin", "csrf", "session_idle", "no_session"] {
         assert!(parse_metric(&metrics, "tether_hub_refusals_total", &[reason]) >= 1.0, "{reason} not counted");
     }
 }

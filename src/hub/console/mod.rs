@@ -148,10 +148,7 @@ fn secure(mut a: Answer) -> Answer {
 }
 
 pub fn html_answer(status: StatusCode, body: String) -> Answer {
-    let mut r = Response::new(Full::new(Bytes::from(body)));
-    *r.status_mut() = status;
-    r.headers_mut().insert(hyper::header::CONTENT_TYPE, HeaderValue::from_static("text/html; charset=utf-8"));
-    r
+    super::http::text_answer(status, "text/html; charset=utf-8", body)
 }
 
 fn asset(ctype: &'static str, body: &'static str) -> Answer {
