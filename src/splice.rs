@@ -16,6 +16,26 @@ pub const CHUNK: usize = 256 * 1024;
 /// First read size: interactive tunnels (SSH, VNC) never grow past it.
 const FIRST_CHUNK: usize = 16 * 1024;
 
+/// Reads into `buf` (made `want` large first). A direction that waits for
+/// bytes at the first size holds no buffer: an idle tunnelled connection
+/// would otherwise pin 16 KiB per direction in every process on its path.
+async fn read_lazily<R: AsyncRead + Unpin>(r: &mut R, buf: &mut BytesMut, want: usize) -> std::io::Result<usize> {
+    std::future::poll_fn(|cx| {
+        buf.clear();
+        buf.reserve(want);
+        match tokio_util::io::poll_read_buf(std::pin::Pin::new(&mut *r), cx, buf) {
+            std::task::Poll::Pending => {
+                if want <= FIRST_CHUNK {
+                    *buf = BytesMut::new();
+                }
+                std::task::Poll::Pending
+            }
+            ready => ready,
+        }
+    })
+    .await
+}
+
 /// A hook that sees (and may change) every chunk of one direction. Used by
 /// tests to prove what a relay can and cannot do with end-to-end-encrypted
 /// traffic; `None` everywhere in production.
@@ -58,13 +78,13 @@ where
         meter.add(prefix.len());
     }
     let mut want = FIRST_CHUNK;
-    let mut buf = BytesMut::with_capacity(want);
+    let mut buf = BytesMut::new();
     loop {
-        buf.clear();
-        buf.reserve(want);
-        let n = r.read_buf(&mut buf).await?;
+        let n = read_lazily(&mut r, &mut buf, want).await?;
         if n >= want && want < CHUNK {
             want *= 2; // reads fill the buffer: a bulk transfer, grow
+        } else if n < want / 8 && want > FIRST_CHUNK {
+            want /= 2; // small reads again (interactive): shrink back
         }
         if let Some(tap) = meter.tap {
             tap(&mut buf[..n]);
@@ -123,6 +143,24 @@ pub async fn drain<S: AsyncRead + Unpin>(mut s: S) {
 mod tests {
     use super::*;
     use tokio::io::duplex;
+
+    #[tokio::test]
+    async fn a_direction_waiting_for_bytes_holds_no_buffer() {
+        let (mut near, mut far) = duplex(1024);
+        let mut buf = BytesMut::new();
+        let waited =
+            tokio::time::timeout(std::time::Duration::from_millis(20), read_lazily(&mut near, &mut buf, FIRST_CHUNK));
+        assert!(waited.await.is_err(), "nothing was written, so the read waits");
+        assert_eq!(buf.capacity(), 0, "an idle direction holds no buffer");
+        far.write_all(b"ping").await.unwrap();
+        assert_eq!(read_lazily(&mut near, &mut buf, FIRST_CHUNK).await.unwrap(), 4);
+        assert_eq!(&buf[..], b"ping");
+        // A bulk-sized buffer is kept while it waits: the next read is likely soon.
+        let waited =
+            tokio::time::timeout(std::time::Duration::from_millis(20), read_lazily(&mut near, &mut buf, CHUNK));
+        assert!(waited.await.is_err());
+        assert!(buf.capacity() >= CHUNK);
+    }
 
     #[tokio::test]
     async fn bytes_and_half_close_cross_both_ways() {

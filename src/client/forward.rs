@@ -27,7 +27,8 @@ impl ClientSession {
             let _ = local.set_nodelay(true);
             let s = self.clone();
             tokio::spawn(async move {
-                let tunnel = match s.connect().await {
+                // Boxed: once connected, the task holds only the splice.
+                let tunnel = match Box::pin(s.connect()).await {
                     Ok(t) => t,
                     Err(e) => {
                         tracing::warn!(%peer, error = %e, "tunnelled connection refused");

@@ -33,8 +33,10 @@ impl<S: AsyncRead + AsyncWrite + Unpin> FrameIo<S> {
             if let Some(f) = Frame::decode(&mut self.rbuf)? {
                 return Ok(f);
             }
-            if self.rbuf.capacity() - self.rbuf.len() < 512 {
-                self.rbuf.reserve(4096);
+            // An idle channel waits with a small buffer; a frame being
+            // read gets room a few KiB at a time as its bytes arrive.
+            if self.rbuf.capacity() - self.rbuf.len() < 256 {
+                self.rbuf.reserve(if self.rbuf.is_empty() { 512 } else { 4096 });
             }
             if self.io.read_buf(&mut self.rbuf).await? == 0 {
                 return Err(if self.rbuf.is_empty() {

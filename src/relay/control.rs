@@ -47,13 +47,15 @@ pub async fn serve(state: Arc<State>, accepted: super::Accepted, peer: SocketAdd
             }
             (agent_version, services)
         }
-        Frame::Repo(first) => return super::repo_fetch::serve(state, io, peer, device, first).await,
+        // Boxed, as are the rare paths below: an idle channel's task then holds
+        // only what waiting needs.
+        Frame::Repo(first) => return Box::pin(super::repo_fetch::serve(state, io, peer, device, first)).await,
         other => {
             let detail = format!("expected hello, got {}", other.kind());
             return refuse(&state, &mut io, peer, &device, "unexpected_frame", Reason::BadFrame, &detail).await;
         }
     };
-    attached(state, io, peer, device, (agent_version, transport, cert), services).await
+    Box::pin(attached(state, io, peer, device, (agent_version, transport, cert), services)).await
 }
 
 async fn bad_frame(state: &State, io: &mut FrameIo<Leg>, peer: SocketAddr, device: &str, e: FrameIoError) {
@@ -93,7 +95,7 @@ async fn attached(
     services: Vec<String>,
 ) {
     let attach_id = state.next_attach_id();
-    let (tx, mut rx) = mpsc::channel(64);
+    let (tx, mut rx) = super::state::AgentTx::channel(64);
     let cancel = state.drain.child_token();
     if let Some(old) = state.agents.insert(
         device.clone(),
@@ -160,7 +162,7 @@ struct Channel<'a> {
 async fn channel_loop(
     state: &State,
     io: &mut FrameIo<Leg>,
-    rx: &mut mpsc::Receiver<Frame>,
+    rx: &mut mpsc::Receiver<Box<Frame>>,
     cancel: &tokio_util::sync::CancellationToken,
     me: &Channel<'_>,
     idle: Duration,
@@ -183,12 +185,12 @@ async fn channel_loop(
                     Ok(f) => f,
                     Err(FrameIoError::Closed) => return "agent closed".into(),
                     Err(e) => {
-                        bad_frame(state, io, me.peer, me.device, e).await;
+                        Box::pin(bad_frame(state, io, me.peer, me.device, e)).await;
                         return "bad frame".into();
                     }
                 };
                 deadline = Instant::now() + idle;
-                if let Err(why) = on_frame(state, io, me, frame).await {
+                if let Err(why) = Box::pin(on_frame(state, io, me, frame)).await {
                     return why;
                 }
                 io.shrink();

@@ -219,8 +219,10 @@ async fn serve(
                 let mut leg = Counted { leg: QuicLeg::new(send, recv), _open: (gate::Open::new(slot, name), counted) };
                 let auth = Auth::Tls { device, alpn_ok: true };
                 match side {
+                    // Each arm boxed: the task is only as large as the leg it serves.
                     Side::Clients => {
-                        client::serve(state, Accepted { leg: Box::new(leg), auth, cert, transport: "quic" }, peer).await
+                        let accepted = Accepted { leg: Box::new(leg), auth, cert, transport: "quic" };
+                        Box::pin(client::serve(state, accepted, peer)).await
                     }
                     Side::Agents => {
                         // The first frame's header says which kind of leg this is.
@@ -236,9 +238,9 @@ async fn serve(
                         let leg = Box::new(Prefixed::new(Bytes::copy_from_slice(&header), leg));
                         let accepted = Accepted { leg, auth, cert, transport: "quic" };
                         if is_data {
-                            data::serve(state, accepted, peer).await
+                            Box::pin(data::serve(state, accepted, peer)).await
                         } else {
-                            control::serve(state, accepted, peer).await
+                            Box::pin(control::serve(state, accepted, peer)).await
                         }
                     }
                 }

@@ -21,10 +21,34 @@ use crate::proto::{Frame, GrantVerifier, Outcome, Reason, SessionId};
 use crate::twin::{PeerView, Replica, TwinHost};
 use crate::util::{ReplaySet, lock};
 
+/// Frames queued for an agent's control channel. Boxed: a queue's first
+/// block holds 32 slots whatever is in them, and a `Frame` is ~190 bytes, so
+/// unboxed it would cost every idle agent ~6 KiB.
+#[derive(Clone)]
+pub struct AgentTx(mpsc::Sender<Box<Frame>>);
+
+impl AgentTx {
+    /// A queue of `cap` frames and its receiving end.
+    pub fn channel(cap: usize) -> (AgentTx, mpsc::Receiver<Box<Frame>>) {
+        let (tx, rx) = mpsc::channel(cap);
+        (AgentTx(tx), rx)
+    }
+
+    /// Queues `f` unless the queue is full or closed.
+    pub fn try_send(&self, f: Frame) -> Result<(), Box<mpsc::error::TrySendError<Box<Frame>>>> {
+        self.0.try_send(Box::new(f)).map_err(Box::new)
+    }
+
+    /// Queues `f`, waiting for room; fails when the channel is gone.
+    pub async fn send(&self, f: Frame) -> Result<(), mpsc::error::SendError<Box<Frame>>> {
+        self.0.send(Box::new(f)).await
+    }
+}
+
 /// A live agent control channel.
 pub struct AgentHandle {
     pub attach_id: u64,
-    pub tx: mpsc::Sender<Frame>,
+    pub tx: AgentTx,
     pub cancel: CancellationToken,
     pub agent_version: String,
     /// `tcp` or `quic`: how the control channel reached us.

@@ -11,6 +11,7 @@
 //! small (interactive), so a quiet connection holds a few KiB and a busy one
 //! still reads 64 KiB at a time.
 use bytes::BytesMut;
+use tokio::io::{AsyncRead, AsyncReadExt};
 
 /// Smallest and largest block.
 pub const MIN: usize = 4 * 1024;
@@ -39,6 +40,35 @@ impl Blocks {
         let mut next = BytesMut::with_capacity(self.size.max(buf.len() * 2));
         next.extend_from_slice(buf);
         *buf = next;
+    }
+
+    /// Reads at most `limit` bytes from `r` into `buf`, learning from the
+    /// read. While nothing arrives and `buf` holds no bytes, it holds no block
+    /// either: an idle connection keeps none (it would pin 4 KiB per
+    /// direction for as long as it is held).
+    pub async fn read<R: AsyncRead + Unpin>(
+        &mut self,
+        r: &mut R,
+        buf: &mut BytesMut,
+        limit: usize,
+    ) -> std::io::Result<usize> {
+        std::future::poll_fn(|cx| {
+            self.ensure(buf);
+            let room = (buf.capacity() - buf.len()).min(limit);
+            let mut limited = (&mut *r).take(room as u64);
+            match tokio_util::io::poll_read_buf(std::pin::Pin::new(&mut limited), cx, buf) {
+                std::task::Poll::Ready(Ok(n)) => {
+                    self.observe(n, room);
+                    std::task::Poll::Ready(Ok(n))
+                }
+                std::task::Poll::Pending if buf.is_empty() => {
+                    *buf = BytesMut::new();
+                    std::task::Poll::Pending
+                }
+                other => other,
+            }
+        })
+        .await
     }
 
     /// Learns from a read of `n` bytes into `room` free bytes.
@@ -71,6 +101,24 @@ mod tests {
             b.observe(100, MAX);
         }
         assert_eq!(b.size(), MIN);
+    }
+
+    #[tokio::test]
+    async fn a_read_that_waits_holds_no_block_and_one_that_reads_does() {
+        use tokio::io::AsyncWriteExt;
+        let (mut near, mut far) = tokio::io::duplex(1024);
+        let mut blocks = Blocks::default();
+        let mut buf = BytesMut::new();
+        let waited = tokio::time::timeout(std::time::Duration::from_millis(20), blocks.read(&mut near, &mut buf, 100));
+        assert!(waited.await.is_err(), "nothing was written, so the read waits");
+        assert_eq!(buf.capacity(), 0, "a waiting read holds no block");
+        far.write_all(b"hello").await.unwrap();
+        assert_eq!(blocks.read(&mut near, &mut buf, 100).await.unwrap(), 5);
+        assert_eq!(&buf[..], b"hello");
+        // Half a frame held: the block stays while the rest is awaited.
+        let waited = tokio::time::timeout(std::time::Duration::from_millis(20), blocks.read(&mut near, &mut buf, 100));
+        assert!(waited.await.is_err());
+        assert!(buf.capacity() >= 5 && &buf[..] == b"hello");
     }
 
     #[test]

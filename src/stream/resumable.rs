@@ -156,10 +156,7 @@ async fn read_app(sh: &Shared, mut app: ReadHalf<DuplexStream>) -> Result<(), St
         }
         // Read straight into a chunk that is kept as it is (no second copy),
         // in blocks sized to the traffic (see `blocks`).
-        blocks.ensure(&mut buf);
-        let want = room.min(buf.capacity() - buf.len());
-        let n = (&mut app).take(want as u64).read_buf(&mut buf).await.map_err(|e| format!("application side: {e}"))?;
-        blocks.observe(n, want);
+        let n = blocks.read(&mut app, &mut buf, room).await.map_err(|e| format!("application side: {e}"))?;
         {
             let mut b = sh.book();
             if n == 0 {
@@ -378,13 +375,11 @@ async fn read_leg<R: tokio::io::AsyncRead + Unpin>(sh: &Shared, lr: &mut R, rbuf
             }
             drained.await;
         }
-        blocks.ensure(rbuf);
-        let room = rbuf.capacity() - rbuf.len();
-        match lr.read_buf(rbuf).await {
+        match blocks.read(lr, rbuf, usize::MAX).await {
             Ok(0) => {
                 return if sh.book().is_done() { LegEnd::Done } else { LegEnd::Broken("leg closed".into()) };
             }
-            Ok(n) => blocks.observe(n, room),
+            Ok(_) => {}
             Err(e) => return LegEnd::Broken(e.to_string()),
         }
     }
