@@ -10,6 +10,9 @@ fn main() -> Result<()> {
         .with_writer(std::io::stderr)
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
-    let rt = tokio::runtime::Runtime::new()?;
+    let rt = match cli.single_threaded() {
+        true => tokio::runtime::Builder::new_current_thread().enable_all().build()?,
+        false => tokio::runtime::Runtime::new()?,
+    };
     rt.block_on(tether::cli::run(cli))
 }

@@ -27,6 +27,18 @@ pub struct Cli {
     cmd: Cmd,
 }
 
+impl Cli {
+    /// Whether this command runs on one thread: the device agent and the
+    /// specialist's forwarder sit on the latency path of every tunnelled
+    /// byte and carry a handful of sessions, so a hand-off between tasks
+    /// costs no wake-up of another thread (measured with the peer kit: echo
+    /// RTT p50 352 -> 275 us, p99 560 -> 445 us, throughput unchanged);
+    /// relays and the hub keep a thread per core.
+    pub fn single_threaded(&self) -> bool {
+        matches!(&self.cmd, Cmd::Agent { cmd: None, .. } | Cmd::Connect(_))
+    }
+}
+
 #[derive(Subcommand)]
 enum Cmd {
     /// Run the whole system locally on dev certificates (init if needed, then up).
