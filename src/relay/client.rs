@@ -194,7 +194,7 @@ async fn open(
     let (tx, rx) = oneshot::channel();
     state.pairing().expect_decision(id, attach_id, tx);
     let request = Frame::AccessRequest { grant: signed, service: service.clone() };
-    if agent_tx.send(request).await.is_err() {
+    if !agent_tx.send(request).await {
         state.pairing().decide(id);
         return Err(refuse(Reason::NotAttached, "agent channel closed"));
     }
@@ -420,7 +420,7 @@ async fn ask_for_leg(
     let key: [u8; 32] = crate::random_bytes();
     state.pairing().expect_leg(id, conn, key, tx);
     let asked = match &agent_tx {
-        Some(tx) => tx.send(Frame::Open { session: id, conn, key, resumes, via: String::new() }).await.is_ok(),
+        Some(tx) => tx.send(Frame::Open { session: id, conn, key, resumes, via: String::new() }).await,
         None => state.replica.request(Frame::TwinOpen { session: id, conn, key, resumes, via: state.cfg.name.clone() }),
     };
     if !asked {

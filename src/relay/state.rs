@@ -34,14 +34,14 @@ impl AgentTx {
         (AgentTx(tx), rx)
     }
 
-    /// Queues `f` unless the queue is full or closed.
-    pub fn try_send(&self, f: Frame) -> Result<(), Box<mpsc::error::TrySendError<Box<Frame>>>> {
-        self.0.try_send(Box::new(f)).map_err(Box::new)
+    /// Queues `f` unless the queue is full or closed; whether it was queued.
+    pub fn try_send(&self, f: Frame) -> bool {
+        self.0.try_send(Box::new(f)).is_ok()
     }
 
-    /// Queues `f`, waiting for room; fails when the channel is gone.
-    pub async fn send(&self, f: Frame) -> Result<(), mpsc::error::SendError<Box<Frame>>> {
-        self.0.send(Box::new(f)).await
+    /// Queues `f`, waiting for room; false when the channel is gone.
+    pub async fn send(&self, f: Frame) -> bool {
+        self.0.send(Box::new(f)).await.is_ok()
     }
 }
 
