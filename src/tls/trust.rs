@@ -315,8 +315,10 @@ pub const CRL_RELOAD_PERIOD: Duration = Duration::from_secs(30);
 
 /// Reloads CRLs every `period` and on SIGHUP, until the runtime ends.
 pub fn spawn_reloader(period: Duration) {
+    // Registered before the task first runs, so a SIGHUP sent as soon as the
+    // process said it listens reloads instead of ending the process.
+    let mut hup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()).ok();
     tokio::spawn(async move {
-        let mut hup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()).ok();
         let mut tick = tokio::time::interval(period);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
