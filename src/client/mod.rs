@@ -87,7 +87,7 @@ pub struct ClientSession {
 
 /// A tunnelled connection: end-to-end TLS with the agent, over a resumable
 /// stream that survives the loss of a leg (or of the relay carrying it).
-pub type Tunnel = tokio_rustls::client::TlsStream<tokio::io::DuplexStream>;
+pub type Tunnel = tokio_rustls::client::TlsStream<crate::stream::pipe::AppEnd>;
 
 /// Where a new tunnelled connection's time went (`tether loadgen latency`).
 #[derive(Debug, Clone, Copy)]

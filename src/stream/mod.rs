@@ -6,10 +6,13 @@
 //!   ciphertext it can neither read nor alter undetected.
 //! - [`resume`]: the resumable stream's sequence/ack bookkeeping (no I/O).
 //! - [`blocks`]: receive blocks sized to the traffic (bulk or interactive).
+//! - [`pipe`]: the application's end of a resumable stream and its driver's,
+//!   handing chunks over without a second copy.
 //! - [`Prefixed`]: a stream that first yields bytes read past a preamble.
 
 mod blocks;
 pub mod e2e;
+pub mod pipe;
 pub mod prefixed;
 pub mod resumable;
 pub mod resume;

@@ -17,12 +17,13 @@ use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
-use tokio::io::{AsyncReadExt, AsyncWriteExt, DuplexStream, ReadHalf, WriteHalf};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::sync::Notify;
 use tokio::time::Instant;
 
 use super::Prefixed;
 use super::blocks::Blocks;
+use super::pipe::{AppEnd, DriverEnd};
 pub use super::resume::Stats;
 use super::resume::{Delivery, StreamState, Wake};
 use crate::leg::Leg;
@@ -122,8 +123,8 @@ pub fn start(
     source: Box<dyn LegSource>,
     cfg: ResumeConfig,
     on_event: Option<OnEvent>,
-) -> (DuplexStream, tokio::task::JoinHandle<Result<Stats, String>>) {
-    let (app, ours) = tokio::io::duplex(256 * 1024);
+) -> (AppEnd, tokio::task::JoinHandle<Result<Stats, String>>) {
+    let (app, ours) = super::pipe::pipe(256 * 1024);
     let shared = Arc::new(Shared {
         book: Mutex::new(StreamState::new(cfg.cap, Instant::now())),
         to_send: Notify::new(),
@@ -131,13 +132,12 @@ pub fn start(
         room: Notify::new(),
         drained: Notify::new(),
     });
-    let (app_r, app_w) = tokio::io::split(ours);
     let task = tokio::spawn(async move {
         let legs = manage_legs(&shared, first, side, conn, &key, source, cfg, on_event);
         tokio::select! {
             r = legs => r?,
-            r = read_app(&shared, app_r) => r?,
-            r = deliver(&shared, app_w) => r?,
+            r = read_app(&shared, &ours) => r?,
+            r = deliver(&shared, &ours) => r?,
         }
         Ok(shared.book().stats())
     });
@@ -145,28 +145,25 @@ pub fn start(
 }
 
 /// Application -> outbound buffer, as room allows. Never cancelled mid-way.
-async fn read_app(sh: &Shared, mut app: ReadHalf<DuplexStream>) -> Result<(), String> {
-    let mut buf = BytesMut::new();
-    let mut blocks = Blocks::default();
+async fn read_app(sh: &Shared, app: &DriverEnd) -> Result<(), String> {
     loop {
         let room = sh.book().room();
         if room == 0 {
             sh.room.notified().await;
             continue;
         }
-        // Read straight into a chunk that is kept as it is (no second copy),
-        // in blocks sized to the traffic (see `blocks`).
-        let n = blocks.read(&mut app, &mut buf, room).await.map_err(|e| format!("application side: {e}"))?;
+        // What the application wrote becomes the outbound chunk as it is.
+        let chunk = app.take(room).await;
+        let closed = chunk.is_none();
         {
             let mut b = sh.book();
-            if n == 0 {
-                b.app_closed();
-            } else {
-                b.app_wrote(buf.split().freeze());
+            match chunk {
+                Some(c) => b.app_wrote(c),
+                None => b.app_closed(),
             }
         }
         sh.to_send.notify_one();
-        if n == 0 {
+        if closed {
             // Half-closed by the application; the other direction goes on.
             return std::future::pending().await;
         }
@@ -174,18 +171,18 @@ async fn read_app(sh: &Shared, mut app: ReadHalf<DuplexStream>) -> Result<(), St
 }
 
 /// Received bytes -> application, then its FIN. Never cancelled mid-way.
-async fn deliver(sh: &Shared, mut app: WriteHalf<DuplexStream>) -> Result<(), String> {
+async fn deliver(sh: &Shared, app: &DriverEnd) -> Result<(), String> {
     loop {
         let next = sh.book().next_delivery();
         match next {
             Delivery::Chunk(chunk) => {
-                app.write_all(&chunk).await.map_err(|e| format!("application side: {e}"))?;
+                app.give(chunk).await.map_err(|e| format!("application side: {e}"))?;
                 sh.book().chunk_delivered();
                 sh.to_send.notify_one();
                 sh.drained.notify_one();
             }
             Delivery::Fin => {
-                let _ = app.shutdown().await;
+                app.finish();
                 sh.book().fin_delivered();
                 sh.to_send.notify_one();
                 sh.to_deliver.notified().await;
