@@ -260,13 +260,16 @@ async fn manage_legs(
                 return Ok(());
             }
             LegEnd::Broken(why) => {
-                tracing::info!(conn, %why, "leg broken; resuming");
+                // Said once a new leg is there: a session that ended closes
+                // its legs too, and nothing resumes then.
+                tracing::debug!(conn, %why, "leg broken");
                 last_heard = last_heard.max(sh.book().last_heard());
                 leg = match tokio::time::timeout(cfg.resume_deadline, next_leg(&mut source)).await {
                     Ok(Ok(l)) => l,
                     Ok(Err(e)) => return Err(format!("no leg to resume on: {e}")),
                     Err(_) => return Err(format!("no leg to resume on within {:?}", cfg.resume_deadline)),
                 };
+                tracing::info!(conn, %why, "leg broken; resuming on a new leg");
                 resuming = true;
             }
         }
