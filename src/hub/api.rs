@@ -92,13 +92,17 @@ async fn route(hub: &Hub, req: Request<Incoming>, peer: &Peer) -> Result<Answer,
             let user = authenticate(hub, &req, peer).await?;
             let limit = http::query(&req, "limit").and_then(|l| l.parse().ok()).unwrap_or(100).clamp(1, 10_000);
             let all = user.role == Role::Admin && http::query(&req, "all") != Some("false");
-            let list = hub.store.sessions((!all).then_some(user.name.as_str()), limit).await.map_err(internal)?;
+            let mut list = hub.store.sessions((!all).then_some(user.name.as_str()), limit).await.map_err(internal)?;
+            list.iter_mut().for_each(|s| with_live_bytes(hub, s));
             Ok(json_answer(StatusCode::OK, &list))
         }
         Route::Session(id) => {
             let user = authenticate(hub, &req, peer).await?;
             match hub.store.session(id).await.map_err(internal)? {
-                Some(s) if s.specialist == user.name || user.role == Role::Admin => Ok(json_answer(StatusCode::OK, &s)),
+                Some(mut s) if s.specialist == user.name || user.role == Role::Admin => {
+                    with_live_bytes(hub, &mut s);
+                    Ok(json_answer(StatusCode::OK, &s))
+                }
                 _ => Err(ApiError::new(StatusCode::NOT_FOUND, "unknown_session", format!("no session {id} of yours"))),
             }
         }
@@ -261,4 +265,15 @@ async fn busy_refusal(hub: &Hub, busy: Busy, report: Option<u64>, user: &str, fr
         _ => hub.audit.record("login_refused_busy", json!({"from": from, "user": user, "reason": code})).await,
     }
     ApiError::new(StatusCode::TOO_MANY_REQUESTS, code, message)
+}
+
+/// A live session's record counts the bytes its relays reported so far (the
+/// stored counts are written when it ends).
+fn with_live_bytes(hub: &Hub, s: &mut crate::api::SessionRecord) {
+    if s.state == "live"
+        && let Some((to_device, to_client)) = hub.board.live_bytes(&s.id)
+    {
+        s.bytes_to_device = s.bytes_to_device.max(i64::try_from(to_device).unwrap_or(i64::MAX));
+        s.bytes_to_client = s.bytes_to_client.max(i64::try_from(to_client).unwrap_or(i64::MAX));
+    }
 }

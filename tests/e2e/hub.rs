@@ -174,6 +174,12 @@ async fn login_connect_record_audit_and_revoke() {
     };
     let token = token_of(&profile);
     eventually("session live at the hub", async || record(token.clone(), id.clone()).await["state"] == "live").await;
+    // While live, the record counts the bytes the relays reported so far.
+    eventually("a live session's bytes so far", async || {
+        let r = record(token.clone(), id.clone()).await;
+        r["state"] == "live" && r["bytes_to_device"].as_i64() >= Some(1 << 20)
+    })
+    .await;
     let r = record(token.clone(), id.clone()).await;
     assert_eq!(
         (r["specialist"].as_str(), r["ticket"].as_str(), r["source"].as_str()),
