@@ -113,6 +113,13 @@ async fn a_hub_restored_from_its_backup_has_the_same_sessions_and_a_whole_audit_
 
 /// A grant for DEVICE's echo service; returns its session id.
 pub async fn grant(fleet: &Fleet, token: &str, reason: &str) -> String {
+    // The hub routes only to a device a relay has reported (every 250 ms):
+    // right after the fleet starts it may not have heard yet.
+    eventually("the hub lists the device online", async || {
+        let d: Vec<serde_json::Value> = hub_client(fleet).get("/api/v1/devices", Some(token)).await.unwrap_or_default();
+        d.iter().any(|x| x["id"] == DEVICE && x["status"] == "online")
+    })
+    .await;
     let body = json!({"device": DEVICE, "service": "echo", "reason": reason, "client_key": "00ff"});
     let g: serde_json::Value = hub_client(fleet).post("/api/v1/sessions", Some(token), &body).await.unwrap();
     g["session"].as_str().unwrap().to_string()
