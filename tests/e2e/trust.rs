@@ -168,7 +168,9 @@ async fn revoked_relay_and_hub_certificates_are_refused() {
     let ca = fleet.pki.path("ca.pem");
     let crl = fleet.dir().join("crl.pem");
     // The hub read the empty CRL at start: SIGHUP makes it read the new one
-    // now rather than at its next periodic reload.
+    // now rather than at its next periodic reload. Once it answers, its
+    // SIGHUP handler is in place (before that, SIGHUP's default ends it).
+    hub_metrics(&fleet).await;
     let hub_pid = fleet.hub.as_ref().unwrap().proc.pid().to_string();
     std::process::Command::new("kill").args(["-HUP", &hub_pid]).status().unwrap();
     // The agent, configured with the CRL, attaches to relay-a only.
