@@ -119,7 +119,7 @@ async fn attach_once(
     };
     io.write_frame(&head(state)).await.map_err(|e| format!("write: {e}"))?;
 
-    let mut ticker = tokio::time::interval_at(tokio::time::Instant::now() + hb, hb);
+    let mut ticker = crate::util::interval_after(hb);
     // The head also goes out when it moved (checked every few seconds), so
     // that the hub anchors a session's records soon after they are written.
     let mut head_check = interval(HEAD_EVERY);

@@ -168,9 +168,7 @@ async fn serve(
     // A specialist's connection proves nothing by itself (no certificate):
     // it lives while it has a stream, and a stream only while its first frame
     // is good. One without any for the handshake deadline is closed.
-    // (`interval`'s immediate first tick would wait for the timer's next
-    // millisecond before the first stream is accepted.)
-    let mut idle = tokio::time::interval_at(tokio::time::Instant::now() + first_byte, first_byte);
+    let mut idle = crate::util::interval_after(first_byte);
     let mut streamless = 0u32;
     loop {
         let (send, recv) = tokio::select! {

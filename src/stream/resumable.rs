@@ -391,10 +391,9 @@ async fn write_leg<W: tokio::io::AsyncWrite + Unpin>(
     out: &mut BytesMut,
     cfg: ResumeConfig,
 ) -> LegEnd {
-    // Not `interval` and its first tick: that tick waits for the timer's
-    // next millisecond, and a new leg's first bytes waited with it (the
-    // ClientHello of every new connection, up to 1 ms).
-    let mut ping = tokio::time::interval_at(Instant::now() + cfg.ping, cfg.ping);
+    // (A first tick at once would hold a new leg's first bytes, the
+    // ClientHello of every new connection, up to 1 ms.)
+    let mut ping = crate::util::interval_after(cfg.ping);
     loop {
         // Done once both FINs are through and our last ACK is written: the
         // writer decides, so that ACK is never cut off.

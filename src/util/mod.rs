@@ -74,6 +74,14 @@ pub fn lock<T>(m: &std::sync::Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     }
 }
 
+/// An interval whose first tick is one `period` from now. Not `interval`
+/// and its "immediate" first tick: that tick waits for the timer's next
+/// millisecond, and whatever waited on it (a new leg's first bytes, a QUIC
+/// connection's first stream) waited with it.
+pub fn interval_after(period: std::time::Duration) -> tokio::time::Interval {
+    tokio::time::interval_at(tokio::time::Instant::now() + period, period)
+}
+
 #[cfg(test)]
 mod tests {
     #[test]
