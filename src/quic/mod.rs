@@ -137,6 +137,7 @@ pub fn server(
     // past that quinn refuses them itself.
     cfg.max_incoming(4096).incoming_buffer_size(16 * 1024);
     socket.set_nonblocking(true)?;
+    socket_buffers(&socket);
     let key = aws_lc_rs::hmac::Key::new(aws_lc_rs::hmac::HMAC_SHA256, reset_secret);
     let mut endpoint = EndpointConfig::new(Arc::new(key));
     // Connection ids carry a check keyed per endpoint; a restarted relay
@@ -183,8 +184,29 @@ fn connected_endpoint(peer: SocketAddr) -> Result<Endpoint, QuicError> {
     let socket = std::net::UdpSocket::bind(any)?;
     socket.connect(peer)?;
     socket.set_nonblocking(true)?;
+    socket_buffers(&socket);
     Ok(Endpoint::new(EndpointConfig::default(), None, socket, Arc::new(quinn::TokioRuntime))?)
 }
+
+/// Socket buffers a burst at full speed fits in ([`SOCKET_BUFFER`]).
+/// Linux's default (208 KiB) overflows when a connection sends at a few
+/// hundred MB/s: the kernel drops datagrams, quinn reads the drops as
+/// congestion (and as an MTU black hole), and throughput halves. The
+/// kernel caps the request at `net.core.rmem_max`/`wmem_max`; a buffer
+/// costs memory only while datagrams wait in it.
+fn socket_buffers(socket: &std::net::UdpSocket) {
+    let sock = socket2::SockRef::from(socket);
+    for (what, r) in
+        [("receive", sock.set_recv_buffer_size(SOCKET_BUFFER)), ("send", sock.set_send_buffer_size(SOCKET_BUFFER))]
+    {
+        if let Err(error) = r {
+            tracing::debug!(what, %error, "UDP socket buffer not raised");
+        }
+    }
+}
+
+/// What [`socket_buffers`] asks for, per direction.
+pub const SOCKET_BUFFER: usize = 4 << 20;
 
 /// Raises `conn`'s limit of streams the peer may open when `open` of the
 /// `limit` allowed are in use (doubling, up to `max`). Returns the new limit.
