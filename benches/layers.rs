@@ -41,6 +41,7 @@ async fn bare_device(pki: std::path::PathBuf, control: SocketAddr, data: SocketA
         device: "bench-2".into(),
         agent_version: "bench".into(),
         services: vec![],
+        streams: false,
     })
     .await
     .unwrap();

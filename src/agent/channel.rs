@@ -85,8 +85,9 @@ async fn attach_once(
     let transport = leg.transport();
     let on_tcp = leg.quic.is_none();
     let mut revoked = leg.revoked;
-    if let Some(conn) = leg.quic {
-        state.quic.insert(relay.name.clone(), conn);
+    let quic = leg.quic;
+    if let Some(conn) = &quic {
+        state.quic.insert(relay.name.clone(), conn.clone());
     }
     let mut io = FrameIo::new(leg.leg);
     let services = state.cfg.services.keys().cloned().collect();
@@ -95,6 +96,8 @@ async fn attach_once(
         device: state.cfg.device.clone(),
         agent_version: env!("CARGO_PKG_VERSION").into(),
         services,
+        // On QUIC the relay opens our data legs as streams (see `streams`).
+        streams: quic.is_some(),
     };
     io.write_frame(&hello).await.map_err(|e| format!("hello: {e}"))?;
     let (hb_relay, raw_legs) = match tokio::time::timeout(DIAL_TIMEOUT, io.read_frame()).await {
@@ -111,6 +114,10 @@ async fn attach_once(
     metrics::AGENT_CONTROL_CHANNELS.with_label_values(&[&relay.name]).set(1);
     *attached = true;
     tracing::info!(transport, "attached");
+    if let Some(conn) = quic {
+        // Ends with the connection (attach_loop closes it when the channel ends).
+        tokio::spawn(super::streams::accept(state.clone(), relay.clone(), tx.clone(), conn).in_current_span());
+    }
     state.jobs_waiting.notify_one();
     let head = |state: &Shared| {
         let (seq, hash) = state.audit.head();
@@ -210,7 +217,7 @@ fn on_frame(
                 return Ok(());
             };
             let (state, tx) = (state.clone(), tx.clone());
-            let leg = super::tunnel::LegPlan { raw: raw_legs, key, resumes };
+            let leg = super::tunnel::LegOrigin::Dial(super::tunnel::LegPlan { raw: raw_legs, key, resumes });
             tokio::spawn(async move { super::tunnel::open(state, target, tx, session, conn, leg).await });
         }
         Frame::SessionEnd { session, reason, .. } => {

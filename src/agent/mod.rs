@@ -10,6 +10,7 @@ pub mod fetch;
 mod jobs;
 pub mod operator;
 mod state;
+mod streams;
 mod transport;
 mod tunnel;
 

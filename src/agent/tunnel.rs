@@ -1,7 +1,8 @@
-//! One tunnelled connection on the device: dial the local service and a data
-//! leg to the relay (in parallel), run end-to-end TLS with the client over a
-//! resumable stream on that leg, then splice TLS and service. A later `Open`
-//! naming `resumes` hands a replacement leg to a live stream whose leg broke.
+//! One tunnelled connection on the device: get a data leg (dial it when the
+//! relay's `Open` asks, or take the stream the relay opened on our QUIC
+//! connection), run end-to-end TLS with the client over a resumable stream on
+//! that leg, then connect the local service and splice. A later `Open` naming
+//! `resumes` hands a replacement leg to a live stream whose leg broke.
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -37,6 +38,57 @@ pub struct LegPlan {
     pub key: [u8; 32],
     /// Non-zero: the leg replaces a broken one of this connection.
     pub resumes: u32,
+}
+
+/// Where a connection's data leg comes from.
+pub enum LegOrigin {
+    /// Dial it, as the relay's `Open` on the control channel asked.
+    Dial(LegPlan),
+    /// The relay opened it as a stream of our QUIC connection, its `Open`
+    /// (the first frame) read; our answer goes on the stream itself.
+    Opened { leg: FrameIo<Leg>, resumes: u32 },
+}
+
+impl LegOrigin {
+    fn resumes(&self) -> u32 {
+        match self {
+            LegOrigin::Dial(plan) => plan.resumes,
+            LegOrigin::Opened { resumes, .. } => *resumes,
+        }
+    }
+
+    /// Tells the relay the leg will not come: on the control channel, or on
+    /// the stream it opened (then closed).
+    async fn refuse(self, tx: &mpsc::Sender<Frame>, failed: Frame) {
+        match self {
+            LegOrigin::Dial(_) => {
+                let _ = tx.send(failed).await;
+            }
+            LegOrigin::Opened { mut leg, .. } => {
+                let _ = leg.write_frame(&failed).await;
+                let _ = tokio::io::AsyncWriteExt::shutdown(leg.get_mut()).await;
+            }
+        }
+    }
+
+    /// The leg, ready for the resumable stream, with any bytes that came
+    /// after the pairing (a stream we were handed carries the client's
+    /// first flight right behind its `Open`).
+    async fn into_leg(
+        self,
+        state: &Shared,
+        relay: &RelayEndpoint,
+        id: SessionId,
+        conn: u32,
+    ) -> std::io::Result<(Leg, Bytes)> {
+        match self {
+            LegOrigin::Dial(plan) => dial_leg(state, relay, &plan, id, conn).await,
+            LegOrigin::Opened { mut leg, .. } => {
+                leg.write_frame(&Frame::Paired { session: id, conn }).await.map_err(std::io::Error::other)?;
+                Ok(leg.into_parts())
+            }
+        }
+    }
 }
 
 /// Replacement legs arrive from `Open{resumes}` on any relay of the pair; the
@@ -115,7 +167,7 @@ pub async fn open(
     tx: mpsc::Sender<Frame>,
     id: SessionId,
     conn: u32,
-    plan: LegPlan,
+    origin: LegOrigin,
 ) {
     let fail = |reason: Reason, detail: String| {
         state.refused(
@@ -128,27 +180,22 @@ pub async fn open(
     // Either twin of the pair may ask: the one that admitted the session, or
     // its twin that replicated it (a load balancer may send the client there).
     let Some(session) = state.sessions.get(&id).map(|s| s.clone()) else {
-        let _ = tx.send(fail(Reason::UnknownSession, "no live session with that id".into())).await;
-        return;
+        return origin.refuse(&tx, fail(Reason::UnknownSession, "no live session with that id".into())).await;
     };
     // Each connection number is opened once, whichever relay asks.
     if !session.conns.lock().map(|mut c| c.insert(conn)).unwrap_or(false) {
-        let _ = tx.send(fail(Reason::AlreadyPaired, format!("connection {conn} was opened before"))).await;
-        return;
+        return origin.refuse(&tx, fail(Reason::AlreadyPaired, format!("connection {conn} was opened before"))).await;
     }
-    if plan.resumes != 0 {
-        return hand_over(&state, &relay, &tx, &session, id, conn, plan).await;
+    if origin.resumes() != 0 {
+        return hand_over(&state, &relay, &tx, &session, (id, conn), origin).await;
     }
     // The target comes from the local allow-list only, never from the network.
     let target = match state.cfg.services.get(&session.service).map(|s| s.target.parse::<SocketAddr>()) {
         Some(Ok(addr)) if target_allowed(&addr, &state.cfg.extra_targets) => addr,
-        _ => {
-            let _ = tx.send(fail(Reason::TargetNotAllowed, format!("service {}", session.service))).await;
-            return;
-        }
+        _ => return origin.refuse(&tx, fail(Reason::TargetNotAllowed, format!("service {}", session.service))).await,
     };
     let started = Instant::now();
-    let leg = match dial_leg(&state, &relay, &plan, id, conn).await {
+    let leg = match origin.into_leg(&state, &relay, id, conn).await {
         Ok(l) => l,
         Err(e) => {
             // Tell the relay now rather than let the client wait for the pairing timeout.
@@ -234,23 +281,23 @@ pub async fn open(
     }
 }
 
-/// A replacement leg for connection `plan.resumes`: dial it and hand it to the
-/// live stream, which authenticates the resume end to end.
+/// A replacement leg for the connection `origin` resumes: dial it (or take
+/// the relay's stream) and hand it to the live stream, which authenticates
+/// the resume end to end.
 async fn hand_over(
     state: &Shared,
     relay: &RelayEndpoint,
     tx: &mpsc::Sender<Frame>,
     session: &super::state::AgentSession,
-    id: SessionId,
-    conn: u32,
-    plan: LegPlan,
+    (id, conn): (SessionId, u32),
+    origin: LegOrigin,
 ) {
-    let Some(stream) = session.resumable.get(&plan.resumes).map(|s| s.clone()) else {
-        state.refused("open_refused", Reason::UnknownSession, json!({"session": id.to_string(), "relay": relay.name, "conn": conn, "detail": format!("no live connection {} to resume", plan.resumes)}));
-        let _ = tx.send(Frame::OpenFailed { session: id, conn, reason: Reason::UnknownSession }).await;
-        return;
+    let resumes = origin.resumes();
+    let Some(stream) = session.resumable.get(&resumes).map(|s| s.clone()) else {
+        state.refused("open_refused", Reason::UnknownSession, json!({"session": id.to_string(), "relay": relay.name, "conn": conn, "detail": format!("no live connection {resumes} to resume")}));
+        return origin.refuse(tx, Frame::OpenFailed { session: id, conn, reason: Reason::UnknownSession }).await;
     };
-    match dial_leg(state, relay, &plan, id, conn).await {
+    match origin.into_leg(state, relay, id, conn).await {
         Ok(leg) => {
             let _ = stream.send((leg.0, leg.1, relay.name.clone())).await;
         }

@@ -82,6 +82,7 @@ pub async fn run(pki: &Path, to: To<'_>, n: usize, hold: Duration) -> Result<()>
             device: id.clone(),
             agent_version: "loadgen".into(),
             services: vec!["echo".into()],
+            streams: false,
         })
         .await?;
         match io.read_frame().await? {

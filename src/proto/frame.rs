@@ -22,6 +22,11 @@ pub enum Frame {
         device: String,
         agent_version: String,
         services: Vec<String>,
+        /// The agent takes data legs as streams the relay opens on its QUIC
+        /// connection (the relay's `Open` is then the stream's first frame).
+        /// Encoded only when true, as a trailing byte: a TCP agent's hello is
+        /// what it always was.
+        streams: bool,
     },
     /// relay -> agent, answer to `Hello`. `raw_legs`: data legs may be raw TCP.
     Welcome {
@@ -194,12 +199,15 @@ impl Frame {
         let start = buf.len();
         buf.put_u32(0);
         match self {
-            Frame::Hello { version, device, agent_version, services } => {
+            Frame::Hello { version, device, agent_version, services, streams } => {
                 buf.put_u8(HELLO);
                 buf.put_u16(*version);
                 put_str(buf, device);
                 put_str(buf, agent_version);
                 put_list(buf, services);
+                if *streams {
+                    buf.put_u8(1);
+                }
             }
             Frame::Welcome { version, relay, heartbeat_secs, raw_legs } => {
                 buf.put_u8(WELCOME);
@@ -379,6 +387,7 @@ impl Frame {
                 device: get_str(b)?,
                 agent_version: get_str(b)?,
                 services: get_list(b)?,
+                streams: b.has_remaining() && get_bool(b)?,
             },
             WELCOME => Frame::Welcome {
                 version: get_u16(b)?,

@@ -59,6 +59,11 @@ impl<S: AsyncRead + AsyncWrite + Unpin> FrameIo<S> {
         Ok(())
     }
 
+    /// Takes the bytes already read past the last frame, leaving none.
+    pub fn take_buffered(&mut self) -> Bytes {
+        self.rbuf.split().freeze()
+    }
+
     /// Gives the stream back with any bytes already read past the last frame.
     pub fn into_parts(self) -> (S, Bytes) {
         (self.io, self.rbuf.freeze())

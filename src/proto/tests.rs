@@ -34,8 +34,14 @@ fn grant() -> impl Strategy<Value = SignedGrant> {
 
 fn frame() -> impl Strategy<Value = Frame> {
     prop_oneof![
-        (any::<u16>(), text(), text(), proptest::collection::vec(text(), 0..5)).prop_map(
-            |(version, device, agent_version, services)| Frame::Hello { version, device, agent_version, services }
+        (any::<u16>(), text(), text(), proptest::collection::vec(text(), 0..5), any::<bool>()).prop_map(
+            |(version, device, agent_version, services, streams)| Frame::Hello {
+                version,
+                device,
+                agent_version,
+                services,
+                streams
+            }
         ),
         (any::<u16>(), text(), any::<u32>()).prop_map(|(version, relay, heartbeat_secs)| Frame::Welcome {
             raw_legs: heartbeat_secs % 2 == 0,
@@ -305,4 +311,29 @@ fn a_long_string_is_cut_at_a_character_boundary_and_still_decodes() {
         Frame::Error { message, .. } => assert_eq!(message, format!("a{}", "ü".repeat(511))),
         other => panic!("{other:?}"),
     }
+}
+
+#[test]
+fn a_hello_without_the_streams_byte_is_the_old_hello_and_means_no_streams() {
+    let hello = |streams| Frame::Hello {
+        version: VERSION,
+        device: "dev-1".into(),
+        agent_version: "0.1.0".into(),
+        services: vec!["ssh".into()],
+        streams,
+    };
+    let (mut old, mut new) = (BytesMut::new(), BytesMut::new());
+    hello(false).encode(&mut old);
+    hello(true).encode(&mut new);
+    // Without streams the bytes are an older agent's hello exactly: one byte more with.
+    assert_eq!(new.len(), old.len() + 1);
+    assert_eq!(&new[4..old.len()], &old[4..]);
+    assert_eq!(Frame::decode(&mut old).unwrap(), Some(hello(false)));
+    assert_eq!(Frame::decode(&mut new).unwrap(), Some(hello(true)));
+    // Anything but 0 or 1 there is refused, not read as a yes.
+    let mut bad = BytesMut::new();
+    hello(true).encode(&mut bad);
+    let last = bad.len() - 1;
+    bad[last] = 7;
+    assert!(matches!(Frame::decode(&mut bad), Err(ProtoError::BadValue { field: "flag", .. })));
 }

@@ -166,7 +166,10 @@ pub async fn connect(
     let crypto =
         quinn::crypto::rustls::QuicClientConfig::try_from(tls).map_err(|e| QuicError::Config(e.to_string()))?;
     let mut cfg = quinn::ClientConfig::new(Arc::new(crypto));
-    cfg.transport_config(transport_config(4, side));
+    // An agent's relay opens its data legs as streams (growing from
+    // INITIAL_STREAMS, see agent/streams.rs); a client's opens none.
+    let streams = if side == Dialler::Agent { INITIAL_STREAMS } else { 4 };
+    cfg.transport_config(transport_config(streams, side));
     let connecting = endpoint.connect_with(cfg, peer, server_name)?;
     match tokio::time::timeout(timeout, connecting).await {
         Ok(Ok(c)) => Ok(c),

@@ -389,10 +389,25 @@ async fn join(
     if !fresh {
         return Err(refuse(Reason::AlreadyPaired, "connection number reused"));
     }
-    let (leg, prefix) = ask_for_leg(state, &session, conn, resumes).await.map_err(|(r, d)| refuse(r, d))?;
+    // An agent that takes streams gets the leg opened to it, with the
+    // client's first flight; else it dials one when asked (`Open`).
+    let streams = state.agents.get(&session.device).and_then(|a| a.streams.clone()).filter(crate::quic::alive);
+    let (leg, prefix, told) = match streams {
+        Some(quic) => {
+            let (leg, prefix) = super::streams::open(state, &session, (conn, resumes), &quic, io)
+                .await
+                .map_err(|(r, d)| refuse(r, d))?;
+            (leg, prefix, true)
+        }
+        None => {
+            let (leg, prefix) = ask_for_leg(state, &session, conn, resumes).await.map_err(|(r, d)| refuse(r, d))?;
+            (leg, prefix, false)
+        }
+    };
     let mut leg = FrameIo::new(leg);
     let paired = Frame::Paired { session: id, conn };
-    if leg.write_frame(&paired).await.is_err() || io.write_frame(&paired).await.is_err() {
+    // On a stream we opened, the agent said `Paired` itself.
+    if (!told && leg.write_frame(&paired).await.is_err()) || io.write_frame(&paired).await.is_err() {
         return Ok(None);
     }
     metrics::RELAY_PAIRING_SECONDS.observe(joined_at.elapsed().as_secs_f64());

@@ -35,8 +35,8 @@ pub async fn serve(state: Arc<State>, accepted: super::Accepted, peer: SocketAdd
         Ok(Err(e)) => return bad_frame(&state, &mut io, peer, &device, e).await,
         Err(_) => return state.handshake_failed(LISTENER, peer, "hello_timeout", "no hello in time"),
     };
-    let (agent_version, services) = match hello {
-        Frame::Hello { version, device: claimed, agent_version, services } => {
+    let (agent_version, services, streams) = match hello {
+        Frame::Hello { version, device: claimed, agent_version, services, streams } => {
             if let Err(e) = proto::check_version(version) {
                 return bad_frame(&state, &mut io, peer, &device, e.into()).await;
             }
@@ -45,7 +45,7 @@ pub async fn serve(state: Arc<State>, accepted: super::Accepted, peer: SocketAdd
                 return refuse(&state, &mut io, peer, &device, "device_mismatch", Reason::DeviceMismatch, &detail)
                     .await;
             }
-            (agent_version, services)
+            (agent_version, services, streams)
         }
         // Boxed, as are the rare paths below: an idle channel's task then holds
         // only what waiting needs.
@@ -55,7 +55,9 @@ pub async fn serve(state: Arc<State>, accepted: super::Accepted, peer: SocketAdd
             return refuse(&state, &mut io, peer, &device, "unexpected_frame", Reason::BadFrame, &detail).await;
         }
     };
-    Box::pin(attached(state, io, peer, device, (agent_version, transport, cert), services)).await
+    // Data legs as streams we open: only on the QUIC connection this channel came on.
+    let streams = accepted.quic.filter(|_| streams);
+    Box::pin(attached(state, io, peer, device, (agent_version, transport, cert), (services, streams))).await
 }
 
 async fn bad_frame(state: &State, io: &mut FrameIo<Leg>, peer: SocketAddr, device: &str, e: FrameIoError) {
@@ -92,7 +94,7 @@ async fn attached(
     peer: SocketAddr,
     device: String,
     (agent_version, transport, cert): (String, &'static str, Vec<u8>),
-    services: Vec<String>,
+    (services, streams): (Vec<String>, Option<quinn::Connection>),
 ) {
     let attach_id = state.next_attach_id();
     let (tx, mut rx) = super::state::AgentTx::channel(64);
@@ -108,6 +110,7 @@ async fn attached(
             last_heartbeat: crate::util::now_secs().into(),
             audit_head: Default::default(),
             cert,
+            streams,
         },
     ) {
         old.cancel.cancel();

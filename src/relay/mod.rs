@@ -18,6 +18,7 @@ mod quic;
 mod repo_fetch;
 mod session;
 mod state;
+mod streams;
 
 pub use config::{RelayConfig, RelayLimits, TwinConfig};
 pub use state::State;
@@ -226,6 +227,9 @@ pub struct Accepted {
     pub cert: Option<Vec<u8>>,
     /// `tcp` or `quic`.
     pub transport: &'static str,
+    /// The QUIC connection an agent's stream came on: where the relay opens
+    /// data legs to an agent that takes them ([`crate::proto::Frame::Hello`]'s `streams`).
+    pub quic: Option<quinn::Connection>,
 }
 
 /// What the leg's transport proved.
@@ -245,7 +249,7 @@ impl Accepted {
             device: tls::peer_common_name(conn.peer_certificates()),
             alpn_ok: conn.alpn_protocol() == Some(alpn),
         };
-        Accepted { leg: Box::new(t), auth, cert, transport: "tcp" }
+        Accepted { leg: Box::new(t), auth, cert, transport: "tcp", quic: None }
     }
 }
 
@@ -277,7 +281,7 @@ async fn accept_one(
         return Err(NotAccepted::ForgedProxyHeader);
     }
     if allow_raw && first[0] != crate::leg::TLS_HANDSHAKE {
-        return Ok(Accepted { leg: Box::new(tcp), auth: Auth::Raw, cert: None, transport: "tcp" });
+        return Ok(Accepted { leg: Box::new(tcp), auth: Auth::Raw, cert: None, transport: "tcp", quic: None });
     }
     let t = acceptor.accept(tcp).await.map_err(NotAccepted::Failed)?;
     tls::handshake_done(t.get_ref().1);

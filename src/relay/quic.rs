@@ -202,7 +202,7 @@ async fn serve(
             drop((send, recv));
             continue;
         };
-        let (state, device, cert) = (state.clone(), device.clone(), cert.clone());
+        let (state, device, cert, on) = (state.clone(), device.clone(), cert.clone(), conn.clone());
         let span = tracing::info_span!(
             parent: None,
             "conn",
@@ -220,7 +220,7 @@ async fn serve(
                 match side {
                     // Each arm boxed: the task is only as large as the leg it serves.
                     Side::Clients => {
-                        let accepted = Accepted { leg: Box::new(leg), auth, cert, transport: "quic" };
+                        let accepted = Accepted { leg: Box::new(leg), auth, cert, transport: "quic", quic: None };
                         Box::pin(client::serve(state, accepted, peer)).await
                     }
                     Side::Agents => {
@@ -235,7 +235,7 @@ async fn serve(
                         }
                         let is_data = crate::proto::is_data_open(&header);
                         let leg = Box::new(Prefixed::new(Bytes::copy_from_slice(&header), leg));
-                        let accepted = Accepted { leg, auth, cert, transport: "quic" };
+                        let accepted = Accepted { leg, auth, cert, transport: "quic", quic: Some(on) };
                         if is_data {
                             Box::pin(data::serve(state, accepted, peer)).await
                         } else {

@@ -59,6 +59,10 @@ pub struct AgentHandle {
     pub audit_head: Mutex<Option<(u64, String, String)>>,
     /// The device's certificate (DER), which the hub checks head signatures with.
     pub cert: Vec<u8>,
+    /// The agent's QUIC connection, when it takes data legs as streams we
+    /// open on it (its `Hello` said so): a new tunnelled connection then
+    /// costs no round trip for the agent to open one.
+    pub streams: Option<quinn::Connection>,
 }
 
 /// What the next report to the hub carries besides the current load.

@@ -37,7 +37,13 @@ fn config(
 async fn attempt(addr: std::net::SocketAddr, cfg: Arc<ClientConfig>, device: &str) -> Result<Frame, String> {
     let conn = tls::dial(&addr.to_string(), "localhost", cfg).await.map_err(|e| e.to_string())?;
     let mut io = FrameIo::new(conn);
-    let hello = Frame::Hello { version: VERSION, device: device.into(), agent_version: "t".into(), services: vec![] };
+    let hello = Frame::Hello {
+        version: VERSION,
+        device: device.into(),
+        agent_version: "t".into(),
+        services: vec![],
+        streams: false,
+    };
     io.write_frame(&hello).await.map_err(|e| e.to_string())?;
     io.read_frame().await.map_err(|e| e.to_string())
 }

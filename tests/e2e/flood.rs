@@ -166,8 +166,13 @@ async fn a_distributed_flood_does_not_keep_a_known_device_out() {
             .await
             .unwrap_or_else(|e| panic!("round {round}: the known address was turned away: {e}"));
         let mut io = FrameIo::new(conn);
-        let hello =
-            Frame::Hello { version: VERSION, device: "known-1".into(), agent_version: "t".into(), services: vec![] };
+        let hello = Frame::Hello {
+            version: VERSION,
+            device: "known-1".into(),
+            agent_version: "t".into(),
+            services: vec![],
+            streams: false,
+        };
         io.write_frame(&hello).await.unwrap();
         assert!(matches!(within(10, io.read_frame()).await.unwrap(), Frame::Welcome { .. }), "round {round}");
     }

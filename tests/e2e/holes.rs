@@ -18,7 +18,13 @@ pub async fn fake_device(fleet: &Fleet, id: &str) -> FrameIo<tokio_rustls::clien
     let cfg = tls::client_config(&fleet.pki.path("ca.pem"), Some((&cert, &key)), tls::ALPN_AGENT).unwrap();
     let conn = tls::dial(&fleet.relays[0].control.to_string(), "localhost", cfg).await.unwrap();
     let mut io = FrameIo::new(conn);
-    let hello = Frame::Hello { version: VERSION, device: id.into(), agent_version: "t".into(), services: vec![] };
+    let hello = Frame::Hello {
+        version: VERSION,
+        device: id.into(),
+        agent_version: "t".into(),
+        services: vec![],
+        streams: false,
+    };
     io.write_frame(&hello).await.unwrap();
     assert!(matches!(within(10, io.read_frame()).await.unwrap(), Frame::Welcome { .. }));
     io

@@ -345,6 +345,7 @@ async fn the_control_channel_refuses_a_lying_or_confused_device_by_name() {
         device: device.into(),
         agent_version: "t".into(),
         services: vec![],
+        streams: false,
     };
     // A hello naming another device than the certificate does (the real one, attached).
     let (ans, _) = first(hello(DEVICE, VERSION)).await;

@@ -75,8 +75,14 @@ async fn data_legs_and_joins_with_wrong_ids_are_refused() {
     );
     let mut s = TcpStream::connect(fleet.relays[0].control).await.unwrap();
     let mut hello = bytes::BytesMut::new();
-    Frame::Hello { version: VERSION, device: DEVICE.into(), agent_version: "x".into(), services: vec![] }
-        .encode(&mut hello);
+    Frame::Hello {
+        version: VERSION,
+        device: DEVICE.into(),
+        agent_version: "x".into(),
+        services: vec![],
+        streams: false,
+    }
+    .encode(&mut hello);
     s.write_all(&hello).await.unwrap();
     let mut buf = [0u8; 64];
     let n = within(30, s.read(&mut buf)).await.unwrap_or(0);

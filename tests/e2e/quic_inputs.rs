@@ -3,6 +3,7 @@
 use std::net::SocketAddr;
 use std::time::Duration;
 
+use tether::agent::operator::{Request, request};
 use tether::proto::{Frame, FrameIo, Reason, SessionId, VERSION};
 use tether::quic::{self, QuicLeg};
 use tether::tls;
@@ -180,4 +181,92 @@ async fn a_specialists_quic_connection_without_a_stream_is_closed() {
     let labels = ["listener=\"quic-client\"", "reason=\"no_stream\""];
     assert_eq!(fleet.metric(0, "tether_relay_connections_refused_total", &labels).await, 1.0);
     still_echoes(addr).await;
+}
+
+/// An agent on QUIC takes its data legs as streams its relay opens; each such
+/// stream must begin with an `Open` the agent accepts, exactly as on the
+/// control channel. A relay (here a double) that opens streams with anything
+/// else gets a refusal on that stream, named, counted and audited, and the
+/// agent's channel and connection stay up.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn streams_a_relay_opens_are_checked_like_its_open_frames() {
+    let tmp = tempfile::tempdir().unwrap();
+    let pki = Pki::new(tmp.path());
+    let id = tls::Identity { ca: &pki.path("ca.pem"), cert: &pki.path("relay-a.pem"), key: &pki.path("relay-a.key") };
+    let udp = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+    let addr = udp.local_addr().unwrap();
+    let server = tls::quic_server_config(&id, true, None, tls::ALPN_QUIC_AGENT, "agent").unwrap();
+    let endpoint = quic::server(udp, server, b"test").unwrap();
+    let fake = RelayProc {
+        name: "relay-a".into(),
+        proc: Proc { child: std::process::Command::new("true").spawn().unwrap() },
+        control: addr,
+        data: addr,
+        client: addr,
+        admin: addr,
+        audit: tmp.path().join("none"),
+        twin: None,
+        quic_agents: Some(addr),
+        quic_clients: None,
+    };
+    let echo: SocketAddr = "127.0.0.1:9".parse().unwrap();
+    let opts = Opts { transport: "quic", ..Opts::default() };
+    let (cert, key) = (pki.path(&format!("{DEVICE}.pem")), pki.path(&format!("{DEVICE}.key")));
+    let device = (cert.as_path(), key.as_path());
+    let cfg = write_agent_config(tmp.path(), &pki, &[&fake], echo, &opts, device);
+    let _agent = start_agent(tmp.path(), &cfg);
+
+    let conn = within(30, async { endpoint.accept().await.unwrap().await.unwrap() }).await;
+    let (send, recv) = within(10, conn.accept_bi()).await.unwrap();
+    let mut control = FrameIo::new(QuicLeg::new(send, recv));
+    match within(10, control.read_frame()).await.unwrap() {
+        Frame::Hello { streams, .. } => assert!(streams, "an agent on QUIC says it takes streams"),
+        other => panic!("expected hello, got {other:?}"),
+    }
+    let welcome = Frame::Welcome { version: VERSION, relay: "relay-a".into(), heartbeat_secs: 30, raw_legs: false };
+    control.write_frame(&welcome).await.unwrap();
+
+    let answer = |first: Frame| {
+        let conn = conn.clone();
+        async move {
+            let mut s = frame_io(&conn).await;
+            s.write_frame(&first).await.unwrap();
+            within(10, s.read_frame()).await.unwrap()
+        }
+    };
+    // Not an `Open` at all.
+    let f = answer(Frame::Heartbeat { seq: 1 }).await;
+    assert!(matches!(f, Frame::Error { reason: Reason::BadFrame, .. }), "{f:?}");
+    // An `Open` naming another relay: only the control channel may ask that.
+    let open =
+        |via: &str| Frame::Open { session: SessionId::random(), conn: 1, key: [0; 32], resumes: 0, via: via.into() };
+    let f = answer(open("relay-b")).await;
+    assert!(matches!(f, Frame::Error { reason: Reason::BadFrame, .. }), "{f:?}");
+    // An `Open` for a session the agent never admitted.
+    let f = answer(open("")).await;
+    assert!(matches!(f, Frame::OpenFailed { reason: Reason::UnknownSession, .. }), "{f:?}");
+
+    let records = tether::audit::read_all(&tmp.path().join("agent-audit.jsonl"));
+    assert_eq!(records.iter().filter(|r| r["event"] == "stream_refused").count(), 2, "{records:?}");
+    assert!(audited(&records, "open_refused", "unknown_session"), "{records:?}");
+    let metrics = request(&tmp.path().join("agent.sock"), &Request::Metrics).await.unwrap();
+    let text = metrics["text"].as_str().unwrap();
+    for (reason, n) in [("bad_frame", 2), ("unknown_session", 1)] {
+        let line = format!("tether_agent_refusals_total{{reason=\"{reason}\"}} {n}");
+        assert!(text.lines().any(|l| l == line), "{line} in {text}");
+    }
+    // The channel is untouched: the agent reports its audit head, moved past
+    // these refusals, on it (checked every 3 s), on the same connection.
+    let last = records.iter().filter_map(|r| r["seq"].as_u64()).max().unwrap();
+    within(15, async {
+        loop {
+            match control.read_frame().await.unwrap() {
+                Frame::AuditHead { seq, .. } if seq >= last => return,
+                Frame::AuditHead { .. } | Frame::Heartbeat { .. } => {}
+                other => panic!("unexpected {other:?}"),
+            }
+        }
+    })
+    .await;
+    assert!(conn.close_reason().is_none());
 }
