@@ -28,7 +28,10 @@ pub async fn run(config: &Path, check: bool, cmd: Option<Request>, out: Output) 
             println!("{}: ok", config.display());
             Ok(())
         }
-        None => Ok(agent::run(cfg, super::shutdown_on_signal()).await?),
+        None => {
+            crate::tls::catch_sighup();
+            Ok(agent::run(cfg, super::shutdown_on_signal()).await?)
+        }
         Some(Request::Pending) if out.watch => watch(&cfg.operator_socket).await,
         Some(_) if out.watch => bail!("--watch goes with pending: tether agent pending --watch"),
         Some(req) => operator(&cfg.operator_socket, req, out.json).await,

@@ -93,6 +93,7 @@ pub async fn run(config: &Path, check: bool, cmd: Option<HubCmd>) -> Result<()> 
             return Ok(());
         }
         let listener = hub::bind(&cfg).await?;
+        crate::tls::catch_sighup();
         println!(
             "hub listening on https://{} (database {})",
             listener.local_addr()?,

@@ -13,6 +13,7 @@ pub async fn run(config: &Path, check: bool) -> Result<()> {
         return Ok(());
     }
     let listeners = relay::Listeners::bind(&cfg).await?;
+    crate::tls::catch_sighup();
     let a = listeners.addrs();
     let twin = a.twin.map(|t| format!(" twin={t}")).unwrap_or_default();
     let quic = match (a.quic_agents, a.quic_clients) {

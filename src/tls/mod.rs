@@ -17,8 +17,8 @@ pub use quic::{ALPN_QUIC_AGENT, ALPN_QUIC_CLIENT, quic_client_config, quic_serve
 pub use sessions::{ClientSessions, ServerSessions};
 pub use trust::Revoked;
 pub use trust::{
-    CRL_RELOAD_PERIOD, Role, Trust, WRONG_ROLE_MARK, WrongRole, reload_all, roles_of, serial_of, spawn_reloader,
-    watch_peer,
+    CRL_RELOAD_PERIOD, Role, Trust, WRONG_ROLE_MARK, WrongRole, catch_sighup, reload_all, roles_of, serial_of,
+    spawn_reloader, watch_peer,
 };
 
 use std::path::PathBuf;

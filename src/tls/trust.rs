@@ -313,11 +313,26 @@ pub fn reload_all() -> usize {
 /// while connected is dropped within this (plus the CRL's distribution).
 pub const CRL_RELOAD_PERIOD: Duration = Duration::from_secs(30);
 
+/// SIGHUP caught by [`catch_sighup`] before the reloader runs.
+static EARLY_HUP: Mutex<Option<tokio::signal::unix::Signal>> = Mutex::new(None);
+
+/// Takes SIGHUP over from its default action (ending the process) now: call
+/// it before the process says it is up, so that a SIGHUP sent at once
+/// reloads instead of killing it. [`spawn_reloader`] then answers every
+/// SIGHUP from this moment on.
+pub fn catch_sighup() {
+    let hup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()).ok();
+    if let Ok(mut early) = EARLY_HUP.lock() {
+        *early = hup;
+    }
+}
+
 /// Reloads CRLs every `period` and on SIGHUP, until the runtime ends.
 pub fn spawn_reloader(period: Duration) {
-    // Registered before the task first runs, so a SIGHUP sent as soon as the
-    // process said it listens reloads instead of ending the process.
-    let mut hup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()).ok();
+    // The handler caught before the process said it is up, if any; else one
+    // registered now, before the task first runs.
+    let early = EARLY_HUP.lock().ok().and_then(|mut e| e.take());
+    let mut hup = early.or_else(|| tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()).ok());
     tokio::spawn(async move {
         let mut tick = tokio::time::interval(period);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);

@@ -168,8 +168,7 @@ async fn revoked_relay_and_hub_certificates_are_refused() {
     let ca = fleet.pki.path("ca.pem");
     let crl = fleet.dir().join("crl.pem");
     // The hub read the empty CRL at start: SIGHUP makes it read the new one
-    // now rather than at its next periodic reload. Once it answers, its
-    // SIGHUP handler is in place (before that, SIGHUP's default ends it).
+    // now rather than at its next periodic reload.
     hub_metrics(&fleet).await;
     let hub_pid = fleet.hub.as_ref().unwrap().proc.pid().to_string();
     std::process::Command::new("kill").args(["-HUP", &hub_pid]).status().unwrap();
@@ -322,4 +321,26 @@ async fn a_revoked_device_cannot_come_back_by_resuming_its_tls_session() {
         fleet.metric(0, "tether_relay_handshake_failures_total", &["reason=\"cert_revoked\""]).await >= 1.0
     })
     .await;
+}
+
+/// SIGHUP sent the moment a relay or the hub prints that it listens reloads
+/// its CRL: it never ends the process (SIGHUP's default action), however
+/// soon it comes. The handler is in place before the line is printed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_sighup_as_soon_as_a_relay_or_the_hub_listens_ends_neither() {
+    let tmp = tempfile::tempdir().unwrap();
+    let pki = Pki::new(tmp.path());
+    let hup = |pid: u32| {
+        std::process::Command::new("kill").args(["-HUP", &pid.to_string()]).status().unwrap();
+    };
+    let mut relay = start_relay(tmp.path(), &pki, "relay-a", &Opts::default(), None);
+    hup(relay.proc.pid());
+    let mut hub = start_hub(tmp.path(), &pki, free_port(), std::slice::from_ref(&relay), "");
+    hup(hub.proc.pid());
+    let log = |name: &str| std::fs::read_to_string(tmp.path().join(format!("{name}.log"))).unwrap_or_default();
+    for name in ["relay-a", "hub"] {
+        eventually(&format!("{name} reloaded on SIGHUP"), async || log(name).contains("SIGHUP: reloading CRLs")).await;
+    }
+    assert!(relay.proc.child.try_wait().unwrap().is_none(), "the relay runs on:\n{}", log("relay-a"));
+    assert!(hub.proc.child.try_wait().unwrap().is_none(), "the hub runs on:\n{}", log("hub"));
 }
