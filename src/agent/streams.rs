@@ -7,14 +7,11 @@
 //! listening: only the relay we authenticated can open one. Each stream then
 //! goes through exactly the checks of an `Open` on the control channel
 //! (`tunnel::open`); anything else as its first frame is refused on it.
-use std::pin::Pin;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU32, Ordering};
-use std::task::{Context, Poll};
 use std::time::Duration;
 
 use serde_json::json;
-use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::sync::mpsc;
 use tracing::Instrument;
 
@@ -40,7 +37,7 @@ pub async fn accept(state: Shared, relay: RelayEndpoint, tx: mpsc::Sender<Frame>
         limit = quic::grow_streams(&conn, now_open, limit, MAX_STREAMS);
         // Counted open until the leg itself is dropped, not when this task
         // ends: a replacement leg lives on in its resumable stream.
-        let leg = Counted { leg: QuicLeg::new(send, recv), _open: Open(open.clone()) };
+        let leg = quic::Guarded::new(QuicLeg::new(send, recv), Open(open.clone()));
         let (state, relay, tx) = (state.clone(), relay.clone(), tx.clone());
         tokio::spawn(
             async move {
@@ -69,32 +66,6 @@ pub async fn accept(state: Shared, relay: RelayEndpoint, tx: mpsc::Sender<Frame>
 
 /// A stream counted open until dropped.
 struct Open(Arc<AtomicU32>);
-
-/// A leg that keeps its stream counted open while it lives.
-struct Counted {
-    leg: QuicLeg,
-    _open: Open,
-}
-
-impl AsyncRead for Counted {
-    fn poll_read(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<std::io::Result<()>> {
-        Pin::new(&mut self.leg).poll_read(cx, buf)
-    }
-}
-
-impl AsyncWrite for Counted {
-    fn poll_write(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<std::io::Result<usize>> {
-        Pin::new(&mut self.leg).poll_write(cx, buf)
-    }
-
-    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
-        Pin::new(&mut self.leg).poll_flush(cx)
-    }
-
-    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
-        Pin::new(&mut self.leg).poll_shutdown(cx)
-    }
-}
 
 impl Drop for Open {
     fn drop(&mut self) {

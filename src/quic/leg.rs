@@ -36,3 +36,37 @@ impl AsyncWrite for QuicLeg {
         Pin::new(&mut self.send).poll_shutdown(cx)
     }
 }
+
+/// A QUIC leg that holds `guard` (its place in a count of open streams, a
+/// connection slot) until the leg itself is dropped, wherever it went: a data
+/// leg outlives the task that took it.
+pub struct Guarded<G> {
+    leg: QuicLeg,
+    _guard: G,
+}
+
+impl<G> Guarded<G> {
+    pub fn new(leg: QuicLeg, guard: G) -> Guarded<G> {
+        Guarded { leg, _guard: guard }
+    }
+}
+
+impl<G: Unpin> AsyncRead for Guarded<G> {
+    fn poll_read(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.leg).poll_read(cx, buf)
+    }
+}
+
+impl<G: Unpin> AsyncWrite for Guarded<G> {
+    fn poll_write(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<std::io::Result<usize>> {
+        Pin::new(&mut self.leg).poll_write(cx, buf)
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.leg).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.leg).poll_shutdown(cx)
+    }
+}

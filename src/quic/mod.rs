@@ -8,7 +8,7 @@
 //! every datagram from anyone else, and nothing listens.
 mod leg;
 
-pub use leg::QuicLeg;
+pub use leg::{Guarded, QuicLeg};
 
 use std::future::Future;
 use std::net::SocketAddr;

@@ -18,10 +18,8 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use quinn::{Connection, Endpoint, Incoming};
-use std::pin::Pin;
-use std::task::{Context, Poll};
 
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, ReadBuf};
+use tokio::io::AsyncReadExt;
 use tracing::Instrument;
 
 use super::state::State;
@@ -215,7 +213,7 @@ async fn serve(
             async move {
                 // The stream counts until the leg is dropped, wherever it went
                 // (a data leg is handed to the join it pairs with).
-                let mut leg = Counted { leg: QuicLeg::new(send, recv), _open: (gate::Open::new(slot, name), counted) };
+                let mut leg = Counted::new(QuicLeg::new(send, recv), (gate::Open::new(slot, name), counted));
                 let auth = Auth::Tls { device, alpn_ok: true };
                 match side {
                     // Each arm boxed: the task is only as large as the leg it serves.
@@ -251,30 +249,7 @@ async fn serve(
 
 /// A QUIC leg that holds its `max_connections` slot and its place in its
 /// connection's open streams until dropped.
-struct Counted {
-    leg: QuicLeg,
-    _open: (gate::Open, OpenStream),
-}
-
-impl AsyncRead for Counted {
-    fn poll_read(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<std::io::Result<()>> {
-        Pin::new(&mut self.leg).poll_read(cx, buf)
-    }
-}
-
-impl AsyncWrite for Counted {
-    fn poll_write(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<std::io::Result<usize>> {
-        Pin::new(&mut self.leg).poll_write(cx, buf)
-    }
-
-    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
-        Pin::new(&mut self.leg).poll_flush(cx)
-    }
-
-    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
-        Pin::new(&mut self.leg).poll_shutdown(cx)
-    }
-}
+type Counted = crate::quic::Guarded<(gate::Open, OpenStream)>;
 
 /// A stream counted open on its connection until dropped.
 struct OpenStream(Arc<AtomicU32>);
