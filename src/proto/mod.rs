@@ -5,6 +5,7 @@
 //! allocation. The first frame of every connection carries [`VERSION`].
 
 mod frame;
+mod frame_decode;
 mod frame_type;
 pub mod grant;
 mod io;
