@@ -7,8 +7,6 @@
 //! listening: only the relay we authenticated can open one. Each stream then
 //! goes through exactly the checks of an `Open` on the control channel
 //! (`tunnel::open`); anything else as its first frame is refused on it.
-use std::sync::Arc;
-use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::Duration;
 
 use serde_json::json;
@@ -30,14 +28,11 @@ const MAX_STREAMS: u32 = 16_384;
 
 /// Takes the relay's streams on `conn` until the connection closes.
 pub async fn accept(state: Shared, relay: RelayEndpoint, tx: mpsc::Sender<Frame>, conn: quinn::Connection) {
-    let open = Arc::new(AtomicU32::new(0));
-    let mut limit = quic::INITIAL_STREAMS;
+    let mut count = quic::StreamCount::new(MAX_STREAMS);
     while let Ok((send, recv)) = conn.accept_bi().await {
-        let now_open = open.fetch_add(1, Ordering::Relaxed) + 1;
-        limit = quic::grow_streams(&conn, now_open, limit, MAX_STREAMS);
         // Counted open until the leg itself is dropped, not when this task
         // ends: a replacement leg lives on in its resumable stream.
-        let leg = quic::Guarded::new(QuicLeg::new(send, recv), Open(open.clone()));
+        let leg = quic::Guarded::new(QuicLeg::new(send, recv), count.opened(&conn));
         let (state, relay, tx) = (state.clone(), relay.clone(), tx.clone());
         tokio::spawn(
             async move {
@@ -61,14 +56,5 @@ pub async fn accept(state: Shared, relay: RelayEndpoint, tx: mpsc::Sender<Frame>
             }
             .in_current_span(),
         );
-    }
-}
-
-/// A stream counted open until dropped.
-struct Open(Arc<AtomicU32>);
-
-impl Drop for Open {
-    fn drop(&mut self) {
-        self.0.fetch_sub(1, Ordering::Relaxed);
     }
 }

@@ -6,8 +6,10 @@
 //! comes with QUIC, so a QUIC leg is never "raw". The agent's and the
 //! client's UDP sockets are `connect()`ed to their relay: the kernel drops
 //! every datagram from anyone else, and nothing listens.
+mod count;
 mod leg;
 
+pub use count::{OpenStream, StreamCount};
 pub use leg::{Guarded, QuicLeg};
 
 use std::future::Future;
@@ -210,18 +212,6 @@ fn socket_buffers(socket: &std::net::UdpSocket) {
 
 /// What [`socket_buffers`] asks for, per direction.
 pub const SOCKET_BUFFER: usize = 4 << 20;
-
-/// Raises `conn`'s limit of streams the peer may open when `open` of the
-/// `limit` allowed are in use (doubling, up to `max`). Returns the new limit.
-pub fn grow_streams(conn: &Connection, open: u32, limit: u32, max: u32) -> u32 {
-    if open * 4 >= limit * 3 && limit < max {
-        let to = (limit * 2).min(max);
-        conn.set_max_concurrent_bi_streams(VarInt::from_u32(to));
-        tracing::debug!(open, from = limit, to, "QUIC stream limit raised");
-        return to;
-    }
-    limit
-}
 
 /// Opens a leg: a new bidirectional stream on `conn`.
 pub async fn open_leg(conn: &Connection) -> std::io::Result<QuicLeg> {

@@ -13,7 +13,6 @@
 //! slot per stream.
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -161,8 +160,7 @@ async fn serve(
     let (device, cert) = device.unzip();
     let mut revoked = state.trust.watch(cert.as_deref());
     let first_byte = Duration::from_millis(state.cfg.limits.handshake_timeout_ms);
-    let max = state.cfg.limits.quic_max_streams.max(crate::quic::INITIAL_STREAMS);
-    let (open, mut limit) = (Arc::new(AtomicU32::new(0)), crate::quic::INITIAL_STREAMS);
+    let mut count = crate::quic::StreamCount::new(state.cfg.limits.quic_max_streams);
     // A specialist's connection proves nothing by itself (no certificate):
     // it lives while it has a stream, and a stream only while its first frame
     // is good. One without any for the handshake deadline is closed.
@@ -176,7 +174,7 @@ async fn serve(
                 return state.peer_revoked(name, peer, device.as_deref().unwrap_or_default());
             }
             _ = idle.tick(), if side == Side::Clients => {
-                streamless = if open.load(Ordering::Relaxed) == 0 { streamless + 1 } else { 0 };
+                streamless = if count.open() == 0 { streamless + 1 } else { 0 };
                 if streamless >= 2 {
                     conn.close(0u32.into(), b"no stream");
                     // Counted, and audited in the listener's aggregate record.
@@ -192,9 +190,7 @@ async fn serve(
                 }
             },
         };
-        let now_open = open.fetch_add(1, Ordering::Relaxed) + 1;
-        limit = crate::quic::grow_streams(&conn, now_open, limit, max);
-        let counted = OpenStream(open.clone());
+        let counted = count.opened(&conn);
         let Ok(slot) = state.conn_limit.clone().try_acquire_owned() else {
             gate.dropped(peer.ip(), "max_connections");
             drop((send, recv));
@@ -249,16 +245,7 @@ async fn serve(
 
 /// A QUIC leg that holds its `max_connections` slot and its place in its
 /// connection's open streams until dropped.
-type Counted = crate::quic::Guarded<(gate::Open, OpenStream)>;
-
-/// A stream counted open on its connection until dropped.
-struct OpenStream(Arc<AtomicU32>);
-
-impl Drop for OpenStream {
-    fn drop(&mut self) {
-        self.0.fetch_sub(1, Ordering::Relaxed);
-    }
-}
+type Counted = crate::quic::Guarded<(gate::Open, crate::quic::OpenStream)>;
 
 /// A stable label for why a QUIC handshake failed.
 fn failure_label(e: &quinn::ConnectionError) -> &'static str {
