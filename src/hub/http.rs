@@ -96,17 +96,26 @@ pub fn text_answer(status: StatusCode, ctype: &'static str, body: String) -> Ans
     r
 }
 
+/// An oversize body up to this many bytes is read and dropped before the
+/// 413 (see [`body`]); a larger one is refused at once.
+const DRAIN_OVERSIZE: usize = 1 << 20;
+
 /// The body, bounded by `max` bytes and `within` time: 413 past the size,
 /// 408 when it trickles in too slowly, 400 when unreadable.
 pub async fn body(req: Request<Incoming>, max: usize, within: Duration) -> Result<Bytes, ApiError> {
     let too_big =
         || ApiError::new(StatusCode::PAYLOAD_TOO_LARGE, "body_too_large", format!("request body over {max} bytes"));
-    if req
-        .headers()
-        .get(hyper::header::CONTENT_LENGTH)
-        .and_then(|v| v.to_str().ok()?.parse::<usize>().ok())
-        .is_some_and(|n| n > max)
-    {
+    let declared =
+        req.headers().get(hyper::header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()?.parse::<usize>().ok());
+    if let Some(n) = declared.filter(|&n| n > max) {
+        // Read (and drop) a modest oversize body first: answering while the
+        // client still sends closes the connection with bytes unread, and the
+        // kernel's reset then destroys the 413 before the client reads it.
+        if n <= DRAIN_OVERSIZE {
+            let mut rest = req.into_body();
+            let drain = async { while let Some(Ok(_)) = rest.frame().await {} };
+            let _ = tokio::time::timeout(within, drain).await;
+        }
         return Err(too_big());
     }
     let collected = tokio::time::timeout(within, Limited::new(req.into_body(), max).collect()).await.map_err(|_| {
