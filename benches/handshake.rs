@@ -8,11 +8,14 @@
 //! either tether's groups (`pq`: X25519MLKEM768 is chosen) or only classical
 //! ones (`classical`: X25519, what a peer without ML-KEM gets). `resumed`
 //! is a TLS 1.3 resumption with a fresh key exchange (psk_dhe_ke), as a
-//! session's further end-to-end connections do.
+//! session's end-to-end connections did before `keyed`; `keyed` is what a
+//! session's later connections cost now (`tether::stream::derived`): the
+//! client's header, the agent's check, and both ends' keys.
 use std::sync::Arc;
 
 use criterion::{Criterion, criterion_group, criterion_main};
 use rustls::{ClientConfig, ClientConnection, ServerConfig, ServerConnection};
+use tether::stream::derived;
 use tether::tls;
 
 /// Moves what `from` has to send into `to`.
@@ -88,6 +91,33 @@ fn handshakes(c: &mut Criterion) {
         assert_eq!(one(&resuming, &server), "resumed");
         g.bench_function(format!("resumed_{label}"), |b| b.iter(|| one(&resuming, &server)));
     }
+    // Keyed from one handshake's exporter secret: no handshake at all.
+    let name = tls::server_name("localhost").unwrap();
+    let (mut cl, mut sv) = (
+        ClientConnection::new(client_config(pki, tls::provider()), name).unwrap(),
+        ServerConnection::new(server.clone()).unwrap(),
+    );
+    pump(&mut cl, &mut sv);
+    let session = tether::proto::SessionId([7; 16]);
+    let client_secret = derived::SessionSecret::export(&cl, &session, 1).unwrap();
+    let agent_secret = derived::SessionSecret::export(&sv, &session, 1).unwrap();
+    let mut conn = 1u32;
+    g.bench_function("keyed", |b| {
+        b.iter(|| {
+            conn += 1;
+            let (h, keys) = client_secret.open(&session, conn);
+            let _up = keys.upstream();
+            let at_agent = agent_secret.accept(&derived::Header::parse(&h).unwrap(), &session, conn).unwrap();
+            let salt = [3u8; 16];
+            (
+                at_agent.upstream(),
+                at_agent.downstream(&salt),
+                at_agent.resume_key(),
+                keys.downstream(&salt),
+                keys.resume_key(),
+            )
+        })
+    });
     g.finish();
 }
 

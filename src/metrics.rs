@@ -154,6 +154,7 @@ metric!(pub AGENT_CONTROL_CHANNELS: IntGaugeVec = gauge_vec("tether_agent_contro
 metric!(pub AGENT_REFUSALS: IntCounterVec = counter_vec("tether_agent_refusals_total", "Access requests and opens refused by the agent, by reason", &["reason"]));
 metric!(pub AGENT_SESSIONS_ACTIVE: IntGauge = gauge("tether_agent_sessions_active", "Sessions admitted by this agent and not yet ended"));
 metric!(pub AGENT_TUNNELS: IntCounter = counter("tether_agent_tunnels_total", "Tunnelled connections opened to local services"));
+metric!(pub AGENT_E2E: IntCounterVec = counter_vec("tether_agent_e2e_connections_total", "Tunnelled connections whose end-to-end protection was set up, by kind: a TLS handshake, or keys derived from the session's (keyed)", &["kind"]));
 metric!(pub AGENT_RECONNECTS: IntCounterVec = counter_vec("tether_agent_reconnects_total", "Control channel (re)connection attempts, by relay", &["relay"]));
 metric!(pub AGENT_HANDSHAKE_SECONDS: HistogramVec = reg(HistogramVec::new(
     HistogramOpts::new("tether_agent_data_leg_seconds", "Time for the agent to dial a data leg, by relay"),
@@ -255,6 +256,7 @@ pub fn init() {
     LazyLock::force(&AGENT_REFUSALS);
     LazyLock::force(&AGENT_SESSIONS_ACTIVE);
     LazyLock::force(&AGENT_TUNNELS);
+    LazyLock::force(&AGENT_E2E);
     LazyLock::force(&AGENT_RECONNECTS);
     LazyLock::force(&AGENT_HANDSHAKE_SECONDS);
 }

@@ -6,6 +6,7 @@
 mod access;
 mod channel;
 pub mod config;
+mod e2e;
 pub mod fetch;
 mod jobs;
 pub mod operator;

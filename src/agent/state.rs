@@ -32,6 +32,8 @@ pub struct AgentSession {
     pub conns: Mutex<std::collections::HashSet<u32>>,
     /// Live resumable streams, by connection number: where replacement legs go.
     pub resumable: DashMap<u32, mpsc::Sender<(crate::leg::Leg, bytes::Bytes, String)>>,
+    /// Secrets of its end-to-end TLS connections, which key its later ones.
+    pub secrets: super::e2e::Secrets,
 }
 
 /// A maintenance job waiting for the on-site operator.

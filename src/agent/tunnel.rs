@@ -208,8 +208,9 @@ pub async fn open(
     metrics::AGENT_TUNNELS.inc();
     session.tunnels.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
 
-    // Resumable stream on the leg; end-to-end TLS on top. The service is not
-    // even connected to unless the client proves the key the grant names.
+    // Resumable stream on the leg; end-to-end TLS (or keys derived from the
+    // session's) on top. The service is not even connected to unless the
+    // client proves the key the grant names.
     let (legs_tx, legs_rx) = mpsc::channel(4);
     session.resumable.insert(conn, legs_tx);
     let key = ResumeKey::default();
@@ -218,12 +219,11 @@ pub async fn open(
     let events = on_resume_event(state.clone(), id, conn, via);
     let (pipe, driver) =
         resumable::start(leg, Side::Device, conn, key.clone(), source, resume_config(&state.cfg), Some(events));
-    let handshake = tokio_rustls::TlsAcceptor::from(session.e2e.clone()).accept(pipe);
-    let e2e = match tokio::time::timeout(SERVICE_TIMEOUT * 2, handshake).await {
+    let e2e = match tokio::time::timeout(SERVICE_TIMEOUT * 2, super::e2e::accept(&session, conn, pipe, &key)).await {
         Ok(Ok(s)) => s,
         outcome => {
             let detail = match outcome {
-                Ok(Err(e)) => e.to_string(),
+                Ok(Err(e)) => e,
                 _ => "handshake timed out".to_string(),
             };
             state.refused(
@@ -236,8 +236,6 @@ pub async fn open(
             return;
         }
     };
-    crate::tls::handshake_done(e2e.get_ref().1);
-    resumable::set_key_from(&**e2e.get_ref().1, &key, conn);
     let service = match tokio::time::timeout(SERVICE_TIMEOUT, TcpStream::connect(target)).await {
         Ok(Ok(s)) => s,
         outcome => {

@@ -5,13 +5,17 @@ use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
+use tokio::io::AsyncWriteExt;
 use tokio::sync::oneshot;
+use tokio_util::either::Either;
 
 use super::pipelined::{JoinAnswer, await_paired};
 use super::{ClientError, ClientSession, DialLegs, E2E_TIMEOUT, PAIRING_WAIT, Phases, RelayEntry, Tunnel};
 use crate::leg::Leg;
 use crate::proto::{Frame, FrameIo, Reason, VERSION};
+use crate::stream::derived::SessionSecret;
 use crate::stream::resumable::{self, ResumeKey, Side};
+use crate::stream::sealed::Sealed;
 use crate::tls;
 
 impl ClientSession {
@@ -33,6 +37,24 @@ impl ClientSession {
         cfg.first_silence = PAIRING_WAIT + cfg.dead_after;
         let (pipe, mut driver) =
             resumable::start((leg, Bytes::new()), Side::Client, conn, key.clone(), source, cfg, None);
+        let lost = |detail: String| ClientError::Protocol { relay: relay.name.clone(), detail };
+        if let Some(secret) = self.keyed.get() {
+            // A later connection of the session: no handshake, keys derived
+            // from the session's first one; the header goes out with the join.
+            let (header, keys) = secret.open(&self.id, conn);
+            let _ = key.set(keys.resume_key());
+            let up = keys.upstream();
+            let mut sealed = Sealed::salted(pipe, up, Box::new(move |salt| keys.downstream(salt)), header.to_vec());
+            let written = sealed.flush().await;
+            let answer = tokio::time::timeout(PAIRING_WAIT, &mut answer_rx).await;
+            if let Some(e) = refusal(answer, &lost).or_else(|| written.err().map(|e| lost(e.to_string()))) {
+                driver.abort();
+                return Err(e);
+            }
+            let paired = started.elapsed();
+            self.watch(conn, driver);
+            return Ok((Either::Right(sealed), Phases { paired, e2e: Duration::ZERO }));
+        }
         let name = tls::server_name(&self.device)?;
         let mut handshake = Box::pin(tokio_rustls::TlsConnector::from(self.e2e.clone()).connect(name, pipe));
         // Polling the handshake writes the ClientHello while the relay pairs.
@@ -44,15 +66,7 @@ impl ClientSession {
                 tokio::time::timeout(PAIRING_WAIT, &mut answer_rx).await
             }
         };
-        let lost = |detail: String| ClientError::Protocol { relay: relay.name.clone(), detail };
-        let refused = match answer {
-            Ok(Ok(JoinAnswer::Paired)) => None,
-            Ok(Ok(JoinAnswer::Refused { reason, message })) => Some(ClientError::Refused { reason, message }),
-            Ok(Ok(JoinAnswer::Lost(detail))) => Some(lost(detail)),
-            Ok(Err(_)) => Some(lost("the leg ended before the relay answered".into())),
-            Err(_) => Some(lost("no answer in time".into())),
-        };
-        if let Some(e) = refused {
+        if let Some(e) = refusal(answer, &lost) {
             driver.abort();
             return Err(e);
         }
@@ -81,13 +95,25 @@ impl ClientSession {
                 return Err(ClientError::EndToEnd(detail));
             }
         };
-        tls::handshake_done(t.get_ref().1);
+        let c = t.get_ref().1;
+        tls::handshake_done(c);
         let phases = Phases { paired, e2e: started.elapsed() - paired };
-        resumable::set_key_from(&**t.get_ref().1, &key, conn);
+        resumable::set_key_from(&**c, &key, conn);
+        if c.alpn_protocol() == Some(tls::ALPN_E2E_KEYED)
+            && let Some(secret) = SessionSecret::export(&**c, &self.id, conn)
+        {
+            // The first to complete keys the session's later connections.
+            let _ = self.keyed.set(secret);
+        }
+        self.watch(conn, driver);
+        Ok((Either::Left(t), phases))
+    }
+
+    /// Says why connection `conn`'s stream ended, unless it ended with the
+    /// session (that has its own message).
+    fn watch(&self, conn: u32, driver: tokio::task::JoinHandle<Result<resumable::Stats, String>>) {
         let ended = self.ended.clone();
         tokio::spawn(async move {
-            // A connection that could not resume is closed: say why, unless
-            // the session itself ended (that has its own message).
             match driver.await {
                 Ok(Err(why)) if ended.is_cancelled() => {
                     tracing::debug!(conn, %why, "connection closed with its session")
@@ -99,7 +125,6 @@ impl ClientSession {
                 _ => {}
             }
         });
-        Ok((t, phases))
     }
 
     /// Dials a leg through `relay` and writes the join: a new connection
@@ -136,5 +161,19 @@ impl ClientSession {
             Ok(Err(e)) => Err(proto_err(e.to_string())),
             Err(_) => Err(proto_err("no answer in time".into())),
         }
+    }
+}
+
+/// The relay's answer to a join, as the error it is (if it is one).
+fn refusal(
+    answer: Result<Result<JoinAnswer, oneshot::error::RecvError>, tokio::time::error::Elapsed>,
+    lost: &impl Fn(String) -> ClientError,
+) -> Option<ClientError> {
+    match answer {
+        Ok(Ok(JoinAnswer::Paired)) => None,
+        Ok(Ok(JoinAnswer::Refused { reason, message })) => Some(ClientError::Refused { reason, message }),
+        Ok(Ok(JoinAnswer::Lost(detail))) => Some(lost(detail)),
+        Ok(Err(_)) => Some(lost("the leg ended before the relay answered".into())),
+        Err(_) => Some(lost("no answer in time".into())),
     }
 }

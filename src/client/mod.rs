@@ -78,6 +78,9 @@ pub struct ClientSession {
     /// QUIC or TCP, per relay.
     links: links::Links,
     next_conn: AtomicU32,
+    /// The secret of the session's first end-to-end TLS connection (when
+    /// the agent offers keyed connections): keys the later ones.
+    keyed: std::sync::OnceLock<crate::stream::derived::SessionSecret>,
     resume: ResumeConfig,
     ended: CancellationToken,
     end_reason: Mutex<Option<Reason>>,
@@ -87,7 +90,12 @@ pub struct ClientSession {
 
 /// A tunnelled connection: end-to-end TLS with the agent, over a resumable
 /// stream that survives the loss of a leg (or of the relay carrying it).
-pub type Tunnel = tokio_rustls::client::TlsStream<crate::stream::pipe::AppEnd>;
+/// The session's first connection runs a TLS handshake; its later ones use
+/// keys derived from it ([`crate::stream::derived`]).
+pub type Tunnel = tokio_util::either::Either<
+    tokio_rustls::client::TlsStream<crate::stream::pipe::AppEnd>,
+    crate::stream::sealed::Sealed<crate::stream::pipe::AppEnd>,
+>;
 
 /// Where a new tunnelled connection's time went (`tether loadgen latency`).
 #[derive(Debug, Clone, Copy)]
@@ -231,6 +239,7 @@ impl ClientSession {
                         raw_legs,
                         links: links.take().expect("links are taken once"),
                         next_conn: AtomicU32::new(1),
+                        keyed: Default::default(),
                         resume: ResumeConfig {
                             cap: profile.resume_buffer_bytes.max(64 * 1024),
                             resume_deadline: Duration::from_secs(profile.resume_deadline_secs.max(1)),

@@ -9,7 +9,7 @@ use rustls::{ClientConfig, DigitallySignedStruct, DistinguishedName, ServerConfi
 use crate::tls::{self, TlsError};
 
 /// ALPN of the end-to-end TLS inside a tunnel.
-pub use crate::tls::ALPN_E2E;
+pub use crate::tls::{ALPN_E2E, ALPN_E2E_KEYED};
 
 /// The specialist's ephemeral key for one session: its public key goes into
 /// the grant, and the client proves possession of it to the agent.
@@ -50,7 +50,7 @@ pub fn client_config(ca: &std::path::Path, key: &ClientKey) -> Result<Arc<Client
         .dangerous()
         .with_custom_certificate_verifier(tls::Trust::get(ca, None)?.server_verifier(tls::Role::Device))
         .with_client_auth_cert(vec![key.cert.clone()], key_der)?;
-    cfg.alpn_protocols = vec![ALPN_E2E.to_vec()];
+    cfg.alpn_protocols = vec![ALPN_E2E_KEYED.to_vec(), ALPN_E2E.to_vec()];
     Ok(Arc::new(cfg))
 }
 
@@ -66,7 +66,7 @@ pub fn agent_config(
         .with_protocol_versions(&[&rustls::version::TLS13])?
         .with_client_cert_verifier(verifier)
         .with_single_cert(tls::load_certs(cert)?, tls::load_key(key)?)?;
-    cfg.alpn_protocols = vec![ALPN_E2E.to_vec()];
+    cfg.alpn_protocols = vec![ALPN_E2E_KEYED.to_vec(), ALPN_E2E.to_vec()];
     Ok(Arc::new(cfg))
 }
 

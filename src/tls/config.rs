@@ -21,6 +21,9 @@ pub const ALPN_HTTP1: &[u8] = b"http/1.1";
 pub const ALPN_TWIN: &[u8] = b"tether-twin/1";
 /// ALPN of the end-to-end TLS inside a tunnel.
 pub const ALPN_E2E: &[u8] = b"tether-e2e/1";
+/// The same, from an end that derives its session's later connections' keys
+/// from this connection ([`crate::stream::derived`]); both ends offer it first.
+pub const ALPN_E2E_KEYED: &[u8] = b"tether-e2e/2";
 
 /// The one crypto provider (aws-lc-rs) used by every config.
 ///
@@ -67,7 +70,7 @@ pub fn surface(alpn: Option<&[u8]>) -> &'static str {
         Some(ALPN_DATA) => "data",
         Some(ALPN_CLIENT) => "client",
         Some(ALPN_TWIN) => "twin",
-        Some(ALPN_E2E) => "e2e",
+        Some(ALPN_E2E | ALPN_E2E_KEYED) => "e2e",
         Some(ALPN_HTTP1) => "hub",
         _ => "other",
     }

@@ -103,7 +103,7 @@ pub fn roles_of(alpn: &[u8]) -> (Role, Option<Role>) {
         a if a == ALPN_CLIENT || a == ALPN_QUIC_CLIENT => (Role::Relay, None),
         a if a == ALPN_TWIN => (Role::Relay, Some(Role::Relay)),
         a if a == ALPN_HTTP1 => (Role::Hub, Some(Role::Relay)),
-        a if a == ALPN_E2E => (Role::Device, None),
+        a if a == ALPN_E2E || a == ALPN_E2E_KEYED => (Role::Device, None),
         _ => (Role::Relay, None),
     }
 }

@@ -242,6 +242,15 @@ async fn a_rotated_relay_log_verifies_across_its_files() {
         s.close();
     }
     let log = fleet.relays[0].audit.clone();
+    // The sessions' ends are written after `close` returns: list the files
+    // once the log is complete, or a rotation after the listing leaves a gap.
+    eventually("the relay audited the four sessions' ends", async || {
+        let mut all = tether::audit::rotated(&log);
+        all.push(log.clone());
+        let text: String = all.iter().map(|f| std::fs::read_to_string(f).unwrap_or_default()).collect();
+        text.lines().filter(|l| l.contains("\"session_end\"")).count() >= 4
+    })
+    .await;
     let mut files = tether::audit::rotated(&log);
     assert!(files.len() >= 2, "the relay's log did not rotate: {files:?}");
     files.push(log.clone());

@@ -137,17 +137,21 @@ async fn the_relay_never_sees_the_plaintext() {
     let marker = b"PATIENT-ID:7781-DOE^JANE ";
     let payload: Vec<u8> = marker.iter().copied().cycle().take(marker.len() * 2000).collect();
     let session = fleet.session().await;
-    let mut t = within(30, session.connect()).await.unwrap();
-    t.write_all(&payload).await.unwrap();
-    t.flush().await.unwrap();
-    let mut back = vec![0u8; payload.len()];
-    within(30, t.read_exact(&mut back)).await.unwrap();
-    assert_eq!(back, payload, "the application got its bytes back intact");
+    // The first connection runs TLS; the second is keyed from it.
+    for keyed in [false, true] {
+        let mut t = within(30, session.connect()).await.unwrap();
+        assert_eq!(matches!(t, tokio_util::either::Either::Right(_)), keyed);
+        t.write_all(&payload).await.unwrap();
+        t.flush().await.unwrap();
+        let mut back = vec![0u8; payload.len()];
+        within(30, t.read_exact(&mut back)).await.unwrap();
+        assert_eq!(back, payload, "the application got its bytes back intact");
+    }
 
     let down = seen_down.lock().unwrap().clone();
     let up = seen_up.lock().unwrap().clone();
     assert!(
-        down.len() >= payload.len() && up.len() >= payload.len(),
+        down.len() >= 2 * payload.len() && up.len() >= 2 * payload.len(),
         "the relay carried the traffic ({} / {})",
         down.len(),
         up.len()
@@ -159,6 +163,17 @@ async fn the_relay_never_sees_the_plaintext() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_relay_altering_one_byte_makes_the_tunnel_fail_closed() {
+    altering_one_byte(false).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_relay_altering_one_byte_of_a_keyed_connection_makes_it_fail_closed() {
+    altering_one_byte(true).await;
+}
+
+/// A TLS connection, or (`keyed`) a session's second connection, keyed from
+/// the first (which sends nothing to the service).
+async fn altering_one_byte(keyed: bool) {
     // Flip one bit of application data, well past the handshake.
     let seen = Arc::new(AtomicUsize::new(0));
     let s2 = seen.clone();
@@ -193,7 +208,9 @@ async fn a_relay_altering_one_byte_makes_the_tunnel_fail_closed() {
     });
     let fleet = tapped(taps, svc).await;
     let session = fleet.session().await;
+    let _first = if keyed { Some(within(30, session.connect()).await.unwrap()) } else { None };
     let mut t = within(30, session.connect()).await.unwrap();
+    assert_eq!(matches!(t, tokio_util::either::Either::Right(_)), keyed);
     let sent: Vec<u8> = (0..200_000u32).map(|i| (i % 251) as u8).collect();
     let _ = t.write_all(&sent).await;
     let _ = t.flush().await;
@@ -236,7 +253,7 @@ async fn a_relay_altering_one_byte_makes_the_tunnel_fail_closed() {
 }
 
 /// No replacement legs (this test never breaks one).
-struct NoLegs;
+pub struct NoLegs;
 
 impl resumable::LegSource for NoLegs {
     fn next_leg(
@@ -248,6 +265,33 @@ impl resumable::LegSource for NoLegs {
     }
 }
 
+/// Joins connection `conn` of a session by hand (as anyone holding its
+/// token can): the resumable stream's application end, and its driver.
+pub async fn joined(
+    fleet: &Fleet,
+    session: tether::proto::SessionId,
+    token: [u8; 32],
+    conn: u32,
+) -> std::io::Result<(tether::stream::pipe::AppEnd, tokio::task::JoinHandle<Result<resumable::Stats, String>>)> {
+    let cfg = tls::client_config(&fleet.pki.path("ca.pem"), None, tls::ALPN_CLIENT).unwrap();
+    let leg = tls::dial(&fleet.relays[0].client.to_string(), "localhost", cfg).await?;
+    let mut io = FrameIo::new(leg);
+    let mac = tether::proto::leg_mac(&token, tether::proto::LegSide::Client { resumes: 0 }, &session, conn);
+    io.write_frame(&Frame::ClientJoin { version: VERSION, session, conn, mac, resumes: 0 }).await?;
+    assert!(matches!(within(30, io.read_frame()).await.unwrap(), Frame::Paired { .. }));
+    let (leg, prefix) = io.into_parts();
+    let leg: tether::leg::Leg = Box::new(Prefixed::new(prefix, leg));
+    Ok(resumable::start(
+        (leg, bytes::Bytes::new()),
+        resumable::Side::Client,
+        conn,
+        Default::default(),
+        Box::new(NoLegs),
+        Default::default(),
+        None,
+    ))
+}
+
 /// Joins a session by hand and runs end-to-end TLS with `key`.
 async fn join_with_key(
     fleet: &Fleet,
@@ -257,23 +301,7 @@ async fn join_with_key(
     key: &e2e::ClientKey,
     echo: bool,
 ) -> std::io::Result<()> {
-    let cfg = tls::client_config(&fleet.pki.path("ca.pem"), None, tls::ALPN_CLIENT).unwrap();
-    let leg = tls::dial(&fleet.relays[0].client.to_string(), "localhost", cfg).await?;
-    let mut io = FrameIo::new(leg);
-    let mac = tether::proto::leg_mac(&token, tether::proto::LegSide::Client { resumes: 0 }, &session, conn);
-    io.write_frame(&Frame::ClientJoin { version: VERSION, session, conn, mac, resumes: 0 }).await?;
-    assert!(matches!(within(30, io.read_frame()).await.unwrap(), Frame::Paired { .. }));
-    let (leg, prefix) = io.into_parts();
-    let leg: tether::leg::Leg = Box::new(Prefixed::new(prefix, leg));
-    let (pipe, _driver) = resumable::start(
-        (leg, bytes::Bytes::new()),
-        resumable::Side::Client,
-        conn,
-        Default::default(),
-        Box::new(NoLegs),
-        Default::default(),
-        None,
-    );
+    let (pipe, _driver) = joined(fleet, session, token, conn).await?;
     let e2e_cfg = e2e::client_config(&fleet.pki.path("ca.pem"), key).unwrap();
     let name = tls::server_name(DEVICE).unwrap();
     let mut t = within(30, tokio_rustls::TlsConnector::from(e2e_cfg).connect(name, pipe)).await?;

@@ -21,6 +21,7 @@ mod hub_abuse;
 mod hub_refusals;
 mod inputs;
 mod jobs;
+mod keyed;
 mod legs;
 mod memory;
 mod no_listen;

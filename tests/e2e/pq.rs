@@ -67,10 +67,11 @@ async fn every_tls_surface_negotiates_x25519mlkem768() {
     for surface in ["e2e", "control", "data"] {
         all_pq(&agent, "agent", surface);
     }
-    // Two tunnelled connections, two end-to-end handshakes: the second
-    // resumes the first's TLS session (a ticket only this session's two ends hold).
-    assert!(parse_metric(&agent, METRIC, &["surface=\"e2e\""]) >= 2.0, "{agent}");
-    assert!(parse_metric(&agent, METRIC, &["surface=\"e2e\"", "kind=\"resumed\""]) >= 1.0, "{agent}");
+    // Two tunnelled connections, one end-to-end handshake: the second is
+    // keyed from the first's secret (which only this session's two ends hold).
+    assert!(parse_metric(&agent, METRIC, &["surface=\"e2e\""]) >= 1.0, "{agent}");
+    assert_eq!(parse_metric(&agent, "tether_agent_e2e_connections_total", &["kind=\"handshake\""]), 1.0, "{agent}");
+    assert_eq!(parse_metric(&agent, "tether_agent_e2e_connections_total", &["kind=\"keyed\""]), 1.0, "{agent}");
 }
 
 /// Dials `addr` with a client that has no ML-KEM; returns the negotiated group.

@@ -1,0 +1,279 @@
+//! The record layer of a connection keyed from its session's end-to-end TLS
+//! ([`super::derived`]) instead of a TLS handshake of its own.
+//!
+//! Records as in TLS 1.3: a 2-byte length, then AES-128-GCM of the payload
+//! followed by one content-type byte (data or close), with the length as
+//! associated data and the nonce the direction's IV XOR its record counter.
+//! A record that fails to open ends the connection (fail closed); so does an
+//! end of stream before the peer's close record (a truncation).
+//!
+//! The receiving direction may wait for a salt: the first bytes the peer
+//! sends, from which its keys are derived (the agent's random).
+use std::io;
+use std::pin::Pin;
+use std::task::{Context, Poll, ready};
+
+use aws_lc_rs::aead::{AES_128_GCM, Aad, LessSafeKey, Nonce, UnboundKey};
+use bytes::{Buf, BytesMut};
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+
+/// Most plaintext in one record.
+pub const MAX_PLAINTEXT: usize = 16 * 1024;
+const TAG: usize = 16;
+const LEN: usize = 2;
+const MAX_BODY: usize = MAX_PLAINTEXT + 1 + TAG;
+const DATA: u8 = 0x17;
+const CLOSE: u8 = 0x15;
+/// Bytes of the salt a receiving direction may wait for.
+pub const SALT: usize = 16;
+
+/// One direction's key, IV and record counter.
+pub struct Direction {
+    key: LessSafeKey,
+    iv: [u8; 12],
+    seq: u64,
+}
+
+impl Direction {
+    pub fn new(key: &[u8; 16], iv: [u8; 12]) -> Direction {
+        let key = LessSafeKey::new(UnboundKey::new(&AES_128_GCM, key).expect("a 16-byte AES-128 key"));
+        Direction { key, iv, seq: 0 }
+    }
+
+    fn nonce(&mut self) -> io::Result<Nonce> {
+        if self.seq == u64::MAX {
+            return Err(io::Error::other("record counter exhausted"));
+        }
+        let mut n = self.iv;
+        for (b, s) in n[4..].iter_mut().zip(self.seq.to_be_bytes()) {
+            *b ^= s;
+        }
+        self.seq += 1;
+        Ok(Nonce::assume_unique_for_key(n))
+    }
+}
+
+/// Keys for the receiving direction, once the peer's salt is known.
+pub type FromSalt = Box<dyn FnOnce(&[u8; SALT]) -> Direction + Send>;
+
+enum Rx {
+    Keyed(Direction),
+    Salted(Option<FromSalt>),
+}
+
+/// A stream of sealed records over `S`.
+pub struct Sealed<S> {
+    io: S,
+    tx: Direction,
+    rx: Rx,
+    /// Bytes read from `io` not yet a whole record.
+    raw: BytesMut,
+    /// Opened plaintext not yet read by the application.
+    plain: BytesMut,
+    /// `io` reached its end.
+    eof: bool,
+    /// The peer's close record arrived.
+    peer_closed: bool,
+    /// Sealed bytes not yet written to `io`.
+    out: Vec<u8>,
+    out_at: usize,
+    close_sealed: bool,
+}
+
+impl<S> Sealed<S> {
+    /// `prefix` goes out first, unsealed (a header, a salt).
+    pub fn new(io: S, tx: Direction, rx: Direction, prefix: Vec<u8>) -> Sealed<S> {
+        Self::with_rx(io, tx, Rx::Keyed(rx), prefix)
+    }
+
+    /// As [`Self::new`], the receiving keys derived from the peer's salt.
+    pub fn salted(io: S, tx: Direction, rx: FromSalt, prefix: Vec<u8>) -> Sealed<S> {
+        Self::with_rx(io, tx, Rx::Salted(Some(rx)), prefix)
+    }
+
+    fn with_rx(io: S, tx: Direction, rx: Rx, prefix: Vec<u8>) -> Sealed<S> {
+        Sealed {
+            io,
+            tx,
+            rx,
+            raw: BytesMut::new(),
+            plain: BytesMut::new(),
+            eof: false,
+            peer_closed: false,
+            out: prefix,
+            out_at: 0,
+            close_sealed: false,
+        }
+    }
+
+    pub fn get_ref(&self) -> &S {
+        &self.io
+    }
+
+    fn seal(&mut self, kind: u8, data: &[u8]) -> io::Result<()> {
+        let body = data.len() + 1 + TAG;
+        let mut rec = Vec::with_capacity(LEN + body);
+        rec.extend_from_slice(&(body as u16).to_be_bytes());
+        rec.extend_from_slice(data);
+        rec.push(kind);
+        let nonce = self.tx.nonce()?;
+        let (head, payload) = rec.split_at_mut(LEN);
+        let tag = self
+            .tx
+            .key
+            .seal_in_place_separate_tag(nonce, Aad::from(&*head), payload)
+            .map_err(|_| io::Error::other("sealing a record failed"))?;
+        rec.extend_from_slice(tag.as_ref());
+        if self.out_at == self.out.len() {
+            self.out = rec;
+            self.out_at = 0;
+        } else {
+            self.out.extend_from_slice(&rec);
+        }
+        Ok(())
+    }
+
+    /// Opens the next whole record in `raw`, if there is one.
+    fn open_next(&mut self) -> io::Result<bool> {
+        if let Rx::Salted(make) = &mut self.rx {
+            if self.raw.len() < SALT {
+                return Ok(false);
+            }
+            let mut salt = [0u8; SALT];
+            salt.copy_from_slice(&self.raw[..SALT]);
+            self.raw.advance(SALT);
+            let make = make.take().ok_or_else(|| io::Error::other("keys derived twice"))?;
+            self.rx = Rx::Keyed(make(&salt));
+        }
+        let Rx::Keyed(rx) = &mut self.rx else { return Ok(false) };
+        if self.raw.len() < LEN {
+            return Ok(false);
+        }
+        let body = usize::from(u16::from_be_bytes([self.raw[0], self.raw[1]]));
+        if !(1 + TAG..=MAX_BODY).contains(&body) {
+            return Err(bad("record length out of range"));
+        }
+        if self.raw.len() < LEN + body {
+            self.raw.reserve(LEN + body - self.raw.len());
+            return Ok(false);
+        }
+        let mut rec = self.raw.split_to(LEN + body);
+        let nonce = rx.nonce()?;
+        let (head, payload) = rec.split_at_mut(LEN);
+        let n = rx
+            .key
+            .open_in_place(nonce, Aad::from(&*head), payload)
+            .map_err(|_| bad("a record failed its authentication"))?
+            .len();
+        rec.advance(LEN);
+        rec.truncate(n);
+        match rec.last() {
+            Some(&DATA) => {
+                rec.truncate(n - 1);
+                self.plain = rec;
+            }
+            Some(&CLOSE) if n == 1 => self.peer_closed = true,
+            _ => return Err(bad("unknown record type")),
+        }
+        if self.raw.is_empty() {
+            // Keep no receive buffer while nothing waits in it.
+            self.raw = BytesMut::new();
+        }
+        Ok(true)
+    }
+}
+
+fn bad(what: &str) -> io::Error {
+    io::Error::new(io::ErrorKind::InvalidData, what.to_string())
+}
+
+impl<S: AsyncWrite + Unpin> Sealed<S> {
+    fn poll_drain(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        while self.out_at < self.out.len() {
+            let n = ready!(Pin::new(&mut self.io).poll_write(cx, &self.out[self.out_at..]))?;
+            if n == 0 {
+                return Poll::Ready(Err(io::ErrorKind::WriteZero.into()));
+            }
+            self.out_at += n;
+        }
+        self.out = Vec::new();
+        self.out_at = 0;
+        Poll::Ready(Ok(()))
+    }
+}
+
+impl<S: AsyncRead + Unpin> AsyncRead for Sealed<S> {
+    fn poll_read(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
+        let me = &mut *self;
+        loop {
+            if !me.plain.is_empty() {
+                let n = me.plain.len().min(buf.remaining());
+                buf.put_slice(&me.plain[..n]);
+                me.plain.advance(n);
+                if me.plain.is_empty() {
+                    me.plain = BytesMut::new();
+                }
+                return Poll::Ready(Ok(()));
+            }
+            if me.peer_closed {
+                return Poll::Ready(Ok(()));
+            }
+            if me.open_next()? {
+                continue;
+            }
+            if me.eof {
+                return Poll::Ready(Err(io::Error::new(
+                    io::ErrorKind::UnexpectedEof,
+                    "the stream ended without the peer's close record",
+                )));
+            }
+            if me.raw.capacity() - me.raw.len() < 4096 {
+                me.raw.reserve(LEN + MAX_BODY);
+            }
+            let n = ready!(tokio_util::io::poll_read_buf(Pin::new(&mut me.io), cx, &mut me.raw))?;
+            if n == 0 {
+                me.eof = true;
+            }
+        }
+    }
+}
+
+impl<S: AsyncWrite + Unpin> AsyncWrite for Sealed<S> {
+    fn poll_write(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
+        let me = &mut *self;
+        ready!(me.poll_drain(cx))?;
+        if me.close_sealed {
+            return Poll::Ready(Err(io::ErrorKind::BrokenPipe.into()));
+        }
+        let n = buf.len().min(MAX_PLAINTEXT);
+        if n == 0 {
+            return Poll::Ready(Ok(0));
+        }
+        me.seal(DATA, &buf[..n])?;
+        // Written as far as `io` takes it now; the rest goes with the next
+        // write or flush.
+        if let Poll::Ready(Err(e)) = me.poll_drain(cx) {
+            return Poll::Ready(Err(e));
+        }
+        Poll::Ready(Ok(n))
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        ready!(self.poll_drain(cx))?;
+        Pin::new(&mut self.io).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        ready!(self.poll_drain(cx))?;
+        if !self.close_sealed {
+            self.seal(CLOSE, &[])?;
+            self.close_sealed = true;
+            ready!(self.poll_drain(cx))?;
+        }
+        Pin::new(&mut self.io).poll_shutdown(cx)
+    }
+}
+
+#[cfg(test)]
+#[path = "sealed_tests.rs"]
+mod tests;
