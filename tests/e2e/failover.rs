@@ -1,5 +1,6 @@
 //! Live sessions survive the death of the relay they run through: the ends
 //! resume through the twin from the last acknowledged byte.
+use tether::agent::operator::{Request, request};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
@@ -23,6 +24,9 @@ async fn sigkill_of_the_carrying_relay_during_256_mib_loses_no_byte() {
     let session = fleet.session("echo").await;
     assert_eq!(session.relay.name, "relay-a");
     let addr = serve(&session).await;
+    // A first connection runs the end-to-end TLS handshake: the transfer's is
+    // keyed from it, so the resume below is a keyed connection's.
+    drop(within(30, session.connect()).await.unwrap());
 
     let data = random(256 << 20);
     let transfer = Transfer::start(addr, data).await;
@@ -63,6 +67,9 @@ async fn sigkill_of_the_carrying_relay_during_256_mib_loses_no_byte() {
     })
     .await;
     assert!(fleet.relay_audit(1).iter().any(|r| r["event"] == "tunnel_resumed"));
+    let agent = request(&fleet.socket(), &Request::Metrics).await.unwrap();
+    let agent = agent["text"].as_str().unwrap();
+    assert_eq!(parse_metric(agent, "tether_agent_e2e_connections_total", &["kind=\"keyed\""]), 1.0, "{agent}");
 }
 
 /// An interactive exchange (one request every 10 ms, echoed) across `kills`

@@ -188,6 +188,8 @@ async fn a_quic_session_survives_the_death_of_its_relay() {
     }
     let (session, addr) = serve_locally(&fleet).await;
     assert_eq!((session.relay.name.as_str(), session.transport()), ("relay-a", "quic"));
+    // The first connection's end-to-end TLS keys the next: the one that resumes.
+    echo_once(addr).await;
     let transfer = paced_echo(addr, 300);
     tokio::time::sleep(Duration::from_millis(700)).await;
     fleet.relays[0].proc.kill(); // SIGKILL: no CONNECTION_CLOSE reaches anyone
