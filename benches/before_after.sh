@@ -12,7 +12,7 @@ for r in $(seq 1 "$rounds"); do
     pid=$!
     for _ in $(seq 1 600); do grep -q "is up" "$work/dev.out" 2>/dev/null && break; sleep 0.1; done
     sleep 3 # builds before the readiness fix printed "is up" before the agent attached
-    echo "round $r $bin: $("$bin" loadgen latency --profile "$work/dev/client.toml" -n 2000 2>&1 | grep "client leg start")"
+    echo "round $r $bin: $("$bin" loadgen latency --profile "$work/dev/client.toml" -n 2000 2>&1 | grep -A3 "client leg start" | tr "\n" " ")"
     kill -INT "$pid"; wait "$pid" 2>/dev/null; sleep 2
   done
 done

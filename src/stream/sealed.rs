@@ -24,6 +24,9 @@ const LEN: usize = 2;
 const MAX_BODY: usize = MAX_PLAINTEXT + 1 + TAG;
 const DATA: u8 = 0x17;
 const CLOSE: u8 = 0x15;
+/// Most plaintext one write seals (in records of [`MAX_PLAINTEXT`]): the
+/// stream below takes it as one chunk.
+const BATCH: usize = 4 * MAX_PLAINTEXT;
 /// Bytes of the salt a receiving direction may wait for.
 pub const SALT: usize = 16;
 
@@ -110,25 +113,30 @@ impl<S> Sealed<S> {
         &self.io
     }
 
+    /// Seals `data` (of any length; empty for a close) as records of `kind`
+    /// behind what waits in `out`.
     fn seal(&mut self, kind: u8, data: &[u8]) -> io::Result<()> {
-        let body = data.len() + 1 + TAG;
-        let mut rec = Vec::with_capacity(LEN + body);
-        rec.extend_from_slice(&(body as u16).to_be_bytes());
-        rec.extend_from_slice(data);
-        rec.push(kind);
-        let nonce = self.tx.nonce()?;
-        let (head, payload) = rec.split_at_mut(LEN);
-        let tag = self
-            .tx
-            .key
-            .seal_in_place_separate_tag(nonce, Aad::from(&*head), payload)
-            .map_err(|_| io::Error::other("sealing a record failed"))?;
-        rec.extend_from_slice(tag.as_ref());
         if self.out_at == self.out.len() {
-            self.out = rec;
+            self.out.clear();
             self.out_at = 0;
-        } else {
-            self.out.extend_from_slice(&rec);
+        }
+        let records = data.len().div_ceil(MAX_PLAINTEXT).max(1);
+        self.out.reserve(data.len() + records * (LEN + 1 + TAG));
+        let mut chunks = data.chunks(MAX_PLAINTEXT);
+        for _ in 0..records {
+            let chunk = chunks.next().unwrap_or(&[]);
+            let at = self.out.len();
+            self.out.extend_from_slice(&((chunk.len() + 1 + TAG) as u16).to_be_bytes());
+            self.out.extend_from_slice(chunk);
+            self.out.push(kind);
+            let nonce = self.tx.nonce()?;
+            let (head, payload) = self.out[at..].split_at_mut(LEN);
+            let tag = self
+                .tx
+                .key
+                .seal_in_place_separate_tag(nonce, Aad::from(&*head), payload)
+                .map_err(|_| io::Error::other("sealing a record failed"))?;
+            self.out.extend_from_slice(tag.as_ref());
         }
         Ok(())
     }
@@ -205,21 +213,27 @@ impl<S: AsyncWrite + Unpin> Sealed<S> {
 impl<S: AsyncRead + Unpin> AsyncRead for Sealed<S> {
     fn poll_read(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
         let me = &mut *self;
+        let mut delivered = false;
         loop {
             if !me.plain.is_empty() {
                 let n = me.plain.len().min(buf.remaining());
                 buf.put_slice(&me.plain[..n]);
                 me.plain.advance(n);
-                if me.plain.is_empty() {
-                    me.plain = BytesMut::new();
+                delivered = true;
+                if !me.plain.is_empty() || buf.remaining() == 0 {
+                    return Poll::Ready(Ok(()));
                 }
-                return Poll::Ready(Ok(()));
+                me.plain = BytesMut::new();
             }
             if me.peer_closed {
                 return Poll::Ready(Ok(()));
             }
+            // Whole records already here fill the rest of `buf`.
             if me.open_next()? {
                 continue;
+            }
+            if delivered {
+                return Poll::Ready(Ok(()));
             }
             if me.eof {
                 return Poll::Ready(Err(io::Error::new(
@@ -228,7 +242,7 @@ impl<S: AsyncRead + Unpin> AsyncRead for Sealed<S> {
                 )));
             }
             if me.raw.capacity() - me.raw.len() < 4096 {
-                me.raw.reserve(LEN + MAX_BODY);
+                me.raw.reserve(4 * (LEN + MAX_BODY));
             }
             let n = ready!(tokio_util::io::poll_read_buf(Pin::new(&mut me.io), cx, &mut me.raw))?;
             if n == 0 {
@@ -245,7 +259,7 @@ impl<S: AsyncWrite + Unpin> AsyncWrite for Sealed<S> {
         if me.close_sealed {
             return Poll::Ready(Err(io::ErrorKind::BrokenPipe.into()));
         }
-        let n = buf.len().min(MAX_PLAINTEXT);
+        let n = buf.len().min(BATCH);
         if n == 0 {
             return Poll::Ready(Ok(0));
         }
