@@ -14,7 +14,7 @@ use tokio_util::either::Either;
 use super::state::AgentSession;
 use crate::metrics;
 use crate::stream::Prefixed;
-use crate::stream::derived::{HEADER_LEN, Header, MARKER, SessionSecret};
+use crate::stream::derived::{BASE_MAX, HEADER_LEN, Header, MARKER, SessionSecret};
 use crate::stream::pipe::AppEnd;
 use crate::stream::resumable::{self, ResumeKey};
 use crate::stream::sealed::{SALT, Sealed};
@@ -23,10 +23,6 @@ use crate::tls::{self, ALPN_E2E_KEYED};
 /// The device's end of a tunnelled connection's protection.
 pub type E2e = Either<tokio_rustls::server::TlsStream<Prefixed<AppEnd>>, Sealed<AppEnd>>;
 
-/// Most session secrets kept per session: a client keys its later
-/// connections from the first handshake it completed, which is among the
-/// first few the agent completed.
-const KEPT: usize = 8;
 /// How long a keyed connection waits for its base handshake to complete
 /// here (the client finishes a handshake a moment before the agent does).
 const BASE_WAIT: Duration = Duration::from_secs(5);
@@ -39,17 +35,20 @@ pub struct Secrets {
 }
 
 impl Secrets {
+    /// Keeps the secret of a connection numbered up to [`BASE_MAX`] (at most
+    /// that many per session).
     fn keep(&self, s: SessionSecret) {
-        let mut kept = crate::util::lock(&self.kept);
-        if kept.len() < KEPT {
-            kept.push(s);
-            drop(kept);
+        if s.base <= BASE_MAX {
+            crate::util::lock(&self.kept).push(s);
             self.added.notify_waiters();
         }
     }
 
     /// Connection `base`'s secret, waiting a moment for its handshake.
     async fn of(&self, base: u32) -> Option<SessionSecret> {
+        if base == 0 || base > BASE_MAX {
+            return None;
+        }
         let deadline = tokio::time::Instant::now() + BASE_WAIT;
         loop {
             let added = self.added.notified();
@@ -59,9 +58,6 @@ impl Secrets {
                 let kept = crate::util::lock(&self.kept);
                 if let Some(s) = kept.iter().find(|s| s.base == base) {
                     return Some(s.clone());
-                }
-                if kept.len() >= KEPT {
-                    return None;
                 }
             }
             tokio::time::timeout_at(deadline, added).await.ok()?;

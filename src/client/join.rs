@@ -13,7 +13,7 @@ use super::pipelined::{JoinAnswer, await_paired};
 use super::{ClientError, ClientSession, DialLegs, E2E_TIMEOUT, PAIRING_WAIT, Phases, RelayEntry, Tunnel};
 use crate::leg::Leg;
 use crate::proto::{Frame, FrameIo, Reason, VERSION};
-use crate::stream::derived::SessionSecret;
+use crate::stream::derived::{self, SessionSecret};
 use crate::stream::resumable::{self, ResumeKey, Side};
 use crate::stream::sealed::Sealed;
 use crate::tls;
@@ -100,6 +100,7 @@ impl ClientSession {
         let phases = Phases { paired, e2e: started.elapsed() - paired };
         resumable::set_key_from(&**c, &key, conn);
         if c.alpn_protocol() == Some(tls::ALPN_E2E_KEYED)
+            && conn <= derived::BASE_MAX
             && let Some(secret) = SessionSecret::export(&**c, &self.id, conn)
         {
             // The first to complete keys the session's later connections.

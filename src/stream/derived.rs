@@ -9,6 +9,7 @@
 //! the session id and this connection's number), the agent checks it, and
 //! both derive this connection's keys ([`ConnKeys`]); the agent's keys for its
 //! own direction also take a random of its own (its first 16 bytes back).
+//! Only the session's connections numbered up to [`BASE_MAX`] key others.
 //!
 //! The relay, which sees the session id, the connection numbers and every
 //! byte, holds no secret: it can neither forge a header (the agent refuses it
@@ -28,6 +29,10 @@ pub const MARKER: u8 = 0x01;
 /// Bytes of the header: marker, base connection, client random, MAC.
 pub const HEADER_LEN: usize = 1 + 4 + 16 + 16;
 const EXPORT_LABEL: &[u8] = b"tether session keys";
+/// Only connections numbered up to this key later ones: the agent keeps each
+/// of their secrets, so whichever of them the client completed first, the
+/// agent holds it (a session's first connections are numbered from 1).
+pub const BASE_MAX: u32 = 64;
 
 /// The secret one end-to-end TLS connection (`base`) of a session yields.
 #[derive(Clone)]

@@ -84,14 +84,17 @@ async fn only_the_sessions_secret_opens_a_keyed_connection_and_a_replayed_or_for
     forged[1..5].copy_from_slice(&1u32.to_be_bytes());
     forged[5..].copy_from_slice(&tether::util::random_bytes::<32>());
     refused(&fleet, session, token, 4, &forged, "wrong MAC").await;
-    // A header naming a connection that never completed a handshake (5 s wait).
-    forged[1..5].copy_from_slice(&99u32.to_be_bytes());
+    // A header naming a connection that never completed a handshake (the
+    // agent waits 5 s for it), or one that cannot key others (above 64).
+    forged[1..5].copy_from_slice(&3u32.to_be_bytes());
     refused(&fleet, session, token, 5, &forged, "keyed nothing here").await;
+    forged[1..5].copy_from_slice(&99u32.to_be_bytes());
+    refused(&fleet, session, token, 6, &forged, "keyed nothing here").await;
 
     assert_eq!(svc.conns.load(Ordering::SeqCst), 2, "a refused header made the device connect its service");
     assert_eq!(svc.bytes.load(Ordering::SeqCst), 7, "bytes of a refused connection reached the service");
     let metrics = request(&fleet.socket(), &Request::Metrics).await.unwrap();
     let metrics = metrics["text"].as_str().unwrap();
-    assert_eq!(parse_metric(metrics, "tether_agent_refusals_total", &["reason=\"e2e_failed\""]), 3.0, "{metrics}");
+    assert_eq!(parse_metric(metrics, "tether_agent_refusals_total", &["reason=\"e2e_failed\""]), 4.0, "{metrics}");
     assert_eq!(parse_metric(metrics, "tether_agent_e2e_connections_total", &["kind=\"keyed\""]), 1.0, "{metrics}");
 }
