@@ -3,18 +3,14 @@
 //! derived from one of its earlier handshakes ([`crate::stream::derived`]).
 //! Either way the client must prove the grant's key (directly, or by the
 //! secret only that proof yielded) before the service is connected.
-use std::sync::Mutex;
-use std::time::Duration;
-
 use bytes::Bytes;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::sync::Notify;
 use tokio_util::either::Either;
 
 use super::state::AgentSession;
 use crate::metrics;
 use crate::stream::Prefixed;
-use crate::stream::derived::{BASE_MAX, HEADER_LEN, Header, MARKER, SessionSecret};
+use crate::stream::derived::{HEADER_LEN, Header, MARKER, SessionSecret};
 use crate::stream::pipe::AppEnd;
 use crate::stream::resumable::{self, ResumeKey};
 use crate::stream::sealed::{SALT, Sealed};
@@ -22,48 +18,6 @@ use crate::tls::{self, ALPN_E2E_KEYED};
 
 /// The device's end of a tunnelled connection's protection.
 pub type E2e = Either<tokio_rustls::server::TlsStream<Prefixed<AppEnd>>, Sealed<AppEnd>>;
-
-/// How long a keyed connection waits for its base handshake to complete
-/// here (the client finishes a handshake a moment before the agent does).
-const BASE_WAIT: Duration = Duration::from_secs(5);
-
-/// The secrets of a session's end-to-end TLS connections, by connection.
-#[derive(Default)]
-pub struct Secrets {
-    kept: Mutex<Vec<SessionSecret>>,
-    added: Notify,
-}
-
-impl Secrets {
-    /// Keeps the secret of a connection numbered up to [`BASE_MAX`] (at most
-    /// that many per session).
-    fn keep(&self, s: SessionSecret) {
-        if s.base <= BASE_MAX {
-            crate::util::lock(&self.kept).push(s);
-            self.added.notify_waiters();
-        }
-    }
-
-    /// Connection `base`'s secret, waiting a moment for its handshake.
-    async fn of(&self, base: u32) -> Option<SessionSecret> {
-        if base == 0 || base > BASE_MAX {
-            return None;
-        }
-        let deadline = tokio::time::Instant::now() + BASE_WAIT;
-        loop {
-            let added = self.added.notified();
-            tokio::pin!(added);
-            added.as_mut().enable();
-            {
-                let kept = crate::util::lock(&self.kept);
-                if let Some(s) = kept.iter().find(|s| s.base == base) {
-                    return Some(s.clone());
-                }
-            }
-            tokio::time::timeout_at(deadline, added).await.ok()?;
-        }
-    }
-}
 
 /// Sets up connection `conn`'s protection over `pipe` as the client's first
 /// bytes ask, and its resume key. The error names why (for the audit).

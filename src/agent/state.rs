@@ -33,7 +33,7 @@ pub struct AgentSession {
     /// Live resumable streams, by connection number: where replacement legs go.
     pub resumable: DashMap<u32, mpsc::Sender<(crate::leg::Leg, bytes::Bytes, String)>>,
     /// Secrets of its end-to-end TLS connections, which key its later ones.
-    pub secrets: super::e2e::Secrets,
+    pub secrets: crate::stream::derived::Secrets,
 }
 
 /// A maintenance job waiting for the on-site operator.

@@ -18,8 +18,13 @@
 //! once per session. What this gives up against a resumed TLS handshake per
 //! connection: no fresh key exchange per connection, so the connections of a
 //! session share one secret (in both ends' memory for the session's life).
+use std::sync::Mutex;
+use std::time::Duration;
+
 use aws_lc_rs::constant_time::verify_slices_are_equal;
 use aws_lc_rs::hmac;
+
+use tokio::sync::Notify;
 
 use super::sealed::{Direction, SALT};
 use crate::proto::SessionId;
@@ -155,6 +160,48 @@ impl ConnKeys {
         let mut k = [0u8; 32];
         k.copy_from_slice(self.secret.prf(b"resume", &[&self.context]).as_ref());
         k
+    }
+}
+
+/// How long a keyed connection waits for its base handshake to complete
+/// here (the client finishes a handshake a moment before the agent does).
+const BASE_WAIT: Duration = Duration::from_secs(5);
+
+/// The agent's store of a session's secrets, by base connection.
+#[derive(Default)]
+pub struct Secrets {
+    kept: Mutex<Vec<SessionSecret>>,
+    added: Notify,
+}
+
+impl Secrets {
+    /// Keeps the secret of a connection numbered up to [`BASE_MAX`] (at most
+    /// that many per session).
+    pub fn keep(&self, s: SessionSecret) {
+        if s.base <= BASE_MAX {
+            crate::util::lock(&self.kept).push(s);
+            self.added.notify_waiters();
+        }
+    }
+
+    /// Connection `base`'s secret, waiting a moment for its handshake.
+    pub async fn of(&self, base: u32) -> Option<SessionSecret> {
+        if base == 0 || base > BASE_MAX {
+            return None;
+        }
+        let deadline = tokio::time::Instant::now() + BASE_WAIT;
+        loop {
+            let added = self.added.notified();
+            tokio::pin!(added);
+            added.as_mut().enable();
+            {
+                let kept = crate::util::lock(&self.kept);
+                if let Some(s) = kept.iter().find(|s| s.base == base) {
+                    return Some(s.clone());
+                }
+            }
+            tokio::time::timeout_at(deadline, added).await.ok()?;
+        }
     }
 }
 
