@@ -347,13 +347,19 @@ async fn a_grant_is_useless_without_the_client_key_it_names() {
     join_with_key(&fleet, session, token, 2, &owner, true).await.expect("the grant's key works");
 }
 
-/// Without the grant's key nobody makes the device even connect to its service.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_foreign_key_never_reaches_the_service() {
-    let svc = CountingService::start(CancellationToken::new()).await;
+/// A session for a grant that names `owner`'s key and the `sink` service (a
+/// [`CountingService`]), opened by hand: the fleet, the session's id and
+/// token, and its control leg (the session lives while it is open).
+pub struct SinkSession {
+    pub fleet: Fleet,
+    pub session: tether::proto::SessionId,
+    pub token: [u8; 32],
+    pub _control: FrameIo<tokio_rustls::client::TlsStream<tokio::net::TcpStream>>,
+}
+
+pub async fn sink_session(svc: &CountingService, owner: &e2e::ClientKey) -> SinkSession {
     let fleet =
         Fleet::start(Opts { extra_services: vec![("sink".into(), svc.addr.to_string())], ..Opts::default() }).await;
-    let owner = e2e::ClientKey::generate().unwrap();
     let grant = fleet.grant(|g| {
         g.client_key = owner.public_key().to_vec().into();
         g.services = vec!["sink".into()];
@@ -364,6 +370,15 @@ async fn a_foreign_key_never_reaches_the_service() {
     let Frame::SessionReady { session, token, .. } = within(30, control.read_frame()).await.unwrap() else {
         panic!("no session")
     };
+    SinkSession { fleet, session, token, _control: control }
+}
+
+/// Without the grant's key nobody makes the device even connect to its service.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_foreign_key_never_reaches_the_service() {
+    let svc = CountingService::start(CancellationToken::new()).await;
+    let owner = e2e::ClientKey::generate().unwrap();
+    let SinkSession { fleet, session, token, _control } = sink_session(&svc, &owner).await;
     let thief = e2e::ClientKey::generate().unwrap();
     for conn in 1..=5 {
         assert!(join_with_key(&fleet, session, token, conn, &thief, false).await.is_err(), "a foreign key got through");

@@ -6,7 +6,6 @@
 use std::sync::atomic::Ordering;
 
 use tether::agent::operator::{Request, request};
-use tether::proto::{Frame, FrameIo, VERSION};
 use tether::stream::derived::{HEADER_LEN, MARKER, SessionSecret};
 use tether::stream::e2e;
 use tether::stream::sealed::Sealed;
@@ -14,7 +13,7 @@ use tether::tls;
 use tokio::io::AsyncWriteExt;
 use tokio_util::sync::CancellationToken;
 
-use crate::e2e_tls::joined;
+use crate::e2e_tls::{SinkSession, joined, sink_session};
 use crate::harness::*;
 
 /// Writes `header` (and a few bytes) as connection `conn`'s first flight,
@@ -42,19 +41,8 @@ async fn refused(
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn only_the_sessions_secret_opens_a_keyed_connection_and_a_replayed_or_forged_header_never_reaches_the_service() {
     let svc = CountingService::start(CancellationToken::new()).await;
-    let fleet =
-        Fleet::start(Opts { extra_services: vec![("sink".into(), svc.addr.to_string())], ..Opts::default() }).await;
     let owner = e2e::ClientKey::generate().unwrap();
-    let grant = fleet.grant(|g| {
-        g.client_key = owner.public_key().to_vec().into();
-        g.services = vec!["sink".into()];
-    });
-    let cfg = tls::client_config(&fleet.pki.path("ca.pem"), None, tls::ALPN_CLIENT).unwrap();
-    let mut control = FrameIo::new(tls::dial(&fleet.relays[0].client.to_string(), "localhost", cfg).await.unwrap());
-    control.write_frame(&Frame::ClientOpen { version: VERSION, grant, service: "sink".into() }).await.unwrap();
-    let Frame::SessionReady { session, token, .. } = within(30, control.read_frame()).await.unwrap() else {
-        panic!("no session")
-    };
+    let SinkSession { fleet, session, token, _control } = sink_session(&svc, &owner).await;
 
     // Connection 1: end-to-end TLS with the grant's key; both ends offer keyed connections.
     let (pipe, _d1) = joined(&fleet, session, token, 1).await.unwrap();
