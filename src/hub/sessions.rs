@@ -218,7 +218,8 @@ pub async fn relay_report(hub: &Hub, relay: &str, relay_cert: Option<&[u8]>, r: 
     let answer = hub.board.report(relay, &r, now);
     for (i, id) in r.started.iter().enumerate() {
         let transport = r.started_transports.get(i).map(String::as_str).unwrap_or("");
-        if let Err(e) = hub.store.session_live(id, transport).await {
+        // A session's start, or its control leg's move to this relay.
+        if let Err(e) = hub.store.session_live(id, relay, transport).await {
             tracing::error!(session = %id, error = %e, "recording session start");
         }
     }

@@ -155,7 +155,8 @@ async fn first_frame(
         Frame::ClientResume { .. } if !is_tls => Err(Refusal::new(Reason::BadFrame, "client_resume requires TLS")),
         Frame::ClientResume { version: v, session, mac } => {
             version(v)?;
-            resume_control(state, io, peer, session, mac).await.map(|()| None)
+            let transport = if listener == "quic-client" { "quic" } else { "tcp" };
+            resume_control(state, io, (peer, transport), session, mac).await.map(|()| None)
         }
         other => {
             Err(Refusal::new(Reason::BadFrame, format!("expected client_open or client_join, got {}", other.kind())))
@@ -341,7 +342,7 @@ async fn linger(state: &State, session: &Session, epoch: u64) -> bool {
 async fn resume_control(
     state: &State,
     io: &mut Io,
-    peer: SocketAddr,
+    (peer, transport): (SocketAddr, &'static str),
     id: SessionId,
     mac: [u8; 32],
 ) -> Result<(), Refusal> {
@@ -359,6 +360,8 @@ async fn resume_control(
     session.control_epoch.fetch_add(1, Ordering::Relaxed);
     session.control_moved.notify_waiters();
     state.publish(crate::proto::twin::Fact::ControlHere { session: id });
+    // The hub's record names the relay the session's control leg is on now.
+    state.hub_started(id, transport);
     let twin_holds = state.replica.link_up();
     let ready = Frame::SessionReady { session: id, token: session.token, raw_legs: state.cfg.raw_legs, twin_holds };
     if io.write_frame(&ready).await.is_ok() {

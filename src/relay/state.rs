@@ -230,7 +230,8 @@ impl State {
         lock(&self.hub_out)
     }
 
-    /// Queues a session start for the hub's record.
+    /// Queues a session start, or its control leg's arrival here, for the
+    /// hub's record.
     pub fn hub_started(&self, id: SessionId, transport: &'static str) {
         if self.cfg.hub.is_some() {
             let mut out = self.hub_out();

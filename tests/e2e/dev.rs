@@ -157,6 +157,19 @@ async fn dev_is_up_when_it_says_so_and_supervises_a_killed_relay() {
     .await;
     let v = devices();
     assert_eq!(v[0]["transports"], serde_json::json!(["quic", "quic"]), "{v}");
+    // `tether sessions` names the relay the session's control leg moved to.
+    let twin = if carrier == "relay-a" { "relay-b" } else { "relay-a" };
+    let sessions = || {
+        let out = Command::new(BIN).args(["sessions", "--json", "--profile"]).arg(&profile).output().unwrap();
+        serde_json::from_slice::<serde_json::Value>(&out.stdout).unwrap_or_default()
+    };
+    within(30, async {
+        while sessions()[0]["relay"] != twin {
+            tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+        }
+    })
+    .await;
+    assert_eq!(sessions()[0]["state"], "live");
     drop(connect);
     drop(dev);
 }

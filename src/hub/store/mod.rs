@@ -391,12 +391,13 @@ impl Store {
         Ok(rows.iter().map(session_from).collect())
     }
 
-    /// A relay saw the session start.
-    pub async fn session_live(&self, id: &str, transport: &str) -> Result<(), StoreError> {
+    /// A relay saw the session start, or its control leg arrive (a move to
+    /// the twin): the record names that relay and the leg's transport.
+    pub async fn session_live(&self, id: &str, relay: &str, transport: &str) -> Result<(), StoreError> {
         self.db
             .exec(
-                "UPDATE sessions SET state = 'live', transport = $2 WHERE id = $1 AND state = 'granted'",
-                vec![id.into(), transport.into()],
+                "UPDATE sessions SET state = 'live', relay = $3, transport = $2 WHERE id = $1 AND state IN ('granted', 'live')",
+                vec![id.into(), transport.into(), relay.into()],
             )
             .await
             .map(|_| ())

@@ -131,9 +131,13 @@ async fn sessions_and_audit_chain() {
         s.session_add(&SessionRecord { id: "s2".into(), specialist: "bob".into(), created_at: 11, ..rec.clone() })
             .await
             .unwrap();
-        s.session_live("s1", "quic").await.unwrap();
+        s.session_live("s1", "relay-a", "quic").await.unwrap();
         let live = s.session("s1").await.unwrap().unwrap();
-        assert_eq!((live.state.as_str(), live.transport.as_str()), ("live", "quic"));
+        assert_eq!((live.state.as_str(), live.relay.as_str(), live.transport.as_str()), ("live", "relay-a", "quic"));
+        // Its control leg moved to the twin, over TCP: the record follows.
+        s.session_live("s1", "relay-b", "tcp").await.unwrap();
+        let moved = s.session("s1").await.unwrap().unwrap();
+        assert_eq!((moved.state.as_str(), moved.relay.as_str(), moved.transport.as_str()), ("live", "relay-b", "tcp"));
         // Both twins may report bytes for their legs: they add up.
         let end = SessionEnd {
             reason: "client_closed".into(),
