@@ -27,6 +27,10 @@ const CLOSE: u8 = 0x15;
 /// Most plaintext one write seals (in records of [`MAX_PLAINTEXT`]): the
 /// stream below takes it as one chunk.
 const BATCH: usize = 4 * MAX_PLAINTEXT;
+/// The receive buffer starts at this and grows to `MAX_READ` while reads
+/// fill it (as `splice.rs` sizes its buffers).
+const MIN_READ: usize = 4096;
+const MAX_READ: usize = 4 * (LEN + MAX_BODY);
 /// Bytes of the salt a receiving direction may wait for.
 pub const SALT: usize = 16;
 
@@ -73,6 +77,8 @@ pub struct Sealed<S> {
     raw: BytesMut,
     /// Opened plaintext not yet read by the application.
     plain: BytesMut,
+    /// What the next read reserves when the receive buffer is (nearly) full.
+    want: usize,
     /// `io` reached its end.
     eof: bool,
     /// The peer's close record arrived.
@@ -101,6 +107,7 @@ impl<S> Sealed<S> {
             rx,
             raw: BytesMut::new(),
             plain: BytesMut::new(),
+            want: MIN_READ,
             eof: false,
             peer_closed: false,
             out: prefix,
@@ -220,10 +227,12 @@ impl<S: AsyncRead + Unpin> AsyncRead for Sealed<S> {
                 buf.put_slice(&me.plain[..n]);
                 me.plain.advance(n);
                 delivered = true;
+                if me.plain.is_empty() {
+                    me.plain = BytesMut::new();
+                }
                 if !me.plain.is_empty() || buf.remaining() == 0 {
                     return Poll::Ready(Ok(()));
                 }
-                me.plain = BytesMut::new();
             }
             if me.peer_closed {
                 return Poll::Ready(Ok(()));
@@ -241,12 +250,26 @@ impl<S: AsyncRead + Unpin> AsyncRead for Sealed<S> {
                     "the stream ended without the peer's close record",
                 )));
             }
-            if me.raw.capacity() - me.raw.len() < 4096 {
-                me.raw.reserve(4 * (LEN + MAX_BODY));
+            if me.raw.capacity() - me.raw.len() < 1024 {
+                me.raw.reserve(me.want);
             }
-            let n = ready!(tokio_util::io::poll_read_buf(Pin::new(&mut me.io), cx, &mut me.raw))?;
+            let room = me.raw.capacity() - me.raw.len();
+            let n = match tokio_util::io::poll_read_buf(Pin::new(&mut me.io), cx, &mut me.raw) {
+                Poll::Ready(r) => r?,
+                Poll::Pending => {
+                    // Hold no receive buffer while nothing waits in it.
+                    if me.raw.is_empty() {
+                        me.raw = BytesMut::new();
+                    }
+                    return Poll::Pending;
+                }
+            };
             if n == 0 {
                 me.eof = true;
+            } else if n >= room && me.want < MAX_READ {
+                me.want *= 2; // reads fill the buffer: bulk, grow
+            } else if n < me.want / 8 && me.want > MIN_READ {
+                me.want /= 2; // small reads again: shrink back
             }
         }
     }

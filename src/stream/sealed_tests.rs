@@ -87,3 +87,24 @@ async fn a_salted_direction_derives_its_keys_from_the_peers_first_bytes() {
     left.read_exact(&mut got).await.unwrap();
     assert_eq!(&got, b"salted");
 }
+
+#[tokio::test]
+async fn a_reader_waiting_with_nothing_received_holds_no_buffer() {
+    let (a, b) = duplex(1 << 20);
+    let (tx, rx) = pair(10);
+    let (tx2, rx2) = pair(11);
+    let mut w = Sealed::new(a, tx, rx2, Vec::new());
+    let mut r = Sealed::new(b, tx2, rx, Vec::new());
+    let big = vec![5u8; 300_000];
+    w.write_all(&big).await.unwrap();
+    w.flush().await.unwrap();
+    let mut got = vec![0u8; big.len()];
+    r.read_exact(&mut got).await.unwrap();
+    assert_eq!(got, big);
+    // Nothing more has come: the read waits, and keeps no buffer while it does.
+    let mut one = [0u8; 1];
+    let read = r.read(&mut one);
+    assert!(tokio::time::timeout(std::time::Duration::from_millis(20), read).await.is_err());
+    assert_eq!(r.raw.capacity(), 0, "the waiting reader kept its receive buffer");
+    assert_eq!(r.plain.capacity(), 0, "the waiting reader kept its plaintext buffer");
+}
