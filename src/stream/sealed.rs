@@ -190,10 +190,6 @@ impl<S> Sealed<S> {
             Some(&CLOSE) if n == 1 => self.peer_closed = true,
             _ => return Err(bad("unknown record type")),
         }
-        if self.raw.is_empty() {
-            // Keep no receive buffer while nothing waits in it.
-            self.raw = BytesMut::new();
-        }
         Ok(true)
     }
 }
