@@ -28,7 +28,7 @@ const MAX_STREAMS: u32 = 16_384;
 
 /// Takes the relay's streams on `conn` until the connection closes.
 pub async fn accept(state: Shared, relay: RelayEndpoint, tx: mpsc::Sender<Frame>, conn: quinn::Connection) {
-    let mut count = quic::StreamCount::new(MAX_STREAMS);
+    let mut count = quic::StreamCount::new(quic::INITIAL_STREAMS, MAX_STREAMS);
     while let Ok((send, recv)) = conn.accept_bi().await {
         // Counted open until the leg itself is dropped, not when this task
         // ends: a replacement leg lives on in its resumable stream.

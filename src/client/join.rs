@@ -31,7 +31,7 @@ impl ClientSession {
         let (answer_tx, mut answer_rx) = oneshot::channel();
         let leg: Leg = Box::new(await_paired(leg, answer_tx));
         let key = ResumeKey::default();
-        let source = Box::new(DialLegs { session: self.clone(), conn, via: relay.name.clone() });
+        let source = Box::new(DialLegs { session: self.clone(), conn, via: relay.name.clone(), last_failure: None });
         let mut cfg = self.resume;
         // The stream may hear nothing until the relay paired the leg.
         cfg.first_silence = PAIRING_WAIT + cfg.dead_after;

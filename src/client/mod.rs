@@ -116,6 +116,8 @@ struct DialLegs {
     conn: u32,
     /// The relay the last leg went through: a replacement tries the twin first.
     via: String,
+    /// Why the last round found no leg, for the message if none comes in time.
+    last_failure: Option<String>,
 }
 
 impl LegSource for DialLegs {
@@ -133,6 +135,8 @@ impl LegSource for DialLegs {
             let mut backoff = crate::util::Backoff::new(Duration::from_millis(100), Duration::from_secs(1));
             loop {
                 let mut last = None;
+                // What each relay said this round, for the message if none ever takes it.
+                let mut round = Vec::new();
                 for relay in s.order_avoiding(&self.via) {
                     let rx = s.links.rx(&relay.name);
                     // A frozen relay still accepts TCP: give each try a short deadline.
@@ -146,27 +150,34 @@ impl LegSource for DialLegs {
                             self.via = relay.name.clone();
                             return Ok(leg);
                         }
-                        Err(ClientError::Refused { reason: Reason::UnknownSession, .. }) => {
-                            last = Some(std::io::Error::new(std::io::ErrorKind::NotFound, "session unknown"));
-                        }
                         Err(e) => {
-                            // Silent or broken: the path may be (UDP blocked mid-session).
-                            s.links.suspect(&relay.name, rx).await;
-                            last = Some(std::io::Error::other(e.to_string()));
+                            round.push(format!("{}: {e}", relay.name));
+                            if let ClientError::Refused { reason: Reason::UnknownSession, .. } = e {
+                                last = Some(std::io::Error::new(std::io::ErrorKind::NotFound, "session unknown"));
+                            } else {
+                                // Silent or broken: the path may be (UDP blocked mid-session).
+                                s.links.suspect(&relay.name, rx).await;
+                                last = Some(std::io::Error::other(e.to_string()));
+                            }
                         }
                     }
                 }
                 if s.ended.is_cancelled() {
                     return Err(last.unwrap_or_else(|| std::io::Error::other("no relay")));
                 }
-                let why = last.map(|e| e.to_string()).unwrap_or_default();
+                let why = round.join("; ");
                 tracing::debug!(conn = self.conn, %why, "no relay took the replacement leg; trying again");
+                self.last_failure = Some(why);
                 tokio::select! {
                     _ = tokio::time::sleep(backoff.next_pause()) => {}
                     _ = s.ended.cancelled() => {}
                 }
             }
         })
+    }
+
+    fn last_failure(&self) -> Option<String> {
+        self.last_failure.clone()
     }
 }
 

@@ -15,10 +15,10 @@ pub struct StreamCount {
 }
 
 impl StreamCount {
-    /// Starts at [`super::INITIAL_STREAMS`], never above `max`.
-    pub fn new(max: u32) -> StreamCount {
-        let max = max.max(super::INITIAL_STREAMS);
-        StreamCount { open: Arc::new(AtomicU32::new(0)), limit: super::INITIAL_STREAMS, max }
+    /// Starts at `initial` (the connection's transport config), never above `max`.
+    pub fn new(initial: u32, max: u32) -> StreamCount {
+        let max = max.max(initial);
+        StreamCount { open: Arc::new(AtomicU32::new(0)), limit: initial, max }
     }
 
     /// Counts a stream the peer just opened on `conn`, raising the limit when

@@ -80,9 +80,14 @@ impl Dialler {
     }
 }
 
-/// Streams a peer may open at first; the relay raises the limit as they are
-/// used ([`grow_streams`]), so an idle connection holds little state.
+/// Streams a peer may open at first; the limit is raised as they are used
+/// ([`StreamCount`]), so an idle connection holds little state (quinn keeps
+/// an entry for every stream the peer may open).
 pub const INITIAL_STREAMS: u32 = 16;
+/// Streams an agent may open at first on its connection to the relay: its
+/// control channel and now and then a fetch leg (the relay opens the data
+/// legs), so an idle agent's connection starts smaller.
+pub const INITIAL_AGENT_STREAMS: u32 = 4;
 
 /// Why a QUIC leg could not be had.
 #[derive(Debug, thiserror::Error)]
@@ -126,15 +131,17 @@ pub fn transport_config(streams: u32, side: Dialler) -> Arc<TransportConfig> {
 /// `reset_secret` keys its stateless resets: the same secret after a restart
 /// lets the restarted relay tell its old peers at once that their
 /// connections are gone (a random one would make them wait for the timeout).
+/// `streams` is how many streams each peer may open at first.
 pub fn server(
     socket: std::net::UdpSocket,
     tls: Arc<rustls::ServerConfig>,
     reset_secret: &[u8],
+    streams: u32,
 ) -> Result<Endpoint, QuicError> {
     let crypto =
         quinn::crypto::rustls::QuicServerConfig::try_from(tls).map_err(|e| QuicError::Config(e.to_string()))?;
     let mut cfg = quinn::ServerConfig::with_crypto(Arc::new(crypto));
-    cfg.transport_config(transport_config(INITIAL_STREAMS, Dialler::Relay));
+    cfg.transport_config(transport_config(streams, Dialler::Relay));
     // Handshakes not yet accepted are bounded in count and buffered bytes;
     // past that quinn refuses them itself.
     cfg.max_incoming(4096).incoming_buffer_size(16 * 1024);

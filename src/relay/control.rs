@@ -15,10 +15,34 @@ use crate::proto::{self, Frame, FrameIo, FrameIoError, Reason, VERSION};
 const LISTENER: &str = "control";
 
 pub async fn serve(state: Arc<State>, accepted: super::Accepted, peer: SocketAddr) {
+    // Each phase boxed: a task's future is as large as its largest state, and
+    // an attached channel (most of a relay's tasks) should not keep the
+    // hello's for its whole life (1.5 KiB per agent).
+    if let Some(hello) = Box::pin(hello(&state, accepted, peer)).await {
+        let Hello { io, device, transport, cert, agent_version, services, streams } = hello;
+        Box::pin(attached(state, io, peer, device, (agent_version, transport, cert), (services, streams))).await
+    }
+}
+
+/// What an agent's hello established.
+struct Hello {
+    io: FrameIo<Leg>,
+    device: String,
+    transport: &'static str,
+    cert: Arc<[u8]>,
+    agent_version: String,
+    services: Vec<String>,
+    streams: Option<quinn::Connection>,
+}
+
+/// Reads and checks the hello; `None` when the channel ends there (refused,
+/// or a fetch leg, served to its end).
+async fn hello(state: &Arc<State>, accepted: super::Accepted, peer: SocketAddr) -> Option<Hello> {
     // The control listener never accepts raw connections.
-    let super::Auth::Tls { device, alpn_ok } = accepted.auth else { return };
+    let super::Auth::Tls { device, alpn_ok } = accepted.auth else { return None };
     let Some(device) = device else {
-        return state.handshake_failed(LISTENER, peer, "no_device_id", "client certificate has no common name");
+        state.handshake_failed(LISTENER, peer, "no_device_id", "client certificate has no common name");
+        return None;
     };
     let transport = accepted.transport;
     let cert = accepted.cert.unwrap_or_default();
@@ -26,38 +50,49 @@ pub async fn serve(state: Arc<State>, accepted: super::Accepted, peer: SocketAdd
     if !alpn_ok {
         state.handshake_failed(LISTENER, peer, "alpn_missing", "no tether ALPN negotiated");
         let _ = io.write_frame(&Frame::error(Reason::AlpnRequired)).await;
-        return;
+        return None;
     }
     tracing::Span::current().record("device", device.as_str());
     let timeout = Duration::from_millis(state.cfg.limits.handshake_timeout_ms);
     let hello = match tokio::time::timeout(timeout, io.read_frame()).await {
         Ok(Ok(f)) => f,
-        Ok(Err(e)) => return bad_frame(&state, &mut io, peer, &device, e).await,
-        Err(_) => return state.handshake_failed(LISTENER, peer, "hello_timeout", "no hello in time"),
+        Ok(Err(e)) => {
+            bad_frame(state, &mut io, peer, &device, e).await;
+            return None;
+        }
+        Err(_) => {
+            state.handshake_failed(LISTENER, peer, "hello_timeout", "no hello in time");
+            return None;
+        }
     };
     let (agent_version, services, streams) = match hello {
         Frame::Hello { version, device: claimed, agent_version, services, streams } => {
             if let Err(e) = proto::check_version(version) {
-                return bad_frame(&state, &mut io, peer, &device, e.into()).await;
+                bad_frame(state, &mut io, peer, &device, e.into()).await;
+                return None;
             }
             if claimed != device {
                 let detail = format!("hello names {claimed}, certificate names {device}");
-                return refuse(&state, &mut io, peer, &device, "device_mismatch", Reason::DeviceMismatch, &detail)
-                    .await;
+                refuse(state, &mut io, peer, &device, "device_mismatch", Reason::DeviceMismatch, &detail).await;
+                return None;
             }
             (agent_version, services, streams)
         }
         // Boxed, as are the rare paths below: an idle channel's task then holds
         // only what waiting needs.
-        Frame::Repo(first) => return Box::pin(super::repo_fetch::serve(state, io, peer, device, first)).await,
+        Frame::Repo(first) => {
+            Box::pin(super::repo_fetch::serve(state.clone(), io, peer, device, first)).await;
+            return None;
+        }
         other => {
             let detail = format!("expected hello, got {}", other.kind());
-            return refuse(&state, &mut io, peer, &device, "unexpected_frame", Reason::BadFrame, &detail).await;
+            refuse(state, &mut io, peer, &device, "unexpected_frame", Reason::BadFrame, &detail).await;
+            return None;
         }
     };
     // Data legs as streams we open: only on the QUIC connection this channel came on.
     let streams = accepted.quic.filter(|_| streams);
-    Box::pin(attached(state, io, peer, device, (agent_version, transport, cert), (services, streams))).await
+    Some(Hello { io, device, transport, cert, agent_version, services, streams })
 }
 
 async fn bad_frame(state: &State, io: &mut FrameIo<Leg>, peer: SocketAddr, device: &str, e: FrameIoError) {
@@ -93,7 +128,7 @@ async fn attached(
     mut io: FrameIo<Leg>,
     peer: SocketAddr,
     device: String,
-    (agent_version, transport, cert): (String, &'static str, Vec<u8>),
+    (agent_version, transport, cert): (String, &'static str, Arc<[u8]>),
     (services, streams): (Vec<String>, Option<quinn::Connection>),
 ) {
     let attach_id = state.next_attach_id();
@@ -124,6 +159,8 @@ async fn attached(
         json!({"relay": state.cfg.name, "device": device, "peer": peer.to_string(), "agent_version": agent_version, "transport": transport, "services": services}),
     );
     tracing::info!(%device, %agent_version, "agent attached");
+    // Only the attach record needed them; the channel lives on without.
+    drop((services, agent_version));
 
     let hb = state.cfg.limits.heartbeat_secs;
     let idle = Duration::from_secs(state.cfg.limits.agent_idle_timeout_secs);

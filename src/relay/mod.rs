@@ -223,8 +223,9 @@ pub async fn run_with_taps(
 pub struct Accepted {
     pub leg: crate::leg::Leg,
     pub auth: Auth,
-    /// The verified client certificate (DER), if any.
-    pub cert: Option<Vec<u8>>,
+    /// The verified client certificate (DER), if any: shared by the
+    /// connection and its legs, and kept by an attached agent's handle.
+    pub cert: Option<std::sync::Arc<[u8]>>,
     /// `tcp` or `quic`.
     pub transport: &'static str,
     /// The QUIC connection an agent's stream came on: where the relay opens
@@ -244,7 +245,7 @@ pub enum Auth {
 impl Accepted {
     fn tls(t: TlsStream<TcpStream>, alpn: &[u8]) -> Accepted {
         let conn = t.get_ref().1;
-        let cert = conn.peer_certificates().and_then(|c| c.first()).map(|c| c.to_vec());
+        let cert = conn.peer_certificates().and_then(|c| c.first()).map(|c| c.as_ref().into());
         let auth = Auth::Tls {
             device: tls::peer_common_name(conn.peer_certificates()),
             alpn_ok: conn.alpn_protocol() == Some(alpn),

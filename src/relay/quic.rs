@@ -42,6 +42,15 @@ impl Side {
             Side::Clients => "quic-client",
         }
     }
+
+    /// Streams a peer may open at first: a specialist opens one per
+    /// tunnelled connection, an agent rarely more than its control channel.
+    fn initial_streams(self) -> u32 {
+        match self {
+            Side::Agents => crate::quic::INITIAL_AGENT_STREAMS,
+            Side::Clients => crate::quic::INITIAL_STREAMS,
+        }
+    }
 }
 
 /// Builds the endpoint of one QUIC listener on its bound socket.
@@ -71,7 +80,7 @@ pub fn endpoint(
         h.update(&key);
         h.finalize()
     };
-    crate::quic::server(socket, tls, &secret).map_err(|e| super::RelayError::Bind {
+    crate::quic::server(socket, tls, &secret, side.initial_streams()).map_err(|e| super::RelayError::Bind {
         what: side.listener(),
         addr,
         source: e.into(),
@@ -101,9 +110,12 @@ pub async fn accept_loop(side: Side, endpoint: Endpoint, state: Arc<State>) {
         };
         let (state2, gate2) = (state.clone(), gate.clone());
         let span = tracing::info_span!("quic", listener = name, %peer, device = tracing::field::Empty);
+        // The task lives as long as the connection: it holds the incoming
+        // connection and the handshake's state boxed, not room for them.
+        let incoming = Box::new(incoming);
         state.tracker.spawn(
             async move {
-                let res = tokio::time::timeout(hs_timeout, handshake(incoming)).await;
+                let res = Box::pin(tokio::time::timeout(hs_timeout, handshake(incoming))).await;
                 drop(hs_permit);
                 let conn = match res {
                     Ok(Ok(c)) => c,
@@ -136,14 +148,14 @@ pub async fn accept_loop(side: Side, endpoint: Endpoint, state: Arc<State>) {
     endpoint.close(0u32.into(), b"relay shutting down");
 }
 
-async fn handshake(incoming: Incoming) -> Result<Connection, quinn::ConnectionError> {
+async fn handshake(incoming: Box<Incoming>) -> Result<Connection, quinn::ConnectionError> {
     incoming.accept()?.await
 }
 
 /// The device a QUIC connection's verified certificate names, and the certificate (DER).
-fn peer_device(conn: &Connection) -> Option<(String, Vec<u8>)> {
+fn peer_device(conn: &Connection) -> Option<(String, Arc<[u8]>)> {
     let certs = conn.peer_identity()?.downcast::<Vec<rustls::pki_types::CertificateDer<'static>>>().ok()?;
-    Some((tls::peer_common_name(Some(&certs))?, certs.first()?.to_vec()))
+    Some((tls::peer_common_name(Some(&certs))?, certs.first()?.as_ref().into()))
 }
 
 /// Serves the streams of one connection until it closes.
@@ -152,7 +164,7 @@ async fn serve(
     (side, gate): (Side, Arc<gate::Gate>),
     conn: Connection,
     peer: SocketAddr,
-    device: Option<(String, Vec<u8>)>,
+    device: Option<(String, Arc<[u8]>)>,
 ) {
     let name = side.listener();
     // A device whose certificate a reloaded CRL revokes loses the whole
@@ -160,7 +172,7 @@ async fn serve(
     let (device, cert) = device.unzip();
     let mut revoked = state.trust.watch(cert.as_deref());
     let first_byte = Duration::from_millis(state.cfg.limits.handshake_timeout_ms);
-    let mut count = crate::quic::StreamCount::new(state.cfg.limits.quic_max_streams);
+    let mut count = crate::quic::StreamCount::new(side.initial_streams(), state.cfg.limits.quic_max_streams);
     // A specialist's connection proves nothing by itself (no certificate):
     // it lives while it has a stream, and a stream only while its first frame
     // is good. One without any for the handshake deadline is closed.
@@ -196,7 +208,6 @@ async fn serve(
             drop((send, recv));
             continue;
         };
-        let (state, device, cert, on) = (state.clone(), device.clone(), cert.clone(), conn.clone());
         let span = tracing::info_span!(
             parent: None,
             "conn",
@@ -205,42 +216,75 @@ async fn serve(
             device = tracing::field::Empty,
             session = tracing::field::Empty
         );
-        state.tracker.clone().spawn(
-            async move {
-                // The stream counts until the leg is dropped, wherever it went
-                // (a data leg is handed to the join it pairs with).
-                let mut leg = Counted::new(QuicLeg::new(send, recv), (gate::Open::new(slot, name), counted));
-                let auth = Auth::Tls { device, alpn_ok: true };
-                match side {
-                    // Each arm boxed: the task is only as large as the leg it serves.
-                    Side::Clients => {
-                        let accepted = Accepted { leg: Box::new(leg), auth, cert, transport: "quic", quic: None };
-                        Box::pin(client::serve(state, accepted, peer)).await
-                    }
-                    Side::Agents => {
-                        // The first frame's header says which kind of leg this is.
-                        let mut header = [0u8; 5];
-                        match tokio::time::timeout(first_byte, leg.read_exact(&mut header)).await {
-                            Ok(Ok(_)) => {}
-                            Ok(Err(_)) => return,
-                            Err(_) => {
-                                return state.handshake_failed(name, peer, "preamble_timeout", "no frame in time");
-                            }
-                        }
-                        let is_data = crate::proto::is_data_open(&header);
-                        let leg = Box::new(Prefixed::new(Bytes::copy_from_slice(&header), leg));
-                        let accepted = Accepted { leg, auth, cert, transport: "quic", quic: Some(on) };
-                        if is_data {
-                            Box::pin(data::serve(state, accepted, peer)).await
-                        } else {
-                            Box::pin(control::serve(state, accepted, peer)).await
-                        }
-                    }
-                }
-            }
-            .instrument(span),
-        );
+        // The stream counts until the leg is dropped, wherever it went (a
+        // data leg is handed to the join it pairs with).
+        let leg = Counted::new(QuicLeg::new(send, recv), (gate::Open::new(slot, name), counted));
+        let stream = Box::new(Stream {
+            state: state.clone(),
+            leg,
+            side,
+            peer,
+            device: device.clone(),
+            cert: cert.clone(),
+            conn: conn.clone(),
+            first_byte,
+        });
+        state.tracker.spawn(serve_stream(stream).instrument(span));
     }
+}
+
+/// A stream a peer opened, to be served as a leg.
+struct Stream {
+    state: Arc<State>,
+    leg: Counted,
+    side: Side,
+    peer: SocketAddr,
+    device: Option<String>,
+    cert: Option<Arc<[u8]>>,
+    conn: Connection,
+    first_byte: Duration,
+}
+
+/// What a stream turned out to be.
+enum Kind {
+    Client,
+    Data,
+    Control,
+}
+
+/// Serves one stream as the leg it is. Each phase is boxed: the task lives
+/// as long as the leg (an agent's control channel: as long as the agent is
+/// attached), and should hold no room for what it did before.
+async fn serve_stream(stream: Box<Stream>) {
+    let (state, peer) = (stream.state.clone(), stream.peer);
+    let Some((kind, accepted)) = Box::pin(identify(stream)).await else { return };
+    match kind {
+        Kind::Client => Box::pin(client::serve(state, accepted, peer)).await,
+        Kind::Data => Box::pin(data::serve(state, accepted, peer)).await,
+        Kind::Control => Box::pin(control::serve(state, accepted, peer)).await,
+    }
+}
+
+/// A specialist's stream is a client leg; an agent's says by its first
+/// frame's header which kind of leg it is.
+async fn identify(stream: Box<Stream>) -> Option<(Kind, Accepted)> {
+    let Stream { state, mut leg, side, peer, device, cert, conn, first_byte } = *stream;
+    let auth = Auth::Tls { device, alpn_ok: true };
+    if side == Side::Clients {
+        return Some((Kind::Client, Accepted { leg: Box::new(leg), auth, cert, transport: "quic", quic: None }));
+    }
+    let mut header = [0u8; 5];
+    match tokio::time::timeout(first_byte, leg.read_exact(&mut header)).await {
+        Ok(Ok(_)) => {}
+        Ok(Err(_)) => return None,
+        Err(_) => {
+            state.handshake_failed(side.listener(), peer, "preamble_timeout", "no frame in time");
+            return None;
+        }
+    }
+    let kind = if crate::proto::is_data_open(&header) { Kind::Data } else { Kind::Control };
+    let leg = Box::new(Prefixed::new(Bytes::copy_from_slice(&header), leg));
+    Some((kind, Accepted { leg, auth, cert, transport: "quic", quic: Some(conn) }))
 }
 
 /// A QUIC leg that holds its `max_connections` slot and its place in its

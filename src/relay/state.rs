@@ -58,7 +58,7 @@ pub struct AgentHandle {
     /// The agent's audit chain head and its signature, as it last told us.
     pub audit_head: Mutex<Option<(u64, String, String)>>,
     /// The device's certificate (DER), which the hub checks head signatures with.
-    pub cert: Vec<u8>,
+    pub cert: Arc<[u8]>,
     /// The agent's QUIC connection, when it takes data legs as streams we
     /// open on it (its `Hello` said so): a new tunnelled connection then
     /// costs no round trip for the agent to open one.

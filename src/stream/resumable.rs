@@ -64,6 +64,12 @@ type LegFuture<'a> = Pin<Box<dyn Future<Output = std::io::Result<(Leg, Bytes)>> 
 /// Where replacement legs come from.
 pub trait LegSource: Send {
     fn next_leg(&mut self) -> LegFuture<'_>;
+    /// Why the last try for a leg failed, for the message of a stream that
+    /// found none before its deadline (a source that keeps trying says it
+    /// here; one that only waits has nothing to say).
+    fn last_failure(&self) -> Option<String> {
+        None
+    }
 }
 
 /// What a stream reports as it happens.
@@ -267,7 +273,10 @@ async fn manage_legs(
                 leg = match tokio::time::timeout(cfg.resume_deadline, next_leg(&mut source)).await {
                     Ok(Ok(l)) => l,
                     Ok(Err(e)) => return Err(format!("no leg to resume on: {e}")),
-                    Err(_) => return Err(format!("no leg to resume on within {:?}", cfg.resume_deadline)),
+                    Err(_) => {
+                        let last = source.last_failure().map(|why| format!(" (last try: {why})")).unwrap_or_default();
+                        return Err(format!("no leg to resume on within {:?}{last}", cfg.resume_deadline));
+                    }
                 };
                 tracing::info!(conn, %why, "leg broken; resuming on a new leg");
                 resuming = true;

@@ -196,7 +196,7 @@ async fn streams_a_relay_opens_are_checked_like_its_open_frames() {
     let udp = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
     let addr = udp.local_addr().unwrap();
     let server = tls::quic_server_config(&id, true, None, tls::ALPN_QUIC_AGENT, "agent").unwrap();
-    let endpoint = quic::server(udp, server, b"test").unwrap();
+    let endpoint = quic::server(udp, server, b"test", quic::INITIAL_STREAMS).unwrap();
     let fake = RelayProc {
         name: "relay-a".into(),
         proc: Proc { child: std::process::Command::new("true").spawn().unwrap() },
