@@ -224,7 +224,10 @@ pub async fn open(
         outcome => {
             let detail = match outcome {
                 Ok(Err(e)) => e,
-                _ => "handshake timed out".to_string(),
+                _ => format!(
+                    "neither an end-to-end TLS handshake nor a keyed header completed within {} s",
+                    (SERVICE_TIMEOUT * 2).as_secs()
+                ),
             };
             state.refused(
                 "e2e_refused",

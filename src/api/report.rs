@@ -62,6 +62,12 @@ pub struct RelayReport {
     /// How each of `started` reached the relay (`tcp` or `quic`), in the same order.
     #[serde(default)]
     pub started_transports: Vec<String>,
+    /// Sessions whose control leg moved here from the twin since the last
+    /// answered report, and how each came (left out when empty, for older hubs).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub moved: Vec<String>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub moved_transports: Vec<String>,
     #[serde(default)]
     pub ended: Vec<EndedSession>,
     #[serde(default)]

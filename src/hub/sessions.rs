@@ -7,7 +7,7 @@ use super::Hub;
 use super::guard::{internal, require_admin};
 use super::http::{ApiError, Peer};
 use super::model::{Role, SessionRecord, User};
-use super::store::SessionEnd;
+use super::store::{Live, SessionEnd};
 use crate::api::{RelayAddr, RelayReport, ReportAnswer, SessionEnded, SessionGranted, SessionRequest};
 use crate::proto::{Grant, SessionId};
 use crate::util::now_secs;
@@ -218,9 +218,14 @@ pub async fn relay_report(hub: &Hub, relay: &str, relay_cert: Option<&[u8]>, r: 
     let answer = hub.board.report(relay, &r, now);
     for (i, id) in r.started.iter().enumerate() {
         let transport = r.started_transports.get(i).map(String::as_str).unwrap_or("");
-        // A session's start, or its control leg's move to this relay.
-        if let Err(e) = hub.store.session_live(id, relay, transport).await {
+        if let Err(e) = hub.store.session_live(id, relay, transport, Live::Started).await {
             tracing::error!(session = %id, error = %e, "recording session start");
+        }
+    }
+    for (i, id) in r.moved.iter().enumerate() {
+        let transport = r.moved_transports.get(i).map(String::as_str).unwrap_or("");
+        if let Err(e) = hub.store.session_live(id, relay, transport, Live::Moved).await {
+            tracing::error!(session = %id, error = %e, "recording a session's move");
         }
     }
     for e in &r.ended {

@@ -361,7 +361,7 @@ async fn resume_control(
     session.control_moved.notify_waiters();
     state.publish(crate::proto::twin::Fact::ControlHere { session: id });
     // The hub's record names the relay the session's control leg is on now.
-    state.hub_started(id, transport);
+    state.hub_moved(id, transport);
     let twin_holds = state.replica.link_up();
     let ready = Frame::SessionReady { session: id, token: session.token, raw_legs: state.cfg.raw_legs, twin_holds };
     if io.write_frame(&ready).await.is_ok() {

@@ -59,15 +59,11 @@ pub async fn run(state: Arc<State>) {
             Err(e) => {
                 // Keep what was not delivered for the next report.
                 let mut out = state.hub_out();
-                let mut started = report.started;
-                started.append(&mut out.started);
-                out.started = started;
-                let mut transports = report.started_transports;
-                transports.append(&mut out.started_transports);
-                out.started_transports = transports;
-                let mut ended = report.ended;
-                ended.append(&mut out.ended);
-                out.ended = ended;
+                put_back(report.started, &mut out.started);
+                put_back(report.started_transports, &mut out.started_transports);
+                put_back(report.moved, &mut out.moved);
+                put_back(report.moved_transports, &mut out.moved_transports);
+                put_back(report.ended, &mut out.ended);
                 out.agents_changed |= full;
                 if failing_since.is_none() {
                     failing_since = Some(Instant::now());
@@ -78,11 +74,23 @@ pub async fn run(state: Arc<State>) {
     }
 }
 
+/// Puts what a failed report carried back in front of what was queued since.
+fn put_back<T>(mut sent: Vec<T>, queued: &mut Vec<T>) {
+    sent.append(queued);
+    *queued = sent;
+}
+
 fn build(state: &State, full: bool, sent: &HashMap<String, u64>) -> (RelayReport, Vec<(String, u64)>) {
-    let (started, started_transports, ended) = {
+    let (started, started_transports, moved, moved_transports, ended) = {
         let mut out = state.hub_out();
         out.agents_changed = false;
-        (std::mem::take(&mut out.started), std::mem::take(&mut out.started_transports), std::mem::take(&mut out.ended))
+        (
+            std::mem::take(&mut out.started),
+            std::mem::take(&mut out.started_transports),
+            std::mem::take(&mut out.moved),
+            std::mem::take(&mut out.moved_transports),
+            std::mem::take(&mut out.ended),
+        )
     };
     let mut heads = Vec::new();
     let mut agent_heads = Vec::new();
@@ -121,6 +129,8 @@ fn build(state: &State, full: bool, sent: &HashMap<String, u64>) -> (RelayReport
         agents: full.then_some(agents),
         started,
         started_transports,
+        moved,
+        moved_transports,
         ended,
         audit_head: own_moved.then(|| Head { seq, sig: state.audit.sign_head(&hash), hash }),
         agent_heads,

@@ -70,6 +70,8 @@ pub struct AgentHandle {
 pub struct HubOutbox {
     pub started: Vec<String>,
     pub started_transports: Vec<String>,
+    pub moved: Vec<String>,
+    pub moved_transports: Vec<String>,
     pub ended: Vec<crate::api::EndedSession>,
     /// Agents attached or detached since the last answered report.
     pub agents_changed: bool,
@@ -230,14 +232,29 @@ impl State {
         lock(&self.hub_out)
     }
 
-    /// Queues a session start, or its control leg's arrival here, for the
-    /// hub's record.
+    /// Queues a session start for the hub's record.
     pub fn hub_started(&self, id: SessionId, transport: &'static str) {
+        self.hub_live(id, transport, |out| (&mut out.started, &mut out.started_transports));
+    }
+
+    /// Queues a session's control leg's arrival here from the twin for the
+    /// hub's record. Kept apart from starts: a start reported late (by a
+    /// relay that froze, then thawed) must not take the record back from
+    /// the relay the session moved to.
+    pub fn hub_moved(&self, id: SessionId, transport: &'static str) {
+        self.hub_live(id, transport, |out| (&mut out.moved, &mut out.moved_transports));
+    }
+
+    fn hub_live<F>(&self, id: SessionId, transport: &'static str, lists: F)
+    where
+        F: FnOnce(&mut HubOutbox) -> (&mut Vec<String>, &mut Vec<String>),
+    {
         if self.cfg.hub.is_some() {
             let mut out = self.hub_out();
-            if out.started.len() < HUB_OUTBOX_CAP {
-                out.started.push(id.to_string());
-                out.started_transports.push(transport.to_string());
+            let (ids, transports) = lists(&mut out);
+            if ids.len() < HUB_OUTBOX_CAP {
+                ids.push(id.to_string());
+                transports.push(transport.to_string());
             }
         }
     }

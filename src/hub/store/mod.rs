@@ -69,6 +69,15 @@ fn user_from(r: &Row, secrets: Option<&crate::hub::secrets::SecretBox>) -> Resul
     })
 }
 
+/// How a relay came to report a session live ([`Store::session_live`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Live {
+    /// The session started there.
+    Started,
+    /// Its control leg moved there from the twin.
+    Moved,
+}
+
 /// The end of a session as a relay reported it.
 #[derive(Debug, Clone, Default)]
 pub struct SessionEnd {
@@ -392,11 +401,19 @@ impl Store {
     }
 
     /// A relay saw the session start, or its control leg arrive (a move to
-    /// the twin): the record names that relay and the leg's transport.
-    pub async fn session_live(&self, id: &str, relay: &str, transport: &str) -> Result<(), StoreError> {
+    /// the twin): the record names that relay and the leg's transport. A
+    /// start counts only for a session not yet live: reported late, after
+    /// the session moved, it must not name the relay it left.
+    pub async fn session_live(&self, id: &str, relay: &str, transport: &str, how: Live) -> Result<(), StoreError> {
+        let states = match how {
+            Live::Started => "('granted')",
+            Live::Moved => "('granted', 'live')",
+        };
         self.db
             .exec(
-                "UPDATE sessions SET state = 'live', relay = $3, transport = $2 WHERE id = $1 AND state IN ('granted', 'live')",
+                &format!(
+                    "UPDATE sessions SET state = 'live', relay = $3, transport = $2 WHERE id = $1 AND state IN {states}"
+                ),
                 vec![id.into(), transport.into(), relay.into()],
             )
             .await

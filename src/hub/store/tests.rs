@@ -131,13 +131,26 @@ async fn sessions_and_audit_chain() {
         s.session_add(&SessionRecord { id: "s2".into(), specialist: "bob".into(), created_at: 11, ..rec.clone() })
             .await
             .unwrap();
-        s.session_live("s1", "relay-a", "quic").await.unwrap();
+        s.session_live("s1", "relay-a", "quic", Live::Started).await.unwrap();
         let live = s.session("s1").await.unwrap().unwrap();
         assert_eq!((live.state.as_str(), live.relay.as_str(), live.transport.as_str()), ("live", "relay-a", "quic"));
         // Its control leg moved to the twin, over TCP: the record follows.
-        s.session_live("s1", "relay-b", "tcp").await.unwrap();
+        s.session_live("s1", "relay-b", "tcp", Live::Moved).await.unwrap();
         let moved = s.session("s1").await.unwrap().unwrap();
         assert_eq!((moved.state.as_str(), moved.relay.as_str(), moved.transport.as_str()), ("live", "relay-b", "tcp"));
+        // relay-a's start, reported again late (it froze, then thawed), does not take it back.
+        s.session_live("s1", "relay-a", "quic", Live::Started).await.unwrap();
+        let late = s.session("s1").await.unwrap().unwrap();
+        assert_eq!(
+            (late.relay.as_str(), late.transport.as_str()),
+            ("relay-b", "tcp"),
+            "a late start took the record back"
+        );
+        // A move reported before the start it follows: the start, coming after, changes nothing.
+        s.session_live("s2", "relay-b", "tcp", Live::Moved).await.unwrap();
+        s.session_live("s2", "relay-a", "quic", Live::Started).await.unwrap();
+        let s2 = s.session("s2").await.unwrap().unwrap();
+        assert_eq!((s2.state.as_str(), s2.relay.as_str()), ("live", "relay-b"));
         // Both twins may report bytes for their legs: they add up.
         let end = SessionEnd {
             reason: "client_closed".into(),
