@@ -1046,9 +1046,11 @@ impl State {
                             // transmit needs two, and the buffer kept that for the
                             // connection's life: 13 KiB of every idle connection
                             // that ever sent its handshake flight. Nothing is
-                            // waiting in it now: give it back (the next transmit
-                            // takes one again, from the allocator's free lists).
-                            self.send_buffer = Vec::new();
+                            // waiting in it now; unless this call sent a burst
+                            // (a bulk sender calls again at once), give it back.
+                            if transmits <= 1 {
+                                self.send_buffer = Vec::new();
+                            }
                             break;
                         }
                     }
