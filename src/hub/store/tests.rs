@@ -2,7 +2,7 @@
 //! PostgreSQL named by `TETHER_TEST_POSTGRES` (CI starts one; each test gets
 //! its own schema).
 use super::*;
-use crate::hub::model::Role;
+use crate::hub::model::{Role, SessionRecord};
 use std::path::Path;
 
 async fn sqlite() -> (Store, tempfile::TempDir) {

@@ -1,0 +1,180 @@
+//! Session records in the hub's database: granted, live (and on which
+//! relay), ended or revoked.
+use super::sql::Row;
+use super::{Store, StoreError};
+use crate::hub::model::SessionRecord;
+
+const SESSION_COLUMNS: &str = "id, specialist, device, service, reason, ticket, source, relay, created_at, expires_at,
+    consent_required, state, ended_at, end_reason, ended_by, bytes_to_device, bytes_to_client, duration_ms, transport";
+
+fn session_from(r: &Row) -> SessionRecord {
+    SessionRecord {
+        id: r.text(0),
+        specialist: r.text(1),
+        device: r.text(2),
+        service: r.text(3),
+        reason: r.text(4),
+        ticket: r.opt_text(5),
+        source: r.text(6),
+        relay: r.text(7),
+        created_at: r.int(8),
+        expires_at: r.int(9),
+        consent_required: r.int(10) != 0,
+        state: r.text(11),
+        ended_at: r.opt_int(12),
+        end_reason: r.opt_text(13),
+        ended_by: r.opt_text(14),
+        bytes_to_device: r.int(15),
+        bytes_to_client: r.int(16),
+        duration_ms: r.int(17),
+        transport: r.text(18),
+    }
+}
+
+/// How a relay came to report a session live ([`Store::session_live`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Live {
+    /// The session started there.
+    Started,
+    /// Its control leg moved there from the twin.
+    Moved,
+}
+
+/// The end of a session as a relay reported it.
+#[derive(Debug, Clone, Default)]
+pub struct SessionEnd {
+    pub reason: String,
+    pub ended_at: i64,
+    pub bytes_to_device: i64,
+    pub bytes_to_client: i64,
+    pub duration_ms: i64,
+}
+
+impl Store {
+    pub async fn session_add(&self, s: &SessionRecord) -> Result<(), StoreError> {
+        self.insert(
+            "session",
+            &s.id,
+            "INSERT INTO sessions (id, specialist, device, service, reason, ticket, source, relay, created_at, expires_at,
+                consent_required, state) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12)",
+            vec![
+                (&s.id).into(),
+                (&s.specialist).into(),
+                (&s.device).into(),
+                (&s.service).into(),
+                (&s.reason).into(),
+                s.ticket.clone().into(),
+                (&s.source).into(),
+                (&s.relay).into(),
+                s.created_at.into(),
+                s.expires_at.into(),
+                s.consent_required.into(),
+                (&s.state).into(),
+            ],
+        )
+        .await
+    }
+
+    pub async fn session(&self, id: &str) -> Result<Option<SessionRecord>, StoreError> {
+        let rows =
+            self.db.query(&format!("SELECT {SESSION_COLUMNS} FROM sessions WHERE id = $1"), vec![id.into()]).await?;
+        Ok(rows.first().map(session_from))
+    }
+
+    /// The newest `limit` sessions of `specialist`, or of everyone.
+    pub async fn sessions(&self, specialist: Option<&str>, limit: i64) -> Result<Vec<SessionRecord>, StoreError> {
+        let rows = match specialist {
+            Some(s) => {
+                self.db
+                    .query(
+                        &format!(
+                            "SELECT {SESSION_COLUMNS} FROM sessions WHERE specialist = $1 ORDER BY created_at DESC, id LIMIT $2"
+                        ),
+                        vec![s.into(), limit.into()],
+                    )
+                    .await?
+            }
+            None => {
+                self.db
+                    .query(
+                        &format!("SELECT {SESSION_COLUMNS} FROM sessions ORDER BY created_at DESC, id LIMIT $1"),
+                        vec![limit.into()],
+                    )
+                    .await?
+            }
+        };
+        Ok(rows.iter().map(session_from).collect())
+    }
+
+    /// A relay saw the session start, or its control leg arrive (a move to
+    /// the twin): the record names that relay and the leg's transport. A
+    /// start counts only for a session not yet live: reported late, after
+    /// the session moved, it must not name the relay it left.
+    pub async fn session_live(&self, id: &str, relay: &str, transport: &str, how: Live) -> Result<(), StoreError> {
+        let states = match how {
+            Live::Started => "('granted')",
+            Live::Moved => "('granted', 'live')",
+        };
+        self.db
+            .exec(
+                &format!(
+                    "UPDATE sessions SET state = 'live', relay = $3, transport = $2 WHERE id = $1 AND state IN {states}"
+                ),
+                vec![id.into(), transport.into(), relay.into()],
+            )
+            .await
+            .map(|_| ())
+    }
+
+    /// Revoked by an admin: the relays close it; the record keeps who did it.
+    pub async fn session_revoke(&self, id: &str, by: &str, now: i64) -> Result<bool, StoreError> {
+        let n = self
+            .db
+            .exec(
+                "UPDATE sessions SET state = 'revoked', ended_by = $2, ended_at = $3, end_reason = 'revoked'
+                 WHERE id = $1 AND state IN ('granted', 'live')",
+                vec![id.into(), by.into(), now.into()],
+            )
+            .await?;
+        Ok(n == 1)
+    }
+
+    /// Sessions an admin revoked whose revocation must still reach the relays
+    /// at `now`: (id, until), kept until the grant's expiry and at least
+    /// `keep` seconds after the revocation (as [`super::relays::Board::revoke`]).
+    pub async fn revocations_live(&self, now: i64, keep: i64) -> Result<Vec<(String, u64)>, StoreError> {
+        let rows = self
+            .db
+            .query(
+                "SELECT id, expires_at, ended_at FROM sessions
+                 WHERE state = 'revoked' AND (expires_at > $1 OR ended_at > $2)",
+                vec![now.into(), (now - keep).into()],
+            )
+            .await?;
+        Ok(rows.iter().map(|r| (r.text(0), r.int(1).max(r.int(2) + keep) as u64)).collect())
+    }
+
+    /// A relay's end report. Byte counts add up (a session may have legs at
+    /// both twins); the first end reason and time stay.
+    pub async fn session_end(&self, id: &str, end: &SessionEnd) -> Result<(), StoreError> {
+        self.db
+            .exec(
+                "UPDATE sessions SET
+                    state = CASE WHEN state = 'revoked' THEN 'revoked' ELSE 'ended' END,
+                    ended_at = COALESCE(ended_at, $2), end_reason = COALESCE(end_reason, $3),
+                    bytes_to_device = bytes_to_device + $4, bytes_to_client = bytes_to_client + $5,
+                    duration_ms = CASE WHEN duration_ms > $6 THEN duration_ms ELSE $6 END
+                 WHERE id = $1",
+                vec![
+                    id.into(),
+                    end.ended_at.into(),
+                    end.reason.as_str().into(),
+                    end.bytes_to_device.into(),
+                    end.bytes_to_client.into(),
+                    end.duration_ms.into(),
+                ],
+            )
+            .await
+            .map(|_| ())
+    }
+}
