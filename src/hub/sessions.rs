@@ -216,16 +216,13 @@ pub async fn relay_report(hub: &Hub, relay: &str, relay_cert: Option<&[u8]>, r: 
     let now = now_secs();
     crate::metrics::HUB_RELAY_REPORTS.with_label_values(&[relay]).inc();
     let answer = hub.board.report(relay, &r, now);
-    for (i, id) in r.started.iter().enumerate() {
-        let transport = r.started_transports.get(i).map(String::as_str).unwrap_or("");
-        if let Err(e) = hub.store.session_live(id, relay, transport, Live::Started).await {
-            tracing::error!(session = %id, error = %e, "recording session start");
-        }
-    }
-    for (i, id) in r.moved.iter().enumerate() {
-        let transport = r.moved_transports.get(i).map(String::as_str).unwrap_or("");
-        if let Err(e) = hub.store.session_live(id, relay, transport, Live::Moved).await {
-            tracing::error!(session = %id, error = %e, "recording a session's move");
+    let live = [(&r.started, &r.started_transports, Live::Started), (&r.moved, &r.moved_transports, Live::Moved)];
+    for (ids, transports, how) in live {
+        for (i, id) in ids.iter().enumerate() {
+            let transport = transports.get(i).map(String::as_str).unwrap_or("");
+            if let Err(e) = hub.store.session_live(id, relay, transport, how).await {
+                tracing::error!(session = %id, error = %e, ?how, "recording a session live");
+            }
         }
     }
     for e in &r.ended {

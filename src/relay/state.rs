@@ -234,7 +234,7 @@ impl State {
 
     /// Queues a session start for the hub's record.
     pub fn hub_started(&self, id: SessionId, transport: &'static str) {
-        self.hub_live(id, transport, |out| (&mut out.started, &mut out.started_transports));
+        self.hub_live(id, transport, false);
     }
 
     /// Queues a session's control leg's arrival here from the twin for the
@@ -242,16 +242,17 @@ impl State {
     /// relay that froze, then thawed) must not take the record back from
     /// the relay the session moved to.
     pub fn hub_moved(&self, id: SessionId, transport: &'static str) {
-        self.hub_live(id, transport, |out| (&mut out.moved, &mut out.moved_transports));
+        self.hub_live(id, transport, true);
     }
 
-    fn hub_live<F>(&self, id: SessionId, transport: &'static str, lists: F)
-    where
-        F: FnOnce(&mut HubOutbox) -> (&mut Vec<String>, &mut Vec<String>),
-    {
+    fn hub_live(&self, id: SessionId, transport: &'static str, moved: bool) {
         if self.cfg.hub.is_some() {
-            let mut out = self.hub_out();
-            let (ids, transports) = lists(&mut out);
+            let mut guard = self.hub_out();
+            let out = &mut *guard;
+            let (ids, transports) = match moved {
+                false => (&mut out.started, &mut out.started_transports),
+                true => (&mut out.moved, &mut out.moved_transports),
+            };
             if ids.len() < HUB_OUTBOX_CAP {
                 ids.push(id.to_string());
                 transports.push(transport.to_string());
