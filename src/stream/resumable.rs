@@ -90,7 +90,7 @@ pub type ResumeKey = Arc<OnceLock<[u8; 32]>>;
 
 struct Shared {
     book: Mutex<StreamState>,
-    /// Something to send (data, ack, fin, pong).
+    /// Something to send (data, ack, fin, keyed, ping).
     to_send: Notify,
     /// Something to deliver, or the FIN.
     to_deliver: Notify,
@@ -400,9 +400,12 @@ async fn write_leg<W: tokio::io::AsyncWrite + Unpin>(
     out: &mut BytesMut,
     cfg: ResumeConfig,
 ) -> LegEnd {
-    // (A first tick at once would hold a new leg's first bytes, the
-    // ClientHello of every new connection, up to 1 ms.)
-    let mut ping = crate::util::interval_after(cfg.ping);
+    // Ticks on the process's grid: the pings of a connection's idle streams
+    // leave together (one QUIC datagram carries dozens), and their tasks
+    // wake in one pass of the timer. (Not a first tick at once: that would
+    // hold a new leg's first bytes, the ClientHello of every new
+    // connection, up to 1 ms.)
+    let mut ping = crate::util::interval_on_grid(cfg.ping);
     loop {
         // Done once both FINs are through and our last ACK is written: the
         // writer decides, so that ACK is never cut off.
@@ -437,23 +440,31 @@ async fn write_leg<W: tokio::io::AsyncWrite + Unpin>(
 }
 
 /// Declares the leg dead after `dead_after` of silence (a frozen relay), and
-/// has the peer told once our resume key is set.
+/// has the peer told once our resume key is set. It looks for the key every
+/// `CHECK` until it is set, a few milliseconds into the stream; after that
+/// it wakes only when the silence could have run out (on the `CHECK` grid),
+/// not ten times a second for every idle stream.
 async fn watch(sh: &Shared, key: &ResumeKey, cfg: ResumeConfig) -> LegEnd {
+    const CHECK: Duration = Duration::from_millis(100);
+    let mut keyed = false;
     loop {
-        tokio::time::sleep((cfg.dead_after / 20).max(Duration::from_millis(10))).await;
-        let (done, silent, keyed, heard) = {
+        let (done, silent, heard) = {
             let mut b = sh.book();
-            let keyed = key.get().is_some() && b.set_keyed();
-            (b.is_done(), b.silence(Instant::now()), keyed, b.heard())
+            if !keyed && key.get().is_some() {
+                keyed = true;
+                if b.set_keyed() {
+                    sh.to_send.notify_one();
+                }
+            }
+            (b.is_done(), b.silence(Instant::now()), b.heard())
         };
-        if keyed {
-            sh.to_send.notify_one();
-        }
         let limit = if heard { cfg.dead_after } else { cfg.first_silence.max(cfg.dead_after) };
         // Once done, let the reader see the peer's close.
         if !done && silent > limit {
             return LegEnd::Broken(format!("leg silent for {silent:?}"));
         }
+        let wait = if keyed && !done { limit.saturating_sub(silent) } else { Duration::ZERO };
+        tokio::time::sleep_until(crate::util::on_grid(CHECK, wait.max(CHECK / 2))).await;
     }
 }
 

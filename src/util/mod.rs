@@ -82,6 +82,30 @@ pub fn interval_after(period: std::time::Duration) -> tokio::time::Interval {
     tokio::time::interval_at(tokio::time::Instant::now() + period, period)
 }
 
+/// The first instant at least `gap` from now that is a whole multiple of
+/// `grid` since the process's first call. Timers rounded this way fire
+/// together: thousands of idle streams' pings wake their tasks in one pass
+/// of the timer, and the pings of the streams of one QUIC connection leave
+/// in a few datagrams instead of one each.
+pub fn on_grid(grid: std::time::Duration, gap: std::time::Duration) -> tokio::time::Instant {
+    static EPOCH: std::sync::OnceLock<tokio::time::Instant> = std::sync::OnceLock::new();
+    let epoch = *EPOCH.get_or_init(tokio::time::Instant::now);
+    let grid_ns = grid.as_nanos().max(1);
+    let since = (tokio::time::Instant::now() + gap).saturating_duration_since(epoch).as_nanos();
+    let slots = since.div_ceil(grid_ns);
+    let at = u64::try_from(slots.saturating_mul(grid_ns)).unwrap_or(u64::MAX);
+    epoch + std::time::Duration::from_nanos(at)
+}
+
+/// An interval of `period` whose ticks fall on the process's `period` grid
+/// (see [`on_grid`]), the first at least `period / 4` from now; a late tick
+/// skips to the grid rather than shifting it.
+pub fn interval_on_grid(period: std::time::Duration) -> tokio::time::Interval {
+    let mut i = tokio::time::interval_at(on_grid(period, period / 4), period);
+    i.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
+    i
+}
+
 #[cfg(test)]
 mod tests {
     #[test]
@@ -90,5 +114,20 @@ mod tests {
         assert!(!super::ct_eq(b"abc", b"abd"));
         assert!(!super::ct_eq(b"abc", b"ab"));
         assert!(super::ct_eq(b"", b""));
+    }
+
+    #[tokio::test]
+    async fn grid_instants_are_shared_and_keep_their_gap() {
+        use std::time::Duration;
+        let grid = Duration::from_millis(500);
+        let gap = Duration::from_millis(125);
+        let before = tokio::time::Instant::now();
+        let a = super::on_grid(grid, gap);
+        let b = super::on_grid(grid, gap);
+        assert!(a >= before + gap, "a grid instant came sooner than its gap");
+        assert!(a < before + gap + grid, "a grid instant came more than one slot late");
+        // Two timers set a moment apart land on the same instant, or one slot apart.
+        let apart = b.saturating_duration_since(a);
+        assert!(apart == Duration::ZERO || apart == grid, "instants off the grid: {apart:?}");
     }
 }

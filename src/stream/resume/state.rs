@@ -14,7 +14,7 @@ use crate::proto::stream::{MAX_DATA, StreamFrame, encode_data};
 const WINDOW_SLACK: usize = 256 * 1024;
 
 /// An ACK goes alone once this much was delivered unacknowledged; below it,
-/// it rides with our next DATA, PONG or FIN, or goes at the ping tick
+/// it rides with our next DATA, KEYED or FIN, or goes at the ping tick
 /// ([`StreamState::force_ack`]). Small against any stream's cap (≥ 64 KiB),
 /// so a sender never waits on it; a request and its answer cost one frame
 /// each way instead of two.
@@ -32,7 +32,7 @@ pub struct Stats {
 /// Which of the driver's tasks an event gives work to.
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
 pub struct Wake {
-    /// Something to put on the leg (data, ack, fin, pong).
+    /// Something to put on the leg (data, ack, fin, keyed).
     pub send: bool,
     /// Something to hand to the application, or its FIN.
     pub deliver: bool,
@@ -69,7 +69,6 @@ pub struct StreamState {
     /// Per leg: what we told this leg already.
     acked_sent: u64,
     fin_sent: bool,
-    pong_due: bool,
     /// Our resume key is set (end-to-end TLS complete), and this leg was told.
     keyed: bool,
     keyed_sent: bool,
@@ -99,7 +98,6 @@ impl StreamState {
             fin_delivered: false,
             acked_sent: 0,
             fin_sent: false,
-            pong_due: false,
             keyed: false,
             keyed_sent: false,
             peer_keyed: false,
@@ -199,11 +197,11 @@ impl StreamState {
                 self.fin_in = Some(at);
                 Wake { deliver: true, ..Wake::default() }
             }
-            StreamFrame::Ping => {
-                self.pong_due = true;
-                Wake { send: true, ..Wake::default() }
-            }
-            StreamFrame::Pong => Wake::default(),
+            // Hearing it is all a PING is for. It is not answered: both ends
+            // ping every tick while idle, so each hears the other without a
+            // PONG (half the frames of an idle tunnel). A PONG from an older
+            // peer is taken like any frame.
+            StreamFrame::Ping | StreamFrame::Pong => Wake::default(),
             StreamFrame::Keyed => {
                 self.peer_keyed = true;
                 Wake::default()
@@ -214,13 +212,12 @@ impl StreamState {
 
     /// Appends what this leg should carry next to `out`, up to about `batch`
     /// bytes: an ACK for what the application took (and the FIN once
-    /// delivered) when it is due (see [`ACK_EVERY`]), a PONG, DATA, then our
+    /// delivered) when it is due (see [`ACK_EVERY`]), DATA, then our
     /// FIN once everything before it is out.
     pub fn fill(&mut self, out: &mut BytesMut, batch: usize) {
         let ack = if self.fin_delivered { self.delivered + 1 } else { self.delivered };
         let due = self.ack_forced
             || self.fin_delivered
-            || self.pong_due
             || (self.keyed && !self.keyed_sent)
             || self.out.unsent()
             || self.fin_out.is_some_and(|_| !self.fin_sent)
@@ -229,10 +226,6 @@ impl StreamState {
         if ack > self.acked_sent && due {
             StreamFrame::Ack { upto: ack }.encode(out);
             self.acked_sent = ack;
-        }
-        if self.pong_due {
-            StreamFrame::Pong.encode(out);
-            self.pong_due = false;
         }
         if self.keyed && !self.keyed_sent {
             StreamFrame::Keyed.encode(out);
@@ -398,13 +391,16 @@ mod tests {
     }
 
     #[test]
-    fn ping_gets_a_pong_and_a_resume_rewinds_to_the_peer() {
+    fn a_ping_is_heard_not_answered_and_a_resume_rewinds_to_the_peer() {
         let now = Instant::now();
         let (mut a, mut b) = (StreamState::new(1 << 20, now), StreamState::new(1 << 20, now));
-        assert_eq!(b.on_frame(StreamFrame::Ping, now).unwrap(), Wake { send: true, ..Wake::default() });
+        let later = now + Duration::from_secs(1);
+        assert_eq!(b.on_frame(StreamFrame::Ping, later).unwrap(), Wake::default(), "a ping woke the writer");
+        assert_eq!(b.last_heard(), later, "a ping did not count as hearing the peer");
+        assert_eq!(b.on_frame(StreamFrame::Pong, later).unwrap(), Wake::default(), "an older peer's pong");
         let mut out = BytesMut::new();
         b.fill(&mut out, 1024);
-        assert_eq!(StreamFrame::decode(&mut out).unwrap(), Some(StreamFrame::Pong));
+        assert!(out.is_empty(), "a ping was answered: {out:?}");
         // 10 bytes sent, the leg dies before they arrive; b resumes from 0.
         a.app_wrote(Bytes::from_static(b"0123456789"));
         let mut lost = BytesMut::new();
