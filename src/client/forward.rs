@@ -27,9 +27,12 @@ impl ClientSession {
             let _ = local.set_nodelay(true);
             let s = self.clone();
             tokio::spawn(async move {
-                // Boxed: once connected, the task holds only the splice.
-                let tunnel = match Box::pin(s.connect()).await {
-                    Ok(t) => t,
+                let mut local = local;
+                // Boxed: once connected, the task holds only the splice. What
+                // the application writes while the relay pairs the
+                // connection goes with it (keyed connections).
+                let tunnel = match Box::pin(s.connect_early(&mut local)).await {
+                    Ok((t, _)) => t,
                     Err(e) => {
                         tracing::warn!(%peer, error = %e, "tunnelled connection refused");
                         eprintln!("connection from {peer} refused: {e}");

@@ -9,6 +9,7 @@ use tokio::io::AsyncWriteExt;
 use tokio::sync::oneshot;
 use tokio_util::either::Either;
 
+use super::early::Early;
 use super::pipelined::{JoinAnswer, await_paired};
 use super::{ClientError, ClientSession, DialLegs, E2E_TIMEOUT, PAIRING_WAIT, Phases, RelayEntry, Tunnel};
 use crate::leg::Leg;
@@ -26,6 +27,16 @@ impl ClientSession {
     /// for `Paired` ([`super::pipelined`]); the application's bytes wait for
     /// the handshake, which cannot finish before the device answered.
     pub async fn connect_via(self: &Arc<Self>, relay: &RelayEntry) -> Result<(Tunnel, Phases), ClientError> {
+        self.connect_through(relay, None).await
+    }
+
+    /// [`Self::connect_via`]; on a keyed connection, what `early` yields
+    /// while the relay pairs it goes too ([`super::early`]).
+    pub(super) async fn connect_through(
+        self: &Arc<Self>,
+        relay: &RelayEntry,
+        early: Option<&mut Early<'_>>,
+    ) -> Result<(Tunnel, Phases), ClientError> {
         let started = Instant::now();
         let (conn, leg) = self.send_join(relay, 0).await?;
         let (answer_tx, mut answer_rx) = oneshot::channel();
@@ -46,8 +57,15 @@ impl ClientSession {
             let up = keys.upstream();
             let mut sealed = Sealed::salted(pipe, up, Box::new(move |salt| keys.downstream(salt)), header.to_vec());
             let written = sealed.flush().await;
-            let answer = tokio::time::timeout(PAIRING_WAIT, &mut answer_rx).await;
-            if let Some(e) = refusal(answer, &lost).or_else(|| written.err().map(|e| lost(e.to_string()))) {
+            let answer = match (written, early) {
+                (Err(e), _) => Err(lost(e.to_string())),
+                (Ok(()), None) => Ok(tokio::time::timeout(PAIRING_WAIT, &mut answer_rx).await),
+                (Ok(()), Some(early)) => early
+                    .send_while_pairing(&mut sealed, &mut answer_rx, PAIRING_WAIT)
+                    .await
+                    .map_err(|e| lost(e.to_string())),
+            };
+            if let Some(e) = answer.map_or_else(Some, |a| refusal(a, &lost)) {
                 driver.abort();
                 return Err(e);
             }

@@ -1,6 +1,7 @@
 //! The specialist's side: obtain a grant, open a session through a relay (its
 //! twin when the first fails), and forward local connections through it.
 
+mod early;
 mod forward;
 mod grant_source;
 pub mod hub;
@@ -417,6 +418,25 @@ impl ClientSession {
 
     /// [`Self::connect`], with where the time went.
     pub async fn connect_timed(self: &Arc<Self>) -> Result<(Tunnel, Phases), ClientError> {
+        self.open_tunnel(None).await
+    }
+
+    /// [`Self::connect_timed`] for an application that may already be
+    /// writing: on a keyed connection, what `app` yields while the relay
+    /// pairs it goes right behind the join (at most [`early::EARLY_MAX`];
+    /// the rest, and anything on a first connection, stays in `app`).
+    pub async fn connect_early(
+        self: &Arc<Self>,
+        app: &mut (dyn tokio::io::AsyncRead + Unpin + Send),
+    ) -> Result<(Tunnel, Phases), ClientError> {
+        let mut early = early::Early::new(app);
+        self.open_tunnel(Some(&mut early)).await
+    }
+
+    async fn open_tunnel(
+        self: &Arc<Self>,
+        mut early: Option<&mut early::Early<'_>>,
+    ) -> Result<(Tunnel, Phases), ClientError> {
         let current = self.current_relay();
         let mut order = vec![current.clone()];
         order.extend(self.relays.iter().filter(|r| r.name != current.name).cloned());
@@ -424,10 +444,22 @@ impl ClientSession {
         // Two rounds: a relay that failed us now may be back by the next (restarted).
         for relay in order.iter().chain(&order) {
             let rx = self.links.rx(&relay.name);
-            match self.connect_via(relay).await {
+            match self.connect_through(relay, early.as_deref_mut()).await {
                 Ok(t) => {
+                    if let Some(e) = early.as_deref_mut() {
+                        e.confirmed();
+                    }
                     self.set_current(relay);
                     return Ok(t);
+                }
+                // The application's bytes left on a leg that was lost: the
+                // device may have passed them on, and they must not reach
+                // its service twice. This connection fails (its application
+                // sees it close); the next goes through the twin.
+                Err(ClientError::Protocol { relay: name, detail }) if early.as_ref().is_some_and(|e| e.sent) => {
+                    self.links.suspect(&relay.name, rx).await;
+                    let detail = format!("{detail}; not sent again through the twin: the first bytes had left");
+                    return Err(ClientError::Protocol { relay: name, detail });
                 }
                 Err(e @ (ClientError::Dial { .. } | ClientError::Protocol { .. })) => {
                     self.links.suspect(&relay.name, rx).await;

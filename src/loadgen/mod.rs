@@ -139,8 +139,12 @@ pub async fn run(cmd: LoadCmd) -> Result<()> {
 /// Opens a tunnel in `session`, sends one byte and waits for the echo.
 pub async fn first_byte(session: &std::sync::Arc<crate::client::ClientSession>) -> Result<crate::client::Phases> {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let (mut t, phases) = session.connect_timed().await?;
-    t.write_all(b"x").await?;
+    // As `tether connect` does: a byte the application wrote at once goes
+    // while the relay pairs a keyed connection; on a first connection it
+    // stays here until the end-to-end TLS is up.
+    let mut app: &[u8] = b"x";
+    let (mut t, phases) = session.connect_early(&mut app).await?;
+    t.write_all(app).await?;
     t.flush().await?;
     let mut b = [0u8; 1];
     tokio::time::timeout(Duration::from_secs(5), t.read_exact(&mut b)).await.context("no echo within 5 s")??;

@@ -418,3 +418,56 @@ async fn freezes_at_varied_moments() {
     }
     report("SIGSTOPs at varied moments", pauses);
 }
+
+/// A keyed connection's first bytes go while the relay pairs it, and reach
+/// the device's service once: when the relay carrying them froze before it
+/// answered, the connection fails rather than send them again through the
+/// twin (the frozen relay may still pass them on when it wakes).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn first_bytes_sent_before_the_pairing_reach_the_service_at_most_once() {
+    let svc = CountingService::start(tokio_util::sync::CancellationToken::new()).await;
+    let fleet = Fleet::start(Opts {
+        relays: 2,
+        twins: true,
+        extra_services: vec![("sink".into(), svc.addr.to_string())],
+        ..Opts::default()
+    })
+    .await;
+    for i in 0..2 {
+        eventually("twin links up", async || {
+            fleet.metric(i, "tether_twin_link_up", &["direction=\"in\""]).await == 1.0
+                && fleet.metric(i, "tether_twin_link_up", &["direction=\"out\""]).await == 1.0
+        })
+        .await;
+    }
+    let session = fleet.session("sink").await;
+    assert_eq!(session.relay.name, "relay-a");
+    // The first connection's end-to-end TLS keys the later ones.
+    drop(within(30, session.connect()).await.unwrap());
+
+    // A keyed connection: the request goes with the join, none is left over.
+    let request = b"GET /status HTTP/1.1\r\n\r\n";
+    let mut app: &[u8] = request;
+    let (t, _) = within(30, session.connect_early(&mut app)).await.unwrap();
+    assert!(app.is_empty(), "the request did not go while the relay paired the connection");
+    eventually("the request reaches the service", async || {
+        svc.bytes.load(std::sync::atomic::Ordering::SeqCst) == request.len() as u64
+    })
+    .await;
+    drop(t);
+
+    let pid = fleet.relays[0].proc.pid();
+    signal(pid, "-STOP");
+    let mut app: &[u8] = request;
+    let failed = within(60, session.connect_early(&mut app)).await;
+    let err = failed.err().expect("a connection whose first bytes left on a frozen relay was sent again").to_string();
+    assert!(err.contains("not sent again through the twin"), "{err}");
+    signal(pid, "-CONT");
+    // Whatever the woken relay still passes on, the service sees the request
+    // at most once more.
+    tokio::time::sleep(std::time::Duration::from_secs(3)).await;
+    let seen = svc.bytes.load(std::sync::atomic::Ordering::SeqCst);
+    assert!(seen <= 2 * request.len() as u64, "the service saw {seen} bytes of two requests' {}", 2 * request.len());
+    // The next connection opens.
+    drop(within(30, session.connect()).await.expect("the next connection opens"));
+}
