@@ -32,7 +32,8 @@ pub struct Early<'a> {
     held: BytesMut,
     /// The source ended (EOF or an error): its next reads say so again.
     ended: bool,
-    /// Bytes left on the current attempt's leg.
+    /// Bytes left on the current attempt's leg (the caller clears it
+    /// before each attempt).
     pub(super) sent: bool,
 }
 

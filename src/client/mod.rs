@@ -444,6 +444,9 @@ impl ClientSession {
         // Two rounds: a relay that failed us now may be back by the next (restarted).
         for relay in order.iter().chain(&order) {
             let rx = self.links.rx(&relay.name);
+            if let Some(e) = early.as_deref_mut() {
+                e.sent = false;
+            }
             match self.connect_through(relay, early.as_deref_mut()).await {
                 Ok(t) => {
                     if let Some(e) = early.as_deref_mut() {

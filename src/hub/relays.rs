@@ -19,7 +19,8 @@ struct RelayView {
     ready: bool,
     sessions: u64,
     agents: HashMap<String, AgentSeen>,
-    /// Live sessions' bytes (to device, to client) as of the last full report.
+    /// Live sessions' bytes (to device, to client): replaced by each full
+    /// report, updated by the counts that moved in between.
     live: HashMap<String, (u64, u64)>,
 }
 
@@ -67,9 +68,14 @@ impl Board {
             v.seen = Instant::now();
             v.ready = r.ready;
             v.sessions = r.sessions;
+            let live = r.live.iter().map(|l| (l.session.clone(), (l.bytes_to_device, l.bytes_to_client)));
             if let Some(agents) = &r.agents {
+                // A full report: every live session's counts, and only those.
                 v.agents = agents.iter().map(|a| (a.device.clone(), a.clone())).collect();
-                v.live = r.live.iter().map(|l| (l.session.clone(), (l.bytes_to_device, l.bytes_to_client))).collect();
+                v.live = live.collect();
+            } else {
+                // Between them: the counts that moved.
+                v.live.extend(live);
             }
         }
         let mut revoked = lock(&self.revoked);
@@ -154,5 +160,36 @@ impl Board {
                 None => (r.name.clone(), false, false, 0),
             })
             .collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::api::{AgentSeen, LiveBytes};
+
+    fn live(session: &str, to_device: u64, to_client: u64) -> LiveBytes {
+        LiveBytes { session: session.into(), bytes_to_device: to_device, bytes_to_client: to_client }
+    }
+
+    #[test]
+    fn live_counts_move_between_full_reports_and_a_full_report_drops_ended_sessions() {
+        let relay = HubRelay { name: "relay-a".into(), addr: "127.0.0.1:1".into(), server_name: None };
+        let board = Board::new(vec![relay], Duration::from_secs(60));
+        let full = |live: Vec<LiveBytes>| RelayReport {
+            agents: Some(Vec::<AgentSeen>::new()),
+            live,
+            ..RelayReport::default()
+        };
+        let between = |live: Vec<LiveBytes>| RelayReport { live, ..RelayReport::default() };
+        board.report("relay-a", &full(vec![live("s1", 0, 0), live("s2", 5, 5)]), 0);
+        // Between full reports only the counts that moved come; the others stay.
+        board.report("relay-a", &between(vec![live("s1", 100, 40)]), 0);
+        assert_eq!(board.live_bytes("s1"), Some((100, 40)), "a count between full reports was not taken");
+        assert_eq!(board.live_bytes("s2"), Some((5, 5)), "an unchanged session lost its count");
+        // A full report lists every live session: one it leaves out ended.
+        board.report("relay-a", &full(vec![live("s1", 120, 50)]), 0);
+        assert_eq!(board.live_bytes("s1"), Some((120, 50)));
+        assert_eq!(board.live_bytes("s2"), None, "an ended session kept its live count");
     }
 }

@@ -1,5 +1,6 @@
 //! Reports to the hub every `report_ms`: readiness, load, attached agents,
-//! session starts and ends (with byte counts), audit chain heads (this
+//! session starts and ends (with byte counts), live sessions' byte counts
+//! that moved (all of them in every full report), audit chain heads (this
 //! relay's and its agents': when they moved, and all of them in every full
 //! report). The answer names sessions an admin revoked: they are ended here
 //! (and, by replication, at the twin) and their grants refused.
@@ -11,7 +12,7 @@ use std::time::{Duration, Instant};
 use serde_json::json;
 
 use super::state::State;
-use crate::api::{AgentHead, AgentSeen, Head, HubClient, RelayReport, ReportAnswer};
+use crate::api::{AgentHead, AgentSeen, Head, HubClient, LiveBytes, RelayReport, ReportAnswer};
 use crate::proto::{Reason, SessionId};
 use crate::util::now_secs;
 
@@ -36,6 +37,8 @@ pub async fn run(state: Arc<State>) {
     let mut ticker = tokio::time::interval(Duration::from_millis(link.report_ms.max(50)));
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut sent_heads: HashMap<String, u64> = HashMap::new();
+    // Each live session's byte counts as the hub last took them.
+    let mut sent_live: HashMap<String, (u64, u64)> = HashMap::new();
     let mut last_full = Instant::now() - FULL_AGENTS_EVERY;
     let mut failing_since: Option<Instant> = None;
     loop {
@@ -44,7 +47,9 @@ pub async fn run(state: Arc<State>) {
             _ = ticker.tick() => {}
         }
         let full = state.hub_out().agents_changed || last_full.elapsed() >= FULL_AGENTS_EVERY;
-        let (report, heads) = build(&state, full, &sent_heads);
+        let (mut report, heads) = build(&state, full, &sent_heads);
+        let live_now = live_bytes(&state);
+        report.live = live_to_send(&live_now, &sent_live, full);
         match client.post::<_, ReportAnswer>("/api/v1/relay/report", None, &report).await {
             Ok(answer) => {
                 if failing_since.take().is_some() {
@@ -54,6 +59,7 @@ pub async fn run(state: Arc<State>) {
                     last_full = Instant::now();
                 }
                 sent_heads.extend(heads);
+                sent_live = live_now;
                 apply(&state, answer);
             }
             Err(e) => {
@@ -134,20 +140,31 @@ fn build(state: &State, full: bool, sent: &HashMap<String, u64>) -> (RelayReport
         ended,
         audit_head: own_moved.then(|| Head { seq, sig: state.audit.sign_head(&hash), hash }),
         agent_heads,
-        live: if full { live_bytes(state) } else { Vec::new() },
+        live: Vec::new(),
     };
     (report, heads)
 }
 
-/// What each live session has moved so far (the console shows it).
-fn live_bytes(state: &State) -> Vec<crate::api::LiveBytes> {
+/// What each live session has moved so far (`tether sessions` and the
+/// console show it), by session.
+fn live_bytes(state: &State) -> HashMap<String, (u64, u64)> {
     state
         .sessions
         .iter()
-        .map(|s| crate::api::LiveBytes {
-            session: s.key().to_string(),
-            bytes_to_device: s.to_device.load(Ordering::Relaxed),
-            bytes_to_client: s.to_client.load(Ordering::Relaxed),
+        .map(|s| (s.key().to_string(), (s.to_device.load(Ordering::Relaxed), s.to_client.load(Ordering::Relaxed))))
+        .collect()
+}
+
+/// The counts to report: every session's in a full report, else those that
+/// moved since the hub last took them (a session in use is at most one
+/// report behind, an idle one costs nothing).
+fn live_to_send(now: &HashMap<String, (u64, u64)>, sent: &HashMap<String, (u64, u64)>, full: bool) -> Vec<LiveBytes> {
+    now.iter()
+        .filter(|(id, counts)| full || sent.get(*id) != Some(*counts))
+        .map(|(id, (to_device, to_client))| LiveBytes {
+            session: id.clone(),
+            bytes_to_device: *to_device,
+            bytes_to_client: *to_client,
         })
         .collect()
 }
@@ -168,5 +185,21 @@ fn apply(state: &State, answer: ReportAnswer) {
         if let Some(tx) = waiter {
             let _ = tx.send((crate::proto::Outcome::Refused, Reason::Revoked));
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_moved_counts_go_between_full_reports() {
+        let now: HashMap<String, (u64, u64)> =
+            [("a".to_string(), (10, 20)), ("b".to_string(), (5, 5)), ("c".to_string(), (1, 0))].into();
+        let sent: HashMap<String, (u64, u64)> = [("a".to_string(), (10, 20)), ("b".to_string(), (4, 5))].into();
+        let mut moved: Vec<String> = live_to_send(&now, &sent, false).into_iter().map(|l| l.session).collect();
+        moved.sort();
+        assert_eq!(moved, ["b", "c"], "an unchanged count was sent, or a moved or new one was not");
+        assert_eq!(live_to_send(&now, &sent, true).len(), 3, "a full report leaves a live session out");
     }
 }
