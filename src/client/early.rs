@@ -62,6 +62,7 @@ impl<'a> Early<'a> {
         }
         loop {
             let room = EARLY_MAX.saturating_sub(self.held.len());
+            self.held.reserve(room.min(4096));
             let (src, held) = (&mut *self.src, &mut self.held);
             let read = async move { src.take(room as u64).read_buf(held).await };
             tokio::select! {

@@ -41,7 +41,9 @@ pub async fn open(
     let mut buf = BytesMut::with_capacity(128 + early.len());
     // No key: the stream itself is the proof (see the module's comment).
     Frame::Open { session: session.id, conn, key: [0; 32], resumes, via: String::new() }.encode(&mut buf);
+    let open_len = buf.len();
     buf.extend_from_slice(&early);
+    pass_on(state, session, &mut buf[open_len..]);
     leg.get_mut().write_all(&buf).await.map_err(|_| GONE)?;
     let deadline = tokio::time::Instant::now() + Duration::from_millis(state.cfg.limits.pairing_timeout_ms);
     // Until the agent answers, what the client sends goes on to it; the
@@ -52,7 +54,10 @@ pub async fn open(
         tokio::select! {
             r = tokio::time::timeout_at(deadline, leg.read_frame()) => break r,
             n = client.get_mut().read_buf(&mut buf), if client_open => match n {
-                Ok(n) if n > 0 => leg.get_mut().write_all(&buf).await.map_err(|_| GONE)?,
+                Ok(n) if n > 0 => {
+                    pass_on(state, session, &mut buf);
+                    leg.get_mut().write_all(&buf).await.map_err(|_| GONE)?
+                }
                 // The client's end or failure is the splice's to see (it reads it again).
                 _ => client_open = false,
             },
@@ -66,4 +71,18 @@ pub async fn open(
         Ok(Err(_)) => Err(GONE),
         Err(_) => Err((Reason::PairingTimedOut, "the device did not answer the stream's open")),
     }
+}
+
+/// The client's bytes this passes to the agent before the splice takes over
+/// (its first flight, and a keyed connection's first application bytes):
+/// counted for the session and seen by the test hooks, as the splice's are.
+fn pass_on(state: &State, session: &Session, bytes: &mut [u8]) {
+    if bytes.is_empty() {
+        return;
+    }
+    if let Some(tap) = state.taps.to_device.as_ref() {
+        tap(bytes);
+    }
+    session.to_device.fetch_add(bytes.len() as u64, std::sync::atomic::Ordering::Relaxed);
+    crate::metrics::RELAY_BYTES.with_label_values(&["to_device"]).inc_by(bytes.len() as u64);
 }
