@@ -59,7 +59,18 @@ impl<'a> Meter<'a> {
     pub fn tapped(self, tap: Option<&'a Tap>) -> Self {
         Meter { tap, ..self }
     }
-    fn add(&self, n: usize) {
+    /// Bytes about to go this direction: the test hook sees (and may
+    /// change) them. With [`Self::add`] once they went, what the splice does
+    /// with every chunk, and what passes bytes on before a splice takes over
+    /// does the same.
+    pub fn tap(&self, bytes: &mut [u8]) {
+        if let Some(tap) = self.tap {
+            tap(bytes);
+        }
+    }
+
+    /// Counts `n` bytes that went this direction.
+    pub fn add(&self, n: usize) {
         self.total.fetch_add(n as u64, Ordering::Relaxed);
         if let Some(m) = self.metric {
             m.inc_by(n as u64);
@@ -86,9 +97,7 @@ where
         } else if n < want / 8 && want > FIRST_CHUNK {
             want /= 2; // small reads again (interactive): shrink back
         }
-        if let Some(tap) = meter.tap {
-            tap(&mut buf[..n]);
-        }
+        meter.tap(&mut buf[..n]);
         if n == 0 {
             // Half-close: the peer of `w` sees EOF; the other direction goes on.
             let _ = w.shutdown().await;

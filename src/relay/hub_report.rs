@@ -38,7 +38,7 @@ pub async fn run(state: Arc<State>) {
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut sent_heads: HashMap<String, u64> = HashMap::new();
     // Each live session's byte counts as the hub last took them.
-    let mut sent_live: HashMap<String, (u64, u64)> = HashMap::new();
+    let mut sent_live: HashMap<SessionId, (u64, u64)> = HashMap::new();
     let mut last_full = Instant::now() - FULL_AGENTS_EVERY;
     let mut failing_since: Option<Instant> = None;
     loop {
@@ -147,22 +147,26 @@ fn build(state: &State, full: bool, sent: &HashMap<String, u64>) -> (RelayReport
 
 /// What each live session has moved so far (`tether sessions` and the
 /// console show it), by session.
-fn live_bytes(state: &State) -> HashMap<String, (u64, u64)> {
+fn live_bytes(state: &State) -> HashMap<SessionId, (u64, u64)> {
     state
         .sessions
         .iter()
-        .map(|s| (s.key().to_string(), (s.to_device.load(Ordering::Relaxed), s.to_client.load(Ordering::Relaxed))))
+        .map(|s| (*s.key(), (s.to_device.load(Ordering::Relaxed), s.to_client.load(Ordering::Relaxed))))
         .collect()
 }
 
 /// The counts to report: every session's in a full report, else those that
 /// moved since the hub last took them (a session in use is at most one
 /// report behind, an idle one costs nothing).
-fn live_to_send(now: &HashMap<String, (u64, u64)>, sent: &HashMap<String, (u64, u64)>, full: bool) -> Vec<LiveBytes> {
+fn live_to_send(
+    now: &HashMap<SessionId, (u64, u64)>,
+    sent: &HashMap<SessionId, (u64, u64)>,
+    full: bool,
+) -> Vec<LiveBytes> {
     now.iter()
         .filter(|(id, counts)| full || sent.get(*id) != Some(*counts))
         .map(|(id, (to_device, to_client))| LiveBytes {
-            session: id.clone(),
+            session: id.to_string(),
             bytes_to_device: *to_device,
             bytes_to_client: *to_client,
         })
@@ -194,12 +198,12 @@ mod tests {
 
     #[test]
     fn only_moved_counts_go_between_full_reports() {
-        let now: HashMap<String, (u64, u64)> =
-            [("a".to_string(), (10, 20)), ("b".to_string(), (5, 5)), ("c".to_string(), (1, 0))].into();
-        let sent: HashMap<String, (u64, u64)> = [("a".to_string(), (10, 20)), ("b".to_string(), (4, 5))].into();
+        let (a, b, c) = (SessionId([1; 16]), SessionId([2; 16]), SessionId([3; 16]));
+        let now: HashMap<SessionId, (u64, u64)> = [(a, (10, 20)), (b, (5, 5)), (c, (1, 0))].into();
+        let sent: HashMap<SessionId, (u64, u64)> = [(a, (10, 20)), (b, (4, 5))].into();
         let mut moved: Vec<String> = live_to_send(&now, &sent, false).into_iter().map(|l| l.session).collect();
         moved.sort();
-        assert_eq!(moved, ["b", "c"], "an unchanged count was sent, or a moved or new one was not");
+        assert_eq!(moved, [b.to_string(), c.to_string()], "an unchanged count was sent, or a moved or new one was not");
         assert_eq!(live_to_send(&now, &sent, true).len(), 3, "a full report leaves a live session out");
     }
 }

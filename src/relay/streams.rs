@@ -19,6 +19,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use super::session::Session;
 use super::state::State;
 use crate::leg::Leg;
+use crate::metrics;
 use crate::proto::{Frame, FrameIo, Reason};
 use crate::quic::QuicLeg;
 
@@ -43,8 +44,13 @@ pub async fn open(
     Frame::Open { session: session.id, conn, key: [0; 32], resumes, via: String::new() }.encode(&mut buf);
     let open_len = buf.len();
     buf.extend_from_slice(&early);
-    pass_on(state, session, &mut buf[open_len..]);
+    // The client's bytes passed on here are counted and seen by the test
+    // hooks as the splice's are.
+    let counter = metrics::RELAY_BYTES.with_label_values(&["to_device"]);
+    let meter = super::client::to_device_meter(state, session, &counter);
+    meter.tap(&mut buf[open_len..]);
     leg.get_mut().write_all(&buf).await.map_err(|_| GONE)?;
+    meter.add(early.len());
     let deadline = tokio::time::Instant::now() + Duration::from_millis(state.cfg.limits.pairing_timeout_ms);
     // Until the agent answers, what the client sends goes on to it; the
     // stream's flow control bounds how much that can be.
@@ -55,8 +61,9 @@ pub async fn open(
             r = tokio::time::timeout_at(deadline, leg.read_frame()) => break r,
             n = client.get_mut().read_buf(&mut buf), if client_open => match n {
                 Ok(n) if n > 0 => {
-                    pass_on(state, session, &mut buf);
-                    leg.get_mut().write_all(&buf).await.map_err(|_| GONE)?
+                    meter.tap(&mut buf);
+                    leg.get_mut().write_all(&buf).await.map_err(|_| GONE)?;
+                    meter.add(n);
                 }
                 // The client's end or failure is the splice's to see (it reads it again).
                 _ => client_open = false,
@@ -71,18 +78,4 @@ pub async fn open(
         Ok(Err(_)) => Err(GONE),
         Err(_) => Err((Reason::PairingTimedOut, "the device did not answer the stream's open")),
     }
-}
-
-/// The client's bytes this passes to the agent before the splice takes over
-/// (its first flight, and a keyed connection's first application bytes):
-/// counted for the session and seen by the test hooks, as the splice's are.
-fn pass_on(state: &State, session: &Session, bytes: &mut [u8]) {
-    if bytes.is_empty() {
-        return;
-    }
-    if let Some(tap) = state.taps.to_device.as_ref() {
-        tap(bytes);
-    }
-    session.to_device.fetch_add(bytes.len() as u64, std::sync::atomic::Ordering::Relaxed);
-    crate::metrics::RELAY_BYTES.with_label_values(&["to_device"]).inc_by(bytes.len() as u64);
 }
