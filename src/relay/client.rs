@@ -462,16 +462,6 @@ async fn ask_for_leg(
 }
 
 /// Splices a paired connection until it closes, the session ends or the relay drains.
-/// How a session's bytes to the device are counted (and, in tests, tapped):
-/// the splice's, and what `streams::open` passes on before it.
-pub(super) fn to_device_meter<'a>(
-    state: &'a State,
-    session: &'a Session,
-    metric: &'a prometheus::IntCounter,
-) -> Meter<'a> {
-    Meter::with_metric(&session.to_device, metric).tapped(state.taps.to_device.as_ref())
-}
-
 async fn tunnel(state: &State, p: Paired, io: Io) {
     let Paired { session, conn, leg, prefix: leg_prefix } = p;
     metrics::RELAY_TUNNELS_TOTAL.inc();
@@ -483,7 +473,7 @@ async fn tunnel(state: &State, p: Paired, io: Io) {
     let result = tokio::select! {
         r = splice(
             client, client_prefix, leg, leg_prefix,
-            to_device_meter(state, &session, &to_device),
+            state.to_device_meter(&session, &to_device),
             Meter::with_metric(&session.to_client, &to_client).tapped(state.taps.to_client.as_ref()),
         ) => r.map(|_| ()).map_err(|e| e.to_string()),
         _ = session.end.cancelled() => Err("session ended".into()),

@@ -123,6 +123,16 @@ pub struct State {
 }
 
 impl State {
+    /// How a session's bytes to the device are counted (and, in tests,
+    /// tapped): the splice's, and what `streams::open` passes on before it.
+    pub fn to_device_meter<'a>(
+        &'a self,
+        session: &'a Session,
+        metric: &'a prometheus::IntCounter,
+    ) -> crate::splice::Meter<'a> {
+        crate::splice::Meter::with_metric(&session.to_device, metric).tapped(self.taps.to_device.as_ref())
+    }
+
     pub fn new(
         cfg: RelayConfig,
         shutdown: CancellationToken,

@@ -47,7 +47,7 @@ pub async fn open(
     // The client's bytes passed on here are counted and seen by the test
     // hooks as the splice's are.
     let counter = metrics::RELAY_BYTES.with_label_values(&["to_device"]);
-    let meter = super::client::to_device_meter(state, session, &counter);
+    let meter = state.to_device_meter(session, &counter);
     meter.tap(&mut buf[open_len..]);
     leg.get_mut().write_all(&buf).await.map_err(|_| GONE)?;
     meter.add(early.len());
