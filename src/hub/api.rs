@@ -267,13 +267,14 @@ async fn busy_refusal(hub: &Hub, busy: Busy, report: Option<u64>, user: &str, fr
     ApiError::new(StatusCode::TOO_MANY_REQUESTS, code, message)
 }
 
-/// A live session's record counts the bytes its relays reported so far (the
-/// stored counts are written when it ends).
+/// A live session's record counts the bytes its relays reported so far: the
+/// stored counts (each relay's adds to them when the session ends there, or
+/// when it restarted before) and the live counts of the relays that carry it.
 fn with_live_bytes(hub: &Hub, s: &mut crate::api::SessionRecord) {
     if s.state == "live"
         && let Some((to_device, to_client)) = hub.board.live_bytes(&s.id)
     {
-        s.bytes_to_device = s.bytes_to_device.max(i64::try_from(to_device).unwrap_or(i64::MAX));
-        s.bytes_to_client = s.bytes_to_client.max(i64::try_from(to_client).unwrap_or(i64::MAX));
+        s.bytes_to_device = s.bytes_to_device.saturating_add(i64::try_from(to_device).unwrap_or(i64::MAX));
+        s.bytes_to_client = s.bytes_to_client.saturating_add(i64::try_from(to_client).unwrap_or(i64::MAX));
     }
 }

@@ -24,6 +24,18 @@ struct RelayView {
     live: HashMap<String, (u64, u64)>,
 }
 
+/// Bytes a relay had reported for a live session that its reports no
+/// longer hold, though it never reported the session's end: the relay
+/// restarted (its counts start again from zero) and what it carried
+/// before would be lost from the session's record. The caller adds them
+/// to the record at once.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Forgotten {
+    pub session: String,
+    pub to_device: u64,
+    pub to_client: u64,
+}
+
 /// The relays as their reports describe them, and revocations in flight.
 pub struct Board {
     relays: Vec<HubRelay>,
@@ -54,9 +66,10 @@ impl Board {
         self.relays.iter().any(|r| r.name == name)
     }
 
-    /// Takes a report in; returns what the relay must act on.
-    pub fn report(&self, relay: &str, r: &RelayReport, now: u64) -> ReportAnswer {
-        {
+    /// Takes a report in; returns what the relay must act on, and the
+    /// counts the relay forgot (see [`Forgotten`]).
+    pub fn report(&self, relay: &str, r: &RelayReport, now: u64) -> (ReportAnswer, Vec<Forgotten>) {
+        let forgotten = {
             let mut views = lock(&self.views);
             let v = views.entry(relay.to_string()).or_insert_with(|| RelayView {
                 seen: Instant::now(),
@@ -68,21 +81,17 @@ impl Board {
             v.seen = Instant::now();
             v.ready = r.ready;
             v.sessions = r.sessions;
-            let live = r.live.iter().map(|l| (l.session.clone(), (l.bytes_to_device, l.bytes_to_client)));
             if let Some(agents) = &r.agents {
-                // A full report: every live session's counts, and only those.
                 v.agents = agents.iter().map(|a| (a.device.clone(), a.clone())).collect();
-                v.live = live.collect();
-            } else {
-                // Between them: the counts that moved.
-                v.live.extend(live);
             }
-        }
+            take_live(v, r)
+        };
         let mut revoked = lock(&self.revoked);
         revoked.retain(|_, exp| *exp > now);
-        ReportAnswer {
+        let answer = ReportAnswer {
             revoked: revoked.iter().map(|(s, e)| RevokedSession { session: s.clone(), expires_at: *e }).collect(),
-        }
+        };
+        (answer, forgotten)
     }
 
     pub fn revoke(&self, session: &str, expires_at: u64) {
@@ -141,13 +150,14 @@ impl Board {
     }
 
     /// A live session's bytes (to device, to client) as its relays last
-    /// counted them (after a failover, the larger count).
+    /// counted them: each relay counts what it carried, so the sum. A relay
+    /// that stopped reporting still counts: those bytes went through it.
     pub fn live_bytes(&self, session: &str) -> Option<(u64, u64)> {
         let views = lock(&self.views);
-        self.relays
-            .iter()
-            .filter_map(|r| self.fresh(&views, &r.name)?.live.get(session).copied())
-            .max_by_key(|(d, c)| d + c)
+        views
+            .values()
+            .filter_map(|v| v.live.get(session).copied())
+            .reduce(|(d, c), (d2, c2)| (d.saturating_add(d2), c.saturating_add(c2)))
     }
 
     /// Relays with a fresh report, ready or not (health endpoint).
@@ -163,33 +173,124 @@ impl Board {
     }
 }
 
+/// Takes a report's live counts into the relay's view. A full report holds
+/// every live session's counts, and only those; between them come the counts
+/// that moved. The relay takes its live counts before the ends it reports
+/// (under one lock, see `relay::hub_report`), so the ends are applied last.
+/// Returns what the relay forgot without ending it: a session a full report
+/// leaves out, or a count that went down.
+fn take_live(v: &mut RelayView, r: &RelayReport) -> Vec<Forgotten> {
+    let mut forgotten = Vec::new();
+    let mut forget = |session: &str, (to_device, to_client): (u64, u64)| {
+        if to_device > 0 || to_client > 0 {
+            forgotten.push(Forgotten { session: session.to_string(), to_device, to_client });
+        }
+    };
+    let fresh: HashMap<String, (u64, u64)> =
+        r.live.iter().map(|l| (l.session.clone(), (l.bytes_to_device, l.bytes_to_client))).collect();
+    for (session, (d, c)) in &fresh {
+        if let Some(&(d0, c0)) = v.live.get(session)
+            && (*d < d0 || *c < c0)
+        {
+            forget(session, (d0, c0));
+        }
+    }
+    let ended: std::collections::HashSet<&str> = r.ended.iter().map(|e| e.session.as_str()).collect();
+    if r.agents.is_some() {
+        for (session, counts) in &v.live {
+            if !fresh.contains_key(session) && !ended.contains(session.as_str()) {
+                forget(session, *counts);
+            }
+        }
+        v.live = fresh;
+    } else {
+        v.live.extend(fresh);
+    }
+    // An ended session's counts are in its end: the record has them.
+    v.live.retain(|s, _| !ended.contains(s.as_str()));
+    forgotten
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::api::{AgentSeen, LiveBytes};
+    use crate::api::{AgentSeen, EndedSession, LiveBytes};
 
     fn live(session: &str, to_device: u64, to_client: u64) -> LiveBytes {
         LiveBytes { session: session.into(), bytes_to_device: to_device, bytes_to_client: to_client }
     }
 
+    fn board() -> Board {
+        let relay = |name: &str| HubRelay { name: name.into(), addr: "127.0.0.1:1".into(), server_name: None };
+        Board::new(vec![relay("relay-a"), relay("relay-b")], Duration::from_secs(60))
+    }
+
+    fn full(live: Vec<LiveBytes>) -> RelayReport {
+        RelayReport { agents: Some(Vec::<AgentSeen>::new()), live, ..RelayReport::default() }
+    }
+
+    fn between(live: Vec<LiveBytes>) -> RelayReport {
+        RelayReport { live, ..RelayReport::default() }
+    }
+
+    fn ended(session: &str, to_device: u64, to_client: u64) -> EndedSession {
+        EndedSession {
+            session: session.into(),
+            bytes_to_device: to_device,
+            bytes_to_client: to_client,
+            ..Default::default()
+        }
+    }
+
+    fn forgot(session: &str, to_device: u64, to_client: u64) -> Vec<Forgotten> {
+        vec![Forgotten { session: session.into(), to_device, to_client }]
+    }
+
     #[test]
-    fn live_counts_move_between_full_reports_and_a_full_report_drops_ended_sessions() {
-        let relay = HubRelay { name: "relay-a".into(), addr: "127.0.0.1:1".into(), server_name: None };
-        let board = Board::new(vec![relay], Duration::from_secs(60));
-        let full = |live: Vec<LiveBytes>| RelayReport {
-            agents: Some(Vec::<AgentSeen>::new()),
-            live,
-            ..RelayReport::default()
-        };
-        let between = |live: Vec<LiveBytes>| RelayReport { live, ..RelayReport::default() };
+    fn live_counts_move_between_full_reports_and_an_end_takes_a_session_out() {
+        let board = board();
         board.report("relay-a", &full(vec![live("s1", 0, 0), live("s2", 5, 5)]), 0);
         // Between full reports only the counts that moved come; the others stay.
-        board.report("relay-a", &between(vec![live("s1", 100, 40)]), 0);
+        let (_, lost) = board.report("relay-a", &between(vec![live("s1", 100, 40)]), 0);
+        assert!(lost.is_empty(), "{lost:?}");
         assert_eq!(board.live_bytes("s1"), Some((100, 40)), "a count between full reports was not taken");
         assert_eq!(board.live_bytes("s2"), Some((5, 5)), "an unchanged session lost its count");
-        // A full report lists every live session: one it leaves out ended.
-        board.report("relay-a", &full(vec![live("s1", 120, 50)]), 0);
-        assert_eq!(board.live_bytes("s1"), Some((120, 50)));
+        // s2 ends (its counts are in the end); the next full report leaves it out.
+        let (_, lost) = board.report("relay-a", &RelayReport { ended: vec![ended("s2", 7, 7)], ..between(vec![]) }, 0);
+        assert!(lost.is_empty(), "an ended session's counts were taken as forgotten: {lost:?}");
         assert_eq!(board.live_bytes("s2"), None, "an ended session kept its live count");
+        let (_, lost) = board.report("relay-a", &full(vec![live("s1", 120, 50)]), 0);
+        assert!(lost.is_empty(), "{lost:?}");
+        assert_eq!(board.live_bytes("s1"), Some((120, 50)));
+        // Live counts and the end in one report: the end wins.
+        let (_, lost) = board.report(
+            "relay-a",
+            &RelayReport { ended: vec![ended("s1", 130, 60)], ..full(vec![live("s1", 130, 60)]) },
+            0,
+        );
+        assert!(lost.is_empty() && board.live_bytes("s1").is_none(), "{lost:?}");
+    }
+
+    #[test]
+    fn the_twins_counts_add_up_and_a_restarted_relay_gives_back_what_it_forgot() {
+        let board = board();
+        board.report("relay-a", &full(vec![live("s1", 52_000, 52_100)]), 0);
+        board.report("relay-b", &full(vec![live("s1", 0, 0)]), 0);
+        // relay-a dies; the session moves on through relay-b.
+        board.report("relay-b", &between(vec![live("s1", 10_000, 10_050)]), 0);
+        assert_eq!(board.live_bytes("s1"), Some((62_000, 62_150)), "each twin counts what it carried");
+        // relay-a restarts and learns the session back from its twin: counts from zero.
+        let (_, lost) = board.report("relay-a", &full(vec![live("s1", 0, 0)]), 0);
+        assert_eq!(lost, forgot("s1", 52_000, 52_100));
+        assert_eq!(board.live_bytes("s1"), Some((10_000, 10_050)), "the forgotten counts go to the record, once");
+        // Or it restarts without it: a full report that leaves a session out unended.
+        board.report("relay-a", &between(vec![live("s1", 300, 300)]), 0);
+        let (_, lost) = board.report("relay-a", &full(vec![]), 0);
+        assert_eq!(lost, forgot("s1", 300, 300));
+        let (_, lost) = board.report("relay-a", &full(vec![]), 0);
+        assert!(lost.is_empty(), "counts were given back twice: {lost:?}");
+        // Nothing carried, nothing to give back.
+        board.report("relay-b", &full(vec![live("s9", 0, 0)]), 0);
+        assert!(board.report("relay-b", &full(vec![]), 0).1.is_empty());
     }
 }

@@ -212,10 +212,32 @@ pub async fn end(hub: &Hub, user: &User, peer: &Peer, id: &str) -> Result<Sessio
     Ok(SessionEnded { session: id.to_string(), state: "revoked".into() })
 }
 
+/// What a restarted relay carried before it restarted goes into the
+/// session's record now: nothing else would ever report it.
+async fn keep_forgotten(hub: &Hub, relay: &str, f: super::relays::Forgotten) {
+    let (to_device, to_client) = (f.to_device as i64, f.to_client as i64);
+    match hub.store.session_add_bytes(&f.session, to_device, to_client).await {
+        Ok(()) => {
+            tracing::info!(session = %f.session, relay, to_device, to_client, "kept the bytes a restarted relay carried");
+            hub.audit
+                .record(
+                    "session_bytes_kept",
+                    json!({"relay": relay, "session": f.session, "bytes_to_device": f.to_device,
+                           "bytes_to_client": f.to_client, "why": "the relay restarted without reporting the session's end"}),
+                )
+                .await;
+        }
+        Err(e) => tracing::error!(session = %f.session, error = %e, "keeping a restarted relay's byte counts"),
+    }
+}
+
 pub async fn relay_report(hub: &Hub, relay: &str, relay_cert: Option<&[u8]>, r: RelayReport) -> ReportAnswer {
     let now = now_secs();
     crate::metrics::HUB_RELAY_REPORTS.with_label_values(&[relay]).inc();
-    let answer = hub.board.report(relay, &r, now);
+    let (answer, forgotten) = hub.board.report(relay, &r, now);
+    for f in forgotten {
+        keep_forgotten(hub, relay, f).await;
+    }
     let live = [(&r.started, &r.started_transports, Live::Started), (&r.moved, &r.moved_transports, Live::Moved)];
     for (ids, transports, how) in live {
         for (i, id) in ids.iter().enumerate() {

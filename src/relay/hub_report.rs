@@ -47,8 +47,9 @@ pub async fn run(state: Arc<State>) {
             _ = ticker.tick() => {}
         }
         let full = state.hub_out().agents_changed || last_full.elapsed() >= FULL_AGENTS_EVERY;
-        let (mut report, heads) = build(&state, full, &sent_heads);
+        // The live counts before the ends (see `State::end_session`).
         let live_now = live_bytes(&state);
+        let (mut report, heads) = build(&state, full, &sent_heads);
         report.live = live_to_send(&live_now, &sent_live, full);
         match client.post::<_, ReportAnswer>("/api/v1/relay/report", None, &report).await {
             Ok(answer) => {

@@ -272,10 +272,21 @@ impl State {
 
     /// Queues a session end (or a refusal by the device) for the hub's record.
     pub fn hub_ended(&self, id: SessionId, device: &str, reason: Reason, to_device: u64, to_client: u64, ms: u64) {
+        self.queue_end(&mut self.hub_out(), id, device, reason, (to_device, to_client), ms);
+    }
+
+    fn queue_end(
+        &self,
+        out: &mut HubOutbox,
+        id: SessionId,
+        device: &str,
+        reason: Reason,
+        (to_device, to_client): (u64, u64),
+        ms: u64,
+    ) {
         if self.cfg.hub.is_none() {
             return;
         }
-        let mut out = self.hub_out();
         if out.ended.len() >= HUB_OUTBOX_CAP {
             out.ended.remove(0);
         }
@@ -344,14 +355,24 @@ impl State {
     /// Ends a session once: removes it, signals its tasks, audits, counts,
     /// and tells the agent unless the agent itself ended it.
     pub fn end_session(&self, id: SessionId, reason: Reason, tell_agent: bool) {
-        let Some((_, s)) = self.sessions.remove(&id) else { return };
+        // Removed and its end queued under the outbox's lock: the hub
+        // reporter takes the live counts before the queued ends, so a
+        // report never misses a session in both (the hub would take its
+        // counts as forgotten by a restarted relay, and count them twice).
+        let (s, to_device, to_client) = {
+            let mut out = self.hub_out();
+            let Some((_, s)) = self.sessions.remove(&id) else { return };
+            let (to_device, to_client) = (s.to_device.load(Ordering::Relaxed), s.to_client.load(Ordering::Relaxed));
+            let ms = s.started.elapsed().as_millis() as u64;
+            self.queue_end(&mut out, id, &s.device, reason, (to_device, to_client), ms);
+            (s, to_device, to_client)
+        };
         if let Ok(mut r) = s.end_reason.lock() {
             r.get_or_insert(reason);
         }
         s.end.cancel();
         metrics::RELAY_SESSIONS_ACTIVE.dec();
         metrics::RELAY_SESSIONS_ENDED.with_label_values(&[reason.label()]).inc();
-        let (to_device, to_client) = (s.to_device.load(Ordering::Relaxed), s.to_client.load(Ordering::Relaxed));
         tracing::info!(session = %id, device = %s.device, reason = reason.label(), to_device, to_client, "session ended");
         self.audit.record(
             "session_end",
@@ -362,7 +383,6 @@ impl State {
                 "bytes_to_device": to_device, "bytes_to_client": to_client,
             }),
         );
-        self.hub_ended(id, &s.device, reason, to_device, to_client, s.started.elapsed().as_millis() as u64);
         // Whichever twin ends a session says so; the other ends its copy.
         self.publish(Fact::SessionDown { session: id, reason });
         if tell_agent && let Some(agent) = self.agents.get(&s.device) {

@@ -1,11 +1,12 @@
 //! State that must survive a restart: used grants at the relay and the
-//! agent, revocations at the hub, and the hub's database through a backup
-//! and restore.
+//! agent, revocations at the hub, a session's byte counts at the relay that
+//! carried them, and the hub's database through a backup and restore.
 use serde_json::json;
 use tether::proto::{Frame, Reason};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 use crate::harness::*;
-use crate::hub::{add_user, hub_client, hub_fleet, login, run, token_of};
+use crate::hub::{add_user, connect, hub_audit, hub_client, hub_fleet, login, run, token_of};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn used_grants_stay_used_across_restarts_of_relay_and_agent() {
@@ -70,6 +71,91 @@ async fn the_hub_keeps_revocations_across_a_restart() {
         answer.revoked.iter().any(|r| r.session == id),
         "the restarted hub forgot the revocation of {id}: {answer:?}"
     );
+}
+
+/// A relay that carried a session's bytes is killed (`kill -9`) and restarts
+/// with its counts at zero: the session's record still holds what it carried,
+/// live and after the end, on top of what the twin carried since.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_session_record_keeps_the_bytes_a_killed_relay_carried() {
+    const MIB: i64 = 1 << 20;
+    let mut fleet = hub_fleet("").await;
+    let alice = add_user(&fleet, "alice", "engineer", &["st-marys"]).await;
+    let boss = add_user(&fleet, "boss", "admin", &[]).await;
+    let profile = login(&fleet, "alice", &alice).await;
+    let boss_profile = login(&fleet, "boss", &boss).await;
+    let (token, boss_token) = (token_of(&profile), token_of(&boss_profile));
+    for i in 0..2 {
+        fleet.wait_metric(i, "tether_relay_agents_attached", 1.0).await;
+    }
+    let (mut child, addr, id) = connect(&profile, "echo", "INC-3303: bytes across a relay's restart").await;
+    let hub = hub_client(&fleet);
+    let record = async |id: &str| -> serde_json::Value {
+        hub.get(&format!("/api/v1/sessions/{id}"), Some(&token)).await.unwrap_or_default()
+    };
+    let mut conn = tokio::net::TcpStream::connect(&addr).await.unwrap();
+    let echo = async |conn: &mut tokio::net::TcpStream| {
+        let data = random(MIB as usize);
+        let (mut rd, mut wr) = conn.split();
+        let (_, back) = tokio::join!(async { wr.write_all(&data).await.unwrap() }, async {
+            let mut buf = vec![0u8; data.len()];
+            within(60, rd.read_exact(&mut buf)).await.unwrap();
+            buf
+        });
+        assert!(back == data, "the echo differs");
+    };
+    echo(&mut conn).await;
+    // Both ways reported before the kill (a relay's last report_ms dies with it).
+    eventually("the first MiB in the live record", async || {
+        let r = record(&id).await;
+        r["state"] == "live" && r["bytes_to_device"].as_i64() >= Some(MIB) && r["bytes_to_client"].as_i64() >= Some(MIB)
+    })
+    .await;
+    let carrier = record(&id).await["relay"].as_str().unwrap().to_string();
+    let victim = fleet.relays.iter().position(|r| r.name == carrier).expect("the carrying relay");
+
+    // kill -9: its counts die with it. The connection goes on through the twin.
+    fleet.relays[victim].proc.kill();
+    echo(&mut conn).await;
+    fleet.restart_relay(victim);
+    fleet.wait_metric(victim, "tether_relay_agents_attached", 1.0).await;
+    let both = async || {
+        let r = record(&id).await;
+        r["state"] == "live"
+            && r["bytes_to_device"].as_i64() >= Some(2 * MIB)
+            && r["bytes_to_client"].as_i64() >= Some(2 * MIB)
+    };
+    let waited = tokio::time::timeout(std::time::Duration::from_secs(10), async {
+        while !both().await {
+            tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+        }
+    });
+    if waited.await.is_err() {
+        panic!("the record lost bytes across the restart: {}\n{}", record(&id).await, fleet.logs());
+    }
+    let kept = |a: &serde_json::Value| {
+        a["event"] == "session_bytes_kept" && a["session"] == id.as_str() && a["relay"] == carrier.as_str()
+    };
+    let audit = hub_audit(&fleet, &boss_token).await;
+    let kept_now: Vec<_> = audit.iter().filter(|a| kept(a)).collect();
+    assert_eq!(kept_now.len(), 1, "the hub should audit once what it kept: {kept_now:?}");
+    assert!(kept_now[0]["bytes_to_device"].as_i64() >= Some(MIB), "{:?}", kept_now[0]);
+
+    // The end (an admin's): the record holds all of it, and not twice.
+    let end = run(&["session", "end", &id, "--profile", boss_profile.to_str().unwrap()], "").await;
+    assert!(end.0, "{end:?}");
+    within(10, child.wait()).await.unwrap();
+    drop(conn);
+    eventually("the session ended with all its bytes", async || {
+        let r = record(&id).await;
+        r["state"] == "revoked" && r["bytes_to_device"].as_i64() >= Some(2 * MIB)
+    })
+    .await;
+    tokio::time::sleep(std::time::Duration::from_secs(1)).await;
+    let r = record(&id).await;
+    assert!(r["bytes_to_device"].as_i64() < Some(3 * MIB), "counted twice: {r}");
+    let audit = hub_audit(&fleet, &boss_token).await;
+    assert_eq!(audit.iter().filter(|a| kept(a)).count(), 1, "kept twice");
 }
 
 /// `tether hub backup FILE` while the hub runs; the copy restored in place of

@@ -177,4 +177,17 @@ impl Store {
             .await
             .map(|_| ())
     }
+
+    /// Adds bytes to a session's counts without ending it (what a relay
+    /// carried before it restarted).
+    pub async fn session_add_bytes(&self, id: &str, to_device: i64, to_client: i64) -> Result<(), StoreError> {
+        self.db
+            .exec(
+                "UPDATE sessions SET bytes_to_device = bytes_to_device + $2, bytes_to_client = bytes_to_client + $3
+                 WHERE id = $1",
+                vec![id.into(), to_device.into(), to_client.into()],
+            )
+            .await
+            .map(|_| ())
+    }
 }
