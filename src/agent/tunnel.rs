@@ -295,8 +295,20 @@ async fn hand_over(
 ) {
     let resumes = origin.resumes();
     let Some(stream) = session.resumable.get(&resumes).map(|s| s.clone()) else {
-        state.refused("open_refused", Reason::UnknownSession, json!({"session": id.to_string(), "relay": relay.name, "conn": conn, "detail": format!("no live connection {resumes} to resume")}));
-        return origin.refuse(tx, Frame::OpenFailed { session: id, conn, reason: Reason::UnknownSession }).await;
+        // A number never opened here is now used up: its own open, still
+        // held by a frozen relay, is refused if it ever comes, and the
+        // client may send the same first bytes on a new connection.
+        let never = session.conns.lock().map(|mut c| c.insert(resumes)).unwrap_or(false);
+        let (reason, detail) = match never {
+            true => (Reason::NeverOpened, format!("connection {resumes} was never opened; it will not be now")),
+            false => (Reason::UnknownSession, format!("no live connection {resumes} to resume")),
+        };
+        state.refused(
+            "open_refused",
+            reason,
+            json!({"session": id.to_string(), "relay": relay.name, "conn": conn, "detail": detail}),
+        );
+        return origin.refuse(tx, Frame::OpenFailed { session: id, conn, reason }).await;
     };
     match origin.into_leg(state, relay, id, conn).await {
         Ok(leg) => {

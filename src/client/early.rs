@@ -11,9 +11,11 @@
 //! The bytes are kept until the relay confirms the pairing. A refusal the
 //! relay gives before it reaches the device (shutting down, the device not
 //! attached there, overloaded) lets the caller try the twin, which sends them
-//! again. A leg lost after they left is not retried: the device may have
-//! passed them to its service already, and the service must not see a
-//! request twice.
+//! again. A leg lost after they left is not simply retried (the device may
+//! have passed them to its service already, and the service must not see a
+//! request twice): the connection resumes through the twin
+//! (`ClientSession::settle`), and only a device that says it never opened
+//! it, and now never will, gets them again on a new connection.
 use std::time::Duration;
 
 use bytes::BytesMut;
@@ -66,7 +68,9 @@ impl<'a> Early<'a> {
             let (src, held) = (&mut *self.src, &mut self.held);
             let read = async move { src.take(room as u64).read_buf(held).await };
             tokio::select! {
-                a = tokio::time::timeout_at(deadline, &mut *answer) => return Ok(a),
+                // What the application already wrote goes first, even when
+                // the answer is there too (it would go right after anyway).
+                biased;
                 n = read, if !self.ended && room > 0 => match n {
                     Ok(n) if n > 0 => {
                         self.sent = true;
@@ -77,6 +81,7 @@ impl<'a> Early<'a> {
                     // The forwarder's splice reads the end (or the error) again.
                     _ => self.ended = true,
                 },
+                a = tokio::time::timeout_at(deadline, &mut *answer) => return Ok(a),
             }
         }
     }

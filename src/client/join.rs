@@ -1,13 +1,14 @@
 //! Opening a tunnelled connection: the join (a new connection, or a
 //! replacement leg for one), its end-to-end TLS, and where the time went.
 use std::sync::Arc;
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use tokio::io::AsyncWriteExt;
-use tokio::sync::oneshot;
+use tokio::sync::{Notify, oneshot};
 use tokio_util::either::Either;
+use tokio_util::sync::CancellationToken;
 
 use super::early::Early;
 use super::pipelined::{JoinAnswer, await_paired};
@@ -40,14 +41,36 @@ impl ClientSession {
         let started = Instant::now();
         let (conn, leg) = self.send_join(relay, 0).await?;
         let (answer_tx, mut answer_rx) = oneshot::channel();
-        let leg: Leg = Box::new(await_paired(leg, answer_tx));
+        let give_up = CancellationToken::new();
+        let leg: Leg = Box::new(await_paired(leg, answer_tx, give_up.clone()));
         let key = ResumeKey::default();
-        let source = Box::new(DialLegs { session: self.clone(), conn, via: relay.name.clone(), last_failure: None });
+        let never_opened = Arc::new(AtomicBool::new(false));
+        let source = Box::new(DialLegs {
+            session: self.clone(),
+            conn,
+            via: relay.name.clone(),
+            last_failure: None,
+            never_opened: never_opened.clone(),
+        });
         let mut cfg = self.resume;
         // The stream may hear nothing until the relay paired the leg.
         cfg.first_silence = PAIRING_WAIT + cfg.dead_after;
+        // Early bytes may have to be settled by a resume: hear of it.
+        let (events, resumed) = match early.is_some() && self.keyed.get().is_some() {
+            true => {
+                let resumed = Arc::new(Notify::new());
+                let tell = resumed.clone();
+                let on: resumable::OnEvent = Box::new(move |e| {
+                    if matches!(e, resumable::ResumeEvent::Resumed { .. }) {
+                        tell.notify_one();
+                    }
+                });
+                (Some(on), Some(resumed))
+            }
+            false => (None, None),
+        };
         let (pipe, mut driver) =
-            resumable::start((leg, Bytes::new()), Side::Client, conn, key.clone(), source, cfg, None);
+            resumable::start((leg, Bytes::new()), Side::Client, conn, key.clone(), source, cfg, events);
         let lost = |detail: String| ClientError::Protocol { relay: relay.name.clone(), detail };
         if let Some(secret) = self.keyed.get() {
             // A later connection of the session: no handshake, keys derived
@@ -57,17 +80,29 @@ impl ClientSession {
             let up = keys.upstream();
             let mut sealed = Sealed::salted(pipe, up, Box::new(move |salt| keys.downstream(salt)), header.to_vec());
             let written = sealed.flush().await;
-            let answer = match (written, early) {
-                (Err(e), _) => Err(lost(e.to_string())),
-                (Ok(()), None) => Ok(tokio::time::timeout(PAIRING_WAIT, &mut answer_rx).await),
-                (Ok(()), Some(early)) => early
-                    .send_while_pairing(&mut sealed, &mut answer_rx, PAIRING_WAIT)
-                    .await
-                    .map_err(|e| lost(e.to_string())),
+            let (answer, sent) = match (written, early) {
+                (Err(e), _) => (Err(lost(e.to_string())), false),
+                (Ok(()), None) => (Ok(tokio::time::timeout(PAIRING_WAIT, &mut answer_rx).await), false),
+                (Ok(()), Some(early)) => {
+                    let answer = early.send_while_pairing(&mut sealed, &mut answer_rx, PAIRING_WAIT).await;
+                    (answer.map_err(|e| lost(e.to_string())), early.sent)
+                }
             };
-            if let Some(e) = answer.map_or_else(Some, |a| refusal(a, &lost)) {
-                driver.abort();
-                return Err(e);
+            match (answer.map_or_else(Some, |a| refusal(a, &lost)), resumed) {
+                (None, _) => {}
+                // The application's bytes left on a leg that was lost: the
+                // device may have them. Resume the connection through the
+                // twin (the device passes on only what it lacks), or learn
+                // that the device never opened it.
+                (Some(ClientError::Protocol { detail, .. }), Some(resumed)) if sent => {
+                    give_up.cancel();
+                    self.settle(Settling { relay, conn, driver, resumed, never_opened, detail }).await?;
+                    return Ok((Either::Right(sealed), Phases { paired: started.elapsed(), e2e: Duration::ZERO }));
+                }
+                (Some(e), _) => {
+                    driver.abort();
+                    return Err(e);
+                }
             }
             let paired = started.elapsed();
             self.watch(conn, driver);
@@ -128,6 +163,34 @@ impl ClientSession {
         Ok((Either::Left(t), phases))
     }
 
+    /// Waits for a keyed connection whose first bytes left on a lost leg to
+    /// settle: resumed through the twin (the stream goes on), never opened
+    /// by the device (a refusal the caller retries with the same bytes on a
+    /// new connection), or neither (it fails: the bytes are not sent again).
+    async fn settle(&self, s: Settling<'_>) -> Result<(), ClientError> {
+        let Settling { relay, conn, mut driver, resumed, never_opened, detail } = s;
+        tokio::select! {
+            () = resumed.notified() => {
+                tracing::info!(session = %self.id, conn, from = %relay.name,
+                    "a connection whose first bytes had left resumed through the twin");
+                self.watch(conn, driver);
+                Ok(())
+            }
+            ended = &mut driver => {
+                if never_opened.load(Ordering::Relaxed) {
+                    let message = format!("{detail}; the device never opened it: its first bytes go again on a new connection");
+                    return Err(ClientError::Refused { reason: Reason::NeverOpened, message });
+                }
+                let why = match ended {
+                    Ok(Err(why)) => why,
+                    _ => "stopped".into(),
+                };
+                let detail = format!("{detail}; not resumed through the twin ({why}), and the first bytes had left: not sent again");
+                Err(ClientError::Protocol { relay: relay.name.clone(), detail })
+            }
+        }
+    }
+
     /// Says why connection `conn`'s stream ended, unless it ended with the
     /// session (that has its own message).
     fn watch(&self, conn: u32, driver: tokio::task::JoinHandle<Result<resumable::Stats, String>>) {
@@ -181,6 +244,17 @@ impl ClientSession {
             Err(_) => Err(proto_err("no answer in time".into())),
         }
     }
+}
+
+/// A connection [`ClientSession::settle`] waits for.
+struct Settling<'a> {
+    relay: &'a RelayEntry,
+    conn: u32,
+    driver: tokio::task::JoinHandle<Result<resumable::Stats, String>>,
+    /// Told when the stream resumed on a new leg.
+    resumed: Arc<Notify>,
+    never_opened: Arc<AtomicBool>,
+    detail: String,
 }
 
 /// The relay's answer to a join, as the error it is (if it is one).

@@ -119,6 +119,9 @@ struct DialLegs {
     via: String,
     /// Why the last round found no leg, for the message if none comes in time.
     last_failure: Option<String>,
+    /// Set when the device said it never opened the connection (and now
+    /// will not): nothing of it reached the service, and the stream ends.
+    never_opened: Arc<std::sync::atomic::AtomicBool>,
 }
 
 impl LegSource for DialLegs {
@@ -150,6 +153,10 @@ impl LegSource for DialLegs {
                             s.set_current(&relay);
                             self.via = relay.name.clone();
                             return Ok(leg);
+                        }
+                        Err(ClientError::Refused { reason: Reason::NeverOpened, message }) => {
+                            self.never_opened.store(true, std::sync::atomic::Ordering::Relaxed);
+                            return Err(std::io::Error::new(std::io::ErrorKind::NotFound, message));
                         }
                         Err(e) => {
                             round.push(format!("{}: {e}", relay.name));
@@ -447,22 +454,33 @@ impl ClientSession {
             if let Some(e) = early.as_deref_mut() {
                 e.sent = false;
             }
+            let before = self.current_relay().name;
             match self.connect_through(relay, early.as_deref_mut()).await {
                 Ok(t) => {
                     if let Some(e) = early.as_deref_mut() {
                         e.confirmed();
                     }
-                    self.set_current(relay);
+                    // Unless it resumed through the twin, which is current now.
+                    if self.current_relay().name == before {
+                        self.set_current(relay);
+                    }
                     return Ok(t);
                 }
-                // The application's bytes left on a leg that was lost: the
-                // device may have passed them on, and they must not reach
-                // its service twice. This connection fails (its application
-                // sees it close); the next goes through the twin.
-                Err(ClientError::Protocol { relay: name, detail }) if early.as_ref().is_some_and(|e| e.sent) => {
+                // The application's bytes left on a leg that was lost, and the
+                // connection could not be resumed through the twin: the device
+                // may have passed them on, and they must not reach its service
+                // twice. This connection fails (its application sees it close);
+                // the next goes through the twin.
+                Err(e @ ClientError::Protocol { .. }) if early.as_ref().is_some_and(|e| e.sent) => {
                     self.links.suspect(&relay.name, rx).await;
-                    let detail = format!("{detail}; not sent again through the twin: the first bytes had left");
-                    return Err(ClientError::Protocol { relay: name, detail });
+                    return Err(e);
+                }
+                // It never reached the device, which will not open it now:
+                // the same bytes go on a new connection.
+                Err(e @ ClientError::Refused { reason: Reason::NeverOpened, .. }) => {
+                    tracing::info!(session = %self.id, relay = %relay.name, "{e}");
+                    self.links.suspect(&relay.name, rx).await;
+                    last = Some(e);
                 }
                 Err(e @ (ClientError::Dial { .. } | ClientError::Protocol { .. })) => {
                     self.links.suspect(&relay.name, rx).await;

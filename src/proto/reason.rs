@@ -46,6 +46,7 @@ reasons! {
     PairingTimedOut = 43, "pairing_timed_out", "the device did not open its data leg in time";
     EndToEndFailed = 44, "e2e_failed", "end-to-end TLS between client and device failed";
     ResumeRefused = 45, "resume_refused", "a replacement leg failed to resume the connection";
+    NeverOpened = 46, "never_opened", "the device never opened that connection, and now never will";
     ClientClosed = 50, "client_closed", "the specialist closed the session";
     AgentGone = 51, "agent_gone", "the device's agent disconnected";
     EndedOnSite = 52, "ended_on_site", "the on-site operator ended the session";

@@ -8,13 +8,7 @@ use crate::harness::*;
 
 async fn twins() -> Fleet {
     let fleet = Fleet::start(Opts { relays: 2, twins: true, ..Opts::default() }).await;
-    for i in 0..2 {
-        eventually("twin links up", async || {
-            fleet.metric(i, "tether_twin_link_up", &["direction=\"in\""]).await == 1.0
-                && fleet.metric(i, "tether_twin_link_up", &["direction=\"out\""]).await == 1.0
-        })
-        .await;
-    }
+    fleet.wait_twin_links().await;
     fleet
 }
 
@@ -152,13 +146,7 @@ async fn interactive_across_kills(kills: usize, freeze: bool) -> Vec<std::time::
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
         assert!(attached, "the agent did not re-attach to the restarted relay:\n{}", fleet.logs());
-        for i in 0..2 {
-            eventually("twin links up again", async || {
-                fleet.metric(i, "tether_twin_link_up", &["direction=\"in\""]).await == 1.0
-                    && fleet.metric(i, "tether_twin_link_up", &["direction=\"out\""]).await == 1.0
-            })
-            .await;
-        }
+        fleet.wait_twin_links().await;
         let survivor = 1 - victim;
         eventually("the restarted relay learned the session back", async || {
             fleet.metric(survivor, "tether_twin_replication_lag_events", &[]).await == 0.0
@@ -420,30 +408,29 @@ async fn freezes_at_varied_moments() {
 }
 
 /// A keyed connection's first bytes go while the relay pairs it, and reach
-/// the device's service once: when the relay carrying them froze before it
-/// answered, the connection fails rather than send them again through the
-/// twin (the frozen relay may still pass them on when it wakes).
+/// the device's service exactly once: when the relay carrying them froze
+/// before the device had them, the client learns through the twin that the
+/// device never opened the connection (and now will not: the frozen relay
+/// may still pass them on when it wakes) and sends them on a new one.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn first_bytes_sent_before_the_pairing_reach_the_service_at_most_once() {
+async fn first_bytes_sent_before_the_pairing_reach_the_service_exactly_once() {
     let svc = CountingService::start(tokio_util::sync::CancellationToken::new()).await;
     let fleet = Fleet::start(Opts {
         relays: 2,
         twins: true,
         extra_services: vec![("sink".into(), svc.addr.to_string())],
-        // QUIC legs: the relay opens the agent's stream and passes the
-        // early bytes on itself before the splice takes over.
+        // The agent on QUIC: the relay opens the agent's stream and passes
+        // the early bytes on itself before the splice takes over.
         transport: "quic",
         ..Opts::default()
     })
     .await;
-    for i in 0..2 {
-        eventually("twin links up", async || {
-            fleet.metric(i, "tether_twin_link_up", &["direction=\"in\""]).await == 1.0
-                && fleet.metric(i, "tether_twin_link_up", &["direction=\"out\""]).await == 1.0
-        })
-        .await;
-    }
-    let session = fleet.session("sink").await;
+    fleet.wait_twin_links().await;
+    // The client on TCP legs: a frozen relay that wakes reads what the
+    // client sent it, whatever the client did since (a QUIC connection the
+    // client closed meanwhile may be gone before the relay reads the join).
+    let profile = tether::client::Profile { transport: tether::quic::Transport::Tcp, ..fleet.profile() };
+    let session = within(30, tether::client::ClientSession::open(&profile, DEVICE, "sink")).await.unwrap();
     assert_eq!(session.relay.name, "relay-a");
     // The first connection's end-to-end TLS keys the later ones.
     drop(within(30, session.connect()).await.unwrap());
@@ -468,15 +455,30 @@ async fn first_bytes_sent_before_the_pairing_reach_the_service_at_most_once() {
     let pid = fleet.relays[0].proc.pid();
     signal(pid, "-STOP");
     let mut app: &[u8] = request;
-    let failed = within(60, session.connect_early(&mut app)).await;
-    let err = failed.err().expect("a connection whose first bytes left on a frozen relay was sent again").to_string();
-    assert!(err.contains("not sent again through the twin"), "{err}");
+    let conns = svc.conns.load(std::sync::atomic::Ordering::SeqCst);
+    let (mut t, _) = within(60, session.connect_early(&mut app))
+        .await
+        .expect("a connection whose first bytes never reached the device is opened again through the twin");
+    assert_eq!(session.current_relay().name, "relay-b");
+    t.write_all(b"and the rest").await.unwrap();
+    t.flush().await.unwrap();
+    let want = 2 * request.len() as u64 + 12;
+    eventually("the request and the rest reach the service", async || {
+        svc.bytes.load(std::sync::atomic::Ordering::SeqCst) == want
+    })
+    .await;
     signal(pid, "-CONT");
-    // Whatever the woken relay still passes on, the service sees the request
-    // at most once more.
-    tokio::time::sleep(std::time::Duration::from_secs(3)).await;
-    let seen = svc.bytes.load(std::sync::atomic::Ordering::SeqCst);
-    assert!(seen <= 2 * request.len() as u64, "the service saw {seen} bytes of two requests' {}", 2 * request.len());
+    // The woken relay still asks the device to open the first try: refused,
+    // the number is used up. The service saw the request once.
+    eventually("the device refused the late open", async || {
+        audited(&fleet.agent_audit(), "open_refused", "already_paired")
+    })
+    .await;
+    tokio::time::sleep(std::time::Duration::from_secs(1)).await;
+    assert_eq!(svc.bytes.load(std::sync::atomic::Ordering::SeqCst), want, "the service saw the request twice");
+    assert_eq!(svc.conns.load(std::sync::atomic::Ordering::SeqCst), conns + 1, "the service saw two connections");
+    assert!(audited(&fleet.agent_audit(), "open_refused", "never_opened"), "the device did not say it never opened it");
+    drop(t);
     // The next connection opens.
     drop(within(30, session.connect()).await.expect("the next connection opens"));
 }

@@ -38,13 +38,7 @@ async fn a_session_through_haproxy_survives_the_twin_behind_it() {
     let mut fleet = Fleet::start(Opts { relays: 2, twins: true, ..Opts::default() }).await;
     // The balancer may send a connection's join to the twin that did not
     // admit the session: it knows the session only once the link is up.
-    for i in 0..2 {
-        eventually("twin links up", async || {
-            fleet.metric(i, "tether_twin_link_up", &["direction=\"in\""]).await == 1.0
-                && fleet.metric(i, "tether_twin_link_up", &["direction=\"out\""]).await == 1.0
-        })
-        .await;
-    }
+    fleet.wait_twin_links().await;
     let front = free_port();
     let (a, b) = (&fleet.relays[0], &fleet.relays[1]);
     let cfg = format!(

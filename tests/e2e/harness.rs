@@ -539,6 +539,17 @@ impl Fleet {
         parse_metric(&self.metrics(i).await, name, labels)
     }
 
+    /// Waits until every relay's twin link is up both ways.
+    pub async fn wait_twin_links(&self) {
+        for i in 0..self.relays.len() {
+            eventually("twin links up", async || {
+                self.metric(i, "tether_twin_link_up", &["direction=\"in\""]).await == 1.0
+                    && self.metric(i, "tether_twin_link_up", &["direction=\"out\""]).await == 1.0
+            })
+            .await;
+        }
+    }
+
     pub async fn wait_metric(&self, i: usize, name: &str, want: f64) {
         for _ in 0..200 {
             if self.metric(i, name, &[]).await == want {

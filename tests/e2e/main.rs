@@ -9,6 +9,7 @@ mod console;
 mod dev;
 mod disconnect;
 mod e2e_tls;
+mod early_bytes;
 mod failover;
 mod fetch;
 mod flood;

@@ -179,13 +179,7 @@ async fn udp_blocked_mid_session_moves_the_session_to_tcp_without_losing_bytes()
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_quic_session_survives_the_death_of_its_relay() {
     let mut fleet = Fleet::start(Opts { relays: 2, twins: true, transport: "quic", ..Opts::default() }).await;
-    for i in 0..2 {
-        eventually("twin links up", async || {
-            fleet.metric(i, "tether_twin_link_up", &["direction=\"in\""]).await == 1.0
-                && fleet.metric(i, "tether_twin_link_up", &["direction=\"out\""]).await == 1.0
-        })
-        .await;
-    }
+    fleet.wait_twin_links().await;
     let (session, addr) = serve_locally(&fleet).await;
     assert_eq!((session.relay.name.as_str(), session.transport()), ("relay-a", "quic"));
     // The first connection's end-to-end TLS keys the next: the one that resumes.

@@ -153,8 +153,13 @@ async fn a_session_record_keeps_the_bytes_a_killed_relay_carried() {
     .await;
     tokio::time::sleep(std::time::Duration::from_secs(1)).await;
     let r = record(&id).await;
-    assert!(r["bytes_to_device"].as_i64() < Some(3 * MIB), "counted twice: {r}");
     let audit = hub_audit(&fleet, &boss_token).await;
+    let adds: Vec<_> = audit
+        .iter()
+        .filter(|a| a["session"] == id.as_str() && (a["event"] == "session_end" || a["event"] == "session_bytes_kept"))
+        .map(|a| format!("{} {} {}", a["event"], a["relay"], a["bytes_to_device"]))
+        .collect();
+    assert!(r["bytes_to_device"].as_i64() < Some(3 * MIB), "counted twice: {r}\nadded: {adds:?}\n{}", fleet.logs());
     assert_eq!(audit.iter().filter(|a| kept(a)).count(), 1, "kept twice");
 }
 
