@@ -178,14 +178,19 @@ impl ClientSession {
             }
             ended = &mut driver => {
                 if never_opened.load(Ordering::Relaxed) {
-                    let message = format!("{detail}; the device never opened it: its first bytes go again on a new connection");
+                    let message = format!(
+                        "connection {conn}: its leg through {} was lost before the pairing ({detail}) and the device never opened it: its first bytes go again on a new connection",
+                        relay.name
+                    );
                     return Err(ClientError::Refused { reason: Reason::NeverOpened, message });
                 }
                 let why = match ended {
                     Ok(Err(why)) => why,
                     _ => "stopped".into(),
                 };
-                let detail = format!("{detail}; not resumed through the twin ({why}), and the first bytes had left: not sent again");
+                let detail = format!(
+                    "{detail}; connection {conn} was not resumed through the twin ({why}), and its first bytes had left: not sent again"
+                );
                 Err(ClientError::Protocol { relay: relay.name.clone(), detail })
             }
         }

@@ -477,10 +477,10 @@ impl ClientSession {
                 }
                 // It never reached the device, which will not open it now:
                 // the same bytes go on a new connection.
-                Err(e @ ClientError::Refused { reason: Reason::NeverOpened, .. }) => {
-                    tracing::info!(session = %self.id, relay = %relay.name, "{e}");
+                Err(ClientError::Refused { reason: reason @ Reason::NeverOpened, message }) => {
+                    tracing::info!(session = %self.id, relay = %relay.name, "{message}");
                     self.links.suspect(&relay.name, rx).await;
-                    last = Some(e);
+                    last = Some(ClientError::Refused { reason, message });
                 }
                 Err(e @ (ClientError::Dial { .. } | ClientError::Protocol { .. })) => {
                     self.links.suspect(&relay.name, rx).await;
