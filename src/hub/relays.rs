@@ -42,7 +42,14 @@ pub struct Board {
     stale: Duration,
     views: Mutex<HashMap<String, RelayView>>,
     revoked: Mutex<HashMap<String, u64>>,
+    /// Session ends taken, by (relay, session), with when: a relay sends a
+    /// report again when it did not get the answer, though the hub may
+    /// have taken it, and an end's bytes must be added once.
+    ends: Mutex<HashMap<(String, String), u64>>,
 }
+
+/// How long the hub remembers an end it took ([`Board::first_end`]).
+const ENDS_KEPT_SECS: u64 = 3600;
 
 /// Where a device can be reached.
 #[derive(Debug, Clone, Serialize, Default)]
@@ -59,7 +66,23 @@ pub struct Presence {
 
 impl Board {
     pub fn new(relays: Vec<HubRelay>, stale: Duration) -> Board {
-        Board { relays, stale, views: Mutex::new(HashMap::new()), revoked: Mutex::new(HashMap::new()) }
+        Board {
+            relays,
+            stale,
+            views: Mutex::new(HashMap::new()),
+            revoked: Mutex::new(HashMap::new()),
+            ends: Mutex::new(HashMap::new()),
+        }
+    }
+
+    /// True the first time `relay` reports `session` ended (within
+    /// [`ENDS_KEPT_SECS`]); false for the same end sent again.
+    pub fn first_end(&self, relay: &str, session: &str, now: u64) -> bool {
+        let mut ends = lock(&self.ends);
+        if ends.len() >= 1024 {
+            ends.retain(|_, at| now.saturating_sub(*at) < ENDS_KEPT_SECS);
+        }
+        ends.insert((relay.to_string(), session.to_string()), now).is_none()
     }
 
     pub fn is_relay(&self, name: &str) -> bool {
@@ -269,6 +292,20 @@ mod tests {
             0,
         );
         assert!(lost.is_empty() && board.live_bytes("s1").is_none(), "{lost:?}");
+    }
+
+    #[test]
+    fn an_end_sent_again_is_taken_once_per_relay() {
+        let board = board();
+        assert!(board.first_end("relay-a", "s1", 100));
+        assert!(!board.first_end("relay-a", "s1", 101), "the same end was taken twice");
+        assert!(board.first_end("relay-b", "s1", 101), "the twin's own end of it was not taken");
+        // Remembered for an hour, then forgotten once the table is full.
+        for i in 0..1024 {
+            board.first_end("relay-a", &format!("x{i}"), 100 + ENDS_KEPT_SECS);
+        }
+        assert!(board.first_end("relay-a", "s1", 102 + ENDS_KEPT_SECS));
+        assert!(!board.first_end("relay-a", "x5", 102 + ENDS_KEPT_SECS));
     }
 
     #[test]

@@ -248,6 +248,11 @@ pub async fn relay_report(hub: &Hub, relay: &str, relay_cert: Option<&[u8]>, r: 
         }
     }
     for e in &r.ended {
+        if !hub.board.first_end(relay, &e.session, now) {
+            // Sent again: the relay did not get the answer to the report that had it.
+            tracing::debug!(session = %e.session, relay, "a session end reported again; taken once");
+            continue;
+        }
         let end = SessionEnd {
             reason: e.reason.clone(),
             ended_at: e.ended_at as i64,
