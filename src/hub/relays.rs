@@ -209,8 +209,17 @@ fn take_live(v: &mut RelayView, r: &RelayReport) -> Vec<Forgotten> {
             forgotten.push(Forgotten { session: session.to_string(), to_device, to_client });
         }
     };
-    let fresh: HashMap<String, (u64, u64)> =
-        r.live.iter().map(|l| (l.session.clone(), (l.bytes_to_device, l.bytes_to_client))).collect();
+    let ended: std::collections::HashSet<&str> = r.ended.iter().map(|e| e.session.as_str()).collect();
+    // A session this report ends is counted by its end. Its live count here
+    // is either the same copy's last one, or a new copy's (the relay took it
+    // up again from its twin, from zero): taken as a restart, that would
+    // count the end's bytes twice. A new copy's counts come with a later report.
+    let fresh: HashMap<String, (u64, u64)> = r
+        .live
+        .iter()
+        .filter(|l| !ended.contains(l.session.as_str()))
+        .map(|l| (l.session.clone(), (l.bytes_to_device, l.bytes_to_client)))
+        .collect();
     for (session, (d, c)) in &fresh {
         if let Some(&(d0, c0)) = v.live.get(session)
             && (*d < d0 || *c < c0)
@@ -218,7 +227,6 @@ fn take_live(v: &mut RelayView, r: &RelayReport) -> Vec<Forgotten> {
             forget(session, (d0, c0));
         }
     }
-    let ended: std::collections::HashSet<&str> = r.ended.iter().map(|e| e.session.as_str()).collect();
     if r.agents.is_some() {
         for (session, counts) in &v.live {
             if !fresh.contains_key(session) && !ended.contains(session.as_str()) {
@@ -292,6 +300,21 @@ mod tests {
             0,
         );
         assert!(lost.is_empty() && board.live_bytes("s1").is_none(), "{lost:?}");
+    }
+
+    #[test]
+    fn a_session_ended_and_taken_up_again_in_one_report_is_not_a_restart() {
+        let board = board();
+        board.report("relay-b", &full(vec![live("s1", 1_050_608, 1_050_700)]), 0);
+        // The relay ended its copy (the end has its counts) and took the
+        // session up again from its twin, from zero, before the report.
+        let report = RelayReport { ended: vec![ended("s1", 1_050_608, 1_050_700)], ..between(vec![live("s1", 0, 0)]) };
+        let (_, lost) = board.report("relay-b", &report, 0);
+        assert!(lost.is_empty(), "the end's bytes were also taken as forgotten: {lost:?}");
+        let (_, lost) = board.report("relay-b", &full(vec![live("s1", 0, 0)]), 0);
+        assert!(lost.is_empty(), "{lost:?}");
+        let (_, lost) = board.report("relay-b", &full(vec![]), 0);
+        assert!(lost.is_empty(), "a new copy with nothing carried was forgotten: {lost:?}");
     }
 
     #[test]
