@@ -29,13 +29,8 @@ PY
 for _ in $(seq 1200); do [ -f held ] && break; sleep 0.1; done
 [ -f held ] || { echo "the $N connections were not all established" >&2; exit 1; }
 sleep 3
-# "pids: hub 1, relay-a 2, relay-b 3, agent 4" (dev's output) and the forwarder
 declare -A who
-for kv in $(grep -o "pids: .*" dev.out | sed 's/^pids: //; s/,//g' | awk '{for (i = 1; i < NF; i += 2) printf "%s=%s ", $i, $(i + 1)}'); do
-  case ${kv%%=*} in relay-a|agent) who[${kv#*=}]=${kv%%=*} ;; esac
-done
-who[$connect]=connect
-ticks() { awk '{print $14 + $15}' "/proc/$1/stat"; }
+path_pids "$connect"
 udp() { awk '/^Udp:/ {n++; if (n == 2) print $5}' /proc/net/snmp; }
 SECS=${SECS:-10}
 declare -A before

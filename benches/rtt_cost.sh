@@ -17,11 +17,7 @@ dev_up
 "$BIN" connect --profile d/client.toml demo-1 echo --listen 127.0.0.1:15204 >connect.out 2>connect.err & pids+=($!); connect=$!
 for _ in $(seq 50); do grep -q ready connect.out 2>/dev/null && break; sleep 0.2; done
 declare -A who
-for kv in $(grep -o "pids: .*" dev.out | sed 's/^pids: //; s/,//g' | awk '{for (i = 1; i < NF; i += 2) printf "%s=%s ", $i, $(i + 1)}'); do
-  case ${kv%%=*} in relay-a|agent) who[${kv#*=}]=${kv%%=*} ;; esac
-done
-who[$connect]=connect
-ticks() { awk '{print $14 + $15}' "/proc/$1/stat"; }
+path_pids "$connect"
 switches() { cat /proc/"$1"/task/*/status | awk '/ctxt_switches/ {s += $2} END {print s}'; }
 echo_rtt() {
   python3 - "$1" <<'PY'

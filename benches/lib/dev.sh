@@ -1,4 +1,4 @@
-# Sourced by benches/iperf.sh and benches/fleet.sh: a scratch folder that is
+# Sourced by the scripts in benches/: a scratch folder that is
 # removed at exit with every process the script started (by pid), and
 # `tether dev` (fixed loopback ports) with an iperf3 server as the device's
 # `iperf` service, reachable through `tether connect` on 127.0.0.1:15202.
@@ -32,3 +32,15 @@ connect_iperf() {
 
 # MiB/s iperf3 measures against PORT for SECS seconds (extra iperf3 flags after).
 rate() { iperf3 -J -c 127.0.0.1 -p "$1" -t "$SECS" ${2:-} | python3 -c 'import json,sys; print(json.load(sys.stdin)["end"]["sum_received"]["bits_per_second"]/8/2**20)'; }
+
+# Fills the associative array `who` (declare -A who first): pid -> name, for
+# relay-a and the agent (from dev's "pids: hub 1, relay-a 2, ..." line) and
+# the forwarder whose pid is $1. `ticks PID`: its CPU so far, in clock ticks.
+path_pids() {
+  local kv
+  for kv in $(grep -o "pids: .*" dev.out | sed 's/^pids: //; s/,//g' | awk '{for (i = 1; i < NF; i += 2) printf "%s=%s ", $i, $(i + 1)}'); do
+    case ${kv%%=*} in relay-a|agent) who[${kv#*=}]=${kv%%=*} ;; esac
+  done
+  who[$1]=connect
+}
+ticks() { awk '{print $14 + $15}' "/proc/$1/stat"; }

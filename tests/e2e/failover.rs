@@ -478,6 +478,10 @@ async fn first_bytes_sent_before_the_pairing_reach_the_service_exactly_once() {
     assert_eq!(svc.bytes.load(std::sync::atomic::Ordering::SeqCst), want, "the service saw the request twice");
     assert_eq!(svc.conns.load(std::sync::atomic::Ordering::SeqCst), conns + 1, "the service saw two connections");
     assert!(audited(&fleet.agent_audit(), "open_refused", "never_opened"), "the device did not say it never opened it");
+    // The twin passed the refusal on to the client: counted and audited there too.
+    let refused = fleet.metric(1, "tether_relay_resumes_refused_total", &["reason=\"never_opened\""]).await;
+    assert!(refused >= 1.0, "relay-b did not count the never_opened refusal");
+    assert!(audited(&fleet.relay_audit(1), "client_refused", "never_opened"), "relay-b did not audit the refusal");
     drop(t);
     // The next connection opens.
     drop(within(30, session.connect()).await.expect("the next connection opens"));
