@@ -183,6 +183,16 @@ async fn a_specialists_quic_connection_without_a_stream_is_closed() {
     still_echoes(addr).await;
 }
 
+/// A QUIC listener for agents as relay-a's (its certificate, device
+/// certificates required), on a port of its own: a relay double.
+pub fn agent_listener(pki: &Pki) -> (quinn::Endpoint, SocketAddr) {
+    let id = tls::Identity { ca: &pki.path("ca.pem"), cert: &pki.path("relay-a.pem"), key: &pki.path("relay-a.key") };
+    let udp = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+    let addr = udp.local_addr().unwrap();
+    let server = tls::quic_server_config(&id, true, None, tls::ALPN_QUIC_AGENT, "agent").unwrap();
+    (quic::server(udp, server, b"test", quic::INITIAL_STREAMS).unwrap(), addr)
+}
+
 /// An agent on QUIC takes its data legs as streams its relay opens; each such
 /// stream must begin with an `Open` the agent accepts, exactly as on the
 /// control channel. A relay (here a double) that opens streams with anything
@@ -192,11 +202,7 @@ async fn a_specialists_quic_connection_without_a_stream_is_closed() {
 async fn streams_a_relay_opens_are_checked_like_its_open_frames() {
     let tmp = tempfile::tempdir().unwrap();
     let pki = Pki::new(tmp.path());
-    let id = tls::Identity { ca: &pki.path("ca.pem"), cert: &pki.path("relay-a.pem"), key: &pki.path("relay-a.key") };
-    let udp = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
-    let addr = udp.local_addr().unwrap();
-    let server = tls::quic_server_config(&id, true, None, tls::ALPN_QUIC_AGENT, "agent").unwrap();
-    let endpoint = quic::server(udp, server, b"test", quic::INITIAL_STREAMS).unwrap();
+    let (endpoint, addr) = agent_listener(&pki);
     let fake = RelayProc {
         name: "relay-a".into(),
         proc: Proc { child: std::process::Command::new("true").spawn().unwrap() },
