@@ -108,6 +108,11 @@ pub fn udp_sockets(pid: u32) -> Vec<(String, String)> {
 
 /// One relay whose QUIC ports sit behind gates the test opens and closes.
 async fn gated(agent_blocked: bool, client_blocked: bool) -> (Fleet, UdpGate, UdpGate) {
+    gated_with(agent_blocked, client_blocked, usize::MAX).await
+}
+
+/// As [`gated`], the gates dropping datagrams of more than `max` bytes.
+async fn gated_with(agent_blocked: bool, client_blocked: bool, max: usize) -> (Fleet, UdpGate, UdpGate) {
     let opts = Opts {
         transport: "auto",
         quic_reprobe_secs: 1,
@@ -119,8 +124,8 @@ async fn gated(agent_blocked: bool, client_blocked: bool) -> (Fleet, UdpGate, Ud
     let r = &fleet.relays[0];
     // The agent and the client send UDP to the TCP ports' numbers (their
     // defaults); the gates sit there.
-    let agent_gate = UdpGate::start(r.data, r.quic_agents.unwrap(), agent_blocked).await;
-    let client_gate = UdpGate::start(r.client, r.quic_clients.unwrap(), client_blocked).await;
+    let agent_gate = UdpGate::start(r.data, r.quic_agents.unwrap(), agent_blocked, max).await;
+    let client_gate = UdpGate::start(r.client, r.quic_clients.unwrap(), client_blocked, max).await;
     fleet.agent = Some(start_agent(fleet.dir(), &fleet.agent_cfg));
     fleet.wait_metric(0, "tether_relay_agents_attached", 1.0).await;
     (fleet, agent_gate, client_gate)
@@ -174,6 +179,33 @@ async fn udp_blocked_mid_session_moves_the_session_to_tcp_without_losing_bytes()
     assert!(session.end_reason().is_none(), "the session ended: {:?}", session.end_reason());
     // The session goes on over TCP: a new connection works.
     echo_once(addr).await;
+}
+
+/// A path that carries no UDP datagram larger than Ethernet's (1 472 bytes
+/// of payload: a firewall, VPN or tunnel that drops the rest) carries a QUIC
+/// session in full: each end's path MTU discovery probes for larger
+/// datagrams, the path drops the probes, and both hops stay at what gets
+/// through, with no byte lost and no move to TCP.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_path_that_drops_datagrams_larger_than_ethernet_still_carries_a_quic_session() {
+    let (fleet, agent_gate, client_gate) = gated_with(false, false, 1472).await;
+    let (session, addr) = serve_locally(&fleet).await;
+    assert_eq!(session.transport(), "quic");
+    let moved = within(60, paced_echo(addr, 100)).await.unwrap();
+    assert_eq!(moved, Ok(100 * 16 * 1024), "every byte came back, in order");
+    // At full speed too: 4 MiB written at once, echoed.
+    let mut c = TcpStream::connect(addr).await.unwrap();
+    let data = random(4 << 20);
+    let (mut r, mut w) = c.split();
+    let mut back = vec![0u8; data.len()];
+    let (wrote, read) = within(60, async { tokio::join!(w.write_all(&data), r.read_exact(&mut back)) }).await;
+    wrote.unwrap();
+    read.unwrap();
+    assert!(back == data, "the bulk echo came back changed");
+    assert_eq!(session.transport(), "quic", "the session stayed on QUIC");
+    assert!(session.end_reason().is_none(), "the session ended: {:?}", session.end_reason());
+    let (a, c) = (agent_gate.oversized(), client_gate.oversized());
+    assert!(a > 0 && c > 0, "both hops probed for larger datagrams and lost the probes ({a}, {c} dropped)");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

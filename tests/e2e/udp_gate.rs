@@ -1,16 +1,19 @@
 //! A UDP forwarder the test can close like a firewall that starts dropping
 //! UDP: datagrams from each client go to `target` through a socket of their
-//! own, and answers come back; `block()` silently drops both ways.
+//! own, and answers come back; `block()` silently drops both ways. A gate
+//! may also drop every datagram larger than a size, both ways, as a path
+//! with a smaller MTU does (QUIC sets Don't Fragment).
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
 use tokio::net::UdpSocket;
 use tokio_util::sync::CancellationToken;
 
 pub struct UdpGate {
     blocked: Arc<AtomicBool>,
+    oversized: Arc<AtomicU64>,
     stop: CancellationToken,
 }
 
@@ -21,12 +24,14 @@ impl Drop for UdpGate {
 }
 
 impl UdpGate {
-    /// Forwards what arrives at `listen` to `target`; starts `blocked` or open.
-    pub async fn start(listen: SocketAddr, target: SocketAddr, blocked: bool) -> UdpGate {
+    /// Forwards what arrives at `listen` to `target`, datagrams of at most
+    /// `max` bytes; starts `blocked` or open.
+    pub async fn start(listen: SocketAddr, target: SocketAddr, blocked: bool, max: usize) -> UdpGate {
         let front = Arc::new(UdpSocket::bind(listen).await.expect("bind the gate's UDP port"));
         let blocked = Arc::new(AtomicBool::new(blocked));
+        let oversized = Arc::new(AtomicU64::new(0));
         let stop = CancellationToken::new();
-        let (b, s) = (blocked.clone(), stop.clone());
+        let (b, s, o) = (blocked.clone(), stop.clone(), oversized.clone());
         tokio::spawn(async move {
             let mut backs: HashMap<SocketAddr, Arc<UdpSocket>> = HashMap::new();
             let mut buf = vec![0u8; 65536];
@@ -38,6 +43,10 @@ impl UdpGate {
                 if b.load(Ordering::SeqCst) {
                     continue;
                 }
+                if n > max {
+                    o.fetch_add(1, Ordering::Relaxed);
+                    continue;
+                }
                 // Bounded: the tests have a handful of clients.
                 if !backs.contains_key(&from) && backs.len() >= 64 {
                     continue;
@@ -47,7 +56,8 @@ impl UdpGate {
                     None => {
                         let sock = Arc::new(UdpSocket::bind("127.0.0.1:0").await.unwrap());
                         sock.connect(target).await.unwrap();
-                        let (sock2, front2, b2, s2) = (sock.clone(), front.clone(), b.clone(), s.clone());
+                        let (sock2, front2, b2, s2, o2) =
+                            (sock.clone(), front.clone(), b.clone(), s.clone(), o.clone());
                         tokio::spawn(async move {
                             let mut buf = vec![0u8; 65536];
                             loop {
@@ -55,7 +65,9 @@ impl UdpGate {
                                     _ = s2.cancelled() => return,
                                     r = sock2.recv(&mut buf) => match r { Ok(n) => n, Err(_) => continue },
                                 };
-                                if !b2.load(Ordering::SeqCst) {
+                                if n > max {
+                                    o2.fetch_add(1, Ordering::Relaxed);
+                                } else if !b2.load(Ordering::SeqCst) {
                                     let _ = front2.send_to(&buf[..n], from).await;
                                 }
                             }
@@ -67,11 +79,16 @@ impl UdpGate {
                 let _ = back.send(&buf[..n]).await;
             }
         });
-        UdpGate { blocked, stop }
+        UdpGate { blocked, oversized, stop }
     }
 
     pub fn block(&self) {
         self.blocked.store(true, Ordering::SeqCst);
+    }
+
+    /// Datagrams dropped for their size, both ways.
+    pub fn oversized(&self) -> u64 {
+        self.oversized.load(Ordering::Relaxed)
     }
 
     pub fn open(&self) {
