@@ -95,12 +95,19 @@ pub const INITIAL_AGENT_STREAMS: u32 = 4;
 /// 1452 as before, and loopback or a jumbo-frame LAN carries larger packets:
 /// quinn's work per packet (framing, packet protection, acknowledgements)
 /// is about half of what a QUIC leg costs, and one tunnelled connection over
-/// QUIC on loopback runs 1.5-2x faster with it (`benches/iperf.sh`).
+/// QUIC on loopback runs 1.5-1.9x faster with it (`benches/iperf.sh`).
 /// quinn sends up to 10 datagrams in one GSO send, which the kernel limits
 /// to 64 KiB: above 6 550 bytes such a send would fail as too large, and
 /// quinn would take its datagrams for lost.
 pub const MAX_DATAGRAM: u16 = 6_500;
-const _: () = assert!(MAX_DATAGRAM as usize * 10 <= 65_507);
+const _: () = assert!(MAX_DATAGRAM >= 1_200 && MAX_DATAGRAM as usize * 10 <= 65_507);
+
+/// `config`, accepting datagrams up to [`MAX_DATAGRAM`] (quinn's default is
+/// Ethernet's 1 472, which would cap what the peer may send).
+fn large_datagrams(mut config: EndpointConfig) -> EndpointConfig {
+    config.max_udp_payload_size(MAX_DATAGRAM).expect("MAX_DATAGRAM is within 1 200..=65 527");
+    config
+}
 
 /// Why a QUIC leg could not be had.
 #[derive(Debug, thiserror::Error)]
@@ -164,8 +171,7 @@ pub fn server(
     socket.set_nonblocking(true)?;
     socket_buffers(&socket);
     let key = aws_lc_rs::hmac::Key::new(aws_lc_rs::hmac::HMAC_SHA256, reset_secret);
-    let mut endpoint = EndpointConfig::new(Arc::new(key));
-    endpoint.max_udp_payload_size(MAX_DATAGRAM).map_err(|e| QuicError::Config(e.to_string()))?;
+    let mut endpoint = large_datagrams(EndpointConfig::new(Arc::new(key)));
     // Connection ids carry a check keyed per endpoint; a restarted relay
     // must recognise its predecessor's ids to answer them with a reset.
     let mut cid_key = [0u8; 8];
@@ -214,9 +220,7 @@ fn connected_endpoint(peer: SocketAddr) -> Result<Endpoint, QuicError> {
     socket.connect(peer)?;
     socket.set_nonblocking(true)?;
     socket_buffers(&socket);
-    let mut config = EndpointConfig::default();
-    config.max_udp_payload_size(MAX_DATAGRAM).map_err(|e| QuicError::Config(e.to_string()))?;
-    Ok(Endpoint::new(config, None, socket, Arc::new(quinn::TokioRuntime))?)
+    Ok(Endpoint::new(large_datagrams(EndpointConfig::default()), None, socket, Arc::new(quinn::TokioRuntime))?)
 }
 
 /// Socket buffers a burst at full speed fits in ([`SOCKET_BUFFER`]).

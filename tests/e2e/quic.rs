@@ -4,6 +4,7 @@
 //! a relay killed under a QUIC session.
 use std::time::Duration;
 
+use tether::{quic, tls};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
@@ -258,8 +259,6 @@ async fn a_hundred_connections_at_once_share_one_quic_connection_per_side() {
 /// is lost on the way, and no black hole is taken for one.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_quic_leg_sends_datagrams_as_large_as_its_path_carries() {
-    use tether::quic;
-    use tether::tls;
     let tmp = tempfile::tempdir().unwrap();
     let pki = Pki::new(tmp.path());
     let (endpoint, addr) = crate::quic_inputs::agent_listener(&pki);
