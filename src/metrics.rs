@@ -116,6 +116,7 @@ metric!(pub HUB_REPO_PUBLISHED: IntCounter = counter("tether_hub_repo_published_
 metric!(pub HUB_ANCHOR_REFUSALS: IntCounterVec = counter_vec("tether_hub_anchor_refusals_total", "Audit chain heads the hub refused to anchor, by reason (unsigned, bad_certificate, bad_signature, rollback, fork)", &["reason"]));
 metric!(pub HUB_REFUSALS: IntCounterVec = counter_vec("tether_hub_refusals_total", "Requests refused, by reason", &["reason"]));
 metric!(pub HUB_SESSIONS_GRANTED: IntCounter = counter("tether_hub_sessions_granted_total", "Grants signed"));
+metric!(pub HUB_SESSIONS_LOST: IntCounter = counter("tether_hub_sessions_lost_total", "Live sessions recorded as ended because no relay holds them any more"));
 metric!(pub HUB_RELAY_REPORTS: IntCounterVec = counter_vec("tether_hub_relay_reports_total", "Reports received, by relay", &["relay"]));
 metric!(pub HUB_REQUEST_SECONDS: Histogram = reg(Histogram::with_opts(
     HistogramOpts::new("tether_hub_request_seconds", "Time to answer an API request")
@@ -233,6 +234,7 @@ pub fn init() {
     LazyLock::force(&AGENT_REPO_REFUSED);
     LazyLock::force(&HUB_SESSIONS_GRANTED);
     LazyLock::force(&HUB_RELAY_REPORTS);
+    LazyLock::force(&HUB_SESSIONS_LOST);
     LazyLock::force(&HUB_REQUEST_SECONDS);
     LazyLock::force(&HUB_DB_SECONDS);
     // Every kind at 0 from the start, so increase() sees the first error.

@@ -72,6 +72,11 @@ pub struct HubConfig {
     /// A relay that has not reported for this long is not routed to.
     #[serde(default = "default_stale")]
     pub relay_stale_ms: u64,
+    /// A live session that no relay has listed for this long (and every
+    /// relay has reported since, or been silent that long) is recorded as
+    /// ended, reason `lost` (docs/hub.md). Longer than a client's resume.
+    #[serde(default = "default_session_lost")]
+    pub session_lost_secs: u64,
     #[serde(default)]
     pub lockout: Lockout,
     /// Bounds on login attempts before any password is checked.
@@ -96,6 +101,10 @@ pub struct UploadsConfig {
     /// Largest upload one job may store.
     #[serde(default = "default_max_upload")]
     pub max_bytes: u64,
+}
+
+fn default_session_lost() -> u64 {
+    120
 }
 
 fn default_secrets_key() -> PathBuf {

@@ -13,6 +13,7 @@ mod guard;
 mod http;
 mod jobs;
 pub mod limits;
+mod lost;
 pub mod model;
 pub mod relays;
 pub mod repo;
@@ -189,6 +190,7 @@ pub async fn run(listener: TcpListener, cfg: HubConfig, stop: CancellationToken)
     let reporter = tokio::spawn(report_drops(hub.clone(), drops.clone(), stop.clone()));
     tokio::spawn(repo_api::refresh_timestamps(hub.clone(), stop.clone()));
     tokio::spawn(jobs::sweep(hub.clone(), stop.clone()));
+    tokio::spawn(lost::sweep(hub.clone(), stop.clone()));
     tokio::spawn(rollouts::drive(hub.clone(), stop.clone()));
     let balancers = crate::util::proxy::ProxyTrust::new(hub.cfg.proxy_protocol_from.clone());
     http::serve(listener, tls, (hub.cfg.max_connections, balancers), drops, handler, stop).await;

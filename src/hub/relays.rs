@@ -14,14 +14,16 @@ use super::config::HubRelay;
 use crate::api::{AgentSeen, RelayReport, ReportAnswer, RevokedSession};
 use crate::util::lock;
 
-struct RelayView {
-    seen: Instant,
+pub(super) struct RelayView {
+    pub(super) seen: Instant,
+    /// When its last full report came (it lists every live session).
+    pub(super) full_at: Option<Instant>,
     ready: bool,
     sessions: u64,
     agents: HashMap<String, AgentSeen>,
     /// Live sessions' bytes (to device, to client): replaced by each full
     /// report, updated by the counts that moved in between.
-    live: HashMap<String, (u64, u64)>,
+    pub(super) live: HashMap<String, (u64, u64)>,
 }
 
 /// Bytes a relay had reported for a live session that its reports no
@@ -36,11 +38,28 @@ pub struct Forgotten {
     pub to_client: u64,
 }
 
+/// What a relay's report asks of the hub ([`Board::report`]).
+pub struct Taken {
+    pub answer: ReportAnswer,
+    pub forgotten: Vec<Forgotten>,
+    /// Sessions this hub recorded lost that the relay lists again, with
+    /// the counts the record took for them then.
+    pub found: Vec<(String, u64, u64)>,
+}
+
 /// The relays as their reports describe them, and revocations in flight.
 pub struct Board {
-    relays: Vec<HubRelay>,
+    pub(super) relays: Vec<HubRelay>,
     stale: Duration,
-    views: Mutex<HashMap<String, RelayView>>,
+    /// When this hub started: nothing was listed before.
+    pub(super) since: Instant,
+    pub(super) views: Mutex<HashMap<String, RelayView>>,
+    /// When a relay last listed each session (live counts, start, move);
+    /// locked after `views`. See [`super::lost`].
+    pub(super) listed: Mutex<HashMap<String, Instant>>,
+    /// Sessions this hub recorded as lost, with when: a relay that lists
+    /// one again had only been cut off from the hub.
+    pub(super) lost: Mutex<HashMap<String, (Instant, u64, u64)>>,
     revoked: Mutex<HashMap<String, u64>>,
     /// Session ends taken, by (relay, session), with when: a relay sends a
     /// report again when it did not get the answer, though the hub may
@@ -69,7 +88,10 @@ impl Board {
         Board {
             relays,
             stale,
+            since: Instant::now(),
             views: Mutex::new(HashMap::new()),
+            listed: Mutex::new(HashMap::new()),
+            lost: Mutex::new(HashMap::new()),
             revoked: Mutex::new(HashMap::new()),
             ends: Mutex::new(HashMap::new()),
         }
@@ -89,13 +111,14 @@ impl Board {
         self.relays.iter().any(|r| r.name == name)
     }
 
-    /// Takes a report in; returns what the relay must act on, and the
-    /// counts the relay forgot (see [`Forgotten`]).
-    pub fn report(&self, relay: &str, r: &RelayReport, now: u64) -> (ReportAnswer, Vec<Forgotten>) {
-        let forgotten = {
+    /// Takes a report in: what the relay must act on, the counts it forgot
+    /// (see [`Forgotten`]), and sessions recorded lost that it lists.
+    pub fn report(&self, relay: &str, r: &RelayReport, now: u64) -> Taken {
+        let (forgotten, found) = {
             let mut views = lock(&self.views);
             let v = views.entry(relay.to_string()).or_insert_with(|| RelayView {
                 seen: Instant::now(),
+                full_at: None,
                 ready: false,
                 sessions: 0,
                 agents: HashMap::new(),
@@ -107,14 +130,18 @@ impl Board {
             if let Some(agents) = &r.agents {
                 v.agents = agents.iter().map(|a| (a.device.clone(), a.clone())).collect();
             }
-            take_live(v, r)
+            if r.agents.is_some() {
+                v.full_at = Some(v.seen);
+            }
+            let forgotten = take_live(v, r);
+            (forgotten, self.note_listed(r, v.seen))
         };
         let mut revoked = lock(&self.revoked);
         revoked.retain(|_, exp| *exp > now);
         let answer = ReportAnswer {
             revoked: revoked.iter().map(|(s, e)| RevokedSession { session: s.clone(), expires_at: *e }).collect(),
         };
-        (answer, forgotten)
+        Taken { answer, forgotten, found }
     }
 
     pub fn revoke(&self, session: &str, expires_at: u64) {
@@ -282,23 +309,22 @@ mod tests {
         let board = board();
         board.report("relay-a", &full(vec![live("s1", 0, 0), live("s2", 5, 5)]), 0);
         // Between full reports only the counts that moved come; the others stay.
-        let (_, lost) = board.report("relay-a", &between(vec![live("s1", 100, 40)]), 0);
+        let lost = board.report("relay-a", &between(vec![live("s1", 100, 40)]), 0).forgotten;
         assert!(lost.is_empty(), "{lost:?}");
         assert_eq!(board.live_bytes("s1"), Some((100, 40)), "a count between full reports was not taken");
         assert_eq!(board.live_bytes("s2"), Some((5, 5)), "an unchanged session lost its count");
         // s2 ends (its counts are in the end); the next full report leaves it out.
-        let (_, lost) = board.report("relay-a", &RelayReport { ended: vec![ended("s2", 7, 7)], ..between(vec![]) }, 0);
+        let lost =
+            board.report("relay-a", &RelayReport { ended: vec![ended("s2", 7, 7)], ..between(vec![]) }, 0).forgotten;
         assert!(lost.is_empty(), "an ended session's counts were taken as forgotten: {lost:?}");
         assert_eq!(board.live_bytes("s2"), None, "an ended session kept its live count");
-        let (_, lost) = board.report("relay-a", &full(vec![live("s1", 120, 50)]), 0);
+        let lost = board.report("relay-a", &full(vec![live("s1", 120, 50)]), 0).forgotten;
         assert!(lost.is_empty(), "{lost:?}");
         assert_eq!(board.live_bytes("s1"), Some((120, 50)));
         // Live counts and the end in one report: the end wins.
-        let (_, lost) = board.report(
-            "relay-a",
-            &RelayReport { ended: vec![ended("s1", 130, 60)], ..full(vec![live("s1", 130, 60)]) },
-            0,
-        );
+        let lost = board
+            .report("relay-a", &RelayReport { ended: vec![ended("s1", 130, 60)], ..full(vec![live("s1", 130, 60)]) }, 0)
+            .forgotten;
         assert!(lost.is_empty() && board.live_bytes("s1").is_none(), "{lost:?}");
     }
 
@@ -309,11 +335,11 @@ mod tests {
         // The relay ended its copy (the end has its counts) and took the
         // session up again from its twin, from zero, before the report.
         let report = RelayReport { ended: vec![ended("s1", 1_050_608, 1_050_700)], ..between(vec![live("s1", 0, 0)]) };
-        let (_, lost) = board.report("relay-b", &report, 0);
+        let lost = board.report("relay-b", &report, 0).forgotten;
         assert!(lost.is_empty(), "the end's bytes were also taken as forgotten: {lost:?}");
-        let (_, lost) = board.report("relay-b", &full(vec![live("s1", 0, 0)]), 0);
+        let lost = board.report("relay-b", &full(vec![live("s1", 0, 0)]), 0).forgotten;
         assert!(lost.is_empty(), "{lost:?}");
-        let (_, lost) = board.report("relay-b", &full(vec![]), 0);
+        let lost = board.report("relay-b", &full(vec![]), 0).forgotten;
         assert!(lost.is_empty(), "a new copy with nothing carried was forgotten: {lost:?}");
     }
 
@@ -340,17 +366,17 @@ mod tests {
         board.report("relay-b", &between(vec![live("s1", 10_000, 10_050)]), 0);
         assert_eq!(board.live_bytes("s1"), Some((62_000, 62_150)), "each twin counts what it carried");
         // relay-a restarts and learns the session back from its twin: counts from zero.
-        let (_, lost) = board.report("relay-a", &full(vec![live("s1", 0, 0)]), 0);
+        let lost = board.report("relay-a", &full(vec![live("s1", 0, 0)]), 0).forgotten;
         assert_eq!(lost, forgot("s1", 52_000, 52_100));
         assert_eq!(board.live_bytes("s1"), Some((10_000, 10_050)), "the forgotten counts go to the record, once");
         // Or it restarts without it: a full report that leaves a session out unended.
         board.report("relay-a", &between(vec![live("s1", 300, 300)]), 0);
-        let (_, lost) = board.report("relay-a", &full(vec![]), 0);
+        let lost = board.report("relay-a", &full(vec![]), 0).forgotten;
         assert_eq!(lost, forgot("s1", 300, 300));
-        let (_, lost) = board.report("relay-a", &full(vec![]), 0);
+        let lost = board.report("relay-a", &full(vec![]), 0).forgotten;
         assert!(lost.is_empty(), "counts were given back twice: {lost:?}");
         // Nothing carried, nothing to give back.
         board.report("relay-b", &full(vec![live("s9", 0, 0)]), 0);
-        assert!(board.report("relay-b", &full(vec![]), 0).1.is_empty());
+        assert!(board.report("relay-b", &full(vec![]), 0).forgotten.is_empty());
     }
 }

@@ -234,9 +234,12 @@ async fn keep_forgotten(hub: &Hub, relay: &str, f: super::relays::Forgotten) {
 pub async fn relay_report(hub: &Hub, relay: &str, relay_cert: Option<&[u8]>, r: RelayReport) -> ReportAnswer {
     let now = now_secs();
     crate::metrics::HUB_RELAY_REPORTS.with_label_values(&[relay]).inc();
-    let (answer, forgotten) = hub.board.report(relay, &r, now);
-    for f in forgotten {
+    let taken = hub.board.report(relay, &r, now);
+    for f in taken.forgotten {
         keep_forgotten(hub, relay, f).await;
+    }
+    for f in taken.found {
+        super::lost::found(hub, relay, f).await;
     }
     let live = [(&r.started, &r.started_transports, Live::Started), (&r.moved, &r.moved_transports, Live::Moved)];
     for (ids, transports, how) in live {
@@ -272,5 +275,5 @@ pub async fn relay_report(hub: &Hub, relay: &str, relay_cert: Option<&[u8]>, r: 
             .await;
     }
     super::anchors::heads(hub, relay, relay_cert, &r, now).await;
-    answer
+    taken.answer
 }

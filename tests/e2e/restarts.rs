@@ -163,6 +163,97 @@ async fn a_session_record_keeps_the_bytes_a_killed_relay_carried() {
     assert_eq!(audit.iter().filter(|a| kept(a)).count(), 1, "kept twice");
 }
 
+/// Everything that held a session dies (its client, then both relays, which
+/// come back without it): no relay will ever report its end. The hub records
+/// it ended, reason `lost`, with the bytes the relays had counted, and so
+/// does a hub that restarted meanwhile (the `tether dev` stopped and started
+/// again). A session still carried stays live throughout.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_session_no_relay_holds_any_more_is_recorded_lost() {
+    const KIB: i64 = 1 << 10;
+    let mut fleet = hub_fleet("session_lost_secs = 2").await;
+    let alice = add_user(&fleet, "alice", "engineer", &["st-marys"]).await;
+    let boss = add_user(&fleet, "boss", "admin", &[]).await;
+    let profile = login(&fleet, "alice", &alice).await;
+    let boss_token = token_of(&login(&fleet, "boss", &boss).await);
+    let token = token_of(&profile);
+    for i in 0..2 {
+        fleet.wait_metric(i, "tether_relay_agents_attached", 1.0).await;
+    }
+    let hub = hub_client(&fleet);
+    let record = async |id: &str| -> serde_json::Value {
+        hub.get(&format!("/api/v1/sessions/{id}"), Some(&token)).await.unwrap_or_default()
+    };
+    let echo = async |addr: &str| {
+        let mut conn = tokio::net::TcpStream::connect(addr).await.unwrap();
+        let data = random(64 * KIB as usize);
+        conn.write_all(&data).await.unwrap();
+        let mut back = vec![0u8; data.len()];
+        within(30, conn.read_exact(&mut back)).await.unwrap();
+        assert!(back == data, "the echo differs");
+    };
+    let (mut child, addr, id) = connect(&profile, "echo", "INC-4410: a session lost with its relays").await;
+    echo(&addr).await;
+    eventually("the bytes in the live record", async || {
+        let r = record(&id).await;
+        r["state"] == "live" && r["bytes_to_device"].as_i64() >= Some(64 * KIB)
+    })
+    .await;
+    child.kill().await.unwrap();
+    fleet.relays[0].proc.kill();
+    fleet.relays[1].proc.kill();
+    let killed_at = tether::util::now_secs() as i64;
+    fleet.restart_relay(0);
+    fleet.restart_relay(1);
+    for i in 0..2 {
+        fleet.wait_metric(i, "tether_relay_agents_attached", 1.0).await;
+    }
+    // Another session, carried all along.
+    let (mut child2, addr2, id2) = connect(&profile, "echo", "INC-4411: a session that goes on").await;
+    echo(&addr2).await;
+    // session_lost_secs after it was last listed, once both relays have reported since.
+    let ended = async |id: &str| {
+        for _ in 0..300 {
+            if record(id).await["state"] == "ended" {
+                return true;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+        }
+        false
+    };
+    assert!(ended(&id).await, "never recorded lost: {}\n{}", record(&id).await, fleet.logs());
+    let r = record(&id).await;
+    assert_eq!(r["end_reason"], "lost", "{r}");
+    let ended_at = r["ended_at"].as_i64().unwrap();
+    assert!(ended_at <= killed_at && ended_at >= r["created_at"].as_i64().unwrap(), "ended when last listed: {r}");
+    assert!(r["bytes_to_device"].as_i64() >= Some(64 * KIB), "the bytes the relays carried were lost: {r}");
+    let lost = |a: &serde_json::Value, id: &str| a["event"] == "session_lost" && a["session"] == id;
+    let audit = hub_audit(&fleet, &boss_token).await;
+    assert_eq!(audit.iter().filter(|a| lost(a, &id)).count(), 1, "audited once");
+    let metrics = hub.call(hyper::Method::GET, "/metrics", None, None).await.unwrap().1;
+    assert!(parse_metric(&String::from_utf8_lossy(&metrics), "tether_hub_sessions_lost_total", &[]) >= 1.0);
+
+    // The other session is carried: three times session_lost_secs later, still live.
+    for _ in 0..3 {
+        tokio::time::sleep(std::time::Duration::from_secs(2)).await;
+        echo(&addr2).await;
+    }
+    let r2 = record(&id2).await;
+    assert_eq!(r2["state"], "live", "a session a relay carries was taken for lost: {r2}\n{}", fleet.logs());
+
+    // Now the whole system stops and starts again, hub and all.
+    child2.kill().await.unwrap();
+    fleet.relays[0].proc.kill();
+    fleet.relays[1].proc.kill();
+    fleet.restart_hub();
+    fleet.restart_relay(0);
+    fleet.restart_relay(1);
+    assert!(ended(&id2).await, "never recorded lost: {}\n{}", record(&id2).await, fleet.logs());
+    assert_eq!(record(&id2).await["end_reason"], "lost");
+    let audit = hub_audit(&fleet, &boss_token).await;
+    assert_eq!(audit.iter().filter(|a| lost(a, &id2)).count(), 1, "{}", fleet.logs());
+}
+
 /// `tether hub backup FILE` while the hub runs; the copy restored in place of
 /// the database gives a hub with the same session records (not one made
 /// after the backup) and an audit chain that verifies.

@@ -51,4 +51,5 @@ pub(super) const MIGRATIONS: &[(i64, &str)] = &[
         "CREATE TABLE anchor_history (source TEXT NOT NULL, seq BIGINT NOT NULL, hash TEXT NOT NULL,
         sig TEXT NOT NULL, at BIGINT NOT NULL, PRIMARY KEY (source, seq))",
     ),
+    (7, "CREATE INDEX sessions_by_state ON sessions (state)"),
 ];

@@ -109,16 +109,18 @@ impl Store {
     /// A relay saw the session start, or its control leg arrive (a move to
     /// the twin): the record names that relay and the leg's transport. A
     /// start counts only for a session not yet live: reported late, after
-    /// the session moved, it must not name the relay it left.
+    /// the session moved, it must not name the relay it left. A move also
+    /// brings back a session recorded lost (its client resumed it late).
     pub async fn session_live(&self, id: &str, relay: &str, transport: &str, how: Live) -> Result<(), StoreError> {
         let states = match how {
-            Live::Started => "('granted')",
-            Live::Moved => "('granted', 'live')",
+            Live::Started => "state = 'granted'",
+            Live::Moved => "(state IN ('granted', 'live') OR (state = 'ended' AND end_reason = 'lost'))",
         };
         self.db
             .exec(
                 &format!(
-                    "UPDATE sessions SET state = 'live', relay = $3, transport = $2 WHERE id = $1 AND state IN {states}"
+                    "UPDATE sessions SET state = 'live', relay = $3, transport = $2, ended_at = NULL, end_reason = NULL
+                     WHERE id = $1 AND {states}"
                 ),
                 vec![id.into(), transport.into(), relay.into()],
             )
@@ -155,13 +157,15 @@ impl Store {
     }
 
     /// A relay's end report. Byte counts add up (a session may have legs at
-    /// both twins); the first end reason and time stay.
+    /// both twins); the first end reason and time stay, but a relay's word
+    /// replaces the hub's guess that the session was lost.
     pub async fn session_end(&self, id: &str, end: &SessionEnd) -> Result<(), StoreError> {
         self.db
             .exec(
                 "UPDATE sessions SET
                     state = CASE WHEN state = 'revoked' THEN 'revoked' ELSE 'ended' END,
-                    ended_at = COALESCE(ended_at, $2), end_reason = COALESCE(end_reason, $3),
+                    ended_at = CASE WHEN end_reason = 'lost' THEN $2 ELSE COALESCE(ended_at, $2) END,
+                    end_reason = CASE WHEN end_reason = 'lost' THEN $3 ELSE COALESCE(end_reason, $3) END,
                     bytes_to_device = bytes_to_device + $4, bytes_to_client = bytes_to_client + $5,
                     duration_ms = CASE WHEN duration_ms > $6 THEN duration_ms ELSE $6 END
                  WHERE id = $1",
@@ -176,6 +180,44 @@ impl Store {
             )
             .await
             .map(|_| ())
+    }
+
+    /// The live sessions (the hub's check for sessions no relay holds).
+    pub async fn sessions_live(&self) -> Result<Vec<SessionRecord>, StoreError> {
+        let rows =
+            self.db.query(&format!("SELECT {SESSION_COLUMNS} FROM sessions WHERE state = 'live'"), vec![]).await?;
+        Ok(rows.iter().map(session_from).collect())
+    }
+
+    /// No relay holds the live session any more: ended at `ended_at`, reason
+    /// `lost`, with what relays had counted for it while live. False when it
+    /// was no longer live.
+    pub async fn session_lost(&self, id: &str, ended_at: i64, bytes: (i64, i64)) -> Result<bool, StoreError> {
+        let n = self
+            .db
+            .exec(
+                "UPDATE sessions SET state = 'ended', ended_at = $2, end_reason = 'lost',
+                    bytes_to_device = bytes_to_device + $3, bytes_to_client = bytes_to_client + $4
+                 WHERE id = $1 AND state = 'live'",
+                vec![id.into(), ended_at.into(), bytes.0.into(), bytes.1.into()],
+            )
+            .await?;
+        Ok(n == 1)
+    }
+
+    /// A session recorded lost is live after all: the counts it took then
+    /// come back out (the relay that lists it counts them again).
+    pub async fn session_found(&self, id: &str, bytes: (i64, i64)) -> Result<bool, StoreError> {
+        let n = self
+            .db
+            .exec(
+                "UPDATE sessions SET state = 'live', ended_at = NULL, end_reason = NULL,
+                    bytes_to_device = bytes_to_device - $2, bytes_to_client = bytes_to_client - $3
+                 WHERE id = $1 AND state = 'ended' AND end_reason = 'lost'",
+                vec![id.into(), bytes.0.into(), bytes.1.into()],
+            )
+            .await?;
+        Ok(n == 1)
     }
 
     /// Adds bytes to a session's counts without ending it (what a relay

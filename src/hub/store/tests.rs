@@ -194,6 +194,62 @@ async fn sessions_and_audit_chain() {
     .await;
 }
 
+/// A live session no relay holds is recorded lost (with its counts), comes
+/// back when a relay lists it again (its counts out again), and a relay's
+/// own end replaces the lost one.
+#[tokio::test]
+async fn a_lost_session_can_be_found_and_a_relays_end_replaces_lost() {
+    both(async |s: Store| {
+        let rec = SessionRecord {
+            id: "s1".into(),
+            created_at: 10,
+            expires_at: 500,
+            state: "granted".into(),
+            ..SessionRecord::default()
+        };
+        s.session_add(&rec).await.unwrap();
+        s.session_add(&SessionRecord { id: "s2".into(), ..rec.clone() }).await.unwrap();
+        assert!(!s.session_lost("s1", 20, (1, 1)).await.unwrap(), "a granted session is not live: it cannot be lost");
+        s.session_live("s1", "relay-a", "tcp", Live::Started).await.unwrap();
+        s.session_live("s2", "relay-a", "tcp", Live::Started).await.unwrap();
+        let live: Vec<String> = s.sessions_live().await.unwrap().into_iter().map(|r| r.id).collect();
+        assert_eq!(live.len(), 2, "{live:?}");
+        s.session_add_bytes("s1", 100, 200).await.unwrap();
+
+        assert!(s.session_lost("s1", 30, (5, 6)).await.unwrap());
+        assert!(!s.session_lost("s1", 31, (5, 6)).await.unwrap(), "lost twice");
+        let got = s.session("s1").await.unwrap().unwrap();
+        assert_eq!((got.state.as_str(), got.end_reason.as_deref(), got.ended_at), ("ended", Some("lost"), Some(30)));
+        assert_eq!((got.bytes_to_device, got.bytes_to_client), (105, 206));
+        assert_eq!(s.sessions_live().await.unwrap().len(), 1);
+
+        // A relay lists it again: live, and its live counts take over.
+        assert!(s.session_found("s1", (5, 6)).await.unwrap());
+        assert!(!s.session_found("s1", (5, 6)).await.unwrap(), "found twice");
+        let got = s.session("s1").await.unwrap().unwrap();
+        assert_eq!((got.state.as_str(), got.end_reason, got.ended_at), ("live", None, None));
+        assert_eq!((got.bytes_to_device, got.bytes_to_client), (100, 200));
+
+        // Lost again; then its client resumes it at the twin (a late move).
+        assert!(s.session_lost("s1", 40, (0, 0)).await.unwrap());
+        s.session_live("s1", "relay-b", "quic", Live::Moved).await.unwrap();
+        let got = s.session("s1").await.unwrap().unwrap();
+        assert_eq!((got.state.as_str(), got.relay.as_str(), got.ended_at), ("live", "relay-b", None));
+
+        // A relay's own end replaces "lost"; any other end stays first.
+        assert!(s.session_lost("s2", 50, (0, 0)).await.unwrap());
+        let end = SessionEnd { reason: "client_closed".into(), ended_at: 45, ..SessionEnd::default() };
+        s.session_end("s2", &end).await.unwrap();
+        s.session_end("s2", &SessionEnd { reason: "later".into(), ended_at: 60, ..end }).await.unwrap();
+        let got = s.session("s2").await.unwrap().unwrap();
+        assert_eq!((got.end_reason.as_deref(), got.ended_at), (Some("client_closed"), Some(45)));
+        // Revoked is not live: never lost.
+        assert!(s.session_revoke("s1", "admin", 70).await.unwrap());
+        assert!(!s.session_lost("s1", 80, (0, 0)).await.unwrap());
+    })
+    .await;
+}
+
 /// Runs the futures concurrently; their results in order.
 async fn futures_join<F: std::future::Future>(futs: Vec<F>) -> Vec<F::Output> {
     let mut futs: Vec<_> = futs.into_iter().map(Box::pin).collect();
