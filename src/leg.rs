@@ -19,9 +19,10 @@ use rustls::ClientConfig;
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpStream;
 
-/// Any leg stream.
-pub trait LegIo: AsyncRead + AsyncWrite + Unpin + Send {}
-impl<T: AsyncRead + AsyncWrite + Unpin + Send> LegIo for T {}
+/// Any leg stream. `Any`: the relay looks under a leg for a QUIC stream,
+/// whose bytes it can move without copying them (`relay::client::tunnel`).
+pub trait LegIo: AsyncRead + AsyncWrite + Unpin + Send + std::any::Any {}
+impl<T: AsyncRead + AsyncWrite + Unpin + Send + 'static> LegIo for T {}
 
 /// A leg, whichever its transport.
 pub type Leg = Box<dyn LegIo>;

@@ -74,6 +74,7 @@ metric!(pub RELAY_SESSIONS_ACTIVE: IntGauge = gauge("tether_relay_sessions_activ
 metric!(pub RELAY_SESSIONS_ENDED: IntCounterVec = counter_vec("tether_relay_sessions_ended_total", "Sessions ended, by outcome", &["outcome"]));
 metric!(pub RELAY_TUNNELS_ACTIVE: IntGauge = gauge("tether_relay_tunnels_active", "Tunnelled connections being spliced"));
 metric!(pub RELAY_TUNNELS_TOTAL: IntCounter = counter("tether_relay_tunnels_total", "Tunnelled connections paired"));
+metric!(pub RELAY_TUNNELS_QUIC_CHUNKS: IntCounter = counter("tether_relay_tunnels_quic_chunks_total", "Tunnelled connections whose bytes moved as QUIC chunks, without a copy (both legs QUIC streams)"));
 metric!(pub RELAY_BYTES: IntCounterVec = counter_vec("tether_relay_bytes_total", "Payload bytes spliced, by direction", &["direction"]));
 metric!(pub RELAY_OPEN: IntGaugeVec = gauge_vec("tether_relay_open_connections", "Connections open, authenticated or not, by listener (bounded by max_connections in all)", &["listener"]));
 metric!(pub RELAY_PENDING: IntGaugeVec = gauge_vec("tether_relay_pending_connections", "Connections accepted and not yet authenticated, by listener (each holds a handshake slot)", &["listener"]));
@@ -203,6 +204,7 @@ pub fn init() {
     LazyLock::force(&RELAY_SESSIONS_ENDED);
     LazyLock::force(&RELAY_TUNNELS_ACTIVE);
     LazyLock::force(&RELAY_TUNNELS_TOTAL);
+    LazyLock::force(&RELAY_TUNNELS_QUIC_CHUNKS);
     LazyLock::force(&RELAY_BYTES);
     LazyLock::force(&RELAY_HANDSHAKE_FAILURES);
     LazyLock::force(&RELAY_PENDING);

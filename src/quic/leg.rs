@@ -15,6 +15,11 @@ impl QuicLeg {
     pub fn new(send: quinn::SendStream, recv: quinn::RecvStream) -> QuicLeg {
         QuicLeg { send, recv }
     }
+
+    /// Both halves, for moving quinn's own chunks ([`super::splice`]).
+    pub fn halves(&mut self) -> (&mut quinn::SendStream, &mut quinn::RecvStream) {
+        (&mut self.send, &mut self.recv)
+    }
 }
 
 impl AsyncRead for QuicLeg {
@@ -48,6 +53,10 @@ pub struct Guarded<G> {
 impl<G> Guarded<G> {
     pub fn new(leg: QuicLeg, guard: G) -> Guarded<G> {
         Guarded { leg, _guard: guard }
+    }
+
+    pub fn leg_mut(&mut self) -> &mut QuicLeg {
+        &mut self.leg
     }
 }
 

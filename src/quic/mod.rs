@@ -8,9 +8,11 @@
 //! every datagram from anyone else, and nothing listens.
 mod count;
 mod leg;
+mod splice;
 
 pub use count::{OpenStream, StreamCount};
 pub use leg::{Guarded, QuicLeg};
+pub use splice::splice;
 
 use std::future::Future;
 use std::net::SocketAddr;

@@ -21,7 +21,6 @@ use super::{Accepted, Auth};
 use crate::leg::Leg;
 use crate::metrics;
 use crate::proto::{self, Frame, FrameIo, FrameIoError, LegSide, Outcome, Reason, SessionId, SignedGrant};
-use crate::splice::{Meter, splice};
 use crate::util::now_secs;
 
 type Io = FrameIo<Leg>;
@@ -93,7 +92,9 @@ pub async fn serve(state: Arc<State>, accepted: Accepted, peer: SocketAddr) {
     let mut io = FrameIo::new(accepted.leg);
     match first_frame(&state, &mut io, (peer, listener), is_tls, alpn_ok).await {
         Err(r) => r.send(&state, &mut io, peer).await,
-        Ok(Some(paired)) => tunnel(&state, paired, io).await,
+        Ok(Some(Paired { session, conn, leg, prefix })) => {
+            super::tunnel::tunnel(&state, (session, conn), io.into_parts(), (leg, prefix)).await
+        }
         Ok(None) => {}
     }
 }
@@ -459,27 +460,4 @@ async fn ask_for_leg(
         LegEvent::Leg(leg, prefix) => Ok((leg, prefix)),
         LegEvent::Failed(reason) => Err((reason, "the device did not open the connection")),
     }
-}
-
-/// Splices a paired connection until it closes, the session ends or the relay drains.
-async fn tunnel(state: &State, p: Paired, io: Io) {
-    let Paired { session, conn, leg, prefix: leg_prefix } = p;
-    metrics::RELAY_TUNNELS_TOTAL.inc();
-    metrics::RELAY_TUNNELS_ACTIVE.inc();
-    session.tunnels.fetch_add(1, Ordering::Relaxed);
-    let (client, client_prefix) = io.into_parts();
-    let to_device = metrics::RELAY_BYTES.with_label_values(&["to_device"]);
-    let to_client = metrics::RELAY_BYTES.with_label_values(&["to_client"]);
-    let result = tokio::select! {
-        r = splice(
-            client, client_prefix, leg, leg_prefix,
-            state.to_device_meter(&session, &to_device),
-            Meter::with_metric(&session.to_client, &to_client).tapped(state.taps.to_client.as_ref()),
-        ) => r.map(|_| ()).map_err(|e| e.to_string()),
-        _ = session.end.cancelled() => Err("session ended".into()),
-        // Drained: the ends resume this connection through the twin.
-        _ = state.drain.cancelled() => Err("relay drained".into()),
-    };
-    metrics::RELAY_TUNNELS_ACTIVE.dec();
-    tracing::debug!(conn, ?result, "tunnel closed");
 }

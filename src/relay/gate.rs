@@ -134,6 +134,10 @@ impl Gate {
     }
 }
 
+/// A QUIC leg that holds its `max_connections` slot and its place in its
+/// connection's open streams until dropped.
+pub type Counted = crate::quic::Guarded<(Open, crate::quic::OpenStream)>;
+
 #[cfg(test)]
 mod tests {
     use super::*;

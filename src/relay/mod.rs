@@ -19,6 +19,7 @@ mod repo_fetch;
 mod session;
 mod state;
 mod streams;
+mod tunnel;
 
 pub use config::{RelayConfig, RelayLimits, TwinConfig};
 pub use state::State;

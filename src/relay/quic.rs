@@ -21,8 +21,9 @@ use quinn::{Connection, Endpoint, Incoming};
 use tokio::io::AsyncReadExt;
 use tracing::Instrument;
 
+use super::gate::{self, Counted};
 use super::state::State;
-use super::{Accepted, Auth, client, control, data, gate};
+use super::{Accepted, Auth, client, control, data};
 use crate::metrics;
 use crate::quic::QuicLeg;
 use crate::stream::prefixed::Prefixed;
@@ -286,10 +287,6 @@ async fn identify(stream: Box<Stream>) -> Option<(Kind, Accepted)> {
     let leg = Box::new(Prefixed::new(Bytes::copy_from_slice(&header), leg));
     Some((kind, Accepted { leg, auth, cert, transport: "quic", quic: Some(conn) }))
 }
-
-/// A QUIC leg that holds its `max_connections` slot and its place in its
-/// connection's open streams until dropped.
-type Counted = crate::quic::Guarded<(gate::Open, crate::quic::OpenStream)>;
 
 /// A stable label for why a QUIC handshake failed.
 fn failure_label(e: &quinn::ConnectionError) -> &'static str {

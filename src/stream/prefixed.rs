@@ -14,6 +14,11 @@ impl<S> Prefixed<S> {
     pub fn new(prefix: Bytes, inner: S) -> Self {
         Prefixed { prefix, inner }
     }
+
+    /// The stream under it, once its prefix has all been read.
+    pub fn unread_inner(&mut self) -> Option<&mut S> {
+        self.prefix.is_empty().then_some(&mut self.inner)
+    }
 }
 
 impl<S: AsyncRead + Unpin> AsyncRead for Prefixed<S> {

@@ -24,6 +24,7 @@ struct Tapped {
     relay: RelayProc,
     _agent: Proc,
     stop: CancellationToken,
+    quic: bool,
 }
 
 impl Drop for Tapped {
@@ -32,7 +33,8 @@ impl Drop for Tapped {
     }
 }
 
-async fn tapped(taps: Taps, service: SocketAddr) -> Tapped {
+/// `quic`: the agent and the client use QUIC legs (else TCP).
+async fn tapped(taps: Taps, service: SocketAddr, quic: bool) -> Tapped {
     let tmp = tempfile::tempdir().unwrap();
     let pki = Pki::new(tmp.path());
     let any: SocketAddr = "127.0.0.1:0".parse().unwrap();
@@ -53,7 +55,7 @@ async fn tapped(taps: Taps, service: SocketAddr) -> Tapped {
         raw_legs: true,
         proxy_protocol_from: vec![],
         audit_rotate_bytes: 0,
-        quic: false,
+        quic,
         quic_agents: None,
         quic_clients: None,
         twin: None,
@@ -73,13 +75,14 @@ async fn tapped(taps: Taps, service: SocketAddr) -> Tapped {
         admin: a.admin,
         audit: tmp.path().join("relay-audit.jsonl"),
         twin: None,
-        quic_agents: None,
-        quic_clients: None,
+        quic_agents: a.quic_agents,
+        quic_clients: a.quic_clients,
     };
     let cert = (pki.path(&format!("{DEVICE}.pem")), pki.path(&format!("{DEVICE}.key")));
-    let agent_cfg = write_agent_config(tmp.path(), &pki, &[&relay], service, &Opts::default(), (&cert.0, &cert.1));
+    let opts = Opts { transport: if quic { "quic" } else { "tcp" }, ..Opts::default() };
+    let agent_cfg = write_agent_config(tmp.path(), &pki, &[&relay], service, &opts, (&cert.0, &cert.1));
     let agent = start_agent(tmp.path(), &agent_cfg);
-    Tapped { _tmp: tmp, pki, relay, _agent: agent, stop }
+    Tapped { _tmp: tmp, pki, relay, _agent: agent, stop, quic }
 }
 
 impl Tapped {
@@ -95,7 +98,7 @@ impl Tapped {
             repo_targets_key: None,
             resume_buffer_bytes: 8 << 20,
             resume_deadline_secs: 30,
-            transport: tether::quic::Transport::Tcp,
+            transport: if self.quic { tether::quic::Transport::Quic } else { tether::quic::Transport::Tcp },
             relays: vec![tether::client::RelayEntry {
                 name: "relay-a".into(),
                 addr: self.relay.client.to_string(),
@@ -121,6 +124,19 @@ fn contains(hay: &[u8], needle: &[u8]) -> bool {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_relay_never_sees_the_plaintext() {
+    never_sees_the_plaintext(false).await;
+}
+
+/// Over QUIC legs the relay moves quinn's own chunks from one stream to the
+/// other (no copy): the tap sees each of them, and still no plaintext.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_relay_never_sees_the_plaintext_over_quic() {
+    let before = tether::metrics::RELAY_TUNNELS_QUIC_CHUNKS.get();
+    never_sees_the_plaintext(true).await;
+    assert!(tether::metrics::RELAY_TUNNELS_QUIC_CHUNKS.get() >= before + 2, "the tunnels did not move as QUIC chunks");
+}
+
+async fn never_sees_the_plaintext(quic: bool) {
     let seen_down = Arc::new(Mutex::new(Vec::new()));
     let seen_up = Arc::new(Mutex::new(Vec::new()));
     let (d, u) = (seen_down.clone(), seen_up.clone());
@@ -132,7 +148,7 @@ async fn the_relay_never_sees_the_plaintext() {
     let echo_l = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let echo = echo_l.local_addr().unwrap();
     tokio::spawn(tether::dev::echo_server(echo_l, stop.clone()));
-    let fleet = tapped(taps, echo).await;
+    let fleet = tapped(taps, echo, quic).await;
 
     let marker = b"PATIENT-ID:7781-DOE^JANE ";
     let payload: Vec<u8> = marker.iter().copied().cycle().take(marker.len() * 2000).collect();
@@ -163,17 +179,22 @@ async fn the_relay_never_sees_the_plaintext() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_relay_altering_one_byte_makes_the_tunnel_fail_closed() {
-    altering_one_byte(false).await;
+    altering_one_byte(false, false).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_relay_altering_one_byte_over_quic_makes_the_tunnel_fail_closed() {
+    altering_one_byte(false, true).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_relay_altering_one_byte_of_a_keyed_connection_makes_it_fail_closed() {
-    altering_one_byte(true).await;
+    altering_one_byte(true, false).await;
 }
 
 /// A TLS connection, or (`keyed`) a session's second connection, keyed from
 /// the first (which sends nothing to the service).
-async fn altering_one_byte(keyed: bool) {
+async fn altering_one_byte(keyed: bool, quic: bool) {
     // Flip one bit of application data, well past the handshake.
     let seen = Arc::new(AtomicUsize::new(0));
     let s2 = seen.clone();
@@ -206,7 +227,7 @@ async fn altering_one_byte(keyed: bool) {
             });
         }
     });
-    let fleet = tapped(taps, svc).await;
+    let fleet = tapped(taps, svc, quic).await;
     let session = fleet.session().await;
     let _first = if keyed { Some(within(30, session.connect()).await.unwrap()) } else { None };
     let mut t = within(30, session.connect()).await.unwrap();

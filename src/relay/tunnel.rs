@@ -1,0 +1,67 @@
+//! A paired connection's bytes, spliced between the client's leg and the
+//! device's until it closes, the session ends or the relay drains. When both
+//! legs are QUIC streams, their bytes move as quinn's own chunks, without a
+//! copy ([`crate::quic::splice`]); otherwise through [`crate::splice`].
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+
+use bytes::Bytes;
+
+use super::gate::Counted;
+use super::session::Session;
+use super::state::State;
+use crate::leg::Leg;
+use crate::metrics;
+use crate::quic::QuicLeg;
+use crate::splice::{Meter, splice};
+use crate::stream::prefixed::Prefixed;
+
+/// Splices `client` (with bytes already read from it) and `device` (likewise).
+pub(super) async fn tunnel(
+    state: &State,
+    (session, conn): (Arc<Session>, u32),
+    (mut client, client_prefix): (Leg, Bytes),
+    (mut device, device_prefix): (Leg, Bytes),
+) {
+    metrics::RELAY_TUNNELS_TOTAL.inc();
+    metrics::RELAY_TUNNELS_ACTIVE.inc();
+    session.tunnels.fetch_add(1, Ordering::Relaxed);
+    let to_device = metrics::RELAY_BYTES.with_label_values(&["to_device"]);
+    let to_client = metrics::RELAY_BYTES.with_label_values(&["to_client"]);
+    let up = state.to_device_meter(&session, &to_device);
+    let down = Meter::with_metric(&session.to_client, &to_client).tapped(state.taps.to_client.as_ref());
+    let mut how = "copy";
+    let moved = async {
+        match (quic_under(&mut client), quic_under(&mut device)) {
+            (Some(c), Some(d)) => {
+                how = "quic_chunks";
+                metrics::RELAY_TUNNELS_QUIC_CHUNKS.inc();
+                crate::quic::splice(c, client_prefix, d, device_prefix, up, down).await
+            }
+            _ => splice(client, client_prefix, device, device_prefix, up, down).await.map(|_| ()),
+        }
+    };
+    let result = tokio::select! {
+        r = moved => r.map_err(|e| e.to_string()),
+        _ = session.end.cancelled() => Err("session ended".into()),
+        // Drained: the ends resume this connection through the twin.
+        _ = state.drain.cancelled() => Err("relay drained".into()),
+    };
+    metrics::RELAY_TUNNELS_ACTIVE.dec();
+    tracing::debug!(conn, how, ?result, "tunnel closed");
+}
+
+/// The QUIC stream under a leg, as the relay builds its QUIC legs: a
+/// specialist's stream ([`Counted`]), a stream the relay opened to an agent
+/// ([`QuicLeg`]), or one an agent opened (behind its first frame, once that
+/// has been read).
+fn quic_under(leg: &mut Leg) -> Option<&mut QuicLeg> {
+    let any: &mut dyn std::any::Any = &mut **leg;
+    if any.is::<QuicLeg>() {
+        return any.downcast_mut::<QuicLeg>();
+    }
+    if any.is::<Counted>() {
+        return any.downcast_mut::<Counted>().map(Counted::leg_mut);
+    }
+    any.downcast_mut::<Prefixed<Counted>>().and_then(Prefixed::unread_inner).map(Counted::leg_mut)
+}
