@@ -109,6 +109,7 @@ pub async fn handle(state: Shared, relay: String, tx: mpsc::Sender<Frame>, signe
         e2e,
         conns: Default::default(),
         resumable: Default::default(),
+        ended: Default::default(),
         secrets: Default::default(),
     });
     state.sessions.insert(id, session);

@@ -32,8 +32,22 @@ pub struct AgentSession {
     pub conns: Mutex<std::collections::HashSet<u32>>,
     /// Live resumable streams, by connection number: where replacement legs go.
     pub resumable: DashMap<u32, mpsc::Sender<(crate::leg::Leg, bytes::Bytes, String)>>,
+    /// Connections that were live here and are over (their service side
+    /// closed or failed): a resume of one is refused for good.
+    pub ended: Mutex<std::collections::HashSet<u32>>,
     /// Secrets of its end-to-end TLS connections, which key its later ones.
     pub secrets: crate::stream::derived::Secrets,
+}
+
+impl AgentSession {
+    /// Connection `conn` is over here: no replacement leg goes to it, and a
+    /// resume of it is refused for good.
+    pub fn over(&self, conn: u32) {
+        self.resumable.remove(&conn);
+        if let Ok(mut e) = self.ended.lock() {
+            e.insert(conn);
+        }
+    }
 }
 
 /// A maintenance job waiting for the on-site operator.

@@ -234,7 +234,7 @@ pub async fn open(
                 Reason::EndToEndFailed,
                 json!({"session": id.to_string(), "relay": relay.name, "conn": conn, "detail": detail}),
             );
-            session.resumable.remove(&conn);
+            session.over(conn);
             driver.abort();
             return;
         }
@@ -248,7 +248,7 @@ pub async fn open(
             };
             // The client sees this connection close; the relay and the audit learn why.
             let _ = tx.send(fail(Reason::ServiceUnreachable, detail)).await;
-            session.resumable.remove(&conn);
+            session.over(conn);
             driver.abort();
             return;
         }
@@ -259,7 +259,7 @@ pub async fn open(
         r = splice(e2e, Bytes::new(), service, Bytes::new(), to_service, from_service) => r.map(|_| ()),
         _ = session.cancel.cancelled() => Err(std::io::Error::other("session ended")),
     };
-    session.resumable.remove(&conn);
+    session.over(conn);
     let mut driver = driver;
     if let Err(e) = &result {
         // A connection that could not resume is closed; the audit says why.
@@ -294,6 +294,16 @@ async fn hand_over(
     origin: LegOrigin,
 ) {
     let resumes = origin.resumes();
+    if session.ended.lock().is_ok_and(|e| e.contains(&resumes)) {
+        // Over here for good: the client stops trying.
+        let detail = format!("connection {resumes} is over at the device (its service side closed or failed)");
+        state.refused(
+            "open_refused",
+            Reason::ResumeRefused,
+            json!({"session": id.to_string(), "relay": relay.name, "conn": conn, "detail": detail}),
+        );
+        return origin.refuse(tx, Frame::OpenFailed { session: id, conn, reason: Reason::ResumeRefused }).await;
+    }
     let Some(stream) = session.resumable.get(&resumes).map(|s| s.clone()) else {
         // A number never opened here is now used up: its own open, still
         // held by a frozen relay, is refused if it ever comes, and the

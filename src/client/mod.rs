@@ -158,6 +158,11 @@ impl LegSource for DialLegs {
                             self.never_opened.store(true, std::sync::atomic::Ordering::Relaxed);
                             return Err(std::io::Error::new(std::io::ErrorKind::NotFound, message));
                         }
+                        Err(ClientError::Refused { reason: Reason::ResumeRefused, message }) => {
+                            // The device's end of it is over (its service closed or failed): no
+                            // relay can bring it back.
+                            return Err(std::io::Error::new(std::io::ErrorKind::NotFound, message));
+                        }
                         Err(e) => {
                             round.push(format!("{}: {e}", relay.name));
                             if let ClientError::Refused { reason: Reason::UnknownSession, .. } = e {

@@ -124,3 +124,64 @@ async fn relay_sigterm_ends_sessions_by_name_and_exits() {
     assert!(status.success(), "relay exited with {status}");
     assert!(audited(&fleet.relay_audit(0), "session_end", "relay_shutdown"));
 }
+
+/// The device's service resets a connection while the client still sends:
+/// the agent's end of it is over, so the client's resume of it is refused
+/// for good (`resume_refused`) and the connection ends at once, not after a
+/// resume deadline of tries through both relays. The session goes on.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_connection_the_service_reset_ends_at_the_client_without_resuming() {
+    // Reads a little, waits while more arrives, then closes with SO_LINGER 0: a reset.
+    let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let svc = l.local_addr().unwrap();
+    tokio::spawn(async move {
+        while let Ok((mut s, _)) = l.accept().await {
+            tokio::spawn(async move {
+                let mut buf = [0u8; 1024];
+                let _ = s.read(&mut buf).await;
+                tokio::time::sleep(Duration::from_millis(200)).await;
+                #[allow(deprecated)] // linger 0 does not block: it resets
+                let _ = s.set_linger(Some(Duration::ZERO));
+            });
+        }
+    });
+    // A resume deadline far longer than the test's wait: only a refusal for good ends it in time.
+    let opts = Opts {
+        relays: 2,
+        twins: true,
+        resume_deadline_secs: 300,
+        extra_services: vec![("resets".into(), svc.to_string())],
+        ..Opts::default()
+    };
+    let fleet = Fleet::start(opts).await;
+    let mut profile = fleet.profile();
+    profile.resume_deadline_secs = 300;
+    let session = within(30, tether::client::ClientSession::open(&profile, DEVICE, "resets")).await.unwrap();
+    let t = within(30, session.connect()).await.unwrap();
+    let (mut rd, mut wr) = tokio::io::split(t);
+    let writer = tokio::spawn(async move {
+        // As fast as it goes: bytes are in flight toward the device when the reset comes.
+        let chunk = vec![7u8; 64 * 1024];
+        for _ in 0..16_384 {
+            if wr.write_all(&chunk).await.is_err() {
+                return;
+            }
+        }
+    });
+    let mut buf = [0u8; 64];
+    let r = within(30, rd.read(&mut buf)).await;
+    assert!(matches!(r, Ok(0) | Err(_)), "the service never sends, yet: {r:?}");
+    writer.abort();
+
+    // Bytes for the service were still arriving when it reset: the agent
+    // dropped the connection's leg, and the client tried to resume it.
+    let audit = fleet.agent_audit();
+    let lost: Vec<_> = audit.iter().filter(|r| r["event"] == "tunnel_lost").collect();
+    assert_eq!(lost.len(), 1, "{audit:?}");
+    let refused: Vec<_> =
+        audit.iter().filter(|r| r["event"] == "open_refused" && r["reason"] == "resume_refused").collect();
+    assert!((1..=2).contains(&refused.len()), "one round of refusals, through each relay at most once: {audit:?}");
+    // The session goes on: a new connection completes its end-to-end handshake.
+    within(30, session.connect()).await.expect("a new connection after the reset one");
+    assert_eq!(session.end_reason(), None, "the session ended");
+}
