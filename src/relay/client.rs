@@ -458,9 +458,6 @@ async fn ask_for_leg(
     state.pairing().withdraw_leg(id, conn);
     match event {
         LegEvent::Leg(leg, prefix) => Ok((leg, prefix)),
-        LegEvent::Failed(Reason::ResumeRefused) => {
-            Err((Reason::ResumeRefused, "the connection is over at the device: it cannot be resumed"))
-        }
-        LegEvent::Failed(reason) => Err((reason, "the device did not open the connection")),
+        LegEvent::Failed(reason) => Err(super::pairing::open_failed(reason)),
     }
 }

@@ -108,6 +108,14 @@ impl<L, D> Pairing<L, D> {
     }
 }
 
+/// What the client is told when the device answers a leg's open with a refusal.
+pub fn open_failed(reason: Reason) -> (Reason, &'static str) {
+    match reason {
+        Reason::ResumeRefused => (reason, "the connection is over at the device: it cannot be resumed"),
+        _ => (reason, "the device did not open the connection"),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

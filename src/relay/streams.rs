@@ -73,7 +73,7 @@ pub async fn open(
     };
     match answer {
         Ok(Ok(Frame::Paired { .. })) => Ok(leg.into_parts()),
-        Ok(Ok(Frame::OpenFailed { reason, .. })) => Err((reason, "the device did not open the connection")),
+        Ok(Ok(Frame::OpenFailed { reason, .. })) => Err(super::pairing::open_failed(reason)),
         Ok(Ok(_)) => Err((Reason::BadFrame, "the device answered the stream's open with another frame")),
         Ok(Err(_)) => Err(GONE),
         Err(_) => Err((Reason::PairingTimedOut, "the device did not answer the stream's open")),
