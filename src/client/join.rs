@@ -12,7 +12,8 @@ use tokio_util::sync::CancellationToken;
 
 use super::early::Early;
 use super::pipelined::{JoinAnswer, await_paired};
-use super::{ClientError, ClientSession, DialLegs, E2E_TIMEOUT, PAIRING_WAIT, Phases, RelayEntry, Tunnel};
+use super::redial::DialLegs;
+use super::{ClientError, ClientSession, E2E_TIMEOUT, PAIRING_WAIT, Phases, RelayEntry, Tunnel};
 use crate::leg::Leg;
 use crate::proto::{Frame, FrameIo, Reason, VERSION};
 use crate::stream::derived::{self, SessionSecret};

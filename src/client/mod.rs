@@ -9,6 +9,7 @@ mod join;
 mod links;
 mod pipelined;
 pub mod profile;
+mod redial;
 
 pub use grant_source::GrantSource;
 pub use profile::{HubLogin, Profile, RelayEntry};
@@ -23,9 +24,8 @@ use tokio_util::sync::CancellationToken;
 use crate::leg::Leg;
 use crate::proto::{Frame, FrameIo, Reason, SessionId, VERSION};
 use crate::stream::e2e;
-use crate::stream::resumable::{LegSource, ResumeConfig};
+use crate::stream::resumable::ResumeConfig;
 use crate::tls;
-use bytes::Bytes;
 
 /// Why a session or a tunnelled connection failed, as the specialist sees it.
 #[derive(Debug, thiserror::Error)]
@@ -110,89 +110,6 @@ pub struct Phases {
 
 /// How long the session's control leg keeps trying to move to a live relay.
 const MOVE_DEADLINE: Duration = Duration::from_secs(30);
-
-/// Replacement legs for one connection: dialled through the twin first.
-struct DialLegs {
-    session: Arc<ClientSession>,
-    conn: u32,
-    /// The relay the last leg went through: a replacement tries the twin first.
-    via: String,
-    /// Why the last round found no leg, for the message if none comes in time.
-    last_failure: Option<String>,
-    /// Set when the device said it never opened the connection (and now
-    /// will not): nothing of it reached the service, and the stream ends.
-    never_opened: Arc<std::sync::atomic::AtomicBool>,
-}
-
-impl LegSource for DialLegs {
-    fn next_leg(
-        &mut self,
-    ) -> std::pin::Pin<Box<dyn std::future::Future<Output = std::io::Result<(Leg, Bytes)>> + Send + '_>> {
-        Box::pin(async move {
-            let s = &self.session;
-            if s.ended.is_cancelled() {
-                return Err(std::io::Error::new(std::io::ErrorKind::NotFound, "session ended"));
-            }
-            // Round after round until the caller's resume deadline: a relay that
-            // just restarted does not know the session, and the one that does may
-            // be turning connections away while every client reconnects at once.
-            let mut backoff = crate::util::Backoff::new(Duration::from_millis(100), Duration::from_secs(1));
-            loop {
-                let mut last = None;
-                // What each relay said this round, for the message if none ever takes it.
-                let mut round = Vec::new();
-                for relay in s.order_avoiding(&self.via) {
-                    let rx = s.links.rx(&relay.name);
-                    // A frozen relay still accepts TCP: give each try a short deadline.
-                    let joined =
-                        tokio::time::timeout(FAILOVER_DIAL, s.join_leg(&relay, self.conn)).await.unwrap_or_else(|_| {
-                            Err(ClientError::Protocol { relay: relay.name.clone(), detail: "timed out".into() })
-                        });
-                    match joined {
-                        Ok((_, leg)) => {
-                            s.set_current(&relay);
-                            self.via = relay.name.clone();
-                            return Ok(leg);
-                        }
-                        Err(ClientError::Refused { reason: Reason::NeverOpened, message }) => {
-                            self.never_opened.store(true, std::sync::atomic::Ordering::Relaxed);
-                            return Err(std::io::Error::new(std::io::ErrorKind::NotFound, message));
-                        }
-                        Err(ClientError::Refused { reason: Reason::ResumeRefused, message }) => {
-                            // The device's end of it is over (its service closed or failed): no
-                            // relay can bring it back.
-                            return Err(std::io::Error::new(std::io::ErrorKind::NotFound, message));
-                        }
-                        Err(e) => {
-                            round.push(format!("{}: {e}", relay.name));
-                            if let ClientError::Refused { reason: Reason::UnknownSession, .. } = e {
-                                last = Some(std::io::Error::new(std::io::ErrorKind::NotFound, "session unknown"));
-                            } else {
-                                // Silent or broken: the path may be (UDP blocked mid-session).
-                                s.links.suspect(&relay.name, rx).await;
-                                last = Some(std::io::Error::other(e.to_string()));
-                            }
-                        }
-                    }
-                }
-                if s.ended.is_cancelled() {
-                    return Err(last.unwrap_or_else(|| std::io::Error::other("no relay")));
-                }
-                let why = round.join("; ");
-                tracing::debug!(conn = self.conn, %why, "no relay took the replacement leg; trying again");
-                self.last_failure = Some(why);
-                tokio::select! {
-                    _ = tokio::time::sleep(backoff.next_pause()) => {}
-                    _ = s.ended.cancelled() => {}
-                }
-            }
-        })
-    }
-
-    fn last_failure(&self) -> Option<String> {
-        self.last_failure.clone()
-    }
-}
 
 /// How long a join waits for the device's leg to be paired with it (the
 /// device dials it on request: normally milliseconds).
