@@ -118,6 +118,47 @@ impl StreamFrame {
     }
 }
 
+/// Decodes the frames of a leg as its bytes arrive, a DATA frame's body in
+/// pieces: each piece is handed on as the `Data` at its own `seq` as soon as
+/// it was read (the receiver takes data at any `seq` up to the next it
+/// expects). So a body read half is never carried over into the next
+/// receive block, a copy that cost about 5 % of a receiving agent's CPU;
+/// only a header cut by a read is.
+#[derive(Debug, Default)]
+pub struct Decoder {
+    /// In a DATA body: the seq of its next byte, and how many bytes are left.
+    body: Option<(u64, usize)>,
+}
+
+impl Decoder {
+    /// The next frame, or piece of a DATA frame, off the front of `buf`;
+    /// `None` until there is one.
+    pub fn next(&mut self, buf: &mut BytesMut) -> Result<Option<StreamFrame>, ProtoError> {
+        if self.body.is_none() && buf.first() == Some(&DATA) && buf.len() >= DATA_HEADER {
+            let len = u32::from_be_bytes([buf[9], buf[10], buf[11], buf[12]]) as usize;
+            if len > MAX_DATA {
+                return Err(ProtoError::Oversize { len, max: MAX_DATA });
+            }
+            if buf.len() < DATA_HEADER + len {
+                // The body is not all here: hand it on as it comes.
+                buf.advance(1);
+                let seq = buf.get_u64();
+                buf.advance(4);
+                self.body = Some((seq, len));
+            }
+        }
+        let Some((seq, left)) = self.body else { return StreamFrame::decode(buf) };
+        if buf.is_empty() {
+            return Ok(None);
+        }
+        let n = left.min(buf.len());
+        let data = buf.split_to(n).freeze();
+        // A seq that would wrap stays at the top: the receiver refuses it.
+        self.body = (n < left).then(|| (seq.saturating_add(n as u64), left - n));
+        Ok(Some(StreamFrame::Data { seq, data }))
+    }
+}
+
 /// A DATA frame from a borrowed payload (the sender's buffer, copied once into `out`).
 pub fn encode_data(out: &mut BytesMut, seq: u64, data: &[u8]) {
     out.put_u8(DATA);
@@ -162,6 +203,15 @@ pub(crate) mod tests {
     use super::*;
     use proptest::prelude::*;
 
+    /// Whether the `n`th frame decoded so far (1-based), `have` bytes of
+    /// DATA, is whole: the next piece then starts another frame.
+    fn pieces_done(frames: &[StreamFrame], n: usize, have: usize) -> bool {
+        match frames.get(n - 1) {
+            Some(StreamFrame::Data { data, .. }) => data.len() == have,
+            _ => true,
+        }
+    }
+
     pub(crate) fn frame() -> impl Strategy<Value = StreamFrame> {
         prop_oneof![
             (any::<u64>(), proptest::collection::vec(any::<u8>(), 0..300))
@@ -188,6 +238,44 @@ pub(crate) mod tests {
                 buf.put_u8(*b);
                 while let Some(f) = StreamFrame::decode(&mut buf).unwrap() {
                     got.push(f);
+                }
+            }
+            prop_assert_eq!(got, frames);
+            prop_assert!(buf.is_empty());
+        }
+
+        #[test]
+        fn the_decoder_hands_on_data_in_pieces_that_join_to_the_frames(
+            frames in proptest::collection::vec(frame(), 1..8),
+            cuts in proptest::collection::vec(1usize..400, 1..40),
+        ) {
+            let mut wire = BytesMut::new();
+            for f in &frames {
+                f.encode(&mut wire);
+            }
+            // Fed in reads of arbitrary sizes.
+            let (mut buf, mut dec, mut got) = (BytesMut::new(), Decoder::default(), Vec::new());
+            let mut cuts = cuts.iter().cycle();
+            while !wire.is_empty() {
+                let n = (*cuts.next().unwrap()).min(wire.len());
+                buf.extend_from_slice(&wire.split_to(n));
+                while let Some(f) = dec.next(&mut buf).unwrap() {
+                    // Pieces of one DATA frame join up: each starts where the last ended.
+                    let n = got.len();
+                    let open = got.last().is_some_and(|g| match g {
+                        StreamFrame::Data { data, .. } => !pieces_done(&frames, n, data.len()),
+                        _ => false,
+                    });
+                    match (got.last_mut(), f) {
+                        (Some(StreamFrame::Data { seq, data }), StreamFrame::Data { seq: s, data: d })
+                            if open && *seq + data.len() as u64 == s && !d.is_empty() =>
+                        {
+                            let mut joined = BytesMut::from(&data[..]);
+                            joined.extend_from_slice(&d);
+                            *data = joined.freeze();
+                        }
+                        (_, f) => got.push(f),
+                    }
                 }
             }
             prop_assert_eq!(got, frames);

@@ -2,8 +2,10 @@
 //! TLS reads and writes it) and the stream's driver. Unlike an in-memory
 //! byte pipe, chunks change hands without a second copy: what the
 //! application writes is taken by the driver as one `Bytes` (it becomes the
-//! retransmit buffer's chunk as it is), and what the driver received is
-//! handed over as the chunk it already is. A direction holds memory only
+//! retransmit buffer's chunk as it is), a writer that has its bytes in a
+//! buffer of its own (the sealed record layer) hands that buffer over
+//! without a copy at all ([`AppEnd::poll_put`]), and what the driver
+//! received is handed over as the chunk it already is. A direction holds memory only
 //! while bytes wait in it, so a held connection that once moved a burst does
 //! not keep the burst's buffer.
 use std::collections::VecDeque;
@@ -18,8 +20,11 @@ use tokio::sync::Notify;
 
 #[derive(Default)]
 struct State {
-    /// Application -> driver: written, not yet taken.
-    out: BytesMut,
+    /// Application -> driver: written, not yet taken: chunks handed over
+    /// whole, then the bytes copied in after them (`tail`).
+    out: VecDeque<Bytes>,
+    tail: BytesMut,
+    out_len: usize,
     /// The application shut down its writing side, or is gone.
     out_closed: bool,
     /// The application waits for room to write.
@@ -76,13 +81,22 @@ impl DriverEnd {
         loop {
             {
                 let mut s = self.0.lock();
-                if !s.out.is_empty() {
-                    let n = max.max(1).min(s.out.len());
-                    let chunk = s.out.split_to(n).freeze();
-                    if s.out.is_empty() {
-                        // Let the spare capacity go with the chunk.
-                        s.out = BytesMut::new();
-                    }
+                if s.out_len > 0 {
+                    let n = max.max(1);
+                    let chunk = match s.out.front_mut() {
+                        Some(front) if front.len() > n => front.split_to(n),
+                        Some(_) => s.out.pop_front().unwrap_or_default(),
+                        None => {
+                            let n = n.min(s.tail.len());
+                            let chunk = s.tail.split_to(n).freeze();
+                            if s.tail.is_empty() {
+                                // Let the spare capacity go with the chunk.
+                                s.tail = BytesMut::new();
+                            }
+                            chunk
+                        }
+                    };
+                    s.out_len -= chunk.len();
                     if let Some(w) = s.out_waker.take() {
                         w.wake();
                     }
@@ -183,12 +197,38 @@ impl AsyncRead for AppEnd {
 }
 
 impl AppEnd {
+    /// Takes all of `chunk` as it is (no copy), once the direction has room
+    /// for a byte: it may hold up to one chunk past its cap. `chunk` is left
+    /// empty, without capacity.
+    pub fn poll_put(&self, cx: &mut Context<'_>, chunk: &mut BytesMut) -> Poll<io::Result<()>> {
+        if chunk.is_empty() {
+            return Poll::Ready(Ok(()));
+        }
+        let mut s = self.0.lock();
+        if s.driver_gone || s.out_closed {
+            return Poll::Ready(Err(io::ErrorKind::BrokenPipe.into()));
+        }
+        if s.out_len >= self.0.cap {
+            s.out_waker = Some(cx.waker().clone());
+            return Poll::Pending;
+        }
+        if !s.tail.is_empty() {
+            let copied = std::mem::take(&mut s.tail).freeze();
+            s.out.push_back(copied);
+        }
+        s.out_len += chunk.len();
+        s.out.push_back(std::mem::take(chunk).freeze());
+        drop(s);
+        self.0.written.notify_one();
+        Poll::Ready(Ok(()))
+    }
+
     fn write_slices(&self, cx: &mut Context<'_>, bufs: &[io::IoSlice<'_>]) -> Poll<io::Result<usize>> {
         let mut s = self.0.lock();
         if s.driver_gone || s.out_closed {
             return Poll::Ready(Err(io::ErrorKind::BrokenPipe.into()));
         }
-        let room = self.0.cap.saturating_sub(s.out.len());
+        let room = self.0.cap.saturating_sub(s.out_len);
         if room == 0 {
             s.out_waker = Some(cx.waker().clone());
             return Poll::Pending;
@@ -196,15 +236,16 @@ impl AppEnd {
         let total: usize = bufs.iter().map(|b| b.len()).sum();
         let mut left = total.min(room);
         let n = left;
-        s.out.reserve(left);
+        s.tail.reserve(left);
         for b in bufs {
             if left == 0 {
                 break;
             }
             let k = b.len().min(left);
-            s.out.extend_from_slice(&b[..k]);
+            s.tail.extend_from_slice(&b[..k]);
             left -= k;
         }
+        s.out_len += n;
         drop(s);
         if n > 0 {
             self.0.written.notify_one();
@@ -286,7 +327,29 @@ mod tests {
         app.write_all(&vec![7u8; 40_000]).await.unwrap();
         let chunk = driver.take(1 << 20).await.unwrap();
         assert_eq!(chunk.len(), 40_000);
-        assert_eq!(driver.0.lock().out.capacity(), 0, "the emptied direction kept its buffer");
+        assert_eq!(driver.0.lock().tail.capacity(), 0, "the emptied direction kept its buffer");
+    }
+
+    #[tokio::test]
+    async fn chunks_put_whole_keep_their_order_with_copied_writes_and_are_not_copied() {
+        let (mut app, driver) = pipe(16);
+        app.write_all(b"ab").await.unwrap();
+        let mut chunk = BytesMut::from(&b"cdefghijklmnopqrstuvwxyz"[..]);
+        let at = chunk.as_ptr();
+        std::future::poll_fn(|cx| app.poll_put(cx, &mut chunk)).await.unwrap();
+        assert!(chunk.is_empty() && chunk.capacity() == 0);
+        // Past its cap now: a copied write and a put both wait.
+        assert!(futures_poll_once(&mut tokio_test_write(&mut app, b"!")).is_pending());
+        let mut more = BytesMut::from(&b"12"[..]);
+        assert!(std::future::poll_fn(|cx| Poll::Ready(app.poll_put(cx, &mut more))).await.is_pending());
+        assert_eq!(&driver.take(100).await.unwrap()[..], b"ab");
+        let whole = driver.take(5).await.unwrap();
+        assert_eq!((&whole[..], whole.as_ptr()), (&b"cdefg"[..], at), "the chunk was copied");
+        assert_eq!(&driver.take(100).await.unwrap()[..], b"hijklmnopqrstuvwxyz");
+        app.write_all(b"xy").await.unwrap();
+        std::future::poll_fn(|cx| app.poll_put(cx, &mut more)).await.unwrap();
+        assert_eq!(&driver.take(100).await.unwrap()[..], b"xy");
+        assert_eq!(&driver.take(100).await.unwrap()[..], b"12");
     }
 
     #[tokio::test]

@@ -361,9 +361,10 @@ where
 
 async fn read_leg<R: tokio::io::AsyncRead + Unpin>(sh: &Shared, lr: &mut R, rbuf: &mut BytesMut) -> LegEnd {
     let mut blocks = Blocks::default();
+    let mut frames = crate::proto::stream::Decoder::default();
     loop {
         loop {
-            let f = match StreamFrame::decode(rbuf) {
+            let f = match frames.next(rbuf) {
                 Ok(Some(f)) => f,
                 Ok(None) => break,
                 Err(e) => return LegEnd::Broken(e.to_string()),

@@ -84,8 +84,7 @@ pub struct Sealed<S> {
     /// The peer's close record arrived.
     peer_closed: bool,
     /// Sealed bytes not yet written to `io`.
-    out: Vec<u8>,
-    out_at: usize,
+    out: BytesMut,
     close_sealed: bool,
 }
 
@@ -110,8 +109,7 @@ impl<S> Sealed<S> {
             want: MIN_READ,
             eof: false,
             peer_closed: false,
-            out: prefix,
-            out_at: 0,
+            out: BytesMut::from(&prefix[..]),
             close_sealed: false,
         }
     }
@@ -123,10 +121,6 @@ impl<S> Sealed<S> {
     /// Seals `data` (of any length; empty for a close) as records of `kind`
     /// behind what waits in `out`.
     fn seal(&mut self, kind: u8, data: &[u8]) -> io::Result<()> {
-        if self.out_at == self.out.len() {
-            self.out.clear();
-            self.out_at = 0;
-        }
         let records = data.len().div_ceil(MAX_PLAINTEXT).max(1);
         self.out.reserve(data.len() + records * (LEN + 1 + TAG));
         let mut chunks = data.chunks(MAX_PLAINTEXT);
@@ -135,7 +129,7 @@ impl<S> Sealed<S> {
             let at = self.out.len();
             self.out.extend_from_slice(&((chunk.len() + 1 + TAG) as u16).to_be_bytes());
             self.out.extend_from_slice(chunk);
-            self.out.push(kind);
+            self.out.extend_from_slice(&[kind]);
             let nonce = self.tx.nonce()?;
             let (head, payload) = self.out[at..].split_at_mut(LEN);
             let tag = self
@@ -198,17 +192,37 @@ fn bad(what: &str) -> io::Error {
     io::Error::new(io::ErrorKind::InvalidData, what.to_string())
 }
 
-impl<S: AsyncWrite + Unpin> Sealed<S> {
-    fn poll_drain(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        while self.out_at < self.out.len() {
-            let n = ready!(Pin::new(&mut self.io).poll_write(cx, &self.out[self.out_at..]))?;
+/// What a sealed stream writes its records to. The resumable stream's pipe
+/// takes the buffer of sealed records as it is, as the chunk the stream
+/// sends and keeps for retransmission (a copy less per byte); any other
+/// writer is written to.
+pub trait RecordSink: AsyncWrite + Unpin {
+    /// Writes all of `out`, leaving it empty.
+    fn poll_put(&mut self, cx: &mut Context<'_>, out: &mut BytesMut) -> Poll<io::Result<()>> {
+        while !out.is_empty() {
+            let n = ready!(Pin::new(&mut *self).poll_write(cx, out))?;
             if n == 0 {
                 return Poll::Ready(Err(io::ErrorKind::WriteZero.into()));
             }
-            self.out_at += n;
+            out.advance(n);
         }
-        self.out = Vec::new();
-        self.out_at = 0;
+        Poll::Ready(Ok(()))
+    }
+}
+
+impl RecordSink for super::pipe::AppEnd {
+    fn poll_put(&mut self, cx: &mut Context<'_>, out: &mut BytesMut) -> Poll<io::Result<()>> {
+        super::pipe::AppEnd::poll_put(self, cx, out)
+    }
+}
+
+impl RecordSink for tokio::io::DuplexStream {}
+
+impl<S: RecordSink> Sealed<S> {
+    fn poll_drain(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        ready!(self.io.poll_put(cx, &mut self.out))?;
+        // Hold no buffer while nothing waits to go.
+        self.out = BytesMut::new();
         Poll::Ready(Ok(()))
     }
 }
@@ -271,7 +285,7 @@ impl<S: AsyncRead + Unpin> AsyncRead for Sealed<S> {
     }
 }
 
-impl<S: AsyncWrite + Unpin> AsyncWrite for Sealed<S> {
+impl<S: RecordSink> AsyncWrite for Sealed<S> {
     fn poll_write(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
         let me = &mut *self;
         ready!(me.poll_drain(cx))?;
