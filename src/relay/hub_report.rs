@@ -18,6 +18,8 @@ use crate::util::now_secs;
 
 /// Full agent list at least this often, even when nothing changed.
 const FULL_AGENTS_EVERY: Duration = Duration::from_secs(10);
+/// How long a draining relay waits for the hub to take its last report.
+const LAST_REPORT_WAIT: Duration = Duration::from_secs(3);
 
 pub async fn run(state: Arc<State>) {
     let Some(link) = state.cfg.hub.clone() else { return };
@@ -42,16 +44,29 @@ pub async fn run(state: Arc<State>) {
     let mut last_full = Instant::now() - FULL_AGENTS_EVERY;
     let mut failing_since: Option<Instant> = None;
     loop {
-        tokio::select! {
-            _ = state.drain.cancelled() => return,
-            _ = ticker.tick() => {}
-        }
-        let full = state.hub_out().agents_changed || last_full.elapsed() >= FULL_AGENTS_EVERY;
+        // Draining: the sessions this relay ended (a relay without a twin
+        // ends them all) and the last counts of those its twin takes over
+        // go in one last full report, or the hub would learn of them only
+        // by its `lost` rule, minutes later and without the last bytes.
+        let last = tokio::select! {
+            _ = state.drain.cancelled() => true,
+            _ = ticker.tick() => false,
+        };
+        let full = last || state.hub_out().agents_changed || last_full.elapsed() >= FULL_AGENTS_EVERY;
         // The live counts before the ends (see `State::end_session`).
         let live_now = live_bytes(&state);
         let (mut report, heads) = build(&state, full, &sent_heads);
         report.live = live_to_send(&live_now, &sent_live, full);
-        match client.post::<_, ReportAnswer>("/api/v1/relay/report", None, &report).await {
+        let post = client.post::<_, ReportAnswer>("/api/v1/relay/report", None, &report);
+        if last {
+            match tokio::time::timeout(LAST_REPORT_WAIT, post).await {
+                Ok(Ok(_)) => tracing::info!(ended = report.ended.len(), "last report to the hub sent"),
+                Ok(Err(e)) => tracing::warn!(error = %e, ended = report.ended.len(), "last report to the hub failed"),
+                Err(_) => tracing::warn!(ended = report.ended.len(), "last report to the hub timed out"),
+            }
+            return;
+        }
+        match post.await {
             Ok(answer) => {
                 if failing_since.take().is_some() {
                     tracing::info!("hub reachable again");

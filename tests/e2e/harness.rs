@@ -118,6 +118,8 @@ pub struct Opts {
     pub quic_reprobe_secs: u64,
     /// Extra top-level lines for the relays' config.
     pub relay_top: &'static str,
+    /// Extra lines for the relays' `[hub]` (with `hub`).
+    pub relay_hub: &'static str,
     /// A CRL file (empty at first; [`Fleet::revoke`] rewrites it) named by
     /// the relays, the agent and the hub.
     pub crl_all: bool,
@@ -145,6 +147,7 @@ impl Default for Opts {
             transport: "tcp",
             quic_reprobe_secs: 300,
             relay_top: "",
+            relay_hub: "",
             crl_all: false,
         }
     }
@@ -234,7 +237,9 @@ pub fn start_relay_with(
          audit_log = \"{audit}\"\nraw_legs = {raw}\n{top}\n{crl}\n[limits]\nhandshake_timeout_ms = {hs}\nheartbeat_secs = 30\npairing_timeout_ms = 5000\ndecision_timeout_secs = 120\ndrain_secs = 1\n{extra}\n{hub}",
         extra = opts.relay_limits,
         top = opts.relay_top,
-        hub = hub.map(|a| format!("\n[hub]\nurl = \"https://{a}\"\nserver_name = \"localhost\"\n")).unwrap_or_default(),
+        hub = hub
+            .map(|a| format!("\n[hub]\nurl = \"https://{a}\"\nserver_name = \"localhost\"\n{}\n", opts.relay_hub))
+            .unwrap_or_default(),
         ca = pki.path("ca.pem").display(),
         d = pki.dir.display(),
         audit = audit.display(),

@@ -254,6 +254,46 @@ async fn a_session_no_relay_holds_any_more_is_recorded_lost() {
     assert_eq!(audit.iter().filter(|a| lost(a, &id2)).count(), 1, "{}", fleet.logs());
 }
 
+/// A relay without a twin that is stopped (SIGTERM) ends its sessions and
+/// tells the hub in one last report before it exits: the record has the
+/// end, its reason and the bytes at once, not `lost` minutes later. Reports
+/// every 5 s here, so that no regular one falls between the end and the exit.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_relay_stopped_alone_reports_the_ends_of_its_sessions_before_it_exits() {
+    const KIB: i64 = 1 << 10;
+    let opts = Opts { relays: 1, hub: true, relay_hub: "report_ms = 5000", ..Opts::default() };
+    let mut fleet = Fleet::start(opts).await;
+    crate::hub::hub_cli(&fleet, &["device", "add", DEVICE, "--site", "st-marys", "--consent", "auto"], "").await;
+    let alice = add_user(&fleet, "alice", "engineer", &["st-marys"]).await;
+    let profile = login(&fleet, "alice", &alice).await;
+    let token = token_of(&profile);
+    let (_child, addr, id) = connect(&profile, "echo", "INC-4412: the relay is stopped").await;
+    let mut conn = tokio::net::TcpStream::connect(&addr).await.unwrap();
+    let data = random(64 * KIB as usize);
+    conn.write_all(&data).await.unwrap();
+    let mut back = vec![0u8; data.len()];
+    within(30, conn.read_exact(&mut back)).await.unwrap();
+    assert!(back == data, "the echo differs");
+
+    let pid = fleet.relays[0].proc.pid().to_string();
+    assert!(std::process::Command::new("kill").args(["-TERM", &pid]).status().unwrap().success());
+    let status = within(10, async {
+        loop {
+            if let Some(s) = fleet.relays[0].proc.child.try_wait().unwrap() {
+                break s;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        }
+    })
+    .await;
+    assert!(status.success(), "relay exited with {status}");
+    // The relay is gone: what the hub has now came before it exited.
+    let r: serde_json::Value = hub_client(&fleet).get(&format!("/api/v1/sessions/{id}"), Some(&token)).await.unwrap();
+    assert_eq!((&r["state"], &r["end_reason"]), (&json!("ended"), &json!("relay_shutdown")), "{r}\n{}", fleet.logs());
+    assert!(r["bytes_to_device"].as_i64() >= Some(64 * KIB), "the last bytes were not reported: {r}");
+    assert!(r["bytes_to_client"].as_i64() >= Some(64 * KIB), "the last bytes were not reported: {r}");
+}
+
 /// `tether hub backup FILE` while the hub runs; the copy restored in place of
 /// the database gives a hub with the same session records (not one made
 /// after the backup) and an audit chain that verifies.
