@@ -108,19 +108,9 @@ async fn relay_sigterm_ends_sessions_by_name_and_exits() {
     let mut fleet = Fleet::start(Opts::default()).await;
     let session = fleet.session("echo").await;
     let _t = within(30, session.connect()).await.unwrap();
-    let pid = fleet.relays[0].proc.pid().to_string();
-    assert!(Command::new("kill").args(["-TERM", &pid]).status().unwrap().success());
+    let status = fleet.relays[0].proc.term_and_wait(10).await;
     let reason = within(10, session.ended()).await;
     assert_eq!(reason, Reason::RelayShutdown);
-    let status = within(10, async {
-        loop {
-            if let Some(s) = fleet.relays[0].proc.child.try_wait().unwrap() {
-                break s;
-            }
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-    })
-    .await;
     assert!(status.success(), "relay exited with {status}");
     assert!(audited(&fleet.relay_audit(0), "session_end", "relay_shutdown"));
 }

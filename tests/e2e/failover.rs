@@ -211,19 +211,8 @@ async fn graceful_drain_moves_live_sessions_with_zero_bytes_lost() {
         fleet.metric(0, "tether_relay_bytes_total", &["to_client"]).await >= (4 << 20) as f64
     })
     .await;
-    let pid = fleet.relays[0].proc.pid().to_string();
-    assert!(std::process::Command::new("kill").args(["-TERM", &pid]).status().unwrap().success());
-
+    let status = fleet.relays[0].proc.term_and_wait(30).await;
     transfer.finish("bytes lost or changed across the drain").await;
-    let status = within(30, async {
-        loop {
-            if let Some(s) = fleet.relays[0].proc.child.try_wait().unwrap() {
-                break s;
-            }
-            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
-        }
-    })
-    .await;
     assert!(status.success(), "the drained relay exited with {status}");
     let audit_a = fleet.relay_audit(0);
     assert!(audit_a.iter().any(|r| r["event"] == "relay_draining"));

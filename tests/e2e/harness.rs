@@ -35,6 +35,21 @@ impl Proc {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
+
+    /// SIGTERM, then its exit status (within `secs`).
+    pub async fn term_and_wait(&mut self, secs: u64) -> std::process::ExitStatus {
+        let pid = self.pid().to_string();
+        assert!(std::process::Command::new("kill").args(["-TERM", &pid]).status().unwrap().success());
+        within(secs, async {
+            loop {
+                if let Some(s) = self.child.try_wait().unwrap() {
+                    break s;
+                }
+                tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+            }
+        })
+        .await
+    }
 }
 
 impl Drop for Proc {

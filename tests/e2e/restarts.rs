@@ -275,17 +275,7 @@ async fn a_relay_stopped_alone_reports_the_ends_of_its_sessions_before_it_exits(
     within(30, conn.read_exact(&mut back)).await.unwrap();
     assert!(back == data, "the echo differs");
 
-    let pid = fleet.relays[0].proc.pid().to_string();
-    assert!(std::process::Command::new("kill").args(["-TERM", &pid]).status().unwrap().success());
-    let status = within(10, async {
-        loop {
-            if let Some(s) = fleet.relays[0].proc.child.try_wait().unwrap() {
-                break s;
-            }
-            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
-        }
-    })
-    .await;
+    let status = fleet.relays[0].proc.term_and_wait(10).await;
     assert!(status.success(), "relay exited with {status}");
     // The relay is gone: what the hub has now came before it exited.
     let r: serde_json::Value = hub_client(&fleet).get(&format!("/api/v1/sessions/{id}"), Some(&token)).await.unwrap();
