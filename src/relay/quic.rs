@@ -88,7 +88,11 @@ pub fn endpoint(
     })
 }
 
-/// Accepts QUIC connections until shutdown.
+/// Accepts QUIC connections until shutdown, refuses them until the drain,
+/// then closes the endpoint. Not at shutdown: that would cut every live
+/// connection before the drain ended its sessions (a relay without a twin
+/// tells each client `relay_shutdown`) or flushed replication to the twin;
+/// each connection closes at the drain (`serve`).
 pub async fn accept_loop(side: Side, endpoint: Endpoint, state: Arc<State>) {
     let name = side.listener();
     let limits = &state.cfg.limits;
@@ -97,9 +101,13 @@ pub async fn accept_loop(side: Side, endpoint: Endpoint, state: Arc<State>) {
     state.tracker.spawn(super::report_drops(state.clone(), gate.clone()));
     loop {
         let incoming = tokio::select! {
-            _ = state.shutdown.cancelled() => break,
+            _ = state.drain.cancelled() => break,
             i = endpoint.accept() => match i { Some(i) => i, None => break },
         };
+        if state.shutdown.is_cancelled() {
+            incoming.refuse();
+            continue;
+        }
         let peer = incoming.remote_address();
         let hs_permit = match gate.admit(peer.ip()) {
             Ok(p) => p,
