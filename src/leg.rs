@@ -27,6 +27,12 @@ impl<T: AsyncRead + AsyncWrite + Unpin + Send + 'static> LegIo for T {}
 /// A leg, whichever its transport.
 pub type Leg = Box<dyn LegIo>;
 
+/// Finds the QUIC stream under a leg, if it is one, through the wrappers its
+/// side puts around legs: a stream's sending half takes `Bytes` without
+/// copying them (the resumable stream's driver sends the chunks it keeps for
+/// retransmission as they are).
+pub type SendUnder = for<'a> fn(&'a mut Leg) -> Option<&'a mut quinn::SendStream>;
+
 /// First byte of a TLS record carrying a handshake message.
 pub const TLS_HANDSHAKE: u8 = 0x16;
 

@@ -100,7 +100,21 @@ struct HandedLegs {
 
 type LegFuture<'a> = std::pin::Pin<Box<dyn std::future::Future<Output = std::io::Result<(Leg, Bytes)>> + Send + 'a>>;
 
+/// The QUIC stream under an agent's leg: a relay's stream, counted open.
+fn send_under(leg: &mut Leg) -> Option<&mut quinn::SendStream> {
+    use crate::quic::{Guarded, OpenStream, QuicLeg};
+    let any: &mut dyn std::any::Any = &mut **leg;
+    if any.is::<QuicLeg>() {
+        return any.downcast_mut::<QuicLeg>().map(QuicLeg::send_mut);
+    }
+    any.downcast_mut::<Guarded<OpenStream>>().map(|g| g.leg_mut().send_mut())
+}
+
 impl LegSource for HandedLegs {
+    fn send_under(&self) -> Option<crate::leg::SendUnder> {
+        Some(send_under)
+    }
+
     fn next_leg(&mut self) -> LegFuture<'_> {
         Box::pin(async move {
             let (leg, prefix, relay) = self

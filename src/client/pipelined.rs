@@ -14,14 +14,14 @@ use std::future::Future;
 use std::pin::Pin;
 use std::task::{Context, Poll};
 
-use bytes::BytesMut;
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, ReadBuf, ReadHalf, WriteHalf};
+use bytes::{Bytes, BytesMut};
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::sync::oneshot;
 use tokio_util::sync::{CancellationToken, WaitForCancellationFutureOwned};
 
 use crate::leg::Leg;
 use crate::proto::{Frame, Reason};
-use crate::stream::prefixed::Prefixed;
+use crate::quic::QuicLeg;
 
 /// How the relay answered a join.
 #[derive(Debug)]
@@ -35,18 +35,21 @@ pub enum JoinAnswer {
     Lost(String),
 }
 
-type Reading = Pin<Box<dyn Future<Output = Option<Prefixed<ReadHalf<Leg>>>> + Send>>;
-
 enum Read {
-    Answer(Reading),
-    Stream(Prefixed<ReadHalf<Leg>>),
+    /// Reading the relay's answer to the join; `answer` is told it.
+    Answer {
+        buf: BytesMut,
+        answer: Option<oneshot::Sender<JoinAnswer>>,
+    },
+    /// Paired: the bytes read past the answer, then the leg's.
+    Stream(Bytes),
     Failed,
 }
 
 /// The leg, with reads gated on the relay's answer to the join.
 pub struct AwaitPaired {
+    leg: Leg,
     read: Read,
-    write: WriteHalf<Leg>,
     /// Cancelled by the caller: reads that wait for the answer fail (gone
     /// once the leg is paired).
     give_up: Option<Pin<Box<WaitForCancellationFutureOwned>>>,
@@ -55,48 +58,67 @@ pub struct AwaitPaired {
 /// Wraps `leg` (on which `ClientJoin` was written); `answer` gets the
 /// relay's answer; cancelling `give_up` before `Paired` breaks the leg.
 pub fn await_paired(leg: Leg, answer: oneshot::Sender<JoinAnswer>, give_up: CancellationToken) -> AwaitPaired {
-    let (mut r, write) = tokio::io::split(leg);
-    let reading = async move {
-        let mut buf = BytesMut::with_capacity(4096);
-        let outcome = loop {
-            match Frame::decode(&mut buf) {
-                Ok(Some(Frame::Paired { .. })) => break JoinAnswer::Paired,
-                Ok(Some(Frame::Error { reason, message })) => break JoinAnswer::Refused { reason, message },
-                Ok(Some(other)) => break JoinAnswer::Lost(format!("unexpected {}", other.kind())),
-                Err(e) => break JoinAnswer::Lost(e.to_string()),
+    let read = Read::Answer { buf: BytesMut::new(), answer: Some(answer) };
+    AwaitPaired { leg, read, give_up: Some(Box::pin(give_up.cancelled_owned())) }
+}
+
+impl AwaitPaired {
+    /// The QUIC stream under the leg, if it is one (see [`crate::leg::SendUnder`]).
+    pub fn send_under(&mut self) -> Option<&mut quinn::SendStream> {
+        let any: &mut dyn std::any::Any = &mut *self.leg;
+        any.downcast_mut::<QuicLeg>().map(QuicLeg::send_mut)
+    }
+
+    /// Reads the answer on; `Some` once there is one.
+    fn poll_answer(&mut self, cx: &mut Context<'_>) -> Option<JoinAnswer> {
+        let Read::Answer { buf, .. } = &mut self.read else { return None };
+        loop {
+            match Frame::decode(buf) {
+                Ok(Some(Frame::Paired { .. })) => return Some(JoinAnswer::Paired),
+                Ok(Some(Frame::Error { reason, message })) => return Some(JoinAnswer::Refused { reason, message }),
+                Ok(Some(other)) => return Some(JoinAnswer::Lost(format!("unexpected {}", other.kind()))),
+                Err(e) => return Some(JoinAnswer::Lost(e.to_string())),
                 Ok(None) => {}
             }
-            match r.read_buf(&mut buf).await {
-                Ok(0) => break JoinAnswer::Lost("the relay closed the leg".into()),
-                Ok(_) => {}
-                Err(e) => break JoinAnswer::Lost(e.to_string()),
+            buf.reserve(4096);
+            match tokio_util::io::poll_read_buf(Pin::new(&mut self.leg), cx, buf) {
+                Poll::Pending => return None,
+                Poll::Ready(Ok(0)) => return Some(JoinAnswer::Lost("the relay closed the leg".into())),
+                Poll::Ready(Ok(_)) => {}
+                Poll::Ready(Err(e)) => return Some(JoinAnswer::Lost(e.to_string())),
             }
-        };
-        let paired = matches!(outcome, JoinAnswer::Paired);
-        let _ = answer.send(outcome);
-        paired.then(|| Prefixed::new(buf.freeze(), r))
-    };
-    AwaitPaired { read: Read::Answer(Box::pin(reading)), write, give_up: Some(Box::pin(give_up.cancelled_owned())) }
+        }
+    }
 }
 
 impl AsyncRead for AwaitPaired {
-    fn poll_read(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<std::io::Result<()>> {
-        loop {
-            match &mut self.read {
-                Read::Answer(f) => match f.as_mut().poll(cx) {
-                    Poll::Pending => break,
-                    Poll::Ready(Some(s)) => {
-                        self.read = Read::Stream(s);
-                        self.give_up = None;
-                    }
-                    Poll::Ready(None) => self.read = Read::Failed,
-                },
-                Read::Stream(s) => return Pin::new(s).poll_read(cx, buf),
-                // The caller was told: it stops the stream, or gives the leg up.
-                Read::Failed => break,
+    fn poll_read(mut self: Pin<&mut Self>, cx: &mut Context<'_>, out: &mut ReadBuf<'_>) -> Poll<std::io::Result<()>> {
+        let me = &mut *self;
+        if let Some(outcome) = me.poll_answer(cx) {
+            let paired = matches!(outcome, JoinAnswer::Paired);
+            let read = std::mem::replace(&mut me.read, Read::Failed);
+            if let Read::Answer { buf, answer } = read {
+                if let Some(tx) = answer {
+                    let _ = tx.send(outcome);
+                }
+                if paired {
+                    me.read = Read::Stream(buf.freeze());
+                    me.give_up = None;
+                }
             }
         }
-        match self.give_up.as_mut().map_or(Poll::Pending, |g| g.as_mut().poll(cx)) {
+        match &mut me.read {
+            Read::Stream(prefix) if !prefix.is_empty() => {
+                let n = prefix.len().min(out.remaining());
+                out.put_slice(&prefix.split_to(n));
+                return Poll::Ready(Ok(()));
+            }
+            Read::Stream(_) => return Pin::new(&mut me.leg).poll_read(cx, out),
+            // Waiting for the answer; or failed, and the caller was told: it
+            // stops the stream, or gives the leg up.
+            Read::Answer { .. } | Read::Failed => {}
+        }
+        match me.give_up.as_mut().map_or(Poll::Pending, |g| g.as_mut().poll(cx)) {
             Poll::Ready(()) => Poll::Ready(Err(std::io::Error::other("the leg was given up before the pairing"))),
             Poll::Pending => Poll::Pending,
         }
@@ -105,20 +127,20 @@ impl AsyncRead for AwaitPaired {
 
 impl AsyncWrite for AwaitPaired {
     fn poll_write(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<std::io::Result<usize>> {
-        Pin::new(&mut self.write).poll_write(cx, buf)
+        Pin::new(&mut self.leg).poll_write(cx, buf)
     }
     fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
-        Pin::new(&mut self.write).poll_flush(cx)
+        Pin::new(&mut self.leg).poll_flush(cx)
     }
     fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
-        Pin::new(&mut self.write).poll_shutdown(cx)
+        Pin::new(&mut self.leg).poll_shutdown(cx)
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use tokio::io::AsyncWriteExt;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
     #[tokio::test]
     async fn a_leg_given_up_before_the_answer_fails_its_reads_and_a_paired_one_reads_on() {

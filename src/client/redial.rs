@@ -24,7 +24,21 @@ pub(super) struct DialLegs {
     pub(super) never_opened: Arc<std::sync::atomic::AtomicBool>,
 }
 
+/// The QUIC stream under a client's leg: a replacement leg is the stream
+/// itself, a new connection's first leg waits for its pairing around it.
+fn send_under(leg: &mut Leg) -> Option<&mut quinn::SendStream> {
+    let any: &mut dyn std::any::Any = &mut **leg;
+    if any.is::<crate::quic::QuicLeg>() {
+        return any.downcast_mut::<crate::quic::QuicLeg>().map(crate::quic::QuicLeg::send_mut);
+    }
+    any.downcast_mut::<super::pipelined::AwaitPaired>().and_then(super::pipelined::AwaitPaired::send_under)
+}
+
 impl LegSource for DialLegs {
+    fn send_under(&self) -> Option<crate::leg::SendUnder> {
+        Some(send_under)
+    }
+
     fn next_leg(
         &mut self,
     ) -> std::pin::Pin<Box<dyn std::future::Future<Output = std::io::Result<(Leg, Bytes)>> + Send + '_>> {

@@ -161,10 +161,15 @@ impl Decoder {
 
 /// A DATA frame from a borrowed payload (the sender's buffer, copied once into `out`).
 pub fn encode_data(out: &mut BytesMut, seq: u64, data: &[u8]) {
+    encode_data_header(out, seq, data.len());
+    out.put_slice(data);
+}
+
+/// A DATA frame's header: its `len` bytes of payload follow.
+pub fn encode_data_header(out: &mut BytesMut, seq: u64, len: usize) {
     out.put_u8(DATA);
     out.put_u64(seq);
-    out.put_u32(data.len() as u32);
-    out.put_slice(data);
+    out.put_u32(len as u32);
 }
 
 /// Which end of a resumable stream (binds the resume MAC to a direction).

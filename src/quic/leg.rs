@@ -16,6 +16,11 @@ impl QuicLeg {
         QuicLeg { send, recv }
     }
 
+    /// The sending half, which takes `Bytes` without copying them.
+    pub fn send_mut(&mut self) -> &mut quinn::SendStream {
+        &mut self.send
+    }
+
     /// Both halves, for moving quinn's own chunks ([`super::splice`]).
     pub fn halves(&mut self) -> (&mut quinn::SendStream, &mut quinn::RecvStream) {
         (&mut self.send, &mut self.recv)

@@ -15,6 +15,11 @@ impl<S> Prefixed<S> {
         Prefixed { prefix, inner }
     }
 
+    /// The stream under it, whether or not its prefix was read (to write).
+    pub fn get_mut(&mut self) -> &mut S {
+        &mut self.inner
+    }
+
     /// The stream under it, once its prefix has all been read.
     pub fn unread_inner(&mut self) -> Option<&mut S> {
         self.prefix.is_empty().then_some(&mut self.inner)

@@ -7,6 +7,7 @@ pub mod http;
 pub mod net;
 pub mod proxy;
 pub mod replay;
+pub mod split;
 pub mod version;
 
 pub use backoff::Backoff;

@@ -7,7 +7,7 @@ use bytes::{Bytes, BytesMut};
 use tokio::time::Instant;
 
 use super::{Inbound, Outbound, Violation};
-use crate::proto::stream::{MAX_DATA, StreamFrame, encode_data};
+use crate::proto::stream::{MAX_DATA, StreamFrame, encode_data_header};
 
 /// What may arrive past a full window in the frames of one read (the driver
 /// reads at most 64 KiB at a time, and stops at the window).
@@ -215,6 +215,20 @@ impl StreamState {
     /// delivered) when it is due (see [`ACK_EVERY`]), DATA, then our
     /// FIN once everything before it is out.
     pub fn fill(&mut self, out: &mut BytesMut, batch: usize) {
+        let mut chunks = Vec::new();
+        self.fill_chunks(&mut chunks, batch);
+        for c in chunks {
+            out.extend_from_slice(&c);
+        }
+    }
+
+    /// As [`Self::fill`], as chunks: a DATA frame's payload is the chunk the
+    /// outbound buffer holds (a QUIC leg's stream takes it without a copy),
+    /// and the bytes between payloads (ACK, KEYED, DATA headers, FIN) are
+    /// chunks cut from one small buffer. None is empty.
+    pub fn fill_chunks(&mut self, chunks: &mut Vec<Bytes>, batch: usize) {
+        let mut head = BytesMut::new();
+        let mut total = 0;
         let ack = if self.fin_delivered { self.delivered + 1 } else { self.delivered };
         let due = self.ack_forced
             || self.fin_delivered
@@ -224,24 +238,32 @@ impl StreamState {
             || ack - self.acked_sent >= ACK_EVERY;
         self.ack_forced = false;
         if ack > self.acked_sent && due {
-            StreamFrame::Ack { upto: ack }.encode(out);
+            StreamFrame::Ack { upto: ack }.encode(&mut head);
             self.acked_sent = ack;
         }
         if self.keyed && !self.keyed_sent {
-            StreamFrame::Keyed.encode(out);
+            StreamFrame::Keyed.encode(&mut head);
             self.keyed_sent = true;
         }
-        while out.len() < batch {
+        while total + head.len() < batch {
             let Some((seq, data)) = self.out.next_to_send(MAX_DATA) else { break };
-            encode_data(out, seq, &data);
+            encode_data_header(&mut head, seq, data.len());
+            total += head.len() + data.len();
+            chunks.push(head.split().freeze());
+            if !data.is_empty() {
+                chunks.push(data);
+            }
         }
         if let Some(at) = self.fin_out
             && !self.fin_sent
             && self.out.next_to_send(0).is_none()
             && at == self.out.written()
         {
-            StreamFrame::Fin { at }.encode(out);
+            StreamFrame::Fin { at }.encode(&mut head);
             self.fin_sent = true;
+        }
+        if !head.is_empty() {
+            chunks.push(head.freeze());
         }
     }
 
