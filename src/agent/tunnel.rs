@@ -102,12 +102,7 @@ type LegFuture<'a> = std::pin::Pin<Box<dyn std::future::Future<Output = std::io:
 
 /// The QUIC stream under an agent's leg: a relay's stream, counted open.
 fn send_under(leg: &mut Leg) -> Option<&mut quinn::SendStream> {
-    use crate::quic::{Guarded, OpenStream, QuicLeg};
-    let any: &mut dyn std::any::Any = &mut **leg;
-    if any.is::<QuicLeg>() {
-        return any.downcast_mut::<QuicLeg>().map(QuicLeg::send_mut);
-    }
-    any.downcast_mut::<Guarded<OpenStream>>().map(|g| g.leg_mut().send_mut())
+    crate::quic::send_of(&mut **leg)
 }
 
 impl LegSource for HandedLegs {

@@ -21,7 +21,6 @@ use tokio_util::sync::{CancellationToken, WaitForCancellationFutureOwned};
 
 use crate::leg::Leg;
 use crate::proto::{Frame, Reason};
-use crate::quic::QuicLeg;
 
 /// How the relay answered a join.
 #[derive(Debug)]
@@ -65,8 +64,7 @@ pub fn await_paired(leg: Leg, answer: oneshot::Sender<JoinAnswer>, give_up: Canc
 impl AwaitPaired {
     /// The QUIC stream under the leg, if it is one (see [`crate::leg::SendUnder`]).
     pub fn send_under(&mut self) -> Option<&mut quinn::SendStream> {
-        let any: &mut dyn std::any::Any = &mut *self.leg;
-        any.downcast_mut::<QuicLeg>().map(QuicLeg::send_mut)
+        crate::quic::send_of(&mut *self.leg)
     }
 
     /// Reads the answer on; `Some` once there is one.

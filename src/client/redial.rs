@@ -28,10 +28,10 @@ pub(super) struct DialLegs {
 /// itself, a new connection's first leg waits for its pairing around it.
 fn send_under(leg: &mut Leg) -> Option<&mut quinn::SendStream> {
     let any: &mut dyn std::any::Any = &mut **leg;
-    if any.is::<crate::quic::QuicLeg>() {
-        return any.downcast_mut::<crate::quic::QuicLeg>().map(crate::quic::QuicLeg::send_mut);
+    if any.is::<super::pipelined::AwaitPaired>() {
+        return any.downcast_mut::<super::pipelined::AwaitPaired>().and_then(super::pipelined::AwaitPaired::send_under);
     }
-    any.downcast_mut::<super::pipelined::AwaitPaired>().and_then(super::pipelined::AwaitPaired::send_under)
+    crate::quic::send_of(any)
 }
 
 impl LegSource for DialLegs {

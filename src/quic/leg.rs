@@ -47,6 +47,15 @@ impl AsyncWrite for QuicLeg {
     }
 }
 
+/// The sending half of the QUIC stream a leg is, bare or counted open (see
+/// [`crate::leg::SendUnder`]).
+pub fn send_of(leg: &mut dyn std::any::Any) -> Option<&mut quinn::SendStream> {
+    if leg.is::<QuicLeg>() {
+        return leg.downcast_mut::<QuicLeg>().map(QuicLeg::send_mut);
+    }
+    leg.downcast_mut::<Guarded<super::OpenStream>>().map(|g| g.leg_mut().send_mut())
+}
+
 /// A QUIC leg that holds `guard` (its place in a count of open streams, a
 /// connection slot) until the leg itself is dropped, wherever it went: a data
 /// leg outlives the task that took it.

@@ -11,7 +11,7 @@ mod leg;
 mod splice;
 
 pub use count::{OpenStream, StreamCount};
-pub use leg::{Guarded, QuicLeg};
+pub use leg::{Guarded, QuicLeg, send_of};
 pub use splice::splice;
 
 use std::future::Future;

@@ -210,10 +210,8 @@ impl StreamState {
         })
     }
 
-    /// Appends what this leg should carry next to `out`, up to about `batch`
-    /// bytes: an ACK for what the application took (and the FIN once
-    /// delivered) when it is due (see [`ACK_EVERY`]), DATA, then our
-    /// FIN once everything before it is out.
+    /// [`Self::fill_chunks`] as one run of bytes (what a TCP leg is written).
+    #[cfg(test)]
     pub fn fill(&mut self, out: &mut BytesMut, batch: usize) {
         let mut chunks = Vec::new();
         self.fill_chunks(&mut chunks, batch);
@@ -222,10 +220,13 @@ impl StreamState {
         }
     }
 
-    /// As [`Self::fill`], as chunks: a DATA frame's payload is the chunk the
-    /// outbound buffer holds (a QUIC leg's stream takes it without a copy),
-    /// and the bytes between payloads (ACK, KEYED, DATA headers, FIN) are
-    /// chunks cut from one small buffer. None is empty.
+    /// What this leg should carry next, up to about `batch` bytes: an ACK
+    /// for what the application took (and the FIN once delivered) when it is
+    /// due (see [`ACK_EVERY`]), DATA, then our FIN once everything before it
+    /// is out. As chunks: a DATA frame's payload is the chunk the outbound
+    /// buffer holds (a QUIC leg's stream takes it without a copy), and the
+    /// bytes between payloads (ACK, KEYED, DATA headers, FIN) are chunks cut
+    /// from one small buffer. None is empty.
     pub fn fill_chunks(&mut self, chunks: &mut Vec<Bytes>, batch: usize) {
         let mut head = BytesMut::new();
         let mut total = 0;
