@@ -426,9 +426,10 @@ async fn accept_loop<F, Fut>(
 pub(super) async fn report_drops(state: Arc<State>, gate: Arc<gate::Gate>) {
     let mut tick = tokio::time::interval(Duration::from_secs(10));
     loop {
-        // The last period is written at shutdown too.
+        // The last period is written at the drain too (the listeners refuse
+        // connections until then).
         let last = tokio::select! {
-            _ = state.shutdown.cancelled() => true,
+            _ = state.drain.cancelled() => true,
             _ = tick.tick() => false,
         };
         if let Some(mut fields) = gate.take_tally() {

@@ -104,11 +104,12 @@ pub async fn accept_loop(side: Side, endpoint: Endpoint, state: Arc<State>) {
             _ = state.drain.cancelled() => break,
             i = endpoint.accept() => match i { Some(i) => i, None => break },
         };
+        let peer = incoming.remote_address();
         if state.shutdown.is_cancelled() {
             incoming.refuse();
+            gate.dropped(peer.ip(), "draining");
             continue;
         }
-        let peer = incoming.remote_address();
         let hs_permit = match gate.admit(peer.ip()) {
             Ok(p) => p,
             Err(reason) => {
