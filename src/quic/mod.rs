@@ -94,15 +94,16 @@ pub const INITIAL_AGENT_STREAMS: u32 = 4;
 /// The largest UDP payload a QUIC leg sends or accepts. quinn starts at
 /// 1200 bytes and its path MTU discovery (RFC 8899 probes, never fragmented)
 /// climbs towards this bound, so a path of Ethernet's 1500 bytes settles at
-/// 1452 as before, and loopback or a jumbo-frame LAN carries larger packets:
-/// quinn's work per packet (framing, packet protection, acknowledgements)
-/// is about half of what a QUIC leg costs, and one tunnelled connection over
-/// QUIC on loopback runs 1.5-1.9x faster with it (`benches/iperf.sh`).
-/// quinn sends up to 10 datagrams in one GSO send, which the kernel limits
-/// to 64 KiB: above 6 550 bytes such a send would fail as too large, and
-/// quinn would take its datagrams for lost.
-pub const MAX_DATAGRAM: u16 = 6_500;
-const _: () = assert!(MAX_DATAGRAM >= 1_200 && MAX_DATAGRAM as usize * 10 <= 65_507);
+/// 1452 as before, a jumbo-frame LAN near 8 950, and loopback here: quinn's
+/// work per packet (framing, packet protection, acknowledgements, one trip
+/// through the kernel) is most of what a QUIC leg costs beyond its AES-GCM.
+/// 6 500 bytes ran 1.5-1.9x faster than 1 452, and 60 000 another 1.2-1.4x
+/// (`benches/iperf.sh`, docs/operator.md). quinn sends up to 10 datagrams in
+/// one GSO send, which the kernel limits to 64 KiB: the vendored quinn caps
+/// the batch at 64 KiB (vendor/quinn/TETHER-PATCHES.md), so that larger
+/// datagrams go fewer to a send instead of failing as too large.
+pub const MAX_DATAGRAM: u16 = 60_000;
+const _: () = assert!(MAX_DATAGRAM >= 1_200 && MAX_DATAGRAM as usize <= 65_507);
 
 /// `config`, accepting datagrams up to [`MAX_DATAGRAM`] (quinn's default is
 /// Ethernet's 1 472, which would cap what the peer may send).

@@ -1028,7 +1028,14 @@ impl State {
                 Some(t) => t,
                 None => {
                     self.send_buffer.clear();
-                    self.send_buffer.reserve(self.inner.current_mtu() as usize);
+                    let mtu = self.inner.current_mtu() as usize;
+                    self.send_buffer.reserve(mtu);
+                    // tether patch: one GSO send carries at most 64 KiB of
+                    // datagrams (the kernel refuses more, and quinn would take
+                    // the batch for lost), so a path whose MTU discovery
+                    // climbed past 6.5 KiB (loopback, jumbo frames) sends
+                    // fewer, larger datagrams per batch.
+                    let max_datagrams = max_datagrams.min(GSO_MAX_BYTES / mtu).max(1);
                     match self
                         .inner
                         .poll_transmit(now, max_datagrams, &mut self.send_buffer)
@@ -1352,3 +1359,7 @@ const MAX_TRANSMIT_DATAGRAMS: usize = 20;
 /// memory allocations when calling `poll_transmit()`. Benchmarks have shown
 /// that numbers around 10 are a good compromise.
 const MAX_TRANSMIT_SEGMENTS: usize = 10;
+
+/// tether patch: the most UDP payload one GSO send may carry (an IPv4
+/// datagram's 65 535 bytes less its IP and UDP headers).
+const GSO_MAX_BYTES: usize = 65_507;

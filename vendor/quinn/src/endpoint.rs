@@ -755,12 +755,18 @@ impl RecvState {
         max_receive_segments: usize,
         endpoint: &proto::Endpoint,
     ) -> Self {
-        let recv_buf = vec![
-            0;
-            endpoint.config().get_max_udp_payload_size().min(64 * 1024) as usize
-                * max_receive_segments
-                * BATCH_SIZE
-        ];
+        let max_payload = endpoint.config().get_max_udp_payload_size().min(64 * 1024) as usize;
+        // tether patch: room for a whole GRO batch of the largest datagrams
+        // is more than Linux ever delivers in one read: it coalesces UDP
+        // datagrams to at most 64 KiB (GRO_LEGACY_MAX_SIZE; only TCP may
+        // grow past it). Sized as upstream, each of the BATCH_SIZE slots of
+        // an endpoint that accepts 6 500-byte datagrams took 416 KiB of
+        // address space (13 MiB in all); capped, 64 KiB (2 MiB).
+        #[cfg(target_os = "linux")]
+        let per_read = (max_payload * max_receive_segments).min(64 * 1024).max(max_payload);
+        #[cfg(not(target_os = "linux"))]
+        let per_read = max_payload * max_receive_segments;
+        let recv_buf = vec![0; per_read * BATCH_SIZE];
         Self {
             connections: ConnectionSet {
                 senders: FxHashMap::default(),
