@@ -40,7 +40,7 @@ pub async fn run(cmd: Option<DevCmd>, dir: &Path) -> Result<()> {
             println!("wrote dev setup to {}", dir.display());
             Ok(())
         }
-        Some(DevCmd::Up) => dev::up(dir, super::shutdown_on_signal()).await,
+        Some(DevCmd::Up) => dev::up(dir, dev::Signals::listen()).await,
         Some(DevCmd::Code) => dev_code(dir).await,
         None => {
             if !dir.join("hub.toml").exists() {
@@ -52,7 +52,7 @@ pub async fn run(cmd: Option<DevCmd>, dir: &Path) -> Result<()> {
                 dev::init(dir, &opts).await?;
                 println!("wrote dev setup to {}", dir.display());
             }
-            dev::up(dir, super::shutdown_on_signal()).await
+            dev::up(dir, dev::Signals::listen()).await
         }
     }
 }

@@ -4,12 +4,14 @@
 //! started as child processes, restarted when one dies, and stopped together.
 //! The dev account's password and TOTP secret sit in `dev-login/` so the dev
 //! profile logs in by itself — dev only; a real profile never stores either.
+mod signals;
 mod up;
 
 use std::path::Path;
 
 use anyhow::{Context, Result};
 
+pub use signals::Signals;
 pub use up::{echo_server, up};
 
 /// Where the built-in echo service listens in dev mode.

@@ -10,7 +10,7 @@ use tokio::net::TcpListener;
 use tokio::process::{Child, Command};
 use tokio_util::sync::CancellationToken;
 
-use super::{DEV_DEVICE, DEV_USER, ECHO_ADDR, HUB_ADDR};
+use super::{DEV_DEVICE, DEV_USER, ECHO_ADDR, HUB_ADDR, Signals};
 
 /// Echoes every byte back, on every accepted connection, until `stop`.
 pub async fn echo_server(listener: TcpListener, stop: CancellationToken) {
@@ -42,6 +42,9 @@ fn spawn(dir: &Path, args: &[&str]) -> Result<Child> {
         .args(args)
         .current_dir(dir)
         .stdin(Stdio::null())
+        // Its own process group: a Ctrl-C at the terminal reaches `tether
+        // dev` alone, which stops the parts in order (`stop_all`).
+        .process_group(0)
         .kill_on_drop(true)
         .spawn()
         .with_context(|| format!("starting tether {}", args.join(" ")))
@@ -131,8 +134,10 @@ fn how(status: std::io::Result<std::process::ExitStatus>) -> String {
 /// Starts the hub, both relays and the agent, waits until the hub lists the
 /// dev device online on both relays, then supervises: a part that exits is
 /// reported and restarted after a short back-off while the rest keep running.
-/// `stop` (Ctrl-C) stops them all.
-pub async fn up(dir: &Path, stop: CancellationToken) -> Result<()> {
+/// `signals.stop` (Ctrl-C) stops them all, in order; `signals.hurry` (a
+/// second Ctrl-C) kills what is left.
+pub async fn up(dir: &Path, signals: Signals) -> Result<()> {
+    let stop = signals.stop.clone();
     if !dir.join("agent.toml").exists() {
         bail!("{} holds no dev setup; run `tether dev init --dir {}` first", dir.display(), dir.display());
     }
@@ -161,7 +166,7 @@ pub async fn up(dir: &Path, stop: CancellationToken) -> Result<()> {
         print_up(dir, &parts);
         supervise(dir, &mut parts, &stop).await;
     }
-    stop_all(&mut parts).await;
+    stop_all(&mut parts, &signals.hurry).await;
     stop.cancel();
     started
 }
@@ -229,19 +234,44 @@ async fn supervise(dir: &Path, parts: &mut [Part], stop: &CancellationToken) {
     }
 }
 
-/// SIGTERM to every part (relays drain), then SIGKILL to what is left after
-/// 5 s in all: `tether dev` never leaves a part running behind it.
-async fn stop_all(parts: &mut [Part]) {
-    for p in parts.iter() {
-        if let Some(pid) = p.child.id() {
-            let _ = std::process::Command::new("kill").arg("-TERM").arg(pid.to_string()).status();
-        }
+/// The order the parts stop in, and how long each step may take: the agent
+/// first, then the relays (a drain of up to 2 s, then one last report to the
+/// hub of how their sessions ended, up to 3 s), then the hub, which has had
+/// those reports. Stopped all at once, the relays' last reports found the hub
+/// gone, and their sessions' records were left to the hub's `lost` rule.
+const STOP_ORDER: [(&[&str], Duration); 3] = [
+    (&["agent"], Duration::from_secs(3)),
+    (&["relay-a", "relay-b"], Duration::from_secs(6)),
+    (&["hub"], Duration::from_secs(3)),
+];
+
+/// SIGTERM to the parts in [`STOP_ORDER`], each step waited for; SIGKILL to a
+/// part still running after its step's time, or at once after `hurry`:
+/// `tether dev` never leaves a part running behind it.
+async fn stop_all(parts: &mut [Part], hurry: &CancellationToken) {
+    if parts.len() > 1 {
+        say("stopping the agent, then the relays, then the hub (Ctrl-C again kills them at once)");
     }
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
-    for p in parts.iter_mut() {
-        if tokio::time::timeout_at(deadline, p.child.wait()).await.is_err() {
-            let _ = p.child.start_kill();
-            let _ = p.child.wait().await;
+    for (names, budget) in STOP_ORDER {
+        let mut step: Vec<&mut Part> = parts.iter_mut().filter(|p| names.contains(&p.name)).collect();
+        for p in &step {
+            if let Some(pid) = p.child.id() {
+                let _ = std::process::Command::new("kill").arg("-TERM").arg(pid.to_string()).status();
+            }
+        }
+        let deadline = tokio::time::Instant::now() + budget;
+        for p in step.iter_mut() {
+            let ended = tokio::select! {
+                r = tokio::time::timeout_at(deadline, p.child.wait()) => r.is_ok(),
+                _ = hurry.cancelled() => false,
+            };
+            if !ended {
+                if !hurry.is_cancelled() {
+                    say(&format!("{} (pid {}) did not stop within {budget:?}; killing it", p.name, p.pid()));
+                }
+                let _ = p.child.start_kill();
+                let _ = p.child.wait().await;
+            }
         }
     }
 }

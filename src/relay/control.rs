@@ -224,6 +224,10 @@ async fn channel_loop(
                 let frame = match r {
                     Ok(f) => f,
                     Err(FrameIoError::Closed) => return "agent closed".into(),
+                    // A connection that breaks (a reset, a QUIC connection the
+                    // agent closed as it stopped, a path that died) is not a bad
+                    // frame: there is no one to tell and nothing to refuse.
+                    Err(FrameIoError::Io(e)) => return format!("connection lost: {e}"),
                     Err(e) => {
                         Box::pin(bad_frame(state, io, me.peer, me.device, e)).await;
                         return "bad frame".into();

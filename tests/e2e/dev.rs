@@ -5,6 +5,7 @@
 use std::ffi::OsStr;
 use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
+use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::sync::mpsc;
 use std::time::Duration;
@@ -19,6 +20,9 @@ struct Gentle(Child);
 
 impl Drop for Gentle {
     fn drop(&mut self) {
+        if let Ok(Some(_)) = self.0.try_wait() {
+            return;
+        }
         let _ = Command::new("kill").arg("-TERM").arg(self.0.id().to_string()).status();
         for _ in 0..100 {
             if let Ok(Some(_)) = self.0.try_wait() {
@@ -170,6 +174,58 @@ async fn dev_is_up_when_it_says_so_and_supervises_a_killed_relay() {
     })
     .await;
     assert_eq!(sessions()[0]["state"], "live");
+    ctrl_c_stops_the_parts_in_order(dev, err, &devdir, words[1]).await;
     drop(connect);
-    drop(dev);
+}
+
+/// Ctrl-C at the terminal reaches `tether dev` alone (its parts run in their
+/// own process group), which stops the agent, then the relays, then the hub:
+/// the relays' last reports reach a hub still up, so the live session's
+/// record ends at once with its reason, and an agent that stops is not taken
+/// for one that sent a bad frame.
+async fn ctrl_c_stops_the_parts_in_order(mut dev: Gentle, err: mpsc::Receiver<String>, devdir: &Path, id: &str) {
+    // (parent, process group) of a process, from /proc (after its name, which may hold spaces).
+    let stat = |pid: &str| {
+        let s = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+        let f: Vec<String> = s.rsplit_once(')')?.1.split_whitespace().map(str::to_owned).collect();
+        Some((f[1].clone(), f[2].clone()))
+    };
+    let me = dev.0.id().to_string();
+    let parts: Vec<(String, String)> = std::fs::read_dir("/proc")
+        .unwrap()
+        .filter_map(|e| stat(e.ok()?.file_name().to_str()?))
+        .filter(|(parent, _)| *parent == me)
+        .collect();
+    assert_eq!(parts.len(), 4, "hub, two relays, agent: {parts:?}");
+    let dev_group = stat(&me).unwrap().1;
+    assert!(
+        parts.iter().all(|(_, g)| *g != dev_group),
+        "a part shares dev's process group: a terminal's Ctrl-C hits it too"
+    );
+    assert!(Command::new("kill").arg("-INT").arg(dev.0.id().to_string()).status().unwrap().success());
+    let status = within(30, async {
+        loop {
+            if let Some(s) = dev.0.try_wait().unwrap() {
+                return s;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    })
+    .await;
+    assert!(status.success(), "{status}");
+    let mut said = Vec::new();
+    while let Ok(l) = err.recv_timeout(Duration::from_secs(10)) {
+        said.push(l);
+    }
+    let all = said.join("\n");
+    assert_eq!(said.iter().filter(|l| l.contains("last report to the hub sent")).count(), 2, "{all}");
+    assert!(!all.contains("last report to the hub failed"), "{all}");
+    assert!(!all.contains("dropping control channel"), "a stopped agent taken for a bad frame:\n{all}");
+    assert!(!all.contains("killing it"), "a part did not stop in time:\n{all}");
+    use tether::config::ConfigFile;
+    let cfg = tether::hub::HubConfig::load(&devdir.join("hub.toml")).unwrap();
+    let admin = tether::hub::admin::Admin::open(&cfg).await.unwrap();
+    let record = admin.store.session(id).await.unwrap().expect("the session's record");
+    assert_eq!((record.state.as_str(), record.end_reason.as_deref()), ("ended", Some("agent_gone")), "{record:?}");
+    assert!(record.bytes_to_device > 0 && record.bytes_to_client > 0, "{record:?}");
 }
