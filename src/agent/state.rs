@@ -157,15 +157,18 @@ impl AgentState {
     }
 
     /// A relay's channel was lost. While a twin is still attached, sessions go
-    /// on (their connections resume through it); otherwise they end.
+    /// on (their connections resume through it); otherwise they end: with
+    /// `agent_gone` when the agent itself is stopping (the relays record the
+    /// same), else `relay_gone`.
     pub fn relay_lost(&self, relay: &str) {
         self.pending.retain(|_, p| p.relay != relay);
         if !self.relays.is_empty() {
             return;
         }
+        let reason = if self.shutdown.is_cancelled() { Reason::AgentGone } else { Reason::RelayGone };
         let ids: Vec<_> = self.sessions.iter().map(|s| s.id).collect();
         for id in ids {
-            self.end_session(id, Reason::RelayGone, false);
+            self.end_session(id, reason, false);
         }
     }
 }
