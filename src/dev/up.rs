@@ -234,44 +234,34 @@ async fn supervise(dir: &Path, parts: &mut [Part], stop: &CancellationToken) {
     }
 }
 
-/// The order the parts stop in, and how long each step may take: the agent
-/// first, then the relays (a drain of up to 2 s, then one last report to the
-/// hub of how their sessions ended, up to 3 s), then the hub, which has had
-/// those reports. Stopped all at once, the relays' last reports found the hub
-/// gone, and their sessions' records were left to the hub's `lost` rule.
-const STOP_ORDER: [(&[&str], Duration); 3] = [
-    (&["agent"], Duration::from_secs(3)),
-    (&["relay-a", "relay-b"], Duration::from_secs(6)),
-    (&["hub"], Duration::from_secs(3)),
-];
+/// How long one part may take to stop: a relay drains (up to 2 s), then sends
+/// the hub one last report of how its sessions ended (up to 3 s).
+const STOP_WAIT: Duration = Duration::from_secs(6);
 
-/// SIGTERM to the parts in [`STOP_ORDER`], each step waited for; SIGKILL to a
-/// part still running after its step's time, or at once after `hurry`:
-/// `tether dev` never leaves a part running behind it.
+/// SIGTERM to each part in the reverse of the order they started (the agent,
+/// the relays, then the hub, which so receives the relays' last reports:
+/// stopped all at once, those found the hub gone and the sessions' records
+/// were left to its `lost` rule), each waited for; SIGKILL to a part still
+/// running after [`STOP_WAIT`], or at once after `hurry`: `tether dev` never
+/// leaves a part running behind it.
 async fn stop_all(parts: &mut [Part], hurry: &CancellationToken) {
     if parts.len() > 1 {
         say("stopping the agent, then the relays, then the hub (Ctrl-C again kills them at once)");
     }
-    for (names, budget) in STOP_ORDER {
-        let mut step: Vec<&mut Part> = parts.iter_mut().filter(|p| names.contains(&p.name)).collect();
-        for p in &step {
-            if let Some(pid) = p.child.id() {
-                let _ = std::process::Command::new("kill").arg("-TERM").arg(pid.to_string()).status();
-            }
+    for p in parts.iter_mut().rev() {
+        if let Some(pid) = p.child.id() {
+            let _ = std::process::Command::new("kill").arg("-TERM").arg(pid.to_string()).status();
         }
-        let deadline = tokio::time::Instant::now() + budget;
-        for p in step.iter_mut() {
-            let ended = tokio::select! {
-                r = tokio::time::timeout_at(deadline, p.child.wait()) => r.is_ok(),
-                _ = hurry.cancelled() => false,
-            };
-            if !ended {
-                if !hurry.is_cancelled() {
-                    say(&format!("{} (pid {}) did not stop within {budget:?}; killing it", p.name, p.pid()));
-                }
-                let _ = p.child.start_kill();
-                let _ = p.child.wait().await;
+        let ended = tokio::select! {
+            r = tokio::time::timeout(STOP_WAIT, p.child.wait()) => r.is_ok(),
+            _ = hurry.cancelled() => false,
+        };
+        if !ended {
+            if !hurry.is_cancelled() {
+                say(&format!("{} (pid {}) did not stop within {STOP_WAIT:?}; killing it", p.name, p.pid()));
             }
+            let _ = p.child.start_kill();
+            let _ = p.child.wait().await;
         }
     }
 }

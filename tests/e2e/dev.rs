@@ -229,12 +229,8 @@ async fn ctrl_c_stops_the_parts_in_order(mut dev: Gentle, err: mpsc::Receiver<St
     assert_eq!((record.state.as_str(), record.end_reason.as_deref()), ("ended", Some("agent_gone")), "{record:?}");
     assert!(record.bytes_to_device > 0 && record.bytes_to_client > 0, "{record:?}");
     // The device's own audit log says the same: its agent stopped, no relay was lost.
-    let audit = std::fs::read_to_string(devdir.join("audit/agent.jsonl")).unwrap();
-    let ends: Vec<serde_json::Value> = audit
-        .lines()
-        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
-        .filter(|r| r["event"] == "session_end" && r["session"] == id)
-        .collect();
-    assert_eq!(ends.len(), 1, "{audit}");
+    let audit = tether::audit::read_all(&devdir.join("audit/agent.jsonl"));
+    let ends: Vec<_> = audit.iter().filter(|r| r["event"] == "session_end" && r["session"] == id).collect();
+    assert_eq!(ends.len(), 1, "{audit:?}");
     assert_eq!(ends[0]["reason"], "agent_gone", "{}", ends[0]);
 }
