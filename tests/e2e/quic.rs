@@ -190,6 +190,10 @@ async fn udp_blocked_mid_session_moves_the_session_to_tcp_without_losing_bytes()
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_path_that_drops_datagrams_larger_than_ethernet_still_carries_a_quic_session() {
     let (fleet, agent_gate, client_gate) = gated_with(false, false, 1472).await;
+    // On a loaded host TCP may win the agent's race (QUIC's head start is
+    // 250 ms); its re-probe (every second here) moves it to QUIC while no
+    // session is live. This test is about the agent's QUIC hop too.
+    eventually("the agent is attached over QUIC", async || attached_over(&fleet.relay_audit(0), "quic") == 1).await;
     let (session, addr) = serve_locally(&fleet).await;
     assert_eq!(session.transport(), "quic");
     let moved = within(60, paced_echo(addr, 100)).await.unwrap();
