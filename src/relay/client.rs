@@ -125,12 +125,10 @@ async fn first_frame(
     let timeout = Duration::from_millis(state.cfg.limits.handshake_timeout_ms);
     let frame = match tokio::time::timeout(timeout, io.read_frame()).await {
         Ok(Ok(f)) => f,
+        Ok(Err(FrameIoError::Proto(p))) => return Err(Refusal::new(p.reason(), FrameIoError::Proto(p).to_string())),
         Ok(Err(e)) => {
-            let reason = match &e {
-                FrameIoError::Proto(p) => p.reason(),
-                _ => Reason::BadFrame,
-            };
-            return Err(Refusal::new(reason, e.to_string()));
+            state.left_before_first_frame(listener, peer, &e.to_string());
+            return Ok(None);
         }
         Err(_) => {
             state.handshake_failed(listener, peer, "preamble_timeout", "no first frame in time");

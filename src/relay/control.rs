@@ -56,8 +56,12 @@ async fn hello(state: &Arc<State>, accepted: super::Accepted, peer: SocketAddr) 
     let timeout = Duration::from_millis(state.cfg.limits.handshake_timeout_ms);
     let hello = match tokio::time::timeout(timeout, io.read_frame()).await {
         Ok(Ok(f)) => f,
-        Ok(Err(e)) => {
+        Ok(Err(FrameIoError::Proto(e))) => {
             bad_frame(state, &mut io, peer, &device, e).await;
+            return None;
+        }
+        Ok(Err(e)) => {
+            state.left_before_first_frame(LISTENER, peer, &e.to_string());
             return None;
         }
         Err(_) => {
@@ -68,7 +72,7 @@ async fn hello(state: &Arc<State>, accepted: super::Accepted, peer: SocketAddr) 
     let (agent_version, services, streams) = match hello {
         Frame::Hello { version, device: claimed, agent_version, services, streams } => {
             if let Err(e) = proto::check_version(version) {
-                bad_frame(state, &mut io, peer, &device, e.into()).await;
+                bad_frame(state, &mut io, peer, &device, e).await;
                 return None;
             }
             if claimed != device {
@@ -95,13 +99,9 @@ async fn hello(state: &Arc<State>, accepted: super::Accepted, peer: SocketAddr) 
     Some(Hello { io, device, transport, cert, agent_version, services, streams })
 }
 
-async fn bad_frame(state: &State, io: &mut FrameIo<Leg>, peer: SocketAddr, device: &str, e: FrameIoError) {
-    let (label, reason) = match &e {
-        FrameIoError::Proto(p) => (p.label(), p.reason()),
-        FrameIoError::Closed => ("closed", Reason::BadFrame),
-        FrameIoError::Io(_) => ("io", Reason::BadFrame),
-    };
-    refuse(state, io, peer, device, label, reason, &e.to_string()).await
+async fn bad_frame(state: &State, io: &mut FrameIo<Leg>, peer: SocketAddr, device: &str, e: proto::ProtoError) {
+    let detail = format!("protocol error: {e}");
+    refuse(state, io, peer, device, e.label(), e.reason(), &detail).await
 }
 
 /// Counts, audits and names the reason to the agent, which is then dropped.
@@ -228,7 +228,7 @@ async fn channel_loop(
                     // agent closed as it stopped, a path that died) is not a bad
                     // frame: there is no one to tell and nothing to refuse.
                     Err(FrameIoError::Io(e)) => return format!("connection lost: {e}"),
-                    Err(e) => {
+                    Err(FrameIoError::Proto(e)) => {
                         Box::pin(bad_frame(state, io, me.peer, me.device, e)).await;
                         return "bad frame".into();
                     }

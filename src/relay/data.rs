@@ -59,15 +59,12 @@ pub async fn serve(state: Arc<State>, accepted: Accepted, peer: SocketAddr) {
             let _ = io.write_frame(&f).await;
             return;
         }
-        Ok(Err(e)) => {
-            let reason = match &e {
-                proto::FrameIoError::Proto(p) => p.reason(),
-                _ => Reason::BadFrame,
-            };
-            let f = refuse(reason, e.to_string());
+        Ok(Err(proto::FrameIoError::Proto(p))) => {
+            let f = refuse(p.reason(), proto::FrameIoError::Proto(p).to_string());
             let _ = io.write_frame(&f).await;
             return;
         }
+        Ok(Err(e)) => return state.left_before_first_frame(LISTENER, peer, &e.to_string()),
         Err(_) => return state.handshake_failed(LISTENER, peer, "preamble_timeout", "no data_open in time"),
     };
     tracing::Span::current().record("session", session.to_string());

@@ -286,7 +286,10 @@ async fn identify(stream: Box<Stream>) -> Option<(Kind, Accepted)> {
     let mut header = [0u8; 5];
     match tokio::time::timeout(first_byte, leg.read_exact(&mut header)).await {
         Ok(Ok(_)) => {}
-        Ok(Err(_)) => return None,
+        Ok(Err(e)) => {
+            state.left_before_first_frame(side.listener(), peer, &e.to_string());
+            return None;
+        }
         Err(_) => {
             state.handshake_failed(side.listener(), peer, "preamble_timeout", "no frame in time");
             return None;

@@ -185,6 +185,15 @@ impl State {
         );
     }
 
+    /// A connection that ended before its first frame: its peer closed it,
+    /// or its path broke. Nothing was refused, so nothing is audited and no
+    /// answer is owed; it is counted with the handshakes that did not
+    /// complete (`closed_early`).
+    pub fn left_before_first_frame(&self, listener: &str, peer: SocketAddr, detail: &str) {
+        tracing::debug!(listener, %peer, detail, "connection ended before its first frame");
+        metrics::RELAY_HANDSHAKE_FAILURES.with_label_values(&[listener, "closed_early"]).inc();
+    }
+
     /// A reloaded CRL revokes the certificate of `device`, connected through
     /// `listener`: counted, audited, and every session of the device here
     /// ends (its legs with it). The caller drops the connection itself.

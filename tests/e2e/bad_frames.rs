@@ -84,3 +84,72 @@ async fn malformed_frames_are_refused_by_name() {
     within(30, live.read_exact(&mut buf)).await.unwrap();
     assert_eq!(&buf, b"still here");
 }
+
+/// The relay's refusal records (audit events) and counts of refused frames,
+/// summed: what a peer that leaves before its first frame must not add to.
+async fn refusals(fleet: &Fleet) -> (usize, f64) {
+    let events = ["control_refused", "data_leg_refused", "client_refused"];
+    let audited = fleet.relay_audit(0).iter().filter(|r| events.iter().any(|e| r["event"] == *e)).count();
+    let mut counted = fleet.metric(0, "tether_relay_frame_errors_total", &[]).await;
+    counted += fleet.metric(0, "tether_relay_leg_refusals_total", &[]).await;
+    counted += fleet.metric(0, "tether_relay_grant_refusals_total", &[]).await;
+    (audited, counted)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_peer_that_leaves_before_its_first_frame_is_counted_not_refused() {
+    let fleet = Fleet::start(Opts { transport: "quic", ..Opts::default() }).await;
+    let session = fleet.session("echo").await;
+    let mut live = within(30, session.connect()).await.unwrap();
+    let before = refusals(&fleet).await;
+    let r = &fleet.relays[0];
+    let device = (fleet.pki.path(&format!("{DEVICE}.pem")), fleet.pki.path(&format!("{DEVICE}.key")));
+    let with_cert = |alpn| tls::client_config(&fleet.pki.path("ca.pem"), Some((&device.0, &device.1)), alpn).unwrap();
+    // Over TCP, on each port: a TLS close (close_notify), and on the
+    // control port also a connection dropped without one (a broken path).
+    for (addr, cfg) in [
+        (r.control, with_cert(tls::ALPN_AGENT)),
+        (r.data, with_cert(tls::ALPN_DATA)),
+        (r.client, tls::client_config(&fleet.pki.path("ca.pem"), None, tls::ALPN_CLIENT).unwrap()),
+    ] {
+        let mut conn = tls::dial(&addr.to_string(), "localhost", cfg).await.unwrap();
+        conn.shutdown().await.unwrap();
+        let ans = within(10, FrameIo::new(conn).read_frame()).await;
+        assert!(ans.is_err(), "a peer that said nothing was answered: {ans:?}");
+    }
+    let conn = tls::dial(&r.control.to_string(), "localhost", with_cert(tls::ALPN_AGENT)).await.unwrap();
+    drop(conn);
+    // Over QUIC: an agent's stream that ends inside its first frame's
+    // header, and a specialist's stream that ends before any byte.
+    let agent = crate::quic_inputs::dial(
+        &fleet,
+        r.quic_agents.unwrap(),
+        tls::ALPN_QUIC_AGENT,
+        Some((&format!("{DEVICE}.pem"), &format!("{DEVICE}.key"))),
+    )
+    .await
+    .unwrap();
+    let mut leg = tether::quic::open_leg(&agent).await.unwrap();
+    leg.write_all(&[0, 0]).await.unwrap();
+    leg.shutdown().await.unwrap();
+    let client = crate::quic_inputs::dial(&fleet, r.quic_clients.unwrap(), tls::ALPN_QUIC_CLIENT, None).await.unwrap();
+    let mut leg = tether::quic::open_leg(&client).await.unwrap();
+    leg.shutdown().await.unwrap();
+
+    for (listener, n) in [("control", 2.0), ("data", 1.0), ("client", 1.0), ("quic-agent", 1.0), ("quic-client", 1.0)] {
+        eventually(&format!("{n} early leaves counted on {listener}"), async || {
+            let labels = [&format!("listener=\"{listener}\"")[..], "reason=\"closed_early\""];
+            fleet.metric(0, "tether_relay_handshake_failures_total", &labels).await == n
+        })
+        .await;
+    }
+    assert_eq!(refusals(&fleet).await, before, "a peer that left was recorded as refused");
+    assert!(
+        !fleet.relay_audit(0).iter().any(|r| r["event"] == "handshake_refused"),
+        "a peer that left was audited as refused"
+    );
+    live.write_all(b"still here").await.unwrap();
+    let mut buf = [0u8; 10];
+    within(30, live.read_exact(&mut buf)).await.unwrap();
+    assert_eq!(&buf, b"still here");
+}

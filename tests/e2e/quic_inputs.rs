@@ -58,7 +58,7 @@ async fn stranger_datagrams_on_both_quic_ports_change_nothing() {
 }
 
 /// A QUIC connection to `addr` with `alpn`, presenting `cert` if given.
-async fn dial(
+pub(crate) async fn dial(
     fleet: &Fleet,
     addr: SocketAddr,
     alpn: &[u8],
