@@ -29,12 +29,12 @@ pub struct AgentSession {
     /// End-to-end TLS for this session: accepts only the grant's client key.
     pub e2e: Arc<rustls::ServerConfig>,
     /// Connection numbers seen (each may be opened once).
-    pub conns: Mutex<std::collections::HashSet<u32>>,
+    pub conns: Mutex<crate::util::NumberSet>,
     /// Live resumable streams, by connection number: where replacement legs go.
     pub resumable: DashMap<u32, mpsc::Sender<(crate::leg::Leg, bytes::Bytes, String)>>,
     /// Connections that were live here and are over (their service side
     /// closed or failed): a resume of one is refused for good.
-    pub ended: Mutex<std::collections::HashSet<u32>>,
+    pub ended: Mutex<crate::util::NumberSet>,
     /// Secrets of its end-to-end TLS connections, which key its later ones.
     pub secrets: crate::stream::derived::Secrets,
 }

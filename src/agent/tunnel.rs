@@ -303,7 +303,7 @@ async fn hand_over(
     origin: LegOrigin,
 ) {
     let resumes = origin.resumes();
-    if session.ended.lock().is_ok_and(|e| e.contains(&resumes)) {
+    if session.ended.lock().is_ok_and(|e| e.contains(resumes)) {
         // Over here for good: the client stops trying.
         let detail = format!("connection {resumes} is over at the device (its service side closed or failed)");
         state.refused(

@@ -70,7 +70,7 @@ pub async fn serve(state: Arc<State>, accepted: Accepted, peer: SocketAddr) {
     tracing::Span::current().record("session", session.to_string());
 
     let owner = state.sessions.get(&session).map(|s| s.device.clone());
-    let joined = || state.sessions.get(&session).is_some_and(|s| s.joined.lock().is_ok_and(|j| j.contains(&conn)));
+    let joined = || state.sessions.get(&session).is_some_and(|s| s.joined.lock().is_ok_and(|j| j.contains(conn)));
     let ctx = LegContext { owner: owner.as_deref(), device: device.as_deref(), joined: joined() };
     let offered = state.pairing().offer_leg(session, conn, &mac, ctx);
     match offered {

@@ -1,5 +1,4 @@
 //! A session as the relay sees it: who, what, counters, and its end signal.
-use std::collections::HashSet;
 use std::sync::Mutex;
 use std::sync::atomic::AtomicU64;
 use std::time::Instant;
@@ -25,7 +24,7 @@ pub struct Session {
     pub to_client: AtomicU64,
     pub tunnels: AtomicU64,
     /// Connection numbers already joined (each may be paired once).
-    pub joined: Mutex<HashSet<u32>>,
+    pub joined: Mutex<crate::util::NumberSet>,
     pub end: CancellationToken,
     pub end_reason: Mutex<Option<Reason>>,
     /// Admitted by the twin; taken up here from replication.
@@ -72,7 +71,7 @@ impl Session {
             to_device: AtomicU64::new(0),
             to_client: AtomicU64::new(0),
             tunnels: AtomicU64::new(0),
-            joined: Mutex::new(HashSet::new()),
+            joined: Mutex::new(crate::util::NumberSet::new()),
             end,
             end_reason: Mutex::new(None),
             adopted,

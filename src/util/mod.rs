@@ -1,10 +1,11 @@
 //! Small pieces every role uses once from here: the clock, random bytes,
-//! back-off, a replay set, constant-time comparison.
+//! back-off, a replay set, a set of connection numbers, constant-time comparison.
 pub mod backoff;
 pub mod clock;
 pub mod drops;
 pub mod http;
 pub mod net;
+pub mod numbers;
 pub mod proxy;
 pub mod replay;
 pub mod split;
@@ -13,6 +14,7 @@ pub mod version;
 pub use backoff::Backoff;
 pub use clock::{now_rfc3339, now_secs};
 pub use drops::DropTally;
+pub use numbers::NumberSet;
 pub use replay::ReplaySet;
 
 /// `N` bytes from the system's secure random source.
