@@ -37,6 +37,7 @@ mod restarts;
 mod rollouts;
 mod secrets;
 mod self_update;
+mod traffic;
 mod trust;
 mod tunnel;
 mod twins;

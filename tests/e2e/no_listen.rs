@@ -7,7 +7,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use crate::harness::*;
 
 /// Socket inodes held by `pid`.
-fn socket_inodes(pid: u32) -> HashSet<String> {
+pub fn socket_inodes(pid: u32) -> HashSet<String> {
     std::fs::read_dir(format!("/proc/{pid}/fd"))
         .unwrap()
         .filter_map(|e| std::fs::read_link(e.ok()?.path()).ok())

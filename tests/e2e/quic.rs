@@ -89,11 +89,7 @@ async fn futures_join(addr: std::net::SocketAddr, n: usize) -> Vec<Transfer> {
 
 /// (state, remote address) of each UDP socket `pid` holds, from /proc.
 pub fn udp_sockets(pid: u32) -> Vec<(String, String)> {
-    let mine: std::collections::HashSet<String> = std::fs::read_dir(format!("/proc/{pid}/fd"))
-        .unwrap()
-        .filter_map(|e| std::fs::read_link(e.ok()?.path()).ok())
-        .filter_map(|l| l.to_str()?.strip_prefix("socket:[")?.strip_suffix(']').map(str::to_string))
-        .collect();
+    let mine = crate::no_listen::socket_inodes(pid);
     let mut out = Vec::new();
     for file in ["udp", "udp6"] {
         let text = std::fs::read_to_string(format!("/proc/{pid}/net/{file}")).unwrap_or_default();
