@@ -87,8 +87,9 @@ impl<'a> Early<'a> {
     }
 
     /// The pairing is confirmed: what was held is the tunnel's now.
-    pub(super) fn confirmed(&mut self) {
-        self.held = BytesMut::new();
+    /// Returns how many bytes that was.
+    pub(super) fn confirmed(&mut self) -> u64 {
+        std::mem::take(&mut self.held).len() as u64
     }
 }
 

@@ -14,7 +14,7 @@ mod redial;
 pub use grant_source::GrantSource;
 pub use profile::{HubLogin, Profile, RelayEntry};
 
-use std::sync::atomic::{AtomicU32, AtomicU64};
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -380,7 +380,8 @@ impl ClientSession {
             match self.connect_through(relay, early.as_deref_mut()).await {
                 Ok(t) => {
                     if let Some(e) = early.as_deref_mut() {
-                        e.confirmed();
+                        // Sent before the splice, which counts the rest.
+                        self.to_device.fetch_add(e.confirmed(), Ordering::Relaxed);
                     }
                     // Unless it resumed through the twin, which is current now.
                     if self.current_relay().name == before {

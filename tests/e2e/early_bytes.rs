@@ -111,3 +111,27 @@ async fn first_bytes_the_device_has_resume_through_the_twin_when_the_answer_is_l
     assert_eq!(svc.conns.load(Ordering::SeqCst), conns + 1, "the service saw two connections");
     assert!(!audited(&fleet.agent_audit(), "open_refused", "never_opened"), "the device had the connection");
 }
+
+/// What `tether connect` reports as sent to the device includes a keyed
+/// connection's first bytes, which go while the relay pairs it, before the
+/// splice that counts the rest takes over.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_keyed_connections_first_bytes_are_counted_as_sent() {
+    let fleet = Fleet::start(Opts::default()).await;
+    let (session, addr) = serve_locally(&fleet).await;
+    let mut sent = 0;
+    // The first connection's end-to-end TLS keys the next two.
+    for i in 0..3 {
+        let mut c = TcpStream::connect(addr).await.unwrap();
+        let message = format!("message {i} of three");
+        c.write_all(message.as_bytes()).await.unwrap();
+        let mut back = vec![0; message.len()];
+        within(30, c.read_exact(&mut back)).await.unwrap();
+        assert_eq!(back, message.as_bytes());
+        sent += message.len() as u64;
+    }
+    eventually("both directions counted in full", async || {
+        session.to_device.load(Ordering::SeqCst) == sent && session.to_client.load(Ordering::SeqCst) == sent
+    })
+    .await;
+}
