@@ -122,18 +122,11 @@ async fn first_frame(
     if !state.ready.load(Ordering::Relaxed) {
         return Err(Refusal::new(Reason::RelayShutdown, "relay is draining"));
     }
-    let timeout = Duration::from_millis(state.cfg.limits.handshake_timeout_ms);
-    let frame = match tokio::time::timeout(timeout, io.read_frame()).await {
-        Ok(Ok(f)) => f,
-        Ok(Err(FrameIoError::Proto(p))) => return Err(Refusal::new(p.reason(), FrameIoError::Proto(p).to_string())),
-        Ok(Err(e)) => {
-            state.left_before_first_frame(listener, peer, &e.to_string());
-            return Ok(None);
-        }
-        Err(_) => {
-            state.handshake_failed(listener, peer, "preamble_timeout", "no first frame in time");
-            return Ok(None);
-        }
+    let first = state.first_frame(io, (listener, peer), ("preamble_timeout", "no first frame in time")).await;
+    let frame = match first {
+        Some(Ok(f)) => f,
+        Some(Err(p)) => return Err(Refusal::new(p.reason(), FrameIoError::from(p).to_string())),
+        None => return Ok(None),
     };
     match frame {
         // The grant and the session token must never cross a raw leg.

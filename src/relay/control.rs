@@ -53,19 +53,10 @@ async fn hello(state: &Arc<State>, accepted: super::Accepted, peer: SocketAddr) 
         return None;
     }
     tracing::Span::current().record("device", device.as_str());
-    let timeout = Duration::from_millis(state.cfg.limits.handshake_timeout_ms);
-    let hello = match tokio::time::timeout(timeout, io.read_frame()).await {
-        Ok(Ok(f)) => f,
-        Ok(Err(FrameIoError::Proto(e))) => {
+    let hello = match state.first_frame(&mut io, (LISTENER, peer), ("hello_timeout", "no hello in time")).await? {
+        Ok(f) => f,
+        Err(e) => {
             bad_frame(state, &mut io, peer, &device, e).await;
-            return None;
-        }
-        Ok(Err(e)) => {
-            state.left_before_first_frame(LISTENER, peer, &e.to_string());
-            return None;
-        }
-        Err(_) => {
-            state.handshake_failed(LISTENER, peer, "hello_timeout", "no hello in time");
             return None;
         }
     };
@@ -100,8 +91,8 @@ async fn hello(state: &Arc<State>, accepted: super::Accepted, peer: SocketAddr) 
 }
 
 async fn bad_frame(state: &State, io: &mut FrameIo<Leg>, peer: SocketAddr, device: &str, e: proto::ProtoError) {
-    let detail = format!("protocol error: {e}");
-    refuse(state, io, peer, device, e.label(), e.reason(), &detail).await
+    let (label, reason) = (e.label(), e.reason());
+    refuse(state, io, peer, device, label, reason, &FrameIoError::from(e).to_string()).await
 }
 
 /// Counts, audits and names the reason to the agent, which is then dropped.

@@ -3,7 +3,6 @@
 //! the client join waiting for it. TLS (mTLS) or raw TCP, see [`crate::leg`].
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::time::Duration;
 
 use serde_json::json;
 
@@ -44,9 +43,10 @@ pub async fn serve(state: Arc<State>, accepted: Accepted, peer: SocketAddr) {
         let _ = io.write_frame(&f).await;
         return;
     }
-    let timeout = Duration::from_millis(state.cfg.limits.handshake_timeout_ms);
-    let (session, conn, mac) = match tokio::time::timeout(timeout, io.read_frame()).await {
-        Ok(Ok(Frame::DataOpen { version, session, conn, mac })) => match proto::check_version(version) {
+    let first = state.first_frame(&mut io, (LISTENER, peer), ("preamble_timeout", "no data_open in time")).await;
+    let Some(first) = first else { return };
+    let (session, conn, mac) = match first {
+        Ok(Frame::DataOpen { version, session, conn, mac }) => match proto::check_version(version) {
             Ok(()) => (session, conn, mac),
             Err(e) => {
                 let f = refuse(Reason::VersionMismatch, e.to_string());
@@ -54,18 +54,16 @@ pub async fn serve(state: Arc<State>, accepted: Accepted, peer: SocketAddr) {
                 return;
             }
         },
-        Ok(Ok(other)) => {
+        Ok(other) => {
             let f = refuse(Reason::BadFrame, format!("expected data_open, got {}", other.kind()));
             let _ = io.write_frame(&f).await;
             return;
         }
-        Ok(Err(proto::FrameIoError::Proto(p))) => {
-            let f = refuse(p.reason(), proto::FrameIoError::Proto(p).to_string());
+        Err(p) => {
+            let f = refuse(p.reason(), proto::FrameIoError::from(p).to_string());
             let _ = io.write_frame(&f).await;
             return;
         }
-        Ok(Err(e)) => return state.left_before_first_frame(LISTENER, peer, &e.to_string()),
-        Err(_) => return state.handshake_failed(LISTENER, peer, "preamble_timeout", "no data_open in time"),
     };
     tracing::Span::current().record("session", session.to_string());
 

@@ -17,7 +17,7 @@ use crate::audit::AuditLog;
 use crate::leg::Leg;
 use crate::metrics;
 use crate::proto::twin::Fact;
-use crate::proto::{Frame, GrantVerifier, Outcome, Reason, SessionId};
+use crate::proto::{Frame, FrameIo, FrameIoError, GrantVerifier, Outcome, ProtoError, Reason, SessionId};
 use crate::twin::{PeerView, Replica, TwinHost};
 use crate::util::{ReplaySet, lock};
 
@@ -192,6 +192,32 @@ impl State {
     pub fn left_before_first_frame(&self, listener: &str, peer: SocketAddr, detail: &str) {
         tracing::debug!(listener, %peer, detail, "connection ended before its first frame");
         metrics::RELAY_HANDSHAKE_FAILURES.with_label_values(&[listener, "closed_early"]).inc();
+    }
+
+    /// The first frame on a leg or channel, read within the handshake
+    /// timeout. `None` when there is nothing to answer: the peer left first
+    /// (`closed_early`) or sent no frame in time (counted and audited as
+    /// `timeout`, with `detail`). A frame that does not decode is the
+    /// caller's to refuse by name.
+    pub async fn first_frame<S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin>(
+        &self,
+        io: &mut FrameIo<S>,
+        (listener, peer): (&str, SocketAddr),
+        (timeout, detail): (&str, &str),
+    ) -> Option<Result<Frame, ProtoError>> {
+        let wait = std::time::Duration::from_millis(self.cfg.limits.handshake_timeout_ms);
+        match tokio::time::timeout(wait, io.read_frame()).await {
+            Ok(Ok(f)) => Some(Ok(f)),
+            Ok(Err(FrameIoError::Proto(e))) => Some(Err(e)),
+            Ok(Err(e)) => {
+                self.left_before_first_frame(listener, peer, &e.to_string());
+                None
+            }
+            Err(_) => {
+                self.handshake_failed(listener, peer, timeout, detail);
+                None
+            }
+        }
     }
 
     /// A reloaded CRL revokes the certificate of `device`, connected through
