@@ -227,7 +227,7 @@ pub async fn open(
     let source = Box::new(HandedLegs { rx: legs_rx, via: via.clone() });
     let events = on_resume_event(state.clone(), id, conn, via);
     let (pipe, driver) =
-        resumable::start(leg, Side::Device, conn, key.clone(), source, resume_config(&state.cfg), Some(events));
+        resumable::start(leg.into(), Side::Device, conn, key.clone(), source, resume_config(&state.cfg), Some(events));
     let e2e = match tokio::time::timeout(SERVICE_TIMEOUT * 2, super::e2e::accept(&session, conn, pipe, &key)).await {
         Ok(Ok(s)) => s,
         outcome => {

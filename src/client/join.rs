@@ -4,7 +4,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
-use bytes::Bytes;
+use bytes::{Bytes, BytesMut};
 use tokio::io::AsyncWriteExt;
 use tokio::sync::{Notify, oneshot};
 use tokio_util::either::Either;
@@ -40,7 +40,9 @@ impl ClientSession {
         early: Option<&mut Early<'_>>,
     ) -> Result<(Tunnel, Phases), ClientError> {
         let started = Instant::now();
-        let (conn, leg) = self.send_join(relay, 0).await?;
+        // The join goes out with the stream's first bytes (the keyed header
+        // and what the application wrote, or the ClientHello), in one write.
+        let (conn, leg, join) = self.dial_join(relay, 0).await?;
         let (answer_tx, mut answer_rx) = oneshot::channel();
         let give_up = CancellationToken::new();
         let leg: Leg = Box::new(await_paired(leg, answer_tx, give_up.clone()));
@@ -70,8 +72,8 @@ impl ClientSession {
             }
             false => (None, None),
         };
-        let (pipe, mut driver) =
-            resumable::start((leg, Bytes::new()), Side::Client, conn, key.clone(), source, cfg, events);
+        let first = resumable::FirstLeg { leg, read: Bytes::new(), greeting: join };
+        let (pipe, mut driver) = resumable::start(first, Side::Client, conn, key.clone(), source, cfg, events);
         let lost = |detail: String| ClientError::Protocol { relay: relay.name.clone(), detail };
         if let Some(secret) = self.keyed.get() {
             // A later connection of the session: no handshake, keys derived
@@ -215,9 +217,10 @@ impl ClientSession {
         });
     }
 
-    /// Dials a leg through `relay` and writes the join: a new connection
-    /// (`resumes` = 0) or a replacement leg for connection `resumes`.
-    async fn send_join(&self, relay: &RelayEntry, resumes: u32) -> Result<(u32, Leg), ClientError> {
+    /// Dials a leg through `relay` and encodes the join for it: a new
+    /// connection (`resumes` = 0) or a replacement leg for connection
+    /// `resumes`. The caller writes it.
+    async fn dial_join(&self, relay: &RelayEntry, resumes: u32) -> Result<(u32, Leg, Bytes), ClientError> {
         if self.ended.is_cancelled() {
             return Err(ClientError::Ended(self.end_reason().unwrap_or(Reason::Unknown)));
         }
@@ -226,22 +229,24 @@ impl ClientSession {
             addr: relay.addr.clone(),
             source,
         })?;
-        let mut io = FrameIo::new(leg);
         let conn = self.next_conn.fetch_add(1, Ordering::Relaxed);
         let mac = crate::proto::leg_mac(&self.token, crate::proto::LegSide::Client { resumes }, &self.id, conn);
-        let join = Frame::ClientJoin { version: VERSION, session: self.id, conn, mac, resumes };
-        io.write_frame(&join)
-            .await
-            .map_err(|e| ClientError::Protocol { relay: relay.name.clone(), detail: e.to_string() })?;
-        Ok((conn, io.into_parts().0))
+        let mut join = BytesMut::new();
+        Frame::ClientJoin { version: VERSION, session: self.id, conn, mac, resumes }.encode(&mut join);
+        Ok((conn, leg, join.freeze()))
     }
 
-    /// [`Self::send_join`], then the relay's answer. Returns the connection
-    /// number it used, and the paired leg.
+    /// [`Self::dial_join`], the join written, then the relay's answer.
+    /// Returns the connection number it used, and the paired leg.
     pub(super) async fn join_leg(&self, relay: &RelayEntry, resumes: u32) -> Result<(u32, (Leg, Bytes)), ClientError> {
-        let (conn, leg) = self.send_join(relay, resumes).await?;
-        let mut io = FrameIo::new(leg);
+        let (conn, mut leg, join) = self.dial_join(relay, resumes).await?;
         let proto_err = |detail: String| ClientError::Protocol { relay: relay.name.clone(), detail };
+        let written = async {
+            leg.write_all(&join).await?;
+            leg.flush().await
+        };
+        written.await.map_err(|e| proto_err(e.to_string()))?;
+        let mut io = FrameIo::new(leg);
         match tokio::time::timeout(PAIRING_WAIT, io.read_frame()).await {
             Ok(Ok(Frame::Paired { .. })) => Ok((conn, io.into_parts())),
             Ok(Ok(Frame::Error { reason, message })) => Err(ClientError::Refused { reason, message }),

@@ -303,7 +303,7 @@ pub async fn joined(
     let (leg, prefix) = io.into_parts();
     let leg: tether::leg::Leg = Box::new(Prefixed::new(prefix, leg));
     Ok(resumable::start(
-        (leg, bytes::Bytes::new()),
+        (leg, bytes::Bytes::new()).into(),
         resumable::Side::Client,
         conn,
         Default::default(),

@@ -86,7 +86,7 @@ async fn a_leg_lost_inside_the_end_to_end_handshake_resumes_and_a_forged_unkeyed
 
     let (ckey, akey) = (ResumeKey::default(), ResumeKey::default());
     let (cpipe, _cdriver) = resumable::start(
-        (Box::new(c1), Bytes::new()),
+        (Box::new(c1) as tether::leg::Leg, Bytes::new()).into(),
         Side::Client,
         1,
         ckey.clone(),
@@ -95,7 +95,7 @@ async fn a_leg_lost_inside_the_end_to_end_handshake_resumes_and_a_forged_unkeyed
         Some(on_client_event),
     );
     let (apipe, _adriver) = resumable::start(
-        (Box::new(a1), Bytes::new()),
+        (Box::new(a1) as tether::leg::Leg, Bytes::new()).into(),
         Side::Device,
         1,
         akey.clone(),

@@ -126,11 +126,29 @@ impl Shared {
     }
 }
 
-/// Starts a resumable stream over `first` (with bytes already read past its
-/// preamble) and returns the application's end of it, plus a handle that
-/// reports statistics when the stream is over.
+/// A stream's first leg.
+pub struct FirstLeg {
+    pub leg: Leg,
+    /// Bytes already read from it past its preamble: the stream's.
+    pub read: Bytes,
+    /// Our side's last frame before the stream (the client's join), not yet
+    /// written: it goes with the stream's first bytes in one write, one
+    /// packet on a QUIC leg and one TLS record on a TCP one, instead of a
+    /// packet of its own that every hop then forwards, acknowledges and
+    /// wakes for.
+    pub greeting: Bytes,
+}
+
+impl From<(Leg, Bytes)> for FirstLeg {
+    fn from((leg, read): (Leg, Bytes)) -> FirstLeg {
+        FirstLeg { leg, read, greeting: Bytes::new() }
+    }
+}
+
+/// Starts a resumable stream over `first` and returns the application's end
+/// of it, plus a handle that reports statistics when the stream is over.
 pub fn start(
-    first: (Leg, Bytes),
+    first: FirstLeg,
     side: Side,
     conn: u32,
     key: ResumeKey,
@@ -149,9 +167,13 @@ pub fn start(
     let task = tokio::spawn(async move {
         let legs = manage_legs(&shared, first, side, conn, &key, source, cfg, on_event);
         tokio::select! {
-            r = legs => r?,
+            // What the application wrote is in the book before the leg's
+            // writer looks: a new connection's first bytes leave with the
+            // greeting, and an application's last bytes with its FIN.
+            biased;
             r = read_app(&shared, &ours) => r?,
             r = deliver(&shared, &ours) => r?,
+            r = legs => r?,
         }
         Ok(shared.book().stats())
     });
@@ -214,7 +236,7 @@ enum LegEnd {
 #[allow(clippy::too_many_arguments)]
 async fn manage_legs(
     sh: &Shared,
-    first: (Leg, Bytes),
+    first: FirstLeg,
     side: Side,
     conn: u32,
     key: &ResumeKey,
@@ -227,7 +249,8 @@ async fn manage_legs(
             f(e)
         }
     };
-    let mut leg = first;
+    let FirstLeg { leg: first, read, mut greeting } = first;
+    let mut leg = (first, read);
     let mut resuming = false;
     let mut last_heard = Instant::now();
     // One receive and one send buffer for the stream's life, not per leg.
@@ -264,9 +287,12 @@ async fn manage_legs(
                 sh.to_send.notify_one();
                 sh.room.notify_one();
                 tokio::select! {
-                    r = read_leg(sh, &mut lr, &mut rbuf) => r,
-                    r = write_leg(sh, &mut lw, quic, &mut out, cfg) => r,
+                    // The watch first: on a new leg it may add a KEYED for
+                    // the writer to send with the first bytes.
+                    biased;
                     r = watch(sh, key, cfg) => r,
+                    r = write_leg(sh, &mut lw, quic, (&mut out, &mut greeting), cfg) => r,
+                    r = read_leg(sh, &mut lr, &mut rbuf) => r,
                 }
             }
         };
@@ -279,6 +305,8 @@ async fn manage_legs(
                 // Said once a new leg is there: a session that ended closes
                 // its legs too, and nothing resumes then.
                 tracing::debug!(conn, %why, "leg broken");
+                // A greeting not written is the broken leg's: the next one has its own.
+                greeting = Bytes::new();
                 last_heard = last_heard.max(sh.book().last_heard());
                 leg = match tokio::time::timeout(cfg.resume_deadline, next_leg(&mut source)).await {
                     Ok(Ok(l)) => l,
@@ -445,3 +473,6 @@ pub fn set_key_from<D>(e2e: &rustls::ConnectionCommon<D>, key: &ResumeKey, conn:
 
 /// Label and context of the TLS exporter both ends use for the resume key.
 pub const EXPORT_LABEL: &[u8] = b"tether resume";
+
+#[cfg(test)]
+mod tests;

@@ -13,7 +13,7 @@ pub(super) async fn write_leg(
     sh: &Shared,
     lw: &mut WritePart<Prefixed<Leg>>,
     quic: Option<SendUnder>,
-    out: &mut BytesMut,
+    (out, greeting): (&mut BytesMut, &mut Bytes),
     cfg: ResumeConfig,
 ) -> LegEnd {
     let mut chunks = Vec::new();
@@ -33,6 +33,10 @@ pub(super) async fn write_leg(
         out.clear();
         chunks.clear();
         sh.book().fill_chunks(&mut chunks, 96 * 1024);
+        if !greeting.is_empty() {
+            // Now, with whatever the stream has (or alone).
+            chunks.insert(0, std::mem::take(greeting));
+        }
         if chunks.is_empty() {
             if let Err(e) = lw.flush().await {
                 return LegEnd::Broken(e.to_string());

@@ -1,0 +1,96 @@
+use std::pin::Pin;
+use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll};
+
+use bytes::{Bytes, BytesMut};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, DuplexStream, ReadBuf};
+
+use super::*;
+use crate::proto::stream::Decoder;
+
+/// A leg that keeps what each write carried.
+struct Recording {
+    inner: DuplexStream,
+    writes: Arc<Mutex<Vec<Vec<u8>>>>,
+}
+
+impl AsyncRead for Recording {
+    fn poll_read(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.inner).poll_read(cx, buf)
+    }
+}
+
+impl AsyncWrite for Recording {
+    fn poll_write(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<std::io::Result<usize>> {
+        let me = &mut *self;
+        let n = std::task::ready!(Pin::new(&mut me.inner).poll_write(cx, buf))?;
+        me.writes.lock().unwrap().push(buf[..n].to_vec());
+        Poll::Ready(Ok(n))
+    }
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.inner).poll_flush(cx)
+    }
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.inner).poll_shutdown(cx)
+    }
+}
+
+struct NoLegs;
+
+impl LegSource for NoLegs {
+    fn next_leg(&mut self) -> LegFuture<'_> {
+        Box::pin(async { Err(std::io::Error::new(std::io::ErrorKind::NotFound, "none")) })
+    }
+}
+
+/// The client's join and the first bytes its application wrote (a keyed
+/// header, a ClientHello) leave in one write: one packet, one TLS record.
+#[tokio::test]
+async fn the_greeting_leaves_with_the_first_bytes_in_one_write() {
+    let (near, mut far) = tokio::io::duplex(64 * 1024);
+    let writes = Arc::new(Mutex::new(Vec::new()));
+    let leg: Leg = Box::new(Recording { inner: near, writes: writes.clone() });
+    let greeting = Bytes::from_static(b"JOIN FRAME");
+    let first = FirstLeg { leg, read: Bytes::new(), greeting: greeting.clone() };
+    let (mut app, _driver) =
+        start(first, Side::Client, 1, ResumeKey::default(), Box::new(NoLegs), ResumeConfig::default(), None);
+    // Written before the driver first runs, as the client writes its first flight.
+    app.write_all(b"first flight").await.unwrap();
+    app.flush().await.unwrap();
+
+    let mut got = BytesMut::new();
+    let mut frames = Decoder::default();
+    let data = loop {
+        assert!(far.read_buf(&mut got).await.unwrap() > 0, "the leg closed");
+        if got.len() > greeting.len()
+            && let Some(f) = frames.next(&mut got.clone().split_off(greeting.len())).unwrap()
+        {
+            break f;
+        }
+    };
+    assert_eq!(&got[..greeting.len()], &greeting[..], "the greeting is not the leg's first bytes");
+    assert!(
+        matches!(&data, StreamFrame::Data { seq: 0, data } if &data[..] == b"first flight"),
+        "the first frame behind the greeting is {data:?}"
+    );
+    let first_write = writes.lock().unwrap()[0].clone();
+    assert!(first_write.starts_with(&greeting), "the first write is not the greeting");
+    assert!(
+        first_write.len() > greeting.len() + b"first flight".len(),
+        "the greeting left alone: writes {:?}",
+        writes.lock().unwrap().iter().map(Vec::len).collect::<Vec<_>>()
+    );
+}
+
+/// With nothing to go with it, the greeting still leaves at once (the relay
+/// waits for a join before it answers anything).
+#[tokio::test]
+async fn a_greeting_with_nothing_behind_it_is_written_at_once() {
+    let (near, mut far) = tokio::io::duplex(64 * 1024);
+    let first = FirstLeg { leg: Box::new(near), read: Bytes::new(), greeting: Bytes::from_static(b"JOIN") };
+    let (_app, _driver) =
+        start(first, Side::Client, 1, ResumeKey::default(), Box::new(NoLegs), ResumeConfig::default(), None);
+    let mut got = [0u8; 4];
+    tokio::time::timeout(std::time::Duration::from_secs(5), far.read_exact(&mut got)).await.unwrap().unwrap();
+    assert_eq!(&got, b"JOIN");
+}
