@@ -43,6 +43,8 @@ impl ClientSession {
         // The join goes out with the stream's first bytes (the keyed header
         // and what the application wrote, or the ClientHello), in one write.
         let (conn, leg, join) = self.dial_join(relay, 0).await?;
+        let mut greeting = BytesMut::new();
+        join.encode(&mut greeting);
         let (answer_tx, mut answer_rx) = oneshot::channel();
         let give_up = CancellationToken::new();
         let leg: Leg = Box::new(await_paired(leg, answer_tx, give_up.clone()));
@@ -72,7 +74,7 @@ impl ClientSession {
             }
             false => (None, None),
         };
-        let first = resumable::FirstLeg { leg, read: Bytes::new(), greeting: join };
+        let first = resumable::FirstLeg { leg, read: Bytes::new(), greeting: greeting.freeze() };
         let (pipe, mut driver) = resumable::start(first, Side::Client, conn, key.clone(), source, cfg, events);
         let lost = |detail: String| ClientError::Protocol { relay: relay.name.clone(), detail };
         if let Some(secret) = self.keyed.get() {
@@ -217,10 +219,10 @@ impl ClientSession {
         });
     }
 
-    /// Dials a leg through `relay` and encodes the join for it: a new
+    /// Dials a leg through `relay` and makes the join for it: a new
     /// connection (`resumes` = 0) or a replacement leg for connection
     /// `resumes`. The caller writes it.
-    async fn dial_join(&self, relay: &RelayEntry, resumes: u32) -> Result<(u32, Leg, Bytes), ClientError> {
+    async fn dial_join(&self, relay: &RelayEntry, resumes: u32) -> Result<(u32, Leg, Frame), ClientError> {
         if self.ended.is_cancelled() {
             return Err(ClientError::Ended(self.end_reason().unwrap_or(Reason::Unknown)));
         }
@@ -231,22 +233,16 @@ impl ClientSession {
         })?;
         let conn = self.next_conn.fetch_add(1, Ordering::Relaxed);
         let mac = crate::proto::leg_mac(&self.token, crate::proto::LegSide::Client { resumes }, &self.id, conn);
-        let mut join = BytesMut::new();
-        Frame::ClientJoin { version: VERSION, session: self.id, conn, mac, resumes }.encode(&mut join);
-        Ok((conn, leg, join.freeze()))
+        Ok((conn, leg, Frame::ClientJoin { version: VERSION, session: self.id, conn, mac, resumes }))
     }
 
     /// [`Self::dial_join`], the join written, then the relay's answer.
     /// Returns the connection number it used, and the paired leg.
     pub(super) async fn join_leg(&self, relay: &RelayEntry, resumes: u32) -> Result<(u32, (Leg, Bytes)), ClientError> {
-        let (conn, mut leg, join) = self.dial_join(relay, resumes).await?;
+        let (conn, leg, join) = self.dial_join(relay, resumes).await?;
         let proto_err = |detail: String| ClientError::Protocol { relay: relay.name.clone(), detail };
-        let written = async {
-            leg.write_all(&join).await?;
-            leg.flush().await
-        };
-        written.await.map_err(|e| proto_err(e.to_string()))?;
         let mut io = FrameIo::new(leg);
+        io.write_frame(&join).await.map_err(|e| proto_err(e.to_string()))?;
         match tokio::time::timeout(PAIRING_WAIT, io.read_frame()).await {
             Ok(Ok(Frame::Paired { .. })) => Ok((conn, io.into_parts())),
             Ok(Ok(Frame::Error { reason, message })) => Err(ClientError::Refused { reason, message }),

@@ -291,7 +291,7 @@ async fn manage_legs(
                     // the writer to send with the first bytes.
                     biased;
                     r = watch(sh, key, cfg) => r,
-                    r = write_leg(sh, &mut lw, quic, (&mut out, &mut greeting), cfg) => r,
+                    r = write_leg(sh, &mut lw, quic, &mut out, &mut greeting, cfg) => r,
                     r = read_leg(sh, &mut lr, &mut rbuf) => r,
                 }
             }

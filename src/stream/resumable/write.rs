@@ -13,7 +13,8 @@ pub(super) async fn write_leg(
     sh: &Shared,
     lw: &mut WritePart<Prefixed<Leg>>,
     quic: Option<SendUnder>,
-    (out, greeting): (&mut BytesMut, &mut Bytes),
+    out: &mut BytesMut,
+    greeting: &mut Bytes,
     cfg: ResumeConfig,
 ) -> LegEnd {
     let mut chunks = Vec::new();
