@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use serde_json::json;
 use tokio::net::TcpStream;
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, oneshot};
 
 use super::Shared;
 use super::config::{RelayEndpoint, target_allowed};
@@ -18,9 +18,15 @@ use crate::leg::Leg;
 use crate::metrics;
 use crate::proto::{Frame, FrameIo, LegSide, Reason, SessionId, VERSION, leg_mac};
 use crate::splice::{Meter, splice};
-use crate::stream::resumable::{self, LegSource, ResumeConfig, ResumeKey, Side};
+use crate::stream::resumable::{self, FirstLeg, LegSource, ResumeConfig, ResumeKey, Side};
 
 const SERVICE_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Longest our `Paired` on a relay's stream waits for our first end-to-end
+/// bytes (the client's first flight is right behind the relay's `Open`, so
+/// they are normally there within a millisecond; a full handshake under load
+/// may take longer, and is then answered in two packets as before).
+const HOLD_PAIRED: Duration = Duration::from_millis(50);
 
 fn resume_config(cfg: &super::AgentConfig) -> ResumeConfig {
     ResumeConfig {
@@ -88,6 +94,26 @@ impl LegOrigin {
                 Ok(leg.into_parts())
             }
         }
+    }
+
+    /// [`Self::into_leg`] for a connection's first leg. On a relay's stream
+    /// our `Paired` goes with our first end-to-end bytes, or the refusal
+    /// sent on the returned sender instead of it (see [`resumable::Hold`]).
+    async fn into_first_leg(
+        self,
+        state: &Shared,
+        relay: &RelayEndpoint,
+        id: SessionId,
+        conn: u32,
+    ) -> std::io::Result<(FirstLeg, Option<oneshot::Sender<Bytes>>)> {
+        let LegOrigin::Opened { leg, .. } = self else {
+            return Ok((self.into_leg(state, relay, id, conn).await?.into(), None));
+        };
+        let (leg, read) = leg.into_parts();
+        let greeting = Frame::Paired { session: id, conn }.encoded();
+        let (refuse, instead) = oneshot::channel();
+        let hold = Some(resumable::Hold { at_most: HOLD_PAIRED, instead });
+        Ok((FirstLeg { leg, read, greeting, hold }, Some(refuse)))
     }
 }
 
@@ -204,7 +230,7 @@ pub async fn open(
         _ => return origin.refuse(&tx, fail(Reason::TargetNotAllowed, format!("service {}", session.service))).await,
     };
     let started = Instant::now();
-    let leg = match origin.into_leg(&state, &relay, id, conn).await {
+    let (leg, refuse) = match origin.into_first_leg(&state, &relay, id, conn).await {
         Ok(l) => l,
         Err(e) => {
             // Tell the relay now rather than let the client wait for the pairing timeout.
@@ -226,10 +252,14 @@ pub async fn open(
     let via = Arc::new(Mutex::new(relay.name.clone()));
     let source = Box::new(HandedLegs { rx: legs_rx, via: via.clone() });
     let events = on_resume_event(state.clone(), id, conn, via);
-    let (pipe, driver) =
-        resumable::start(leg.into(), Side::Device, conn, key.clone(), source, resume_config(&state.cfg), Some(events));
+    let (pipe, mut driver) =
+        resumable::start(leg, Side::Device, conn, key.clone(), source, resume_config(&state.cfg), Some(events));
     let e2e = match tokio::time::timeout(SERVICE_TIMEOUT * 2, super::e2e::accept(&session, conn, pipe, &key)).await {
-        Ok(Ok(s)) => s,
+        Ok(Ok(s)) => {
+            // Our `Paired` went with our first bytes (or goes now, alone).
+            drop(refuse);
+            s
+        }
         outcome => {
             let detail = match outcome {
                 Ok(Err(e)) => e,
@@ -244,6 +274,14 @@ pub async fn open(
                 json!({"session": id.to_string(), "relay": relay.name, "conn": conn, "detail": detail}),
             );
             session.over(conn);
+            // Before our first bytes (a keyed header that fails): the relay
+            // hears why instead of our `Paired`, and refuses the client so.
+            let failed = Frame::OpenFailed { session: id, conn, reason: Reason::EndToEndFailed };
+            if let Some(refuse) = refuse
+                && refuse.send(failed.encoded()).is_ok()
+            {
+                let _ = tokio::time::timeout(Duration::from_secs(1), &mut driver).await;
+            }
             driver.abort();
             return;
         }

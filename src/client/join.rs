@@ -4,7 +4,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
-use bytes::{Bytes, BytesMut};
+use bytes::Bytes;
 use tokio::io::AsyncWriteExt;
 use tokio::sync::{Notify, oneshot};
 use tokio_util::either::Either;
@@ -43,8 +43,7 @@ impl ClientSession {
         // The join goes out with the stream's first bytes (the keyed header
         // and what the application wrote, or the ClientHello), in one write.
         let (conn, leg, join) = self.dial_join(relay, 0).await?;
-        let mut greeting = BytesMut::new();
-        join.encode(&mut greeting);
+        let greeting = join.encoded();
         let (answer_tx, mut answer_rx) = oneshot::channel();
         let give_up = CancellationToken::new();
         let leg: Leg = Box::new(await_paired(leg, answer_tx, give_up.clone()));
@@ -74,7 +73,7 @@ impl ClientSession {
             }
             false => (None, None),
         };
-        let first = resumable::FirstLeg { leg, read: Bytes::new(), greeting: greeting.freeze() };
+        let first = resumable::FirstLeg { leg, read: Bytes::new(), greeting, hold: None };
         let (pipe, mut driver) = resumable::start(first, Side::Client, conn, key.clone(), source, cfg, events);
         let lost = |detail: String| ClientError::Protocol { relay: relay.name.clone(), detail };
         if let Some(secret) = self.keyed.get() {

@@ -1,5 +1,5 @@
 //! The frame enum: control channel, client legs and data-leg preambles.
-use bytes::{BufMut, BytesMut};
+use bytes::{BufMut, Bytes, BytesMut};
 
 use super::repo::RepoFrame;
 use super::twin::Fact;
@@ -178,6 +178,13 @@ fn put_sid(b: &mut BytesMut, s: &SessionId) {
 }
 
 impl Frame {
+    /// The framed encoding on its own (a frame written with other bytes).
+    pub fn encoded(&self) -> Bytes {
+        let mut buf = BytesMut::new();
+        self.encode(&mut buf);
+        buf.freeze()
+    }
+
     /// Appends the framed encoding (length prefix included) to `buf`.
     pub fn encode(&self, buf: &mut BytesMut) {
         let start = buf.len();

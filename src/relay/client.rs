@@ -9,7 +9,7 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
-use bytes::Bytes;
+use bytes::{Bytes, BytesMut};
 use serde_json::json;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::sync::oneshot;
@@ -402,12 +402,25 @@ async fn join(
     let mut leg = FrameIo::new(leg);
     let paired = Frame::Paired { session: id, conn };
     // On a stream we opened, the agent said `Paired` itself.
-    if (!told && leg.write_frame(&paired).await.is_err()) || io.write_frame(&paired).await.is_err() {
+    if !told && leg.write_frame(&paired).await.is_err() {
         return Ok(None);
     }
+    // Ours goes with what the device sent behind its own (its first
+    // end-to-end bytes, see `agent/tunnel.rs`): one write, one packet.
+    let mut answer = BytesMut::with_capacity(64 + prefix.len());
+    paired.encode(&mut answer);
+    let at = answer.len();
+    answer.extend_from_slice(&prefix);
+    let counter = metrics::RELAY_BYTES.with_label_values(&["to_client"]);
+    let meter = super::tunnel::to_client_meter(state, &session, &counter);
+    meter.tap(&mut answer[at..]);
+    if io.get_mut().write_all(&answer).await.is_err() || io.get_mut().flush().await.is_err() {
+        return Ok(None);
+    }
+    meter.add(prefix.len());
     metrics::RELAY_PAIRING_SECONDS.observe(joined_at.elapsed().as_secs_f64());
     let (leg, _) = leg.into_parts();
-    Ok(Some(Paired { session, conn, leg, prefix }))
+    Ok(Some(Paired { session, conn, leg, prefix: Bytes::new() }))
 }
 
 /// Asks the device (directly, or through the twin it is attached to) for a

@@ -112,6 +112,7 @@ impl<L, D> Pairing<L, D> {
 pub fn open_failed(reason: Reason) -> (Reason, &'static str) {
     match reason {
         Reason::ResumeRefused => (reason, "the connection is over at the device: it cannot be resumed"),
+        Reason::EndToEndFailed => (reason, "the device refused the connection's end-to-end opening"),
         _ => (reason, "the device did not open the connection"),
     }
 }

@@ -29,7 +29,7 @@ pub(super) async fn tunnel(
     let to_device = metrics::RELAY_BYTES.with_label_values(&["to_device"]);
     let to_client = metrics::RELAY_BYTES.with_label_values(&["to_client"]);
     let up = state.to_device_meter(&session, &to_device);
-    let down = Meter::with_metric(&session.to_client, &to_client).tapped(state.taps.to_client.as_ref());
+    let down = to_client_meter(state, &session, &to_client);
     let mut how = "copy";
     let moved = async {
         match (quic_under(&mut client), quic_under(&mut device)) {
@@ -49,6 +49,16 @@ pub(super) async fn tunnel(
     };
     metrics::RELAY_TUNNELS_ACTIVE.dec();
     tracing::debug!(conn, how, ?result, "tunnel closed");
+}
+
+/// How a session's bytes to the client are counted (and, in tests, tapped):
+/// the splice's, and the device's first bytes that go with our `Paired`.
+pub(super) fn to_client_meter<'a>(
+    state: &'a State,
+    session: &'a Session,
+    metric: &'a prometheus::IntCounter,
+) -> Meter<'a> {
+    Meter::with_metric(&session.to_client, metric).tapped(state.taps.to_client.as_ref())
 }
 
 /// The QUIC stream under a leg, as the relay builds its QUIC legs: a

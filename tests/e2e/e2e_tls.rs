@@ -379,8 +379,13 @@ pub struct SinkSession {
 }
 
 pub async fn sink_session(svc: &CountingService, owner: &e2e::ClientKey) -> SinkSession {
-    let fleet =
-        Fleet::start(Opts { extra_services: vec![("sink".into(), svc.addr.to_string())], ..Opts::default() }).await;
+    sink_session_over(svc, owner, "tcp").await
+}
+
+/// [`sink_session`] with the agent on `transport`.
+pub async fn sink_session_over(svc: &CountingService, owner: &e2e::ClientKey, transport: &'static str) -> SinkSession {
+    let opts = Opts { extra_services: vec![("sink".into(), svc.addr.to_string())], transport, ..Opts::default() };
+    let fleet = Fleet::start(opts).await;
     let grant = fleet.grant(|g| {
         g.client_key = owner.public_key().to_vec().into();
         g.services = vec!["sink".into()];

@@ -13,6 +13,8 @@
 //! [`super::resume::StreamState`]; this file is only the driver.
 mod write;
 
+pub use write::Hold;
+
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::{Arc, Mutex, OnceLock};
@@ -137,11 +139,14 @@ pub struct FirstLeg {
     /// packet of its own that every hop then forwards, acknowledges and
     /// wakes for.
     pub greeting: Bytes,
+    /// Whether the greeting waits for the stream's first bytes; without,
+    /// it goes at once, alone if the stream has nothing yet.
+    pub hold: Option<Hold>,
 }
 
 impl From<(Leg, Bytes)> for FirstLeg {
     fn from((leg, read): (Leg, Bytes)) -> FirstLeg {
-        FirstLeg { leg, read, greeting: Bytes::new() }
+        FirstLeg { leg, read, greeting: Bytes::new(), hold: None }
     }
 }
 
@@ -231,6 +236,8 @@ async fn deliver(sh: &Shared, app: &DriverEnd) -> Result<(), String> {
 enum LegEnd {
     Done,
     Broken(String),
+    /// A held greeting's stand-in was written: the stream never started.
+    Refused,
 }
 
 #[allow(clippy::too_many_arguments)]
@@ -249,7 +256,8 @@ async fn manage_legs(
             f(e)
         }
     };
-    let FirstLeg { leg: first, read, mut greeting } = first;
+    let FirstLeg { leg: first, read, greeting, hold } = first;
+    let mut greeting = write::Greeting::new(greeting, hold);
     let mut leg = (first, read);
     let mut resuming = false;
     let mut last_heard = Instant::now();
@@ -301,12 +309,16 @@ async fn manage_legs(
                 let _ = lw.shutdown().await;
                 return Ok(());
             }
+            LegEnd::Refused => {
+                let _ = lw.shutdown().await;
+                return Err("refused before the stream's first bytes".into());
+            }
             LegEnd::Broken(why) => {
                 // Said once a new leg is there: a session that ended closes
                 // its legs too, and nothing resumes then.
                 tracing::debug!(conn, %why, "leg broken");
                 // A greeting not written is the broken leg's: the next one has its own.
-                greeting = Bytes::new();
+                greeting = write::Greeting::default();
                 last_heard = last_heard.max(sh.book().last_heard());
                 leg = match tokio::time::timeout(cfg.resume_deadline, next_leg(&mut source)).await {
                     Ok(Ok(l)) => l,

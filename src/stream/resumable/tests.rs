@@ -4,6 +4,7 @@ use std::task::{Context, Poll};
 
 use bytes::{Bytes, BytesMut};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, DuplexStream, ReadBuf};
+use tokio::sync::oneshot;
 
 use super::*;
 use crate::proto::stream::Decoder;
@@ -51,7 +52,7 @@ async fn the_greeting_leaves_with_the_first_bytes_in_one_write() {
     let writes = Arc::new(Mutex::new(Vec::new()));
     let leg: Leg = Box::new(Recording { inner: near, writes: writes.clone() });
     let greeting = Bytes::from_static(b"JOIN FRAME");
-    let first = FirstLeg { leg, read: Bytes::new(), greeting: greeting.clone() };
+    let first = FirstLeg { leg, read: Bytes::new(), greeting: greeting.clone(), hold: None };
     let (mut app, _driver) =
         start(first, Side::Client, 1, ResumeKey::default(), Box::new(NoLegs), ResumeConfig::default(), None);
     // Written before the driver first runs, as the client writes its first flight.
@@ -78,10 +79,77 @@ async fn the_greeting_leaves_with_the_first_bytes_in_one_write() {
 #[tokio::test]
 async fn a_greeting_with_nothing_behind_it_is_written_at_once() {
     let (near, mut far) = tokio::io::duplex(64 * 1024);
-    let first = FirstLeg { leg: Box::new(near), read: Bytes::new(), greeting: Bytes::from_static(b"JOIN") };
+    let first = FirstLeg { leg: Box::new(near), read: Bytes::new(), greeting: Bytes::from_static(b"JOIN"), hold: None };
     let (_app, _driver) =
         start(first, Side::Client, 1, ResumeKey::default(), Box::new(NoLegs), ResumeConfig::default(), None);
     let mut got = [0u8; 4];
     tokio::time::timeout(std::time::Duration::from_secs(5), far.read_exact(&mut got)).await.unwrap().unwrap();
     assert_eq!(&got, b"JOIN");
+}
+
+/// A device's stream whose greeting is held, and its far end.
+struct Held {
+    far: DuplexStream,
+    writes: Arc<Mutex<Vec<Vec<u8>>>>,
+    app: AppEnd,
+    refuse: oneshot::Sender<Bytes>,
+    driver: tokio::task::JoinHandle<Result<Stats, String>>,
+}
+
+fn held(at_most: Duration) -> Held {
+    let (near, far) = tokio::io::duplex(64 * 1024);
+    let writes = Arc::new(Mutex::new(Vec::new()));
+    let leg: Leg = Box::new(Recording { inner: near, writes: writes.clone() });
+    let (refuse, instead) = oneshot::channel();
+    let hold = Some(Hold { at_most, instead });
+    let first = FirstLeg { leg, read: Bytes::new(), greeting: Bytes::from_static(b"PAIRED"), hold };
+    let (app, driver) =
+        start(first, Side::Device, 1, ResumeKey::default(), Box::new(NoLegs), ResumeConfig::default(), None);
+    Held { far, writes, app, refuse, driver }
+}
+
+/// The agent's `Paired` waits for its first end-to-end bytes and leaves
+/// with them, in one write.
+#[tokio::test]
+async fn a_held_greeting_waits_for_the_first_bytes_and_leaves_with_them() {
+    let Held { mut far, writes, mut app, refuse: _refuse, .. } = held(Duration::from_secs(30));
+    let mut got = [0u8; 6];
+    let early = tokio::time::timeout(Duration::from_millis(200), far.read_exact(&mut got)).await;
+    assert!(early.is_err(), "a held greeting left before any bytes: {got:?}");
+    app.write_all(b"salt").await.unwrap();
+    app.flush().await.unwrap();
+    tokio::time::timeout(Duration::from_secs(5), far.read_exact(&mut got)).await.unwrap().unwrap();
+    assert_eq!(&got, b"PAIRED");
+    let writes = writes.lock().unwrap().clone();
+    let behind = writes[0].strip_prefix(b"PAIRED".as_slice()).expect("the first write is not the greeting");
+    let frame = Decoder::default().next(&mut BytesMut::from(behind)).unwrap();
+    assert!(matches!(&frame, Some(StreamFrame::Data { seq: 0, data }) if &data[..] == b"salt"), "{frame:?}");
+}
+
+/// A stream that fails before its first bytes (its end dropped, a FIN to
+/// send) writes what came instead of the greeting, alone, and closes the leg.
+#[tokio::test]
+async fn what_comes_instead_of_a_held_greeting_goes_alone_and_closes_the_leg() {
+    let Held { mut far, app, refuse, driver, .. } = held(Duration::from_secs(30));
+    drop(app);
+    refuse.send(Bytes::from_static(b"REFUSED")).unwrap();
+    let mut got = Vec::new();
+    tokio::time::timeout(Duration::from_secs(5), far.read_to_end(&mut got)).await.unwrap().unwrap();
+    assert_eq!(got, b"REFUSED", "anything but the refusal went on the leg");
+    let ended = tokio::time::timeout(Duration::from_secs(5), driver).await.unwrap().unwrap();
+    assert!(ended.is_err(), "the driver reported a refused stream as {ended:?}");
+}
+
+/// A held greeting goes alone when its time is up, or when its sender is
+/// dropped (the end-to-end check passed without bytes of its own).
+#[tokio::test]
+async fn a_held_greeting_goes_alone_when_its_time_is_up_or_its_sender_is_dropped() {
+    let Held { mut far, app: _app, refuse: _refuse, .. } = held(Duration::from_millis(50));
+    let mut got = [0u8; 6];
+    tokio::time::timeout(Duration::from_secs(5), far.read_exact(&mut got)).await.unwrap().unwrap();
+    assert_eq!(&got, b"PAIRED");
+    let Held { mut far, app: _app, refuse, .. } = held(Duration::from_secs(30));
+    drop(refuse);
+    tokio::time::timeout(Duration::from_secs(5), far.read_exact(&mut got)).await.unwrap().unwrap();
+    assert_eq!(&got, b"PAIRED");
 }

@@ -1,7 +1,11 @@
 //! The writing side of a leg: what the stream's book says to send next,
 //! as chunks to a QUIC leg's stream (no copy) or as bytes to any other leg.
+use std::time::Duration;
+
 use bytes::{Bytes, BytesMut};
 use tokio::io::AsyncWriteExt;
+use tokio::sync::oneshot;
+use tokio::time::Instant;
 
 use super::{LegEnd, ResumeConfig, Shared};
 use crate::leg::{Leg, SendUnder};
@@ -9,12 +13,76 @@ use crate::proto::stream::StreamFrame;
 use crate::stream::Prefixed;
 use crate::util::split::WritePart;
 
+/// A greeting held back until the stream has bytes of its own to send (the
+/// agent's `Paired` goes with its first end-to-end bytes, which it writes as
+/// soon as the client's first flight is read: one packet from the device,
+/// and one from the relay to the client, instead of two each).
+pub struct Hold {
+    /// Longest it waits: then it goes alone (a client that waits for it
+    /// before it writes, or an end-to-end check that takes its time).
+    pub at_most: Duration,
+    /// What goes instead of it if this comes first: the refusal of a stream
+    /// that fails before its first bytes (the leg is closed behind it). A
+    /// dropped sender lets the greeting go.
+    pub instead: oneshot::Receiver<Bytes>,
+}
+
+/// The first leg's greeting, not yet written, and how it is held.
+#[derive(Default)]
+pub(super) struct Greeting {
+    bytes: Bytes,
+    /// Until when it is held, and where what goes instead of it may come from.
+    hold: Option<(Instant, oneshot::Receiver<Bytes>)>,
+    /// What goes instead of it, once that came.
+    instead: Option<Bytes>,
+}
+
+impl Greeting {
+    pub(super) fn new(bytes: Bytes, hold: Option<Hold>) -> Greeting {
+        let hold = hold.map(|h| (Instant::now() + h.at_most, h.instead));
+        Greeting { bytes, hold, instead: None }
+    }
+
+    /// What goes instead of a held greeting, if it came (and lets the
+    /// greeting go once its time is up or its sender is dropped). Looked at
+    /// before the stream's own frames: an end-to-end check that fails drops
+    /// the stream's end (a FIN to send) just before it sends its refusal.
+    fn refusal(&mut self) -> Option<Bytes> {
+        if let Some(instead) = self.instead.take() {
+            return Some(instead);
+        }
+        let (until, instead) = self.hold.as_mut()?;
+        match instead.try_recv() {
+            Ok(refusal) => return Some(refusal),
+            Err(oneshot::error::TryRecvError::Empty) if Instant::now() < *until => return None,
+            Err(_) => self.hold = None,
+        }
+        None
+    }
+
+    /// Resolves when a held greeting's time is up, or something came on
+    /// (or closed) its receiver; never if it is not held.
+    async fn released(&mut self) {
+        let Some((until, instead)) = &mut self.hold else { return std::future::pending().await };
+        let until = *until;
+        let came = tokio::select! {
+            _ = tokio::time::sleep_until(until) => None,
+            r = instead => Some(r),
+        };
+        match came {
+            None => {}
+            Some(Ok(refusal)) => self.instead = Some(refusal),
+            Some(Err(_)) => self.hold = None,
+        }
+    }
+}
+
 pub(super) async fn write_leg(
     sh: &Shared,
     lw: &mut WritePart<Prefixed<Leg>>,
     quic: Option<SendUnder>,
     out: &mut BytesMut,
-    greeting: &mut Bytes,
+    greeting: &mut Greeting,
     cfg: ResumeConfig,
 ) -> LegEnd {
     let mut chunks = Vec::new();
@@ -31,12 +99,17 @@ pub(super) async fn write_leg(
             let _ = lw.flush().await;
             return LegEnd::Done;
         }
+        if let Some(refusal) = greeting.refusal() {
+            let _ = lw.write_all(&refusal).await;
+            return LegEnd::Refused;
+        }
         out.clear();
         chunks.clear();
         sh.book().fill_chunks(&mut chunks, 96 * 1024);
-        if !greeting.is_empty() {
-            // Now, with whatever the stream has (or alone).
-            chunks.insert(0, std::mem::take(greeting));
+        if !greeting.bytes.is_empty() && (greeting.hold.is_none() || !chunks.is_empty()) {
+            // Now, with whatever the stream has (or alone, unless held).
+            chunks.insert(0, std::mem::take(&mut greeting.bytes));
+            greeting.hold = None;
         }
         if chunks.is_empty() {
             if let Err(e) = lw.flush().await {
@@ -44,7 +117,10 @@ pub(super) async fn write_leg(
             }
             tokio::select! {
                 _ = sh.to_send.notified() => {}
-                _ = ping.tick() => {
+                // The loop's top sees which.
+                _ = greeting.released() => {}
+                // Nothing goes before the greeting (the peer's relay reads it first).
+                _ = ping.tick(), if greeting.bytes.is_empty() => {
                     // Acknowledgements held back (see `ACK_EVERY`) go now.
                     sh.book().force_ack();
                     out.clear();

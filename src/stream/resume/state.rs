@@ -231,8 +231,12 @@ impl StreamState {
         let mut head = BytesMut::new();
         let mut total = 0;
         let ack = if self.fin_delivered { self.delivered + 1 } else { self.delivered };
+        // The peer's FIN is acknowledged with ours (an application answers
+        // a close with its own, mostly at once: one frame, one packet, one
+        // wake-up at every hop instead of two), or with our next DATA, or at
+        // the tick; at once if ours went before (nothing else will carry it).
         let due = self.ack_forced
-            || self.fin_delivered
+            || (self.fin_delivered && self.fin_out.is_some())
             || (self.keyed && !self.keyed_sent)
             || self.out.unsent()
             || self.fin_out.is_some_and(|_| !self.fin_sent)
@@ -349,6 +353,13 @@ mod tests {
         wakes
     }
 
+    /// What `s` would put on the leg now, as frames.
+    fn frames(s: &mut StreamState) -> Vec<StreamFrame> {
+        let mut wire = BytesMut::new();
+        s.fill(&mut wire, 1 << 20);
+        std::iter::from_fn(|| StreamFrame::decode(&mut wire).unwrap()).collect()
+    }
+
     fn drain(s: &mut StreamState) -> Vec<u8> {
         let mut got = Vec::new();
         while let Delivery::Chunk(c) = s.next_delivery() {
@@ -384,13 +395,7 @@ mod tests {
     fn a_small_delivery_is_acknowledged_with_the_next_frame_out_or_at_the_tick() {
         let now = Instant::now();
         let (mut a, mut b) = (StreamState::new(1 << 20, now), StreamState::new(1 << 20, now));
-        let acks = |s: &mut StreamState| {
-            let mut wire = BytesMut::new();
-            s.fill(&mut wire, 1 << 20);
-            std::iter::from_fn(|| StreamFrame::decode(&mut wire).unwrap())
-                .filter(|f| matches!(f, StreamFrame::Ack { .. }))
-                .count()
-        };
+        let acks = |s: &mut StreamState| frames(s).iter().filter(|f| matches!(f, StreamFrame::Ack { .. })).count();
         a.app_wrote(Bytes::from_static(b"request"));
         carry(&mut a, &mut b, now);
         drain(&mut b);
@@ -411,6 +416,36 @@ mod tests {
         carry(&mut a, &mut b, now);
         drain(&mut b);
         assert_eq!(acks(&mut b), 1);
+    }
+
+    #[test]
+    fn a_fin_is_acknowledged_with_our_own_fin_or_at_once_if_ours_went_first() {
+        let now = Instant::now();
+        let (mut a, mut b) = (StreamState::new(1 << 20, now), StreamState::new(1 << 20, now));
+        a.app_closed();
+        carry(&mut a, &mut b, now);
+        assert_eq!(b.next_delivery(), Delivery::Fin);
+        b.fin_delivered();
+        assert_eq!(frames(&mut b), vec![], "a's FIN waits for b's own");
+        b.app_closed();
+        let answer = frames(&mut b);
+        assert_eq!(answer, vec![StreamFrame::Ack { upto: 1 }, StreamFrame::Fin { at: 0 }], "one frame each way");
+        for f in answer {
+            a.on_frame(f, now).unwrap();
+        }
+        assert_eq!(a.next_delivery(), Delivery::Fin);
+        a.fin_delivered();
+        // a's FIN went first: nothing else will carry the ACK of b's.
+        assert_eq!(frames(&mut a), vec![StreamFrame::Ack { upto: 1 }]);
+        assert!(a.is_done());
+        // Held, it still goes at the tick (an application that keeps its side open).
+        let (mut c, mut d) = (StreamState::new(1 << 20, now), StreamState::new(1 << 20, now));
+        c.app_closed();
+        carry(&mut c, &mut d, now);
+        assert_eq!(d.next_delivery(), Delivery::Fin);
+        d.fin_delivered();
+        d.force_ack();
+        assert_eq!(frames(&mut d), vec![StreamFrame::Ack { upto: 1 }]);
     }
 
     #[test]
