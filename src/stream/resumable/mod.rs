@@ -176,7 +176,7 @@ pub fn start(
             // writer looks: a new connection's first bytes leave with the
             // greeting, and an application's last bytes with its FIN.
             biased;
-            r = read_app(&shared, &ours) => r?,
+            r = read_app(&shared, &ours, &key) => r?,
             r = deliver(&shared, &ours) => r?,
             r = legs => r?,
         }
@@ -186,7 +186,9 @@ pub fn start(
 }
 
 /// Application -> outbound buffer, as room allows. Never cancelled mid-way.
-async fn read_app(sh: &Shared, app: &DriverEnd) -> Result<(), String> {
+/// A resume key set by then is announced (KEYED) with these bytes, not
+/// at the watch's next look, up to 100 ms later in a packet of its own.
+async fn read_app(sh: &Shared, app: &DriverEnd, key: &ResumeKey) -> Result<(), String> {
     loop {
         let room = sh.book().room();
         if room == 0 {
@@ -198,6 +200,9 @@ async fn read_app(sh: &Shared, app: &DriverEnd) -> Result<(), String> {
         let closed = chunk.is_none();
         {
             let mut b = sh.book();
+            if key.get().is_some() {
+                b.set_keyed();
+            }
             match chunk {
                 Some(c) => b.app_wrote(c),
                 None => b.app_closed(),

@@ -153,3 +153,36 @@ async fn a_held_greeting_goes_alone_when_its_time_is_up_or_its_sender_is_dropped
     tokio::time::timeout(Duration::from_secs(5), far.read_exact(&mut got)).await.unwrap().unwrap();
     assert_eq!(&got, b"PAIRED");
 }
+
+/// A resume key set between two looks of the watch is announced (KEYED)
+/// with the next bytes the application writes, not in a write of its own
+/// up to 100 ms later.
+#[tokio::test]
+async fn a_key_set_before_a_write_is_announced_with_it() {
+    let (near, mut far) = tokio::io::duplex(64 * 1024);
+    let writes = Arc::new(Mutex::new(Vec::new()));
+    let leg: Leg = Box::new(Recording { inner: near, writes: writes.clone() });
+    let key = ResumeKey::default();
+    let (mut app, _driver) = start(
+        (leg, Bytes::new()).into(),
+        Side::Client,
+        1,
+        key.clone(),
+        Box::new(NoLegs),
+        ResumeConfig::default(),
+        None,
+    );
+    // The watch has looked for the key and sleeps.
+    tokio::time::sleep(Duration::from_millis(10)).await;
+    key.set([7; 32]).unwrap();
+    app.write_all(b"after the handshake").await.unwrap();
+    app.flush().await.unwrap();
+    let mut got = [0u8; 1];
+    tokio::time::timeout(Duration::from_secs(5), far.read_exact(&mut got)).await.unwrap().unwrap();
+    let first = writes.lock().unwrap()[0].clone();
+    let mut decoder = Decoder::default();
+    let mut wire = BytesMut::from(&first[..]);
+    let frames: Vec<_> = std::iter::from_fn(|| decoder.next(&mut wire).unwrap()).collect();
+    assert!(matches!(frames.first(), Some(StreamFrame::Keyed)), "the first write holds {frames:?}");
+    assert!(matches!(frames.get(1), Some(StreamFrame::Data { .. })), "the first write holds {frames:?}");
+}
