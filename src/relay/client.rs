@@ -229,6 +229,7 @@ async fn open(
     state.hub_started(id, transport);
     metrics::RELAY_SESSIONS_ACTIVE.inc();
     let index = state.publish(crate::proto::twin::Fact::SessionUp(session.fact()));
+    session.up_index.store(index, Ordering::Relaxed);
     // Tell the client only once the twin holds the session (it can take over
     // if this relay dies a moment later), or that it does not.
     let twin_holds = state.replica.replicated(index, TWIN_ACK_WAIT).await;

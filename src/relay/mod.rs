@@ -453,9 +453,29 @@ async fn drain(state: &State) {
         while state.replica.lag() > 0 && t0.elapsed() < Duration::from_secs(2) {
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
+        // A session the twin never acknowledged (its link was down when the
+        // session began) has nowhere to move: it ends here, by name, as on
+        // a relay without a twin, rather than leave its client to try the
+        // twin until its resume deadline.
+        let orphans: Vec<_> = state
+            .sessions
+            .iter()
+            .filter(|s| !state.replica.holds(s.up_index.load(std::sync::atomic::Ordering::Relaxed)))
+            .map(|s| s.id)
+            .collect();
+        for id in &orphans {
+            state.end_session(*id, crate::proto::Reason::RelayShutdown, true);
+        }
         let sessions = state.sessions.len();
-        tracing::info!(sessions, "draining: live sessions move to the twin");
-        state.audit.record("relay_draining", serde_json::json!({"relay": state.cfg.name, "sessions": sessions}));
+        tracing::info!(sessions, ended = orphans.len(), "draining: live sessions move to the twin");
+        state.audit.record(
+            "relay_draining",
+            serde_json::json!({"relay": state.cfg.name, "sessions": sessions, "ended": orphans.len()}),
+        );
+        if !orphans.is_empty() {
+            // Let control legs tell their clients why.
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
     } else {
         let ids: Vec<_> = state.sessions.iter().map(|s| s.id).collect();
         for id in ids {

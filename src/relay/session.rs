@@ -29,6 +29,11 @@ pub struct Session {
     pub end_reason: Mutex<Option<Reason>>,
     /// Admitted by the twin; taken up here from replication.
     pub adopted: bool,
+    /// The publish index of its `SessionUp` (0 when the twin admitted it):
+    /// the twin holds it once it acknowledged that index, directly or by a
+    /// later snapshot (`twin::Replica::holds`). A drain hands over what the
+    /// twin holds; the rest ends here.
+    pub up_index: AtomicU64,
     /// Unix seconds at admission.
     pub started_at: u64,
     /// Counts control legs taken up here by `ClientResume` (moved from the
@@ -75,6 +80,7 @@ impl Session {
             end,
             end_reason: Mutex::new(None),
             adopted,
+            up_index: AtomicU64::new(0),
             started_at: f.started_at,
             control_epoch: AtomicU64::new(0),
             control_moved: Notify::new(),

@@ -137,6 +137,12 @@ impl Replica {
         self.requests.send(frame).is_ok()
     }
 
+    /// Whether the twin acknowledged the fact published as `index`
+    /// (directly, or by a snapshot taken after it); index 0 is no fact.
+    pub fn holds(&self, index: u64) -> bool {
+        self.acked.load(Ordering::Relaxed) >= index
+    }
+
     /// The twin's facts are flowing to us.
     pub fn link_up(&self) -> bool {
         self.in_up.load(Ordering::Relaxed)

@@ -479,3 +479,26 @@ async fn first_bytes_sent_before_the_pairing_reach_the_service_exactly_once() {
     // The next connection opens.
     drop(within(30, session.connect()).await.expect("the next connection opens"));
 }
+
+/// A session that began while the twin link was down (the twin never held
+/// it) has nowhere to move when its relay drains: the relay ends it by name
+/// (`relay_shutdown`), as a relay without a twin does, and its client hears
+/// so at once instead of trying the dead twin until its resume deadline.
+/// Sessions the twin holds still move
+/// (`graceful_drain_moves_live_sessions_with_zero_bytes_lost`).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_drain_ends_by_name_the_sessions_the_twin_never_held() {
+    let mut fleet = twins().await;
+    fleet.relays[1].proc.kill();
+    let session = fleet.session("echo").await;
+    assert_eq!(session.relay.name, "relay-a");
+    let _t = within(30, session.connect()).await.unwrap();
+    let status = fleet.relays[0].proc.term_and_wait(30).await;
+    assert!(status.success(), "the drained relay exited with {status}");
+    let reason = within(10, session.ended()).await;
+    assert_eq!(reason, tether::proto::Reason::RelayShutdown);
+    let audit = fleet.relay_audit(0);
+    assert!(audited(&audit, "session_end", "relay_shutdown"), "the end is not audited by name");
+    let drained = audit.iter().find(|r| r["event"] == "relay_draining").expect("no relay_draining record");
+    assert_eq!((&drained["ended"], &drained["sessions"]), (&serde_json::json!(1), &serde_json::json!(0)), "{drained}");
+}
