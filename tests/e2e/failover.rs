@@ -502,3 +502,26 @@ async fn a_drain_ends_by_name_the_sessions_the_twin_never_held() {
     let drained = audit.iter().find(|r| r["event"] == "relay_draining").expect("no relay_draining record");
     assert_eq!((&drained["ended"], &drained["sessions"]), (&serde_json::json!(1), &serde_json::json!(0)), "{drained}");
 }
+
+/// From SIGTERM until the drain lets go of its connections, a new QUIC
+/// connection is refused and counted as a `draining` drop; the relay turns
+/// `/readyz` to 503 first. (The twin is frozen so that the drain waits, up
+/// to 2 s, for a fact it will not acknowledge: a window to arrive in.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_quic_connection_arriving_while_the_relay_drains_is_refused_and_counted() {
+    let mut fleet = Fleet::start(Opts { relays: 2, twins: true, transport: "quic", ..Opts::default() }).await;
+    fleet.wait_twin_links().await;
+    let twin = fleet.relays[1].proc.pid();
+    signal(twin, "-STOP");
+    let _session = fleet.session("echo").await;
+    signal(fleet.relays[0].proc.pid(), "-TERM");
+    let admin = fleet.relays[0].admin;
+    eventually("relay-a says it is not ready", async || http_get(admin, "/readyz").await.contains(" 503 ")).await;
+    let dialled = crate::quic_inputs::dial(&fleet, fleet.relays[0].client, tether::tls::ALPN_QUIC_CLIENT, None).await;
+    assert!(dialled.is_err(), "a QUIC connection was accepted while the relay drained");
+    let labels = ["listener=\"quic-client\"", "reason=\"draining\""];
+    assert_eq!(fleet.metric(0, "tether_relay_connections_refused_total", &labels).await, 1.0);
+    signal(twin, "-CONT");
+    let status = fleet.relays[0].proc.exit_within(30).await;
+    assert!(status.success(), "the drained relay exited with {status}");
+}

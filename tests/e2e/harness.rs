@@ -40,6 +40,11 @@ impl Proc {
     pub async fn term_and_wait(&mut self, secs: u64) -> std::process::ExitStatus {
         let pid = self.pid().to_string();
         assert!(std::process::Command::new("kill").args(["-TERM", &pid]).status().unwrap().success());
+        self.exit_within(secs).await
+    }
+
+    /// Its exit status, once it exits (within `secs`).
+    pub async fn exit_within(&mut self, secs: u64) -> std::process::ExitStatus {
         within(secs, async {
             loop {
                 if let Some(s) = self.child.try_wait().unwrap() {
