@@ -9,7 +9,7 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
-use bytes::{Bytes, BytesMut};
+use bytes::Bytes;
 use serde_json::json;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::sync::oneshot;
@@ -408,17 +408,11 @@ async fn join(
     }
     // Ours goes with what the device sent behind its own (its first
     // end-to-end bytes, see `agent/tunnel.rs`): one write, one packet.
-    let mut answer = BytesMut::with_capacity(64 + prefix.len());
-    paired.encode(&mut answer);
-    let at = answer.len();
-    answer.extend_from_slice(&prefix);
     let counter = metrics::RELAY_BYTES.with_label_values(&["to_client"]);
     let meter = super::tunnel::to_client_meter(state, &session, &counter);
-    meter.tap(&mut answer[at..]);
-    if io.get_mut().write_all(&answer).await.is_err() || io.get_mut().flush().await.is_err() {
+    if super::tunnel::write_with(io.get_mut(), &paired, &prefix, &meter).await.is_err() {
         return Ok(None);
     }
-    meter.add(prefix.len());
     metrics::RELAY_PAIRING_SECONDS.observe(joined_at.elapsed().as_secs_f64());
     let (leg, _) = leg.into_parts();
     Ok(Some(Paired { session, conn, leg, prefix: Bytes::new() }))

@@ -38,19 +38,12 @@ pub async fn open(
     let (send, recv) = quic.open_bi().await.map_err(|_| GONE)?;
     let mut leg = FrameIo::new(Box::new(QuicLeg::new(send, recv)) as Leg);
     // One write: the `Open` and what the client sent leave in one packet.
-    let early = client.take_buffered();
-    let mut buf = BytesMut::with_capacity(128 + early.len());
     // No key: the stream itself is the proof (see the module's comment).
-    Frame::Open { session: session.id, conn, key: [0; 32], resumes, via: String::new() }.encode(&mut buf);
-    let open_len = buf.len();
-    buf.extend_from_slice(&early);
-    // The client's bytes passed on here are counted and seen by the test
-    // hooks as the splice's are.
+    let open = Frame::Open { session: session.id, conn, key: [0; 32], resumes, via: String::new() };
     let counter = metrics::RELAY_BYTES.with_label_values(&["to_device"]);
     let meter = state.to_device_meter(session, &counter);
-    meter.tap(&mut buf[open_len..]);
-    leg.get_mut().write_all(&buf).await.map_err(|_| GONE)?;
-    meter.add(early.len());
+    super::tunnel::write_with(leg.get_mut(), &open, &client.take_buffered(), &meter).await.map_err(|_| GONE)?;
+    let mut buf = BytesMut::new();
     let deadline = tokio::time::Instant::now() + Duration::from_millis(state.cfg.limits.pairing_timeout_ms);
     // Until the agent answers, what the client sends goes on to it; the
     // stream's flow control bounds how much that can be.

@@ -5,13 +5,15 @@
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 
-use bytes::Bytes;
+use bytes::{Bytes, BytesMut};
+use tokio::io::{AsyncWrite, AsyncWriteExt};
 
 use super::gate::Counted;
 use super::session::Session;
 use super::state::State;
 use crate::leg::Leg;
 use crate::metrics;
+use crate::proto::Frame;
 use crate::quic::QuicLeg;
 use crate::splice::{Meter, splice};
 use crate::stream::prefixed::Prefixed;
@@ -59,6 +61,26 @@ pub(super) fn to_client_meter<'a>(
     metric: &'a prometheus::IntCounter,
 ) -> Meter<'a> {
     Meter::with_metric(&session.to_client, metric).tapped(state.taps.to_client.as_ref())
+}
+
+/// Writes `frame` with `bytes` behind it in one write (one packet, one TLS
+/// record): bytes of the other end passed on before the splice takes over,
+/// counted and tapped through `meter` as the splice's are.
+pub(super) async fn write_with<W: AsyncWrite + Unpin>(
+    w: &mut W,
+    frame: &Frame,
+    bytes: &[u8],
+    meter: &Meter<'_>,
+) -> std::io::Result<()> {
+    let mut buf = BytesMut::with_capacity(128 + bytes.len());
+    frame.encode(&mut buf);
+    let at = buf.len();
+    buf.extend_from_slice(bytes);
+    meter.tap(&mut buf[at..]);
+    w.write_all(&buf).await?;
+    w.flush().await?;
+    meter.add(bytes.len());
+    Ok(())
 }
 
 /// The QUIC stream under a leg, as the relay builds its QUIC legs: a

@@ -123,7 +123,7 @@ impl Replica {
             let changed = self.acked_changed.notified();
             tokio::pin!(changed);
             changed.as_mut().enable();
-            if self.acked.load(Ordering::Relaxed) >= index {
+            if self.holds(index) {
                 return true;
             }
             if !self.out_up.load(Ordering::Relaxed) || tokio::time::timeout_at(deadline, changed).await.is_err() {
