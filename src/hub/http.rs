@@ -139,6 +139,9 @@ pub fn parse<T: serde::de::DeserializeOwned>(b: &[u8]) -> Result<T, ApiError> {
         .map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, "bad_json", format!("malformed JSON body: {e}")))
 }
 
+/// The reason counted for a connection closed before its first byte.
+const CLOSED_EARLY: &str = "closed_early";
+
 /// A connection's handshake: the PROXY v2 header first when it comes from a
 /// trusted balancer (its source is the peer from then on), then TLS. A PROXY
 /// header from anyone else is refused by name. Errors carry the peer, the
@@ -154,6 +157,9 @@ async fn handshake(
     } else {
         let mut first = [0u8; 1];
         let n = tcp.peek(&mut first).await.map_err(|e| (tcp_addr, "io", e.to_string()))?;
+        if n == 0 {
+            return Err((tcp_addr, CLOSED_EARLY, "closed before its first byte".into()));
+        }
         if proxy::looks_like_header(&first[..n]) {
             return Err((tcp_addr, proxy::FORGED, "a PROXY header from a source not in proxy_protocol_from".into()));
         }
@@ -197,6 +203,11 @@ pub async fn serve<H, Fut>(
                 Ok(Ok(s)) => s,
                 Ok(Err((addr, label, why))) => {
                     crate::metrics::HUB_REFUSALS.with_label_values(&[label]).inc();
+                    // A balancer's TCP check refused nothing: counted, and
+                    // neither audited nor logged above debug.
+                    if label == CLOSED_EARLY {
+                        return tracing::debug!(peer = %addr, why, "hub connection closed before TLS");
+                    }
                     tracing::info!(peer = %addr, reason = label, why, "hub connection refused before TLS completed");
                     return drops.add(addr.ip(), label);
                 }

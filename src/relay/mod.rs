@@ -262,6 +262,8 @@ enum NotAccepted {
     Failed(std::io::Error),
     /// A PROXY header from a source not trusted to send one.
     ForgedProxyHeader,
+    /// Closed before its first byte: a balancer's TCP check, a port scan.
+    Left,
 }
 
 /// TLS, or (where `allow_raw`) raw TCP when the first byte is not a TLS
@@ -277,6 +279,7 @@ async fn accept_one(
     match tokio::time::timeout(first_byte, tcp.peek(&mut first)).await {
         Err(_) => return Err(NotAccepted::Timeout),
         Ok(Err(e)) => return Err(NotAccepted::Failed(e)),
+        Ok(Ok(0)) => return Err(NotAccepted::Left),
         Ok(Ok(_)) => {}
     }
     if proxy::looks_like_header(&first) {
@@ -384,6 +387,9 @@ async fn accept_loop<F, Fut>(
                             tls::handshake_failure_label(&e),
                             &e.to_string(),
                         );
+                    }
+                    Ok(Err(NotAccepted::Left)) => {
+                        return state2.left_before_first_frame(listener_name, peer, "closed before its first byte");
                     }
                     Ok(Err(NotAccepted::ForgedProxyHeader)) => {
                         let why = "a PROXY header from a source not in proxy_protocol_from";
