@@ -1,9 +1,10 @@
 //! The `tether` binary: parse the command line, run it. The command tree is
 //! [`tether::cli`]; the work is in the library.
-use anyhow::Result;
+use std::process::ExitCode;
+
 use clap::Parser;
 
-fn main() -> Result<()> {
+fn main() -> ExitCode {
     tune_malloc();
     let cli = tether::cli::Cli::parse();
     tracing_subscriber::fmt()
@@ -11,13 +12,49 @@ fn main() -> Result<()> {
             tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info,quinn_udp=error".into()),
         )
         .with_writer(std::io::stderr)
+        // A line that cannot be written (the log's reader is gone) is
+        // dropped. Reporting it used `eprintln!`, which panicked on the same
+        // closed pipe and took the logging task with it: a relay left behind
+        // by its supervisor so ignored SIGTERM.
+        .log_internal_errors(false)
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
     let rt = match cli.single_threaded() {
-        true => tokio::runtime::Builder::new_current_thread().enable_all().build()?,
-        false => tokio::runtime::Runtime::new()?,
+        true => tokio::runtime::Builder::new_current_thread().enable_all().build(),
+        false => tokio::runtime::Runtime::new(),
     };
-    rt.block_on(tether::cli::run(cli))
+    let done = match rt {
+        Ok(rt) => rt.block_on(tether::cli::run(cli)),
+        Err(e) => Err(e.into()),
+    };
+    match done {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("{}", failure(&e));
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// What a command that failed prints: the error and its causes, as
+/// anyhow's `Debug` would, but never a stack backtrace. A refusal ("the
+/// service is not in the device's allow-list") is the user's answer, not a
+/// crash, and `RUST_BACKTRACE=1`, common in a developer's shell, made anyhow
+/// print 15 frames of tether's internals under it. Panics keep theirs.
+fn failure(e: &anyhow::Error) -> String {
+    let mut out = format!("Error: {e}");
+    // A cause that its error already quotes ("cannot read config X: No such
+    // file") is not said twice.
+    let said: Vec<String> = e.chain().map(|c| c.to_string()).collect();
+    let causes: Vec<&String> =
+        said.iter().skip(1).zip(&said).filter(|(c, above)| !above.contains(c.as_str())).map(|(c, _)| c).collect();
+    if !causes.is_empty() {
+        out.push_str("\n\nCaused by:");
+        for c in causes {
+            out.push_str(&format!("\n    {c}"));
+        }
+    }
+    out
 }
 
 /// glibc gives the top of its heap back to the kernel as soon as 128 KiB

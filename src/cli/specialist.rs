@@ -22,6 +22,13 @@ pub enum SessionCmd {
 }
 
 pub fn load(path: &Path) -> Result<Profile> {
+    if !path.exists() {
+        bail!(
+            "no profile at {}: sign in first with `tether login --hub URL --user NAME` (it writes that file), \
+             or name one with --profile",
+            path.display()
+        );
+    }
     Profile::open(path).with_context(|| format!("profile {}", path.display()))
 }
 
@@ -120,6 +127,10 @@ pub async fn devices(path: &Path, json: bool) -> Result<()> {
         println!("{}", serde_json::to_string_pretty(&list)?);
         return Ok(());
     }
+    if list.is_empty() {
+        println!("No device: none is registered at the hub, or none is on a site you are entitled to.");
+        return Ok(());
+    }
     let rows = list
         .into_iter()
         .map(|d| {
@@ -152,6 +163,10 @@ pub async fn sessions(path: &Path, json: bool, limit: u32) -> Result<()> {
         println!("{}", serde_json::to_string_pretty(&list)?);
         return Ok(());
     }
+    if list.is_empty() {
+        println!("No session yet: `tether connect DEVICE SERVICE` opens one.");
+        return Ok(());
+    }
     let rows = list
         .into_iter()
         .map(|x| {
@@ -169,7 +184,7 @@ pub async fn sessions(path: &Path, json: bool, limit: u32) -> Result<()> {
         })
         .collect();
     print_table(
-        &["session", "specialist", "device/service", "state", "via", "started", "bytes", "ended", "reason"],
+        &["session", "specialist", "device/service", "state", "via", "started", "bytes", "why ended", "stated reason"],
         rows,
     );
     Ok(())

@@ -117,6 +117,21 @@ async fn dev_is_up_when_it_says_so_and_supervises_a_killed_relay() {
     let carrier = words.iter().skip_while(|w| **w != "via").nth(1).unwrap().to_string();
     assert!(ready.ends_with("over quic"), "{ready}");
 
+    // A refusal is an answer, not a crash: its reason, and no stack
+    // backtrace even in a shell with RUST_BACKTRACE=1.
+    let refused = Command::new(BIN)
+        .args(["connect", "--profile", profile_arg, "demo-1", "vnc", "--listen", "127.0.0.1:0", "--wait", "0"])
+        .env("RUST_BACKTRACE", "1")
+        .output()
+        .unwrap();
+    let said = String::from_utf8_lossy(&refused.stderr);
+    assert_eq!(refused.status.code(), Some(1), "{said}");
+    assert!(
+        said.contains("Error: refused: the service is not in the device's allow-list (service_not_allowed)"),
+        "{said}"
+    );
+    assert!(!said.contains("backtrace") && !said.contains("tether::"), "a refusal printed a backtrace: {said}");
+
     // A paced echo across a SIGKILL of the relay carrying the session.
     let stream = TcpStream::connect(addr).await.unwrap();
     let (mut r, mut w) = stream.into_split();
@@ -168,12 +183,13 @@ async fn dev_is_up_when_it_says_so_and_supervises_a_killed_relay() {
         serde_json::from_slice::<serde_json::Value>(&out.stdout).unwrap_or_default()
     };
     within(30, async {
-        while sessions()[0]["relay"] != twin {
+        while !sessions().as_array().into_iter().flatten().any(|s| s["id"] == words[1] && s["relay"] == twin) {
             tokio::time::sleep(std::time::Duration::from_millis(100)).await;
         }
     })
     .await;
-    assert_eq!(sessions()[0]["state"], "live");
+    let live = sessions().as_array().into_iter().flatten().find(|s| s["id"] == words[1]).cloned();
+    assert_eq!(live.map(|s| s["state"].clone()), Some("live".into()));
     ctrl_c_stops_the_parts_in_order(dev, err, &devdir, words[1]).await;
     drop(connect);
 }

@@ -602,6 +602,12 @@ impl Fleet {
     /// Restarts relay `i` in place: same ports (pinned on first restart), same
     /// twin, fresh state (as after a crash).
     pub fn restart_relay(&mut self, i: usize) {
+        let log = log_file(self.dir(), &format!("{}-restarted", self.relays[i].name));
+        self.restart_relay_logging_to(i, log);
+    }
+
+    /// [`Fleet::restart_relay`], its log going to `stderr`.
+    pub fn restart_relay_logging_to(&mut self, i: usize, stderr: Stdio) -> &mut Child {
         let name = self.relays[i].name.clone();
         let cfg = self.dir().join(format!("{name}.toml"));
         let r = &self.relays[i];
@@ -621,10 +627,11 @@ impl Fleet {
             .args(["relay", "--config"])
             .arg(&cfg)
             .stdout(Stdio::null())
-            .stderr(log_file(self.dir(), &format!("{name}-restarted")))
+            .stderr(stderr)
             .spawn()
             .unwrap();
         self.relays[i].proc = Proc { child };
+        &mut self.relays[i].proc.child
     }
 
     /// Stops the hub and starts it again on the same address, config and database.

@@ -354,3 +354,41 @@ pub async fn audit_verifies(fleet: &Fleet, admin_profile: &std::path::Path) {
     let verified = run(&["audit", "verify", e], "").await;
     assert!(verified.0, "the restored hub's audit chain does not verify: {verified:?}");
 }
+
+/// A part whose log reader went away (the pipe to a supervisor that died, a
+/// log collector restarted) goes on, and stops by itself on SIGTERM: a log
+/// line it cannot write is dropped. (tracing-subscriber reported the failed
+/// write with `eprintln!`, which panicked on the same closed pipe: the task
+/// that logged died, the signal task with it, and the relay and the hub
+/// that `tether dev` left behind this way ignored every SIGTERM.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_part_whose_log_reader_is_gone_goes_on_and_stops_on_sigterm() {
+    let mut fleet = Fleet::start(Opts { relays: 1, ..Opts::default() }).await;
+    let relay = fleet.restart_relay_logging_to(0, std::process::Stdio::piped());
+    drop(relay.stderr.take());
+    fleet.agent.as_mut().unwrap().kill();
+    let mut agent = std::process::Command::new(BIN)
+        .args(["agent", "--config"])
+        .arg(&fleet.agent_cfg)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .env("RUST_LOG", "debug")
+        .spawn()
+        .unwrap();
+    drop(agent.stderr.take());
+    fleet.agent = Some(Proc { child: agent });
+    fleet.wait_metric(0, "tether_relay_agents_attached", 1.0).await;
+
+    // Both log as they attach, pair and splice; the connection works.
+    let session = fleet.session("echo").await;
+    let mut conn = within(30, session.connect()).await.unwrap();
+    conn.write_all(b"still logging").await.unwrap();
+    let mut back = [0u8; 13];
+    within(30, conn.read_exact(&mut back)).await.unwrap();
+    assert_eq!(&back, b"still logging");
+
+    let agent = fleet.agent.as_mut().unwrap().term_and_wait(10).await;
+    assert!(agent.success(), "the agent exited with {agent}");
+    let relay = fleet.relays[0].proc.term_and_wait(10).await;
+    assert!(relay.success(), "the relay exited with {relay}");
+}
