@@ -173,9 +173,13 @@ pub async fn run(cli: Cli) -> Result<()> {
     }
 }
 
-/// A token cancelled on the first SIGINT/SIGTERM; the second exits at once.
+/// A token cancelled on the first SIGINT/SIGTERM (or when the parent named by
+/// [`crate::dev::STOP_WITH_PARENT`] is gone); the second signal exits at once.
 pub fn shutdown_on_signal() -> CancellationToken {
     let token = CancellationToken::new();
+    if let Some(parent) = std::env::var(crate::dev::STOP_WITH_PARENT).ok().and_then(|p| p.parse::<u32>().ok()) {
+        tokio::spawn(stop_with_parent(parent, token.clone()));
+    }
     let t = token.clone();
     tokio::spawn(async move {
         use tokio::signal::unix::{SignalKind, signal};
@@ -193,6 +197,20 @@ pub fn shutdown_on_signal() -> CancellationToken {
         }
     });
     token
+}
+
+/// Cancels `token` once this process's parent is no longer `parent` (it
+/// exited, and the process was handed to init or a subreaper).
+async fn stop_with_parent(parent: u32, token: CancellationToken) {
+    let mut tick = tokio::time::interval(std::time::Duration::from_millis(500));
+    while std::os::unix::process::parent_id() == parent {
+        tokio::select! {
+            _ = tick.tick() => {}
+            _ = token.cancelled() => return,
+        }
+    }
+    tracing::info!(parent, "the process that started this one is gone; shutting down");
+    token.cancel();
 }
 
 /// `--profile`, else `$TETHER_PROFILE`, else `~/.config/tether/profile.toml`.

@@ -12,6 +12,11 @@ use std::path::Path;
 use anyhow::{Context, Result};
 
 pub use signals::Signals;
+
+/// Names the process whose end stops this one as a first signal would:
+/// `tether dev` sets it for its parts, so that none outlives it (each runs in
+/// its own process group, and a `kill -9` of dev reaches none of them).
+pub const STOP_WITH_PARENT: &str = "TETHER_STOP_WITH_PARENT";
 pub use up::{echo_server, up};
 
 /// Where the built-in echo service listens in dev mode.

@@ -45,6 +45,9 @@ fn spawn(dir: &Path, args: &[&str]) -> Result<Child> {
         // Its own process group: a Ctrl-C at the terminal reaches `tether
         // dev` alone, which stops the parts in order (`stop_all`).
         .process_group(0)
+        // ...so a `kill -9` of dev would leave them running: each stops by
+        // itself once dev is gone.
+        .env(super::STOP_WITH_PARENT, std::process::id().to_string())
         .kill_on_drop(true)
         .spawn()
         .with_context(|| format!("starting tether {}", args.join(" ")))

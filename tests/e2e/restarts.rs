@@ -392,3 +392,55 @@ async fn a_part_whose_log_reader_is_gone_goes_on_and_stops_on_sigterm() {
     let relay = fleet.relays[0].proc.term_and_wait(10).await;
     assert!(relay.success(), "the relay exited with {relay}");
 }
+
+/// A part started with `TETHER_STOP_WITH_PARENT` (as `tether dev` starts
+/// them, each in its own process group) stops by itself, in order, when
+/// that parent is killed with SIGKILL: nothing is left holding the ports.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_part_whose_parent_was_killed_stops_by_itself() {
+    let mut fleet = Fleet::start(Opts { relays: 1, agent: false, ..Opts::default() }).await;
+    fleet.restart_relay(0); // pins its ports in its config
+    fleet.relays[0].proc.kill();
+    let cfg = fleet.dir().join(format!("{}.toml", fleet.relays[0].name));
+    let log = fleet.dir().join("orphan.log");
+    // sh is the parent: it starts the relay, says its pid, and waits.
+    let mut parent = std::process::Command::new("sh")
+        .args(["-c", r#"TETHER_STOP_WITH_PARENT=$$ "$0" relay --config "$1" 2>"$2" >/dev/null & echo $!; wait"#, BIN])
+        .arg(&cfg)
+        .arg(&log)
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut line = String::new();
+    std::io::BufRead::read_line(&mut std::io::BufReader::new(parent.stdout.take().unwrap()), &mut line).unwrap();
+    let relay: u32 = line.trim().parse().unwrap();
+    // Should it outlive the test (the claim failed), it goes by its pid.
+    struct KillOnDrop(u32);
+    impl Drop for KillOnDrop {
+        fn drop(&mut self) {
+            let _ = std::process::Command::new("kill").args(["-KILL", &self.0.to_string()]).status();
+        }
+    }
+    let _orphan = KillOnDrop(relay);
+    eventually("the relay serves", async || {
+        std::fs::read_to_string(&log).unwrap_or_default().contains("relay serving")
+    })
+    .await;
+
+    parent.kill().unwrap();
+    parent.wait().unwrap();
+    // Gone, or a zombie that init has yet to reap.
+    let gone = || {
+        std::fs::read_to_string(format!("/proc/{relay}/stat"))
+            .map(|s| s.rsplit_once(')').is_some_and(|(_, rest)| rest.trim_start().starts_with('Z')))
+            .unwrap_or(true)
+    };
+    within(10, async {
+        while !gone() {
+            tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+        }
+    })
+    .await;
+    let said = std::fs::read_to_string(&log).unwrap();
+    assert!(said.contains("the process that started this one is gone; shutting down"), "{said}");
+}
