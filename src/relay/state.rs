@@ -490,6 +490,10 @@ impl TwinHost for State {
         self.handshake_failed("twin", peer, reason, detail);
     }
 
+    fn left_early(&self, peer: SocketAddr) {
+        self.left_before_first_frame("twin", peer, "closed before its first byte");
+    }
+
     fn audit(&self, event: &str, fields: serde_json::Value) {
         self.audit.record(event, fields);
     }

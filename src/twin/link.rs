@@ -69,18 +69,29 @@ async fn accept_loop(link: Arc<Link>, listener: TcpListener, acceptor: TlsAccept
         let Some((tcp, peer)) = crate::util::net::accept(&listener, "twin", &link.stop).await else { return };
         let (link, acceptor) = (link.clone(), acceptor.clone());
         tracker.spawn(async move {
-            let why = receive(&link, tcp, peer, &acceptor).await;
-            metrics::TWIN_LINK_UP.with_label_values(&["in"]).set(0);
-            link.replica.set_in_up(false);
-            tracing::info!(twin = %link.cfg.twin.name, %why, "twin link (in) closed");
+            // A connection that never came up (a stranger, a health check)
+            // was counted and audited, or let go, by `receive`: the link
+            // that is up stays up.
+            if let Some(why) = receive(&link, tcp, peer, &acceptor).await {
+                if link.replica.in_link_down() {
+                    metrics::TWIN_LINK_UP.with_label_values(&["in"]).set(0);
+                }
+                tracing::info!(twin = %link.cfg.twin.name, %why, "twin link (in) closed");
+            }
         });
     }
 }
 
-/// Receives the twin's facts until the connection ends; returns why it ended.
-async fn receive(link: &Link, tcp: TcpStream, peer: SocketAddr, acceptor: &TlsAcceptor) -> String {
+/// Receives the twin's facts until the connection ends; returns why it
+/// ended, or `None` when it never came up (refused, or left before a byte).
+async fn receive(link: &Link, tcp: TcpStream, peer: SocketAddr, acceptor: &TlsAcceptor) -> Option<String> {
     let (twin, host, replica) = (&link.cfg.twin, &link.host, &link.replica);
     let timeout = link.cfg.handshake_timeout;
+    let mut first = [0u8; 1];
+    if let Ok(Ok(0)) = tokio::time::timeout(timeout, tcp.peek(&mut first)).await {
+        host.left_early(peer);
+        return None;
+    }
     let tls = match tokio::time::timeout(timeout, acceptor.accept(tcp)).await {
         Ok(Ok(t)) => {
             tls::handshake_done(t.get_ref().1);
@@ -88,21 +99,21 @@ async fn receive(link: &Link, tcp: TcpStream, peer: SocketAddr, acceptor: &TlsAc
         }
         Ok(Err(e)) => {
             host.refused(peer, tls::handshake_failure_label(&e), &e.to_string());
-            return "handshake failed".into();
+            return None;
         }
         Err(_) => {
             host.refused(peer, "timeout", "handshake timed out");
-            return "handshake timed out".into();
+            return None;
         }
     };
     let name = tls::peer_common_name(tls.get_ref().1.peer_certificates());
-    let mut revoked = tls::watch_peer(&link.cfg.ca, link.cfg.crl.as_deref(), tls.get_ref().1.peer_certificates());
+    let revoked = tls::watch_peer(&link.cfg.ca, link.cfg.crl.as_deref(), tls.get_ref().1.peer_certificates());
     let mut io = FrameIo::new(tls);
     if name.as_deref() != Some(twin.name.as_str()) {
         let detail = format!("certificate names {name:?}, the twin is {}", twin.name);
         host.refused(peer, "not_the_twin", &detail);
         let _ = io.write_frame(&Frame::Error { reason: Reason::DeviceMismatch, message: detail }).await;
-        return "not the twin".into();
+        return None;
     }
     match tokio::time::timeout(timeout, io.read_frame()).await {
         Ok(Ok(Frame::TwinHello { version, .. })) if check_version(version).is_ok() => {}
@@ -110,11 +121,19 @@ async fn receive(link: &Link, tcp: TcpStream, peer: SocketAddr, acceptor: &TlsAc
             let detail = format!("bad twin hello: {other:?}");
             host.refused(peer, "bad_hello", &detail);
             let _ = io.write_frame(&Frame::error(Reason::BadFrame)).await;
-            return detail;
+            return None;
         }
     }
     metrics::TWIN_LINK_UP.with_label_values(&["in"]).set(1);
-    replica.set_in_up(true);
+    replica.in_link_up();
+    Some(follow(link, io, revoked).await)
+}
+
+type ServerTls = tokio_rustls::server::TlsStream<TcpStream>;
+
+/// Applies the facts of a twin link that came up until it ends; returns why.
+async fn follow(link: &Link, mut io: FrameIo<ServerTls>, mut revoked: tls::Revoked) -> String {
+    let (twin, host, replica) = (&link.cfg.twin, &link.host, &link.replica);
     host.audit("twin_link_up", json!({"relay": link.cfg.me, "twin": twin.name, "direction": "in"}));
     loop {
         let frame = tokio::select! {

@@ -4,7 +4,7 @@
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Mutex;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::time::Duration;
 
 use serde::Deserialize;
@@ -55,6 +55,8 @@ pub trait TwinHost: Send + Sync + 'static {
     fn twin_ended(&self, session: SessionId, reason: Reason);
     /// Counts and audits a refused twin connection.
     fn refused(&self, peer: SocketAddr, reason: &str, detail: &str);
+    /// Counts a connection closed before its first byte (nothing refused).
+    fn left_early(&self, peer: SocketAddr);
     /// Writes an audit record.
     fn audit(&self, event: &str, fields: serde_json::Value);
 }
@@ -71,8 +73,9 @@ pub struct Replica {
     acked_changed: Notify,
     /// Our facts are flowing to the twin.
     out_up: AtomicBool,
-    /// The twin's facts are flowing to us.
-    in_up: AtomicBool,
+    /// Connections from the twin whose facts are flowing to us (two for a
+    /// moment when it reconnects before the old one is seen to end).
+    in_links: AtomicUsize,
     /// Facts sent to the twin and not yet acknowledged.
     lag: AtomicU64,
     requests: mpsc::UnboundedSender<Frame>,
@@ -91,7 +94,7 @@ impl Default for Replica {
             acked: AtomicU64::new(0),
             acked_changed: Notify::new(),
             out_up: AtomicBool::new(false),
-            in_up: AtomicBool::new(false),
+            in_links: AtomicUsize::new(0),
             lag: AtomicU64::new(0),
             requests,
             requests_rx: Mutex::new(Some(rx)),
@@ -145,7 +148,7 @@ impl Replica {
 
     /// The twin's facts are flowing to us.
     pub fn link_up(&self) -> bool {
-        self.in_up.load(Ordering::Relaxed)
+        self.in_links.load(Ordering::Relaxed) > 0
     }
 
     /// Facts sent to the twin and not yet acknowledged.
@@ -185,12 +188,22 @@ impl Replica {
         self.changed.notify_waiters();
     }
 
-    pub(super) fn set_in_up(&self, up: bool) {
-        self.in_up.store(up, Ordering::Relaxed);
-        if !up {
+    /// A connection from the twin came up; its facts flow to us.
+    pub(super) fn in_link_up(&self) {
+        self.in_links.fetch_add(1, Ordering::Relaxed);
+        self.changed.notify_waiters();
+    }
+
+    /// A connection from the twin that had come up ended. True when it was
+    /// the last: the twin's facts no longer flow to us. (Only a link that
+    /// came up counts: a stranger on the twin port changes nothing.)
+    pub(super) fn in_link_down(&self) -> bool {
+        let last = self.in_links.fetch_sub(1, Ordering::Relaxed) == 1;
+        if last {
             self.peer().link_lost();
         }
         self.changed.notify_waiters();
+        last
     }
 
     pub(super) fn set_lag(&self, events: u64) {

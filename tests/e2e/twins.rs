@@ -97,6 +97,23 @@ async fn the_twin_link_refuses_anyone_but_the_twin() {
         fleet.metric(1, "tether_relay_handshake_failures_total", &["reason=\"not_the_twin\""]).await >= 1.0
     })
     .await;
+    // A TCP connection closed before its first byte (a health check, a port
+    // scan): counted, nothing refused.
+    let mut tcp = tokio::net::TcpStream::connect(&listen).await.unwrap();
+    tcp.shutdown().await.unwrap();
+    assert_eq!(within(10, tcp.read(&mut [0u8; 1])).await.unwrap(), 0);
+    eventually("the early close is counted", async || {
+        let labels = ["listener=\"twin\"", "reason=\"closed_early\""];
+        fleet.metric(1, "tether_relay_handshake_failures_total", &labels).await == 1.0
+    })
+    .await;
+    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    // Neither took the real twin's link down (it had: a stranger's ending
+    // marked the link from the twin down, until the twin reconnected).
+    assert_eq!(fleet.metric(1, "tether_twin_link_up", &["direction=\"in\""]).await, 1.0);
+    let refused: Vec<_> = fleet.relay_audit(1).into_iter().filter(|r| r["event"] == "handshake_refused").collect();
+    assert_eq!(refused.len(), 1, "only the impostor is audited: {refused:?}");
+    assert_eq!(refused[0]["reason"], "not_the_twin");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
