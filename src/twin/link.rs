@@ -88,11 +88,21 @@ async fn receive(link: &Link, tcp: TcpStream, peer: SocketAddr, acceptor: &TlsAc
     let (twin, host, replica) = (&link.cfg.twin, &link.host, &link.replica);
     let timeout = link.cfg.handshake_timeout;
     let mut first = [0u8; 1];
-    if let Ok(Ok(0)) = tokio::time::timeout(timeout, tcp.peek(&mut first)).await {
-        host.left_early(peer);
-        return None;
+    // Silence counts against the handshake's deadline once, not twice.
+    let started = tokio::time::Instant::now();
+    match tokio::time::timeout(timeout, tcp.peek(&mut first)).await {
+        Ok(Ok(0)) => {
+            host.left_early(peer);
+            return None;
+        }
+        Err(_) => {
+            host.refused(peer, "timeout", "no byte within the handshake's deadline");
+            return None;
+        }
+        Ok(_) => {}
     }
-    let tls = match tokio::time::timeout(timeout, acceptor.accept(tcp)).await {
+    let left = timeout.saturating_sub(started.elapsed());
+    let tls = match tokio::time::timeout(left, acceptor.accept(tcp)).await {
         Ok(Ok(t)) => {
             tls::handshake_done(t.get_ref().1);
             t
