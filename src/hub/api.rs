@@ -42,7 +42,15 @@ async fn route(hub: &Hub, req: Request<Incoming>, peer: &Peer) -> Result<Answer,
             super::rollouts::handle(hub, route, req, peer).await
         }
         Route::Health => Ok(json_answer(StatusCode::OK, &health(hub))),
-        Route::Metrics => Ok(http::text_answer(StatusCode::OK, "text/plain; version=0.0.4", crate::metrics::render())),
+        Route::Metrics => {
+            let from = peer.addr.ip().to_canonical();
+            if !hub.cfg.metrics_from.iter().any(|n| n.contains(&from)) {
+                hub.refused("metrics_refused", "metrics_not_allowed", json!({"from": from.to_string()})).await;
+                let why = "this address may not read the hub's metrics (the hub's metrics_from)";
+                return Err(ApiError::new(StatusCode::FORBIDDEN, "metrics_not_allowed", why));
+            }
+            Ok(http::text_answer(StatusCode::OK, "text/plain; version=0.0.4", crate::metrics::render()))
+        }
         Route::Login => {
             let body = read_body(hub, req, hub.cfg.max_body_bytes, peer).await?;
             let answer = login(hub, &http::parse(&body)?, peer, "api").await?;

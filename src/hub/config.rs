@@ -61,6 +61,12 @@ pub struct HubConfig {
     /// see; from anyone else a PROXY header is refused. Default: none.
     #[serde(default)]
     pub proxy_protocol_from: Vec<ipnet::IpNet>,
+    /// Sources (CIDR blocks) that may read `/metrics`: the port faces the
+    /// specialists, and the counts (logins refused, sessions, fleet size)
+    /// are nobody else's business. Default: loopback only; name the
+    /// Prometheus server's address.
+    #[serde(default = "default_metrics_from")]
+    pub metrics_from: Vec<ipnet::IpNet>,
     /// Connections open at once; past it, new ones are closed at once.
     #[serde(default = "default_max_connections")]
     pub max_connections: usize,
@@ -174,6 +180,10 @@ impl Lockout {
 
 fn default_body_timeout() -> u64 {
     10
+}
+
+fn default_metrics_from() -> Vec<ipnet::IpNet> {
+    ["127.0.0.0/8", "::1/128"].iter().filter_map(|n| n.parse().ok()).collect()
 }
 
 fn default_max_connections() -> usize {

@@ -204,3 +204,35 @@ async fn refusals_are_clear_audited_counted_and_isolated() {
     // And the live session never noticed.
     ping(&mut live).await;
 }
+
+/// `GET /metrics` from `source`, over the hub's TLS; the response as text.
+async fn metrics_from(fleet: &Fleet, source: [u8; 4]) -> String {
+    let sock = tokio::net::TcpSocket::new_v4().unwrap();
+    sock.bind(std::net::SocketAddr::from((source, 0))).unwrap();
+    let tcp = within(10, sock.connect(fleet.hub.as_ref().unwrap().addr)).await.unwrap();
+    let cfg = tether::tls::client_config(&fleet.pki.path("ca.pem"), None, tether::tls::ALPN_HTTP1).unwrap();
+    let name = tether::tls::server_name("localhost").unwrap();
+    let mut tls = within(10, tokio_rustls::TlsConnector::from(cfg).connect(name, tcp)).await.unwrap();
+    tls.write_all(b"GET /metrics HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n").await.unwrap();
+    let mut text = Vec::new();
+    let _ = within(10, tls.read_to_end(&mut text)).await;
+    String::from_utf8_lossy(&text).into_owned()
+}
+
+/// The hub's `/metrics` answers only the sources in `metrics_from` (by
+/// default loopback): anyone else is refused by name, counted and audited.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_hubs_metrics_answer_only_the_sources_named_for_them() {
+    let fleet = hub_fleet("metrics_from = [\"127.0.0.2/32\"]\n").await;
+    let boss = add_user(&fleet, "boss", "admin", &[]).await;
+    let admin_t = token_of(&login(&fleet, "boss", &boss).await);
+    let refused = metrics_from(&fleet, [127, 0, 0, 1]).await;
+    assert!(refused.starts_with("HTTP/1.1 403"), "{refused}");
+    assert!(refused.contains("metrics_not_allowed") && !refused.contains("tether_hub_"), "{refused}");
+    let scrape = metrics_from(&fleet, [127, 0, 0, 2]).await;
+    assert!(scrape.starts_with("HTTP/1.1 200"), "{scrape}");
+    assert_eq!(parse_metric(&scrape, "tether_hub_refusals_total", &["reason=\"metrics_not_allowed\""]), 1.0);
+    let audit = hub_audit(&fleet, &admin_t).await;
+    let rec = audit.iter().find(|r| r["event"] == "metrics_refused").expect("no metrics_refused record");
+    assert_eq!((&rec["from"], &rec["reason"]), (&json!("127.0.0.1"), &json!("metrics_not_allowed")), "{rec}");
+}
