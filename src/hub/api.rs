@@ -4,7 +4,7 @@ use hyper::body::Incoming;
 use hyper::{Request, StatusCode};
 use serde_json::json;
 
-use super::guard::{authenticate, internal, read_body, relay_identity, require_admin};
+use super::guard::{authenticate, internal, metrics_reader, read_body, relay_identity, require_admin};
 use super::http::{self, Answer, ApiError, Peer, error_answer, json_answer};
 use super::limits::Busy;
 use super::model::Role;
@@ -43,12 +43,7 @@ async fn route(hub: &Hub, req: Request<Incoming>, peer: &Peer) -> Result<Answer,
         }
         Route::Health => Ok(json_answer(StatusCode::OK, &health(hub))),
         Route::Metrics => {
-            let from = peer.addr.ip().to_canonical();
-            if !hub.cfg.metrics_from.iter().any(|n| n.contains(&from)) {
-                hub.refused("metrics_refused", "metrics_not_allowed", json!({"from": from.to_string()})).await;
-                let why = "this address may not read the hub's metrics (the hub's metrics_from)";
-                return Err(ApiError::new(StatusCode::FORBIDDEN, "metrics_not_allowed", why));
-            }
+            metrics_reader(hub, peer).await?;
             Ok(http::text_answer(StatusCode::OK, "text/plain; version=0.0.4", crate::metrics::render()))
         }
         Route::Login => {

@@ -67,6 +67,18 @@ pub async fn require_admin(hub: &Hub, user: &User, peer: &Peer, what: &str) -> R
     Err(ApiError::new(StatusCode::FORBIDDEN, "not_admin", format!("{what} needs the admin role")))
 }
 
+/// Admits a scrape of `/metrics` from a source in `metrics_from` (the port
+/// faces the specialists; the counts are nobody else's business).
+pub async fn metrics_reader(hub: &Hub, peer: &Peer) -> Result<(), ApiError> {
+    let from = peer.addr.ip().to_canonical();
+    if hub.cfg.metrics_from.iter().any(|n| n.contains(&from)) {
+        return Ok(());
+    }
+    hub.refused("metrics_refused", "metrics_not_allowed", json!({"from": from.to_string()})).await;
+    let why = "this address may not read the hub's metrics (the hub's metrics_from)";
+    Err(ApiError::new(StatusCode::FORBIDDEN, "metrics_not_allowed", why))
+}
+
 /// The peer's relay name, when it presented a configured relay's certificate.
 pub async fn relay_identity(hub: &Hub, peer: &Peer) -> Result<String, ApiError> {
     match peer.relay() {
