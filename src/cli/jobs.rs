@@ -1,4 +1,4 @@
-//! `tether jobs add|list|rollouts|cancel`: maintenance jobs for devices (or
+//! `tether jobs add|list|show|rollouts|cancel`: maintenance jobs for devices (or
 //! every device of a site, in batches), queued at the hub and picked up by
 //! each device's agent through its relay.
 use std::path::PathBuf;
@@ -48,6 +48,14 @@ pub enum JobsCmd {
         device: Option<String>,
         #[arg(long)]
         json: bool,
+    },
+    /// One job in full: its times, why it is where it is, and a check's output.
+    Show {
+        #[arg(long)]
+        profile: Option<PathBuf>,
+        #[arg(long)]
+        json: bool,
+        id: String,
     },
     /// Site rollouts, newest first.
     Rollouts {
@@ -144,8 +152,18 @@ pub async fn run(cmd: JobsCmd) -> Result<()> {
                     j.target,
                     j.state.as_str(),
                     age,
-                    j.reason
+                    one_line(&j.reason)
                 );
+            }
+            Ok(())
+        }
+        JobsCmd::Show { profile, json, id } => {
+            let hub = HubSession::from_profile(&load(&super::profile_path(profile))?)?;
+            let job: JobView = hub.get(&format!("/api/v1/jobs/{id}")).await?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&job)?);
+            } else {
+                print!("{}", shown(&job));
             }
             Ok(())
         }
@@ -167,7 +185,7 @@ pub async fn run(cmd: JobsCmd) -> Result<()> {
                     target,
                     r.state.as_str(),
                     done,
-                    r.reason
+                    one_line(&r.reason)
                 );
             }
             Ok(())
@@ -185,6 +203,41 @@ pub async fn run(cmd: JobsCmd) -> Result<()> {
             Ok(())
         }
     }
+}
+
+/// A reason as one table cell: its lines joined (an install's failing
+/// command may have printed several).
+fn one_line(s: &str) -> String {
+    s.lines().map(str::trim).filter(|l| !l.is_empty()).collect::<Vec<_>>().join(" | ")
+}
+
+/// `jobs show`: a field a line, then the output as the device sent it.
+fn shown(j: &JobView) -> String {
+    use crate::util::clock::rfc3339;
+    let consent = if j.consent_required { "required" } else { "auto" };
+    let mut out = format!("{}: {} {} on {}\n", j.id, j.kind.as_str(), j.target, j.device);
+    out += &format!("state:    {}\n", j.state.as_str());
+    if !j.reason.is_empty() {
+        out += &format!("reason:   {}\n", j.reason.trim_end().replace('\n', "\n          "));
+    }
+    out += &format!("queued:   {} by {} (consent: {consent})\n", rfc3339(j.created_at), j.created_by);
+    out += &format!("updated:  {}\n", rfc3339(j.updated_at));
+    if !j.state.is_final() {
+        out += &format!("deadline: {} (TIMED_OUT if not done by then)\n", rfc3339(j.deadline));
+    }
+    if !j.rollout.is_empty() {
+        out += &format!("rollout:  {}\n", j.rollout);
+    }
+    match j.output.as_str() {
+        "" => out += "output:   none\n",
+        o => {
+            out += &format!("output ({} bytes):\n{o}", o.len());
+            if !o.ends_with('\n') {
+                out.push('\n');
+            }
+        }
+    }
+    out
 }
 
 fn human(secs: i64) -> String {

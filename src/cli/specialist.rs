@@ -94,9 +94,7 @@ pub async fn login(path: &Path, hub: Option<String>, user: Option<String>, ca: O
 }
 
 fn when(secs: Option<i64>) -> String {
-    secs.and_then(|s| time::OffsetDateTime::from_unix_timestamp(s).ok())
-        .and_then(|t| t.format(&time::format_description::well_known::Rfc3339).ok())
-        .unwrap_or_else(|| "-".into())
+    secs.map_or_else(|| "-".into(), crate::util::clock::rfc3339)
 }
 
 fn or_dash(v: Option<&str>) -> String {

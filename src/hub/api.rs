@@ -33,6 +33,7 @@ async fn route(hub: &Hub, req: Request<Incoming>, peer: &Peer) -> Result<Answer,
         }
         Route::JobCreate
         | Route::Jobs
+        | Route::Job(_)
         | Route::JobCancel(_)
         | Route::DeviceJobs(_)
         | Route::DeviceJobReport(..)

@@ -101,6 +101,13 @@ pub async fn handle(hub: &Hub, route: Route<'_>, req: Request<Incoming>, peer: &
             }
             Ok(json_answer(StatusCode::OK, &jobs))
         }
+        Route::Job(id) => {
+            let user = authenticate(hub, &req, peer).await?;
+            let none = || ApiError::new(StatusCode::NOT_FOUND, "no_job", format!("no job {id}"));
+            let job = hub.store.job(id).await.map_err(internal)?.ok_or_else(none)?;
+            entitled_device(hub, &user, peer, &job.device, "job_read").await?;
+            Ok(json_answer(StatusCode::OK, &job))
+        }
         Route::JobCancel(id) => {
             let user = authenticate(hub, &req, peer).await?;
             require_admin(hub, &user, peer, "job_cancel").await?;

@@ -142,6 +142,10 @@ async fn the_console_in_a_real_browser() {
     b.goto(&format!("{base}/console/jobs")).await;
     let t = b.wait_text("SUCCEEDED").await;
     assert!(t.contains("tool 1.0") || t.contains("tool\n1.0") || t.contains("tool 1.0 package"), "{t}");
+    // The check's output is folded under its reason until someone opens it.
+    assert!(!t.contains("hello from the device"), "output folded: {t}");
+    b.click("tr[data-job] details.output summary").await;
+    b.wait_text("hello from the device").await;
     b.wait_text("Batch 1").await;
     b.wait_for("the waiting job", |t| t.contains(&waiting)).await;
     b.screenshot(&shots.join("7-jobs.png")).await;

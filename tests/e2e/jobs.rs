@@ -129,6 +129,10 @@ async fn jobs_are_queued_listed_reported_and_cancelled_and_each_refusal_is_named
         let (ok, _, err) = jobs_cli(&all).await;
         assert!(!ok && err.contains(code), "{args:?}: {err}");
     }
+    let (ok, _, err) = jobs_cli(&["show", "--profile", sp, &id]).await;
+    assert!(!ok && err.contains("not entitled to device"), "another site's job: {err}");
+    let (ok, _, err) = jobs_cli(&["show", "--profile", &p, "job-0000000000000000"]).await;
+    assert!(!ok && err.contains("no job job-0000000000000000"), "{err}");
     let (ok, _, err) = jobs_cli(&["add", "--profile", &p, "--device", "ghost", "run", "disk"]).await;
     assert!(!ok && err.contains("not entitled"), "an unknown device looks like one not entitled to: {err}");
     let audit = hub_audit(&fleet, &token).await;
@@ -179,7 +183,7 @@ async fn installs_run_on_the_device_and_a_failing_health_check_rolls_back() {
     // A tar with an install script and a health check: version 1 installs,
     // version 2's health check fails and `current` goes back to version 1.
     let key = fleet.dir().join("repo-keys/targets.pem");
-    for (version, health) in [("1", "test -f installed"), ("2", "echo not healthy; false")] {
+    for (version, health) in [("1", "test -f installed"), ("2", "echo not healthy; echo at all >&2; false")] {
         let src = fleet.dir().join(format!("app-{version}"));
         std::fs::create_dir_all(&src).unwrap();
         std::fs::write(src.join("install.sh"), "echo ok > installed\n").unwrap();
@@ -204,6 +208,11 @@ async fn installs_run_on_the_device_and_a_failing_health_check_rolls_back() {
     let reason = job["reason"].as_str().unwrap();
     assert!(reason.contains("health check failed") && reason.contains("not healthy"), "{reason}");
     assert!(reason.contains("rolled back to 1"), "{reason}");
+    // The table keeps a job to a line, whatever the failing command printed.
+    let (ok, out, err) = jobs_cli(&["list", "--profile", &p]).await;
+    assert!(ok, "{err}");
+    assert!(out.lines().skip(1).all(|l| l.starts_with("job-")), "one line per job:\n{out}");
+    assert!(out.contains("(not healthy | at all); rolled back to 1"), "{out}");
     assert_eq!(std::fs::read_link(packages.join("app/current")).unwrap(), std::path::Path::new("1"));
     assert!(packages.join("app/2").exists(), "the failed version is kept for inspection");
     let audit = fleet.agent_audit();
@@ -219,6 +228,17 @@ async fn installs_run_on_the_device_and_a_failing_health_check_rolls_back() {
     let job = wait_final(&fleet, &p, &add_job(&p, &["run", "fails"]).await).await;
     assert_eq!(job["state"], "FAILED", "{job}");
     assert!(job["reason"].as_str().unwrap().contains("exit status: 3") && job["output"] == "broken\n", "{job}");
+    // `jobs show`: the job a field a line, and the check's output as sent.
+    let id = job["id"].as_str().unwrap();
+    let (ok, out, err) = jobs_cli(&["show", "--profile", &p, id]).await;
+    assert!(ok, "{err}");
+    assert!(
+        out.starts_with(&format!("{id}: run fails on {DEVICE}\nstate:    FAILED\nreason:   exit status: 3")),
+        "{out}"
+    );
+    assert!(out.ends_with("output (7 bytes):\nbroken\n") && out.contains("queued:   20"), "{out}");
+    let (ok, out, _) = jobs_cli(&["show", "--profile", &p, "--json", id]).await;
+    assert!(ok && serde_json::from_str::<Value>(&out).unwrap() == job, "--json is the listed job: {out}");
     let job = wait_final(&fleet, &p, &add_job(&p, &["run", "big"]).await).await;
     assert_eq!(job["state"], "SUCCEEDED", "{job}");
     assert_eq!(job["output"].as_str().unwrap().len(), 32 * 1024, "output capped");

@@ -140,7 +140,10 @@ async fn shell(cmd: &str, dir: &Path, env: &[(&str, &str)], limit: Duration) -> 
     }
     let mut both = out.stdout;
     both.extend_from_slice(&out.stderr);
-    Err(format!("{} ({})", out.status, tail(&both)))
+    match tail(&both) {
+        t if t.is_empty() => Err(out.status.to_string()),
+        t => Err(format!("{} ({t})", out.status)),
+    }
 }
 
 fn tail(bytes: &[u8]) -> String {

@@ -146,9 +146,18 @@ fn job_rows(who: &Who, admin: bool, jobs: &[JobView]) -> String {
         } else {
             String::new()
         };
+        // A check's output, folded under its reason (`<pre>`: as the device sent it).
+        let output = match j.output.as_str() {
+            "" => String::new(),
+            o => format!(
+                "<details class=\"output\"><summary>output, {} bytes</summary><pre>{}</pre></details>",
+                o.len(),
+                esc(o)
+            ),
+        };
         let _ = write!(
             rows,
-            "<tr data-job=\"{}\"><th scope=\"row\"><code>{}</code></th><td>{}</td><td>{} {}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{cancel}</td></tr>",
+            "<tr data-job=\"{}\"><th scope=\"row\"><code>{}</code></th><td>{}</td><td>{} {}</td><td>{}</td><td>{}{output}</td><td>{}</td><td>{}</td><td>{cancel}</td></tr>",
             esc(&j.id),
             esc(&j.id),
             esc(&j.device),

@@ -24,7 +24,16 @@ function refresh(el) {
       }
       if (r.ok) {
         const html = await r.text();
-        if (el.innerHTML !== html) el.innerHTML = html;
+        if (el.innerHTML !== html) {
+          // A job's output someone unfolded stays unfolded across the refresh.
+          const open = Array.from(el.querySelectorAll("[data-job] details[open]"), (d) =>
+            d.closest("[data-job]").getAttribute("data-job"));
+          el.innerHTML = html;
+          for (const id of open) {
+            const d = el.querySelector('[data-job="' + CSS.escape(id) + '"] details');
+            if (d) d.open = true;
+          }
+        }
         stamp(true);
       } else {
         stamp(false);
