@@ -1,5 +1,6 @@
 //! `tether agent`: run the device agent, or talk to a running one over its
-//! operator socket (`pending`, `approve`, `deny`, `end`, `sessions`, `metrics`).
+//! operator socket (`pending`, `approve`, `deny`, `end`, `sessions`, `metrics`,
+//! `fetch`).
 //! The person at the device reads tables (`--json` prints the agent's answer
 //! as is) and may answer requests as they come (`pending --watch`).
 use std::collections::HashSet;
@@ -61,9 +62,28 @@ async fn operator(socket: &Path, req: Request, json: bool) -> Result<()> {
         Request::Approve { session } => println!("Approved {session}."),
         Request::Deny { session } => println!("Denied {session}."),
         Request::End { session } => println!("Ended session {session}."),
-        Request::Fetch { .. } => println!("{}", serde_json::to_string_pretty(&answer)?),
+        Request::Fetch { .. } => print!("{}", fetched_text(&answer)),
     }
     Ok(())
+}
+
+/// What `fetch` got: the target, its size and digest as the signed targets
+/// name them, how much came through the relays now, and where it is.
+fn fetched_text(answer: &Value) -> String {
+    let d = &answer["fetched"];
+    let n = |k: &str| d[k].as_u64().unwrap_or(0);
+    let how = match (n("fetched"), n("resumes")) {
+        (0, _) => "already here and verified again: nothing fetched".to_string(),
+        (got, 0) => format!("{got} bytes fetched through the relays"),
+        (got, r) => format!("{got} bytes fetched through the relays, resumed {r} times"),
+    };
+    format!(
+        "{}: {} bytes, sha256 {}, as the signed targets name it ({how})\n  at {}\n",
+        s(d, "name"),
+        n("length"),
+        s(d, "sha256"),
+        s(d, "path")
+    )
 }
 
 fn list(answer: &Value, key: &str) -> Vec<Value> {

@@ -228,6 +228,9 @@ fn shown(j: &JobView) -> String {
     if !j.rollout.is_empty() {
         out += &format!("rollout:  {}\n", j.rollout);
     }
+    if j.kind == JobKind::Upload && j.state == crate::api::JobState::Succeeded {
+        out += &format!("archive:  at the hub: tether uploads get {} --out DIR\n", j.id);
+    }
     match j.output.as_str() {
         "" => out += "output:   none\n",
         o => {

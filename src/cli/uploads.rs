@@ -80,7 +80,8 @@ pub async fn run(cmd: UploadsCmd) -> Result<()> {
     }
     let names = String::from_utf8_lossy(&listing.stdout);
     let files = names.lines().filter(|l| !l.ends_with('/')).count();
-    println!("{job}: {files} files, {at} bytes (sha256 {got}) in {}", out.display());
+    let count = if files == 1 { "1 file".to_string() } else { format!("{files} files") };
+    println!("{job}: {count}, {at} bytes (sha256 {got}) in {}", out.display());
     for n in names.lines().filter(|l| !l.ends_with('/')).take(20) {
         println!("  {}", out.join(n).display());
     }

@@ -32,7 +32,8 @@ async fn publish(fleet: &Fleet, name: &str, version: &str, content: &[u8], extra
 
 /// `tether agent --config agent.toml fetch TARGET`: (success, JSON answer or error text).
 async fn fetch(fleet: &Fleet, target: &str) -> (bool, Value, String) {
-    let (ok, out, err) = run(&["agent", "--config", fleet.agent_cfg.to_str().unwrap(), "fetch", target], "").await;
+    let (ok, out, err) =
+        run(&["agent", "--config", fleet.agent_cfg.to_str().unwrap(), "fetch", target, "--json"], "").await;
     (ok, serde_json::from_str(&out).unwrap_or(Value::Null), err)
 }
 
@@ -53,7 +54,7 @@ async fn a_download_goes_on_through_the_twin_when_its_relay_dies_midway() {
 
     let fetching = {
         let cfg = fleet.agent_cfg.to_str().unwrap().to_string();
-        tokio::spawn(async move { run(&["agent", "--config", &cfg, "fetch", "big@1.0"], "").await })
+        tokio::spawn(async move { run(&["agent", "--config", &cfg, "fetch", "big@1.0", "--json"], "").await })
     };
     // The agent fetches through relay-a first; it dies a quarter of the way in.
     eventually("relay-a carries a quarter of the download", async || {
@@ -81,6 +82,13 @@ async fn a_download_goes_on_through_the_twin_when_its_relay_dies_midway() {
     let (ok, again, err) = fetch(&fleet, "big@1.0").await;
     assert!(ok, "{err}");
     assert_eq!(again["fetched"]["fetched"], 0, "{again}");
+    // The person at the device reads it in words.
+    let cfg = fleet.agent_cfg.to_str().unwrap();
+    let (ok, out, err) = run(&["agent", "--config", cfg, "fetch", "big@1.0"], "").await;
+    assert!(ok, "{err}");
+    let sha = got["sha256"].as_str().unwrap();
+    let said = format!("big/1.0: {} bytes, sha256 {sha}, as the signed targets name it (already here", 64 << 20);
+    assert!(out.starts_with(&said) && out.contains(&format!("\n  at {path}\n")), "{out}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

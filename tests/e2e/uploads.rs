@@ -45,6 +45,9 @@ async fn an_upload_goes_on_through_the_twin_and_arrives_byte_for_byte() {
     let left: Vec<_> = std::fs::read_dir(fleet.dir().join("agent-state/uploads")).unwrap().flatten().collect();
     assert!(left.is_empty(), "the device keeps no archive once the hub has it: {left:?}");
 
+    // `jobs show` says where the archive is and how to get it.
+    let (ok, shown, err) = crate::jobs::jobs_cli(&["show", "--profile", &p, &id]).await;
+    assert!(ok && shown.contains(&format!("archive:  at the hub: tether uploads get {id} --out DIR")), "{shown} {err}");
     let out = fleet.dir().join("fetched");
     let (ok, said, err) = uploads_get(&p, &id, &out).await;
     assert!(ok, "{err}");
