@@ -92,6 +92,11 @@ metric!(pub RELAY_PAIRING_SECONDS: Histogram = reg(Histogram::with_opts(
 metric!(pub RELAY_RESIDENT_MEMORY: IntGauge = gauge("tether_relay_resident_memory_bytes", "Resident memory of the relay process (read at scrape)"));
 metric!(pub PROCESS_CPU: prometheus::Gauge = fgauge("tether_process_cpu_seconds", "CPU time (user and system) the process has used, in seconds (read at scrape)"));
 
+// Every role with an audit log (relay, agent).
+metric!(pub AUDIT_WRITE_ERRORS: IntCounter = counter("tether_audit_write_errors_total", "Writes of the audit log that failed (a full or failing disk); the records stay held in memory"));
+metric!(pub AUDIT_HELD: IntGauge = gauge("tether_audit_held_records", "Audit records chained and not yet on disk (held while the disk refuses them)"));
+metric!(pub AUDIT_LOST: IntCounter = counter("tether_audit_records_lost_total", "Audit records not kept because 4 MiB of records were already held in memory (the log then records audit_records_lost)"));
+
 // Every role.
 metric!(pub TLS_HANDSHAKES: IntCounterVec = counter_vec("tether_tls_handshakes_total", "Completed TLS handshakes, by surface, key exchange group and kind (full, resumed, retry)", &["surface", "group", "kind"]));
 
@@ -196,6 +201,9 @@ pub fn render() -> String {
 /// Forces every metric into the registry so that `/metrics` lists them from the start.
 pub fn init() {
     LazyLock::force(&TLS_HANDSHAKES);
+    LazyLock::force(&AUDIT_WRITE_ERRORS);
+    LazyLock::force(&AUDIT_HELD);
+    LazyLock::force(&AUDIT_LOST);
     LazyLock::force(&PEERS_REVOKED);
     LazyLock::force(&CRL_RELOADS);
     LazyLock::force(&RELAY_AGENTS_ATTACHED);

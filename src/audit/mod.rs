@@ -7,13 +7,14 @@
 //! over `hash` ([`sign`]), so an edit followed by re-hashing every later
 //! record shows too. Records cut off the end show only against an anchor
 //! kept elsewhere (the hub's, see [`verify_against`]).
+mod log;
 pub mod sign;
 
+pub use log::AuditLog;
 pub use sign::{SignError, Signer};
-use std::fs::{File, OpenOptions};
-use std::io::{BufRead, BufReader, Write};
+use std::fs::File;
+use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
-use std::sync::Mutex;
 
 use serde_json::{Map, Value};
 use sha2::{Digest, Sha256};
@@ -27,22 +28,6 @@ pub enum AuditError {
     Broken { path: PathBuf, line: usize, why: String },
     #[error("audit log {path}: {source}")]
     Key { path: PathBuf, source: SignError },
-}
-
-struct Chain {
-    file: Option<File>,
-    seq: u64,
-    prev: String,
-    signer: Option<Signer>,
-    /// Bytes in the current file, and the size that starts a new one (0: never).
-    size: u64,
-    rotate_at: u64,
-}
-
-/// An open audit log. Cheap to share behind an `Arc`.
-pub struct AuditLog {
-    path: PathBuf,
-    chain: Mutex<Chain>,
 }
 
 /// The `prev` of a chain's first record.
@@ -88,126 +73,6 @@ pub fn link_signed(
     (serde_json::to_string(&rec).unwrap_or_default(), hash)
 }
 
-impl AuditLog {
-    /// Opens (or creates, 0600) the log and continues its chain, signing
-    /// each new record with the private key in `key` (the host's TLS key).
-    pub fn open_signed(path: &Path, key: &Path) -> Result<AuditLog, AuditError> {
-        let signer = Signer::load(key).map_err(|source| AuditError::Key { path: key.into(), source })?;
-        let log = AuditLog::open(path)?;
-        crate::util::lock(&log.chain).signer = Some(signer);
-        Ok(log)
-    }
-
-    /// Signs a chain head for an anchor (empty without a key).
-    pub fn sign_head(&self, hash: &str) -> String {
-        crate::util::lock(&self.chain).signer.as_ref().map(|s| s.sign(hash)).unwrap_or_default()
-    }
-
-    /// Opens (or creates, 0600) the log and continues its chain, unsigned.
-    pub fn open(path: &Path) -> Result<AuditLog, AuditError> {
-        use std::os::unix::fs::OpenOptionsExt;
-        let io = |source| AuditError::Io { path: path.into(), source };
-        if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
-            std::fs::create_dir_all(dir).map_err(io)?;
-        }
-        let (mut seq, mut prev) = match File::open(path) {
-            Ok(f) => last_link(BufReader::new(f)),
-            Err(_) => (0, GENESIS.to_string()),
-        };
-        // A file started by a rotation just before a restart: the chain goes
-        // on from the last rotated file.
-        if seq == 0
-            && let Some(last) = rotated(path).pop()
-            && let Ok(f) = File::open(&last)
-        {
-            (seq, prev) = last_link(BufReader::new(f));
-        }
-        let file = OpenOptions::new().create(true).append(true).mode(0o600).open(path).map_err(io)?;
-        let size = file.metadata().map(|m| m.len()).unwrap_or(0);
-        let chain = Chain { file: Some(file), seq, prev, signer: None, size, rotate_at: 0 };
-        Ok(AuditLog { path: path.into(), chain: Mutex::new(chain) })
-    }
-
-    /// Starts a new file once the current one reaches `bytes` (0: never):
-    /// the full one is renamed `NAME.SEQ` (its last record's sequence, 20
-    /// digits, so names sort in order) and the chain goes on in a new `NAME`.
-    pub fn rotating_at(self, bytes: u64) -> AuditLog {
-        crate::util::lock(&self.chain).rotate_at = bytes;
-        self
-    }
-
-    fn rotate(&self, chain: &mut Chain) {
-        use std::os::unix::fs::OpenOptionsExt;
-        let to = PathBuf::from(format!("{}.{:020}", self.path.display(), chain.seq));
-        if let Err(e) = std::fs::rename(&self.path, &to) {
-            tracing::error!(path = %self.path.display(), error = %e, "audit rotation failed; going on in the same file");
-            return;
-        }
-        match OpenOptions::new().create(true).append(true).mode(0o600).open(&self.path) {
-            Ok(f) => {
-                chain.file = Some(f);
-                chain.size = 0;
-                tracing::info!(rotated = %to.display(), seq = chain.seq, "audit log rotated");
-            }
-            Err(e) => tracing::error!(path = %self.path.display(), error = %e, "audit log: cannot start a new file"),
-        }
-    }
-
-    /// A log that records nothing (for tools that audit elsewhere).
-    pub fn disabled() -> AuditLog {
-        let chain = Chain { file: None, seq: 0, prev: GENESIS.into(), signer: None, size: 0, rotate_at: 0 };
-        AuditLog { path: PathBuf::new(), chain: Mutex::new(chain) }
-    }
-
-    /// The chain's head: last sequence number and hash.
-    pub fn head(&self) -> (u64, String) {
-        match self.chain.lock() {
-            Ok(c) => (c.seq, c.prev.clone()),
-            Err(p) => {
-                let c = p.into_inner();
-                (c.seq, c.prev.clone())
-            }
-        }
-    }
-
-    pub fn path(&self) -> &Path {
-        &self.path
-    }
-
-    /// A refusal: logs it and appends `fields` with who refused (`by`, a
-    /// field name and value) and the reason's label.
-    pub fn refusal(&self, event: &str, by: (&str, &str), reason: &str, mut fields: Value) {
-        if let Some(m) = fields.as_object_mut() {
-            m.insert(by.0.into(), by.1.into());
-            m.insert("reason".into(), reason.into());
-        }
-        tracing::info!(event, reason, "refused");
-        self.record(event, fields);
-    }
-
-    /// Appends one record: `event` plus `fields` (an object). Never holds payload.
-    pub fn record(&self, event: &str, fields: Value) {
-        let mut chain = crate::util::lock(&self.chain);
-        if chain.file.is_none() {
-            return;
-        }
-        chain.seq += 1;
-        let ts = crate::now_rfc3339();
-        let (mut line, hash) = link_signed(chain.seq, &chain.prev, (&ts, event), fields, chain.signer.as_ref());
-        line.push('\n');
-        if let Some(f) = chain.file.as_mut()
-            && let Err(e) = f.write_all(line.as_bytes())
-        {
-            tracing::error!(path = %self.path.display(), error = %e, "audit write failed");
-        }
-        chain.prev = hash;
-        chain.size += line.len() as u64;
-        if chain.rotate_at > 0 && chain.size >= chain.rotate_at {
-            self.rotate(&mut chain);
-        }
-    }
-}
-
 /// The rotated files of the log at `path` (`NAME.SEQ`), oldest first.
 pub fn rotated(path: &Path) -> Vec<PathBuf> {
     let (Some(dir), Some(name)) = (path.parent(), path.file_name().and_then(|n| n.to_str())) else {
@@ -226,19 +91,6 @@ pub fn rotated(path: &Path) -> Vec<PathBuf> {
         .map(|e| dir.join(e.file_name()))
         .collect();
     out.sort();
-    out
-}
-
-fn last_link(r: impl BufRead) -> (u64, String) {
-    let mut out = (0, GENESIS.to_string());
-    for line in r.lines().map_while(Result::ok) {
-        if let Ok(Value::Object(m)) = serde_json::from_str::<Value>(&line)
-            && let (Some(seq), Some(hash)) =
-                (m.get("seq").and_then(Value::as_u64), m.get("hash").and_then(Value::as_str))
-        {
-            out = (seq, hash.to_string());
-        }
-    }
     out
 }
 
@@ -382,6 +234,33 @@ mod tests {
         assert!(reordered.1.contains("missing") || reordered.1.contains("order"), "{}", reordered.1);
         let truncated_head = check(vec![&lines[1], &lines[2]]).unwrap_err();
         assert_eq!(truncated_head, (1, "record(s) seq 1 missing before seq 2".to_string()));
+    }
+
+    #[test]
+    fn a_record_cut_short_by_a_crash_is_removed_at_open_and_the_chain_says_so() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("audit.jsonl");
+        {
+            let log = AuditLog::open(&p).unwrap();
+            log.record("a", serde_json::json!({}));
+            log.record("b", serde_json::json!({}));
+        }
+        let whole = std::fs::read(&p).unwrap();
+        // The third record, cut off mid-write.
+        let (third, _) = link(3, "00", "2026-01-01T00:00:00Z", "c", serde_json::json!({}));
+        let mut cut = whole.clone();
+        cut.extend_from_slice(&third.as_bytes()[..20]);
+        std::fs::write(&p, &cut).unwrap();
+        assert!(verify(&p).is_err(), "a cut record breaks the file as it is");
+        let log = AuditLog::open(&p).unwrap();
+        log.record("d", serde_json::json!({}));
+        drop(log);
+        assert_eq!(verify(&p).unwrap(), 4, "whole records, one chain");
+        let all = read_all(&p);
+        let events: Vec<&str> = all.iter().map(|r| r["event"].as_str().unwrap()).collect();
+        assert_eq!(events, ["a", "b", "audit_tail_cut", "d"]);
+        assert_eq!(all[2]["bytes"], 20);
+        assert!(std::fs::read(&p).unwrap().starts_with(&whole), "the whole records stay as they were");
     }
 
     #[test]

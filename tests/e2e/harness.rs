@@ -208,7 +208,7 @@ impl Drop for Fleet {
     }
 }
 
-fn log_file(dir: &Path, name: &str) -> Stdio {
+pub fn log_file(dir: &Path, name: &str) -> Stdio {
     Stdio::from(std::fs::File::create(dir.join(format!("{name}.log"))).unwrap())
 }
 

@@ -2,6 +2,7 @@
 mod harness;
 
 mod audit_chain;
+mod audit_disk;
 mod bad_frames;
 mod bad_tls;
 mod consent;
