@@ -5,8 +5,10 @@
 //! that a restarted relay or agent still refuses a grant it admitted before
 //! the restart. Each use is written before it is answered; the journal is
 //! compacted to the live entries when opened and when it grows past four
-//! times the live set. It is written, not synced: it survives a crash of the
-//! process, not necessarily a power loss of the host in the same instant.
+//! times the live set, and at the use after a write the disk refused (a
+//! full disk: no line is left in part). It is written, not synced: it
+//! survives a crash of the process, not necessarily a power loss of the host
+//! in the same instant.
 use std::collections::HashMap;
 use std::fs::File;
 use std::hash::Hash;
@@ -32,6 +34,24 @@ struct Journal {
     path: PathBuf,
     file: File,
     lines: usize,
+    /// Bytes of whole lines in the file.
+    size: u64,
+    /// A write failed (a full disk): the file lacks ids the set holds, so
+    /// the next use rewrites it whole instead of appending.
+    behind: bool,
+}
+
+impl Journal {
+    /// The journal of `path` rewritten with `entries`.
+    fn compacted<'a, K: std::fmt::Display + 'a>(
+        path: &Path,
+        entries: impl ExactSizeIterator<Item = (&'a K, u64)>,
+    ) -> std::io::Result<Journal> {
+        let lines = entries.len();
+        let file = compact(path, entries)?;
+        let size = file.metadata()?.len();
+        Ok(Journal { path: path.into(), file, lines, size, behind: false })
+    }
 }
 
 #[derive(Debug)]
@@ -77,15 +97,26 @@ impl<K: Eq + Hash + Copy> ReplaySet<K> {
         K: std::fmt::Display,
     {
         let Some(j) = self.journal.as_mut() else { return };
-        if let Err(e) = writeln!(j.file, "{id} {expires_at}") {
-            tracing::error!(path = %j.path.display(), error = %e, "writing the replay journal failed");
-        }
         j.lines += 1;
-        if j.lines > 4 * self.seen.len().max(PURGE_ABOVE) {
-            let path = j.path.clone();
-            match compact(&path, self.seen.iter().map(|(k, e)| (k, *e))) {
-                Ok(file) => self.journal = Some(Journal { path, file, lines: self.seen.len() }),
-                Err(e) => tracing::error!(path = %path.display(), error = %e, "compacting the replay journal failed"),
+        if !j.behind && j.lines <= 4 * self.seen.len().max(PURGE_ABOVE) {
+            let line = format!("{id} {expires_at}\n");
+            match j.file.write_all(line.as_bytes()) {
+                Ok(()) => j.size += line.len() as u64,
+                Err(e) => {
+                    // No line in part: it would spoil the next one too.
+                    let _ = j.file.set_len(j.size);
+                    j.behind = true;
+                    tracing::error!(path = %j.path.display(), error = %e, "writing the replay journal failed: the ids stay in memory and the journal is rewritten at the next use");
+                }
+            }
+            return;
+        }
+        let path = j.path.clone();
+        match Journal::compacted(&path, self.seen.iter().map(|(k, e)| (k, *e))) {
+            Ok(fresh) => self.journal = Some(fresh),
+            Err(e) => {
+                j.behind = true;
+                tracing::error!(path = %path.display(), error = %e, "rewriting the replay journal failed");
             }
         }
     }
@@ -106,9 +137,8 @@ impl<K: ReplayKey> ReplaySet<K> {
                 }
             }
         }
-        let file = compact(path, seen.iter().map(|(k, e)| (k, *e)))?;
-        let lines = seen.len();
-        Ok(ReplaySet { seen, journal: Some(Journal { path: path.into(), file, lines }) })
+        let journal = Journal::compacted(path, seen.iter().map(|(k, e)| (k, *e)))?;
+        Ok(ReplaySet { seen, journal: Some(journal) })
     }
 }
 
@@ -171,5 +201,30 @@ mod tests {
         assert!(!s.contains(&2));
         assert_eq!(std::fs::metadata(&path).unwrap().permissions().mode() & 0o777, 0o600);
         assert_eq!(std::fs::read_to_string(&path).unwrap().lines().count(), 1, "not compacted on open");
+    }
+
+    /// A use the disk refused (`/dev/full` as the journal) is in the
+    /// journal after the next use, and no line is spoilt.
+    #[test]
+    fn a_use_the_disk_refused_is_journalled_with_the_next() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("used");
+        {
+            let mut s = ReplaySet::<u32>::persistent(&path, 0).unwrap();
+            assert!(s.first_use(1, 100, 0));
+            let full = std::fs::OpenOptions::new().append(true).open("/dev/full").unwrap();
+            let j = s.journal.as_mut().unwrap();
+            let good = std::mem::replace(&mut j.file, full);
+            assert!(s.first_use(2, 100, 0), "a full disk refuses nobody");
+            assert!(s.journal.as_ref().unwrap().behind);
+            s.journal.as_mut().unwrap().file = good;
+            assert!(s.first_use(3, 100, 0));
+        }
+        let text = std::fs::read_to_string(&path).unwrap();
+        assert!(text.lines().all(|l| l.split(' ').count() == 2), "{text}");
+        let mut s = ReplaySet::<u32>::persistent(&path, 0).unwrap();
+        for id in [1, 2, 3] {
+            assert!(!s.first_use(id, 100, 0), "id {id} forgotten by the journal");
+        }
     }
 }
