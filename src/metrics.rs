@@ -92,6 +92,8 @@ metric!(pub RELAY_PAIRING_SECONDS: Histogram = reg(Histogram::with_opts(
 metric!(pub RELAY_RESIDENT_MEMORY: IntGauge = gauge("tether_relay_resident_memory_bytes", "Resident memory of the relay process (read at scrape)"));
 metric!(pub PROCESS_CPU: prometheus::Gauge = fgauge("tether_process_cpu_seconds", "CPU time (user and system) the process has used, in seconds (read at scrape)"));
 
+metric!(pub GRANT_KEYS: IntGauge = gauge("tether_grant_keys", "Grant-verifying keys in force (2 during a rollover of the hub's grant key), relay and agent"));
+
 // Every role with an audit log (relay, agent).
 metric!(pub AUDIT_WRITE_ERRORS: IntCounter = counter("tether_audit_write_errors_total", "Writes of the audit log that failed (a full or failing disk); the records stay held in memory"));
 metric!(pub AUDIT_HELD: IntGauge = gauge("tether_audit_held_records", "Audit records chained and not yet on disk (held while the disk refuses them)"));
@@ -202,6 +204,7 @@ pub fn render() -> String {
 pub fn init() {
     LazyLock::force(&TLS_HANDSHAKES);
     LazyLock::force(&AUDIT_WRITE_ERRORS);
+    LazyLock::force(&GRANT_KEYS);
     LazyLock::force(&AUDIT_HELD);
     LazyLock::force(&AUDIT_LOST);
     LazyLock::force(&PEERS_REVOKED);

@@ -98,7 +98,7 @@ impl AgentState {
         let cert = Some((cfg.cert.as_path(), cfg.key.as_path()));
         let crl = cfg.crl.as_deref();
         Ok(Arc::new(AgentState {
-            grants: tls::pki::load_grant_verifier(&cfg.grant_public_key)?,
+            grants: tls::load_grant_verifier(&cfg.grant_public_key)?,
             audit: AuditLog::open_signed(&cfg.audit_log, &cfg.key)?.rotating_at(cfg.audit_rotate_bytes),
             control_tls: tls::client_config_with_crl(&cfg.ca, crl, cert, tls::ALPN_AGENT)?,
             data_tls: tls::client_config_with_crl(&cfg.ca, crl, cert, tls::ALPN_DATA)?,

@@ -51,6 +51,12 @@ pub enum CertsCmd {
     Relay(ServerCert),
     /// Issue the hub's HTTPS certificate (`OU=tether hub`).
     Hub(ServerCert),
+    /// A new grant-signing key (`grant.key`, `grant.pub` in `--out`; refuses
+    /// to overwrite), for a rollover of the hub's grant key (docs/operator.md).
+    GrantKey {
+        #[arg(long)]
+        out: PathBuf,
+    },
     /// Print a certificate's role, name, serial and validity.
     Show { cert: PathBuf },
     /// Write a CRL revoking the given certificates.
@@ -96,6 +102,23 @@ pub fn run(cmd: CertsCmd) -> Result<()> {
                 "wrote {0}/ca.pem, {0}/ca.key, {0}/grant.key, {0}/grant.pub: keep ca.key offline; grant.key goes \
                  to the hub only; relays and agents get ca.pem and grant.pub",
                 out.display()
+            );
+        }
+        CertsCmd::GrantKey { out } => {
+            for f in ["grant.key", "grant.pub"] {
+                if out.join(f).exists() {
+                    anyhow::bail!("{} exists: write the new key to another folder", out.join(f).display());
+                }
+            }
+            std::fs::create_dir_all(&out).with_context(|| format!("creating {}", out.display()))?;
+            let public = pki::write_grant_key(&out)?;
+            println!(
+                "wrote {0}/grant.key and {0}/grant.pub ({1}): add {1} as a second line of every relay's and \
+                 agent's grant_public_key file, reload them (SIGHUP, or wait 30 s), then switch the hub's \
+                 grant_signing_key to {0}/grant.key and restart the hub; once the hub signs with it, remove the \
+                 old key's line",
+                out.display(),
+                hex::encode(public)
             );
         }
         CertsCmd::Device { ca, id, out } => {

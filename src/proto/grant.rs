@@ -214,20 +214,43 @@ impl GrantSigner {
     }
 }
 
-/// Holds the hub's public key; relays and agents verify grants with it.
+/// Holds the hub's public key (two during a rollover: the old and the new
+/// one); relays and agents verify grants with it. Clones share the keys, so
+/// a reload puts new ones in force for every holder.
 #[derive(Clone)]
 pub struct GrantVerifier {
-    key: [u8; 32],
+    keys: std::sync::Arc<std::sync::RwLock<Vec<[u8; 32]>>>,
 }
 
 impl GrantVerifier {
     pub fn new(key: [u8; 32]) -> Self {
-        GrantVerifier { key }
+        GrantVerifier::with_keys(vec![key])
     }
 
-    /// Verifies the signature, then decodes. Nothing of an unsigned body is trusted.
+    pub fn with_keys(keys: Vec<[u8; 32]>) -> Self {
+        GrantVerifier { keys: std::sync::Arc::new(std::sync::RwLock::new(keys)) }
+    }
+
+    /// Puts `keys` in force; true when they differ from those before.
+    pub fn set_keys(&self, keys: Vec<[u8; 32]>) -> bool {
+        let mut held = self.keys.write().unwrap_or_else(|p| p.into_inner());
+        let changed = *held != keys;
+        *held = keys;
+        changed
+    }
+
+    pub fn key_count(&self) -> usize {
+        self.keys.read().unwrap_or_else(|p| p.into_inner()).len()
+    }
+
+    /// Verifies the signature (by any key in force), then decodes. Nothing
+    /// of an unsigned body is trusted.
     pub fn verify(&self, g: &SignedGrant) -> Result<Grant, GrantError> {
-        UnparsedPublicKey::new(&ED25519, &self.key).verify(&g.body, &g.sig).map_err(|_| GrantError::BadSignature)?;
+        let keys = self.keys.read().unwrap_or_else(|p| p.into_inner());
+        if !keys.iter().any(|k| UnparsedPublicKey::new(&ED25519, k).verify(&g.body, &g.sig).is_ok()) {
+            return Err(GrantError::BadSignature);
+        }
+        drop(keys);
         Ok(Grant::decode_body(g.body.clone())?)
     }
 }

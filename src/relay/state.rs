@@ -138,7 +138,7 @@ impl State {
         shutdown: CancellationToken,
         taps: super::Taps,
     ) -> Result<Arc<State>, super::RelayError> {
-        let grants = crate::tls::pki::load_grant_verifier(&cfg.grant_public_key)?;
+        let grants = crate::tls::load_grant_verifier(&cfg.grant_public_key)?;
         let audit = AuditLog::open_signed(&cfg.audit_log, &cfg.key)?.rotating_at(cfg.audit_rotate_bytes);
         let trust = crate::tls::Trust::get(&cfg.ca, cfg.crl.as_deref())?;
         Ok(Arc::new(State {

@@ -6,6 +6,7 @@
 mod config;
 mod dial;
 pub mod expiry;
+mod grant_keys;
 pub mod pki;
 mod quic;
 mod sessions;
@@ -13,6 +14,7 @@ mod trust;
 
 pub use config::*;
 pub use dial::{DIAL_TIMEOUT, dial};
+pub use grant_keys::{load_grant_verifier, read_grant_keys};
 pub use quic::{ALPN_QUIC_AGENT, ALPN_QUIC_CLIENT, quic_client_config, quic_server_config};
 pub use sessions::{ClientSessions, ServerSessions};
 pub use trust::Revoked;

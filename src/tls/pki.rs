@@ -186,15 +186,6 @@ pub fn load_grant_signer(path: &Path) -> Result<crate::proto::GrantSigner, TlsEr
     crate::proto::GrantSigner::from_pkcs8(p.contents()).map_err(|e| TlsError::GrantKey(e.to_string()))
 }
 
-/// Reads a grant-verifying public key (64 hex digits).
-pub fn load_grant_verifier(path: &Path) -> Result<crate::proto::GrantVerifier, TlsError> {
-    let text = read_string(path)?;
-    let raw = hex::decode(text.trim()).map_err(|_| TlsError::GrantKey(format!("{} is not hex", path.display())))?;
-    let key: [u8; 32] =
-        raw.try_into().map_err(|_| TlsError::GrantKey(format!("{} is not a 32-byte Ed25519 key", path.display())))?;
-    Ok(crate::proto::GrantVerifier::new(key))
-}
-
 /// Everything `tether certs init` writes.
 pub fn init_dir(dir: &Path, devices: &[&str]) -> Result<(), TlsError> {
     std::fs::create_dir_all(dir).map_err(|source| TlsError::Write { path: dir.into(), source })?;

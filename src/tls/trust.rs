@@ -327,7 +327,7 @@ pub fn catch_sighup() {
     }
 }
 
-/// Reloads CRLs every `period` and on SIGHUP, until the runtime ends.
+/// Reloads CRLs and grant keys every `period` and on SIGHUP, until the runtime ends.
 pub fn spawn_reloader(period: Duration) {
     // The handler caught before the process said it is up, if any; else one
     // registered now, before the task first runs.
@@ -340,13 +340,14 @@ pub fn spawn_reloader(period: Duration) {
             match hup.as_mut() {
                 Some(h) => tokio::select! {
                     _ = tick.tick() => {}
-                    _ = h.recv() => tracing::info!("SIGHUP: reloading CRLs"),
+                    _ = h.recv() => tracing::info!("SIGHUP: reloading CRLs and grant keys"),
                 },
                 None => {
                     tick.tick().await;
                 }
             }
             reload_all();
+            super::grant_keys::reload_all();
         }
     });
 }

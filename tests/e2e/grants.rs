@@ -192,3 +192,70 @@ fn agent_config_refuses_targets_outside_loopback() {
     let out = std::process::Command::new(BIN).args(["agent", "--check", "--config"]).arg(&cfg).output().unwrap();
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
 }
+
+/// A rollover of the hub's grant key without a moment in which grants fail:
+/// the new public key is added beside the old one on the relay and the agent
+/// (SIGHUP), grants by either key open sessions, then the old key is
+/// removed and its grants are refused by name.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_grant_key_rolls_over_without_a_restart() {
+    let fleet = Fleet::start(Opts { relays: 1, ..Opts::default() }).await;
+    let next_dir = fleet.dir().join("next-grant-key");
+    let (ok, out, err) = crate::hub::run(&["certs", "grant-key", "--out", next_dir.to_str().unwrap()], "").await;
+    assert!(ok, "{err}");
+    let next_pub: [u8; 32] = tls::read_grant_keys(&next_dir.join("grant.pub")).unwrap()[0];
+    assert!(out.contains(&hex::encode(next_pub)) && out.contains("second line"), "{out}");
+    let (ok, _, err) = crate::hub::run(&["certs", "grant-key", "--out", next_dir.to_str().unwrap()], "").await;
+    assert!(!ok && err.contains("exists"), "never overwrites a key: {err}");
+    let mut by_next = fleet.profile();
+    by_next.grant_signing_key = Some(next_dir.join("grant.key"));
+    let echo_through = async |profile: &tether::client::Profile| {
+        let s = tether::client::ClientSession::open(profile, DEVICE, "echo").await?;
+        let mut t = s.connect().await?;
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        t.write_all(b"ping").await.unwrap();
+        let mut got = [0u8; 4];
+        t.read_exact(&mut got).await.unwrap();
+        assert_eq!(&got, b"ping");
+        s.close();
+        Ok::<(), tether::client::ClientError>(())
+    };
+    let keys = fleet.pki.path("grant.pub");
+    let old_pub = std::fs::read_to_string(&keys).unwrap();
+    let hup = |fleet: &Fleet| {
+        for pid in [fleet.relays[0].proc.pid(), fleet.agent.as_ref().unwrap().pid()] {
+            assert!(std::process::Command::new("kill").args(["-HUP", &pid.to_string()]).status().unwrap().success());
+        }
+    };
+    let relay_keys = async |fleet: &Fleet| fleet.metric(0, "tether_grant_keys", &[]).await;
+    assert_eq!(relay_keys(&fleet).await, 1.0);
+
+    // Before the rollover: the next key's grants are refused by name.
+    let err = echo_through(&by_next).await.unwrap_err().to_string();
+    assert!(err.contains("signature"), "{err}");
+
+    // Both keys in force: grants by either open sessions.
+    std::fs::write(&keys, format!("# old, then new\n{old_pub}{}\n", hex::encode(next_pub))).unwrap();
+    hup(&fleet);
+    eventually("the relay holds two grant keys", async || relay_keys(&fleet).await == 2.0).await;
+    eventually("a grant by the next key opens a session", async || echo_through(&by_next).await.is_ok()).await;
+    echo_through(&fleet.profile()).await.expect("the old key's grants still work");
+
+    // The old key removed: its grants are refused, the next key's work.
+    std::fs::write(&keys, format!("{}\n", hex::encode(next_pub))).unwrap();
+    hup(&fleet);
+    eventually("the relay holds one grant key", async || relay_keys(&fleet).await == 1.0).await;
+    let err = echo_through(&fleet.profile()).await.unwrap_err().to_string();
+    assert!(err.contains("signature"), "{err}");
+    echo_through(&by_next).await.expect("the next key's grants work");
+    assert!(audited(&fleet.relay_audit(0), "client_refused", Reason::GrantBadSignature.label()));
+
+    // A file that cannot be read keeps the keys in force.
+    std::fs::write(&keys, "not a key\n").unwrap();
+    hup(&fleet);
+    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    assert_eq!(relay_keys(&fleet).await, 1.0);
+    echo_through(&by_next).await.expect("the keys in force stay");
+    let log = std::fs::read_to_string(fleet.dir().join("relay-a.log")).unwrap_or_default();
+    assert!(log.contains("grant keys cannot be read"), "{log}");
+}
