@@ -208,7 +208,21 @@ pub async fn run(cmd: JobsCmd) -> Result<()> {
 /// A reason as one table cell: its lines joined (an install's failing
 /// command may have printed several).
 fn one_line(s: &str) -> String {
-    s.lines().map(str::trim).filter(|l| !l.is_empty()).collect::<Vec<_>>().join(" | ")
+    printable(s).lines().map(str::trim).filter(|l| !l.is_empty()).collect::<Vec<_>>().join(" | ")
+}
+
+/// What a device sent, safe for a terminal: control characters other than
+/// newline and tab (an escape sequence could rewrite the screen) are shown
+/// as `\u{1b}`; a carriage return, which could hide a line, is dropped.
+fn printable(s: &str) -> String {
+    s.chars()
+        .map(|c| match c {
+            '\n' | '\t' => c.to_string(),
+            '\r' => String::new(),
+            c if c.is_control() => c.escape_unicode().to_string(),
+            c => c.to_string(),
+        })
+        .collect()
 }
 
 /// `jobs show`: a field a line, then the output as the device sent it.
@@ -218,7 +232,7 @@ fn shown(j: &JobView) -> String {
     let mut out = format!("{}: {} {} on {}\n", j.id, j.kind.as_str(), j.target, j.device);
     out += &format!("state:    {}\n", j.state.as_str());
     if !j.reason.is_empty() {
-        out += &format!("reason:   {}\n", j.reason.trim_end().replace('\n', "\n          "));
+        out += &format!("reason:   {}\n", printable(j.reason.trim_end()).replace('\n', "\n          "));
     }
     out += &format!("queued:   {} by {} (consent: {consent})\n", rfc3339(j.created_at), j.created_by);
     out += &format!("updated:  {}\n", rfc3339(j.updated_at));
@@ -231,10 +245,10 @@ fn shown(j: &JobView) -> String {
     if j.kind == JobKind::Upload && j.state == crate::api::JobState::Succeeded {
         out += &format!("archive:  at the hub: tether uploads get {} --out DIR\n", j.id);
     }
-    match j.output.as_str() {
+    match printable(&j.output).as_str() {
         "" => out += "output:   none\n",
         o => {
-            out += &format!("output ({} bytes):\n{o}", o.len());
+            out += &format!("output ({} bytes):\n{o}", j.output.len());
             if !o.ends_with('\n') {
                 out.push('\n');
             }

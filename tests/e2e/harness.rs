@@ -339,6 +339,8 @@ pub fn write_agent_config(
     }
     cfg += "\n[checks.hello]\ncommand = \"echo hello from the device\"\n\n[checks.fails]\ncommand = \"echo broken >&2; exit 3\"\n";
     cfg += "\n[checks.big]\ncommand = \"yes x | head -c 100000\"\n";
+    // Output that would rewrite a terminal (clear the screen, return the cursor).
+    cfg += "\n[checks.screen]\ncommand = \"printf 'before\\\\033[2J\\\\rafter\\\\n'\"\n";
     if opts.repo {
         // The root as shipped with the device (the hub's copy moves on).
         std::fs::copy(dir.join("repo/metadata/root.json"), dir.join("device-root.json")).unwrap();

@@ -239,6 +239,12 @@ async fn installs_run_on_the_device_and_a_failing_health_check_rolls_back() {
     assert!(out.ends_with("output (7 bytes):\nbroken\n") && out.contains("queued:   20"), "{out}");
     let (ok, out, _) = jobs_cli(&["show", "--profile", &p, "--json", id]).await;
     assert!(ok && serde_json::from_str::<Value>(&out).unwrap() == job, "--json is the listed job: {out}");
+    // What a device prints cannot drive the specialist's terminal.
+    let job = wait_final(&fleet, &p, &add_job(&p, &["run", "screen"]).await).await;
+    assert_eq!(job["output"], "before\u{1b}[2J\rafter\n", "{job}");
+    let (ok, out, err) = jobs_cli(&["show", "--profile", &p, job["id"].as_str().unwrap()]).await;
+    assert!(ok, "{err}");
+    assert!(out.ends_with("output (17 bytes):\nbefore\\u{1b}[2Jafter\n") && !out.contains('\u{1b}'), "{out:?}");
     let job = wait_final(&fleet, &p, &add_job(&p, &["run", "big"]).await).await;
     assert_eq!(job["state"], "SUCCEEDED", "{job}");
     assert_eq!(job["output"].as_str().unwrap().len(), 32 * 1024, "output capped");
