@@ -48,6 +48,11 @@ pub async fn run(a: ConnectArgs) -> Result<()> {
         a.reason
     };
     let (device, service) = (a.device, a.service);
+    if p.hub.is_some() && reason.trim().is_empty() {
+        anyhow::bail!(
+            "a reason is required: --reason \"ticket CHG-1881: …\" (the hub records it; the person at the device sees it)"
+        );
+    }
     let source = client::GrantSource::from_profile(&p, Some(&reason))?;
     eprintln!("asking {device} for {service} (the device may need on-site approval)...");
     let deadline = Instant::now() + Duration::from_secs(a.wait);

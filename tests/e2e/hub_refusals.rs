@@ -88,6 +88,12 @@ async fn refusals_are_clear_audited_counted_and_isolated() {
     };
     ping(&mut live).await;
 
+    // A connect without a stated reason fails at once, before asking anyone.
+    let p = alice_profile.to_str().unwrap();
+    let (ok, _, err) =
+        crate::hub::run(&["connect", "--profile", p, DEVICE, "echo", "--listen", "127.0.0.1:0"], "").await;
+    assert!(!ok && err.contains("a reason is required: --reason") && !err.contains("asking"), "{err}");
+
     // Logins: unknown user, wrong password, wrong code, reused code — one outward answer.
     let same = api_err(login_raw(&fleet, "nobody", "violet staple quarantine 42 orbit", &code(&alice, 0)).await);
     assert_eq!((same.0, same.1.as_str()), (401, "login_failed"));
