@@ -47,7 +47,6 @@ pub struct AuditLog {
 }
 
 /// What opening a log found in its file.
-#[derive(Default)]
 struct Tail {
     seq: u64,
     prev: String,
@@ -55,10 +54,17 @@ struct Tail {
     whole: u64,
 }
 
+impl Default for Tail {
+    /// An empty file: the chain starts at its genesis.
+    fn default() -> Self {
+        Tail { seq: 0, prev: GENESIS.into(), whole: 0 }
+    }
+}
+
 /// The last record's link, and where the whole records end (a last line
 /// without its newline was cut short while being written).
 fn scan(mut r: impl BufRead) -> std::io::Result<Tail> {
-    let mut tail = Tail { prev: GENESIS.into(), ..Tail::default() };
+    let mut tail = Tail::default();
     let mut line = Vec::new();
     loop {
         line.clear();
@@ -195,7 +201,7 @@ impl AuditLog {
         }
         let tail = match File::open(path) {
             Ok(f) => scan(BufReader::new(f)).map_err(io)?,
-            Err(_) => Tail { prev: GENESIS.into(), ..Tail::default() },
+            Err(_) => Tail::default(),
         };
         let (mut seq, mut prev) = (tail.seq, tail.prev);
         // A file started by a rotation just before a restart: the chain goes
@@ -270,11 +276,6 @@ impl AuditLog {
         (c.seq, c.prev.clone())
     }
 
-    /// Records chained and not yet on disk.
-    pub fn held(&self) -> u64 {
-        crate::util::lock(&self.chain).held_records
-    }
-
     pub fn path(&self) -> &Path {
         &self.path
     }
@@ -333,14 +334,14 @@ mod tests {
         let good = crate::util::lock(&log.chain).file.replace(full).unwrap();
         let pad = "x".repeat(1000);
         let mut n = 0;
-        while log.held() > 0 || n == 0 {
+        while crate::util::lock(&log.chain).held_records > 0 || n == 0 {
             log.record("while_full", json!({"n": n, "pad": pad}));
             n += 1;
             if crate::util::lock(&log.chain).lost >= 3 {
                 break;
             }
         }
-        let held = log.held();
+        let held = crate::util::lock(&log.chain).held_records;
         let bytes = crate::util::lock(&log.chain).held.len();
         assert!((MAX_HELD..MAX_HELD + 2000).contains(&bytes), "held up to the limit: {bytes} bytes, {held} records");
         assert_eq!(n, held + 3, "every record past the limit is lost, none dropped silently");

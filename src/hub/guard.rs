@@ -129,3 +129,18 @@ pub async fn entitled_device(hub: &Hub, user: &User, peer: &Peer, device: &str, 
     .await;
     Err(ApiError::new(StatusCode::FORBIDDEN, "not_entitled", format!("you are not entitled to device {device}")))
 }
+
+/// Job `id`, when `user` is entitled to its device's site (`action` names
+/// what for in the refusal's audit record); 404 `no_job` when there is none.
+pub async fn entitled_job(
+    hub: &Hub,
+    user: &User,
+    peer: &Peer,
+    id: &str,
+    action: &str,
+) -> Result<crate::api::JobView, ApiError> {
+    let none = || ApiError::new(StatusCode::NOT_FOUND, "no_job", format!("no job {id}"));
+    let job = hub.store.job(id).await.map_err(internal)?.ok_or_else(none)?;
+    entitled_device(hub, user, peer, &job.device, action).await?;
+    Ok(job)
+}

@@ -13,7 +13,7 @@ use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
 use super::Hub;
-use super::guard::{authenticate, entitled_device, internal, read_body, relay_identity, require_admin};
+use super::guard::{authenticate, entitled_device, entitled_job, internal, read_body, relay_identity, require_admin};
 use super::http::{self, Answer, ApiError, Peer, json_answer};
 use super::model::{Role, User};
 use crate::api::{JobKind, JobReport, JobRequest, JobState, JobView, RelayEvents, Route};
@@ -103,10 +103,7 @@ pub async fn handle(hub: &Hub, route: Route<'_>, req: Request<Incoming>, peer: &
         }
         Route::Job(id) => {
             let user = authenticate(hub, &req, peer).await?;
-            let none = || ApiError::new(StatusCode::NOT_FOUND, "no_job", format!("no job {id}"));
-            let job = hub.store.job(id).await.map_err(internal)?.ok_or_else(none)?;
-            entitled_device(hub, &user, peer, &job.device, "job_read").await?;
-            Ok(json_answer(StatusCode::OK, &job))
+            Ok(json_answer(StatusCode::OK, &entitled_job(hub, &user, peer, id, "job_read").await?))
         }
         Route::JobCancel(id) => {
             let user = authenticate(hub, &req, peer).await?;
@@ -219,8 +216,7 @@ async fn create(hub: &Hub, user: &User, peer: &Peer, want: JobRequest) -> Result
 
 pub(super) async fn cancel(hub: &Hub, user: &User, peer: &Peer, id: &str) -> Result<JobView, ApiError> {
     let none = || ApiError::new(StatusCode::NOT_FOUND, "no_job", format!("no job {id}"));
-    let job = hub.store.job(id).await.map_err(internal)?.ok_or_else(none)?;
-    entitled_device(hub, user, peer, &job.device, "job_cancel").await?;
+    let job = entitled_job(hub, user, peer, id, "job_cancel").await?;
     if job.state.is_final() {
         hub.refused("job_refused", "job_finished", json!({"user": user.name, "job": id})).await;
         let msg = format!("job {id} already ended {}", job.state.as_str());

@@ -17,7 +17,7 @@ use hyper::{Request, StatusCode};
 use serde_json::json;
 
 use super::Hub;
-use super::guard::{authenticate, entitled_device, internal, read_body, relay_identity};
+use super::guard::{authenticate, internal, read_body, relay_identity};
 use super::http::{self, Answer, ApiError, Peer, json_answer};
 use super::repo_api::{MAX_CHUNK, bytes_answer};
 use crate::api::{JobKind, JobState, Route, UploadProgress};
@@ -45,9 +45,7 @@ pub async fn handle(hub: &Hub, route: Route<'_>, req: Request<Incoming>, peer: &
         }
         Route::JobUpload(id) => {
             let user = authenticate(hub, &req, peer).await?;
-            let none = || ApiError::new(StatusCode::NOT_FOUND, "no_job", format!("no job {id}"));
-            let job = hub.store.job(id).await.map_err(internal)?.ok_or_else(none)?;
-            entitled_device(hub, &user, peer, &job.device, "upload_get").await?;
+            let job = super::guard::entitled_job(hub, &user, peer, id, "upload_get").await?;
             let offset = http::query(&req, "offset").and_then(|v| v.parse::<u64>().ok()).unwrap_or(0);
             let len = http::query(&req, "len").and_then(|v| v.parse::<usize>().ok()).unwrap_or(MAX_CHUNK);
             let path = dir(hub)?.join(format!("{id}.tar"));

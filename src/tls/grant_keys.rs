@@ -16,7 +16,7 @@ static ALL: LazyLock<Mutex<Vec<(PathBuf, GrantVerifier)>>> = LazyLock::new(Defau
 /// The grant-verifying public keys in `path`: one per line (64 hex
 /// digits), blank lines and `#` comments allowed, at least one.
 pub fn read_grant_keys(path: &Path) -> Result<Vec<[u8; 32]>, TlsError> {
-    let text = std::fs::read_to_string(path).map_err(|source| TlsError::Read { path: path.into(), source })?;
+    let text = super::pki::read_string(path)?;
     let bad = |what: &str| TlsError::GrantKey(format!("{}: {what}", path.display()));
     let mut keys = Vec::new();
     for line in text.lines().map(str::trim).filter(|l| !l.is_empty() && !l.starts_with('#')) {

@@ -205,7 +205,7 @@ pub fn init_dir(dir: &Path, devices: &[&str]) -> Result<(), TlsError> {
     )
 }
 
-fn read_string(path: &Path) -> Result<String, TlsError> {
+pub(super) fn read_string(path: &Path) -> Result<String, TlsError> {
     std::fs::read_to_string(path).map_err(|source| TlsError::Read { path: path.into(), source })
 }
 

@@ -140,6 +140,8 @@ async fn jobs_are_queued_listed_reported_and_cancelled_and_each_refusal_is_named
         assert!(audited(&audit, "job_refused", code), "job_refused {code} audited");
     }
     assert!(audited(&audit, "job_report_refused", "bad_transition"), "a report moving a job backwards is audited");
+    let read_refused = |r: &Value| r["event"] == "job_refused" && r["action"] == "job_read" && r["user"] == "stranger";
+    assert!(audit.iter().any(read_refused), "another site's job shown: refused and audited");
     assert!(audit.iter().any(|r| r["event"] == "job_created" && r["job"] == id.as_str()));
     assert!(audit.iter().any(|r| r["event"] == "job_state" && r["to"] == "CANCELED"));
 }
