@@ -122,6 +122,9 @@ metric!(pub HUB_UPLOAD_BYTES: IntCounter = counter("tether_hub_upload_bytes_tota
 metric!(pub AGENT_UPLOAD_BYTES: IntCounter = counter("tether_agent_upload_bytes_total", "Upload bytes sent toward the hub (resent ones included)"));
 metric!(pub HUB_REPO_PUBLISHED: IntCounter = counter("tether_hub_repo_published_total", "Targets versions the repository took"));
 metric!(pub HUB_ANCHOR_REFUSALS: IntCounterVec = counter_vec("tether_hub_anchor_refusals_total", "Audit chain heads the hub refused to anchor, by reason (unsigned, bad_certificate, bad_signature, rollback, fork)", &["reason"]));
+metric!(pub HUB_DEVICE_CERTS_EXPIRING: IntGauge = gauge("tether_hub_device_certs_expiring", "Devices whose certificate, as a relay last saw it, expires within 30 days (expired ones included)"));
+metric!(pub HUB_CERT_RENEWALS_PENDING: IntGauge = gauge("tether_hub_cert_renewals_pending", "Device certificate renewals waiting for the fleet CA's signature (tether certs renewals --sign)"));
+metric!(pub AGENT_CERT_RENEWALS: IntCounterVec = counter_vec("tether_agent_cert_renewals_total", "Certificate renewal steps of the agent, by outcome (requested, installed, refused, failed)", &["outcome"]));
 metric!(pub HUB_REFUSALS: IntCounterVec = counter_vec("tether_hub_refusals_total", "Requests refused, by reason", &["reason"]));
 metric!(pub HUB_SESSIONS_GRANTED: IntCounter = counter("tether_hub_sessions_granted_total", "Grants signed"));
 metric!(pub HUB_SESSIONS_LOST: IntCounter = counter("tether_hub_sessions_lost_total", "Live sessions recorded as ended because no relay holds them any more"));
@@ -231,6 +234,9 @@ pub fn init() {
     LazyLock::force(&HUB_REQUESTS);
     LazyLock::force(&HUB_LOGIN_FAILURES);
     LazyLock::force(&HUB_REFUSALS);
+    LazyLock::force(&HUB_DEVICE_CERTS_EXPIRING);
+    LazyLock::force(&HUB_CERT_RENEWALS_PENDING);
+    LazyLock::force(&AGENT_CERT_RENEWALS);
     LazyLock::force(&HUB_ANCHOR_REFUSALS);
     LazyLock::force(&HUB_REPO_PUBLISHED);
     LazyLock::force(&HUB_JOBS);

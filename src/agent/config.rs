@@ -178,6 +178,21 @@ pub struct AgentConfig {
     /// The file sets `upload` jobs may name.
     #[serde(default)]
     pub uploads: BTreeMap<String, UploadSet>,
+    /// Ask for a renewed certificate, through the relays, once the device's
+    /// has fewer days than this left (0: never; default 60).
+    #[serde(default = "default_renew_days")]
+    pub cert_renew_days: u64,
+    /// How often the renewal checks the certificate and asks the hub
+    /// whether the renewed one is signed (seconds; default 3600).
+    #[serde(default = "default_cert_check")]
+    pub cert_check_secs: u64,
+}
+
+fn default_renew_days() -> u64 {
+    60
+}
+fn default_cert_check() -> u64 {
+    3600
 }
 
 fn default_consent_timeout() -> u64 {

@@ -10,6 +10,7 @@ mod e2e;
 pub mod fetch;
 mod jobs;
 pub mod operator;
+mod renew;
 mod state;
 mod streams;
 mod transport;
@@ -41,6 +42,7 @@ pub enum AgentError {
 pub async fn run(cfg: AgentConfig, shutdown: CancellationToken) -> Result<(), AgentError> {
     crate::tls::spawn_reloader(crate::tls::CRL_RELOAD_PERIOD);
     crate::metrics::init();
+    renew::finish_install(&cfg).map_err(|source| AgentError::State { path: cfg.cert.clone(), source })?;
     crate::tls::expiry::export(&[&cfg.cert, &cfg.ca]);
     let state = AgentState::new(cfg, shutdown.clone())?;
     let listener = operator::bind(&state.cfg.operator_socket)?;
@@ -50,6 +52,7 @@ pub async fn run(cfg: AgentConfig, shutdown: CancellationToken) -> Result<(), Ag
     }
     tracker.spawn(operator::serve(listener, state.clone()));
     tracker.spawn(jobs::run(state.clone()));
+    tracker.spawn(renew::run(state.clone()));
     tracing::info!(device = %state.cfg.device, relays = state.cfg.relays.len(), "agent running");
     shutdown.cancelled().await;
     tracker.close();

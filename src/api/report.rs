@@ -12,6 +12,9 @@ pub struct AgentSeen {
     pub transport: String,
     /// Unix seconds of the agent's last heartbeat (or attach).
     pub last_heartbeat: u64,
+    /// Unix seconds at which the certificate it attached with expires.
+    #[serde(default)]
+    pub cert_expires: u64,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, Default, PartialEq, Eq)]

@@ -95,6 +95,13 @@ pub struct DeviceView {
     /// Unix seconds.
     pub last_heartbeat: Option<u64>,
     pub agent_version: Option<String>,
+    /// When the certificate the device last presented to a relay expires
+    /// (Unix seconds; none: never seen).
+    #[serde(default)]
+    pub cert_expires: Option<u64>,
+    /// Its certificate renewal: `pending`, `issued` or `installed`.
+    #[serde(default)]
+    pub cert_renewal: Option<String>,
 }
 
 /// `POST /api/v1/sessions`.
@@ -286,6 +293,12 @@ pub enum Route<'a> {
     RolloutCreate,
     Rollouts,
     RolloutCancel(&'a str),
+    /// A relay forwards its device's certificate renewal request.
+    DeviceCert(&'a str),
+    /// Renewals waiting for the CA's signature (admin).
+    CertRequests,
+    /// The certificate signed for a device's renewal (admin).
+    CertIssue(&'a str),
 }
 
 impl<'a> Route<'a> {
@@ -323,6 +336,9 @@ impl<'a> Route<'a> {
             ("POST", ["api", "v1", "rollouts"]) => Route::RolloutCreate,
             ("GET", ["api", "v1", "rollouts"]) => Route::Rollouts,
             ("POST", ["api", "v1", "rollouts", id, "cancel"]) => Route::RolloutCancel(id),
+            ("POST", ["api", "v1", "device", device, "cert"]) => Route::DeviceCert(device),
+            ("GET", ["api", "v1", "cert-requests"]) => Route::CertRequests,
+            ("POST", ["api", "v1", "cert-requests", device]) => Route::CertIssue(device),
             _ => return None,
         })
     }
@@ -360,6 +376,9 @@ impl<'a> Route<'a> {
             Some(Route::RolloutCreate) => "rollout_create",
             Some(Route::Rollouts) => "rollouts",
             Some(Route::RolloutCancel(_)) => "rollout_cancel",
+            Some(Route::DeviceCert(_)) => "device_cert",
+            Some(Route::CertRequests) => "cert_requests",
+            Some(Route::CertIssue(_)) => "cert_issue",
             None => "other",
         }
     }

@@ -105,7 +105,7 @@ pub fn verify(path: &Path) -> Result<u64, AuditError> {
 pub fn verify_file(path: &Path, cert: Option<&[u8]>) -> Result<(u64, String), AuditError> {
     let f = File::open(path).map_err(|source| AuditError::Io { path: path.into(), source })?;
     let mut last = GENESIS.to_string();
-    let n = verify_chain(BufReader::new(f), (GENESIS, 0), cert, &mut last)
+    let n = verify_chain(BufReader::new(f), (GENESIS, 0), &mut cert.map(sign::Certs::new), &mut last)
         .map_err(|(line, why)| AuditError::Broken { path: path.into(), line, why })?;
     Ok((n, last))
 }
@@ -115,10 +115,11 @@ pub fn verify_file(path: &Path, cert: Option<&[u8]>) -> Result<(u64, String), Au
 /// the first to the last of the last. Returns the records and the last hash.
 pub fn verify_files(paths: &[PathBuf], cert: Option<&[u8]>) -> Result<(u64, String), AuditError> {
     let (mut seq, mut prev) = (0, GENESIS.to_string());
+    let mut certs = cert.map(sign::Certs::new);
     for path in paths {
         let f = File::open(path).map_err(|source| AuditError::Io { path: path.clone(), source })?;
         let mut last = String::new();
-        let n = verify_chain(BufReader::new(f), (&prev, seq), cert, &mut last)
+        let n = verify_chain(BufReader::new(f), (&prev, seq), &mut certs, &mut last)
             .map_err(|(line, why)| AuditError::Broken { path: path.clone(), line, why })?;
         (seq, prev) = (seq + n, last);
     }
@@ -128,13 +129,13 @@ pub fn verify_files(paths: &[PathBuf], cert: Option<&[u8]>) -> Result<(u64, Stri
 /// Checks a chain read from `r` that continues after (`prev`, `seq`).
 /// Errors carry the 1-based line and why.
 pub fn verify_lines(r: impl BufRead, prev: &str, seq: u64) -> Result<u64, (usize, String)> {
-    verify_chain(r, (prev, seq), None, &mut String::new())
+    verify_chain(r, (prev, seq), &mut None, &mut String::new())
 }
 
 fn verify_chain(
     r: impl BufRead,
     (prev, seq): (&str, u64),
-    cert: Option<&[u8]>,
+    certs: &mut Option<sign::Certs>,
     last: &mut String,
 ) -> Result<u64, (usize, String)> {
     let mut prev = prev.to_string();
@@ -163,15 +164,22 @@ fn verify_chain(
         if m.get("prev").and_then(Value::as_str) != Some(prev.as_str()) {
             return Err(broken(format!("record seq {seq} does not follow the previous record (prev differs)")));
         }
-        if let Some(cert) = cert {
+        if let Some(certs) = certs.as_mut() {
             match sig.as_ref().and_then(Value::as_str) {
                 None => return Err(broken(format!("record seq {seq} is not signed"))),
-                Some(s) if !sign::verify(cert, &hash, s) => {
+                Some(s) if !certs.check(&hash, s) => {
                     return Err(broken(format!(
                         "record seq {seq}: the signature does not match (the record was changed after it was written, or another key signed it)"
                     )));
                 }
                 Some(_) => {}
+            }
+            // The device renewed its certificate: the new one signs from here.
+            if m.get("event").and_then(Value::as_str) == Some("cert_renewed") {
+                match m.get("cert").and_then(Value::as_str).and_then(|c| hex::decode(c).ok()) {
+                    Some(next) => certs.renewed(next),
+                    None => return Err(broken(format!("record seq {seq}: a renewal that names no certificate"))),
+                }
             }
         }
         prev = hash;

@@ -57,6 +57,9 @@ pub enum CertsCmd {
         #[arg(long)]
         out: PathBuf,
     },
+    /// Device certificate renewals waiting at the hub (admin); `--sign --ca
+    /// DIR` signs them with the fleet CA, which never goes online.
+    Renewals(super::renewals::RenewalsArgs),
     /// Print a certificate's role, name, serial and validity.
     Show { cert: PathBuf },
     /// Write a CRL revoking the given certificates.
@@ -139,6 +142,7 @@ pub fn run(cmd: CertsCmd) -> Result<()> {
                 println!("valid:    {} .. {}", x.validity().not_before, x.validity().not_after);
             }
         }
+        CertsCmd::Renewals(_) => unreachable!("cli::run runs renewals"),
         CertsCmd::Revoke { ca, out, certs } => {
             let mut serials = Vec::new();
             for c in &certs {

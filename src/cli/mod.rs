@@ -9,6 +9,7 @@ mod dev;
 mod hub;
 mod jobs;
 mod relay;
+mod renewals;
 mod repo;
 mod specialist;
 mod uploads;
@@ -154,6 +155,7 @@ enum Cmd {
 pub async fn run(cli: Cli) -> Result<()> {
     match cli.cmd {
         Cmd::Dev { cmd, dir } => dev::run(cmd, &dir).await,
+        Cmd::Certs { cmd: certs::CertsCmd::Renewals(a) } => renewals::run(a).await,
         Cmd::Certs { cmd } => certs::run(cmd),
         Cmd::Relay { config, check } => relay::run(&config, check).await,
         Cmd::Agent { config, check, json, watch, cmd } => {

@@ -141,6 +141,7 @@ pub async fn devices(path: &Path, json: bool) -> Result<()> {
             } else {
                 "offline".into()
             };
+            let cert = cert_column(d.cert_expires, d.cert_renewal.as_deref(), crate::util::now_secs());
             vec![
                 d.id,
                 d.site,
@@ -148,11 +149,30 @@ pub async fn devices(path: &Path, json: bool) -> Result<()> {
                 when(d.last_heartbeat.map(|h| h as i64)),
                 or_dash(d.agent_version.as_deref()),
                 d.consent,
+                cert,
             ]
         })
         .collect();
-    print_table(&["device", "site", "status", "last heartbeat", "agent", "consent"], rows);
+    print_table(&["device", "site", "status", "last heartbeat", "agent", "consent", "certificate"], rows);
     Ok(())
+}
+
+/// When a device's certificate expires, flagged within 30 days, with its
+/// renewal while one is under way.
+fn cert_column(expires: Option<u64>, renewal: Option<&str>, now: u64) -> String {
+    let Some(t) = expires else { return "-".into() };
+    let day = crate::util::clock::rfc3339(t as i64).get(..10).unwrap_or_default().to_string();
+    let mut out = match t.checked_sub(now) {
+        None => format!("EXPIRED {day}"),
+        Some(left) if left < 30 * 86_400 => format!("until {day} ({} days left)", left / 86_400),
+        Some(_) => format!("until {day}"),
+    };
+    match renewal {
+        Some("pending") => out += ", renewal waits for the CA (tether certs renewals)",
+        Some("issued") => out += ", renewed: not yet installed",
+        _ => {}
+    }
+    out
 }
 
 pub async fn sessions(path: &Path, json: bool, limit: u32) -> Result<()> {

@@ -11,12 +11,11 @@
 use std::collections::HashMap;
 use std::sync::{LazyLock, Mutex};
 
-use rustls::pki_types::{CertificateDer, UnixTime};
 use serde_json::json;
 
 use super::Hub;
 use crate::api::{Head, RelayReport};
-use crate::tls::{self, Role};
+use crate::tls;
 
 /// Anchors at most this often per source (seconds): records cut off the end
 /// of a log show once they are older than this.
@@ -39,21 +38,15 @@ pub async fn heads(hub: &Hub, relay: &str, relay_cert: Option<&[u8]>, r: &RelayR
 
 /// The device certificate a relay passed on, if it is a valid fleet device
 /// certificate (CA, CRL, role) for `device`.
-fn device_cert(hub: &Hub, device: &str, hex_der: &str) -> Result<Vec<u8>, &'static str> {
+pub(super) fn device_cert(hub: &Hub, device: &str, hex_der: &str) -> Result<Vec<u8>, &'static str> {
     let der = hex::decode(hex_der).map_err(|_| "no_certificate")?;
     if der.is_empty() {
         return Err("no_certificate");
     }
-    let trust = tls::Trust::get(&hub.cfg.ca, hub.cfg.crl.as_deref()).map_err(|_| "bad_certificate")?;
-    let verifier = trust.client_verifier(Some(Role::Device), true);
-    verifier.verify_client_cert(&CertificateDer::from(der.as_slice()), &[], UnixTime::now()).map_err(|e| {
-        tracing::info!(device, error = %e, "agent head with a certificate that does not verify");
-        "bad_certificate"
+    tls::renewal::check_device_cert(&hub.cfg.ca, hub.cfg.crl.as_deref(), device, &der).map_err(|e| {
+        tracing::info!(device, error = %e, "a device certificate that does not verify");
+        e.code
     })?;
-    let der_ref = CertificateDer::from(der.as_slice());
-    if tls::peer_common_name(Some(std::slice::from_ref(&der_ref))).as_deref() != Some(device) {
-        return Err("wrong_device");
-    }
     Ok(der)
 }
 

@@ -39,6 +39,9 @@ async fn route(hub: &Hub, req: Request<Incoming>, peer: &Peer) -> Result<Answer,
         | Route::DeviceJobReport(..)
         | Route::RelayEvents => super::jobs::handle(hub, route, req, peer).await,
         Route::DeviceUpload(..) | Route::JobUpload(_) => super::uploads::handle(hub, route, req, peer).await,
+        Route::DeviceCert(_) | Route::CertRequests | Route::CertIssue(_) => {
+            super::certs::handle(hub, route, req, peer).await
+        }
         Route::RolloutCreate | Route::Rollouts | Route::RolloutCancel(_) => {
             super::rollouts::handle(hub, route, req, peer).await
         }
@@ -67,10 +70,12 @@ async fn route(hub: &Hub, req: Request<Incoming>, peer: &Peer) -> Result<Answer,
         Route::Devices => {
             let user = authenticate(hub, &req, peer).await?;
             let list = hub.store.devices_for(&user.name, user.role == Role::Admin).await.map_err(internal)?;
+            let certs = hub.store.certs().await.map_err(internal)?;
             let out: Vec<DeviceView> = list
                 .into_iter()
                 .map(|d| {
                     let p = hub.board.presence(&d.id);
+                    let c = certs.get(&d.id);
                     DeviceView {
                         id: d.id,
                         site: d.site,
@@ -80,6 +85,8 @@ async fn route(hub: &Hub, req: Request<Incoming>, peer: &Peer) -> Result<Answer,
                         transports: p.transports,
                         last_heartbeat: p.last_heartbeat,
                         agent_version: p.agent_version,
+                        cert_expires: c.map(|c| c.not_after).filter(|t| *t > 0),
+                        cert_renewal: c.and_then(|c| c.renewal()).map(str::to_string),
                     }
                 })
                 .collect();

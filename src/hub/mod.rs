@@ -7,6 +7,7 @@ mod anchors;
 mod api;
 pub mod audit;
 pub mod auth;
+mod certs;
 pub mod config;
 mod console;
 mod guard;
@@ -74,6 +75,8 @@ pub struct Hub {
     console: console::ConsoleSessions,
     /// How far the console has verified the hub's audit chain.
     console_chain: console::ChainCheck,
+    /// Device certificate expiries last written.
+    certs_seen: certs::Seen,
 }
 
 impl Hub {
@@ -115,6 +118,7 @@ impl Hub {
             signer,
             console,
             console_chain,
+            certs_seen: certs::Seen::default(),
         }))
     }
 
@@ -191,6 +195,7 @@ pub async fn run(listener: TcpListener, cfg: HubConfig, stop: CancellationToken)
     tokio::spawn(repo_api::refresh_timestamps(hub.clone(), stop.clone()));
     tokio::spawn(jobs::sweep(hub.clone(), stop.clone()));
     tokio::spawn(lost::sweep(hub.clone(), stop.clone()));
+    tokio::spawn(certs::sweep(hub.clone(), stop.clone()));
     tokio::spawn(rollouts::drive(hub.clone(), stop.clone()));
     let balancers = crate::util::proxy::ProxyTrust::new(hub.cfg.proxy_protocol_from.clone());
     http::serve(listener, tls, (hub.cfg.max_connections, balancers), drops, handler, stop).await;

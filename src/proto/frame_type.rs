@@ -31,6 +31,7 @@ pub(super) const JOBS_GET: u8 = 30;
 pub(super) const JOB_REPORT: u8 = 31;
 pub(super) const JOBS_WAITING: u8 = 32;
 pub(super) const UPLOAD_PUT: u8 = 33;
+pub(super) const CERT_RENEW: u8 = 34;
 
 /// The largest body a frame of type `ty` may have. Preambles and small
 /// control frames are capped tightly; frames carrying a grant, a list or a
@@ -41,6 +42,7 @@ pub(super) fn max_len(ty: u8) -> usize {
         | TWIN_ACK => 256,
         REPO_GET | JOBS_GET | JOBS_WAITING | UPLOAD_PUT => 1024,
         REPO_FAILED => 4 * 1024,
+        CERT_RENEW => 10 * 1024,
         CLIENT_JOIN | DATA_OPEN | CLIENT_RESUME | OPEN | TWIN_OPEN | SESSION_READY => 1024,
         ERROR | WELCOME | TWIN_HELLO | AUDIT_HEAD => 4 * 1024,
         HELLO | ACCESS_REQUEST | CLIENT_OPEN => 16 * 1024,

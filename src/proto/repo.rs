@@ -12,7 +12,7 @@
 //! file is complete), or one `Failed`.
 use bytes::{BufMut, Bytes, BytesMut};
 
-use super::frame_type::{JOB_REPORT, JOBS_GET, JOBS_WAITING, REPO_DATA, REPO_FAILED, REPO_GET, UPLOAD_PUT};
+use super::frame_type::{CERT_RENEW, JOB_REPORT, JOBS_GET, JOBS_WAITING, REPO_DATA, REPO_FAILED, REPO_GET, UPLOAD_PUT};
 use super::wire::*;
 use super::{MAX_FRAME, ProtoError};
 
@@ -22,6 +22,9 @@ pub const DATA_CHUNK: usize = MAX_FRAME - 64;
 pub const MAX_RANGE: u32 = 4 << 20;
 /// The most output a job report carries.
 pub const MAX_OUTPUT: usize = 32 * 1024;
+/// The longest certificate signing request (PEM) a device may send, and
+/// the longest certificate (DER) it may send with it.
+pub const MAX_CSR: usize = 3 * 1024;
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum RepoFrame {
@@ -49,6 +52,14 @@ pub enum RepoFrame {
     /// `Data` frames; `len` 0 asks how much the hub already has. Answered
     /// with `Data` holding the hub's JSON progress.
     UploadPut { version: u16, job: String, offset: u64, total: u64, len: u32, sha256: String },
+    /// agent -> relay on a fetch leg: a certificate signing request (PEM,
+    /// at most [`MAX_CSR`] bytes) for this device's next certificate, made
+    /// with a key the device generated and keeps; `cert`, the device's
+    /// current certificate (DER), and `proof`, that certificate's key's
+    /// signature over the request (so no relay can ask in a device's name).
+    /// Answered with `Data` holding the hub's JSON renewal state (and the
+    /// certificate once the fleet CA's holder signed it).
+    CertRenew { version: u16, csr: Bytes, cert: Bytes, proof: Bytes },
 }
 
 impl RepoFrame {
@@ -96,6 +107,13 @@ impl RepoFrame {
                 buf.put_u32(*len);
                 put_str(buf, sha256);
             }
+            RepoFrame::CertRenew { version, csr, cert, proof } => {
+                buf.put_u8(CERT_RENEW);
+                buf.put_u16(*version);
+                for b in [csr, cert, proof] {
+                    put_bytes(buf, &b[..b.len().min(MAX_CSR)]);
+                }
+            }
         }
     }
 
@@ -130,6 +148,12 @@ impl RepoFrame {
                 len: get_u32(b)?,
                 sha256: get_str(b)?,
             },
+            CERT_RENEW => RepoFrame::CertRenew {
+                version: get_u16(b)?,
+                csr: get_bytes(b, MAX_CSR)?,
+                cert: get_bytes(b, MAX_CSR)?,
+                proof: get_bytes(b, MAX_CSR)?,
+            },
             _ => RepoFrame::JobsWaiting,
         })
     }
@@ -143,6 +167,7 @@ impl RepoFrame {
             RepoFrame::JobReport { .. } => "job_report",
             RepoFrame::JobsWaiting => "jobs_waiting",
             RepoFrame::UploadPut { .. } => "upload_put",
+            RepoFrame::CertRenew { .. } => "cert_renew",
         }
     }
 }

@@ -114,6 +114,13 @@ fn frame() -> impl Strategy<Value = Frame> {
                 sha256
             })
         ),
+        (any::<u16>(), proptest::collection::vec(any::<u8>(), 0..3000), proptest::collection::vec(any::<u8>(), 0..99))
+            .prop_map(|(version, csr, proof)| Frame::Repo(RepoFrame::CertRenew {
+                version,
+                cert: csr.iter().rev().copied().collect(),
+                csr: csr.into(),
+                proof: proof.into()
+            })),
     ]
 }
 

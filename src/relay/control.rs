@@ -135,6 +135,7 @@ async fn attached(
             transport,
             last_heartbeat: crate::util::now_secs().into(),
             audit_head: Default::default(),
+            cert_expires: crate::tls::renewal::not_after(&cert).unwrap_or(0),
             cert,
             streams,
         },

@@ -124,6 +124,7 @@ fn build(state: &State, full: bool, sent: &HashMap<String, u64>) -> (RelayReport
                 agent_version: a.agent_version.clone(),
                 transport: a.transport.into(),
                 last_heartbeat: a.last_heartbeat.load(Ordering::Relaxed),
+                cert_expires: a.cert_expires,
             });
         }
         let head = a.audit_head.lock().ok().and_then(|h| h.clone());

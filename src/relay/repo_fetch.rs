@@ -1,5 +1,6 @@
 //! Fetch legs: an agent's requests for repository metadata and artifact
-//! ranges, its jobs and reports, and its uploads' ranges, forwarded to the
+//! ranges, its jobs and reports, its uploads' ranges and its certificate
+//! renewal, forwarded to the
 //! hub over this relay's mTLS link and answered in `Data` frames. The relay
 //! keeps nothing: the agent checks every byte against the signed metadata and
 //! the hub checks every upload against its SHA-256, so a relay can delay a
@@ -55,6 +56,7 @@ pub async fn serve(state: Arc<State>, mut io: FrameIo<Leg>, peer: SocketAddr, de
             RepoFrame::UploadPut { job, offset, total, len, sha256, .. } => {
                 (0, Call::Upload { job, offset, total, len, sha256, data: Bytes::new() })
             }
+            RepoFrame::CertRenew { csr, cert, proof, .. } => (0, Call::Cert { csr, cert, proof }),
             other => {
                 let why = format!("expected a request, got {}", other.kind());
                 return refuse(&state, &mut io, peer, &device, "unexpected_frame", why).await;
@@ -103,7 +105,7 @@ pub async fn serve(state: Arc<State>, mut io: FrameIo<Leg>, peer: SocketAddr, de
             Err(f) => {
                 if let RepoFrame::Failed { code, message, .. } = &f {
                     metrics::RELAY_REPO_REQUESTS.with_label_values(&[code]).inc();
-                    if matches!(code.as_str(), "bad_name" | "bad_range" | "upload_too_large") {
+                    if matches!(code.as_str(), "bad_name" | "bad_range" | "upload_too_large" | "bad_csr") {
                         state.audit.record(
                             "repo_fetch_refused",
                             json!({"relay": state.cfg.name, "device": device, "peer": peer.to_string(), "reason": code, "detail": message}),
@@ -162,6 +164,7 @@ enum Call {
     Jobs,
     Report { job: String, state: String, reason: String, output: Bytes },
     Upload { job: String, offset: u64, total: u64, len: u32, sha256: String, data: Bytes },
+    Cert { csr: Bytes, cert: Bytes, proof: Bytes },
 }
 
 /// Reads `len` bytes of an upload from `Data` frames starting at `offset`.
@@ -234,6 +237,15 @@ async fn answer(state: &State, device: &str, call: Call) -> Answer {
             let path = format!("/api/v1/device/{device}/uploads/{job}?offset={offset}&total={total}&sha256={sha256}");
             metrics::RELAY_UPLOAD_BYTES.inc_by(data.len() as u64);
             (Method::POST, path, Some(data), false)
+        }
+        Call::Cert { csr, cert, proof } => {
+            let Ok(csr) = std::str::from_utf8(&csr) else {
+                return Err(failed(0, "bad_csr", "a certificate signing request is PEM text"));
+            };
+            let request =
+                crate::api::CertRenewal { csr: csr.into(), cert: hex::encode(cert), proof: hex::encode(proof) };
+            let body = serde_json::to_vec(&request).unwrap_or_default();
+            (Method::POST, format!("/api/v1/device/{device}/cert"), Some(Bytes::from(body)), false)
         }
     };
     let got = fwd.hub().exchange(method, &path, None, body, "application/json").await;

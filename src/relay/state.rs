@@ -57,11 +57,11 @@ pub struct AgentHandle {
     pub last_heartbeat: AtomicU64,
     /// The agent's audit chain head and its signature, as it last told us.
     pub audit_head: Mutex<Option<(u64, String, String)>>,
-    /// The device's certificate (DER), which the hub checks head signatures with.
+    /// The device's certificate (DER; the hub checks heads with it), and its end.
     pub cert: Arc<[u8]>,
+    pub cert_expires: u64,
     /// The agent's QUIC connection, when it takes data legs as streams we
-    /// open on it (its `Hello` said so): a new tunnelled connection then
-    /// costs no round trip for the agent to open one.
+    /// open on it (its `Hello` said so): no round trip for the agent to open one.
     pub streams: Option<quinn::Connection>,
 }
 

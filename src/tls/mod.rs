@@ -9,6 +9,7 @@ pub mod expiry;
 mod grant_keys;
 pub mod pki;
 mod quic;
+pub mod renewal;
 mod sessions;
 mod trust;
 

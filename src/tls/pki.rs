@@ -102,19 +102,17 @@ impl Ca {
         v: Validity,
     ) -> Result<Issued, TlsError> {
         let key = KeyPair::generate()?;
-        let mut p = CertificateParams::new(sans.iter().map(|s| s.to_string()).collect::<Vec<_>>())?;
-        p.distinguished_name.push(DnType::CommonName, cn);
-        p.distinguished_name.push(DnType::OrganizationName, "tether fleet");
-        p.distinguished_name.push(DnType::OrganizationalUnitName, role.unit());
-        p.key_usages = vec![KeyUsagePurpose::DigitalSignature];
-        p.extended_key_usages = eku;
-        let serial = random_serial();
-        p.serial_number = Some(serial.clone());
-        p.not_before = v.not_before;
-        p.not_after = v.not_after;
-        p.use_authority_key_identifier_extension = true;
+        let (p, serial) = leaf_params(role, cn, sans, eku, v)?;
         let cert = p.signed_by(&key, &self.issuer)?;
         Ok(Issued { cert_pem: cert.pem(), key_pem: key.serialize_pem(), serial: serial.to_bytes() })
+    }
+
+    /// A device certificate for a key the device holds (its renewal
+    /// request's); returns the certificate (PEM).
+    pub fn issue_for_key(&self, id: &str, key: &impl rcgen::PublicKeyData, v: Validity) -> Result<String, TlsError> {
+        let eku = vec![ExtendedKeyUsagePurpose::ClientAuth, ExtendedKeyUsagePurpose::ServerAuth];
+        let (p, _) = leaf_params(Role::Device, id, &[id], eku, v)?;
+        Ok(p.signed_by(key, &self.issuer)?.pem())
     }
 
     /// A relay's certificate: server toward agents and specialists, client
@@ -164,6 +162,28 @@ impl Ca {
         };
         Ok(p.signed_by(&self.issuer)?.pem()?)
     }
+}
+
+/// A leaf certificate's parameters: names, role, usages, a fresh serial.
+fn leaf_params(
+    role: Role,
+    cn: &str,
+    sans: &[&str],
+    eku: Vec<ExtendedKeyUsagePurpose>,
+    v: Validity,
+) -> Result<(CertificateParams, SerialNumber), TlsError> {
+    let mut p = CertificateParams::new(sans.iter().map(|s| s.to_string()).collect::<Vec<_>>())?;
+    p.distinguished_name.push(DnType::CommonName, cn);
+    p.distinguished_name.push(DnType::OrganizationName, "tether fleet");
+    p.distinguished_name.push(DnType::OrganizationalUnitName, role.unit());
+    p.key_usages = vec![KeyUsagePurpose::DigitalSignature];
+    p.extended_key_usages = eku;
+    let serial = random_serial();
+    p.serial_number = Some(serial.clone());
+    p.not_before = v.not_before;
+    p.not_after = v.not_after;
+    p.use_authority_key_identifier_extension = true;
+    Ok((p, serial))
 }
 
 /// Generates the hub's Ed25519 grant-signing key and writes `grant.key`

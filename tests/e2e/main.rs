@@ -33,6 +33,7 @@ mod pq;
 mod proxy_protocol;
 mod quic;
 mod quic_inputs;
+mod renewal;
 mod repo;
 mod restarts;
 mod rollouts;

@@ -10,6 +10,8 @@ mod install;
 mod self_update;
 mod upload;
 
+pub(crate) use self_update::RESTART_STATUS;
+
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 

@@ -18,6 +18,7 @@ pub async fn devices(hub: &Hub, who: &Who, query: &[(String, String)], rows_only
     let status = super::session::field(query, "status");
     let admin = who.user.role == Role::Admin;
     let list = hub.store.devices_for(&who.user.name, admin).await.map_err(internal)?;
+    let certs = hub.store.certs().await.map_err(internal)?;
     let now = now_secs();
     let (mut rows, mut online, mut shown) = (String::new(), 0, 0);
     for d in &list {
@@ -32,7 +33,7 @@ pub async fn devices(hub: &Hub, who: &Who, query: &[(String, String)], rows_only
         let heard = p.last_heartbeat.map(|h| format!("{} ago", html::span(now.saturating_sub(h) as i64)));
         let _ = write!(
             rows,
-            "<tr><th scope=\"row\">{}</th><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td></tr>",
+            "<tr><th scope=\"row\">{}</th><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td></tr>",
             esc(&d.id),
             esc(&d.site),
             if is_online { badge("ok", "online") } else { badge("off", "offline") },
@@ -41,10 +42,11 @@ pub async fn devices(hub: &Hub, who: &Who, query: &[(String, String)], rows_only
             esc(heard.as_deref().unwrap_or("-")),
             esc(p.agent_version.as_deref().unwrap_or("-")),
             esc(&d.consent),
+            cert_cell(certs.get(&d.id), now),
         );
     }
     if shown == 0 {
-        rows = empty_row(8, if list.is_empty() { "No devices on your sites." } else { "No device matches." });
+        rows = empty_row(9, if list.is_empty() { "No devices on your sites." } else { "No device matches." });
     }
     if rows_only {
         return Ok(html_answer(StatusCode::OK, rows));
@@ -66,9 +68,28 @@ pub async fn devices(hub: &Hub, who: &Who, query: &[(String, String)], rows_only
         list.len()
     );
     let refresh = format!("/console/devices?part=rows&q={}&status={}", url(&q), url(status));
-    let heads = ["Device", "Site", "Status", "Relays", "Transport", "Last heartbeat", "Agent", "Consent"];
+    let heads =
+        ["Device", "Site", "Status", "Relays", "Transport", "Last heartbeat", "Agent", "Consent", "Certificate"];
     let body = format!("{summary}{filter}{}", table("Devices", &heads, &rows, Some(&refresh)));
     Ok(html_answer(StatusCode::OK, page("Devices", Some(who), "devices", &body)))
+}
+
+/// When a device's certificate expires (a badge within 30 days or past),
+/// and its renewal while one is under way.
+fn cert_cell(c: Option<&crate::hub::store::DeviceCert>, now: u64) -> String {
+    let Some(c) = c.filter(|c| c.not_after > 0) else { return "-".into() };
+    let day = esc(crate::util::clock::rfc3339(c.not_after as i64).get(..10).unwrap_or_default());
+    let mut out = match c.not_after.checked_sub(now) {
+        None => format!("{} {day}", badge("bad", "expired")),
+        Some(left) if left < 30 * 86_400 => format!("{} {day}", badge("wait", &format!("{} days", left / 86_400))),
+        Some(_) => day,
+    };
+    match c.renewal() {
+        Some("pending") => out += " · renewal waits for the CA",
+        Some("issued") => out += " · renewed, not yet installed",
+        _ => {}
+    }
+    out
 }
 
 /// Live sessions (duration, bytes so far; admins can end one) and past ones.

@@ -1,6 +1,7 @@
 //! The hub's storage: one interface ([`Sql`]), two engines (SQLite, PostgreSQL),
 //! migrations, and the queries, written once for both.
 mod anchors;
+mod certs;
 mod console;
 mod jobs;
 mod measured;
@@ -15,6 +16,7 @@ mod sqlite;
 
 use std::sync::Arc;
 
+pub use certs::DeviceCert;
 pub use sessions::{Live, SessionEnd};
 pub use sql::{Row, Sql, StoreError, Val, is_unique_violation};
 

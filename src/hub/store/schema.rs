@@ -52,4 +52,11 @@ pub(super) const MIGRATIONS: &[(i64, &str)] = &[
         sig TEXT NOT NULL, at BIGINT NOT NULL, PRIMARY KEY (source, seq))",
     ),
     (7, "CREATE INDEX sessions_by_state ON sessions (state)"),
+    (
+        8,
+        "CREATE TABLE device_certs (device TEXT PRIMARY KEY REFERENCES devices(id), not_after BIGINT NOT NULL DEFAULT 0,
+        seen_at BIGINT NOT NULL DEFAULT 0, csr TEXT NOT NULL DEFAULT '', requested_at BIGINT NOT NULL DEFAULT 0,
+        cert TEXT NOT NULL DEFAULT '', issued_not_after BIGINT NOT NULL DEFAULT 0, issued_by TEXT NOT NULL DEFAULT '',
+        issued_at BIGINT NOT NULL DEFAULT 0)",
+    ),
 ];

@@ -388,3 +388,30 @@ async fn rollouts_keep_their_devices_and_move_on_by_compare_and_set() {
     })
     .await;
 }
+
+#[tokio::test]
+async fn device_certificates_keep_their_expiry_and_one_renewal_each() {
+    both(async |s: Store| {
+        s.device_add(&Device { id: "INJ-1".into(), site: "st-marys".into(), consent: "auto".into() }, 5).await.unwrap();
+        s.cert_seen("INJ-1", 1_000, 10).await.unwrap();
+        let c = s.cert_of("INJ-1").await.unwrap().unwrap();
+        assert_eq!((c.not_after, c.renewal()), (1_000, None));
+        assert_eq!(s.cert_counts(2_000).await.unwrap(), (1, 0), "expiring before 2 000");
+        assert_eq!(s.cert_counts(500).await.unwrap(), (0, 0));
+
+        assert_eq!(s.cert_request("INJ-1", "csr-1", 20).await.unwrap().renewal(), Some("pending"));
+        assert_eq!(s.cert_counts(500).await.unwrap(), (0, 1));
+        // Only for the request on record.
+        assert!(!s.cert_issue("INJ-1", "csr-0", ("cert", 9_000), "boss", 30).await.unwrap());
+        assert!(s.cert_issue("INJ-1", "csr-1", ("cert", 9_000), "boss", 30).await.unwrap());
+        assert_eq!(s.cert_of("INJ-1").await.unwrap().unwrap().renewal(), Some("issued"));
+        s.cert_seen("INJ-1", 9_000, 40).await.unwrap();
+        let c = s.cert_of("INJ-1").await.unwrap().unwrap();
+        assert_eq!((c.renewal(), c.cert.as_str(), c.requested_at), (Some("installed"), "cert", 20));
+        // A new request replaces the old and what was issued for it.
+        let c = s.cert_request("INJ-1", "csr-2", 50).await.unwrap();
+        assert_eq!((c.renewal(), c.cert.as_str(), c.issued_not_after), (Some("pending"), "", 0));
+        assert_eq!(s.certs().await.unwrap().len(), 1);
+    })
+    .await;
+}
