@@ -86,7 +86,10 @@ pub async fn run(a: ConnectArgs) -> Result<()> {
     let s = session.clone();
     let reason = tokio::select! {
         r = s.serve(listener) => r,
-        _ = stop.cancelled() => { session.close(); crate::proto::Reason::ClientClosed }
+        _ = stop.cancelled() => {
+            session.close_and_wait(std::time::Duration::from_secs(3)).await;
+            crate::proto::Reason::ClientClosed
+        }
     };
     println!(
         "session {} ended: {reason}; {} bytes to the device, {} bytes back",

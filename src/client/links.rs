@@ -36,6 +36,10 @@ pub struct Links {
     failed: std::sync::Mutex<HashMap<String, Instant>>,
 }
 
+/// A closed QUIC connection's driver sends the close on its next turn;
+/// closing leaves it this long before the process may exit.
+const CLOSE_TURN: Duration = Duration::from_millis(20);
+
 impl Links {
     pub fn new(ca: &std::path::Path, mode: Transport) -> Result<Links, tls::TlsError> {
         Ok(Links {
@@ -128,6 +132,19 @@ impl Links {
                 _ => "TCP for 60 s",
             };
             tracing::info!(relay, "QUIC connection lost (relay gone or UDP blocked): legs through it go over {next}");
+        }
+    }
+
+    /// Closes every QUIC connection and gives each driver [`CLOSE_TURN`] to
+    /// send the close, so that the relays hear of it now rather than from
+    /// their idle timer.
+    pub async fn close_all(&self) {
+        let conns: Vec<Connection> = self.quic.lock().await.drain().map(|(_, c)| c).collect();
+        for c in &conns {
+            c.close(0u32.into(), b"session closed");
+        }
+        if !conns.is_empty() {
+            tokio::time::sleep(CLOSE_TURN).await;
         }
     }
 

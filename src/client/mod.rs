@@ -84,6 +84,8 @@ pub struct ClientSession {
     keyed: std::sync::OnceLock<crate::stream::derived::SessionSecret>,
     resume: ResumeConfig,
     ended: CancellationToken,
+    /// The control leg is done: after a close, the relay has the goodbye.
+    control_done: CancellationToken,
     end_reason: Mutex<Option<Reason>>,
     pub to_device: AtomicU64,
     pub to_client: AtomicU64,
@@ -118,6 +120,8 @@ const PAIRING_WAIT: Duration = Duration::from_secs(5);
 const FAILOVER_DIAL: Duration = Duration::from_secs(2);
 /// The control leg sends a heartbeat this often...
 const CONTROL_PING: Duration = Duration::from_secs(1);
+/// How long a closing client waits for the relay to answer its goodbye.
+const GOODBYE_WAIT: Duration = Duration::from_secs(2);
 /// ...and moves to the twin after this much silence (a frozen relay sends no FIN).
 const CONTROL_DEAD: Duration = Duration::from_secs(3);
 
@@ -187,6 +191,7 @@ impl ClientSession {
                             ..ResumeConfig::default()
                         },
                         ended: CancellationToken::new(),
+                        control_done: CancellationToken::new(),
                         end_reason: Mutex::new(None),
                         to_device: AtomicU64::new(0),
                         to_client: AtomicU64::new(0),
@@ -220,8 +225,7 @@ impl ClientSession {
         let reason = loop {
             let lost = tokio::select! {
                 _ = self.ended.cancelled() => {
-                    let end = Frame::SessionEnd { session: self.id, reason: Reason::ClientClosed, bytes_to_device: 0, bytes_to_client: 0 };
-                    let _ = io.write_frame(&end).await;
+                    Self::goodbye(&mut io, self.id).await;
                     break Reason::ClientClosed;
                 }
                 r = Self::watch_control(&mut io) => r,
@@ -242,6 +246,37 @@ impl ClientSession {
             r.get_or_insert(reason);
         }
         self.ended.cancel();
+        self.control_done.cancel();
+    }
+
+    /// Tells the relay the specialist closed the session, and waits (at most
+    /// [`GOODBYE_WAIT`]) for its answer: a relay that got no goodbye keeps the
+    /// session 10 s for a client that may be moving to the twin.
+    async fn goodbye(io: &mut FrameIo<Leg>, id: SessionId) {
+        let end =
+            Frame::SessionEnd { session: id, reason: Reason::ClientClosed, bytes_to_device: 0, bytes_to_client: 0 };
+        let answered = async {
+            io.write_frame(&end).await.ok()?;
+            loop {
+                match io.read_frame().await {
+                    Ok(Frame::SessionEnd { .. } | Frame::Error { .. }) | Err(_) => return Some(()),
+                    Ok(_) => {}
+                }
+            }
+        };
+        let _ = tokio::time::timeout(GOODBYE_WAIT, answered).await;
+    }
+
+    /// [`Self::close`], then waits (at most `limit`) until the relay has the
+    /// goodbye and every QUIC connection's close is sent: what a process that
+    /// exits next calls, so that relays and device end the session at once.
+    pub async fn close_and_wait(&self, limit: Duration) {
+        self.close();
+        let _ = tokio::time::timeout(limit, async {
+            self.control_done.cancelled().await;
+            self.links.close_all().await;
+        })
+        .await;
     }
 
     /// Reads the control leg, probing it with heartbeats: the session's end

@@ -288,3 +288,54 @@ async fn login_connect_record_audit_and_revoke() {
         assert!(!out.0 && out.2.contains(want), "{what}: {}", out.2);
     }
 }
+
+/// Stopping `tether connect` (Ctrl-C) ends the session at the relays and the
+/// device at once, over QUIC and over TCP: the client says goodbye and waits
+/// for the relay's answer (and sends its QUIC close) before it exits. Without
+/// that, a twin relay keeps a session whose control leg vanished 10 s for a
+/// client that may be moving (15 s over QUIC, whose silence is noticed later),
+/// and the person at the device sees it live all that time.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stopping_connect_ends_the_session_at_the_device_at_once() {
+    use tether::agent::operator::{Request, request};
+    let fleet = hub_fleet("").await;
+    let alice = add_user(&fleet, "alice", "engineer", &["st-marys"]).await;
+    let profile = login(&fleet, "alice", &alice).await;
+    let live =
+        async || request(&fleet.socket(), &Request::Sessions).await.unwrap()["sessions"].as_array().unwrap().len();
+    for transport in ["quic", "tcp"] {
+        let mut child = tokio::process::Command::new(BIN)
+            .args(["connect", "--profile", profile.to_str().unwrap(), DEVICE, "echo", "--listen", "127.0.0.1:0"])
+            .args(["--reason", "goodbye test", "--transport", transport])
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .kill_on_drop(true)
+            .spawn()
+            .unwrap();
+        let mut lines = tokio::io::BufReader::new(child.stdout.take().unwrap()).lines();
+        let line = within(30, lines.next_line()).await.unwrap().unwrap();
+        assert!(line.contains(&format!("over {transport}")), "{line}");
+        let addr = line.split_whitespace().nth(3).unwrap().to_string();
+        let mut c = tokio::net::TcpStream::connect(&addr).await.unwrap();
+        c.write_all(b"x").await.unwrap();
+        let mut b = [0u8; 1];
+        within(10, c.read_exact(&mut b)).await.unwrap();
+        assert_eq!(live().await, 1, "{transport}: the session is live at the device");
+
+        let pid = child.id().unwrap().to_string();
+        assert!(std::process::Command::new("kill").args(["-INT", &pid]).status().unwrap().success());
+        within(10, child.wait()).await.unwrap();
+        let rest = within(5, lines.next_line()).await.unwrap().unwrap_or_default();
+        assert!(rest.contains("ended: the specialist closed the session"), "{transport}: {rest}");
+        // A relay that got no goodbye would keep it 10 s; 3 s is far from both.
+        let mut gone = false;
+        for _ in 0..30 {
+            if live().await == 0 {
+                gone = true;
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        assert!(gone, "{transport}: the device still shows the session 3 s after the specialist stopped");
+    }
+}
