@@ -14,6 +14,7 @@ use hyper::body::Incoming;
 use hyper::{Request, StatusCode};
 use serde_json::json;
 use sha2::Digest;
+use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
 use super::Hub;
@@ -28,10 +29,23 @@ use crate::util::{lock, now_secs};
 /// A certificate expiring within this is counted as expiring.
 const EXPIRING_SECS: u64 = 30 * 86_400;
 
-/// The expiry last written for each device, so that a report every 10 s
-/// writes only what changed.
-#[derive(Default)]
-pub struct Seen(Mutex<HashMap<String, u64>>);
+/// A noted change: the relay, the device, when its certificate expires.
+type SeenChange = (String, String, u64);
+
+/// The expiry last noted for each device, so that a report every 10 s
+/// writes only what changed, and the queue to the one task that writes.
+pub struct Seen {
+    last: Mutex<HashMap<String, u64>>,
+    tx: mpsc::UnboundedSender<SeenChange>,
+    rx: Mutex<Option<mpsc::UnboundedReceiver<SeenChange>>>,
+}
+
+impl Default for Seen {
+    fn default() -> Seen {
+        let (tx, rx) = mpsc::unbounded_channel();
+        Seen { last: Mutex::default(), tx, rx: Mutex::new(Some(rx)) }
+    }
+}
 
 pub async fn handle(hub: &Hub, route: Route<'_>, req: Request<Incoming>, peer: &Peer) -> Result<Answer, ApiError> {
     match route {
@@ -108,14 +122,11 @@ async fn request(hub: &Hub, relay: &str, device: &str, want: CertRenewal) -> Res
         return Ok(state_of(&b));
     }
     let row = hub.store.cert_request(device, &want.csr, now_secs()).await.map_err(internal)?;
-    {
-        let current_not_after = renewal::not_after(&current).unwrap_or(0);
-        hub.audit
-            .record("cert_requested", json!({"device": device, "relay": relay, "current_not_after": current_not_after}))
-            .await;
-        tracing::info!(device, relay, "certificate renewal requested");
-        refresh_gauges(hub).await;
-    }
+    let current_not_after = renewal::not_after(&current).unwrap_or(0);
+    let fields = json!({"device": device, "relay": relay, "current_not_after": current_not_after});
+    hub.audit.record("cert_requested", fields).await;
+    tracing::info!(device, relay, "certificate renewal requested");
+    refresh_gauges(hub).await;
     Ok(state_of(&row))
 }
 
@@ -173,33 +184,56 @@ async fn issue(hub: &Hub, user: &User, device: &str, cert_pem: &str) -> Result<C
     Ok(state_of(&row))
 }
 
-/// Keeps the expiry of each certificate a report shows, when it changed;
-/// a device seen with the certificate issued for it has installed it.
-pub async fn seen(hub: &Hub, relay: &str, r: &RelayReport, now: u64) {
+/// Notes the expiry of each certificate a report shows, when it changed,
+/// for [`write_seen`] (the relay's report is answered without waiting).
+pub fn seen(hub: &Hub, relay: &str, r: &RelayReport) {
     let Some(agents) = &r.agents else { return };
-    let changed: Vec<(String, u64)> = {
-        let mut seen = lock(&hub.certs_seen.0);
-        let mut changed = Vec::new();
-        for a in agents.iter().filter(|a| a.cert_expires > 0) {
-            if seen.insert(a.device.clone(), a.cert_expires) != Some(a.cert_expires) {
-                changed.push((a.device.clone(), a.cert_expires));
-            }
-        }
-        changed
-    };
-    for (device, not_after) in &changed {
-        let before = hub.store.cert_of(device).await.ok().flatten();
-        if let Err(e) = hub.store.cert_seen(device, *not_after, now).await {
-            tracing::debug!(%device, error = %e, "keeping a device certificate's expiry");
-            continue;
-        }
-        if let Some(b) = before.filter(|b| b.renewal() == Some("issued") && b.issued_not_after == *not_after) {
-            hub.audit.record("cert_installed", json!({"device": device, "relay": relay, "not_after": not_after})).await;
-            tracing::info!(%device, relay, requested_at = b.requested_at, "device presents its renewed certificate");
+    let mut last = lock(&hub.certs_seen.last);
+    for a in agents.iter().filter(|a| a.cert_expires > 0) {
+        if last.insert(a.device.clone(), a.cert_expires) != Some(a.cert_expires) {
+            let _ = hub.certs_seen.tx.send((relay.to_string(), a.device.clone(), a.cert_expires));
         }
     }
-    if !changed.is_empty() {
-        refresh_gauges(hub).await;
+}
+
+/// Writes the expiries [`seen`] noted, a batch at a time (all of a fleet at
+/// once after the hub starts); a device seen with the certificate issued
+/// for it has installed it.
+pub async fn write_seen(hub: std::sync::Arc<Hub>, stop: CancellationToken) {
+    let Some(mut rx) = lock(&hub.certs_seen.rx).take() else { return };
+    loop {
+        let first = tokio::select! {
+            _ = stop.cancelled() => return,
+            m = rx.recv() => match m { Some(m) => m, None => return },
+        };
+        let mut batch = vec![first];
+        while let Ok(m) = rx.try_recv() {
+            batch.push(m);
+        }
+        let issued: HashMap<String, u64> = match hub.store.certs().await {
+            Ok(all) => all
+                .into_values()
+                .filter(|c| c.renewal() == Some("issued"))
+                .map(|c| (c.device, c.issued_not_after))
+                .collect(),
+            Err(e) => {
+                tracing::error!(error = %e, "reading device certificates");
+                HashMap::new()
+            }
+        };
+        for (relay, device, not_after) in batch {
+            if let Err(e) = hub.store.cert_seen(&device, not_after, now_secs()).await {
+                tracing::debug!(%device, error = %e, "keeping a device certificate's expiry");
+                continue;
+            }
+            if issued.get(&device) == Some(&not_after) {
+                hub.audit
+                    .record("cert_installed", json!({"device": device, "relay": relay, "not_after": not_after}))
+                    .await;
+                tracing::info!(%device, %relay, "device presents its renewed certificate");
+            }
+        }
+        refresh_gauges(&hub).await;
     }
 }
 

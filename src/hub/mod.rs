@@ -196,6 +196,7 @@ pub async fn run(listener: TcpListener, cfg: HubConfig, stop: CancellationToken)
     tokio::spawn(jobs::sweep(hub.clone(), stop.clone()));
     tokio::spawn(lost::sweep(hub.clone(), stop.clone()));
     tokio::spawn(certs::sweep(hub.clone(), stop.clone()));
+    tokio::spawn(certs::write_seen(hub.clone(), stop.clone()));
     tokio::spawn(rollouts::drive(hub.clone(), stop.clone()));
     let balancers = crate::util::proxy::ProxyTrust::new(hub.cfg.proxy_protocol_from.clone());
     http::serve(listener, tls, (hub.cfg.max_connections, balancers), drops, handler, stop).await;

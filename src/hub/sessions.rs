@@ -235,7 +235,7 @@ pub async fn relay_report(hub: &Hub, relay: &str, relay_cert: Option<&[u8]>, r: 
     let now = now_secs();
     crate::metrics::HUB_RELAY_REPORTS.with_label_values(&[relay]).inc();
     let taken = hub.board.report(relay, &r, now);
-    super::certs::seen(hub, relay, &r, now).await;
+    super::certs::seen(hub, relay, &r);
     for f in taken.forgotten {
         keep_forgotten(hub, relay, f).await;
     }
