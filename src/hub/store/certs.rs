@@ -44,11 +44,14 @@ fn row(r: &super::sql::Row) -> DeviceCert {
 }
 
 impl Store {
-    /// A relay saw `device` attach with a certificate expiring at `not_after`.
+    /// A relay saw `device` attach with a certificate expiring at `not_after`
+    /// (nothing is kept for a device the hub does not know).
     pub async fn cert_seen(&self, device: &str, not_after: u64, now: u64) -> Result<(), StoreError> {
         self.db
             .exec(
-                "INSERT INTO device_certs (device, not_after, seen_at) VALUES ($1, $2, $3)
+                "INSERT INTO device_certs (device, not_after, seen_at)
+                 SELECT CAST($1 AS TEXT), CAST($2 AS BIGINT), CAST($3 AS BIGINT)
+                 WHERE EXISTS (SELECT 1 FROM devices WHERE id = $1)
                  ON CONFLICT (device) DO UPDATE SET not_after = $2, seen_at = $3",
                 vec![device.into(), not_after.into(), now.into()],
             )

@@ -394,6 +394,8 @@ async fn device_certificates_keep_their_expiry_and_one_renewal_each() {
     both(async |s: Store| {
         s.device_add(&Device { id: "INJ-1".into(), site: "st-marys".into(), consent: "auto".into() }, 5).await.unwrap();
         s.cert_seen("INJ-1", 1_000, 10).await.unwrap();
+        s.cert_seen("not-registered", 1_000, 10).await.expect("a device the hub does not know: nothing kept, no error");
+        assert!(s.cert_of("not-registered").await.unwrap().is_none());
         let c = s.cert_of("INJ-1").await.unwrap().unwrap();
         assert_eq!((c.not_after, c.renewal()), (1_000, None));
         assert_eq!(s.cert_counts(2_000).await.unwrap(), (1, 0), "expiring before 2 000");
