@@ -97,5 +97,10 @@ pub async fn run(a: ConnectArgs) -> Result<()> {
         session.to_device.load(Ordering::Relaxed),
         session.to_client.load(Ordering::Relaxed)
     );
+    // Ended by anyone but the specialist (an admin, the person at the
+    // device, expiry, a lost device): a script sees it in the exit status.
+    if reason != crate::proto::Reason::ClientClosed {
+        anyhow::bail!("the session ended before you stopped it ({reason})");
+    }
     Ok(())
 }
