@@ -19,10 +19,13 @@ async fn twins() -> Fleet {
     fleet
 }
 
-/// Waits until relay `i`'s twin has acknowledged every fact `i` sent.
-async fn replicated(fleet: &Fleet, i: usize) {
+/// Waits until relay `i`'s link to its twin is up and the twin has
+/// acknowledged every fact `i` sent (the lag is counted only while the link
+/// is up).
+pub async fn replicated(fleet: &Fleet, i: usize) {
     eventually("replication caught up", async || {
-        fleet.metric(i, "tether_twin_replication_lag_events", &[]).await == 0.0
+        fleet.metric(i, "tether_twin_link_up", &["direction=\"out\""]).await == 1.0
+            && fleet.metric(i, "tether_twin_replication_lag_events", &[]).await == 0.0
     })
     .await;
 }
