@@ -8,8 +8,8 @@
 //! an audit record naming the new certificate (signed with the old key, so
 //! the chain's signatures can be followed across the change), installs
 //! both files (the old ones kept as `.prev`), and restarts as itself once no
-//! session is live, so that every connection from then on presents the new
-//! certificate.
+//! session is live (or two days before the old certificate ends), so that
+//! every connection from then on presents the new certificate.
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -51,8 +51,19 @@ pub fn finish_install(cfg: &AgentConfig) -> std::io::Result<()> {
 enum Step {
     /// Nothing to do until the next check.
     Later,
-    /// A new certificate is installed: restart to present it.
-    Installed,
+    /// A new certificate is installed: restart to present it (the one in
+    /// use expires at the given Unix second).
+    Installed(u64),
+}
+
+/// Live sessions hold the restart off until the certificate in use has this
+/// little left (seconds): then it restarts anyway, since a device whose
+/// certificate ran out is reached by nobody.
+const RESTART_ANYWAY: u64 = 2 * 86_400;
+
+/// Whether the restart waits: while sessions are live, until the end nears.
+fn restart_waits(live: usize, now: u64, expires: u64) -> bool {
+    live > 0 && now + RESTART_ANYWAY < expires
 }
 
 /// Checks now and then every `cert_check_secs`; restarts the agent once a
@@ -72,7 +83,7 @@ pub async fn run(state: Shared) {
         wait = every;
         match step(&state).await {
             Ok(Step::Later) => {}
-            Ok(Step::Installed) => return restart_when_idle(&state).await,
+            Ok(Step::Installed(expires)) => return restart_when_idle(&state, expires).await,
             Err(e) => {
                 AGENT_CERT_RENEWALS.with_label_values(&["failed"]).inc();
                 tracing::warn!(device = %state.cfg.device, error = %e, "certificate renewal: will try again");
@@ -156,7 +167,7 @@ async fn step(state: &Shared) -> Result<Step, RenewError> {
     install(cfg, &got.cert)?;
     AGENT_CERT_RENEWALS.with_label_values(&["installed"]).inc();
     tracing::info!(device = %cfg.device, not_after, "renewed certificate installed; restarting to present it once no session is live");
-    Ok(Step::Installed)
+    Ok(Step::Installed(expires))
 }
 
 /// What came back is a fleet device certificate for this device and its
@@ -185,16 +196,22 @@ fn install(cfg: &AgentConfig, cert_pem: &str) -> std::io::Result<()> {
 }
 
 /// Restarts as this same binary once no session is live (a session is
-/// never cut for a certificate that still has weeks to run).
-async fn restart_when_idle(state: &Shared) {
+/// never cut for a certificate that still has days to run), or when the
+/// certificate in use (ending at `expires`) is about to run out.
+async fn restart_when_idle(state: &Shared, expires: u64) {
     loop {
-        if !state.sessions.is_empty() {
+        let live = state.sessions.len();
+        if restart_waits(live, crate::util::now_secs(), expires) {
             tokio::select! {
                 _ = state.shutdown.cancelled() => return,
                 _ = tokio::time::sleep(Duration::from_secs(5)) => continue,
             }
         }
-        state.audit.record("agent_restarting", json!({"device": state.cfg.device, "why": "certificate renewed"}));
+        if live > 0 {
+            tracing::warn!(live, "restarting with live sessions: the certificate in use expires within 2 days");
+        }
+        let fields = json!({"device": state.cfg.device, "why": "certificate renewed", "live_sessions": live});
+        state.audit.record("agent_restarting", fields);
         if std::env::var_os("INVOCATION_ID").is_some() {
             tracing::info!("exiting for systemd to start the agent with its renewed certificate");
             std::process::exit(super::jobs::RESTART_STATUS);
@@ -206,5 +223,18 @@ async fn restart_when_idle(state: &Shared) {
         };
         tracing::error!(error = %e, "could not restart; the renewed certificate is used from the next start");
         return;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn live_sessions_hold_the_restart_off_until_two_days_before_the_end() {
+        let day = 86_400;
+        assert!(!super::restart_waits(0, 0, 30 * day), "nothing live: at once");
+        assert!(super::restart_waits(1, 0, 30 * day), "a session is not cut for weeks left");
+        assert!(super::restart_waits(3, 27 * day, 30 * day));
+        assert!(!super::restart_waits(1, 28 * day, 30 * day), "two days left: restart anyway");
+        assert!(!super::restart_waits(1, 31 * day, 30 * day), "expired: restart anyway");
     }
 }
