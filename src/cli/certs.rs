@@ -83,7 +83,7 @@ fn server_cert(c: &ServerCert, issue: Issue) -> Result<()> {
     Ok(())
 }
 
-pub fn run(cmd: CertsCmd) -> Result<()> {
+pub async fn run(cmd: CertsCmd) -> Result<()> {
     match cmd {
         CertsCmd::Init { out } => {
             pki::init_dir(&out, &[crate::dev::DEV_DEVICE])?;
@@ -142,7 +142,7 @@ pub fn run(cmd: CertsCmd) -> Result<()> {
                 println!("valid:    {} .. {}", x.validity().not_before, x.validity().not_after);
             }
         }
-        CertsCmd::Renewals(_) => unreachable!("cli::run runs renewals"),
+        CertsCmd::Renewals(a) => super::renewals::run(a).await?,
         CertsCmd::Revoke { ca, out, certs } => {
             let mut serials = Vec::new();
             for c in &certs {

@@ -155,8 +155,7 @@ enum Cmd {
 pub async fn run(cli: Cli) -> Result<()> {
     match cli.cmd {
         Cmd::Dev { cmd, dir } => dev::run(cmd, &dir).await,
-        Cmd::Certs { cmd: certs::CertsCmd::Renewals(a) } => renewals::run(a).await,
-        Cmd::Certs { cmd } => certs::run(cmd),
+        Cmd::Certs { cmd } => certs::run(cmd).await,
         Cmd::Relay { config, check } => relay::run(&config, check).await,
         Cmd::Agent { config, check, json, watch, cmd } => {
             agent::run(&config, check, cmd, agent::Output { json, watch }).await

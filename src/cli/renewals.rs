@@ -35,7 +35,7 @@ pub struct RenewalsArgs {
 fn date(secs: u64) -> String {
     match secs {
         0 => "not seen".into(),
-        s => crate::util::clock::rfc3339(s as i64).get(..10).unwrap_or_default().to_string(),
+        s => crate::util::clock::day(s),
     }
 }
 

@@ -161,7 +161,7 @@ pub async fn devices(path: &Path, json: bool) -> Result<()> {
 /// renewal while one is under way.
 fn cert_column(expires: Option<u64>, renewal: Option<&str>, now: u64) -> String {
     let Some(t) = expires else { return "-".into() };
-    let day = crate::util::clock::rfc3339(t as i64).get(..10).unwrap_or_default().to_string();
+    let day = crate::util::clock::day(t);
     let mut out = match t.checked_sub(now) {
         None => format!("EXPIRED {day}"),
         Some(left) if left < 30 * 86_400 => format!("until {day} ({} days left)", left / 86_400),

@@ -12,6 +12,11 @@ pub fn now_rfc3339() -> String {
 }
 
 /// Unix seconds as RFC 3339 (UTC); "-" for a time that cannot be one.
+/// The UTC date of Unix second `secs`, `YYYY-MM-DD`.
+pub fn day(secs: u64) -> String {
+    rfc3339(secs as i64).get(..10).unwrap_or("-").to_string()
+}
+
 pub fn rfc3339(secs: i64) -> String {
     time::OffsetDateTime::from_unix_timestamp(secs)
         .ok()

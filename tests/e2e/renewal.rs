@@ -163,6 +163,11 @@ async fn renewal_requests_and_certificates_that_do_not_hold_are_refused_by_name(
         ("wrong_device", ask(&relay, DEVICE, &csr, &other, &other_key).await),
         ("csr_mismatch", ask(&relay, DEVICE, &renewal::make_request("INJ-0001", &next).unwrap(), &current, &key).await),
         ("same_key", ask(&relay, DEVICE, &renewal::make_request(DEVICE, &same).unwrap(), &current, &key).await),
+        // A device the hub does not know (a fleet certificate, never added).
+        (
+            "no_device",
+            ask(&relay, "INJ-0001", &renewal::make_request("INJ-0001", &next).unwrap(), &other, &other_key).await,
+        ),
         (
             "bad_csr",
             ask(
@@ -211,7 +216,16 @@ async fn renewal_requests_and_certificates_that_do_not_hold_are_refused_by_name(
     let audit = hub_audit(&fleet, &token).await;
     let refused: Vec<&str> =
         audit.iter().filter(|r| r["event"] == "cert_renewal_refused").filter_map(|r| r["reason"].as_str()).collect();
-    for code in ["bad_proof", "bad_certificate", "wrong_device", "csr_mismatch", "same_key", "bad_csr", "wrong_key"] {
+    for code in [
+        "bad_proof",
+        "bad_certificate",
+        "wrong_device",
+        "csr_mismatch",
+        "same_key",
+        "bad_csr",
+        "wrong_key",
+        "no_device",
+    ] {
         assert!(refused.contains(&code), "{code} not audited: {refused:?}");
     }
     let (ok, out, _) = run(&["certs", "renewals", "--profile", &p, "--json"], "").await;

@@ -78,7 +78,7 @@ pub async fn devices(hub: &Hub, who: &Who, query: &[(String, String)], rows_only
 /// and its renewal while one is under way.
 fn cert_cell(c: Option<&crate::hub::store::DeviceCert>, now: u64) -> String {
     let Some(c) = c.filter(|c| c.not_after > 0) else { return "-".into() };
-    let day = esc(crate::util::clock::rfc3339(c.not_after as i64).get(..10).unwrap_or_default());
+    let day = esc(&crate::util::clock::day(c.not_after));
     let mut out = match c.not_after.checked_sub(now) {
         None => format!("{} {day}", badge("bad", "expired")),
         Some(left) if left < 30 * 86_400 => format!("{} {day}", badge("wait", &format!("{} days", left / 86_400))),
