@@ -21,7 +21,7 @@ fn frames(c: &mut Criterion) {
         reason: String::new(),
     });
     let samples = [
-        ("heartbeat", Frame::Heartbeat { seq: 42 }),
+        ("heartbeat", Frame::Heartbeat { seq: 42, clock: Some(1_780_000_000_000) }),
         ("access_request", Frame::AccessRequest { grant, service: "ssh".into() }),
         (
             "session_end",

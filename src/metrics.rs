@@ -124,6 +124,8 @@ metric!(pub HUB_REPO_PUBLISHED: IntCounter = counter("tether_hub_repo_published_
 metric!(pub HUB_ANCHOR_REFUSALS: IntCounterVec = counter_vec("tether_hub_anchor_refusals_total", "Audit chain heads the hub refused to anchor, by reason (unsigned, bad_certificate, bad_signature, rollback, fork)", &["reason"]));
 metric!(pub HUB_DEVICE_CERTS_EXPIRING: IntGauge = gauge("tether_hub_device_certs_expiring", "Devices whose certificate, as a relay last saw it, expires within 30 days (expired ones included)"));
 metric!(pub HUB_CERT_RENEWALS_PENDING: IntGauge = gauge("tether_hub_cert_renewals_pending", "Device certificate renewals waiting for the fleet CA's signature (tether certs renewals --sign)"));
+metric!(pub HUB_DEVICES_CLOCK_SKEWED: IntGauge = gauge("tether_hub_devices_clock_skewed", "Online devices whose clock is 30 s or more off from their relay's, either way (their audit times are wrong; 2 min ahead, every grant looks expired to them)"));
+metric!(pub AGENT_CLOCK_OFFSET: IntGaugeVec = gauge_vec("tether_agent_clock_offset_seconds", "How far this device's clock is off from each relay's (seconds, device minus relay; positive: ahead), from the last heartbeat answer", &["relay"]));
 metric!(pub AGENT_CERT_RENEWALS: IntCounterVec = counter_vec("tether_agent_cert_renewals_total", "Certificate renewal steps of the agent, by outcome (requested, installed, refused, failed)", &["outcome"]));
 metric!(pub HUB_REFUSALS: IntCounterVec = counter_vec("tether_hub_refusals_total", "Requests refused, by reason", &["reason"]));
 metric!(pub HUB_SESSIONS_GRANTED: IntCounter = counter("tether_hub_sessions_granted_total", "Grants signed"));
@@ -237,6 +239,7 @@ pub fn init() {
     LazyLock::force(&HUB_DEVICE_CERTS_EXPIRING);
     LazyLock::force(&HUB_CERT_RENEWALS_PENDING);
     LazyLock::force(&AGENT_CERT_RENEWALS);
+    LazyLock::force(&HUB_DEVICES_CLOCK_SKEWED);
     LazyLock::force(&HUB_ANCHOR_REFUSALS);
     LazyLock::force(&HUB_REPO_PUBLISHED);
     LazyLock::force(&HUB_JOBS);

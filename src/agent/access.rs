@@ -35,7 +35,10 @@ pub async fn handle(state: Shared, relay: String, tx: mpsc::Sender<Frame>, signe
     let now = now_secs();
     let checks = grant
         .check(&state.cfg.device, &service, now)
-        .map_err(|e| (e.reason(), e.to_string()))
+        .map_err(|e| match e.reason() {
+            Reason::GrantExpired => (e.reason(), format!("{e}{}", super::clock::expired_hint(&state))),
+            _ => (e.reason(), e.to_string()),
+        })
         .and_then(|()| match state.cfg.services.contains_key(&service) {
             true => Ok(()),
             false => Err((Reason::ServiceNotAllowed, format!("{service} is not in the local allow-list"))),

@@ -125,6 +125,13 @@ async fn attach_once(
         Frame::AuditHead { seq, hash, sig }
     };
     io.write_frame(&head(state)).await.map_err(|e| format!("write: {e}"))?;
+    // A first heartbeat at once: the relay's answer tells how far our clock is off.
+    let beat = |seq: u64| super::clock::Sent { seq, at: Instant::now(), clock_ms: crate::util::clock::now_ms() };
+    let mut sent = beat(1);
+    let mut skewed = false;
+    io.write_frame(&Frame::Heartbeat { seq: 1, clock: Some(sent.clock_ms) })
+        .await
+        .map_err(|e| format!("write: {e}"))?;
 
     let mut ticker = crate::util::interval_after(hb);
     // The head also goes out when it moved (checked every few seconds), so
@@ -134,7 +141,7 @@ async fn attach_once(
     let reprobe_every = Duration::from_secs(state.cfg.quic_reprobe_secs);
     let reprobe = on_tcp && state.cfg.transport == Transport::Auto;
     let mut reprobe_at = Instant::now() + reprobe_every;
-    let mut seq = 0u64;
+    let mut seq = 1u64;
     let mut last_heard = Instant::now();
     loop {
         tokio::select! {
@@ -171,7 +178,9 @@ async fn attach_once(
                     return Err(format!("relay silent for {:?}", last_heard.elapsed()));
                 }
                 seq += 1;
-                io.write_frame(&Frame::Heartbeat { seq }).await.map_err(|e| format!("write: {e}"))?;
+                sent = beat(seq);
+                let hb = Frame::Heartbeat { seq, clock: Some(sent.clock_ms) };
+                io.write_frame(&hb).await.map_err(|e| format!("write: {e}"))?;
                 io.write_frame(&head(state)).await.map_err(|e| format!("write: {e}"))?;
             }
             out = rx.recv() => if let Some(f) = out {
@@ -184,6 +193,9 @@ async fn attach_once(
                     Err(e) => return Err(format!("read: {e}")),
                 };
                 last_heard = Instant::now();
+                if let Frame::Heartbeat { seq, clock: Some(theirs) } = frame {
+                    super::clock::heard(state, &relay.name, &sent, (seq, theirs), &mut skewed);
+                }
                 on_frame(state, relay, raw_legs, &tx, frame)?;
                 io.shrink();
             }

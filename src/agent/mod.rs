@@ -5,6 +5,7 @@
 
 mod access;
 mod channel;
+mod clock;
 pub mod config;
 mod e2e;
 pub mod fetch;

@@ -85,6 +85,9 @@ pub struct AgentState {
     pub pending_jobs: DashMap<String, PendingJob>,
     /// Outgoing frames per relay name, while its channel is up.
     pub relays: DashMap<String, mpsc::Sender<Frame>>,
+    /// How far this device's clock is off from each relay's (milliseconds,
+    /// device minus relay), as the last heartbeat answer said.
+    pub clock: DashMap<String, i64>,
     seen: Mutex<crate::util::ReplaySet<SessionId>>,
     pub shutdown: CancellationToken,
     /// Held by the one repository update or download running at a time.
@@ -108,6 +111,7 @@ impl AgentState {
             pending: DashMap::new(),
             pending_jobs: DashMap::new(),
             relays: DashMap::new(),
+            clock: DashMap::new(),
             seen: Mutex::new(
                 crate::util::ReplaySet::persistent(&cfg.replay_path(), crate::util::now_secs())
                     .map_err(|source| AgentError::State { path: cfg.replay_path(), source })?,

@@ -15,6 +15,11 @@ pub struct AgentSeen {
     /// Unix seconds at which the certificate it attached with expires.
     #[serde(default)]
     pub cert_expires: u64,
+    /// How far the device's clock is off from the relay's (milliseconds,
+    /// device minus relay), as its heartbeats say; none before its first
+    /// heartbeat, or from an agent that does not send its clock.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub clock_offset_ms: Option<i64>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, Default, PartialEq, Eq)]

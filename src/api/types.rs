@@ -102,6 +102,10 @@ pub struct DeviceView {
     /// Its certificate renewal: `pending`, `issued` or `installed`.
     #[serde(default)]
     pub cert_renewal: Option<String>,
+    /// How far its clock is off from its relay's (milliseconds, device minus
+    /// relay; positive: ahead), while it is online and sends its clock.
+    #[serde(default)]
+    pub clock_offset_ms: Option<i64>,
 }
 
 /// `POST /api/v1/sessions`.

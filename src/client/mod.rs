@@ -298,7 +298,7 @@ impl ClientSession {
                         return None;
                     }
                     seq += 1;
-                    let beat = Frame::Heartbeat { seq };
+                    let beat = Frame::Heartbeat { seq, clock: None };
                     if !matches!(tokio::time::timeout(CONTROL_PING, io.write_frame(&beat)).await, Ok(Ok(()))) {
                         return None;
                     }

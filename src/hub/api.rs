@@ -48,6 +48,7 @@ async fn route(hub: &Hub, req: Request<Incoming>, peer: &Peer) -> Result<Answer,
         Route::Health => Ok(json_answer(StatusCode::OK, &health(hub))),
         Route::Metrics => {
             metrics_reader(hub, peer).await?;
+            crate::metrics::HUB_DEVICES_CLOCK_SKEWED.set(hub.board.clock_skewed() as i64);
             Ok(http::text_answer(StatusCode::OK, "text/plain; version=0.0.4", crate::metrics::render()))
         }
         Route::Login => {
@@ -87,6 +88,7 @@ async fn route(hub: &Hub, req: Request<Incoming>, peer: &Peer) -> Result<Answer,
                         agent_version: p.agent_version,
                         cert_expires: c.map(|c| c.not_after).filter(|t| *t > 0),
                         cert_renewal: c.and_then(|c| c.renewal()).map(str::to_string),
+                        clock_offset_ms: p.clock_offset_ms,
                     }
                 })
                 .collect();

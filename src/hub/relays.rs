@@ -81,6 +81,9 @@ pub struct Presence {
     pub transports: Vec<String>,
     pub last_heartbeat: Option<u64>,
     pub agent_version: Option<String>,
+    /// How far its clock is off (milliseconds, device minus relay), as the
+    /// relay that heard from it last measured it.
+    pub clock_offset_ms: Option<i64>,
 }
 
 impl Board {
@@ -190,6 +193,7 @@ impl Board {
                 if p.last_heartbeat.is_none_or(|h| h < a.last_heartbeat) {
                     p.last_heartbeat = Some(a.last_heartbeat);
                     p.agent_version = Some(a.agent_version.clone());
+                    p.clock_offset_ms = a.clock_offset_ms;
                 }
             }
         }
@@ -197,6 +201,22 @@ impl Board {
             p.status = "online".into();
         }
         p
+    }
+
+    /// Online devices whose clock is off by [`crate::util::clock::SKEW_WARN_MS`]
+    /// or more (each counted once, as the relay that heard from it last says).
+    pub fn clock_skewed(&self) -> usize {
+        let views = lock(&self.views);
+        let mut last: HashMap<&str, (u64, Option<i64>)> = HashMap::new();
+        for r in &self.relays {
+            for a in self.fresh(&views, &r.name).into_iter().flat_map(|v| v.agents.values()) {
+                let e = last.entry(a.device.as_str()).or_insert((a.last_heartbeat, a.clock_offset_ms));
+                if e.0 < a.last_heartbeat {
+                    *e = (a.last_heartbeat, a.clock_offset_ms);
+                }
+            }
+        }
+        last.values().filter(|(_, o)| o.is_some_and(crate::util::clock::skewed)).count()
     }
 
     /// A live session's bytes (to device, to client) as its relays last

@@ -38,6 +38,11 @@ pub enum Frame {
     /// either way on a control channel; the relay echoes the agent's.
     Heartbeat {
         seq: u64,
+        /// The sender's wall clock (unix milliseconds), a trailing field sent
+        /// only when known: an agent sends its own, and a relay answers a
+        /// heartbeat that had one with its own, so each end learns how far
+        /// the device's clock is off. Twin links and clients send none.
+        clock: Option<u64>,
     },
     /// agent -> relay: the head of the agent's audit chain, which the relay
     /// passes to the hub (anchoring). Sent on attach and with each heartbeat.
@@ -207,9 +212,12 @@ impl Frame {
                 buf.put_u32(*heartbeat_secs);
                 buf.put_u8(u8::from(*raw_legs));
             }
-            Frame::Heartbeat { seq } => {
+            Frame::Heartbeat { seq, clock } => {
                 buf.put_u8(HEARTBEAT);
                 buf.put_u64(*seq);
+                if let Some(c) = clock {
+                    buf.put_u64(*c);
+                }
             }
             Frame::AuditHead { seq, hash, sig } => {
                 buf.put_u8(AUDIT_HEAD);

@@ -77,7 +77,9 @@ impl Frame {
                 heartbeat_secs: get_u32(b)?,
                 raw_legs: get_bool(b)?,
             },
-            HEARTBEAT => Frame::Heartbeat { seq: get_u64(b)? },
+            HEARTBEAT => {
+                Frame::Heartbeat { seq: get_u64(b)?, clock: if b.has_remaining() { Some(get_u64(b)?) } else { None } }
+            }
             AUDIT_HEAD => Frame::AuditHead { seq: get_u64(b)?, hash: get_str(b)?, sig: get_str(b)? },
             ACCESS_REQUEST => Frame::AccessRequest { grant: SignedGrant::decode(b)?, service: get_str(b)? },
             DECISION => Frame::Decision {

@@ -49,7 +49,7 @@ fn frame() -> impl Strategy<Value = Frame> {
             relay,
             heartbeat_secs
         }),
-        any::<u64>().prop_map(|seq| Frame::Heartbeat { seq }),
+        (any::<u64>(), any::<Option<u64>>()).prop_map(|(seq, clock)| Frame::Heartbeat { seq, clock }),
         (any::<u64>(), "[0-9a-f]{0,64}", "[0-9a-f]{0,144}").prop_map(|(seq, hash, sig)| Frame::AuditHead {
             seq,
             hash,
@@ -190,6 +190,20 @@ fn oversize_length_is_refused_before_allocation() {
     let mut buf = BytesMut::from(&[0xff, 0xff, 0xff, 0xff, 1][..]);
     assert_eq!(Frame::decode(&mut buf), Err(ProtoError::Oversize { len: 0xffff_ffff, max: MAX_FRAME }));
     assert!(buf.capacity() < 1024, "decoder allocated for an oversize frame");
+}
+
+#[test]
+fn a_heartbeat_without_a_clock_is_the_frame_older_peers_know() {
+    // What every client, twin and older agent sends, and what a relay
+    // answers an older agent with: 4-byte length, type, sequence; nothing more.
+    let mut old = BytesMut::new();
+    Frame::Heartbeat { seq: 7, clock: None }.encode(&mut old);
+    assert_eq!(&old[..], &[0, 0, 0, 9, 3, 0, 0, 0, 0, 0, 0, 0, 7]);
+    let mut new = BytesMut::new();
+    Frame::Heartbeat { seq: 7, clock: Some(1_796_000_000_000) }.encode(&mut new);
+    assert_eq!(new.len(), 4 + 17, "the clock trails the sequence");
+    assert_eq!(Frame::decode(&mut new).unwrap(), Some(Frame::Heartbeat { seq: 7, clock: Some(1_796_000_000_000) }));
+    assert_eq!(Frame::decode(&mut old).unwrap(), Some(Frame::Heartbeat { seq: 7, clock: None }));
 }
 
 #[test]

@@ -221,7 +221,7 @@ async fn open(
         }
         metrics::RELAY_SESSIONS_ENDED.with_label_values(&[reason.label()]).inc();
         state.hub_ended(id, &grant.device, reason, 0, 0, 0);
-        return Err(refuse(reason, "refused by the device"));
+        return Err(refuse(reason, &super::clock::refused_why(state, &grant.device, reason)));
     }
 
     let session = Arc::new(Session::new(&grant, &service, peer.to_string(), attach_id, CancellationToken::new()));
@@ -262,7 +262,7 @@ async fn control_loop(state: &State, io: &mut Io, session: &Session) {
             // The control leg came back here on a new connection: that one carries on.
             _ = session.control_moved.notified() => if session.control_epoch.load(Ordering::Relaxed) != epoch { return },
             f = io.read_frame() => match f {
-                Ok(Frame::Heartbeat { seq }) => { let _ = io.write_frame(&Frame::Heartbeat { seq }).await; }
+                Ok(Frame::Heartbeat { seq, .. }) => { let _ = io.write_frame(&Frame::Heartbeat { seq, clock: None }).await; }
                 Ok(Frame::SessionEnd { .. }) => break Some(Reason::ClientClosed),
                 // Lost without a goodbye: the client may be moving it to the twin.
                 Err(_) if state.cfg.twin.is_some() => {

@@ -136,6 +136,7 @@ async fn attached(
             last_heartbeat: crate::util::now_secs().into(),
             audit_head: Default::default(),
             cert_expires: crate::tls::renewal::not_after(&cert).unwrap_or(0),
+            clock: Default::default(),
             cert,
             streams,
         },
@@ -255,11 +256,17 @@ async fn on_frame(state: &State, io: &mut FrameIo<Leg>, me: &Channel<'_>, frame:
         return Ok(());
     }
     match frame {
-        Frame::Heartbeat { seq } => {
-            if let Some(a) = state.agents.get(device) {
-                a.last_heartbeat.store(crate::util::now_secs(), std::sync::atomic::Ordering::Relaxed);
+        Frame::Heartbeat { seq, clock } => {
+            let now = crate::util::clock::now_ms();
+            if let Some(c) = clock {
+                super::clock::heard(state, device, c as i64 - now as i64);
             }
-            io.write_frame(&Frame::Heartbeat { seq }).await.map_err(|e| format!("write failed: {e}"))?
+            if let Some(a) = state.agents.get(device) {
+                a.last_heartbeat.store(now / 1000, std::sync::atomic::Ordering::Relaxed);
+            }
+            // An agent that sent its clock hears ours (an older one, none).
+            let answer = Frame::Heartbeat { seq, clock: clock.map(|_| crate::util::clock::now_ms()) };
+            io.write_frame(&answer).await.map_err(|e| format!("write failed: {e}"))?
         }
         Frame::AuditHead { seq, hash, sig } => {
             if let Some(a) = state.agents.get(device)

@@ -125,6 +125,7 @@ fn build(state: &State, full: bool, sent: &HashMap<String, u64>) -> (RelayReport
                 transport: a.transport.into(),
                 last_heartbeat: a.last_heartbeat.load(Ordering::Relaxed),
                 cert_expires: a.cert_expires,
+                clock_offset_ms: a.clock.get(),
             });
         }
         let head = a.audit_head.lock().ok().and_then(|h| h.clone());

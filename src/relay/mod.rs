@@ -5,7 +5,9 @@
 //! them until the shutdown token fires, then drains.
 
 mod admin;
+mod agents;
 mod client;
+mod clock;
 pub mod config;
 mod control;
 mod data;

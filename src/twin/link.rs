@@ -167,8 +167,8 @@ async fn follow(link: &Link, mut io: FrameIo<ServerTls>, mut revoked: tls::Revok
             }
             // Relay the twin's request to the agent attached here.
             Ok(open @ Frame::TwinOpen { .. }) => host.twin_open(open),
-            Ok(Frame::Heartbeat { seq }) => {
-                if io.write_frame(&Frame::Heartbeat { seq }).await.is_err() {
+            Ok(Frame::Heartbeat { seq, .. }) => {
+                if io.write_frame(&Frame::Heartbeat { seq, clock: None }).await.is_err() {
                     return "heartbeat reply failed".into();
                 }
             }
@@ -306,7 +306,7 @@ async fn send(
                     return format!("twin silent for {:?}", last_heard.elapsed());
                 }
                 beat += 1;
-                if io.write_frame(&Frame::Heartbeat { seq: beat }).await.is_err() {
+                if io.write_frame(&Frame::Heartbeat { seq: beat, clock: None }).await.is_err() {
                     return "heartbeat failed".into();
                 }
             }

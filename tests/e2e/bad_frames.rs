@@ -54,7 +54,7 @@ async fn malformed_frames_are_refused_by_name() {
 
     // A wrong first frame: heartbeat before hello.
     let mut hb = bytes::BytesMut::new();
-    Frame::Heartbeat { seq: 1 }.encode(&mut hb);
+    Frame::Heartbeat { seq: 1, clock: None }.encode(&mut hb);
     let ans = send_raw(&fleet, &cert, &hb).await;
     assert!(matches!(ans, Some(Frame::Error { reason: Reason::BadFrame, .. })), "{ans:?}");
 

@@ -207,7 +207,7 @@ async fn the_console_in_a_real_browser() {
 }
 
 /// One request over a fresh TLS connection; returns the whole answer as text.
-async fn raw(fleet: &Fleet, head: &str, body: &str) -> String {
+pub async fn raw(fleet: &Fleet, head: &str, body: &str) -> String {
     use tokio::io::AsyncReadExt as _;
     let addr = fleet.hub.as_ref().unwrap().url().trim_start_matches("https://").to_string();
     let cfg = tether::tls::client_config(&fleet.pki.path("ca.pem"), None, tether::tls::ALPN_HTTP1).unwrap();
@@ -234,6 +234,21 @@ fn cookie_of(answer: &str, name: &str) -> String {
         .and_then(|c| c.split(';').next())
         .unwrap_or_else(|| panic!("no cookie {name} in {answer}"))
         .to_string()
+}
+
+/// Signs `user` in to the console without a browser (the code of the
+/// TOTP step after the current one); returns the session's cookie.
+pub async fn console_cookie(fleet: &Fleet, user: &str, secret: &str) -> String {
+    let form_page = raw(fleet, "GET /console/login HTTP/1.1", "").await;
+    let login_cookie = cookie_of(&form_page, "__Host-tether-login");
+    let csrf = form_page.split("name=\"csrf\" value=\"").nth(1).unwrap().split('"').next().unwrap().to_string();
+    let form = format!("csrf={csrf}&user={user}&password={}&code={}", PASSWORD.replace(' ', "+"), code(secret, 1));
+    let head = format!(
+        "POST /console/login HTTP/1.1\r\nContent-Type: application/x-www-form-urlencoded\r\nCookie: {login_cookie}"
+    );
+    let ok = raw(fleet, &head, &form).await;
+    assert!(ok.starts_with("HTTP/1.1 303"), "{ok}");
+    cookie_of(&ok, "__Host-tether")
 }
 
 /// Without a browser: the headers every page carries, the cookie's flags,

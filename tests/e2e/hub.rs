@@ -125,6 +125,16 @@ pub async fn connect(
     (child, words[3].to_string(), words[1].to_string())
 }
 
+/// Writes `bytes` to a `connect` listening on `addr` and reads them back
+/// from the device's echo service.
+pub async fn echo_once(addr: &str, bytes: &[u8]) {
+    let mut c = tokio::net::TcpStream::connect(addr).await.unwrap();
+    c.write_all(bytes).await.unwrap();
+    let mut back = vec![0u8; bytes.len()];
+    within(10, c.read_exact(&mut back)).await.unwrap();
+    assert_eq!(back, bytes);
+}
+
 #[tokio::test]
 async fn login_connect_record_audit_and_revoke() {
     let fleet = hub_fleet("").await;

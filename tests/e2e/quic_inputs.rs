@@ -241,7 +241,7 @@ async fn streams_a_relay_opens_are_checked_like_its_open_frames() {
         }
     };
     // Not an `Open` at all.
-    let f = answer(Frame::Heartbeat { seq: 1 }).await;
+    let f = answer(Frame::Heartbeat { seq: 1, clock: None }).await;
     assert!(matches!(f, Frame::Error { reason: Reason::BadFrame, .. }), "{f:?}");
     // An `Open` naming another relay: only the control channel may ask that.
     let open =

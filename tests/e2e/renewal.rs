@@ -13,7 +13,7 @@ use tether::tls::pki::{Ca, Validity};
 use tether::tls::renewal;
 
 use crate::harness::*;
-use crate::hub::{connect, hub_audit, hub_client, run, token_of};
+use crate::hub::{connect, echo_once, hub_audit, hub_client, run, token_of};
 use crate::jobs::{as_relay, jobs_fleet, jobs_fleet_with};
 
 async fn devices(profile: &str) -> Vec<Value> {
@@ -101,12 +101,7 @@ async fn a_device_certificate_is_renewed_through_the_relays_with_the_ca_offline(
     // A session through the hub: the client's end-to-end TLS checks the
     // device's new certificate.
     let (mut child, addr, _) = connect(&p, "echo", "after the renewal").await;
-    let mut c = tokio::net::TcpStream::connect(&addr).await.unwrap();
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    c.write_all(b"renewed").await.unwrap();
-    let mut back = [0u8; 7];
-    within(10, c.read_exact(&mut back)).await.unwrap();
-    assert_eq!(&back, b"renewed");
+    echo_once(&addr, b"renewed").await;
     child.kill().await.unwrap();
 
     // The device's audit chain verifies with the old certificate across the

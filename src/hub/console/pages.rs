@@ -39,7 +39,7 @@ pub async fn devices(hub: &Hub, who: &Who, query: &[(String, String)], rows_only
             if is_online { badge("ok", "online") } else { badge("off", "offline") },
             esc(&p.relays.join(", ")),
             esc(&p.transports.join(", ")),
-            esc(heard.as_deref().unwrap_or("-")),
+            heard_cell(heard.as_deref(), p.clock_offset_ms.filter(|_| is_online)),
             esc(p.agent_version.as_deref().unwrap_or("-")),
             esc(&d.consent),
             cert_cell(certs.get(&d.id), now),
@@ -72,6 +72,15 @@ pub async fn devices(hub: &Hub, who: &Who, query: &[(String, String)], rows_only
         ["Device", "Site", "Status", "Relays", "Transport", "Last heartbeat", "Agent", "Consent", "Certificate"];
     let body = format!("{summary}{filter}{}", table("Devices", &heads, &rows, Some(&refresh)));
     Ok(html_answer(StatusCode::OK, page("Devices", Some(who), "devices", &body)))
+}
+
+/// When the device was last heard from, with a badge when its clock is off.
+fn heard_cell(heard: Option<&str>, clock_offset_ms: Option<i64>) -> String {
+    let mut out = esc(heard.unwrap_or("-"));
+    if let Some(o) = clock_offset_ms.filter(|o| crate::util::clock::skewed(*o)) {
+        out += &format!(" {}", badge("bad", &format!("clock {}", crate::util::clock::describe_offset(o))));
+    }
+    out
 }
 
 /// When a device's certificate expires (a badge within 30 days or past),

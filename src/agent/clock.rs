@@ -1,0 +1,56 @@
+//! How far this device's clock is off from its relays'. Each heartbeat
+//! carries the agent's clock and the relay answers with its own; a device
+//! whose clock runs off writes audit records with wrong times and, once it
+//! runs two minutes ahead, takes every grant for expired. Measured here, it
+//! is logged, audited, counted per relay, and named when a grant is refused.
+use tokio::time::Instant;
+
+use serde_json::json;
+
+use super::Shared;
+use crate::metrics;
+use crate::util::clock::{describe_offset, skewed};
+
+/// The heartbeat the agent sent last: its number and when.
+pub struct Sent {
+    pub seq: u64,
+    pub at: Instant,
+    pub clock_ms: u64,
+}
+
+/// A relay's answer to heartbeat `seq`, with its clock `relay_ms`. The
+/// answer left the relay between our send and now: the relay's clock is
+/// taken at the middle of the round trip. `was_skewed` is this channel's
+/// state, so that a crossing is told once.
+pub fn heard(state: &Shared, relay: &str, sent: &Sent, (seq, relay_ms): (u64, u64), was_skewed: &mut bool) {
+    if seq != sent.seq {
+        return;
+    }
+    let half = sent.at.elapsed().as_millis() as i64 / 2;
+    let offset = (sent.clock_ms as i64).saturating_add(half).saturating_sub(relay_ms as i64);
+    state.clock.insert(relay.to_string(), offset);
+    metrics::AGENT_CLOCK_OFFSET.with_label_values(&[relay]).set(offset / 1000);
+    let now = skewed(offset);
+    if now == *was_skewed {
+        return;
+    }
+    *was_skewed = now;
+    let words = describe_offset(offset);
+    let event = if now { "clock_skewed" } else { "clock_in_step" };
+    state.audit.record(event, json!({"device": state.cfg.device, "relay": relay, "offset_ms": offset}));
+    if now {
+        tracing::warn!(offset = %words, "this device's clock is off from the relay's: audit records carry wrong times, and grants may look expired; set its time (NTP)");
+    } else {
+        tracing::info!(offset = %words, "this device's clock is back in step with the relay's");
+    }
+}
+
+/// What to add to a refusal of an expired grant: the clock, when it runs
+/// ahead of a relay's by more than the warning step.
+pub fn expired_hint(state: &Shared) -> String {
+    let ahead = state.clock.iter().map(|e| *e.value()).filter(|o| *o > 0 && skewed(*o)).max();
+    match ahead {
+        Some(o) => format!(" (this device's clock is {} of its relay's: set its time)", describe_offset(o)),
+        None => String::new(),
+    }
+}

@@ -1,0 +1,136 @@
+//! A device whose clock runs off. The agent's clock is really moved (with
+//! libfaketime, for the agent's process alone): the relays and the agent
+//! measure the offset from heartbeats, the fleet view shows it, the hub
+//! counts it, both ends audit it, and a grant refused as expired by a
+//! device that runs ahead says why to the specialist.
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+
+use hyper::Method;
+use serde_json::Value;
+use tether::agent::operator::{Request, request};
+
+use crate::console::{console_cookie, raw};
+use crate::harness::*;
+use crate::hub::{add_user, connect, echo_once, hub_client, run};
+use crate::jobs::jobs_fleet_with;
+
+/// Where Debian's libfaketime is (`apt-get install libfaketime`).
+fn faketime() -> Option<PathBuf> {
+    ["/usr/lib/x86_64-linux-gnu/faketime/libfaketimeMT.so.1", "/usr/lib/aarch64-linux-gnu/faketime/libfaketimeMT.so.1"]
+        .iter()
+        .map(PathBuf::from)
+        .find(|p| p.exists())
+}
+
+/// The agent with its wall clock moved by `offset` ("+300s", "-300s"); its
+/// monotonic clock, which timers use, is left alone.
+fn start_agent_at(dir: &Path, cfg: &Path, lib: &Path, offset: &str) -> Proc {
+    let child = Command::new(BIN)
+        .args(["agent", "--config"])
+        .arg(cfg)
+        .stdout(Stdio::null())
+        .stderr(log_file(dir, &format!("agent{offset}")))
+        .env("RUST_LOG", "info")
+        .env("LD_PRELOAD", lib)
+        .env("FAKETIME", offset)
+        .env("FAKETIME_DONT_FAKE_MONOTONIC", "1")
+        .spawn()
+        .unwrap();
+    Proc { child }
+}
+
+async fn device(profile: &str) -> Value {
+    let (ok, out, err) = run(&["devices", "--profile", profile, "--json"], "").await;
+    assert!(ok, "{err}");
+    serde_json::from_str::<Vec<Value>>(&out).unwrap().remove(0)
+}
+
+/// Waits until the hub shows the device online on both relays with a clock
+/// offset within 5 s of `want_ms`.
+async fn offset_shown(profile: &str, want_ms: i64) -> Value {
+    let mut d = Value::Null;
+    for _ in 0..200 {
+        d = device(profile).await;
+        let online = d["status"] == "online" && d["relays"].as_array().is_some_and(|r| r.len() == 2);
+        if online && d["clock_offset_ms"].as_i64().is_some_and(|o| (o - want_ms).abs() < 5_000) {
+            return d;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    panic!("the hub never showed an offset near {want_ms} ms: {d}");
+}
+
+async fn hub_metric(fleet: &Fleet, name: &str) -> f64 {
+    let body = hub_client(fleet).call(Method::GET, "/metrics", None, None).await.unwrap().1;
+    parse_metric(&String::from_utf8_lossy(&body), name, &[])
+}
+
+fn events(records: &[Value], event: &str) -> Vec<Value> {
+    records.iter().filter(|r| r["event"] == event).cloned().collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_device_clock_that_runs_off_is_shown_counted_audited_and_named_when_grants_look_expired() {
+    let Some(lib) = faketime() else {
+        eprintln!("SKIPPED: libfaketime is not installed (apt-get install libfaketime); .ci/run installs it");
+        return;
+    };
+    let opts = Opts { relays: 2, twins: true, hub: true, repo: true, agent: false, ..Opts::default() };
+    let (mut fleet, p) = jobs_fleet_with(opts).await;
+
+    // Five minutes ahead: every two-minute grant has expired by its clock.
+    fleet.agent = Some(start_agent_at(fleet.dir(), &fleet.agent_cfg, &lib, "+300s"));
+    let d = offset_shown(&p, 300_000).await;
+    assert_eq!(d["status"], "online", "{d}");
+    let (ok, table, _) = run(&["devices", "--profile", &p], "").await;
+    assert!(ok && table.contains("CLOCK 5 min") && table.contains("ahead"), "{table}");
+    assert_eq!(hub_metric(&fleet, "tether_hub_devices_clock_skewed").await, 1.0);
+    let ward = add_user(&fleet, "ward", "admin", &[]).await;
+    let cookie = console_cookie(&fleet, "ward", &ward).await;
+    let rows = raw(&fleet, &format!("GET /console/devices?part=rows HTTP/1.1\r\nCookie: {cookie}"), "").await;
+    let badge = rows.split("badge-bad\">clock ").nth(1).and_then(|r| r.split("</span>").next()).unwrap_or("");
+    assert!(badge.contains(" min ") && badge.ends_with(" s ahead"), "the console shows no clock badge: {rows}");
+    let m = request(&fleet.socket(), &Request::Metrics).await.unwrap();
+    for relay in ["relay-a", "relay-b"] {
+        let secs = parse_metric(m["text"].as_str().unwrap(), "tether_agent_clock_offset_seconds", &[relay]);
+        assert!((295.0..=305.0).contains(&secs), "the agent measured {secs} s against {relay}");
+    }
+
+    // The specialist is refused, and told why.
+    let connect_args = ["connect", "--profile", &p, DEVICE, "echo", "--listen", "127.0.0.1:0", "--reason", "clock"];
+    let (ok, out, err) = run(&connect_args, "").await;
+    assert!(!ok, "a grant was taken by a device five minutes ahead: {out}");
+    assert!(err.contains("grant_expired") && err.contains("clock is 5 min") && err.contains("set its time"), "{err}");
+
+    // Both ends wrote it down: the device's record of the refusal names its clock.
+    let agent = fleet.agent_audit();
+    let skewed = events(&agent, "clock_skewed");
+    assert_eq!(skewed.len(), 2, "one record per relay: {skewed:?}");
+    assert!(skewed.iter().all(|r| (r["offset_ms"].as_i64().unwrap() - 300_000).abs() < 5_000), "{skewed:?}");
+    let refused = events(&agent, "access_refused");
+    let detail = refused.last().map(|r| r["detail"].as_str().unwrap_or("").to_string()).unwrap_or_default();
+    assert!(detail.contains("expired") && detail.contains("clock is 5 min"), "{refused:?}");
+    let relays: Vec<Value> = (0..2).flat_map(|i| fleet.relay_audit(i)).collect();
+    assert_eq!(events(&relays, "device_clock_skewed").len(), 2, "each relay audits the device's clock once");
+
+    // Five minutes behind: grants still hold (their expiry lies further
+    // ahead by the device's clock); the fleet view says which way it is off.
+    fleet.agent.as_mut().unwrap().term_and_wait(10).await;
+    fleet.agent = Some(start_agent_at(fleet.dir(), &fleet.agent_cfg, &lib, "-300s"));
+    offset_shown(&p, -300_000).await;
+    let (ok, table, _) = run(&["devices", "--profile", &p], "").await;
+    assert!(ok && table.contains("CLOCK 5 min") && table.contains("behind"), "{table}");
+    let (mut child, addr, _) = connect(&p, "echo", "clock behind").await;
+    echo_once(&addr, b"late").await;
+    child.kill().await.unwrap();
+
+    // Set right: nothing flagged any more.
+    fleet.agent.as_mut().unwrap().term_and_wait(10).await;
+    fleet.agent = Some(start_agent(fleet.dir(), &fleet.agent_cfg));
+    let d = offset_shown(&p, 0).await;
+    assert!(d["clock_offset_ms"].as_i64().unwrap().abs() < 1_000, "{d}");
+    let (ok, table, _) = run(&["devices", "--profile", &p], "").await;
+    assert!(ok && !table.contains("CLOCK"), "{table}");
+    assert_eq!(hub_metric(&fleet, "tether_hub_devices_clock_skewed").await, 0.0);
+}
