@@ -127,11 +127,11 @@ async fn attach_once(
     io.write_frame(&head(state)).await.map_err(|e| format!("write: {e}"))?;
     // A first heartbeat at once: the relay's answer tells how far our clock is off.
     let beat = |seq: u64| super::clock::Sent { seq, at: Instant::now(), clock_ms: crate::util::clock::now_ms() };
+    let with_clock = !state.no_clock.contains(&relay.name);
     let mut sent = beat(1);
     let mut skewed = false;
-    io.write_frame(&Frame::Heartbeat { seq: 1, clock: Some(sent.clock_ms) })
-        .await
-        .map_err(|e| format!("write: {e}"))?;
+    let first = Frame::Heartbeat { seq: 1, clock: with_clock.then_some(sent.clock_ms) };
+    io.write_frame(&first).await.map_err(|e| format!("write: {e}"))?;
 
     let mut ticker = crate::util::interval_after(hb);
     // The head also goes out when it moved (checked every few seconds), so
@@ -179,8 +179,8 @@ async fn attach_once(
                 }
                 seq += 1;
                 sent = beat(seq);
-                let hb = Frame::Heartbeat { seq, clock: Some(sent.clock_ms) };
-                io.write_frame(&hb).await.map_err(|e| format!("write: {e}"))?;
+                let f = Frame::Heartbeat { seq, clock: with_clock.then_some(sent.clock_ms) };
+                io.write_frame(&f).await.map_err(|e| format!("write: {e}"))?;
                 io.write_frame(&head(state)).await.map_err(|e| format!("write: {e}"))?;
             }
             out = rx.recv() => if let Some(f) = out {
@@ -195,6 +195,10 @@ async fn attach_once(
                 last_heard = Instant::now();
                 if let Frame::Heartbeat { seq, clock: Some(theirs) } = frame {
                     super::clock::heard(state, &relay.name, &sent, (seq, theirs), &mut skewed);
+                }
+                if with_clock && super::clock::refused_by_older_relay(&frame) {
+                    state.no_clock.insert(relay.name.clone());
+                    return Err("the relay is older than this agent and refuses heartbeats with a clock: attaching again without (upgrade the relay to see this device's clock there)".into());
                 }
                 on_frame(state, relay, raw_legs, &tx, frame)?;
                 io.shrink();

@@ -54,3 +54,10 @@ pub fn expired_hint(state: &Shared) -> String {
         None => String::new(),
     }
 }
+
+/// A relay older than the clock in heartbeats refuses ours as a frame with
+/// trailing bytes (`bad_frame`), and drops the channel.
+pub fn refused_by_older_relay(frame: &crate::proto::Frame) -> bool {
+    matches!(frame, crate::proto::Frame::Error { reason: crate::proto::Reason::BadFrame, message }
+        if message.contains("trailing bytes"))
+}

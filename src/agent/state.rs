@@ -88,6 +88,9 @@ pub struct AgentState {
     /// How far this device's clock is off from each relay's (milliseconds,
     /// device minus relay), as the last heartbeat answer said.
     pub clock: DashMap<String, i64>,
+    /// Relays older than this agent, which refuse a heartbeat that carries
+    /// a clock: they get heartbeats without one.
+    pub no_clock: dashmap::DashSet<String>,
     seen: Mutex<crate::util::ReplaySet<SessionId>>,
     pub shutdown: CancellationToken,
     /// Held by the one repository update or download running at a time.
@@ -112,6 +115,7 @@ impl AgentState {
             pending_jobs: DashMap::new(),
             relays: DashMap::new(),
             clock: DashMap::new(),
+            no_clock: dashmap::DashSet::new(),
             seen: Mutex::new(
                 crate::util::ReplaySet::persistent(&cfg.replay_path(), crate::util::now_secs())
                     .map_err(|source| AgentError::State { path: cfg.replay_path(), source })?,

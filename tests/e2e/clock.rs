@@ -134,3 +134,53 @@ async fn a_device_clock_that_runs_off_is_shown_counted_audited_and_named_when_gr
     assert!(ok && !table.contains("CLOCK"), "{table}");
     assert_eq!(hub_metric(&fleet, "tether_hub_devices_clock_skewed").await, 0.0);
 }
+
+/// A relay of the version before the clock in heartbeats, as it answers one
+/// (what 76680a6 sends, as read off its log): the agent attaches again at
+/// once and heartbeats without its clock there; nothing else changes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_agent_attaches_to_a_relay_older_than_the_clock_in_heartbeats() {
+    use tether::proto::{Frame, FrameIo, FrameIoError, ProtoError, Reason, VERSION};
+    use tether::tls::{self, Identity};
+    let tmp = tempfile::tempdir().unwrap();
+    let pki = Pki::new(tmp.path());
+    let id = Identity { ca: &pki.path("ca.pem"), cert: &pki.path("relay-a.pem"), key: &pki.path("relay-a.key") };
+    let acceptor = tokio_rustls::TlsAcceptor::from(tls::server_config(&id, true, None, tls::ALPN_AGENT).unwrap());
+    let control = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let at = control.local_addr().unwrap();
+    let old = RelayProc::stand_in(at, tmp.path());
+    let echo: std::net::SocketAddr = "127.0.0.1:9".parse().unwrap();
+    let cert = (pki.path(&format!("{DEVICE}.pem")), pki.path(&format!("{DEVICE}.key")));
+    let cfg = write_agent_config(tmp.path(), &pki, &[&old], echo, &Opts::default(), (&cert.0, &cert.1));
+    let _agent = start_agent(tmp.path(), &cfg);
+
+    // The first heartbeat after the welcome, whatever else comes first.
+    let attach = async || {
+        let (tcp, _) = within(30, control.accept()).await.unwrap();
+        let mut io = FrameIo::new(acceptor.accept(tcp).await.unwrap());
+        assert!(matches!(within(30, io.read_frame()).await.unwrap(), Frame::Hello { .. }));
+        let welcome = Frame::Welcome { version: VERSION, relay: "relay-a".into(), heartbeat_secs: 30, raw_legs: false };
+        io.write_frame(&welcome).await.unwrap();
+        loop {
+            match within(30, io.read_frame()).await.unwrap() {
+                Frame::Heartbeat { seq, clock } => return (io, seq, clock),
+                _ => continue,
+            }
+        }
+    };
+    let (mut io, seq, clock) = attach().await;
+    assert_eq!(seq, 1, "the agent heartbeats at once on attach");
+    assert!(clock.is_some(), "this agent sends its clock");
+    // The old relay's decoder took the clock for 8 trailing bytes.
+    let message = FrameIoError::Proto(ProtoError::Trailing { extra: 8 }).to_string();
+    io.write_frame(&Frame::Error { reason: Reason::BadFrame, message }).await.unwrap();
+    drop(io);
+
+    let t = std::time::Instant::now();
+    let (mut io, seq, clock) = attach().await;
+    assert!(t.elapsed() < std::time::Duration::from_secs(5), "attached again after {:?}", t.elapsed());
+    assert_eq!((seq, clock), (1, None), "the agent still sent its clock to a relay that refuses it");
+    io.write_frame(&Frame::Heartbeat { seq, clock: None }).await.unwrap();
+    let log = std::fs::read_to_string(tmp.path().join("agent.log")).unwrap();
+    assert!(log.contains("the relay is older than this agent"), "{log}");
+}

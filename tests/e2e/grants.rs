@@ -85,18 +85,7 @@ async fn agent_refuses_forged_grants_from_a_compromised_relay() {
     let id = Identity { ca: &pki.path("ca.pem"), cert: &pki.path("relay-a.pem"), key: &pki.path("relay-a.key") };
     let acceptor = TlsAcceptor::from(tls::server_config(&id, true, None, tls::ALPN_AGENT).unwrap());
     let control = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let fake = RelayProc {
-        name: "relay-a".into(),
-        proc: Proc { child: std::process::Command::new("true").spawn().unwrap() },
-        control: control.local_addr().unwrap(),
-        data: control.local_addr().unwrap(),
-        client: control.local_addr().unwrap(),
-        admin: control.local_addr().unwrap(),
-        audit: tmp.path().join("none"),
-        twin: None,
-        quic_agents: None,
-        quic_clients: None,
-    };
+    let fake = RelayProc::stand_in(control.local_addr().unwrap(), tmp.path());
     let echo: std::net::SocketAddr = "127.0.0.1:9".parse().unwrap();
     let cfg = write_agent_config(
         tmp.path(),
@@ -163,18 +152,7 @@ async fn agent_refuses_forged_grants_from_a_compromised_relay() {
 fn agent_config_refuses_targets_outside_loopback() {
     let tmp = tempfile::tempdir().unwrap();
     let pki = Pki::new(tmp.path());
-    let fake_relay = RelayProc {
-        name: "relay-a".into(),
-        proc: Proc { child: std::process::Command::new("true").spawn().unwrap() },
-        control: "127.0.0.1:1".parse().unwrap(),
-        data: "127.0.0.1:1".parse().unwrap(),
-        client: "127.0.0.1:1".parse().unwrap(),
-        admin: "127.0.0.1:1".parse().unwrap(),
-        audit: tmp.path().join("none"),
-        twin: None,
-        quic_agents: None,
-        quic_clients: None,
-    };
+    let fake_relay = RelayProc::stand_in("127.0.0.1:1".parse().unwrap(), tmp.path());
     // Only written into a config file, never dialled.
     let opts = Opts { extra_services: vec![("pacs".into(), "192.0.2.10:104".into())], ..Opts::default() };
     let cert = (pki.path(&format!("{DEVICE}.pem")), pki.path(&format!("{DEVICE}.key")));

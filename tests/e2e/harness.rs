@@ -78,6 +78,25 @@ pub struct RelayProc {
     pub quic_clients: Option<SocketAddr>,
 }
 
+impl RelayProc {
+    /// relay-a as an agent's config names it, at `at` (all its TCP ports),
+    /// for a test that plays the relay itself: no process behind it.
+    pub fn stand_in(at: SocketAddr, dir: &Path) -> RelayProc {
+        RelayProc {
+            name: "relay-a".into(),
+            proc: Proc { child: std::process::Command::new("true").spawn().unwrap() },
+            control: at,
+            data: at,
+            client: at,
+            admin: at,
+            audit: dir.join("none"),
+            twin: None,
+            quic_agents: None,
+            quic_clients: None,
+        }
+    }
+}
+
 pub struct Pki {
     pub dir: PathBuf,
     pub ca: Ca,

@@ -203,18 +203,7 @@ async fn streams_a_relay_opens_are_checked_like_its_open_frames() {
     let tmp = tempfile::tempdir().unwrap();
     let pki = Pki::new(tmp.path());
     let (endpoint, addr) = agent_listener(&pki);
-    let fake = RelayProc {
-        name: "relay-a".into(),
-        proc: Proc { child: std::process::Command::new("true").spawn().unwrap() },
-        control: addr,
-        data: addr,
-        client: addr,
-        admin: addr,
-        audit: tmp.path().join("none"),
-        twin: None,
-        quic_agents: Some(addr),
-        quic_clients: None,
-    };
+    let fake = RelayProc { quic_agents: Some(addr), ..RelayProc::stand_in(addr, tmp.path()) };
     let echo: SocketAddr = "127.0.0.1:9".parse().unwrap();
     let opts = Opts { transport: "quic", ..Opts::default() };
     let (cert, key) = (pki.path(&format!("{DEVICE}.pem")), pki.path(&format!("{DEVICE}.key")));
