@@ -48,6 +48,13 @@ pub async fn attach_loop(state: Shared, relay: RelayEndpoint) {
         metrics::AGENT_CONTROL_CHANNELS.with_label_values(&[&relay.name]).set(0);
         if let Err(e) = result {
             span.in_scope(|| tracing::warn!(error = %e, "control channel failed"));
+            if !attached && let Some(why) = super::clock::outside_own_certificate(&state) {
+                span.in_scope(|| tracing::error!("{why}"));
+                if !state.clock_suspect.swap(true, std::sync::atomic::Ordering::Relaxed) {
+                    let now = crate::util::now_secs();
+                    state.audit.record("clock_suspect", serde_json::json!({"device": state.cfg.device, "relay": relay.name, "clock": now, "detail": why}));
+                }
+            }
         }
         if attached {
             // It worked until now, however it ended: retry soon, not after the

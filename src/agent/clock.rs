@@ -61,3 +61,25 @@ pub fn refused_by_older_relay(frame: &crate::proto::Frame) -> bool {
     matches!(frame, crate::proto::Frame::Error { reason: crate::proto::Reason::BadFrame, message }
         if message.contains("trailing bytes"))
 }
+
+/// When the device's clock lies outside its own certificate's validity, what
+/// to tell whoever reads the agent's log: TLS checks the relays'
+/// certificates against that clock, so no relay can be reached. (A clock
+/// reset to 1970 or 2000 by a flat battery lands here.)
+pub fn outside_own_certificate(state: &Shared) -> Option<String> {
+    let pem = std::fs::read_to_string(&state.cfg.cert).ok()?;
+    let der = crate::tls::renewal::der_of(&pem).ok()?;
+    let (from, until) = (crate::tls::renewal::not_before(&der)?, crate::tls::renewal::not_after(&der)?);
+    let now = crate::util::now_secs();
+    let reads = crate::util::clock::rfc3339(now as i64);
+    if now < from {
+        let start = crate::util::clock::rfc3339(from as i64);
+        return Some(format!(
+            "this device's clock reads {reads}, before its own certificate's start ({start}): the clock is wrong, and TLS refuses every relay's certificate against it; set the device's time"
+        ));
+    }
+    (now > until).then(|| {
+        let end = crate::util::clock::rfc3339(until as i64);
+        format!("this device's clock reads {reads}, after its own certificate's end ({end}): the certificate expired (it needs a new one, tether certs device), or the clock is wrong")
+    })
+}

@@ -91,6 +91,9 @@ pub struct AgentState {
     /// Relays older than this agent, which refuse a heartbeat that carries
     /// a clock: they get heartbeats without one.
     pub no_clock: dashmap::DashSet<String>,
+    /// The clock was found outside the device's own certificate's validity
+    /// (audited once per run).
+    pub clock_suspect: std::sync::atomic::AtomicBool,
     seen: Mutex<crate::util::ReplaySet<SessionId>>,
     pub shutdown: CancellationToken,
     /// Held by the one repository update or download running at a time.
@@ -116,6 +119,7 @@ impl AgentState {
             relays: DashMap::new(),
             clock: DashMap::new(),
             no_clock: dashmap::DashSet::new(),
+            clock_suspect: Default::default(),
             seen: Mutex::new(
                 crate::util::ReplaySet::persistent(&cfg.replay_path(), crate::util::now_secs())
                     .map_err(|source| AgentError::State { path: cfg.replay_path(), source })?,

@@ -60,6 +60,12 @@ pub fn not_after(der: &[u8]) -> Option<u64> {
     u64::try_from(c.validity().not_after.timestamp()).ok()
 }
 
+/// When the certificate (DER) starts to be valid, Unix seconds.
+pub fn not_before(der: &[u8]) -> Option<u64> {
+    let (_, c) = x509_parser::parse_x509_certificate(der).ok()?;
+    u64::try_from(c.validity().not_before.timestamp()).ok()
+}
+
 /// The certificate (DER) of a PEM text.
 pub fn der_of(pem_text: &str) -> Result<Vec<u8>, Refusal> {
     match pem::parse(pem_text) {

@@ -135,6 +135,41 @@ async fn a_device_clock_that_runs_off_is_shown_counted_audited_and_named_when_gr
     assert_eq!(hub_metric(&fleet, "tether_hub_devices_clock_skewed").await, 0.0);
 }
 
+/// A device whose clock fell back before its own certificate (a flat clock
+/// battery): TLS refuses every relay's certificate against it. The agent
+/// says what is wrong, once in its audit and at each try in its log.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_device_clock_before_its_own_certificate_is_named_as_the_reason_it_cannot_attach() {
+    let Some(lib) = faketime() else {
+        eprintln!("SKIPPED: libfaketime is not installed (apt-get install libfaketime); .ci/run installs it");
+        return;
+    };
+    // The test certificates start a day ago.
+    let mut fleet = Fleet::start(Opts { agent: false, ..Opts::default() }).await;
+    fleet.agent = Some(start_agent_at(fleet.dir(), &fleet.agent_cfg, &lib, "-2d"));
+    let audit = || fleet.agent_audit();
+    eventually("the agent audits its clock", async || !events(&audit(), "clock_suspect").is_empty()).await;
+    let suspect = events(&audit(), "clock_suspect").remove(0);
+    let detail = suspect["detail"].as_str().unwrap();
+    assert!(
+        detail.contains("before its own certificate's start") && detail.contains("set the device's time"),
+        "{detail}"
+    );
+    let now = tether::util::now_secs() as i64;
+    let reads = suspect["clock"].as_i64().unwrap();
+    assert!((now - 2 * 86_400 - reads).abs() < 60, "the record holds the device's clock: {reads} against {now}");
+    let log = std::fs::read_to_string(fleet.dir().join("agent-2d.log")).unwrap();
+    assert!(log.contains("before its own certificate's start"), "{log}");
+    assert_eq!(fleet.metric(0, "tether_relay_agents_attached", &[]).await, 0.0);
+    // At the next try it says so again in its log, but audits it once.
+    eventually("a second try", async || {
+        let log = std::fs::read_to_string(fleet.dir().join("agent-2d.log")).unwrap();
+        log.matches("before its own certificate's start").count() >= 2
+    })
+    .await;
+    assert_eq!(events(&audit(), "clock_suspect").len(), 1);
+}
+
 /// A relay of the version before the clock in heartbeats, as it answers one
 /// (what 76680a6 sends, as read off its log): the agent attaches again at
 /// once and heartbeats without its clock there; nothing else changes.
