@@ -61,6 +61,8 @@ impl Store {
             .batch(&format!("{turn} CREATE TABLE IF NOT EXISTS schema_migrations (version BIGINT PRIMARY KEY)"))
             .await?;
         let done = self.db.query("SELECT version FROM schema_migrations", vec![]).await?;
+        // A new database gets one line; an upgrade, one per step.
+        let (fresh, mut applied) = (done.is_empty(), 0);
         for (version, sql) in schema::MIGRATIONS {
             if done.iter().any(|r| r.int(0) == *version) {
                 continue;
@@ -70,12 +72,16 @@ impl Store {
             // together) blocks on it, then finds it taken and moves on.
             let step = format!("{turn} INSERT INTO schema_migrations (version) VALUES ({version}); {sql}");
             match self.db.batch(&step).await {
+                Ok(()) if fresh => applied = *version,
                 Ok(()) => tracing::info!(version, engine = self.engine(), "database migrated"),
                 Err(e) if sql::is_unique_violation(&e) => {
                     tracing::debug!(version, "migration applied by another process")
                 }
                 Err(e) => return Err(e),
             }
+        }
+        if applied > 0 {
+            tracing::info!(version = applied, engine = self.engine(), "database created");
         }
         Ok(())
     }
