@@ -133,11 +133,13 @@ async fn attach_once(
     };
     io.write_frame(&head(state)).await.map_err(|e| format!("write: {e}"))?;
     // A first heartbeat at once: the relay's answer tells how far our clock is off.
-    let beat = |seq: u64| super::clock::Sent { seq, at: Instant::now(), clock_ms: crate::util::clock::now_ms() };
     let with_clock = !state.no_clock.contains(&relay.name);
-    let mut sent = beat(1);
+    let beat = |seq: u64| {
+        let sent = super::clock::Sent { seq, at: Instant::now(), clock_ms: crate::util::clock::now_ms() };
+        (Frame::Heartbeat { seq, clock: with_clock.then_some(sent.clock_ms) }, sent)
+    };
+    let (first, mut sent) = beat(1);
     let mut skewed = false;
-    let first = Frame::Heartbeat { seq: 1, clock: with_clock.then_some(sent.clock_ms) };
     io.write_frame(&first).await.map_err(|e| format!("write: {e}"))?;
 
     let mut ticker = crate::util::interval_after(hb);
@@ -185,8 +187,8 @@ async fn attach_once(
                     return Err(format!("relay silent for {:?}", last_heard.elapsed()));
                 }
                 seq += 1;
-                sent = beat(seq);
-                let f = Frame::Heartbeat { seq, clock: with_clock.then_some(sent.clock_ms) };
+                let f;
+                (f, sent) = beat(seq);
                 io.write_frame(&f).await.map_err(|e| format!("write: {e}"))?;
                 io.write_frame(&head(state)).await.map_err(|e| format!("write: {e}"))?;
             }

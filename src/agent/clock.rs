@@ -69,7 +69,7 @@ pub fn refused_by_older_relay(frame: &crate::proto::Frame) -> bool {
 pub fn outside_own_certificate(state: &Shared) -> Option<String> {
     let pem = std::fs::read_to_string(&state.cfg.cert).ok()?;
     let der = crate::tls::renewal::der_of(&pem).ok()?;
-    let (from, until) = (crate::tls::renewal::not_before(&der)?, crate::tls::renewal::not_after(&der)?);
+    let (from, until) = crate::tls::renewal::validity(&der)?;
     let now = crate::util::now_secs();
     let reads = crate::util::clock::rfc3339(now as i64);
     if now < from {

@@ -136,15 +136,13 @@ pub async fn devices(path: &Path, json: bool) -> Result<()> {
                 Some(t) if !t.is_empty() => format!("{r} ({t})"),
                 _ => r.clone(),
             });
-            let status = match (d.status.as_str(), d.clock_offset_ms) {
-                ("online", Some(o)) if crate::util::clock::skewed(o) => format!(
-                    "online on {}; CLOCK {}",
-                    on.collect::<Vec<_>>().join(", "),
-                    crate::util::clock::describe_offset(o)
-                ),
-                ("online", _) => format!("online on {}", on.collect::<Vec<_>>().join(", ")),
+            let mut status = match d.status.as_str() {
+                "online" => format!("online on {}", on.collect::<Vec<_>>().join(", ")),
                 _ => "offline".into(),
             };
+            if let Some(o) = d.clock_offset_ms.filter(|o| d.status == "online" && crate::util::clock::skewed(*o)) {
+                status += &format!("; CLOCK {}", crate::util::clock::describe_offset(o));
+            }
             let cert = cert_column(d.cert_expires, d.cert_renewal.as_deref(), crate::util::now_secs());
             vec![
                 d.id,

@@ -265,7 +265,7 @@ async fn on_frame(state: &State, io: &mut FrameIo<Leg>, me: &Channel<'_>, frame:
                 a.last_heartbeat.store(now / 1000, std::sync::atomic::Ordering::Relaxed);
             }
             // An agent that sent its clock hears ours (an older one, none).
-            let answer = Frame::Heartbeat { seq, clock: clock.map(|_| crate::util::clock::now_ms()) };
+            let answer = Frame::Heartbeat { seq, clock: clock.map(|_| now) };
             io.write_frame(&answer).await.map_err(|e| format!("write failed: {e}"))?
         }
         Frame::AuditHead { seq, hash, sig } => {

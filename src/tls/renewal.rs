@@ -56,14 +56,14 @@ pub fn cert_key(der: &[u8]) -> Option<Vec<u8>> {
 
 /// When a certificate (DER) expires, Unix seconds.
 pub fn not_after(der: &[u8]) -> Option<u64> {
-    let (_, c) = x509_parser::parse_x509_certificate(der).ok()?;
-    u64::try_from(c.validity().not_after.timestamp()).ok()
+    validity(der).map(|(_, until)| until)
 }
 
-/// When the certificate (DER) starts to be valid, Unix seconds.
-pub fn not_before(der: &[u8]) -> Option<u64> {
+/// When the certificate (DER) starts and stops being valid, Unix seconds.
+pub fn validity(der: &[u8]) -> Option<(u64, u64)> {
     let (_, c) = x509_parser::parse_x509_certificate(der).ok()?;
-    u64::try_from(c.validity().not_before.timestamp()).ok()
+    let v = c.validity();
+    Some((u64::try_from(v.not_before.timestamp()).ok()?, u64::try_from(v.not_after.timestamp()).ok()?))
 }
 
 /// The certificate (DER) of a PEM text.
