@@ -90,11 +90,15 @@ async fn a_flood_from_one_source_refuses_no_legitimate_connection() {
     transfer.finish("the live session across a relay kill during the flood").await;
     assert!(live.end_reason().is_none());
     // The agent re-attaches (its old sessions end with it, as they must).
+    // The survivor must see the old one go first: under the flood it may
+    // still count the killed agent's channel, and a session opened on that
+    // count finds the device gone (`not_attached`).
     if let Some(mut a) = fleet.agent.take() {
         a.kill();
     }
-    fleet.agent = Some(start_agent(fleet.dir(), &fleet.agent_cfg));
     let survivor = 1 - victim;
+    fleet.wait_metric(survivor, "tether_relay_agents_attached", 0.0).await;
+    fleet.agent = Some(start_agent(fleet.dir(), &fleet.agent_cfg));
     fleet.wait_metric(survivor, "tether_relay_agents_attached", 1.0).await;
     // A new session, and 1 MiB through it.
     let fresh = within(30, tether::client::ClientSession::open(&fleet.profile(), DEVICE, "echo")).await.unwrap();
