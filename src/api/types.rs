@@ -199,8 +199,12 @@ pub struct Anchor {
 /// `GET /api/v1/healthz`.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Health {
+    /// `ok`, or `degraded` (answered with 503) while the database is unreachable.
     pub status: String,
     pub engine: String,
+    /// `ok` or `unreachable`.
+    #[serde(default)]
+    pub database: String,
     pub relays: Vec<RelayHealth>,
 }
 

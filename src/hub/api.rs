@@ -45,7 +45,11 @@ async fn route(hub: &Hub, req: Request<Incoming>, peer: &Peer) -> Result<Answer,
         Route::RolloutCreate | Route::Rollouts | Route::RolloutCancel(_) => {
             super::rollouts::handle(hub, route, req, peer).await
         }
-        Route::Health => Ok(json_answer(StatusCode::OK, &health(hub))),
+        Route::Health => {
+            let h = health(hub);
+            let status = if h.database == "ok" { StatusCode::OK } else { StatusCode::SERVICE_UNAVAILABLE };
+            Ok(json_answer(status, &h))
+        }
         Route::Metrics => {
             metrics_reader(hub, peer).await?;
             crate::metrics::HUB_DEVICES_CLOCK_SKEWED.set(hub.board.clock_skewed() as i64);
@@ -60,7 +64,7 @@ async fn route(hub: &Hub, req: Request<Incoming>, peer: &Peer) -> Result<Answer,
             let relay = relay_identity(hub, peer).await?;
             let body = read_body(hub, req, 16 * 1024 * 1024, peer).await?;
             let report: RelayReport = http::parse(&body)?;
-            let answer = sessions::relay_report(hub, &relay, peer.cert.as_deref(), report).await;
+            let answer = sessions::relay_report(hub, &relay, peer.cert.as_deref(), report).await?;
             Ok(json_answer(StatusCode::OK, &answer))
         }
         Route::Me => {
@@ -178,7 +182,8 @@ fn health(hub: &Hub) -> Health {
         .into_iter()
         .map(|(name, reporting, ready, sessions)| RelayHealth { name, reporting, ready, sessions })
         .collect();
-    Health { status: "ok".into(), engine: hub.store.engine().to_string(), relays }
+    let (status, database) = if hub.store.reachable() { ("ok", "ok") } else { ("degraded", "unreachable") };
+    Health { status: status.into(), engine: hub.store.engine().to_string(), database: database.into(), relays }
 }
 
 pub(super) const LOGIN_FAILED: &str = "wrong user name, password or code";

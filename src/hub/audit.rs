@@ -1,52 +1,150 @@
 //! The hub's audit log: the same hash-chained records as the relay's and
 //! agent's files, kept in the database (table `audit`) so that they are
 //! backed up and replicated with it. Export gives the JSON lines back.
-use serde_json::Value;
+//!
+//! A record the database cannot take now (it is unreachable) waits, in
+//! order and with the time it happened, and is chained when the database is
+//! back (up to [`PENDING_MAX`]; beyond that the oldest are dropped, counted,
+//! and the chain says how many).
+use std::collections::VecDeque;
+use std::sync::Arc;
+use std::time::Duration;
+
+use serde_json::{Value, json};
 use tokio::sync::Mutex;
+use tokio_util::sync::CancellationToken;
 
 use super::store::{Store, StoreError};
 use crate::audit::{GENESIS, link};
 
+/// Records kept while the database is unreachable.
+pub const PENDING_MAX: usize = 10_000;
+
+struct Pending {
+    ts: String,
+    unix: i64,
+    event: String,
+    fields: Value,
+}
+
+impl Pending {
+    fn now(event: &str, fields: Value) -> Pending {
+        let now = time::OffsetDateTime::now_utc();
+        let ts = now.format(&time::format_description::well_known::Rfc3339).unwrap_or_default();
+        Pending { ts, unix: now.unix_timestamp(), event: event.to_string(), fields }
+    }
+}
+
+struct Chain {
+    head: (u64, String),
+    pending: VecDeque<Pending>,
+    dropped: u64,
+}
+
 pub struct HubAudit {
     store: Store,
-    head: Mutex<(u64, String)>,
+    chain: Mutex<Chain>,
+}
+
+enum Append {
+    Done,
+    /// The database is unreachable: the record waits.
+    Wait,
+    /// Refused for another reason (logged): the record is dropped.
+    Refused,
 }
 
 impl HubAudit {
     pub async fn open(store: Store) -> Result<HubAudit, StoreError> {
         let head = store.audit_head().await?.unwrap_or((0, GENESIS.to_string()));
-        Ok(HubAudit { store, head: Mutex::new(head) })
+        crate::metrics::HUB_AUDIT_PENDING.set(0);
+        Ok(HubAudit { store, chain: Mutex::new(Chain { head, pending: VecDeque::new(), dropped: 0 }) })
     }
 
-    /// Appends one record. Another writer (the `tether hub` admin commands,
-    /// or a second hub on the same database) may have appended meanwhile: the
-    /// sequence number is the table's key, so that append fails, and the
-    /// record is linked again to the head as stored. Other failures are logged.
+    /// Appends one record, after any that wait for the database.
     pub async fn record(&self, event: &str, fields: Value) {
-        let mut head = self.head.lock().await;
+        let mut c = self.chain.lock().await;
+        if c.pending.len() >= PENDING_MAX {
+            c.pending.pop_front();
+            c.dropped += 1;
+            crate::metrics::HUB_AUDIT_DROPPED.inc();
+        }
+        c.pending.push_back(Pending::now(event, fields));
+        self.flush_locked(&mut c).await;
+    }
+
+    /// Chains the records that wait, if the database takes them now.
+    pub async fn flush(&self) {
+        let mut c = self.chain.lock().await;
+        if !c.pending.is_empty() {
+            self.flush_locked(&mut c).await;
+        }
+    }
+
+    async fn flush_locked(&self, c: &mut Chain) {
+        if c.dropped > 0 {
+            let fields =
+                json!({"count": c.dropped, "why": format!("more than {PENDING_MAX} records waited for the database")});
+            c.pending.push_front(Pending::now("audit_records_dropped", fields));
+            c.dropped = 0;
+        }
+        while let Some(p) = c.pending.front() {
+            match self.append(&mut c.head, p).await {
+                Append::Done | Append::Refused => {
+                    c.pending.pop_front();
+                }
+                Append::Wait => break,
+            }
+        }
+        crate::metrics::HUB_AUDIT_PENDING.set(c.pending.len() as i64);
+    }
+
+    /// Another writer (the `tether hub` admin commands, or a second hub on
+    /// the same database) may have appended meanwhile: the sequence number
+    /// is the table's key, so that append fails, and the record is linked
+    /// again to the head as stored.
+    async fn append(&self, head: &mut (u64, String), p: &Pending) -> Append {
         for _ in 0..8 {
-            let now = time::OffsetDateTime::now_utc();
-            let ts = now.format(&time::format_description::well_known::Rfc3339).unwrap_or_default();
-            let (line, hash) = link(head.0 + 1, &head.1, &ts, event, fields.clone());
-            match self.store.audit_append(head.0 + 1, now.unix_timestamp(), &hash, &line).await {
+            let (line, hash) = link(head.0 + 1, &head.1, &p.ts, &p.event, p.fields.clone());
+            match self.store.audit_append(head.0 + 1, p.unix, &hash, &line).await {
                 Ok(()) => {
                     *head = (head.0 + 1, hash);
-                    return;
+                    return Append::Done;
                 }
                 Err(e) if super::store::is_unique_violation(&e) => match self.store.audit_head().await {
                     Ok(Some(h)) => *head = h,
+                    Err(StoreError::Unavailable(_)) => return Append::Wait,
                     _ => break,
                 },
+                Err(StoreError::Unavailable(_)) => return Append::Wait,
                 Err(e) => {
-                    tracing::error!(event, error = %e, "hub audit write failed");
-                    return;
+                    tracing::error!(event = p.event, error = %e, "hub audit write failed");
+                    return Append::Refused;
                 }
             }
         }
-        tracing::error!(event, "hub audit write failed: the chain head keeps moving");
+        tracing::error!(event = p.event, "hub audit write failed: the chain head keeps moving");
+        Append::Refused
     }
 
     pub async fn head(&self) -> (u64, String) {
-        self.head.lock().await.clone()
+        self.chain.lock().await.head.clone()
+    }
+}
+
+/// Every second: an outage of the database that has ended goes into the
+/// audit (`database_outage`), and records that waited for it are chained.
+pub async fn watch_database(hub: Arc<super::Hub>, stop: CancellationToken) {
+    let mut tick = tokio::time::interval(Duration::from_secs(1));
+    while tokio::select! { _ = stop.cancelled() => false, _ = tick.tick() => true } {
+        for o in hub.store.outages_ended() {
+            let since = time::OffsetDateTime::from_unix_timestamp(o.since as i64)
+                .ok()
+                .and_then(|t| t.format(&time::format_description::well_known::Rfc3339).ok());
+            let fields = json!({"since": since, "seconds": o.seconds,
+                                "statements_refused": o.statements_refused, "cause": o.cause});
+            hub.audit.record("database_outage", fields).await;
+        }
+        hub.audit.flush().await;
     }
 }

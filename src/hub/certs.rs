@@ -217,13 +217,17 @@ pub async fn write_seen(hub: std::sync::Arc<Hub>, stop: CancellationToken) {
                 .map(|c| (c.device, c.issued_not_after))
                 .collect(),
             Err(e) => {
-                tracing::error!(error = %e, "reading device certificates");
+                if !e.is_unavailable() {
+                    tracing::error!(error = %e, "reading device certificates");
+                }
                 HashMap::new()
             }
         };
         for (relay, device, not_after) in batch {
             if let Err(e) = hub.store.cert_seen(&device, not_after, now_secs()).await {
                 tracing::debug!(%device, error = %e, "keeping a device certificate's expiry");
+                // Noted again from the next report that lists the device.
+                lock(&hub.certs_seen.last).remove(&device);
                 continue;
             }
             if issued.get(&device) == Some(&not_after) {
@@ -243,6 +247,7 @@ async fn refresh_gauges(hub: &Hub) {
             crate::metrics::HUB_DEVICE_CERTS_EXPIRING.set(expiring as i64);
             crate::metrics::HUB_CERT_RENEWALS_PENDING.set(pending as i64);
         }
+        Err(e) if e.is_unavailable() => {}
         Err(e) => tracing::error!(error = %e, "counting device certificates"),
     }
 }

@@ -9,12 +9,27 @@ use super::Hub;
 use super::auth;
 use super::http::{self, ApiError, Peer};
 use super::model::{Role, User};
+use super::store::StoreError;
 use crate::util::now_secs;
 
-pub fn internal(e: impl std::fmt::Display) -> ApiError {
+/// The answer to a failure inside the hub: 503 `database_unavailable` when
+/// the database cannot be reached (the store logged it once), else 500.
+pub fn internal<E: std::fmt::Display + 'static>(e: E) -> ApiError {
+    let any = &e as &dyn std::any::Any;
+    let store = any.downcast_ref::<StoreError>().or_else(|| match any.downcast_ref::<super::HubError>() {
+        Some(super::HubError::Store(s)) => Some(s),
+        _ => None,
+    });
+    if let Some(StoreError::Unavailable(why)) = store {
+        tracing::debug!(error = %why, "refused: the database is unreachable");
+        return ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "database_unavailable", DATABASE_UNAVAILABLE);
+    }
     tracing::error!(error = %e, "hub internal error");
     ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", "internal error; see the hub's log")
 }
+
+pub const DATABASE_UNAVAILABLE: &str =
+    "the hub's database is unreachable; sessions already open go on; try again in a minute";
 
 /// The account behind the request's bearer token.
 pub async fn authenticate(hub: &Hub, req: &Request<Incoming>, peer: &Peer) -> Result<User, ApiError> {

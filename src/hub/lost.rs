@@ -113,7 +113,9 @@ pub async fn sweep(hub: Arc<Hub>, stop: CancellationToken) {
         let live = match hub.store.sessions_live().await {
             Ok(l) => l,
             Err(e) => {
-                tracing::error!(error = %e, "listing live sessions");
+                if !e.is_unavailable() {
+                    tracing::error!(error = %e, "listing live sessions");
+                }
                 continue;
             }
         };
@@ -128,7 +130,9 @@ pub async fn sweep(hub: Arc<Hub>, stop: CancellationToken) {
                 Ok(true) => {}
                 Ok(false) => continue, // it ended or was revoked meanwhile
                 Err(e) => {
-                    tracing::error!(session = %l.session, error = %e, "recording a lost session");
+                    if !e.is_unavailable() {
+                        tracing::error!(session = %l.session, error = %e, "recording a lost session");
+                    }
                     continue;
                 }
             }
@@ -157,6 +161,7 @@ pub async fn found(hub: &Hub, relay: &str, (id, to_device, to_client): (String, 
             hub.audit.record("session_found", json!({"session": id, "relay": relay})).await;
         }
         Ok(false) => {}
+        Err(e) if e.is_unavailable() => {}
         Err(e) => tracing::error!(session = %id, error = %e, "recording a lost session live again"),
     }
 }

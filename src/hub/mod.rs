@@ -85,6 +85,9 @@ impl Hub {
         let store = store::Store::open(&cfg.database, std::path::Path::new(".")).await?.with_secrets(secrets).await?;
         let signer = crate::tls::pki::load_grant_signer(&cfg.grant_signing_key)?;
         let audit = audit::HubAudit::open(store.clone()).await?;
+        // At 0 from the start, so increase() sees the first one.
+        crate::metrics::HUB_DATABASE_RECONNECTS.inc_by(0);
+        crate::metrics::HUB_AUDIT_DROPPED.inc_by(0);
         let board = relays::Board::new(cfg.relays.clone(), Duration::from_millis(cfg.relay_stale_ms));
         // Revocations outlive a restart: the relays hear of them again.
         let now = crate::util::now_secs() as i64;
@@ -198,6 +201,7 @@ pub async fn run(listener: TcpListener, cfg: HubConfig, stop: CancellationToken)
     tokio::spawn(certs::sweep(hub.clone(), stop.clone()));
     tokio::spawn(certs::write_seen(hub.clone(), stop.clone()));
     tokio::spawn(rollouts::drive(hub.clone(), stop.clone()));
+    tokio::spawn(audit::watch_database(hub.clone(), stop.clone()));
     let balancers = crate::util::proxy::ProxyTrust::new(hub.cfg.proxy_protocol_from.clone());
     http::serve(listener, tls, (hub.cfg.max_connections, balancers), drops, handler, stop).await;
     let _ = reporter.await;

@@ -110,6 +110,12 @@ impl Board {
         ends.insert((relay.to_string(), session.to_string()), now).is_none()
     }
 
+    /// Forgets that `relay` reported `session` ended (it was not stored):
+    /// the same end sent again is taken.
+    pub fn forget_end(&self, relay: &str, session: &str) {
+        lock(&self.ends).remove(&(relay.to_string(), session.to_string()));
+    }
+
     pub fn is_relay(&self, name: &str) -> bool {
         self.relays.iter().any(|r| r.name == name)
     }

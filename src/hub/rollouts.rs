@@ -257,7 +257,9 @@ pub async fn drive(hub: std::sync::Arc<Hub>, stop: CancellationToken) {
             _ = tick.tick() => hub.store.rollouts_running().await.unwrap_or_default(),
         };
         for id in ids {
-            if let Err(e) = advance(&hub, &id).await {
+            if let Err(e) = advance(&hub, &id).await
+                && e.code != "database_unavailable"
+            {
                 tracing::error!(rollout = %id, error = %e.message, "cannot move the rollout on");
             }
         }

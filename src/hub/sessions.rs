@@ -7,7 +7,7 @@ use super::Hub;
 use super::guard::{internal, require_admin};
 use super::http::{ApiError, Peer};
 use super::model::{Role, SessionRecord, User};
-use super::store::{Live, SessionEnd};
+use super::store::{Live, SessionEnd, StoreError};
 use crate::api::{RelayAddr, RelayReport, ReportAnswer, SessionEnded, SessionGranted, SessionRequest};
 use crate::proto::{Grant, SessionId};
 use crate::util::now_secs;
@@ -227,11 +227,20 @@ async fn keep_forgotten(hub: &Hub, relay: &str, f: super::relays::Forgotten) {
                 )
                 .await;
         }
+        Err(e) if e.is_unavailable() => tracing::debug!(session = %f.session, "byte counts not kept: no database"),
         Err(e) => tracing::error!(session = %f.session, error = %e, "keeping a restarted relay's byte counts"),
     }
 }
 
-pub async fn relay_report(hub: &Hub, relay: &str, relay_cert: Option<&[u8]>, r: RelayReport) -> ReportAnswer {
+/// Takes a relay's report. When the database refuses what it carries
+/// (starts, moves, ends), the answer is 503: the relay keeps those and
+/// sends them again, and an end not stored is taken again then.
+pub async fn relay_report(
+    hub: &Hub,
+    relay: &str,
+    relay_cert: Option<&[u8]>,
+    r: RelayReport,
+) -> Result<ReportAnswer, ApiError> {
     let now = now_secs();
     crate::metrics::HUB_RELAY_REPORTS.with_label_values(&[relay]).inc();
     let taken = hub.board.report(relay, &r, now);
@@ -242,12 +251,15 @@ pub async fn relay_report(hub: &Hub, relay: &str, relay_cert: Option<&[u8]>, r: 
     for f in taken.found {
         super::lost::found(hub, relay, f).await;
     }
+    let mut unstored: Option<StoreError> = None;
     let live = [(&r.started, &r.started_transports, Live::Started), (&r.moved, &r.moved_transports, Live::Moved)];
     for (ids, transports, how) in live {
         for (i, id) in ids.iter().enumerate() {
             let transport = transports.get(i).map(String::as_str).unwrap_or("");
-            if let Err(e) = hub.store.session_live(id, relay, transport, how).await {
-                tracing::error!(session = %id, error = %e, ?how, "recording a session live");
+            match hub.store.session_live(id, relay, transport, how).await {
+                Err(e @ StoreError::Unavailable(_)) => unstored = Some(e),
+                Err(e) => tracing::error!(session = %id, error = %e, ?how, "recording a session live"),
+                Ok(_) => {}
             }
         }
     }
@@ -264,8 +276,15 @@ pub async fn relay_report(hub: &Hub, relay: &str, relay_cert: Option<&[u8]>, r: 
             bytes_to_client: e.bytes_to_client as i64,
             duration_ms: e.duration_ms as i64,
         };
-        if let Err(err) = hub.store.session_end(&e.session, &end).await {
-            tracing::error!(session = %e.session, error = %err, "recording session end");
+        match hub.store.session_end(&e.session, &end).await {
+            Err(err @ StoreError::Unavailable(_)) => {
+                // Taken when the relay sends it again.
+                hub.board.forget_end(relay, &e.session);
+                unstored = Some(err);
+                continue;
+            }
+            Err(err) => tracing::error!(session = %e.session, error = %err, "recording session end"),
+            Ok(_) => {}
         }
         hub.audit
             .record(
@@ -276,5 +295,8 @@ pub async fn relay_report(hub: &Hub, relay: &str, relay_cert: Option<&[u8]>, r: 
             .await;
     }
     super::anchors::heads(hub, relay, relay_cert, &r, now).await;
-    taken.answer
+    match unstored {
+        Some(e) => Err(internal(e)),
+        None => Ok(taken.answer),
+    }
 }

@@ -30,6 +30,7 @@ mod memory;
 mod no_listen;
 mod operations;
 mod pg_backup;
+mod pg_outage;
 mod pq;
 mod proxy_protocol;
 mod quic;

@@ -8,7 +8,7 @@ use crate::hub::{add_user, hub_cli, login, token_of};
 use crate::restarts::{audit_verifies, grant, session_ids};
 
 /// The test PostgreSQL's URL, or `None` (CI sets it: .ci/run).
-fn postgres() -> Option<String> {
+pub fn postgres() -> Option<String> {
     let url = std::env::var("TETHER_TEST_POSTGRES").ok();
     if url.is_none() {
         assert!(std::env::var_os("CI").is_none(), "CI must set TETHER_TEST_POSTGRES (.ci/run starts PostgreSQL)");
@@ -17,7 +17,7 @@ fn postgres() -> Option<String> {
     url
 }
 
-fn pg(tool: &str, args: &[&str]) {
+pub fn pg(tool: &str, args: &[&str]) {
     let out = Command::new(tool).args(args).output().unwrap_or_else(|e| panic!("{tool}: {e}"));
     assert!(out.status.success(), "{tool} {args:?}: {}", String::from_utf8_lossy(&out.stderr));
 }

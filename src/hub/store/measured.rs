@@ -1,6 +1,8 @@
 //! Every statement the hub runs, timed (`tether_hub_db_seconds{op}`) and its
 //! failures counted (`tether_hub_db_errors_total{op}`); a uniqueness
-//! violation is an answer (the name is taken), not a failure.
+//! violation is an answer (the name is taken), not a failure, and a
+//! statement refused because the database is unreachable is the outage's
+//! (`tether_hub_database_up`), not the statement's.
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -14,6 +16,7 @@ fn observe<T>(op: &'static str, started: Instant, r: Result<T, StoreError>) -> R
     crate::metrics::HUB_DB_SECONDS.with_label_values(&[op]).observe(started.elapsed().as_secs_f64());
     if let Err(e) = &r
         && !is_unique_violation(e)
+        && !matches!(e, StoreError::Unavailable(_))
     {
         crate::metrics::HUB_DB_ERRORS.with_label_values(&[op]).inc();
     }
@@ -39,5 +42,13 @@ impl Sql for Measured {
 
     fn engine(&self) -> &'static str {
         self.0.engine()
+    }
+
+    fn reachable(&self) -> bool {
+        self.0.reachable()
+    }
+
+    fn outages_ended(&self) -> Vec<super::sql::Outage> {
+        self.0.outages_ended()
     }
 }

@@ -6,6 +6,7 @@ mod console;
 mod jobs;
 mod measured;
 mod open;
+mod pg_conn;
 mod pg_tls;
 mod postgres;
 mod rollouts;
@@ -18,7 +19,7 @@ use std::sync::Arc;
 
 pub use certs::DeviceCert;
 pub use sessions::{Live, SessionEnd};
-pub use sql::{Row, Sql, StoreError, Val, is_unique_violation};
+pub use sql::{Outage, Row, Sql, StoreError, Val, is_unique_violation};
 
 use super::model::{Device, Site, User};
 
@@ -49,6 +50,16 @@ fn user_from(r: &Row, secrets: Option<&crate::hub::secrets::SecretBox>) -> Resul
 impl Store {
     pub fn engine(&self) -> &'static str {
         self.db.engine()
+    }
+
+    /// False while the database cannot be reached.
+    pub fn reachable(&self) -> bool {
+        self.db.reachable()
+    }
+
+    /// Outages that have ended since the last call.
+    pub fn outages_ended(&self) -> Vec<Outage> {
+        self.db.outages_ended()
     }
 
     async fn insert(&self, what: &'static str, name: &str, sql: &str, params: Vec<Val>) -> Result<(), StoreError> {

@@ -19,6 +19,7 @@ impl Store {
         };
         let store = Store { db: Arc::new(measured::Measured(db)), secrets: None };
         store.migrate().await?;
+        crate::metrics::HUB_DATABASE_UP.set(1);
         Ok(store)
     }
 
@@ -34,6 +35,7 @@ impl Store {
                 Ok(db) => {
                     restrict(path);
                     let store = Store { db: Arc::new(measured::Measured(Arc::new(db))), secrets: None };
+                    crate::metrics::HUB_DATABASE_UP.set(1);
                     store.migrate().await.map(|()| store)
                 }
                 Err(e) => Err(e),
@@ -54,7 +56,8 @@ impl Store {
         // exists"); a transaction-scoped advisory lock makes them take
         // turns. SQLite's `BEGIN IMMEDIATE` (in `batch`) does the same.
         let turn = match self.engine() {
-            "postgres" => "SELECT pg_advisory_xact_lock(7466574865);",
+            // No NOTICE line ("already exists, skipping") at each start.
+            "postgres" => "SELECT pg_advisory_xact_lock(7466574865); SET LOCAL client_min_messages TO warning;",
             _ => "",
         };
         self.db

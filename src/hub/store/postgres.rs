@@ -1,51 +1,23 @@
 //! PostgreSQL backend: a few pipelined connections, prepared statements cached
-//! per connection.
-use std::collections::HashMap;
+//! per connection; a connection that ends is dialled again (`pg_conn`).
 use std::error::Error;
-use std::sync::Mutex;
+use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
 use async_trait::async_trait;
 use bytes::BytesMut;
+use tokio_postgres::Statement;
 use tokio_postgres::types::{IsNull, ToSql, Type, to_sql_checked};
-use tokio_postgres::{Client, NoTls, Statement};
 
-use super::sql::{Row, Sql, StoreError, Val};
+use super::pg_conn::{Link, Live, Slot, pg};
+use super::sql::{Outage, Row, Sql, StoreError, Val};
 
 const CONNECTIONS: usize = 4;
 
-struct Conn {
-    client: Client,
-    statements: Mutex<HashMap<String, Statement>>,
-}
-
 pub struct Postgres {
-    conns: Vec<Conn>,
+    link: Link,
+    slots: Vec<Slot>,
     next: AtomicUsize,
-}
-
-fn db(e: impl std::fmt::Display) -> StoreError {
-    StoreError::Db(e.to_string())
-}
-
-/// Full error text: tokio-postgres puts the server's message in the source.
-fn pg(e: tokio_postgres::Error) -> StoreError {
-    match e.as_db_error() {
-        Some(d) if d.code() == &tokio_postgres::error::SqlState::UNIQUE_VIOLATION => {
-            StoreError::Db(format!("duplicate key: {}", d.message()))
-        }
-        Some(d) => StoreError::Db(format!("{}: {}", d.code().code(), d.message())),
-        // A TLS or network failure: its cause is in the source chain.
-        None => {
-            let mut text = e.to_string();
-            let mut cause = e.source();
-            while let Some(c) = cause {
-                text = format!("{text}: {c}");
-                cause = c.source();
-            }
-            db(text)
-        }
-    }
 }
 
 impl ToSql for Val {
@@ -84,54 +56,39 @@ fn read(row: &tokio_postgres::Row) -> Result<Row, StoreError> {
     Ok(Row(vals))
 }
 
-async fn watch<S, T>(connection: tokio_postgres::Connection<S, T>)
-where
-    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
-    T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
-{
-    if let Err(e) = connection.await {
-        tracing::error!(error = %e, "postgres connection lost");
-    }
-}
-
 impl Postgres {
     /// Connects to `url`; with `sslmode=verify-full&sslrootcert=CA.pem`
     /// (relative to `base`) over TLS, checking the server's certificate and name.
     pub async fn connect(url: &str, base: &std::path::Path) -> Result<Postgres, StoreError> {
-        let target = super::pg_tls::target(url, base)?;
-        let mut conns = Vec::with_capacity(CONNECTIONS);
-        for _ in 0..CONNECTIONS {
-            let client = match &target.tls {
-                Some(cfg) => {
-                    let tls = super::pg_tls::MakeRustls(cfg.clone());
-                    let (client, connection) = tokio_postgres::connect(&target.url, tls).await.map_err(pg)?;
-                    tokio::spawn(watch(connection));
-                    client
-                }
-                None => {
-                    let (client, connection) = tokio_postgres::connect(&target.url, NoTls).await.map_err(pg)?;
-                    tokio::spawn(watch(connection));
-                    client
-                }
-            };
-            conns.push(Conn { client, statements: Mutex::new(HashMap::new()) });
+        let link = Link::new(super::pg_tls::target(url, base)?);
+        let slots: Vec<Slot> = (0..CONNECTIONS).map(|_| Slot::default()).collect();
+        for slot in &slots {
+            Link::fill(slot, link.dial().await?);
         }
-        Ok(Postgres { conns, next: AtomicUsize::new(0) })
+        crate::metrics::HUB_DATABASE_UP.set(1);
+        Ok(Postgres { link, slots, next: AtomicUsize::new(0) })
     }
 
-    fn conn(&self) -> &Conn {
-        &self.conns[self.next.fetch_add(1, Ordering::Relaxed) % self.conns.len()]
+    /// The next slot's connection (dialled again if it ended).
+    async fn conn(&self) -> Result<Arc<Live>, StoreError> {
+        let slot = &self.slots[self.next.fetch_add(1, Ordering::Relaxed) % self.slots.len()];
+        self.link.live(slot).await
     }
 
-    async fn prepare(conn: &Conn, sql: &str) -> Result<Statement, StoreError> {
+    async fn prepare(conn: &Live, sql: &str) -> Result<Statement, tokio_postgres::Error> {
         if let Some(s) = conn.statements.lock().ok().and_then(|m| m.get(sql).cloned()) {
             return Ok(s);
         }
-        let st = conn.client.prepare(sql).await.map_err(pg)?;
+        let st = conn.client.prepare(sql).await?;
         if let Ok(mut m) = conn.statements.lock() {
             m.insert(sql.to_string(), st.clone());
         }
         Ok(st)
+    }
+
+    /// A failure because the connection ended is the outage's, not the statement's.
+    fn failed(&self, e: tokio_postgres::Error) -> StoreError {
+        if e.is_closed() { self.link.lost(pg(e)) } else { pg(e) }
     }
 }
 
@@ -142,25 +99,47 @@ fn refs(params: &[Val]) -> Vec<&(dyn ToSql + Sync)> {
 #[async_trait]
 impl Sql for Postgres {
     async fn exec(&self, sql: &str, params: Vec<Val>) -> Result<u64, StoreError> {
-        let c = self.conn();
-        let st = Self::prepare(c, sql).await?;
-        c.client.execute(&st, &refs(&params)).await.map_err(pg)
+        let c = self.conn().await?;
+        let st = Self::prepare(&c, sql).await.map_err(|e| self.failed(e))?;
+        c.client.execute(&st, &refs(&params)).await.map_err(|e| self.failed(e))
     }
 
     async fn query(&self, sql: &str, params: Vec<Val>) -> Result<Vec<Row>, StoreError> {
-        let c = self.conn();
-        let st = Self::prepare(c, sql).await?;
-        c.client.query(&st, &refs(&params)).await.map_err(pg)?.iter().map(read).collect()
+        // A read that went out on a connection that had just ended (a
+        // restart the driver had not yet seen) goes again, once, on a
+        // fresh one. A write is never sent twice: it may have been applied.
+        let read_only = sql.trim_start().get(..6).is_some_and(|w| w.eq_ignore_ascii_case("SELECT"));
+        let mut again = read_only;
+        loop {
+            let c = self.conn().await?;
+            let rows = match Self::prepare(&c, sql).await {
+                Ok(st) => c.client.query(&st, &refs(&params)).await,
+                Err(e) => Err(e),
+            };
+            match rows {
+                Ok(rows) => return rows.iter().map(read).collect(),
+                Err(e) if e.is_closed() && again => again = false,
+                Err(e) => return Err(self.failed(e)),
+            }
+        }
     }
 
     async fn batch(&self, sql: &str) -> Result<(), StoreError> {
-        let c = &self.conns[0];
+        let c = self.link.live(&self.slots[0]).await?;
         let r = c.client.batch_execute(&format!("BEGIN; {sql}; COMMIT;")).await;
         if r.is_err() {
             // The failed transaction stays open (aborted) on this connection.
             let _ = c.client.batch_execute("ROLLBACK").await;
         }
-        r.map_err(pg)
+        r.map_err(|e| self.failed(e))
+    }
+
+    fn reachable(&self) -> bool {
+        self.link.reachable()
+    }
+
+    fn outages_ended(&self) -> Vec<Outage> {
+        self.link.outages_ended()
     }
 
     fn engine(&self) -> &'static str {

@@ -82,12 +82,24 @@ impl Row {
 pub enum StoreError {
     #[error("database: {0}")]
     Db(String),
+    /// The database cannot be reached (down, restarting, unreachable): the
+    /// statement was not run. The hub answers 503 `database_unavailable`.
+    #[error("the database is unreachable: {0}")]
+    Unavailable(String),
     #[error("database url {0:?}: use sqlite:PATH or postgres://…")]
     BadUrl(String),
     #[error("{what} {name:?} already exists")]
     Exists { what: &'static str, name: String },
     #[error("{what} {name:?} not found")]
     NotFound { what: &'static str, name: String },
+}
+
+impl StoreError {
+    /// True when the database could not be reached: the store logged the
+    /// outage once and counts it; callers need not log each statement.
+    pub fn is_unavailable(&self) -> bool {
+        matches!(self, StoreError::Unavailable(_))
+    }
 }
 
 /// A SQL engine. Implementations: SQLite (a file) and PostgreSQL (a URL).
@@ -101,6 +113,28 @@ pub trait Sql: Send + Sync {
     async fn batch(&self, sql: &str) -> Result<(), StoreError>;
     /// `sqlite` or `postgres`.
     fn engine(&self) -> &'static str;
+    /// False while the database cannot be reached.
+    fn reachable(&self) -> bool {
+        true
+    }
+    /// Outages that have ended since the last call (for the hub's audit).
+    fn outages_ended(&self) -> Vec<Outage> {
+        Vec::new()
+    }
+}
+
+/// A time the database could not be reached, from the first failed dial to
+/// the first good one.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Outage {
+    /// Unix seconds of the first failed dial.
+    pub since: u64,
+    pub seconds: f64,
+    /// Statements that failed for it (each a refused request, or a relay's
+    /// report that the relay sends again).
+    pub statements_refused: u64,
+    /// The last failed dial's error.
+    pub cause: String,
 }
 
 /// True when a database error is a uniqueness violation.

@@ -1,0 +1,216 @@
+//! PostgreSQL connections that come back. A restart of PostgreSQL, a
+//! failover or an administrator's `pg_terminate_backend` ends the hub's
+//! connections; a slot whose connection has ended dials again at the next
+//! statement. While the database cannot be reached, statements fail at once
+//! with [`StoreError::Unavailable`] (the hub answers 503), a slot dials at
+//! most once per [`REDIAL_EVERY`], and the outage is measured: when a dial
+//! succeeds again, [`Link::outage_ended`] hands it to the hub's audit.
+use std::collections::HashMap;
+use std::error::Error;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use tokio_postgres::{Client, NoTls, Statement};
+
+use super::pg_tls::{MakeRustls, Target};
+use super::sql::{Outage, StoreError};
+
+/// A slot whose dial failed tries again after this long; statements in
+/// between fail at once.
+pub const REDIAL_EVERY: Duration = Duration::from_secs(1);
+/// A dial that gets no answer (a host that drops packets) gives up after this.
+const DIAL_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// One open connection and the statements prepared on it.
+pub struct Live {
+    pub client: Client,
+    pub statements: Mutex<HashMap<String, Statement>>,
+}
+
+/// One of the hub's connections: open, or to be dialled again.
+#[derive(Default)]
+pub struct Slot {
+    live: Mutex<Option<Arc<Live>>>,
+    dialing: tokio::sync::Mutex<Option<Instant>>,
+}
+
+struct Down {
+    since: Instant,
+    since_unix: u64,
+    refused: u64,
+    cause: String,
+}
+
+/// What all slots share: where the database is, and whether it is down.
+pub struct Link {
+    target: Target,
+    down: Mutex<Option<Down>>,
+    ended: Mutex<Vec<Outage>>,
+}
+
+/// Full error text: tokio-postgres puts the server's message in the source.
+pub fn pg(e: tokio_postgres::Error) -> StoreError {
+    match e.as_db_error() {
+        Some(d) if d.code() == &tokio_postgres::error::SqlState::UNIQUE_VIOLATION => {
+            StoreError::Db(format!("duplicate key: {}", d.message()))
+        }
+        Some(d) => StoreError::Db(format!("{}: {}", d.code().code(), d.message())),
+        // A TLS or network failure: its cause is in the source chain.
+        None => {
+            let mut text = e.to_string();
+            let mut cause = e.source();
+            while let Some(c) = cause {
+                text = format!("{text}: {c}");
+                cause = c.source();
+            }
+            StoreError::Db(text)
+        }
+    }
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+async fn watch<S, T>(connection: tokio_postgres::Connection<S, T>)
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
+    T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
+{
+    if let Err(e) = connection.await {
+        let e = pg(e);
+        tracing::warn!(error = %e, "postgres connection lost; the next statement dials again");
+    }
+}
+
+impl Link {
+    pub fn new(target: Target) -> Link {
+        Link { target, down: Mutex::new(None), ended: Mutex::new(Vec::new()) }
+    }
+
+    /// Opens one connection (its driver runs as a task).
+    pub async fn dial(&self) -> Result<Live, StoreError> {
+        let url = &self.target.url;
+        let dialed = tokio::time::timeout(DIAL_TIMEOUT, async {
+            match &self.target.tls {
+                Some(cfg) => {
+                    let (client, connection) = tokio_postgres::connect(url, MakeRustls(cfg.clone())).await?;
+                    tokio::spawn(watch(connection));
+                    Ok::<_, tokio_postgres::Error>(client)
+                }
+                None => {
+                    let (client, connection) = tokio_postgres::connect(url, NoTls).await?;
+                    tokio::spawn(watch(connection));
+                    Ok(client)
+                }
+            }
+        })
+        .await;
+        let client = match dialed {
+            Ok(Ok(c)) => c,
+            Ok(Err(e)) => return Err(pg(e)),
+            Err(_) => return Err(StoreError::Db(format!("no answer within {} s", DIAL_TIMEOUT.as_secs()))),
+        };
+        Ok(Live { client, statements: Mutex::new(HashMap::new()) })
+    }
+
+    /// The slot's connection, dialled again if it has ended.
+    pub async fn live(&self, slot: &Slot) -> Result<Arc<Live>, StoreError> {
+        if let Some(l) = lock(&slot.live).as_ref().filter(|l| !l.client.is_closed()) {
+            return Ok(l.clone());
+        }
+        let mut last_failed = slot.dialing.lock().await;
+        // Another statement may have dialled while this one waited.
+        if let Some(l) = lock(&slot.live).as_ref().filter(|l| !l.client.is_closed()) {
+            return Ok(l.clone());
+        }
+        if last_failed.is_some_and(|at| at.elapsed() < REDIAL_EVERY) {
+            return Err(self.refused());
+        }
+        match self.dial().await {
+            Ok(l) => {
+                let l = Arc::new(l);
+                *lock(&slot.live) = Some(l.clone());
+                *last_failed = None;
+                crate::metrics::HUB_DATABASE_RECONNECTS.inc();
+                self.up();
+                Ok(l)
+            }
+            Err(e) => {
+                *last_failed = Some(Instant::now());
+                self.failed(&e.to_string());
+                Err(self.refused())
+            }
+        }
+    }
+
+    /// Puts a slot in use from the start.
+    pub fn fill(slot: &Slot, live: Live) {
+        *lock(&slot.live) = Some(Arc::new(live));
+    }
+
+    fn failed(&self, cause: &str) {
+        crate::metrics::HUB_DATABASE_UP.set(0);
+        let mut down = lock(&self.down);
+        match down.as_mut() {
+            Some(d) => d.cause = cause.to_string(),
+            None => {
+                tracing::error!(error = %cause, "the database is unreachable: requests that need it are refused (503) until it is back; live sessions go on");
+                *down = Some(Down {
+                    since: Instant::now(),
+                    since_unix: crate::util::now_secs(),
+                    refused: 0,
+                    cause: cause.to_string(),
+                });
+            }
+        }
+    }
+
+    fn up(&self) {
+        crate::metrics::HUB_DATABASE_UP.set(1);
+        if let Some(d) = lock(&self.down).take() {
+            let o = Outage {
+                since: d.since_unix,
+                seconds: (d.since.elapsed().as_secs_f64() * 10.0).round() / 10.0,
+                statements_refused: d.refused,
+                cause: d.cause,
+            };
+            tracing::info!(
+                seconds = o.seconds,
+                statements_refused = o.statements_refused,
+                "the database is reachable again"
+            );
+            lock(&self.ended).push(o);
+        }
+    }
+
+    /// A statement refused for the outage (counted in it).
+    pub fn refused(&self) -> StoreError {
+        let mut down = lock(&self.down);
+        let cause = match down.as_mut() {
+            Some(d) => {
+                d.refused += 1;
+                d.cause.clone()
+            }
+            None => "the connection ended".to_string(),
+        };
+        StoreError::Unavailable(cause)
+    }
+
+    /// A statement that failed because its connection ended under it.
+    pub fn lost(&self, e: StoreError) -> StoreError {
+        if let Some(d) = lock(&self.down).as_mut() {
+            d.refused += 1;
+        }
+        StoreError::Unavailable(e.to_string())
+    }
+
+    pub fn reachable(&self) -> bool {
+        lock(&self.down).is_none()
+    }
+
+    /// Outages that have ended since the last call.
+    pub fn outages_ended(&self) -> Vec<Outage> {
+        std::mem::take(&mut *lock(&self.ended))
+    }
+}
