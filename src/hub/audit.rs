@@ -20,6 +20,7 @@ use crate::audit::{GENESIS, link};
 /// Records kept while the database is unreachable.
 pub const PENDING_MAX: usize = 10_000;
 
+#[derive(Clone)]
 struct Pending {
     ts: String,
     unix: i64,
@@ -35,15 +36,20 @@ impl Pending {
     }
 }
 
-struct Chain {
-    head: (u64, String),
-    pending: VecDeque<Pending>,
+#[derive(Default)]
+struct Waiting {
+    records: VecDeque<Pending>,
     dropped: u64,
 }
 
 pub struct HubAudit {
     store: Store,
-    chain: Mutex<Chain>,
+    /// The head as stored; held while records are chained.
+    head: Mutex<(u64, String)>,
+    /// Records not chained yet, in order. A record is queued here at once
+    /// (never waiting for the database), and taken off only by the holder
+    /// of `head`, once stored.
+    waiting: std::sync::Mutex<Waiting>,
 }
 
 enum Append {
@@ -58,45 +64,56 @@ impl HubAudit {
     pub async fn open(store: Store) -> Result<HubAudit, StoreError> {
         let head = store.audit_head().await?.unwrap_or((0, GENESIS.to_string()));
         crate::metrics::HUB_AUDIT_PENDING.set(0);
-        Ok(HubAudit { store, chain: Mutex::new(Chain { head, pending: VecDeque::new(), dropped: 0 }) })
+        Ok(HubAudit { store, head: Mutex::new(head), waiting: Default::default() })
     }
 
-    /// Appends one record, after any that wait for the database.
+    fn waiting(&self) -> std::sync::MutexGuard<'_, Waiting> {
+        crate::util::lock(&self.waiting)
+    }
+
+    /// Appends one record, after any that wait for the database. While the
+    /// database is known to be unreachable, the record is queued and the
+    /// call returns at once ([`watch_database`] chains it later).
     pub async fn record(&self, event: &str, fields: Value) {
-        let mut c = self.chain.lock().await;
-        if c.pending.len() >= PENDING_MAX {
-            c.pending.pop_front();
-            c.dropped += 1;
-            crate::metrics::HUB_AUDIT_DROPPED.inc();
+        {
+            let mut w = self.waiting();
+            if w.records.len() >= PENDING_MAX {
+                w.records.pop_front();
+                w.dropped += 1;
+                crate::metrics::HUB_AUDIT_DROPPED.inc();
+            }
+            w.records.push_back(Pending::now(event, fields));
+            crate::metrics::HUB_AUDIT_PENDING.set(w.records.len() as i64);
         }
-        c.pending.push_back(Pending::now(event, fields));
-        self.flush_locked(&mut c).await;
+        if self.store.reachable() {
+            self.flush().await;
+        }
     }
 
-    /// Chains the records that wait, if the database takes them now.
+    /// Chains the records that wait, while the database takes them.
     pub async fn flush(&self) {
-        let mut c = self.chain.lock().await;
-        if !c.pending.is_empty() {
-            self.flush_locked(&mut c).await;
+        let mut head = self.head.lock().await;
+        {
+            let mut w = self.waiting();
+            if w.dropped > 0 {
+                let why = format!("more than {PENDING_MAX} records waited for the database");
+                let fields = json!({"count": w.dropped, "why": why});
+                w.records.push_front(Pending::now("audit_records_dropped", fields));
+                w.dropped = 0;
+            }
         }
-    }
-
-    async fn flush_locked(&self, c: &mut Chain) {
-        if c.dropped > 0 {
-            let fields =
-                json!({"count": c.dropped, "why": format!("more than {PENDING_MAX} records waited for the database")});
-            c.pending.push_front(Pending::now("audit_records_dropped", fields));
-            c.dropped = 0;
-        }
-        while let Some(p) = c.pending.front() {
-            match self.append(&mut c.head, p).await {
+        // Only the holder of `head` takes records off: the front stays put.
+        loop {
+            let Some(p) = self.waiting().records.front().cloned() else { break };
+            match self.append(&mut head, &p).await {
                 Append::Done | Append::Refused => {
-                    c.pending.pop_front();
+                    let mut w = self.waiting();
+                    w.records.pop_front();
+                    crate::metrics::HUB_AUDIT_PENDING.set(w.records.len() as i64);
                 }
                 Append::Wait => break,
             }
         }
-        crate::metrics::HUB_AUDIT_PENDING.set(c.pending.len() as i64);
     }
 
     /// Another writer (the `tether hub` admin commands, or a second hub on
@@ -128,7 +145,7 @@ impl HubAudit {
     }
 
     pub async fn head(&self) -> (u64, String) {
-        self.chain.lock().await.head.clone()
+        self.head.lock().await.clone()
     }
 }
 

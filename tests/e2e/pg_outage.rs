@@ -5,12 +5,14 @@
 //! without a restart; what happened meanwhile (a session's end, a refusal)
 //! is stored once the database is back, and the audit chain stays whole.
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use hyper::Method;
 use serde_json::{Value, json};
 use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::watch;
 use tokio::task::AbortHandle;
 
 use crate::harness::*;
@@ -18,49 +20,112 @@ use crate::hub::{add_user, connect, echo_once, hub_audit, hub_cli, hub_client, l
 use crate::pg_backup::{pg, postgres};
 use crate::restarts::{audit_verifies, grant};
 
-/// A TCP forwarder between the hub and PostgreSQL: `close` cuts every
-/// connection and refuses new ones (the database is down), `open` lets them
-/// through again.
+#[derive(Clone, Copy, PartialEq, Debug)]
+enum Mode {
+    Open,
+    /// Connections cut, new ones closed at once: the database is down.
+    Closed,
+    /// Nothing forwarded and nothing closed: a host that hangs, or a
+    /// network that drops packets without a reset.
+    Frozen,
+}
+
+/// A TCP forwarder between the hub and PostgreSQL that the test can close
+/// or freeze, and open again.
 struct Gate {
     addr: SocketAddr,
-    open: Arc<AtomicBool>,
+    mode: watch::Sender<Mode>,
     live: Arc<Mutex<Vec<AbortHandle>>>,
 }
+
+/// How long a frozen connection is held (the test is over long before).
+const HOLD: Duration = Duration::from_secs(120);
 
 impl Gate {
     async fn start(upstream: String) -> Gate {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
-        let (open, live) = (Arc::new(AtomicBool::new(true)), Arc::new(Mutex::new(Vec::<AbortHandle>::new())));
-        let (o, l) = (open.clone(), live.clone());
+        let (mode, rx) = watch::channel(Mode::Open);
+        let live = Arc::new(Mutex::new(Vec::<AbortHandle>::new()));
+        let l = live.clone();
         // Ends with the test's runtime.
         tokio::spawn(async move {
             while let Ok((mut from, _)) = listener.accept().await {
-                if !o.load(Ordering::SeqCst) {
-                    continue; // dropped: the connection is closed at once
-                }
-                let up = upstream.clone();
-                let task = tokio::spawn(async move {
-                    if let Ok(mut to) = TcpStream::connect(&up).await {
-                        let _ = tokio::io::copy_bidirectional(&mut from, &mut to).await;
+                let mode = *rx.borrow();
+                let task = match mode {
+                    Mode::Closed => continue, // dropped: closed at once
+                    Mode::Frozen => tokio::spawn(async move {
+                        let _held = from;
+                        tokio::time::sleep(HOLD).await;
+                    }),
+                    Mode::Open => {
+                        let (up, mut rx) = (upstream.clone(), rx.clone());
+                        tokio::spawn(async move {
+                            let Ok(mut to) = TcpStream::connect(&up).await else { return };
+                            tokio::select! {
+                                _ = tokio::io::copy_bidirectional(&mut from, &mut to) => {}
+                                // Both sockets stay open; nothing moves.
+                                _ = async { drop(rx.wait_for(|m| *m == Mode::Frozen).await) } => {
+                                    tokio::time::sleep(HOLD).await
+                                }
+                            }
+                        })
                     }
-                });
+                };
                 l.lock().unwrap().push(task.abort_handle());
             }
         });
-        Gate { addr, open, live }
+        Gate { addr, mode, live }
     }
 
-    fn close(&self) {
-        self.open.store(false, Ordering::SeqCst);
+    fn cut(&self) {
         for t in self.live.lock().unwrap().drain(..) {
             t.abort();
         }
     }
 
-    fn open(&self) {
-        self.open.store(true, Ordering::SeqCst);
+    fn close(&self) {
+        self.mode.send_replace(Mode::Closed);
+        self.cut();
     }
+
+    fn freeze(&self) {
+        self.mode.send_replace(Mode::Frozen);
+    }
+
+    fn open(&self) {
+        self.cut();
+        self.mode.send_replace(Mode::Open);
+    }
+}
+
+/// A hub (and twin relays, an agent) on a schema of its own in the test
+/// PostgreSQL, reached through a gate, its connections named `app`; an
+/// admin logged in. Returns the fleet, the gate, the schema, `app`, the
+/// admin's profile and token.
+async fn gated_hub(url: &str) -> (Fleet, Gate, String, String, PathBuf, String) {
+    let schema = format!("t_{}", hex::encode(tether::random_bytes::<6>()));
+    pg("psql", &[url, "-qc", &format!("CREATE SCHEMA {schema}")]);
+    let host = url.split('@').nth(1).and_then(|r| r.split('/').next()).expect("postgres://USER@HOST:PORT/DB");
+    let gate = Gate::start(host.to_string()).await;
+    let app = format!("tether-{schema}");
+    let sep = if url.contains('?') { '&' } else { '?' };
+    let hub_url = format!(
+        "{}{sep}options=-csearch_path%3D{schema}&application_name={app}",
+        url.replacen(host, &gate.addr.to_string(), 1)
+    );
+    let extra: &'static str = Box::leak(format!("database = \"{hub_url}\"\n").into_boxed_str());
+    let fleet = Fleet::start(Opts { relays: 2, twins: true, hub: true, hub_extra: extra, ..Opts::default() }).await;
+    hub_cli(&fleet, &["device", "add", DEVICE, "--site", "st-marys", "--consent", "auto"], "").await;
+    let boss = add_user(&fleet, "boss", "admin", &[]).await;
+    let profile = login(&fleet, "boss", &boss).await;
+    let token = token_of(&profile);
+    (fleet, gate, schema, app, profile, token)
+}
+
+fn grant_body(reason: &str) -> Option<bytes::Bytes> {
+    let body = json!({"device": DEVICE, "service": "echo", "reason": reason, "client_key": "00ff"});
+    Some(serde_json::to_vec(&body).unwrap().into())
 }
 
 async fn hub_metric(fleet: &Fleet, name: &str, labels: &[&str]) -> f64 {
@@ -77,23 +142,7 @@ fn psql_one(url: &str, sql: &str) -> String {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_hub_rides_out_a_database_restart_and_outage_and_loses_no_record() {
     let Some(url) = postgres() else { return };
-    let schema = format!("t_{}", hex::encode(tether::random_bytes::<6>()));
-    pg("psql", &[&url, "-qc", &format!("CREATE SCHEMA {schema}")]);
-    // The hub reaches PostgreSQL through the gate, under a name of its own.
-    let host = url.split('@').nth(1).and_then(|r| r.split('/').next()).expect("postgres://USER@HOST:PORT/DB");
-    let gate = Gate::start(host.to_string()).await;
-    let app = format!("tether-{schema}");
-    let sep = if url.contains('?') { '&' } else { '?' };
-    let hub_url = format!(
-        "{}{sep}options=-csearch_path%3D{schema}&application_name={app}",
-        url.replacen(host, &gate.addr.to_string(), 1)
-    );
-    let extra: &'static str = Box::leak(format!("database = \"{hub_url}\"\n").into_boxed_str());
-    let fleet = Fleet::start(Opts { relays: 2, twins: true, hub: true, hub_extra: extra, ..Opts::default() }).await;
-    hub_cli(&fleet, &["device", "add", DEVICE, "--site", "st-marys", "--consent", "auto"], "").await;
-    let boss = add_user(&fleet, "boss", "admin", &[]).await;
-    let profile = login(&fleet, "boss", &boss).await;
-    let token = token_of(&profile);
+    let (fleet, gate, schema, app, profile, token) = gated_hub(&url).await;
     let (mut session, addr, id) = connect(&profile, "echo", "INC-1").await;
     echo_once(&addr, b"before").await;
 
@@ -110,11 +159,8 @@ async fn the_hub_rides_out_a_database_restart_and_outage_and_loses_no_record() {
     // 2. The database is unreachable.
     gate.close();
     echo_once(&addr, b"outage").await;
-    let body = json!({"device": DEVICE, "service": "echo", "reason": "INC-3", "client_key": "00ff"});
-    let (status, answer) = hub_client(&fleet)
-        .call(Method::POST, "/api/v1/sessions", Some(&token), Some(serde_json::to_vec(&body).unwrap().into()))
-        .await
-        .unwrap();
+    let (status, answer) =
+        hub_client(&fleet).call(Method::POST, "/api/v1/sessions", Some(&token), grant_body("INC-3")).await.unwrap();
     let answer = String::from_utf8_lossy(&answer).to_string();
     assert_eq!(status.as_u16(), 503, "{answer}");
     assert!(answer.contains("database_unavailable"), "{answer}");
@@ -152,10 +198,8 @@ async fn the_hub_rides_out_a_database_restart_and_outage_and_loses_no_record() {
     // 3. The database is back: the hub is whole again by itself.
     gate.open();
     eventually("grants work again", async || {
-        let (status, _) = hub_client(&fleet)
-            .call(Method::POST, "/api/v1/sessions", Some(&token), Some(serde_json::to_vec(&body).unwrap().into()))
-            .await
-            .unwrap();
+        let (status, _) =
+            hub_client(&fleet).call(Method::POST, "/api/v1/sessions", Some(&token), grant_body("INC-4")).await.unwrap();
         status.is_success()
     })
     .await;
@@ -182,6 +226,61 @@ async fn the_hub_rides_out_a_database_restart_and_outage_and_loses_no_record() {
     let has = |event: &str, check: &dyn Fn(&Value) -> bool| audit.iter().any(|r| r["event"] == event && check(r));
     assert!(has("session_end", &|r| r["session"] == id.as_str()), "no session_end for {id}");
     assert!(has("auth_refused", &|r| r["reason"] == "no_token"), "the refusal during the outage was lost");
+    audit_verifies(&fleet, &profile).await;
+    pg("psql", &[&url, "-qc", &format!("DROP SCHEMA {schema} CASCADE")]);
+}
+
+/// A database that stops answering without closing anything (a hung host, a
+/// network that drops packets): a request that needs it is answered 503
+/// within the client's 10 s, not held until TCP gives up; within seconds
+/// each connection is given up and the hub says the database is
+/// unreachable; it comes back by itself.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_database_that_stops_answering_is_given_up_on_in_seconds() {
+    let Some(url) = postgres() else { return };
+    let (fleet, gate, schema, _, profile, token) = gated_hub(&url).await;
+    let (_session, addr, _) = connect(&profile, "echo", "INC-1").await;
+    echo_once(&addr, b"before").await;
+
+    gate.freeze();
+    // The client gives up after 10 s (api::client): an answer at all is the point.
+    let (status, answer) = hub_client(&fleet)
+        .call(Method::POST, "/api/v1/sessions", Some(&token), grant_body("INC-2"))
+        .await
+        .expect("the hub answers within the client's 10 s");
+    let answer = String::from_utf8_lossy(&answer).to_string();
+    assert_eq!(status.as_u16(), 503, "{answer}");
+    assert!(answer.contains("database_unavailable"), "{answer}");
+    echo_once(&addr, b"frozen").await;
+    // Relays' reports keep reaching the hub; each connection is given up in
+    // turn, then a dial finds no answer: the hub says so.
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let (status, health) = hub_client(&fleet).call(Method::GET, "/api/v1/healthz", None, None).await.unwrap();
+        if status.as_u16() == 503 {
+            let health: Value = serde_json::from_slice(&health).unwrap();
+            assert_eq!(health["database"], "unreachable", "{health}");
+            break;
+        }
+        assert!(Instant::now() < deadline, "the hub never found its database unreachable:\n{}", fleet.logs());
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    assert_eq!(hub_metric(&fleet, "tether_hub_database_up", &[]).await, 0.0);
+    echo_once(&addr, b"still").await;
+
+    gate.open();
+    eventually("grants work again", async || {
+        let hub = hub_client(&fleet);
+        let call = hub.call(Method::POST, "/api/v1/sessions", Some(&token), grant_body("INC-3"));
+        call.await.is_ok_and(|(status, _)| status.is_success())
+    })
+    .await;
+    eventually("a database_outage record naming the silence", async || {
+        hub_audit(&fleet, &token).await.iter().any(|r| {
+            r["event"] == "database_outage" && r["cause"].as_str().is_some_and(|c| c.contains("no answer within"))
+        })
+    })
+    .await;
     audit_verifies(&fleet, &profile).await;
     pg("psql", &[&url, "-qc", &format!("DROP SCHEMA {schema} CASCADE")]);
 }

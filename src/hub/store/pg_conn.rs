@@ -20,6 +20,12 @@ use super::sql::{Outage, StoreError};
 pub const REDIAL_EVERY: Duration = Duration::from_secs(1);
 /// A dial that gets no answer (a host that drops packets) gives up after this.
 const DIAL_TIMEOUT: Duration = Duration::from_secs(5);
+/// A statement with no answer after this is given up, and its connection
+/// dropped: a database host that hangs, or a network that drops packets
+/// without a reset, would otherwise hold each request until TCP gives up
+/// (15 minutes), past every client's patience (10 s). Migrations are not
+/// bounded.
+pub const STATEMENT_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// One open connection and the statements prepared on it.
 pub struct Live {
@@ -152,8 +158,10 @@ impl Link {
     fn failed(&self, cause: &str) {
         crate::metrics::HUB_DATABASE_UP.set(0);
         let mut down = lock(&self.down);
+        // The first cause is the outage's: what follows (a dial cut as the
+        // network comes back) says less.
         match down.as_mut() {
-            Some(d) => d.cause = cause.to_string(),
+            Some(_) => {}
             None => {
                 tracing::error!(error = %cause, "the database is unreachable: requests that need it are refused (503) until it is back; live sessions go on");
                 *down = Some(Down {
@@ -195,6 +203,21 @@ impl Link {
             None => "the connection ended".to_string(),
         };
         StoreError::Unavailable(cause)
+    }
+
+    /// A statement that got no answer within [`STATEMENT_TIMEOUT`] on
+    /// `live`: the slot's connection is dropped, and dialled again next time.
+    pub fn stalled(&self, slot: &Slot, live: &Arc<Live>) -> StoreError {
+        let mut held = lock(&slot.live);
+        if held.as_ref().is_some_and(|l| Arc::ptr_eq(l, live)) {
+            *held = None;
+            tracing::warn!(
+                "a statement got no answer within {} s: its connection is dropped and dialled again",
+                STATEMENT_TIMEOUT.as_secs()
+            );
+        }
+        drop(held);
+        self.lost(StoreError::Db(format!("no answer within {} s", STATEMENT_TIMEOUT.as_secs())))
     }
 
     /// A statement that failed because its connection ended under it.

@@ -9,7 +9,7 @@ use bytes::BytesMut;
 use tokio_postgres::Statement;
 use tokio_postgres::types::{IsNull, ToSql, Type, to_sql_checked};
 
-use super::pg_conn::{Link, Live, Slot, pg};
+use super::pg_conn::{Link, Live, STATEMENT_TIMEOUT, Slot, pg};
 use super::sql::{Outage, Row, Sql, StoreError, Val};
 
 const CONNECTIONS: usize = 4;
@@ -69,10 +69,20 @@ impl Postgres {
         Ok(Postgres { link, slots, next: AtomicUsize::new(0) })
     }
 
-    /// The next slot's connection (dialled again if it ended).
-    async fn conn(&self) -> Result<Arc<Live>, StoreError> {
+    /// The next slot and its connection (dialled again if it ended).
+    async fn conn(&self) -> Result<(&Slot, Arc<Live>), StoreError> {
         let slot = &self.slots[self.next.fetch_add(1, Ordering::Relaxed) % self.slots.len()];
-        self.link.live(slot).await
+        Ok((slot, self.link.live(slot).await?))
+    }
+
+    /// Runs `work` within [`STATEMENT_TIMEOUT`]; past it, the slot's
+    /// connection is dropped and the statement refused as unavailable.
+    async fn bounded<T>(
+        &self,
+        (slot, live): (&Slot, &Arc<Live>),
+        work: impl std::future::Future<Output = Result<T, tokio_postgres::Error>>,
+    ) -> Result<Result<T, tokio_postgres::Error>, StoreError> {
+        tokio::time::timeout(STATEMENT_TIMEOUT, work).await.map_err(|_| self.link.stalled(slot, live))
     }
 
     async fn prepare(conn: &Live, sql: &str) -> Result<Statement, tokio_postgres::Error> {
@@ -99,9 +109,12 @@ fn refs(params: &[Val]) -> Vec<&(dyn ToSql + Sync)> {
 #[async_trait]
 impl Sql for Postgres {
     async fn exec(&self, sql: &str, params: Vec<Val>) -> Result<u64, StoreError> {
-        let c = self.conn().await?;
-        let st = Self::prepare(&c, sql).await.map_err(|e| self.failed(e))?;
-        c.client.execute(&st, &refs(&params)).await.map_err(|e| self.failed(e))
+        let (slot, c) = self.conn().await?;
+        let work = async {
+            let st = Self::prepare(&c, sql).await?;
+            c.client.execute(&st, &refs(&params)).await
+        };
+        self.bounded((slot, &c), work).await?.map_err(|e| self.failed(e))
     }
 
     async fn query(&self, sql: &str, params: Vec<Val>) -> Result<Vec<Row>, StoreError> {
@@ -111,12 +124,12 @@ impl Sql for Postgres {
         let read_only = sql.trim_start().get(..6).is_some_and(|w| w.eq_ignore_ascii_case("SELECT"));
         let mut again = read_only;
         loop {
-            let c = self.conn().await?;
-            let rows = match Self::prepare(&c, sql).await {
-                Ok(st) => c.client.query(&st, &refs(&params)).await,
-                Err(e) => Err(e),
+            let (slot, c) = self.conn().await?;
+            let work = async {
+                let st = Self::prepare(&c, sql).await?;
+                c.client.query(&st, &refs(&params)).await
             };
-            match rows {
+            match self.bounded((slot, &c), work).await? {
                 Ok(rows) => return rows.iter().map(read).collect(),
                 Err(e) if e.is_closed() && again => again = false,
                 Err(e) => return Err(self.failed(e)),
@@ -124,6 +137,7 @@ impl Sql for Postgres {
         }
     }
 
+    /// Not bounded in time: a migration may take long on a big database.
     async fn batch(&self, sql: &str) -> Result<(), StoreError> {
         let c = self.link.live(&self.slots[0]).await?;
         let r = c.client.batch_execute(&format!("BEGIN; {sql}; COMMIT;")).await;

@@ -133,7 +133,7 @@ pub struct Outage {
     /// Statements that failed for it (each a refused request, or a relay's
     /// report that the relay sends again).
     pub statements_refused: u64,
-    /// The last failed dial's error.
+    /// The first failed dial's error.
     pub cause: String,
 }
 
