@@ -92,14 +92,18 @@ pub async fn run(config: &Path, check: bool, cmd: Option<HubCmd>) -> Result<()> 
             println!("{}: ok", config.display());
             return Ok(());
         }
-        let listener = hub::bind(&cfg).await?;
+        let stop = super::shutdown_on_signal();
         crate::tls::catch_sighup();
+        let tls = hub::prepare(&cfg)?;
+        // The database first: clients are refused at once, not left waiting.
+        let Some(h) = hub::open_waiting(cfg, &stop).await? else { return Ok(()) };
+        let listener = hub::bind(&h.cfg).await?;
         println!(
             "hub listening on https://{} (database {})",
             listener.local_addr()?,
-            cfg.database.split('@').next_back().unwrap_or("")
+            h.cfg.database.split('@').next_back().unwrap_or("")
         );
-        return Ok(hub::run(listener, cfg, super::shutdown_on_signal()).await?);
+        return Ok(hub::run(listener, h, tls, stop).await?);
     };
     let admin = hub::admin::Admin::open(&cfg).await?;
     match cmd {

@@ -173,13 +173,48 @@ pub async fn bind(cfg: &HubConfig) -> Result<TcpListener, HubError> {
     TcpListener::bind(cfg.listen).await.map_err(|source| HubError::Bind { addr: cfg.listen, source })
 }
 
-/// Serves the API until `stop`.
-pub async fn run(listener: TcpListener, cfg: HubConfig, stop: CancellationToken) -> Result<(), HubError> {
+/// The hub's TLS: its certificate and the fleet CA (with the CRL).
+pub type ServerTls = (Arc<rustls::ServerConfig>, Arc<crate::tls::Trust>);
+
+/// What the hub needs before its database: metrics, the CRL reloader, its
+/// certificates (a bad one fails here, before any wait).
+pub fn prepare(cfg: &HubConfig) -> Result<ServerTls, HubError> {
     crate::metrics::init();
     crate::tls::spawn_reloader(crate::tls::CRL_RELOAD_PERIOD);
     crate::tls::expiry::export(&[&cfg.cert, &cfg.ca]);
-    let tls = (http::server_config(&cfg)?, crate::tls::Trust::get(&cfg.ca, cfg.crl.as_deref())?);
-    let hub = Hub::open(cfg).await?;
+    Ok((http::server_config(cfg)?, crate::tls::Trust::get(&cfg.ca, cfg.crl.as_deref())?))
+}
+
+/// Opens the hub. While its database cannot be reached (PostgreSQL still
+/// starting after a power cut, a failover, the network), waits and tries
+/// again with the cause in the log, until `stop` (then `None`). A database
+/// that answers with an error (a wrong password) fails at once.
+pub async fn open_waiting(cfg: HubConfig, stop: &CancellationToken) -> Result<Option<Arc<Hub>>, HubError> {
+    let mut pause = crate::util::Backoff::new(Duration::from_secs(1), Duration::from_secs(30));
+    let started = std::time::Instant::now();
+    loop {
+        match Hub::open(cfg.clone()).await {
+            Err(HubError::Store(store::StoreError::Unavailable(why))) => {
+                crate::metrics::HUB_DATABASE_UP.set(0);
+                let waited = started.elapsed().as_secs();
+                tracing::warn!(error = %why, waited_secs = waited, "waiting for the database; the hub listens once it answers");
+                tokio::select! {
+                    _ = stop.cancelled() => return Ok(None),
+                    _ = tokio::time::sleep(pause.next_pause()) => {}
+                }
+            }
+            r => return r.map(Some),
+        }
+    }
+}
+
+/// Serves the API until `stop`.
+pub async fn run(
+    listener: TcpListener,
+    hub: Arc<Hub>,
+    tls: ServerTls,
+    stop: CancellationToken,
+) -> Result<(), HubError> {
     let addr = listener.local_addr().ok();
     hub.audit.record("hub_start", json!({"listen": addr.map(|a| a.to_string()), "engine": hub.store.engine()})).await;
     let h = hub.clone();

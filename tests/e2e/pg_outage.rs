@@ -284,3 +284,67 @@ async fn a_database_that_stops_answering_is_given_up_on_in_seconds() {
     audit_verifies(&fleet, &profile).await;
     pg("psql", &[&url, "-qc", &format!("DROP SCHEMA {schema} CASCADE")]);
 }
+
+/// `tether hub` on `fleet`'s config, its log in `NAME.log`; stdout piped.
+fn spawn_hub_process(fleet: &Fleet, name: &str) -> std::process::Child {
+    let hub = fleet.hub.as_ref().unwrap();
+    std::process::Command::new(BIN)
+        .args(["hub", "--config"])
+        .arg(&hub.config)
+        .stdout(std::process::Stdio::piped())
+        .stderr(log_file(fleet.dir(), name))
+        .env("RUST_LOG", "info")
+        .spawn()
+        .unwrap()
+}
+
+/// A hub started while its database cannot be reached (the hub's host came
+/// up first after a power cut) waits for it, saying so, without listening
+/// (clients are refused at once rather than left hanging); it listens and
+/// serves once the database answers, and a SIGTERM while it waits ends it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_hub_started_before_its_database_waits_for_it_then_serves() {
+    let Some(url) = postgres() else { return };
+    let (mut fleet, gate, schema, _, profile, token) = gated_hub(&url).await;
+    let addr = fleet.hub.as_ref().unwrap().addr;
+    fleet.hub.as_mut().unwrap().proc.kill();
+    gate.close();
+
+    // Stopped while it waits: it ends by itself, with success.
+    let mut early = spawn_hub_process(&fleet, "hub-early");
+    let log = fleet.dir().join("hub-early.log");
+    eventually("the hub says it waits", async || {
+        std::fs::read_to_string(&log).unwrap_or_default().contains("waiting for the database")
+    })
+    .await;
+    assert!(TcpStream::connect(addr).await.is_err(), "the hub listens without its database");
+    assert!(std::process::Command::new("kill").args(["-TERM", &early.id().to_string()]).status().unwrap().success());
+    let status = within(10, tokio::task::spawn_blocking(move || early.wait())).await.unwrap().unwrap();
+    assert!(status.success(), "a hub stopped while waiting: {status}");
+
+    // Waits, then serves once the database answers.
+    let mut hub = spawn_hub_process(&fleet, "hub-waits");
+    let log = fleet.dir().join("hub-waits.log");
+    eventually("the hub says it waits", async || {
+        std::fs::read_to_string(&log).unwrap_or_default().contains("waiting for the database")
+    })
+    .await;
+    assert!(hub.try_wait().unwrap().is_none(), "the hub gave up:\n{}", std::fs::read_to_string(&log).unwrap());
+    gate.open();
+    let stdout = hub.stdout.take().unwrap();
+    let line = within(
+        45,
+        tokio::task::spawn_blocking(move || {
+            let mut line = String::new();
+            std::io::BufRead::read_line(&mut std::io::BufReader::new(stdout), &mut line).map(|_| line)
+        }),
+    )
+    .await
+    .unwrap()
+    .unwrap();
+    assert!(line.starts_with("hub listening"), "{line:?}");
+    fleet.hub.as_mut().unwrap().proc = Proc { child: hub };
+    grant(&fleet, &token, "INC-2").await;
+    audit_verifies(&fleet, &profile).await;
+    pg("psql", &[&url, "-qc", &format!("DROP SCHEMA {schema} CASCADE")]);
+}

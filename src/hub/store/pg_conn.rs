@@ -74,6 +74,26 @@ pub fn pg(e: tokio_postgres::Error) -> StoreError {
     }
 }
 
+/// True when a dial failed for want of a database to talk to (refused,
+/// reset, no route, a name that does not resolve yet, a server shutting
+/// down, starting up or full), as opposed to one that answered with a
+/// refusal that will not heal by itself (a wrong password, a TLS failure).
+fn unreachable(e: &tokio_postgres::Error) -> bool {
+    if let Some(db) = e.as_db_error() {
+        // admin_shutdown, crash_shutdown, cannot_connect_now, too_many_connections
+        return matches!(db.code().code(), "57P01" | "57P02" | "57P03" | "53300");
+    }
+    let mut cause = e.source();
+    while let Some(c) = cause {
+        if let Some(io) = c.downcast_ref::<std::io::Error>() {
+            // A TLS failure comes as InvalidData (tokio-rustls).
+            return io.kind() != std::io::ErrorKind::InvalidData;
+        }
+        cause = c.source();
+    }
+    e.is_closed()
+}
+
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|p| p.into_inner())
 }
@@ -114,8 +134,9 @@ impl Link {
         .await;
         let client = match dialed {
             Ok(Ok(c)) => c,
+            Ok(Err(e)) if unreachable(&e) => return Err(StoreError::Unavailable(pg(e).to_string())),
             Ok(Err(e)) => return Err(pg(e)),
-            Err(_) => return Err(StoreError::Db(format!("no answer within {} s", DIAL_TIMEOUT.as_secs()))),
+            Err(_) => return Err(StoreError::Unavailable(format!("no answer within {} s", DIAL_TIMEOUT.as_secs()))),
         };
         Ok(Live { client, statements: Mutex::new(HashMap::new()) })
     }
@@ -144,7 +165,10 @@ impl Link {
             }
             Err(e) => {
                 *last_failed = Some(Instant::now());
-                self.failed(&e.to_string());
+                self.failed(&match e {
+                    StoreError::Unavailable(why) => why,
+                    other => other.to_string(),
+                });
                 Err(self.refused())
             }
         }
@@ -235,5 +259,35 @@ impl Link {
     /// Outages that have ended since the last call.
     pub fn outages_ended(&self) -> Vec<Outage> {
         std::mem::take(&mut *lock(&self.ended))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn link(url: &str) -> Link {
+        Link::new(super::super::pg_tls::target(url, std::path::Path::new(".")).unwrap())
+    }
+
+    /// A port nobody listens on refuses: the hub waits for that. A server
+    /// that answers "wrong password" will not heal by itself: the hub stops
+    /// with the reason.
+    #[tokio::test]
+    async fn a_database_out_of_reach_is_waited_for_and_a_wrong_password_is_not() {
+        let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+        let refused = link(&format!("postgres://u:p@127.0.0.1:{port}/db")).dial().await.err();
+        assert!(matches!(refused, Some(StoreError::Unavailable(_))), "{refused:?}");
+        let Ok(url) = std::env::var("TETHER_TEST_POSTGRES") else {
+            eprintln!("SKIPPED (wrong password): TETHER_TEST_POSTGRES is not set");
+            return;
+        };
+        let (user, rest) = url.split_once('@').expect("postgres://USER:PASSWORD@HOST/DB");
+        let user = user.rsplit_once(':').map_or(user, |(u, _)| u);
+        let wrong = link(&format!("{user}:not-the-password@{rest}")).dial().await.err();
+        assert!(
+            matches!(&wrong, Some(StoreError::Db(m)) if m.contains("28P01")),
+            "a wrong password is taken for an outage: {wrong:?}"
+        );
     }
 }
