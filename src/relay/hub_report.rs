@@ -20,6 +20,11 @@ use crate::util::now_secs;
 const FULL_AGENTS_EVERY: Duration = Duration::from_secs(10);
 /// How long a draining relay waits for the hub to take its last report.
 const LAST_REPORT_WAIT: Duration = Duration::from_secs(3);
+/// Session starts, moves and ends per report, each at most: after a long
+/// outage of the hub (up to `HUB_OUTBOX_CAP` ends queued, about 200 bytes
+/// each) one report would pass the hub's 16 MiB body limit and be refused
+/// at every try; batches go one per `report_ms` instead.
+const REPORT_BATCH: usize = 5_000;
 
 pub async fn run(state: Arc<State>) {
     let Some(link) = state.cfg.hub.clone() else { return };
@@ -96,6 +101,15 @@ pub async fn run(state: Arc<State>) {
     }
 }
 
+/// The oldest [`REPORT_BATCH`] of `queued` (all of it, when fewer).
+fn take_batch<T>(queued: &mut Vec<T>) -> Vec<T> {
+    if queued.len() <= REPORT_BATCH {
+        return std::mem::take(queued);
+    }
+    let rest = queued.split_off(REPORT_BATCH);
+    std::mem::replace(queued, rest)
+}
+
 /// Puts what a failed report carried back in front of what was queued since.
 fn put_back<T>(mut sent: Vec<T>, queued: &mut Vec<T>) {
     sent.append(queued);
@@ -107,11 +121,11 @@ fn build(state: &State, full: bool, sent: &HashMap<String, u64>) -> (RelayReport
         let mut out = state.hub_out();
         out.agents_changed = false;
         (
-            std::mem::take(&mut out.started),
-            std::mem::take(&mut out.started_transports),
-            std::mem::take(&mut out.moved),
-            std::mem::take(&mut out.moved_transports),
-            std::mem::take(&mut out.ended),
+            take_batch(&mut out.started),
+            take_batch(&mut out.started_transports),
+            take_batch(&mut out.moved),
+            take_batch(&mut out.moved_transports),
+            take_batch(&mut out.ended),
         )
     };
     let mut heads = Vec::new();
@@ -213,6 +227,47 @@ fn apply(state: &State, answer: ReportAnswer) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A long outage of the hub queues many ends: each report carries the
+    /// oldest batch, a failed one puts its batch back in front, and every
+    /// end goes once, in order.
+    #[test]
+    fn queued_ends_go_in_batches_in_order_and_a_failed_batch_goes_again_first() {
+        let mut queued: Vec<usize> = (0..REPORT_BATCH * 2 + 7).collect();
+        let first = take_batch(&mut queued);
+        assert_eq!(first.len(), REPORT_BATCH, "a report carried more than a batch");
+        assert_eq!(queued.len(), REPORT_BATCH + 7);
+        // The report fails; one more end is queued meanwhile.
+        queued.push(usize::MAX);
+        put_back(first, &mut queued);
+        let mut sent = Vec::new();
+        while !queued.is_empty() {
+            let batch = take_batch(&mut queued);
+            assert!(batch.len() <= REPORT_BATCH);
+            sent.extend(batch);
+        }
+        let mut want: Vec<usize> = (0..REPORT_BATCH * 2 + 7).collect();
+        want.push(usize::MAX);
+        assert_eq!(sent, want, "an end was lost, repeated or reordered");
+    }
+
+    /// A report with a whole batch of ends (device ids of 64 characters,
+    /// counts at their widest) stays well under the hub's 16 MiB body limit.
+    #[test]
+    fn a_batch_of_ends_fits_the_hubs_body_limit() {
+        let end = crate::api::EndedSession {
+            session: "f".repeat(32),
+            device: "d".repeat(64),
+            reason: "relay_shutdown".into(),
+            bytes_to_device: u64::MAX,
+            bytes_to_client: u64::MAX,
+            duration_ms: u64::MAX,
+            ended_at: u64::MAX,
+        };
+        let report = RelayReport { ended: vec![end; REPORT_BATCH], ..Default::default() };
+        let size = serde_json::to_vec(&report).unwrap().len();
+        assert!(size < 4 * 1024 * 1024, "a batch of ends takes {size} bytes");
+    }
 
     #[test]
     fn only_moved_counts_go_between_full_reports() {
