@@ -210,7 +210,7 @@ mod tests {
 /// (`TETHER_TEST_POSTGRES_TLS`, a certificate for `localhost` only).
 #[cfg(test)]
 mod server_tests {
-    use super::super::{Sql, Store, Val, postgres::Postgres};
+    use super::super::{Sql, Store, StoreError, Val, postgres::Postgres};
     use std::path::Path;
 
     fn url() -> Option<String> {
@@ -248,6 +248,8 @@ mod server_tests {
         let by_ip = url.replacen("@localhost:", "@127.0.0.1:", 1);
         let err = Postgres::connect(&by_ip, Path::new(".")).await.err().expect("a name mismatch must fail");
         assert!(err.to_string().contains("not valid for name \"127.0.0.1\""), "{err}");
+        // Not an outage: a hub starting on it stops with the reason, it does not wait.
+        assert!(matches!(err, StoreError::Db(_)), "a TLS failure is taken for an outage: {err:?}");
         // Another CA: refused.
         let dir = tempfile::tempdir().unwrap();
         crate::tls::pki::init_dir(dir.path(), &[]).unwrap();
@@ -255,5 +257,6 @@ mod server_tests {
         let other = format!("{head}sslrootcert={}", dir.path().join("ca.pem").display());
         let err = Postgres::connect(&other, Path::new(".")).await.err().expect("an unknown CA must fail");
         assert!(err.to_string().contains("UnknownIssuer"), "{err}");
+        assert!(matches!(err, StoreError::Db(_)), "a TLS failure is taken for an outage: {err:?}");
     }
 }
