@@ -92,6 +92,9 @@ impl HubAudit {
 
     /// Chains the records that wait, while the database takes them.
     pub async fn flush(&self) {
+        if self.waiting().records.is_empty() {
+            return; // nothing waits (a drop always leaves records waiting)
+        }
         let mut head = self.head.lock().await;
         {
             let mut w = self.waiting();
@@ -155,9 +158,7 @@ pub async fn watch_database(hub: Arc<super::Hub>, stop: CancellationToken) {
     let mut tick = tokio::time::interval(Duration::from_secs(1));
     while tokio::select! { _ = stop.cancelled() => false, _ = tick.tick() => true } {
         for o in hub.store.outages_ended() {
-            let since = time::OffsetDateTime::from_unix_timestamp(o.since as i64)
-                .ok()
-                .and_then(|t| t.format(&time::format_description::well_known::Rfc3339).ok());
+            let since = crate::util::clock::rfc3339(o.since as i64);
             let fields = json!({"since": since, "seconds": o.seconds,
                                 "statements_refused": o.statements_refused, "cause": o.cause});
             hub.audit.record("database_outage", fields).await;

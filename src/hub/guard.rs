@@ -22,13 +22,15 @@ pub fn internal<E: std::fmt::Display + 'static>(e: E) -> ApiError {
     });
     if let Some(StoreError::Unavailable(why)) = store {
         tracing::debug!(error = %why, "refused: the database is unreachable");
-        return ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "database_unavailable", DATABASE_UNAVAILABLE);
+        return ApiError::new(StatusCode::SERVICE_UNAVAILABLE, DATABASE_UNAVAILABLE, DATABASE_UNAVAILABLE_TEXT);
     }
     tracing::error!(error = %e, "hub internal error");
     ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", "internal error; see the hub's log")
 }
 
-pub const DATABASE_UNAVAILABLE: &str =
+/// The error code of a request refused because the database is unreachable.
+pub const DATABASE_UNAVAILABLE: &str = "database_unavailable";
+const DATABASE_UNAVAILABLE_TEXT: &str =
     "the hub's database is unreachable; sessions already open go on; try again in a minute";
 
 /// The account behind the request's bearer token.

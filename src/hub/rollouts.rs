@@ -258,7 +258,7 @@ pub async fn drive(hub: std::sync::Arc<Hub>, stop: CancellationToken) {
         };
         for id in ids {
             if let Err(e) = advance(&hub, &id).await
-                && e.code != "database_unavailable"
+                && e.code != super::guard::DATABASE_UNAVAILABLE
             {
                 tracing::error!(rollout = %id, error = %e.message, "cannot move the rollout on");
             }

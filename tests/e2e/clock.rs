@@ -6,13 +6,12 @@
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 
-use hyper::Method;
 use serde_json::Value;
 use tether::agent::operator::{Request, request};
 
 use crate::console::{console_cookie, raw};
 use crate::harness::*;
-use crate::hub::{add_user, connect, echo_once, hub_client, run};
+use crate::hub::{add_user, connect, echo_once, hub_metric, run};
 use crate::jobs::jobs_fleet_with;
 
 /// Where Debian's libfaketime is (`apt-get install libfaketime`).
@@ -61,11 +60,6 @@ async fn offset_shown(profile: &str, want_ms: i64) -> Value {
     panic!("the hub never showed an offset near {want_ms} ms: {d}");
 }
 
-async fn hub_metric(fleet: &Fleet, name: &str) -> f64 {
-    let body = hub_client(fleet).call(Method::GET, "/metrics", None, None).await.unwrap().1;
-    parse_metric(&String::from_utf8_lossy(&body), name, &[])
-}
-
 fn events(records: &[Value], event: &str) -> Vec<Value> {
     records.iter().filter(|r| r["event"] == event).cloned().collect()
 }
@@ -85,7 +79,7 @@ async fn a_device_clock_that_runs_off_is_shown_counted_audited_and_named_when_gr
     assert_eq!(d["status"], "online", "{d}");
     let (ok, table, _) = run(&["devices", "--profile", &p], "").await;
     assert!(ok && table.contains("CLOCK 5 min") && table.contains("ahead"), "{table}");
-    assert_eq!(hub_metric(&fleet, "tether_hub_devices_clock_skewed").await, 1.0);
+    assert_eq!(hub_metric(&fleet, "tether_hub_devices_clock_skewed", &[]).await, 1.0);
     let ward = add_user(&fleet, "ward", "admin", &[]).await;
     let cookie = console_cookie(&fleet, "ward", &ward).await;
     let rows = raw(&fleet, &format!("GET /console/devices?part=rows HTTP/1.1\r\nCookie: {cookie}"), "").await;
@@ -132,7 +126,7 @@ async fn a_device_clock_that_runs_off_is_shown_counted_audited_and_named_when_gr
     assert!(d["clock_offset_ms"].as_i64().unwrap().abs() < 1_000, "{d}");
     let (ok, table, _) = run(&["devices", "--profile", &p], "").await;
     assert!(ok && !table.contains("CLOCK"), "{table}");
-    assert_eq!(hub_metric(&fleet, "tether_hub_devices_clock_skewed").await, 0.0);
+    assert_eq!(hub_metric(&fleet, "tether_hub_devices_clock_skewed", &[]).await, 0.0);
 }
 
 /// A device whose clock fell back before its own certificate (a flat clock

@@ -88,6 +88,17 @@ pub fn hub_client(fleet: &Fleet) -> HubClient {
     HubClient::new(&fleet.hub.as_ref().unwrap().url(), &fleet.pki.path("ca.pem"), None, None).unwrap()
 }
 
+/// The hub's `/metrics` text.
+pub async fn hub_metrics(fleet: &Fleet) -> String {
+    let body = hub_client(fleet).call(Method::GET, "/metrics", None, None).await.unwrap().1;
+    String::from_utf8_lossy(&body).into_owned()
+}
+
+/// Sum of the hub's samples of metric `name` whose labels contain all of `labels`.
+pub async fn hub_metric(fleet: &Fleet, name: &str, labels: &[&str]) -> f64 {
+    parse_metric(&hub_metrics(fleet).await, name, labels)
+}
+
 pub fn token_of(profile: &Path) -> String {
     let p: toml::Table = toml::from_str(&std::fs::read_to_string(profile).unwrap()).unwrap();
     p["hub"]["token"].as_str().unwrap().to_string()

@@ -16,7 +16,7 @@ use tokio::sync::watch;
 use tokio::task::AbortHandle;
 
 use crate::harness::*;
-use crate::hub::{add_user, connect, echo_once, hub_audit, hub_cli, hub_client, login, run, token_of};
+use crate::hub::{add_user, connect, echo_once, hub_audit, hub_cli, hub_client, hub_metric, login, run, token_of};
 use crate::pg_backup::{pg, postgres};
 use crate::restarts::{audit_verifies, grant};
 
@@ -126,11 +126,6 @@ async fn gated_hub(url: &str) -> (Fleet, Gate, String, String, PathBuf, String) 
 fn grant_body(reason: &str) -> Option<bytes::Bytes> {
     let body = json!({"device": DEVICE, "service": "echo", "reason": reason, "client_key": "00ff"});
     Some(serde_json::to_vec(&body).unwrap().into())
-}
-
-async fn hub_metric(fleet: &Fleet, name: &str, labels: &[&str]) -> f64 {
-    let body = hub_client(fleet).call(Method::GET, "/metrics", None, None).await.unwrap().1;
-    parse_metric(&String::from_utf8_lossy(&body), name, labels)
 }
 
 fn psql_one(url: &str, sql: &str) -> String {

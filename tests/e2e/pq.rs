@@ -7,7 +7,7 @@ use tether::agent::operator::{Request, request};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 use crate::harness::*;
-use crate::hub::hub_client;
+use crate::hub::hub_metrics;
 
 const PQ: &str = "group=\"X25519MLKEM768\"";
 const METRIC: &str = "tether_tls_handshakes_total";
@@ -27,11 +27,6 @@ async fn echo(addr: std::net::SocketAddr) {
     let mut back = [0u8; 12];
     within(10, c.read_exact(&mut back)).await.unwrap();
     assert_eq!(&back, b"post-quantum");
-}
-
-async fn hub_metrics(fleet: &Fleet) -> String {
-    let body = hub_client(fleet).call(hyper::Method::GET, "/metrics", None, None).await.unwrap().1;
-    String::from_utf8_lossy(&body).into_owned()
 }
 
 async fn agent_metrics(fleet: &Fleet) -> String {

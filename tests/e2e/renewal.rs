@@ -13,18 +13,13 @@ use tether::tls::pki::{Ca, Validity};
 use tether::tls::renewal;
 
 use crate::harness::*;
-use crate::hub::{connect, echo_once, hub_audit, hub_client, run, token_of};
+use crate::hub::{connect, echo_once, hub_audit, hub_client, hub_metric, run, token_of};
 use crate::jobs::{as_relay, jobs_fleet, jobs_fleet_with};
 
 async fn devices(profile: &str) -> Vec<Value> {
     let (ok, out, err) = run(&["devices", "--profile", profile, "--json"], "").await;
     assert!(ok, "{err}");
     serde_json::from_str(&out).unwrap()
-}
-
-async fn hub_metric(fleet: &Fleet, name: &str, labels: &[&str]) -> f64 {
-    let body = hub_client(fleet).call(Method::GET, "/metrics", None, None).await.unwrap().1;
-    parse_metric(&String::from_utf8_lossy(&body), name, labels)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

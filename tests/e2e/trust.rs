@@ -10,6 +10,7 @@ use tokio::net::TcpListener;
 use tokio_rustls::TlsAcceptor;
 
 use crate::harness::*;
+use crate::hub::hub_metrics;
 
 /// A certificate of `role` named `cn` (also a DNS name, and `localhost`).
 fn cert_as(fleet: &Fleet, role: Role, cn: &str) -> (PathBuf, PathBuf) {
@@ -43,12 +44,6 @@ async fn client_outcome(addr: std::net::SocketAddr, name: &str, cfg: Arc<rustls:
         Ok(_) => "ok".into(),
         Err(e) => tls::handshake_failure_label(&e).into(),
     }
-}
-
-async fn hub_metrics(fleet: &Fleet) -> String {
-    let hub = fleet.hub.as_ref().unwrap();
-    let client = tether::api::HubClient::new(&hub.url(), &fleet.pki.path("ca.pem"), None, None).unwrap();
-    client.text("/metrics", None).await.unwrap()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

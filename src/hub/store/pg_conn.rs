@@ -4,7 +4,7 @@
 //! statement. While the database cannot be reached, statements fail at once
 //! with [`StoreError::Unavailable`] (the hub answers 503), a slot dials at
 //! most once per [`REDIAL_EVERY`], and the outage is measured: when a dial
-//! succeeds again, [`Link::outage_ended`] hands it to the hub's audit.
+//! succeeds again, [`Link::outages_ended`] hands it to the hub's audit.
 use std::collections::HashMap;
 use std::error::Error;
 use std::sync::{Arc, Mutex};
@@ -14,6 +14,7 @@ use tokio_postgres::{Client, NoTls, Statement};
 
 use super::pg_tls::{MakeRustls, Target};
 use super::sql::{Outage, StoreError};
+use crate::util::lock;
 
 /// A slot whose dial failed tries again after this long; statements in
 /// between fail at once.
@@ -92,10 +93,6 @@ fn unreachable(e: &tokio_postgres::Error) -> bool {
         cause = c.source();
     }
     e.is_closed()
-}
-
-fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
 async fn watch<S, T>(connection: tokio_postgres::Connection<S, T>)
@@ -184,17 +181,14 @@ impl Link {
         let mut down = lock(&self.down);
         // The first cause is the outage's: what follows (a dial cut as the
         // network comes back) says less.
-        match down.as_mut() {
-            Some(_) => {}
-            None => {
-                tracing::error!(error = %cause, "the database is unreachable: requests that need it are refused (503) until it is back; live sessions go on");
-                *down = Some(Down {
-                    since: Instant::now(),
-                    since_unix: crate::util::now_secs(),
-                    refused: 0,
-                    cause: cause.to_string(),
-                });
-            }
+        if down.is_none() {
+            tracing::error!(error = %cause, "the database is unreachable: requests that need it are refused (503) until it is back; live sessions go on");
+            *down = Some(Down {
+                since: Instant::now(),
+                since_unix: crate::util::now_secs(),
+                refused: 0,
+                cause: cause.to_string(),
+            });
         }
     }
 
@@ -216,17 +210,17 @@ impl Link {
         }
     }
 
+    /// Counts a refused statement in the outage, if there is one; its cause.
+    fn count_refused(&self) -> Option<String> {
+        lock(&self.down).as_mut().map(|d| {
+            d.refused += 1;
+            d.cause.clone()
+        })
+    }
+
     /// A statement refused for the outage (counted in it).
     pub fn refused(&self) -> StoreError {
-        let mut down = lock(&self.down);
-        let cause = match down.as_mut() {
-            Some(d) => {
-                d.refused += 1;
-                d.cause.clone()
-            }
-            None => "the connection ended".to_string(),
-        };
-        StoreError::Unavailable(cause)
+        StoreError::Unavailable(self.count_refused().unwrap_or_else(|| "the connection ended".into()))
     }
 
     /// A statement that got no answer within [`STATEMENT_TIMEOUT`] on
@@ -246,9 +240,7 @@ impl Link {
 
     /// A statement that failed because its connection ended under it.
     pub fn lost(&self, e: StoreError) -> StoreError {
-        if let Some(d) = lock(&self.down).as_mut() {
-            d.refused += 1;
-        }
+        self.count_refused();
         StoreError::Unavailable(e.to_string())
     }
 

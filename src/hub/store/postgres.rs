@@ -65,7 +65,6 @@ impl Postgres {
         for slot in &slots {
             Link::fill(slot, link.dial().await?);
         }
-        crate::metrics::HUB_DATABASE_UP.set(1);
         Ok(Postgres { link, slots, next: AtomicUsize::new(0) })
     }
 
@@ -121,8 +120,7 @@ impl Sql for Postgres {
         // A read that went out on a connection that had just ended (a
         // restart the driver had not yet seen) goes again, once, on a
         // fresh one. A write is never sent twice: it may have been applied.
-        let read_only = sql.trim_start().get(..6).is_some_and(|w| w.eq_ignore_ascii_case("SELECT"));
-        let mut again = read_only;
+        let mut again = sql.trim_start().get(..6).is_some_and(|w| w.eq_ignore_ascii_case("SELECT"));
         loop {
             let (slot, c) = self.conn().await?;
             let work = async {
