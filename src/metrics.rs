@@ -144,6 +144,7 @@ metric!(pub HUB_DB_ERRORS: IntCounterVec = counter_vec("tether_hub_db_errors_tot
 metric!(pub HUB_DATABASE_UP: IntGauge = gauge("tether_hub_database_up", "1 while the hub reaches its database; 0 from a failed dial until a good one (requests that need it are answered 503)"));
 metric!(pub HUB_DATABASE_RECONNECTS: IntCounter = counter("tether_hub_database_reconnects_total", "Connections to the database dialled again after one ended (a restart, a failover, pg_terminate_backend)"));
 metric!(pub HUB_AUDIT_PENDING: IntGauge = gauge("tether_hub_audit_pending_records", "Hub audit records waiting for the database to take them (kept in order, up to 10 000)"));
+metric!(pub HUB_AUDIT_SPOOL_ERRORS: IntCounter = counter("tether_hub_audit_spool_errors_total", "Failed writes of the file that keeps hub audit records waiting for the database (audit_spool): those records are in memory only"));
 metric!(pub HUB_AUDIT_DROPPED: IntCounter = counter("tether_hub_audit_dropped_total", "Hub audit records dropped because more than 10 000 waited for the database (the chain says how many)"));
 metric!(pub HUB_RELAY_ANCHORED: IntGaugeVec = gauge_vec("tether_hub_relay_anchor_timestamp_seconds", "When the hub last found a relay's audit head anchored (Unix seconds): stale when the relay stops reporting or its heads are refused", &["relay"]));
 metric!(pub RELAY_READY: IntGauge = gauge("tether_relay_ready", "1 while this relay admits new sessions (its /readyz answers 200), read at scrape"));

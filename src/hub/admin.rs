@@ -22,7 +22,7 @@ impl Admin {
     pub async fn open(cfg: &HubConfig) -> Result<Admin> {
         let secrets = std::sync::Arc::new(super::secrets::SecretBox::load_or_create(&cfg.secrets_key)?);
         let store = Store::open(&cfg.database, std::path::Path::new(".")).await?.with_secrets(secrets).await?;
-        let audit = HubAudit::open(store.clone()).await?;
+        let audit = HubAudit::open(store.clone(), None).await?;
         let by = format!("cli:{}", std::env::var("USER").unwrap_or_else(|_| "unknown".into()));
         Ok(Admin { store, audit, issuer: cfg.issuer.clone(), by })
     }

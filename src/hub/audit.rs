@@ -5,7 +5,8 @@
 //! A record the database cannot take now (it is unreachable) waits, in
 //! order and with the time it happened, and is chained when the database is
 //! back (up to [`PENDING_MAX`]; beyond that the oldest are dropped, counted,
-//! and the chain says how many).
+//! and the chain says how many). They are kept on disk too, so that a stop
+//! of the hub meanwhile loses none ([`super::audit_spool`]).
 use std::collections::VecDeque;
 use std::sync::Arc;
 use std::time::Duration;
@@ -14,32 +15,25 @@ use serde_json::{Value, json};
 use tokio::sync::Mutex;
 use tokio_util::sync::CancellationToken;
 
+use super::audit_spool::{Due, Found, Pending, Spool, not_stored};
 use super::store::{Store, StoreError};
 use crate::audit::{GENESIS, link};
 
 /// Records kept while the database is unreachable.
 pub const PENDING_MAX: usize = 10_000;
 
-#[derive(Clone)]
-struct Pending {
-    ts: String,
-    unix: i64,
-    event: String,
-    fields: Value,
-}
-
-impl Pending {
-    fn now(event: &str, fields: Value) -> Pending {
-        let now = time::OffsetDateTime::now_utc();
-        let ts = now.format(&time::format_description::well_known::Rfc3339).unwrap_or_default();
-        Pending { ts, unix: now.unix_timestamp(), event: event.to_string(), fields }
-    }
+/// Says that `count` records were dropped, past [`PENDING_MAX`].
+fn dropped_record(count: u64) -> Pending {
+    let why = format!("more than {PENDING_MAX} records waited for the database");
+    Pending::now("audit_records_dropped", json!({"count": count, "why": why}))
 }
 
 #[derive(Default)]
 struct Waiting {
     records: VecDeque<Pending>,
     dropped: u64,
+    /// Counts every change of `records` (for the spool).
+    changes: u64,
 }
 
 pub struct HubAudit {
@@ -50,6 +44,11 @@ pub struct HubAudit {
     /// (never waiting for the database), and taken off only by the holder
     /// of `head`, once stored.
     waiting: std::sync::Mutex<Waiting>,
+    /// The same records on disk, while the database is unreachable (the
+    /// hub's; an admin command has none: it gives up with its statement).
+    spool: Option<Spool>,
+    /// Records a stop of the hub left on disk, chained first at this start.
+    kept: usize,
 }
 
 enum Append {
@@ -61,10 +60,45 @@ enum Append {
 }
 
 impl HubAudit {
-    pub async fn open(store: Store) -> Result<HubAudit, StoreError> {
+    /// The chain in `store`; records that waited when the hub last stopped
+    /// are read from `spool` and chained first.
+    pub async fn open(store: Store, spool: Option<std::path::PathBuf>) -> Result<HubAudit, StoreError> {
         let head = store.audit_head().await?.unwrap_or((0, GENESIS.to_string()));
-        crate::metrics::HUB_AUDIT_PENDING.set(0);
-        Ok(HubAudit { store, head: Mutex::new(head), waiting: Default::default() })
+        let Some(spool) = spool else {
+            let waiting = Default::default();
+            return Ok(HubAudit { store, head: Mutex::new(head), waiting, spool: None, kept: 0 });
+        };
+        let (spool, found) = Spool::open(spool);
+        let records = match found {
+            Found::Records(r) if r.is_empty() => r,
+            Found::Records(r) => {
+                // A kill after some were stored, before the file was rewritten:
+                // those are among the stored records of the same seconds.
+                let (first, last) = r.iter().fold((i64::MAX, i64::MIN), |(a, b), p| (a.min(p.unix), b.max(p.unix)));
+                let r = not_stored(r, &store.audit_newest(first, last + 1, 100_000).await?);
+                tracing::info!(records = r.len(), path = %spool.path().display(),
+                    "hub audit records that waited for the database when the hub stopped are chained first");
+                r
+            }
+            Found::Unreadable { aside, error } => {
+                let path = aside.display().to_string();
+                tracing::error!(
+                    path,
+                    error,
+                    "the file of waiting hub audit records does not read: left for you to look at"
+                );
+                vec![Pending::now("audit_spool_unreadable", json!({"path": path, "error": error}))]
+            }
+        };
+        crate::metrics::HUB_AUDIT_PENDING.set(records.len() as i64);
+        let kept = records.len();
+        let waiting = std::sync::Mutex::new(Waiting { records: records.into(), ..Default::default() });
+        Ok(HubAudit { store, head: Mutex::new(head), waiting, spool: Some(spool), kept })
+    }
+
+    /// Records a stop of the hub left on disk, chained first at this start.
+    pub fn kept(&self) -> usize {
+        self.kept
     }
 
     fn waiting(&self) -> std::sync::MutexGuard<'_, Waiting> {
@@ -83,6 +117,7 @@ impl HubAudit {
                 crate::metrics::HUB_AUDIT_DROPPED.inc();
             }
             w.records.push_back(Pending::now(event, fields));
+            w.changes += 1;
             crate::metrics::HUB_AUDIT_PENDING.set(w.records.len() as i64);
         }
         if self.store.reachable() {
@@ -99,10 +134,10 @@ impl HubAudit {
         {
             let mut w = self.waiting();
             if w.dropped > 0 {
-                let why = format!("more than {PENDING_MAX} records waited for the database");
-                let fields = json!({"count": w.dropped, "why": why});
-                w.records.push_front(Pending::now("audit_records_dropped", fields));
+                let marker = dropped_record(w.dropped);
+                w.records.push_front(marker);
                 w.dropped = 0;
+                w.changes += 1;
             }
         }
         // Only the holder of `head` takes records off: the front stays put.
@@ -112,6 +147,7 @@ impl HubAudit {
                 Append::Done | Append::Refused => {
                     let mut w = self.waiting();
                     w.records.pop_front();
+                    w.changes += 1;
                     crate::metrics::HUB_AUDIT_PENDING.set(w.records.len() as i64);
                 }
                 Append::Wait => break,
@@ -150,6 +186,42 @@ impl HubAudit {
     pub async fn head(&self) -> (u64, String) {
         self.head.lock().await.clone()
     }
+
+    /// Makes the spool hold the records that wait for an unreachable
+    /// database (none: no file).
+    pub async fn keep(&self) {
+        let Some(spool) = &self.spool else { return };
+        let _turn = spool.turn().await;
+        let (changes, due, records) = {
+            let w = self.waiting();
+            let due = spool.due(w.changes, w.records.len(), !self.store.reachable());
+            let records: Vec<Pending> = match due {
+                Due::Write => {
+                    let marker = (w.dropped > 0).then(|| dropped_record(w.dropped));
+                    marker.into_iter().chain(w.records.iter().cloned()).collect()
+                }
+                _ => Vec::new(),
+            };
+            (w.changes, due, records)
+        };
+        match due {
+            Due::Write => spool.write(changes, records).await,
+            Due::Remove => spool.remove().await,
+            Due::Nothing => {}
+        }
+    }
+}
+
+/// A `database_outage` record's fields; `at_stop`: the hub stopped while it
+/// went on (the record then says so, and how far it had gone).
+pub fn outage_fields(o: &super::store::Outage, at_stop: bool) -> Value {
+    let since = crate::util::clock::rfc3339(o.since as i64);
+    let mut f =
+        json!({"since": since, "seconds": o.seconds, "statements_refused": o.statements_refused, "cause": o.cause});
+    if at_stop {
+        f["ongoing_at_hub_stop"] = true.into();
+    }
+    f
 }
 
 /// Every second: an outage of the database that has ended goes into the
@@ -158,11 +230,9 @@ pub async fn watch_database(hub: Arc<super::Hub>, stop: CancellationToken) {
     let mut tick = tokio::time::interval(Duration::from_secs(1));
     while tokio::select! { _ = stop.cancelled() => false, _ = tick.tick() => true } {
         for o in hub.store.outages_ended() {
-            let since = crate::util::clock::rfc3339(o.since as i64);
-            let fields = json!({"since": since, "seconds": o.seconds,
-                                "statements_refused": o.statements_refused, "cause": o.cause});
-            hub.audit.record("database_outage", fields).await;
+            hub.audit.record("database_outage", outage_fields(&o, false)).await;
         }
         hub.audit.flush().await;
+        hub.audit.keep().await;
     }
 }

@@ -31,6 +31,11 @@ pub struct HubConfig {
     /// created on first start when missing. Back it up apart from the database.
     #[serde(default = "default_secrets_key")]
     pub secrets_key: PathBuf,
+    /// Where hub audit records that wait for the database are kept, so that
+    /// they outlive a stop of the hub (default: `hub-audit-waiting.jsonl`
+    /// beside `secrets_key`, in the hub's state directory).
+    #[serde(default)]
+    pub audit_spool: Option<PathBuf>,
     /// `sqlite:PATH` (relative to this file) or `postgres://user:pass@host/db`.
     #[serde(default = "default_database")]
     pub database: String,
@@ -223,6 +228,14 @@ impl HubConfig {
     pub fn service_role(&self, service: &str) -> Role {
         self.service_roles.get(service).copied().unwrap_or(self.default_service_role)
     }
+
+    /// The file that keeps hub audit records waiting for the database.
+    pub fn audit_spool(&self) -> PathBuf {
+        self.audit_spool.clone().unwrap_or_else(|| {
+            let dir = self.secrets_key.parent().unwrap_or(Path::new("."));
+            dir.join("hub-audit-waiting.jsonl")
+        })
+    }
 }
 
 impl ConfigFile for HubConfig {
@@ -232,6 +245,9 @@ impl ConfigFile for HubConfig {
         }
         if let Some(crl) = &mut self.crl {
             resolve(base, crl);
+        }
+        if let Some(spool) = &mut self.audit_spool {
+            resolve(base, spool);
         }
         if let Some(r) = &mut self.repo {
             for p in [&mut r.dir, &mut r.snapshot_key, &mut r.timestamp_key] {

@@ -6,6 +6,7 @@ pub mod admin;
 mod anchors;
 mod api;
 pub mod audit;
+mod audit_spool;
 pub mod auth;
 mod certs;
 pub mod config;
@@ -84,10 +85,11 @@ impl Hub {
         let secrets = Arc::new(secrets::SecretBox::load_or_create(&cfg.secrets_key)?);
         let store = store::Store::open(&cfg.database, std::path::Path::new(".")).await?.with_secrets(secrets).await?;
         let signer = crate::tls::pki::load_grant_signer(&cfg.grant_signing_key)?;
-        let audit = audit::HubAudit::open(store.clone()).await?;
+        let audit = audit::HubAudit::open(store.clone(), Some(cfg.audit_spool())).await?;
         // At 0 from the start, so increase() sees the first one.
         crate::metrics::HUB_DATABASE_RECONNECTS.inc_by(0);
         crate::metrics::HUB_AUDIT_DROPPED.inc_by(0);
+        crate::metrics::HUB_AUDIT_SPOOL_ERRORS.inc_by(0);
         let board = relays::Board::new(cfg.relays.clone(), Duration::from_millis(cfg.relay_stale_ms));
         // Revocations outlive a restart: the relays hear of them again.
         let now = crate::util::now_secs() as i64;
@@ -216,7 +218,11 @@ pub async fn run(
     stop: CancellationToken,
 ) -> Result<(), HubError> {
     let addr = listener.local_addr().ok();
-    hub.audit.record("hub_start", json!({"listen": addr.map(|a| a.to_string()), "engine": hub.store.engine()})).await;
+    let mut start = json!({"listen": addr.map(|a| a.to_string()), "engine": hub.store.engine()});
+    if hub.audit.kept() > 0 {
+        start["records_kept_through_stop"] = hub.audit.kept().into();
+    }
+    hub.audit.record("hub_start", start).await;
     let h = hub.clone();
     let handler = move |req: hyper::Request<hyper::body::Incoming>, peer| {
         let hub = h.clone();
@@ -240,6 +246,12 @@ pub async fn run(
     let balancers = crate::util::proxy::ProxyTrust::new(hub.cfg.proxy_protocol_from.clone());
     http::serve(listener, tls, (hub.cfg.max_connections, balancers), drops, handler, stop).await;
     let _ = reporter.await;
+    // Stopped during an outage of the database: the outage so far, and what
+    // waits for it, go on disk for the next start.
+    if let Some(o) = hub.store.outage_now() {
+        hub.audit.record("database_outage", audit::outage_fields(&o, true)).await;
+    }
     hub.audit.record("hub_stop", json!({})).await;
+    hub.audit.keep().await;
     Ok(())
 }

@@ -26,6 +26,24 @@ pub fn random_bytes<const N: usize>() -> [u8; N] {
     out
 }
 
+/// Replaces `path` with `bytes` (0600) at once: a new file, synced, renamed
+/// over it, and the rename synced. A crash leaves the old or the new.
+pub fn replace_file(path: &std::path::Path, bytes: &[u8]) -> std::io::Result<()> {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    let tmp = path.with_extension("new");
+    {
+        let mut f = std::fs::OpenOptions::new().write(true).create(true).truncate(true).mode(0o600).open(&tmp)?;
+        f.write_all(bytes)?;
+        f.sync_all()?;
+    }
+    std::fs::rename(&tmp, path)?;
+    match path.parent().filter(|d| !d.as_os_str().is_empty()) {
+        Some(dir) => std::fs::File::open(dir)?.sync_all(),
+        None => Ok(()),
+    }
+}
+
 /// Points `link` at `to` atomically (a new link renamed over the old).
 pub fn point_symlink(link: &std::path::Path, to: &std::path::Path) -> std::io::Result<()> {
     let tmp = link.with_extension("new");

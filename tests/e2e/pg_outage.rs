@@ -343,3 +343,73 @@ async fn a_hub_started_before_its_database_waits_for_it_then_serves() {
     audit_verifies(&fleet, &profile).await;
     pg("psql", &[&url, "-qc", &format!("DROP SCHEMA {schema} CASCADE")]);
 }
+
+/// Waits until the hub answers healthz with 503 (its database unreachable).
+async fn until_unreachable(fleet: &Fleet) {
+    eventually("the hub finds its database unreachable", async || {
+        let health = hub_client(fleet).call(Method::GET, "/api/v1/healthz", None, None).await;
+        health.is_ok_and(|(status, _)| status.as_u16() == 503)
+    })
+    .await;
+}
+
+/// A refusal the hub judges without its database (no token) at `path`.
+async fn refuse_at(fleet: &Fleet, path: &str) {
+    let (status, _) = hub_client(fleet).call(Method::GET, path, None, None).await.unwrap();
+    assert_eq!(status.as_u16(), 401, "{path}");
+}
+
+/// The hub stopped or killed while its database is out (an operator's
+/// restart "to fix it", a crash, a host reboot): the audit records that
+/// waited for the database are on disk, and the next start chains them,
+/// each once, before its own; the file goes once they are chained.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn audit_records_waiting_for_the_database_outlive_a_stop_or_kill_of_the_hub() {
+    let Some(url) = postgres() else { return };
+    let (mut fleet, gate, schema, _, profile, token) = gated_hub(&url).await;
+    let spool = fleet.dir().join("hub-audit-waiting.jsonl");
+    let spooled = |what: &str| std::fs::read_to_string(&spool).unwrap_or_default().contains(what);
+
+    // 1. Killed (SIGKILL) a moment after a refusal: the refusal is on disk.
+    gate.close();
+    until_unreachable(&fleet).await;
+    refuse_at(&fleet, "/api/v1/devices").await;
+    eventually("the refusal is kept on disk", async || spooled("/api/v1/devices")).await;
+    fleet.hub.as_mut().unwrap().proc.kill();
+    gate.open();
+    fleet.restart_hub();
+    eventually("the file goes once its records are chained", async || !spool.exists()).await;
+
+    // 2. Stopped (SIGTERM) at once after a refusal: the refusal, the outage
+    //    so far and the stop itself are written at the stop.
+    gate.close();
+    until_unreachable(&fleet).await;
+    refuse_at(&fleet, "/api/v1/sessions").await;
+    let status = fleet.hub.as_mut().unwrap().proc.term_and_wait(20).await;
+    assert!(status.success(), "{status}");
+    for what in ["/api/v1/sessions", "\"ongoing_at_hub_stop\":true", "hub_stop"] {
+        assert!(spooled(what), "{what} not kept on disk:\n{}", std::fs::read_to_string(&spool).unwrap_or_default());
+    }
+    gate.open();
+    fleet.restart_hub();
+    eventually("the file goes once its records are chained", async || !spool.exists()).await;
+
+    let audit = hub_audit(&fleet, &token).await;
+    let count = |check: &dyn Fn(&Value) -> bool| audit.iter().filter(|r| check(r)).count();
+    for path in ["/api/v1/devices", "/api/v1/sessions"] {
+        let refused = |r: &Value| r["event"] == "auth_refused" && r["reason"] == "no_token" && r["path"] == path;
+        assert_eq!(count(&refused), 1, "the refusal at {path}, once");
+    }
+    let outage = |r: &Value| r["event"] == "database_outage" && r["ongoing_at_hub_stop"] == true;
+    assert_eq!(count(&outage), 1, "the outage as far as it went at the stop");
+    // The stops' records come before the next start's, which counts them.
+    let seq_of =
+        |check: &dyn Fn(&Value) -> bool| audit.iter().filter(|r| check(r)).map(|r| r["seq"].as_u64().unwrap()).max();
+    let stopped = seq_of(&|r: &Value| r["event"] == "hub_stop").unwrap();
+    let started = seq_of(&|r: &Value| r["event"] == "hub_start").unwrap();
+    assert!(stopped < started, "hub_stop {stopped} after the next hub_start {started}");
+    let kept = audit.iter().find(|r| r["seq"] == started).unwrap();
+    assert!(kept["records_kept_through_stop"].as_u64() >= Some(3), "{kept}");
+    audit_verifies(&fleet, &profile).await;
+    pg("psql", &[&url, "-qc", &format!("DROP SCHEMA {schema} CASCADE")]);
+}

@@ -51,4 +51,8 @@ impl Sql for Measured {
     fn outages_ended(&self) -> Vec<super::sql::Outage> {
         self.0.outages_ended()
     }
+
+    fn outage_now(&self) -> Option<super::sql::Outage> {
+        self.0.outage_now()
+    }
 }

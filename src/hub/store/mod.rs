@@ -62,6 +62,11 @@ impl Store {
         self.db.outages_ended()
     }
 
+    /// The outage going on now, if any, as far as it went.
+    pub fn outage_now(&self) -> Option<Outage> {
+        self.db.outage_now()
+    }
+
     async fn insert(&self, what: &'static str, name: &str, sql: &str, params: Vec<Val>) -> Result<(), StoreError> {
         match self.db.exec(sql, params).await {
             Err(e) if sql::is_unique_violation(&e) => Err(StoreError::Exists { what, name: name.into() }),

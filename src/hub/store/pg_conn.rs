@@ -48,6 +48,17 @@ struct Down {
     cause: String,
 }
 
+impl Down {
+    fn so_far(&self) -> Outage {
+        Outage {
+            since: self.since_unix,
+            seconds: (self.since.elapsed().as_secs_f64() * 10.0).round() / 10.0,
+            statements_refused: self.refused,
+            cause: self.cause.clone(),
+        }
+    }
+}
+
 /// What all slots share: where the database is, and whether it is down.
 pub struct Link {
     target: Target,
@@ -195,12 +206,7 @@ impl Link {
     fn up(&self) {
         crate::metrics::HUB_DATABASE_UP.set(1);
         if let Some(d) = lock(&self.down).take() {
-            let o = Outage {
-                since: d.since_unix,
-                seconds: (d.since.elapsed().as_secs_f64() * 10.0).round() / 10.0,
-                statements_refused: d.refused,
-                cause: d.cause,
-            };
+            let o = d.so_far();
             tracing::info!(
                 seconds = o.seconds,
                 statements_refused = o.statements_refused,
@@ -251,6 +257,11 @@ impl Link {
     /// Outages that have ended since the last call.
     pub fn outages_ended(&self) -> Vec<Outage> {
         std::mem::take(&mut *lock(&self.ended))
+    }
+
+    /// The outage going on now, if any, as far as it went.
+    pub fn outage_now(&self) -> Option<Outage> {
+        lock(&self.down).as_ref().map(Down::so_far)
     }
 }
 

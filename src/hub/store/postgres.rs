@@ -154,6 +154,10 @@ impl Sql for Postgres {
         self.link.outages_ended()
     }
 
+    fn outage_now(&self) -> Option<Outage> {
+        self.link.outage_now()
+    }
+
     fn engine(&self) -> &'static str {
         "postgres"
     }

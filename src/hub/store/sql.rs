@@ -121,6 +121,10 @@ pub trait Sql: Send + Sync {
     fn outages_ended(&self) -> Vec<Outage> {
         Vec::new()
     }
+    /// The outage going on now, if any, as far as it went.
+    fn outage_now(&self) -> Option<Outage> {
+        None
+    }
 }
 
 /// A time the database could not be reached, from the first failed dial to

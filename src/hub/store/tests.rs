@@ -177,14 +177,33 @@ async fn sessions_and_audit_chain() {
         assert_eq!(all.iter().map(|r| r.id.as_str()).collect::<Vec<_>>(), ["s2", "s1"]);
 
         // The hub's audit chain in the database verifies like a file.
-        let audit = crate::hub::audit::HubAudit::open(s.clone()).await.unwrap();
+        let audit = crate::hub::audit::HubAudit::open(s.clone(), None).await.unwrap();
         audit.record("a", serde_json::json!({"user": "x'; --"})).await;
         audit.record("b", serde_json::json!({"seq": 999, "hash": "forged"})).await;
-        let reopened = crate::hub::audit::HubAudit::open(s.clone()).await.unwrap();
+        let reopened = crate::hub::audit::HubAudit::open(s.clone(), None).await.unwrap();
         assert_eq!(reopened.head().await.0, 2);
         reopened.record("c", serde_json::json!({})).await;
         let lines = s.audit_since(0, 100).await.unwrap().join("\n");
         assert_eq!(crate::audit::verify_lines(lines.as_bytes(), crate::audit::GENESIS, 0), Ok(3));
+        // Records a stopped hub left on disk: chained first at the next
+        // start, except one the database has (a kill before the rewrite).
+        let c: serde_json::Value = serde_json::from_str(lines.lines().last().unwrap()).unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        let spool = dir.path().join("waiting.jsonl");
+        let ts = c["ts"].as_str().unwrap();
+        let unix = time::OffsetDateTime::parse(ts, &time::format_description::well_known::Rfc3339).unwrap();
+        let left = [(ts, "c"), ("2026-12-03T10:00:00.5Z", "d")].map(|(ts, event)| {
+            serde_json::json!({"ts": ts, "unix": unix.unix_timestamp(), "event": event, "fields": {"n": 1}}).to_string()
+        });
+        std::fs::write(&spool, left.join("\n")).unwrap();
+        let started = crate::hub::audit::HubAudit::open(s.clone(), Some(spool.clone())).await.unwrap();
+        assert_eq!(started.kept(), 1, "the record the database has is not chained twice");
+        started.flush().await;
+        started.keep().await;
+        assert!(!spool.exists(), "the file stays after its records were chained");
+        let lines = s.audit_since(0, 100).await.unwrap();
+        assert_eq!(crate::audit::verify_lines(lines.join("\n").as_bytes(), crate::audit::GENESIS, 0), Ok(4));
+        assert!(lines[3].contains("\"event\":\"d\""), "{}", lines[3]);
         s.anchor_put("relay:relay-a", (5, "h5", "s5"), 1).await.unwrap();
         s.anchor_put("relay:relay-a", (6, "h6", "s6"), 2).await.unwrap();
         assert_eq!(s.anchor("relay:relay-a").await.unwrap(), Some((6, "h6".into(), 2)));
