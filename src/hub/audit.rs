@@ -34,6 +34,8 @@ struct Waiting {
     dropped: u64,
     /// Counts every change of `records` (for the spool).
     changes: u64,
+    /// The last try to chain them found the database unreachable or full.
+    stuck: bool,
 }
 
 pub struct HubAudit {
@@ -53,7 +55,7 @@ pub struct HubAudit {
 
 enum Append {
     Done,
-    /// The database is unreachable: the record waits.
+    /// The database is unreachable or full: the record waits.
     Wait,
     /// Refused for another reason (logged): the record is dropped.
     Refused,
@@ -150,9 +152,13 @@ impl HubAudit {
                     w.changes += 1;
                     crate::metrics::HUB_AUDIT_PENDING.set(w.records.len() as i64);
                 }
-                Append::Wait => break,
+                Append::Wait => {
+                    self.waiting().stuck = true;
+                    return;
+                }
             }
         }
+        self.waiting().stuck = false;
     }
 
     /// Another writer (the `tether hub` admin commands, or a second hub on
@@ -169,10 +175,10 @@ impl HubAudit {
                 }
                 Err(e) if super::store::is_unique_violation(&e) => match self.store.audit_head().await {
                     Ok(Some(h)) => *head = h,
-                    Err(StoreError::Unavailable(_)) => return Append::Wait,
+                    Err(e) if e.is_unavailable() => return Append::Wait,
                     _ => break,
                 },
-                Err(StoreError::Unavailable(_)) => return Append::Wait,
+                Err(e) if e.is_unavailable() => return Append::Wait,
                 Err(e) => {
                     tracing::error!(event = p.event, error = %e, "hub audit write failed");
                     return Append::Refused;
@@ -187,14 +193,14 @@ impl HubAudit {
         self.head.lock().await.clone()
     }
 
-    /// Makes the spool hold the records that wait for an unreachable
-    /// database (none: no file).
+    /// Makes the spool hold the records that wait for a database that
+    /// cannot take them (unreachable, or full; none: no file).
     pub async fn keep(&self) {
         let Some(spool) = &self.spool else { return };
         let _turn = spool.turn().await;
         let (changes, due, records) = {
             let w = self.waiting();
-            let due = spool.due(w.changes, w.records.len(), !self.store.reachable());
+            let due = spool.due(w.changes, w.records.len(), w.stuck || !self.store.reachable());
             let records: Vec<Pending> = match due {
                 Due::Write => {
                     let marker = (w.dropped > 0).then(|| dropped_record(w.dropped));

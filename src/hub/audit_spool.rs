@@ -2,7 +2,8 @@
 //! (`audit_spool` in hub.toml), so that a hub stopped or killed during an
 //! outage of its database loses none of them.
 //!
-//! While records wait for an unreachable database, the file is rewritten
+//! While records wait for a database that cannot take them (unreachable,
+//! or with its disk full), the file is rewritten
 //! (a temporary file, synced, renamed over it) at most once a second, and
 //! once more at the hub's stop: a kill loses at most the last second's
 //! records, a stop none. The next start chains what the file holds before
@@ -97,7 +98,7 @@ impl Spool {
 
     /// What to do to make the file match the queue at change `changes`,
     /// holding `waiting` records; `keep` when the records wait for an
-    /// unreachable database (records in flight to a reachable one are not
+    /// database that cannot take them (records in flight to one that can are not
     /// written).
     pub fn due(&self, changes: u64, waiting: usize, keep: bool) -> Due {
         match *crate::util::lock(&self.on_disk) {

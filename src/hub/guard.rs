@@ -13,20 +13,34 @@ use super::store::StoreError;
 use crate::util::now_secs;
 
 /// The answer to a failure inside the hub: 503 `database_unavailable` when
-/// the database cannot be reached (the store logged it once), else 500.
+/// the database cannot be reached, 503 `database_full` when it has no room
+/// to write (the store logged either once), else 500.
 pub fn internal<E: std::fmt::Display + 'static>(e: E) -> ApiError {
     let any = &e as &dyn std::any::Any;
     let store = any.downcast_ref::<StoreError>().or_else(|| match any.downcast_ref::<super::HubError>() {
         Some(super::HubError::Store(s)) => Some(s),
         _ => None,
     });
-    if let Some(StoreError::Unavailable(why)) = store {
-        tracing::debug!(error = %why, "refused: the database is unreachable");
-        return ApiError::new(StatusCode::SERVICE_UNAVAILABLE, DATABASE_UNAVAILABLE, DATABASE_UNAVAILABLE_TEXT);
+    match store {
+        Some(StoreError::Unavailable(why)) => {
+            tracing::debug!(error = %why, "refused: the database is unreachable");
+            return ApiError::new(StatusCode::SERVICE_UNAVAILABLE, DATABASE_UNAVAILABLE, DATABASE_UNAVAILABLE_TEXT);
+        }
+        // Logged once by the store, when it began.
+        Some(StoreError::Full(why)) => {
+            tracing::debug!(error = %why, "refused: the database has no room to write");
+            return ApiError::new(StatusCode::SERVICE_UNAVAILABLE, DATABASE_FULL, DATABASE_FULL_TEXT);
+        }
+        _ => {}
     }
     tracing::error!(error = %e, "hub internal error");
     ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", "internal error; see the hub's log")
 }
+
+/// The error code of a request refused because the database has no room to write.
+pub const DATABASE_FULL: &str = "database_full";
+const DATABASE_FULL_TEXT: &str =
+    "the hub's database has no room to write (its disk is full); sessions already open go on; try again later";
 
 /// The error code of a request refused because the database is unreachable.
 pub const DATABASE_UNAVAILABLE: &str = "database_unavailable";

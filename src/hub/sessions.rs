@@ -257,7 +257,7 @@ pub async fn relay_report(
         for (i, id) in ids.iter().enumerate() {
             let transport = transports.get(i).map(String::as_str).unwrap_or("");
             match hub.store.session_live(id, relay, transport, how).await {
-                Err(e @ StoreError::Unavailable(_)) => unstored = Some(e),
+                Err(e) if e.is_unavailable() => unstored = Some(e),
                 Err(e) => tracing::error!(session = %id, error = %e, ?how, "recording a session live"),
                 Ok(_) => {}
             }
@@ -277,7 +277,7 @@ pub async fn relay_report(
             duration_ms: e.duration_ms as i64,
         };
         match hub.store.session_end(&e.session, &end).await {
-            Err(err @ StoreError::Unavailable(_)) => {
+            Err(err) if err.is_unavailable() => {
                 // Taken when the relay sends it again.
                 hub.board.forget_end(relay, &e.session);
                 unstored = Some(err);

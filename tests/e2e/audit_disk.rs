@@ -13,7 +13,7 @@ use crate::harness::*;
 
 /// Whether this host lets us mount a tmpfs in a new mount namespace (root
 /// with CAP_SYS_ADMIN, `unshare` at hand): tried once, for real.
-fn can_mount(dir: &Path) -> bool {
+pub fn can_mount(dir: &Path) -> bool {
     let probe = dir.join("probe");
     std::fs::create_dir_all(&probe).unwrap();
     Command::new("unshare")
@@ -31,7 +31,7 @@ async fn agent_metric(fleet: &Fleet, name: &str) -> f64 {
 }
 
 /// The agent's log as its own mount namespace sees it.
-fn inside(pid: u32, path: &Path) -> PathBuf {
+pub fn inside(pid: u32, path: &Path) -> PathBuf {
     PathBuf::from(format!("/proc/{pid}/root")).join(path.strip_prefix("/").unwrap())
 }
 

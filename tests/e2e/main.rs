@@ -21,6 +21,7 @@ mod haproxy;
 mod holes;
 mod hub;
 mod hub_abuse;
+mod hub_disk;
 mod hub_refusals;
 mod inputs;
 mod jobs;

@@ -17,7 +17,7 @@ impl Store {
             }
             return Self::open_sqlite(&base.join(path)).await;
         };
-        let store = Store { db: Arc::new(measured::Measured(db)), secrets: None };
+        let store = Store { db: Arc::new(measured::Measured::new(db)), secrets: None };
         store.migrate().await?;
         crate::metrics::HUB_DATABASE_UP.set(1);
         Ok(store)
@@ -34,7 +34,7 @@ impl Store {
             let r = match sqlite::Sqlite::open(path) {
                 Ok(db) => {
                     restrict(path);
-                    let store = Store { db: Arc::new(measured::Measured(Arc::new(db))), secrets: None };
+                    let store = Store { db: Arc::new(measured::Measured::new(Arc::new(db))), secrets: None };
                     crate::metrics::HUB_DATABASE_UP.set(1);
                     store.migrate().await.map(|()| store)
                 }

@@ -72,6 +72,9 @@ pub fn pg(e: tokio_postgres::Error) -> StoreError {
         Some(d) if d.code() == &tokio_postgres::error::SqlState::UNIQUE_VIOLATION => {
             StoreError::Db(format!("duplicate key: {}", d.message()))
         }
+        Some(d) if d.code() == &tokio_postgres::error::SqlState::DISK_FULL => {
+            StoreError::Full(format!("{}: {}", d.code().code(), d.message()))
+        }
         Some(d) => StoreError::Db(format!("{}: {}", d.code().code(), d.message())),
         // A TLS or network failure: its cause is in the source chain.
         None => {

@@ -86,6 +86,10 @@ pub enum StoreError {
     /// statement was not run. The hub answers 503 `database_unavailable`.
     #[error("the database is unreachable: {0}")]
     Unavailable(String),
+    /// The database has no room to write (its disk is full): the statement
+    /// was not applied. The hub answers 503 `database_full`.
+    #[error("the database has no room to write: {0}")]
+    Full(String),
     #[error("database url {0:?}: use sqlite:PATH or postgres://…")]
     BadUrl(String),
     #[error("{what} {name:?} already exists")]
@@ -95,10 +99,12 @@ pub enum StoreError {
 }
 
 impl StoreError {
-    /// True when the database could not be reached: the store logged the
-    /// outage once and counts it; callers need not log each statement.
+    /// True when the database cannot take the statement now, for a reason
+    /// that heals by itself (it is unreachable, or its disk is full): the
+    /// store logs that once and counts it; callers need not log each
+    /// statement, and what the statement carried should be tried again.
     pub fn is_unavailable(&self) -> bool {
-        matches!(self, StoreError::Unavailable(_))
+        matches!(self, StoreError::Unavailable(_) | StoreError::Full(_))
     }
 }
 

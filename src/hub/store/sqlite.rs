@@ -15,6 +15,14 @@ fn db(e: impl std::fmt::Display) -> StoreError {
     StoreError::Db(e.to_string())
 }
 
+/// SQLite's error, a full disk told apart (SQLITE_FULL: nothing applied).
+fn sq(e: rusqlite::Error) -> StoreError {
+    match e.sqlite_error_code() {
+        Some(rusqlite::ErrorCode::DiskFull) => StoreError::Full(e.to_string()),
+        _ => db(e),
+    }
+}
+
 /// `$1` → `?1`: SQLite's numbered placeholder.
 fn placeholders(sql: &str) -> String {
     sql.replace('$', "?")
@@ -61,8 +69,8 @@ impl Sql for Sqlite {
     async fn exec(&self, sql: &str, params: Vec<Val>) -> Result<u64, StoreError> {
         let sql = placeholders(sql);
         self.with(move |c| {
-            let mut st = c.prepare_cached(&sql).map_err(db)?;
-            let n = st.execute(rusqlite::params_from_iter(params.into_iter().map(to_sqlite))).map_err(db)?;
+            let mut st = c.prepare_cached(&sql).map_err(sq)?;
+            let n = st.execute(rusqlite::params_from_iter(params.into_iter().map(to_sqlite))).map_err(sq)?;
             Ok(n as u64)
         })
         .await
@@ -71,14 +79,14 @@ impl Sql for Sqlite {
     async fn query(&self, sql: &str, params: Vec<Val>) -> Result<Vec<Row>, StoreError> {
         let sql = placeholders(sql);
         self.with(move |c| {
-            let mut st = c.prepare_cached(&sql).map_err(db)?;
+            let mut st = c.prepare_cached(&sql).map_err(sq)?;
             let n = st.column_count();
-            let mut rows = st.query(rusqlite::params_from_iter(params.into_iter().map(to_sqlite))).map_err(db)?;
+            let mut rows = st.query(rusqlite::params_from_iter(params.into_iter().map(to_sqlite))).map_err(sq)?;
             let mut out = Vec::new();
-            while let Some(r) = rows.next().map_err(db)? {
+            while let Some(r) = rows.next().map_err(sq)? {
                 let mut vals = Vec::with_capacity(n);
                 for i in 0..n {
-                    vals.push(match r.get::<_, SqlValue>(i).map_err(db)? {
+                    vals.push(match r.get::<_, SqlValue>(i).map_err(sq)? {
                         SqlValue::Integer(v) => Val::Int(v),
                         SqlValue::Text(s) => Val::Text(s),
                         SqlValue::Real(f) => Val::Int(f as i64),
@@ -100,7 +108,7 @@ impl Sql for Sqlite {
             c.execute_batch(&sql).map_err(|e| {
                 // A failed statement leaves the transaction open on this connection.
                 let _ = c.execute_batch("ROLLBACK");
-                db(e)
+                sq(e)
             })
         })
         .await
