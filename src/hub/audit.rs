@@ -82,8 +82,8 @@ impl HubAudit {
                     "hub audit records that waited for the database when the hub stopped are chained first");
                 r
             }
-            Found::Unreadable { aside, error } => {
-                let path = aside.display().to_string();
+            Found::Unreadable { at, error } => {
+                let path = at.display().to_string();
                 tracing::error!(
                     path,
                     error,
@@ -197,10 +197,10 @@ impl HubAudit {
     /// cannot take them (unreachable, or full; none: no file).
     pub async fn keep(&self) {
         let Some(spool) = &self.spool else { return };
-        let _turn = spool.turn().await;
+        let mut on_disk = spool.lock().await;
         let (changes, due, records) = {
             let w = self.waiting();
-            let due = spool.due(w.changes, w.records.len(), w.stuck || !self.store.reachable());
+            let due = on_disk.due(w.changes, w.records.len(), w.stuck || !self.store.reachable());
             let records: Vec<Pending> = match due {
                 Due::Write => {
                     let marker = (w.dropped > 0).then(|| dropped_record(w.dropped));
@@ -211,8 +211,8 @@ impl HubAudit {
             (w.changes, due, records)
         };
         match due {
-            Due::Write => spool.write(changes, records).await,
-            Due::Remove => spool.remove().await,
+            Due::Write => spool.write(&mut on_disk, changes, records).await,
+            Due::Remove => spool.remove(&mut on_disk).await,
             Due::Nothing => {}
         }
     }

@@ -31,9 +31,9 @@ impl Pending {
     }
 }
 
-/// What the file holds.
+/// What the file holds (held while the file is brought up to date).
 #[derive(Clone, Copy, PartialEq, Debug)]
-enum OnDisk {
+pub enum OnDisk {
     /// No file.
     Nothing,
     /// The waiting records as of this change of the queue.
@@ -46,19 +46,19 @@ enum OnDisk {
 
 pub struct Spool {
     path: PathBuf,
-    on_disk: std::sync::Mutex<OnDisk>,
+    /// One writer at a time.
+    on_disk: tokio::sync::Mutex<OnDisk>,
     /// The last write failed (logged once until one succeeds).
     failing: std::sync::atomic::AtomicBool,
-    /// One writer at a time.
-    turn: tokio::sync::Mutex<()>,
 }
 
 /// What a start found in the file.
 pub enum Found {
     Records(Vec<Pending>),
-    /// A file that does not parse, moved aside to `aside`.
+    /// A file that cannot be read, or does not parse (then moved aside).
     Unreadable {
-        aside: PathBuf,
+        /// Where the file is now.
+        at: PathBuf,
         error: String,
     },
 }
@@ -68,74 +68,57 @@ impl Spool {
     pub fn open(path: PathBuf) -> (Spool, Found) {
         let (on_disk, found) = match std::fs::read_to_string(&path) {
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => (OnDisk::Nothing, Found::Records(Vec::new())),
-            Err(e) => (OnDisk::Untouchable, Found::Unreadable { aside: path.clone(), error: e.to_string() }),
+            Err(e) => (OnDisk::Untouchable, Found::Unreadable { at: path.clone(), error: e.to_string() }),
             Ok(text) => match parse(&text) {
                 Ok(records) => (OnDisk::Read, Found::Records(records)),
                 Err(error) => {
                     let aside = path.with_extension(format!("unreadable-{}", crate::util::now_secs()));
                     match std::fs::rename(&path, &aside) {
-                        Ok(()) => (OnDisk::Nothing, Found::Unreadable { aside, error }),
+                        Ok(()) => (OnDisk::Nothing, Found::Unreadable { at: aside, error }),
                         Err(e) => {
                             let error = format!("{error}; moving it aside: {e}");
-                            (OnDisk::Untouchable, Found::Unreadable { aside: path.clone(), error })
+                            (OnDisk::Untouchable, Found::Unreadable { at: path.clone(), error })
                         }
                     }
                 }
             },
         };
-        let (failing, turn) = Default::default();
-        (Spool { path, on_disk: std::sync::Mutex::new(on_disk), failing, turn }, found)
+        let spool = Spool { path, on_disk: tokio::sync::Mutex::new(on_disk), failing: Default::default() };
+        (spool, found)
     }
 
-    /// Held while the file is brought up to date.
-    pub async fn turn(&self) -> tokio::sync::MutexGuard<'_, ()> {
-        self.turn.lock().await
+    /// What the file holds, held while it is brought up to date.
+    pub async fn lock(&self) -> tokio::sync::MutexGuard<'_, OnDisk> {
+        self.on_disk.lock().await
     }
 
     pub fn path(&self) -> &Path {
         &self.path
     }
 
-    /// What to do to make the file match the queue at change `changes`,
-    /// holding `waiting` records; `keep` when the records wait for an
-    /// database that cannot take them (records in flight to one that can are not
-    /// written).
-    pub fn due(&self, changes: u64, waiting: usize, keep: bool) -> Due {
-        match *crate::util::lock(&self.on_disk) {
-            OnDisk::Untouchable => Due::Nothing,
-            OnDisk::Holds(c) if c == changes => Due::Nothing,
-            OnDisk::Nothing if waiting == 0 || !keep => Due::Nothing,
-            OnDisk::Read if waiting > 0 && !keep => Due::Nothing, // chained soon
-            _ if waiting == 0 => Due::Remove,
-            _ => Due::Write,
-        }
-    }
-
     /// Writes `records` (the queue at change `changes`) over the file.
-    pub async fn write(&self, changes: u64, records: Vec<Pending>) {
+    pub async fn write(&self, on_disk: &mut OnDisk, changes: u64, records: Vec<Pending>) {
         let path = self.path.clone();
-        let done = tokio::task::spawn_blocking(move || replace(&path, &records)).await;
-        let done = done.map_err(|e| std::io::Error::other(e.to_string())).and_then(|r| r);
-        self.wrote(done.map(|()| OnDisk::Holds(changes)));
+        let done = off_thread(move || replace(&path, &records)).await;
+        self.wrote(on_disk, done.map(|()| OnDisk::Holds(changes)));
     }
 
     /// Removes the file: nothing waits any more.
-    pub async fn remove(&self) {
+    pub async fn remove(&self, on_disk: &mut OnDisk) {
         let path = self.path.clone();
-        let done = tokio::task::spawn_blocking(move || match std::fs::remove_file(&path) {
+        let done = off_thread(move || match std::fs::remove_file(&path) {
             Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(e),
             _ => Ok(()),
         })
         .await;
-        let done = done.map_err(|e| std::io::Error::other(e.to_string())).and_then(|r| r);
-        self.wrote(done.map(|()| OnDisk::Nothing));
+        self.wrote(on_disk, done.map(|()| OnDisk::Nothing));
     }
 
-    fn wrote(&self, done: std::io::Result<OnDisk>) {
+    fn wrote(&self, on_disk: &mut OnDisk, done: std::io::Result<OnDisk>) {
         use std::sync::atomic::Ordering::Relaxed;
         match done {
             Ok(now) => {
-                *crate::util::lock(&self.on_disk) = now;
+                *on_disk = now;
                 if self.failing.swap(false, Relaxed) {
                     tracing::info!(path = %self.path.display(), "hub audit records that wait are kept on disk again");
                 }
@@ -151,10 +134,32 @@ impl Spool {
     }
 }
 
+impl OnDisk {
+    /// What to do to make the file match the queue at change `changes`,
+    /// holding `waiting` records; `keep` when the records wait for a
+    /// database that cannot take them (records in flight to one that can
+    /// are not written).
+    pub fn due(self, changes: u64, waiting: usize, keep: bool) -> Due {
+        match self {
+            OnDisk::Untouchable => Due::Nothing,
+            OnDisk::Holds(c) if c == changes => Due::Nothing,
+            OnDisk::Nothing if waiting == 0 || !keep => Due::Nothing,
+            OnDisk::Read if waiting > 0 && !keep => Due::Nothing, // chained soon
+            _ if waiting == 0 => Due::Remove,
+            _ => Due::Write,
+        }
+    }
+}
+
 pub enum Due {
     Nothing,
     Write,
     Remove,
+}
+
+/// `f`'s file work on a blocking thread.
+async fn off_thread(f: impl FnOnce() -> std::io::Result<()> + Send + 'static) -> std::io::Result<()> {
+    tokio::task::spawn_blocking(f).await.map_err(|e| std::io::Error::other(e.to_string()))?
 }
 
 fn parse(text: &str) -> Result<Vec<Pending>, String> {
@@ -199,26 +204,28 @@ mod tests {
         let path = dir.path().join("waiting.jsonl");
         let (spool, found) = Spool::open(path.clone());
         assert!(matches!(found, Found::Records(ref r) if r.is_empty()));
-        assert!(matches!(spool.due(1, 2, false), Due::Nothing), "in flight to a reachable database");
-        assert!(matches!(spool.due(1, 2, true), Due::Write));
-        spool.write(1, vec![rec("t1", "a"), rec("t2", "b")]).await;
-        assert!(matches!(spool.due(1, 2, true), Due::Nothing), "written already");
+        let mut on_disk = spool.lock().await;
+        assert!(matches!(on_disk.due(1, 2, false), Due::Nothing), "in flight to a reachable database");
+        assert!(matches!(on_disk.due(1, 2, true), Due::Write));
+        spool.write(&mut on_disk, 1, vec![rec("t1", "a"), rec("t2", "b")]).await;
+        assert!(matches!(on_disk.due(1, 2, true), Due::Nothing), "written already");
         use std::os::unix::fs::PermissionsExt;
         assert_eq!(std::fs::metadata(&path).unwrap().permissions().mode() & 0o777, 0o600);
 
         let (again, found) = Spool::open(path.clone());
         let Found::Records(r) = found else { panic!("unreadable") };
         assert_eq!(r.iter().map(|p| p.event.as_str()).collect::<Vec<_>>(), ["a", "b"]);
-        assert!(matches!(again.due(5, 2, false), Due::Nothing), "read records wait to be chained");
-        assert!(matches!(again.due(6, 0, false), Due::Remove), "chained: the file goes");
-        again.remove().await;
+        let mut on_disk = again.lock().await;
+        assert!(matches!(on_disk.due(5, 2, false), Due::Nothing), "read records wait to be chained");
+        assert!(matches!(on_disk.due(6, 0, false), Due::Remove), "chained: the file goes");
+        again.remove(&mut on_disk).await;
         assert!(!path.exists());
 
         std::fs::write(&path, "{\"ts\":\"t1\"\n").unwrap();
         let (_, found) = Spool::open(path.clone());
-        let Found::Unreadable { aside, error } = found else { panic!("a torn file was read") };
+        let Found::Unreadable { at, error } = found else { panic!("a torn file was read") };
         assert!(error.contains("line 1"), "{error}");
-        assert!(aside.exists() && !path.exists(), "{}", aside.display());
+        assert!(at.exists() && !path.exists(), "{}", at.display());
     }
 
     #[tokio::test]
@@ -226,12 +233,13 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let (spool, _) = Spool::open(dir.path().join("gone").join("waiting.jsonl"));
         let before = crate::metrics::HUB_AUDIT_SPOOL_ERRORS.get();
-        spool.write(1, vec![rec("t1", "a")]).await;
+        let mut on_disk = spool.lock().await;
+        spool.write(&mut on_disk, 1, vec![rec("t1", "a")]).await;
         assert!(crate::metrics::HUB_AUDIT_SPOOL_ERRORS.get() > before);
-        assert!(matches!(spool.due(1, 1, true), Due::Write), "a failed write is not taken for done");
+        assert!(matches!(on_disk.due(1, 1, true), Due::Write), "a failed write is not taken for done");
         std::fs::create_dir(dir.path().join("gone")).unwrap();
-        spool.write(1, vec![rec("t1", "a")]).await;
-        assert!(matches!(spool.due(1, 1, true), Due::Nothing));
+        spool.write(&mut on_disk, 1, vec![rec("t1", "a")]).await;
+        assert!(matches!(on_disk.due(1, 1, true), Due::Nothing));
     }
 
     #[test]

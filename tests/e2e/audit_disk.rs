@@ -30,6 +30,16 @@ async fn agent_metric(fleet: &Fleet, name: &str) -> f64 {
     parse_metric(v["text"].as_str().unwrap(), name, &[])
 }
 
+/// `then` (a shell command line) in a mount namespace of its own, once a
+/// tmpfs of `size` is mounted on `disk` (`$1`; the caller's further args are
+/// `$2`…).
+pub fn on_own_tmpfs(disk: &Path, size: &str, then: &str) -> Command {
+    let script = format!("mount -t tmpfs -o size={size} tmpfs \"$1\" && {then}");
+    let mut c = Command::new("unshare");
+    c.args(["--mount", "--propagation", "private", "sh", "-c", &script, "sh"]).arg(disk);
+    c
+}
+
 /// The agent's log as its own mount namespace sees it.
 pub fn inside(pid: u32, path: &Path) -> PathBuf {
     PathBuf::from(format!("/proc/{pid}/root")).join(path.strip_prefix("/").unwrap())
@@ -57,10 +67,7 @@ async fn a_full_disk_holds_audit_records_and_writes_them_whole_once_there_is_roo
     let old = format!("audit_log = \"{}\"", fleet.dir().join("agent-audit.jsonl").display());
     assert!(cfg.contains(&old), "{cfg}");
     std::fs::write(&fleet.agent_cfg, cfg.replace(&old, &format!("audit_log = \"{}\"", log.display()))).unwrap();
-    let script = "mount -t tmpfs -o size=128k tmpfs \"$1\" && exec \"$2\" agent --config \"$3\"";
-    let child = Command::new("unshare")
-        .args(["--mount", "--propagation", "private", "sh", "-c", script, "sh"])
-        .arg(&disk)
+    let child = on_own_tmpfs(&disk, "128k", "exec \"$2\" agent --config \"$3\"")
         .arg(BIN)
         .arg(&fleet.agent_cfg)
         .stdout(Stdio::null())

@@ -112,6 +112,12 @@ pub async fn hub_audit(fleet: &Fleet, admin_token: &str) -> Vec<Value> {
     String::from_utf8_lossy(&body).lines().map(|l| serde_json::from_str(l).unwrap()).collect()
 }
 
+/// The body of a grant request for the echo service of DEVICE.
+pub fn grant_body(reason: &str) -> Option<bytes::Bytes> {
+    let body = serde_json::json!({"device": DEVICE, "service": "echo", "reason": reason, "client_key": "00ff"});
+    Some(serde_json::to_vec(&body).unwrap().into())
+}
+
 /// `tether connect` as a process; returns it, the local address and the session id.
 pub async fn connect(
     profile: impl AsRef<Path>,

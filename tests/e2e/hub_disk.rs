@@ -8,17 +8,18 @@
 use std::process::{Command, Stdio};
 
 use hyper::Method;
-use serde_json::{Value, json};
+use serde_json::Value;
 
-use crate::audit_disk::{can_mount, inside};
+use crate::audit_disk::{can_mount, inside, on_own_tmpfs};
 use crate::harness::*;
-use crate::hub::{add_user, connect, echo_once, hub_audit, hub_client, hub_fleet, hub_metric, login, token_of};
+use crate::hub::{
+    add_user, connect, echo_once, grant_body, hub_audit, hub_client, hub_fleet, hub_metric, login, token_of,
+};
 use crate::restarts::{audit_verifies, grant};
 
 /// A grant request's answer: status and body.
 async fn ask_grant(fleet: &Fleet, token: &str, reason: &str) -> (u16, String) {
-    let body = json!({"device": DEVICE, "service": "echo", "reason": reason, "client_key": "00ff"});
-    let body = Some(serde_json::to_vec(&body).unwrap().into());
+    let body = grant_body(reason);
     let (status, answer) = hub_client(fleet).call(Method::POST, "/api/v1/sessions", Some(token), body).await.unwrap();
     (status.as_u16(), String::from_utf8_lossy(&answer).to_string())
 }
@@ -44,11 +45,7 @@ async fn a_full_disk_under_the_hubs_database_refuses_writes_by_name_and_loses_no
     assert!(cfg.contains("database = \"sqlite:hub.db\""), "{cfg}");
     let moved = format!("database = \"sqlite:{}\"", disk.join("hub.db").display());
     std::fs::write(&hub.config, cfg.replace("database = \"sqlite:hub.db\"", &moved)).unwrap();
-    let script =
-        "mount -t tmpfs -o size=16m tmpfs \"$1\" && cp \"$2\"/hub.db* \"$1\"/ && exec \"$3\" hub --config \"$4\"";
-    let mut child = Command::new("unshare")
-        .args(["--mount", "--propagation", "private", "sh", "-c", script, "sh"])
-        .arg(&disk)
+    let mut child = on_own_tmpfs(&disk, "16m", "cp \"$2\"/hub.db* \"$1\"/ && exec \"$3\" hub --config \"$4\"")
         .arg(&dir)
         .arg(BIN)
         .arg(&hub.config)

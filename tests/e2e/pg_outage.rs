@@ -10,13 +10,15 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use hyper::Method;
-use serde_json::{Value, json};
+use serde_json::Value;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::watch;
 use tokio::task::AbortHandle;
 
 use crate::harness::*;
-use crate::hub::{add_user, connect, echo_once, hub_audit, hub_cli, hub_client, hub_metric, login, run, token_of};
+use crate::hub::{
+    add_user, connect, echo_once, grant_body, hub_audit, hub_cli, hub_client, hub_metric, login, run, token_of,
+};
 use crate::pg_backup::{pg, postgres};
 use crate::restarts::{audit_verifies, grant};
 
@@ -121,11 +123,6 @@ async fn gated_hub(url: &str) -> (Fleet, Gate, String, String, PathBuf, String) 
     let profile = login(&fleet, "boss", &boss).await;
     let token = token_of(&profile);
     (fleet, gate, schema, app, profile, token)
-}
-
-fn grant_body(reason: &str) -> Option<bytes::Bytes> {
-    let body = json!({"device": DEVICE, "service": "echo", "reason": reason, "client_key": "00ff"});
-    Some(serde_json::to_vec(&body).unwrap().into())
 }
 
 fn psql_one(url: &str, sql: &str) -> String {
