@@ -74,6 +74,21 @@ fn authority_of(url: &str) -> Option<(String, String)> {
     Some((authority, bare))
 }
 
+/// An error and what caused it ("connection error: received fatal alert:
+/// CertificateRevoked"): hyper's own text leaves out the TLS alert.
+fn with_causes(e: &dyn std::error::Error) -> String {
+    let mut text = e.to_string();
+    let mut cause = e.source();
+    while let Some(c) = cause {
+        let more = c.to_string();
+        if !text.contains(&more) {
+            text = format!("{text}: {more}");
+        }
+        cause = c.source();
+    }
+    text
+}
+
 impl HubClient {
     /// `url` is `https://host[:port]`; `server_name` overrides the name checked
     /// in the hub's certificate.
@@ -155,9 +170,9 @@ impl HubClient {
         let mut guard = self.conn.lock().await;
         let unreachable = |detail: String| HubClientError::Unreachable { addr: self.authority.clone(), detail };
         for attempt in 0..2 {
-            let mut send = match guard.take() {
-                Some(s) if !s.is_closed() => s,
-                _ => self.dial().await?,
+            let (mut send, reused) = match guard.take() {
+                Some(s) if !s.is_closed() => (s, true),
+                _ => (self.dial().await?, false),
             };
             let mut req = Request::builder().method(method.clone()).uri(path).header("host", &self.authority);
             if let Some(t) = token {
@@ -181,8 +196,11 @@ impl HubClient {
                     *guard = Some(send);
                     return Ok(out);
                 }
-                Ok(Err(e)) if attempt == 0 => tracing::debug!(error = %e, "hub connection lost; redialling"),
-                Ok(Err(e)) => return Err(unreachable(e.to_string())),
+                // A fresh connection that fails is the hub's answer (a
+                // client certificate it refuses fails here, after TLS 1.3's
+                // client side is done): not tried again.
+                Ok(Err(e)) if attempt == 0 && reused => tracing::debug!(error = %e, "hub connection lost; redialling"),
+                Ok(Err(e)) => return Err(unreachable(with_causes(&e))),
                 Err(_) => return Err(unreachable("timed out".into())),
             }
         }
