@@ -186,6 +186,8 @@ pub async fn serve<H, Fut>(
     let acceptor = tokio_rustls::TlsAcceptor::from(tls);
     let tracker = tokio_util::task::TaskTracker::new();
     let connections = Arc::new(tokio::sync::Semaphore::new(max_connections.max(1)));
+    // Refusals logged one by one (all are counted, and audited in aggregate).
+    let told = Arc::new(crate::util::RefusalBudget::default());
     loop {
         let Some((tcp, tcp_addr)) = crate::util::net::accept(&listener, "hub", &stop).await else { break };
         let Ok(slot) = connections.clone().try_acquire_owned() else {
@@ -194,7 +196,8 @@ pub async fn serve<H, Fut>(
             continue;
         };
         let _ = tcp.set_nodelay(true);
-        let (acceptor, handler, stop, drops) = (acceptor.clone(), handler.clone(), stop.clone(), drops.clone());
+        let (acceptor, handler, stop, drops, told) =
+            (acceptor.clone(), handler.clone(), stop.clone(), drops.clone(), told.clone());
         let (trust, via_balancer) = (trust.clone(), balancers.trusts(tcp_addr.ip()));
         tracker.spawn(async move {
             let _slot = slot;
@@ -208,7 +211,11 @@ pub async fn serve<H, Fut>(
                     if label == CLOSED_EARLY {
                         return tracing::debug!(peer = %addr, why, "hub connection closed before TLS");
                     }
-                    tracing::info!(peer = %addr, reason = label, why, "hub connection refused before TLS completed");
+                    if told.one_by_one(addr.ip()) {
+                        tracing::info!(peer = %addr, reason = label, why, "hub connection refused before TLS completed");
+                    } else {
+                        tracing::debug!(peer = %addr, reason = label, why, "hub connection refused before TLS completed");
+                    }
                     return drops.add(addr.ip(), label);
                 }
                 Err(_) => {

@@ -17,6 +17,7 @@ mod hub_report;
 mod job_events;
 mod pairing;
 mod quic;
+mod refusals;
 mod repo_fetch;
 mod session;
 mod state;
@@ -195,6 +196,8 @@ pub async fn run_with_taps(
         tracker.spawn(quic::accept_loop(quic::Side::Clients, clients, state.clone()));
     }
     tracker.spawn(admin::serve(listeners.admin, state.clone()));
+    let s = state.clone();
+    tracker.spawn(async move { refusals::report(&s.refusals, &s.audit, &s.cfg.name, &s.drain).await });
     tracker.spawn(hub_report::run(state.clone()));
     tracker.spawn(job_events::run(state.clone()));
     if let (Some(listener), Some(twin)) = (listeners.twin, state.cfg.twin.clone()) {

@@ -78,6 +78,8 @@ pub struct State {
     pub repo: Option<super::hub_pool::Forward>,
     /// The CA and CRL that device and twin certificates are checked against.
     pub trust: Arc<crate::tls::Trust>,
+    /// Refused handshakes past the budget told one by one.
+    pub refusals: super::refusals::Refusals,
 }
 
 impl State {
@@ -120,6 +122,7 @@ impl State {
             drain: CancellationToken::new(),
             hub_out: Mutex::new(HubOutbox { agents_changed: true, ..HubOutbox::default() }),
             repo: super::hub_pool::Forward::new(&cfg),
+            refusals: Default::default(),
             cfg,
         }))
     }
@@ -134,9 +137,14 @@ impl State {
     }
 
     /// Counts and audits a failed TLS handshake. The peer already got the TLS alert.
+    /// Past the budget ([`crate::util::budget`]) it is tallied instead, for
+    /// an aggregate record (`super::refusals`).
     pub fn handshake_failed(&self, listener: &str, peer: SocketAddr, reason: &str, detail: &str) {
-        tracing::info!(listener, reason, detail, "handshake failed");
         metrics::RELAY_HANDSHAKE_FAILURES.with_label_values(&[listener, reason]).inc();
+        if !self.refusals.one_by_one(listener, peer.ip(), reason) {
+            return;
+        }
+        tracing::info!(listener, reason, detail, "handshake failed");
         self.audit.record(
             "handshake_refused",
             json!({"relay": self.cfg.name, "listener": listener, "peer": peer.to_string(), "reason": reason, "detail": detail}),

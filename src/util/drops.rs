@@ -17,14 +17,19 @@ pub struct DropTally {
 
 #[derive(Default)]
 struct Tally {
-    by_reason: HashMap<&'static str, u64>,
+    by_reason: HashMap<String, u64>,
     by_source: HashMap<IpAddr, u64>,
 }
 
 impl DropTally {
-    pub fn add(&self, source: IpAddr, reason: &'static str) {
+    pub fn add(&self, source: IpAddr, reason: &str) {
         let mut t = lock(&self.inner);
-        *t.by_reason.entry(reason).or_default() += 1;
+        match t.by_reason.get_mut(reason) {
+            Some(n) => *n += 1,
+            None => {
+                t.by_reason.insert(reason.to_string(), 1);
+            }
+        }
         if t.by_source.len() < MAX_SOURCES || t.by_source.contains_key(&source) {
             *t.by_source.entry(source).or_default() += 1;
         }

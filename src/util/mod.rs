@@ -1,6 +1,7 @@
 //! Small pieces every role uses once from here: the clock, random bytes,
 //! back-off, a replay set, a set of connection numbers, constant-time comparison.
 pub mod backoff;
+pub mod budget;
 pub mod clock;
 pub mod drops;
 pub mod http;
@@ -12,6 +13,7 @@ pub mod split;
 pub mod version;
 
 pub use backoff::Backoff;
+pub use budget::RefusalBudget;
 pub use clock::{now_rfc3339, now_secs};
 pub use drops::DropTally;
 pub use numbers::NumberSet;

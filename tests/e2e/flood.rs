@@ -193,3 +193,79 @@ async fn a_distributed_flood_does_not_keep_a_known_device_out() {
     stop.cancel();
     within(30, flood).await.unwrap();
 }
+
+/// Failed handshakes are audited and logged one by one up to a budget (20
+/// per source and 200 in all per minute); past it they are counted as
+/// ever and written in aggregate, one record per listener every 10 s. A
+/// source that floods the control port with plain HTTP does not grow the
+/// audit log by a signed record per connection, and does not use up the
+/// records of another source.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn failed_handshakes_past_a_budget_are_audited_in_aggregate() {
+    const FLOOD: usize = 300;
+    let fleet = Fleet::start(Opts { relays: 1, ..Opts::default() }).await;
+    let control = fleet.relays[0].control;
+    let counted = || fleet.metric(0, "tether_relay_handshake_failures_total", &["listener=\"control\""]);
+    let before = counted().await;
+    let mut flooders = tokio::task::JoinSet::new();
+    for worker in 0..8 {
+        flooders.spawn(async move {
+            for _ in (worker..FLOOD).step_by(8) {
+                let sock = TcpSocket::new_v4().unwrap();
+                sock.bind(SocketAddr::from((FLOODER, 0))).unwrap();
+                let mut s = within(5, sock.connect(control)).await.unwrap();
+                s.write_all(b"GET / HTTP/1.1\r\nHost: relay\r\n\r\n").await.unwrap();
+                // The relay's TLS alert, or its close.
+                let mut buf = [0u8; 256];
+                let _ = tokio::time::timeout(Duration::from_secs(5), s.read(&mut buf)).await;
+            }
+        });
+    }
+    within(120, async {
+        while let Some(r) = flooders.join_next().await {
+            r.unwrap();
+        }
+    })
+    .await;
+    eventually("every refusal is counted", async || counted().await - before >= FLOOD as f64).await;
+    // A refusal from another source is still audited one by one.
+    let mut other = within(5, TcpStream::connect(control)).await.unwrap();
+    other.write_all(b"GET / HTTP/1.1\r\n\r\n").await.unwrap();
+    let _ = tokio::time::timeout(Duration::from_secs(5), other.read(&mut [0u8; 64])).await;
+    let from = |records: &[serde_json::Value], ip: &str| {
+        records
+            .iter()
+            .filter(|r| r["event"] == "handshake_refused" && r["peer"].as_str().unwrap_or("").starts_with(ip))
+            .count()
+    };
+    eventually("the other source's refusal is audited", async || from(&fleet.relay_audit(0), "127.0.0.1:") >= 1).await;
+    // The rest of the flood, in aggregate (written every 10 s).
+    let deadline = Instant::now() + Duration::from_secs(25);
+    let aggregate = loop {
+        let r: Vec<_> = fleet.relay_audit(0).into_iter().filter(|r| r["event"] == "handshakes_refused").collect();
+        if !r.is_empty() || Instant::now() > deadline {
+            break r;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    let one_by_one = from(&fleet.relay_audit(0), "127.0.0.9:");
+    assert_eq!(one_by_one, 20, "refusals from the flooder audited one by one");
+    assert!(!aggregate.is_empty(), "no aggregate record of the refusals past the budget");
+    let in_aggregate: u64 = aggregate
+        .iter()
+        .map(|r| r["dropped"].as_object().unwrap().values().map(|n| n.as_u64().unwrap()).sum::<u64>())
+        .sum();
+    assert_eq!(one_by_one as u64 + in_aggregate, FLOOD as u64, "each refusal is in the audit once: {aggregate:?}");
+    for r in &aggregate {
+        assert_eq!(r["listener"], "control");
+        assert_eq!(r["top_sources"][0]["source"], "127.0.0.9", "{r}");
+    }
+    // The relay's log names each audited refusal, and the aggregate: not each connection.
+    let log = std::fs::read_to_string(fleet.dir().join("relay-a.log")).unwrap();
+    let lines = log.lines().filter(|l| l.contains("handshake failed")).count();
+    assert!(lines <= 21 + 2, "the relay logged {lines} failed handshakes");
+    tether::audit::verify(&fleet.relays[0].audit).expect("the relay's audit chain verifies");
+    // The device is still attached, and a session opens.
+    assert_eq!(fleet.metric(0, "tether_relay_agents_attached", &[]).await, 1.0);
+    let _t = within(30, fleet.session("echo").await.connect()).await.unwrap();
+}

@@ -211,3 +211,35 @@ async fn connections_past_the_cap_are_counted_and_audited_in_aggregate() {
     assert!(r["dropped"]["max_connections"].as_u64() >= Some(16), "{r}");
     assert_eq!(r["top_sources"][0]["source"], "127.0.0.31", "{r}");
 }
+
+/// Handshakes the hub refuses are each counted, audited in aggregate, and
+/// logged one by one only up to a budget (20 per source and minute): plain
+/// HTTP from one source, 60 times, writes 20 lines to the hub's log.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn refused_handshakes_are_logged_one_by_one_only_up_to_a_budget() {
+    use std::net::SocketAddr;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    use tokio::net::TcpSocket;
+    let fleet = hub_fleet("").await;
+    let hub = fleet.hub.as_ref().unwrap().addr;
+    for _ in 0..60 {
+        let sock = TcpSocket::new_v4().unwrap();
+        sock.bind(SocketAddr::from(([127, 0, 0, 32], 0))).unwrap();
+        let mut s = within(10, sock.connect(hub)).await.unwrap();
+        s.write_all(b"GET / HTTP/1.1\r\nHost: hub\r\n\r\n").await.unwrap();
+        let _ = tokio::time::timeout(std::time::Duration::from_secs(5), s.read(&mut [0u8; 256])).await;
+    }
+    eventually("every refusal is counted", async || {
+        let m = hub_metrics(&fleet).await;
+        let refused: f64 = m
+            .lines()
+            .filter(|l| l.starts_with("tether_hub_refusals_total{") && !l.contains("closed_early"))
+            .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+            .sum();
+        refused >= 60.0
+    })
+    .await;
+    let log = std::fs::read_to_string(fleet.dir().join("hub.log")).unwrap();
+    let lines = log.lines().filter(|l| l.contains("refused before TLS completed")).count();
+    assert_eq!(lines, 20, "lines in the hub's log for 60 refused handshakes");
+}
