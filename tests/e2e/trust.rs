@@ -287,6 +287,12 @@ async fn a_relay_revoked_while_connected_is_dropped_by_its_agent_twin_and_hub() 
     })
     .await;
     assert_eq!(fleet.metric(0, "tether_twin_link_up", &["direction=\"in\""]).await, 0.0);
+    // relay-b's operator reads why its reports stopped.
+    eventually("relay-b's log says the hub refuses its certificate", async || {
+        let log = std::fs::read_to_string(fleet.dir().join("relay-b.log")).unwrap_or_default();
+        log.lines().any(|l| l.contains("cannot report to the hub") && l.contains("CertificateRevoked"))
+    })
+    .await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
