@@ -64,12 +64,12 @@ pub async fn account_of(hub: &Hub, token: Option<&str>, peer: &Peer, path: &str)
     let from = peer.addr.ip().to_string();
     let refuse = |code: &'static str, message: &str| ApiError::new(StatusCode::UNAUTHORIZED, code, message);
     let Some(token) = token else {
-        hub.refused("auth_refused", "no_token", json!({"from": from, "path": path})).await;
+        hub.refused_stranger("auth_refused", "no_token", peer.addr.ip(), json!({"from": from, "path": path})).await;
         return Err(refuse("no_token", "log in first (tether login): no bearer token"));
     };
     let hash = auth::token_hash(token);
     let Some((name, expires_at)) = hub.store.token(&hash).await.map_err(internal)? else {
-        hub.refused("auth_refused", "bad_token", json!({"from": from, "path": path})).await;
+        hub.refused_stranger("auth_refused", "bad_token", peer.addr.ip(), json!({"from": from, "path": path})).await;
         return Err(refuse("bad_token", "the token is not valid; log in again"));
     };
     if expires_at <= now_secs() as i64 {
@@ -105,7 +105,7 @@ pub async fn metrics_reader(hub: &Hub, peer: &Peer) -> Result<(), ApiError> {
     if hub.cfg.metrics_from.iter().any(|n| n.contains(&from)) {
         return Ok(());
     }
-    hub.refused("metrics_refused", "metrics_not_allowed", json!({"from": from.to_string()})).await;
+    hub.refused_stranger("metrics_refused", "metrics_not_allowed", from, json!({"from": from.to_string()})).await;
     let why = "this address may not read the hub's metrics (the hub's metrics_from)";
     Err(ApiError::new(StatusCode::FORBIDDEN, "metrics_not_allowed", why))
 }

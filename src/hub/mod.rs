@@ -78,6 +78,9 @@ pub struct Hub {
     console_chain: console::ChainCheck,
     /// Device certificate expiries last written.
     certs_seen: certs::Seen,
+    /// Refusals of requests nobody authenticated, past those recorded one
+    /// by one (`util::budget`): tallied for an aggregate record.
+    strangers: crate::util::budget::Refusals,
 }
 
 impl Hub {
@@ -124,6 +127,7 @@ impl Hub {
             console,
             console_chain,
             certs_seen: certs::Seen::default(),
+            strangers: Default::default(),
         }))
     }
 
@@ -132,6 +136,18 @@ impl Hub {
         if !id.is_empty() {
             let _ = self.rollout_news.send(id.to_string());
         }
+    }
+
+    /// [`Hub::refused`] for a request nobody authenticated (from `from`):
+    /// past the budget of refusals recorded one by one (20 per source, 200 in
+    /// all, per minute) it is counted and tallied, and written in aggregate
+    /// (`requests_refused`, every 10 s), so that a flood of requests without
+    /// a valid token cannot make the hub write to its database per request.
+    pub async fn refused_stranger(&self, event: &str, reason: &str, from: std::net::IpAddr, fields: serde_json::Value) {
+        if self.strangers.one_by_one(event, from, reason) {
+            return self.refused(event, reason, fields).await;
+        }
+        crate::metrics::HUB_REFUSALS.with_label_values(&[reason]).inc();
     }
 
     /// Counts and audits a refusal; `fields` say who and what, never secrets.
@@ -146,7 +162,9 @@ impl Hub {
 }
 
 /// Writes what the listener turned away before a request (no connection
-/// slot, failed or silent TLS), at most once every 10 s and at shutdown.
+/// slot, failed or silent TLS), and the requests nobody authenticated that
+/// were refused past the budget of one record each, at most once every 10 s
+/// and at shutdown.
 async fn report_drops(hub: Arc<Hub>, drops: Arc<crate::util::DropTally>, stop: CancellationToken) {
     let mut tick = tokio::time::interval(std::time::Duration::from_secs(10));
     loop {
@@ -163,6 +181,16 @@ async fn report_drops(hub: Arc<Hub>, drops: Arc<crate::util::DropTally>, stop: C
                 tracing::info!("connections dropped before a request: {fields}");
             }
             hub.audit.record("connections_dropped", fields).await;
+        }
+        for mut fields in hub.strangers.take() {
+            // Tallied by the event they would have had one by one.
+            if let Some(m) = fields.as_object_mut()
+                && let Some(event) = m.remove("listener")
+            {
+                m.insert("refused_as".into(), event);
+            }
+            tracing::info!("requests refused past the budget for one record each, in aggregate: {fields}");
+            hub.audit.record("requests_refused", fields).await;
         }
         if last {
             return;

@@ -79,7 +79,7 @@ pub struct State {
     /// The CA and CRL that device and twin certificates are checked against.
     pub trust: Arc<crate::tls::Trust>,
     /// Refused handshakes past the budget told one by one.
-    pub refusals: super::refusals::Refusals,
+    pub refusals: crate::util::budget::Refusals,
 }
 
 impl State {

@@ -9,7 +9,7 @@ use std::net::IpAddr;
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
-use super::lock;
+use super::{DropTally, lock};
 
 /// Refusals told one by one per source and window.
 pub const PER_SOURCE: u32 = 20;
@@ -60,6 +60,40 @@ impl RefusalBudget {
         *n += 1;
         s.total += 1;
         true
+    }
+}
+
+/// A [`RefusalBudget`], and what went past it, tallied per listener (or
+/// kind of refusal) for aggregate records.
+#[derive(Default)]
+pub struct Refusals {
+    budget: RefusalBudget,
+    past_budget: Mutex<HashMap<String, DropTally>>,
+}
+
+impl Refusals {
+    /// Whether a refusal of `source` on `listener` is told one by one;
+    /// when not, it is tallied for the next aggregate record.
+    pub fn one_by_one(&self, listener: &str, source: IpAddr, reason: &str) -> bool {
+        if self.budget.one_by_one(source) {
+            return true;
+        }
+        let mut past = lock(&self.past_budget);
+        match past.get(listener) {
+            Some(t) => t.add(source, reason),
+            None => {
+                let t = DropTally::default();
+                t.add(source, reason);
+                past.insert(listener.to_string(), t);
+            }
+        }
+        false
+    }
+
+    /// One record's fields per listener (or kind) with refusals past the budget since the last call.
+    pub fn take(&self) -> Vec<serde_json::Value> {
+        let past = std::mem::take(&mut *lock(&self.past_budget));
+        past.iter().filter_map(|(listener, t)| t.take(listener)).collect()
     }
 }
 

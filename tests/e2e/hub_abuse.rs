@@ -199,15 +199,7 @@ async fn connections_past_the_cap_are_counted_and_audited_in_aggregate() {
     // check does: counted as that (a slot had to be free for the request).
     assert!(parse_metric(&metrics, "tether_hub_refusals_total", &["closed_early"]) >= 1.0, "{metrics}");
     // The record comes with the next 10 s period.
-    let mut record = None;
-    for _ in 0..30 {
-        record = hub_audit(&fleet, &admin_t).await.into_iter().find(|r| r["event"] == "connections_dropped");
-        if record.is_some() {
-            break;
-        }
-        tokio::time::sleep(std::time::Duration::from_millis(500)).await;
-    }
-    let r = record.expect("no connections_dropped record within 15 s");
+    let r = aggregate_record(&fleet, &admin_t, "connections_dropped").await;
     assert!(r["dropped"]["max_connections"].as_u64() >= Some(16), "{r}");
     assert_eq!(r["top_sources"][0]["source"], "127.0.0.31", "{r}");
 }
@@ -242,4 +234,63 @@ async fn refused_handshakes_are_logged_one_by_one_only_up_to_a_budget() {
     let log = std::fs::read_to_string(fleet.dir().join("hub.log")).unwrap();
     let lines = log.lines().filter(|l| l.contains("refused before TLS completed")).count();
     assert_eq!(lines, 20, "lines in the hub's log for 60 refused handshakes");
+}
+
+/// Requests nobody authenticated (no token) are each counted and refused by
+/// name, but recorded one by one only up to the budget (20 per source and
+/// minute): 60 from one source write 20 `auth_refused` records and one
+/// aggregate `requests_refused` record with the other 40, instead of a
+/// database write per request; another source's refusal is still recorded
+/// one by one.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn requests_without_a_token_past_a_budget_are_audited_in_aggregate() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let fleet = hub_fleet("").await;
+    let boss = add_user(&fleet, "boss", "admin", &[]).await;
+    let admin_t = token_of(&login(&fleet, "boss", &boss).await);
+    let no_token = async || parse_metric(&hub_metrics(&fleet).await, "tether_hub_refusals_total", &["no_token"]);
+    let before = no_token().await;
+    let cfg = tether::tls::client_config(&fleet.pki.path("ca.pem"), None, tether::tls::ALPN_HTTP1).unwrap();
+    for i in 0..60 {
+        let sock = tokio::net::TcpSocket::new_v4().unwrap();
+        sock.bind(std::net::SocketAddr::from(([127, 0, 0, 33], 0))).unwrap();
+        let tcp = within(10, sock.connect(fleet.hub.as_ref().unwrap().addr)).await.unwrap();
+        let name = tether::tls::server_name("localhost").unwrap();
+        let mut tls = within(10, tokio_rustls::TlsConnector::from(cfg.clone()).connect(name, tcp)).await.unwrap();
+        let req = format!("GET /api/v1/devices?n={i} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n");
+        tls.write_all(req.as_bytes()).await.unwrap();
+        let mut answer = Vec::new();
+        let _ = within(10, tls.read_to_end(&mut answer)).await;
+        let answer = String::from_utf8_lossy(&answer);
+        assert!(answer.starts_with("HTTP/1.1 401") && answer.contains("no_token"), "{answer}");
+    }
+    assert_eq!(no_token().await - before, 60.0, "each refusal is counted");
+    // Another source's refusal is recorded one by one.
+    let other = tether::api::HubClient::new(&fleet.hub.as_ref().unwrap().url(), &fleet.pki.path("ca.pem"), None, None);
+    let _ = other.unwrap().call(Method::GET, "/api/v1/sessions", None, None).await.unwrap();
+    let r = aggregate_record(&fleet, &admin_t, "requests_refused").await;
+    let audit = hub_audit(&fleet, &admin_t).await;
+    let from = |ip: &str| audit.iter().filter(|r| r["event"] == "auth_refused" && r["from"] == ip).count();
+    assert_eq!(from("127.0.0.33"), 20, "refusals from the flooding source recorded one by one");
+    assert!(
+        audit
+            .iter()
+            .any(|r| r["event"] == "auth_refused" && r["from"] == "127.0.0.1" && r["path"] == "/api/v1/sessions"),
+        "another source's refusal was not recorded"
+    );
+    assert_eq!(r["refused_as"], "auth_refused", "{r}");
+    assert_eq!(r["dropped"]["no_token"], 40, "{r}");
+    assert_eq!(r["top_sources"][0]["source"], "127.0.0.33", "{r}");
+}
+
+/// The hub's first `event` record, an aggregate written every 10 s: waited
+/// for up to 20 s.
+async fn aggregate_record(fleet: &Fleet, admin_t: &str, event: &str) -> Value {
+    for _ in 0..40 {
+        if let Some(r) = hub_audit(fleet, admin_t).await.into_iter().find(|r| r["event"] == event) {
+            return r;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+    }
+    panic!("no {event} record within 20 s");
 }
