@@ -74,21 +74,6 @@ fn authority_of(url: &str) -> Option<(String, String)> {
     Some((authority, bare))
 }
 
-/// An error and what caused it ("connection error: received fatal alert:
-/// CertificateRevoked"): hyper's own text leaves out the TLS alert.
-fn with_causes(e: &dyn std::error::Error) -> String {
-    let mut text = e.to_string();
-    let mut cause = e.source();
-    while let Some(c) = cause {
-        let more = c.to_string();
-        if !text.contains(&more) {
-            text = format!("{text}: {more}");
-        }
-        cause = c.source();
-    }
-    text
-}
-
 impl HubClient {
     /// `url` is `https://host[:port]`; `server_name` overrides the name checked
     /// in the hub's certificate.
@@ -200,7 +185,7 @@ impl HubClient {
                 // client certificate it refuses fails here, after TLS 1.3's
                 // client side is done): not tried again.
                 Ok(Err(e)) if attempt == 0 && reused => tracing::debug!(error = %e, "hub connection lost; redialling"),
-                Ok(Err(e)) => return Err(unreachable(with_causes(&e))),
+                Ok(Err(e)) => return Err(unreachable(crate::util::with_causes(&e))),
                 Err(_) => return Err(unreachable("timed out".into())),
             }
         }

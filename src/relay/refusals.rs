@@ -18,7 +18,6 @@ pub async fn report(refusals: &Refusals, audit: &AuditLog, relay: &str, drain: &
         };
         for mut fields in refusals.take() {
             fields["relay"] = relay.into();
-            fields["one_by_one_per_source_and_minute"] = crate::util::budget::PER_SOURCE.into();
             tracing::warn!("handshakes refused past the budget for one record each, in aggregate: {fields}");
             audit.record("handshakes_refused", fields);
         }

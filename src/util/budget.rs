@@ -93,7 +93,11 @@ impl Refusals {
     /// One record's fields per listener (or kind) with refusals past the budget since the last call.
     pub fn take(&self) -> Vec<serde_json::Value> {
         let past = std::mem::take(&mut *lock(&self.past_budget));
-        past.iter().filter_map(|(listener, t)| t.take(listener)).collect()
+        let told = |mut fields: serde_json::Value| {
+            fields["one_by_one_per_source_and_minute"] = self.budget.per_source.into();
+            fields
+        };
+        past.iter().filter_map(|(listener, t)| t.take(listener)).map(told).collect()
     }
 }
 

@@ -46,6 +46,22 @@ pub fn replace_file(path: &std::path::Path, bytes: &[u8]) -> std::io::Result<()>
     }
 }
 
+/// An error and the chain of what caused it, each once ("connection error:
+/// received fatal alert: CertificateRevoked"): hyper's and tokio-postgres's
+/// own texts leave out the TLS or I/O cause.
+pub fn with_causes(e: &dyn std::error::Error) -> String {
+    let mut text = e.to_string();
+    let mut cause = e.source();
+    while let Some(c) = cause {
+        let more = c.to_string();
+        if !text.contains(&more) {
+            text = format!("{text}: {more}");
+        }
+        cause = c.source();
+    }
+    text
+}
+
 /// Points `link` at `to` atomically (a new link renamed over the old).
 pub fn point_symlink(link: &std::path::Path, to: &std::path::Path) -> std::io::Result<()> {
     let tmp = link.with_extension("new");

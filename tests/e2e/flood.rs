@@ -40,6 +40,19 @@ fn flood(ports: Vec<SocketAddr>, per_port: usize, stop: CancellationToken) -> to
     })
 }
 
+/// Relay `i`'s `event` records (aggregates, written every 10 s), once there
+/// is one or `secs` have passed.
+async fn records_within(fleet: &Fleet, i: usize, event: &str, secs: u64) -> Vec<serde_json::Value> {
+    let deadline = Instant::now() + Duration::from_secs(secs);
+    loop {
+        let r: Vec<_> = fleet.relay_audit(i).into_iter().filter(|r| r["event"] == event).collect();
+        if !r.is_empty() || Instant::now() > deadline {
+            return r;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
 async fn echo_1mib(session: &std::sync::Arc<tether::client::ClientSession>) {
     let mut t = within(30, session.connect()).await.expect("a tunnel during the flood");
     let data = random(1 << 20);
@@ -108,15 +121,7 @@ async fn a_flood_from_one_source_refuses_no_legitimate_connection() {
     let opened = within(30, flooder).await.unwrap();
     assert!(opened >= 1000, "the flood opened only {opened} connections");
     // The flood is in the survivor's audit as one aggregate record per period, naming the flooder only.
-    let deadline = Instant::now() + Duration::from_secs(15);
-    let records = loop {
-        let r: Vec<_> =
-            fleet.relay_audit(survivor).into_iter().filter(|r| r["event"] == "connections_dropped").collect();
-        if !r.is_empty() || Instant::now() > deadline {
-            break r;
-        }
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    };
+    let records = records_within(&fleet, survivor, "connections_dropped", 15).await;
     assert!(!records.is_empty(), "no aggregate record of the flood");
     assert!(records.len() <= 8, "aggregate, not one record per connection: {}", records.len());
     for r in &records {
@@ -240,14 +245,7 @@ async fn failed_handshakes_past_a_budget_are_audited_in_aggregate() {
     };
     eventually("the other source's refusal is audited", async || from(&fleet.relay_audit(0), "127.0.0.1:") >= 1).await;
     // The rest of the flood, in aggregate (written every 10 s).
-    let deadline = Instant::now() + Duration::from_secs(25);
-    let aggregate = loop {
-        let r: Vec<_> = fleet.relay_audit(0).into_iter().filter(|r| r["event"] == "handshakes_refused").collect();
-        if !r.is_empty() || Instant::now() > deadline {
-            break r;
-        }
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    };
+    let aggregate = records_within(&fleet, 0, "handshakes_refused", 25).await;
     let one_by_one = from(&fleet.relay_audit(0), "127.0.0.9:");
     assert_eq!(one_by_one, 20, "refusals from the flooder audited one by one");
     assert!(!aggregate.is_empty(), "no aggregate record of the refusals past the budget");

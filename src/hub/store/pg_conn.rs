@@ -77,15 +77,7 @@ pub fn pg(e: tokio_postgres::Error) -> StoreError {
         }
         Some(d) => StoreError::Db(format!("{}: {}", d.code().code(), d.message())),
         // A TLS or network failure: its cause is in the source chain.
-        None => {
-            let mut text = e.to_string();
-            let mut cause = e.source();
-            while let Some(c) = cause {
-                text = format!("{text}: {c}");
-                cause = c.source();
-            }
-            StoreError::Db(text)
-        }
+        None => StoreError::Db(crate::util::with_causes(&e)),
     }
 }
 
