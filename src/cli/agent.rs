@@ -25,11 +25,10 @@ pub struct Output {
 pub async fn run(config: &Path, check: bool, cmd: Option<Request>, out: Output) -> Result<()> {
     let cfg = agent::AgentConfig::load(config)?;
     match cmd {
-        None if check => {
-            println!("{}: ok", config.display());
-            Ok(())
-        }
+        None if check => super::check::agent(config, &cfg),
         None => {
+            let fleet = (cfg.ca.as_path(), cfg.crl.as_deref());
+            super::check::at_start((&cfg.cert, &cfg.key), crate::tls::Role::Device, Some(&cfg.device), fleet)?;
             crate::tls::catch_sighup();
             Ok(agent::run(cfg, super::shutdown_on_signal()).await?)
         }

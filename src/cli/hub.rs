@@ -89,9 +89,9 @@ pub async fn run(config: &Path, check: bool, cmd: Option<HubCmd>) -> Result<()> 
     let cfg = hub::HubConfig::load(config)?;
     let Some(cmd) = cmd else {
         if check {
-            println!("{}: ok", config.display());
-            return Ok(());
+            return super::check::hub(config, &cfg).await;
         }
+        super::check::at_start((&cfg.cert, &cfg.key), crate::tls::Role::Hub, None, (&cfg.ca, cfg.crl.as_deref()))?;
         let stop = super::shutdown_on_signal();
         crate::tls::catch_sighup();
         let tls = hub::prepare(&cfg)?;

@@ -4,6 +4,7 @@
 mod agent;
 mod audit;
 mod certs;
+mod check;
 mod connect;
 mod dev;
 mod hub;

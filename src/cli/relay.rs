@@ -3,15 +3,18 @@ use std::path::Path;
 
 use anyhow::Result;
 
+use super::check;
 use crate::config::ConfigFile;
 use crate::relay;
+use crate::tls::Role;
 
 pub async fn run(config: &Path, check: bool) -> Result<()> {
     let cfg = relay::RelayConfig::load(config)?;
+    let (own, fleet) = ((cfg.cert.as_path(), cfg.key.as_path()), (cfg.ca.as_path(), cfg.crl.as_deref()));
     if check {
-        println!("{}: ok", config.display());
-        return Ok(());
+        return check::relay(config, &cfg);
     }
+    check::at_start(own, Role::Relay, Some(&cfg.name), fleet)?;
     let listeners = relay::Listeners::bind(&cfg).await?;
     crate::tls::catch_sighup();
     let a = listeners.addrs();

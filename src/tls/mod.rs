@@ -7,6 +7,7 @@ mod config;
 mod dial;
 pub mod expiry;
 mod grant_keys;
+pub mod own;
 pub mod pki;
 mod quic;
 pub mod renewal;
@@ -45,4 +46,6 @@ pub enum TlsError {
     Write { path: PathBuf, source: std::io::Error },
     #[error("grant key: {0}")]
     GrantKey(String),
+    #[error("{0}")]
+    Identity(String),
 }

@@ -1,5 +1,6 @@
-//! Real HAProxy (Debian's package) in front of the twins, as in deploy/: a
-//! session through it survives the death of the twin it landed on.
+//! Real HAProxy (Debian's package) in front of the twins, running
+//! deploy/haproxy/haproxy.cfg as shipped: a session through it survives the
+//! death of the twin it landed on.
 use std::process::{Command, Stdio};
 
 use tether::client::{ClientSession, Profile, RelayEntry};
@@ -27,6 +28,38 @@ pub fn start(bin: &str, path: &std::path::Path, cfg: &str) -> Proc {
     }
 }
 
+/// deploy/haproxy/haproxy.cfg as shipped, with this fleet's addresses: the
+/// specialists' frontend on `front`, each relay's client port, health
+/// checks on its admin address and port, the hub's frontend on `hub_front`
+/// (its backend unused here). Connections to the relays come from the
+/// balancer's address 127.0.0.9; `maxconn` fits this host's fd limit.
+fn shipped_config(fleet: &Fleet, front: std::net::SocketAddr, hub_front: std::net::SocketAddr) -> String {
+    let text = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/deploy/haproxy/haproxy.cfg")).unwrap();
+    let mut out = String::new();
+    for line in text.lines() {
+        let mut line = line.replace("maxconn 100000", "maxconn 1000");
+        line = line.replace("bind :17443", &format!("bind {front}"));
+        line = line.replace("bind :17010", &format!("bind {hub_front}"));
+        line = line.replace("hub.tether.example:17010", &free_port().to_string());
+        for (i, (name, mgmt)) in [("relay-a", "10.0.0.11"), ("relay-b", "10.0.0.12")].into_iter().enumerate() {
+            if line.trim_start().starts_with(&format!("server {name} ")) {
+                let r = &fleet.relays[i];
+                line = line
+                    .replace(&format!("{name}.tether.example:17443"), &r.client.to_string())
+                    .replace("send-proxy-v2", "send-proxy-v2 source 127.0.0.9")
+                    .replace(
+                        &format!("addr {mgmt} port 17090"),
+                        &format!("addr {} port {}", r.admin.ip(), r.admin.port()),
+                    );
+            }
+        }
+        out += &line;
+        out.push('\n');
+    }
+    assert!(!out.contains("tether.example") && !out.contains("10.0.0."), "an address left unreplaced: {out}");
+    out
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_session_through_haproxy_survives_the_twin_behind_it() {
     let Some(bin) = haproxy() else {
@@ -35,23 +68,15 @@ async fn a_session_through_haproxy_survives_the_twin_behind_it() {
         eprintln!("SKIPPED: haproxy is not installed (apt-get install -y haproxy)");
         return;
     };
-    let mut fleet = Fleet::start(Opts { relays: 2, twins: true, ..Opts::default() }).await;
+    // The balancer's address as the relays see it: they trust its PROXY headers.
+    let trusted = "proxy_protocol_from = [\"127.0.0.9/32\"]\n";
+    let mut fleet = Fleet::start(Opts { relays: 2, twins: true, relay_top: trusted, ..Opts::default() }).await;
     // The balancer may send a connection's join to the twin that did not
     // admit the session: it knows the session only once the link is up.
     fleet.wait_twin_links().await;
     let front = free_port();
-    let (a, b) = (&fleet.relays[0], &fleet.relays[1]);
-    let cfg = format!(
-        "global\n    maxconn 1000\ndefaults\n    mode tcp\n    timeout connect 2s\n    timeout client 1h\n    timeout server 1h\n    retries 3\n    option redispatch\n\
-         frontend specialists\n    bind {front}\n    default_backend relays\n\
-         backend relays\n    balance leastconn\n    option httpchk GET /readyz\n    http-check expect status 200\n\
-             default-server inter 200ms fall 1 rise 1 on-marked-down shutdown-sessions\n\
-             server relay-a {} check port {}\n    server relay-b {} check port {}\n",
-        a.client,
-        a.admin.port(),
-        b.client,
-        b.admin.port()
-    );
+    let cfg = shipped_config(&fleet, front, free_port());
+    assert!(cfg.contains("send-proxy-v2") && cfg.contains("option httpchk GET /readyz"), "{cfg}");
     let _lb = start(bin, &fleet.dir().join("haproxy.cfg"), &cfg);
     let profile = Profile {
         // The grant names the pair by name (relay-a, whose twin is relay-b); the address is the balancer's.

@@ -5,6 +5,7 @@ mod audit_chain;
 mod audit_disk;
 mod bad_frames;
 mod bad_tls;
+mod checks;
 mod clock;
 mod consent;
 mod console;

@@ -9,6 +9,7 @@ mod open;
 mod pg_conn;
 mod pg_tls;
 mod postgres;
+pub mod probe;
 mod rollouts;
 mod schema;
 mod sessions;
