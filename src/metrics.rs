@@ -22,11 +22,11 @@ fn reg<C: prometheus::core::Collector + Clone + 'static>(c: C) -> C {
 
 /// `# HELP` and `# TYPE` of the families without a sample yet (a counter by
 /// reason before the first refusal), so that every name is in every scrape.
-fn empty_families() -> String {
+fn empty_families(part: Option<Part>) -> String {
     use prometheus::proto::MetricType;
     let mut out = String::new();
     for c in crate::util::lock(&COLLECTORS).iter() {
-        for mf in c.collect().iter().filter(|mf| mf.get_metric().is_empty()) {
+        for mf in c.collect().iter().filter(|mf| mf.get_metric().is_empty() && !foreign(part, mf.name())) {
             let kind = match mf.get_field_type() {
                 MetricType::COUNTER => "counter",
                 MetricType::GAUGE => "gauge",
@@ -90,6 +90,7 @@ metric!(pub RELAY_PAIRING_SECONDS: Histogram = reg(Histogram::with_opts(
         .buckets(vec![0.0005, 0.001, 0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0]),
 ).expect("valid metric")));
 metric!(pub RELAY_RESIDENT_MEMORY: IntGauge = gauge("tether_relay_resident_memory_bytes", "Resident memory of the relay process (read at scrape)"));
+metric!(pub PROCESS_RESIDENT_MEMORY: IntGauge = gauge("tether_process_resident_memory_bytes", "Resident memory of the process (read at scrape)"));
 metric!(pub PROCESS_CPU: prometheus::Gauge = fgauge("tether_process_cpu_seconds", "CPU time (user and system) the process has used, in seconds (read at scrape)"));
 
 metric!(pub GRANT_KEYS: IntGauge = gauge("tether_grant_keys", "Grant-verifying keys in force (2 during a rollover of the hub's grant key), relay and agent"));
@@ -197,21 +198,51 @@ pub fn cpu_seconds() -> Option<f64> {
     Some(ticks as f64 / 100.0)
 }
 
-/// The Prometheus text exposition of every registered metric.
+/// Which part of tether this process is: its `/metrics` lists its own
+/// families and the shared ones (`tether_tls_*`, `tether_audit_*`,
+/// `tether_cert_*`, `tether_process_*`, …), not another part's at zero (a
+/// hub listing `tether_relay_ready 0` would fire `TetherRelayNotReady`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Part {
+    Relay,
+    Hub,
+    Agent,
+}
+
+static PART: std::sync::OnceLock<Part> = std::sync::OnceLock::new();
+
+/// Whether the family `name` belongs to another part than `part`.
+fn foreign(part: Option<Part>, name: &str) -> bool {
+    let others: &[&str] = match part {
+        None => &[],
+        Some(Part::Relay) => &["tether_hub_", "tether_agent_"],
+        Some(Part::Hub) => &["tether_relay_", "tether_twin_", "tether_agent_"],
+        Some(Part::Agent) => &["tether_relay_", "tether_twin_", "tether_hub_"],
+    };
+    others.iter().any(|p| name.starts_with(p))
+}
+
+/// The Prometheus text exposition of this part's metrics (every registered
+/// one before [`init`] names the part).
 pub fn render() -> String {
     if let Some(rss) = resident_bytes() {
         RELAY_RESIDENT_MEMORY.set(rss as i64);
+        PROCESS_RESIDENT_MEMORY.set(rss as i64);
     }
     if let Some(cpu) = cpu_seconds() {
         PROCESS_CPU.set(cpu);
     }
+    let part = PART.get().copied();
+    let families: Vec<_> = REGISTRY.gather().into_iter().filter(|mf| !foreign(part, mf.name())).collect();
     let mut out = Vec::new();
-    let _ = TextEncoder::new().encode(&REGISTRY.gather(), &mut out);
-    String::from_utf8(out).unwrap_or_default() + &empty_families()
+    let _ = TextEncoder::new().encode(&families, &mut out);
+    String::from_utf8(out).unwrap_or_default() + &empty_families(part)
 }
 
-/// Forces every metric into the registry so that `/metrics` lists them from the start.
-pub fn init() {
+/// Names this process's part and forces every metric into the registry so
+/// that `/metrics` lists them from the start.
+pub fn init(part: Part) {
+    let _ = PART.set(part);
     LazyLock::force(&TLS_HANDSHAKES);
     LazyLock::force(&AUDIT_WRITE_ERRORS);
     LazyLock::force(&GRANT_KEYS);
@@ -231,6 +262,7 @@ pub fn init() {
     LazyLock::force(&RELAY_PENDING);
     LazyLock::force(&RELAY_OPEN);
     LazyLock::force(&PROCESS_CPU);
+    LazyLock::force(&PROCESS_RESIDENT_MEMORY);
     LazyLock::force(&RELAY_GRANT_REFUSALS);
     LazyLock::force(&RELAY_LEG_REFUSALS);
     LazyLock::force(&RELAY_FRAME_ERRORS);

@@ -42,7 +42,7 @@ pub enum AgentError {
 /// Runs the agent until `shutdown` fires.
 pub async fn run(cfg: AgentConfig, shutdown: CancellationToken) -> Result<(), AgentError> {
     crate::tls::spawn_reloader(crate::tls::CRL_RELOAD_PERIOD);
-    crate::metrics::init();
+    crate::metrics::init(crate::metrics::Part::Agent);
     renew::finish_install(&cfg).map_err(|source| AgentError::State { path: cfg.cert.clone(), source })?;
     crate::tls::expiry::export(&[&cfg.cert, &cfg.ca]);
     let state = AgentState::new(cfg, shutdown.clone())?;

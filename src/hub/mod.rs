@@ -209,7 +209,7 @@ pub type ServerTls = (Arc<rustls::ServerConfig>, Arc<crate::tls::Trust>);
 /// What the hub needs before its database: metrics, the CRL reloader, its
 /// certificates (a bad one fails here, before any wait).
 pub fn prepare(cfg: &HubConfig) -> Result<ServerTls, HubError> {
-    crate::metrics::init();
+    crate::metrics::init(crate::metrics::Part::Hub);
     crate::tls::spawn_reloader(crate::tls::CRL_RELOAD_PERIOD);
     crate::tls::expiry::export(&[&cfg.cert, &cfg.ca]);
     Ok((http::server_config(cfg)?, crate::tls::Trust::get(&cfg.ca, cfg.crl.as_deref())?))

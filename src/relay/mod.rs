@@ -156,7 +156,7 @@ pub async fn run_with_taps(
     shutdown: CancellationToken,
     taps: Taps,
 ) -> Result<(), RelayError> {
-    metrics::init();
+    metrics::init(metrics::Part::Relay);
     let id = Identity { ca: &cfg.ca, cert: &cfg.cert, key: &cfg.key };
     let crl = cfg.crl.as_deref();
     let acceptor = |client_auth, crl, alpn| -> Result<_, RelayError> {

@@ -165,3 +165,70 @@ fn the_example_configs_in_deploy_parse() {
     let agent: tether::agent::AgentConfig = toml::from_str(&read("agent.toml")).unwrap();
     assert_eq!(agent.relays.len(), 2);
 }
+
+/// A healthy fleet, scraped for real, fires no alert: `promtool test rules`
+/// over ten minutes of each relay's and the hub's scrape held steady. And
+/// each part lists its own families and the shared ones, not another
+/// part's at zero: the hub used to list `tether_relay_ready 0`, and
+/// `TetherRelayNotReady` fired for it after two minutes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_healthy_fleet_fires_no_alert_and_each_part_lists_its_own_metrics() {
+    let fleet = hub_fleet("").await;
+    fleet.wait_twin_links().await;
+    let s = fleet.session("echo").await;
+    drop(within(30, s.connect()).await.unwrap());
+    let mut scrapes = Vec::new();
+    for i in 0..fleet.relays.len() {
+        let text = fleet.metrics(i).await;
+        let body = text.split_once("\r\n\r\n").map_or(text.as_str(), |(_, b)| b).to_string();
+        scrapes.push(("tether-relay", format!("relay-{i}:17090"), body));
+    }
+    let (_, hub) = hub_client(&fleet).call(Method::GET, "/metrics", None, None).await.unwrap();
+    scrapes.push(("tether-hub", "hub:17010".into(), String::from_utf8_lossy(&hub).into()));
+    let agent = request(&fleet.socket(), &Request::Metrics).await.unwrap()["text"].as_str().unwrap().to_string();
+
+    let own = |text: &str, needs: &str, others: &[&str]| {
+        let fams = families(text);
+        assert!(fams.contains(needs), "{needs} missing: {fams:?}");
+        assert!(fams.contains("tether_tls_handshakes_total") && fams.contains("tether_process_resident_memory_bytes"));
+        let foreign: Vec<_> = fams.iter().filter(|f| others.iter().any(|p| f.starts_with(p))).collect();
+        assert!(foreign.is_empty(), "another part's metrics listed beside {needs}: {foreign:?}");
+    };
+    own(&scrapes[0].2, "tether_relay_ready", &["tether_hub_", "tether_agent_"]);
+    own(&scrapes[2].2, "tether_hub_database_up", &["tether_relay_", "tether_twin_", "tether_agent_"]);
+    own(&agent, "tether_agent_control_channel_up", &["tether_relay_", "tether_twin_", "tether_hub_"]);
+
+    if !promtool() {
+        return;
+    }
+    let mut series = String::new();
+    for (job, instance, text) in &scrapes {
+        for line in text.lines().filter(|l| !l.starts_with('#') && !l.trim().is_empty()) {
+            let (metric, value) = line.rsplit_once(' ').unwrap();
+            let labelled = match metric.split_once('{') {
+                Some((name, rest)) => format!("{name}{{job=\"{job}\",instance=\"{instance}\",{rest}"),
+                None => format!("{metric}{{job=\"{job}\",instance=\"{instance}\"}}"),
+            };
+            let values = format!("{value} ").repeat(11);
+            series +=
+                &format!("      - series: '{}'\n        values: '{}'\n", labelled.replace('\'', "''"), values.trim());
+        }
+    }
+    let rules = std::fs::read_to_string(deploy("prometheus/alerts.yml")).unwrap();
+    let alerts: Vec<&str> = rules.lines().filter_map(|l| l.trim().strip_prefix("- alert: ")).collect();
+    assert!(alerts.len() >= 10, "{alerts:?}");
+    let mut quiet = String::new();
+    for a in &alerts {
+        quiet += &format!("      - eval_time: 10m\n        alertname: {a}\n        exp_alerts: []\n");
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let test = dir.path().join("healthy.yml");
+    let text = format!(
+        "rule_files:\n  - {}\nevaluation_interval: 1m\ntests:\n  - interval: 1m\n    input_series:\n{series}    alert_rule_test:\n{quiet}",
+        deploy("prometheus/alerts.yml").display()
+    );
+    std::fs::write(&test, text).unwrap();
+    let out = Command::new("promtool").args(["test", "rules"]).arg(&test).output().unwrap();
+    let said = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    assert!(out.status.success() && said.contains("SUCCESS"), "a healthy fleet fires alerts:\n{said}");
+}
