@@ -140,6 +140,11 @@ async fn the_hub_check_reaches_its_database_and_reads_its_schema_without_changin
         .unwrap();
     let (ok, out) = check("hub", &cfg).await;
     assert!(!ok && out.contains("schema version 999: newer than this hub's"), "{out}");
+    // Nor does the hub start on it, or an admin command run.
+    let (ok, _, err) = run(&["hub", "--config", &cfg], "").await;
+    assert!(!ok && err.contains("the database's schema version 999 is newer than this hub's"), "{err}");
+    let (ok, _, err) = run(&["hub", "--config", &cfg, "site", "set", "st-marys"], "").await;
+    assert!(!ok && err.contains("schema version 999 is newer"), "{err}");
 
     // A relay's key with the hub's certificate: the start stops at once.
     let bad_key = hub_toml(dir, &pki, &format!("sqlite:{}", db.display()), "relay-a.key");

@@ -64,6 +64,14 @@ impl Store {
             .batch(&format!("{turn} CREATE TABLE IF NOT EXISTS schema_migrations (version BIGINT PRIMARY KEY)"))
             .await?;
         let done = self.db.query("SELECT version FROM schema_migrations", vec![]).await?;
+        // A database a newer hub migrated: this one would misread it.
+        let latest = schema::latest();
+        if let Some(v) = done.iter().map(|r| r.int(0)).filter(|v| *v > latest).max() {
+            return Err(StoreError::Db(format!(
+                "the database's schema version {v} is newer than this hub's {latest}: a newer hub wrote it; \
+                 run that one, or restore the backup taken before the upgrade"
+            )));
+        }
         // A new database gets one line; an upgrade, one per step.
         let (fresh, mut applied) = (done.is_empty(), 0);
         for (version, sql) in schema::MIGRATIONS {

@@ -14,14 +14,9 @@ pub struct Probe {
 }
 
 impl Probe {
-    /// The schema version this build writes.
-    pub fn latest() -> i64 {
-        schema::MIGRATIONS.last().map_or(0, |m| m.0)
-    }
-
     /// What the hub does with it at its start; `Err` where it should not run on it.
     pub fn verdict(&self) -> Result<String, String> {
-        let latest = Self::latest();
+        let latest = schema::latest();
         match self.version {
             None => Ok(format!("{}, empty: the hub creates its tables (version {latest}) at its start", self.engine)),
             Some(v) if v == latest => Ok(format!("{}, schema version {v}, this hub's", self.engine)),

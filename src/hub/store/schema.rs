@@ -60,3 +60,8 @@ pub(super) const MIGRATIONS: &[(i64, &str)] = &[
         issued_at BIGINT NOT NULL DEFAULT 0)",
     ),
 ];
+
+/// The schema version this build writes.
+pub(super) fn latest() -> i64 {
+    MIGRATIONS.last().map_or(0, |m| m.0)
+}
