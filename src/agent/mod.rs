@@ -39,11 +39,17 @@ pub enum AgentError {
     State { path: std::path::PathBuf, source: std::io::Error },
 }
 
+/// Completes a certificate install a crash interrupted (`KEY.next`,
+/// `CERT.next`): first, before anything reads the device's certificate.
+pub fn finish_renewal(cfg: &AgentConfig) -> Result<(), AgentError> {
+    renew::finish_install(cfg).map_err(|source| AgentError::State { path: cfg.cert.clone(), source })
+}
+
 /// Runs the agent until `shutdown` fires.
 pub async fn run(cfg: AgentConfig, shutdown: CancellationToken) -> Result<(), AgentError> {
     crate::tls::spawn_reloader(crate::tls::CRL_RELOAD_PERIOD);
     crate::metrics::init(crate::metrics::Part::Agent);
-    renew::finish_install(&cfg).map_err(|source| AgentError::State { path: cfg.cert.clone(), source })?;
+    finish_renewal(&cfg)?;
     crate::tls::expiry::export(&[&cfg.cert, &cfg.ca]);
     let state = AgentState::new(cfg, shutdown.clone())?;
     let listener = operator::bind(&state.cfg.operator_socket)?;

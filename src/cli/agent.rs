@@ -27,6 +27,8 @@ pub async fn run(config: &Path, check: bool, cmd: Option<Request>, out: Output) 
     match cmd {
         None if check => super::check::agent(config, &cfg),
         None => {
+            // A renewal a crash interrupted puts the new pair in place first.
+            agent::finish_renewal(&cfg)?;
             let fleet = (cfg.ca.as_path(), cfg.crl.as_deref());
             super::check::at_start((&cfg.cert, &cfg.key), crate::tls::Role::Device, Some(&cfg.device), fleet)?;
             crate::tls::catch_sighup();

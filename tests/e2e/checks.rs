@@ -94,8 +94,23 @@ async fn relay_and_agent_checks_find_a_certificate_that_is_not_theirs_and_their_
     .await;
     agent.kill();
 
-    let own = pki.device_cert(DEVICE, Validity::days(30));
-    let cfg = write_agent_config(dir, &pki, &[&relay], echo, &Opts::default(), (&own.0, &own.1));
+    // A renewal a crash interrupted: the new key is in place, its
+    // certificate still waits beside the old one. The start completes it
+    // before it checks the pair.
+    let (own, next) = (pki.device_cert(DEVICE, Validity::days(30)), pki.device_cert(DEVICE, Validity::days(60)));
+    let (cert, key) = (dir.join("device.pem"), dir.join("device.key"));
+    std::fs::copy(&own.0, &cert).unwrap();
+    std::fs::copy(&next.1, &key).unwrap();
+    std::fs::copy(&next.0, dir.join("device.pem.next")).unwrap();
+    let cfg = write_agent_config(dir, &pki, &[&relay], echo, &Opts::default(), (&cert, &key));
+    let mut agent = start_agent(dir, &cfg);
+    eventually("the agent completes the install and runs", async || {
+        std::fs::read_to_string(dir.join("agent.log")).unwrap_or_default().contains("agent running")
+    })
+    .await;
+    agent.kill();
+    assert_eq!(std::fs::read(&cert).unwrap(), std::fs::read(&next.0).unwrap(), "the renewed certificate is in place");
+
     let (ok, out) = check("agent", cfg.to_str().unwrap()).await;
     assert!(
         ok && out.contains(&format!("certificate: device {DEVICE}, until "))
