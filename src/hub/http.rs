@@ -144,22 +144,24 @@ const CLOSED_EARLY: &str = "closed_early";
 
 /// A connection's handshake: the PROXY v2 header first when it comes from a
 /// trusted balancer (its source is the peer from then on), then TLS. A PROXY
-/// header from anyone else is refused by name. Errors carry the peer, the
-/// refusal label and why.
+/// header from anyone else is refused by name. A connection that ends before
+/// its first byte, or before its first byte after the header (a balancer's
+/// health check: HAProxy's sends a `LOCAL` header and resets), is
+/// [`CLOSED_EARLY`]. Errors carry the peer, the refusal label and why.
 async fn handshake(
     mut tcp: TcpStream,
     tcp_addr: SocketAddr,
     via_balancer: bool,
     acceptor: &tokio_rustls::TlsAcceptor,
 ) -> Result<(TlsStream<TcpStream>, SocketAddr), (SocketAddr, &'static str, String)> {
+    first_byte(&tcp, tcp_addr).await?;
     let addr = if via_balancer {
-        proxy::read_header(&mut tcp, tcp_addr).await.map_err(|e| (tcp_addr, e.label(), e.to_string()))?
+        let addr = proxy::read_header(&mut tcp, tcp_addr).await.map_err(|e| (tcp_addr, e.label(), e.to_string()))?;
+        first_byte(&tcp, addr).await?;
+        addr
     } else {
         let mut first = [0u8; 1];
         let n = tcp.peek(&mut first).await.map_err(|e| (tcp_addr, "io", e.to_string()))?;
-        if n == 0 {
-            return Err((tcp_addr, CLOSED_EARLY, "closed before its first byte".into()));
-        }
         if proxy::looks_like_header(&first[..n]) {
             return Err((tcp_addr, proxy::FORGED, "a PROXY header from a source not in proxy_protocol_from".into()));
         }
@@ -168,6 +170,20 @@ async fn handshake(
     match acceptor.accept(tcp).await {
         Ok(s) => Ok((s, addr)),
         Err(e) => Err((addr, tls::handshake_failure_label(&e), e.to_string())),
+    }
+}
+
+/// Waits for the connection's next byte (left unread); its end or a reset
+/// first is [`CLOSED_EARLY`].
+async fn first_byte(tcp: &TcpStream, addr: SocketAddr) -> Result<(), (SocketAddr, &'static str, String)> {
+    let mut first = [0u8; 1];
+    match tcp.peek(&mut first).await {
+        Ok(0) => Err((addr, CLOSED_EARLY, "closed before its first byte".into())),
+        Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset => {
+            Err((addr, CLOSED_EARLY, "reset before its first byte".into()))
+        }
+        Err(e) => Err((addr, "io", e.to_string())),
+        Ok(_) => Ok(()),
     }
 }
 

@@ -60,7 +60,7 @@ async fn proxy_headers_from_the_balancer_are_honoured_and_forged_ones_refused() 
     let cfg = format!(
         "global\n    maxconn 100\ndefaults\n    mode tcp\n    timeout connect 2s\n    timeout client 1m\n    timeout server 1m\n\
          frontend hub\n    bind {hub_front}\n    default_backend hub\n\
-         backend hub\n    server hub {hub_addr} send-proxy-v2 source {BALANCER}\n\
+         backend hub\n    server hub {hub_addr} send-proxy-v2 source {BALANCER} check inter 100ms\n\
          frontend relay\n    bind {relay_front}\n    default_backend relay\n\
          backend relay\n    server relay-a {relay_a} send-proxy-v2 source {BALANCER}\n"
     );
@@ -168,6 +168,22 @@ async fn proxy_headers_from_the_balancer_are_honoured_and_forged_ones_refused() 
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     assert!(audited, "the hub did not audit the refused headers");
+
+    // HAProxy's health checks of the hub (a LOCAL header, then a reset)
+    // refuse nothing: counted as closed_early, never logged above debug nor
+    // audited (they came every 2 s, each an INFO line and a `reset` drop).
+    eventually("health checks counted", async || hub_count("closed_early").await >= 5.0).await;
+    let log = std::fs::read_to_string(fleet.dir().join("hub.log")).unwrap();
+    // (The one line from the balancer's address is the header-less hello above.)
+    let from_lb = |l: &&str| l.contains(&format!("peer={BALANCER}:")) && !l.contains("proxy_header_missing");
+    let noisy: Vec<_> = log.lines().filter(from_lb).collect();
+    assert!(noisy.is_empty(), "the balancer's health checks were logged: {noisy:?}");
+    assert_eq!(hub_count("reset").await, 0.0, "no health check counted as a reset");
+    let audit = hub_audit(&fleet, &token).await;
+    assert!(
+        !audit.iter().any(|r| r["dropped"]["closed_early"].is_number() || r["dropped"]["reset"].is_number()),
+        "health checks were audited"
+    );
 
     // The session through the balancer was untouched by all of it.
     transfer.finish("after forged headers").await;
