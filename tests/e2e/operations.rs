@@ -145,6 +145,18 @@ fn the_alert_rules_pass_promtool() {
         return;
     }
     let dir = deploy("prometheus");
+    // The example scrape config names a CA file that exists where it is
+    // deployed: check a copy pointing at the dev CA.
+    let tmp = tempfile::tempdir().unwrap();
+    let pki = Pki::new(tmp.path());
+    let scrape = std::fs::read_to_string(dir.join("prometheus.yml")).unwrap();
+    let scrape = scrape
+        .replace("/etc/prometheus/tether-fleet-ca.pem", pki.path("ca.pem").to_str().unwrap())
+        .replace("- alerts.yml", &format!("- {}", dir.join("alerts.yml").display()));
+    std::fs::write(tmp.path().join("prometheus.yml"), scrape).unwrap();
+    let out = Command::new("promtool").args(["check", "config"]).arg(tmp.path().join("prometheus.yml")).output().unwrap();
+    let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    assert!(out.status.success() && text.contains("SUCCESS"), "promtool check config:\n{text}");
     for args in [["check", "rules", "alerts.yml"], ["test", "rules", "alerts_test.yml"]] {
         let out = Command::new("promtool").args(args).current_dir(&dir).output().unwrap();
         let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
