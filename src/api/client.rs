@@ -24,8 +24,10 @@ pub enum HubClientError {
     BadUrl(String),
     #[error(transparent)]
     Tls(#[from] TlsError),
+    /// `tls_refused`: the TLS handshake failed on a certificate (the hub
+    /// refused ours, or we the hub's): trying again at once will not help.
     #[error("cannot reach the hub at {addr}: {detail}")]
-    Unreachable { addr: String, detail: String },
+    Unreachable { addr: String, detail: String, tls_refused: bool },
     #[error("hub refused ({status}): {message}")]
     Api { status: u16, code: String, message: String },
     #[error("hub answer is not what was expected: {0}")]
@@ -33,6 +35,12 @@ pub enum HubClientError {
 }
 
 impl HubClientError {
+    /// Whether the hub and this client refused each other's certificates
+    /// (revoked, expired, another CA): a retry waits for someone to fix it.
+    pub fn tls_refused(&self) -> bool {
+        matches!(self, HubClientError::Unreachable { tls_refused: true, .. })
+    }
+
     /// The hub's stable error code, when it answered with one.
     pub fn code(&self) -> Option<&str> {
         match self {
@@ -104,14 +112,13 @@ impl HubClient {
     }
 
     async fn dial(&self) -> Result<SendRequest<Full<Bytes>>, HubClientError> {
-        let unreachable = |detail: String| HubClientError::Unreachable { addr: self.authority.clone(), detail };
+        let unreachable = |e: &(dyn std::error::Error + 'static)| self.unreachable(e);
         let stream = tokio::time::timeout(TIMEOUT, tls::dial(&self.authority, &self.server_name, self.tls.clone()))
             .await
-            .map_err(|_| unreachable("timed out".into()))?
-            .map_err(|e| unreachable(e.to_string()))?;
-        let (send, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
-            .await
-            .map_err(|e| unreachable(e.to_string()))?;
+            .map_err(|_| self.timed_out())?
+            .map_err(|e| unreachable(&e))?;
+        let (send, conn) =
+            hyper::client::conn::http1::handshake(TokioIo::new(stream)).await.map_err(|e| unreachable(&e))?;
         tokio::spawn(async move {
             let _ = conn.await;
         });
@@ -153,7 +160,6 @@ impl HubClient {
         content_type: &'static str,
     ) -> Result<(StatusCode, hyper::HeaderMap, Bytes), HubClientError> {
         let mut guard = self.conn.lock().await;
-        let unreachable = |detail: String| HubClientError::Unreachable { addr: self.authority.clone(), detail };
         for attempt in 0..2 {
             let (mut send, reused) = match guard.take() {
                 Some(s) if !s.is_closed() => (s, true),
@@ -185,11 +191,36 @@ impl HubClient {
                 // client certificate it refuses fails here, after TLS 1.3's
                 // client side is done): not tried again.
                 Ok(Err(e)) if attempt == 0 && reused => tracing::debug!(error = %e, "hub connection lost; redialling"),
-                Ok(Err(e)) => return Err(unreachable(crate::util::with_causes(&e))),
-                Err(_) => return Err(unreachable("timed out".into())),
+                Ok(Err(e)) => return Err(self.unreachable(&e)),
+                Err(_) => return Err(self.timed_out()),
             }
         }
-        Err(unreachable("connection lost".into()))
+        Err(HubClientError::Unreachable {
+            addr: self.authority.clone(),
+            detail: "connection lost".into(),
+            tls_refused: false,
+        })
+    }
+
+    fn timed_out(&self) -> HubClientError {
+        HubClientError::Unreachable { addr: self.authority.clone(), detail: "timed out".into(), tls_refused: false }
+    }
+
+    /// `e` with its causes; refused when one of them is a TLS certificate
+    /// refusal, ours by the hub (an alert) or the hub's by us.
+    fn unreachable(&self, e: &(dyn std::error::Error + 'static)) -> HubClientError {
+        let mut tls_refused = false;
+        let mut cause = Some(e);
+        while let Some(c) = cause {
+            let rustls = c
+                .downcast_ref::<rustls::Error>()
+                .or_else(|| c.downcast_ref::<std::io::Error>().and_then(|io| io.get_ref()?.downcast_ref()));
+            if let Some(r) = rustls {
+                tls_refused |= matches!(r, rustls::Error::AlertReceived(_) | rustls::Error::InvalidCertificate(_));
+            }
+            cause = c.source();
+        }
+        HubClientError::Unreachable { addr: self.authority.clone(), detail: crate::util::with_causes(e), tls_refused }
     }
 
     /// A call whose 2xx answer is `T` as JSON; other answers become [`HubClientError::Api`].

@@ -25,6 +25,9 @@ const LAST_REPORT_WAIT: Duration = Duration::from_secs(3);
 /// each) one report would pass the hub's 16 MiB body limit and be refused
 /// at every try; batches go one per `report_ms` instead.
 const REPORT_BATCH: usize = 5_000;
+/// The pause after the hub first refuses this relay's certificate, and its cap.
+pub const REFUSED_FIRST: Duration = Duration::from_secs(1);
+pub const REFUSED_CAP: Duration = Duration::from_secs(60);
 
 pub async fn run(state: Arc<State>) {
     let Some(link) = state.cfg.hub.clone() else { return };
@@ -48,6 +51,11 @@ pub async fn run(state: Arc<State>) {
     let mut sent_live: HashMap<SessionId, (u64, u64)> = HashMap::new();
     let mut last_full = Instant::now() - FULL_AGENTS_EVERY;
     let mut failing_since: Option<Instant> = None;
+    // A hub that refuses this relay's certificate (or the relay the hub's)
+    // is asked again after 1 s, doubling to 60 s, not every report_ms: that
+    // waits for a person. A hub that is merely unreachable (restarting) is
+    // asked every report_ms, so the relay is back the moment it is.
+    let mut refused = crate::util::Backoff::new(REFUSED_FIRST, REFUSED_CAP);
     loop {
         // Draining: the sessions this relay ended (a relay without a twin
         // ends them all) and the last counts of those its twin takes over
@@ -73,6 +81,7 @@ pub async fn run(state: Arc<State>) {
         }
         match post.await {
             Ok(answer) => {
+                refused.reset();
                 if failing_since.take().is_some() {
                     tracing::info!("hub reachable again");
                 }
@@ -85,16 +94,25 @@ pub async fn run(state: Arc<State>) {
             }
             Err(e) => {
                 // Keep what was not delivered for the next report.
-                let mut out = state.hub_out();
-                put_back(report.started, &mut out.started);
-                put_back(report.started_transports, &mut out.started_transports);
-                put_back(report.moved, &mut out.moved);
-                put_back(report.moved_transports, &mut out.moved_transports);
-                put_back(report.ended, &mut out.ended);
-                out.agents_changed |= full;
+                {
+                    let mut out = state.hub_out();
+                    put_back(report.started, &mut out.started);
+                    put_back(report.started_transports, &mut out.started_transports);
+                    put_back(report.moved, &mut out.moved);
+                    put_back(report.moved_transports, &mut out.moved_transports);
+                    put_back(report.ended, &mut out.ended);
+                    out.agents_changed |= full;
+                }
                 if failing_since.is_none() {
                     failing_since = Some(Instant::now());
-                    tracing::warn!(error = %e, "cannot report to the hub");
+                    let retry = if e.tls_refused() { "after 1 s, then up to every 60 s" } else { "every report" };
+                    tracing::warn!(error = %e, retry, "cannot report to the hub");
+                }
+                if e.tls_refused() {
+                    tokio::select! {
+                        _ = state.drain.cancelled() => {}
+                        _ = tokio::time::sleep(refused.next_pause()) => {}
+                    }
                 }
             }
         }

@@ -24,6 +24,8 @@ pub async fn run(state: Arc<State>) {
     // From "now": the first answer names every device ("*"); agents that
     // just attached ask for their jobs anyway.
     let mut after = u64::MAX;
+    // As the reports: a refused certificate is asked about less and less often.
+    let mut refused = crate::util::Backoff::new(super::hub_report::REFUSED_FIRST, super::hub_report::REFUSED_CAP);
     loop {
         let wait = if after == u64::MAX { 0 } else { 8 };
         let path = format!("/api/v1/relay/events?after={after}&wait={wait}");
@@ -33,14 +35,16 @@ pub async fn run(state: Arc<State>) {
         };
         match got {
             Ok(ev) => {
+                refused.reset();
                 after = ev.last;
                 nudge(&state, &ev.devices);
             }
             Err(e) => {
                 tracing::debug!(error = %e, "job events poll failed; retrying");
+                let pause = if e.tls_refused() { refused.next_pause() } else { Duration::from_secs(1) };
                 tokio::select! {
                     _ = state.drain.cancelled() => return,
-                    _ = tokio::time::sleep(Duration::from_secs(1)) => {}
+                    _ = tokio::time::sleep(pause) => {}
                 }
             }
         }

@@ -154,7 +154,8 @@ fn the_alert_rules_pass_promtool() {
         .replace("/etc/prometheus/tether-fleet-ca.pem", pki.path("ca.pem").to_str().unwrap())
         .replace("- alerts.yml", &format!("- {}", dir.join("alerts.yml").display()));
     std::fs::write(tmp.path().join("prometheus.yml"), scrape).unwrap();
-    let out = Command::new("promtool").args(["check", "config"]).arg(tmp.path().join("prometheus.yml")).output().unwrap();
+    let out =
+        Command::new("promtool").args(["check", "config"]).arg(tmp.path().join("prometheus.yml")).output().unwrap();
     let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
     assert!(out.status.success() && text.contains("SUCCESS"), "promtool check config:\n{text}");
     for args in [["check", "rules", "alerts.yml"], ["test", "rules", "alerts_test.yml"]] {

@@ -293,6 +293,13 @@ async fn a_relay_revoked_while_connected_is_dropped_by_its_agent_twin_and_hub() 
         log.lines().any(|l| l.contains("cannot report to the hub") && l.contains("CertificateRevoked"))
     })
     .await;
+    // And asks again less and less often (1 s, doubling to 60 s), not at
+    // every report and job poll (about 5 handshakes a second before).
+    let refused = async || hub_metric(&fleet, "tether_hub_refusals_total", &["cert_revoked"]).await;
+    let before = refused().await;
+    tokio::time::sleep(std::time::Duration::from_secs(6)).await;
+    let tried = refused().await - before;
+    assert!((1.0..=8.0).contains(&tried), "relay-b tried {tried} handshakes in 6 s after the hub refused it");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
