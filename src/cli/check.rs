@@ -138,7 +138,7 @@ pub async fn hub(config: &Path, cfg: &crate::hub::HubConfig) -> Result<()> {
         r.problem("secrets_key", format!("{}: {e}", cfg.secrets_key.display()));
     }
     // Where, without the password or the URL's options.
-    let db = cfg.database.split('@').next_back().and_then(|d| d.split('?').next()).unwrap_or("");
+    let db = cfg.database_place().split('?').next().unwrap_or("");
     let why = |e: crate::hub::store::StoreError| e.to_string().trim_start_matches("database: ").to_string();
     match probe::probe(&cfg.database, Path::new(".")).await {
         Ok(p) => match p.verdict() {

@@ -98,11 +98,7 @@ pub async fn run(config: &Path, check: bool, cmd: Option<HubCmd>) -> Result<()> 
         // The database first: clients are refused at once, not left waiting.
         let Some(h) = hub::open_waiting(cfg, &stop).await? else { return Ok(()) };
         let listener = hub::bind(&h.cfg).await?;
-        println!(
-            "hub listening on https://{} (database {})",
-            listener.local_addr()?,
-            h.cfg.database.split('@').next_back().unwrap_or("")
-        );
+        println!("hub listening on https://{} (database {})", listener.local_addr()?, h.cfg.database_place());
         return Ok(hub::run(listener, h, tls, stop).await?);
     };
     let admin = hub::admin::Admin::open(&cfg).await?;

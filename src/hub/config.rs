@@ -224,6 +224,12 @@ fn default_stale() -> u64 {
 }
 
 impl HubConfig {
+    /// Where the database is, for people: the URL without its user and
+    /// password (PostgreSQL) or the `sqlite:` path.
+    pub fn database_place(&self) -> &str {
+        self.database.split('@').next_back().unwrap_or("")
+    }
+
     /// The least role `service` needs.
     pub fn service_role(&self, service: &str) -> Role {
         self.service_roles.get(service).copied().unwrap_or(self.default_service_role)

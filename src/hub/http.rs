@@ -154,17 +154,14 @@ async fn handshake(
     via_balancer: bool,
     acceptor: &tokio_rustls::TlsAcceptor,
 ) -> Result<(TlsStream<TcpStream>, SocketAddr), (SocketAddr, &'static str, String)> {
-    first_byte(&tcp, tcp_addr).await?;
+    let first = first_byte(&tcp, tcp_addr).await?;
     let addr = if via_balancer {
         let addr = proxy::read_header(&mut tcp, tcp_addr).await.map_err(|e| (tcp_addr, e.label(), e.to_string()))?;
         first_byte(&tcp, addr).await?;
         addr
+    } else if proxy::looks_like_header(&[first]) {
+        return Err((tcp_addr, proxy::FORGED, "a PROXY header from a source not in proxy_protocol_from".into()));
     } else {
-        let mut first = [0u8; 1];
-        let n = tcp.peek(&mut first).await.map_err(|e| (tcp_addr, "io", e.to_string()))?;
-        if proxy::looks_like_header(&first[..n]) {
-            return Err((tcp_addr, proxy::FORGED, "a PROXY header from a source not in proxy_protocol_from".into()));
-        }
         tcp_addr
     };
     match acceptor.accept(tcp).await {
@@ -173,9 +170,9 @@ async fn handshake(
     }
 }
 
-/// Waits for the connection's next byte (left unread); its end or a reset
-/// first is [`CLOSED_EARLY`].
-async fn first_byte(tcp: &TcpStream, addr: SocketAddr) -> Result<(), (SocketAddr, &'static str, String)> {
+/// The connection's next byte, left unread; its end or a reset first is
+/// [`CLOSED_EARLY`].
+async fn first_byte(tcp: &TcpStream, addr: SocketAddr) -> Result<u8, (SocketAddr, &'static str, String)> {
     let mut first = [0u8; 1];
     match tcp.peek(&mut first).await {
         Ok(0) => Err((addr, CLOSED_EARLY, "closed before its first byte".into())),
@@ -183,7 +180,7 @@ async fn first_byte(tcp: &TcpStream, addr: SocketAddr) -> Result<(), (SocketAddr
             Err((addr, CLOSED_EARLY, "reset before its first byte".into()))
         }
         Err(e) => Err((addr, "io", e.to_string())),
-        Ok(_) => Ok(()),
+        Ok(_) => Ok(first[0]),
     }
 }
 

@@ -105,7 +105,10 @@ pub async fn run(state: Arc<State>) {
                 }
                 if failing_since.is_none() {
                     failing_since = Some(Instant::now());
-                    let retry = if e.tls_refused() { "after 1 s, then up to every 60 s" } else { "every report" };
+                    let retry = match e.tls_refused() {
+                        true => format!("after {REFUSED_FIRST:?}, then up to every {REFUSED_CAP:?}"),
+                        false => "every report".into(),
+                    };
                     tracing::warn!(error = %e, retry, "cannot report to the hub");
                 }
                 if e.tls_refused() {

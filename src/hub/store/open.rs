@@ -8,10 +8,10 @@ use super::{Sql, Store, StoreError, measured, postgres, schema, sql, sqlite};
 impl Store {
     /// Opens `sqlite:PATH` (or a bare path) or `postgres://…`, and migrates.
     pub async fn open(url: &str, base: &Path) -> Result<Store, StoreError> {
-        let db: Arc<dyn Sql> = if url.starts_with("postgres://") || url.starts_with("postgresql://") {
+        let db: Arc<dyn Sql> = if is_postgres(url) {
             Arc::new(postgres::Postgres::connect(url, base).await?)
         } else {
-            let path = url.strip_prefix("sqlite:").unwrap_or(url);
+            let path = sqlite_path(url);
             if path.is_empty() {
                 return Err(StoreError::BadUrl(url.into()));
             }
@@ -96,6 +96,16 @@ impl Store {
         }
         Ok(())
     }
+}
+
+/// Whether `url` names a PostgreSQL database (else a SQLite file).
+pub(super) fn is_postgres(url: &str) -> bool {
+    url.starts_with("postgres://") || url.starts_with("postgresql://")
+}
+
+/// The SQLite file of `sqlite:PATH` (or a bare path).
+pub(super) fn sqlite_path(url: &str) -> &str {
+    url.strip_prefix("sqlite:").unwrap_or(url)
 }
 
 /// The database file (and SQLite's side files) readable by the hub's user only.

@@ -34,7 +34,7 @@ impl Probe {
 /// Reaches the database at `url` (relative paths from `base`) the way the
 /// hub does, and reads its schema version.
 pub async fn probe(url: &str, base: &Path) -> Result<Probe, StoreError> {
-    if url.starts_with("postgres://") || url.starts_with("postgresql://") {
+    if super::open::is_postgres(url) {
         let db = postgres::Postgres::connect(url, base).await?;
         let tables = db
             .query(
@@ -45,7 +45,7 @@ pub async fn probe(url: &str, base: &Path) -> Result<Probe, StoreError> {
             .await?;
         return version(&db, "postgres", tables.first().is_some_and(|r| r.int(0) > 0)).await;
     }
-    let path = base.join(url.strip_prefix("sqlite:").unwrap_or(url));
+    let path = base.join(super::open::sqlite_path(url));
     if !path.exists() {
         return Ok(Probe { engine: "sqlite", version: None });
     }
