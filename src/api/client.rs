@@ -64,7 +64,14 @@ pub struct HubClient {
     authority: String,
     server_name: String,
     tls: Arc<ClientConfig>,
-    conn: tokio::sync::Mutex<Option<SendRequest<Full<Bytes>>>>,
+    conn: tokio::sync::Mutex<Option<Conn>>,
+}
+
+/// A kept-alive connection: the request side, and the task that drives it
+/// (whose error says why the connection ended).
+struct Conn {
+    send: SendRequest<Full<Bytes>>,
+    task: tokio::task::JoinHandle<Result<(), hyper::Error>>,
 }
 
 const TIMEOUT: Duration = Duration::from_secs(10);
@@ -111,7 +118,7 @@ impl HubClient {
         })
     }
 
-    async fn dial(&self) -> Result<SendRequest<Full<Bytes>>, HubClientError> {
+    async fn dial(&self) -> Result<Conn, HubClientError> {
         let unreachable = |e: &(dyn std::error::Error + 'static)| self.unreachable(e);
         let stream = tokio::time::timeout(TIMEOUT, tls::dial(&self.authority, &self.server_name, self.tls.clone()))
             .await
@@ -119,10 +126,21 @@ impl HubClient {
             .map_err(|e| unreachable(&e))?;
         let (send, conn) =
             hyper::client::conn::http1::handshake(TokioIo::new(stream)).await.map_err(|e| unreachable(&e))?;
-        tokio::spawn(async move {
-            let _ = conn.await;
-        });
-        Ok(send)
+        Ok(Conn { send, task: tokio::spawn(conn) })
+    }
+
+    /// Why a connection failed: the error of the task that drove it when it
+    /// has one. A refusal can end that task before the request is handed to
+    /// it, and the request then fails with only "connection was not ready".
+    async fn failure(
+        &self,
+        e: hyper::Error,
+        task: tokio::task::JoinHandle<Result<(), hyper::Error>>,
+    ) -> HubClientError {
+        match tokio::time::timeout(Duration::from_secs(1), task).await {
+            Ok(Ok(Err(ended))) => self.unreachable(&ended),
+            _ => self.unreachable(&e),
+        }
     }
 
     /// One request with an optional JSON body; returns status and body.
@@ -161,8 +179,8 @@ impl HubClient {
     ) -> Result<(StatusCode, hyper::HeaderMap, Bytes), HubClientError> {
         let mut guard = self.conn.lock().await;
         for attempt in 0..2 {
-            let (mut send, reused) = match guard.take() {
-                Some(s) if !s.is_closed() => (s, true),
+            let (Conn { mut send, task }, reused) = match guard.take() {
+                Some(c) if !c.send.is_closed() => (c, true),
                 _ => (self.dial().await?, false),
             };
             let mut req = Request::builder().method(method.clone()).uri(path).header("host", &self.authority);
@@ -184,14 +202,14 @@ impl HubClient {
             .await;
             match result {
                 Ok(Ok(out)) => {
-                    *guard = Some(send);
+                    *guard = Some(Conn { send, task });
                     return Ok(out);
                 }
                 // A fresh connection that fails is the hub's answer (a
                 // client certificate it refuses fails here, after TLS 1.3's
                 // client side is done): not tried again.
                 Ok(Err(e)) if attempt == 0 && reused => tracing::debug!(error = %e, "hub connection lost; redialling"),
-                Ok(Err(e)) => return Err(self.unreachable(&e)),
+                Ok(Err(e)) => return Err(self.failure(e, task).await),
                 Err(_) => return Err(self.timed_out()),
             }
         }
@@ -268,18 +286,4 @@ impl HubClient {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::authority_of;
-
-    #[test]
-    fn urls_name_host_and_port() {
-        let a = |u: &str| authority_of(u);
-        assert_eq!(a("https://hub.example:8443"), Some(("hub.example:8443".into(), "hub.example".into())));
-        assert_eq!(a("https://hub.example/"), Some(("hub.example:443".into(), "hub.example".into())));
-        assert_eq!(a("https://127.0.0.1:17010"), Some(("127.0.0.1:17010".into(), "127.0.0.1".into())));
-        assert_eq!(a("https://[::1]:17010"), Some(("[::1]:17010".into(), "::1".into())));
-        assert_eq!(a("http://hub.example"), None);
-        assert_eq!(a("hub.example:443"), None);
-        assert_eq!(a("https://"), None);
-    }
-}
+mod tests;
