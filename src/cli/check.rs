@@ -146,7 +146,7 @@ pub async fn hub(config: &Path, cfg: &crate::hub::HubConfig) -> Result<()> {
             Err(text) => r.problem("database", format!("{db} ({text})")),
         },
         Err(e @ crate::hub::store::StoreError::Unavailable(_)) => {
-            r.problem("database", format!("{db}: {} (the hub would wait for it)", why(e)))
+            r.problem("database", format!("{db}: {} (the hub would start, answer 503 and wait for it)", why(e)))
         }
         Err(e) => r.problem("database", format!("{db}: {} (the hub would not start)", why(e))),
     }

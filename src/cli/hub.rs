@@ -95,11 +95,12 @@ pub async fn run(config: &Path, check: bool, cmd: Option<HubCmd>) -> Result<()> 
         let stop = super::shutdown_on_signal();
         crate::tls::catch_sighup();
         let tls = hub::prepare(&cfg)?;
-        // The database first: clients are refused at once, not left waiting.
-        let Some(h) = hub::open_waiting(cfg, &stop).await? else { return Ok(()) };
-        let listener = hub::bind(&h.cfg).await?;
-        println!("hub listening on https://{} (database {})", listener.local_addr()?, h.cfg.database_place());
-        return Ok(hub::run(listener, h, tls, stop).await?);
+        // Listening first: a port already taken stops the start now, and
+        // while the database does not answer, requests are told so (503).
+        let listener = hub::bind(&cfg).await?;
+        let (addr, place) = (listener.local_addr()?, cfg.database_place().to_string());
+        let serving = |_: &hub::Hub| println!("hub listening on https://{addr} (database {place})");
+        return Ok(hub::run(listener, cfg, tls, stop, serving).await?);
     };
     let admin = hub::admin::Admin::open(&cfg).await?;
     match cmd {

@@ -25,6 +25,7 @@ pub mod secrets;
 mod sessions;
 pub mod store;
 mod uploads;
+mod waiting;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -219,7 +220,7 @@ pub fn prepare(cfg: &HubConfig) -> Result<ServerTls, HubError> {
 /// starting after a power cut, a failover, the network), waits and tries
 /// again with the cause in the log, until `stop` (then `None`). A database
 /// that answers with an error (a wrong password) fails at once.
-pub async fn open_waiting(cfg: HubConfig, stop: &CancellationToken) -> Result<Option<Arc<Hub>>, HubError> {
+async fn open_waiting(cfg: HubConfig, stop: &CancellationToken) -> Result<Option<Arc<Hub>>, HubError> {
     let mut pause = crate::util::Backoff::new(Duration::from_secs(1), Duration::from_secs(30));
     let started = std::time::Instant::now();
     loop {
@@ -227,7 +228,7 @@ pub async fn open_waiting(cfg: HubConfig, stop: &CancellationToken) -> Result<Op
             Err(HubError::Store(store::StoreError::Unavailable(why))) => {
                 crate::metrics::HUB_DATABASE_UP.set(0);
                 let waited = started.elapsed().as_secs();
-                tracing::warn!(error = %why, waited_secs = waited, "waiting for the database; the hub listens once it answers");
+                tracing::warn!(error = %why, waited_secs = waited, "waiting for the database; until it answers, requests are answered 503 database_unavailable");
                 tokio::select! {
                     _ = stop.cancelled() => return Ok(None),
                     _ = tokio::time::sleep(pause.next_pause()) => {}
@@ -238,31 +239,50 @@ pub async fn open_waiting(cfg: HubConfig, stop: &CancellationToken) -> Result<Op
     }
 }
 
-/// Serves the API until `stop`.
+/// Serves `listener` until `stop`: first without the hub, answering as
+/// [`waiting`] says while its database cannot be reached, then the API and
+/// the console once the hub is open (`opened` is told then). A database
+/// that refuses the hub (a wrong password, a newer schema) ends it.
 pub async fn run(
     listener: TcpListener,
-    hub: Arc<Hub>,
+    cfg: HubConfig,
     tls: ServerTls,
     stop: CancellationToken,
+    opened: impl FnOnce(&Hub),
 ) -> Result<(), HubError> {
     let addr = listener.local_addr().ok();
+    let hub_once: Arc<std::sync::OnceLock<Arc<Hub>>> = Arc::default();
+    let (h, before) = (hub_once.clone(), Arc::new(cfg.clone()));
+    let handler = move |req: hyper::Request<hyper::body::Incoming>, peer| {
+        let (hub, before) = (h.get().cloned(), before.clone());
+        async move {
+            match hub {
+                None => waiting::answer(&before, &req, &peer),
+                Some(hub) if console::is_console(req.uri().path()) => console::handle(&hub, req, &peer).await,
+                Some(hub) => api::handle(&hub, req, &peer).await,
+            }
+        }
+    };
+    let drops = Arc::new(crate::util::DropTally::default());
+    let balancers = crate::util::proxy::ProxyTrust::new(cfg.proxy_protocol_from.clone());
+    let serving = stop.child_token();
+    let limits = (cfg.max_connections, balancers);
+    let server = tokio::spawn(http::serve(listener, tls, limits, drops.clone(), handler, serving.clone()));
+    let hub = match open_waiting(cfg, &stop).await {
+        Ok(Some(hub)) => hub,
+        other => {
+            serving.cancel();
+            let _ = server.await;
+            return other.map(|_| ());
+        }
+    };
     let mut start = json!({"listen": addr.map(|a| a.to_string()), "engine": hub.store.engine()});
     if hub.audit.kept() > 0 {
         start["records_kept_through_stop"] = hub.audit.kept().into();
     }
     hub.audit.record("hub_start", start).await;
-    let h = hub.clone();
-    let handler = move |req: hyper::Request<hyper::body::Incoming>, peer| {
-        let hub = h.clone();
-        async move {
-            if console::is_console(req.uri().path()) {
-                console::handle(&hub, req, &peer).await
-            } else {
-                api::handle(&hub, req, &peer).await
-            }
-        }
-    };
-    let drops = Arc::new(crate::util::DropTally::default());
+    let _ = hub_once.set(hub.clone());
+    opened(&hub);
     let reporter = tokio::spawn(report_drops(hub.clone(), drops.clone(), stop.clone()));
     tokio::spawn(repo_api::refresh_timestamps(hub.clone(), stop.clone()));
     tokio::spawn(jobs::sweep(hub.clone(), stop.clone()));
@@ -271,8 +291,7 @@ pub async fn run(
     tokio::spawn(certs::write_seen(hub.clone(), stop.clone()));
     tokio::spawn(rollouts::drive(hub.clone(), stop.clone()));
     tokio::spawn(audit::watch_database(hub.clone(), stop.clone()));
-    let balancers = crate::util::proxy::ProxyTrust::new(hub.cfg.proxy_protocol_from.clone());
-    http::serve(listener, tls, (hub.cfg.max_connections, balancers), drops, handler, stop).await;
+    let _ = server.await;
     let _ = reporter.await;
     // Stopped during an outage of the database: the outage so far, and what
     // waits for it, go on disk for the next start.

@@ -291,9 +291,11 @@ fn spawn_hub_process(fleet: &Fleet, name: &str) -> std::process::Child {
 }
 
 /// A hub started while its database cannot be reached (the hub's host came
-/// up first after a power cut) waits for it, saying so, without listening
-/// (clients are refused at once rather than left hanging); it listens and
-/// serves once the database answers, and a SIGTERM while it waits ends it.
+/// up first after a power cut) waits for it, saying so in its log and to
+/// everyone asking (503 `database_unavailable`, a 503 health, a console page,
+/// `tether_hub_database_up 0` in its metrics), and serves once the database
+/// answers; a SIGTERM while it waits ends it; a port already taken ends the
+/// start at once, not after the wait.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_hub_started_before_its_database_waits_for_it_then_serves() {
     let Some(url) = postgres() else { return };
@@ -309,10 +311,19 @@ async fn a_hub_started_before_its_database_waits_for_it_then_serves() {
         std::fs::read_to_string(&log).unwrap_or_default().contains("waiting for the database")
     })
     .await;
-    assert!(TcpStream::connect(addr).await.is_err(), "the hub listens without its database");
+    told_it_waits(&fleet).await;
     assert!(std::process::Command::new("kill").args(["-TERM", &early.id().to_string()]).status().unwrap().success());
     let status = within(10, tokio::task::spawn_blocking(move || early.wait())).await.unwrap().unwrap();
     assert!(status.success(), "a hub stopped while waiting: {status}");
+
+    // Its port taken: the start ends at once, naming it, database or not.
+    let taken = TcpListener::bind(addr).await.unwrap();
+    let mut clash = spawn_hub_process(&fleet, "hub-clash");
+    let status = within(10, tokio::task::spawn_blocking(move || clash.wait())).await.unwrap().unwrap();
+    assert!(!status.success(), "a hub started on a taken port");
+    let log = std::fs::read_to_string(fleet.dir().join("hub-clash.log")).unwrap();
+    assert!(log.contains(&format!("binding {addr}")) && !log.contains("waiting for the database"), "{log}");
+    drop(taken);
 
     // Waits, then serves once the database answers.
     let mut hub = spawn_hub_process(&fleet, "hub-waits");
@@ -339,6 +350,26 @@ async fn a_hub_started_before_its_database_waits_for_it_then_serves() {
     grant(&fleet, &token, "INC-2").await;
     audit_verifies(&fleet, &profile).await;
     pg("psql", &[&url, "-qc", &format!("DROP SCHEMA {schema} CASCADE")]);
+}
+
+/// What a hub waiting for its database at start answers: health 503, any
+/// request 503 `database_unavailable` saying so, the console a page, and
+/// its metrics `tether_hub_database_up 0`.
+async fn told_it_waits(fleet: &Fleet) {
+    let hc = hub_client(fleet);
+    let (status, body) = hc.call(Method::GET, "/api/v1/healthz", None, None).await.unwrap();
+    let health: Value = serde_json::from_slice(&body).unwrap();
+    assert_eq!((status.as_u16(), health["database"].as_str()), (503, Some("unreachable")), "{health}");
+    let login = serde_json::json!({"user": "someone", "password": "x", "code": "000000"});
+    let err = hc.post::<_, Value>("/api/v1/login", None, &login).await.unwrap_err();
+    assert_eq!(err.code(), Some("database_unavailable"), "{err}");
+    assert!(err.to_string().contains("the hub is starting and waits for its database"), "{err}");
+    let (status, page) = hc.call(Method::GET, "/console/login", None, None).await.unwrap();
+    assert_eq!(status.as_u16(), 503);
+    assert!(String::from_utf8_lossy(&page).contains("waits for its database"));
+    let m = crate::hub::hub_metrics(fleet).await;
+    assert_eq!(parse_metric(&m, "tether_hub_database_up", &[]), 0.0, "{m}");
+    assert!(m.contains("tether_hub_requests_total{route=\"login\",status=\"503\"} 1"), "{m}");
 }
 
 /// Waits until the hub answers healthz with 503 (its database unreachable).

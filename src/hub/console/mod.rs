@@ -125,6 +125,12 @@ async fn signed_in(hub: &Hub, req: &Request<Incoming>, peer: &Peer, touch: bool)
     }
 }
 
+/// A refusal as a console page with the console's headers, for an answer
+/// given without the hub (while it waits for its database).
+pub fn refusal_page(e: &ApiError) -> Answer {
+    secure(error_page(e))
+}
+
 /// The headers every console answer carries.
 fn secure(mut a: Answer) -> Answer {
     let h = a.headers_mut();

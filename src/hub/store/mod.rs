@@ -24,6 +24,12 @@ pub use sql::{Outage, Row, Sql, StoreError, Val, is_unique_violation};
 
 use super::model::{Device, Site, User};
 
+/// The engine a database URL names (`postgres` or `sqlite`), as
+/// [`Store::engine`] says once it is open.
+pub fn engine_of(url: &str) -> &'static str {
+    if open::is_postgres(url) { "postgres" } else { "sqlite" }
+}
+
 /// The hub's database.
 #[derive(Clone)]
 pub struct Store {
