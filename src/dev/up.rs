@@ -73,14 +73,19 @@ async fn first_of<F: std::future::Future + Unpin>(mut futs: Vec<F>) -> F::Output
     .await
 }
 
-async fn wait_listening(addr: &str) -> Result<()> {
+/// Until the hub serves: it listens before its database is open, and
+/// relays that report to it meanwhile would be told 503.
+async fn wait_serving(dir: &Path) -> Result<()> {
+    let hub = crate::api::HubClient::new(&format!("https://{HUB_ADDR}"), &dir.join("pki/ca.pem"), None, None)?;
     for _ in 0..100 {
-        if tokio::net::TcpStream::connect(addr).await.is_ok() {
+        if let Ok((status, _)) = hub.call(hyper::Method::GET, "/api/v1/healthz", None, None).await
+            && status.is_success()
+        {
             return Ok(());
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
-    bail!("the hub did not listen on {addr} within 10 s")
+    bail!("the hub did not serve on {HUB_ADDR} within 10 s")
 }
 
 async fn wait_ready(admin: &str) -> Result<()> {
@@ -152,7 +157,7 @@ pub async fn up(dir: &Path, signals: Signals) -> Result<()> {
     tokio::spawn(echo_server(echo, stop.clone()));
     let mut parts = vec![Part::start(dir, "hub", &["hub", "--config", "hub.toml"])?];
     let result = async {
-        wait_listening(HUB_ADDR).await?;
+        wait_serving(dir).await?;
         parts.push(Part::start(dir, "relay-a", &["relay", "--config", "relay-a.toml"])?);
         parts.push(Part::start(dir, "relay-b", &["relay", "--config", "relay-b.toml"])?);
         for admin in ["127.0.0.1:17090", "127.0.0.2:17090"] {
