@@ -46,14 +46,15 @@ async fn route(hub: &Hub, req: Request<Incoming>, peer: &Peer) -> Result<Answer,
             super::rollouts::handle(hub, route, req, peer).await
         }
         Route::Health => {
-            let h = health(hub);
-            let status = if h.database == "ok" { StatusCode::OK } else { StatusCode::SERVICE_UNAVAILABLE };
-            Ok(json_answer(status, &h))
+            let relays = hub.board.relay_states().into_iter();
+            let relays =
+                relays.map(|(name, reporting, ready, sessions)| RelayHealth { name, reporting, ready, sessions });
+            Ok(health_answer(hub.store.engine(), hub.store.reachable(), relays.collect()))
         }
         Route::Metrics => {
             metrics_reader(hub, peer).await?;
             crate::metrics::HUB_DEVICES_CLOCK_SKEWED.set(hub.board.clock_skewed() as i64);
-            Ok(http::text_answer(StatusCode::OK, "text/plain; version=0.0.4", crate::metrics::render()))
+            Ok(metrics_answer())
         }
         Route::Login => {
             let body = read_body(hub, req, hub.cfg.max_body_bytes, peer).await?;
@@ -175,15 +176,19 @@ async fn route(hub: &Hub, req: Request<Incoming>, peer: &Peer) -> Result<Answer,
     }
 }
 
-fn health(hub: &Hub) -> Health {
-    let relays = hub
-        .board
-        .relay_states()
-        .into_iter()
-        .map(|(name, reporting, ready, sessions)| RelayHealth { name, reporting, ready, sessions })
-        .collect();
-    let (status, database) = if hub.store.reachable() { ("ok", "ok") } else { ("degraded", "unreachable") };
-    Health { status: status.into(), engine: hub.store.engine().to_string(), database: database.into(), relays }
+/// `/api/v1/healthz`: 200 while the database is reached, else 503 `degraded`.
+pub(super) fn health_answer(engine: &str, reachable: bool, relays: Vec<RelayHealth>) -> Answer {
+    let (code, status, database) = match reachable {
+        true => (StatusCode::OK, "ok", "ok"),
+        false => (StatusCode::SERVICE_UNAVAILABLE, "degraded", "unreachable"),
+    };
+    let h = Health { status: status.into(), engine: engine.into(), database: database.into(), relays };
+    json_answer(code, &h)
+}
+
+/// This process's metrics in Prometheus's text format.
+pub(super) fn metrics_answer() -> Answer {
+    http::text_answer(StatusCode::OK, "text/plain; version=0.0.4", crate::metrics::render())
 }
 
 pub(super) const LOGIN_FAILED: &str = "wrong user name, password or code";

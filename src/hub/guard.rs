@@ -100,14 +100,21 @@ pub async fn require_admin(hub: &Hub, user: &User, peer: &Peer, what: &str) -> R
 
 /// Admits a scrape of `/metrics` from a source in `metrics_from` (the port
 /// faces the specialists; the counts are nobody else's business).
-pub async fn metrics_reader(hub: &Hub, peer: &Peer) -> Result<(), ApiError> {
+pub fn metrics_allowed(cfg: &super::HubConfig, peer: &Peer) -> Result<(), ApiError> {
     let from = peer.addr.ip().to_canonical();
-    if hub.cfg.metrics_from.iter().any(|n| n.contains(&from)) {
+    if cfg.metrics_from.iter().any(|n| n.contains(&from)) {
         return Ok(());
     }
-    hub.refused_stranger("metrics_refused", "metrics_not_allowed", from, json!({"from": from.to_string()})).await;
     let why = "this address may not read the hub's metrics (the hub's metrics_from)";
     Err(ApiError::new(StatusCode::FORBIDDEN, "metrics_not_allowed", why))
+}
+
+/// [`metrics_allowed`], a refusal counted and audited.
+pub async fn metrics_reader(hub: &Hub, peer: &Peer) -> Result<(), ApiError> {
+    let Err(e) = metrics_allowed(&hub.cfg, peer) else { return Ok(()) };
+    let from = peer.addr.ip().to_canonical();
+    hub.refused_stranger("metrics_refused", e.code, from, json!({"from": from.to_string()})).await;
+    Err(e)
 }
 
 /// The peer's relay name, when it presented a configured relay's certificate.

@@ -10,8 +10,8 @@ use hyper::{Request, StatusCode};
 
 use super::HubConfig;
 use super::guard::DATABASE_UNAVAILABLE;
-use super::http::{Answer, ApiError, Peer, error_answer, json_answer, text_answer};
-use crate::api::{Health, Route};
+use super::http::{Answer, ApiError, Peer, error_answer};
+use crate::api::Route;
 
 /// What every request but health and metrics is told.
 pub const WAITING_TEXT: &str = "the hub is starting and waits for its database, which does not answer yet; sessions already open go on; try again in a minute";
@@ -23,25 +23,15 @@ pub fn answer(cfg: &HubConfig, req: &Request<Incoming>, peer: &Peer) -> Answer {
         return super::console::refusal_page(&waiting);
     }
     match Route::of(req.method().as_str(), path) {
-        Some(Route::Health) => {
-            let h = Health {
-                status: "degraded".into(),
-                engine: super::store::engine_of(&cfg.database).into(),
-                database: "unreachable".into(),
-                relays: vec![],
-            };
-            json_answer(StatusCode::SERVICE_UNAVAILABLE, &h)
-        }
-        Some(Route::Metrics) => {
-            let from = peer.addr.ip().to_canonical();
-            if cfg.metrics_from.iter().any(|n| n.contains(&from)) {
-                return text_answer(StatusCode::OK, "text/plain; version=0.0.4", crate::metrics::render());
-            }
+        Some(Route::Health) => super::api::health_answer(super::store::engine_of(&cfg.database), false, vec![]),
+        Some(Route::Metrics) => match super::guard::metrics_allowed(cfg, peer) {
+            Ok(()) => super::api::metrics_answer(),
             // Counted; the audit needs the database (the running hub writes it).
-            crate::metrics::HUB_REFUSALS.with_label_values(&["metrics_not_allowed"]).inc();
-            let why = "this address may not read the hub's metrics (the hub's metrics_from)";
-            error_answer(&ApiError::new(StatusCode::FORBIDDEN, "metrics_not_allowed", why))
-        }
+            Err(e) => {
+                crate::metrics::HUB_REFUSALS.with_label_values(&[e.code]).inc();
+                error_answer(&e)
+            }
+        },
         _ => error_answer(&waiting),
     }
 }
