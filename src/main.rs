@@ -19,9 +19,10 @@ fn main() -> ExitCode {
         .log_internal_errors(false)
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
-    let rt = match cli.single_threaded() {
-        true => tokio::runtime::Builder::new_current_thread().enable_all().build(),
-        false => tokio::runtime::Runtime::new(),
+    let rt = match cli.threads() {
+        Some(1) => tokio::runtime::Builder::new_current_thread().enable_all().build(),
+        Some(n) => tokio::runtime::Builder::new_multi_thread().worker_threads(n).enable_all().build(),
+        None => tokio::runtime::Runtime::new(),
     };
     let done = match rt {
         Ok(rt) => rt.block_on(tether::cli::run(cli)),

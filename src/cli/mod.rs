@@ -30,14 +30,24 @@ pub struct Cli {
 }
 
 impl Cli {
-    /// Whether this command runs on one thread: the device agent and the
+    /// How many threads this command runs on: the device agent and the
     /// specialist's forwarder sit on the latency path of every tunnelled
     /// byte and carry a handful of sessions, so a hand-off between tasks
     /// costs no wake-up of another thread (measured with the peer kit: echo
     /// RTT p50 352 -> 275 us, p99 560 -> 445 us, throughput unchanged);
-    /// relays and the hub keep a thread per core.
-    pub fn single_threaded(&self) -> bool {
-        matches!(&self.cmd, Cmd::Agent { cmd: None, .. } | Cmd::Connect(_))
+    /// the hub keeps a thread per core, and a relay what its `[limits]
+    /// threads` says (default one per core). `None`: one per core.
+    pub fn threads(&self) -> Option<usize> {
+        match &self.cmd {
+            Cmd::Agent { cmd: None, .. } | Cmd::Connect(_) => Some(1),
+            // A config that does not load gets the default here; the relay
+            // then stops on it with its own message.
+            Cmd::Relay { config, .. } => <crate::relay::RelayConfig as crate::config::ConfigFile>::load(config)
+                .ok()
+                .map(|c| c.limits.threads)
+                .filter(|&t| t > 0),
+            _ => None,
+        }
     }
 }
 

@@ -23,8 +23,10 @@ pub async fn run(config: &Path, check: bool) -> Result<()> {
         (Some(ag), Some(cl)) => format!(" quic-agents={ag} quic-clients={cl}"),
         _ => String::new(),
     };
+    // The threads the runtime has, not the setting: what it runs on.
+    let threads = tokio::runtime::Handle::current().metrics().num_workers();
     println!(
-        "relay {} listening control={} data={} client={} admin={}{twin}{quic}",
+        "relay {} listening control={} data={} client={} admin={}{twin}{quic} threads={threads}",
         cfg.name, a.control, a.data, a.client, a.admin
     );
     relay::run(listeners, cfg, super::shutdown_on_signal()).await?;

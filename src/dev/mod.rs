@@ -46,7 +46,9 @@ pub async fn init(dir: &Path, opts: &InitOptions) -> Result<()> {
              client = \"{ip}:17443\"\nadmin = \"{ip}:17090\"\nca = \"pki/ca.pem\"\ncert = \"pki/{name}.pem\"\nkey = \"pki/{name}.key\"\n\
              grant_public_key = \"pki/grant.pub\"\naudit_log = \"audit/{name}.jsonl\"\n\n\
              [twin]\nname = \"{twin}\"\naddr = \"{twin_ip}:17003\"\nlisten = \"{ip}:17003\"\n\n\
-             [hub]\nurl = \"https://{HUB_ADDR}\"\nserver_name = \"hub\"\n"
+             [hub]\nurl = \"https://{HUB_ADDR}\"\nserver_name = \"hub\"\n\n\
+             [limits]\n# The whole dev setup shares this machine: a relay on one thread hands\n\
+             # its tasks on without waking another (docs/operator.md, Measurements).\nthreads = 1\n"
         );
         std::fs::write(dir.join(format!("{name}.toml")), text)?;
     }

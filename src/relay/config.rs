@@ -126,6 +126,11 @@ pub struct RelayLimits {
     pub max_session_secs: u64,
     /// Time given to live tasks to finish after SIGTERM.
     pub drain_secs: u64,
+    /// Threads that run the relay: 0 (the default) is one per core, for a
+    /// relay with a machine of its own; 1 runs it on one thread, which
+    /// costs no wake-up of another thread between its tasks, for a relay
+    /// that shares a small machine (`tether dev`, docs/operator.md).
+    pub threads: usize,
 }
 
 fn default_true() -> bool {
@@ -147,6 +152,7 @@ impl Default for RelayLimits {
             decision_timeout_secs: 330,
             max_session_secs: 8 * 3600,
             drain_secs: 10,
+            threads: 0,
         }
     }
 }
@@ -192,6 +198,9 @@ impl ConfigFile for RelayConfig {
             && t.name == self.name
         {
             p.push("twin.name: must differ from this relay's name".into());
+        }
+        if l.threads > 1024 {
+            p.push("limits.threads: at most 1024 (0 is one per core)".into());
         }
         if l.max_handshakes == 0 || l.max_connections == 0 {
             p.push("limits: max_handshakes and max_connections must be at least 1".into());

@@ -107,6 +107,10 @@ async fn dev_is_up_when_it_says_so_and_supervises_a_killed_relay() {
     let start: Vec<String> = seen.iter().cloned().chain(err.try_iter()).collect();
     let alarms: Vec<&String> = start.iter().filter(|l| l.contains(" WARN ") || l.contains(" ERROR ")).collect();
     assert!(alarms.is_empty(), "a clean start warned: {alarms:#?}");
+    // dev's relays run on one thread: the whole setup shares this machine.
+    let relays: Vec<&String> = seen.iter().filter(|l| l.starts_with("relay ") && l.contains(" listening ")).collect();
+    assert_eq!(relays.len(), 2, "both relays' start lines: {seen:#?}");
+    assert!(relays.iter().all(|l| l.ends_with(" threads=1")), "{relays:#?}");
 
     // At once, the printed command: the device is online, nothing to wait for.
     let profile = devdir.join("client.toml");

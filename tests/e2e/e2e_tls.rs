@@ -77,6 +77,7 @@ async fn tapped(taps: Taps, service: SocketAddr, quic: bool) -> Tapped {
         twin: None,
         quic_agents: a.quic_agents,
         quic_clients: a.quic_clients,
+        threads: 0,
     };
     let cert = (pki.path(&format!("{DEVICE}.pem")), pki.path(&format!("{DEVICE}.key")));
     let opts = Opts { transport: if quic { "quic" } else { "tcp" }, ..Opts::default() };

@@ -76,6 +76,8 @@ pub struct RelayProc {
     /// Agents' and specialists' QUIC (UDP), when the relay serves QUIC.
     pub quic_agents: Option<SocketAddr>,
     pub quic_clients: Option<SocketAddr>,
+    /// The threads its runtime runs on, as its start line says.
+    pub threads: usize,
 }
 
 impl RelayProc {
@@ -93,6 +95,7 @@ impl RelayProc {
             twin: None,
             quic_agents: None,
             quic_clients: None,
+            threads: 0,
         }
     }
 }
@@ -309,6 +312,12 @@ pub fn start_relay_with(
         twin: line.split_whitespace().find_map(|w| w.strip_prefix("twin=")).map(|a| a.parse().unwrap()),
         quic_agents: line.split_whitespace().find_map(|w| w.strip_prefix("quic-agents=")).map(|a| a.parse().unwrap()),
         quic_clients: line.split_whitespace().find_map(|w| w.strip_prefix("quic-clients=")).map(|a| a.parse().unwrap()),
+        threads: line
+            .split_whitespace()
+            .find_map(|w| w.strip_prefix("threads="))
+            .unwrap_or_else(|| panic!("no threads in {line:?}"))
+            .parse()
+            .unwrap(),
         control: field("control"),
         data: field("data"),
         client: field("client"),

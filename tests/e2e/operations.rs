@@ -245,3 +245,31 @@ async fn a_healthy_fleet_fires_no_alert_and_each_part_lists_its_own_metrics() {
     let said = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
     assert!(out.status.success() && said.contains("SUCCESS"), "a healthy fleet fires alerts:\n{said}");
 }
+
+/// A relay runs on the threads its `[limits] threads` names (one: the
+/// dev setup's), and on one per core without it; its start line says what
+/// its runtime has, and a relay on one thread carries a session.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_relay_runs_on_the_threads_its_config_names() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let cores = std::thread::available_parallelism().unwrap().get();
+    let default = Fleet::start(Opts::default()).await;
+    assert_eq!(default.relays[0].threads, cores, "one per core without the setting");
+    drop(default);
+    let one = Fleet::start(Opts { relay_limits: "threads = 1", ..Opts::default() }).await;
+    assert_eq!(one.relays[0].threads, 1);
+    let s = one.session("echo").await;
+    let mut t = s.connect().await.unwrap();
+    t.write_all(b"one thread").await.unwrap();
+    let mut got = [0u8; 10];
+    t.read_exact(&mut got).await.unwrap();
+    assert_eq!(&got, b"one thread");
+    s.close();
+    // A count past any machine's is a config problem, named, at start.
+    let cfg = std::fs::read_to_string(one.tmp.path().join("relay-a.toml")).unwrap();
+    let wrong = one.tmp.path().join("relay-wrong.toml");
+    std::fs::write(&wrong, cfg.replace("threads = 1", "threads = 5000")).unwrap();
+    let out = Command::new(BIN).args(["relay", "--config"]).arg(&wrong).output().unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success() && err.contains("limits.threads: at most 1024"), "{err}");
+}
