@@ -62,9 +62,9 @@ pub async fn quic_control(state: &Shared, relay: &RelayEndpoint, timeout: Durati
 /// QUIC first, TCP after [`HEAD_START`]; the first to complete wins.
 async fn race(state: &Shared, relay: &RelayEndpoint) -> Result<ControlLeg, String> {
     let quic = quic_control(state, relay, tls::DIAL_TIMEOUT);
-    let (leg, on_quic) = quic::race(quic, || tcp_control(state, relay)).await?;
-    if !on_quic {
-        tracing::info!(relay = %relay.name, "QUIC did not get through in time: control channel on TCP");
+    let (leg, quic_lost) = quic::race(quic, || tcp_control(state, relay)).await?;
+    if let Some(why) = quic_lost {
+        tracing::info!(relay = %relay.name, %why, "QUIC not used: control channel on TCP");
     }
     Ok(leg)
 }

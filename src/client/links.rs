@@ -81,7 +81,12 @@ impl Links {
                 let tcp = || async {
                     self.tcp(relay, raw).await.map(Won::Tcp).map_err(|e| format!("TCP to {}: {e}", relay.addr))
                 };
-                quic::race(connect, tcp).await.map(|(won, _)| won)
+                quic::race(connect, tcp).await.map(|(won, why)| {
+                    if let (Won::Tcp(_), Some(why)) = (&won, why) {
+                        tracing::info!(relay = %relay.name, %why, "QUIC not used: using TCP");
+                    }
+                    won
+                })
             }
         };
         match won {
@@ -91,7 +96,6 @@ impl Links {
             }
             Ok(Won::Tcp(leg)) => {
                 self.mark_failed(&relay.name);
-                tracing::info!(relay = %relay.name, "QUIC did not get through in time: using TCP");
                 Ok(leg)
             }
             Err(e) => {

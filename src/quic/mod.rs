@@ -8,6 +8,7 @@
 //! every datagram from anyone else, and nothing listens.
 mod count;
 mod leg;
+mod refused;
 mod splice;
 
 pub use count::{OpenStream, StreamCount};
@@ -130,6 +131,8 @@ pub enum QuicError {
     Connection(#[from] quinn::ConnectionError),
     #[error("QUIC handshake timed out (UDP blocked?)")]
     Timeout,
+    #[error("the relay's UDP port refused it (ICMP port unreachable: no QUIC there, or UDP rejected)")]
+    Refused,
 }
 
 impl From<QuicError> for std::io::Error {
@@ -200,7 +203,7 @@ pub async fn connect(
         .map_err(|_| QuicError::Resolve(addr.to_string()))?
         .next()
         .ok_or_else(|| QuicError::Resolve(addr.to_string()))?;
-    let endpoint = connected_endpoint(peer)?;
+    let (endpoint, watch) = connected_endpoint(peer)?;
     let crypto =
         quinn::crypto::rustls::QuicClientConfig::try_from(tls).map_err(|e| QuicError::Config(e.to_string()))?;
     let mut cfg = quinn::ClientConfig::new(Arc::new(crypto));
@@ -209,24 +212,34 @@ pub async fn connect(
     let streams = if side == Dialler::Agent { INITIAL_STREAMS } else { 4 };
     cfg.transport_config(transport_config(streams, side));
     let connecting = endpoint.connect_with(cfg, peer, server_name)?;
-    match tokio::time::timeout(timeout, connecting).await {
-        Ok(Ok(c)) => Ok(c),
-        Ok(Err(e)) => Err(e.into()),
-        Err(_) => {
-            endpoint.close(VarInt::from_u32(0), b"timeout");
-            Err(QuicError::Timeout)
+    tokio::select! {
+        r = tokio::time::timeout(timeout, connecting) => match r {
+            Ok(Ok(c)) => Ok(c),
+            Ok(Err(e)) => Err(e.into()),
+            Err(_) => {
+                endpoint.close(VarInt::from_u32(0), b"timeout");
+                Err(QuicError::Timeout)
+            }
+        },
+        _ = refused::refused(watch.and_then(tokio::net::UdpSocket::from_std)) => {
+            endpoint.close(VarInt::from_u32(0), b"refused");
+            Err(QuicError::Refused)
         }
     }
 }
 
-/// An endpoint that can only talk to `peer`, and accepts no connection.
-fn connected_endpoint(peer: SocketAddr) -> Result<Endpoint, QuicError> {
+/// An endpoint that can only talk to `peer`, and accepts no connection;
+/// and a second handle to its socket, to watch for refusals ([`refused`]).
+fn connected_endpoint(peer: SocketAddr) -> Result<(Endpoint, std::io::Result<std::net::UdpSocket>), QuicError> {
     let any: SocketAddr = if peer.is_ipv6() { "[::]:0" } else { "0.0.0.0:0" }.parse().expect("valid address");
     let socket = std::net::UdpSocket::bind(any)?;
     socket.connect(peer)?;
     socket.set_nonblocking(true)?;
     socket_buffers(&socket);
-    Ok(Endpoint::new(large_datagrams(EndpointConfig::default()), None, socket, Arc::new(quinn::TokioRuntime))?)
+    let watch = socket.try_clone();
+    let endpoint =
+        Endpoint::new(large_datagrams(EndpointConfig::default()), None, socket, Arc::new(quinn::TokioRuntime))?;
+    Ok((endpoint, watch))
 }
 
 /// Socket buffers a burst at full speed fits in ([`SOCKET_BUFFER`]).
@@ -257,8 +270,9 @@ pub async fn open_leg(conn: &Connection) -> std::io::Result<QuicLeg> {
 
 /// `auto`'s race: `quic` alone for [`HEAD_START`], then `tcp` (made by
 /// `tcp()`) beside it; the first to succeed wins, the other is dropped.
-/// Returns the winner and whether it was QUIC; the error names both failures.
-pub async fn race<T, Q, F, TF>(quic: Q, tcp: F) -> Result<(T, bool), String>
+/// Returns the winner and, when it is TCP, why QUIC lost (its error, or
+/// that it had not answered); the error names both failures.
+pub async fn race<T, Q, F, TF>(quic: Q, tcp: F) -> Result<(T, Option<String>), String>
 where
     Q: Future<Output = Result<T, String>>,
     F: FnOnce() -> TF,
@@ -267,8 +281,8 @@ where
     tokio::pin!(quic);
     tokio::select! {
         q = &mut quic => return match q {
-            Ok(c) => Ok((c, true)),
-            Err(qe) => tcp().await.map(|t| (t, false)).map_err(|te| format!("{qe}; {te}")),
+            Ok(c) => Ok((c, None)),
+            Err(qe) => tcp().await.map(|t| (t, Some(qe.clone()))).map_err(|te| format!("{qe}; {te}")),
         },
         _ = tokio::time::sleep(HEAD_START) => {}
     }
@@ -276,12 +290,12 @@ where
     tokio::pin!(tcp);
     tokio::select! {
         q = &mut quic => match q {
-            Ok(c) => Ok((c, true)),
-            Err(qe) => tcp.await.map(|t| (t, false)).map_err(|te| format!("{qe}; {te}")),
+            Ok(c) => Ok((c, None)),
+            Err(qe) => tcp.await.map(|t| (t, Some(qe.clone()))).map_err(|te| format!("{qe}; {te}")),
         },
         t = &mut tcp => match t {
-            Ok(t) => Ok((t, false)),
-            Err(te) => quic.await.map(|q| (q, true)).map_err(|qe| format!("{te}; {qe}")),
+            Ok(t) => Ok((t, Some(format!("no QUIC answer within {} ms", HEAD_START.as_millis())))),
+            Err(te) => quic.await.map(|q| (q, None)).map_err(|qe| format!("{te}; {qe}")),
         },
     }
 }

@@ -303,3 +303,25 @@ async fn a_quic_leg_sends_datagrams_as_large_as_its_path_carries() {
     // The relay's side probes too: its acknowledgements and replies may be as large.
     assert!(server_conn.stats().path.current_mtu > 1452, "{:?}", server_conn.stats());
 }
+
+/// A relay that runs no QUIC: its UDP ports answer "port unreachable", and
+/// `auto` takes TCP at once, saying why, instead of waiting out QUIC.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn auto_takes_tcp_at_once_where_the_relays_udp_port_refuses() {
+    let opts = Opts { transport: "auto", relay_top: "quic = false\n", ..Opts::default() };
+    let fleet = Fleet::start(opts).await;
+    assert_eq!(attached_over(&fleet.relay_audit(0), "tcp"), 1, "no QUIC at the relay: the agent attached over TCP");
+    let log = std::fs::read_to_string(fleet.dir().join("agent.log")).unwrap();
+    assert!(log.contains("the relay's UDP port refused it"), "the agent says why it uses TCP:\n{log}");
+    let (session, addr) = serve_locally(&fleet).await;
+    assert_eq!(session.transport(), "tcp");
+    echo_once(addr).await;
+
+    // The refusal ends the attempt itself: with a handshake timeout of a
+    // minute, the error is the refusal, not the timeout.
+    let client = fleet.relays[0].client.to_string();
+    let cfg = tls::quic_client_config(&fleet.pki.path("ca.pem"), None, None, tls::ALPN_QUIC_CLIENT).unwrap();
+    let dial = quic::connect(&client, "localhost", cfg, (Duration::from_secs(60), quic::Dialler::Session));
+    let e = within(30, dial).await.expect_err("nothing serves QUIC there");
+    assert!(matches!(e, quic::QuicError::Refused), "{e}");
+}
