@@ -5,8 +5,8 @@
 //! UDP there (a relay with `quic = false`, a balancer that carries TCP
 //! only) or a firewall rejects rather than drops. quinn never sees it in
 //! time: the error wakes no reader (it is error readiness, not readable),
-//! and quinn-udp drops it when the next send gets it, a retransmission a
-//! second later. [`refused`] waits for that readiness on a second handle to
+//! and quinn-udp drops it when the next send gets it: a retransmission, or
+//! the close once TCP has won. [`refused`] waits for that readiness on a second handle to
 //! the socket, so [`super::connect`] fails at once and `auto` uses TCP
 //! without waiting out QUIC's head start. A datagram that is silently
 //! dropped still costs the head start: nothing tells it apart from a slow
