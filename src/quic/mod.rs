@@ -212,20 +212,25 @@ pub async fn connect(
     let streams = if side == Dialler::Agent { INITIAL_STREAMS } else { 4 };
     cfg.transport_config(transport_config(streams, side));
     let connecting = endpoint.connect_with(cfg, peer, server_name)?;
-    tokio::select! {
+    let watch = watch.and_then(tokio::net::UdpSocket::from_std).ok();
+    let conn = tokio::select! {
         r = tokio::time::timeout(timeout, connecting) => match r {
-            Ok(Ok(c)) => Ok(c),
-            Ok(Err(e)) => Err(e.into()),
+            Ok(Ok(c)) => c,
+            Ok(Err(e)) => return Err(e.into()),
             Err(_) => {
                 endpoint.close(VarInt::from_u32(0), b"timeout");
-                Err(QuicError::Timeout)
+                return Err(QuicError::Timeout);
             }
         },
-        _ = refused::refused(watch.and_then(tokio::net::UdpSocket::from_std)) => {
+        _ = refused::refused(watch.as_ref()) => {
             endpoint.close(VarInt::from_u32(0), b"refused");
-            Err(QuicError::Refused)
+            return Err(QuicError::Refused);
         }
+    };
+    if let Some(socket) = watch {
+        tokio::spawn(refused::watch(socket, conn.clone(), peer));
     }
+    Ok(conn)
 }
 
 /// An endpoint that can only talk to `peer`, and accepts no connection;

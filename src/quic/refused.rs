@@ -11,15 +11,17 @@
 //! without waiting out QUIC's head start. A datagram that is silently
 //! dropped still costs the head start: nothing tells it apart from a slow
 //! path.
+//!
+//! Once connected, [`watch`] goes on looking for the life of the connection.
 use std::io;
 
 use tokio::io::Interest;
 use tokio::net::UdpSocket;
 
-/// Returns when `socket`'s peer refused a datagram; pends forever if the
-/// socket cannot be watched.
-pub async fn refused(socket: io::Result<UdpSocket>) {
-    let Ok(socket) = socket else { return std::future::pending().await };
+/// Returns when `socket`'s peer refused a datagram; pends forever without
+/// a socket to watch.
+pub async fn refused(socket: Option<&UdpSocket>) {
+    let Some(socket) = socket else { return std::future::pending().await };
     loop {
         if socket.ready(Interest::ERROR).await.is_err() {
             return std::future::pending().await;
@@ -31,5 +33,21 @@ pub async fn refused(socket: io::Result<UdpSocket>) {
                 let _ = socket.try_io(Interest::ERROR, || Err::<(), _>(io::ErrorKind::WouldBlock.into()));
             }
         }
+    }
+}
+
+/// For the life of `conn`: a refusal means the relay's process is gone (its
+/// host answers for the port no one holds any more), so `conn` is closed at
+/// once and what runs over it moves to the twin now, rather than when its
+/// keep-alives go unanswered. quinn ignores such errors, as a forged ICMP
+/// could close a connection; here the worst a forgery does is move one
+/// session's legs to the twin, losing nothing.
+pub async fn watch(socket: UdpSocket, conn: quinn::Connection, peer: std::net::SocketAddr) {
+    tokio::select! {
+        _ = refused(Some(&socket)) => {
+            tracing::info!(%peer, "the relay's UDP port refused a datagram (port unreachable: the relay is gone); closing its QUIC connection");
+            conn.close(quinn::VarInt::from_u32(0), b"relay port unreachable");
+        }
+        _ = conn.closed() => {}
     }
 }

@@ -325,3 +325,22 @@ async fn auto_takes_tcp_at_once_where_the_relays_udp_port_refuses() {
     let e = within(30, dial).await.expect_err("nothing serves QUIC there");
     assert!(matches!(e, quic::QuicError::Refused), "{e}");
 }
+
+/// A relay that dies under a QUIC connection: its host answers the next
+/// datagram with "port unreachable", and the connection closes on that,
+/// rather than when its keep-alives go unanswered (the session's idle
+/// timeout here is 5 s; the handshake's 60 s).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_quic_connection_closes_at_once_when_its_relays_port_refuses() {
+    let mut fleet = Fleet::start(Opts { transport: "quic", ..Opts::default() }).await;
+    let client = fleet.relays[0].client.to_string();
+    let cfg = tls::quic_client_config(&fleet.pki.path("ca.pem"), None, None, tls::ALPN_QUIC_CLIENT).unwrap();
+    let conn =
+        quic::connect(&client, "localhost", cfg, (Duration::from_secs(60), quic::Dialler::Session)).await.unwrap();
+    fleet.relays[0].proc.kill();
+    // Something to send: the first datagram after the relay is gone is refused.
+    let (mut send, _recv) = conn.open_bi().await.unwrap();
+    let _ = send.write_all(b"anyone?").await;
+    let e = within(30, conn.closed()).await;
+    assert!(matches!(e, quinn::ConnectionError::LocallyClosed), "closed on the refusal, not a timeout: {e}");
+}
