@@ -121,6 +121,8 @@ impl LegOrigin {
 /// name of the relay that handed over the current leg is kept for reports.
 struct HandedLegs {
     rx: mpsc::Receiver<(Leg, Bytes, String)>,
+    /// One taken from `rx` while the current leg was up ([`LegSource::replacement`]).
+    waiting: Option<(Leg, Bytes, String)>,
     via: Arc<Mutex<String>>,
 }
 
@@ -138,15 +140,30 @@ impl LegSource for HandedLegs {
 
     fn next_leg(&mut self) -> LegFuture<'_> {
         Box::pin(async move {
-            let (leg, prefix, relay) = self
-                .rx
-                .recv()
-                .await
-                .ok_or_else(|| std::io::Error::new(std::io::ErrorKind::NotFound, "session over"))?;
+            let handed = match self.waiting.take() {
+                Some(l) => Some(l),
+                None => self.rx.recv().await,
+            };
+            let (leg, prefix, relay) =
+                handed.ok_or_else(|| std::io::Error::new(std::io::ErrorKind::NotFound, "session over"))?;
             if let Ok(mut v) = self.via.lock() {
                 *v = relay;
             }
             Ok((leg, prefix))
+        })
+    }
+
+    /// A relay hands us a leg for this connection only when the client
+    /// resumed through it: the client has left the current leg's relay.
+    fn replacement(&mut self) -> resumable::ReplacementFuture<'_> {
+        Box::pin(async move {
+            if self.waiting.is_none() {
+                match self.rx.recv().await {
+                    Some(l) => self.waiting = Some(l),
+                    // The session is over: the current leg ends it.
+                    None => std::future::pending().await,
+                }
+            }
         })
     }
 }
@@ -250,7 +267,7 @@ pub async fn open(
     session.resumable.insert(conn, legs_tx);
     let key = ResumeKey::default();
     let via = Arc::new(Mutex::new(relay.name.clone()));
-    let source = Box::new(HandedLegs { rx: legs_rx, via: via.clone() });
+    let source = Box::new(HandedLegs { rx: legs_rx, waiting: None, via: via.clone() });
     let events = on_resume_event(state.clone(), id, conn, via);
     let (pipe, mut driver) =
         resumable::start(leg, Side::Device, conn, key.clone(), source, resume_config(&state.cfg), Some(events));

@@ -9,6 +9,7 @@
 mod count;
 mod leg;
 mod refused;
+mod socket;
 mod splice;
 
 pub use count::{OpenStream, StreamCount};
@@ -203,7 +204,7 @@ pub async fn connect(
         .map_err(|_| QuicError::Resolve(addr.to_string()))?
         .next()
         .ok_or_else(|| QuicError::Resolve(addr.to_string()))?;
-    let (endpoint, watch) = connected_endpoint(peer)?;
+    let (endpoint, socket) = connected_endpoint(peer)?;
     let crypto =
         quinn::crypto::rustls::QuicClientConfig::try_from(tls).map_err(|e| QuicError::Config(e.to_string()))?;
     let mut cfg = quinn::ClientConfig::new(Arc::new(crypto));
@@ -212,7 +213,6 @@ pub async fn connect(
     let streams = if side == Dialler::Agent { INITIAL_STREAMS } else { 4 };
     cfg.transport_config(transport_config(streams, side));
     let connecting = endpoint.connect_with(cfg, peer, server_name)?;
-    let watch = watch.and_then(tokio::net::UdpSocket::from_std).ok();
     let conn = tokio::select! {
         r = tokio::time::timeout(timeout, connecting) => match r {
             Ok(Ok(c)) => c,
@@ -222,29 +222,31 @@ pub async fn connect(
                 return Err(QuicError::Timeout);
             }
         },
-        _ = refused::refused(watch.as_ref()) => {
+        _ = refused::refused(&socket) => {
             endpoint.close(VarInt::from_u32(0), b"refused");
             return Err(QuicError::Refused);
         }
     };
-    if let Some(socket) = watch {
-        tokio::spawn(refused::watch(socket, conn.clone(), peer));
-    }
+    tokio::spawn(refused::watch(socket, endpoint, peer));
     Ok(conn)
 }
 
 /// An endpoint that can only talk to `peer`, and accepts no connection;
-/// and a second handle to its socket, to watch for refusals ([`refused`]).
-fn connected_endpoint(peer: SocketAddr) -> Result<(Endpoint, std::io::Result<std::net::UdpSocket>), QuicError> {
+/// and its socket, which records refusals ([`refused`]).
+fn connected_endpoint(peer: SocketAddr) -> Result<(Endpoint, Arc<socket::Socket>), QuicError> {
     let any: SocketAddr = if peer.is_ipv6() { "[::]:0" } else { "0.0.0.0:0" }.parse().expect("valid address");
     let socket = std::net::UdpSocket::bind(any)?;
     socket.connect(peer)?;
     socket.set_nonblocking(true)?;
     socket_buffers(&socket);
-    let watch = socket.try_clone();
-    let endpoint =
-        Endpoint::new(large_datagrams(EndpointConfig::default()), None, socket, Arc::new(quinn::TokioRuntime))?;
-    Ok((endpoint, watch))
+    let socket = socket::Socket::new(socket)?;
+    let endpoint = Endpoint::new_with_abstract_socket(
+        large_datagrams(EndpointConfig::default()),
+        None,
+        socket.clone(),
+        Arc::new(quinn::TokioRuntime),
+    )?;
+    Ok((endpoint, socket))
 }
 
 /// Socket buffers a burst at full speed fits in ([`SOCKET_BUFFER`]).

@@ -228,6 +228,51 @@ async fn a_quic_session_survives_the_death_of_its_relay() {
     echo_once(addr).await;
 }
 
+/// A relay killed while only the client had something to send: the client
+/// hears the relay's port refuse at once and resumes through the twin,
+/// which hands the agent a new leg. The agent's own leg to the dead relay
+/// gives it no sign (its datagrams vanish here, as behind a firewall that
+/// drops), and it would notice only after 2 s of silence; the new leg tells
+/// it that the client has left, and it takes it at once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_agent_takes_a_handed_leg_at_once_though_its_own_gives_no_sign_of_death() {
+    let opts = Opts {
+        relays: 2,
+        twins: true,
+        transport: "quic",
+        agent: false,
+        relay_top: "quic_agents = \"127.0.0.1:0\"\n",
+        ..Opts::default()
+    };
+    let mut fleet = Fleet::start(opts).await;
+    fleet.wait_twin_links().await;
+    // The agent sends UDP to the data ports' numbers; the gates sit there.
+    let gates = [
+        UdpGate::start(fleet.relays[0].data, fleet.relays[0].quic_agents.unwrap(), false, usize::MAX).await,
+        UdpGate::start(fleet.relays[1].data, fleet.relays[1].quic_agents.unwrap(), false, usize::MAX).await,
+    ];
+    fleet.agent = Some(start_agent(fleet.dir(), &fleet.agent_cfg));
+    for relay in 0..2 {
+        fleet.wait_metric(relay, "tether_relay_agents_attached", 1.0).await;
+    }
+    let (session, addr) = serve_locally(&fleet).await;
+    assert_eq!((session.relay.name.as_str(), session.transport()), ("relay-a", "quic"));
+    // The first connection's end-to-end TLS keys the next: the one that resumes.
+    echo_once(addr).await;
+    let mut c = TcpStream::connect(addr).await.unwrap();
+    c.write_all(b"before").await.unwrap();
+    let mut b = [0u8; 6];
+    within(30, c.read_exact(&mut b)).await.unwrap();
+    gates[0].block();
+    fleet.relays[0].proc.kill();
+    c.write_all(b"after!").await.unwrap();
+    within(30, c.read_exact(&mut b)).await.unwrap();
+    assert_eq!(&b, b"after!");
+    assert_eq!(session.current_relay().name, "relay-b");
+    let log = std::fs::read_to_string(fleet.dir().join("agent.log")).unwrap();
+    assert!(log.contains("why=the peer resumed on a new leg"), "the agent took the handed leg for what it was:\n{log}");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_hundred_connections_at_once_share_one_quic_connection_per_side() {
     // Past the 16 streams a peer may open at first, on the session's and
@@ -338,9 +383,39 @@ async fn a_quic_connection_closes_at_once_when_its_relays_port_refuses() {
     let conn =
         quic::connect(&client, "localhost", cfg, (Duration::from_secs(60), quic::Dialler::Session)).await.unwrap();
     fleet.relays[0].proc.kill();
-    // Something to send: the first datagram after the relay is gone is refused.
-    let (mut send, _recv) = conn.open_bi().await.unwrap();
-    let _ = send.write_all(b"anyone?").await;
+    // Something to send: the first datagram after the relay is gone is
+    // refused (an acknowledgement quinn sends on its own may be first).
+    // A write is answered by two loss probes, back to back: the second
+    // takes the first one's refusal before anything watching the socket
+    // can, which the socket must still see.
+    if let Ok((mut send, _recv)) = conn.open_bi().await {
+        let _ = send.write_all(b"anyone?").await;
+    }
     let e = within(30, conn.closed()).await;
     assert!(matches!(e, quinn::ConnectionError::LocallyClosed), "closed on the refusal, not a timeout: {e}");
+}
+
+/// A QUIC connection its owner drops is closed for it, at once: the relay
+/// hears the close rather than waiting out the idle timeout (5 s for a
+/// session), whatever watches the connection for refusals.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_dropped_quic_connection_is_closed_at_once() {
+    let tmp = tempfile::tempdir().unwrap();
+    let pki = Pki::new(tmp.path());
+    let (endpoint, addr) = crate::quic_inputs::agent_listener(&pki);
+    let accepted = tokio::spawn(async move { endpoint.accept().await.unwrap().await.unwrap() });
+    let (cert, key, _) = pki.device_cert("drop-1", tls::pki::Validity::days(1));
+    let cfg =
+        tls::quic_client_config(&pki.path("ca.pem"), None, Some((cert.as_path(), key.as_path())), tls::ALPN_QUIC_AGENT)
+            .unwrap();
+    let conn = quic::connect(&addr.to_string(), "localhost", cfg, (Duration::from_secs(5), quic::Dialler::Session))
+        .await
+        .unwrap();
+    let server_conn = within(30, accepted).await.unwrap();
+    drop(conn);
+    let e = within(30, server_conn.closed()).await;
+    assert!(
+        matches!(&e, quinn::ConnectionError::ApplicationClosed(c) if c.error_code == quinn::VarInt::from_u32(0)),
+        "the dropped connection was closed, not timed out: {e}"
+    );
 }

@@ -11,6 +11,7 @@
 //!
 //! The wire is [`crate::proto::stream`]; the bookkeeping is
 //! [`super::resume::StreamState`]; this file is only the driver.
+mod handshake;
 mod write;
 
 pub use write::Hold;
@@ -21,7 +22,7 @@ use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::AsyncWriteExt;
 use tokio::sync::Notify;
 use tokio::time::Instant;
 
@@ -32,7 +33,7 @@ pub use super::resume::Stats;
 use super::resume::{Delivery, StreamState, Wake};
 use crate::leg::{Leg, SendUnder};
 pub use crate::proto::stream::Side;
-use crate::proto::stream::{StreamFrame, resume_mac};
+use handshake::handshake;
 use write::write_leg;
 
 /// Tuning of a resumable stream.
@@ -80,7 +81,18 @@ pub trait LegSource: Send {
     fn send_under(&self) -> Option<SendUnder> {
         None
     }
+    /// Returns when a replacement leg is already here while the current
+    /// one still looks alive: the peer resumed on it, so the current leg
+    /// leads nowhere, whether or not it has failed yet (a relay killed
+    /// between two of our writes). The leg stays for [`Self::next_leg`].
+    /// A source that dials its legs has none waiting: it never returns.
+    fn replacement(&mut self) -> ReplacementFuture<'_> {
+        Box::pin(std::future::pending())
+    }
 }
+
+/// What [`LegSource::replacement`] returns.
+pub type ReplacementFuture<'a> = Pin<Box<dyn Future<Output = ()> + Send + 'a>>;
 
 /// What a stream reports as it happens.
 #[derive(Debug, Clone)]
@@ -306,6 +318,7 @@ async fn manage_legs(
                     r = watch(sh, key, cfg) => r,
                     r = write_leg(sh, &mut lw, quic, &mut out, &mut greeting, cfg) => r,
                     r = read_leg(sh, &mut lr, &mut rbuf) => r,
+                    _ = source.replacement() => LegEnd::Broken("the peer resumed on a new leg".into()),
                 }
             }
         };
@@ -352,66 +365,6 @@ async fn next_leg(source: &mut Box<dyn LegSource>) -> std::io::Result<(Leg, Byte
             }
         }
     }
-}
-
-/// Both ends send RESUME{next, mac} and check the peer's; then the sender
-/// rewinds to what the peer has. Returns the bytes to be sent again.
-#[allow(clippy::too_many_arguments)]
-async fn handshake<R, W>(
-    sh: &Shared,
-    lr: &mut R,
-    lw: &mut W,
-    rbuf: &mut BytesMut,
-    side: Side,
-    conn: u32,
-    key: &ResumeKey,
-    cfg: ResumeConfig,
-) -> Result<u64, String>
-where
-    R: tokio::io::AsyncRead + Unpin,
-    W: tokio::io::AsyncWrite + Unpin,
-{
-    // Without a key (our end-to-end TLS is not complete) we cannot make or
-    // check a MAC: we send zeros and take the peer's resume as it comes.
-    // That is safe because everything that crossed so far is handshake the
-    // end-to-end TLS authenticates itself: bytes a relay forges, drops or
-    // replays only make that handshake fail. Without it, a relay freezing
-    // between the client's last handshake flight and the agent lost the
-    // connection (the client had a key, the agent none).
-    let key = key.get();
-    let next = sh.book().resume_from();
-    let mut out = BytesMut::new();
-    let mac = key.map_or([0u8; 32], |k| resume_mac(k, side, conn, next));
-    StreamFrame::Resume { next, mac }.encode(&mut out);
-    lw.write_all(&out).await.map_err(|e| e.to_string())?;
-    lw.flush().await.map_err(|e| e.to_string())?;
-    let frame = tokio::time::timeout(cfg.dead_after * 2, async {
-        loop {
-            if let Some(f) = StreamFrame::decode(rbuf).map_err(|e| e.to_string())? {
-                return Ok(f);
-            }
-            if lr.read_buf(rbuf).await.map_err(|e| e.to_string())? == 0 {
-                return Err("leg closed during resume".to_string());
-            }
-        }
-    })
-    .await
-    .map_err(|_| "no resume from the peer in time".to_string())??;
-    let StreamFrame::Resume { next: peer_next, mac: got } = frame else {
-        return Err("expected resume".into());
-    };
-    if let Some(key) = key
-        && !crate::util::ct_eq(&resume_mac(key, side.peer(), conn, peer_next), &got)
-    {
-        // A peer that never said it holds its key may not have one yet (the
-        // agent before the client's Finished reached it): its zero MAC is
-        // taken, under the same argument as above.
-        if got != [0u8; 32] || sh.book().peer_keyed() {
-            return Err("resume MAC is wrong".into());
-        }
-        tracing::info!(conn, "resumed with a peer whose end-to-end handshake was not complete");
-    }
-    sh.book().on_peer_resume(peer_next, Instant::now()).map_err(|e| e.to_string())
 }
 
 async fn read_leg<R: tokio::io::AsyncRead + Unpin>(sh: &Shared, lr: &mut R, rbuf: &mut BytesMut) -> LegEnd {

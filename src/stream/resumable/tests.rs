@@ -7,7 +7,7 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, DuplexStream
 use tokio::sync::oneshot;
 
 use super::*;
-use crate::proto::stream::Decoder;
+use crate::proto::stream::{Decoder, StreamFrame};
 
 /// A leg that keeps what each write carried.
 struct Recording {
