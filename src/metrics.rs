@@ -175,6 +175,7 @@ metric!(pub AGENT_REFUSALS: IntCounterVec = counter_vec("tether_agent_refusals_t
 metric!(pub AGENT_SESSIONS_ACTIVE: IntGauge = gauge("tether_agent_sessions_active", "Sessions admitted by this agent and not yet ended"));
 metric!(pub AGENT_TUNNELS: IntCounter = counter("tether_agent_tunnels_total", "Tunnelled connections opened to local services"));
 metric!(pub AGENT_E2E: IntCounterVec = counter_vec("tether_agent_e2e_connections_total", "Tunnelled connections whose end-to-end protection was set up, by kind: a TLS handshake, or keys derived from the session's (keyed)", &["kind"]));
+metric!(pub AGENT_QUIC_NOT_USED: IntCounterVec = counter_vec("tether_agent_quic_not_used_total", "Control channels that `auto` dialled over TCP, by relay and why QUIC lost: refused (the relay's UDP port answered port unreachable), no_answer (nothing within the head start: UDP dropped), failed", &["relay", "why"]));
 metric!(pub AGENT_RECONNECTS: IntCounterVec = counter_vec("tether_agent_reconnects_total", "Control channel (re)connection attempts, by relay", &["relay"]));
 metric!(pub AGENT_HANDSHAKE_SECONDS: HistogramVec = reg(HistogramVec::new(
     HistogramOpts::new("tether_agent_data_leg_seconds", "Time for the agent to dial a data leg, by relay"),
@@ -319,5 +320,6 @@ pub fn init(part: Part) {
     LazyLock::force(&AGENT_TUNNELS);
     LazyLock::force(&AGENT_E2E);
     LazyLock::force(&AGENT_RECONNECTS);
+    LazyLock::force(&AGENT_QUIC_NOT_USED);
     LazyLock::force(&AGENT_HANDSHAKE_SECONDS);
 }

@@ -34,7 +34,7 @@ impl ControlLeg {
 pub async fn control(state: &Shared, relay: &RelayEndpoint) -> Result<ControlLeg, String> {
     match state.cfg.transport {
         Transport::Tcp => tcp_control(state, relay).await,
-        Transport::Quic => quic_control(state, relay, tls::DIAL_TIMEOUT).await,
+        Transport::Quic => Ok(quic_control(state, relay, tls::DIAL_TIMEOUT).await?),
         Transport::Auto => race(state, relay).await,
     }
 }
@@ -48,12 +48,12 @@ async fn tcp_control(state: &Shared, relay: &RelayEndpoint) -> Result<ControlLeg
 }
 
 /// A QUIC connection to `relay` and its first stream.
-pub async fn quic_control(state: &Shared, relay: &RelayEndpoint, timeout: Duration) -> Result<ControlLeg, String> {
+pub async fn quic_control(state: &Shared, relay: &RelayEndpoint, timeout: Duration) -> Result<ControlLeg, quic::Lost> {
     let addr = relay.quic_addr();
     let conn = quic::connect(addr, relay.server_name(), state.quic_tls.clone(), (timeout, quic::Dialler::Agent))
         .await
-        .map_err(|e| format!("QUIC to {addr}: {e}"))?;
-    let leg = quic::open_leg(&conn).await.map_err(|e| format!("QUIC stream: {e}"))?;
+        .map_err(|e| quic::Lost::dialling(addr, e))?;
+    let leg = quic::open_leg(&conn).await.map_err(|e| quic::Lost::failed(format!("QUIC stream: {e}")))?;
     let certs = conn.peer_identity().and_then(|i| i.downcast::<Vec<rustls::pki_types::CertificateDer<'static>>>().ok());
     let revoked = tls::watch_peer(&state.cfg.ca, state.cfg.crl.as_deref(), certs.as_deref().map(Vec::as_slice));
     Ok(ControlLeg { leg: Box::new(leg), quic: Some(conn), revoked })
@@ -64,6 +64,7 @@ async fn race(state: &Shared, relay: &RelayEndpoint) -> Result<ControlLeg, Strin
     let quic = quic_control(state, relay, tls::DIAL_TIMEOUT);
     let (leg, quic_lost) = quic::race(quic, || tcp_control(state, relay)).await?;
     if let Some(why) = quic_lost {
+        crate::metrics::AGENT_QUIC_NOT_USED.with_label_values(&[&relay.name, why.kind]).inc();
         tracing::info!(relay = %relay.name, %why, "QUIC not used: control channel on TCP");
     }
     Ok(leg)

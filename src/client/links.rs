@@ -71,12 +71,12 @@ impl Links {
             let dial = (tls::DIAL_TIMEOUT, quic::Dialler::Session);
             let c = quic::connect(&relay.addr, relay.server_name(), self.quic_tls.clone(), dial)
                 .await
-                .map_err(|e| format!("QUIC to {}: {e}", relay.addr))?;
-            let leg = quic::open_leg(&c).await.map_err(|e| format!("QUIC stream: {e}"))?;
+                .map_err(|e| quic::Lost::dialling(&relay.addr, e))?;
+            let leg = quic::open_leg(&c).await.map_err(|e| quic::Lost::failed(format!("QUIC stream: {e}")))?;
             Ok(Won::Quic(c, leg))
         };
         let won = match self.mode {
-            Transport::Quic => connect.await,
+            Transport::Quic => connect.await.map_err(String::from),
             _ => {
                 let tcp = || async {
                     self.tcp(relay, raw).await.map(Won::Tcp).map_err(|e| format!("TCP to {}: {e}", relay.addr))

@@ -275,13 +275,52 @@ pub async fn open_leg(conn: &Connection) -> std::io::Result<QuicLeg> {
     Ok(QuicLeg::new(send, recv))
 }
 
+/// Why a QUIC attempt gave no leg: in words, and in a word for metrics.
+#[derive(Debug, Clone)]
+pub struct Lost {
+    /// `refused` (the relay's UDP port answered "port unreachable"),
+    /// `no_answer` (nothing within the head start, or a handshake that
+    /// timed out: UDP dropped on the way), or `failed` (anything else).
+    pub kind: &'static str,
+    pub why: String,
+}
+
+impl Lost {
+    /// `e`, from dialling `addr`.
+    pub fn dialling(addr: &str, e: QuicError) -> Lost {
+        let kind = match e {
+            QuicError::Refused => "refused",
+            QuicError::Timeout => "no_answer",
+            _ => "failed",
+        };
+        Lost { kind, why: format!("QUIC to {addr}: {e}") }
+    }
+
+    /// Anything else: a stream that could not be opened, say.
+    pub fn failed(why: String) -> Lost {
+        Lost { kind: "failed", why }
+    }
+}
+
+impl std::fmt::Display for Lost {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.why)
+    }
+}
+
+impl From<Lost> for String {
+    fn from(l: Lost) -> String {
+        l.why
+    }
+}
+
 /// `auto`'s race: `quic` alone for [`HEAD_START`], then `tcp` (made by
 /// `tcp()`) beside it; the first to succeed wins, the other is dropped.
 /// Returns the winner and, when it is TCP, why QUIC lost (its error, or
 /// that it had not answered); the error names both failures.
-pub async fn race<T, Q, F, TF>(quic: Q, tcp: F) -> Result<(T, Option<String>), String>
+pub async fn race<T, Q, F, TF>(quic: Q, tcp: F) -> Result<(T, Option<Lost>), String>
 where
-    Q: Future<Output = Result<T, String>>,
+    Q: Future<Output = Result<T, Lost>>,
     F: FnOnce() -> TF,
     TF: Future<Output = Result<T, String>>,
 {
@@ -301,7 +340,7 @@ where
             Err(qe) => tcp.await.map(|t| (t, Some(qe.clone()))).map_err(|te| format!("{qe}; {te}")),
         },
         t = &mut tcp => match t {
-            Ok(t) => Ok((t, Some(format!("no QUIC answer within {} ms", HEAD_START.as_millis())))),
+            Ok(t) => Ok((t, Some(Lost { kind: "no_answer", why: format!("no QUIC answer within {} ms", HEAD_START.as_millis()) }))),
             Err(te) => quic.await.map(|q| (q, None)).map_err(|qe| format!("{te}; {qe}")),
         },
     }

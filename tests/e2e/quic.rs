@@ -4,6 +4,7 @@
 //! a relay killed under a QUIC session.
 use std::time::Duration;
 
+use tether::agent::operator::{Request, request};
 use tether::{quic, tls};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
@@ -128,6 +129,13 @@ async fn gated_with(agent_blocked: bool, client_blocked: bool, max: usize) -> (F
     (fleet, agent_gate, client_gate)
 }
 
+/// The agent's count of control channels `auto` put on relay-a's TCP, for `why`.
+async fn quic_not_used(fleet: &Fleet, why: &str) -> f64 {
+    let m = request(&fleet.socket(), &Request::Metrics).await.unwrap();
+    let labels = ["relay=\"relay-a\"".to_string(), format!("why=\"{why}\"")];
+    parse_metric(m["text"].as_str().unwrap(), "tether_agent_quic_not_used_total", &[&labels[0], &labels[1]])
+}
+
 async fn echo_once(addr: std::net::SocketAddr) {
     let mut c = TcpStream::connect(addr).await.unwrap();
     c.write_all(b"ping").await.unwrap();
@@ -143,6 +151,7 @@ async fn auto_falls_back_to_tcp_where_udp_is_blocked_and_returns_to_quic() {
     assert_eq!(attached_over(&fleet.relay_audit(0), "quic"), 0);
     let (session, addr) = serve_locally(&fleet).await;
     assert_eq!(session.transport(), "tcp", "UDP blocked: the session runs over TCP");
+    assert_eq!(quic_not_used(&fleet, "no_answer").await, 1.0, "counted, with why");
     echo_once(addr).await;
     session.close();
     eventually("the session ends at the agent", async || {
@@ -358,6 +367,7 @@ async fn auto_takes_tcp_at_once_where_the_relays_udp_port_refuses() {
     assert_eq!(attached_over(&fleet.relay_audit(0), "tcp"), 1, "no QUIC at the relay: the agent attached over TCP");
     let log = std::fs::read_to_string(fleet.dir().join("agent.log")).unwrap();
     assert!(log.contains("the relay's UDP port refused it"), "the agent says why it uses TCP:\n{log}");
+    assert_eq!(quic_not_used(&fleet, "refused").await, 1.0, "counted, with why");
     let (session, addr) = serve_locally(&fleet).await;
     assert_eq!(session.transport(), "tcp");
     echo_once(addr).await;
