@@ -81,8 +81,9 @@ impl Links {
                 let tcp = || async {
                     self.tcp(relay, raw).await.map(Won::Tcp).map_err(|e| format!("TCP to {}: {e}", relay.addr))
                 };
-                quic::race(connect, tcp).await.map(|(won, why)| {
-                    if let (Won::Tcp(_), Some(why)) = (&won, why) {
+                quic::race(connect, tcp).await.map(|(won, lost)| {
+                    // Set only when TCP won.
+                    if let Some(why) = lost {
                         tracing::info!(relay = %relay.name, %why, "QUIC not used: using TCP");
                     }
                     won
