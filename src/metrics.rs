@@ -123,6 +123,7 @@ metric!(pub HUB_UPLOAD_BYTES: IntCounter = counter("tether_hub_upload_bytes_tota
 metric!(pub AGENT_UPLOAD_BYTES: IntCounter = counter("tether_agent_upload_bytes_total", "Upload bytes sent toward the hub (resent ones included)"));
 metric!(pub HUB_REPO_PUBLISHED: IntCounter = counter("tether_hub_repo_published_total", "Targets versions the repository took"));
 metric!(pub HUB_ANCHOR_REFUSALS: IntCounterVec = counter_vec("tether_hub_anchor_refusals_total", "Audit chain heads the hub refused to anchor, by reason (unsigned, bad_certificate, bad_signature, rollback, fork)", &["reason"]));
+metric!(pub HUB_AUDIT_HEADS_STALE: IntCounterVec = counter_vec("tether_hub_audit_heads_stale_total", "Audit chain heads below the anchor from a relay that never delivered a higher one for that chain (it lags behind its twin): not anchored, not refused; by relay", &["relay"]));
 metric!(pub HUB_DEVICE_CERTS_EXPIRING: IntGauge = gauge("tether_hub_device_certs_expiring", "Devices whose certificate, as a relay last saw it, expires within 30 days (expired ones included)"));
 metric!(pub HUB_CERT_RENEWALS_PENDING: IntGauge = gauge("tether_hub_cert_renewals_pending", "Device certificate renewals waiting for the fleet CA's signature (tether certs renewals --sign)"));
 metric!(pub HUB_DEVICES_CLOCK_SKEWED: IntGauge = gauge("tether_hub_devices_clock_skewed", "Online devices whose clock is 30 s or more off from their relay's, either way (their audit times are wrong; 2 min ahead, every grant looks expired to them)"));
@@ -279,6 +280,7 @@ pub fn init(part: Part) {
     LazyLock::force(&AGENT_CERT_RENEWALS);
     LazyLock::force(&HUB_DEVICES_CLOCK_SKEWED);
     LazyLock::force(&HUB_ANCHOR_REFUSALS);
+    LazyLock::force(&HUB_AUDIT_HEADS_STALE);
     LazyLock::force(&HUB_REPO_PUBLISHED);
     LazyLock::force(&HUB_JOBS);
     LazyLock::force(&HUB_UPLOAD_BYTES);

@@ -8,6 +8,14 @@
 //! relay, which must not be able to forge them), or it goes back: a lower
 //! sequence than the last anchor (`rollback`), or the same sequence with
 //! another hash (`fork`).
+//!
+//! A lower head is a rollback only when the relay that delivers it has
+//! delivered a higher one for that source before, or the hub has no record of
+//! that relay delivering any since the hub started. A relay that has only
+//! ever delivered this head or lower ones lags behind its twin (it was frozen,
+//! or cut off from the agent before its heartbeat noticed) and repeats what it
+//! was last told: its head is counted (`tether_hub_audit_heads_stale_total`),
+//! not anchored, and not refused.
 use std::collections::HashMap;
 use std::sync::{LazyLock, Mutex};
 
@@ -24,15 +32,36 @@ const EVERY_SECS: i64 = 10;
 /// Refusals already audited: source -> (reason, seq).
 static AUDITED: LazyLock<Mutex<HashMap<String, (&'static str, u64)>>> = LazyLock::new(Default::default);
 
+/// The highest head each relay has delivered for each source, among those
+/// signed by the source (and empty chains under a certificate that verified):
+/// (source, relay) -> seq. One entry per device of the fleet and relay, in
+/// memory: after a restart the hub judges by the anchor alone until a relay
+/// delivers again.
+#[derive(Default)]
+pub struct Delivered(Mutex<HashMap<(String, String), u64>>);
+
+impl Delivered {
+    /// Notes that `relay` delivered `seq` for `source`; returns the highest
+    /// it had delivered before, if it had delivered any.
+    fn note(&self, source: &str, relay: &str, seq: u64) -> Option<u64> {
+        let mut map = crate::util::lock(&self.0);
+        let key = (source.to_string(), relay.to_string());
+        let before = map.get(&key).copied();
+        map.insert(key, before.map_or(seq, |b| b.max(seq)));
+        before
+    }
+}
+
 /// Checks and keeps the heads of one report from `relay`, whose own
 /// certificate (`relay_cert`, DER) signs the relay's head.
 pub async fn heads(hub: &Hub, relay: &str, relay_cert: Option<&[u8]>, r: &RelayReport, now: u64) {
     if let Some(h) = &r.audit_head {
-        anchor(hub, &format!("relay:{relay}"), h, relay_cert.ok_or("no_certificate"), now).await;
+        anchor(hub, (&format!("relay:{relay}"), relay), h, relay_cert.ok_or("no_certificate"), now).await;
     }
     for a in &r.agent_heads {
         let cert = device_cert(hub, &a.device, &a.cert);
-        anchor(hub, &format!("agent:{}", a.device), &a.head, cert.as_deref().map_err(|e| *e), now).await;
+        let source = format!("agent:{}", a.device);
+        anchor(hub, (&source, relay), &a.head, cert.as_deref().map_err(|e| *e), now).await;
     }
 }
 
@@ -50,28 +79,42 @@ pub(super) fn device_cert(hub: &Hub, device: &str, hex_der: &str) -> Result<Vec<
     Ok(der)
 }
 
-/// Keeps the head of `source` when it is signed by `cert` and moves forward;
-/// writes an `anchor` record into the hub's own chain when it moved, at most
-/// every [`EVERY_SECS`] per source.
-async fn anchor(hub: &Hub, source: &str, head: &Head, cert: Result<&[u8], &'static str>, now: u64) {
+/// Keeps the head of `source`, delivered by `relay`, when it is signed by
+/// `cert` and moves forward; writes an `anchor` record into the hub's own
+/// chain when it moved, at most every [`EVERY_SECS`] per source.
+async fn anchor(hub: &Hub, (source, relay): (&str, &str), head: &Head, cert: Result<&[u8], &'static str>, now: u64) {
     if head.seq == 0 {
-        return; // an empty chain: nothing to anchor
+        // An empty chain: nothing to anchor, but the relay has delivered it.
+        if cert.is_ok() {
+            hub.delivered.note(source, relay, 0);
+        }
+        return;
     }
     let prev = hub.store.anchor(source).await.unwrap_or_default();
     if prev.as_ref().is_some_and(|(seq, hash, _)| *seq == head.seq && *hash == head.hash) {
+        hub.delivered.note(source, relay, head.seq);
         return fresh(source, now);
     }
     let problem = match cert {
         Err(why) => Some(why),
         Ok(_) if head.sig.is_empty() => Some("unsigned"),
         Ok(c) if !crate::audit::sign::verify(c, &head.hash, &head.sig) => Some("bad_signature"),
-        Ok(_) => match &prev {
-            Some((seq, _, _)) if head.seq < *seq => Some("rollback"),
-            Some((seq, hash, _)) if head.seq == *seq && *hash != head.hash => Some("fork"),
-            _ => None,
-        },
+        Ok(_) => None,
     };
     if let Some(reason) = problem {
+        return refused(hub, source, head, reason, prev.map(|p| p.0)).await;
+    }
+    // Signed by the source: this relay has delivered it.
+    let before = hub.delivered.note(source, relay, head.seq);
+    let goes_back = match &prev {
+        Some((seq, _, _)) if head.seq < *seq && before.is_some_and(|b| b <= head.seq) => {
+            return stale(source, relay, head.seq, *seq);
+        }
+        Some((seq, _, _)) if head.seq < *seq => Some("rollback"),
+        Some((seq, hash, _)) if head.seq == *seq && *hash != head.hash => Some("fork"),
+        _ => None,
+    };
+    if let Some(reason) = goes_back {
         return refused(hub, source, head, reason, prev.map(|p| p.0)).await;
     }
     let due = prev.is_none_or(|(_, _, at)| now as i64 - at >= EVERY_SECS);
@@ -94,6 +137,13 @@ fn fresh(source: &str, now: u64) {
     if let Some(relay) = source.strip_prefix("relay:") {
         crate::metrics::HUB_RELAY_ANCHORED.with_label_values(&[relay]).set(now as i64);
     }
+}
+
+/// A head below the anchor from a relay that never delivered a higher one:
+/// it lags behind its twin.
+fn stale(source: &str, relay: &str, seq: u64, anchored: u64) {
+    crate::metrics::HUB_AUDIT_HEADS_STALE.with_label_values(&[relay]).inc();
+    tracing::debug!(source, relay, seq, anchored, "a relay's audit head lags behind the anchor; not anchored");
 }
 
 async fn refused(hub: &Hub, source: &str, head: &Head, reason: &'static str, anchored: Option<u64>) {

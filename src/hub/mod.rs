@@ -79,6 +79,8 @@ pub struct Hub {
     console_chain: console::ChainCheck,
     /// Device certificate expiries last written.
     certs_seen: certs::Seen,
+    /// The highest audit head each relay delivered per chain (rollback or lag).
+    delivered: anchors::Delivered,
     /// Refusals of requests nobody authenticated, past those recorded one
     /// by one (`util::budget`): tallied for an aggregate record.
     strangers: crate::util::budget::Refusals,
@@ -128,6 +130,7 @@ impl Hub {
             console,
             console_chain,
             certs_seen: certs::Seen::default(),
+            delivered: Default::default(),
             strangers: Default::default(),
         }))
     }

@@ -5,7 +5,8 @@ use serde_json::{Value, json};
 use tether::api::{AgentHead, Anchor, Head, RelayReport};
 
 use crate::harness::*;
-use crate::hub::{add_user, hub_client, hub_fleet, login, run, token_of};
+use crate::hub::{add_user, hub_audit, hub_cli, hub_client, hub_fleet, login, run, token_of};
+use crate::udp_gate::twins_behind_gates;
 
 fn lines(path: &std::path::Path) -> Vec<String> {
     std::fs::read_to_string(path).unwrap().lines().map(String::from).collect()
@@ -175,15 +176,28 @@ async fn forged_and_rolled_back_anchors_are_refused() {
                 None,
             ),
         ),
-        // A genuine device signature, rolled back below the anchor.
+        // A genuine device signature, rolled back below the anchor by a relay
+        // that delivered the anchored head first (one that never delivered a
+        // higher head lags behind its twin: `a_thawed_relays_older_head_is_stale_not_a_rollback`).
         (
             "rollback",
             report(
-                vec![AgentHead {
-                    device: DEVICE.into(),
-                    head: Head { seq: agent_anchor.seq - 1, hash: hash.clone(), sig: device_key.sign(&hash) },
-                    cert: device_cert.clone(),
-                }],
+                vec![
+                    AgentHead {
+                        device: DEVICE.into(),
+                        head: Head {
+                            seq: agent_anchor.seq,
+                            hash: agent_anchor.hash.clone(),
+                            sig: device_key.sign(&agent_anchor.hash),
+                        },
+                        cert: device_cert.clone(),
+                    },
+                    AgentHead {
+                        device: DEVICE.into(),
+                        head: Head { seq: agent_anchor.seq - 1, hash: hash.clone(), sig: device_key.sign(&hash) },
+                        cert: device_cert.clone(),
+                    },
+                ],
                 None,
             ),
         ),
@@ -224,10 +238,77 @@ async fn forged_and_rolled_back_anchors_are_refused() {
     let after: Vec<Anchor> =
         hub_client(&fleet).get(&format!("/api/v1/audit/anchors/agent:{DEVICE}"), Some(&token)).await.unwrap();
     assert!(after.iter().all(|a| a.hash != hash), "a refused head was anchored: {after:?}");
-    let audit = crate::hub::hub_audit(&fleet, &token).await;
+    let audit = hub_audit(&fleet, &token).await;
     for reason in ["bad_signature", "rollback", "fork"] {
         assert!(audit.iter().any(|r| r["event"] == "anchor_refused" && r["reason"] == reason), "{reason} not audited");
     }
+}
+
+/// A relay frozen while the agent's chain moves on through its twin still
+/// holds the older head when it thaws, and repeats it in its next full
+/// report: a relay lagging, not the device going back. The hub counts it as
+/// stale, does not anchor it, and refuses nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_thawed_relays_older_head_is_stale_not_a_rollback() {
+    // The agent's QUIC goes through gates, so that relay-a, once thawed,
+    // hears nothing newer from the agent.
+    let (fleet, gates) = twins_behind_gates(Opts { hub: true, ..Opts::default() }).await;
+    hub_cli(&fleet, &["device", "add", DEVICE, "--site", "st-marys", "--consent", "auto"], "").await;
+    let boss = add_user(&fleet, "boss", "admin", &[]).await;
+    let token = token_of(&login(&fleet, "boss", &boss).await);
+    let head = || fleet.agent_audit().last().map_or(0, |r| r["seq"].as_u64().unwrap());
+    let anchored = async || {
+        let a: Vec<Anchor> =
+            hub_client(&fleet).get(&format!("/api/v1/audit/anchors/agent:{DEVICE}"), Some(&token)).await.unwrap();
+        a.last().map_or(0, |a| a.seq)
+    };
+    // Anchors at most every 10 s per chain; heads re-sent at least every 10 s.
+    let until_anchored = async |what: &str| {
+        for _ in 0..600 {
+            if head() > 0 && anchored().await == head() {
+                return head();
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+        }
+        panic!("{what}: the agent's head {} was not anchored ({})\n{}", head(), anchored().await, fleet.logs());
+    };
+    // Records in the agent's chain (a session), delivered by both relays.
+    let s = fleet.session("echo").await;
+    drop(within(30, s.connect()).await.unwrap());
+    let first = until_anchored("before the freeze").await;
+    // relay-a is cut off from the agent and frozen; the chain moves on
+    // through relay-b.
+    gates[0].block();
+    let relay_a = fleet.relays[0].proc.pid().to_string();
+    assert!(std::process::Command::new("kill").args(["-STOP", &relay_a]).status().unwrap().success());
+    let mut only_b = fleet.profile();
+    only_b.relays.retain(|r| r.name == "relay-b");
+    let s = within(30, tether::client::ClientSession::open(&only_b, DEVICE, "echo")).await.unwrap();
+    drop(within(30, s.connect()).await.unwrap());
+    let second = until_anchored("relay-a frozen").await;
+    assert!(second > first, "the chain did not move: {first} -> {second}");
+    assert!(std::process::Command::new("kill").args(["-CONT", &relay_a]).status().unwrap().success());
+    // Its next full report (at most 10 s) carries the head it held.
+    let metric = async |name: &str, label: &str| {
+        let m = hub_client(&fleet).text("/metrics", None).await.unwrap();
+        parse_metric(&m, name, &[label])
+    };
+    let (stale, rollback) = (
+        async || metric("tether_hub_audit_heads_stale_total", "relay=\"relay-a\"").await,
+        async || metric("tether_hub_anchor_refusals_total", "reason=\"rollback\"").await,
+    );
+    for _ in 0..300 {
+        if stale().await + rollback().await >= 1.0 {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    assert_eq!(rollback().await, 0.0, "a lagging relay's head was called a rollback\n{}", fleet.logs());
+    assert!(stale().await >= 1.0, "relay-a never delivered its older head\n{}", fleet.logs());
+    assert_eq!(anchored().await, second, "the older head moved the anchor");
+    let audit = hub_audit(&fleet, &token).await;
+    let refused: Vec<&Value> = audit.iter().filter(|r| r["event"] == "anchor_refused").collect();
+    assert!(refused.is_empty(), "a lagging relay's head was refused: {refused:?}");
 }
 
 /// A relay whose log rotates (`audit_rotate_bytes`) keeps one chain across

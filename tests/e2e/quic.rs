@@ -10,7 +10,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
 use crate::harness::*;
-use crate::udp_gate::UdpGate;
+use crate::udp_gate::{UdpGate, twins_behind_gates};
 
 /// An echo exchange through `addr` that takes a while: `chunks` chunks of
 /// 16 KiB, one every 10 ms, each checked as it comes back.
@@ -245,25 +245,7 @@ async fn a_quic_session_survives_the_death_of_its_relay() {
 /// it that the client has left, and it takes it at once.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_agent_takes_a_handed_leg_at_once_though_its_own_gives_no_sign_of_death() {
-    let opts = Opts {
-        relays: 2,
-        twins: true,
-        transport: "quic",
-        agent: false,
-        relay_top: "quic_agents = \"127.0.0.1:0\"\n",
-        ..Opts::default()
-    };
-    let mut fleet = Fleet::start(opts).await;
-    fleet.wait_twin_links().await;
-    // The agent sends UDP to the data ports' numbers; the gates sit there.
-    let gates = [
-        UdpGate::start(fleet.relays[0].data, fleet.relays[0].quic_agents.unwrap(), false, usize::MAX).await,
-        UdpGate::start(fleet.relays[1].data, fleet.relays[1].quic_agents.unwrap(), false, usize::MAX).await,
-    ];
-    fleet.agent = Some(start_agent(fleet.dir(), &fleet.agent_cfg));
-    for relay in 0..2 {
-        fleet.wait_metric(relay, "tether_relay_agents_attached", 1.0).await;
-    }
+    let (mut fleet, gates) = twins_behind_gates(Opts::default()).await;
     let (session, addr) = serve_locally(&fleet).await;
     assert_eq!((session.relay.name.as_str(), session.transport()), ("relay-a", "quic"));
     // The first connection's end-to-end TLS keys the next: the one that resumes.

@@ -11,6 +11,8 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use tokio::net::UdpSocket;
 use tokio_util::sync::CancellationToken;
 
+use crate::harness::{Fleet, Opts, start_agent};
+
 pub struct UdpGate {
     blocked: Arc<AtomicBool>,
     oversized: Arc<AtomicU64>,
@@ -94,4 +96,30 @@ impl UdpGate {
     pub fn open(&self) {
         self.blocked.store(false, Ordering::SeqCst);
     }
+}
+
+/// Twin relays over QUIC whose agent ports sit behind open gates (the agent
+/// sends UDP to the data ports' numbers, where the gates listen), `opts`
+/// otherwise; the agent attached to both.
+pub async fn twins_behind_gates(opts: Opts) -> (Fleet, [UdpGate; 2]) {
+    let opts = Opts {
+        relays: 2,
+        twins: true,
+        transport: "quic",
+        agent: false,
+        relay_top: "quic_agents = \"127.0.0.1:0\"\n",
+        ..opts
+    };
+    let mut fleet = Fleet::start(opts).await;
+    fleet.wait_twin_links().await;
+    let gate = |i: usize| {
+        let r = &fleet.relays[i];
+        UdpGate::start(r.data, r.quic_agents.unwrap(), false, usize::MAX)
+    };
+    let gates = [gate(0).await, gate(1).await];
+    fleet.agent = Some(start_agent(fleet.dir(), &fleet.agent_cfg));
+    for relay in 0..2 {
+        fleet.wait_metric(relay, "tether_relay_agents_attached", 1.0).await;
+    }
+    (fleet, gates)
 }
