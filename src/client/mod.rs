@@ -122,8 +122,10 @@ const FAILOVER_DIAL: Duration = Duration::from_secs(2);
 const CONTROL_PING: Duration = Duration::from_secs(1);
 /// How long a closing client waits for the relay to answer its goodbye.
 const GOODBYE_WAIT: Duration = Duration::from_secs(2);
-/// ...and moves to the twin after this much silence (a frozen relay sends no FIN).
-const CONTROL_DEAD: Duration = Duration::from_secs(3);
+/// ...and moves to the twin after this much silence (a frozen relay sends no
+/// FIN): a data leg's `dead_after`. A connection opened while the relay is
+/// frozen waits for this move (its own silence limit allows for pairing).
+const CONTROL_DEAD: Duration = Duration::from_secs(2);
 
 /// How long the end-to-end handshake with the device may take.
 const E2E_TIMEOUT: Duration = Duration::from_secs(10);
@@ -284,19 +286,19 @@ impl ClientSession {
     async fn watch_control(io: &mut FrameIo<Leg>) -> Option<Reason> {
         let mut tick = tokio::time::interval(CONTROL_PING);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        let mut heard = tokio::time::Instant::now();
+        // Silence is judged at its deadline, not at the next tick.
+        let silence = tokio::time::sleep(CONTROL_DEAD);
+        tokio::pin!(silence);
         let mut seq = 0u64;
         loop {
             tokio::select! {
                 f = io.read_frame() => match f {
                     Ok(Frame::SessionEnd { reason, .. }) | Ok(Frame::Error { reason, .. }) => return Some(reason),
-                    Ok(_) => heard = tokio::time::Instant::now(),
+                    Ok(_) => silence.as_mut().reset(tokio::time::Instant::now() + CONTROL_DEAD),
                     Err(_) => return None,
                 },
+                _ = &mut silence => return None,
                 _ = tick.tick() => {
-                    if heard.elapsed() > CONTROL_DEAD {
-                        return None;
-                    }
                     seq += 1;
                     let beat = Frame::Heartbeat { seq, clock: None };
                     if !matches!(tokio::time::timeout(CONTROL_PING, io.write_frame(&beat)).await, Ok(Ok(()))) {
