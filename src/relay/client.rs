@@ -197,11 +197,15 @@ async fn open(
                "specialist": grant.specialist, "role": grant.role, "client": peer.to_string()}),
     );
     let wait = Duration::from_secs(state.cfg.limits.decision_timeout_secs);
-    let decision = tokio::select! {
+    // `None`: the device decided; otherwise why the relay gave up on it.
+    let (decision, ours) = tokio::select! {
         d = tokio::time::timeout(wait, rx) => match d {
-            Ok(Ok(d)) => d,
-            Ok(Err(_)) => (Outcome::Refused, Reason::AgentGone),
-            Err(_) => (Outcome::Refused, Reason::ConsentTimedOut),
+            Ok(Ok(d)) => (d, None),
+            Ok(Err(_)) => ((Outcome::Refused, Reason::AgentGone), Some(
+                "the relay lost its channel to the device while the request waited: \
+                 the device may be off, frozen or cut off".to_string())),
+            Err(_) => ((Outcome::Refused, Reason::ConsentTimedOut), Some(
+                format!("the device gave no answer within {} s", wait.as_secs()))),
         },
         // The specialist gave up while waiting: withdraw the request.
         _ = io.read_frame() => {
@@ -221,7 +225,8 @@ async fn open(
         }
         metrics::RELAY_SESSIONS_ENDED.with_label_values(&[reason.label()]).inc();
         state.hub_ended(id, &grant.device, reason, 0, 0, 0);
-        return Err(refuse(reason, &super::clock::refused_why(state, &grant.device, reason)));
+        let why = ours.unwrap_or_else(|| super::clock::refused_why(state, &grant.device, reason));
+        return Err(refuse(reason, &why));
     }
 
     let session = Arc::new(Session::new(&grant, &service, peer.to_string(), attach_id, CancellationToken::new()));

@@ -5,6 +5,7 @@ use std::process::{Command, Stdio};
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
+use tether::client::ClientSession;
 use tether::proto::Reason;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
@@ -101,6 +102,27 @@ async fn agent_vanishing_closes_the_client_side_and_audits_bytes() {
     })
     .await;
     assert_eq!(fleet.metric(0, "tether_relay_sessions_ended_total", &["agent_gone"]).await, 1.0);
+}
+
+/// A device that stops answering while a specialist's request waits (frozen,
+/// cut off: no FIN, no RST) is refused by name once its relay gives up on the
+/// channel, and the specialist is told the relay concluded it, not that the
+/// device refused.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_device_that_stops_answering_is_refused_as_gone_not_as_its_own_decision() {
+    let opts = Opts { heartbeat_secs: 1, relay_limits: "agent_idle_timeout_secs = 3", ..Opts::default() };
+    let fleet = Fleet::start(opts).await;
+    let agent = fleet.agent.as_ref().unwrap().pid();
+    crate::failover::signal(agent, "-STOP");
+    let opened = within(60, ClientSession::open(&fleet.profile(), DEVICE, "echo")).await;
+    crate::failover::signal(agent, "-CONT");
+    let err = opened.err().expect("refused");
+    assert_eq!(err.reason(), Some(Reason::AgentGone), "{err}");
+    let text = format!("{err:#}");
+    assert!(text.contains("the relay lost its channel to the device"), "{text}");
+    assert!(!text.contains("refused by the device"), "{text}");
+    assert!(audited(&fleet.relay_audit(0), "client_refused", "agent_gone"));
+    assert_eq!(fleet.metric(0, "tether_relay_grant_refusals_total", &["agent_gone"]).await, 1.0);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

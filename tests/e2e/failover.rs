@@ -236,7 +236,7 @@ async fn graceful_drain_moves_live_sessions_with_zero_bytes_lost() {
 /// process has stopped: `kill` returns when the signal is sent, and a
 /// thread that was running goes on for a moment (long enough, on a busy
 /// host, to take a connection the test meant to reach a frozen relay).
-fn signal(pid: u32, sig: &str) {
+pub(crate) fn signal(pid: u32, sig: &str) {
     assert!(std::process::Command::new("kill").args([sig, &pid.to_string()]).status().unwrap().success());
     if sig == "-STOP" {
         for _ in 0..1000 {

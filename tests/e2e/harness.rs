@@ -148,6 +148,8 @@ pub struct Opts {
     pub hub_extra: &'static str,
     /// Extra lines for the relays' `[limits]`.
     pub relay_limits: &'static str,
+    /// The relays' `limits.heartbeat_secs` (what they tell agents).
+    pub heartbeat_secs: u32,
     /// The hub serves a signed repository (dev keys in `repo-keys/`, as
     /// `tether dev`), and the agent trusts its root and fetches from it.
     pub repo: bool,
@@ -184,6 +186,7 @@ impl Default for Opts {
             hub: false,
             hub_extra: "",
             relay_limits: "",
+            heartbeat_secs: 30,
             repo: false,
             download_rate: 0,
             transport: "tcp",
@@ -276,7 +279,7 @@ pub fn start_relay_with(
     let cfg = format!(
         "name = \"{name}\"\ncontrol = \"127.0.0.1:0\"\ndata = \"127.0.0.1:0\"\nclient = \"127.0.0.1:0\"\nadmin = \"127.0.0.1:0\"\n\
          ca = \"{ca}\"\ncert = \"{d}/{name}.pem\"\nkey = \"{d}/{name}.key\"\ngrant_public_key = \"{d}/grant.pub\"\n\
-         audit_log = \"{audit}\"\nraw_legs = {raw}\n{top}\n{crl}\n[limits]\nhandshake_timeout_ms = {hs}\nheartbeat_secs = 30\npairing_timeout_ms = 5000\ndecision_timeout_secs = 120\ndrain_secs = 1\n{extra}\n{hub}",
+         audit_log = \"{audit}\"\nraw_legs = {raw}\n{top}\n{crl}\n[limits]\nhandshake_timeout_ms = {hs}\nheartbeat_secs = {hb}\npairing_timeout_ms = 5000\ndecision_timeout_secs = 120\ndrain_secs = 1\n{extra}\n{hub}",
         extra = opts.relay_limits,
         top = opts.relay_top,
         hub = hub
@@ -286,6 +289,7 @@ pub fn start_relay_with(
         d = pki.dir.display(),
         audit = audit.display(),
         hs = opts.handshake_timeout_ms,
+        hb = opts.heartbeat_secs,
         raw = opts.raw_legs,
     );
     let path = dir.join(format!("{name}.toml"));
