@@ -96,7 +96,11 @@ async fn operator_ends_a_live_session() {
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     let reason = tokio::time::timeout(std::time::Duration::from_secs(10), session.ended()).await.unwrap();
     assert_eq!(reason, Reason::EndedOnSite);
-    assert!(audited(&fleet.relay_audit(0), "session_end", "ended_on_site"));
+    // The client may hear the end before the relay's audit line is written.
+    eventually("the relay audits the end on site", async || {
+        audited(&fleet.relay_audit(0), "session_end", "ended_on_site")
+    })
+    .await;
 }
 
 /// Our own tmux server (`-L`), apart from any other; killed when dropped.
