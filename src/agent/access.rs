@@ -62,6 +62,17 @@ pub async fn handle(state: Shared, relay: String, tx: mpsc::Sender<Frame>, signe
     let who = json!({"device": state.cfg.device, "session": id.to_string(), "relay": relay, "service": service,
                      "specialist": grant.specialist, "role": grant.role});
     state.audit.record("access_requested", who.clone());
+    // The relay withdrew this request before it was taken up here (it gave
+    // up on a device that ran again only later, or the specialist left):
+    // start nothing. Nothing awaits from here to the session's start or the
+    // consent prompt, so a withdrawal read later finds one of them.
+    if let Some(reason) = state.take_withdrawn(id) {
+        state.audit.record(
+            "access_withdrawn",
+            json!({"device": state.cfg.device, "session": id.to_string(), "reason": reason.label()}),
+        );
+        return;
+    }
 
     // On-site consent when the device's own policy or the hub's asks for it.
     let required = state.cfg.consent == Consent::Required || grant.consent;
@@ -78,6 +89,10 @@ pub async fn handle(state: Shared, relay: String, tx: mpsc::Sender<Frame>, signe
             };
             state.pending.insert(id, pending);
             state.audit.record("consent_requested", who.clone());
+            // Tells the relay at once that the request arrived and waits for
+            // a person: a relay gives up on a device that sends nothing for a
+            // few seconds after a request (relay/decision.rs).
+            let _ = tx.try_send(state.head_frame());
             tracing::info!(session = %id, %service, specialist = %grant.specialist, "waiting for on-site consent");
             let timeout = Duration::from_secs(state.cfg.consent_timeout_secs);
             match tokio::time::timeout(timeout, rx).await {

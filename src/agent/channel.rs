@@ -126,12 +126,7 @@ async fn attach_once(
         tokio::spawn(super::streams::accept(state.clone(), relay.clone(), tx.clone(), conn).in_current_span());
     }
     state.jobs_waiting.notify_one();
-    let head = |state: &Shared| {
-        let (seq, hash) = state.audit.head();
-        let sig = state.audit.sign_head(&hash);
-        Frame::AuditHead { seq, hash, sig }
-    };
-    io.write_frame(&head(state)).await.map_err(|e| format!("write: {e}"))?;
+    io.write_frame(&state.head_frame()).await.map_err(|e| format!("write: {e}"))?;
     // A first heartbeat at once: the relay's answer tells how far our clock is off.
     let with_clock = !state.no_clock.contains(&relay.name);
     let beat = |seq: u64| {
@@ -179,7 +174,7 @@ async fn attach_once(
                 let seq = state.audit.head().0;
                 if seq != head_sent {
                     head_sent = seq;
-                    io.write_frame(&head(state)).await.map_err(|e| format!("write: {e}"))?;
+                    io.write_frame(&state.head_frame()).await.map_err(|e| format!("write: {e}"))?;
                 }
             }
             _ = ticker.tick() => {
@@ -190,7 +185,7 @@ async fn attach_once(
                 let f;
                 (f, sent) = beat(seq);
                 io.write_frame(&f).await.map_err(|e| format!("write: {e}"))?;
-                io.write_frame(&head(state)).await.map_err(|e| format!("write: {e}"))?;
+                io.write_frame(&state.head_frame()).await.map_err(|e| format!("write: {e}"))?;
             }
             out = rx.recv() => if let Some(f) = out {
                 io.write_frame(&f).await.map_err(|e| format!("write: {e}"))?;
@@ -246,8 +241,13 @@ fn on_frame(
             tokio::spawn(async move { super::tunnel::open(state, target, tx, session, conn, leg).await });
         }
         Frame::SessionEnd { session, reason, .. } => {
-            if !state.end_session(session, reason, false) && state.pending.remove(&session).is_some() {
-                state.audit.record("consent_withdrawn", serde_json::json!({"device": state.cfg.device, "session": session.to_string(), "reason": reason.label()}));
+            if !state.end_session(session, reason, false) {
+                if state.pending.remove(&session).is_some() {
+                    state.audit.record("consent_withdrawn", serde_json::json!({"device": state.cfg.device, "session": session.to_string(), "reason": reason.label()}));
+                } else {
+                    // Its request may be read but not yet taken up (`access.rs`).
+                    state.note_withdrawn(session, reason);
+                }
             }
         }
         Frame::Repo(crate::proto::repo::RepoFrame::JobsWaiting) => state.jobs_waiting.notify_one(),

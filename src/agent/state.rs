@@ -68,6 +68,9 @@ pub struct Pending {
     pub answer: oneshot::Sender<(bool, String)>,
 }
 
+/// Withdrawn requests remembered at most (`AgentState::note_withdrawn`).
+const WITHDRAWN_MAX: usize = 1024;
+
 pub struct AgentState {
     pub cfg: AgentConfig,
     pub grants: GrantVerifier,
@@ -81,6 +84,10 @@ pub struct AgentState {
     pub quic: DashMap<String, quinn::Connection>,
     pub sessions: DashMap<SessionId, Arc<AgentSession>>,
     pub pending: DashMap<SessionId, Pending>,
+    /// Requests a relay withdrew before this agent had taken them up (the
+    /// relay gave up on a device that ran again only later, or the
+    /// specialist left): `access.rs` starts none of them. Bounded.
+    withdrawn: Mutex<std::collections::HashMap<SessionId, Reason>>,
     /// Jobs waiting for the on-site operator, by job id.
     pub pending_jobs: DashMap<String, PendingJob>,
     /// Outgoing frames per relay name, while its channel is up.
@@ -115,6 +122,7 @@ impl AgentState {
             quic: DashMap::new(),
             sessions: DashMap::new(),
             pending: DashMap::new(),
+            withdrawn: Default::default(),
             pending_jobs: DashMap::new(),
             relays: DashMap::new(),
             clock: DashMap::new(),
@@ -129,6 +137,28 @@ impl AgentState {
             jobs_waiting: tokio::sync::Notify::new(),
             cfg,
         }))
+    }
+
+    /// Notes that a relay withdrew request `id`, which is neither live nor
+    /// waiting for consent here (its frame is read, its handling not begun).
+    pub fn note_withdrawn(&self, id: SessionId, reason: Reason) {
+        let mut w = crate::util::lock(&self.withdrawn);
+        if w.len() >= WITHDRAWN_MAX {
+            w.clear(); // a relay that names thousands of unknown sessions loses nothing real
+        }
+        w.insert(id, reason);
+    }
+
+    /// Why request `id` was withdrawn before it was taken up, if it was.
+    pub fn take_withdrawn(&self, id: SessionId) -> Option<Reason> {
+        crate::util::lock(&self.withdrawn).remove(&id)
+    }
+
+    /// The head of the audit chain, signed, as a relay passes it on.
+    pub fn head_frame(&self) -> Frame {
+        let (seq, hash) = self.audit.head();
+        let sig = self.audit.sign_head(&hash);
+        Frame::AuditHead { seq, hash, sig }
     }
 
     /// Records a session id as used; false if it was seen before (replay).

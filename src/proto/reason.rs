@@ -49,6 +49,7 @@ reasons! {
     NeverOpened = 46, "never_opened", "the device never opened that connection, and now never will";
     ClientClosed = 50, "client_closed", "the specialist closed the session";
     AgentGone = 51, "agent_gone", "the device's agent disconnected";
+    AgentSilent = 58, "agent_silent", "the device did not answer";
     EndedOnSite = 52, "ended_on_site", "the on-site operator ended the session";
     RelayShutdown = 53, "relay_shutdown", "the relay is shutting down";
     RelayGone = 55, "relay_gone", "the relay's control channel to the device was lost";

@@ -43,6 +43,10 @@ pub struct AgentHandle {
     pub transport: &'static str,
     /// Unix seconds of the last heartbeat (or the attach).
     pub last_heartbeat: AtomicU64,
+    /// Unix milliseconds of the last frame of any kind from the agent (or the
+    /// attach): a device that sends nothing after a request is given up on
+    /// (`decision.rs`).
+    pub heard_ms: AtomicU64,
     /// The agent's audit chain head and its signature, as it last told us.
     pub audit_head: Mutex<Option<(u64, String, String)>>,
     /// The device's certificate (DER; the hub checks heads with it), and its end.

@@ -15,6 +15,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::sync::oneshot;
 use tokio_util::sync::CancellationToken;
 
+use super::decision::Waited;
 use super::session::Session;
 use super::state::{LegEvent, State};
 use super::{Accepted, Auth};
@@ -184,6 +185,7 @@ async fn open(
     }
 
     // Ask the agent; it verifies the grant itself and may wait for on-site consent.
+    let asked = crate::util::clock::now_ms();
     let (tx, rx) = oneshot::channel();
     state.pairing().expect_decision(id, attach_id, tx);
     let request = Frame::AccessRequest { grant: signed, service: service.clone() };
@@ -196,22 +198,24 @@ async fn open(
         json!({"relay": state.cfg.name, "session": id.to_string(), "device": grant.device, "service": service,
                "specialist": grant.specialist, "role": grant.role, "client": peer.to_string()}),
     );
-    let wait = Duration::from_secs(state.cfg.limits.decision_timeout_secs);
-    // `None`: the device decided; otherwise why the relay gave up on it.
-    let (decision, ours) = tokio::select! {
-        d = tokio::time::timeout(wait, rx) => match d {
-            Ok(Ok(d)) => (d, None),
-            Ok(Err(_)) => ((Outcome::Refused, Reason::AgentGone), Some(
-                "the relay lost its channel to the device while the request waited: \
-                 the device may be off, frozen or cut off".to_string())),
-            Err(_) => ((Outcome::Refused, Reason::ConsentTimedOut), Some(
-                format!("the device gave no answer within {} s", wait.as_secs()))),
-        },
+    let waited = super::decision::wait(state, rx, (&grant.device, attach_id), asked, io.read_frame()).await;
+    // `ours`: the relay gave up on the device, and why.
+    let (decision, ours) = match waited {
+        Waited::Decided(outcome, reason) => ((outcome, reason), None),
+        Waited::GaveUp(reason, why) => ((Outcome::Refused, reason), Some(why)),
         // The specialist gave up while waiting: withdraw the request.
-        _ = io.read_frame() => {
+        Waited::Withdrawn => {
             state.pairing().decide(id);
-            let _ = agent_tx.try_send(Frame::SessionEnd { session: id, reason: Reason::ClientClosed, bytes_to_device: 0, bytes_to_client: 0 });
-            state.audit.record("session_withdrawn", json!({"relay": state.cfg.name, "session": id.to_string(), "device": grant.device}));
+            let _ = agent_tx.try_send(Frame::SessionEnd {
+                session: id,
+                reason: Reason::ClientClosed,
+                bytes_to_device: 0,
+                bytes_to_client: 0,
+            });
+            state.audit.record(
+                "session_withdrawn",
+                json!({"relay": state.cfg.name, "session": id.to_string(), "device": grant.device}),
+            );
             state.hub_ended(id, &grant.device, Reason::ClientClosed, 0, 0, 0);
             return Ok(());
         }

@@ -134,6 +134,7 @@ async fn attached(
             agent_version: agent_version.clone(),
             transport,
             last_heartbeat: crate::util::now_secs().into(),
+            heard_ms: crate::util::clock::now_ms().into(),
             audit_head: Default::default(),
             cert_expires: crate::tls::renewal::not_after(&cert).unwrap_or(0),
             clock: Default::default(),
@@ -227,6 +228,9 @@ async fn channel_loop(
                     }
                 };
                 deadline = Instant::now() + idle;
+                if let Some(a) = state.agents.get(me.device).filter(|a| a.attach_id == me.attach_id) {
+                    a.heard_ms.store(crate::util::clock::now_ms(), std::sync::atomic::Ordering::Relaxed);
+                }
                 if let Err(why) = Box::pin(on_frame(state, io, me, frame)).await {
                     return why;
                 }

@@ -11,6 +11,7 @@ mod clock;
 pub mod config;
 mod control;
 mod data;
+mod decision;
 mod gate;
 mod hub_pool;
 mod hub_report;

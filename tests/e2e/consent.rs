@@ -2,6 +2,7 @@
 //! denial and timeout reach the specialist as named errors.
 use std::process::Command;
 use std::sync::atomic::Ordering;
+use std::time::Duration;
 
 use tether::agent::operator::{Request, request};
 use tether::client::ClientSession;
@@ -42,26 +43,49 @@ fn operator_cli(fleet: &Fleet, verb: &str, id: &str) -> std::process::Output {
     Command::new(BIN).args(["agent", "--config"]).arg(&fleet.agent_cfg).args([verb, id]).output().unwrap()
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn no_byte_reaches_the_service_before_approval() {
-    let (fleet, svc) = consent_fleet(60).await;
+/// Asks for `svc`; the request must still wait, with nothing sent to the
+/// service, `wait` after it is pending at the device. Then approves it and
+/// sends `msg` through the admitted session. Returns the session id.
+async fn waits_then_approved(fleet: &Fleet, svc: &CountingService, wait: Duration, msg: &[u8]) -> String {
     let profile = fleet.profile();
     let opening = tokio::spawn(async move { ClientSession::open(&profile, DEVICE, "svc").await });
-    let id = pending_session(&fleet).await;
-    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
-    assert!(!opening.is_finished(), "the session was admitted without consent");
+    let id = pending_session(fleet).await;
+    tokio::time::sleep(wait).await;
+    if opening.is_finished() {
+        let err = opening.await.unwrap().err().map(|e| e.to_string());
+        panic!("the request did not wait for the person on site: {err:?}");
+    }
     assert_eq!(svc.conns.load(Ordering::SeqCst), 0, "the service was contacted before approval");
 
-    let out = operator_cli(&fleet, "approve", &id);
+    let out = operator_cli(fleet, "approve", &id);
     assert!(out.status.success(), "approve failed: {}", String::from_utf8_lossy(&out.stderr));
     let session = opening.await.unwrap().expect("admitted after approval");
     let mut t = within(30, session.connect()).await.unwrap();
-    t.write_all(b"after approval").await.unwrap();
+    t.write_all(msg).await.unwrap();
     t.flush().await.unwrap();
-    eventually("bytes reach the service after approval", async || svc.bytes.load(Ordering::SeqCst) == 14).await;
+    eventually("bytes reach the service after approval", async || svc.bytes.load(Ordering::SeqCst) == msg.len() as u64)
+        .await;
+    id
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn no_byte_reaches_the_service_before_approval() {
+    let (fleet, svc) = consent_fleet(60).await;
+    let id = waits_then_approved(&fleet, &svc, Duration::from_millis(300), b"after approval").await;
     let audit = fleet.agent_audit();
     assert!(audit.iter().any(|r| r["event"] == "consent_requested" && r["session"] == id.as_str()));
     assert!(audit.iter().any(|r| r["event"] == "consent_given" && r["session"] == id.as_str()));
+}
+
+/// A device waiting for the person on site tells its relay at once, so the
+/// relay does not take it for silent (`agent_silent`) however long the
+/// person takes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_request_waiting_for_the_person_on_site_is_not_taken_for_a_silent_device() {
+    let (fleet, svc) = consent_fleet(60).await;
+    // Past the relay's wait for a first sign of life (5 s).
+    waits_then_approved(&fleet, &svc, Duration::from_secs(7), b"approved late").await;
+    assert_eq!(fleet.metric(0, "tether_relay_grant_refusals_total", &["agent_silent"]).await, 0.0);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

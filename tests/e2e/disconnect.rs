@@ -5,6 +5,7 @@ use std::process::{Command, Stdio};
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
+use tether::agent::operator::{Request, request};
 use tether::client::ClientSession;
 use tether::proto::Reason;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -112,17 +113,48 @@ async fn agent_vanishing_closes_the_client_side_and_audits_bytes() {
 async fn a_device_that_stops_answering_is_refused_as_gone_not_as_its_own_decision() {
     let opts = Opts { heartbeat_secs: 1, relay_limits: "agent_idle_timeout_secs = 3", ..Opts::default() };
     let fleet = Fleet::start(opts).await;
-    let agent = fleet.agent.as_ref().unwrap().pid();
-    crate::failover::signal(agent, "-STOP");
-    let opened = within(60, ClientSession::open(&fleet.profile(), DEVICE, "echo")).await;
-    crate::failover::signal(agent, "-CONT");
-    let err = opened.err().expect("refused");
+    let err = refusal_while_frozen(&fleet).await;
     assert_eq!(err.reason(), Some(Reason::AgentGone), "{err}");
     let text = format!("{err:#}");
     assert!(text.contains("the relay lost its channel to the device"), "{text}");
     assert!(!text.contains("refused by the device"), "{text}");
     assert!(audited(&fleet.relay_audit(0), "client_refused", "agent_gone"));
     assert_eq!(fleet.metric(0, "tether_relay_grant_refusals_total", &["agent_gone"]).await, 1.0);
+}
+
+/// A device that sends nothing for a few seconds after a request, its
+/// channel still open (a frozen agent; the relay would wait 95 s for the
+/// channel's idle timeout), is refused by name as silent, audited and
+/// counted; once it runs again it admits the next session.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_device_silent_after_a_request_is_refused_in_seconds_and_serves_again_once_it_runs() {
+    let fleet = Fleet::start(Opts::default()).await;
+    let err = refusal_while_frozen(&fleet).await;
+    assert_eq!(err.reason(), Some(Reason::AgentSilent), "{err}");
+    let text = format!("{err:#}");
+    assert!(text.contains("the device sent nothing for 5 s after the request"), "{text}");
+    assert!(audited(&fleet.relay_audit(0), "client_refused", "agent_silent"));
+    assert_eq!(fleet.metric(0, "tether_relay_grant_refusals_total", &["agent_silent"]).await, 1.0);
+    // Running again, the device reads the request and its withdrawal together:
+    // it starts nothing (no session the relay does not know of).
+    eventually("the device audits the withdrawn request", async || {
+        audited(&fleet.agent_audit(), "access_withdrawn", "agent_silent")
+    })
+    .await;
+    let live = request(&fleet.socket(), &Request::Sessions).await.unwrap();
+    assert_eq!(live["sessions"].as_array().map(Vec::len), Some(0), "{live}");
+
+    fleet.echo_through_new_session(b"awake").await;
+}
+
+/// What a session request gets from the fleet's device while its agent is
+/// stopped (SIGSTOP: no FIN, no RST); the agent runs again afterwards.
+async fn refusal_while_frozen(fleet: &Fleet) -> tether::client::ClientError {
+    let agent = fleet.agent.as_ref().unwrap().pid();
+    crate::failover::signal(agent, "-STOP");
+    let opened = within(60, ClientSession::open(&fleet.profile(), DEVICE, "echo")).await;
+    crate::failover::signal(agent, "-CONT");
+    opened.err().expect("refused")
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -557,6 +557,17 @@ impl Fleet {
         within(30, ClientSession::open(&self.profile(), DEVICE, service)).await.unwrap()
     }
 
+    /// A new session to `echo`, one connection through it, and `msg` back.
+    pub async fn echo_through_new_session(&self, msg: &[u8]) {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let session = self.session("echo").await;
+        let mut conn = within(30, session.connect()).await.unwrap();
+        conn.write_all(msg).await.unwrap();
+        let mut back = vec![0u8; msg.len()];
+        within(30, conn.read_exact(&mut back)).await.unwrap();
+        assert_eq!(back, msg);
+    }
+
     pub fn grant(&self, f: impl FnOnce(&mut Grant)) -> SignedGrant {
         let now = now_secs();
         let mut g = Grant {

@@ -380,12 +380,7 @@ async fn a_part_whose_log_reader_is_gone_goes_on_and_stops_on_sigterm() {
     fleet.wait_metric(0, "tether_relay_agents_attached", 1.0).await;
 
     // Both log as they attach, pair and splice; the connection works.
-    let session = fleet.session("echo").await;
-    let mut conn = within(30, session.connect()).await.unwrap();
-    conn.write_all(b"still logging").await.unwrap();
-    let mut back = [0u8; 13];
-    within(30, conn.read_exact(&mut back)).await.unwrap();
-    assert_eq!(&back, b"still logging");
+    fleet.echo_through_new_session(b"still logging").await;
 
     let agent = fleet.agent.as_mut().unwrap().term_and_wait(10).await;
     assert!(agent.success(), "the agent exited with {agent}");
