@@ -16,6 +16,7 @@ mod gate;
 mod hub_pool;
 mod hub_report;
 mod job_events;
+mod listeners;
 mod pairing;
 mod quic;
 mod refusals;
@@ -26,6 +27,7 @@ mod streams;
 mod tunnel;
 
 pub use config::{RelayConfig, RelayLimits, TwinConfig};
+pub use listeners::{BoundAddrs, Listeners};
 pub use state::State;
 
 use std::future::Future;
@@ -55,86 +57,6 @@ pub enum RelayError {
     Audit(#[from] crate::audit::AuditError),
     #[error("state file {path}: {source}")]
     State { path: std::path::PathBuf, source: std::io::Error },
-}
-
-/// The four bound listeners of a relay.
-pub struct Listeners {
-    pub control: TcpListener,
-    pub data: TcpListener,
-    pub client: TcpListener,
-    pub admin: TcpListener,
-    /// The twin link listener, when a twin is configured.
-    pub twin: Option<TcpListener>,
-    /// QUIC for agents and for specialists (UDP), unless `quic = false`.
-    pub quic: Option<(std::net::UdpSocket, std::net::UdpSocket)>,
-}
-
-/// Addresses actually bound (useful with port 0).
-#[derive(Debug, Clone, Copy)]
-pub struct BoundAddrs {
-    pub control: SocketAddr,
-    pub data: SocketAddr,
-    pub client: SocketAddr,
-    pub admin: SocketAddr,
-    pub twin: Option<SocketAddr>,
-    /// UDP: agents' and specialists' QUIC.
-    pub quic_agents: Option<SocketAddr>,
-    pub quic_clients: Option<SocketAddr>,
-}
-
-impl Listeners {
-    pub async fn bind(cfg: &RelayConfig) -> Result<Listeners, RelayError> {
-        async fn one(what: &'static str, addr: SocketAddr) -> Result<TcpListener, RelayError> {
-            TcpListener::bind(addr).await.map_err(|source| RelayError::Bind { what, addr, source })
-        }
-        // QUIC listens on the TCP port's number unless configured apart
-        // (with port 0, the port the TCP listener got).
-        fn udp(
-            what: &'static str,
-            addr: Option<SocketAddr>,
-            tcp: &TcpListener,
-        ) -> Result<std::net::UdpSocket, RelayError> {
-            let addr = match addr {
-                Some(a) => a,
-                None => tcp.local_addr().map_err(|source| RelayError::Bind {
-                    what,
-                    addr: "0.0.0.0:0".parse().expect("valid"),
-                    source,
-                })?,
-            };
-            std::net::UdpSocket::bind(addr).map_err(|source| RelayError::Bind { what, addr, source })
-        }
-        let data = one("data", cfg.data).await?;
-        let client = one("client", cfg.client).await?;
-        let quic = match cfg.quic {
-            false => None,
-            true => Some((udp("quic-agent", cfg.quic_agents, &data)?, udp("quic-client", cfg.quic_clients, &client)?)),
-        };
-        Ok(Listeners {
-            control: one("control", cfg.control).await?,
-            data,
-            client,
-            admin: one("admin", cfg.admin).await?,
-            twin: match &cfg.twin {
-                Some(t) => Some(one("twin", t.listen).await?),
-                None => None,
-            },
-            quic,
-        })
-    }
-
-    pub fn addrs(&self) -> BoundAddrs {
-        let a = |l: &TcpListener| l.local_addr().expect("bound listener has an address");
-        BoundAddrs {
-            control: a(&self.control),
-            data: a(&self.data),
-            client: a(&self.client),
-            admin: a(&self.admin),
-            twin: self.twin.as_ref().map(a),
-            quic_agents: self.quic.as_ref().and_then(|(s, _)| s.local_addr().ok()),
-            quic_clients: self.quic.as_ref().and_then(|(_, s)| s.local_addr().ok()),
-        }
-    }
 }
 
 /// Serves until `shutdown` is cancelled, then drains live tasks for up to

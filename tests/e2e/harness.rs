@@ -304,6 +304,11 @@ pub fn start_relay_with(
         .unwrap();
     let mut line = String::new();
     BufReader::new(child.stdout.take().unwrap()).read_line(&mut line).unwrap();
+    assert!(
+        line.contains("threads="),
+        "{name} did not start: {line:?}\n{}",
+        std::fs::read_to_string(dir.join(format!("{name}.log"))).unwrap_or_default()
+    );
     let field = |k: &str| -> SocketAddr {
         line.split_whitespace()
             .find_map(|w| w.strip_prefix(&format!("{k}=")))
