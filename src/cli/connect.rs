@@ -54,11 +54,32 @@ pub async fn run(a: ConnectArgs) -> Result<()> {
         );
     }
     let source = client::GrantSource::from_profile(&p, Some(&reason))?;
-    eprintln!("asking {device} for {service} (the device may need on-site approval)...");
+    eprintln!("asking {device} for {service}...");
     let deadline = Instant::now() + Duration::from_secs(a.wait);
     let mut waiting = false;
+    let consent = std::sync::atomic::AtomicBool::new(false);
+    let progress = |p: client::Progress| match p {
+        client::Progress::Asked { consent: true, .. } if !consent.swap(true, Ordering::Relaxed) => {
+            eprintln!(
+                "{device} needs the approval of the person at the device (the hub's policy); waiting for them (Ctrl-C to give up)..."
+            )
+        }
+        client::Progress::Asked { .. } => {}
+        client::Progress::Waiting { after, .. }
+            if after == client::FIRST_NOTICE && !consent.load(Ordering::Relaxed) =>
+        {
+            eprintln!(
+                "{device} has not decided after {} s: it may be asking the person at the device to approve; \
+                 waiting (Ctrl-C to give up)...",
+                after.as_secs()
+            )
+        }
+        client::Progress::Waiting { after, .. } => {
+            eprintln!("still waiting for {device} after {} s...", after.as_secs())
+        }
+    };
     let session = loop {
-        match client::ClientSession::open_with(&p, &source, &device, &service).await {
+        match client::ClientSession::open_watching(&p, &source, &device, &service, &progress).await {
             Ok(s) => break s,
             Err(e) if offline(&e) && Instant::now() < deadline => {
                 if !waiting {

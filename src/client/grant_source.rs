@@ -26,6 +26,8 @@ pub enum GrantSource {
 pub struct Obtained {
     pub grant: SignedGrant,
     pub relays: Vec<RelayEntry>,
+    /// The hub's policy asks the person at the device to approve.
+    pub consent: bool,
 }
 
 impl GrantSource {
@@ -78,7 +80,7 @@ impl GrantSource {
                 if relays.is_empty() {
                     return Err(bad("relays"));
                 }
-                Ok(Obtained { grant: SignedGrant { body: body.into(), sig }, relays })
+                Ok(Obtained { grant: SignedGrant { body: body.into(), sig }, relays, consent: v.consent_required })
             }
             GrantSource::DevSigner { signer, specialist, role, ttl, relays, reason } => {
                 let now = now_secs();
@@ -95,7 +97,7 @@ impl GrantSource {
                     consent: false,
                     reason: reason.clone(),
                 });
-                Ok(Obtained { grant, relays: relays.clone() })
+                Ok(Obtained { grant, relays: relays.clone(), consent: false })
             }
         }
     }

@@ -1,6 +1,7 @@
 //! The specialist's side: obtain a grant, open a session through a relay (its
 //! twin when the first fails), and forward local connections through it.
 
+mod answer;
 mod early;
 mod forward;
 mod grant_source;
@@ -11,6 +12,7 @@ mod pipelined;
 pub mod profile;
 mod redial;
 
+pub use answer::{FIRST_NOTICE, NOTICE_EVERY, Progress};
 pub use grant_source::GrantSource;
 pub use profile::{HubLogin, Profile, RelayEntry};
 
@@ -145,10 +147,22 @@ impl ClientSession {
         device: &str,
         service: &str,
     ) -> Result<Arc<ClientSession>, ClientError> {
+        Self::open_watching(profile, source, device, service, &|_| {}).await
+    }
+
+    /// [`Self::open_with`], telling `progress` what the request waits for.
+    pub async fn open_watching(
+        profile: &Profile,
+        source: &GrantSource,
+        device: &str,
+        service: &str,
+        progress: &(dyn Fn(Progress) + Sync),
+    ) -> Result<Arc<ClientSession>, ClientError> {
         let key = e2e::ClientKey::generate()?;
         let e2e = e2e::client_config(&profile.ca, &key)?;
         tls::server_name(device)?;
-        let grant_source::Obtained { grant, relays } = source.obtain(device, service, key.public_key()).await?;
+        let grant_source::Obtained { grant, relays, consent } =
+            source.obtain(device, service, key.public_key()).await?;
         let links = links::Links::new(&profile.ca, profile.transport)?;
         let mut failures = Vec::new();
         let mut last = None;
@@ -167,7 +181,10 @@ impl ClientSession {
             let mut io = FrameIo::new(conn);
             let open = Frame::ClientOpen { version: VERSION, grant: grant.clone(), service: service.to_string() };
             let answer = match io.write_frame(&open).await {
-                Ok(()) => io.read_frame().await.map_err(|e| e.to_string()),
+                Ok(()) => {
+                    progress(Progress::Asked { relay: relay.name.clone(), consent });
+                    answer::read(&mut io, &relay.name, progress).await
+                }
                 Err(e) => Err(e.to_string()),
             };
             match answer {

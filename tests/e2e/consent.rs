@@ -222,38 +222,126 @@ async fn the_person_at_the_device_answers_at_a_prompt_and_reads_tables() {
     outcome.unwrap_or_else(|_| panic!("not done within 120 s; the terminal showed:\n{last}"));
 }
 
-/// Through the hub: the reason and ticket the specialist gave `tether
-/// connect` reach the person at the device inside the signed grant, and the
-/// session opens once they approve.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn the_hub_signs_the_reason_into_the_grant_and_the_device_shows_it() {
-    let fleet = Fleet::start(Opts { relays: 2, twins: true, hub: true, ..Opts::default() }).await;
-    crate::hub::hub_cli(&fleet, &["device", "add", DEVICE, "--site", "st-marys", "--consent", "required"], "").await;
+/// `tether connect` as a process; its stderr lines are kept as they come,
+/// with the time each came after the start.
+struct Connecting {
+    child: tokio::process::Child,
+    stdout: tokio::io::Lines<tokio::io::BufReader<tokio::process::ChildStdout>>,
+    stderr: std::sync::Arc<std::sync::Mutex<Vec<(Duration, String)>>>,
+}
+
+impl Connecting {
+    fn start(profile: &std::path::Path, reason: &str) -> Connecting {
+        use tokio::io::AsyncBufReadExt;
+        let mut child = tokio::process::Command::new(BIN)
+            .args(["connect", "--profile", profile.to_str().unwrap(), DEVICE, "echo", "--listen", "127.0.0.1:0"])
+            .args(["--reason", reason])
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .kill_on_drop(true)
+            .spawn()
+            .unwrap();
+        let stderr: std::sync::Arc<std::sync::Mutex<Vec<(Duration, String)>>> = Default::default();
+        let (kept, start) = (stderr.clone(), std::time::Instant::now());
+        let mut lines = tokio::io::BufReader::new(child.stderr.take().unwrap()).lines();
+        tokio::spawn(async move {
+            while let Ok(Some(l)) = lines.next_line().await {
+                kept.lock().unwrap().push((start.elapsed(), l));
+            }
+        });
+        let stdout = tokio::io::BufReader::new(child.stdout.take().unwrap()).lines();
+        Connecting { child, stdout, stderr }
+    }
+
+    /// The first stderr line containing `text`, and when it came.
+    fn said(&self, text: &str) -> Option<(Duration, String)> {
+        self.stderr.lock().unwrap().iter().find(|(_, l)| l.contains(text)).cloned()
+    }
+
+    /// The session id from "session ID ready: …".
+    async fn ready(&mut self) -> String {
+        let line = within(30, self.stdout.next_line()).await.unwrap().expect("connect printed nothing");
+        assert!(line.contains(" ready: "), "{line}");
+        line.split_whitespace().nth(1).unwrap().to_string()
+    }
+}
+
+/// A hub fleet whose device is registered with `hub_consent`; the agent's
+/// own policy is `device_consent`. Returns it and a logged-in profile.
+async fn hub_consent_fleet(hub_consent: &str, device_consent: &'static str) -> (Fleet, std::path::PathBuf) {
+    let opts = Opts {
+        relays: 2,
+        twins: true,
+        hub: true,
+        consent: device_consent,
+        consent_timeout_secs: 60,
+        ..Opts::default()
+    };
+    let fleet = Fleet::start(opts).await;
+    crate::hub::hub_cli(&fleet, &["device", "add", DEVICE, "--site", "st-marys", "--consent", hub_consent], "").await;
     let eve = crate::hub::add_user(&fleet, "eve", "engineer", &["st-marys"]).await;
     let profile = crate::hub::login(&fleet, "eve", &eve).await;
-    let cfg = fleet.agent_cfg.to_str().unwrap().to_string();
-    let pending = || {
-        let out = Command::new(BIN).args(["agent", "--config", &cfg, "pending", "--json"]).output().unwrap();
-        serde_json::from_slice::<serde_json::Value>(&out.stdout).unwrap_or_default()
-    };
     eventually("the device online at the hub", async || {
         let out = crate::hub::run(&["devices", "--profile", profile.to_str().unwrap(), "--json"], "").await;
         out.1.contains("online")
     })
     .await;
-    let connecting = tokio::spawn(crate::hub::connect(profile.clone(), "echo", "pressure fault, ticket CHG-1881"));
+    (fleet, profile)
+}
+
+fn agent_pending(fleet: &Fleet) -> serde_json::Value {
+    let out = Command::new(BIN).arg("agent").arg("--config").arg(&fleet.agent_cfg).args(["pending", "--json"]).output();
+    let out = out.unwrap();
+    serde_json::from_slice::<serde_json::Value>(&out.stdout).unwrap_or_default()
+}
+
+/// Through the hub: the reason and ticket the specialist gave `tether
+/// connect` reach the person at the device inside the signed grant, and the
+/// session opens once they approve. `connect` tells the specialist at once
+/// that the hub's policy asks the person at the device.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_hub_signs_the_reason_into_the_grant_and_the_device_shows_it() {
+    let (fleet, profile) = hub_consent_fleet("required", "auto").await;
+    let cfg = fleet.agent_cfg.to_str().unwrap().to_string();
+    let mut connecting = Connecting::start(&profile, "pressure fault, ticket CHG-1881");
     eventually("the request waits at the device", async || {
-        pending()["pending"].as_array().is_some_and(|p| !p.is_empty())
+        agent_pending(&fleet)["pending"].as_array().is_some_and(|p| !p.is_empty())
     })
     .await;
-    let p = pending()["pending"][0].clone();
+    let p = agent_pending(&fleet)["pending"][0].clone();
     assert_eq!(p["reason"], "pressure fault, ticket CHG-1881", "{p}");
     let table = Command::new(BIN).args(["agent", "--config", &cfg, "pending"]).output().unwrap();
     let table = String::from_utf8_lossy(&table.stdout);
     assert!(table.contains("REASON") && table.contains("pressure fault, ticket CHG-1881"), "{table}");
+    let told = "needs the approval of the person at the device (the hub's policy)";
+    eventually("connect says whom it waits for", async || connecting.said(told).is_some()).await;
     let id = p["session"].as_str().unwrap();
     let ok = Command::new(BIN).args(["agent", "--config", &cfg, "approve", id]).output().unwrap();
     assert!(ok.status.success());
-    let (_child, _addr, session) = within(30, connecting).await.unwrap();
-    assert_eq!(session, id);
+    assert_eq!(connecting.ready().await, id);
+    let _ = connecting.child.start_kill();
+}
+
+/// When only the device's own policy asks the person at it (the hub's says
+/// auto), `tether connect` cannot know it at once: it says so once the
+/// device, up, has not decided past the relay's 5 s limit for a silent
+/// device, and again every 30 s; approval then opens the session.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn connect_says_what_a_request_waits_for_when_the_device_asks_its_person() {
+    let (fleet, profile) = hub_consent_fleet("auto", "required").await;
+    let mut connecting = Connecting::start(&profile, "ticket CHG-1882");
+    eventually("the request waits at the device", async || {
+        agent_pending(&fleet)["pending"].as_array().is_some_and(|p| !p.is_empty())
+    })
+    .await;
+    let told = "has not decided after 6 s: it may be asking the person at the device to approve";
+    eventually("connect says what it waits for", async || connecting.said(told).is_some()).await;
+    let (at, _) = connecting.said(told).unwrap();
+    let (asked, _) = connecting.said(&format!("asking {DEVICE} for echo...")).expect("the first line");
+    assert!(at >= asked + Duration::from_secs(5), "said after {at:?}, asked at {asked:?}: before the relay's limit");
+    assert!(connecting.said("the hub's policy").is_none(), "the hub's policy is auto");
+    let id = agent_pending(&fleet)["pending"][0]["session"].as_str().unwrap().to_string();
+    assert!(operator_cli(&fleet, "approve", &id).status.success());
+    assert_eq!(connecting.ready().await, id);
+    let _ = connecting.child.start_kill();
 }
