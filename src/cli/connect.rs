@@ -74,6 +74,8 @@ pub async fn run(a: ConnectArgs) -> Result<()> {
                 after.as_secs()
             )
         }
+        // The hub's policy was said at once: nothing new to say yet.
+        client::Progress::Waiting { after, .. } if after == client::FIRST_NOTICE => {}
         client::Progress::Waiting { after, .. } => {
             eprintln!("still waiting for {device} after {} s...", after.as_secs())
         }

@@ -70,6 +70,16 @@ pub enum DeviceCmd {
         #[arg(long, default_value = "auto", value_parser = ["auto", "required"])]
         consent: String,
     },
+    /// Change a device's site or consent policy (for sessions granted from now on).
+    Set {
+        id: String,
+        #[arg(long)]
+        site: Option<String>,
+        #[arg(long, value_parser = ["auto", "required"])]
+        consent: Option<String>,
+    },
+    /// Every device: site and consent policy.
+    List,
 }
 
 #[derive(Subcommand)]
@@ -117,10 +127,7 @@ pub async fn run(config: &Path, check: bool, cmd: Option<HubCmd>) -> Result<()> 
             );
         }
         HubCmd::User { cmd } => user(&admin, cmd).await?,
-        HubCmd::Device { cmd: DeviceCmd::Add { id, site, consent } } => {
-            admin.device_add(&id, &site, &consent).await?;
-            println!("added device {id} at site {site} (consent {consent})");
-        }
+        HubCmd::Device { cmd } => device(&admin, cmd).await?,
         HubCmd::Site { cmd: SiteCmd::Set { name, allow_from, require_ticket } } => {
             let s = admin.site_set(&name, allow_from.as_deref(), require_ticket).await?;
             let from = if s.allow_from.is_empty() { "anywhere".to_string() } else { s.allow_from_text() };
@@ -168,6 +175,41 @@ async fn user(admin: &hub::admin::Admin, cmd: UserCmd) -> Result<()> {
             for u in admin.store.users().await? {
                 let sites = admin.store.entitlements(&u.name).await?.join(",");
                 println!("{}\t{}\t{}\t{}", u.name, u.role, if u.disabled { "disabled" } else { "enabled" }, sites);
+            }
+        }
+    }
+    Ok(())
+}
+
+async fn device(admin: &hub::admin::Admin, cmd: DeviceCmd) -> Result<()> {
+    match cmd {
+        DeviceCmd::Add { id, site, consent } => {
+            admin.device_add(&id, &site, &consent).await?;
+            println!("added device {id} at site {site} (consent {consent})");
+        }
+        DeviceCmd::Set { id, site, consent } => {
+            if site.is_none() && consent.is_none() {
+                bail!("nothing to change: give --site SITE or --consent auto|required");
+            }
+            let (was, now) = admin.device_set(&id, site.as_deref(), consent.as_deref()).await?;
+            println!(
+                "device {id}: site {}, consent {} (was site {}, consent {}); sessions granted from now on follow it, \
+                 live ones go on",
+                now.site, now.consent, was.site, was.consent
+            );
+        }
+        DeviceCmd::List => {
+            let devices = admin.store.devices_for("", true).await?;
+            if devices.is_empty() {
+                println!("No devices yet: tether hub device add ID --site SITE");
+            }
+            let w = devices.iter().map(|d| d.id.len()).max().unwrap_or(0).max(6);
+            let ws = devices.iter().map(|d| d.site.len()).max().unwrap_or(0).max(4);
+            if !devices.is_empty() {
+                println!("{:w$}  {:ws$}  CONSENT", "DEVICE", "SITE");
+            }
+            for d in devices {
+                println!("{:w$}  {:ws$}  {}", d.id, d.site, d.consent);
             }
         }
     }

@@ -24,18 +24,18 @@ pub enum Progress {
 /// First [`Progress::Waiting`]: past the relay's 5 s limit for a silent
 /// device, so a device still undecided then is up and waiting for someone.
 pub const FIRST_NOTICE: Duration = Duration::from_secs(6);
-/// Further [`Progress::Waiting`] every this long.
+/// Further [`Progress::Waiting`] at each multiple of this.
 pub const NOTICE_EVERY: Duration = Duration::from_secs(30);
 
 /// Reads the relay's answer on `io`, telling `progress` how long it has
-/// waited at [`FIRST_NOTICE`] and every [`NOTICE_EVERY`] after.
+/// waited at [`FIRST_NOTICE`] and at each multiple of [`NOTICE_EVERY`].
 pub(super) async fn read(
     io: &mut FrameIo<Leg>,
     relay: &str,
     progress: &(dyn Fn(Progress) + Sync),
 ) -> Result<Frame, String> {
     let start = Instant::now();
-    let mut next = start + FIRST_NOTICE;
+    let (mut next, mut notices) = (start + FIRST_NOTICE, 0);
     let answer = io.read_frame();
     tokio::pin!(answer);
     loop {
@@ -43,7 +43,8 @@ pub(super) async fn read(
             a = &mut answer => return a.map_err(|e| e.to_string()),
             _ = sleep_until(next) => {
                 progress(Progress::Waiting { relay: relay.to_string(), after: next - start });
-                next += NOTICE_EVERY;
+                notices += 1;
+                next = start + NOTICE_EVERY * notices;
             }
         }
     }

@@ -72,6 +72,31 @@ impl Admin {
         Ok(())
     }
 
+    /// Changes a device's site or consent policy; returns it before and
+    /// after. Grants issued from now on follow it; live sessions go on.
+    pub async fn device_set(&self, id: &str, site: Option<&str>, consent: Option<&str>) -> Result<(Device, Device)> {
+        if consent.is_some_and(|c| !matches!(c, "auto" | "required")) {
+            bail!("consent: auto or required");
+        }
+        let Some(was) = self.store.device(id).await? else {
+            bail!("no device {id:?} (add it: tether hub device add {id} --site SITE)");
+        };
+        let now = Device {
+            id: id.into(),
+            site: site.unwrap_or(&was.site).into(),
+            consent: consent.unwrap_or(&was.consent).into(),
+        };
+        self.store.device_set(&now).await?;
+        self.audit
+            .record(
+                "device_changed",
+                json!({"device": id, "site": now.site, "consent": now.consent,
+                       "was": {"site": was.site, "consent": was.consent}, "by": self.by}),
+            )
+            .await;
+        Ok((was, now))
+    }
+
     pub async fn site_set(&self, name: &str, allow_from: Option<&str>, require_ticket: Option<bool>) -> Result<Site> {
         let mut site = self.store.site(name).await?.unwrap_or_else(|| Site { name: name.into(), ..Site::default() });
         if let Some(a) = allow_from {

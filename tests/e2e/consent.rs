@@ -325,7 +325,7 @@ async fn the_hub_signs_the_reason_into_the_grant_and_the_device_shows_it() {
 /// When only the device's own policy asks the person at it (the hub's says
 /// auto), `tether connect` cannot know it at once: it says so once the
 /// device, up, has not decided past the relay's 5 s limit for a silent
-/// device, and again every 30 s; approval then opens the session.
+/// device, and again at 30 s, 60 s, …; approval then opens the session.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn connect_says_what_a_request_waits_for_when_the_device_asks_its_person() {
     let (fleet, profile) = hub_consent_fleet("auto", "required").await;
@@ -344,4 +344,62 @@ async fn connect_says_what_a_request_waits_for_when_the_device_asks_its_person()
     assert!(operator_cli(&fleet, "approve", &id).status.success());
     assert_eq!(connecting.ready().await, id);
     let _ = connecting.child.start_kill();
+}
+
+/// The hub's administrator changes a device's consent policy and site with
+/// `tether hub device set`: the next grant follows it (the person at the
+/// device is asked; a specialist of the old site is no longer entitled),
+/// the change is audited with what it was, and a mistake is named.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_devices_consent_policy_and_site_change_for_the_next_session() {
+    use crate::hub::{hub_cli, run};
+    let (fleet, profile) = hub_consent_fleet("auto", "auto").await;
+    let cfg = fleet.hub.as_ref().unwrap().config.to_str().unwrap().to_string();
+    let list = hub_cli(&fleet, &["device", "list"], "").await;
+    let row = |list: &str| list.lines().map(|l| l.split_whitespace().collect::<Vec<_>>().join(" ")).collect::<Vec<_>>();
+    assert_eq!(row(&list), ["DEVICE SITE CONSENT".to_string(), format!("{DEVICE} st-marys auto")], "{list}");
+
+    // Auto: admitted without anyone at the device.
+    let mut first = Connecting::start(&profile, "ticket CHG-1883");
+    first.ready().await;
+    let _ = first.child.start_kill();
+
+    let out = hub_cli(&fleet, &["device", "set", DEVICE, "--consent", "required"], "").await;
+    assert!(out.contains("site st-marys, consent required (was site st-marys, consent auto)"), "{out}");
+    let mut second = Connecting::start(&profile, "ticket CHG-1884");
+    eventually("the next request waits for the person at the device", async || {
+        agent_pending(&fleet)["pending"].as_array().is_some_and(|p| !p.is_empty())
+    })
+    .await;
+    eventually("connect says so", async || second.said("the hub's policy").is_some()).await;
+    let id = agent_pending(&fleet)["pending"][0]["session"].as_str().unwrap().to_string();
+    assert!(operator_cli(&fleet, "approve", &id).status.success());
+    assert_eq!(second.ready().await, id);
+    let _ = second.child.start_kill();
+
+    // Moved to a site eve is not entitled to: her next grant is refused.
+    hub_cli(&fleet, &["device", "set", DEVICE, "--site", "st-judes"], "").await;
+    let refused = run(
+        &["connect", "--profile", profile.to_str().unwrap(), DEVICE, "echo", "--reason", "CHG-1885", "--wait", "0"],
+        "",
+    )
+    .await;
+    assert!(!refused.0 && refused.2.contains("not entitled"), "{refused:?}");
+
+    // Mistakes are named, and change nothing.
+    let unknown = run(&["hub", "--config", &cfg, "device", "set", "INJ-404", "--consent", "auto"], "").await;
+    assert!(!unknown.0 && unknown.2.contains("no device \"INJ-404\""), "{unknown:?}");
+    let nothing = run(&["hub", "--config", &cfg, "device", "set", DEVICE], "").await;
+    assert!(!nothing.0 && nothing.2.contains("nothing to change"), "{nothing:?}");
+    let list = hub_cli(&fleet, &["device", "list"], "").await;
+    assert_eq!(row(&list)[1], format!("{DEVICE} st-judes required"), "{list}");
+
+    let boss = crate::hub::add_user(&fleet, "boss", "admin", &[]).await;
+    let token = crate::hub::token_of(&crate::hub::login(&fleet, "boss", &boss).await);
+    let audit = crate::hub::hub_audit(&fleet, &token).await;
+    let changes: Vec<_> = audit.iter().filter(|r| r["event"] == "device_changed").collect();
+    assert_eq!(changes.len(), 2, "{changes:?}");
+    assert_eq!(changes[0]["device"], DEVICE);
+    assert_eq!((&changes[0]["consent"], &changes[0]["was"]["consent"]), (&"required".into(), &"auto".into()));
+    assert_eq!((&changes[1]["site"], &changes[1]["was"]["site"]), (&"st-judes".into(), &"st-marys".into()));
 }

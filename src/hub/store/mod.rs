@@ -274,6 +274,21 @@ impl Store {
         .await
     }
 
+    /// Changes a device's site and consent policy (the site is created if new).
+    pub async fn device_set(&self, d: &Device) -> Result<(), StoreError> {
+        if self.site(&d.site).await?.is_none() {
+            self.site_put(&Site { name: d.site.clone(), ..Site::default() }).await?;
+        }
+        let n = self
+            .db
+            .exec(
+                "UPDATE devices SET site = $2, consent = $3 WHERE id = $1",
+                vec![d.id.as_str().into(), d.site.as_str().into(), d.consent.as_str().into()],
+            )
+            .await?;
+        Self::must_change(n, "device", &d.id)
+    }
+
     pub async fn device(&self, id: &str) -> Result<Option<Device>, StoreError> {
         let rows = self.db.query("SELECT id, site, consent FROM devices WHERE id = $1", vec![id.into()]).await?;
         Ok(rows.first().map(|r| Device { id: r.text(0), site: r.text(1), consent: r.text(2) }))
