@@ -65,6 +65,9 @@ pub async fn run(a: ConnectArgs) -> Result<()> {
             )
         }
         client::Progress::Asked { .. } => {}
+        client::Progress::Trying { failed, why, next } => {
+            eprintln!("{failed} did not answer ({why}); asking {next}...")
+        }
         client::Progress::Waiting { after, .. }
             if after == client::FIRST_NOTICE && !consent.load(Ordering::Relaxed) =>
         {

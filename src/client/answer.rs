@@ -19,6 +19,9 @@ pub enum Progress {
     /// device that sends nothing for 5 s, `agent_silent`) and has not
     /// decided, which a device that needs nobody's approval does at once.
     Waiting { relay: String, after: Duration },
+    /// `failed` could not be reached or gave no answer (`why`); the request
+    /// goes to `next`, its twin.
+    Trying { failed: String, why: String, next: String },
 }
 
 /// First [`Progress::Waiting`]: past the relay's 5 s limit for a silent

@@ -167,11 +167,22 @@ impl ClientSession {
         let mut failures = Vec::new();
         let mut last = None;
         let mut links = Some(links);
-        for relay in &relays {
+        // A relay that could not be reached or gave no answer: the next is tried.
+        let next = |i: usize, why: &str| {
+            if let Some(n) = relays.get(i + 1) {
+                progress(Progress::Trying {
+                    failed: relays[i].name.clone(),
+                    why: why.to_string(),
+                    next: n.name.clone(),
+                });
+            }
+        };
+        for (i, relay) in relays.iter().enumerate() {
             let Some(l) = links.as_ref() else { break };
             let conn = match l.leg(relay, false).await {
                 Ok(c) => c,
                 Err(source) => {
+                    next(i, &source.to_string());
                     failures.push(
                         ClientError::Dial { relay: relay.name.clone(), addr: relay.addr.clone(), source }.to_string(),
                     );
@@ -233,7 +244,10 @@ impl ClientSession {
                         detail: format!("unexpected {}", other.kind()),
                     });
                 }
-                Err(e) => failures.push(format!("{}: {e}", relay.name)),
+                Err(e) => {
+                    next(i, &e);
+                    failures.push(format!("{}: {e}", relay.name));
+                }
             }
         }
         Err(ClientError::NoRelay { detail: failures.join("; "), last })

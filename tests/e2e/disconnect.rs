@@ -229,3 +229,33 @@ async fn a_connection_the_service_reset_ends_at_the_client_without_resuming() {
     within(30, session.connect()).await.expect("a new connection after the reset one");
     assert_eq!(session.end_reason(), None, "the session ended");
 }
+
+/// A relay that is gone when a session is asked for: the request goes to its
+/// twin, and the specialist is told which relay did not answer and why.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_session_asked_of_a_dead_relay_opens_through_its_twin_and_says_so() {
+    use tether::client::{GrantSource, Progress};
+    let mut fleet = Fleet::start(Opts { relays: 2, twins: true, ..Opts::default() }).await;
+    fleet.relays[0].proc.kill(); // SIGKILL
+    let profile = fleet.profile();
+    assert_eq!(profile.relays[0].name, "relay-a", "relay-a is asked first");
+    let source = GrantSource::from_profile(&profile, None).unwrap();
+    let told = std::sync::Mutex::new(Vec::new());
+    let progress = |p: Progress| told.lock().unwrap().push(p);
+    let session = within(30, ClientSession::open_watching(&profile, &source, DEVICE, "echo", &progress)).await.unwrap();
+    assert_eq!(session.relay.name, "relay-b");
+    let told = told.into_inner().unwrap();
+    let trying = told.iter().find_map(|p| match p {
+        Progress::Trying { failed, why, next } => Some((failed.clone(), why.clone(), next.clone())),
+        _ => None,
+    });
+    let (failed, why, next) = trying.unwrap_or_else(|| panic!("not told: {told:?}"));
+    assert_eq!((failed.as_str(), next.as_str()), ("relay-a", "relay-b"));
+    assert!(!why.is_empty(), "no reason given");
+    assert!(told.contains(&Progress::Asked { relay: "relay-b".into(), consent: false }), "{told:?}");
+    let mut c = within(30, session.connect()).await.unwrap();
+    c.write_all(b"twin").await.unwrap();
+    let mut back = [0u8; 4];
+    within(10, c.read_exact(&mut back)).await.unwrap();
+    assert_eq!(&back, b"twin");
+}
