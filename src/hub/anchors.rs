@@ -11,7 +11,7 @@
 //!
 //! A lower head is a rollback only when the relay that delivers it has
 //! delivered a higher one for that source before, or the hub has no record of
-//! that relay delivering any since the hub started. A relay that has only
+//! that relay delivering any (the record is kept in the database). A relay that has only
 //! ever delivered this head or lower ones lags behind its twin (it was frozen,
 //! or cut off from the agent before its heartbeat noticed) and repeats what it
 //! was last told: its head is counted (`tether_hub_audit_heads_stale_total`),
@@ -34,20 +34,50 @@ static AUDITED: LazyLock<Mutex<HashMap<String, (&'static str, u64)>>> = LazyLock
 
 /// The highest head each relay has delivered for each source, among those
 /// signed by the source (and empty chains under a certificate that verified):
-/// (source, relay) -> seq. One entry per device of the fleet and relay, in
-/// memory: after a restart the hub judges by the anchor alone until a relay
-/// delivers again.
+/// (source, relay) -> seq. One entry per device of the fleet and relay, kept
+/// in the database too (`anchor_deliveries`, written when it rises), so that
+/// a restarted hub still tells a lagging relay from a rollback; read from it
+/// at the first report after the start that finds the database up.
 #[derive(Default)]
-pub struct Delivered(Mutex<HashMap<(String, String), u64>>);
+pub struct Delivered {
+    map: Mutex<HashMap<(String, String), u64>>,
+    loaded: tokio::sync::OnceCell<()>,
+}
 
 impl Delivered {
-    /// Notes that `relay` delivered `seq` for `source`; returns the highest
-    /// it had delivered before, if it had delivered any.
-    fn note(&self, source: &str, relay: &str, seq: u64) -> Option<u64> {
-        let mut map = crate::util::lock(&self.0);
-        let key = (source.to_string(), relay.to_string());
-        let before = map.get(&key).copied();
-        map.insert(key, before.map_or(seq, |b| b.max(seq)));
+    /// Reads the record kept before this start, once.
+    async fn load(&self, hub: &Hub) {
+        let _ = self
+            .loaded
+            .get_or_try_init(|| async {
+                let rows = hub.store.deliveries().await?;
+                let mut map = crate::util::lock(&self.map);
+                for (source, relay, seq) in rows {
+                    let e = map.entry((source, relay)).or_insert(seq);
+                    *e = (*e).max(seq);
+                }
+                Ok::<(), crate::hub::store::StoreError>(())
+            })
+            .await;
+    }
+
+    /// Notes that `relay` delivered `seq` for `source` (kept in the database
+    /// when it rises); returns the highest it had delivered before, if any.
+    async fn note(&self, hub: &Hub, source: &str, relay: &str, seq: u64) -> Option<u64> {
+        self.load(hub).await;
+        let before = {
+            let mut map = crate::util::lock(&self.map);
+            let key = (source.to_string(), relay.to_string());
+            let before = map.get(&key).copied();
+            map.insert(key, before.map_or(seq, |b| b.max(seq)));
+            before
+        };
+        if before.is_none_or(|b| seq > b)
+            && let Err(e) = hub.store.delivery_raise(source, relay, seq).await
+            && !e.is_unavailable()
+        {
+            tracing::error!(source, relay, error = %e, "storing an audit head's delivery");
+        }
         before
     }
 }
@@ -86,13 +116,13 @@ async fn anchor(hub: &Hub, (source, relay): (&str, &str), head: &Head, cert: Res
     if head.seq == 0 {
         // An empty chain: nothing to anchor, but the relay has delivered it.
         if cert.is_ok() {
-            hub.delivered.note(source, relay, 0);
+            hub.delivered.note(hub, source, relay, 0).await;
         }
         return;
     }
     let prev = hub.store.anchor(source).await.unwrap_or_default();
     if prev.as_ref().is_some_and(|(seq, hash, _)| *seq == head.seq && *hash == head.hash) {
-        hub.delivered.note(source, relay, head.seq);
+        hub.delivered.note(hub, source, relay, head.seq).await;
         return fresh(source, now);
     }
     let problem = match cert {
@@ -105,7 +135,7 @@ async fn anchor(hub: &Hub, (source, relay): (&str, &str), head: &Head, cert: Res
         return refused(hub, source, head, reason, prev.map(|p| p.0)).await;
     }
     // Signed by the source: this relay has delivered it.
-    let before = hub.delivered.note(source, relay, head.seq);
+    let before = hub.delivered.note(hub, source, relay, head.seq).await;
     let goes_back = match &prev {
         Some((seq, _, _)) if head.seq < *seq && before.is_some_and(|b| b <= head.seq) => {
             return stale(source, relay, head.seq, *seq);

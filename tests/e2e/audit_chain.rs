@@ -250,18 +250,33 @@ async fn forged_and_rolled_back_anchors_are_refused() {
 /// stale, does not anchor it, and refuses nothing.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_thawed_relays_older_head_is_stale_not_a_rollback() {
+    thawed_relay(false).await;
+}
+
+/// The same with the hub restarted while the relay is frozen: what each
+/// relay delivered is kept in the database, so the restarted hub still knows
+/// that relay-a never delivered the newer head.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_thawed_relays_older_head_is_stale_not_a_rollback_after_a_hub_restart() {
+    thawed_relay(true).await;
+}
+
+/// The sequence of the agent's latest anchored head.
+async fn anchored_seq(fleet: &Fleet, token: &str) -> u64 {
+    let a: Vec<Anchor> =
+        hub_client(fleet).get(&format!("/api/v1/audit/anchors/agent:{DEVICE}"), Some(token)).await.unwrap();
+    a.last().map_or(0, |a| a.seq)
+}
+
+async fn thawed_relay(restart_hub: bool) {
     // The agent's QUIC goes through gates, so that relay-a, once thawed,
     // hears nothing newer from the agent.
-    let (fleet, gates) = twins_behind_gates(Opts { hub: true, ..Opts::default() }).await;
+    let (mut fleet, gates) = twins_behind_gates(Opts { hub: true, ..Opts::default() }).await;
     hub_cli(&fleet, &["device", "add", DEVICE, "--site", "st-marys", "--consent", "auto"], "").await;
     let boss = add_user(&fleet, "boss", "admin", &[]).await;
     let token = token_of(&login(&fleet, "boss", &boss).await);
     let head = || fleet.agent_audit().last().map_or(0, |r| r["seq"].as_u64().unwrap());
-    let anchored = async || {
-        let a: Vec<Anchor> =
-            hub_client(&fleet).get(&format!("/api/v1/audit/anchors/agent:{DEVICE}"), Some(&token)).await.unwrap();
-        a.last().map_or(0, |a| a.seq)
-    };
+    let anchored = async || anchored_seq(&fleet, &token).await;
     // Anchors at most every 10 s per chain; heads re-sent at least every 10 s.
     let until_anchored = async |what: &str| {
         for _ in 0..600 {
@@ -287,6 +302,10 @@ async fn a_thawed_relays_older_head_is_stale_not_a_rollback() {
     drop(within(30, s.connect()).await.unwrap());
     let second = until_anchored("relay-a frozen").await;
     assert!(second > first, "the chain did not move: {first} -> {second}");
+    if restart_hub {
+        fleet.restart_hub();
+    }
+    let anchored = async || anchored_seq(&fleet, &token).await;
     assert!(std::process::Command::new("kill").args(["-CONT", &relay_a]).status().unwrap().success());
     // Its next full report (at most 10 s) carries the head it held.
     let metric = async |name: &str, label: &str| {

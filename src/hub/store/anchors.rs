@@ -45,4 +45,23 @@ impl Store {
         let rows = self.db.query("SELECT source, seq, hash, at FROM anchors ORDER BY source", vec![]).await?;
         Ok(rows.iter().map(|r| (r.text(0), r.int(1) as u64, r.text(2), r.int(3))).collect())
     }
+
+    /// Records that `relay` delivered head `seq` of `source`, unless it had
+    /// delivered a higher one.
+    pub async fn delivery_raise(&self, source: &str, relay: &str, seq: u64) -> Result<(), StoreError> {
+        self.db
+            .exec(
+                "INSERT INTO anchor_deliveries (source, relay, seq) VALUES ($1, $2, $3)
+                 ON CONFLICT (source, relay) DO UPDATE SET seq = excluded.seq WHERE excluded.seq > anchor_deliveries.seq",
+                vec![source.into(), relay.into(), seq.into()],
+            )
+            .await
+            .map(|_| ())
+    }
+
+    /// The highest head each relay delivered of each source: (source, relay, seq).
+    pub async fn deliveries(&self) -> Result<Vec<(String, String, u64)>, StoreError> {
+        let rows = self.db.query("SELECT source, relay, seq FROM anchor_deliveries", vec![]).await?;
+        Ok(rows.iter().map(|r| (r.text(0), r.text(1), r.int(2) as u64)).collect())
+    }
 }

@@ -59,6 +59,11 @@ pub(super) const MIGRATIONS: &[(i64, &str)] = &[
         cert TEXT NOT NULL DEFAULT '', issued_not_after BIGINT NOT NULL DEFAULT 0, issued_by TEXT NOT NULL DEFAULT '',
         issued_at BIGINT NOT NULL DEFAULT 0)",
     ),
+    (
+        9,
+        "CREATE TABLE anchor_deliveries (source TEXT NOT NULL, relay TEXT NOT NULL, seq BIGINT NOT NULL,
+        PRIMARY KEY (source, relay))",
+    ),
 ];
 
 /// The schema version this build writes.

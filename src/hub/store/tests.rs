@@ -209,6 +209,13 @@ async fn sessions_and_audit_chain() {
         assert_eq!(s.anchor("relay:relay-a").await.unwrap(), Some((6, "h6".into(), 2)));
         let history = s.anchor_history("relay:relay-a").await.unwrap();
         assert_eq!(history.iter().map(|h| h.0).collect::<Vec<_>>(), vec![5, 6]);
+        // What each relay delivered only rises.
+        for (relay, seq) in [("relay-a", 7), ("relay-b", 4), ("relay-a", 5), ("relay-b", 6)] {
+            s.delivery_raise("agent:d1", relay, seq).await.unwrap();
+        }
+        let mut kept = s.deliveries().await.unwrap();
+        kept.sort();
+        assert_eq!(kept, vec![("agent:d1".into(), "relay-a".into(), 7), ("agent:d1".into(), "relay-b".into(), 6)]);
     })
     .await;
 }
