@@ -47,17 +47,9 @@ fn udp(what: &'static str, addr: SocketAddr) -> Result<UdpSocket, RelayError> {
 }
 
 /// A TCP listener and, with QUIC on, its UDP socket: on `quic` if configured
-/// apart, else on the TCP listener's own port.
+/// apart, else on the TCP listener's own port. Also says how many numbers it
+/// had to give up.
 async fn pair(
-    what: (&'static str, &'static str),
-    addr: SocketAddr,
-    quic: Option<Option<SocketAddr>>,
-) -> Result<(TcpListener, Option<UdpSocket>), RelayError> {
-    pair_counted(what, addr, quic).await.map(|(l, s, _)| (l, s))
-}
-
-/// [`pair`], also saying how many numbers it had to give up.
-async fn pair_counted(
     what: (&'static str, &'static str),
     addr: SocketAddr,
     quic: Option<Option<SocketAddr>>,
@@ -87,8 +79,8 @@ async fn pair_counted(
 impl Listeners {
     pub async fn bind(cfg: &RelayConfig) -> Result<Listeners, RelayError> {
         let quic = |apart: Option<SocketAddr>| cfg.quic.then_some(apart);
-        let (data, quic_agents) = pair(("data", "quic-agent"), cfg.data, quic(cfg.quic_agents)).await?;
-        let (client, quic_clients) = pair(("client", "quic-client"), cfg.client, quic(cfg.quic_clients)).await?;
+        let (data, quic_agents, _) = pair(("data", "quic-agent"), cfg.data, quic(cfg.quic_agents)).await?;
+        let (client, quic_clients, _) = pair(("client", "quic-client"), cfg.client, quic(cfg.quic_clients)).await?;
         Ok(Listeners {
             control: tcp("control", cfg.control).await?,
             data,
@@ -130,7 +122,7 @@ mod tests {
         let held: Vec<_> = (0..5000).map(|_| UdpSocket::bind(any).unwrap()).collect();
         let mut moved = 0;
         for _ in 0..100 {
-            let (l, s, tries) = pair_counted(("data", "quic-agent"), any, Some(None)).await.unwrap();
+            let (l, s, tries) = pair(("data", "quic-agent"), any, Some(None)).await.unwrap();
             assert_eq!(l.local_addr().unwrap().port(), s.unwrap().local_addr().unwrap().port());
             moved += tries;
         }
