@@ -192,6 +192,10 @@ async fn device(admin: &hub::admin::Admin, cmd: DeviceCmd) -> Result<()> {
                 bail!("nothing to change: give --site SITE or --consent auto|required");
             }
             let (was, now) = admin.device_set(&id, site.as_deref(), consent.as_deref()).await?;
+            if was == now {
+                println!("device {id}: site {}, consent {}; nothing changed", now.site, now.consent);
+                return Ok(());
+            }
             println!(
                 "device {id}: site {}, consent {} (was site {}, consent {}); sessions granted from now on follow it, \
                  live ones go on",

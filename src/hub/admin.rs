@@ -62,6 +62,7 @@ impl Admin {
 
     pub async fn device_add(&self, id: &str, site: &str, consent: &str) -> Result<()> {
         check_account_name(id).context("device id")?;
+        check_account_name(site).context("site")?;
         if !matches!(consent, "auto" | "required") {
             bail!("consent: auto or required");
         }
@@ -75,26 +76,7 @@ impl Admin {
     /// Changes a device's site or consent policy; returns it before and
     /// after. Grants issued from now on follow it; live sessions go on.
     pub async fn device_set(&self, id: &str, site: Option<&str>, consent: Option<&str>) -> Result<(Device, Device)> {
-        if consent.is_some_and(|c| !matches!(c, "auto" | "required")) {
-            bail!("consent: auto or required");
-        }
-        let Some(was) = self.store.device(id).await? else {
-            bail!("no device {id:?} (add it: tether hub device add {id} --site SITE)");
-        };
-        let now = Device {
-            id: id.into(),
-            site: site.unwrap_or(&was.site).into(),
-            consent: consent.unwrap_or(&was.consent).into(),
-        };
-        self.store.device_set(&now).await?;
-        self.audit
-            .record(
-                "device_changed",
-                json!({"device": id, "site": now.site, "consent": now.consent,
-                       "was": {"site": was.site, "consent": was.consent}, "by": self.by}),
-            )
-            .await;
-        Ok((was, now))
+        set_device((&self.store, &self.audit, &self.by), id, site, consent).await
     }
 
     pub async fn site_set(&self, name: &str, allow_from: Option<&str>, require_ticket: Option<bool>) -> Result<Site> {
@@ -114,6 +96,44 @@ impl Admin {
             .await;
         Ok(site)
     }
+}
+
+/// Changes a device's site or consent policy (from the CLI or the console:
+/// `by` says who); returns it before and after, and audits
+/// `device_changed` with both (nothing, when nothing changes). Grants issued from now on follow it; live
+/// sessions go on.
+pub async fn set_device(
+    (store, audit, by): (&Store, &HubAudit, &str),
+    id: &str,
+    site: Option<&str>,
+    consent: Option<&str>,
+) -> Result<(Device, Device)> {
+    if consent.is_some_and(|c| !matches!(c, "auto" | "required")) {
+        bail!("consent: auto or required");
+    }
+    if let Some(s) = site {
+        check_account_name(s).context("site")?;
+    }
+    let Some(was) = store.device(id).await? else {
+        bail!("no device {id:?} (add it: tether hub device add {id} --site SITE)");
+    };
+    let now = Device {
+        id: id.into(),
+        site: site.unwrap_or(&was.site).into(),
+        consent: consent.unwrap_or(&was.consent).into(),
+    };
+    if now == was {
+        return Ok((was, now));
+    }
+    store.device_set(&now).await?;
+    audit
+        .record(
+            "device_changed",
+            json!({"device": id, "site": now.site, "consent": now.consent,
+                   "was": {"site": was.site, "consent": was.consent}, "by": by}),
+        )
+        .await;
+    Ok((was, now))
 }
 
 /// Adds an account (from the CLI or the console: `by` says who); returns

@@ -43,7 +43,7 @@ impl Site {
     }
 }
 
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct Device {
     pub id: String,
     pub site: String,

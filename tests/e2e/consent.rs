@@ -224,14 +224,14 @@ async fn the_person_at_the_device_answers_at_a_prompt_and_reads_tables() {
 
 /// `tether connect` as a process; its stderr lines are kept as they come,
 /// with the time each came after the start.
-struct Connecting {
-    child: tokio::process::Child,
+pub(crate) struct Connecting {
+    pub(crate) child: tokio::process::Child,
     stdout: tokio::io::Lines<tokio::io::BufReader<tokio::process::ChildStdout>>,
     stderr: std::sync::Arc<std::sync::Mutex<Vec<(Duration, String)>>>,
 }
 
 impl Connecting {
-    fn start(profile: &std::path::Path, reason: &str) -> Connecting {
+    pub(crate) fn start(profile: &std::path::Path, reason: &str) -> Connecting {
         use tokio::io::AsyncBufReadExt;
         let mut child = tokio::process::Command::new(BIN)
             .args(["connect", "--profile", profile.to_str().unwrap(), DEVICE, "echo", "--listen", "127.0.0.1:0"])
@@ -254,7 +254,7 @@ impl Connecting {
     }
 
     /// The first stderr line containing `text`, and when it came.
-    fn said(&self, text: &str) -> Option<(Duration, String)> {
+    pub(crate) fn said(&self, text: &str) -> Option<(Duration, String)> {
         self.stderr.lock().unwrap().iter().find(|(_, l)| l.contains(text)).cloned()
     }
 
@@ -268,7 +268,7 @@ impl Connecting {
 
 /// A hub fleet whose device is registered with `hub_consent`; the agent's
 /// own policy is `device_consent`. Returns it and a logged-in profile.
-async fn hub_consent_fleet(hub_consent: &str, device_consent: &'static str) -> (Fleet, std::path::PathBuf) {
+pub(crate) async fn hub_consent_fleet(hub_consent: &str, device_consent: &'static str) -> (Fleet, std::path::PathBuf) {
     let opts = Opts {
         relays: 2,
         twins: true,

@@ -153,6 +153,20 @@ async fn the_console_in_a_real_browser() {
     assert!(b.accept_dialog().await.contains(&waiting));
     b.wait_for("the job cancelled", |t| t.lines().any(|l| l.contains(&waiting) && l.contains("CANCELED"))).await;
 
+    // A device's page, from its row: where it is, its sessions; the admin
+    // makes each next session need the approval of the person at it.
+    b.goto(&format!("{base}/console/devices")).await;
+    b.click(&format!("a[href=\"/console/devices/{DEVICE}\"]")).await;
+    let t = b.wait_text("Access policy").await;
+    assert!(t.contains("relay-a (tcp), relay-b (tcp)") && t.contains(&id) && t.contains("eve"), "{t}");
+    b.run("document.querySelector('#consent').value = 'required'; return 1").await;
+    b.click("#policy button").await;
+    let t = b.wait_text("Saved: consent auto → required").await;
+    assert!(t.contains("sessions already live go on"), "{t}");
+    b.screenshot(&shots.join("7b-device-policy.png")).await;
+    let list = hub_cli(&fleet, &["device", "list"], "").await;
+    assert!(list.lines().any(|l| l.contains(DEVICE) && l.contains("required")), "{list}");
+
     // Accounts: a form with its CSRF token taken out is refused, and adds nobody.
     b.goto(&format!("{base}/console/accounts")).await;
     b.wait_text("Add an account").await;
@@ -202,6 +216,7 @@ async fn the_console_in_a_real_browser() {
     assert!(has("console_refused", "reason", "csrf"), "no CSRF refusal audited");
     assert!(has("login_failed", "via", "console") && has("login", "via", "console") && has("logout", "via", "console"));
     assert!(has("user_added", "by", "console:ada") && has("session_revoked", "by", "ada"));
+    assert!(has("device_changed", "by", "console:ada"), "the policy change is not audited");
     assert!(has("user_add_refused", "user", "weakling"), "a refused account is not audited");
     assert!(audit.iter().any(|r| r["event"] == "job_state" && r["to"] == "CANCELED" && r["job"] == waiting.as_str()));
 }
@@ -320,6 +335,102 @@ async fn console_sessions_are_strict_about_origin_cookies_and_idleness() {
     )
     .into_owned();
     for reason in ["cross_origin", "csrf", "session_idle", "no_session"] {
+        assert!(parse_metric(&metrics, "tether_hub_refusals_total", &[reason]) >= 1.0, "{reason} not counted");
+    }
+}
+
+async fn device_page(fleet: &Fleet, cookie: &str, device: &str) -> String {
+    raw(fleet, &format!("GET /console/devices/{device} HTTP/1.1\r\nCookie: {cookie}"), "").await
+}
+
+/// Posts the policy form of `device`'s page with the CSRF token of `page`.
+async fn post_policy(fleet: &Fleet, cookie: &str, page: &str, site: &str, consent: &str) -> String {
+    let csrf = page.split("name=\"csrf\" value=\"").nth(1).unwrap().split('"').next().unwrap();
+    let head = format!(
+        "POST /console/devices/{DEVICE} HTTP/1.1\r\nContent-Type: application/x-www-form-urlencoded\r\nCookie: {cookie}"
+    );
+    raw(fleet, &head, &format!("csrf={csrf}&site={}&consent={consent}", site.replace(' ', "+"))).await
+}
+
+/// A device's console page without a browser (the browser test clicks
+/// through it): an admin changes the device's consent policy there, audited
+/// with what it was, and the next `tether connect` follows it; a bad value
+/// is named and changes nothing; a specialist reads the policy but cannot
+/// post it, and gets no page for a device on another site (audited).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_devices_policy_changes_on_its_console_page_for_admins_only() {
+    let (fleet, profile) = crate::consent::hub_consent_fleet("auto", "auto").await;
+    hub_cli(&fleet, &["device", "add", "INJ-9", "--site", "st-judes"], "").await;
+    let ada = add_user(&fleet, "ada", "admin", &[]).await;
+    let sam = add_user(&fleet, "sam", "engineer", &["st-marys"]).await;
+    let token = token_of(&login(&fleet, "ada", &ada).await);
+    let admin = console_cookie(&fleet, "ada", &ada).await;
+
+    let page = device_page(&fleet, &admin, DEVICE).await;
+    assert!(page.starts_with("HTTP/1.1 200") && page.contains("id=\"policy\""), "{page}");
+    assert!(page.contains("<option value=\"auto\" selected>") && page.contains("value=\"st-marys\""), "{page}");
+    let saved = post_policy(&fleet, &admin, &page, "st-marys", "required").await;
+    assert!(saved.starts_with("HTTP/1.1 200") && saved.contains("Saved: consent auto → required"), "{saved}");
+    assert!(saved.contains("<option value=\"required\" selected>"), "{saved}");
+
+    // The next session asks the person at the device, as the hub's policy.
+    let mut next = crate::consent::Connecting::start(&profile, "ticket CHG-1890");
+    eventually("connect says the hub's policy asks the person at the device", async || {
+        next.said("the hub's policy").is_some()
+    })
+    .await;
+    let _ = next.child.start_kill();
+
+    // A site name with a space: named, nothing changed; the same values again: nothing to audit.
+    let bad = post_policy(&fleet, &admin, &page, "two words", "auto").await;
+    assert!(bad.starts_with("HTTP/1.1 400") && bad.contains("Not changed: site"), "{bad}");
+    let same = post_policy(&fleet, &admin, &page, "st-marys", "required").await;
+    assert!(same.starts_with("HTTP/1.1 200") && same.contains("Nothing changed."), "{same}");
+
+    // A specialist: the policy to read, no form; a post refused; no page
+    // for a device on another site, told like one that does not exist.
+    let engineer = console_cookie(&fleet, "sam", &sam).await;
+    let theirs = device_page(&fleet, &engineer, DEVICE).await;
+    assert!(theirs.starts_with("HTTP/1.1 200") && theirs.contains("An admin changes it"), "{theirs}");
+    assert!(!theirs.contains("id=\"policy\"") && theirs.contains("required: the person at the device"), "{theirs}");
+    let refused = post_policy(&fleet, &engineer, &theirs, "st-marys", "auto").await;
+    assert!(refused.starts_with("HTTP/1.1 403") && refused.contains("needs the admin role"), "{refused}");
+    let other = device_page(&fleet, &engineer, "INJ-9").await;
+    let none = device_page(&fleet, &engineer, "INJ-404").await;
+    for (answer, id) in [(&other, "INJ-9"), (&none, "INJ-404")] {
+        assert!(
+            answer.starts_with("HTTP/1.1 404") && answer.contains(&format!("no device {id} on your sites")),
+            "{answer}"
+        );
+    }
+
+    let list = hub_cli(&fleet, &["device", "list"], "").await;
+    assert!(
+        list.lines().any(|l| l.split_whitespace().collect::<Vec<_>>() == [DEVICE, "st-marys", "required"]),
+        "{list}"
+    );
+    let audit = hub_audit(&fleet, &token).await;
+    let changed: Vec<&Value> = audit.iter().filter(|r| r["event"] == "device_changed").collect();
+    assert_eq!(changed.len(), 1, "{changed:?}");
+    assert_eq!(
+        (&changed[0]["by"], &changed[0]["consent"], &changed[0]["was"]["consent"]),
+        (&Value::from("console:ada"), &Value::from("required"), &Value::from("auto"))
+    );
+    let has = |event: &str, reason: &str, key: &str, value: &str| {
+        audit.iter().any(|r| r["event"] == event && r["reason"] == reason && r[key] == value)
+    };
+    assert!(has("device_set_refused", "bad_policy", "site", "two words"), "a refused change is not audited");
+    assert!(has("admin_refused", "not_admin", "action", "device_set"), "the specialist's post is not audited");
+    assert!(has("console_refused", "not_entitled", "device", "INJ-9"), "the other site's device is not audited");
+    assert!(
+        !has("console_refused", "not_entitled", "device", "INJ-404"),
+        "a device that does not exist is no entitlement refusal"
+    );
+    let metrics = String::from_utf8_lossy(
+        &crate::hub::hub_client(&fleet).call(hyper::Method::GET, "/metrics", None, None).await.unwrap().1,
+    )
+    .into_owned();
+    for reason in ["bad_policy", "not_admin", "not_entitled"] {
         assert!(parse_metric(&metrics, "tether_hub_refusals_total", &[reason]) >= 1.0, "{reason} not counted");
     }
 }

@@ -1,5 +1,5 @@
 //! What the console's forms do: sign in and out, end a session, cancel a job
-//! or a rollout, add or disable an account. Every post but the login form's
+//! or a rollout, add or disable an account, change a device's policy. Every post but the login form's
 //! carries the session's CSRF token; the login form carries a double-submit
 //! token (cookie and field). A post from another origin is refused.
 use hyper::body::Incoming;
@@ -120,6 +120,7 @@ pub async fn post(hub: &Hub, req: Request<Incoming>, peer: &Peer, who: &Who, pat
             Ok(redirect("/console/jobs"))
         }
         ["accounts"] => super::accounts::add(hub, who, peer, &f).await,
+        ["devices", id] => super::device::set(hub, who, peer, &session::decode(id), &f).await,
         ["accounts", name, action @ ("disable" | "enable")] => {
             super::accounts::set_disabled(hub, who, peer, &session::decode(name), *action == "disable").await
         }

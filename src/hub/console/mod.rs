@@ -6,6 +6,7 @@
 //! a CSRF token; every answer carries a strict Content-Security-Policy.
 mod accounts;
 mod audit;
+mod device;
 mod fleet;
 mod forms;
 mod html;
@@ -89,6 +90,10 @@ async fn route(hub: &Hub, req: Request<Incoming>, peer: &Peer) -> Result<Answer,
         "/console/audit/export" => audit::export(hub, &who, peer, &query).await,
         "/console/jobs" => fleet::page(hub, &who, rows).await,
         "/console/accounts" => accounts::page(hub, &who, peer, None).await,
+        p if p.starts_with("/console/devices/") => {
+            let id = session::decode(p.trim_start_matches("/console/devices/"));
+            device::page(hub, &who, peer, &id, None).await
+        }
         _ => Err(ApiError::new(StatusCode::NOT_FOUND, "not_found", format!("no console page {path}"))),
     }
 }

@@ -33,7 +33,8 @@ pub async fn devices(hub: &Hub, who: &Who, query: &[(String, String)], rows_only
         let heard = p.last_heartbeat.map(|h| format!("{} ago", html::span(now.saturating_sub(h) as i64)));
         let _ = write!(
             rows,
-            "<tr><th scope=\"row\">{}</th><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td></tr>",
+            "<tr><th scope=\"row\"><a href=\"/console/devices/{}\">{}</a></th><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td></tr>",
+            url(&d.id),
             esc(&d.id),
             esc(&d.site),
             if is_online { badge("ok", "online") } else { badge("off", "offline") },
@@ -75,7 +76,7 @@ pub async fn devices(hub: &Hub, who: &Who, query: &[(String, String)], rows_only
 }
 
 /// When the device was last heard from, with a badge when its clock is off.
-fn heard_cell(heard: Option<&str>, clock_offset_ms: Option<i64>) -> String {
+pub(super) fn heard_cell(heard: Option<&str>, clock_offset_ms: Option<i64>) -> String {
     let mut out = esc(heard.unwrap_or("-"));
     if let Some(o) = clock_offset_ms.filter(|o| crate::util::clock::skewed(*o)) {
         out += &format!(" {}", badge("bad", &format!("clock {}", crate::util::clock::describe_offset(o))));
@@ -85,7 +86,7 @@ fn heard_cell(heard: Option<&str>, clock_offset_ms: Option<i64>) -> String {
 
 /// When a device's certificate expires (a badge within 30 days or past),
 /// and its renewal while one is under way.
-fn cert_cell(c: Option<&crate::hub::store::DeviceCert>, now: u64) -> String {
+pub(super) fn cert_cell(c: Option<&crate::hub::store::DeviceCert>, now: u64) -> String {
     let Some(c) = c.filter(|c| c.not_after > 0) else { return "-".into() };
     let day = esc(&crate::util::clock::day(c.not_after));
     let mut out = match c.not_after.checked_sub(now) {
@@ -142,18 +143,7 @@ pub async fn sessions(hub: &Hub, who: &Who, rows_only: bool) -> Result<Answer, A
             let ended = s.ended_at.map(html::time).unwrap_or_else(|| "-".into());
             // An ended session's counts come with its relay's next report.
             let counted = !(s.state == "revoked" && s.duration_ms == 0 && s.bytes_to_device == 0);
-            let why = match (&s.end_reason, &s.ended_by) {
-                (Some(r), Some(by)) => format!("{r} (by {by})"),
-                (Some(r), None) => r.clone(),
-                (None, Some(by)) => format!("by {by}"),
-                _ => {
-                    if s.state == "granted" {
-                        "never opened".into()
-                    } else {
-                        String::new()
-                    }
-                }
-            };
+            let why = why_ended(s);
             let _ = write!(
                 past,
                 "<tr><th scope=\"row\"><code>{}</code></th><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{} ↓ {} ↑</td><td>{}</td></tr>",
@@ -215,7 +205,18 @@ pub async fn sessions(hub: &Hub, who: &Who, rows_only: bool) -> Result<Answer, A
     Ok(html_answer(StatusCode::OK, page("Sessions", Some(who), "sessions", &body)))
 }
 
-fn state_badge(state: &str) -> String {
+/// Why a session ended, and by whom: `revoked (by ada)`, `never opened`.
+pub(super) fn why_ended(s: &crate::api::SessionRecord) -> String {
+    match (&s.end_reason, &s.ended_by) {
+        (Some(r), Some(by)) => format!("{r} (by {by})"),
+        (Some(r), None) => r.clone(),
+        (None, Some(by)) => format!("by {by}"),
+        _ if s.state == "granted" && s.expires_at <= now_secs() as i64 => "never opened".into(),
+        _ => String::new(),
+    }
+}
+
+pub(super) fn state_badge(state: &str) -> String {
     let kind = match state {
         "live" => "ok",
         "granted" => "wait",

@@ -106,6 +106,27 @@ impl Store {
         Ok(rows.iter().map(session_from).collect())
     }
 
+    /// The newest `limit` sessions with `device` (of `specialist` only, when
+    /// given), newest first.
+    pub async fn device_sessions(
+        &self,
+        device: &str,
+        specialist: Option<&str>,
+        limit: i64,
+    ) -> Result<Vec<SessionRecord>, StoreError> {
+        let rows = self
+            .db
+            .query(
+                &format!(
+                    "SELECT {SESSION_COLUMNS} FROM sessions WHERE device = $1 AND (CAST($2 AS TEXT) = '' OR specialist = CAST($2 AS TEXT)) \
+                     ORDER BY created_at DESC, id LIMIT $3"
+                ),
+                vec![device.into(), specialist.unwrap_or("").into(), limit.into()],
+            )
+            .await?;
+        Ok(rows.iter().map(session_from).collect())
+    }
+
     /// A relay saw the session start, or its control leg arrive (a move to
     /// the twin): the record names that relay and the leg's transport. A
     /// start counts only for a session not yet live: reported late, after

@@ -175,6 +175,15 @@ async fn sessions_and_audit_chain() {
         assert_eq!(s.sessions(Some("alice"), 10).await.unwrap().len(), 1);
         let all = s.sessions(None, 10).await.unwrap();
         assert_eq!(all.iter().map(|r| r.id.as_str()).collect::<Vec<_>>(), ["s2", "s1"]);
+        // A device's page: its sessions, or one specialist's of them.
+        s.session_add(&SessionRecord { id: "s3".into(), device: "OTHER-1".into(), created_at: 12, ..rec.clone() })
+            .await
+            .unwrap();
+        let ids = |v: Vec<SessionRecord>| v.into_iter().map(|r| r.id).collect::<Vec<_>>();
+        assert_eq!(ids(s.device_sessions("INJ-0042", None, 10).await.unwrap()), ["s2", "s1"]);
+        assert_eq!(ids(s.device_sessions("INJ-0042", Some("alice"), 10).await.unwrap()), ["s1"]);
+        assert_eq!(ids(s.device_sessions("INJ-0042", None, 1).await.unwrap()), ["s2"]);
+        assert_eq!(ids(s.device_sessions("OTHER-1", Some("bob"), 10).await.unwrap()), Vec::<String>::new());
 
         // The hub's audit chain in the database verifies like a file.
         let audit = crate::hub::audit::HubAudit::open(s.clone(), None).await.unwrap();
