@@ -386,6 +386,14 @@ async fn a_devices_policy_changes_on_its_console_page_for_admins_only() {
     assert!(bad.starts_with("HTTP/1.1 400") && bad.contains("Not changed: site"), "{bad}");
     let same = post_policy(&fleet, &admin, &page, "st-marys", "required").await;
     assert!(same.starts_with("HTTP/1.1 200") && same.contains("Nothing changed."), "{same}");
+    // A site nobody is entitled to (a typo, say): saved, and said so.
+    let typo = post_policy(&fleet, &admin, &page, "st-mary", "required").await;
+    assert!(
+        typo.contains("Saved: site st-marys → st-mary") && typo.contains("No account is entitled to site st-mary"),
+        "{typo}"
+    );
+    let back = post_policy(&fleet, &admin, &page, "st-marys", "required").await;
+    assert!(back.contains("Saved: site st-mary → st-marys") && !back.contains("No account is entitled"), "{back}");
 
     // A specialist: the policy to read, no form; a post refused; no page
     // for a device on another site, told like one that does not exist.
@@ -411,7 +419,7 @@ async fn a_devices_policy_changes_on_its_console_page_for_admins_only() {
     );
     let audit = hub_audit(&fleet, &token).await;
     let changed: Vec<&Value> = audit.iter().filter(|r| r["event"] == "device_changed").collect();
-    assert_eq!(changed.len(), 1, "{changed:?}");
+    assert_eq!(changed.len(), 3, "{changed:?}");
     assert_eq!(
         (&changed[0]["by"], &changed[0]["consent"], &changed[0]["was"]["consent"]),
         (&Value::from("console:ada"), &Value::from("required"), &Value::from("auto"))

@@ -79,7 +79,17 @@ pub async fn set(hub: &Hub, who: &Who, peer: &Peer, id: &str, f: &[(String, Stri
                 "Saved: {}. Sessions granted from now on follow it; sessions already live go on.",
                 changed.join(", ")
             );
-            (StatusCode::OK, format!("<p class=\"notice\" role=\"status\">{text}</p>"))
+            let mut notice = format!("<p class=\"notice\" role=\"status\">{text}</p>");
+            if was.site != now.site && !entitled_anyone(hub, &now.site).await? {
+                let _ = write!(
+                    notice,
+                    "<p class=\"error\" role=\"alert\">No account is entitled to site {} yet: only admins reach \
+                     this device until one is (<code>tether hub user entitle NAME {}</code>).</p>",
+                    esc(&now.site),
+                    esc(&now.site)
+                );
+            }
+            (StatusCode::OK, notice)
         }
         Err(e) => {
             let why = format!("{e:#}");
@@ -110,6 +120,19 @@ async fn visible(hub: &Hub, who: &Who, peer: &Peer, id: &str) -> Result<Device, 
         hub.refused("console_refused", "not_entitled", fields).await;
     }
     Err(ApiError::new(StatusCode::NOT_FOUND, "no_device", format!("no device {id} on your sites")))
+}
+
+/// Whether any account other than an admin may reach devices on `site`.
+async fn entitled_anyone(hub: &Hub, site: &str) -> Result<bool, ApiError> {
+    for u in hub.store.users().await.map_err(internal)? {
+        if u.role != Role::Admin
+            && !u.disabled
+            && hub.store.entitlements(&u.name).await.map_err(internal)?.iter().any(|s| s == site)
+        {
+            return Ok(true);
+        }
+    }
+    Ok(false)
 }
 
 async fn policy_form(hub: &Hub, who: &Who, d: &Device) -> Result<String, ApiError> {
