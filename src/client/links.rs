@@ -44,8 +44,16 @@ impl Links {
     pub fn new(ca: &std::path::Path, mode: Transport) -> Result<Links, tls::TlsError> {
         Ok(Links {
             mode,
-            tls: tls::client_config(ca, None, tls::ALPN_CLIENT)?,
-            quic_tls: tls::quic_client_config(ca, None, None, tls::ALPN_QUIC_CLIENT)?,
+            // Offering the ALPN of a client that reads `Waiting` frames too:
+            // a relay that sends them picks it, an older one the other.
+            tls: tls::client_offering(
+                tls::client_config(ca, None, tls::ALPN_CLIENT)?,
+                &[tls::ALPN_CLIENT_WAITS, tls::ALPN_CLIENT],
+            ),
+            quic_tls: tls::client_offering(
+                tls::quic_client_config(ca, None, None, tls::ALPN_QUIC_CLIENT)?,
+                &[tls::ALPN_QUIC_CLIENT_WAITS, tls::ALPN_QUIC_CLIENT],
+            ),
             quic: Default::default(),
             failed: Default::default(),
         })

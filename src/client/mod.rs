@@ -8,6 +8,7 @@ mod grant_source;
 pub mod hub;
 mod join;
 mod links;
+mod open;
 mod pipelined;
 pub mod profile;
 mod redial;
@@ -25,7 +26,6 @@ use tokio_util::sync::CancellationToken;
 
 use crate::leg::Leg;
 use crate::proto::{Frame, FrameIo, Reason, SessionId, VERSION};
-use crate::stream::e2e;
 use crate::stream::resumable::ResumeConfig;
 use crate::tls;
 
@@ -148,109 +148,6 @@ impl ClientSession {
         service: &str,
     ) -> Result<Arc<ClientSession>, ClientError> {
         Self::open_watching(profile, source, device, service, &|_| {}).await
-    }
-
-    /// [`Self::open_with`], telling `progress` what the request waits for.
-    pub async fn open_watching(
-        profile: &Profile,
-        source: &GrantSource,
-        device: &str,
-        service: &str,
-        progress: &(dyn Fn(Progress) + Sync),
-    ) -> Result<Arc<ClientSession>, ClientError> {
-        let key = e2e::ClientKey::generate()?;
-        let e2e = e2e::client_config(&profile.ca, &key)?;
-        tls::server_name(device)?;
-        let grant_source::Obtained { grant, relays, consent } =
-            source.obtain(device, service, key.public_key()).await?;
-        let links = links::Links::new(&profile.ca, profile.transport)?;
-        let mut failures = Vec::new();
-        let mut last = None;
-        let mut links = Some(links);
-        // A relay that could not be reached or gave no answer: the next is tried.
-        let next = |i: usize, why: &str| {
-            if let Some(n) = relays.get(i + 1) {
-                progress(Progress::Trying {
-                    failed: relays[i].name.clone(),
-                    why: why.to_string(),
-                    next: n.name.clone(),
-                });
-            }
-        };
-        for (i, relay) in relays.iter().enumerate() {
-            let Some(l) = links.as_ref() else { break };
-            let conn = match l.leg(relay, false).await {
-                Ok(c) => c,
-                Err(source) => {
-                    next(i, &source.to_string());
-                    failures.push(
-                        ClientError::Dial { relay: relay.name.clone(), addr: relay.addr.clone(), source }.to_string(),
-                    );
-                    continue;
-                }
-            };
-            let mut io = FrameIo::new(conn);
-            let open = Frame::ClientOpen { version: VERSION, grant: grant.clone(), service: service.to_string() };
-            let answer = match io.write_frame(&open).await {
-                Ok(()) => {
-                    progress(Progress::Asked { relay: relay.name.clone(), consent });
-                    answer::read(&mut io, &relay.name, progress).await
-                }
-                Err(e) => Err(e.to_string()),
-            };
-            match answer {
-                Ok(Frame::SessionReady { session, token, raw_legs, twin_holds }) => {
-                    if !twin_holds && relays.len() > 1 {
-                        tracing::warn!(%session, relay = %relay.name, "the twin does not hold this session yet: it cannot take over if {} fails", relay.name);
-                    }
-                    let s = Arc::new(ClientSession {
-                        id: session,
-                        relay: relay.clone(),
-                        relays: relays.clone(),
-                        current: Mutex::new(relay.clone()),
-                        device: device.to_string(),
-                        e2e,
-                        token,
-                        raw_legs,
-                        links: links.take().expect("links are taken once"),
-                        next_conn: AtomicU32::new(1),
-                        keyed: Default::default(),
-                        resume: ResumeConfig {
-                            cap: profile.resume_buffer_bytes.max(64 * 1024),
-                            resume_deadline: Duration::from_secs(profile.resume_deadline_secs.max(1)),
-                            ..ResumeConfig::default()
-                        },
-                        ended: CancellationToken::new(),
-                        control_done: CancellationToken::new(),
-                        end_reason: Mutex::new(None),
-                        to_device: AtomicU64::new(0),
-                        to_client: AtomicU64::new(0),
-                    });
-                    tokio::spawn(s.clone().control_leg(io));
-                    return Ok(s);
-                }
-                // The twin may hold the device, or the other may be draining.
-                Ok(Frame::Error {
-                    reason: reason @ (Reason::NotAttached | Reason::RelayShutdown | Reason::Overloaded),
-                    message,
-                }) => {
-                    failures.push(format!("{}: {reason}: {message}", relay.name));
-                    last = Some(reason);
-                }
-                Ok(Frame::Error { reason, message }) => return Err(ClientError::Refused { reason, message }),
-                Ok(other) => {
-                    return Err(ClientError::Protocol {
-                        relay: relay.name.clone(),
-                        detail: format!("unexpected {}", other.kind()),
-                    });
-                }
-                Err(e) => {
-                    next(i, &e);
-                    failures.push(format!("{}: {e}", relay.name));
-                }
-            }
-        }
-        Err(ClientError::NoRelay { detail: failures.join("; "), last })
     }
 
     async fn control_leg(self: Arc<Self>, mut io: FrameIo<Leg>) {

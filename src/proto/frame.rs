@@ -99,6 +99,15 @@ pub enum Frame {
         grant: SignedGrant,
         service: String,
     },
+    /// relay -> client, while a session request waits for the device's
+    /// decision: sent when the request reaches the device, then every
+    /// [`super::WAITING_EVERY`]; `secs` since the request. Only to a client
+    /// that negotiated ALPN `tether-client/2` (`tether-client-quic/2`): one
+    /// that heard it knows the relay is alive while a person decides, and
+    /// takes its silence for a frozen relay or a cut path.
+    Waiting {
+        secs: u32,
+    },
     /// relay -> client: the device admitted the session. `token` keys the
     /// MACs of the session's joins; `raw_legs`: joins may be raw TCP;
     /// `twin_holds`: the twin has acknowledged the session (it can take over).
@@ -325,6 +334,10 @@ impl Frame {
                 buf.put_u32(*pause_ms);
                 buf.put_u64(*retransmitted);
             }
+            Frame::Waiting { secs } => {
+                buf.put_u8(WAITING);
+                buf.put_u32(*secs);
+            }
             Frame::TwinSnapshotEnd { seq } => {
                 buf.put_u8(TWIN_SNAPSHOT_END);
                 buf.put_u64(*seq);
@@ -366,6 +379,7 @@ impl Frame {
             Frame::TwinHello { .. } => "twin_hello",
             Frame::TwinSnapshot => "twin_snapshot",
             Frame::Resumed { .. } => "resumed",
+            Frame::Waiting { .. } => "waiting",
             Frame::TwinSnapshotEnd { .. } => "twin_snapshot_end",
             Frame::TwinFact { .. } => "twin_fact",
             Frame::TwinAck { .. } => "twin_ack",

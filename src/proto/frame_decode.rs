@@ -143,6 +143,7 @@ impl Frame {
                 retransmitted: get_u64(b)?,
             },
             TWIN_SNAPSHOT_END => Frame::TwinSnapshotEnd { seq: get_u64(b)? },
+            WAITING => Frame::Waiting { secs: get_u32(b)? },
             TWIN_FACT => Frame::TwinFact { seq: get_u64(b)?, fact: Fact::decode(b)? },
             TWIN_ACK => Frame::TwinAck { seq: get_u64(b)? },
             REPO_GET | REPO_DATA | REPO_FAILED | JOBS_GET | JOB_REPORT | JOBS_WAITING | UPLOAD_PUT | CERT_RENEW => {

@@ -32,6 +32,7 @@ pub(super) const JOB_REPORT: u8 = 31;
 pub(super) const JOBS_WAITING: u8 = 32;
 pub(super) const UPLOAD_PUT: u8 = 33;
 pub(super) const CERT_RENEW: u8 = 34;
+pub(super) const WAITING: u8 = 35;
 
 /// The largest body a frame of type `ty` may have. Preambles and small
 /// control frames are capped tightly; frames carrying a grant, a list or a
@@ -39,7 +40,7 @@ pub(super) const CERT_RENEW: u8 = 34;
 pub(super) fn max_len(ty: u8) -> usize {
     match ty {
         HEARTBEAT | DECISION | OPEN_FAILED | SESSION_END | PAIRED | RESUMED | TWIN_SNAPSHOT | TWIN_SNAPSHOT_END
-        | TWIN_ACK => 256,
+        | TWIN_ACK | WAITING => 256,
         REPO_GET | JOBS_GET | JOBS_WAITING | UPLOAD_PUT => 1024,
         REPO_FAILED => 4 * 1024,
         CERT_RENEW => 10 * 1024,

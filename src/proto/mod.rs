@@ -30,6 +30,10 @@ use std::fmt;
 
 /// Protocol version carried by the first frame of every connection.
 pub const VERSION: u16 = 1;
+
+/// How often a relay tells a client that negotiated it that its session
+/// request still waits for the device ([`Frame::Waiting`]).
+pub const WAITING_EVERY: std::time::Duration = std::time::Duration::from_secs(5);
 /// Largest frame accepted on any connection, header excluded.
 pub const MAX_FRAME: usize = 64 * 1024;
 

@@ -94,6 +94,7 @@ fn frame() -> impl Strategy<Value = Frame> {
         (any::<u16>(), sid(), any::<u32>(), any::<[u8; 32]>())
             .prop_map(|(version, session, conn, mac)| Frame::DataOpen { version, session, conn, mac }),
         (sid(), any::<u32>()).prop_map(|(session, conn)| Frame::Paired { session, conn }),
+        any::<u32>().prop_map(|secs| Frame::Waiting { secs }),
         (any::<u16>(), any::<bool>(), text(), any::<u64>(), any::<u32>()).prop_map(
             |(version, blob, name, offset, len)| Frame::Repo(RepoFrame::Get { version, blob, name, offset, len })
         ),

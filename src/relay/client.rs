@@ -85,13 +85,13 @@ fn version(v: u16) -> Result<(), Refusal> {
 }
 
 pub async fn serve(state: Arc<State>, accepted: Accepted, peer: SocketAddr) {
-    let (is_tls, alpn_ok) = match accepted.auth {
-        Auth::Tls { alpn_ok, .. } => (true, alpn_ok),
-        Auth::Raw => (false, true),
+    let (is_tls, alpn_ok, waits) = match accepted.auth {
+        Auth::Tls { alpn_ok, waits, .. } => (true, alpn_ok, waits),
+        Auth::Raw => (false, true, false),
     };
     let listener = if accepted.transport == "quic" { "quic-client" } else { "client" };
     let mut io = FrameIo::new(accepted.leg);
-    match first_frame(&state, &mut io, (peer, listener), is_tls, alpn_ok).await {
+    match first_frame(&state, &mut io, (peer, listener), is_tls, (alpn_ok, waits)).await {
         Err(r) => r.send(&state, &mut io, peer).await,
         Ok(Some(Paired { session, conn, leg, prefix })) => {
             super::tunnel::tunnel(&state, (session, conn), io.into_parts(), (leg, prefix)).await
@@ -115,7 +115,7 @@ async fn first_frame(
     io: &mut Io,
     (peer, listener): (SocketAddr, &'static str),
     is_tls: bool,
-    alpn_ok: bool,
+    (alpn_ok, waits): (bool, bool),
 ) -> Result<Option<Paired>, Refusal> {
     if !alpn_ok {
         return Err(Refusal::new(Reason::AlpnRequired, "no tether ALPN negotiated"));
@@ -135,7 +135,7 @@ async fn first_frame(
         Frame::ClientOpen { version: v, grant, service } => {
             version(v)?;
             let transport = if listener == "quic-client" { "quic" } else { "tcp" };
-            open(state, io, (peer, transport), grant, service).await.map(|()| None)
+            open(state, io, (peer, transport, waits), grant, service).await.map(|()| None)
         }
         Frame::ClientJoin { version: v, session, conn, mac, resumes } => {
             version(v)?;
@@ -160,7 +160,7 @@ async fn first_frame(
 async fn open(
     state: &State,
     io: &mut Io,
-    (peer, transport): (SocketAddr, &'static str),
+    (peer, transport, waits): (SocketAddr, &'static str, bool),
     signed: SignedGrant,
     service: String,
 ) -> Result<(), Refusal> {
@@ -198,7 +198,7 @@ async fn open(
         json!({"relay": state.cfg.name, "session": id.to_string(), "device": grant.device, "service": service,
                "specialist": grant.specialist, "role": grant.role, "client": peer.to_string()}),
     );
-    let waited = super::decision::wait(state, rx, (&grant.device, attach_id), asked, io.read_frame()).await;
+    let waited = super::decision::wait(state, rx, (&grant.device, attach_id), asked, (io, waits)).await;
     // `ours`: the relay gave up on the device, and why.
     let (decision, ours) = match waited {
         Waited::Decided(outcome, reason) => ((outcome, reason), None),

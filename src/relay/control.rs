@@ -39,7 +39,7 @@ struct Hello {
 /// or a fetch leg, served to its end).
 async fn hello(state: &Arc<State>, accepted: super::Accepted, peer: SocketAddr) -> Option<Hello> {
     // The control listener never accepts raw connections.
-    let super::Auth::Tls { device, alpn_ok } = accepted.auth else { return None };
+    let super::Auth::Tls { device, alpn_ok, .. } = accepted.auth else { return None };
     let Some(device) = device else {
         state.handshake_failed(LISTENER, peer, "no_device_id", "client certificate has no common name");
         return None;

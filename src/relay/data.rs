@@ -18,7 +18,7 @@ const LISTENER: &str = "data";
 pub async fn serve(state: Arc<State>, accepted: Accepted, peer: SocketAddr) {
     // Over TLS the certificate names the device; a raw leg proves itself by MAC only.
     let (device, alpn_ok) = match accepted.auth {
-        Auth::Tls { device: Some(device), alpn_ok } => (Some(device), alpn_ok),
+        Auth::Tls { device: Some(device), alpn_ok, .. } => (Some(device), alpn_ok),
         Auth::Tls { device: None, .. } => {
             return state.handshake_failed(LISTENER, peer, "no_device_id", "client certificate has no common name");
         }

@@ -1,6 +1,5 @@
 //! Waiting for the device's decision on a specialist's request: the agent
 //! answers, the specialist gives up, or the relay gives up on the device.
-use std::future::Future;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
@@ -8,7 +7,8 @@ use tokio::sync::oneshot;
 use tokio::time::{Instant, sleep_until};
 
 use super::state::State;
-use crate::proto::{Outcome, Reason};
+use crate::leg::Leg;
+use crate::proto::{Frame, FrameIo, Outcome, Reason, WAITING_EVERY};
 
 /// A device that sends nothing at all for this long after a request is
 /// taken for frozen or cut off, though its channel is still open: one that
@@ -29,19 +29,22 @@ pub enum Waited {
 }
 
 /// Waits for the decision of the agent attached as `attach_id`, asked at
-/// `asked_ms` (unix ms), for at most `limits.decision_timeout_secs`.
-/// `left` completes when the specialist's leg sends anything or ends.
+/// `asked_ms` (unix ms), for at most `limits.decision_timeout_secs`. The
+/// specialist's leg `io` sending anything or ending withdraws the request;
+/// where `waits` (the client negotiated it), it hears [`Frame::Waiting`] at
+/// once and every [`WAITING_EVERY`] until the answer.
 pub async fn wait(
     state: &State,
     decided: oneshot::Receiver<(Outcome, Reason)>,
     (device, attach_id): (&str, u64),
     asked_ms: u64,
-    left: impl Future,
+    (io, waits): (&mut FrameIo<Leg>, bool),
 ) -> Waited {
     let limit = Duration::from_secs(state.cfg.limits.decision_timeout_secs);
     let start = Instant::now();
     let mut answer_by = Some(start + ANSWER_WAIT);
-    tokio::pin!(decided, left);
+    let mut beat = waits.then_some(start);
+    tokio::pin!(decided);
     loop {
         tokio::select! {
             d = &mut decided => return match d {
@@ -69,7 +72,15 @@ pub async fn wait(
                     );
                 }
             }
-            _ = &mut left => return Waited::Withdrawn,
+            _ = sleep_until(beat.unwrap_or(start)), if beat.is_some() => {
+                let secs = u32::try_from(start.elapsed().as_secs()).unwrap_or(u32::MAX);
+                if io.write_frame(&Frame::Waiting { secs }).await.is_err() {
+                    return Waited::Withdrawn;
+                }
+                beat = Some(Instant::now() + WAITING_EVERY);
+            }
+            // Read afresh each turn: `read_frame` keeps what it read across a cancel.
+            _ = io.read_frame() => return Waited::Withdrawn,
         }
     }
 }

@@ -87,7 +87,14 @@ pub async fn run_with_taps(
     };
     let control_tls = acceptor(true, crl, tls::ALPN_AGENT)?;
     let data_tls = acceptor(true, crl, tls::ALPN_DATA)?;
-    let client_tls = acceptor(false, None, tls::ALPN_CLIENT)?;
+    // A client that reads `Waiting` frames gets them; an older one, not.
+    let client_tls = (
+        TlsAcceptor::from(tls::server_offering(
+            tls::server_config(&id, false, None, tls::ALPN_CLIENT)?,
+            &[tls::ALPN_CLIENT_WAITS, tls::ALPN_CLIENT],
+        )),
+        tls::ALPN_CLIENT,
+    );
     let quic = match listeners.quic {
         Some((agents, clients)) => Some((
             quic::endpoint(&cfg, quic::Side::Agents, agents)?,
@@ -165,8 +172,9 @@ pub struct Accepted {
 /// What the leg's transport proved.
 pub enum Auth {
     /// TLS (over TCP or QUIC): the verified client certificate's common name,
-    /// if any, and whether the listener's ALPN was negotiated.
-    Tls { device: Option<String>, alpn_ok: bool },
+    /// if any, whether the listener's ALPN was negotiated, and whether that
+    /// was a specialist's that reads `Waiting` frames.
+    Tls { device: Option<String>, alpn_ok: bool, waits: bool },
     /// Raw TCP: nothing; the first frame proves itself by MAC.
     Raw,
 }
@@ -177,7 +185,8 @@ impl Accepted {
         let cert = conn.peer_certificates().and_then(|c| c.first()).map(|c| c.as_ref().into());
         let auth = Auth::Tls {
             device: tls::peer_common_name(conn.peer_certificates()),
-            alpn_ok: conn.alpn_protocol() == Some(alpn),
+            alpn_ok: tls::alpn_serves(conn.alpn_protocol(), alpn),
+            waits: tls::client_waits(conn.alpn_protocol()),
         };
         Accepted { leg: Box::new(t), auth, cert, transport: "tcp", quic: None }
     }

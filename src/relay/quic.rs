@@ -70,7 +70,11 @@ pub fn endpoint(
         Side::Agents => (true, cfg.crl.as_deref(), tls::ALPN_QUIC_AGENT),
         Side::Clients => (false, None, tls::ALPN_QUIC_CLIENT),
     };
-    let tls = tls::quic_server_config(&id, client_auth, crl, alpn, side.listener())?;
+    let mut tls = tls::quic_server_config(&id, client_auth, crl, alpn, side.listener())?;
+    if side == Side::Clients {
+        // A client that reads `Waiting` frames gets them; an older one, not.
+        tls = tls::server_offering(tls, &[tls::ALPN_QUIC_CLIENT_WAITS, tls::ALPN_QUIC_CLIENT]);
+    }
     // Stateless resets keyed by this relay's own key: stable across restarts.
     let secret = {
         use sha2::Digest;
@@ -279,10 +283,15 @@ async fn serve_stream(stream: Box<Stream>) {
 /// frame's header which kind of leg it is.
 async fn identify(stream: Box<Stream>) -> Option<(Kind, Accepted)> {
     let Stream { state, mut leg, side, peer, device, cert, conn, first_byte } = *stream;
-    let auth = Auth::Tls { device, alpn_ok: true };
     if side == Side::Clients {
+        let negotiated = conn
+            .handshake_data()
+            .and_then(|h| h.downcast::<quinn::crypto::rustls::HandshakeData>().ok())
+            .and_then(|h| h.protocol);
+        let auth = Auth::Tls { device, alpn_ok: true, waits: tls::client_waits(negotiated.as_deref()) };
         return Some((Kind::Client, Accepted { leg: Box::new(leg), auth, cert, transport: "quic", quic: None }));
     }
+    let auth = Auth::Tls { device, alpn_ok: true, waits: false };
     let mut header = [0u8; 5];
     match tokio::time::timeout(first_byte, leg.read_exact(&mut header)).await {
         Ok(Ok(_)) => {}

@@ -14,6 +14,11 @@ pub const ALPN_AGENT: &[u8] = b"tether-agent/1";
 pub const ALPN_DATA: &[u8] = b"tether-data/1";
 /// ALPN of specialist legs (17443).
 pub const ALPN_CLIENT: &[u8] = b"tether-client/1";
+/// The same, from a client that reads [`crate::proto::Frame::Waiting`] while
+/// its session request waits. A relay lists it first, so a client offering
+/// both gets it from a relay that sends them, `tether-client/1` from an
+/// older relay; an older client offers only `tether-client/1`.
+pub const ALPN_CLIENT_WAITS: &[u8] = b"tether-client/2";
 /// ALPN of the hub's HTTPS API (and of its clients).
 pub const ALPN_HTTP1: &[u8] = b"http/1.1";
 
@@ -68,7 +73,7 @@ pub fn surface(alpn: Option<&[u8]>) -> &'static str {
     match alpn {
         Some(ALPN_AGENT) => "control",
         Some(ALPN_DATA) => "data",
-        Some(ALPN_CLIENT) => "client",
+        Some(ALPN_CLIENT | ALPN_CLIENT_WAITS) => "client",
         Some(ALPN_TWIN) => "twin",
         Some(ALPN_E2E | ALPN_E2E_KEYED) => "e2e",
         Some(ALPN_HTTP1) => "hub",
@@ -185,6 +190,32 @@ pub(super) fn server_config_with(
     cfg.session_storage = super::ServerSessions::new(trust);
     cfg.alpn_protocols = vec![alpn.to_vec()];
     Ok(Arc::new(cfg))
+}
+
+/// Whether a specialist leg negotiated the ALPN of a client that reads
+/// [`crate::proto::Frame::Waiting`] (over TCP or QUIC).
+pub fn client_waits(alpn: Option<&[u8]>) -> bool {
+    matches!(alpn, Some(a) if a == ALPN_CLIENT_WAITS || a == super::ALPN_QUIC_CLIENT_WAITS)
+}
+
+/// Whether `negotiated` is the ALPN a listener of `listener_alpn` serves
+/// (its own, or the newer one of the same surface it also offers).
+pub fn alpn_serves(negotiated: Option<&[u8]>, listener_alpn: &[u8]) -> bool {
+    negotiated == Some(listener_alpn) || (listener_alpn == ALPN_CLIENT && negotiated == Some(ALPN_CLIENT_WAITS))
+}
+
+/// `cfg` offering `alpns`, most preferred first: a server's order decides.
+pub fn server_offering(cfg: Arc<ServerConfig>, alpns: &[&[u8]]) -> Arc<ServerConfig> {
+    let mut cfg = (*cfg).clone();
+    cfg.alpn_protocols = alpns.iter().map(|a| a.to_vec()).collect();
+    Arc::new(cfg)
+}
+
+/// `cfg` offering `alpns` (the server picks by its own order).
+pub fn client_offering(cfg: Arc<ClientConfig>, alpns: &[&[u8]]) -> Arc<ClientConfig> {
+    let mut cfg = (*cfg).clone();
+    cfg.alpn_protocols = alpns.iter().map(|a| a.to_vec()).collect();
+    Arc::new(cfg)
 }
 
 /// A client config that trusts the fleet CA and requires the server role of

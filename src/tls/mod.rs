@@ -17,7 +17,7 @@ mod trust;
 pub use config::*;
 pub use dial::{DIAL_TIMEOUT, dial};
 pub use grant_keys::{load_grant_verifier, read_grant_keys};
-pub use quic::{ALPN_QUIC_AGENT, ALPN_QUIC_CLIENT, quic_client_config, quic_server_config};
+pub use quic::{ALPN_QUIC_AGENT, ALPN_QUIC_CLIENT, ALPN_QUIC_CLIENT_WAITS, quic_client_config, quic_server_config};
 pub use sessions::{ClientSessions, ServerSessions};
 pub use trust::Revoked;
 pub use trust::{

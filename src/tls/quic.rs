@@ -18,6 +18,9 @@ use super::{Identity, TlsError};
 pub const ALPN_QUIC_AGENT: &[u8] = b"tether-agent-quic/1";
 /// ALPN of a specialist's QUIC connection (control leg and one stream per connection).
 pub const ALPN_QUIC_CLIENT: &[u8] = b"tether-client-quic/1";
+/// The same, from a client that reads [`crate::proto::Frame::Waiting`] (as
+/// [`super::ALPN_CLIENT_WAITS`] over TCP).
+pub const ALPN_QUIC_CLIENT_WAITS: &[u8] = b"tether-client-quic/2";
 
 /// Server config of a QUIC listener; `surface` labels its handshakes.
 pub fn quic_server_config(

@@ -100,7 +100,9 @@ pub fn roles_of(alpn: &[u8]) -> (Role, Option<Role>) {
     use super::*;
     match alpn {
         a if a == ALPN_AGENT || a == ALPN_DATA || a == ALPN_QUIC_AGENT => (Role::Relay, Some(Role::Device)),
-        a if a == ALPN_CLIENT || a == ALPN_QUIC_CLIENT => (Role::Relay, None),
+        a if a == ALPN_CLIENT || a == ALPN_CLIENT_WAITS || a == ALPN_QUIC_CLIENT || a == ALPN_QUIC_CLIENT_WAITS => {
+            (Role::Relay, None)
+        }
         a if a == ALPN_TWIN => (Role::Relay, Some(Role::Relay)),
         a if a == ALPN_HTTP1 => (Role::Hub, Some(Role::Relay)),
         a if a == ALPN_E2E || a == ALPN_E2E_KEYED => (Role::Device, None),

@@ -232,10 +232,16 @@ pub(crate) struct Connecting {
 
 impl Connecting {
     pub(crate) fn start(profile: &std::path::Path, reason: &str) -> Connecting {
+        Self::start_with(profile, reason, &[])
+    }
+
+    /// [`Connecting::start`] with more arguments for `connect`.
+    fn start_with(profile: &std::path::Path, reason: &str, more: &[&str]) -> Connecting {
         use tokio::io::AsyncBufReadExt;
         let mut child = tokio::process::Command::new(BIN)
             .args(["connect", "--profile", profile.to_str().unwrap(), DEVICE, "echo", "--listen", "127.0.0.1:0"])
             .args(["--reason", reason])
+            .args(more)
             .stdout(std::process::Stdio::piped())
             .stderr(std::process::Stdio::piped())
             .kill_on_drop(true)
@@ -260,9 +266,15 @@ impl Connecting {
 
     /// The session id from "session ID ready: …".
     async fn ready(&mut self) -> String {
+        self.ready_at().await.0
+    }
+
+    /// The session id and the local address from "session ID ready: ADDR -> …".
+    async fn ready_at(&mut self) -> (String, String) {
         let line = within(30, self.stdout.next_line()).await.unwrap().expect("connect printed nothing");
         assert!(line.contains(" ready: "), "{line}");
-        line.split_whitespace().nth(1).unwrap().to_string()
+        let words: Vec<&str> = line.split_whitespace().collect();
+        (words[1].to_string(), words[3].to_string())
     }
 }
 
@@ -402,4 +414,102 @@ async fn a_devices_consent_policy_and_site_change_for_the_next_session() {
     assert_eq!(changes[0]["device"], DEVICE);
     assert_eq!((&changes[0]["consent"], &changes[0]["was"]["consent"]), (&"required".into(), &"auto".into()));
     assert_eq!((&changes[1]["site"], &changes[1]["was"]["site"]), (&"st-judes".into(), &"st-marys".into()));
+}
+
+/// A relay that freezes (SIGSTOP: no FIN, no RST) while a request waits for
+/// the person at the device: over TCP its `Waiting` frames stop (its kernel
+/// keeps the connection open) and after 20 s `connect` says so; over QUIC the
+/// connection's idle timeout ends it. Either way `connect` asks the twin with
+/// a new grant (the frozen relay used the first one up, and the twin knows
+/// it), the person approves the new request, and the session carries bytes.
+/// Before, a client over TCP waited for the frozen relay until Ctrl-C, and
+/// one over QUIC was refused by the twin as reusing its grant.
+async fn freeze_while_waiting(transport: &str) {
+    let (fleet, profile) = hub_consent_fleet("required", "auto").await;
+    let mut c = Connecting::start_with(&profile, "ticket CHG-1891", &["--transport", transport]);
+    let pending = async || agent_pending(&fleet)["pending"].as_array().cloned().unwrap_or_default();
+    eventually("the request waits for the person at the device", async || pending().await.len() == 1).await;
+    let first = pending().await[0].clone();
+    let via = first["relay"].as_str().unwrap().to_string();
+    let (victim, twin) = if via == "relay-a" { (0, "relay-b") } else { (1, "relay-a") };
+    let pid = fleet.relays[victim].proc.pid();
+    crate::failover::signal(pid, "-STOP");
+    let frozen = std::time::Instant::now();
+    let moved = within(60, async {
+        loop {
+            if let Some((_, line)) = c.said(&format!("asking {twin}")) {
+                return line;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    })
+    .await;
+    println!("over {transport}, connect moved to {twin} {:?} after {via} froze: {moved}", frozen.elapsed());
+    assert!(moved.contains(&format!("{via} did not answer")), "{moved}");
+    if transport == "tcp" {
+        assert!(moved.contains("went silent for 20 s"), "{moved}");
+    }
+    eventually("a new request, through the twin", async || pending().await.iter().any(|p| p["relay"] == twin)).await;
+    let second = pending().await.into_iter().find(|p| p["relay"] == twin).unwrap();
+    let id = second["session"].as_str().unwrap().to_string();
+    assert_ne!(id, first["session"].as_str().unwrap(), "the twin was asked with the used grant");
+    assert!(operator_cli(&fleet, "approve", &id).status.success());
+    let (ready, addr) = c.ready_at().await;
+    assert_eq!(ready, id);
+    let mut conn = tokio::net::TcpStream::connect(&addr).await.unwrap();
+    conn.write_all(b"after the freeze").await.unwrap();
+    let mut back = [0u8; 16];
+    within(10, tokio::io::AsyncReadExt::read_exact(&mut conn, &mut back)).await.unwrap();
+    assert_eq!(&back, b"after the freeze");
+    crate::failover::signal(pid, "-CONT");
+    let _ = c.child.start_kill();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_request_waiting_at_a_relay_that_freezes_moves_to_its_twin_over_tcp() {
+    freeze_while_waiting("tcp").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_request_waiting_at_a_relay_that_freezes_moves_to_its_twin_over_quic() {
+    freeze_while_waiting("quic").await;
+}
+
+/// `Waiting` frames go only to a client that negotiated them: one offering
+/// `tether-client/2` gets one at once and one every 5 s while the person at
+/// the device decides, then the answer; a client of the version before
+/// (`tether-client/1` only) gets the answer as its first frame, as it
+/// always did.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn waiting_frames_go_only_to_clients_that_negotiated_them() {
+    use tether::proto::{Frame, FrameIo, VERSION};
+    use tether::tls::{ALPN_CLIENT, ALPN_CLIENT_WAITS, client_config, client_offering, dial};
+    let (fleet, _svc) = consent_fleet(60).await;
+    let ca = fleet.pki.path("ca.pem");
+    let relay = fleet.relays[0].client.to_string();
+    let plain = client_config(&ca, None, ALPN_CLIENT).unwrap();
+    for (offers, newer) in [(client_offering(plain.clone(), &[ALPN_CLIENT_WAITS, ALPN_CLIENT]), true), (plain, false)] {
+        let conn = dial(&relay, "localhost", offers).await.unwrap();
+        let negotiated = conn.get_ref().1.alpn_protocol().map(<[u8]>::to_vec);
+        assert_eq!(negotiated.as_deref(), Some(if newer { ALPN_CLIENT_WAITS } else { ALPN_CLIENT }));
+        let mut io = FrameIo::new(conn);
+        let open = Frame::ClientOpen { version: VERSION, grant: fleet.grant(|_| {}), service: "echo".into() };
+        io.write_frame(&open).await.unwrap();
+        let id = pending_session(&fleet).await;
+        if newer {
+            assert_eq!(within(5, io.read_frame()).await.unwrap(), Frame::Waiting { secs: 0 });
+            assert_eq!(within(10, io.read_frame()).await.unwrap(), Frame::Waiting { secs: 5 });
+        } else {
+            // Past the first beat's time: an older client must have heard nothing.
+            tokio::time::sleep(Duration::from_secs(6)).await;
+        }
+        assert!(operator_cli(&fleet, "approve", &id).status.success());
+        loop {
+            match within(10, io.read_frame()).await.unwrap() {
+                Frame::Waiting { .. } if newer => {}
+                Frame::SessionReady { session, .. } => break assert_eq!(session.to_string(), id),
+                other => panic!("newer {newer}: {other:?}"),
+            }
+        }
+    }
 }
