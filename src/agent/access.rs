@@ -87,6 +87,7 @@ pub async fn handle(state: Shared, relay: String, tx: mpsc::Sender<Frame>, signe
                 since: Instant::now(),
                 answer,
             };
+            supersede(&state, &grant, id);
             state.pending.insert(id, pending);
             state.audit.record("consent_requested", who.clone());
             // Tells the relay at once that the request arrived and waits for
@@ -137,5 +138,26 @@ pub async fn handle(state: Shared, relay: String, tx: mpsc::Sender<Frame>, signe
     state.audit.record("session_start", f);
     if tx.send(Frame::Decision { session: id, outcome: Outcome::Allowed, reason: Reason::Unknown }).await.is_err() {
         state.end_session(id, Reason::RelayGone, false);
+    }
+}
+
+/// The same `tether connect` asking again through another relay (the one
+/// it asked first went silent or was lost with the request, and a client's
+/// end-to-end key is its own for each attempt): the older request leaves
+/// the person's list unanswered, so they approve the one that can open.
+fn supersede(state: &super::AgentState, grant: &crate::proto::Grant, id: crate::proto::SessionId) {
+    let older: Vec<_> = state
+        .pending
+        .iter()
+        .filter(|p| p.grant.client_key == grant.client_key && p.grant.specialist == grant.specialist)
+        .map(|p| *p.key())
+        .collect();
+    for old in older {
+        if let Some((_, p)) = state.pending.remove(&old) {
+            state.audit.record(
+                "consent_superseded",
+                json!({"device": state.cfg.device, "session": old.to_string(), "relay": p.relay, "by": id.to_string()}),
+            );
+        }
     }
 }

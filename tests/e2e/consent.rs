@@ -421,9 +421,11 @@ async fn a_devices_consent_policy_and_site_change_for_the_next_session() {
 /// keeps the connection open) and after 20 s `connect` says so; over QUIC the
 /// connection's idle timeout ends it. Either way `connect` asks the twin with
 /// a new grant (the frozen relay used the first one up, and the twin knows
-/// it), the person approves the new request, and the session carries bytes.
-/// Before, a client over TCP waited for the frozen relay until Ctrl-C, and
-/// one over QUIC was refused by the twin as reusing its grant.
+/// it), the new request replaces the first in the person's list (the same
+/// client key: the same attempt), the person approves it, and the session
+/// carries bytes. Before, a client over TCP waited for the frozen relay
+/// until Ctrl-C, and one over QUIC was refused by the twin as reusing its
+/// grant.
 async fn freeze_while_waiting(transport: &str) {
     let (fleet, profile) = hub_consent_fleet("required", "auto").await;
     let mut c = Connecting::start_with(&profile, "ticket CHG-1891", &["--transport", transport]);
@@ -450,9 +452,17 @@ async fn freeze_while_waiting(transport: &str) {
         assert!(moved.contains("went silent for 20 s"), "{moved}");
     }
     eventually("a new request, through the twin", async || pending().await.iter().any(|p| p["relay"] == twin)).await;
-    let second = pending().await.into_iter().find(|p| p["relay"] == twin).unwrap();
-    let id = second["session"].as_str().unwrap().to_string();
-    assert_ne!(id, first["session"].as_str().unwrap(), "the twin was asked with the used grant");
+    // It replaces the first in the person's list: one request to approve.
+    let now = pending().await;
+    assert_eq!(now.len(), 1, "{now:?}");
+    let id = now[0]["session"].as_str().unwrap().to_string();
+    let old = first["session"].as_str().unwrap();
+    assert_ne!(id, old, "the twin was asked with the used grant");
+    let audit = fleet.agent_audit();
+    assert!(
+        audit.iter().any(|r| r["event"] == "consent_superseded" && r["session"] == old && r["by"] == id.as_str()),
+        "the replaced request is not audited"
+    );
     assert!(operator_cli(&fleet, "approve", &id).status.success());
     let (ready, addr) = c.ready_at().await;
     assert_eq!(ready, id);
