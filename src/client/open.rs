@@ -13,15 +13,15 @@ use super::grant_source::{GrantSource, Obtained};
 use super::links::Links;
 use super::{ClientError, ClientSession, Profile, RelayEntry};
 use crate::leg::Leg;
-use crate::proto::{Frame, FrameIo, Reason, VERSION};
+use crate::proto::{Frame, FrameIo, Reason, SessionId, VERSION};
 use crate::stream::e2e;
 use crate::stream::resumable::ResumeConfig;
 use crate::tls;
 
 /// What one relay made of the request.
 enum Asked {
-    /// `SessionReady`, on its control leg.
-    Ready(Frame, Box<FrameIo<Leg>>),
+    /// `SessionReady`'s fields, and its control leg.
+    Ready { session: SessionId, token: [u8; 32], raw_legs: bool, twin_holds: bool, io: Box<FrameIo<Leg>> },
     /// Ask the next relay: why (for the specialist, told only when the relay
     /// named no reason), the line for the final error, the reason, and
     /// whether the relay took the request (and so may have used the grant).
@@ -56,7 +56,7 @@ impl ClientSession {
                     }
                 };
                 match ask(&links, relay, &obtained, service, progress).await? {
-                    Asked::Ready(Frame::SessionReady { session, token, raw_legs, twin_holds }, io) => {
+                    Asked::Ready { session, token, raw_legs, twin_holds, io } => {
                         if !twin_holds && obtained.relays.len() > 1 {
                             tracing::warn!(%session, relay = %relay.name, "the twin does not hold this session yet: it cannot take over if {} fails", relay.name);
                         }
@@ -85,10 +85,6 @@ impl ClientSession {
                         });
                         tokio::spawn(s.clone().control_leg(*io));
                         return Ok(s);
-                    }
-                    Asked::Ready(other, _) => {
-                        let detail = format!("unexpected {}", other.kind());
-                        return Err(ClientError::Protocol { relay: relay.name.clone(), detail });
                     }
                     Asked::Next { why, failure, reason, took } => {
                         if reason.is_none() {
@@ -138,7 +134,9 @@ async fn ask(
     }
     progress(Progress::Asked { relay: relay.name.clone(), consent: obtained.consent });
     Ok(match answer::read(&mut io, &relay.name, progress).await {
-        Ok(ready @ Frame::SessionReady { .. }) => Asked::Ready(ready, Box::new(io)),
+        Ok(Frame::SessionReady { session, token, raw_legs, twin_holds }) => {
+            Asked::Ready { session, token, raw_legs, twin_holds, io: Box::new(io) }
+        }
         // The twin may hold the device, or the other may be draining.
         Ok(Frame::Error {
             reason: reason @ (Reason::NotAttached | Reason::RelayShutdown | Reason::Overloaded),
@@ -148,7 +146,10 @@ async fn ask(
             Asked::Next { why: message, failure, reason: Some(reason), took: false }
         }
         Ok(Frame::Error { reason, message }) => return Err(ClientError::Refused { reason, message }),
-        Ok(other) => Asked::Ready(other, Box::new(io)),
+        Ok(other) => {
+            let detail = format!("unexpected {}", other.kind());
+            return Err(ClientError::Protocol { relay: relay.name.clone(), detail });
+        }
         // Lost or silent after taking the request: it may have used the grant.
         Err(e) => {
             let failure = format!("{}: {e}", relay.name);

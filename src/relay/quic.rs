@@ -192,6 +192,14 @@ async fn serve(
     // is good. One without any for the handshake deadline is closed.
     let mut idle = crate::util::interval_after(first_byte);
     let mut streamless = 0u32;
+    // A specialist that negotiated `tether-client-quic/2` reads `Waiting` frames.
+    let waits = side == Side::Clients && {
+        let negotiated = conn
+            .handshake_data()
+            .and_then(|h| h.downcast::<quinn::crypto::rustls::HandshakeData>().ok())
+            .and_then(|h| h.protocol);
+        tls::client_waits(negotiated.as_deref())
+    };
     loop {
         let (send, recv) = tokio::select! {
             _ = state.drain.cancelled() => return conn.close(0u32.into(), b"relay draining"),
@@ -242,6 +250,7 @@ async fn serve(
             cert: cert.clone(),
             conn: conn.clone(),
             first_byte,
+            waits,
         });
         state.tracker.spawn(serve_stream(stream).instrument(span));
     }
@@ -257,6 +266,8 @@ struct Stream {
     cert: Option<Arc<[u8]>>,
     conn: Connection,
     first_byte: Duration,
+    /// The connection's ALPN is a specialist's that reads `Waiting` frames.
+    waits: bool,
 }
 
 /// What a stream turned out to be.
@@ -282,16 +293,11 @@ async fn serve_stream(stream: Box<Stream>) {
 /// A specialist's stream is a client leg; an agent's says by its first
 /// frame's header which kind of leg it is.
 async fn identify(stream: Box<Stream>) -> Option<(Kind, Accepted)> {
-    let Stream { state, mut leg, side, peer, device, cert, conn, first_byte } = *stream;
+    let Stream { state, mut leg, side, peer, device, cert, conn, first_byte, waits } = *stream;
+    let auth = Auth::Tls { device, alpn_ok: true, waits };
     if side == Side::Clients {
-        let negotiated = conn
-            .handshake_data()
-            .and_then(|h| h.downcast::<quinn::crypto::rustls::HandshakeData>().ok())
-            .and_then(|h| h.protocol);
-        let auth = Auth::Tls { device, alpn_ok: true, waits: tls::client_waits(negotiated.as_deref()) };
         return Some((Kind::Client, Accepted { leg: Box::new(leg), auth, cert, transport: "quic", quic: None }));
     }
-    let auth = Auth::Tls { device, alpn_ok: true, waits: false };
     let mut header = [0u8; 5];
     match tokio::time::timeout(first_byte, leg.read_exact(&mut header)).await {
         Ok(Ok(_)) => {}

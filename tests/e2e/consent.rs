@@ -485,30 +485,44 @@ async fn a_request_waiting_at_a_relay_that_freezes_moves_to_its_twin_over_quic()
     freeze_while_waiting("quic").await;
 }
 
-/// `Waiting` frames go only to a client that negotiated them: one offering
-/// `tether-client/2` gets one at once and one every 5 s while the person at
-/// the device decides, then the answer; a client of the version before
-/// (`tether-client/1` only) gets the answer as its first frame, as it
-/// always did.
+/// `Waiting` frames go only to a client that negotiated them, over TCP and
+/// QUIC: one offering `tether-client/2` (`tether-client-quic/2`) gets one at
+/// once and one every 5 s while the person at the device decides, then the
+/// answer; a client of the version before (`/1` only) gets the answer as its
+/// first frame, as it always did.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn waiting_frames_go_only_to_clients_that_negotiated_them() {
     use tether::proto::{Frame, FrameIo, VERSION};
-    use tether::tls::{ALPN_CLIENT, ALPN_CLIENT_WAITS, client_config, client_offering, dial};
+    use tether::quic::{Dialler, connect, open_leg};
+    use tether::tls::{
+        ALPN_CLIENT, ALPN_CLIENT_WAITS, ALPN_QUIC_CLIENT, ALPN_QUIC_CLIENT_WAITS, client_config, client_offering, dial,
+        quic_client_config,
+    };
     let (fleet, _svc) = consent_fleet(60).await;
     let ca = fleet.pki.path("ca.pem");
     let relay = fleet.relays[0].client.to_string();
-    let plain = client_config(&ca, None, ALPN_CLIENT).unwrap();
-    for (offers, newer) in [(client_offering(plain.clone(), &[ALPN_CLIENT_WAITS, ALPN_CLIENT]), true), (plain, false)] {
-        let conn = dial(&relay, "localhost", offers).await.unwrap();
-        let negotiated = conn.get_ref().1.alpn_protocol().map(<[u8]>::to_vec);
-        assert_eq!(negotiated.as_deref(), Some(if newer { ALPN_CLIENT_WAITS } else { ALPN_CLIENT }));
-        let mut io = FrameIo::new(conn);
+    for (quic, newer) in [(false, true), (false, false), (true, true), (true, false)] {
+        let (io, _conn): (FrameIo<tether::leg::Leg>, _) = if quic {
+            let plain = quic_client_config(&ca, None, None, ALPN_QUIC_CLIENT).unwrap();
+            let tls = if newer { client_offering(plain, &[ALPN_QUIC_CLIENT_WAITS, ALPN_QUIC_CLIENT]) } else { plain };
+            let c = connect(&relay, "localhost", tls, (Duration::from_secs(10), Dialler::Session)).await.unwrap();
+            (FrameIo::new(Box::new(open_leg(&c).await.unwrap())), Some(c))
+        } else {
+            let plain = client_config(&ca, None, ALPN_CLIENT).unwrap();
+            let tls = if newer { client_offering(plain, &[ALPN_CLIENT_WAITS, ALPN_CLIENT]) } else { plain };
+            let conn = dial(&relay, "localhost", tls).await.unwrap();
+            let negotiated = conn.get_ref().1.alpn_protocol().map(<[u8]>::to_vec);
+            assert_eq!(negotiated.as_deref(), Some(if newer { ALPN_CLIENT_WAITS } else { ALPN_CLIENT }));
+            (FrameIo::new(Box::new(conn)), None)
+        };
+        let mut io = io;
         let open = Frame::ClientOpen { version: VERSION, grant: fleet.grant(|_| {}), service: "echo".into() };
         io.write_frame(&open).await.unwrap();
         let id = pending_session(&fleet).await;
+        let case = format!("quic {quic}, newer {newer}");
         if newer {
-            assert_eq!(within(5, io.read_frame()).await.unwrap(), Frame::Waiting { secs: 0 });
-            assert_eq!(within(10, io.read_frame()).await.unwrap(), Frame::Waiting { secs: 5 });
+            assert_eq!(within(5, io.read_frame()).await.unwrap(), Frame::Waiting { secs: 0 }, "{case}");
+            assert_eq!(within(10, io.read_frame()).await.unwrap(), Frame::Waiting { secs: 5 }, "{case}");
         } else {
             // Past the first beat's time: an older client must have heard nothing.
             tokio::time::sleep(Duration::from_secs(6)).await;
@@ -517,8 +531,8 @@ async fn waiting_frames_go_only_to_clients_that_negotiated_them() {
         loop {
             match within(10, io.read_frame()).await.unwrap() {
                 Frame::Waiting { .. } if newer => {}
-                Frame::SessionReady { session, .. } => break assert_eq!(session.to_string(), id),
-                other => panic!("newer {newer}: {other:?}"),
+                Frame::SessionReady { session, .. } => break assert_eq!(session.to_string(), id, "{case}"),
+                other => panic!("{case}: {other:?}"),
             }
         }
     }
