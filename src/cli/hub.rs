@@ -78,8 +78,23 @@ pub enum DeviceCmd {
         #[arg(long, value_parser = ["auto", "required"])]
         consent: Option<String>,
     },
-    /// Every device: site and consent policy.
-    List,
+    /// Take a device out of service for good (sold, scrapped, handed over):
+    /// its sessions are revoked, its unfinished jobs cancelled, and nobody
+    /// is granted a session with it, gives it a job or renews its certificate.
+    Retire {
+        id: String,
+        /// Why (kept in the audit log and shown on the device's page).
+        #[arg(long)]
+        reason: String,
+    },
+    /// Put a retired device back in service.
+    Reinstate { id: String },
+    /// Every device in service: site and consent policy.
+    List {
+        /// The retired devices instead: when, by whom, why.
+        #[arg(long)]
+        retired: bool,
+    },
 }
 
 #[derive(Subcommand)]
@@ -202,7 +217,30 @@ async fn device(admin: &hub::admin::Admin, cmd: DeviceCmd) -> Result<()> {
                 now.site, now.consent, was.site, was.consent
             );
         }
-        DeviceCmd::List => {
+        DeviceCmd::Retire { id, reason } => {
+            let r = admin.device_retire(&id, &reason).await?;
+            print!("{}", retired_text(&r));
+        }
+        DeviceCmd::Reinstate { id } => {
+            let d = admin.device_reinstate(&id).await?;
+            println!(
+                "device {id} is back in service at site {} (consent {}); sessions and jobs the retirement ended \
+                 stay ended. If its certificate was revoked, it needs a new one (tether certs device) before it \
+                 can attach.",
+                d.site, d.consent
+            );
+        }
+        DeviceCmd::List { retired: true } => {
+            let devices = admin.store.devices_retired().await?;
+            if devices.is_empty() {
+                println!("No retired devices.");
+            }
+            for d in devices {
+                let r = d.retired.as_ref().map(hub::model::Retired::describe).unwrap_or_default();
+                println!("{}  site {}  {r}", d.id, d.site);
+            }
+        }
+        DeviceCmd::List { retired: false } => {
             let devices = admin.store.devices_for("", true).await?;
             if devices.is_empty() {
                 println!("No devices yet: tether hub device add ID --site SITE");
@@ -215,7 +253,43 @@ async fn device(admin: &hub::admin::Admin, cmd: DeviceCmd) -> Result<()> {
             for d in devices {
                 println!("{:w$}  {:ws$}  {}", d.id, d.site, d.consent);
             }
+            let retired = admin.store.devices_retired().await?.len();
+            if retired > 0 {
+                let s = if retired == 1 { "" } else { "s" };
+                println!("({retired} retired device{s} not listed: tether hub device list --retired)");
+            }
         }
     }
     Ok(())
+}
+
+/// What `device retire` did, and what is left for the operator to do.
+fn retired_text(r: &hub::retire::Retirement) -> String {
+    let id = &r.device.id;
+    let mut out = format!("device {id} retired: nobody is granted a session with it from now on.\n");
+    let sessions: Vec<String> = r.sessions.iter().map(|s| s.0.clone()).collect();
+    out += &listed(
+        &sessions,
+        "no session was open",
+        "revoked",
+        "session",
+        " (the relays end them within 5 s: the running hub looks every 5 s)",
+    );
+    let jobs: Vec<String> = r.jobs.iter().map(|j| format!("{} ({} {})", j.id, j.kind.as_str(), j.target)).collect();
+    out += &listed(&jobs, "no job was waiting", "cancelled", "job", "");
+    out.push_str(&format!(
+        "Its certificate still lets it attach to the relays (though no session or job reaches it) until it \
+         expires. To cut it off now, revoke it, with every certificate revoked before (a CRL lists only those \
+         it is given), and give the CRL to the relays and the hub:\n  \
+         tether certs revoke --ca DIR --out fleet.crl.pem REVOKED-BEFORE.pem… {id}.pem\n"
+    ));
+    out
+}
+
+/// "  revoked 2 sessions: a, b…" or `none`, on a line.
+fn listed(items: &[String], none: &str, verb: &str, noun: &str, after: &str) -> String {
+    match items.len() {
+        0 => format!("  {none}\n"),
+        n => format!("  {verb} {n} {noun}{}: {}{after}\n", if n == 1 { "" } else { "s" }, items.join(", ")),
+    }
 }

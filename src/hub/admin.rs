@@ -66,9 +66,7 @@ impl Admin {
         if !matches!(consent, "auto" | "required") {
             bail!("consent: auto or required");
         }
-        self.store
-            .device_add(&Device { id: id.into(), site: site.into(), consent: consent.into() }, now_secs() as i64)
-            .await?;
+        self.store.device_add(&Device::new(id, site, consent), now_secs() as i64).await?;
         self.audit.record("device_added", json!({"device": id, "site": site, "consent": consent, "by": self.by})).await;
         Ok(())
     }
@@ -77,6 +75,15 @@ impl Admin {
     /// after. Grants issued from now on follow it; live sessions go on.
     pub async fn device_set(&self, id: &str, site: Option<&str>, consent: Option<&str>) -> Result<(Device, Device)> {
         set_device((&self.store, &self.audit, &self.by), id, site, consent).await
+    }
+
+    /// Retires a device for good ([`super::retire`]).
+    pub async fn device_retire(&self, id: &str, reason: &str) -> Result<super::retire::Retirement> {
+        Ok(super::retire::retire((&self.store, &self.audit, &self.by), id, reason).await?)
+    }
+
+    pub async fn device_reinstate(&self, id: &str) -> Result<Device> {
+        Ok(super::retire::reinstate((&self.store, &self.audit, &self.by), id).await?)
     }
 
     pub async fn site_set(&self, name: &str, allow_from: Option<&str>, require_ticket: Option<bool>) -> Result<Site> {
@@ -117,11 +124,10 @@ pub async fn set_device(
     let Some(was) = store.device(id).await? else {
         bail!("no device {id:?} (add it: tether hub device add {id} --site SITE)");
     };
-    let now = Device {
-        id: id.into(),
-        site: site.unwrap_or(&was.site).into(),
-        consent: consent.unwrap_or(&was.consent).into(),
-    };
+    if let Some(r) = &was.retired {
+        bail!("device {id} is {}; reinstate it first (tether hub device reinstate {id})", r.describe());
+    }
+    let now = Device::new(id, site.unwrap_or(&was.site), consent.unwrap_or(&was.consent));
     if now == was {
         return Ok((was, now));
     }

@@ -87,13 +87,23 @@ async fn refuse(hub: &Hub, device: &str, by: &str, e: renewal::Refusal) -> ApiEr
     ApiError::new(StatusCode::BAD_REQUEST, e.code, e.message)
 }
 
+/// A retired device's certificate is not renewed: it ends, or the CRL ends it first.
+fn retired(device: &str) -> renewal::Refusal {
+    let message = format!("device {device} is retired: its certificate is not renewed");
+    renewal::Refusal { code: "device_retired", message }
+}
+
 /// A device's request, forwarded by `relay`: checked, kept (a request other
 /// than the one on record replaces it) and answered with where it stands.
 async fn request(hub: &Hub, relay: &str, device: &str, want: CertRenewal) -> Result<CertRenewalState, ApiError> {
     let by = format!("relay:{relay}");
-    if hub.store.device(device).await.map_err(internal)?.is_none() {
-        let e = renewal::Refusal { code: "no_device", message: format!("no device {device} at the hub") };
-        return Err(refuse(hub, device, &by, e).await);
+    match hub.store.device(device).await.map_err(internal)? {
+        None => {
+            let e = renewal::Refusal { code: "no_device", message: format!("no device {device} at the hub") };
+            return Err(refuse(hub, device, &by, e).await);
+        }
+        Some(d) if d.retired.is_some() => return Err(refuse(hub, device, &by, retired(device)).await),
+        Some(_) => {}
     }
     let current = match super::anchors::device_cert(hub, device, &want.cert) {
         Ok(der) => der,
@@ -154,6 +164,9 @@ async fn pending(hub: &Hub, user: &User) -> Result<Vec<CertRequestView>, ApiErro
 /// Keeps the certificate `user` returns for `device`'s pending request,
 /// once it is a valid device certificate of the fleet for the request's key.
 async fn issue(hub: &Hub, user: &User, device: &str, cert_pem: &str) -> Result<CertRenewalState, ApiError> {
+    if hub.store.device(device).await.map_err(internal)?.is_some_and(|d| d.retired.is_some()) {
+        return Err(refuse(hub, device, &user.name, retired(device)).await);
+    }
     let Some(row) = hub.store.cert_of(device).await.map_err(internal)?.filter(|c| !c.csr.is_empty()) else {
         let e = renewal::Refusal { code: "no_request", message: format!("{device} has asked for no certificate") };
         return Err(refuse(hub, device, &user.name, e).await);

@@ -166,15 +166,18 @@ pub(super) fn deadline(timeout: Option<u64>, now: i64) -> Result<i64, (&'static 
 /// Stores a new QUEUED job, audits it and tells the relays.
 pub(super) async fn queue(hub: &Hub, job: &JobView) -> Result<(), ApiError> {
     hub.store.job_add(job).await.map_err(internal)?;
-    crate::metrics::HUB_JOBS.with_label_values(&["QUEUED"]).inc();
+    crate::metrics::HUB_JOBS.with_label_values(&[job.state.as_str()]).inc();
     hub.audit
         .record(
             "job_created",
             json!({"job": job.id, "device": job.device, "kind": job.kind.as_str(), "target": job.target,
-                   "consent_required": job.consent_required, "by": job.created_by, "rollout": job.rollout}),
+                   "consent_required": job.consent_required, "by": job.created_by, "rollout": job.rollout,
+                   "state": job.state.as_str(), "reason": job.reason}),
         )
         .await;
-    hub.jobs.changed(&job.device);
+    if !job.state.is_final() {
+        hub.jobs.changed(&job.device);
+    }
     Ok(())
 }
 
@@ -185,6 +188,11 @@ pub(super) fn new_id() -> String {
 
 async fn create(hub: &Hub, user: &User, peer: &Peer, want: JobRequest) -> Result<JobView, ApiError> {
     entitled_device(hub, user, peer, &want.device, "job_create").await?;
+    if let Some(r) = hub.store.device(&want.device).await.map_err(internal)?.and_then(|d| d.retired) {
+        hub.refused("job_refused", "device_retired", json!({"user": user.name, "device": want.device})).await;
+        let message = format!("device {} is {}: it takes no job", want.device, r.describe());
+        return Err(ApiError::new(StatusCode::CONFLICT, "device_retired", message));
+    }
     let now = now_secs() as i64;
     let checked = check_target(hub, want.kind, &want.target).and_then(|()| deadline(want.timeout_secs, now));
     let deadline = match checked {
@@ -303,16 +311,12 @@ async fn report_state(
 
 /// Marks unfinished jobs past their deadline TIMED_OUT, every few seconds.
 pub async fn sweep(hub: Arc<Hub>, stop: CancellationToken) {
-    let mut tick = tokio::time::interval(Duration::from_secs(5));
-    loop {
-        tokio::select! {
-            _ = stop.cancelled() => return,
-            _ = tick.tick() => {}
-        }
+    super::every(Duration::from_secs(5), stop, || async {
         let now = now_secs() as i64;
-        let Ok(overdue) = hub.store.jobs_overdue(now).await else { continue };
+        let Ok(overdue) = hub.store.jobs_overdue(now).await else { return };
         for j in overdue {
             let _ = move_job(&hub, &j, JobState::TimedOut, "not finished before its deadline", "", json!({})).await;
         }
-    }
+    })
+    .await
 }

@@ -20,6 +20,7 @@ pub mod model;
 pub mod relays;
 pub mod repo;
 mod repo_api;
+pub mod retire;
 mod rollouts;
 pub mod secrets;
 mod sessions;
@@ -165,6 +166,22 @@ impl Hub {
     }
 }
 
+/// Runs `f` every `period` (the first at once) until `stop`.
+pub(crate) async fn every<F: std::future::Future<Output = ()>>(
+    period: std::time::Duration,
+    stop: CancellationToken,
+    mut f: impl FnMut() -> F,
+) {
+    let mut tick = tokio::time::interval(period);
+    loop {
+        tokio::select! {
+            _ = stop.cancelled() => return,
+            _ = tick.tick() => {}
+        }
+        f().await;
+    }
+}
+
 /// Writes what the listener turned away before a request (no connection
 /// slot, failed or silent TLS), and the requests nobody authenticated that
 /// were refused past the budget of one record each, at most once every 10 s
@@ -293,6 +310,7 @@ pub async fn run(
     tokio::spawn(certs::sweep(hub.clone(), stop.clone()));
     tokio::spawn(certs::write_seen(hub.clone(), stop.clone()));
     tokio::spawn(rollouts::drive(hub.clone(), stop.clone()));
+    tokio::spawn(retire::sweep_revocations(hub.clone(), stop.clone()));
     tokio::spawn(audit::watch_database(hub.clone(), stop.clone()));
     let _ = server.await;
     let _ = reporter.await;

@@ -49,4 +49,45 @@ pub struct Device {
     pub site: String,
     /// `auto` or `required`: the hub's policy (the agent may be stricter).
     pub consent: String,
+    /// Out of service for good (sold, scrapped, moved to another vendor's
+    /// care): nobody reaches it, it takes no job, its certificate is not
+    /// renewed. `None` while in service.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub retired: Option<Retired>,
+}
+
+impl Device {
+    /// A device in service.
+    pub fn new(id: &str, site: &str, consent: &str) -> Device {
+        Device { id: id.into(), site: site.into(), consent: consent.into(), retired: None }
+    }
+}
+
+/// When, by whom and why a device was retired.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Retired {
+    /// Unix seconds.
+    pub at: i64,
+    pub by: String,
+    pub reason: String,
+}
+
+impl Retired {
+    /// "retired 2026-12-04 22:40 UTC by cli:ops: sold to another hospital".
+    pub fn describe(&self) -> String {
+        let when = time::OffsetDateTime::from_unix_timestamp(self.at).map_or_else(
+            |_| self.at.to_string(),
+            |t| {
+                format!(
+                    "{:04}-{:02}-{:02} {:02}:{:02} UTC",
+                    t.year(),
+                    u8::from(t.month()),
+                    t.day(),
+                    t.hour(),
+                    t.minute()
+                )
+            },
+        );
+        format!("retired {when} by {}: {}", self.by, self.reason)
+    }
 }

@@ -211,6 +211,13 @@ pub async fn advance(hub: &Hub, id: &str) -> Result<(), ApiError> {
             output: String::new(),
             rollout: r.id.clone(),
         };
+        // One retired since the rollout began: its job is born cancelled, so
+        // that the device never sees it and the rollout counts it.
+        let mut job = job;
+        if hub.store.device(device).await.map_err(internal)?.is_some_and(|d| d.retired.is_some()) {
+            job.state = JobState::Canceled;
+            job.reason = "the device was retired before its batch".into();
+        }
         // A device removed since the rollout began gets no job; the rest go on.
         if let Err(e) = queue(hub, &job).await {
             tracing::warn!(rollout = %r.id, device, error = %e.message, "no job for this device");

@@ -75,6 +75,15 @@ pub async fn create(hub: &Hub, user: &User, peer: &Peer, want: SessionRequest) -
         )
         .await;
     };
+    if let Some(r) = &device.retired {
+        let message = format!(
+            "device {} is {}; nobody can reach it (an admin can put it back in service: tether hub device reinstate {})",
+            device.id,
+            r.describe(),
+            device.id
+        );
+        return refuse(StatusCode::GONE, "device_retired", message).await;
+    }
     let needs = hub.cfg.service_role(&want.service);
     if user.role < needs {
         return refuse(

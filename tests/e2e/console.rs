@@ -339,7 +339,7 @@ async fn console_sessions_are_strict_about_origin_cookies_and_idleness() {
     }
 }
 
-async fn device_page(fleet: &Fleet, cookie: &str, device: &str) -> String {
+pub async fn device_page(fleet: &Fleet, cookie: &str, device: &str) -> String {
     raw(fleet, &format!("GET /console/devices/{device} HTTP/1.1\r\nCookie: {cookie}"), "").await
 }
 

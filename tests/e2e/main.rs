@@ -40,6 +40,7 @@ mod quic_inputs;
 mod renewal;
 mod repo;
 mod restarts;
+mod retire;
 mod rollouts;
 mod secrets;
 mod self_update;

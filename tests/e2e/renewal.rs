@@ -221,4 +221,18 @@ async fn renewal_requests_and_certificates_that_do_not_hold_are_refused_by_name(
     let (ok, out, _) = run(&["certs", "renewals", "--profile", &p, "--json"], "").await;
     let list: Vec<Value> = serde_json::from_str(&out).unwrap();
     assert!(ok && list.len() == 1 && list[0]["csr"] == csr, "{out}");
+
+    // A retired device's certificate is not renewed: its request is refused,
+    // an admin's answer to the one on record too, and it leaves the list.
+    crate::hub::hub_cli(&fleet, &["device", "retire", DEVICE, "--reason", "scrapped"], "").await;
+    let newer = renewal::make_request(DEVICE, &rcgen::KeyPair::generate().unwrap()).unwrap();
+    let (status, body) = ask(&relay, DEVICE, &newer, &current, &key).await;
+    assert_eq!((status, body["error"].as_str()), (400, Some("device_retired")), "{body}");
+    let (s, b) = issue(renewal::sign_request(&fleet.pki.ca, DEVICE, &csr, 825).unwrap()).await;
+    assert_eq!((s, b["error"].as_str()), (400, Some("device_retired")), "{b}");
+    let (ok, out, _) = run(&["certs", "renewals", "--profile", &p, "--json"], "").await;
+    assert!(ok && serde_json::from_str::<Vec<Value>>(&out).unwrap().is_empty(), "{out}");
+    let audit = hub_audit(&fleet, &token).await;
+    let retired = |r: &&Value| r["event"] == "cert_renewal_refused" && r["reason"] == "device_retired";
+    assert_eq!(audit.iter().filter(retired).count(), 2, "both refusals audited");
 }

@@ -122,6 +122,44 @@ async fn a_site_rollout_goes_batch_by_batch_and_aborts_at_its_failure_threshold(
     let (ok, out, _) = jobs_cli(&["rollouts", "--profile", &p]).await;
     assert!(ok && out.contains(&id) && out.contains("ABORTED") && out.contains("4/6"), "{out}");
 
+    // A device retired while a rollout runs (its first batch waits for the
+    // people on site): its job is born cancelled, never offered to it, and
+    // counted so. A rollout begun after the retirement leaves it out.
+    let add = ["add", "--profile", &p, "--site", "st-marys", "--json", "run", "hello", "--batch", "3"];
+    let (ok, out, err) = jobs_cli(&[&add[..], &["--consent", "required"]].concat()).await;
+    assert!(ok, "{err}");
+    let id3 = serde_json::from_str::<Value>(&out).unwrap()["id"].as_str().unwrap().to_string();
+    hub_cli(&fleet, &["device", "retire", "dev-6", "--reason", "scrapped"], "").await;
+    let mut approved = std::collections::HashSet::new();
+    for _ in 0..600 {
+        if rollouts(&p).await.into_iter().any(|r| r["id"] == id3.as_str() && r["state"] != "RUNNING") {
+            break;
+        }
+        for j in jobs_of(&p, &id3).await.iter().filter(|j| j["state"] == "QUEUED" || j["state"] == "IN_PROGRESS") {
+            let (job, device) = (j["id"].as_str().unwrap(), j["device"].as_str().unwrap());
+            let cfg =
+                if device == DEVICE { fleet.agent_cfg.clone() } else { fleet.dir().join(device).join("agent.toml") };
+            if !approved.contains(job) && run(&["agent", "--config", cfg.to_str().unwrap(), "approve", job], "").await.0
+            {
+                approved.insert(job.to_string());
+            }
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    let r = rollout_end(&fleet, &p, &id3).await;
+    assert_eq!(r["reason"], "6 devices: 5 succeeded, 0 failed, 0 rejected, 1 cancelled", "{r}");
+    let jobs = jobs_of(&p, &id3).await;
+    let last = jobs.iter().find(|j| j["device"] == "dev-6").unwrap();
+    assert_eq!(
+        (&last["state"], &last["reason"]),
+        (&Value::from("CANCELED"), &Value::from("the device was retired before its batch"))
+    );
+    assert_eq!(approved.len(), 5, "dev-6 was never asked");
+    let (ok, out, err) = jobs_cli(&["add", "--profile", &p, "--site", "st-marys", "--json", "run", "hello"]).await;
+    assert!(ok, "{err}");
+    let r: Value = serde_json::from_str(&out).unwrap();
+    assert!(!r["devices"].as_array().unwrap().iter().any(|d| d == "dev-6"), "{r}");
+
     // Refusals, each by name and audited.
     for (extra, want) in [
         (vec!["--batch", "0"], "a number of devices, or 1% to 100%"),

@@ -185,7 +185,16 @@ async fn execute_in_span(state: &Shared, fetcher: &mut Fetcher, job: &JobView) {
         true => match consent(state, job).await {
             // Stopping: the job stays IN_PROGRESS on disk and asks again after the restart.
             None => return,
-            Some(yes) => yes,
+            Some(Consent::Canceled) => {
+                // The hub has it CANCELED already: nothing to report.
+                r.state = JobState::Canceled;
+                r.reason = "cancelled at the hub while it waited for consent on site".into();
+                r.reported = true;
+                save(state, &r);
+                metrics::AGENT_JOBS.with_label_values(&[r.state.as_str()]).inc();
+                return;
+            }
+            Some(c) => c == Consent::Given,
         },
     };
     let mut restart = None;
@@ -276,10 +285,21 @@ async fn watch_cancel(state: Shared, id: String, cancel: tokio_util::sync::Cance
     }
 }
 
+/// How the wait for the on-site operator ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Consent {
+    Given,
+    /// Denied, or nobody answered in time.
+    Refused,
+    /// The hub cancelled the job meanwhile (an admin, or the device's
+    /// retirement): it leaves the operator's list and never runs.
+    Canceled,
+}
+
 /// Waits for the on-site operator (`tether agent approve|deny JOB-ID`), at
-/// most `consent_timeout_secs`; `Some(true)` when approved, `None` when the
-/// agent is stopping.
-async fn consent(state: &Shared, job: &JobView) -> Option<bool> {
+/// most `consent_timeout_secs`, while a watcher asks the hub whether the
+/// job was cancelled; `None` when the agent is stopping.
+async fn consent(state: &Shared, job: &JobView) -> Option<Consent> {
     let (tx, rx) = tokio::sync::oneshot::channel();
     state.pending_jobs.insert(
         job.id.clone(),
@@ -293,18 +313,32 @@ async fn consent(state: &Shared, job: &JobView) -> Option<bool> {
     );
     tracing::info!("waiting for on-site consent");
     let wait = Duration::from_secs(state.cfg.consent_timeout_secs);
+    let canceled = tokio_util::sync::CancellationToken::new();
+    let watch = tokio::spawn(watch_cancel(state.clone(), job.id.clone(), canceled.clone()));
     let answer = tokio::select! {
         r = tokio::time::timeout(wait, rx) => r.ok().and_then(Result::ok),
+        _ = canceled.cancelled() => None,
         _ = state.shutdown.cancelled() => {
+            watch.abort();
             state.pending_jobs.remove(&job.id);
             return None;
         }
     };
+    watch.abort();
+    // The watcher may have taken a nudge meant for the main loop.
+    state.jobs_waiting.notify_one();
     state.pending_jobs.remove(&job.id);
+    if canceled.is_cancelled() {
+        state.audit.record(
+            "job_consent_withdrawn",
+            json!({"device": state.cfg.device, "job": job.id, "why": "cancelled at the hub"}),
+        );
+        return Some(Consent::Canceled);
+    }
     if answer.is_none() {
         state.audit.record("job_consent_timed_out", json!({"device": state.cfg.device, "job": job.id}));
     }
-    Some(answer.is_some_and(|(allow, _)| allow))
+    Some(if answer.is_some_and(|(allow, _)| allow) { Consent::Given } else { Consent::Refused })
 }
 
 /// Sends `r`'s state to the hub; marks it reported once the hub has it.

@@ -45,18 +45,22 @@ pub async fn page(
         fact("Certificate expires", cert_cell(certs.get(&d.id), now)),
     ]
     .concat();
-    let policy = if admin { policy_form(hub, who, &d).await? } else { policy_facts(&d) };
+    let policy = if admin && d.retired.is_none() { policy_form(hub, who, &d).await? } else { policy_facts(&d) };
+    let retirement = super::retire::card(who, &d);
     let (status, notice) = notice.unwrap_or((StatusCode::OK, String::new()));
     let body = format!(
-        "<p class=\"summary\"><a href=\"/console/devices\">All devices</a> · site <strong>{}</strong></p>{notice}\
-         <section class=\"card\"><h2>Now</h2><dl class=\"facts\">{facts}</dl></section>{policy}{}",
+        "<p class=\"summary\"><a href=\"/console/devices\">All devices</a> · site <strong>{}</strong></p>{notice}{}\
+         <section class=\"card\"><h2>Now</h2><dl class=\"facts\">{facts}</dl></section>{policy}{}{}",
         esc(&d.site),
+        if d.retired.is_some() { retirement.as_str() } else { "" },
         sessions(hub, who, &d.id).await?,
+        if d.retired.is_none() { retirement.as_str() } else { "" },
     );
     Ok(html_answer(status, html::page(&format!("Device {}", d.id), Some(who), "devices", &body)))
 }
 
 /// `POST /console/devices/ID` (admins): a new site and consent policy.
+/// (Retiring and reinstating: [`super::retire`].)
 pub async fn set(hub: &Hub, who: &Who, peer: &Peer, id: &str, f: &[(String, String)]) -> Result<Answer, ApiError> {
     require_admin(hub, &who.user, peer, "device_set").await?;
     visible(hub, who, peer, id).await?;
@@ -107,18 +111,16 @@ pub async fn set(hub: &Hub, who: &Who, peer: &Peer, id: &str, f: &[(String, Stri
 /// and the attempt is audited.
 async fn visible(hub: &Hub, who: &Who, peer: &Peer, id: &str) -> Result<Device, ApiError> {
     let admin = who.user.role == Role::Admin;
-    let found = if admin {
-        hub.store.device(id).await.map_err(internal)?
-    } else {
-        hub.store.devices_for(&who.user.name, false).await.map_err(internal)?.into_iter().find(|d| d.id == id)
+    let found = hub.store.device(id).await.map_err(internal)?;
+    let Some(d) = found else {
+        return Err(ApiError::new(StatusCode::NOT_FOUND, "no_device", format!("no device {id} on your sites")));
     };
-    if let Some(d) = found {
+    // A retired device stays visible on its site: its page says why nobody reaches it.
+    if admin || hub.store.entitled(&who.user.name, &d.site).await.map_err(internal)? {
         return Ok(d);
     }
-    if !admin && hub.store.device(id).await.map_err(internal)?.is_some() {
-        let fields = json!({"user": who.user.name, "from": peer.addr.ip().to_string(), "device": id});
-        hub.refused("console_refused", "not_entitled", fields).await;
-    }
+    let fields = json!({"user": who.user.name, "from": peer.addr.ip().to_string(), "device": id});
+    hub.refused("console_refused", "not_entitled", fields).await;
     Err(ApiError::new(StatusCode::NOT_FOUND, "no_device", format!("no device {id} on your sites")))
 }
 

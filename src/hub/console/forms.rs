@@ -121,6 +121,11 @@ pub async fn post(hub: &Hub, req: Request<Incoming>, peer: &Peer, who: &Who, pat
         }
         ["accounts"] => super::accounts::add(hub, who, peer, &f).await,
         ["devices", id] => super::device::set(hub, who, peer, &session::decode(id), &f).await,
+        ["devices", id, action @ ("retire" | "reinstate")] => {
+            let id = session::decode(id);
+            let notice = super::retire::post(hub, who, peer, &id, &f, *action == "retire").await?;
+            super::device::page(hub, who, peer, &id, Some(notice)).await
+        }
         ["accounts", name, action @ ("disable" | "enable")] => {
             super::accounts::set_disabled(hub, who, peer, &session::decode(name), *action == "disable").await
         }

@@ -12,6 +12,7 @@ mod forms;
 mod html;
 mod pages;
 mod qr;
+mod retire;
 pub mod session;
 
 use bytes::Bytes;

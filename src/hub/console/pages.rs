@@ -71,7 +71,11 @@ pub async fn devices(hub: &Hub, who: &Who, query: &[(String, String)], rows_only
     let refresh = format!("/console/devices?part=rows&q={}&status={}", url(&q), url(status));
     let heads =
         ["Device", "Site", "Status", "Relays", "Transport", "Last heartbeat", "Agent", "Consent", "Certificate"];
-    let body = format!("{summary}{filter}{}", table("Devices", &heads, &rows, Some(&refresh)));
+    let body = format!(
+        "{summary}{filter}{}{}",
+        table("Devices", &heads, &rows, Some(&refresh)),
+        super::retire::listed(hub, who).await?
+    );
     Ok(html_answer(StatusCode::OK, page("Devices", Some(who), "devices", &body)))
 }
 

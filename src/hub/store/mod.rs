@@ -3,6 +3,7 @@
 mod anchors;
 mod certs;
 mod console;
+mod devices;
 mod jobs;
 mod measured;
 mod open;
@@ -22,7 +23,7 @@ pub use certs::DeviceCert;
 pub use sessions::{Live, SessionEnd};
 pub use sql::{Outage, Row, Sql, StoreError, Val, is_unique_violation};
 
-use super::model::{Device, Site, User};
+use super::model::{Site, User};
 
 /// The engine a database URL names (`postgres` or `sqlite`), as
 /// [`Store::engine`] says once it is open.
@@ -259,55 +260,6 @@ impl Store {
                 })
             })
             .transpose()
-    }
-
-    pub async fn device_add(&self, d: &Device, now: i64) -> Result<(), StoreError> {
-        if self.site(&d.site).await?.is_none() {
-            self.site_put(&Site { name: d.site.clone(), ..Site::default() }).await?;
-        }
-        self.insert(
-            "device",
-            &d.id,
-            "INSERT INTO devices (id, site, consent, created_at) VALUES ($1, $2, $3, $4)",
-            vec![d.id.as_str().into(), d.site.as_str().into(), d.consent.as_str().into(), now.into()],
-        )
-        .await
-    }
-
-    /// Changes a device's site and consent policy (the site is created if new).
-    pub async fn device_set(&self, d: &Device) -> Result<(), StoreError> {
-        if self.site(&d.site).await?.is_none() {
-            self.site_put(&Site { name: d.site.clone(), ..Site::default() }).await?;
-        }
-        let n = self
-            .db
-            .exec(
-                "UPDATE devices SET site = $2, consent = $3 WHERE id = $1",
-                vec![d.id.as_str().into(), d.site.as_str().into(), d.consent.as_str().into()],
-            )
-            .await?;
-        Self::must_change(n, "device", &d.id)
-    }
-
-    pub async fn device(&self, id: &str) -> Result<Option<Device>, StoreError> {
-        let rows = self.db.query("SELECT id, site, consent FROM devices WHERE id = $1", vec![id.into()]).await?;
-        Ok(rows.first().map(|r| Device { id: r.text(0), site: r.text(1), consent: r.text(2) }))
-    }
-
-    /// Devices on sites `user` is entitled to; every device when `all`.
-    pub async fn devices_for(&self, user: &str, all: bool) -> Result<Vec<Device>, StoreError> {
-        let rows = if all {
-            self.db.query("SELECT id, site, consent FROM devices ORDER BY id", vec![]).await?
-        } else {
-            self.db
-                .query(
-                    "SELECT d.id, d.site, d.consent FROM devices d JOIN entitlements e ON e.site = d.site
-                     WHERE e.user_name = $1 ORDER BY d.id",
-                    vec![user.into()],
-                )
-                .await?
-        };
-        Ok(rows.iter().map(|r| Device { id: r.text(0), site: r.text(1), consent: r.text(2) }).collect())
     }
 
     pub async fn entitle(&self, user: &str, site: &str) -> Result<(), StoreError> {

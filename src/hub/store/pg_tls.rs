@@ -238,10 +238,7 @@ mod server_tests {
         db.exec(&format!("CREATE SCHEMA {schema}"), vec![]).await.unwrap();
         let store = Store::open(&format!("{url}&options=-csearch_path%3D{schema}"), Path::new(".")).await.unwrap();
         assert_eq!(store.engine(), "postgres");
-        store
-            .device_add(&crate::hub::model::Device { id: "INJ-1".into(), site: "s".into(), consent: "auto".into() }, 5)
-            .await
-            .unwrap();
+        store.device_add(&crate::hub::model::Device::new("INJ-1", "s", "auto"), 5).await.unwrap();
         assert_eq!(store.device("INJ-1").await.unwrap().unwrap().site, "s");
 
         // The certificate names localhost, not 127.0.0.1: refused.

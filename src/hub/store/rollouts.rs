@@ -105,9 +105,10 @@ impl Store {
         Ok(n == 1)
     }
 
-    /// The devices of `site`, by id.
+    /// The devices of `site` in service, by id.
     pub async fn devices_of_site(&self, site: &str) -> Result<Vec<String>, StoreError> {
-        let rows = self.db.query("SELECT id FROM devices WHERE site = $1 ORDER BY id", vec![site.into()]).await?;
+        let sql = "SELECT id FROM devices WHERE site = $1 AND retired_at = 0 ORDER BY id";
+        let rows = self.db.query(sql, vec![site.into()]).await?;
         Ok(rows.iter().map(|r| r.text(0)).collect())
     }
 }

@@ -64,6 +64,12 @@ pub(super) const MIGRATIONS: &[(i64, &str)] = &[
         "CREATE TABLE anchor_deliveries (source TEXT NOT NULL, relay TEXT NOT NULL, seq BIGINT NOT NULL,
         PRIMARY KEY (source, relay))",
     ),
+    (
+        10,
+        "ALTER TABLE devices ADD COLUMN retired_at BIGINT NOT NULL DEFAULT 0;
+     ALTER TABLE devices ADD COLUMN retired_by TEXT NOT NULL DEFAULT '';
+     ALTER TABLE devices ADD COLUMN retired_reason TEXT NOT NULL DEFAULT ''",
+    ),
 ];
 
 /// The schema version this build writes.

@@ -127,6 +127,19 @@ impl Store {
         Ok(rows.iter().map(session_from).collect())
     }
 
+    /// The device's sessions whose grant may still be used or whose bytes
+    /// still flow (`granted` or `live`): (id, expires_at).
+    pub async fn device_open_sessions(&self, device: &str) -> Result<Vec<(String, i64)>, StoreError> {
+        let rows = self
+            .db
+            .query(
+                "SELECT id, expires_at FROM sessions WHERE device = $1 AND state IN ('granted', 'live') ORDER BY id",
+                vec![device.into()],
+            )
+            .await?;
+        Ok(rows.iter().map(|r| (r.text(0), r.int(1))).collect())
+    }
+
     /// A relay saw the session start, or its control leg arrive (a move to
     /// the twin): the record names that relay and the leg's transport. A
     /// start counts only for a session not yet live: reported late, after

@@ -2,7 +2,7 @@
 //! PostgreSQL named by `TETHER_TEST_POSTGRES` (CI starts one; each test gets
 //! its own schema).
 use super::*;
-use crate::hub::model::{Role, SessionRecord};
+use crate::hub::model::{Device, Role, SessionRecord};
 use std::path::Path;
 
 async fn sqlite() -> (Store, tempfile::TempDir) {
@@ -50,12 +50,8 @@ async fn accounts_entitlements_and_verbatim_names() {
         assert!(matches!(s.user_add(&user("alice", Role::Admin)).await, Err(StoreError::Exists { .. })));
         assert_eq!(s.user(nasty).await.unwrap().unwrap().role, Role::Viewer);
         assert_eq!(s.users().await.unwrap().len(), 2);
-        s.device_add(&Device { id: "INJ-0042".into(), site: "st-marys".into(), consent: "required".into() }, 5)
-            .await
-            .unwrap();
-        s.device_add(&Device { id: "d'2".into(), site: "other; site".into(), consent: "auto".into() }, 5)
-            .await
-            .unwrap();
+        s.device_add(&Device::new("INJ-0042", "st-marys", "required"), 5).await.unwrap();
+        s.device_add(&Device::new("d'2", "other; site", "auto"), 5).await.unwrap();
         s.entitle("alice", "st-marys").await.unwrap();
         s.entitle("alice", "st-marys").await.unwrap();
         let mine = s.devices_for("alice", false).await.unwrap();
@@ -342,7 +338,7 @@ async fn processes_migrating_one_fresh_database_at_once_all_succeed() {
 async fn jobs_move_forward_by_compare_and_set_and_keep_their_output() {
     use crate::api::{JobKind, JobState, JobView};
     both(async |s: Store| {
-        s.device_add(&Device { id: "INJ-1".into(), site: "st-marys".into(), consent: "auto".into() }, 5).await.unwrap();
+        s.device_add(&Device::new("INJ-1", "st-marys", "auto"), 5).await.unwrap();
         let job = |id: &str, deadline: i64| JobView {
             id: id.into(),
             device: "INJ-1".into(),
@@ -386,9 +382,9 @@ async fn rollouts_keep_their_devices_and_move_on_by_compare_and_set() {
     use crate::api::{JobKind, RolloutState, RolloutView};
     both(async |s: Store| {
         for id in ["INJ-2", "INJ-1", "INJ-3"] {
-            s.device_add(&Device { id: id.into(), site: "st-marys".into(), consent: "auto".into() }, 5).await.unwrap();
+            s.device_add(&Device::new(id, "st-marys", "auto"), 5).await.unwrap();
         }
-        s.device_add(&Device { id: "X-1".into(), site: "elsewhere".into(), consent: "auto".into() }, 5).await.unwrap();
+        s.device_add(&Device::new("X-1", "elsewhere", "auto"), 5).await.unwrap();
         let devices = s.devices_of_site("st-marys").await.unwrap();
         assert_eq!(devices, ["INJ-1", "INJ-2", "INJ-3"], "the site's devices, by id");
         let r = RolloutView {
@@ -427,7 +423,7 @@ async fn rollouts_keep_their_devices_and_move_on_by_compare_and_set() {
 #[tokio::test]
 async fn device_certificates_keep_their_expiry_and_one_renewal_each() {
     both(async |s: Store| {
-        s.device_add(&Device { id: "INJ-1".into(), site: "st-marys".into(), consent: "auto".into() }, 5).await.unwrap();
+        s.device_add(&Device::new("INJ-1", "st-marys", "auto"), 5).await.unwrap();
         s.cert_seen("INJ-1", 1_000, 10).await.unwrap();
         s.cert_seen("not-registered", 1_000, 10).await.expect("a device the hub does not know: nothing kept, no error");
         assert!(s.cert_of("not-registered").await.unwrap().is_none());
@@ -449,6 +445,41 @@ async fn device_certificates_keep_their_expiry_and_one_renewal_each() {
         let c = s.cert_request("INJ-1", "csr-2", 50).await.unwrap();
         assert_eq!((c.renewal(), c.cert.as_str(), c.issued_not_after), (Some("pending"), "", 0));
         assert_eq!(s.certs().await.unwrap().len(), 1);
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn a_retired_device_leaves_every_list_but_keeps_its_row_and_comes_back() {
+    use crate::hub::model::Retired;
+    both(async |s: Store| {
+        s.device_add(&Device::new("INJ-1", "st-marys", "auto"), 5).await.unwrap();
+        s.device_add(&Device::new("INJ-2", "st-marys", "required"), 5).await.unwrap();
+        s.user_add(&user("eve", Role::Engineer)).await.unwrap();
+        s.entitle("eve", "st-marys").await.unwrap();
+        let r = Retired { at: 100, by: "cli:ops".into(), reason: "sold; 'quoted' $(x)".into() };
+        assert!(s.device_retire("INJ-1", &r).await.unwrap());
+        let again = Retired { at: 200, by: "console:boss".into(), reason: "twice".into() };
+        assert!(!s.device_retire("INJ-1", &again).await.unwrap(), "retired once: the first record stays");
+        assert!(!s.device_retire("NOPE", &again).await.unwrap());
+        let d = s.device("INJ-1").await.unwrap().unwrap();
+        assert_eq!(d.retired.as_ref(), Some(&r), "kept verbatim");
+        let ids = |v: Vec<Device>| v.into_iter().map(|d| d.id).collect::<Vec<_>>();
+        assert_eq!(ids(s.devices_for("", true).await.unwrap()), ["INJ-2"]);
+        assert_eq!(ids(s.devices_for("eve", false).await.unwrap()), ["INJ-2"]);
+        assert_eq!(s.devices_of_site("st-marys").await.unwrap(), ["INJ-2"], "a rollout passes it by");
+        assert_eq!(ids(s.devices_retired().await.unwrap()), ["INJ-1"]);
+        // Its sessions still name it.
+        let mut rec =
+            SessionRecord { id: "s-1".into(), device: "INJ-1".into(), state: "live".into(), ..Default::default() };
+        rec.expires_at = 500;
+        s.session_add(&rec).await.unwrap();
+        assert_eq!(s.device_open_sessions("INJ-1").await.unwrap(), [("s-1".to_string(), 500)]);
+        assert!(s.device_reinstate("INJ-1").await.unwrap());
+        assert!(!s.device_reinstate("INJ-1").await.unwrap(), "in service already");
+        assert_eq!(s.device("INJ-1").await.unwrap().unwrap(), Device::new("INJ-1", "st-marys", "auto"));
+        assert_eq!(ids(s.devices_for("eve", false).await.unwrap()), ["INJ-1", "INJ-2"]);
+        assert!(s.devices_retired().await.unwrap().is_empty());
     })
     .await;
 }
