@@ -242,8 +242,11 @@ async fn device(admin: &hub::admin::Admin, cmd: DeviceCmd) -> Result<()> {
         }
         DeviceCmd::List { retired: false } => {
             let devices = admin.store.devices_for("", true).await?;
-            if devices.is_empty() {
+            let retired = admin.store.devices_retired().await?.len();
+            if devices.is_empty() && retired == 0 {
                 println!("No devices yet: tether hub device add ID --site SITE");
+            } else if devices.is_empty() {
+                println!("No device in service.");
             }
             let w = devices.iter().map(|d| d.id.len()).max().unwrap_or(0).max(6);
             let ws = devices.iter().map(|d| d.site.len()).max().unwrap_or(0).max(4);
@@ -253,7 +256,6 @@ async fn device(admin: &hub::admin::Admin, cmd: DeviceCmd) -> Result<()> {
             for d in devices {
                 println!("{:w$}  {:ws$}  {}", d.id, d.site, d.consent);
             }
-            let retired = admin.store.devices_retired().await?.len();
             if retired > 0 {
                 let s = if retired == 1 { "" } else { "s" };
                 println!("({retired} retired device{s} not listed: tether hub device list --retired)");

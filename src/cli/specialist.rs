@@ -126,7 +126,9 @@ pub async fn devices(path: &Path, json: bool) -> Result<()> {
         return Ok(());
     }
     if list.is_empty() {
-        println!("No device: none is registered at the hub, or none is on a site you are entitled to.");
+        println!(
+            "No device: none is registered at the hub, none is on a site you are entitled to, or those are retired."
+        );
         return Ok(());
     }
     let rows = list

@@ -23,7 +23,9 @@ impl Admin {
         let secrets = std::sync::Arc::new(super::secrets::SecretBox::load_or_create(&cfg.secrets_key)?);
         let store = Store::open(&cfg.database, std::path::Path::new(".")).await?.with_secrets(secrets).await?;
         let audit = HubAudit::open(store.clone(), None).await?;
-        let by = format!("cli:{}", std::env::var("USER").unwrap_or_else(|_| "unknown".into()));
+        // Who ran the command, as the login says (sudo keeps the caller in SUDO_USER).
+        let who = ["SUDO_USER", "USER", "LOGNAME"].iter().find_map(|k| std::env::var(k).ok().filter(|v| !v.is_empty()));
+        let by = format!("cli:{}", who.unwrap_or_else(|| "unknown".into()));
         Ok(Admin { store, audit, issuer: cfg.issuer.clone(), by })
     }
 

@@ -310,7 +310,7 @@ pub async fn run(
     tokio::spawn(certs::sweep(hub.clone(), stop.clone()));
     tokio::spawn(certs::write_seen(hub.clone(), stop.clone()));
     tokio::spawn(rollouts::drive(hub.clone(), stop.clone()));
-    tokio::spawn(retire::sweep_revocations(hub.clone(), stop.clone()));
+    tokio::spawn(retire::sweep(hub.clone(), stop.clone()));
     tokio::spawn(audit::watch_database(hub.clone(), stop.clone()));
     let _ = server.await;
     let _ = reporter.await;

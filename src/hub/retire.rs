@@ -9,7 +9,7 @@
 //!
 //! The database changes here serve the CLI (a process of its own on the hub
 //! host) and the console alike; the running hub hands revocations to the
-//! relays within seconds either way ([`sweep_revocations`]).
+//! relays within seconds either way ([`sweep`]).
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -158,15 +158,30 @@ pub fn enforce(hub: &Hub, r: &Retirement) {
     }
 }
 
-/// Every 5 s, the sessions revoked in the database (by the CLI on the hub
-/// host, which cannot reach this process, or by another hub on the same
-/// database) join the revocations the relays are told of.
-pub async fn sweep_revocations(hub: Arc<Hub>, stop: CancellationToken) {
+/// Every 5 s, what another process changed in the database reaches the
+/// relays and devices: every session revoked there joins the revocations
+/// the relays are told of (the CLI on the hub host cannot reach this
+/// process, nor can another hub on the same database), and the devices of
+/// a retirement seen for the first time are nudged to fetch their jobs, so
+/// that a job waiting for the person at one leaves their list at once.
+pub async fn sweep(hub: Arc<Hub>, stop: CancellationToken) {
+    let nudged = std::sync::Mutex::new(std::collections::HashSet::<(String, i64)>::new());
     super::every(Duration::from_secs(5), stop, || async {
         let now = now_secs() as i64;
-        let Ok(list) = hub.store.revocations_live(now, REVOCATION_KEEP_SECS as i64).await else { return };
-        for (id, until) in list {
-            hub.board.revoke(&id, until);
+        if let Ok(list) = hub.store.revocations_live(now, REVOCATION_KEEP_SECS as i64).await {
+            for (id, until) in list {
+                hub.board.revoke(&id, until);
+            }
+        }
+        // A minute back: the CLI's clock is the host's, and a tick may be late.
+        let Ok(recent) = hub.store.devices_retired_since(now - 60).await else { return };
+        let mut nudged = crate::util::lock(&nudged);
+        nudged.retain(|r| recent.contains(r));
+        for r in recent {
+            if !nudged.contains(&r) {
+                hub.jobs.changed(&r.0);
+                nudged.insert(r);
+            }
         }
     })
     .await

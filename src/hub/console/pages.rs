@@ -47,7 +47,8 @@ pub async fn devices(hub: &Hub, who: &Who, query: &[(String, String)], rows_only
         );
     }
     if shown == 0 {
-        rows = empty_row(9, if list.is_empty() { "No devices on your sites." } else { "No device matches." });
+        let none = if admin { "No device in service." } else { "No devices on your sites." };
+        rows = empty_row(9, if list.is_empty() { none } else { "No device matches." });
     }
     if rows_only {
         return Ok(html_answer(StatusCode::OK, rows));

@@ -114,7 +114,9 @@ fn retired_notice(r: &retire::Retirement) -> String {
         0 => text.push_str("No session was open. "),
         n => {
             let ids: Vec<&str> = r.sessions.iter().map(|s| s.0.as_str()).collect();
-            let _ = write!(text, "Revoked {n} session{}: {}; the relays end them at once. ", plural(n), ids.join(", "));
+            let them = if n == 1 { "it" } else { "them" };
+            let _ =
+                write!(text, "Revoked {n} session{}: {}; the relays end {them} at once. ", plural(n), ids.join(", "));
         }
     }
     match r.jobs.len() {

@@ -73,6 +73,12 @@ impl Store {
         Ok(self.db.query(&sql, vec![]).await?.iter().map(device_from).collect())
     }
 
+    /// Devices retired at or after unix time `since`: (id, when).
+    pub async fn devices_retired_since(&self, since: i64) -> Result<Vec<(String, i64)>, StoreError> {
+        let sql = "SELECT id, retired_at FROM devices WHERE retired_at >= $1 ORDER BY id";
+        Ok(self.db.query(sql, vec![since.max(1).into()]).await?.iter().map(|r| (r.text(0), r.int(1))).collect())
+    }
+
     /// Marks a device in service retired; false when it was already retired.
     pub async fn device_retire(&self, id: &str, r: &Retired) -> Result<bool, StoreError> {
         let n = self

@@ -68,7 +68,8 @@ pub(super) const MIGRATIONS: &[(i64, &str)] = &[
         10,
         "ALTER TABLE devices ADD COLUMN retired_at BIGINT NOT NULL DEFAULT 0;
      ALTER TABLE devices ADD COLUMN retired_by TEXT NOT NULL DEFAULT '';
-     ALTER TABLE devices ADD COLUMN retired_reason TEXT NOT NULL DEFAULT ''",
+     ALTER TABLE devices ADD COLUMN retired_reason TEXT NOT NULL DEFAULT '';
+     CREATE INDEX devices_by_retired ON devices (retired_at)",
     ),
 ];
 

@@ -469,6 +469,9 @@ async fn a_retired_device_leaves_every_list_but_keeps_its_row_and_comes_back() {
         assert_eq!(ids(s.devices_for("eve", false).await.unwrap()), ["INJ-2"]);
         assert_eq!(s.devices_of_site("st-marys").await.unwrap(), ["INJ-2"], "a rollout passes it by");
         assert_eq!(ids(s.devices_retired().await.unwrap()), ["INJ-1"]);
+        assert_eq!(s.devices_retired_since(100).await.unwrap(), [("INJ-1".to_string(), 100)]);
+        assert!(s.devices_retired_since(101).await.unwrap().is_empty());
+        assert_eq!(s.devices_retired_since(0).await.unwrap().len(), 1, "in service (retired_at 0) never counts");
         // Its sessions still name it.
         let mut rec =
             SessionRecord { id: "s-1".into(), device: "INJ-1".into(), state: "live".into(), ..Default::default() };
