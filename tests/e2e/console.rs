@@ -166,6 +166,16 @@ async fn the_console_in_a_real_browser() {
     b.screenshot(&shots.join("7b-device-policy.png")).await;
     let list = hub_cli(&fleet, &["device", "list"], "").await;
     assert!(list.lines().any(|l| l.contains(DEVICE) && l.contains("required")), "{list}");
+    // Retired there, with a reason and a confirmation; then put back.
+    b.type_into("#retire-reason", "scrapped after the flood").await;
+    b.click("#retire button").await;
+    assert!(b.accept_dialog().await.contains(&format!("Retire {DEVICE}?")));
+    let t = b.wait_text("Retired. No session was open.").await;
+    assert!(t.contains("by console:ada: scrapped after the flood") && t.contains("Put back in service"), "{t}");
+    b.screenshot(&shots.join("7c-device-retired.png")).await;
+    b.click("#reinstate button").await;
+    assert!(b.accept_dialog().await.contains("back in service"));
+    b.wait_text("Back in service").await;
 
     // Accounts: a form with its CSRF token taken out is refused, and adds nobody.
     b.goto(&format!("{base}/console/accounts")).await;
