@@ -84,7 +84,7 @@ pub async fn set(hub: &Hub, who: &Who, peer: &Peer, id: &str, f: &[(String, Stri
                 changed.join(", ")
             );
             let mut notice = format!("<p class=\"notice\" role=\"status\">{text}</p>");
-            if was.site != now.site && !entitled_anyone(hub, &now.site).await? {
+            if was.site != now.site && !hub.store.site_has_specialist(&now.site).await.map_err(internal)? {
                 let _ = write!(
                     notice,
                     "<p class=\"error\" role=\"alert\">No account is entitled to site {} yet: only admins reach \
@@ -122,19 +122,6 @@ async fn visible(hub: &Hub, who: &Who, peer: &Peer, id: &str) -> Result<Device, 
     let fields = json!({"user": who.user.name, "from": peer.addr.ip().to_string(), "device": id});
     hub.refused("console_refused", "not_entitled", fields).await;
     Err(ApiError::new(StatusCode::NOT_FOUND, "no_device", format!("no device {id} on your sites")))
-}
-
-/// Whether any account other than an admin may reach devices on `site`.
-async fn entitled_anyone(hub: &Hub, site: &str) -> Result<bool, ApiError> {
-    for u in hub.store.users().await.map_err(internal)? {
-        if u.role != Role::Admin
-            && !u.disabled
-            && hub.store.entitlements(&u.name).await.map_err(internal)?.iter().any(|s| s == site)
-        {
-            return Ok(true);
-        }
-    }
-    Ok(false)
 }
 
 async fn policy_form(hub: &Hub, who: &Who, d: &Device) -> Result<String, ApiError> {

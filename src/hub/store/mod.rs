@@ -283,6 +283,19 @@ impl Store {
         Ok(!rows.is_empty())
     }
 
+    /// Whether an account in use, not an admin, is entitled to `site`.
+    pub async fn site_has_specialist(&self, site: &str) -> Result<bool, StoreError> {
+        let rows = self
+            .db
+            .query(
+                "SELECT 1 FROM entitlements e JOIN users u ON u.name = e.user_name
+                 WHERE e.site = $1 AND u.role <> 'admin' AND u.disabled = 0 LIMIT 1",
+                vec![site.into()],
+            )
+            .await?;
+        Ok(!rows.is_empty())
+    }
+
     pub async fn entitlements(&self, user: &str) -> Result<Vec<String>, StoreError> {
         let rows = self
             .db

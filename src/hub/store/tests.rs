@@ -455,8 +455,16 @@ async fn a_retired_device_leaves_every_list_but_keeps_its_row_and_comes_back() {
     both(async |s: Store| {
         s.device_add(&Device::new("INJ-1", "st-marys", "auto"), 5).await.unwrap();
         s.device_add(&Device::new("INJ-2", "st-marys", "required"), 5).await.unwrap();
+        assert!(!s.site_has_specialist("st-marys").await.unwrap());
+        s.user_add(&user("boss", Role::Admin)).await.unwrap();
+        s.entitle("boss", "st-marys").await.unwrap();
+        assert!(!s.site_has_specialist("st-marys").await.unwrap(), "an admin is no specialist");
         s.user_add(&user("eve", Role::Engineer)).await.unwrap();
         s.entitle("eve", "st-marys").await.unwrap();
+        assert!(s.site_has_specialist("st-marys").await.unwrap());
+        s.user_set_disabled("eve", true).await.unwrap();
+        assert!(!s.site_has_specialist("st-marys").await.unwrap(), "a disabled account reaches nothing");
+        s.user_set_disabled("eve", false).await.unwrap();
         let r = Retired { at: 100, by: "cli:ops".into(), reason: "sold; 'quoted' $(x)".into() };
         assert!(s.device_retire("INJ-1", &r).await.unwrap());
         let again = Retired { at: 200, by: "console:boss".into(), reason: "twice".into() };
