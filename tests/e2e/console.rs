@@ -378,6 +378,11 @@ async fn a_devices_policy_changes_on_its_console_page_for_admins_only() {
 
     let page = device_page(&fleet, &admin, DEVICE).await;
     assert!(page.starts_with("HTTP/1.1 200") && page.contains("id=\"policy\""), "{page}");
+    // Its "Now" card reloads itself from the card's own address.
+    assert!(page.contains(&format!("data-refresh=\"/console/devices/{DEVICE}?part=now\"")), "{page}");
+    let now = device_page(&fleet, &admin, &format!("{DEVICE}?part=now")).await;
+    assert!(now.starts_with("HTTP/1.1 200") && now.contains(">online<") && now.contains("relay-a ("), "{now}");
+    assert!(!now.contains("<html") && !now.contains("Access policy"), "the card's facts alone: {now}");
     assert!(page.contains("<option value=\"auto\" selected>") && page.contains("value=\"st-marys\""), "{page}");
     let saved = post_policy(&fleet, &admin, &page, "st-marys", "required").await;
     assert!(saved.starts_with("HTTP/1.1 200") && saved.contains("Saved: consent auto → required"), "{saved}");

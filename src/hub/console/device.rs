@@ -31,32 +31,46 @@ pub async fn page(
 ) -> Result<Answer, ApiError> {
     let d = visible(hub, who, peer, id).await?;
     let admin = who.user.role == Role::Admin;
-    let p = hub.board.presence(&d.id);
-    let online = p.status == "online";
-    let now = now_secs();
-    let certs = hub.store.certs().await.map_err(internal)?;
-    let heard = p.last_heartbeat.map(|h| format!("{} ago", html::span(now.saturating_sub(h) as i64)));
-    let fact = |k: &str, v: String| format!("<dt>{}</dt><dd>{v}</dd>", esc(k));
-    let facts = [
-        fact("Status", if online { badge("ok", "online") } else { badge("off", "offline") }),
-        fact("Relays (transport)", esc(&or_dash(&attached(&p.relays, &p.transports)))),
-        fact("Last heartbeat", heard_cell(heard.as_deref(), p.clock_offset_ms.filter(|_| online))),
-        fact("Agent", esc(p.agent_version.as_deref().unwrap_or("-"))),
-        fact("Certificate expires", cert_cell(certs.get(&d.id), now)),
-    ]
-    .concat();
+    let facts = now_facts(hub, &d.id).await?;
     let policy = if admin && d.retired.is_none() { policy_form(hub, who, &d).await? } else { policy_facts(&d) };
     let retirement = super::retire::card(who, &d);
     let (status, notice) = notice.unwrap_or((StatusCode::OK, String::new()));
     let body = format!(
         "<p class=\"summary\"><a href=\"/console/devices\">All devices</a> · site <strong>{}</strong></p>{notice}{}\
-         <section class=\"card\"><h2>Now</h2><dl class=\"facts\">{facts}</dl></section>{policy}{}{}",
+         <section class=\"card\"><h2>Now <span class=\"stamp\"></span></h2>\
+         <dl class=\"facts\" data-refresh=\"/console/devices/{}?part=now\">{facts}</dl></section>{policy}{}{}",
         esc(&d.site),
         if d.retired.is_some() { retirement.as_str() } else { "" },
+        html::url(&d.id),
         sessions(hub, who, &d.id).await?,
         if d.retired.is_none() { retirement.as_str() } else { "" },
     );
     Ok(html_answer(status, html::page(&format!("Device {}", d.id), Some(who), "devices", &body)))
+}
+
+/// `GET /console/devices/ID?part=now`: the "Now" card's facts alone, which
+/// the page reloads every 5 s.
+pub async fn now(hub: &Hub, who: &Who, peer: &Peer, id: &str) -> Result<Answer, ApiError> {
+    let d = visible(hub, who, peer, id).await?;
+    Ok(html_answer(StatusCode::OK, now_facts(hub, &d.id).await?))
+}
+
+/// Where the device is online and how, its last heartbeat, agent and certificate.
+async fn now_facts(hub: &Hub, id: &str) -> Result<String, ApiError> {
+    let p = hub.board.presence(id);
+    let online = p.status == "online";
+    let now = now_secs();
+    let certs = hub.store.certs().await.map_err(internal)?;
+    let heard = p.last_heartbeat.map(|h| format!("{} ago", html::span(now.saturating_sub(h) as i64)));
+    let fact = |k: &str, v: String| format!("<dt>{}</dt><dd>{v}</dd>", esc(k));
+    Ok([
+        fact("Status", if online { badge("ok", "online") } else { badge("off", "offline") }),
+        fact("Relays (transport)", esc(&or_dash(&attached(&p.relays, &p.transports)))),
+        fact("Last heartbeat", heard_cell(heard.as_deref(), p.clock_offset_ms.filter(|_| online))),
+        fact("Agent", esc(p.agent_version.as_deref().unwrap_or("-"))),
+        fact("Certificate expires", cert_cell(certs.get(id), now)),
+    ]
+    .concat())
 }
 
 /// `POST /console/devices/ID` (admins): a new site and consent policy.

@@ -93,7 +93,10 @@ async fn route(hub: &Hub, req: Request<Incoming>, peer: &Peer) -> Result<Answer,
         "/console/accounts" => accounts::page(hub, &who, peer, None).await,
         p if p.starts_with("/console/devices/") => {
             let id = session::decode(p.trim_start_matches("/console/devices/"));
-            device::page(hub, &who, peer, &id, None).await
+            match session::field(&query, "part") == "now" {
+                true => device::now(hub, &who, peer, &id).await,
+                false => device::page(hub, &who, peer, &id, None).await,
+            }
         }
         _ => Err(ApiError::new(StatusCode::NOT_FOUND, "not_found", format!("no console page {path}"))),
     }
