@@ -63,10 +63,10 @@ pub async fn handle(hub: &Hub, route: Route<'_>, req: Request<Incoming>, peer: &
         Route::CertIssue(device) => {
             let user = authenticate(hub, &req, peer).await?;
             require_admin(hub, &user, peer, "cert_issue").await?;
-            entitled_device(hub, &user, peer, device, "cert_issue").await?;
+            let d = entitled_device(hub, &user, peer, device, "cert_issue").await?;
             let body = read_body(hub, req, 32 * 1024, peer).await?;
             let got: CertIssue = http::parse(&body)?;
-            Ok(json_answer(StatusCode::OK, &issue(hub, &user, device, &got.cert).await?))
+            Ok(json_answer(StatusCode::OK, &issue(hub, &user, &d, &got.cert).await?))
         }
         _ => Err(ApiError::new(StatusCode::NOT_FOUND, "not_found", "no such certificate route")),
     }
@@ -163,8 +163,9 @@ async fn pending(hub: &Hub, user: &User) -> Result<Vec<CertRequestView>, ApiErro
 
 /// Keeps the certificate `user` returns for `device`'s pending request,
 /// once it is a valid device certificate of the fleet for the request's key.
-async fn issue(hub: &Hub, user: &User, device: &str, cert_pem: &str) -> Result<CertRenewalState, ApiError> {
-    if hub.store.device(device).await.map_err(internal)?.is_some_and(|d| d.retired.is_some()) {
+async fn issue(hub: &Hub, user: &User, d: &super::model::Device, cert_pem: &str) -> Result<CertRenewalState, ApiError> {
+    let device = d.id.as_str();
+    if d.retired.is_some() {
         return Err(refuse(hub, device, &user.name, retired(device)).await);
     }
     let Some(row) = hub.store.cert_of(device).await.map_err(internal)?.filter(|c| !c.csr.is_empty()) else {

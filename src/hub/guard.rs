@@ -150,14 +150,17 @@ pub async fn read_body(hub: &Hub, req: Request<Incoming>, max: usize, peer: &Pee
 /// The device, if `user` is entitled to its site (admins too: a job reaches
 /// into a hospital's device, so the site must be theirs). Unknown and not
 /// entitled look the same.
-pub async fn entitled_device(hub: &Hub, user: &User, peer: &Peer, device: &str, action: &str) -> Result<(), ApiError> {
-    let d = hub.store.device(device).await.map_err(internal)?;
-    let ok = match &d {
-        Some(d) => hub.store.entitled(&user.name, &d.site).await.map_err(internal)?,
-        None => false,
-    };
-    if ok {
-        return Ok(());
+pub async fn entitled_device(
+    hub: &Hub,
+    user: &User,
+    peer: &Peer,
+    device: &str,
+    action: &str,
+) -> Result<crate::hub::model::Device, ApiError> {
+    if let Some(d) = hub.store.device(device).await.map_err(internal)?
+        && hub.store.entitled(&user.name, &d.site).await.map_err(internal)?
+    {
+        return Ok(d);
     }
     hub.refused(
         "job_refused",

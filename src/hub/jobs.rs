@@ -163,7 +163,8 @@ pub(super) fn deadline(timeout: Option<u64>, now: i64) -> Result<i64, (&'static 
     }
 }
 
-/// Stores a new QUEUED job, audits it and tells the relays.
+/// Stores a new job (QUEUED, or CANCELED when born so), audits it and,
+/// unless it is born ended, tells the relays.
 pub(super) async fn queue(hub: &Hub, job: &JobView) -> Result<(), ApiError> {
     hub.store.job_add(job).await.map_err(internal)?;
     crate::metrics::HUB_JOBS.with_label_values(&[job.state.as_str()]).inc();
@@ -187,8 +188,7 @@ pub(super) fn new_id() -> String {
 }
 
 async fn create(hub: &Hub, user: &User, peer: &Peer, want: JobRequest) -> Result<JobView, ApiError> {
-    entitled_device(hub, user, peer, &want.device, "job_create").await?;
-    if let Some(r) = hub.store.device(&want.device).await.map_err(internal)?.and_then(|d| d.retired) {
+    if let Some(r) = entitled_device(hub, user, peer, &want.device, "job_create").await?.retired {
         hub.refused("job_refused", "device_retired", json!({"user": user.name, "device": want.device})).await;
         let message = format!("device {} is {}: it takes no job", want.device, r.describe());
         return Err(ApiError::new(StatusCode::CONFLICT, "device_retired", message));

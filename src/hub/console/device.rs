@@ -60,7 +60,7 @@ async fn now_facts(hub: &Hub, id: &str) -> Result<String, ApiError> {
     let p = hub.board.presence(id);
     let online = p.status == "online";
     let now = now_secs();
-    let certs = hub.store.certs().await.map_err(internal)?;
+    let cert = hub.store.cert_of(id).await.map_err(internal)?;
     let heard = p.last_heartbeat.map(|h| format!("{} ago", html::span(now.saturating_sub(h) as i64)));
     let fact = |k: &str, v: String| format!("<dt>{}</dt><dd>{v}</dd>", esc(k));
     Ok([
@@ -68,7 +68,7 @@ async fn now_facts(hub: &Hub, id: &str) -> Result<String, ApiError> {
         fact("Relays (transport)", esc(&or_dash(&attached(&p.relays, &p.transports)))),
         fact("Last heartbeat", heard_cell(heard.as_deref(), p.clock_offset_ms.filter(|_| online))),
         fact("Agent", esc(p.agent_version.as_deref().unwrap_or("-"))),
-        fact("Certificate expires", cert_cell(certs.get(id), now)),
+        fact("Certificate expires", cert_cell(cert.as_ref(), now)),
     ]
     .concat())
 }

@@ -6,6 +6,8 @@ use super::{Store, StoreError};
 use crate::hub::model::{Device, Retired, Site};
 
 const COLUMNS: &str = "id, site, consent, retired_at, retired_by, retired_reason";
+/// The same, of the table named `d`.
+const D_COLUMNS: &str = "d.id, d.site, d.consent, d.retired_at, d.retired_by, d.retired_reason";
 
 fn device_from(r: &Row) -> Device {
     let retired = (r.int(3) > 0).then(|| Retired { at: r.int(3), by: r.text(4), reason: r.text(5) });
@@ -53,11 +55,10 @@ impl Store {
         let rows = if all {
             self.db.query(&format!("SELECT {COLUMNS} FROM devices WHERE retired_at = 0 ORDER BY id"), vec![]).await?
         } else {
-            let columns = COLUMNS.split(", ").map(|c| format!("d.{c}")).collect::<Vec<_>>().join(", ");
             self.db
                 .query(
                     &format!(
-                        "SELECT {columns} FROM devices d JOIN entitlements e ON e.site = d.site
+                        "SELECT {D_COLUMNS} FROM devices d JOIN entitlements e ON e.site = d.site
                          WHERE e.user_name = $1 AND d.retired_at = 0 ORDER BY d.id"
                     ),
                     vec![user.into()],
