@@ -200,6 +200,8 @@ async fn an_admin_retires_and_reinstates_a_device_on_its_console_page() {
     let back = post(&fleet, &admin, &page, &format!("/console/devices/{DEVICE}/reinstate"), "").await;
     assert!(back.starts_with("HTTP/1.1 200") && back.contains("Back in service"), "{back}");
     assert!(back.contains("id=\"policy\"") && back.contains("id=\"retire\""), "{back}");
+    let again = post(&fleet, &admin, &page, &format!("/console/devices/{DEVICE}/reinstate"), "").await;
+    assert!(again.starts_with("HTTP/1.1 409") && again.contains("is in service: nothing to reinstate"), "{again}");
 
     let audit = hub_audit(&fleet, &token).await;
     let has = |event: &str, key: &str, value: &str| audit.iter().any(|r| r["event"] == event && r[key] == value);
@@ -209,7 +211,8 @@ async fn an_admin_retires_and_reinstates_a_device_on_its_console_page() {
             && has("device_retire_refused", "reason", "already_retired")
     );
     assert!(has("admin_refused", "action", "device_retire"), "the specialist's post is audited");
-    for reason in ["no_reason", "already_retired", "not_admin"] {
+    assert!(has("device_reinstate_refused", "reason", "not_retired"));
+    for reason in ["no_reason", "already_retired", "not_admin", "not_retired"] {
         assert!(hub_metric(&fleet, "tether_hub_refusals_total", &[reason]).await >= 1.0, "{reason} not counted");
     }
 }
