@@ -117,8 +117,14 @@ pub async fn run(a: ConnectArgs) -> Result<()> {
             crate::proto::Reason::ClientClosed
         }
     };
+    // The relay knows only that the hub revoked it; the hub's record says why.
+    let why = match reason {
+        crate::proto::Reason::Revoked => revoked_why(&p, &session.id.to_string(), &device).await,
+        _ => None,
+    };
+    let why = why.unwrap_or_else(|| reason.to_string());
     println!(
-        "session {} ended: {reason}; {} bytes to the device, {} bytes back",
+        "session {} ended: {why}; {} bytes to the device, {} bytes back",
         session.id,
         session.to_device.load(Ordering::Relaxed),
         session.to_client.load(Ordering::Relaxed)
@@ -126,7 +132,24 @@ pub async fn run(a: ConnectArgs) -> Result<()> {
     // Ended by anyone but the specialist (an admin, the person at the
     // device, expiry, a lost device): a script sees it in the exit status.
     if reason != crate::proto::Reason::ClientClosed {
-        anyhow::bail!("the session ended before you stopped it ({reason})");
+        anyhow::bail!("the session ended before you stopped it: {why}");
     }
     Ok(())
+}
+
+/// Why the hub revoked session `id`, from its record there (at most 3 s;
+/// `None` when the hub does not say).
+async fn revoked_why(p: &client::Profile, id: &str, device: &str) -> Option<String> {
+    let hub = client::hub::HubSession::from_profile(p).ok()?;
+    let path = format!("/api/v1/sessions/{id}");
+    let get = hub.get::<crate::api::SessionRecord>(&path);
+    let rec = tokio::time::timeout(Duration::from_secs(3), get).await.ok()?.ok()?;
+    let by = rec.ended_by.unwrap_or_else(|| "?".into());
+    match rec.end_reason.as_deref()? {
+        "device_retired" => {
+            Some(format!("the hub revoked the session: {by} retired {device}, and nobody reaches it now (revoked)"))
+        }
+        "revoked" => Some(format!("{by} ended the session at the hub (revoked)")),
+        _ => None,
+    }
 }

@@ -268,7 +268,14 @@ async fn device(admin: &hub::admin::Admin, cmd: DeviceCmd) -> Result<()> {
 /// What `device retire` did, and what is left for the operator to do.
 fn retired_text(r: &hub::retire::Retirement) -> String {
     let id = &r.device.id;
-    let mut out = format!("device {id} retired: nobody is granted a session with it from now on.\n");
+    let mut out = match (&r.device.retired, r.finishing) {
+        (Some(was), true) => format!(
+            "device {id} was {}, but that retirement left something open (cut short, or raced by a grant or \
+             a job); closed now:\n",
+            was.describe()
+        ),
+        _ => format!("device {id} retired: nobody is granted a session with it from now on.\n"),
+    };
     let sessions: Vec<String> = r.sessions.iter().map(|s| s.0.clone()).collect();
     out += &listed(
         &sessions,

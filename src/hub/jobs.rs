@@ -112,7 +112,14 @@ pub async fn handle(hub: &Hub, route: Route<'_>, req: Request<Incoming>, peer: &
         }
         Route::DeviceJobs(device) => {
             relay_identity(hub, peer).await?;
-            let jobs = hub.store.jobs_for_device(device, now_secs() as i64).await.map_err(internal)?;
+            let mut jobs = hub.store.jobs_for_device(device, now_secs() as i64).await.map_err(internal)?;
+            // A retired device is handed no job to run, even one that raced
+            // its retirement (the hub's sweep cancels those): only ends.
+            if jobs.iter().any(|j| !j.state.is_final())
+                && hub.store.device(device).await.map_err(internal)?.is_some_and(|d| d.retired.is_some())
+            {
+                jobs.retain(|j| j.state.is_final());
+            }
             Ok(json_answer(StatusCode::OK, &jobs))
         }
         Route::DeviceJobReport(device, id) => {

@@ -24,6 +24,10 @@ use super::store::{Store, StoreError};
 use crate::api::{JobState, JobView};
 use crate::util::now_secs;
 
+/// How old a retirement must be before the running hub finishes what it
+/// left open (so as not to race one still in progress).
+pub const FINISH_GRACE_SECS: i64 = 30;
+
 /// A reason's longest form, in characters.
 pub const MAX_REASON: usize = 500;
 
@@ -40,6 +44,8 @@ pub enum RetireError {
     AlreadyRetired(String, String),
     #[error("device {0} is in service: nothing to reinstate")]
     NotRetired(String),
+    #[error("device {0} is being retired and put back in service by others at this moment: try again")]
+    Busy(String),
     #[error(transparent)]
     Store(#[from] StoreError),
 }
@@ -53,6 +59,7 @@ impl RetireError {
             RetireError::NoDevice(_) => "no_device",
             RetireError::AlreadyRetired(..) => "already_retired",
             RetireError::NotRetired(_) => "not_retired",
+            RetireError::Busy(_) => "busy",
             RetireError::Store(_) => "database",
         }
     }
@@ -67,11 +74,21 @@ pub struct Retirement {
     pub sessions: Vec<(String, i64)>,
     /// Jobs cancelled.
     pub jobs: Vec<JobView>,
+    /// True when the device was retired before, and this call only closed
+    /// what that retirement left open.
+    pub finishing: bool,
 }
 
 /// Retires device `id` for `reason`; `by` says who (`cli:USER`,
 /// `console:NAME`). Audited as `device_retired` with what it revoked and
 /// cancelled, and each job's move as `job_state`.
+///
+/// A retirement is several writes: the mark (new grants and jobs stop at
+/// once), then each session and job. Retiring a device already retired
+/// finishes what the first one left open (it was cut short, or a grant or
+/// job raced it), audited `device_retirement_finished`; with nothing left
+/// open it is refused as `already_retired`. The running hub does the same
+/// by itself ([`sweep`]).
 pub async fn retire((store, audit, by): (&Store, &HubAudit, &str), id: &str, reason: &str) -> Result<Retirement> {
     let reason = reason.trim();
     if reason.is_empty() {
@@ -80,20 +97,35 @@ pub async fn retire((store, audit, by): (&Store, &HubAudit, &str), id: &str, rea
     if reason.chars().count() > MAX_REASON || reason.chars().any(char::is_control) {
         return Err(RetireError::BadReason);
     }
-    let Some(d) = store.device(id).await? else { return Err(RetireError::NoDevice(id.into())) };
-    let already = |r: &Retired| RetireError::AlreadyRetired(id.into(), r.describe());
-    if let Some(r) = &d.retired {
-        return Err(already(r));
+    // Read, then mark only if still in service: a second try covers a
+    // reinstatement racing this one.
+    for _ in 0..2 {
+        let Some(d) = store.device(id).await? else { return Err(RetireError::NoDevice(id.into())) };
+        if d.retired.is_some() {
+            let r = finish((store, audit, by), d, true).await?;
+            if r.sessions.is_empty() && r.jobs.is_empty() {
+                let was = r.device.retired.as_ref().map(Retired::describe).unwrap_or_default();
+                return Err(RetireError::AlreadyRetired(id.into(), was));
+            }
+            return Ok(r);
+        }
+        let retired = Retired { at: now_secs() as i64, by: by.into(), reason: reason.into() };
+        if store.device_retire(id, &retired).await? {
+            return finish((store, audit, by), Device { retired: Some(retired), ..d }, false).await;
+        }
     }
-    let now = now_secs() as i64;
-    let retired = Retired { at: now, by: by.into(), reason: reason.into() };
-    if !store.device_retire(id, &retired).await? {
-        let r = store.device(id).await?.and_then(|d| d.retired).unwrap_or(retired);
-        return Err(already(&r));
-    }
+    Err(RetireError::Busy(id.into()))
+}
+
+/// Revokes retired device `d`'s open sessions and cancels its unfinished
+/// jobs, each audited; then audits the retirement (`device_retired`), or,
+/// when `finishing` one done before, what was left of it
+/// (`device_retirement_finished`, only when there was something).
+async fn finish((store, audit, by): (&Store, &HubAudit, &str), d: Device, finishing: bool) -> Result<Retirement> {
+    let (id, now) = (d.id.as_str(), now_secs() as i64);
     let mut sessions = Vec::new();
     for (session, expires_at) in store.device_open_sessions(id).await? {
-        if store.session_revoke(&session, by, now).await? {
+        if store.session_revoke(&session, (by, "device_retired"), now).await? {
             let fields = json!({"session": session, "by": by, "device": id, "why": "device_retired"});
             audit.record("session_revoked", fields).await;
             sessions.push((session, expires_at));
@@ -112,15 +144,17 @@ pub async fn retire((store, audit, by): (&Store, &HubAudit, &str), id: &str, rea
     }
     let ids: Vec<&str> = sessions.iter().map(|s| s.0.as_str()).collect();
     let job_ids: Vec<&str> = jobs.iter().map(|j| j.id.as_str()).collect();
-    audit
-        .record(
-            "device_retired",
-            json!({"device": id, "site": d.site, "reason": reason, "by": by,
-                   "sessions_revoked": ids, "jobs_canceled": job_ids}),
-        )
-        .await;
-    let device = Device { retired: Some(retired), ..d };
-    Ok(Retirement { device, sessions, jobs })
+    let r = d.retired.as_ref().expect("finish: a retired device");
+    if !finishing {
+        let fields = json!({"device": id, "site": d.site, "reason": r.reason, "by": by,
+                            "sessions_revoked": ids, "jobs_canceled": job_ids});
+        audit.record("device_retired", fields).await;
+    } else if !ids.is_empty() || !job_ids.is_empty() {
+        let fields = json!({"device": id, "site": d.site, "by": by, "sessions_revoked": ids, "jobs_canceled": job_ids,
+                            "retired": {"at": r.at, "by": r.by, "reason": r.reason}});
+        audit.record("device_retirement_finished", fields).await;
+    }
+    Ok(Retirement { device: d, sessions, jobs, finishing })
 }
 
 /// Puts retired device `id` back in service (audited `device_reinstated`
@@ -163,7 +197,10 @@ pub fn enforce(hub: &Hub, r: &Retirement) {
 /// the relays are told of (the CLI on the hub host cannot reach this
 /// process, nor can another hub on the same database), and the devices of
 /// a retirement seen for the first time are nudged to fetch their jobs, so
-/// that a job waiting for the person at one leaves their list at once.
+/// that a job waiting for the person at one leaves their list at once. A
+/// retired device that still has an open session or an unfinished job,
+/// [`FINISH_GRACE_SECS`] after its retirement, has them revoked and
+/// cancelled by "hub" (audited `device_retirement_finished`).
 pub async fn sweep(hub: Arc<Hub>, stop: CancellationToken) {
     let nudged = std::sync::Mutex::new(std::collections::HashSet::<(String, i64)>::new());
     super::every(Duration::from_secs(5), stop, || async {
@@ -171,6 +208,16 @@ pub async fn sweep(hub: Arc<Hub>, stop: CancellationToken) {
         if let Ok(list) = hub.store.revocations_live(now, REVOCATION_KEEP_SECS as i64).await {
             for (id, until) in list {
                 hub.board.revoke(&id, until);
+            }
+        }
+        // Retirements cut short, or raced by a grant or a job, are finished
+        // here; a grace period leaves one in progress to finish by itself.
+        if let Ok(left) = hub.store.devices_retired_unfinished(now - FINISH_GRACE_SECS).await {
+            for d in left {
+                match finish((&hub.store, &hub.audit, "hub"), d, true).await {
+                    Ok(r) => enforce(&hub, &r),
+                    Err(e) => tracing::warn!(error = %e, "finishing a retirement"),
+                }
             }
         }
         // A minute back: the CLI's clock is the host's, and a tick may be late.

@@ -206,7 +206,7 @@ pub async fn end(hub: &Hub, user: &User, peer: &Peer, id: &str) -> Result<Sessio
         return Err(ApiError::new(StatusCode::NOT_FOUND, "unknown_session", format!("no session {id}")));
     };
     let now = now_secs();
-    if !hub.store.session_revoke(id, &user.name, now as i64).await.map_err(internal)? {
+    if !hub.store.session_revoke(id, (&user.name, "revoked"), now as i64).await.map_err(internal)? {
         return Err(ApiError::new(StatusCode::CONFLICT, "not_live", format!("session {id} is already {}", s.state)));
     }
     // Kept until the grant would expire anyway, and at least a while for a live

@@ -53,7 +53,7 @@ reasons! {
     EndedOnSite = 52, "ended_on_site", "the on-site operator ended the session";
     RelayShutdown = 53, "relay_shutdown", "the relay is shutting down";
     RelayGone = 55, "relay_gone", "the relay's control channel to the device was lost";
-    Revoked = 56, "revoked", "an administrator ended the session at the hub";
+    Revoked = 56, "revoked", "the hub revoked the session (an administrator ended it, or retired the device)";
     CertRevoked = 57, "cert_revoked", "a certificate of this session's path was revoked";
     SessionExpired = 54, "session_expired", "the session reached its maximum duration";
     Overloaded = 60, "overloaded", "the relay is at its connection limit";

@@ -142,6 +142,14 @@ pub async fn connect(
     (child, words[3].to_string(), words[1].to_string())
 }
 
+/// What an exited `connect` (of [`connect`]) wrote to its stderr.
+pub async fn stderr_of(child: &mut tokio::process::Child) -> String {
+    let mut err = String::new();
+    let mut pipe = child.stderr.take().expect("stderr piped, read once");
+    within(10, pipe.read_to_string(&mut err)).await.unwrap();
+    err
+}
+
 /// Writes `bytes` to a `connect` listening on `addr` and reads them back
 /// from the device's echo service.
 pub async fn echo_once(addr: &str, bytes: &[u8]) {
@@ -229,6 +237,8 @@ async fn login_connect_record_audit_and_revoke() {
     // Ended by someone else: `connect` says so in its exit status.
     let status = within(10, child.wait()).await.unwrap();
     assert_eq!(status.code(), Some(1), "{status}");
+    let said = stderr_of(&mut child).await;
+    assert!(said.contains("boss ended the session at the hub (revoked)"), "connect names who: {said}");
 
     // The record is complete; the audit at hub, relay and agent agree.
     eventually("bytes reported", async || {

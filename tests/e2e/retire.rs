@@ -10,7 +10,7 @@ use serde_json::Value;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 use crate::harness::*;
-use crate::hub::{connect, hub_audit, hub_cli, hub_metric, run, token_of};
+use crate::hub::{connect, hub_audit, hub_cli, hub_metric, run, stderr_of, token_of};
 use crate::jobs::{add_job, jobs_cli, jobs_fleet_with};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -53,6 +53,8 @@ async fn a_retired_device_loses_its_session_and_job_and_nobody_reaches_it_until_
     assert!(closed.is_ok(), "the live session outlived the retirement by 20 s\n{}", fleet.logs());
     let status = within(10, child.wait()).await.unwrap();
     assert_eq!(status.code(), Some(1), "connect says the session was ended: {status}");
+    let said = stderr_of(&mut child).await;
+    assert!(said.contains(&format!("retired {DEVICE}, and nobody reaches it now (revoked)")), "{said}");
     eventually("the cancelled job leaves the person's list", async || {
         !pending_jobs().await.iter().any(|j| j["job"] == job.as_str())
     })
@@ -185,6 +187,8 @@ async fn an_admin_retires_and_reinstates_a_device_on_its_console_page() {
     println!("a retirement on the console closed the live tunnel {:?} after the post", t0.elapsed());
     assert!(closed.is_ok(), "the live session outlived the retirement\n{}", fleet.logs());
     assert_eq!(within(10, child.wait()).await.unwrap().code(), Some(1));
+    let said = stderr_of(&mut child).await;
+    assert!(said.contains(&format!("console:ada retired {DEVICE}")), "connect names who retired it: {said}");
     let twice = post(&fleet, &admin, &page, &path, "reason=again").await;
     assert!(twice.starts_with("HTTP/1.1 409") && twice.contains("already retired"), "{twice}");
 
@@ -215,4 +219,110 @@ async fn an_admin_retires_and_reinstates_a_device_on_its_console_page() {
     for reason in ["no_reason", "already_retired", "not_admin", "not_retired"] {
         assert!(hub_metric(&fleet, "tether_hub_refusals_total", &[reason]).await >= 1.0, "{reason} not counted");
     }
+}
+
+/// A retirement is several writes. One cut short (the CLI killed, the
+/// database gone for a moment), or raced by a grant or a job created as it
+/// ran, leaves a session or a job open on a retired device: running
+/// `retire` again closes them, and the running hub closes them by itself
+/// 30 s after the retirement; meanwhile the device is handed no such job.
+/// Each audited.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_retirement_left_unfinished_is_finished_by_retire_again_and_by_the_hub() {
+    use tether::api::{JobKind, JobState, JobView, SessionRecord};
+    let fleet = Fleet::start(Opts { relays: 1, hub: true, ..Opts::default() }).await;
+    hub_cli(&fleet, &["device", "add", DEVICE, "--site", "st-marys"], "").await;
+    let boss = crate::hub::add_user(&fleet, "boss", "admin", &[]).await;
+    let token = token_of(&crate::hub::login(&fleet, "boss", &boss).await);
+    let out = hub_cli(&fleet, &["device", "retire", DEVICE, "--reason", "scrapped"], "").await;
+    assert!(out.contains("no session was open") && out.contains("no job was waiting"), "{out}");
+
+    // What a grant and a job that raced the retirement leave behind.
+    let store = tether::hub::store::Store::open("sqlite:hub.db", fleet.dir()).await.unwrap();
+    let now = tether::util::now_secs() as i64;
+    let left = async |n: u32| {
+        let session = format!("00112233445566778899aabbccddee{n:02x}");
+        let rec = SessionRecord {
+            id: session.clone(),
+            specialist: "eve".into(),
+            device: DEVICE.into(),
+            service: "echo".into(),
+            state: "granted".into(),
+            created_at: now,
+            expires_at: now + 600,
+            ..Default::default()
+        };
+        store.session_add(&rec).await.unwrap();
+        let job = JobView {
+            id: format!("job-raced-{n}"),
+            device: DEVICE.into(),
+            kind: JobKind::Run,
+            target: "hello".into(),
+            state: JobState::Queued,
+            reason: String::new(),
+            consent_required: false,
+            created_by: "eve".into(),
+            created_at: now,
+            updated_at: now,
+            deadline: now + 3600,
+            output: String::new(),
+            rollout: String::new(),
+        };
+        store.job_add(&job).await.unwrap();
+        (session, job.id)
+    };
+
+    // `retire` again finishes it, and says what it closed.
+    let (s1, j1) = left(1).await;
+    let out = hub_cli(&fleet, &["device", "retire", DEVICE, "--reason", "scrapped"], "").await;
+    assert!(out.contains("left something open") && out.contains("by cli:"), "{out}");
+    assert!(out.contains(&format!("revoked 1 session: {s1}")), "{out}");
+    assert!(out.contains(&format!("cancelled 1 job: {j1} (run hello)")), "{out}");
+    let again =
+        run(&["hub", "--config", fleet.hub.as_ref().unwrap().config.to_str().unwrap(), "device", "retire", DEVICE], "")
+            .await;
+    assert!(!again.0, "a reason is still required: {again:?}");
+
+    // Left alone, the running hub finishes it; meanwhile the device, asking
+    // through its relay, is handed no job to run.
+    let (s2, j2) = left(2).await;
+    let relay = crate::jobs::as_relay(&fleet);
+    let (status, body) = relay.call(Method::GET, &format!("/api/v1/device/{DEVICE}/jobs"), None, None).await.unwrap();
+    let handed: Vec<Value> = serde_json::from_slice(&body).unwrap();
+    assert!(status.is_success(), "{status}");
+    let ids: Vec<&str> = handed.iter().map(|j| j["id"].as_str().unwrap()).collect();
+    assert_eq!(ids, [j1.as_str()], "the cancelled job only, to end it on the device; not {j2}");
+    let t0 = std::time::Instant::now();
+    let closed = async || {
+        let s = store.session(&s2).await.unwrap().unwrap();
+        let j = store.job(&j2).await.unwrap().unwrap();
+        s.state == "revoked" && j.state == JobState::Canceled
+    };
+    let mut done = false;
+    for _ in 0..60 {
+        if closed().await {
+            done = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_secs(1)).await;
+    }
+    println!("the hub finished the retirement {:?} after the leftovers appeared", t0.elapsed());
+    assert!(done, "the hub left session {s2} and job {j2} open on a retired device\n{}", fleet.logs());
+    let s = store.session(&s2).await.unwrap().unwrap();
+    assert_eq!((s.end_reason.as_deref(), s.ended_by.as_deref()), (Some("device_retired"), Some("hub")));
+
+    let audit = hub_audit(&fleet, &token).await;
+    let finished: Vec<&Value> = audit.iter().filter(|r| r["event"] == "device_retirement_finished").collect();
+    assert_eq!(finished.len(), 2, "{finished:?}");
+    assert!(finished[0]["by"].as_str().unwrap().starts_with("cli:"));
+    assert_eq!(finished[0]["sessions_revoked"], serde_json::json!([s1]));
+    assert_eq!(finished[1]["by"], "hub");
+    assert_eq!(finished[1]["sessions_revoked"], serde_json::json!([s2]));
+    assert_eq!(finished[1]["jobs_canceled"], serde_json::json!([j2]));
+    assert_eq!(finished[1]["retired"]["reason"], "scrapped");
+    let revoked = |s: &str| {
+        audit.iter().any(|r| r["event"] == "session_revoked" && r["session"] == s && r["why"] == "device_retired")
+    };
+    assert!(revoked(&s1) && revoked(&s2));
+    assert_eq!(audit.iter().filter(|r| r["event"] == "device_retired").count(), 1, "retired once");
 }

@@ -109,7 +109,11 @@ pub async fn post(
 }
 
 fn retired_notice(r: &retire::Retirement) -> String {
-    let mut text = String::from("Retired. ");
+    let mut text = String::from(if r.finishing {
+        "It was retired before, but that retirement left something open; closed now. "
+    } else {
+        "Retired. "
+    });
     match r.sessions.len() {
         0 => text.push_str("No session was open. "),
         n => {

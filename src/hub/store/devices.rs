@@ -80,6 +80,19 @@ impl Store {
         Ok(self.db.query(sql, vec![since.max(1).into()]).await?.iter().map(|r| (r.text(0), r.int(1))).collect())
     }
 
+    /// Devices retired at or before unix time `before` that still have a
+    /// session granted or live, or a job not finished: a retirement cut
+    /// short, or a grant or job that raced it.
+    pub async fn devices_retired_unfinished(&self, before: i64) -> Result<Vec<Device>, StoreError> {
+        let sql = format!(
+            "SELECT {D_COLUMNS} FROM devices d WHERE d.retired_at > 0 AND d.retired_at <= $1
+             AND (EXISTS (SELECT 1 FROM sessions s WHERE s.state IN ('granted', 'live') AND s.device = d.id)
+                  OR EXISTS (SELECT 1 FROM jobs j WHERE j.state IN ('QUEUED', 'IN_PROGRESS') AND j.device = d.id))
+             ORDER BY d.id"
+        );
+        Ok(self.db.query(&sql, vec![before.into()]).await?.iter().map(device_from).collect())
+    }
+
     /// Marks a device in service retired; false when it was already retired.
     pub async fn device_retire(&self, id: &str, r: &Retired) -> Result<bool, StoreError> {
         let n = self

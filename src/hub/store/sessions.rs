@@ -162,14 +162,15 @@ impl Store {
             .map(|_| ())
     }
 
-    /// Revoked by an admin: the relays close it; the record keeps who did it.
-    pub async fn session_revoke(&self, id: &str, by: &str, now: i64) -> Result<bool, StoreError> {
+    /// Revoked at the hub: the relays close it; the record keeps who did it
+    /// and why (`revoked`: an admin ended it; `device_retired`).
+    pub async fn session_revoke(&self, id: &str, (by, why): (&str, &str), now: i64) -> Result<bool, StoreError> {
         let n = self
             .db
             .exec(
-                "UPDATE sessions SET state = 'revoked', ended_by = $2, ended_at = $3, end_reason = 'revoked'
+                "UPDATE sessions SET state = 'revoked', ended_by = $2, ended_at = $3, end_reason = $4
                  WHERE id = $1 AND state IN ('granted', 'live')",
-                vec![id.into(), by.into(), now.into()],
+                vec![id.into(), by.into(), now.into(), why.into()],
             )
             .await?;
         Ok(n == 1)

@@ -165,8 +165,8 @@ async fn sessions_and_audit_chain() {
             ("ended", Some("client_closed"), Some(50))
         );
         assert_eq!((got.bytes_to_device, got.bytes_to_client, got.duration_ms), (20, 40, 400));
-        assert!(!s.session_revoke("s1", "admin", 70).await.unwrap(), "an ended session cannot be revoked");
-        assert!(s.session_revoke("s2", "admin", 70).await.unwrap());
+        assert!(!s.session_revoke("s1", ("admin", "revoked"), 70).await.unwrap(), "an ended session cannot be revoked");
+        assert!(s.session_revoke("s2", ("admin", "revoked"), 70).await.unwrap());
         assert_eq!(s.session("s2").await.unwrap().unwrap().ended_by.as_deref(), Some("admin"));
         assert_eq!(s.sessions(Some("alice"), 10).await.unwrap().len(), 1);
         let all = s.sessions(None, 10).await.unwrap();
@@ -275,7 +275,7 @@ async fn a_lost_session_can_be_found_and_a_relays_end_replaces_lost() {
         let got = s.session("s2").await.unwrap().unwrap();
         assert_eq!((got.end_reason.as_deref(), got.ended_at), (Some("client_closed"), Some(45)));
         // Revoked is not live: never lost.
-        assert!(s.session_revoke("s1", "admin", 70).await.unwrap());
+        assert!(s.session_revoke("s1", ("admin", "revoked"), 70).await.unwrap());
         assert!(!s.session_lost("s1", 80, (0, 0)).await.unwrap());
     })
     .await;
@@ -486,7 +486,33 @@ async fn a_retired_device_leaves_every_list_but_keeps_its_row_and_comes_back() {
         rec.expires_at = 500;
         s.session_add(&rec).await.unwrap();
         assert_eq!(s.device_open_sessions("INJ-1").await.unwrap(), [("s-1".to_string(), 500)]);
+        // Retired at 100 with a session still open: unfinished, once old enough.
+        let unfinished = async |before| ids(s.devices_retired_unfinished(before).await.unwrap());
+        assert_eq!(unfinished(100).await, ["INJ-1"]);
+        assert!(unfinished(99).await.is_empty(), "too recent: maybe still in progress");
+        assert!(s.session_revoke("s-1", ("cli:ops", "device_retired"), 110).await.unwrap());
+        let rec = s.session("s-1").await.unwrap().unwrap();
+        assert_eq!((rec.state.as_str(), rec.end_reason.as_deref()), ("revoked", Some("device_retired")));
+        assert!(unfinished(1000).await.is_empty(), "nothing open any more");
+        let job = crate::api::JobView {
+            id: "j-1".into(),
+            device: "INJ-1".into(),
+            kind: crate::api::JobKind::Run,
+            target: "hello".into(),
+            state: crate::api::JobState::InProgress,
+            reason: String::new(),
+            consent_required: false,
+            created_by: "eve".into(),
+            created_at: 90,
+            updated_at: 90,
+            deadline: 9000,
+            output: String::new(),
+            rollout: String::new(),
+        };
+        s.job_add(&job).await.unwrap();
+        assert_eq!(unfinished(1000).await, ["INJ-1"], "a job in progress is open");
         assert!(s.device_reinstate("INJ-1").await.unwrap());
+        assert!(unfinished(1000).await.is_empty(), "a device in service is never unfinished");
         assert!(!s.device_reinstate("INJ-1").await.unwrap(), "in service already");
         assert_eq!(s.device("INJ-1").await.unwrap().unwrap(), Device::new("INJ-1", "st-marys", "auto"));
         assert_eq!(ids(s.devices_for("eve", false).await.unwrap()), ["INJ-1", "INJ-2"]);
