@@ -83,6 +83,8 @@ metric!(pub CRL_RELOADS: IntCounterVec = counter_vec("tether_crl_reloads_total",
 metric!(pub RELAY_HANDSHAKE_FAILURES: IntCounterVec = counter_vec("tether_relay_handshake_failures_total", "TLS handshakes that failed, by listener and reason", &["listener", "reason"]));
 metric!(pub RELAY_GRANT_REFUSALS: IntCounterVec = counter_vec("tether_relay_grant_refusals_total", "Client legs refused, by reason", &["reason"]));
 metric!(pub RELAY_LEG_REFUSALS: IntCounterVec = counter_vec("tether_relay_leg_refusals_total", "Data legs and joins refused, by reason", &["reason"]));
+metric!(pub RELAY_RETIRED_DEVICES: IntGauge = gauge("tether_relay_retired_devices", "Devices the hub retired, as its last list said (their channels are dropped and refused)"));
+metric!(pub RELAY_AGENTS_DROPPED: IntCounterVec = counter_vec("tether_relay_agents_dropped_total", "Attached agents' control channels dropped at the hub's word, by reason (device_retired)", &["reason"]));
 metric!(pub RELAY_FRAME_ERRORS: IntCounterVec = counter_vec("tether_relay_frame_errors_total", "Connections dropped for a bad frame, by listener and reason", &["listener", "reason"]));
 metric!(pub RELAY_CONNECTIONS_REFUSED: IntCounterVec = counter_vec("tether_relay_connections_refused_total", "Connections refused before the handshake, by listener and reason", &["listener", "reason"]));
 metric!(pub RELAY_PAIRING_SECONDS: Histogram = reg(Histogram::with_opts(
@@ -268,6 +270,8 @@ pub fn init(part: Part) {
     LazyLock::force(&RELAY_GRANT_REFUSALS);
     LazyLock::force(&RELAY_LEG_REFUSALS);
     LazyLock::force(&RELAY_FRAME_ERRORS);
+    LazyLock::force(&RELAY_RETIRED_DEVICES);
+    LazyLock::force(&RELAY_AGENTS_DROPPED);
     LazyLock::force(&RELAY_CONNECTIONS_REFUSED);
     LazyLock::force(&RELAY_PAIRING_SECONDS);
     LazyLock::force(&RELAY_RESIDENT_MEMORY);

@@ -14,5 +14,7 @@ pub use jobs::{
     JobKind, JobReport, JobRequest, JobState, JobView, RelayEvents, RolloutRequest, RolloutState, RolloutView,
     UploadProgress,
 };
-pub use report::{AgentHead, AgentSeen, EndedSession, Head, LiveBytes, RelayReport, ReportAnswer, RevokedSession};
+pub use report::{
+    AgentHead, AgentSeen, EndedSession, Head, LiveBytes, RelayReport, ReportAnswer, RetiredDevices, RevokedSession,
+};
 pub use types::*;

@@ -86,6 +86,10 @@ pub struct RelayReport {
     /// is left out, so a relay with no live session still suits an older hub).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub live: Vec<LiveBytes>,
+    /// The tag of the retired devices' list this relay holds (left out
+    /// while it holds none, for older hubs).
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub retired_tag: String,
 }
 
 /// A live session's bytes so far, as its relay counted them.
@@ -100,6 +104,34 @@ pub struct LiveBytes {
 pub struct ReportAnswer {
     /// Session ids an admin ended: close them, and refuse their grants.
     pub revoked: Vec<RevokedSession>,
+    /// The devices the hub retired, when the relay's `retired_tag` is not
+    /// this list's: drop their control channels, and refuse them.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub retired: Option<RetiredDevices>,
+}
+
+/// Every device retired at the hub, by id, sorted.
+#[derive(Debug, Clone, Serialize, Deserialize, Default, PartialEq, Eq)]
+pub struct RetiredDevices {
+    /// Names this list (empty for an empty list); the relay sends it back.
+    pub tag: String,
+    pub devices: Vec<String>,
+}
+
+impl RetiredDevices {
+    /// The list of `devices`, sorted, with its tag.
+    pub fn of(mut devices: Vec<String>) -> RetiredDevices {
+        devices.sort();
+        devices.dedup();
+        let tag = match devices.is_empty() {
+            true => String::new(),
+            false => {
+                use sha2::{Digest, Sha256};
+                hex::encode(&Sha256::digest(devices.join("\n").as_bytes())[..8])
+            }
+        };
+        RetiredDevices { tag, devices }
+    }
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]

@@ -287,9 +287,9 @@ fn retired_text(r: &hub::retire::Retirement) -> String {
     let jobs: Vec<String> = r.jobs.iter().map(|j| format!("{} ({} {})", j.id, j.kind.as_str(), j.target)).collect();
     out += &listed(&jobs, "no job was waiting", "cancelled", "job", "");
     out.push_str(&format!(
-        "Its certificate still lets it attach to the relays (though no session or job reaches it) until it \
-         expires. To cut it off now, revoke it, with every certificate revoked before (a CRL lists only those \
-         it is given), and give the CRL to the relays and the hub:\n  \
+        "The relays drop its channels and refuse it once the running hub tells them (within 5 s). Revoke its \
+         certificate too, with every certificate revoked before (a CRL lists only those it is given), and give \
+         the CRL to the relays and the hub: that holds even where a relay cannot reach the hub:\n  \
          tether certs revoke --ca DIR --out fleet.crl.pem REVOKED-BEFORE.pem… {id}.pem\n"
     ));
     out

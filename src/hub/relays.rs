@@ -2,7 +2,8 @@
 //! `report_ms` each relay POSTs `/api/v1/relay/report` over mTLS with its
 //! relay certificate: readiness, load, attached agents, ended sessions with
 //! byte counts, and audit chain heads. The answer carries the sessions the hub
-//! revoked, so an admin's "end" reaches both twins within one report period.
+//! revoked, so an admin's "end" reaches both twins within one report period,
+//! and the retired devices when the relay's list is not the hub's.
 //! Nothing has to reach into the relays' networks.
 use std::collections::HashMap;
 use std::sync::Mutex;
@@ -11,7 +12,7 @@ use std::time::{Duration, Instant};
 use serde::Serialize;
 
 use super::config::HubRelay;
-use crate::api::{AgentSeen, RelayReport, ReportAnswer, RevokedSession};
+use crate::api::{AgentSeen, RelayReport, ReportAnswer, RetiredDevices, RevokedSession};
 use crate::util::lock;
 
 pub(super) struct RelayView {
@@ -61,6 +62,9 @@ pub struct Board {
     /// one again had only been cut off from the hub.
     pub(super) lost: Mutex<HashMap<String, (Instant, u64, u64)>>,
     revoked: Mutex<HashMap<String, u64>>,
+    /// Every retired device; `None` until the database was read (nothing is
+    /// told to the relays before: an empty list would clear theirs).
+    retired: Mutex<Option<RetiredDevices>>,
     /// Session ends taken, by (relay, session), with when: a relay sends a
     /// report again when it did not get the answer, though the hub may
     /// have taken it, and an end's bytes must be added once.
@@ -96,6 +100,7 @@ impl Board {
             listed: Mutex::new(HashMap::new()),
             lost: Mutex::new(HashMap::new()),
             revoked: Mutex::new(HashMap::new()),
+            retired: Mutex::new(None),
             ends: Mutex::new(HashMap::new()),
         }
     }
@@ -147,14 +152,36 @@ impl Board {
         };
         let mut revoked = lock(&self.revoked);
         revoked.retain(|_, exp| *exp > now);
+        let retired = lock(&self.retired).as_ref().filter(|l| l.tag != r.retired_tag).cloned();
         let answer = ReportAnswer {
             revoked: revoked.iter().map(|(s, e)| RevokedSession { session: s.clone(), expires_at: *e }).collect(),
+            retired,
         };
         Taken { answer, forgotten, found }
     }
 
     pub fn revoke(&self, session: &str, expires_at: u64) {
         lock(&self.revoked).insert(session.to_string(), expires_at);
+    }
+
+    /// The retired devices, as the database lists them: each relay gets the
+    /// list in its next answer when it holds another.
+    pub fn set_retired(&self, devices: Vec<String>) {
+        *lock(&self.retired) = Some(RetiredDevices::of(devices));
+    }
+
+    /// One device retired (`true`) or back in service, in this process: the
+    /// relays hear of it at their next report, not after the next sweep.
+    pub fn mark_retired(&self, device: &str, retired: bool) {
+        let mut held = lock(&self.retired);
+        if let Some(l) = held.as_mut() {
+            let mut devices = std::mem::take(&mut l.devices);
+            devices.retain(|d| d != device);
+            if retired {
+                devices.push(device.to_string());
+            }
+            *l = RetiredDevices::of(devices);
+        }
     }
 
     fn fresh<'a>(&self, views: &'a HashMap<String, RelayView>, name: &str) -> Option<&'a RelayView> {
@@ -404,5 +431,31 @@ mod tests {
         // Nothing carried, nothing to give back.
         board.report("relay-b", &full(vec![live("s9", 0, 0)]), 0);
         assert!(board.report("relay-b", &full(vec![]), 0).forgotten.is_empty());
+    }
+
+    /// The retired devices go to a relay only when its list is not the
+    /// hub's, and never before the hub read them.
+    #[test]
+    fn the_retired_list_goes_to_a_relay_whose_list_is_another() {
+        let b = board();
+        let with_tag = |tag: &str| RelayReport { retired_tag: tag.into(), ..RelayReport::default() };
+        let answer = |tag: &str| b.report("relay-a", &with_tag(tag), 100).answer.retired;
+        assert_eq!(answer(""), None, "nothing before the database was read");
+        b.mark_retired("INJ-9", true);
+        assert_eq!(answer(""), None, "a single change does not stand for the whole list");
+        b.set_retired(vec![]);
+        assert_eq!(answer(""), None, "empty, as the relay holds");
+        assert_eq!(answer("0011223344556677"), Some(RetiredDevices::default()), "a relay holding a list clears it");
+        b.set_retired(vec!["INJ-2".into(), "INJ-1".into(), "INJ-2".into()]);
+        let list = answer("").expect("the list, to a relay holding none");
+        assert_eq!(list.devices, ["INJ-1", "INJ-2"]);
+        assert_eq!(list.tag.len(), 16);
+        assert_eq!(answer(&list.tag), None, "the same list is not sent again");
+        b.mark_retired("INJ-3", true);
+        let more = answer(&list.tag).expect("a retirement changes the list");
+        assert_eq!(more.devices, ["INJ-1", "INJ-2", "INJ-3"]);
+        b.mark_retired("INJ-3", false);
+        assert_eq!(answer(&list.tag), None, "back to the list the relay holds");
+        assert_eq!(RetiredDevices::of(vec!["INJ-2".into(), "INJ-1".into()]).tag, list.tag, "the tag names the set");
     }
 }

@@ -175,10 +175,11 @@ pub async fn reinstate((store, audit, by): (&Store, &HubAudit, &str), id: &str) 
     Ok(Device { retired: None, ..d })
 }
 
-/// In the running hub: what a retirement revoked reaches the relays at
-/// their next report, and its cancelled jobs reach the device and its
-/// rollout at once.
+/// In the running hub: the retirement and what it revoked reach the
+/// relays at their next report (they drop the device's channels), and its
+/// cancelled jobs reach the device and its rollout at once.
 pub fn enforce(hub: &Hub, r: &Retirement) {
+    hub.board.mark_retired(&r.device.id, true);
     let now = now_secs();
     for (session, expires_at) in &r.sessions {
         hub.board.revoke(session, (*expires_at as u64).max(now + REVOCATION_KEEP_SECS));
@@ -197,7 +198,8 @@ pub fn enforce(hub: &Hub, r: &Retirement) {
 /// the relays are told of (the CLI on the hub host cannot reach this
 /// process, nor can another hub on the same database), and the devices of
 /// a retirement seen for the first time are nudged to fetch their jobs, so
-/// that a job waiting for the person at one leaves their list at once. A
+/// that a job waiting for the person at one leaves their list at once; the
+/// list of retired devices goes to the relays, which drop and refuse them. A
 /// retired device that still has an open session or an unfinished job,
 /// [`FINISH_GRACE_SECS`] after its retirement, has them revoked and
 /// cancelled by "hub" (audited `device_retirement_finished`).
@@ -219,6 +221,10 @@ pub async fn sweep(hub: Arc<Hub>, stop: CancellationToken) {
                     Err(e) => tracing::warn!(error = %e, "finishing a retirement"),
                 }
             }
+        }
+        // Every retired device, for the relays to drop and refuse.
+        if let Ok(all) = hub.store.devices_retired_since(1).await {
+            hub.board.set_retired(all.into_iter().map(|r| r.0).collect());
         }
         // A minute back: the CLI's clock is the host's, and a tick may be late.
         let Ok(recent) = hub.store.devices_retired_since(now - 60).await else { return };

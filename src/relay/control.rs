@@ -60,6 +60,12 @@ async fn hello(state: &Arc<State>, accepted: super::Accepted, peer: SocketAddr) 
             return None;
         }
     };
+    // A device the hub retired gets nothing here, not even a repository fetch.
+    if state.retired.contains(&device) {
+        let detail = format!("the hub retired device {device}");
+        refuse(state, &mut io, peer, &device, "device_retired", Reason::DeviceRetired, &detail).await;
+        return None;
+    }
     let (agent_version, services, streams) = match hello {
         Frame::Hello { version, device: claimed, agent_version, services, streams } => {
             if let Err(e) = proto::check_version(version) {
@@ -205,9 +211,16 @@ async fn channel_loop(
     loop {
         tokio::select! {
             _ = cancel.cancelled() => {
-                let reason = if state.shutdown.is_cancelled() { Reason::RelayShutdown } else { Reason::Unknown };
-                let _ = io.write_frame(&Frame::error(reason)).await;
-                return "replaced by a newer channel or relay shutdown".into();
+                if state.shutdown.is_cancelled() {
+                    let _ = io.write_frame(&Frame::error(Reason::RelayShutdown)).await;
+                    return "relay shutdown".into();
+                }
+                if state.retired.contains(me.device) {
+                    let _ = io.write_frame(&Frame::error(Reason::DeviceRetired)).await;
+                    return "the hub retired the device".into();
+                }
+                let _ = io.write_frame(&Frame::error(Reason::Unknown)).await;
+                return "replaced by a newer channel".into();
             }
             _ = sleep_until(deadline) => return "idle timeout".into(),
             out = rx.recv() => match out {

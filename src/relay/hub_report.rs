@@ -3,7 +3,8 @@
 //! that moved (all of them in every full report), audit chain heads (this
 //! relay's and its agents': when they moved, and all of them in every full
 //! report). The answer names sessions an admin revoked: they are ended here
-//! (and, by replication, at the twin) and their grants refused.
+//! (and, by replication, at the twin) and their grants refused; and, when
+//! this relay's list is not the hub's, the retired devices (`retired.rs`).
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
@@ -194,6 +195,7 @@ fn build(state: &State, full: bool, sent: &HashMap<String, u64>) -> (RelayReport
         audit_head: own_moved.then(|| Head { seq, sig: state.audit.sign_head(&hash), hash }),
         agent_heads,
         live: Vec::new(),
+        retired_tag: state.retired.tag(),
     };
     (report, heads)
 }
@@ -227,6 +229,9 @@ fn live_to_send(
 }
 
 fn apply(state: &State, answer: ReportAnswer) {
+    if let Some(list) = answer.retired {
+        super::retired::apply(state, list);
+    }
     let now = now_secs();
     for r in answer.revoked {
         let Some(id) = SessionId::parse(&r.session) else { continue };

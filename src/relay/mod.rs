@@ -21,6 +21,7 @@ mod pairing;
 mod quic;
 mod refusals;
 mod repo_fetch;
+mod retired;
 mod session;
 mod state;
 mod streams;

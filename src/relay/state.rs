@@ -80,6 +80,8 @@ pub struct State {
     pub trust: Arc<crate::tls::Trust>,
     /// Refused handshakes past the budget told one by one.
     pub refusals: crate::util::budget::Refusals,
+    /// The devices the hub retired: dropped and refused.
+    pub retired: super::retired::Retired,
 }
 
 impl State {
@@ -123,6 +125,7 @@ impl State {
             hub_out: Mutex::new(HubOutbox { agents_changed: true, ..HubOutbox::default() }),
             repo: super::hub_pool::Forward::new(&cfg),
             refusals: Default::default(),
+            retired: Default::default(),
             cfg,
         }))
     }

@@ -61,6 +61,18 @@ async fn a_retired_device_loses_its_session_and_job_and_nobody_reaches_it_until_
     .await;
     let withdrawn = |r: &Value| r["event"] == "job_consent_withdrawn" && r["job"] == job.as_str();
     assert!(fleet.agent_audit().iter().any(withdrawn), "the device audits the withdrawn request");
+    // Both relays drop its control channel, and refuse it when it dials again.
+    for i in 0..2 {
+        eventually("the relay drops and refuses the retired device", async || {
+            let audit = fleet.relay_audit(i);
+            let dropped = audit.iter().any(|r| r["event"] == "agent_dropped" && r["device"] == DEVICE);
+            dropped && crate::traffic::audited(&audit, "control_refused", "device_retired")
+        })
+        .await;
+        assert_eq!(fleet.metric(i, "tether_relay_agents_dropped_total", &["device_retired"]).await, 1.0);
+        assert!(fleet.metric(i, "tether_relay_frame_errors_total", &["control", "device_retired"]).await >= 1.0);
+        assert_eq!(fleet.metric(i, "tether_relay_retired_devices", &[]).await, 1.0);
+    }
 
     // Nobody reaches it: each refusal names the retirement.
     let args = ["connect", "--profile", &p, DEVICE, "echo", "--listen", "127.0.0.1:0", "--reason", "again"];
@@ -128,6 +140,18 @@ async fn a_retired_device_loses_its_session_and_job_and_nobody_reaches_it_until_
     // Back in service: reachable again.
     let out = hub_cli(&fleet, &["device", "reinstate", DEVICE], "").await;
     assert!(out.contains("back in service"), "{out}");
+    // The relays take it again; it dials again after its back-off (at most a minute).
+    let t0 = Instant::now();
+    let mut online = false;
+    for _ in 0..90 {
+        if run(&["devices", "--profile", &p, "--json"], "").await.1.contains("online") {
+            online = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_secs(1)).await;
+    }
+    println!("the device was online again {:?} after `hub device reinstate`", t0.elapsed());
+    assert!(online, "the reinstated device did not come back in 90 s\n{}", fleet.logs());
     let (mut child, addr, _) = connect(&profile, "echo", "after reinstatement").await;
     let mut conn = tokio::net::TcpStream::connect(&addr).await.unwrap();
     conn.write_all(b"ok").await.unwrap();
@@ -281,7 +305,7 @@ async fn a_retirement_left_unfinished_is_finished_by_retire_again_and_by_the_hub
     let again =
         run(&["hub", "--config", fleet.hub.as_ref().unwrap().config.to_str().unwrap(), "device", "retire", DEVICE], "")
             .await;
-    assert!(!again.0, "a reason is still required: {again:?}");
+    assert!(!again.0 && again.2.contains("reason"), "a reason is still required: {again:?}");
 
     // Left alone, the running hub finishes it; meanwhile the device, asking
     // through its relay, is handed no job to run.

@@ -37,8 +37,9 @@ pub fn card(who: &Who, d: &Device) -> String {
             format!(
                 "<section class=\"card retired\" id=\"retired\"><h2>Retired</h2><p class=\"error\" role=\"status\">{}</p>\
                  <p>Nobody is granted a session with it, it takes no job, and its certificate is not renewed. \
-                 Its certificate still lets it attach to the relays until it ends or the fleet CRL revokes it \
-                 (<code>tether certs revoke</code>).</p>{back}</section>",
+                 The relays drop its channels and refuse it. Revoke its certificate too \
+                 (<code>tether certs revoke</code>): a relay that cannot reach the hub, or one of a version \
+                 before, would still take it.</p>{back}</section>",
                 esc(&r.describe())
             )
         }
@@ -81,6 +82,7 @@ pub async fn post(
         })
     } else {
         retire::reinstate((&hub.store, &hub.audit, &by), id).await.map(|d| {
+            hub.board.mark_retired(&d.id, false);
             format!(
                 "<p class=\"notice\" role=\"status\">Back in service: specialists entitled to site {} can reach it \
                  again. If its certificate was revoked, it needs a new one before it can attach.</p>",
@@ -131,9 +133,9 @@ fn retired_notice(r: &retire::Retirement) -> String {
         }
     }
     format!(
-        "<p class=\"notice\" role=\"status\">{}</p><p class=\"hint\">To cut its channels to the relays now, revoke its \
-         certificate (<code>tether certs revoke</code>, with those revoked before) and give the CRL to the relays \
-         and the hub.</p>",
+        "<p class=\"notice\" role=\"status\">{}</p><p class=\"hint\">The relays drop its channels at their next \
+         report to the hub. Revoke its certificate too (<code>tether certs revoke</code>, with those revoked \
+         before) and give the CRL to the relays and the hub: that holds even where the hub is out of reach.</p>",
         esc(&text)
     )
 }
