@@ -150,6 +150,10 @@ async fn attached(
     ) {
         old.cancel.cancel();
     }
+    // Retired between its hello and now: the list's drop did not see it.
+    if state.retired.contains(&device) {
+        cancel.cancel();
+    }
     metrics::RELAY_AGENTS_ATTACHED.inc();
     state.hub_out().agents_changed = true;
     state.publish(crate::proto::twin::Fact::Attached { device: device.clone() });

@@ -230,7 +230,7 @@ fn live_to_send(
 
 fn apply(state: &State, answer: ReportAnswer) {
     if let Some(list) = answer.retired {
-        super::retired::apply(state, list);
+        take_retired(state, list);
     }
     let now = now_secs();
     for r in answer.revoked {
@@ -246,6 +246,27 @@ fn apply(state: &State, answer: ReportAnswer) {
         let waiter = state.pairing().decide(id);
         if let Some(tx) = waiter {
             let _ = tx.send((crate::proto::Outcome::Refused, Reason::Revoked));
+        }
+    }
+}
+
+/// Takes the hub's list in, and drops the channel of each device on it
+/// that is attached here.
+fn take_retired(state: &State, list: crate::api::RetiredDevices) {
+    let attached: Vec<String> = list.devices.iter().filter(|d| state.agents.contains_key(*d)).cloned().collect();
+    tracing::info!(retired = list.devices.len(), tag = %list.tag, "retired devices from the hub");
+    state.retired.replace(list);
+    crate::metrics::RELAY_RETIRED_DEVICES.set(state.retired.len() as i64);
+    for device in attached {
+        if let Some(a) = state.agents.get(&device) {
+            // The channel's loop sees the device on the list, and tells the agent why.
+            a.cancel.cancel();
+            crate::metrics::RELAY_AGENTS_DROPPED.with_label_values(&["device_retired"]).inc();
+            state.audit.record(
+                "agent_dropped",
+                json!({"relay": state.cfg.name, "device": device, "reason": "device_retired"}),
+            );
+            tracing::warn!(%device, "the hub retired this device: dropping its control channel");
         }
     }
 }
