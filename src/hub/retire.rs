@@ -214,7 +214,7 @@ pub async fn sweep(hub: Arc<Hub>, stop: CancellationToken) {
         }
         // Retirements cut short, or raced by a grant or a job, are finished
         // here; a grace period leaves one in progress to finish by itself.
-        if let Ok(left) = hub.store.devices_retired_unfinished(now - FINISH_GRACE_SECS).await {
+        if let Ok(left) = hub.store.devices_retired_unfinished(now - FINISH_GRACE_SECS, now).await {
             for d in left {
                 match finish((&hub.store, &hub.audit, "hub"), d, true).await {
                     Ok(r) => enforce(&hub, &r),

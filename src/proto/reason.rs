@@ -26,7 +26,7 @@ reasons! {
     FrameTooLarge = 3, "frame_too_large", "frame exceeds the size limit";
     AlpnRequired = 4, "alpn_required", "the connection did not negotiate the tether protocol (ALPN)";
     DeviceMismatch = 5, "device_mismatch", "device id does not match the certificate";
-    DeviceRetired = 6, "device_retired", "the hub retired this device: nobody reaches it, and the relays do not take its channel";
+    DeviceRetired = 6, "device_retired", "the hub retired this device";
     NotAttached = 10, "not_attached", "the device is not attached to this relay";
     GrantBadSignature = 11, "grant_bad_signature", "the grant's signature is not valid";
     GrantExpired = 12, "grant_expired", "the grant has expired";

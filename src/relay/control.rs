@@ -62,8 +62,8 @@ async fn hello(state: &Arc<State>, accepted: super::Accepted, peer: SocketAddr) 
     };
     // A device the hub retired gets nothing here, not even a repository fetch.
     if state.retired.contains(&device) {
-        let detail = format!("the hub retired device {device}");
-        refuse(state, &mut io, peer, &device, "device_retired", Reason::DeviceRetired, &detail).await;
+        let detail = super::retired::WHY;
+        refuse(state, &mut io, peer, &device, "device_retired", Reason::DeviceRetired, detail).await;
         return None;
     }
     let (agent_version, services, streams) = match hello {
@@ -220,7 +220,8 @@ async fn channel_loop(
                     return "relay shutdown".into();
                 }
                 if state.retired.contains(me.device) {
-                    let _ = io.write_frame(&Frame::error(Reason::DeviceRetired)).await;
+                    let why = Frame::Error { reason: Reason::DeviceRetired, message: super::retired::WHY.into() };
+                    let _ = io.write_frame(&why).await;
                     return "the hub retired the device".into();
                 }
                 let _ = io.write_frame(&Frame::error(Reason::Unknown)).await;

@@ -9,6 +9,9 @@ use std::sync::RwLock;
 
 use crate::api::RetiredDevices;
 
+/// What a retired device's agent is told, after the reason.
+pub const WHY: &str = "nobody reaches it, and the relays refuse its channels until an admin puts it back in service";
+
 #[derive(Default)]
 pub struct Retired {
     /// The list's tag (sent back in each report) and its devices.

@@ -213,6 +213,10 @@ async fn an_admin_retires_and_reinstates_a_device_on_its_console_page() {
     assert_eq!(within(10, child.wait()).await.unwrap().code(), Some(1));
     let said = stderr_of(&mut child).await;
     assert!(said.contains(&format!("console:ada retired {DEVICE}")), "connect names who retired it: {said}");
+    eventually("the relays drop the device's channel", async || {
+        (0..2).all(|i| fleet.relay_audit(i).iter().any(|r| r["event"] == "agent_dropped" && r["device"] == DEVICE))
+    })
+    .await;
     let twice = post(&fleet, &admin, &page, &path, "reason=again").await;
     assert!(twice.starts_with("HTTP/1.1 409") && twice.contains("already retired"), "{twice}");
 

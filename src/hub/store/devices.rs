@@ -81,16 +81,18 @@ impl Store {
     }
 
     /// Devices retired at or before unix time `before` that still have a
-    /// session granted or live, or a job not finished: a retirement cut
-    /// short, or a grant or job that raced it.
-    pub async fn devices_retired_unfinished(&self, before: i64) -> Result<Vec<Device>, StoreError> {
+    /// session granted or live whose grant runs past `now`, or a job not
+    /// finished: a retirement cut short, or a grant or job that raced it.
+    /// (A grant past its expiry admits nothing; the relays end a session
+    /// at it.) Each subquery is read once, not once per device.
+    pub async fn devices_retired_unfinished(&self, before: i64, now: i64) -> Result<Vec<Device>, StoreError> {
         let sql = format!(
             "SELECT {D_COLUMNS} FROM devices d WHERE d.retired_at > 0 AND d.retired_at <= $1
-             AND (EXISTS (SELECT 1 FROM sessions s WHERE s.state IN ('granted', 'live') AND s.device = d.id)
-                  OR EXISTS (SELECT 1 FROM jobs j WHERE j.state IN ('QUEUED', 'IN_PROGRESS') AND j.device = d.id))
+             AND (d.id IN (SELECT device FROM sessions WHERE state IN ('granted', 'live') AND expires_at > $2)
+                  OR d.id IN (SELECT device FROM jobs WHERE state IN ('QUEUED', 'IN_PROGRESS')))
              ORDER BY d.id"
         );
-        Ok(self.db.query(&sql, vec![before.into()]).await?.iter().map(device_from).collect())
+        Ok(self.db.query(&sql, vec![before.into(), now.into()]).await?.iter().map(device_from).collect())
     }
 
     /// Marks a device in service retired; false when it was already retired.

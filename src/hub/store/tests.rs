@@ -487,9 +487,11 @@ async fn a_retired_device_leaves_every_list_but_keeps_its_row_and_comes_back() {
         s.session_add(&rec).await.unwrap();
         assert_eq!(s.device_open_sessions("INJ-1").await.unwrap(), [("s-1".to_string(), 500)]);
         // Retired at 100 with a session still open: unfinished, once old enough.
-        let unfinished = async |before| ids(s.devices_retired_unfinished(before).await.unwrap());
+        let unfinished = async |before| ids(s.devices_retired_unfinished(before, 400).await.unwrap());
         assert_eq!(unfinished(100).await, ["INJ-1"]);
         assert!(unfinished(99).await.is_empty(), "too recent: maybe still in progress");
+        let at = async |now| s.devices_retired_unfinished(1000, now).await.unwrap().len();
+        assert_eq!((at(499).await, at(500).await), (1, 0), "a grant past its expiry admits nothing");
         assert!(s.session_revoke("s-1", ("cli:ops", "device_retired"), 110).await.unwrap());
         let rec = s.session("s-1").await.unwrap().unwrap();
         assert_eq!((rec.state.as_str(), rec.end_reason.as_deref()), ("revoked", Some("device_retired")));
