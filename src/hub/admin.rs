@@ -23,9 +23,10 @@ impl Admin {
         let secrets = std::sync::Arc::new(super::secrets::SecretBox::load_or_create(&cfg.secrets_key)?);
         let store = Store::open(&cfg.database, std::path::Path::new(".")).await?.with_secrets(secrets).await?;
         let audit = HubAudit::open(store.clone(), None).await?;
-        // Who ran the command, as the login says (sudo keeps the caller in SUDO_USER).
+        // Who ran the command, as the login says (sudo keeps the caller in
+        // SUDO_USER); else the process's user (a bare shell, a service).
         let who = ["SUDO_USER", "USER", "LOGNAME"].iter().find_map(|k| std::env::var(k).ok().filter(|v| !v.is_empty()));
-        let by = format!("cli:{}", who.unwrap_or_else(|| "unknown".into()));
+        let by = format!("cli:{}", who.unwrap_or_else(process_user));
         Ok(Admin { store, audit, issuer: cfg.issuer.clone(), by })
     }
 
@@ -197,4 +198,31 @@ pub fn enrolment(issuer: &str, user: &str, secret: &str) -> String {
         "TOTP enrolment for {user} (scan once, then keep this secret off screen):\n{}\n{uri}\n",
         auth::qr_text(&uri)
     )
+}
+
+/// The name of the user this process runs as (`/etc/passwd`), or `uid N`;
+/// `unknown` where neither can be read.
+fn process_user() -> String {
+    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
+    let Some(uid) = status.lines().find_map(|l| l.strip_prefix("Uid:")).and_then(|l| l.split_whitespace().next())
+    else {
+        return "unknown".into();
+    };
+    let passwd = std::fs::read_to_string("/etc/passwd").unwrap_or_default();
+    passwd
+        .lines()
+        .map(|l| l.split(':').collect::<Vec<_>>())
+        .find(|f| f.len() > 2 && f[2] == uid)
+        .map_or_else(|| format!("uid {uid}"), |f| f[0].to_string())
+}
+
+#[cfg(test)]
+mod tests {
+    /// A bare shell or a service sets no USER: the audit still names who,
+    /// as the system does.
+    #[test]
+    fn the_process_user_is_named_as_the_system_names_it() {
+        let id = std::process::Command::new("id").arg("-un").output().expect("id");
+        assert_eq!(super::process_user(), String::from_utf8_lossy(&id.stdout).trim());
+    }
 }
