@@ -106,6 +106,19 @@ pub struct DeviceView {
     /// relay; positive: ahead), while it is online and sends its clock.
     #[serde(default)]
     pub clock_offset_ms: Option<i64>,
+    /// When, by whom and why it was retired (`GET /api/v1/devices?retired=true`, admins).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub retired: Option<RetiredView>,
+}
+
+/// A device's retirement.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct RetiredView {
+    /// Unix seconds.
+    pub at: i64,
+    /// `cli:NAME` or `console:NAME`.
+    pub by: String,
+    pub reason: String,
 }
 
 /// `POST /api/v1/sessions`.

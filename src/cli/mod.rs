@@ -118,6 +118,9 @@ enum Cmd {
         profile: Option<PathBuf>,
         #[arg(long)]
         json: bool,
+        /// The retired devices instead: when, by whom and why (admins).
+        #[arg(long)]
+        retired: bool,
     },
     /// Your sessions, live and past (admins: everyone's).
     Sessions {
@@ -173,7 +176,7 @@ pub async fn run(cli: Cli) -> Result<()> {
         }
         Cmd::Hub { config, check, cmd } => hub::run(&config, check, cmd).await,
         Cmd::Login { profile, hub, user, ca } => specialist::login(&profile_path(profile), hub, user, ca).await,
-        Cmd::Devices { profile, json } => specialist::devices(&profile_path(profile), json).await,
+        Cmd::Devices { profile, json, retired } => specialist::devices(&profile_path(profile), json, retired).await,
         Cmd::Sessions { profile, json, limit } => specialist::sessions(&profile_path(profile), json, limit).await,
         Cmd::Session { cmd } => specialist::session(cmd).await,
         Cmd::Connect(args) => connect::run(args).await,

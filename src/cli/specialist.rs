@@ -119,15 +119,33 @@ fn print_table(head: &[&str], rows: Vec<Vec<String>>) {
     }
 }
 
-pub async fn devices(path: &Path, json: bool) -> Result<()> {
-    let list: Vec<DeviceView> = hub_session(path)?.get("/api/v1/devices").await?;
+pub async fn devices(path: &Path, json: bool, retired: bool) -> Result<()> {
+    let query = if retired { "/api/v1/devices?retired=true" } else { "/api/v1/devices" };
+    let list: Vec<DeviceView> = hub_session(path)?.get(query).await?;
     if json {
         println!("{}", serde_json::to_string_pretty(&list)?);
         return Ok(());
     }
+    if retired {
+        if list.is_empty() {
+            println!("No retired devices.");
+        }
+        let rows = list
+            .into_iter()
+            .filter_map(|d| {
+                let r = d.retired?;
+                Some(vec![d.id, d.site, when(Some(r.at)), r.by, r.reason])
+            })
+            .collect::<Vec<_>>();
+        if !rows.is_empty() {
+            print_table(&["device", "site", "retired", "by", "why"], rows);
+        }
+        return Ok(());
+    }
     if list.is_empty() {
         println!(
-            "No device: none is registered at the hub, none is on a site you are entitled to, or those are retired."
+            "No device: none is registered at the hub, none is on a site you are entitled to, or those are retired \
+             (admins: tether devices --retired)."
         );
         return Ok(());
     }

@@ -10,7 +10,8 @@ use super::limits::Busy;
 use super::model::Role;
 use super::{Hub, auth, sessions};
 use crate::api::{
-    Anchor, DeviceView, Health, LoginAnswer, LoginRequest, Me, RelayHealth, RelayReport, Route, parse_since,
+    Anchor, DeviceView, Health, LoginAnswer, LoginRequest, Me, RelayHealth, RelayReport, RetiredView, Route,
+    parse_since,
 };
 use crate::util::now_secs;
 
@@ -75,7 +76,12 @@ async fn route(hub: &Hub, req: Request<Incoming>, peer: &Peer) -> Result<Answer,
         }
         Route::Devices => {
             let user = authenticate(hub, &req, peer).await?;
-            let list = hub.store.devices_for(&user.name, user.role == Role::Admin).await.map_err(internal)?;
+            let list = if http::query(&req, "retired") == Some("true") {
+                require_admin(hub, &user, peer, "devices_retired").await?;
+                hub.store.devices_retired().await.map_err(internal)?
+            } else {
+                hub.store.devices_for(&user.name, user.role == Role::Admin).await.map_err(internal)?
+            };
             let certs = hub.store.certs().await.map_err(internal)?;
             let out: Vec<DeviceView> = list
                 .into_iter()
@@ -94,6 +100,7 @@ async fn route(hub: &Hub, req: Request<Incoming>, peer: &Peer) -> Result<Answer,
                         cert_expires: c.map(|c| c.not_after).filter(|t| *t > 0),
                         cert_renewal: c.and_then(|c| c.renewal()).map(str::to_string),
                         clock_offset_ms: p.clock_offset_ms,
+                        retired: d.retired.map(|r| RetiredView { at: r.at, by: r.by, reason: r.reason }),
                     }
                 })
                 .collect();

@@ -87,6 +87,12 @@ async fn a_retired_device_loses_its_session_and_job_and_nobody_reaches_it_until_
     assert!(!list.contains(&format!("{DEVICE} ")) && list.contains("1 retired device not listed"), "{list}");
     let list = hub_cli(&fleet, &["device", "list", "--retired"], "").await;
     assert!(list.contains(DEVICE) && list.contains("sold to St Jude's; unit 4"), "{list}");
+    // An admin away from the hub host lists them too.
+    let (ok, out, err) = run(&["devices", "--profile", &p, "--retired"], "").await;
+    assert!(ok && out.contains(DEVICE) && out.contains("sold to St Jude's; unit 4") && out.contains("cli:"), "{err}");
+    let (ok, out, _) = run(&["devices", "--profile", &p, "--retired", "--json"], "").await;
+    let listed: Vec<Value> = serde_json::from_str(&out).unwrap();
+    assert!(ok && listed.len() == 1 && listed[0]["retired"]["reason"] == "sold to St Jude's; unit 4", "{out}");
     let set = run(
         &[
             "hub",
@@ -183,6 +189,7 @@ async fn an_admin_retires_and_reinstates_a_device_on_its_console_page() {
     let ada = crate::hub::add_user(&fleet, "ada", "admin", &[]).await;
     let sam = crate::hub::add_user(&fleet, "sam", "engineer", &["st-marys"]).await;
     let token = token_of(&crate::hub::login(&fleet, "ada", &ada).await);
+    let sam_profile = crate::hub::login(&fleet, "sam", &sam).await;
     let admin = console_cookie(&fleet, "ada", &ada).await;
     let engineer = console_cookie(&fleet, "sam", &sam).await;
     let (mut child, addr, session) = connect(&profile, "echo", "pressure fault").await;
@@ -228,6 +235,8 @@ async fn an_admin_retires_and_reinstates_a_device_on_its_console_page() {
     assert!(list.contains("No devices on your sites.") && !list.contains("Retired devices"), "{list}");
     let list = raw(&fleet, &format!("GET /console/devices HTTP/1.1\r\nCookie: {admin}"), "").await;
     assert!(list.contains("Retired devices (1)") && list.contains("scrapped after the flood"), "{list}");
+    let (ok, _, err) = run(&["devices", "--profile", sam_profile.to_str().unwrap(), "--retired"], "").await;
+    assert!(!ok && err.contains("admin"), "the list of retired devices is the admins': {err}");
 
     let back = post(&fleet, &admin, &page, &format!("/console/devices/{DEVICE}/reinstate"), "").await;
     assert!(back.starts_with("HTTP/1.1 200") && back.contains("Back in service"), "{back}");
@@ -243,6 +252,7 @@ async fn an_admin_retires_and_reinstates_a_device_on_its_console_page() {
             && has("device_retire_refused", "reason", "already_retired")
     );
     assert!(has("admin_refused", "action", "device_retire"), "the specialist's post is audited");
+    assert!(has("admin_refused", "action", "devices_retired"), "and the specialist's list of retired devices");
     assert!(has("device_reinstate_refused", "reason", "not_retired"));
     for reason in ["no_reason", "already_retired", "not_admin", "not_retired"] {
         assert!(hub_metric(&fleet, "tether_hub_refusals_total", &[reason]).await >= 1.0, "{reason} not counted");
