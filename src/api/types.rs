@@ -121,6 +121,26 @@ pub struct RetiredView {
     pub reason: String,
 }
 
+impl RetiredView {
+    /// "retired 2026-12-04 22:40 UTC by cli:ops: sold to another hospital".
+    pub fn describe(&self) -> String {
+        let when = time::OffsetDateTime::from_unix_timestamp(self.at).map_or_else(
+            |_| self.at.to_string(),
+            |t| {
+                format!(
+                    "{:04}-{:02}-{:02} {:02}:{:02} UTC",
+                    t.year(),
+                    u8::from(t.month()),
+                    t.day(),
+                    t.hour(),
+                    t.minute()
+                )
+            },
+        );
+        format!("retired {when} by {}: {}", self.by, self.reason)
+    }
+}
+
 /// `POST /api/v1/sessions`.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]

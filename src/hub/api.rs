@@ -10,8 +10,7 @@ use super::limits::Busy;
 use super::model::Role;
 use super::{Hub, auth, sessions};
 use crate::api::{
-    Anchor, DeviceView, Health, LoginAnswer, LoginRequest, Me, RelayHealth, RelayReport, RetiredView, Route,
-    parse_since,
+    Anchor, DeviceView, Health, LoginAnswer, LoginRequest, Me, RelayHealth, RelayReport, Route, parse_since,
 };
 use crate::util::now_secs;
 
@@ -100,7 +99,7 @@ async fn route(hub: &Hub, req: Request<Incoming>, peer: &Peer) -> Result<Answer,
                         cert_expires: c.map(|c| c.not_after).filter(|t| *t > 0),
                         cert_renewal: c.and_then(|c| c.renewal()).map(str::to_string),
                         clock_offset_ms: p.clock_offset_ms,
-                        retired: d.retired.map(|r| RetiredView { at: r.at, by: r.by, reason: r.reason }),
+                        retired: d.retired,
                     }
                 })
                 .collect();

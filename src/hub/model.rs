@@ -63,31 +63,5 @@ impl Device {
     }
 }
 
-/// When, by whom and why a device was retired.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
-pub struct Retired {
-    /// Unix seconds.
-    pub at: i64,
-    pub by: String,
-    pub reason: String,
-}
-
-impl Retired {
-    /// "retired 2026-12-04 22:40 UTC by cli:ops: sold to another hospital".
-    pub fn describe(&self) -> String {
-        let when = time::OffsetDateTime::from_unix_timestamp(self.at).map_or_else(
-            |_| self.at.to_string(),
-            |t| {
-                format!(
-                    "{:04}-{:02}-{:02} {:02}:{:02} UTC",
-                    t.year(),
-                    u8::from(t.month()),
-                    t.day(),
-                    t.hour(),
-                    t.minute()
-                )
-            },
-        );
-        format!("retired {when} by {}: {}", self.by, self.reason)
-    }
-}
+/// When, by whom and why a device was retired (the API's view is the record).
+pub type Retired = crate::api::RetiredView;

@@ -222,12 +222,12 @@ pub async fn sweep(hub: Arc<Hub>, stop: CancellationToken) {
                 }
             }
         }
-        // Every retired device, for the relays to drop and refuse.
-        if let Ok(all) = hub.store.devices_retired_since(1).await {
-            hub.board.set_retired(all.into_iter().map(|r| r.0).collect());
-        }
-        // A minute back: the CLI's clock is the host's, and a tick may be late.
-        let Ok(recent) = hub.store.devices_retired_since(now - 60).await else { return };
+        // Every retired device, for the relays to drop and refuse; those
+        // retired in the last minute (the CLI's clock is the host's, and a
+        // tick may be late) for their nudge.
+        let Ok(all) = hub.store.devices_retired_since(1).await else { return };
+        let recent: Vec<(String, i64)> = all.iter().filter(|r| r.1 >= now - 60).cloned().collect();
+        hub.board.set_retired(all.into_iter().map(|r| r.0).collect());
         let mut nudged = crate::util::lock(&nudged);
         nudged.retain(|r| recent.contains(r));
         for r in recent {
