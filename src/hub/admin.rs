@@ -80,13 +80,38 @@ impl Admin {
         set_device((&self.store, &self.audit, &self.by), id, site, consent).await
     }
 
-    /// Retires a device for good ([`super::retire`]).
+    /// Retires a device for good ([`super::retire`]); a refusal is audited
+    /// `device_retire_refused`, as on the console.
     pub async fn device_retire(&self, id: &str, reason: &str) -> Result<super::retire::Retirement> {
-        Ok(super::retire::retire((&self.store, &self.audit, &self.by), id, reason).await?)
+        let done = super::retire::retire((&self.store, &self.audit, &self.by), id, reason).await;
+        self.retire_refused("device_retire", id, done).await
     }
 
+    /// Puts a retired device back in service; a refusal is audited
+    /// `device_reinstate_refused`.
     pub async fn device_reinstate(&self, id: &str) -> Result<Device> {
-        Ok(super::retire::reinstate((&self.store, &self.audit, &self.by), id).await?)
+        let done = super::retire::reinstate((&self.store, &self.audit, &self.by), id).await;
+        self.retire_refused("device_reinstate", id, done).await
+    }
+
+    /// Audits a refused retirement or reinstatement (`ACTION_refused`, its
+    /// code as `reason`), as the console does; a database error is no
+    /// refusal, and the audit lives in that database anyway. The CLI is a
+    /// process of its own, with no metrics to scrape: the audit counts it.
+    async fn retire_refused<T>(
+        &self,
+        action: &str,
+        id: &str,
+        done: Result<T, super::retire::RetireError>,
+    ) -> Result<T> {
+        match done {
+            Err(e) if !matches!(e, super::retire::RetireError::Store(_)) => {
+                let fields = json!({"by": self.by, "device": id, "why": e.to_string(), "reason": e.code()});
+                self.audit.record(&format!("{action}_refused"), fields).await;
+                Err(e.into())
+            }
+            done => Ok(done?),
+        }
     }
 
     pub async fn site_set(&self, name: &str, allow_from: Option<&str>, require_ticket: Option<bool>) -> Result<Site> {

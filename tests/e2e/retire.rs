@@ -364,3 +364,50 @@ async fn a_retirement_left_unfinished_is_finished_by_retire_again_and_by_the_hub
     assert!(revoked(&s1) && revoked(&s2));
     assert_eq!(audit.iter().filter(|r| r["event"] == "device_retired").count(), 1, "retired once");
 }
+
+/// Each refused `retire` and `reinstate` on the hub host is printed and
+/// audited with its code, as on the console: no such device, no reason, a
+/// device in service to reinstate, one retired with nothing left open, and
+/// one whose mark another writer changed under each of the two tries (a
+/// reinstatement racing the retirement: here a trigger in the hub's own
+/// SQLite database skips the conditional update, as that race would).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn each_refused_retirement_on_the_hub_host_is_printed_and_audited_a_raced_one_too() {
+    let fleet = Fleet::start(Opts { relays: 1, hub: true, ..Opts::default() }).await;
+    hub_cli(&fleet, &["device", "add", DEVICE, "--site", "st-marys"], "").await;
+    let boss = crate::hub::add_user(&fleet, "boss", "admin", &[]).await;
+    let token = token_of(&crate::hub::login(&fleet, "boss", &boss).await);
+    let config = fleet.hub.as_ref().unwrap().config.to_str().unwrap().to_string();
+    let refused = async |args: &[&str], says: &str| {
+        let out = run(&[&["hub", "--config", config.as_str(), "device"], args].concat(), "").await;
+        assert!(!out.0 && out.2.contains(says), "tether hub device {args:?}: {out:?}");
+    };
+    refused(&["retire", "NOPE", "--reason", "sold"], "no device \"NOPE\"").await;
+    refused(&["retire", DEVICE, "--reason", "  "], "a reason is required").await;
+    refused(&["reinstate", DEVICE], "is in service: nothing to reinstate").await;
+
+    // The race: the conditional mark matches no row, twice.
+    let db = rusqlite::Connection::open(fleet.dir().join("hub.db")).unwrap();
+    db.execute_batch(&format!(
+        "CREATE TRIGGER raced BEFORE UPDATE OF retired_at ON devices \
+         WHEN OLD.id = '{DEVICE}' AND OLD.retired_at = 0 BEGIN SELECT RAISE(IGNORE); END;"
+    ))
+    .unwrap();
+    refused(&["retire", DEVICE, "--reason", "sold"], "being retired and put back in service by others").await;
+    let store = tether::hub::store::Store::open("sqlite:hub.db", fleet.dir()).await.unwrap();
+    assert!(store.device(DEVICE).await.unwrap().unwrap().retired.is_none(), "nothing half done");
+    db.execute_batch("DROP TRIGGER raced;").unwrap();
+    hub_cli(&fleet, &["device", "retire", DEVICE, "--reason", "sold"], "").await;
+    refused(&["retire", DEVICE, "--reason", "sold"], "is already retired").await;
+
+    let audit = hub_audit(&fleet, &token).await;
+    let codes = |event: &str| -> Vec<String> {
+        let of = audit.iter().filter(|r| r["event"] == event);
+        of.inspect(|r| assert!(r["by"].as_str().unwrap().starts_with("cli:"), "{r}"))
+            .map(|r| r["reason"].as_str().unwrap().to_string())
+            .collect()
+    };
+    assert_eq!(codes("device_retire_refused"), ["no_device", "no_reason", "busy", "already_retired"]);
+    assert_eq!(codes("device_reinstate_refused"), ["not_retired"]);
+    assert_eq!(audit.iter().filter(|r| r["event"] == "device_retired").count(), 1, "retired once");
+}
