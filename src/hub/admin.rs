@@ -76,8 +76,15 @@ impl Admin {
 
     /// Changes a device's site or consent policy; returns it before and
     /// after. Grants issued from now on follow it; live sessions go on.
+    /// A refusal is audited `device_set_refused`, as on the console.
     pub async fn device_set(&self, id: &str, site: Option<&str>, consent: Option<&str>) -> Result<(Device, Device)> {
-        set_device((&self.store, &self.audit, &self.by), id, site, consent).await
+        let done = set_device((&self.store, &self.audit, &self.by), id, site, consent).await;
+        if let Err(e) = &done {
+            let fields = json!({"by": self.by, "device": id, "site": site, "consent": consent, "why": format!("{e:#}"),
+                                "reason": "bad_policy"});
+            self.audit.record("device_set_refused", fields).await;
+        }
+        done
     }
 
     /// Retires a device for good ([`super::retire`]); a refusal is audited

@@ -367,8 +367,8 @@ async fn a_retirement_left_unfinished_is_finished_by_retire_again_and_by_the_hub
 
 /// Each refused `retire` and `reinstate` on the hub host is printed and
 /// audited with its code, as on the console: no such device, no reason, a
-/// device in service to reinstate, one retired with nothing left open, and
-/// one whose mark another writer changed under each of the two tries (a
+/// device in service to reinstate, one retired with nothing left open (and
+/// a new policy for it), and one whose mark another writer changed under each of the two tries (a
 /// reinstatement racing the retirement: here a trigger in the hub's own
 /// SQLite database skips the conditional update, as that race would).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -399,6 +399,7 @@ async fn each_refused_retirement_on_the_hub_host_is_printed_and_audited_a_raced_
     db.execute_batch("DROP TRIGGER raced;").unwrap();
     hub_cli(&fleet, &["device", "retire", DEVICE, "--reason", "sold"], "").await;
     refused(&["retire", DEVICE, "--reason", "sold"], "is already retired").await;
+    refused(&["set", DEVICE, "--consent", "auto"], "reinstate it first").await;
 
     let audit = hub_audit(&fleet, &token).await;
     let codes = |event: &str| -> Vec<String> {
@@ -409,5 +410,6 @@ async fn each_refused_retirement_on_the_hub_host_is_printed_and_audited_a_raced_
     };
     assert_eq!(codes("device_retire_refused"), ["no_device", "no_reason", "busy", "already_retired"]);
     assert_eq!(codes("device_reinstate_refused"), ["not_retired"]);
+    assert_eq!(codes("device_set_refused"), ["bad_policy"]);
     assert_eq!(audit.iter().filter(|r| r["event"] == "device_retired").count(), 1, "retired once");
 }
