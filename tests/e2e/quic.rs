@@ -307,13 +307,7 @@ async fn a_quic_leg_sends_datagrams_as_large_as_its_path_carries() {
         let got = recv.read_to_end(64 << 20).await.unwrap();
         (conn, got)
     });
-    let (cert, key, _) = pki.device_cert("mtu-1", tls::pki::Validity::days(1));
-    let cfg =
-        tls::quic_client_config(&pki.path("ca.pem"), None, Some((cert.as_path(), key.as_path())), tls::ALPN_QUIC_AGENT)
-            .unwrap();
-    let conn = quic::connect(&addr.to_string(), "localhost", cfg, (Duration::from_secs(5), quic::Dialler::Agent))
-        .await
-        .unwrap();
+    let (conn, _) = dial_as_device(&pki, "mtu-1", addr).await;
     let data = random(8 << 20);
     let (mut send, _recv) = conn.open_bi().await.unwrap();
     send.write_all(&data).await.unwrap();
@@ -410,4 +404,66 @@ async fn a_dropped_quic_connection_is_closed_at_once() {
         matches!(&e, quinn::ConnectionError::ApplicationClosed(c) if c.error_code == quinn::VarInt::from_u32(0)),
         "the dropped connection was closed, not timed out: {e}"
     );
+}
+
+/// A relay's QUIC connection drops its TLS state once the handshake is done
+/// (vendor/quinn-proto/TETHER-PATCHES.md, change 4: about 5 KiB per
+/// attached agent): what the relay reads afterwards, the device's
+/// certificate and the ALPN, is kept; its exporter is gone (tether exports
+/// only from the end-to-end TLS), the agent's side keeps its own; and the
+/// connection still carries streams both ways across a key update the relay
+/// starts after that, whose keys come from the secrets the session keeps.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_relays_quic_connection_keeps_what_it_needs_of_tls_after_the_handshake() {
+    let tmp = tempfile::tempdir().unwrap();
+    let pki = Pki::new(tmp.path());
+    let (endpoint, addr) = crate::quic_inputs::agent_listener(&pki);
+    let echo = tokio::spawn(async move {
+        let conn = endpoint.accept().await.unwrap().await.unwrap();
+        for _ in 0..3 {
+            let (mut send, mut recv) = conn.accept_bi().await.unwrap();
+            let got = recv.read_to_end(1 << 20).await.unwrap();
+            send.write_all(&got).await.unwrap();
+            send.finish().unwrap();
+            conn.force_key_update();
+        }
+        conn
+    });
+    let (conn, cert) = dial_as_device(&pki, "tls-kept-1", addr).await;
+    for n in 0..3u8 {
+        let data = random(64 << 10 | n as usize);
+        let (mut send, mut recv) = conn.open_bi().await.unwrap();
+        send.write_all(&data).await.unwrap();
+        send.finish().unwrap();
+        let back = within(10, recv.read_to_end(1 << 20)).await.unwrap();
+        assert!(back == data, "round trip {n}: other bytes came back ({} of {})", back.len(), data.len());
+    }
+    let server = within(10, echo).await.unwrap();
+    let certs = server.peer_identity().unwrap().downcast::<Vec<rustls::pki_types::CertificateDer<'static>>>().unwrap();
+    assert_eq!(certs[0].as_ref(), std::fs::read(&cert).map(|pem| pem_der(&pem)).unwrap(), "the device's certificate");
+    let hs = server.handshake_data().unwrap().downcast::<quinn::crypto::rustls::HandshakeData>().unwrap();
+    assert_eq!(hs.protocol.as_deref(), Some(tls::ALPN_QUIC_AGENT));
+    let mut k = [0u8; 32];
+    assert!(server.export_keying_material(&mut k, b"tether test", b"").is_err(), "the relay's TLS state is gone");
+    assert!(conn.export_keying_material(&mut k, b"tether test", b"").is_ok(), "the agent's stays");
+    assert_eq!(server.stats().path.lost_packets, 0);
+}
+
+/// A QUIC connection to `addr` as an agent, with a new certificate for
+/// device `id`; and that certificate's file.
+async fn dial_as_device(pki: &Pki, id: &str, addr: std::net::SocketAddr) -> (quinn::Connection, std::path::PathBuf) {
+    let (cert, key, _) = pki.device_cert(id, tls::pki::Validity::days(1));
+    let cfg =
+        tls::quic_client_config(&pki.path("ca.pem"), None, Some((cert.as_path(), key.as_path())), tls::ALPN_QUIC_AGENT)
+            .unwrap();
+    let conn = quic::connect(&addr.to_string(), "localhost", cfg, (Duration::from_secs(5), quic::Dialler::Agent))
+        .await
+        .unwrap();
+    (conn, cert)
+}
+
+/// The DER of the first certificate in a PEM file.
+fn pem_der(pem: &[u8]) -> Vec<u8> {
+    let mut rd = pem;
+    rustls_pemfile::certs(&mut rd).next().unwrap().unwrap().to_vec()
 }

@@ -39,16 +39,59 @@ pub struct TlsSession {
     version: Version,
     got_handshake_data: bool,
     next_secrets: Option<Secrets>,
-    inner: Connection,
+    inner: Tls,
     suite: Suite,
+}
+
+/// tether: a server's rustls connection is dropped once its handshake is
+/// done and its last flight written; what the session is still asked for
+/// stays (vendor/quinn-proto/TETHER-PATCHES.md, change 4).
+enum Tls {
+    Live(Connection),
+    Done(Box<Finished>),
+}
+
+/// What a server's session answers with once its rustls connection is gone.
+struct Finished {
+    protocol: Option<Vec<u8>>,
+    server_name: Option<String>,
+    peer: Option<Vec<CertificateDer<'static>>>,
+    #[cfg(feature = "__rustls-post-quantum-test")]
+    group: NamedGroup,
 }
 
 impl TlsSession {
     fn side(&self) -> Side {
         match self.inner {
-            Connection::Client(_) => Side::Client,
-            Connection::Server(_) => Side::Server,
+            Tls::Live(Connection::Client(_)) => Side::Client,
+            Tls::Live(Connection::Server(_)) | Tls::Done(_) => Side::Server,
         }
+    }
+
+    /// tether: drops a server's rustls connection when nothing more can come
+    /// of it: its handshake is done (so no 0-RTT key, transport parameter or
+    /// ticket is still to be read or written) and everything it had to send
+    /// has been taken. A client's stays: its server may send tickets.
+    fn finish_if_done(&mut self) {
+        let Tls::Live(Connection::Server(ref conn)) = self.inner else {
+            return;
+        };
+        if conn.is_handshaking() || conn.wants_write() {
+            return;
+        }
+        let finished = Finished {
+            protocol: conn.alpn_protocol().map(|x| x.into()),
+            server_name: conn.server_name().map(|x| x.into()),
+            peer: conn
+                .peer_certificates()
+                .map(|v| v.iter().map(|c| c.clone().into_owned()).collect()),
+            #[cfg(feature = "__rustls-post-quantum-test")]
+            group: conn
+                .negotiated_key_exchange_group()
+                .expect("key exchange group is negotiated")
+                .name(),
+        };
+        self.inner = Tls::Done(Box::new(finished));
     }
 }
 
@@ -61,15 +104,25 @@ impl crypto::Session for TlsSession {
         if !self.got_handshake_data {
             return None;
         }
+        let conn = match self.inner {
+            Tls::Live(ref conn) => conn,
+            Tls::Done(ref f) => {
+                return Some(Box::new(HandshakeData {
+                    protocol: f.protocol.clone(),
+                    server_name: f.server_name.clone(),
+                    #[cfg(feature = "__rustls-post-quantum-test")]
+                    negotiated_key_exchange_group: f.group,
+                }));
+            }
+        };
         Some(Box::new(HandshakeData {
-            protocol: self.inner.alpn_protocol().map(|x| x.into()),
-            server_name: match self.inner {
+            protocol: conn.alpn_protocol().map(|x| x.into()),
+            server_name: match conn {
                 Connection::Client(_) => None,
-                Connection::Server(ref session) => session.server_name().map(|x| x.into()),
+                Connection::Server(session) => session.server_name().map(|x| x.into()),
             },
             #[cfg(feature = "__rustls-post-quantum-test")]
-            negotiated_key_exchange_group: self
-                .inner
+            negotiated_key_exchange_group: conn
                 .negotiated_key_exchange_group()
                 .expect("key exchange group is negotiated")
                 .name(),
@@ -78,7 +131,11 @@ impl crypto::Session for TlsSession {
 
     /// For the rustls `TlsSession`, the `Any` type is `Vec<rustls::pki_types::CertificateDer>`
     fn peer_identity(&self) -> Option<Box<dyn Any>> {
-        self.inner.peer_certificates().map(|v| -> Box<dyn Any> {
+        let conn = match self.inner {
+            Tls::Live(ref conn) => conn,
+            Tls::Done(ref f) => return f.peer.clone().map(|v| -> Box<dyn Any> { Box::new(v) }),
+        };
+        conn.peer_certificates().map(|v| -> Box<dyn Any> {
             Box::new(
                 v.iter()
                     .map(|v| v.clone().into_owned())
@@ -88,24 +145,40 @@ impl crypto::Session for TlsSession {
     }
 
     fn early_crypto(&self) -> Option<(Box<dyn HeaderKey>, Box<dyn crypto::PacketKey>)> {
-        let keys = self.inner.zero_rtt_keys()?;
+        let Tls::Live(ref conn) = self.inner else {
+            return None;
+        };
+        let keys = conn.zero_rtt_keys()?;
         Some((Box::new(keys.header), Box::new(keys.packet)))
     }
 
     fn early_data_accepted(&self) -> Option<bool> {
         match self.inner {
-            Connection::Client(ref session) => Some(session.is_early_data_accepted()),
+            Tls::Live(Connection::Client(ref session)) => Some(session.is_early_data_accepted()),
             _ => None,
         }
     }
 
     fn is_handshaking(&self) -> bool {
-        self.inner.is_handshaking()
+        match self.inner {
+            Tls::Live(ref conn) => conn.is_handshaking(),
+            Tls::Done(_) => false,
+        }
     }
 
     fn read_handshake(&mut self, buf: &[u8]) -> Result<bool, TransportError> {
-        self.inner.read_hs(buf).map_err(|e| {
-            if let Some(alert) = self.inner.alert() {
+        let conn = match self.inner {
+            Tls::Live(ref mut conn) => conn,
+            // A client sends nothing after its Finished over QUIC (RFC 9001,
+            // 4.1.2: no KeyUpdate, no post-handshake authentication).
+            Tls::Done(_) => {
+                return Err(TransportError::PROTOCOL_VIOLATION(
+                    "TLS handshake data after the handshake",
+                ));
+            }
+        };
+        conn.read_hs(buf).map_err(|e| {
+            if let Some(alert) = conn.alert() {
                 TransportError {
                     code: TransportErrorCode::crypto(alert.into()),
                     frame: None,
@@ -119,11 +192,11 @@ impl crypto::Session for TlsSession {
             // Hack around the lack of an explicit signal from rustls to reflect ClientHello being
             // ready on incoming connections, or ALPN negotiation completing on outgoing
             // connections.
-            let have_server_name = match self.inner {
+            let have_server_name = match conn {
                 Connection::Client(_) => false,
-                Connection::Server(ref session) => session.server_name().is_some(),
+                Connection::Server(session) => session.server_name().is_some(),
             };
-            if self.inner.alpn_protocol().is_some() || have_server_name || !self.is_handshaking() {
+            if conn.alpn_protocol().is_some() || have_server_name || !conn.is_handshaking() {
                 self.got_handshake_data = true;
                 return Ok(true);
             }
@@ -132,7 +205,10 @@ impl crypto::Session for TlsSession {
     }
 
     fn transport_parameters(&self) -> Result<Option<TransportParameters>, TransportError> {
-        match self.inner.quic_transport_parameters() {
+        let Tls::Live(ref conn) = self.inner else {
+            return Ok(None);
+        };
+        match conn.quic_transport_parameters() {
             None => Ok(None),
             Some(buf) => match TransportParameters::read(self.side(), &mut io::Cursor::new(buf)) {
                 Ok(params) => Ok(Some(params)),
@@ -142,7 +218,14 @@ impl crypto::Session for TlsSession {
     }
 
     fn write_handshake(&mut self, buf: &mut Vec<u8>) -> Option<Keys> {
-        let keys = match self.inner.write_hs(buf)? {
+        let Tls::Live(ref mut conn) = self.inner else {
+            return None;
+        };
+        let Some(change) = conn.write_hs(buf) else {
+            self.finish_if_done();
+            return None;
+        };
+        let keys = match change {
             KeyChange::Handshake { keys } => keys,
             KeyChange::OneRtt { keys, next } => {
                 self.next_secrets = Some(next);
@@ -204,8 +287,13 @@ impl crypto::Session for TlsSession {
         label: &[u8],
         context: &[u8],
     ) -> Result<(), ExportKeyingMaterialError> {
-        self.inner
-            .export_keying_material(output, label, Some(context))
+        // tether: a server's exporter secret goes with its rustls connection
+        // once the handshake is done (tether exports from the end-to-end
+        // TLS inside the tunnel, never from a QUIC leg).
+        let Tls::Live(ref conn) = self.inner else {
+            return Err(ExportKeyingMaterialError);
+        };
+        conn.export_keying_material(output, label, Some(context))
             .map_err(|_| ExportKeyingMaterialError)?;
         Ok(())
     }
@@ -365,7 +453,7 @@ impl crypto::ClientConfig for QuicClientConfig {
             version,
             got_handshake_data: false,
             next_secrets: None,
-            inner: rustls::quic::Connection::Client(
+            inner: Tls::Live(rustls::quic::Connection::Client(
                 rustls::quic::ClientConnection::new(
                     self.inner.clone(),
                     version,
@@ -375,7 +463,7 @@ impl crypto::ClientConfig for QuicClientConfig {
                     to_vec(params),
                 )
                 .unwrap(),
-            ),
+            )),
             suite: self.initial,
         }))
     }
@@ -521,10 +609,10 @@ impl crypto::ServerConfig for QuicServerConfig {
             version,
             got_handshake_data: false,
             next_secrets: None,
-            inner: rustls::quic::Connection::Server(
+            inner: Tls::Live(rustls::quic::Connection::Server(
                 rustls::quic::ServerConnection::new(self.inner.clone(), version, to_vec(params))
                     .unwrap(),
-            ),
+            )),
             suite: self.initial,
         })
     }
