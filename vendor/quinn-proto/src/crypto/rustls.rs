@@ -45,9 +45,10 @@ pub struct TlsSession {
 
 /// tether: a server's rustls connection is dropped once its handshake is
 /// done and its last flight written; what the session is still asked for
-/// stays (vendor/quinn-proto/TETHER-PATCHES.md, change 4).
+/// stays (vendor/quinn-proto/TETHER-PATCHES.md, change 4). Boxed, so that
+/// what is dropped leaves no room behind in the session.
 enum Tls {
-    Live(Connection),
+    Live(Box<Connection>),
     Done(Box<Finished>),
 }
 
@@ -63,8 +64,11 @@ struct Finished {
 impl TlsSession {
     fn side(&self) -> Side {
         match self.inner {
-            Tls::Live(Connection::Client(_)) => Side::Client,
-            Tls::Live(Connection::Server(_)) | Tls::Done(_) => Side::Server,
+            Tls::Live(ref conn) => match **conn {
+                Connection::Client(_) => Side::Client,
+                Connection::Server(_) => Side::Server,
+            },
+            Tls::Done(_) => Side::Server,
         }
     }
 
@@ -73,7 +77,10 @@ impl TlsSession {
     /// ticket is still to be read or written) and everything it had to send
     /// has been taken. A client's stays: its server may send tickets.
     fn finish_if_done(&mut self) {
-        let Tls::Live(Connection::Server(ref conn)) = self.inner else {
+        let Tls::Live(ref conn) = self.inner else {
+            return;
+        };
+        let Connection::Server(ref conn) = **conn else {
             return;
         };
         if conn.is_handshaking() || conn.wants_write() {
@@ -117,9 +124,9 @@ impl crypto::Session for TlsSession {
         };
         Some(Box::new(HandshakeData {
             protocol: conn.alpn_protocol().map(|x| x.into()),
-            server_name: match conn {
+            server_name: match **conn {
                 Connection::Client(_) => None,
-                Connection::Server(session) => session.server_name().map(|x| x.into()),
+                Connection::Server(ref session) => session.server_name().map(|x| x.into()),
             },
             #[cfg(feature = "__rustls-post-quantum-test")]
             negotiated_key_exchange_group: conn
@@ -154,7 +161,10 @@ impl crypto::Session for TlsSession {
 
     fn early_data_accepted(&self) -> Option<bool> {
         match self.inner {
-            Tls::Live(Connection::Client(ref session)) => Some(session.is_early_data_accepted()),
+            Tls::Live(ref conn) => match **conn {
+                Connection::Client(ref session) => Some(session.is_early_data_accepted()),
+                Connection::Server(_) => None,
+            },
             _ => None,
         }
     }
@@ -192,9 +202,9 @@ impl crypto::Session for TlsSession {
             // Hack around the lack of an explicit signal from rustls to reflect ClientHello being
             // ready on incoming connections, or ALPN negotiation completing on outgoing
             // connections.
-            let have_server_name = match conn {
+            let have_server_name = match **conn {
                 Connection::Client(_) => false,
-                Connection::Server(session) => session.server_name().is_some(),
+                Connection::Server(ref session) => session.server_name().is_some(),
             };
             if conn.alpn_protocol().is_some() || have_server_name || !conn.is_handshaking() {
                 self.got_handshake_data = true;
@@ -453,7 +463,7 @@ impl crypto::ClientConfig for QuicClientConfig {
             version,
             got_handshake_data: false,
             next_secrets: None,
-            inner: Tls::Live(rustls::quic::Connection::Client(
+            inner: Tls::Live(Box::new(rustls::quic::Connection::Client(
                 rustls::quic::ClientConnection::new(
                     self.inner.clone(),
                     version,
@@ -463,7 +473,7 @@ impl crypto::ClientConfig for QuicClientConfig {
                     to_vec(params),
                 )
                 .unwrap(),
-            )),
+            ))),
             suite: self.initial,
         }))
     }
@@ -609,10 +619,10 @@ impl crypto::ServerConfig for QuicServerConfig {
             version,
             got_handshake_data: false,
             next_secrets: None,
-            inner: Tls::Live(rustls::quic::Connection::Server(
+            inner: Tls::Live(Box::new(rustls::quic::Connection::Server(
                 rustls::quic::ServerConnection::new(self.inner.clone(), version, to_vec(params))
                     .unwrap(),
-            )),
+            ))),
             suite: self.initial,
         })
     }
