@@ -306,8 +306,11 @@ async fn accept_loop<F, Fut>(
                         }
                     },
                 };
-                let res =
-                    tokio::time::timeout(hs_timeout, accept_one(tcp, &acceptor, alpn, allow_raw, first_byte)).await;
+                // Boxed, as the handler below: a connection lives for days,
+                // and its task keeps room for the largest phase inline.
+                let handshake =
+                    tokio::time::timeout(hs_timeout, accept_one(tcp, &acceptor, alpn, allow_raw, first_byte));
+                let res = Box::pin(handshake).await;
                 drop(hs_permit);
                 let tls = match res {
                     Ok(Ok(tls)) => {
@@ -345,8 +348,7 @@ async fn accept_loop<F, Fut>(
                     Auth::Tls { device: Some(device), .. } if tls.cert.is_some() => {
                         let (device, revoked, state3) =
                             (device.clone(), state2.trust.watch(tls.cert.as_deref()), state2.clone());
-                        let served = handler(state2, tls, peer);
-                        tokio::pin!(served);
+                        let mut served = Box::pin(handler(state2, tls, peer));
                         tokio::select! {
                             _ = &mut served => {}
                             _ = revoked => {
@@ -357,7 +359,7 @@ async fn accept_loop<F, Fut>(
                             }
                         }
                     }
-                    _ => handler(state2, tls, peer).await,
+                    _ => Box::pin(handler(state2, tls, peer)).await,
                 }
             }
             .instrument(span),
