@@ -1,4 +1,5 @@
-//! Many idle agents on one relay, for the memory-per-agent figure.
+//! Many idle agents on one relay, for the memory-per-agent figure. Each
+//! attaches as a real agent does: hello, then its audit chain's head.
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
@@ -86,12 +87,18 @@ pub async fn run(pki: &Path, to: To<'_>, n: usize, hold: Duration) -> Result<()>
         })
         .await?;
         match io.read_frame().await? {
-            Frame::Welcome { .. } => channels.push(match conn {
-                Some(c) => Held::Quic(io, c),
-                None => Held::Tcp(io),
-            }),
+            Frame::Welcome { .. } => {}
             other => bail!("agent {id}: expected welcome, got {}", other.kind()),
         }
+        // As a real agent does after its welcome: its audit chain's head,
+        // signed with its key, which the relay passes on to the hub.
+        let signer = crate::audit::sign::Signer::load(&dir.join(format!("{id}.key")))?;
+        let hash = hex::encode(crate::random_bytes::<32>());
+        io.write_frame(&Frame::AuditHead { seq: 1, sig: signer.sign(&hash), hash }).await?;
+        channels.push(match conn {
+            Some(c) => Held::Quic(io, c),
+            None => Held::Tcp(io),
+        });
     }
     let attach = started.elapsed();
     let cpu_before = relay_metric(to.admin, "tether_process_cpu_seconds").await?;

@@ -1,7 +1,7 @@
 //! An attached agent as the relay holds it: its control channel's queue
 //! and what it told us.
+use std::sync::Arc;
 use std::sync::atomic::AtomicU64;
-use std::sync::{Arc, Mutex};
 
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
@@ -47,8 +47,9 @@ pub struct AgentHandle {
     /// attach): a device that sends nothing after a request is given up on
     /// (`decision.rs`).
     pub heard_ms: AtomicU64,
-    /// The agent's audit chain head and its signature, as it last told us.
-    pub audit_head: Mutex<Option<(u64, String, String)>>,
+    /// The agent's audit chain head and its signature, as it last told us,
+    /// and what the hub took of it.
+    pub audit_head: super::report_heads::HeadSlot,
     /// The device's certificate (DER; the hub checks heads with it), and its end.
     pub cert: Arc<[u8]>,
     pub cert_expires: u64,

@@ -291,11 +291,9 @@ async fn on_frame(state: &State, io: &mut FrameIo<Leg>, me: &Channel<'_>, frame:
             io.write_frame(&answer).await.map_err(|e| format!("write failed: {e}"))?
         }
         Frame::AuditHead { seq, hash, sig } => {
-            if let Some(a) = state.agents.get(device)
-                && let Ok(mut h) = a.audit_head.lock()
-            {
+            if let Some(a) = state.agents.get(device) {
                 // Passed on as it came: the hub checks the device's signature.
-                *h = Some((seq, hash.chars().take(128).collect(), sig.chars().take(512).collect()));
+                a.audit_head.set(seq, hash.chars().take(128).collect(), sig.chars().take(512).collect());
             }
         }
         Frame::Decision { session, outcome, reason } => {

@@ -1,8 +1,8 @@
 //! Reports to the hub every `report_ms`: readiness, load, attached agents,
 //! session starts and ends (with byte counts), live sessions' byte counts
 //! that moved (all of them in every full report), audit chain heads (this
-//! relay's and its agents': when they moved, and all of them in every full
-//! report). The answer names sessions an admin revoked: they are ended here
+//! relay's when it moved, and in every full report; its agents' as
+//! `report_heads` says). The answer names sessions an admin revoked: they are ended here
 //! (and, by replication, at the twin) and their grants refused; and, when
 //! this relay's list is not the hub's, the retired devices (`retired.rs`).
 use std::collections::HashMap;
@@ -12,6 +12,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::json;
 
+use super::report_heads;
 use super::state::State;
 use crate::api::{AgentHead, AgentSeen, Head, HubClient, LiveBytes, RelayReport, ReportAnswer};
 use crate::proto::{Reason, SessionId};
@@ -47,7 +48,10 @@ pub async fn run(state: Arc<State>) {
     };
     let mut ticker = tokio::time::interval(Duration::from_millis(link.report_ms.max(50)));
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    let mut sent_heads: HashMap<String, u64> = HashMap::new();
+    // The sequence of this relay's own head the hub last took.
+    let mut own_sent: Option<u64> = None;
+    // Full reports so far: which old heads go again (`report_heads`).
+    let mut cycle: u64 = 0;
     // Each live session's byte counts as the hub last took them.
     let mut sent_live: HashMap<SessionId, (u64, u64)> = HashMap::new();
     let mut last_full = Instant::now() - FULL_AGENTS_EVERY;
@@ -69,7 +73,8 @@ pub async fn run(state: Arc<State>) {
         let full = last || state.hub_out().agents_changed || last_full.elapsed() >= FULL_AGENTS_EVERY;
         // The live counts before the ends (see `State::end_session`).
         let live_now = live_bytes(&state);
-        let (mut report, heads) = build(&state, full, &sent_heads);
+        let (mut report, heads) = build(&state, (full, cycle), own_sent);
+        cycle += u64::from(full);
         report.live = live_to_send(&live_now, &sent_live, full);
         let post = client.post::<_, ReportAnswer>("/api/v1/relay/report", None, &report);
         if last {
@@ -89,7 +94,14 @@ pub async fn run(state: Arc<State>) {
                 if full {
                     last_full = Instant::now();
                 }
-                sent_heads.extend(heads);
+                let now_ms = crate::util::clock::now_ms();
+                for (device, seq) in heads {
+                    match state.agents.get(&device) {
+                        _ if device.is_empty() => own_sent = Some(seq),
+                        Some(a) => a.audit_head.took(seq, now_ms),
+                        None => {}
+                    }
+                }
                 sent_live = live_now;
                 apply(&state, answer);
             }
@@ -138,7 +150,7 @@ fn put_back<T>(mut sent: Vec<T>, queued: &mut Vec<T>) {
     *queued = sent;
 }
 
-fn build(state: &State, full: bool, sent: &HashMap<String, u64>) -> (RelayReport, Vec<(String, u64)>) {
+fn build(state: &State, (full, cycle): (bool, u64), own_sent: Option<u64>) -> (RelayReport, Vec<(String, u64)>) {
     let (started, started_transports, moved, moved_transports, ended) = {
         let mut out = state.hub_out();
         out.agents_changed = false;
@@ -150,9 +162,10 @@ fn build(state: &State, full: bool, sent: &HashMap<String, u64>) -> (RelayReport
             take_batch(&mut out.ended),
         )
     };
-    let mut heads = Vec::new();
-    let mut agent_heads = Vec::new();
+    let now_ms = crate::util::clock::now_ms();
     let mut agents = Vec::new();
+    // (priority, device, head): the heads this report may carry.
+    let mut due = Vec::new();
     for a in state.agents.iter() {
         if full {
             agents.push(AgentSeen {
@@ -164,21 +177,27 @@ fn build(state: &State, full: bool, sent: &HashMap<String, u64>) -> (RelayReport
                 clock_offset_ms: a.clock.get(),
             });
         }
-        let head = a.audit_head.lock().ok().and_then(|h| h.clone());
-        if let Some((seq, hash, sig)) = head
-            && (full || sent.get(a.key()) != Some(&seq))
+        if let Some(p) = a.audit_head.due(a.key(), (full, cycle), now_ms)
+            && let Some((seq, hash, sig)) = a.audit_head.head()
         {
-            heads.push((a.key().clone(), seq));
-            let cert = hex::encode(&a.cert);
-            agent_heads.push(AgentHead { device: a.key().clone(), head: Head { seq, hash, sig }, cert });
+            due.push((p, a.key().clone(), Head { seq, hash, sig }));
         }
     }
+    due.sort_by_key(|d| d.0);
+    due.truncate(report_heads::PER_REPORT);
+    let mut heads = Vec::with_capacity(due.len() + 1);
+    let mut agent_heads = Vec::with_capacity(due.len());
+    for (_, device, head) in due {
+        let Some(a) = state.agents.get(&device) else { continue };
+        heads.push((device.clone(), head.seq));
+        agent_heads.push(AgentHead { device, head, cert: hex::encode(&a.cert) });
+    }
     let (seq, hash) = state.audit.head();
-    // Keyed by "" (no device id is empty): this relay's own head. Full
-    // reports carry every head again, moved or not: the hub anchors a source
-    // at most every 10 s, so a head it skipped as too soon is anchored once
-    // the chain stops moving.
-    let own_moved = seq > 0 && (full || sent.get("") != Some(&seq));
+    // Keyed by "" (no device id is empty): this relay's own head, one head,
+    // in every full report, moved or not: the hub anchors a source at most
+    // every 10 s, so a head it skipped as too soon is anchored once the chain
+    // stops moving. (Agents' heads: `report_heads`.)
+    let own_moved = seq > 0 && (full || own_sent != Some(seq));
     if own_moved {
         heads.push((String::new(), seq));
     }
@@ -314,6 +333,22 @@ mod tests {
         let report = RelayReport { ended: vec![end; REPORT_BATCH], ..Default::default() };
         let size = serde_json::to_vec(&report).unwrap().len();
         assert!(size < 4 * 1024 * 1024, "a batch of ends takes {size} bytes");
+    }
+
+    /// A report with a whole batch of agents' heads, each at the widest the
+    /// relay passes on (hash 128 and signature 512 characters) with a device
+    /// certificate of 1 KiB (twice a real one), stays under half the hub's
+    /// 16 MiB body limit.
+    #[test]
+    fn a_batch_of_heads_fits_the_hubs_body_limit() {
+        let head = AgentHead {
+            device: "d".repeat(64),
+            head: Head { seq: u64::MAX, hash: "f".repeat(128), sig: "e".repeat(512) },
+            cert: "c".repeat(2048),
+        };
+        let report = RelayReport { agent_heads: vec![head; report_heads::PER_REPORT], ..Default::default() };
+        let size = serde_json::to_vec(&report).unwrap().len();
+        assert!(size < 8 * 1024 * 1024, "a batch of heads takes {size} bytes");
     }
 
     #[test]
