@@ -135,6 +135,9 @@ metric!(pub HUB_REFUSALS: IntCounterVec = counter_vec("tether_hub_refusals_total
 metric!(pub HUB_SESSIONS_GRANTED: IntCounter = counter("tether_hub_sessions_granted_total", "Grants signed"));
 metric!(pub HUB_SESSIONS_LOST: IntCounter = counter("tether_hub_sessions_lost_total", "Live sessions recorded as ended because no relay holds them any more"));
 metric!(pub HUB_RELAY_REPORTS: IntCounterVec = counter_vec("tether_hub_relay_reports_total", "Reports received, by relay", &["relay"]));
+metric!(pub HUB_RELAY_AGENTS: IntGaugeVec = gauge_vec("tether_hub_relay_agents", "Agents attached to each relay as the hub holds its list (routing and presence read it)", &["relay"]));
+metric!(pub HUB_REPORT_AGENTS: IntCounterVec = counter_vec("tether_hub_report_agents_total", "Agents in relays' reports, by what each said: seen (attached, or its version, transport, certificate or clock changed), heard (a later heartbeat), gone, whole (in the whole list an older relay sends)", &["change"]));
+metric!(pub HUB_AGENT_RESYNCS: IntCounterVec = counter_vec("tether_hub_agent_list_resyncs_total", "Times the hub asked a relay for its list of agents again (it held none, or a report's changes did not follow the list it held)", &["relay"]));
 metric!(pub HUB_REQUEST_SECONDS: Histogram = reg(Histogram::with_opts(
     HistogramOpts::new("tether_hub_request_seconds", "Time to answer an API request")
         .buckets(vec![0.0005, 0.001, 0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0]),
@@ -301,6 +304,9 @@ pub fn init(part: Part) {
     LazyLock::force(&HUB_SESSIONS_GRANTED);
     LazyLock::force(&HUB_RELAY_REPORTS);
     LazyLock::force(&HUB_SESSIONS_LOST);
+    for change in ["seen", "heard", "gone", "whole"] {
+        HUB_REPORT_AGENTS.with_label_values(&[change]);
+    }
     LazyLock::force(&HUB_REQUEST_SECONDS);
     LazyLock::force(&HUB_DB_SECONDS);
     // Every kind at 0 from the start, so increase() sees the first error.

@@ -15,6 +15,7 @@ pub use jobs::{
     UploadProgress,
 };
 pub use report::{
-    AgentHead, AgentSeen, EndedSession, Head, LiveBytes, RelayReport, ReportAnswer, RetiredDevices, RevokedSession,
+    AgentHead, AgentSeen, AgentsDelta, EndedSession, Head, LiveBytes, RelayReport, ReportAnswer, RetiredDevices,
+    RevokedSession,
 };
 pub use types::*;

@@ -3,7 +3,7 @@
 //! certificate; the [`ReportAnswer`] names the sessions the hub revoked.
 use serde::{Deserialize, Serialize};
 
-#[derive(Debug, Clone, Serialize, Deserialize, Default)]
+#[derive(Debug, Clone, Serialize, Deserialize, Default, PartialEq, Eq)]
 pub struct AgentSeen {
     pub device: String,
     pub agent_version: String,
@@ -90,6 +90,46 @@ pub struct RelayReport {
     /// while it holds none, for older hubs).
     #[serde(default, skip_serializing_if = "String::is_empty")]
     pub retired_tag: String,
+    /// A full report (every live session's counts; see `live`), from a
+    /// relay that sends its agents as [`AgentsDelta`]s: older relays mark
+    /// a full report by `agents`. Left out when false, for older hubs.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub full: bool,
+    /// The attached agents as changes to the list the hub holds, to a hub
+    /// whose answer says it takes them (`ReportAnswer::agents_delta`);
+    /// `agents` is then left out.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub agents_delta: Option<AgentsDelta>,
+}
+
+/// Changes to a relay's list of attached agents, as the hub holds it.
+/// The relay sends every change, a batch at a time, and the hub applies
+/// them in order: a list of 100 000 agents would pass the hub's 16 MiB
+/// body limit, and sending it whole at every attach costs both ends.
+#[derive(Debug, Clone, Serialize, Deserialize, Default, PartialEq, Eq)]
+pub struct AgentsDelta {
+    /// Names the relay process's list (drawn at its start): a list the hub
+    /// holds under another name is not this one.
+    pub list: u64,
+    /// The version of the list these changes apply to; 0 starts the list
+    /// again from empty (a relay's first delta, or one the hub asked for).
+    pub from: u64,
+    /// The version they make.
+    pub to: u64,
+    /// Agents attached since, or whose version, transport, certificate or
+    /// clock changed.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub seen: Vec<AgentSeen>,
+    /// Agents whose only news is a later heartbeat: (device, unix seconds).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub heard: Vec<(String, u64)>,
+    /// Agents no longer attached.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub gone: Vec<String>,
+    /// The list is whole with these: false when a batch left changes for
+    /// the next report. A list started again from empty replaces the one
+    /// the hub shows only once whole.
+    pub complete: bool,
 }
 
 /// A live session's bytes so far, as its relay counted them.
@@ -108,6 +148,13 @@ pub struct ReportAnswer {
     /// this list's: drop their control channels, and refuse them.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub retired: Option<RetiredDevices>,
+    /// This hub takes the agents as [`AgentsDelta`]s.
+    #[serde(default)]
+    pub agents_delta: bool,
+    /// The delta did not apply to the list this hub holds (it restarted, or
+    /// did not answer a delta it took): start the list again from empty.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub agents_resync: bool,
 }
 
 /// Every device retired at the hub, by id, sorted.

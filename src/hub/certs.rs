@@ -201,9 +201,10 @@ async fn issue(hub: &Hub, user: &User, d: &super::model::Device, cert_pem: &str)
 /// Notes the expiry of each certificate a report shows, when it changed,
 /// for [`write_seen`] (the relay's report is answered without waiting).
 pub fn seen(hub: &Hub, relay: &str, r: &RelayReport) {
-    let Some(agents) = &r.agents else { return };
+    let whole = r.agents.iter().flatten();
+    let changed = r.agents_delta.iter().flat_map(|d| d.seen.iter());
     let mut last = lock(&hub.certs_seen.last);
-    for a in agents.iter().filter(|a| a.cert_expires > 0) {
+    for a in whole.chain(changed).filter(|a| a.cert_expires > 0) {
         if last.insert(a.device.clone(), a.cert_expires) != Some(a.cert_expires) {
             let _ = hub.certs_seen.tx.send((relay.to_string(), a.device.clone(), a.cert_expires));
         }

@@ -17,6 +17,7 @@ mod jobs;
 pub mod limits;
 mod lost;
 pub mod model;
+mod relay_agents;
 pub mod relays;
 pub mod repo;
 mod repo_api;

@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 use serde::Serialize;
 
 use super::config::HubRelay;
-use crate::api::{AgentSeen, RelayReport, ReportAnswer, RetiredDevices, RevokedSession};
+use crate::api::{RelayReport, ReportAnswer, RetiredDevices, RevokedSession};
 use crate::util::lock;
 
 pub(super) struct RelayView {
@@ -21,7 +21,7 @@ pub(super) struct RelayView {
     pub(super) full_at: Option<Instant>,
     ready: bool,
     sessions: u64,
-    agents: HashMap<String, AgentSeen>,
+    agents: super::relay_agents::AgentsHeld,
     /// Live sessions' bytes (to device, to client): replaced by each full
     /// report, updated by the counts that moved in between.
     pub(super) live: HashMap<String, (u64, u64)>,
@@ -128,27 +128,26 @@ impl Board {
     /// Takes a report in: what the relay must act on, the counts it forgot
     /// (see [`Forgotten`]), and sessions recorded lost that it lists.
     pub fn report(&self, relay: &str, r: &RelayReport, now: u64) -> Taken {
-        let (forgotten, found) = {
+        let (forgotten, found, resync) = {
             let mut views = lock(&self.views);
             let v = views.entry(relay.to_string()).or_insert_with(|| RelayView {
                 seen: Instant::now(),
                 full_at: None,
                 ready: false,
                 sessions: 0,
-                agents: HashMap::new(),
+                agents: Default::default(),
                 live: HashMap::new(),
             });
             v.seen = Instant::now();
             v.ready = r.ready;
             v.sessions = r.sessions;
-            if let Some(agents) = &r.agents {
-                v.agents = agents.iter().map(|a| (a.device.clone(), a.clone())).collect();
-            }
-            if r.agents.is_some() {
+            let resync = v.agents.take(r);
+            count_agents(relay, r, resync, v.agents.shown.len());
+            if is_full(r) {
                 v.full_at = Some(v.seen);
             }
             let forgotten = take_live(v, r);
-            (forgotten, self.note_listed(r, v.seen))
+            (forgotten, self.note_listed(r, v.seen), resync)
         };
         let mut revoked = lock(&self.revoked);
         revoked.retain(|_, exp| *exp > now);
@@ -156,6 +155,8 @@ impl Board {
         let answer = ReportAnswer {
             revoked: revoked.iter().map(|(s, e)| RevokedSession { session: s.clone(), expires_at: *e }).collect(),
             retired,
+            agents_delta: true,
+            agents_resync: resync,
         };
         Taken { answer, forgotten, found }
     }
@@ -199,7 +200,7 @@ impl Board {
             .enumerate()
             .filter_map(|(i, r)| {
                 let v = self.fresh(&views, &r.name)?;
-                (v.ready && v.agents.contains_key(device)).then_some((v.sessions, i))
+                (v.ready && v.agents.shown.contains_key(device)).then_some((v.sessions, i))
             })
             .collect();
         holding.sort();
@@ -220,7 +221,7 @@ impl Board {
         let views = lock(&self.views);
         let mut p = Presence { status: "offline".into(), ..Presence::default() };
         for r in &self.relays {
-            if let Some(a) = self.fresh(&views, &r.name).and_then(|v| v.agents.get(device)) {
+            if let Some(a) = self.fresh(&views, &r.name).and_then(|v| v.agents.shown.get(device)) {
                 p.relays.push(r.name.clone());
                 p.transports.push(a.transport.clone());
                 if p.last_heartbeat.is_none_or(|h| h < a.last_heartbeat) {
@@ -242,7 +243,7 @@ impl Board {
         let views = lock(&self.views);
         let mut last: HashMap<&str, (u64, Option<i64>)> = HashMap::new();
         for r in &self.relays {
-            for a in self.fresh(&views, &r.name).into_iter().flat_map(|v| v.agents.values()) {
+            for a in self.fresh(&views, &r.name).into_iter().flat_map(|v| v.agents.shown.values()) {
                 let e = last.entry(a.device.as_str()).or_insert((a.last_heartbeat, a.clock_offset_ms));
                 if e.0 < a.last_heartbeat {
                     *e = (a.last_heartbeat, a.clock_offset_ms);
@@ -276,6 +277,28 @@ impl Board {
     }
 }
 
+/// The agents a report told of, and the list the hub holds now.
+fn count_agents(relay: &str, r: &RelayReport, resync: bool, held: usize) {
+    use crate::metrics::{HUB_AGENT_RESYNCS, HUB_RELAY_AGENTS, HUB_REPORT_AGENTS};
+    let count = |change: &str, n: usize| HUB_REPORT_AGENTS.with_label_values(&[change]).inc_by(n as u64);
+    if let Some(d) = &r.agents_delta {
+        count("seen", d.seen.len());
+        count("heard", d.heard.len());
+        count("gone", d.gone.len());
+    }
+    count("whole", r.agents.as_ref().map_or(0, Vec::len));
+    if resync {
+        HUB_AGENT_RESYNCS.with_label_values(&[relay]).inc();
+    }
+    HUB_RELAY_AGENTS.with_label_values(&[relay]).set(held as i64);
+}
+
+/// A full report lists every live session: a relay that sends deltas says
+/// so, an older one sends its whole agent list.
+pub(super) fn is_full(r: &RelayReport) -> bool {
+    r.full || r.agents.is_some()
+}
+
 /// Takes a report's live counts into the relay's view. A full report holds
 /// every live session's counts, and only those; between them come the counts
 /// that moved. The relay takes its live counts before the ends it reports
@@ -307,7 +330,7 @@ fn take_live(v: &mut RelayView, r: &RelayReport) -> Vec<Forgotten> {
             forget(session, (d0, c0));
         }
     }
-    if r.agents.is_some() {
+    if is_full(r) {
         for (session, counts) in &v.live {
             if !fresh.contains_key(session) && !ended.contains(session.as_str()) {
                 forget(session, *counts);

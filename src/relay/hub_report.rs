@@ -1,4 +1,5 @@
-//! Reports to the hub every `report_ms`: readiness, load, attached agents,
+//! Reports to the hub every `report_ms`: readiness, load, attached agents
+//! (what changed, `report_agents`),
 //! session starts and ends (with byte counts), live sessions' byte counts
 //! that moved (all of them in every full report), audit chain heads (this
 //! relay's when it moved, and in every full report; its agents' as
@@ -12,8 +13,8 @@ use std::time::{Duration, Instant};
 
 use serde_json::json;
 
-use super::report_heads;
 use super::state::State;
+use super::{report_agents, report_heads};
 use crate::api::{AgentHead, AgentSeen, Head, HubClient, LiveBytes, RelayReport, ReportAnswer};
 use crate::proto::{Reason, SessionId};
 use crate::util::now_secs;
@@ -52,6 +53,8 @@ pub async fn run(state: Arc<State>) {
     let mut own_sent: Option<u64> = None;
     // Full reports so far: which old heads go again (`report_heads`).
     let mut cycle: u64 = 0;
+    // The agents as the hub holds them.
+    let mut agents_sent = report_agents::Sent::default();
     // Each live session's byte counts as the hub last took them.
     let mut sent_live: HashMap<SessionId, (u64, u64)> = HashMap::new();
     let mut last_full = Instant::now() - FULL_AGENTS_EVERY;
@@ -73,7 +76,8 @@ pub async fn run(state: Arc<State>) {
         let full = last || state.hub_out().agents_changed || last_full.elapsed() >= FULL_AGENTS_EVERY;
         // The live counts before the ends (see `State::end_session`).
         let live_now = live_bytes(&state);
-        let (mut report, heads) = build(&state, (full, cycle), own_sent);
+        let (mut report, heads) = build(&state, (full, cycle), own_sent, &agents_sent);
+        let delta = report.agents_delta.clone();
         cycle += u64::from(full);
         report.live = live_to_send(&live_now, &sent_live, full);
         let post = client.post::<_, ReportAnswer>("/api/v1/relay/report", None, &report);
@@ -94,6 +98,7 @@ pub async fn run(state: Arc<State>) {
                 if full {
                     last_full = Instant::now();
                 }
+                agents_sent.answered(delta, answer.agents_delta, answer.agents_resync);
                 let now_ms = crate::util::clock::now_ms();
                 for (device, seq) in heads {
                     match state.agents.get(&device) {
@@ -150,7 +155,12 @@ fn put_back<T>(mut sent: Vec<T>, queued: &mut Vec<T>) {
     *queued = sent;
 }
 
-fn build(state: &State, (full, cycle): (bool, u64), own_sent: Option<u64>) -> (RelayReport, Vec<(String, u64)>) {
+fn build(
+    state: &State,
+    (full, cycle): (bool, u64),
+    own_sent: Option<u64>,
+    agents_sent: &report_agents::Sent,
+) -> (RelayReport, Vec<(String, u64)>) {
     let (started, started_transports, moved, moved_transports, ended) = {
         let mut out = state.hub_out();
         out.agents_changed = false;
@@ -163,11 +173,22 @@ fn build(state: &State, (full, cycle): (bool, u64), own_sent: Option<u64>) -> (R
         )
     };
     let now_ms = crate::util::clock::now_ms();
+    let mode = agents_sent.mode(full, state.agents.len());
     let mut agents = Vec::new();
+    let mut delta = (mode == Some(true)).then(|| agents_sent.begin());
     // (priority, device, head): the heads this report may carry.
     let mut due = Vec::new();
     for a in state.agents.iter() {
-        if full {
+        if let Some(d) = delta.as_mut() {
+            d.look(report_agents::Now {
+                device: a.key(),
+                agent_version: &a.agent_version,
+                transport: a.transport,
+                last_heartbeat: a.last_heartbeat.load(Ordering::Relaxed),
+                cert_expires: a.cert_expires,
+                clock_offset_ms: a.clock.get(),
+            });
+        } else if mode == Some(false) {
             agents.push(AgentSeen {
                 device: a.key().clone(),
                 agent_version: a.agent_version.clone(),
@@ -183,6 +204,7 @@ fn build(state: &State, (full, cycle): (bool, u64), own_sent: Option<u64>) -> (R
             due.push((p, a.key().clone(), Head { seq, hash, sig }));
         }
     }
+    let agents_delta = delta.map(|d| d.finish(|device| state.agents.contains_key(device)));
     due.sort_by_key(|d| d.0);
     due.truncate(report_heads::PER_REPORT);
     let mut heads = Vec::with_capacity(due.len() + 1);
@@ -205,7 +227,7 @@ fn build(state: &State, (full, cycle): (bool, u64), own_sent: Option<u64>) -> (R
     let report = RelayReport {
         ready,
         sessions: state.sessions.len() as u64,
-        agents: full.then_some(agents),
+        agents: (mode == Some(false)).then_some(agents),
         started,
         started_transports,
         moved,
@@ -215,6 +237,8 @@ fn build(state: &State, (full, cycle): (bool, u64), own_sent: Option<u64>) -> (R
         agent_heads,
         live: Vec::new(),
         retired_tag: state.retired.tag(),
+        full: full && mode != Some(false) && agents_sent.hub_takes(),
+        agents_delta,
     };
     (report, heads)
 }

@@ -21,6 +21,7 @@ mod pairing;
 mod quic;
 mod refusals;
 mod repo_fetch;
+mod report_agents;
 mod report_heads;
 mod retired;
 mod session;

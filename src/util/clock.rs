@@ -97,6 +97,15 @@ impl Offset {
     }
 }
 
+/// Whether a device's clock offset moved from `was` to `now` by a report's
+/// worth ([`Offset::set`]'s rule: appearing, going, or 2 s or more).
+pub fn moved(was: Option<i64>, now: Option<i64>) -> bool {
+    match (was, now) {
+        (Some(a), Some(b)) => a.abs_diff(b) >= REPORT_STEP_MS as u64,
+        (a, b) => a.is_some() != b.is_some(),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

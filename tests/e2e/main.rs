@@ -39,6 +39,7 @@ mod quic;
 mod quic_inputs;
 mod renewal;
 mod repo;
+mod report_agents;
 mod report_heads;
 mod restarts;
 mod retire;

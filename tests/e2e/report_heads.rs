@@ -15,28 +15,7 @@ use crate::hub::run;
 async fn every_agents_head_reaches_the_hub_though_one_report_carries_at_most_a_batch() {
     const N: usize = 2_500;
     let fleet = Fleet::start(Opts { relays: 1, hub: true, ..Opts::default() }).await;
-    let r = &fleet.relays[0];
-    let (pki, control, admin) = (fleet.pki.dir.to_str().unwrap(), r.control.to_string(), r.admin.to_string());
-    let n = N.to_string();
-    let args = [
-        "loadgen",
-        "idle",
-        "--pki",
-        pki,
-        "--control",
-        &control,
-        "--admin",
-        &admin,
-        "--agents",
-        &n,
-        "--hold-secs",
-        "25",
-    ];
-    let args: Vec<String> = args.iter().map(|a| a.to_string()).collect();
-    let load = tokio::spawn(async move {
-        let args: Vec<&str> = args.iter().map(String::as_str).collect();
-        run(&args, "").await
-    });
+    let load = idle_agents(&fleet, N, 25);
     let store = tether::hub::store::Store::open("sqlite:hub.db", fleet.dir()).await.unwrap();
     let mut anchored = 0;
     for _ in 0..50 {
@@ -54,4 +33,29 @@ async fn every_agents_head_reaches_the_hub_though_one_report_carries_at_most_a_b
     let (ok, out, err) = load.await.unwrap();
     assert!(ok, "loadgen failed: {out}{err}");
     assert_eq!(anchored, N, "heads the hub never anchored\n{}", fleet.logs());
+}
+
+/// `tether loadgen idle`: `n` agents attach to the fleet's first relay as
+/// real ones do (hello, then a signed audit head) and hold for `hold_secs`.
+pub fn idle_agents(fleet: &Fleet, n: usize, hold_secs: u64) -> tokio::task::JoinHandle<(bool, String, String)> {
+    let r = &fleet.relays[0];
+    let pki = fleet.pki.dir.to_str().unwrap().to_string();
+    let args = [
+        "loadgen".to_string(),
+        "idle".into(),
+        "--pki".into(),
+        pki,
+        "--control".into(),
+        r.control.to_string(),
+        "--admin".into(),
+        r.admin.to_string(),
+        "--agents".into(),
+        n.to_string(),
+        "--hold-secs".into(),
+        hold_secs.to_string(),
+    ];
+    tokio::spawn(async move {
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        run(&args, "").await
+    })
 }
