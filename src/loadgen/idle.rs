@@ -1,5 +1,8 @@
 //! Many idle agents on one relay, for the memory-per-agent figure. Each
-//! attaches as a real agent does: hello, then its audit chain's head.
+//! attaches as a real agent does: hello, then its audit chain's head, and
+//! a heartbeat with its clock at once and every `heartbeat_secs` the
+//! relay's welcome names (a relay gives up on an agent that sends none for
+//! three periods).
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
@@ -37,10 +40,27 @@ pub struct To<'a> {
     pub server_name: &'a str,
 }
 
-/// One attached agent's channel, kept open while held.
-enum Held {
-    Tcp(#[allow(dead_code)] FrameIo<crate::leg::Leg>),
-    Quic(#[allow(dead_code)] FrameIo<crate::leg::Leg>, #[allow(dead_code)] quinn::Connection),
+/// One attached agent, heartbeating while held: its task, and its QUIC
+/// connection (closed when dropped).
+type Held = (tokio::task::JoinHandle<()>, Option<quinn::Connection>);
+
+/// Heartbeats as a real agent does, each with the device's clock, and reads
+/// what the relay sends (its answers); ends when the channel does.
+async fn heartbeat(mut io: FrameIo<crate::leg::Leg>, every: Duration) {
+    let mut seq = 0u64;
+    loop {
+        seq += 1;
+        let beat = Frame::Heartbeat { seq, clock: Some(crate::util::clock::now_ms()) };
+        if io.write_frame(&beat).await.is_err() {
+            return;
+        }
+        let until = tokio::time::Instant::now() + every;
+        while let Ok(read) = tokio::time::timeout_at(until, io.read_frame()).await {
+            if read.is_err() {
+                return;
+            }
+        }
+    }
 }
 
 pub async fn run(pki: &Path, to: To<'_>, n: usize, hold: Duration) -> Result<()> {
@@ -60,7 +80,7 @@ pub async fn run(pki: &Path, to: To<'_>, n: usize, hold: Duration) -> Result<()>
     let transport = if to.quic.is_some() { "QUIC" } else { "TCP" };
     eprintln!("relay RSS before: {:.1} MiB; attaching {n} agents over {transport}...", before / 1048576.0);
     let started = std::time::Instant::now();
-    let mut channels = Vec::with_capacity(n);
+    let mut channels: Vec<Held> = Vec::with_capacity(n);
     for (id, cfg) in configs {
         let (leg, conn): (crate::leg::Leg, _) = match (&endpoint, quic_addr) {
             (Some(ep), Some(addr)) => {
@@ -86,19 +106,16 @@ pub async fn run(pki: &Path, to: To<'_>, n: usize, hold: Duration) -> Result<()>
             streams: false,
         })
         .await?;
-        match io.read_frame().await? {
-            Frame::Welcome { .. } => {}
+        let every = match io.read_frame().await? {
+            Frame::Welcome { heartbeat_secs, .. } => Duration::from_secs(u64::from(heartbeat_secs.max(1))),
             other => bail!("agent {id}: expected welcome, got {}", other.kind()),
-        }
+        };
         // As a real agent does after its welcome: its audit chain's head,
         // signed with its key, which the relay passes on to the hub.
         let signer = crate::audit::sign::Signer::load(&dir.join(format!("{id}.key")))?;
         let hash = hex::encode(crate::random_bytes::<32>());
         io.write_frame(&Frame::AuditHead { seq: 1, sig: signer.sign(&hash), hash }).await?;
-        channels.push(match conn {
-            Some(c) => Held::Quic(io, c),
-            None => Held::Tcp(io),
-        });
+        channels.push((tokio::spawn(heartbeat(io, every)), conn));
     }
     let attach = started.elapsed();
     let cpu_before = relay_metric(to.admin, "tether_process_cpu_seconds").await?;
@@ -118,6 +135,9 @@ pub async fn run(pki: &Path, to: To<'_>, n: usize, hold: Duration) -> Result<()>
         per / 1024.0,
         idle_cpu * 100.0
     );
+    for (task, _) in &channels {
+        task.abort();
+    }
     drop(channels);
     let _ = std::fs::remove_dir_all(&dir);
     Ok(())

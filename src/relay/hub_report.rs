@@ -1,9 +1,10 @@
 //! Reports to the hub every `report_ms`: readiness, load, attached agents
-//! (what changed, `report_agents`),
+//! (what changed, `report_agents`, in the next report),
 //! session starts and ends (with byte counts), live sessions' byte counts
 //! that moved (all of them in every full report), audit chain heads (this
 //! relay's when it moved, and in every full report; its agents' as
-//! `report_heads` says). The answer names sessions an admin revoked: they are ended here
+//! `report_heads` says). A report is full every 10 s and at the drain
+//! (and, to a hub that takes no deltas, when agents changed). The answer names sessions an admin revoked: they are ended here
 //! (and, by replication, at the twin) and their grants refused; and, when
 //! this relay's list is not the hub's, the retired devices (`retired.rs`).
 use std::collections::HashMap;
@@ -73,11 +74,17 @@ pub async fn run(state: Arc<State>) {
             _ = state.drain.cancelled() => true,
             _ = ticker.tick() => false,
         };
-        let full = last || state.hub_out().agents_changed || last_full.elapsed() >= FULL_AGENTS_EVERY;
+        // Agents that changed go at once: as a delta in any report, or, to a
+        // hub that takes no deltas, in a full report (its whole list marks
+        // the report full there). A full report otherwise goes every 10 s:
+        // its heads (`report_heads`) are many while a fleet attaches.
+        let changed = std::mem::take(&mut state.hub_out().agents_changed);
+        let full = last || last_full.elapsed() >= FULL_AGENTS_EVERY || (changed && !agents_sent.hub_takes());
         // The live counts before the ends (see `State::end_session`).
         let live_now = live_bytes(&state);
-        let (mut report, heads) = build(&state, (full, cycle), own_sent, &agents_sent);
+        let (mut report, heads) = build(&state, (full, changed, cycle), own_sent, &agents_sent);
         let delta = report.agents_delta.clone();
+        let carried_agents = delta.is_some() || report.agents.is_some();
         cycle += u64::from(full);
         report.live = live_to_send(&live_now, &sent_live, full);
         let post = client.post::<_, ReportAnswer>("/api/v1/relay/report", None, &report);
@@ -119,7 +126,7 @@ pub async fn run(state: Arc<State>) {
                     put_back(report.moved, &mut out.moved);
                     put_back(report.moved_transports, &mut out.moved_transports);
                     put_back(report.ended, &mut out.ended);
-                    out.agents_changed |= full;
+                    out.agents_changed |= carried_agents;
                 }
                 if failing_since.is_none() {
                     failing_since = Some(Instant::now());
@@ -157,13 +164,12 @@ fn put_back<T>(mut sent: Vec<T>, queued: &mut Vec<T>) {
 
 fn build(
     state: &State,
-    (full, cycle): (bool, u64),
+    (full, changed, cycle): (bool, bool, u64),
     own_sent: Option<u64>,
     agents_sent: &report_agents::Sent,
 ) -> (RelayReport, Vec<(String, u64)>) {
     let (started, started_transports, moved, moved_transports, ended) = {
         let mut out = state.hub_out();
-        out.agents_changed = false;
         (
             take_batch(&mut out.started),
             take_batch(&mut out.started_transports),
@@ -173,7 +179,7 @@ fn build(
         )
     };
     let now_ms = crate::util::clock::now_ms();
-    let mode = agents_sent.mode(full, state.agents.len());
+    let mode = agents_sent.mode(full || changed, state.agents.len());
     let mut agents = Vec::new();
     let mut delta = (mode == Some(true)).then(|| agents_sent.begin());
     // (priority, device, head): the heads this report may carry.

@@ -93,11 +93,13 @@ impl Sent {
 
     /// Whether this report carries agents as a delta (`Some(true)`), as the
     /// whole list of `attached` (`Some(false)`), or not at all (`None`).
-    pub fn mode(&self, full: bool, attached: usize) -> Option<bool> {
+    /// `wanted`: agents changed since the last report, or it is a full one
+    /// (a report with the whole list must be full: the hub takes it so).
+    pub fn mode(&self, wanted: bool, attached: usize) -> Option<bool> {
         match self.hub_takes {
-            None => (full && attached <= PER_REPORT).then_some(false),
-            Some(true) => (full || self.due).then_some(true),
-            Some(false) => full.then_some(false),
+            None => (wanted && attached <= PER_REPORT).then_some(false),
+            Some(true) => (wanted || self.due).then_some(true),
+            Some(false) => wanted.then_some(false),
         }
     }
 
