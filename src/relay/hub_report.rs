@@ -16,7 +16,7 @@ use serde_json::json;
 
 use super::state::State;
 use super::{report_agents, report_heads};
-use crate::api::{AgentHead, AgentSeen, Head, HubClient, LiveBytes, RelayReport, ReportAnswer};
+use crate::api::{AgentHead, Head, HubClient, LiveBytes, RelayReport, ReportAnswer};
 use crate::proto::{Reason, SessionId};
 use crate::util::now_secs;
 
@@ -83,8 +83,7 @@ pub async fn run(state: Arc<State>) {
         // The live counts before the ends (see `State::end_session`).
         let live_now = live_bytes(&state);
         let (mut report, heads) = build(&state, (full, changed, cycle), own_sent, &agents_sent);
-        let delta = report.agents_delta.clone();
-        let carried_agents = delta.is_some() || report.agents.is_some();
+        let carried_agents = report.agents_delta.is_some() || report.agents.is_some();
         cycle += u64::from(full);
         report.live = live_to_send(&live_now, &sent_live, full);
         let post = client.post::<_, ReportAnswer>("/api/v1/relay/report", None, &report);
@@ -105,7 +104,7 @@ pub async fn run(state: Arc<State>) {
                 if full {
                     last_full = Instant::now();
                 }
-                agents_sent.answered(delta, answer.agents_delta, answer.agents_resync);
+                agents_sent.answered(report.agents_delta.take(), answer.agents_delta, answer.agents_resync);
                 let now_ms = crate::util::clock::now_ms();
                 for (device, seq) in heads {
                     match state.agents.get(&device) {
@@ -185,24 +184,18 @@ fn build(
     // (priority, device, head): the heads this report may carry.
     let mut due = Vec::new();
     for a in state.agents.iter() {
+        let now = report_agents::Now {
+            device: a.key(),
+            agent_version: &a.agent_version,
+            transport: a.transport,
+            last_heartbeat: a.last_heartbeat.load(Ordering::Relaxed),
+            cert_expires: a.cert_expires,
+            clock_offset_ms: a.clock.get(),
+        };
         if let Some(d) = delta.as_mut() {
-            d.look(report_agents::Now {
-                device: a.key(),
-                agent_version: &a.agent_version,
-                transport: a.transport,
-                last_heartbeat: a.last_heartbeat.load(Ordering::Relaxed),
-                cert_expires: a.cert_expires,
-                clock_offset_ms: a.clock.get(),
-            });
+            d.look(now);
         } else if mode == Some(false) {
-            agents.push(AgentSeen {
-                device: a.key().clone(),
-                agent_version: a.agent_version.clone(),
-                transport: a.transport.into(),
-                last_heartbeat: a.last_heartbeat.load(Ordering::Relaxed),
-                cert_expires: a.cert_expires,
-                clock_offset_ms: a.clock.get(),
-            });
+            agents.push(now.seen());
         }
         if let Some(p) = a.audit_head.due(a.key(), (full, cycle), now_ms)
             && let Some((seq, hash, sig)) = a.audit_head.head()
@@ -243,7 +236,7 @@ fn build(
         agent_heads,
         live: Vec::new(),
         retired_tag: state.retired.tag(),
-        full: full && mode != Some(false) && agents_sent.hub_takes(),
+        full: full && agents_sent.hub_takes(),
         agents_delta,
     };
     (report, heads)

@@ -33,7 +33,8 @@ pub struct Now<'a> {
 }
 
 impl Now<'_> {
-    fn seen(&self) -> AgentSeen {
+    /// The agent as a report carries it whole.
+    pub fn seen(&self) -> AgentSeen {
         AgentSeen {
             device: self.device.to_string(),
             agent_version: self.agent_version.to_string(),

@@ -88,8 +88,8 @@ impl Offset {
     pub fn set(&self, offset_ms: i64) -> bool {
         let offset_ms = offset_ms.max(UNKNOWN + 1);
         self.now.store(offset_ms, Ordering::Relaxed);
-        let last = self.reported.load(Ordering::Relaxed);
-        let news = last == UNKNOWN || offset_ms.abs_diff(last) >= REPORT_STEP_MS as u64;
+        let last = Some(self.reported.load(Ordering::Relaxed)).filter(|v| *v != UNKNOWN);
+        let news = moved(last, Some(offset_ms));
         if news {
             self.reported.store(offset_ms, Ordering::Relaxed);
         }
