@@ -61,37 +61,108 @@ impl Delivered {
             .await;
     }
 
-    /// Notes that `relay` delivered `seq` for `source` (kept in the database
-    /// when it rises); returns the highest it had delivered before, if any.
-    async fn note(&self, hub: &Hub, source: &str, relay: &str, seq: u64) -> Option<u64> {
-        self.load(hub).await;
-        let before = {
-            let mut map = crate::util::lock(&self.map);
-            let key = (source.to_string(), relay.to_string());
-            let before = map.get(&key).copied();
-            map.insert(key, before.map_or(seq, |b| b.max(seq)));
-            before
-        };
-        if before.is_none_or(|b| seq > b)
-            && let Err(e) = hub.store.delivery_raise(source, relay, seq).await
-            && !e.is_unavailable()
-        {
-            tracing::error!(source, relay, error = %e, "storing an audit head's delivery");
-        }
-        before
+    /// Notes that `relay` delivered `seq` for `source`; returns the highest
+    /// it had delivered before, if any, and whether the record rose (to be
+    /// kept in the database: [`Store::delivery_raise_all`]).
+    ///
+    /// [`Store::delivery_raise_all`]: super::store::Store::delivery_raise_all
+    fn note(&self, source: &str, relay: &str, seq: u64) -> (Option<u64>, bool) {
+        let mut map = crate::util::lock(&self.map);
+        let key = (source.to_string(), relay.to_string());
+        let before = map.get(&key).copied();
+        map.insert(key, before.map_or(seq, |b| b.max(seq)));
+        (before, before.is_none_or(|b| seq > b))
     }
+}
+
+/// Whose certificate signs a head: the relay's own (DER), or the device
+/// certificate (hex DER) a relay passed on with an agent's head.
+enum Owner<'a> {
+    Relay(Option<&'a [u8]>),
+    Device(&'a str, &'a str),
+}
+
+impl Owner<'_> {
+    fn cert(&self, hub: &Hub) -> Result<Vec<u8>, &'static str> {
+        match self {
+            Owner::Relay(der) => der.map(<[u8]>::to_vec).ok_or("no_certificate"),
+            Owner::Device(device, hex_der) => device_cert(hub, device, hex_der),
+        }
+    }
+}
+
+/// What one report's heads change, written together: the database takes a
+/// statement per table for the whole report, not a few per head (a fleet
+/// attaching brings up to 2 000 heads in a report).
+struct Changes {
+    /// The anchors of the report's sources (source -> seq, hash, at): as
+    /// stored, then as this report moves them.
+    held: HashMap<String, (u64, String, i64)>,
+    /// (source, relay) -> seq: deliveries that rose.
+    raised: HashMap<(String, String), u64>,
+    /// (source, seq, hash, sig): heads to anchor, a source once (a second
+    /// head of it in the same report is not due: [`EVERY_SECS`]).
+    anchored: Vec<(String, u64, String, String)>,
 }
 
 /// Checks and keeps the heads of one report from `relay`, whose own
 /// certificate (`relay_cert`, DER) signs the relay's head.
 pub async fn heads(hub: &Hub, relay: &str, relay_cert: Option<&[u8]>, r: &RelayReport, now: u64) {
+    let mut heads: Vec<(String, &Head, Owner)> = Vec::with_capacity(r.agent_heads.len() + 1);
     if let Some(h) = &r.audit_head {
-        let cert = || relay_cert.map(<[u8]>::to_vec).ok_or("no_certificate");
-        anchor(hub, (&format!("relay:{relay}"), relay), h, cert, now).await;
+        heads.push((format!("relay:{relay}"), h, Owner::Relay(relay_cert)));
     }
     for a in &r.agent_heads {
-        let source = format!("agent:{}", a.device);
-        anchor(hub, (&source, relay), &a.head, || device_cert(hub, &a.device, &a.cert), now).await;
+        heads.push((format!("agent:{}", a.device), &a.head, Owner::Device(&a.device, &a.cert)));
+    }
+    if heads.is_empty() {
+        return;
+    }
+    hub.delivered.load(hub).await;
+    let sources: Vec<&str> = heads.iter().filter(|h| h.1.seq > 0).map(|h| h.0.as_str()).collect();
+    let held = match hub.store.anchors_of(&sources).await {
+        Ok(found) => found,
+        // Without a database, the next full report carries the heads again.
+        Err(e) => {
+            if !e.is_unavailable() {
+                tracing::error!(relay, error = %e, "reading audit anchors");
+            }
+            return;
+        }
+    };
+    let mut changes = Changes { held, raised: HashMap::new(), anchored: Vec::new() };
+    for (source, head, owner) in &heads {
+        anchor(hub, (source, relay), head, owner, now, &mut changes).await;
+    }
+    keep(hub, changes, now).await;
+}
+
+/// Writes what a report's heads changed: the deliveries, then the anchors
+/// and their `anchor` records in the hub's own chain.
+async fn keep(hub: &Hub, c: Changes, now: u64) {
+    let raised: Vec<_> = c.raised.into_iter().map(|((source, relay), seq)| (source, relay, seq)).collect();
+    if let Err(e) = hub.store.delivery_raise_all(&raised).await
+        && !e.is_unavailable()
+    {
+        tracing::error!(heads = raised.len(), error = %e, "storing audit heads' deliveries");
+    }
+    if c.anchored.is_empty() {
+        return;
+    }
+    if let Err(e) = hub.store.anchor_put_all(&c.anchored, now as i64).await {
+        // Without a database, the next full report carries the heads again.
+        if !e.is_unavailable() {
+            tracing::error!(heads = c.anchored.len(), error = %e, "storing audit anchors");
+        }
+        return;
+    }
+    let records = c
+        .anchored
+        .iter()
+        .map(|(source, seq, hash, _)| ("anchor", json!({"source": source, "head_seq": seq, "head_hash": hash})));
+    hub.audit.record_all(records).await;
+    for (source, ..) in &c.anchored {
+        fresh(source, now);
     }
 }
 
@@ -109,33 +180,40 @@ pub(super) fn device_cert(hub: &Hub, device: &str, hex_der: &str) -> Result<Vec<
     Ok(der)
 }
 
-/// Keeps the head of `source`, delivered by `relay`, when it is signed by
-/// the certificate `cert` gives and moves forward; writes an `anchor`
-/// record into the hub's own chain when it moved, at most every
-/// [`EVERY_SECS`] per source. The certificate is checked only for a head
-/// other than the one anchored: relays send heads again (`report_heads`),
-/// and checking a device certificate against the CA and the CRL costs more
-/// than the rest.
+/// Checks the head of `source`, delivered by `relay`: kept (into
+/// `changes`) when it is signed by the owner's certificate and moves forward,
+/// at most every [`EVERY_SECS`] per source. The certificate is checked only for a
+/// head other than the one anchored: relays send heads again
+/// (`report_heads`), and checking a device certificate against the CA and
+/// the CRL costs more than the rest.
 async fn anchor(
     hub: &Hub,
     (source, relay): (&str, &str),
     head: &Head,
-    cert: impl FnOnce() -> Result<Vec<u8>, &'static str>,
+    owner: &Owner<'_>,
     now: u64,
+    changes: &mut Changes,
 ) {
+    let mut delivered = |seq| {
+        let (before, rose) = hub.delivered.note(source, relay, seq);
+        if rose {
+            changes.raised.insert((source.to_string(), relay.to_string()), seq);
+        }
+        before
+    };
     if head.seq == 0 {
         // An empty chain: nothing to anchor, but the relay has delivered it.
-        if cert().is_ok() {
-            hub.delivered.note(hub, source, relay, 0).await;
+        if owner.cert(hub).is_ok() {
+            delivered(0);
         }
         return;
     }
-    let prev = hub.store.anchor(source).await.unwrap_or_default();
+    let prev = changes.held.get(source).cloned();
     if prev.as_ref().is_some_and(|(seq, hash, _)| *seq == head.seq && *hash == head.hash) {
-        hub.delivered.note(hub, source, relay, head.seq).await;
+        delivered(head.seq);
         return fresh(source, now);
     }
-    let problem = match cert().as_deref() {
+    let problem = match owner.cert(hub).as_deref() {
         Err(why) => Some(*why),
         Ok(_) if head.sig.is_empty() => Some("unsigned"),
         Ok(c) if !crate::audit::sign::verify(c, &head.hash, &head.sig) => Some("bad_signature"),
@@ -145,7 +223,7 @@ async fn anchor(
         return refused(hub, source, head, reason, prev.map(|p| p.0)).await;
     }
     // Signed by the source: this relay has delivered it.
-    let before = hub.delivered.note(hub, source, relay, head.seq).await;
+    let before = delivered(head.seq);
     let goes_back = match &prev {
         Some((seq, _, _)) if head.seq < *seq && before.is_some_and(|b| b <= head.seq) => {
             return stale(source, relay, head.seq, *seq);
@@ -158,18 +236,10 @@ async fn anchor(
         return refused(hub, source, head, reason, prev.map(|p| p.0)).await;
     }
     let due = prev.is_none_or(|(_, _, at)| now as i64 - at >= EVERY_SECS);
-    if !due {
-        return;
+    if due {
+        changes.held.insert(source.to_string(), (head.seq, head.hash.clone(), now as i64));
+        changes.anchored.push((source.to_string(), head.seq, head.hash.clone(), head.sig.clone()));
     }
-    if let Err(e) = hub.store.anchor_put(source, (head.seq, &head.hash, &head.sig), now as i64).await {
-        // Without a database, the next full report carries the head again.
-        if !e.is_unavailable() {
-            tracing::error!(source, error = %e, "storing audit anchor");
-        }
-        return;
-    }
-    hub.audit.record("anchor", json!({"source": source, "head_seq": head.seq, "head_hash": head.hash})).await;
-    fresh(source, now);
 }
 
 /// A relay's latest head is anchored as of `now` (its staleness alert).

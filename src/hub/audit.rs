@@ -22,6 +22,9 @@ use crate::audit::{GENESIS, link};
 /// Records kept while the database is unreachable.
 pub const PENDING_MAX: usize = 10_000;
 
+/// Records chained in one statement at most.
+const CHUNK: usize = 256;
+
 /// Says that `count` records were dropped, past [`PENDING_MAX`].
 fn dropped_record(count: u64) -> Pending {
     let why = format!("more than {PENDING_MAX} records waited for the database");
@@ -111,15 +114,23 @@ impl HubAudit {
     /// database is known to be unreachable, the record is queued and the
     /// call returns at once ([`watch_database`] chains it later).
     pub async fn record(&self, event: &str, fields: Value) {
+        self.record_all([(event, fields)]).await
+    }
+
+    /// Appends several records, in order, as [`HubAudit::record`] does; the
+    /// database takes them in one statement (up to [`CHUNK`]).
+    pub async fn record_all<'a>(&self, records: impl IntoIterator<Item = (&'a str, Value)>) {
         {
             let mut w = self.waiting();
-            if w.records.len() >= PENDING_MAX {
-                w.records.pop_front();
-                w.dropped += 1;
-                crate::metrics::HUB_AUDIT_DROPPED.inc();
+            for (event, fields) in records {
+                if w.records.len() >= PENDING_MAX {
+                    w.records.pop_front();
+                    w.dropped += 1;
+                    crate::metrics::HUB_AUDIT_DROPPED.inc();
+                }
+                w.records.push_back(Pending::now(event, fields));
+                w.changes += 1;
             }
-            w.records.push_back(Pending::now(event, fields));
-            w.changes += 1;
             crate::metrics::HUB_AUDIT_PENDING.set(w.records.len() as i64);
         }
         if self.store.reachable() {
@@ -127,7 +138,9 @@ impl HubAudit {
         }
     }
 
-    /// Chains the records that wait, while the database takes them.
+    /// Chains the records that wait, while the database takes them: up to
+    /// [`CHUNK`] in one statement; one at a time after the database refused
+    /// a chunk, so that only the record it refuses is dropped.
     pub async fn flush(&self) {
         if self.waiting().records.is_empty() {
             return; // nothing waits (a drop always leaves records waiting)
@@ -142,15 +155,22 @@ impl HubAudit {
                 w.changes += 1;
             }
         }
+        let mut alone = 0;
         // Only the holder of `head` takes records off: the front stays put.
         loop {
-            let Some(p) = self.waiting().records.front().cloned() else { break };
-            match self.append(&mut head, &p).await {
+            let take = if alone > 0 { 1 } else { CHUNK };
+            let chunk: Vec<Pending> = self.waiting().records.iter().take(take).cloned().collect();
+            if chunk.is_empty() {
+                break;
+            }
+            match self.append(&mut head, &chunk).await {
+                Append::Refused if chunk.len() > 1 => alone = chunk.len(),
                 Append::Done | Append::Refused => {
                     let mut w = self.waiting();
-                    w.records.pop_front();
+                    w.records.drain(..chunk.len());
                     w.changes += 1;
                     crate::metrics::HUB_AUDIT_PENDING.set(w.records.len() as i64);
+                    alone = alone.saturating_sub(1);
                 }
                 Append::Wait => {
                     self.waiting().stuck = true;
@@ -163,14 +183,21 @@ impl HubAudit {
 
     /// Another writer (the `tether hub` admin commands, or a second hub on
     /// the same database) may have appended meanwhile: the sequence number
-    /// is the table's key, so that append fails, and the record is linked
+    /// is the table's key, so that append fails, and the records are linked
     /// again to the head as stored.
-    async fn append(&self, head: &mut (u64, String), p: &Pending) -> Append {
+    async fn append(&self, head: &mut (u64, String), records: &[Pending]) -> Append {
+        let events = || records.iter().map(|p| p.event.as_str()).collect::<Vec<_>>().join(",");
         for _ in 0..8 {
-            let (line, hash) = link(head.0 + 1, &head.1, &p.ts, &p.event, p.fields.clone());
-            match self.store.audit_append(head.0 + 1, p.unix, &hash, &line).await {
+            let mut linked = Vec::with_capacity(records.len());
+            let mut at = head.clone();
+            for p in records {
+                let (line, hash) = link(at.0 + 1, &at.1, &p.ts, &p.event, p.fields.clone());
+                at = (at.0 + 1, hash.clone());
+                linked.push((at.0, p.unix, hash, line));
+            }
+            match self.store.audit_append(&linked).await {
                 Ok(()) => {
-                    *head = (head.0 + 1, hash);
+                    *head = at;
                     return Append::Done;
                 }
                 Err(e) if super::store::is_unique_violation(&e) => match self.store.audit_head().await {
@@ -179,13 +206,17 @@ impl HubAudit {
                     _ => break,
                 },
                 Err(e) if e.is_unavailable() => return Append::Wait,
+                Err(e) if records.len() > 1 => {
+                    tracing::debug!(events = events(), error = %e, "hub audit records refused together; one at a time");
+                    return Append::Refused;
+                }
                 Err(e) => {
-                    tracing::error!(event = p.event, error = %e, "hub audit write failed");
+                    tracing::error!(event = events(), error = %e, "hub audit write failed");
                     return Append::Refused;
                 }
             }
         }
-        tracing::error!(event = p.event, "hub audit write failed: the chain head keeps moving");
+        tracing::error!(event = events(), "hub audit write failed: the chain head keeps moving");
         Append::Refused
     }
 

@@ -1,5 +1,8 @@
 //! Audit anchors: the latest head of each relay's and agent's chain, and
 //! every head the hub accepted.
+use std::collections::HashMap;
+
+use super::sql::{MAX_PARAMS, values};
 use super::{Store, StoreError};
 
 impl Store {
@@ -10,21 +13,32 @@ impl Store {
         (seq, hash, sig): (u64, &str, &str),
         at: i64,
     ) -> Result<(), StoreError> {
-        self.db
-            .exec(
-                "INSERT INTO anchor_history (source, seq, hash, sig, at) VALUES ($1, $2, $3, $4, $5)
-                 ON CONFLICT (source, seq) DO NOTHING",
-                vec![source.into(), seq.into(), hash.into(), sig.into(), at.into()],
-            )
-            .await?;
-        self.db
-            .exec(
-                "INSERT INTO anchors (source, seq, hash, at) VALUES ($1, $2, $3, $4)
-                 ON CONFLICT (source) DO UPDATE SET seq = $2, hash = $3, at = $4",
-                vec![source.into(), seq.into(), hash.into(), at.into()],
-            )
-            .await
-            .map(|_| ())
+        self.anchor_put_all(&[(source.to_string(), seq, hash.to_string(), sig.to_string())], at).await
+    }
+
+    /// The latest heads of several sources (source, seq, hash, sig), each
+    /// kept also in its history: a statement per table for up to
+    /// [`MAX_PARAMS`] values, not one per head. A source appears once.
+    pub async fn anchor_put_all(&self, heads: &[(String, u64, String, String)], at: i64) -> Result<(), StoreError> {
+        for chunk in heads.chunks(MAX_PARAMS / 5) {
+            let params = chunk.iter().flat_map(|(source, seq, hash, sig)| {
+                [source.into(), (*seq).into(), hash.into(), sig.into(), at.into()]
+            });
+            let sql = format!(
+                "INSERT INTO anchor_history (source, seq, hash, sig, at) VALUES {} ON CONFLICT (source, seq) DO NOTHING",
+                values(chunk.len(), 5)
+            );
+            self.db.exec(&sql, params.collect()).await?;
+            let params =
+                chunk.iter().flat_map(|(source, seq, hash, _)| [source.into(), (*seq).into(), hash.into(), at.into()]);
+            let sql = format!(
+                "INSERT INTO anchors (source, seq, hash, at) VALUES {}
+                 ON CONFLICT (source) DO UPDATE SET seq = excluded.seq, hash = excluded.hash, at = excluded.at",
+                values(chunk.len(), 4)
+            );
+            self.db.exec(&sql, params.collect()).await?;
+        }
+        Ok(())
     }
 
     /// Every anchor of `source`, oldest first: (seq, hash, sig, at).
@@ -37,8 +51,20 @@ impl Store {
     }
 
     pub async fn anchor(&self, source: &str) -> Result<Option<(u64, String, i64)>, StoreError> {
-        let rows = self.db.query("SELECT seq, hash, at FROM anchors WHERE source = $1", vec![source.into()]).await?;
-        Ok(rows.first().map(|r| (r.int(0) as u64, r.text(1), r.int(2))))
+        Ok(self.anchors_of(&[source]).await?.remove(source))
+    }
+
+    /// The latest head of each of `sources` that has one: source -> (seq,
+    /// hash, at), in a query per [`MAX_PARAMS`] sources.
+    pub async fn anchors_of(&self, sources: &[&str]) -> Result<HashMap<String, (u64, String, i64)>, StoreError> {
+        let mut found = HashMap::new();
+        for chunk in sources.chunks(MAX_PARAMS) {
+            let list = (1..=chunk.len()).map(|i| format!("${i}")).collect::<Vec<_>>().join(", ");
+            let sql = format!("SELECT source, seq, hash, at FROM anchors WHERE source IN ({list})");
+            let rows = self.db.query(&sql, chunk.iter().map(|s| (*s).into()).collect()).await?;
+            found.extend(rows.iter().map(|r| (r.text(0), (r.int(1) as u64, r.text(2), r.int(3)))));
+        }
+        Ok(found)
     }
 
     pub async fn anchors(&self) -> Result<Vec<(String, u64, String, i64)>, StoreError> {
@@ -49,14 +75,22 @@ impl Store {
     /// Records that `relay` delivered head `seq` of `source`, unless it had
     /// delivered a higher one.
     pub async fn delivery_raise(&self, source: &str, relay: &str, seq: u64) -> Result<(), StoreError> {
-        self.db
-            .exec(
-                "INSERT INTO anchor_deliveries (source, relay, seq) VALUES ($1, $2, $3)
+        self.delivery_raise_all(&[(source.to_string(), relay.to_string(), seq)]).await
+    }
+
+    /// [`Store::delivery_raise`] for several (source, relay, seq), a
+    /// statement per [`MAX_PARAMS`] values. A (source, relay) appears once.
+    pub async fn delivery_raise_all(&self, raised: &[(String, String, u64)]) -> Result<(), StoreError> {
+        for chunk in raised.chunks(MAX_PARAMS / 3) {
+            let params = chunk.iter().flat_map(|(source, relay, seq)| [source.into(), relay.into(), (*seq).into()]);
+            let sql = format!(
+                "INSERT INTO anchor_deliveries (source, relay, seq) VALUES {}
                  ON CONFLICT (source, relay) DO UPDATE SET seq = excluded.seq WHERE excluded.seq > anchor_deliveries.seq",
-                vec![source.into(), relay.into(), seq.into()],
-            )
-            .await
-            .map(|_| ())
+                values(chunk.len(), 3)
+            );
+            self.db.exec(&sql, params.collect()).await?;
+        }
+        Ok(())
     }
 
     /// The highest head each relay delivered of each source: (source, relay, seq).

@@ -306,14 +306,14 @@ impl Store {
 
     // --- audit ---------------------------------------------------------------
 
-    pub async fn audit_append(&self, seq: u64, ts: i64, hash: &str, line: &str) -> Result<(), StoreError> {
-        self.db
-            .exec(
-                "INSERT INTO audit (seq, ts, hash, line) VALUES ($1, $2, $3, $4)",
-                vec![seq.into(), ts.into(), hash.into(), line.into()],
-            )
-            .await
-            .map(|_| ())
+    /// Appends records (seq, unix time, hash, line) to the chain in one
+    /// statement: all or none. At most [`sql::MAX_PARAMS`] / 4 of them.
+    pub async fn audit_append(&self, records: &[(u64, i64, String, String)]) -> Result<(), StoreError> {
+        debug_assert!(records.len() * 4 <= sql::MAX_PARAMS);
+        let params =
+            records.iter().flat_map(|(seq, ts, hash, line)| [(*seq).into(), (*ts).into(), hash.into(), line.into()]);
+        let sql = format!("INSERT INTO audit (seq, ts, hash, line) VALUES {}", sql::values(records.len(), 4));
+        self.db.exec(&sql, params.collect()).await.map(|_| ())
     }
 
     /// The chain's head: last sequence number and hash.
@@ -334,5 +334,7 @@ impl Store {
 
 #[cfg(test)]
 mod tests;
+#[cfg(test)]
+mod tests_batch;
 #[cfg(test)]
 mod tests_retired;

@@ -147,6 +147,18 @@ pub struct Outage {
     pub cause: String,
 }
 
+/// The rows of a multi-row `VALUES` list: `($1, $2), ($3, $4)` for 2 rows
+/// of 2 columns. Callers keep `rows * cols` within [`MAX_PARAMS`].
+pub fn values(rows: usize, cols: usize) -> String {
+    let row =
+        |r: usize| format!("({})", (1..=cols).map(|c| format!("${}", r * cols + c)).collect::<Vec<_>>().join(", "));
+    (0..rows).map(row).collect::<Vec<_>>().join(", ")
+}
+
+/// Parameters one statement binds at most here (SQLite allows 32 766,
+/// PostgreSQL 65 535): statements over many rows go in chunks within it.
+pub const MAX_PARAMS: usize = 2_500;
+
 /// True when a database error is a uniqueness violation.
 pub fn is_unique_violation(e: &StoreError) -> bool {
     matches!(e, StoreError::Db(m) if m.contains("UNIQUE") || m.contains("duplicate key"))
