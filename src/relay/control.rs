@@ -239,7 +239,7 @@ async fn channel_loop(
                     // A connection that breaks (a reset, a QUIC connection the
                     // agent closed as it stopped, a path that died) is not a bad
                     // frame: there is no one to tell and nothing to refuse.
-                    Err(FrameIoError::Io(e)) => return format!("connection lost: {e}"),
+                    Err(FrameIoError::Io(e)) => return lost(&e),
                     Err(FrameIoError::Proto(e)) => {
                         Box::pin(bad_frame(state, io, me.peer, me.device, e)).await;
                         return "bad frame".into();
@@ -338,4 +338,16 @@ async fn on_frame(state: &State, io: &mut FrameIo<Leg>, me: &Channel<'_>, frame:
         }
     }
     Ok(())
+}
+
+/// Why an agent's channel broke, for the detach line: rustls's message for a
+/// connection closed without `close_notify` (an agent killed or powered off,
+/// a path cut) carries a link to its manual, a line per agent in a storm.
+fn lost(e: &std::io::Error) -> String {
+    match e.kind() {
+        std::io::ErrorKind::UnexpectedEof => {
+            "connection lost: ended without a close (the agent stopped, or its path broke)".into()
+        }
+        _ => format!("connection lost: {e}"),
+    }
 }
