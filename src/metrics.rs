@@ -136,6 +136,7 @@ metric!(pub HUB_SESSIONS_GRANTED: IntCounter = counter("tether_hub_sessions_gran
 metric!(pub HUB_SESSIONS_LOST: IntCounter = counter("tether_hub_sessions_lost_total", "Live sessions recorded as ended because no relay holds them any more"));
 metric!(pub HUB_RELAY_REPORTS: IntCounterVec = counter_vec("tether_hub_relay_reports_total", "Reports received, by relay", &["relay"]));
 metric!(pub HUB_RELAY_AGENTS: IntGaugeVec = gauge_vec("tether_hub_relay_agents", "Agents attached to each relay as the hub holds its list (routing and presence read it)", &["relay"]));
+metric!(pub HUB_HEAD_CERTS: IntCounterVec = counter_vec("tether_hub_head_certs_total", "Device certificates with agents' audit heads in relays' reports, by how each came: whole, by_sha (named by its SHA-256, one the hub kept), wanted (named by one the hub does not keep: it asks the relay for it)", &["came"]));
 metric!(pub HUB_REPORT_AGENTS: IntCounterVec = counter_vec("tether_hub_report_agents_total", "Agents in relays' reports, by what each said: seen (attached, or its version, transport, certificate or clock changed), heard (a later heartbeat), gone, whole (in the whole list an older relay sends)", &["change"]));
 metric!(pub HUB_AGENT_RESYNCS: IntCounterVec = counter_vec("tether_hub_agent_list_resyncs_total", "Times the hub asked a relay for its list of agents again (it held none, or a report's changes did not follow the list it held)", &["relay"]));
 metric!(pub HUB_REQUEST_SECONDS: Histogram = reg(Histogram::with_opts(
@@ -306,6 +307,9 @@ pub fn init(part: Part) {
     LazyLock::force(&HUB_SESSIONS_LOST);
     for change in ["seen", "heard", "gone", "whole"] {
         HUB_REPORT_AGENTS.with_label_values(&[change]);
+    }
+    for came in ["whole", "by_sha", "wanted"] {
+        HUB_HEAD_CERTS.with_label_values(&[came]);
     }
     LazyLock::force(&HUB_REQUEST_SECONDS);
     LazyLock::force(&HUB_DB_SECONDS);

@@ -16,6 +16,6 @@ pub use jobs::{
 };
 pub use report::{
     AgentHead, AgentSeen, AgentsDelta, EndedSession, Head, LiveBytes, RelayReport, ReportAnswer, RetiredDevices,
-    RevokedSession,
+    RevokedSession, cert_sha,
 };
 pub use types::*;

@@ -38,8 +38,20 @@ pub struct AgentHead {
     pub head: Head,
     /// The device's certificate (hex of DER), as the relay received it: the
     /// hub checks it against the fleet CA and the head's signature with it.
+    /// Empty when the hub said it keeps the certificates it took
+    /// ([`ReportAnswer::certs_kept`]) and took this one: then `cert_sha`
+    /// names it.
     #[serde(default)]
     pub cert: String,
+    /// [`cert_sha`] of the certificate, sent instead of it.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub cert_sha: String,
+}
+
+/// Names a device certificate (DER) in a report: hex of its SHA-256.
+pub fn cert_sha(der: &[u8]) -> String {
+    use sha2::{Digest, Sha256};
+    hex::encode(Sha256::digest(der))
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, Default)]
@@ -155,6 +167,14 @@ pub struct ReportAnswer {
     /// did not answer a delta it took): start the list again from empty.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub agents_resync: bool,
+    /// This hub keeps the device certificates that came with agents' heads:
+    /// a head whose certificate it took may come with its [`cert_sha`] only.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub certs_kept: bool,
+    /// Devices whose head came with a `cert_sha` this hub does not hold (it
+    /// restarted): send their heads again, with the certificate.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub certs_wanted: Vec<String>,
 }
 
 /// Every device retired at the hub, by id, sorted.

@@ -22,7 +22,7 @@ use std::sync::{LazyLock, Mutex};
 use serde_json::json;
 
 use super::Hub;
-use crate::api::{Head, RelayReport};
+use crate::api::{AgentHead, Head, RelayReport};
 use crate::tls;
 
 /// Anchors at most this often per source (seconds): records cut off the end
@@ -76,17 +76,35 @@ impl Delivered {
 }
 
 /// Whose certificate signs a head: the relay's own (DER), or the device
-/// certificate (hex DER) a relay passed on with an agent's head.
+/// certificate a relay passed on with an agent's head: whole (hex DER), or
+/// named by its SHA-256 when the hub keeps it ([`super::head_certs`]).
 enum Owner<'a> {
     Relay(Option<&'a [u8]>),
-    Device(&'a str, &'a str),
+    Device(&'a AgentHead),
 }
+
+/// A device certificate named by a SHA-256 this hub does not keep: not a
+/// refusal; the relay is asked for the certificate.
+const WANTED: &str = "certificate_wanted";
 
 impl Owner<'_> {
     fn cert(&self, hub: &Hub) -> Result<Vec<u8>, &'static str> {
         match self {
             Owner::Relay(der) => der.map(<[u8]>::to_vec).ok_or("no_certificate"),
-            Owner::Device(device, hex_der) => device_cert(hub, device, hex_der),
+            Owner::Device(a) if a.cert.is_empty() && !a.cert_sha.is_empty() => {
+                let Some(der) = hub.head_certs.get(&a.device, &a.cert_sha) else {
+                    crate::metrics::HUB_HEAD_CERTS.with_label_values(&["wanted"]).inc();
+                    return Err(WANTED);
+                };
+                crate::metrics::HUB_HEAD_CERTS.with_label_values(&["by_sha"]).inc();
+                device_der(hub, &a.device, der.to_vec())
+            }
+            Owner::Device(a) => {
+                crate::metrics::HUB_HEAD_CERTS.with_label_values(&["whole"]).inc();
+                let der = device_cert(hub, &a.device, &a.cert)?;
+                hub.head_certs.keep(&a.device, &der);
+                Ok(der)
+            }
         }
     }
 }
@@ -100,23 +118,26 @@ struct Changes {
     held: HashMap<String, (u64, String, i64)>,
     /// (source, relay) -> seq: deliveries that rose.
     raised: HashMap<(String, String), u64>,
+    /// Devices whose certificate is wanted (named by a SHA-256 not kept).
+    wanted: Vec<String>,
     /// (source, seq, hash, sig): heads to anchor, a source once (a second
     /// head of it in the same report is not due: [`EVERY_SECS`]).
     anchored: Vec<(String, u64, String, String)>,
 }
 
 /// Checks and keeps the heads of one report from `relay`, whose own
-/// certificate (`relay_cert`, DER) signs the relay's head.
-pub async fn heads(hub: &Hub, relay: &str, relay_cert: Option<&[u8]>, r: &RelayReport, now: u64) {
+/// certificate (`relay_cert`, DER) signs the relay's head; returns the
+/// devices whose certificates the hub wants with their next heads.
+pub async fn heads(hub: &Hub, relay: &str, relay_cert: Option<&[u8]>, r: &RelayReport, now: u64) -> Vec<String> {
     let mut heads: Vec<(String, &Head, Owner)> = Vec::with_capacity(r.agent_heads.len() + 1);
     if let Some(h) = &r.audit_head {
         heads.push((format!("relay:{relay}"), h, Owner::Relay(relay_cert)));
     }
     for a in &r.agent_heads {
-        heads.push((format!("agent:{}", a.device), &a.head, Owner::Device(&a.device, &a.cert)));
+        heads.push((format!("agent:{}", a.device), &a.head, Owner::Device(a)));
     }
     if heads.is_empty() {
-        return;
+        return Vec::new();
     }
     hub.delivered.load(hub).await;
     let sources: Vec<&str> = heads.iter().filter(|h| h.1.seq > 0).map(|h| h.0.as_str()).collect();
@@ -127,14 +148,16 @@ pub async fn heads(hub: &Hub, relay: &str, relay_cert: Option<&[u8]>, r: &RelayR
             if !e.is_unavailable() {
                 tracing::error!(relay, error = %e, "reading audit anchors");
             }
-            return;
+            return Vec::new();
         }
     };
-    let mut changes = Changes { held, raised: HashMap::new(), anchored: Vec::new() };
+    let mut changes = Changes { held, raised: HashMap::new(), wanted: Vec::new(), anchored: Vec::new() };
     for (source, head, owner) in &heads {
         anchor(hub, (source, relay), head, owner, now, &mut changes).await;
     }
+    let wanted = std::mem::take(&mut changes.wanted);
     keep(hub, changes, now).await;
+    wanted
 }
 
 /// Writes what a report's heads changed: the deliveries, then the anchors
@@ -169,7 +192,10 @@ async fn keep(hub: &Hub, c: Changes, now: u64) {
 /// The device certificate a relay passed on, if it is a valid fleet device
 /// certificate (CA, CRL, role) for `device`.
 pub(super) fn device_cert(hub: &Hub, device: &str, hex_der: &str) -> Result<Vec<u8>, &'static str> {
-    let der = hex::decode(hex_der).map_err(|_| "no_certificate")?;
+    device_der(hub, device, hex::decode(hex_der).map_err(|_| "no_certificate")?)
+}
+
+fn device_der(hub: &Hub, device: &str, der: Vec<u8>) -> Result<Vec<u8>, &'static str> {
     if der.is_empty() {
         return Err("no_certificate");
     }
@@ -203,8 +229,10 @@ async fn anchor(
     };
     if head.seq == 0 {
         // An empty chain: nothing to anchor, but the relay has delivered it.
-        if owner.cert(hub).is_ok() {
-            delivered(0);
+        match owner.cert(hub) {
+            Ok(_) => _ = delivered(0),
+            Err(WANTED) => changes.wanted.push(source.trim_start_matches("agent:").to_string()),
+            Err(_) => {}
         }
         return;
     }
@@ -214,6 +242,7 @@ async fn anchor(
         return fresh(source, now);
     }
     let problem = match owner.cert(hub).as_deref() {
+        Err(&WANTED) => return changes.wanted.push(source.trim_start_matches("agent:").to_string()),
         Err(why) => Some(*why),
         Ok(_) if head.sig.is_empty() => Some("unsigned"),
         Ok(c) if !crate::audit::sign::verify(c, &head.hash, &head.sig) => Some("bad_signature"),

@@ -12,6 +12,7 @@ mod certs;
 pub mod config;
 mod console;
 mod guard;
+mod head_certs;
 mod http;
 mod jobs;
 pub mod limits;
@@ -83,6 +84,8 @@ pub struct Hub {
     certs_seen: certs::Seen,
     /// The highest audit head each relay delivered per chain (rollback or lag).
     delivered: anchors::Delivered,
+    /// The device certificates that came with agents' heads (`head_certs`).
+    head_certs: head_certs::HeadCerts,
     /// Refusals of requests nobody authenticated, past those recorded one
     /// by one (`util::budget`): tallied for an aggregate record.
     strangers: crate::util::budget::Refusals,
@@ -133,6 +136,7 @@ impl Hub {
             console_chain,
             certs_seen: certs::Seen::default(),
             delivered: Default::default(),
+            head_certs: Default::default(),
             strangers: Default::default(),
         }))
     }

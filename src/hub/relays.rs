@@ -157,6 +157,8 @@ impl Board {
             retired,
             agents_delta: true,
             agents_resync: resync,
+            certs_kept: true,
+            certs_wanted: Vec::new(),
         };
         Taken { answer, forgotten, found }
     }

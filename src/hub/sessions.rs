@@ -303,9 +303,9 @@ pub async fn relay_report(
             )
             .await;
     }
-    super::anchors::heads(hub, relay, relay_cert, &r, now).await;
+    let certs_wanted = super::anchors::heads(hub, relay, relay_cert, &r, now).await;
     match unstored {
         Some(e) => Err(internal(e)),
-        None => Ok(taken.answer),
+        None => Ok(ReportAnswer { certs_wanted, ..taken.answer }),
     }
 }

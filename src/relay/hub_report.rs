@@ -54,6 +54,8 @@ pub async fn run(state: Arc<State>) {
     let mut own_sent: Option<u64> = None;
     // Full reports so far: which old heads go again (`report_heads`).
     let mut cycle: u64 = 0;
+    // The hub keeps the device certificates that came with heads.
+    let mut certs_kept = false;
     // The agents as the hub holds them.
     let mut agents_sent = report_agents::Sent::default();
     // Each live session's byte counts as the hub last took them.
@@ -82,7 +84,7 @@ pub async fn run(state: Arc<State>) {
         let full = last || last_full.elapsed() >= FULL_AGENTS_EVERY || (changed && !agents_sent.hub_takes());
         // The live counts before the ends (see `State::end_session`).
         let live_now = live_bytes(&state);
-        let (mut report, heads) = build(&state, (full, changed, cycle), own_sent, &agents_sent);
+        let (mut report, heads) = build(&state, (full, changed, cycle), (own_sent, certs_kept), &agents_sent);
         let carried_agents = report.agents_delta.is_some() || report.agents.is_some();
         cycle += u64::from(full);
         report.live = live_to_send(&live_now, &sent_live, full);
@@ -106,13 +108,11 @@ pub async fn run(state: Arc<State>) {
                 }
                 agents_sent.answered(report.agents_delta.take(), answer.agents_delta, answer.agents_resync);
                 let now_ms = crate::util::clock::now_ms();
-                for (device, seq) in heads {
-                    match state.agents.get(&device) {
-                        _ if device.is_empty() => own_sent = Some(seq),
-                        Some(a) => a.audit_head.took(seq, now_ms),
-                        None => {}
-                    }
+                if let Some(own) = heads.iter().find(|h| h.device.is_empty()) {
+                    own_sent = Some(own.seq);
                 }
+                heads_answered(&state.agents, &heads, (answer.certs_kept, &answer.certs_wanted), now_ms);
+                certs_kept = answer.certs_kept;
                 sent_live = live_now;
                 apply(&state, answer);
             }
@@ -146,6 +146,25 @@ pub async fn run(state: Arc<State>) {
     }
 }
 
+/// What the hub's answer to a report says of the agents' heads it carried:
+/// each was taken, and its certificate kept when the hub keeps them, but
+/// for the devices whose certificate the hub wants (it named a SHA-256 the
+/// hub does not hold): their heads count as not taken, and go again whole
+/// in the next report (a head the hub had taken before it restarted would
+/// otherwise wait for its next full report while young, or its slot).
+fn heads_answered(
+    agents: &dashmap::DashMap<String, super::agents::AgentHandle>,
+    sent: &[report_heads::Sent],
+    (kept, wanted): (bool, &[String]),
+    now_ms: u64,
+) {
+    let wanted: std::collections::HashSet<&str> = wanted.iter().map(String::as_str).collect();
+    for h in sent.iter().filter(|h| !h.device.is_empty()) {
+        let Some(a) = agents.get(&h.device).filter(|a| a.attach_id == h.attach_id) else { continue };
+        a.audit_head.answered(h.seq, (h.whole, kept, wanted.contains(h.device.as_str())), now_ms);
+    }
+}
+
 /// The oldest [`REPORT_BATCH`] of `queued` (all of it, when fewer).
 fn take_batch<T>(queued: &mut Vec<T>) -> Vec<T> {
     if queued.len() <= REPORT_BATCH {
@@ -164,9 +183,9 @@ fn put_back<T>(mut sent: Vec<T>, queued: &mut Vec<T>) {
 fn build(
     state: &State,
     (full, changed, cycle): (bool, bool, u64),
-    own_sent: Option<u64>,
+    (own_sent, certs_kept): (Option<u64>, bool),
     agents_sent: &report_agents::Sent,
-) -> (RelayReport, Vec<(String, u64)>) {
+) -> (RelayReport, Vec<report_heads::Sent>) {
     let (started, started_transports, moved, moved_transports, ended) = {
         let mut out = state.hub_out();
         (
@@ -210,8 +229,14 @@ fn build(
     let mut agent_heads = Vec::with_capacity(due.len());
     for (_, device, head) in due {
         let Some(a) = state.agents.get(&device) else { continue };
-        heads.push((device.clone(), head.seq));
-        agent_heads.push(AgentHead { device, head, cert: hex::encode(&a.cert) });
+        // A certificate the hub keeps goes by its name: 64 bytes, not 1.3 KiB.
+        let whole = !(certs_kept && a.audit_head.cert_kept());
+        let (cert, cert_sha) = match whole {
+            true => (hex::encode(&a.cert), String::new()),
+            false => (String::new(), crate::api::cert_sha(&a.cert)),
+        };
+        heads.push(report_heads::Sent { device: device.clone(), seq: head.seq, attach_id: a.attach_id, whole });
+        agent_heads.push(AgentHead { device, head, cert, cert_sha });
     }
     let (seq, hash) = state.audit.head();
     // Keyed by "" (no device id is empty): this relay's own head, one head,
@@ -220,7 +245,7 @@ fn build(
     // stops moving. (Agents' heads: `report_heads`.)
     let own_moved = seq > 0 && (full || own_sent != Some(seq));
     if own_moved {
-        heads.push((String::new(), seq));
+        heads.push(report_heads::Sent { device: String::new(), seq, attach_id: 0, whole: true });
     }
     let ready = state.ready.load(Ordering::Relaxed) && !state.shutdown.is_cancelled();
     let report = RelayReport {
@@ -368,6 +393,7 @@ mod tests {
             device: "d".repeat(64),
             head: Head { seq: u64::MAX, hash: "f".repeat(128), sig: "e".repeat(512) },
             cert: "c".repeat(2048),
+            cert_sha: String::new(),
         };
         let report = RelayReport { agent_heads: vec![head; report_heads::PER_REPORT], ..Default::default() };
         let size = serde_json::to_vec(&report).unwrap().len();

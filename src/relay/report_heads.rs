@@ -7,14 +7,17 @@
 //! [`PER_REPORT`] in one report, those the hub has not taken first.
 //!
 //! Each head travels with the device's certificate (hex, about 1.3 KiB in
-//! all), and the hub checks that certificate and reads its anchor for every
-//! head it gets. When every full report carried every head, a relay with
+//! all) until the hub has answered a report that carried it and said it
+//! keeps certificates; from then on with the certificate's SHA-256 instead,
+//! until the hub asks for it again (it restarted: `certs_wanted`). The hub
+//! checks the certificate for every head other than the one it anchored.
+//! When every full report carried every head, a relay with
 //! 12 000 agents sent reports larger than the hub takes (16 MiB), and every
 //! report failed from then on. The check runs every report for every agent,
 //! so it reads two counters and takes no lock.
 use std::hash::{Hash, Hasher};
 use std::sync::Mutex;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
 /// Heads per report, at most: about 2.6 MiB with their certificates.
 pub const PER_REPORT: usize = 2_000;
@@ -37,6 +40,10 @@ pub struct HeadSlot {
     /// (Unix ms).
     took: AtomicU64,
     took_ms: AtomicU64,
+    /// The hub keeps the certificate this agent attached with (it answered
+    /// a report that carried it, and keeps them): heads name it by its
+    /// SHA-256 instead of carrying it.
+    cert_kept: AtomicBool,
 }
 
 impl HeadSlot {
@@ -65,6 +72,27 @@ impl HeadSlot {
         (full && (young || slot(device) == cycle % SLOTS)).then_some(1)
     }
 
+    /// Whether the hub keeps this agent's certificate.
+    pub fn cert_kept(&self) -> bool {
+        self.cert_kept.load(Ordering::Acquire)
+    }
+
+    /// What the hub's answer says of the head at `seq` this slot sent
+    /// (`whole`: with its certificate): taken, and the certificate kept
+    /// when the hub keeps them (`kept`); or, when the hub `wanted` the
+    /// certificate, not taken: it goes again, whole, in the next report.
+    pub fn answered(&self, seq: u64, (whole, kept, wanted): (bool, bool, bool), now_ms: u64) {
+        if wanted {
+            self.cert_kept.store(false, Ordering::Release);
+            self.took.store(0, Ordering::Release);
+            return;
+        }
+        self.took(seq, now_ms);
+        if whole {
+            self.cert_kept.store(kept, Ordering::Release);
+        }
+    }
+
     /// The hub took the head at `seq` (in a report it answered): a new
     /// sequence is young from `now_ms`, the same one keeps its first time.
     pub fn took(&self, seq: u64, now_ms: u64) {
@@ -73,6 +101,16 @@ impl HeadSlot {
             self.took_ms.store(now_ms, Ordering::Release);
         }
     }
+}
+
+/// A head a report carried: the agent's (by the attach it came on), or,
+/// with an empty `device`, the relay's own.
+pub struct Sent {
+    pub device: String,
+    pub seq: u64,
+    pub attach_id: u64,
+    /// It carried its certificate whole.
+    pub whole: bool,
 }
 
 /// The full report in which `device`'s head goes again.
@@ -113,5 +151,25 @@ mod tests {
             .unwrap();
         assert!(most < 3000 / SLOTS as usize * 2, "one full report carries {most} of 3000 old heads");
         assert_eq!(s.head().map(|h| h.0), Some(8));
+    }
+
+    /// A certificate the hub keeps is named from then on; one the hub wants
+    /// (it restarted) makes the head go again at once, whole.
+    #[test]
+    fn a_kept_certificate_is_named_and_a_wanted_one_goes_again_whole() {
+        let (t0, s) = (1_000_000, HeadSlot::default());
+        s.set(3, "h3".into(), "s3".into());
+        s.answered(3, (true, false, false), t0);
+        assert!(!s.cert_kept(), "a hub that keeps none");
+        s.answered(3, (true, true, false), t0);
+        assert!(s.cert_kept());
+        assert_eq!(s.due("d1", (false, 0), t0), None, "taken");
+        s.set(4, "h4".into(), "s4".into());
+        s.answered(4, (false, true, false), t0);
+        assert!(s.cert_kept(), "a head sent by name keeps the certificate named");
+        let old = t0 + YOUNG_MS * 2;
+        s.answered(4, (false, true, true), old);
+        assert!(!s.cert_kept());
+        assert_eq!(s.due("d1", (false, 0), old), Some(0), "wanted: again in the next report, full or not");
     }
 }

@@ -19,6 +19,7 @@ mod flood;
 mod grants;
 mod handshake;
 mod haproxy;
+mod head_certs;
 mod holes;
 mod hub;
 mod hub_abuse;
