@@ -22,9 +22,6 @@ use crate::audit::{GENESIS, link};
 /// Records kept while the database is unreachable.
 pub const PENDING_MAX: usize = 10_000;
 
-/// Records chained in one statement at most.
-const CHUNK: usize = 256;
-
 /// Says that `count` records were dropped, past [`PENDING_MAX`].
 fn dropped_record(count: u64) -> Pending {
     let why = format!("more than {PENDING_MAX} records waited for the database");
@@ -118,7 +115,7 @@ impl HubAudit {
     }
 
     /// Appends several records, in order, as [`HubAudit::record`] does; the
-    /// database takes them in one statement (up to [`CHUNK`]).
+    /// database takes them in few statements (up to 256 records each).
     pub async fn record_all<'a>(&self, records: impl IntoIterator<Item = (&'a str, Value)>) {
         {
             let mut w = self.waiting();
@@ -139,7 +136,7 @@ impl HubAudit {
     }
 
     /// Chains the records that wait, while the database takes them: up to
-    /// [`CHUNK`] in one statement; one at a time after the database refused
+    /// 256 in one statement (`store::row_chunk`); one at a time after the database refused
     /// a chunk, so that only the record it refuses is dropped.
     pub async fn flush(&self) {
         if self.waiting().records.is_empty() {
@@ -158,7 +155,8 @@ impl HubAudit {
         let mut alone = 0;
         // Only the holder of `head` takes records off: the front stays put.
         loop {
-            let take = if alone > 0 { 1 } else { CHUNK };
+            let waiting = self.waiting().records.len();
+            let take = if alone > 0 { 1 } else { super::store::row_chunk(waiting) };
             let chunk: Vec<Pending> = self.waiting().records.iter().take(take).cloned().collect();
             if chunk.is_empty() {
                 break;

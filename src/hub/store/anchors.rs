@@ -2,8 +2,11 @@
 //! every head the hub accepted.
 use std::collections::HashMap;
 
-use super::sql::{MAX_PARAMS, values};
+use super::sql::{Val, row_chunks, values};
 use super::{Store, StoreError};
+
+/// The lengths of `IN (…)` lists, as [`super::sql::ROW_CHUNKS`] for rows.
+const IN_LISTS: [usize; 4] = [512, 64, 8, 1];
 
 impl Store {
     /// The latest head of `source`, kept also in its history.
@@ -17,10 +20,10 @@ impl Store {
     }
 
     /// The latest heads of several sources (source, seq, hash, sig), each
-    /// kept also in its history: a statement per table for up to
-    /// [`MAX_PARAMS`] values, not one per head. A source appears once.
+    /// kept also in its history: a statement per table for up to 256 heads
+    /// ([`super::sql::ROW_CHUNKS`]), not one per head. A source appears once.
     pub async fn anchor_put_all(&self, heads: &[(String, u64, String, String)], at: i64) -> Result<(), StoreError> {
-        for chunk in heads.chunks(MAX_PARAMS / 5) {
+        for chunk in row_chunks(heads) {
             let params = chunk.iter().flat_map(|(source, seq, hash, sig)| {
                 [source.into(), (*seq).into(), hash.into(), sig.into(), at.into()]
             });
@@ -55,13 +58,18 @@ impl Store {
     }
 
     /// The latest head of each of `sources` that has one: source -> (seq,
-    /// hash, at), in a query per [`MAX_PARAMS`] sources.
+    /// hash, at), in a query per 512 sources.
     pub async fn anchors_of(&self, sources: &[&str]) -> Result<HashMap<String, (u64, String, i64)>, StoreError> {
         let mut found = HashMap::new();
-        for chunk in sources.chunks(MAX_PARAMS) {
-            let list = (1..=chunk.len()).map(|i| format!("${i}")).collect::<Vec<_>>().join(", ");
+        for chunk in sources.chunks(IN_LISTS[0]) {
+            // The list at one of a few lengths (a statement text each), the
+            // last source repeated to fill it.
+            let len = IN_LISTS.into_iter().rev().find(|l| *l >= chunk.len()).unwrap_or(IN_LISTS[0]);
+            let list = (1..=len).map(|i| format!("${i}")).collect::<Vec<_>>().join(", ");
             let sql = format!("SELECT source, seq, hash, at FROM anchors WHERE source IN ({list})");
-            let rows = self.db.query(&sql, chunk.iter().map(|s| (*s).into()).collect()).await?;
+            let last = chunk.last().copied().unwrap_or_default();
+            let params = chunk.iter().copied().chain(std::iter::repeat(last)).take(len).map(Val::from).collect();
+            let rows = self.db.query(&sql, params).await?;
             found.extend(rows.iter().map(|r| (r.text(0), (r.int(1) as u64, r.text(2), r.int(3)))));
         }
         Ok(found)
@@ -79,9 +87,9 @@ impl Store {
     }
 
     /// [`Store::delivery_raise`] for several (source, relay, seq), a
-    /// statement per [`MAX_PARAMS`] values. A (source, relay) appears once.
+    /// statement per up to 256. A (source, relay) appears once.
     pub async fn delivery_raise_all(&self, raised: &[(String, String, u64)]) -> Result<(), StoreError> {
-        for chunk in raised.chunks(MAX_PARAMS / 3) {
+        for chunk in row_chunks(raised) {
             let params = chunk.iter().flat_map(|(source, relay, seq)| [source.into(), relay.into(), (*seq).into()]);
             let sql = format!(
                 "INSERT INTO anchor_deliveries (source, relay, seq) VALUES {}

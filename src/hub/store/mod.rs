@@ -21,7 +21,7 @@ use std::sync::Arc;
 
 pub use certs::DeviceCert;
 pub use sessions::{Live, SessionEnd};
-pub use sql::{Outage, Row, Sql, StoreError, Val, is_unique_violation};
+pub use sql::{Outage, Row, Sql, StoreError, Val, is_unique_violation, row_chunk};
 
 use super::model::{Site, User};
 

@@ -148,7 +148,8 @@ pub struct Outage {
 }
 
 /// The rows of a multi-row `VALUES` list: `($1, $2), ($3, $4)` for 2 rows
-/// of 2 columns. Callers keep `rows * cols` within [`MAX_PARAMS`].
+/// of 2 columns. Callers keep `rows * cols` within [`MAX_PARAMS`], and
+/// `rows` one of [`ROW_CHUNKS`].
 pub fn values(rows: usize, cols: usize) -> String {
     let row =
         |r: usize| format!("({})", (1..=cols).map(|c| format!("${}", r * cols + c)).collect::<Vec<_>>().join(", "));
@@ -158,6 +159,29 @@ pub fn values(rows: usize, cols: usize) -> String {
 /// Parameters one statement binds at most here (SQLite allows 32 766,
 /// PostgreSQL 65 535): statements over many rows go in chunks within it.
 pub const MAX_PARAMS: usize = 2_500;
+
+/// The row counts multi-row statements are written for. Both engines keep
+/// each statement text prepared (PostgreSQL per connection, for as long as
+/// it lives): rows go in chunks of these sizes, largest first, so that a
+/// statement has a few texts, not one per row count.
+pub const ROW_CHUNKS: [usize; 5] = [256, 64, 16, 4, 1];
+// The widest multi-row statement (5 columns) binds within MAX_PARAMS.
+const _: () = assert!(ROW_CHUNKS[0] * 5 <= MAX_PARAMS);
+
+/// The rows of the next chunk of `n` rows that wait: the largest of
+/// [`ROW_CHUNKS`] that is not more (0 when none wait).
+pub fn row_chunk(n: usize) -> usize {
+    ROW_CHUNKS.into_iter().find(|c| *c <= n).unwrap_or(0)
+}
+
+/// `rows` in chunks of [`ROW_CHUNKS`] sizes.
+pub fn row_chunks<T>(mut rows: &[T]) -> impl Iterator<Item = &[T]> {
+    std::iter::from_fn(move || {
+        let (chunk, rest) = rows.split_at(row_chunk(rows.len()));
+        rows = rest;
+        (!chunk.is_empty()).then_some(chunk)
+    })
+}
 
 /// True when a database error is a uniqueness violation.
 pub fn is_unique_violation(e: &StoreError) -> bool {

@@ -47,6 +47,9 @@ impl Sqlite {
         conn.busy_timeout(std::time::Duration::from_secs(5)).map_err(db)?;
         conn.execute_batch("PRAGMA journal_mode=WAL; PRAGMA synchronous=NORMAL; PRAGMA foreign_keys=ON;")
             .map_err(db)?;
+        // Room for every statement text the store writes (multi-row ones
+        // have a few each: `sql::ROW_CHUNKS`), so none is prepared again.
+        conn.set_prepared_statement_cache_capacity(128);
         Ok(Sqlite { conn: Arc::new(Mutex::new(conn)) })
     }
 

@@ -9,7 +9,7 @@ use super::*;
 #[tokio::test]
 async fn anchors_and_deliveries_of_a_report_go_in_few_statements_and_all_land() {
     both(async |s: Store| {
-        let n = sql::MAX_PARAMS; // > MAX_PARAMS / 5 heads: several chunks
+        let n = 2_500; // chunks of every size in sql::ROW_CHUNKS
         let heads: Vec<_> = (0..n).map(|i| (format!("agent:d{i}"), 3, format!("h{i}"), format!("s{i}"))).collect();
         s.anchor_put_all(&heads, 10).await.unwrap();
         let sources: Vec<String> = (0..n + 5).map(|i| format!("agent:d{i}")).collect();
@@ -56,4 +56,18 @@ async fn audit_records_chained_together_stay_one_chain_with_another_writer() {
         assert!(lines[601].contains("\"user\":\"y\"") && lines[604].contains("\"after\":2"), "{}", lines[604]);
     })
     .await;
+}
+
+/// Rows go in chunks of a few sizes only, largest first, and all of them go.
+#[test]
+fn rows_go_in_chunks_of_a_few_sizes() {
+    for n in [0, 1, 3, 255, 256, 257, 2_500] {
+        let rows: Vec<usize> = (0..n).collect();
+        let chunks: Vec<&[usize]> = sql::row_chunks(&rows).collect();
+        assert!(chunks.iter().all(|c| sql::ROW_CHUNKS.contains(&c.len())), "{n}");
+        assert!(chunks.windows(2).all(|w| w[0].len() >= w[1].len()), "{n}: largest first");
+        assert_eq!(chunks.concat(), rows, "{n}: every row, in order");
+    }
+    // 2 500 = 9 × 256 + 3 × 64 + 1 × 4
+    assert_eq!(sql::row_chunks(&(0..2_500).collect::<Vec<_>>()).count(), 13);
 }
