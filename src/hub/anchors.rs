@@ -125,6 +125,15 @@ struct Changes {
     anchored: Vec<(String, u64, String, String)>,
 }
 
+impl Changes {
+    /// The hub wants the certificate of `owner`'s device with its next head.
+    fn want(&mut self, owner: &Owner<'_>) {
+        if let Owner::Device(a) = owner {
+            self.wanted.push(a.device.clone());
+        }
+    }
+}
+
 /// Checks and keeps the heads of one report from `relay`, whose own
 /// certificate (`relay_cert`, DER) signs the relay's head; returns the
 /// devices whose certificates the hub wants with their next heads.
@@ -231,7 +240,7 @@ async fn anchor(
         // An empty chain: nothing to anchor, but the relay has delivered it.
         match owner.cert(hub) {
             Ok(_) => _ = delivered(0),
-            Err(WANTED) => changes.wanted.push(source.trim_start_matches("agent:").to_string()),
+            Err(WANTED) => changes.want(owner),
             Err(_) => {}
         }
         return;
@@ -242,7 +251,7 @@ async fn anchor(
         return fresh(source, now);
     }
     let problem = match owner.cert(hub).as_deref() {
-        Err(&WANTED) => return changes.wanted.push(source.trim_start_matches("agent:").to_string()),
+        Err(&WANTED) => return changes.want(owner),
         Err(why) => Some(*why),
         Ok(_) if head.sig.is_empty() => Some("unsigned"),
         Ok(c) if !crate::audit::sign::verify(c, &head.hash, &head.sig) => Some("bad_signature"),

@@ -155,9 +155,11 @@ impl HubAudit {
         let mut alone = 0;
         // Only the holder of `head` takes records off: the front stays put.
         loop {
-            let waiting = self.waiting().records.len();
-            let take = if alone > 0 { 1 } else { super::store::row_chunk(waiting) };
-            let chunk: Vec<Pending> = self.waiting().records.iter().take(take).cloned().collect();
+            let chunk: Vec<Pending> = {
+                let w = self.waiting();
+                let take = if alone > 0 { 1 } else { super::store::row_chunk(w.records.len()) };
+                w.records.iter().take(take).cloned().collect()
+            };
             if chunk.is_empty() {
                 break;
             }

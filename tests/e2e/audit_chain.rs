@@ -269,7 +269,7 @@ async fn a_thawed_relays_older_head_is_stale_not_a_rollback_after_a_hub_restart(
 }
 
 /// The sequence of the agent's latest anchored head.
-async fn anchored_seq(fleet: &Fleet, token: &str) -> u64 {
+pub(crate) async fn anchored_seq(fleet: &Fleet, token: &str) -> u64 {
     let a: Vec<Anchor> =
         hub_client(fleet).get(&format!("/api/v1/audit/anchors/agent:{DEVICE}"), Some(token)).await.unwrap();
     a.last().map_or(0, |a| a.seq)

@@ -5,17 +5,12 @@
 //! certificate is checked as one that came whole.
 use tether::api::{AgentHead, Anchor, Head, RelayReport, ReportAnswer};
 
+use crate::audit_chain::anchored_seq;
 use crate::harness::*;
 use crate::hub::{add_user, hub_client, hub_fleet, hub_metric, login, token_of};
 
 async fn came(fleet: &Fleet, how: &str) -> f64 {
     hub_metric(fleet, "tether_hub_head_certs_total", &[&format!("came=\"{how}\"")]).await
-}
-
-async fn anchored_seq(fleet: &Fleet, token: &str) -> u64 {
-    let a: Vec<Anchor> =
-        hub_client(fleet).get(&format!("/api/v1/audit/anchors/agent:{DEVICE}"), Some(token)).await.unwrap_or_default();
-    a.last().map_or(0, |a| a.seq)
 }
 
 /// Records in the agent's chain (a session) until the hub anchors its head,

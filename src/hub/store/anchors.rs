@@ -9,16 +9,6 @@ use super::{Store, StoreError};
 const IN_LISTS: [usize; 4] = [512, 64, 8, 1];
 
 impl Store {
-    /// The latest head of `source`, kept also in its history.
-    pub async fn anchor_put(
-        &self,
-        source: &str,
-        (seq, hash, sig): (u64, &str, &str),
-        at: i64,
-    ) -> Result<(), StoreError> {
-        self.anchor_put_all(&[(source.to_string(), seq, hash.to_string(), sig.to_string())], at).await
-    }
-
     /// The latest heads of several sources (source, seq, hash, sig), each
     /// kept also in its history: a statement per table for up to 256 heads
     /// ([`super::sql::ROW_CHUNKS`]), not one per head. A source appears once.
@@ -80,14 +70,9 @@ impl Store {
         Ok(rows.iter().map(|r| (r.text(0), r.int(1) as u64, r.text(2), r.int(3))).collect())
     }
 
-    /// Records that `relay` delivered head `seq` of `source`, unless it had
-    /// delivered a higher one.
-    pub async fn delivery_raise(&self, source: &str, relay: &str, seq: u64) -> Result<(), StoreError> {
-        self.delivery_raise_all(&[(source.to_string(), relay.to_string(), seq)]).await
-    }
-
-    /// [`Store::delivery_raise`] for several (source, relay, seq), a
-    /// statement per up to 256. A (source, relay) appears once.
+    /// Records that each `relay` delivered head `seq` of `source`, unless it
+    /// had delivered a higher one: (source, relay, seq), a statement per up
+    /// to 256. A (source, relay) appears once.
     pub async fn delivery_raise_all(&self, raised: &[(String, String, u64)]) -> Result<(), StoreError> {
         for chunk in row_chunks(raised) {
             let params = chunk.iter().flat_map(|(source, relay, seq)| [source.into(), relay.into(), (*seq).into()]);

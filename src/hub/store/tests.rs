@@ -209,14 +209,14 @@ async fn sessions_and_audit_chain() {
         let lines = s.audit_since(0, 100).await.unwrap();
         assert_eq!(crate::audit::verify_lines(lines.join("\n").as_bytes(), crate::audit::GENESIS, 0), Ok(4));
         assert!(lines[3].contains("\"event\":\"d\""), "{}", lines[3]);
-        s.anchor_put("relay:relay-a", (5, "h5", "s5"), 1).await.unwrap();
-        s.anchor_put("relay:relay-a", (6, "h6", "s6"), 2).await.unwrap();
+        s.anchor_put_all(&[("relay:relay-a".into(), 5, "h5".into(), "s5".into())], 1).await.unwrap();
+        s.anchor_put_all(&[("relay:relay-a".into(), 6, "h6".into(), "s6".into())], 2).await.unwrap();
         assert_eq!(s.anchor("relay:relay-a").await.unwrap(), Some((6, "h6".into(), 2)));
         let history = s.anchor_history("relay:relay-a").await.unwrap();
         assert_eq!(history.iter().map(|h| h.0).collect::<Vec<_>>(), vec![5, 6]);
         // What each relay delivered only rises.
         for (relay, seq) in [("relay-a", 7), ("relay-b", 4), ("relay-a", 5), ("relay-b", 6)] {
-            s.delivery_raise("agent:d1", relay, seq).await.unwrap();
+            s.delivery_raise_all(&[("agent:d1".into(), relay.into(), seq)]).await.unwrap();
         }
         let mut kept = s.deliveries().await.unwrap();
         kept.sort();
