@@ -1,5 +1,6 @@
 //! PostgreSQL backend: a few pipelined connections, prepared statements cached
-//! per connection; a connection that ends is dialled again (`pg_conn`).
+//! per connection (at most [`STATEMENTS_KEPT`] texts each); a connection that
+//! ends is dialled again (`pg_conn`).
 use std::error::Error;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -13,6 +14,13 @@ use super::pg_conn::{Link, Live, STATEMENT_TIMEOUT, Slot, pg};
 use super::sql::{Outage, Row, Sql, StoreError, Val};
 
 const CONNECTIONS: usize = 4;
+/// Statement texts a connection keeps prepared. The server holds each for
+/// the connection's life, so a text built per call (a row count, a list's
+/// length) would grow it, and the hub, without end. The hub's own texts are
+/// fixed (about 90, and five sizes of each chunked statement, `sql::ROW_CHUNKS`),
+/// well under this; past it a statement is prepared for its one use and
+/// closed when done.
+pub const STATEMENTS_KEPT: usize = 512;
 
 pub struct Postgres {
     link: Link,
@@ -89,7 +97,9 @@ impl Postgres {
             return Ok(s);
         }
         let st = conn.client.prepare(sql).await?;
-        if let Ok(mut m) = conn.statements.lock() {
+        if let Ok(mut m) = conn.statements.lock()
+            && m.len() < STATEMENTS_KEPT
+        {
             m.insert(sql.to_string(), st.clone());
         }
         Ok(st)
@@ -160,5 +170,36 @@ impl Sql for Postgres {
 
     fn engine(&self) -> &'static str {
         "postgres"
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// More distinct statement texts than a connection keeps: each still
+    /// answers, each connection keeps at most [`STATEMENTS_KEPT`], and the
+    /// server holds no more than that for it (the rest were closed).
+    #[tokio::test]
+    async fn a_connection_keeps_a_bounded_number_of_prepared_statements() {
+        let Ok(url) = std::env::var("TETHER_TEST_POSTGRES") else {
+            assert!(std::env::var_os("CI").is_none(), "CI must set TETHER_TEST_POSTGRES (.ci/run starts PostgreSQL)");
+            eprintln!("SKIPPED: TETHER_TEST_POSTGRES is not set (CI runs it)");
+            return;
+        };
+        let pg = Postgres::connect(&url, std::path::Path::new(".")).await.unwrap();
+        let texts = CONNECTIONS * STATEMENTS_KEPT + 200;
+        for i in 0..texts as i64 {
+            let rows = pg.query(&format!("SELECT {i}::bigint + $1"), vec![Val::Int(1)]).await.unwrap();
+            assert_eq!(rows[0].0[0], Val::Int(i + 1));
+        }
+        for slot in &pg.slots {
+            let live = pg.link.live(slot).await.unwrap();
+            assert!(live.statements.lock().unwrap().len() <= STATEMENTS_KEPT);
+            let st = live.client.prepare("SELECT count(*) FROM pg_prepared_statements").await.unwrap();
+            let held: i64 = live.client.query_one(&st, &[]).await.unwrap().get(0);
+            assert!(held as usize <= STATEMENTS_KEPT + 1, "the server holds {held} statements for one connection");
+            assert!(held as usize >= STATEMENTS_KEPT, "the kept statements are prepared on the server ({held})");
+        }
     }
 }
