@@ -38,6 +38,7 @@ mod pq;
 mod proxy_protocol;
 mod quic;
 mod quic_inputs;
+mod quic_packets;
 mod renewal;
 mod repo;
 mod report_agents;

@@ -288,52 +288,6 @@ async fn a_hundred_connections_at_once_share_one_quic_connection_per_side() {
     assert_eq!(fleet.metric(0, "tether_relay_tunnels_resumed_total", &[]).await, 0.0, "no leg was replaced");
 }
 
-/// A QUIC leg's datagrams grow past Ethernet's 1 452 bytes where the path
-/// carries them (loopback here), to [`quic::MAX_DATAGRAM`], through path MTU
-/// discovery: quinn's own bound (1 452) and the payload size it accepts by
-/// default (1 472) would hold every leg to Ethernet-sized packets. Nothing
-/// is lost on the way, and no black hole is taken for one. The search
-/// probes the bound first (vendor/quinn-proto/TETHER-PATCHES.md), so a path
-/// that carries it costs one probe, not the dozen of a binary search from
-/// 1 200 bytes, each nearly as large.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_quic_leg_sends_datagrams_as_large_as_its_path_carries() {
-    let tmp = tempfile::tempdir().unwrap();
-    let pki = Pki::new(tmp.path());
-    let (endpoint, addr) = crate::quic_inputs::agent_listener(&pki);
-    let sink = tokio::spawn(async move {
-        let conn = endpoint.accept().await.unwrap().await.unwrap();
-        let (_send, mut recv) = conn.accept_bi().await.unwrap();
-        let got = recv.read_to_end(64 << 20).await.unwrap();
-        (conn, got)
-    });
-    let (conn, _) = dial_as_device(&pki, "mtu-1", addr).await;
-    let data = random(8 << 20);
-    let (mut send, _recv) = conn.open_bi().await.unwrap();
-    send.write_all(&data).await.unwrap();
-    send.finish().unwrap();
-    let (server_conn, got) = within(30, sink).await.unwrap();
-    assert!(got == data, "the stream carried other bytes ({} of {})", got.len(), data.len());
-    let grown = within(10, async {
-        loop {
-            let mtu = conn.stats().path.current_mtu;
-            if mtu + 20 > quic::MAX_DATAGRAM {
-                return mtu;
-            }
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
-    })
-    .await;
-    assert!(grown <= quic::MAX_DATAGRAM, "{grown} bytes: above the bound");
-    let stats = conn.stats();
-    assert_eq!(stats.path.black_holes_detected, 0, "{stats:?}");
-    assert_eq!(stats.path.lost_packets, 0, "{stats:?}");
-    assert_eq!(stats.path.current_mtu, quic::MAX_DATAGRAM, "{stats:?}");
-    assert_eq!(stats.path.sent_plpmtud_probes, 1, "one probe, of the bound: {stats:?}");
-    // The relay's side probes too: its acknowledgements and replies may be as large.
-    assert!(server_conn.stats().path.current_mtu > 1452, "{:?}", server_conn.stats());
-}
-
 /// A relay that runs no QUIC: its UDP ports answer "port unreachable", and
 /// `auto` takes TCP at once, saying why, instead of waiting out QUIC.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -451,7 +405,11 @@ async fn a_relays_quic_connection_keeps_what_it_needs_of_tls_after_the_handshake
 
 /// A QUIC connection to `addr` as an agent, with a new certificate for
 /// device `id`; and that certificate's file.
-async fn dial_as_device(pki: &Pki, id: &str, addr: std::net::SocketAddr) -> (quinn::Connection, std::path::PathBuf) {
+pub(crate) async fn dial_as_device(
+    pki: &Pki,
+    id: &str,
+    addr: std::net::SocketAddr,
+) -> (quinn::Connection, std::path::PathBuf) {
     let (cert, key, _) = pki.device_cert(id, tls::pki::Validity::days(1));
     let cfg =
         tls::quic_client_config(&pki.path("ca.pem"), None, Some((cert.as_path(), key.as_path())), tls::ALPN_QUIC_AGENT)
