@@ -117,13 +117,14 @@ const _: () = assert!(MAX_DATAGRAM >= 1_200 && MAX_DATAGRAM as usize <= 65_507);
 /// QUIC's default is every second packet, which cost a new tunnelled
 /// connection an ACK of its own each way and leg: the client's join and
 /// first bytes, the agent's `Paired` and answer, each two packets that the
-/// next data would have acknowledged anyway. With 3: 13.4-13.8 datagrams
-/// per new connection instead of 16.2-16.4, the relay's, agent's and
-/// forwarder's CPU together 446-453 us instead of 513-540, p50 351-360 us
-/// instead of 396-416 (`probe connect` through `tether dev`, alternating,
-/// 2026-12-05); one connection's throughput level or better (iperf3, three
-/// rounds: 672-721 MiB/s against 658-713), echo RTT level; 9 gave the same
-/// count and throughput 2 % lower (docs/operator.md).
+/// next data would have acknowledged anyway. With 3: 13.7-13.8 datagrams
+/// per new connection instead of 16.9-17.1, the relay's, agent's and
+/// forwarder's CPU together 480-486 us instead of 526-530, p50 378-384 us
+/// instead of 431-443 (`probe connect` through `tether dev`, against the
+/// build before, alternating, 2026-12-05); one connection's throughput level
+/// or better (iperf3, three rounds: 672-721 MiB/s against 658-713 at QUIC's
+/// default), echo RTT level; 9 gave the same count and throughput 2 % lower
+/// (docs/operator.md).
 pub const ACK_ELICITING_THRESHOLD: u32 = 3;
 
 /// `config`, accepting datagrams up to [`MAX_DATAGRAM`] (quinn's default is
